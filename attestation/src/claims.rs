@@ -1,0 +1,57 @@
+//! Normalized claims: evidence is turned into claims once, and policies read claims,
+//! never raw bytes.
+
+use serde::{Deserialize, Serialize};
+
+/// Which trusted execution environment produced the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tee {
+    /// AMD SEV-SNP.
+    Snp,
+    /// Intel TDX.
+    Tdx,
+}
+
+/// Who vouches for the evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustLevel {
+    /// The evidence chains to AMD's or Intel's genuine root.
+    Hardware,
+    /// The evidence chains to an operator-configured emulated root: it proves nothing
+    /// about memory encryption and must never protect real secrets.
+    InsecureEmulated,
+}
+
+/// The normalized result of verifying one piece of evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The TEE that produced the evidence.
+    pub tee: Tee,
+    /// Whether the trust anchor was genuine hardware or emulated.
+    pub trust: TrustLevel,
+    /// The launch measurement: SNP MEASUREMENT or TDX MRTD (48 bytes).
+    #[serde(with = "hex::serde")]
+    pub measurement: Vec<u8>,
+    /// The 64 bytes of guest-chosen data bound into the evidence.
+    #[serde(with = "hex::serde")]
+    pub report_data: Vec<u8>,
+    /// Host-provided launch data: SNP HOST_DATA (32 bytes) or TDX MRCONFIGID (48 bytes).
+    #[serde(with = "hex::serde")]
+    pub host_data: Vec<u8>,
+    /// Whether the guest was launched debuggable (SNP policy DEBUG, TDX TD_ATTRIBUTES.DEBUG).
+    pub debug: bool,
+    /// TEE-specific claims.
+    pub detail: TeeClaims,
+}
+
+/// TEE-specific claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "tee", rename_all = "lowercase")]
+pub enum TeeClaims {
+    /// SEV-SNP specifics.
+    Snp(crate::snp::SnpClaims),
+    /// TDX specifics.
+    Tdx(crate::tdx::TdxClaims),
+}

@@ -1,0 +1,7 @@
+//! TDX evidence. (Being written.)
+
+use serde::{Deserialize, Serialize};
+
+/// TDX specific claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TdxClaims {}

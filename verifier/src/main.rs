@@ -1,0 +1,50 @@
+//! `cvm-verifier`: attestation verifier and key broker.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use verifier::cli;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cvm-verifier",
+    version,
+    about = "Attestation verifier and key broker for confidential VMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify evidence offline. Exit 0: accepted; 1: refused; 2: usage or I/O error.
+    #[command(subcommand)]
+    Verify(Verify),
+}
+
+#[derive(Debug, Subcommand)]
+enum Verify {
+    /// Verify an SEV-SNP attestation report.
+    Snp(cli::verify_snp::Args),
+    /// Verify a TDX quote with its collateral.
+    Tdx(cli::verify_tdx::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Verify(Verify::Snp(a)) => cli::verify_snp::run(a),
+        Command::Verify(Verify::Tdx(a)) => cli::verify_tdx::run(a),
+    }
+}
