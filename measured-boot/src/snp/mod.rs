@@ -184,13 +184,14 @@ impl LaunchDigest {
             }
         };
         match u.contents {
+            UpdateContents::Data(data) if measured => {
+                for (i, digest) in page_digests(data).into_iter().enumerate() {
+                    self.step(gpa_of(i as u64), u.page_type, digest);
+                }
+            }
             UpdateContents::Data(data) => {
-                for (i, page) in data.chunks_exact(PAGE_SIZE as usize).enumerate() {
-                    let gpa = gpa_of(i as u64);
-                    match <&[u8; PAGE_SIZE as usize]>::try_from(page) {
-                        Ok(p) if measured => self.update_measured_page(gpa, u.page_type, p),
-                        _ => self.update_unmeasured_page(gpa, u.page_type),
-                    }
+                for i in 0..data.len() / PAGE_SIZE as usize {
+                    self.update_unmeasured_page(gpa_of(i as u64), u.page_type);
                 }
             }
             UpdateContents::Absent { pages } => {
@@ -204,6 +205,37 @@ impl LaunchDigest {
             }
         }
     }
+}
+
+/// Updates of at least this many pages hash their pages on several threads.
+const PARALLEL_PAGES: usize = 256;
+
+/// SHA-384 of every whole page of `data`. The page digests are independent (only the
+/// PAGE_INFO chain is sequential), so large updates are hashed on up to
+/// `available_parallelism` threads.
+fn page_digests(data: &[u8]) -> Vec<[u8; DIGEST_LEN]> {
+    let pages: Vec<&[u8]> = data.chunks_exact(PAGE_SIZE as usize).collect();
+    let mut out = vec![[0u8; DIGEST_LEN]; pages.len()];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || pages.len() < PARALLEL_PAGES {
+        for (o, p) in out.iter_mut().zip(&pages) {
+            *o = Sha384::digest(p).into();
+        }
+        return out;
+    }
+    let per = pages.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (outs, ins) in out.chunks_mut(per).zip(pages.chunks(per)) {
+            s.spawn(move || {
+                for (o, p) in outs.iter_mut().zip(ins) {
+                    *o = Sha384::digest(p).into();
+                }
+            });
+        }
+    });
+    out
 }
 
 #[cfg(test)]
@@ -256,6 +288,28 @@ mod tests {
         r = reference_step(&r, None, 5, 0x80_2000);
         r = reference_step(&r, Some(&page), 2, VMSA_GPA);
         assert_eq!(ld.value(), r);
+    }
+
+    #[test]
+    fn parallel_hashing_equals_page_by_page() {
+        let data: Vec<u8> = (0..(PARALLEL_PAGES as u32 * 3 + 5) * 4096)
+            .map(|i| (i / 4096 + i) as u8)
+            .collect();
+        let mut par = LaunchDigest::new();
+        par.update(&LaunchUpdate {
+            gpa: 0x1000_0000,
+            page_type: PageType::Normal,
+            contents: UpdateContents::Data(&data),
+        });
+        let mut seq = LaunchDigest::new();
+        for (i, p) in data.chunks_exact(4096).enumerate() {
+            seq.update_measured_page(
+                0x1000_0000 + 4096 * i as u64,
+                PageType::Normal,
+                p.try_into().unwrap(),
+            );
+        }
+        assert_eq!(par, seq);
     }
 
     #[test]
