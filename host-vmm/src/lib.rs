@@ -1,7 +1,19 @@
 //! The `cvm` confidential-VM host.
 //!
-//! Today: `cvm measure` (expected SEV-SNP launch digests and TDX MRTD/RTMRs from the
-//! measured-boot launch plan) and `cvm emulated` (software-emulated TEE platforms that
-//! produce evidence in the exact hardware formats, for tests). The KVM VMM comes next.
+//! - [`cli`]: the subcommands (`measure`, `emulated`, `launch`, `host-check`).
+//! - [`vmm`]: builds a VM from a [`vmm::VmConfig`] and runs it until the guest stops.
+//! - [`vstate`]: KVM state (VM, guest memory, vCPUs); almost all `unsafe` lives here.
+//! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a) and the
+//!   port-I/O bus.
+//! - [`tee`]: the TEEs and whether this host can provide them.
+//!
+//! # Dependencies
+//! The rust-vmm crates (`kvm-ioctls`, `kvm-bindings`, `vm-memory`, `vm-superio`,
+//! `vmm-sys-util`) for the kernel interface and the UART model, `tracing` for the
+//! structured lifecycle log.
 
 pub mod cli;
+pub mod devices;
+pub mod tee;
+pub mod vmm;
+pub mod vstate;

@@ -21,12 +21,25 @@ enum Command {
     /// Compute the expected launch measurement of a guest.
     #[command(subcommand)]
     Measure(cli::measure::Command),
+    /// Launch a guest and wait for it to stop.
+    Launch(cli::launch::Args),
+    /// Report what this host can run (KVM, SNP, TDX, cgroups, seccomp).
+    HostCheck(cli::host_check::Args),
     /// Software-emulated TEE platforms (test equipment; insecure).
     #[command(subcommand)]
     Emulated(cli::emulated::Command),
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CVM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -41,5 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Measure(c) => cli::measure::run(c),
         Command::Emulated(c) => cli::emulated::run(c),
+        Command::Launch(a) => cli::launch::run(a),
+        Command::HostCheck(a) => cli::host_check::run(a),
     }
 }

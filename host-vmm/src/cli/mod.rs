@@ -2,6 +2,8 @@
 //! `caused by: …` line per source.
 
 pub mod emulated;
+pub mod host_check;
+pub mod launch;
 pub mod measure;
 
 use std::process::ExitCode;

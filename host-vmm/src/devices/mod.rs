@@ -1,0 +1,161 @@
+//! Emulated devices and the port-I/O bus that dispatches guest accesses to them.
+//!
+//! The guest is hostile: every access is bounded-checked, unknown ports read as all ones
+//! and swallow writes (rate-limited warnings), and no access can panic the VMM.
+
+pub mod legacy;
+pub mod serial;
+
+use std::sync::{Arc, Mutex};
+
+/// Something a device asks the VMM to do after a guest access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEvent {
+    /// ACPI S5: the guest powered off.
+    PowerOff,
+    /// The guest requested a reset (i8042 or reset register); treated as a stop.
+    Reset,
+}
+
+/// A device reached through port I/O.
+pub trait PioDevice: Send {
+    /// A guest `in` at `offset` from the device's base port.
+    fn read(&mut self, offset: u16, data: &mut [u8]);
+    /// A guest `out` at `offset`; may ask the VMM to stop the guest.
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent>;
+}
+
+struct Range {
+    base: u16,
+    len: u16,
+    dev: Arc<Mutex<dyn PioDevice>>,
+}
+
+/// Port-I/O dispatch.
+#[derive(Default)]
+pub struct PioBus {
+    ranges: Vec<Range>,
+    unknown: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for PioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r: Vec<_> = self
+            .ranges
+            .iter()
+            .map(|r| format!("{:#x}+{}", r.base, r.len))
+            .collect();
+        f.debug_struct("PioBus").field("ranges", &r).finish()
+    }
+}
+
+/// A device range overlaps one already on the bus.
+#[derive(Debug, thiserror::Error)]
+#[error("port range {base:#x}+{len} overlaps a device already on the bus")]
+pub struct BusOverlap {
+    /// First port.
+    pub base: u16,
+    /// Number of ports.
+    pub len: u16,
+}
+
+impl PioBus {
+    /// Adds a device at ports `base..base+len`.
+    pub fn insert(
+        &mut self,
+        base: u16,
+        len: u16,
+        dev: Arc<Mutex<dyn PioDevice>>,
+    ) -> Result<(), BusOverlap> {
+        let end = u32::from(base) + u32::from(len);
+        if self.ranges.iter().any(|r| {
+            u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end
+        }) {
+            return Err(BusOverlap { base, len });
+        }
+        self.ranges.push(Range { base, len, dev });
+        Ok(())
+    }
+
+    fn find(&self, port: u16, size: usize) -> Option<(&Range, u16)> {
+        self.ranges.iter().find_map(|r| {
+            let off = port.checked_sub(r.base)?;
+            (usize::from(off) + size <= usize::from(r.len)).then_some((r, off))
+        })
+    }
+
+    fn note_unknown(&self, what: &str, port: u16) {
+        let n = self
+            .unknown
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < 16 || n.is_power_of_two() {
+            tracing::warn!(
+                port = format_args!("{port:#x}"),
+                count = n + 1,
+                "guest {what} to an unknown port"
+            );
+        }
+    }
+
+    /// Dispatches a guest `in`; unknown ports read as all ones.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        match self.find(port, data.len()) {
+            Some((r, off)) => match r.dev.lock() {
+                Ok(mut d) => d.read(off, data),
+                Err(_) => data.fill(0xff),
+            },
+            None => {
+                self.note_unknown("read", port);
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// Dispatches a guest `out`; unknown ports swallow the write.
+    pub fn write(&self, port: u16, data: &[u8]) -> Option<VmEvent> {
+        match self.find(port, data.len()) {
+            Some((r, off)) => r.dev.lock().ok().and_then(|mut d| d.write(off, data)),
+            None => {
+                self.note_unknown("write", port);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo(u8);
+    impl PioDevice for Echo {
+        fn read(&mut self, offset: u16, data: &mut [u8]) {
+            data.fill(self.0.wrapping_add(offset as u8));
+        }
+        fn write(&mut self, _offset: u16, data: &[u8]) -> Option<VmEvent> {
+            self.0 = data[0];
+            (data[0] == 0xff).then_some(VmEvent::PowerOff)
+        }
+    }
+
+    #[test]
+    fn dispatch_and_unknown_ports() {
+        let mut bus = PioBus::default();
+        bus.insert(0x100, 4, Arc::new(Mutex::new(Echo(1)))).unwrap();
+        assert!(bus.insert(0x103, 2, Arc::new(Mutex::new(Echo(0)))).is_err());
+        let mut b = [0u8; 1];
+        bus.read(0x102, &mut b);
+        assert_eq!(b, [3]);
+        // An access that straddles the end of the range is unknown.
+        let mut w = [0u8; 2];
+        bus.read(0x103, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        bus.read(0xffff, &mut w);
+        assert_eq!(w, [0xff, 0xff]);
+        assert_eq!(bus.write(0x100, &[7]), None);
+        bus.read(0x100, &mut b);
+        assert_eq!(b, [7]);
+        assert_eq!(bus.write(0x100, &[0xff]), Some(VmEvent::PowerOff));
+        assert_eq!(bus.write(0x9999, &[0xff]), None);
+    }
+}

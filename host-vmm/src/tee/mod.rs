@@ -1,0 +1,156 @@
+//! Trusted-execution environments the VMM can launch into, and whether this host can
+//! provide each one.
+//!
+//! A requested TEE the host cannot provide is refused with the precise reason; the VMM
+//! never falls back to a less protected guest.
+
+use kvm_bindings::{
+    KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
+    KVM_X86_SNP_VM, KVM_X86_TDX_VM,
+};
+use kvm_ioctls::Kvm;
+
+/// The TEE a guest is launched into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeeKind {
+    /// AMD SEV-SNP through KVM (Linux >= 6.11).
+    Snp,
+    /// Intel TDX through KVM (Linux >= 6.16).
+    Tdx,
+    /// No TEE: a plain, unencrypted guest, for development.
+    None,
+}
+
+impl std::fmt::Display for TeeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TeeKind::Snp => "snp",
+            TeeKind::Tdx => "tdx",
+            TeeKind::None => "none",
+        })
+    }
+}
+
+/// What the host's KVM offers for confidential guests.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KvmCapabilities {
+    /// KVM_GET_API_VERSION.
+    pub api_version: i32,
+    /// Bitmap of KVM_CAP_VM_TYPES (bit n = VM type n).
+    pub vm_types: u32,
+    /// KVM_CAP_USER_MEMORY2.
+    pub user_memory2: bool,
+    /// KVM_CAP_GUEST_MEMFD.
+    pub guest_memfd: bool,
+    /// KVM_CAP_MEMORY_ATTRIBUTES (supported attribute bits).
+    pub memory_attributes: u64,
+}
+
+impl KvmCapabilities {
+    /// Queries `kvm`.
+    pub fn query(kvm: &Kvm) -> Self {
+        let raw = |cap: u32| kvm.check_extension_raw(libc::c_ulong::from(cap));
+        Self {
+            api_version: kvm.get_api_version(),
+            vm_types: u32::try_from(raw(KVM_CAP_VM_TYPES)).unwrap_or(0),
+            user_memory2: raw(KVM_CAP_USER_MEMORY2) > 0,
+            guest_memfd: raw(KVM_CAP_GUEST_MEMFD) > 0,
+            memory_attributes: u64::try_from(raw(KVM_CAP_MEMORY_ATTRIBUTES)).unwrap_or(0),
+        }
+    }
+
+    /// Whether VM type `t` can be created.
+    pub fn supports_vm_type(&self, t: u32) -> bool {
+        t < 32 && self.vm_types & (1 << t) != 0
+    }
+}
+
+/// Why the host cannot run a TEE.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("this host cannot launch {tee} guests: {reasons}", reasons = reasons.join("; "))]
+pub struct Unavailable {
+    /// The TEE asked for.
+    pub tee: TeeKind,
+    /// Every missing prerequisite.
+    pub reasons: Vec<String>,
+}
+
+/// KVM_MEMORY_ATTRIBUTE_PRIVATE.
+const MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;
+
+/// Checks every prerequisite of `tee` on this host and lists all that are missing.
+pub fn check(tee: TeeKind, caps: &KvmCapabilities) -> Result<(), Unavailable> {
+    let mut reasons = Vec::new();
+    let (vm_type, dev, name) = match tee {
+        TeeKind::None => return Ok(()),
+        TeeKind::Snp => (
+            KVM_X86_SNP_VM,
+            Some("/dev/sev"),
+            "SEV-SNP (KVM_X86_SNP_VM = 4, Linux >= 6.11 with an SNP-enabled host)",
+        ),
+        TeeKind::Tdx => (
+            KVM_X86_TDX_VM,
+            None,
+            "TDX (KVM_X86_TDX_VM = 5, Linux >= 6.16 with TDX enabled in the BIOS)",
+        ),
+    };
+    if !caps.supports_vm_type(vm_type) {
+        reasons.push(format!(
+            "KVM does not offer VM type {vm_type} for {name}: KVM_CAP_VM_TYPES = {:#b}",
+            caps.vm_types
+        ));
+    }
+    if !caps.guest_memfd {
+        reasons.push("KVM_CAP_GUEST_MEMFD is missing (private memory needs guest_memfd)".into());
+    }
+    if !caps.user_memory2 {
+        reasons.push("KVM_CAP_USER_MEMORY2 is missing".into());
+    }
+    if caps.memory_attributes & MEMORY_ATTRIBUTE_PRIVATE == 0 {
+        reasons.push(format!(
+            "KVM_CAP_MEMORY_ATTRIBUTES lacks PRIVATE (value {:#x})",
+            caps.memory_attributes
+        ));
+    }
+    if let Some(dev) = dev {
+        if !std::path::Path::new(dev).exists() {
+            reasons.push(format!(
+                "{dev} does not exist (the ccp driver has not initialised the SEV firmware)"
+            ));
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(Unavailable { tee, reasons })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kind_of_host_refuses_snp_and_tdx_with_every_reason() {
+        let pvm = KvmCapabilities {
+            api_version: 12,
+            vm_types: 1,
+            user_memory2: true,
+            guest_memfd: true,
+            memory_attributes: 0,
+        };
+        let e = check(TeeKind::Snp, &pvm).unwrap_err();
+        assert!(e.reasons.iter().any(|r| r.contains("VM type 4")), "{e}");
+        assert!(e.reasons.iter().any(|r| r.contains("PRIVATE")), "{e}");
+        let e = check(TeeKind::Tdx, &pvm).unwrap_err();
+        assert!(e.to_string().contains("VM type 5"), "{e}");
+        assert!(check(TeeKind::None, &pvm).is_ok());
+        let tdx_host = KvmCapabilities {
+            vm_types: 0b100001,
+            memory_attributes: 8,
+            ..pvm
+        };
+        assert!(check(TeeKind::Tdx, &tdx_host).is_ok());
+    }
+}

@@ -1,0 +1,6 @@
+//! KVM state: the VM, its guest memory and its vCPUs. The kernel-interface code and
+//! almost all `unsafe` of the VMM live here.
+
+pub mod memory;
+pub mod vcpu;
+pub mod vm;

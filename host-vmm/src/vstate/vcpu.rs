@@ -1,0 +1,301 @@
+//! vCPUs: creation, the run loop, and diagnosis of why a vCPU stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kvm_bindings::{kvm_regs, kvm_sregs, CpuId, KVM_EXIT_INTERNAL_ERROR};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::{PioBus, VmEvent};
+
+/// Why a vCPU stopped running guest code.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VcpuStop {
+    /// The guest powered off (ACPI S5 or a KVM shutdown system event).
+    PowerOff,
+    /// The guest asked for a reset (treated as a stop: a confidential guest cannot be
+    /// rebooted with the same measurement).
+    Reset,
+    /// Another vCPU ended the VM.
+    Stopped,
+    /// A triple fault (KVM_EXIT_SHUTDOWN).
+    TripleFault(Box<CpuState>),
+    /// KVM could not emulate an instruction (KVM_EXIT_INTERNAL_ERROR).
+    EmulationFailure {
+        /// KVM's suberror (1 = emulation failure).
+        suberror: u32,
+        /// Registers and the instruction bytes at CS:RIP.
+        state: Box<CpuState>,
+    },
+    /// KVM_EXIT_FAIL_ENTRY.
+    FailEntry {
+        /// Hardware entry failure reason.
+        reason: u64,
+    },
+    /// The guest halted and nothing can wake it.
+    Halted(Box<CpuState>),
+    /// The guest reported a crash (KVM system event).
+    Crash,
+    /// KVM_RUN failed.
+    RunError(String),
+    /// An exit the VMM does not handle.
+    UnexpectedExit(String),
+}
+
+impl VcpuStop {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VcpuStop::PowerOff => "power-off",
+            VcpuStop::Reset => "reset",
+            VcpuStop::Stopped => "stopped",
+            VcpuStop::TripleFault(_) => "triple-fault",
+            VcpuStop::EmulationFailure { .. } => "emulation-failure",
+            VcpuStop::FailEntry { .. } => "fail-entry",
+            VcpuStop::Halted(_) => "halted",
+            VcpuStop::Crash => "crash",
+            VcpuStop::RunError(_) => "run-error",
+            VcpuStop::UnexpectedExit(_) => "unexpected-exit",
+        }
+    }
+}
+
+/// A snapshot of a vCPU for diagnostics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuState {
+    /// vCPU index.
+    pub index: u32,
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment and control registers.
+    pub sregs: kvm_sregs,
+    /// Up to 16 bytes at CS:RIP, if they could be read.
+    pub code: Option<Vec<u8>>,
+}
+
+impl std::fmt::Display for CpuState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (r, s) = (&self.regs, &self.sregs);
+        write!(
+            f,
+            "vCPU {} at CS:RIP {:#x}:{:#x} (linear {:#x}); ",
+            self.index,
+            s.cs.selector,
+            r.rip,
+            s.cs.base.wrapping_add(r.rip)
+        )?;
+        match &self.code {
+            Some(b) => write!(
+                f,
+                "instruction bytes {}; ",
+                b.iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )?,
+            None => write!(f, "instruction bytes unreadable; ")?,
+        }
+        write!(
+            f,
+            "rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rsp={:#x} rbp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp, r.rflags, s.cr0, s.cr3, s.cr4, s.efer
+        )
+    }
+}
+
+/// Errors creating a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A vCPU ioctl failed.
+    #[error("{what} failed for vCPU {index}")]
+    Ioctl {
+        /// Which ioctl.
+        what: &'static str,
+        /// vCPU index.
+        index: u32,
+        /// The KVM error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// One vCPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u32,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` with the host-supported CPUID, its APIC ID patched in.
+    pub fn new(vm: &VmFd, index: u32, cpuid: &CpuId) -> Result<Self, VcpuError> {
+        let err = |what| {
+            move |source| VcpuError::Ioctl {
+                what,
+                index,
+                source,
+            }
+        };
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = cpuid.clone();
+        for e in cpuid.as_mut_slice() {
+            match e.function {
+                1 => e.ebx = (e.ebx & 0x00ff_ffff) | (index << 24),
+                0xb | 0x1f => e.edx = index,
+                _ => {}
+            }
+        }
+        fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
+        Ok(Self { fd, index })
+    }
+
+    /// The vCPU index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Runs the guest until it stops. `stop` is checked whenever KVM_RUN is interrupted
+    /// (the VMM signals the thread to interrupt it).
+    pub fn run(&mut self, bus: &PioBus, mem: &GuestMemoryMmap, stop: &AtomicBool) -> VcpuStop {
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return VcpuStop::Stopped;
+            }
+            let outcome = match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    bus.read(port, data);
+                    None
+                }
+                Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data).map(|e| match e {
+                    VmEvent::PowerOff => Exit::Stop(VcpuStop::PowerOff),
+                    VmEvent::Reset => Exit::Stop(VcpuStop::Reset),
+                }),
+                Ok(VcpuExit::MmioRead(_, data)) => {
+                    data.fill(0xff);
+                    None
+                }
+                Ok(VcpuExit::MmioWrite(..)) => None,
+                Ok(VcpuExit::Hlt) => Some(Exit::Halted),
+                Ok(VcpuExit::Shutdown) => Some(Exit::TripleFault),
+                Ok(VcpuExit::InternalError) => Some(Exit::Internal),
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    Some(Exit::Stop(VcpuStop::FailEntry { reason }))
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => Some(Exit::Stop(match kind {
+                    kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
+                    kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
+                    kvm_bindings::KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
+                    other => VcpuStop::UnexpectedExit(format!("system event {other}")),
+                })),
+                Ok(other) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!("{other:?}")))),
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
+            };
+            match outcome {
+                None => continue,
+                Some(Exit::Stop(s)) => return s,
+                Some(Exit::Halted) => return VcpuStop::Halted(Box::new(self.state(mem))),
+                Some(Exit::TripleFault) => return VcpuStop::TripleFault(Box::new(self.state(mem))),
+                Some(Exit::Internal) => {
+                    let suberror = self.internal_suberror();
+                    return VcpuStop::EmulationFailure {
+                        suberror,
+                        state: Box::new(self.state(mem)),
+                    };
+                }
+            }
+        }
+    }
+
+    fn internal_suberror(&mut self) -> u32 {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+            return 0;
+        }
+        // SAFETY: `exit_reason` is KVM_EXIT_INTERNAL_ERROR, so KVM filled the
+        // `internal` member of the exit union; it is plain data (integers).
+        unsafe { run.__bindgen_anon_1.internal.suberror }
+    }
+
+    /// Registers and the code bytes at CS:RIP.
+    pub fn state(&self, mem: &GuestMemoryMmap) -> CpuState {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let sregs = self.fd.get_sregs().unwrap_or_default();
+        let code = translate(mem, &sregs, sregs.cs.base.wrapping_add(regs.rip)).and_then(|gpa| {
+            let mut b = [0u8; 16];
+            // Read what is available up to the end of the page.
+            let n = (4096 - (gpa & 0xfff) as usize).min(16);
+            mem.read_slice(&mut b[..n], GuestAddress(gpa))
+                .ok()
+                .map(|()| b[..n].to_vec())
+        });
+        CpuState {
+            index: self.index,
+            regs,
+            sregs,
+            code,
+        }
+    }
+}
+
+enum Exit {
+    Stop(VcpuStop),
+    Halted,
+    TripleFault,
+    Internal,
+}
+
+/// Translates a guest linear address to a physical one by walking the guest's page
+/// tables (no paging, or 4-level long-mode paging).
+pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, linear: u64) -> Option<u64> {
+    const PG: u64 = 1 << 31;
+    const LMA: u64 = 1 << 10;
+    if sregs.cr0 & PG == 0 {
+        return Some(linear & 0xffff_ffff);
+    }
+    if sregs.efer & LMA == 0 {
+        return None;
+    }
+    let mut table = sregs.cr3 & 0x000f_ffff_ffff_f000;
+    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+        let idx = (linear >> shift) & 0x1ff;
+        let entry: u64 = mem.read_obj(GuestAddress(table + idx * 8)).ok()?;
+        if entry & 1 == 0 {
+            return None;
+        }
+        let addr = entry & 0x000f_ffff_ffff_f000;
+        if level == 1 || ((level == 2 || level == 3) && entry & (1 << 7) != 0) {
+            let mask = (1u64 << shift) - 1;
+            return Some((addr & !mask) | (linear & mask));
+        }
+        table = addr;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn translates_real_mode_and_long_mode() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let mut s = kvm_sregs::default();
+        assert_eq!(translate(&mem, &s, 0xffff_fff0), Some(0xffff_fff0));
+        // Long mode: PML4 at 0x1000 -> PDPT at 0x2000 -> PD at 0x3000 with a 2 MiB page
+        // mapping linear 0x4020_0000 to physical 0x20_0000.
+        s.cr0 = 1 << 31 | 1;
+        s.efer = 1 << 10 | 1 << 8;
+        s.cr3 = 0x1000;
+        mem.write_obj(0x2003u64, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x3003u64, GuestAddress(0x2000 + 8)).unwrap(); // PDPT[1]: 1 GiB..2 GiB
+        mem.write_obj(0x20_0083u64, GuestAddress(0x3000 + 8))
+            .unwrap(); // PD[1]: 2 MiB page
+        assert_eq!(translate(&mem, &s, 0x4020_1234), Some(0x20_1234));
+        assert_eq!(translate(&mem, &s, 0x4040_0000), None, "not present");
+        s.efer = 0; // 32-bit paging is not walked
+        assert_eq!(translate(&mem, &s, 0x4020_1234), None);
+    }
+}
