@@ -14,6 +14,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::devices::legacy::{AcpiPm, I8042, I8042_BASE, PM1A_EVT};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::{BusOverlap, PioBus};
+use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -39,6 +40,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Serial console destination.
     pub serial: SerialOutput,
+    /// Whether to install the seccomp filters.
+    pub seccomp: SeccompMode,
 }
 
 /// Errors building or running the VM.
@@ -73,6 +76,9 @@ pub enum VmmError {
     /// A thread could not be started.
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    /// A seccomp filter could not be installed.
+    #[error("cannot confine the VMM")]
+    Seccomp(#[from] SeccompError),
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
@@ -123,19 +129,44 @@ pub fn run(config: &VmConfig) -> Result<VcpuStop, VmmError> {
     register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::Signal)?;
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
+    // Every thread installs its seccomp filter, then waits here: no guest code runs
+    // before all filters are in place.
+    let gate = Arc::new(std::sync::Barrier::new(vcpus.len() + 1));
+    let mode = config.seccomp;
     let mut threads = Vec::new();
     for mut vcpu in vcpus {
-        let (bus, vm, stop, tx) = (bus.clone(), vm.clone(), stop.clone(), tx.clone());
+        let (bus, vm, stop, tx, gate) = (
+            bus.clone(),
+            vm.clone(),
+            stop.clone(),
+            tx.clone(),
+            gate.clone(),
+        );
         let t = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index()))
             .spawn(move || {
-                let why = vcpu.run(&bus, vm.memory(), &stop);
+                let confined = seccomp::install(ThreadKind::Vcpu, mode);
+                gate.wait();
+                let why = match confined {
+                    Ok(()) if !stop.load(Ordering::Acquire) => vcpu.run(&bus, vm.memory(), &stop),
+                    Ok(()) => VcpuStop::Stopped,
+                    Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
+                };
                 let _ = tx.send((vcpu.index(), why));
             })
             .map_err(VmmError::Thread)?;
         threads.push(t);
     }
     drop(tx);
+    if mode == SeccompMode::Off {
+        tracing::warn!("seccomp filters are OFF: the VMM is not confined (debugging only)");
+    }
+    let confined = seccomp::install(ThreadKind::Vmm, mode);
+    if confined.is_err() {
+        stop.store(true, Ordering::Release);
+    }
+    gate.wait();
+    confined?;
     tracing::info!(
         event = "running",
         vcpus = config.vcpus,

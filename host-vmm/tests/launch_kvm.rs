@@ -244,3 +244,17 @@ fn bad_launch_arguments_fail_cleanly() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn seccomp_can_be_switched_off_only_loudly() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let code = [print(b"x"), power_off()].concat();
+    let on = launch(dir.path(), &code, &[]);
+    assert!(!String::from_utf8_lossy(&on.stderr).contains("seccomp filters are OFF"));
+    let off = launch(dir.path(), &code, &["--seccomp", "off"]);
+    assert_eq!(off.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&off.stderr).contains("seccomp filters are OFF"));
+}

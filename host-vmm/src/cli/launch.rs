@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::seccomp::SeccompMode;
 use crate::tee::{self, KvmCapabilities, TeeKind};
 use crate::vmm::{self, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
@@ -26,6 +27,9 @@ pub struct Args {
     /// Serial console: stdout, file:PATH or none.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOutput,
+    /// Per-thread seccomp filters; `off` only for debugging.
+    #[arg(long, value_enum, default_value = "on")]
+    pub seccomp: SeccompMode,
 }
 
 /// Parses sizes such as `512M`, `2G`, `1048576`.
@@ -129,6 +133,7 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         memory: a.memory,
         vcpus: a.vcpus,
         serial: a.serial.clone(),
+        seccomp: a.seccomp,
     };
     Ok(vmm::run(&config)?)
 }

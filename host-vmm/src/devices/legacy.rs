@@ -47,7 +47,6 @@ impl PioDevice for AcpiPm {
         let regs = [
             self.status.to_le_bytes(),
             self.enable.to_le_bytes(),
-            [0; 2],
             self.control.to_le_bytes(),
         ]
         .concat();

@@ -1,0 +1,190 @@
+//! Per-thread seccomp filters (seccompiler), installed by each thread before any guest
+//! code runs. Any other system call kills the whole VMM process (fail closed: a
+//! compromised device model or vCPU loop cannot reach the rest of the kernel).
+//!
+//! - vCPU threads: `KVM_RUN`, `KVM_GET_REGS` and `KVM_GET_SREGS` (diagnosis) on their
+//!   vCPU fd, `write` (serial console, irqfd, log), memory management for the
+//!   allocator, futexes, signal return (the kick signal), thread exit.
+//! - the VMM thread, once the guest is running: waiting (futex, sleep), signalling the
+//!   vCPU threads out of KVM_RUN (`tgkill`), logging, and exit.
+//!
+//! The lists were derived from `strace -f` of `cvm launch` and are exercised by the KVM
+//! integration tests, which run with the filters on.
+
+use std::collections::BTreeMap;
+use std::mem::size_of;
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use seccompiler::{
+    apply_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// Whether filters are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum SeccompMode {
+    /// Install the filters (default).
+    #[default]
+    On,
+    /// No filters: for debugging only; the VMM warns loudly.
+    Off,
+}
+
+/// Which thread a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// A vCPU thread.
+    Vcpu,
+    /// The VMM's main thread after the guest started.
+    Vmm,
+}
+
+/// Errors building or installing a filter.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The filter could not be compiled.
+    #[error("cannot build the {0:?} seccomp filter")]
+    Build(ThreadKind, #[source] seccompiler::BackendError),
+    /// The filter could not be compiled to BPF.
+    #[error("cannot compile the {0:?} seccomp filter")]
+    Compile(ThreadKind, #[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("cannot install the {0:?} seccomp filter")]
+    Install(ThreadKind, #[source] seccompiler::Error),
+}
+
+const KVMIO: u64 = 0xAE;
+const fn io(nr: u64) -> u64 {
+    (KVMIO << 8) | nr
+}
+const fn ior(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+/// KVM_RUN.
+pub const KVM_RUN: u64 = io(0x80);
+/// KVM_GET_REGS.
+pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kvm_regs>());
+/// KVM_GET_SREGS.
+pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+
+fn allow(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, syscalls: &[libc::c_long]) {
+    for s in syscalls {
+        rules.insert(*s, vec![]);
+    }
+}
+
+/// The BPF program for `kind`.
+pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Common to every thread: memory management for the allocator, futexes, logging,
+    // signal handling and exit.
+    allow(
+        &mut rules,
+        &[
+            libc::SYS_write,
+            libc::SYS_writev,
+            libc::SYS_futex,
+            libc::SYS_mmap,
+            libc::SYS_munmap,
+            libc::SYS_mprotect,
+            libc::SYS_madvise,
+            libc::SYS_brk,
+            libc::SYS_rt_sigreturn,
+            libc::SYS_rt_sigprocmask,
+            libc::SYS_sigaltstack,
+            libc::SYS_sched_yield,
+            libc::SYS_clock_gettime,
+            libc::SYS_close,
+            libc::SYS_exit,
+            libc::SYS_exit_group,
+        ],
+    );
+    let arg1_is = |value: u64| {
+        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|e| SeccompError::Build(kind, e))
+    };
+    // std checks an owned fd with F_GETFD before closing it (debug builds).
+    rules.insert(libc::SYS_fcntl, vec![arg1_is(libc::F_GETFD as u64)?]);
+    match kind {
+        ThreadKind::Vcpu => {
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![
+                    arg1_is(KVM_RUN)?,
+                    arg1_is(KVM_GET_REGS)?,
+                    arg1_is(KVM_GET_SREGS)?,
+                ],
+            );
+        }
+        ThreadKind::Vmm => allow(
+            &mut rules,
+            &[
+                libc::SYS_tgkill,
+                libc::SYS_getpid,
+                libc::SYS_clock_nanosleep,
+                libc::SYS_nanosleep,
+            ],
+        ),
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Build(kind, e))?;
+    filter
+        .try_into()
+        .map_err(|e| SeccompError::Compile(kind, e))
+}
+
+/// Installs the filter for `kind` on the calling thread (no-op when `mode` is off).
+pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
+    if mode == SeccompMode::Off {
+        return Ok(());
+    }
+    let prog = program(kind)?;
+    apply_filter(&prog).map_err(|e| SeccompError::Install(kind, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel_abi() {
+        assert_eq!(KVM_RUN, 0xAE80);
+        assert_eq!(KVM_GET_REGS, 0x8090_AE81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+    }
+
+    #[test]
+    fn programs_compile() {
+        assert!(program(ThreadKind::Vcpu).unwrap().len() > 10);
+        assert!(program(ThreadKind::Vmm).unwrap().len() > 10);
+    }
+
+    #[test]
+    fn a_filtered_thread_is_killed_for_a_forbidden_syscall() {
+        // Run the check in a child process: the filter kills the whole process.
+        if std::env::var_os("CVM_SECCOMP_CHILD").is_some() {
+            install(ThreadKind::Vcpu, SeccompMode::On).unwrap();
+            // SAFETY: getppid has no preconditions; it is simply not on the allow list.
+            unsafe { libc::getppid() };
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::a_filtered_thread_is_killed_for_a_forbidden_syscall",
+                "--nocapture",
+            ])
+            .env("CVM_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{out:?}");
+    }
+}
