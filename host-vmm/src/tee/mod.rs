@@ -4,6 +4,8 @@
 //! A requested TEE the host cannot provide is refused with the precise reason; the VMM
 //! never falls back to a less protected guest.
 
+pub mod snp;
+
 use kvm_bindings::{
     KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
     KVM_X86_SNP_VM, KVM_X86_TDX_VM,

@@ -2,5 +2,6 @@
 //! almost all `unsafe` of the VMM live here.
 
 pub mod memory;
+pub mod sev;
 pub mod vcpu;
 pub mod vm;

@@ -1,0 +1,547 @@
+//! The SEV-SNP launch sequence on upstream KVM (Linux >= 6.11), as a type-state
+//! machine: `SnpLauncher<New>` → `init` → `<Initialized>` → `start` → `<Started>` →
+//! `update`… → `finish` → `<Finished>`. Calling the steps out of order does not compile.
+//!
+//! The updates come from [`SnpLaunchPlan::updates`], the same sequence `cvm measure`
+//! folds into the expected digest, so the launch and the registered measurement cannot
+//! drift apart. VMSA pages are not sent: upstream KVM builds each vCPU's VMSA at
+//! LAUNCH_FINISH from the registers the VMM set (`SnpLaunchPlan::vcpu_registers`) and
+//! the VMSA features given to INIT2.
+//!
+//! This host has no SEV-SNP hardware: the sequence is tested against a recording fake
+//! of the firmware (partial progress, EAGAIN, firmware errors); see the tests.
+
+use std::marker::PhantomData;
+
+use kvm_bindings::{
+    kvm_sev_init, kvm_sev_snp_launch_finish, kvm_sev_snp_launch_start, kvm_sev_snp_launch_update,
+};
+use measured_boot::snp::{PageType, SnpLaunchPlan};
+
+use crate::vstate::sev::{SevCmdError, SevCommands, SevRequest};
+
+/// SEV_FEATURES bit 0: SNPActive. KVM sets it itself for SNP VMs.
+pub const SEV_FEATURE_SNP_ACTIVE: u64 = 1;
+/// Guest policy bit 17, reserved and required to be one.
+pub const POLICY_RESERVED_MBO: u64 = 1 << 17;
+/// Guest policy bit 19: debugging allowed.
+pub const POLICY_DEBUG: u64 = 1 << 19;
+/// GHCB protocol version for SNP guests.
+pub const GHCB_VERSION: u16 = 2;
+
+/// Why the SNP launch failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnpLaunchError {
+    /// A command failed in the kernel or in the SEV firmware.
+    #[error("{command} failed: errno {errno}{}", fw_text(*fw_error))]
+    Command {
+        /// Command name.
+        command: &'static str,
+        /// ioctl errno.
+        errno: i32,
+        /// SEV firmware status code.
+        fw_error: u32,
+    },
+    /// LAUNCH_UPDATE reported success without making progress.
+    #[error("KVM_SEV_SNP_LAUNCH_UPDATE at {gpa:#x} made no progress")]
+    NoProgress {
+        /// GPA of the stalled range.
+        gpa: u64,
+    },
+    /// The guest features lack SNPActive.
+    #[error("guest features {0:#x} lack bit 0 (SNPActive)")]
+    NotSnp(u64),
+    /// The guest policy lacks its must-be-one bit.
+    #[error("guest policy {0:#x} lacks bit 17, which must be one")]
+    BadPolicy(u64),
+    /// A range is not page-aligned.
+    #[error("launch update at {gpa:#x} of {len:#x} bytes is not page-aligned or empty")]
+    Unaligned {
+        /// GPA.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// VMSA pages are built by KVM, not sent.
+    #[error("VMSA pages are built by KVM at LAUNCH_FINISH and cannot be sent with LAUNCH_UPDATE")]
+    VmsaUpdate,
+    /// The VMM has no host mapping for a GPA range of the plan.
+    #[error("no host memory backs guest range {gpa:#x}+{len:#x}")]
+    Unmapped {
+        /// GPA.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+}
+
+fn fw_text(code: u32) -> String {
+    if code == 0 {
+        String::new()
+    } else {
+        format!(
+            ", SEV firmware status {code:#x} ({})",
+            sev::error::SevError::from(code)
+        )
+    }
+}
+
+fn command_error(req: &'static str) -> impl Fn(SevCmdError) -> SnpLaunchError {
+    move |e| SnpLaunchError::Command {
+        command: req,
+        errno: e.errno,
+        fw_error: e.fw_error,
+    }
+}
+
+/// State: nothing issued yet.
+#[derive(Debug)]
+pub struct New;
+/// State: KVM_SEV_INIT2 done.
+#[derive(Debug)]
+pub struct Initialized;
+/// State: LAUNCH_START done; pages may be added.
+#[derive(Debug)]
+pub struct Started;
+/// State: LAUNCH_FINISH done; the guest may run.
+#[derive(Debug)]
+pub struct Finished;
+
+/// The SNP launch of one VM.
+#[derive(Debug)]
+pub struct SnpLauncher<S, C> {
+    cmds: C,
+    pages: u64,
+    _state: PhantomData<S>,
+}
+
+impl<S, C> SnpLauncher<S, C> {
+    fn into_state<T>(self) -> SnpLauncher<T, C> {
+        SnpLauncher {
+            cmds: self.cmds,
+            pages: self.pages,
+            _state: PhantomData,
+        }
+    }
+
+    /// Pages handed to LAUNCH_UPDATE so far.
+    pub fn pages_updated(&self) -> u64 {
+        self.pages
+    }
+}
+
+impl<C: SevCommands> SnpLauncher<New, C> {
+    /// A launch driven through `cmds`.
+    pub fn new(cmds: C) -> Self {
+        Self {
+            cmds,
+            pages: 0,
+            _state: PhantomData,
+        }
+    }
+
+    /// KVM_SEV_INIT2 with the guest's SEV features (SNPActive is implied by the VM type
+    /// and not passed).
+    pub fn init(
+        mut self,
+        guest_features: u64,
+    ) -> Result<SnpLauncher<Initialized, C>, SnpLaunchError> {
+        if guest_features & SEV_FEATURE_SNP_ACTIVE == 0 {
+            return Err(SnpLaunchError::NotSnp(guest_features));
+        }
+        let mut init = kvm_sev_init {
+            vmsa_features: guest_features & !SEV_FEATURE_SNP_ACTIVE,
+            ghcb_version: GHCB_VERSION,
+            ..Default::default()
+        };
+        self.cmds
+            .issue(SevRequest::Init2(&mut init))
+            .map_err(command_error("KVM_SEV_INIT2"))?;
+        Ok(self.into_state())
+    }
+}
+
+impl<C: SevCommands> SnpLauncher<Initialized, C> {
+    /// KVM_SEV_SNP_LAUNCH_START with the guest policy.
+    pub fn start(mut self, policy: u64) -> Result<SnpLauncher<Started, C>, SnpLaunchError> {
+        if policy & POLICY_RESERVED_MBO == 0 {
+            return Err(SnpLaunchError::BadPolicy(policy));
+        }
+        let mut start = kvm_sev_snp_launch_start {
+            policy,
+            ..Default::default()
+        };
+        self.cmds
+            .issue(SevRequest::SnpLaunchStart(&mut start))
+            .map_err(command_error("KVM_SEV_SNP_LAUNCH_START"))?;
+        Ok(self.into_state())
+    }
+}
+
+impl<C: SevCommands> SnpLauncher<Started, C> {
+    /// KVM_SEV_SNP_LAUNCH_UPDATE of `len` bytes at `gpa` from host address `uaddr`,
+    /// repeated until KVM has processed the whole range (it may do part of it per call,
+    /// or ask to be called again with EAGAIN).
+    pub fn update(
+        &mut self,
+        gpa: u64,
+        page_type: PageType,
+        uaddr: u64,
+        len: u64,
+    ) -> Result<(), SnpLaunchError> {
+        if page_type == PageType::Vmsa {
+            return Err(SnpLaunchError::VmsaUpdate);
+        }
+        if len == 0 || gpa % 4096 != 0 || len % 4096 != 0 || uaddr % 4096 != 0 {
+            return Err(SnpLaunchError::Unaligned { gpa, len });
+        }
+        let mut u = kvm_sev_snp_launch_update {
+            gfn_start: gpa >> 12,
+            uaddr,
+            len,
+            type_: page_type as u8,
+            ..Default::default()
+        };
+        while u.len > 0 {
+            let before = u.len;
+            match self.cmds.issue(SevRequest::SnpLaunchUpdate(&mut u)) {
+                Ok(()) if u.len < before => {}
+                Ok(()) => {
+                    return Err(SnpLaunchError::NoProgress {
+                        gpa: u.gfn_start << 12,
+                    })
+                }
+                Err(e) if e.errno == libc::EAGAIN || e.errno == libc::EINTR => {}
+                Err(e) => return Err(command_error("KVM_SEV_SNP_LAUNCH_UPDATE")(e)),
+            }
+        }
+        self.pages += len / 4096;
+        Ok(())
+    }
+
+    /// Issues every update of `plan` except the VMSAs. `host` maps a guest range to the
+    /// host address where the VMM placed its contents.
+    pub fn apply_plan(
+        &mut self,
+        plan: &SnpLaunchPlan,
+        host: impl Fn(u64, u64) -> Option<u64>,
+    ) -> Result<(), SnpLaunchError> {
+        for u in plan.updates().filter(|u| u.page_type != PageType::Vmsa) {
+            let uaddr = host(u.gpa, u.len()).ok_or(SnpLaunchError::Unmapped {
+                gpa: u.gpa,
+                len: u.len(),
+            })?;
+            self.update(u.gpa, u.page_type, uaddr, u.len())?;
+        }
+        Ok(())
+    }
+
+    /// KVM_SEV_SNP_LAUNCH_FINISH with the host data and, optionally, an ID block
+    /// (96 bytes) and its ID authentication structure (4096 bytes).
+    pub fn finish(
+        mut self,
+        host_data: [u8; 32],
+        id: Option<(&[u8; 96], &[u8; 4096])>,
+    ) -> Result<SnpLauncher<Finished, C>, SnpLaunchError> {
+        let mut fin = kvm_sev_snp_launch_finish {
+            host_data,
+            ..Default::default()
+        };
+        if let Some((block, auth)) = id {
+            fin.id_block_uaddr = block.as_ptr() as u64;
+            fin.id_auth_uaddr = auth.as_ptr() as u64;
+            fin.id_block_en = 1;
+            // AUTHOR_KEY_EN: the auth structure carries an author key when its
+            // author-key algorithm field (offset 0x4) is non-zero.
+            fin.auth_key_en = u8::from(auth[4..8] != [0; 4]);
+        }
+        self.cmds
+            .issue(SevRequest::SnpLaunchFinish(&mut fin))
+            .map_err(command_error("KVM_SEV_SNP_LAUNCH_FINISH"))?;
+        Ok(self.into_state())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use measured_boot::snp::vmsa::VmmType;
+    use measured_boot::snp::{hashes::SevHashes, SnpPlanConfig};
+    use measured_boot::FirmwareImage;
+
+    /// What the fake firmware saw.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Seen {
+        Init {
+            vmsa_features: u64,
+            ghcb: u16,
+        },
+        Start {
+            policy: u64,
+        },
+        Update {
+            gfn: u64,
+            uaddr: u64,
+            len: u64,
+            page_type: u8,
+        },
+        Finish {
+            host_data: [u8; 32],
+            id_block_en: u8,
+            auth_key_en: u8,
+        },
+    }
+
+    /// A fake of KVM + the SNP firmware: processes at most `chunk` pages per
+    /// LAUNCH_UPDATE, answers EAGAIN every `eagain_every`-th call, and can fail a
+    /// command with a firmware status.
+    #[derive(Debug, Default)]
+    struct FakePsp {
+        seen: Vec<Seen>,
+        chunk: u64,
+        eagain_every: usize,
+        calls: usize,
+        fail: Option<(u32, SevCmdError)>,
+    }
+
+    impl SevCommands for &mut FakePsp {
+        fn issue(&mut self, req: SevRequest<'_>) -> Result<(), SevCmdError> {
+            self.calls += 1;
+            if let Some((id, e)) = self.fail {
+                if id == req.id() {
+                    return Err(e);
+                }
+            }
+            match req {
+                SevRequest::Init2(i) => self.seen.push(Seen::Init {
+                    vmsa_features: i.vmsa_features,
+                    ghcb: i.ghcb_version,
+                }),
+                SevRequest::SnpLaunchStart(s) => self.seen.push(Seen::Start { policy: s.policy }),
+                SevRequest::SnpLaunchUpdate(u) => {
+                    if self.eagain_every > 0 && self.calls % self.eagain_every == 0 {
+                        return Err(SevCmdError {
+                            errno: libc::EAGAIN,
+                            fw_error: 0,
+                        });
+                    }
+                    let n = (u.len / 4096).min(self.chunk.max(1));
+                    self.seen.push(Seen::Update {
+                        gfn: u.gfn_start,
+                        uaddr: u.uaddr,
+                        len: n * 4096,
+                        page_type: u.type_,
+                    });
+                    u.gfn_start += n;
+                    u.uaddr += n * 4096;
+                    u.len -= n * 4096;
+                }
+                SevRequest::SnpLaunchFinish(f) => self.seen.push(Seen::Finish {
+                    host_data: f.host_data,
+                    id_block_en: f.id_block_en,
+                    auth_key_en: f.auth_key_en,
+                }),
+            }
+            Ok(())
+        }
+    }
+
+    fn plan() -> SnpLaunchPlan {
+        let fw = FirmwareImage::parse(measured_boot::testing::ovmf_like(0x20000)).unwrap();
+        let hashes = Some(SevHashes::compute(b"kernel", None, Some("console=ttyS0")));
+        SnpLaunchPlan::new(
+            fw,
+            SnpPlanConfig {
+                vcpus: 2,
+                vcpu_sig: 0xa00f11,
+                guest_features: 0x21,
+                vmm_type: VmmType::Qemu,
+                hashes,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Host addresses: pretend guest memory is mapped at 0x7f00_0000_0000 + GPA.
+    fn host(gpa: u64, _len: u64) -> Option<u64> {
+        Some(0x7f00_0000_0000 + gpa)
+    }
+
+    #[test]
+    fn the_plan_is_issued_in_order_with_partial_progress_and_eagain() {
+        let mut psp = FakePsp {
+            chunk: 7,
+            eagain_every: 5,
+            ..Default::default()
+        };
+        let plan = plan();
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(plan.guest_features())
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        l.apply_plan(&plan, host).unwrap();
+        let pages = l.pages_updated();
+        l.finish([9; 32], None).unwrap();
+
+        assert_eq!(
+            psp.seen[0],
+            Seen::Init {
+                vmsa_features: 0x20,
+                ghcb: 2
+            }
+        );
+        assert_eq!(psp.seen[1], Seen::Start { policy: 0x30000 });
+        assert_eq!(
+            *psp.seen.last().unwrap(),
+            Seen::Finish {
+                host_data: [9; 32],
+                id_block_en: 0,
+                auth_key_en: 0
+            }
+        );
+        // Reassemble the chunks: they must cover exactly the plan's non-VMSA updates,
+        // contiguously, in order, with matching host addresses.
+        let mut covered: Vec<(u64, u64, u8)> = Vec::new();
+        for s in &psp.seen {
+            if let Seen::Update {
+                gfn,
+                uaddr,
+                len,
+                page_type,
+            } = s
+            {
+                assert_eq!(*uaddr, 0x7f00_0000_0000 + gfn * 4096);
+                match covered.last_mut() {
+                    Some(last) if last.0 + last.1 == gfn * 4096 && last.2 == *page_type => {
+                        last.1 += len
+                    }
+                    _ => covered.push((gfn * 4096, *len, *page_type)),
+                }
+            }
+        }
+        let expected: Vec<(u64, u64, u8)> = plan
+            .updates()
+            .filter(|u| u.page_type != PageType::Vmsa)
+            .map(|u| (u.gpa, u.len(), u.page_type as u8))
+            .collect();
+        // Adjacent updates of the same type merge in `covered`; merge `expected` the same way.
+        let mut merged: Vec<(u64, u64, u8)> = Vec::new();
+        for e in expected {
+            match merged.last_mut() {
+                Some(last) if last.0 + last.1 == e.0 && last.2 == e.2 => last.1 += e.1,
+                _ => merged.push(e),
+            }
+        }
+        assert_eq!(covered, merged);
+        assert_eq!(pages, merged.iter().map(|m| m.1 / 4096).sum::<u64>());
+        assert!(
+            psp.seen
+                .iter()
+                .filter(|s| matches!(s, Seen::Update { .. }))
+                .count()
+                > merged.len(),
+            "partial progress was exercised"
+        );
+    }
+
+    #[test]
+    fn firmware_errors_are_reported_with_their_status() {
+        let mut psp = FakePsp {
+            chunk: 1000,
+            fail: Some((
+                101,
+                SevCmdError {
+                    errno: libc::EIO,
+                    fw_error: 0x16,
+                },
+            )),
+            ..Default::default()
+        };
+        let plan = plan();
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        let err = l.apply_plan(&plan, host).unwrap_err();
+        assert!(matches!(
+            err,
+            SnpLaunchError::Command {
+                command: "KVM_SEV_SNP_LAUNCH_UPDATE",
+                errno: 5,
+                fw_error: 0x16
+            }
+        ));
+        assert!(err.to_string().contains("0x16"), "{err}");
+    }
+
+    #[test]
+    fn refuses_bad_inputs_before_reaching_the_firmware() {
+        let mut psp = FakePsp::default();
+        assert_eq!(
+            SnpLauncher::new(&mut psp).init(0x20).unwrap_err(),
+            SnpLaunchError::NotSnp(0x20)
+        );
+        let mut psp = FakePsp::default();
+        assert_eq!(
+            SnpLauncher::new(&mut psp)
+                .init(1)
+                .unwrap()
+                .start(0x10000)
+                .unwrap_err(),
+            SnpLaunchError::BadPolicy(0x10000)
+        );
+        let mut psp = FakePsp {
+            chunk: 1,
+            ..Default::default()
+        };
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        assert_eq!(
+            l.update(0x1000, PageType::Vmsa, 0x1000, 4096).unwrap_err(),
+            SnpLaunchError::VmsaUpdate
+        );
+        assert!(matches!(
+            l.update(0x1001, PageType::Normal, 0x1000, 4096),
+            Err(SnpLaunchError::Unaligned { .. })
+        ));
+        assert!(matches!(
+            l.update(0x1000, PageType::Normal, 0x1000, 0),
+            Err(SnpLaunchError::Unaligned { .. })
+        ));
+        let plan = plan();
+        assert!(matches!(
+            l.apply_plan(&plan, |_, _| None),
+            Err(SnpLaunchError::Unmapped { .. })
+        ));
+    }
+
+    #[test]
+    fn id_block_and_author_key_flags() {
+        let mut psp = FakePsp {
+            chunk: 1,
+            ..Default::default()
+        };
+        let block = [0u8; 96];
+        let mut auth = [0u8; 4096];
+        auth[4] = 1; // author key algorithm: ECDSA P-384
+        let l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        l.finish([0; 32], Some((&block, &auth))).unwrap();
+        assert_eq!(
+            *psp.seen.last().unwrap(),
+            Seen::Finish {
+                host_data: [0; 32],
+                id_block_en: 1,
+                auth_key_en: 1
+            }
+        );
+    }
+}
