@@ -5,6 +5,7 @@
 //! never falls back to a less protected guest.
 
 pub mod snp;
+pub mod tdx;
 
 use kvm_bindings::{
     KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,

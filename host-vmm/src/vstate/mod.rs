@@ -3,5 +3,6 @@
 
 pub mod memory;
 pub mod sev;
+pub mod tdx;
 pub mod vcpu;
 pub mod vm;
