@@ -1,5 +1,6 @@
 //! The `cvm` confidential-VM host.
 //!
+//! - [`acpi`]: the guest's ACPI tables (FADT/MADT/DSDT with virtio-mmio devices).
 //! - [`cli`]: the subcommands (`measure`, `emulated`, `launch`, `host-check`).
 //! - [`vmm`]: builds a VM from a [`vmm::VmConfig`] and runs it until the guest stops.
 //! - [`vstate`]: KVM state (VM, guest memory, vCPUs); almost all `unsafe` lives here.
@@ -14,6 +15,7 @@
 //! BPF filters, `tracing` for the
 //! structured lifecycle log.
 
+pub mod acpi;
 pub mod cli;
 pub mod devices;
 pub mod seccomp;
