@@ -11,9 +11,13 @@ use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Kvm;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
+use crate::acpi::{self, AcpiError, VirtioMmioDesc};
 use crate::devices::legacy::{AcpiPm, I8042, I8042_BASE, PM1A_EVT};
+use crate::devices::serial::IrqTrigger;
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
-use crate::devices::{BusOverlap, PioBus};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
@@ -29,6 +33,24 @@ pub enum SerialOutput {
     None,
 }
 
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Expose it read-only.
+    pub read_only: bool,
+}
+
+/// First virtio-mmio window.
+pub const VIRTIO_MMIO_BASE: u64 = 0xD000_0000;
+/// Size of each virtio-mmio window.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// First GSI of the virtio devices (above the ISA interrupts).
+pub const VIRTIO_FIRST_GSI: u32 = 16;
+/// Most virtio devices (GSIs 16..23 of the I/O APIC).
+pub const MAX_VIRTIO_DEVICES: usize = 8;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -42,6 +64,8 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     /// Whether to install the seccomp filters.
     pub seccomp: SeccompMode,
+    /// virtio-blk disks, in order.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Errors building or running the VM.
@@ -76,6 +100,21 @@ pub enum VmmError {
     /// A thread could not be started.
     #[error("cannot start a vCPU thread")]
     Thread(#[source] std::io::Error),
+    /// A disk could not be opened.
+    #[error("cannot attach a disk")]
+    Disk(#[from] BlockError),
+    /// Too many virtio devices.
+    #[error("{0} virtio devices requested; at most {MAX_VIRTIO_DEVICES} are supported")]
+    TooManyDevices(usize),
+    /// MMIO devices overlap (a bug).
+    #[error("MMIO device layout is inconsistent")]
+    Mmio(#[from] MmioOverlap),
+    /// The ACPI tables could not be built.
+    #[error("cannot build the ACPI tables")]
+    Acpi(#[from] AcpiError),
+    /// The ACPI tables could not be written to guest memory.
+    #[error("cannot write the ACPI tables into guest memory")]
+    AcpiWrite(#[source] vm_memory::GuestMemoryError),
     /// A seccomp filter could not be installed.
     #[error("cannot confine the VMM")]
     Seccomp(#[from] SeccompError),
@@ -112,11 +151,43 @@ pub fn run(config: &VmConfig) -> Result<VcpuStop, VmmError> {
     }
     let vm = Arc::new(Vm::new(&kvm, config.memory, &config.firmware)?);
 
-    let mut bus = PioBus::default();
+    let mut bus = Buses::default();
     let serial = SerialPort::new(vm.irqfd(COM1_IRQ)?, serial_writer(&config.serial)?);
-    bus.insert(COM1_BASE, 8, Arc::new(Mutex::new(serial)))?;
-    bus.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
-    bus.insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+    bus.pio.insert(COM1_BASE, 8, Arc::new(Mutex::new(serial)))?;
+    bus.pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
+    bus.pio
+        .insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+
+    if config.disks.len() > MAX_VIRTIO_DEVICES {
+        return Err(VmmError::TooManyDevices(config.disks.len()));
+    }
+    let mut descs = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + i as u32;
+        let block = Block::open(&d.path, d.read_only)?;
+        let transport = MmioTransport::new(
+            Box::new(block),
+            vm.memory().clone(),
+            IrqTrigger(vm.irqfd(gsi)?),
+            false,
+        );
+        bus.mmio
+            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
+        descs.push(VirtioMmioDesc {
+            base: base as u32,
+            size: VIRTIO_MMIO_SIZE as u32,
+            irq: gsi,
+        });
+        tracing::info!(event = "device", kind = "virtio-blk", path = %d.path.display(), read_only = d.read_only, mmio = format_args!("{base:#x}"), gsi, "disk attached");
+    }
+    let tables = acpi::build(config.vcpus, &descs)?;
+    {
+        use vm_memory::Bytes;
+        vm.memory()
+            .write_slice(&tables.blob, vm_memory::GuestAddress(tables.rsdp_gpa))
+            .map_err(VmmError::AcpiWrite)?;
+    }
     let bus = Arc::new(bus);
 
     let cpuid = kvm

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::seccomp::SeccompMode;
 use crate::tee::{self, KvmCapabilities, TeeKind};
-use crate::vmm::{self, SerialOutput, VmConfig};
+use crate::vmm::{self, DiskConfig, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
 
 /// `cvm launch`.
@@ -27,6 +27,9 @@ pub struct Args {
     /// Serial console: stdout, file:PATH or none.
     #[arg(long, default_value = "stdout", value_parser = parse_serial)]
     pub serial: SerialOutput,
+    /// A virtio-blk disk: PATH or PATH,readonly (repeatable).
+    #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
+    pub disks: Vec<DiskConfig>,
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: SeccompMode,
@@ -55,6 +58,25 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size"))
+}
+
+fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let (path, read_only) = match s.rsplit_once(',') {
+        Some((p, "readonly")) | Some((p, "ro")) => (p, true),
+        Some((_, opt)) => {
+            return Err(format!(
+                "`{s}`: unknown disk option `{opt}` (expected readonly)"
+            ))
+        }
+        None => (s, false),
+    };
+    if path.is_empty() {
+        return Err("empty disk path".into());
+    }
+    Ok(DiskConfig {
+        path: path.into(),
+        read_only,
+    })
 }
 
 fn parse_serial(s: &str) -> Result<SerialOutput, String> {
@@ -126,6 +148,7 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         firmware = %a.firmware.display(),
         firmware_bytes = firmware.len(),
         devices = "serial(0x3f8), i8042(0x60), acpi-pm(0x600)",
+        disks = a.disks.len(),
         "launching guest (no TEE: memory is not encrypted and nothing is measured)"
     );
     let config = VmConfig {
@@ -134,6 +157,7 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         vcpus: a.vcpus,
         serial: a.serial.clone(),
         seccomp: a.seccomp,
+        disks: a.disks.clone(),
     };
     Ok(vmm::run(&config)?)
 }
@@ -170,5 +194,20 @@ mod tests {
         );
         assert!(parse_serial("file:").is_err());
         assert!(parse_serial("tcp").is_err());
+        assert_eq!(
+            parse_disk("/d.img,readonly"),
+            Ok(DiskConfig {
+                path: "/d.img".into(),
+                read_only: true
+            })
+        );
+        assert_eq!(
+            parse_disk("/d.img"),
+            Ok(DiskConfig {
+                path: "/d.img".into(),
+                read_only: false
+            })
+        );
+        assert!(parse_disk("/d.img,rw2").is_err());
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod legacy;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::{Arc, Mutex};
 
@@ -121,6 +122,124 @@ impl PioBus {
             }
         }
     }
+}
+
+/// A device reached through MMIO.
+pub trait MmioDevice: Send {
+    /// A guest read at `offset` from the device's base address.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write at `offset`.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+struct MmioRange {
+    base: u64,
+    len: u64,
+    dev: Arc<Mutex<dyn MmioDevice>>,
+}
+
+/// MMIO dispatch.
+#[derive(Default)]
+pub struct MmioBus {
+    ranges: Vec<MmioRange>,
+    unknown: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for MmioBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r: Vec<_> = self
+            .ranges
+            .iter()
+            .map(|r| format!("{:#x}+{:#x}", r.base, r.len))
+            .collect();
+        f.debug_struct("MmioBus").field("ranges", &r).finish()
+    }
+}
+
+/// An MMIO range overlaps one already on the bus.
+#[derive(Debug, thiserror::Error)]
+#[error("MMIO range {base:#x}+{len:#x} overlaps a device already on the bus")]
+pub struct MmioOverlap {
+    /// Base.
+    pub base: u64,
+    /// Length.
+    pub len: u64,
+}
+
+impl MmioBus {
+    /// Adds a device at `base..base+len`.
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Arc<Mutex<dyn MmioDevice>>,
+    ) -> Result<(), MmioOverlap> {
+        let end = base.checked_add(len).ok_or(MmioOverlap { base, len })?;
+        if self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < end)
+        {
+            return Err(MmioOverlap { base, len });
+        }
+        self.ranges.push(MmioRange { base, len, dev });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, size: usize) -> Option<(&MmioRange, u64)> {
+        self.ranges.iter().find_map(|r| {
+            let off = addr.checked_sub(r.base)?;
+            (off.checked_add(size as u64)? <= r.len).then_some((r, off))
+        })
+    }
+
+    fn note_unknown(&self, what: &str, addr: u64) {
+        let n = self
+            .unknown
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n < 16 || n.is_power_of_two() {
+            tracing::warn!(
+                addr = format_args!("{addr:#x}"),
+                count = n + 1,
+                "guest MMIO {what} to an unknown address"
+            );
+        }
+    }
+
+    /// Dispatches a guest MMIO read; unknown addresses read as all ones.
+    pub fn read(&self, addr: u64, data: &mut [u8]) {
+        match self.find(addr, data.len()) {
+            Some((r, off)) => match r.dev.lock() {
+                Ok(mut d) => d.read(off, data),
+                Err(_) => data.fill(0xff),
+            },
+            None => {
+                self.note_unknown("read", addr);
+                data.fill(0xff);
+            }
+        }
+    }
+
+    /// Dispatches a guest MMIO write; unknown addresses swallow it.
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        match self.find(addr, data.len()) {
+            Some((r, off)) => {
+                if let Ok(mut d) = r.dev.lock() {
+                    d.write(off, data);
+                }
+            }
+            None => self.note_unknown("write", addr),
+        }
+    }
+}
+
+/// Both buses.
+#[derive(Debug, Default)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: PioBus,
+    /// MMIO.
+    pub mmio: MmioBus,
 }
 
 #[cfg(test)]

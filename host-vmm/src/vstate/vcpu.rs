@@ -6,7 +6,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs, CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::{PioBus, VmEvent};
+use crate::devices::{Buses, VmEvent};
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,25 +158,28 @@ impl Vcpu {
 
     /// Runs the guest until it stops. `stop` is checked whenever KVM_RUN is interrupted
     /// (the VMM signals the thread to interrupt it).
-    pub fn run(&mut self, bus: &PioBus, mem: &GuestMemoryMmap, stop: &AtomicBool) -> VcpuStop {
+    pub fn run(&mut self, bus: &Buses, mem: &GuestMemoryMmap, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::Acquire) {
                 return VcpuStop::Stopped;
             }
             let outcome = match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
-                    bus.read(port, data);
+                    bus.pio.read(port, data);
                     None
                 }
-                Ok(VcpuExit::IoOut(port, data)) => bus.write(port, data).map(|e| match e {
+                Ok(VcpuExit::IoOut(port, data)) => bus.pio.write(port, data).map(|e| match e {
                     VmEvent::PowerOff => Exit::Stop(VcpuStop::PowerOff),
                     VmEvent::Reset => Exit::Stop(VcpuStop::Reset),
                 }),
-                Ok(VcpuExit::MmioRead(_, data)) => {
-                    data.fill(0xff);
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    bus.mmio.read(addr, data);
                     None
                 }
-                Ok(VcpuExit::MmioWrite(..)) => None,
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    bus.mmio.write(addr, data);
+                    None
+                }
                 Ok(VcpuExit::Hlt) => Some(Exit::Halted),
                 Ok(VcpuExit::Shutdown) => Some(Exit::TripleFault),
                 Ok(VcpuExit::InternalError) => Some(Exit::Internal),
