@@ -19,6 +19,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
+use crate::tee::emulated::{EmulatedTee, Mailbox, MAILBOX_PORT};
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -52,7 +53,7 @@ pub const VIRTIO_FIRST_GSI: u32 = 16;
 pub const MAX_VIRTIO_DEVICES: usize = 8;
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VmConfig {
     /// Firmware image, mapped to end at 4 GiB.
     pub firmware: Vec<u8>,
@@ -66,6 +67,8 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// virtio-blk disks, in order.
     pub disks: Vec<DiskConfig>,
+    /// The emulated TEE the guest's mailbox talks to, if any.
+    pub emulated_tee: Option<EmulatedTee>,
 }
 
 /// Errors building or running the VM.
@@ -139,7 +142,7 @@ fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> 
 ///
 /// The first vCPU to stop decides the outcome; the others are then interrupted
 /// (signalled out of KVM_RUN) and joined.
-pub fn run(config: &VmConfig) -> Result<VcpuStop, VmmError> {
+pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
     let started = Instant::now();
     let kvm = Kvm::new().map_err(VmmError::Kvm)?;
     let max = kvm.get_max_vcpus();
@@ -158,6 +161,13 @@ pub fn run(config: &VmConfig) -> Result<VcpuStop, VmmError> {
     bus.pio
         .insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
 
+    if let Some(tee) = config.emulated_tee {
+        bus.pio.insert(
+            MAILBOX_PORT,
+            12,
+            Arc::new(Mutex::new(Mailbox::new(tee, vm.memory().clone()))),
+        )?;
+    }
     if config.disks.len() > MAX_VIRTIO_DEVICES {
         return Err(VmmError::TooManyDevices(config.disks.len()));
     }

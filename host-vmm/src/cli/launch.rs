@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::seccomp::SeccompMode;
+use crate::tee::emulated::{EmulatedLaunchError, EmulatedTee};
 use crate::tee::{self, KvmCapabilities, TeeKind};
 use crate::vmm::{self, DiskConfig, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
@@ -30,6 +31,18 @@ pub struct Args {
     /// A virtio-blk disk: PATH or PATH,readonly (repeatable).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
+    #[arg(long, value_name = "DIR")]
+    pub emulated_platform: Option<PathBuf>,
+    /// SEV-SNP guest policy (hex).
+    #[arg(long, default_value = "0x30000", value_parser = parse_hex_u64)]
+    pub policy: u64,
+    /// Host data: SNP HOST_DATA (up to 32 bytes) or TDX MRCONFIGID (up to 48), hex.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_bytes)]
+    pub host_data: Option<HexBytes>,
+    /// vCPU model for the SNP VMSAs (as `cvm measure snp --vcpu-type`).
+    #[arg(long, default_value = "EPYC-v4")]
+    pub vcpu_type: String,
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: SeccompMode,
@@ -58,6 +71,34 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size"))
+}
+
+fn parse_hex_u64(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Bytes given in hex on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HexBytes(pub Vec<u8>);
+
+fn parse_hex_bytes(s: &str) -> Result<HexBytes, String> {
+    hex::decode(s.trim_start_matches("0x"))
+        .map(HexBytes)
+        .map_err(|e| format!("`{s}`: {e}"))
+}
+
+fn padded<const N: usize>(b: &Option<HexBytes>) -> Result<[u8; N], LaunchError> {
+    let mut out = [0u8; N];
+    if let Some(HexBytes(b)) = b {
+        if b.len() > N {
+            return Err(LaunchError::Usage(format!(
+                "--host-data is {} bytes; at most {N} for this TEE",
+                b.len()
+            )));
+        }
+        out[..b.len()].copy_from_slice(b);
+    }
+    Ok(out)
 }
 
 fn parse_disk(s: &str) -> Result<DiskConfig, String> {
@@ -111,6 +152,12 @@ pub enum LaunchError {
     /// The VMM failed.
     #[error("the VMM failed")]
     Vmm(#[from] vmm::VmmError),
+    /// The emulated launch failed.
+    #[error("emulated launch refused")]
+    Emulated(#[from] EmulatedLaunchError),
+    /// Arguments are inconsistent.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -135,22 +182,65 @@ pub fn exit_status(why: &VcpuStop) -> (u8, String) {
 fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
     let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
     tee::check(a.tee, &KvmCapabilities::query(&kvm))?;
-    if a.tee != TeeKind::None {
-        return Err(LaunchError::BackendMissing(a.tee));
-    }
     let firmware =
         std::fs::read(&a.firmware).map_err(|e| LaunchError::Firmware(a.firmware.clone(), e))?;
+    let platform = || {
+        a.emulated_platform.clone().ok_or_else(|| {
+            LaunchError::Usage(format!("--tee {} needs --emulated-platform DIR", a.tee))
+        })
+    };
+    let (emulated_tee, measurement) = match a.tee {
+        TeeKind::None => (None, None),
+        TeeKind::Snp | TeeKind::Tdx => return Err(LaunchError::BackendMissing(a.tee)),
+        TeeKind::EmulatedSnp => {
+            let vcpu_sig = measured_boot::snp::cpu::sig_by_name(&a.vcpu_type).ok_or_else(|| {
+                LaunchError::Usage(format!("unknown vCPU type `{}`", a.vcpu_type))
+            })?;
+            let config = measured_boot::snp::SnpPlanConfig {
+                vcpus: a.vcpus,
+                vcpu_sig,
+                guest_features: 1,
+                vmm_type: measured_boot::snp::vmsa::VmmType::Qemu,
+                hashes: None,
+            };
+            let (t, m) = EmulatedTee::launch_snp(
+                &platform()?,
+                firmware.clone(),
+                config,
+                a.policy,
+                padded::<32>(&a.host_data)?,
+            )?;
+            (Some(t), Some(m))
+        }
+        TeeKind::EmulatedTdx => {
+            let config = attestation::tdx::emulated::TdConfig {
+                mr_config_id: padded::<48>(&a.host_data)?,
+                ..Default::default()
+            };
+            let (t, m) = EmulatedTee::launch_tdx(&platform()?, firmware.clone(), config)?;
+            (Some(t), Some(m))
+        }
+    };
+    let summary = match a.tee {
+        TeeKind::None => "no TEE: memory is not encrypted and nothing is measured",
+        TeeKind::EmulatedSnp | TeeKind::EmulatedTdx => "INSECURE-EMULATED TEE: memory is not encrypted; evidence proves nothing about isolation",
+        TeeKind::Snp | TeeKind::Tdx => "confidential",
+    };
     tracing::info!(
         event = "launch",
         tee = %a.tee,
+        measurement = measurement.map(hex::encode).unwrap_or_else(|| "none".into()),
         memory_mib = a.memory >> 20,
         vcpus = a.vcpus,
         firmware = %a.firmware.display(),
         firmware_bytes = firmware.len(),
         devices = "serial(0x3f8), i8042(0x60), acpi-pm(0x600)",
         disks = a.disks.len(),
-        "launching guest (no TEE: memory is not encrypted and nothing is measured)"
+        "launching guest ({summary})"
     );
+    if measurement.is_some() {
+        tracing::warn!("emulated TEE: for tests only; a verifier accepts this evidence only with the emulated trust anchor");
+    }
     let config = VmConfig {
         firmware,
         memory: a.memory,
@@ -158,8 +248,9 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         serial: a.serial.clone(),
         seccomp: a.seccomp,
         disks: a.disks.clone(),
+        emulated_tee,
     };
-    Ok(vmm::run(&config)?)
+    Ok(vmm::run(config)?)
 }
 
 /// Runs `cvm launch`.

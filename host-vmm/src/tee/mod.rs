@@ -4,6 +4,7 @@
 //! A requested TEE the host cannot provide is refused with the precise reason; the VMM
 //! never falls back to a less protected guest.
 
+pub mod emulated;
 pub mod snp;
 pub mod tdx;
 
@@ -21,6 +22,12 @@ pub enum TeeKind {
     Snp,
     /// Intel TDX through KVM (Linux >= 6.16).
     Tdx,
+    /// Emulated SEV-SNP: a plain KVM VM whose launch plan goes to the emulated secure
+    /// processor (test equipment; insecure).
+    EmulatedSnp,
+    /// Emulated TDX: a plain KVM VM whose launch plan goes to the emulated TDX module
+    /// (test equipment; insecure).
+    EmulatedTdx,
     /// No TEE: a plain, unencrypted guest, for development.
     None,
 }
@@ -30,6 +37,8 @@ impl std::fmt::Display for TeeKind {
         f.write_str(match self {
             TeeKind::Snp => "snp",
             TeeKind::Tdx => "tdx",
+            TeeKind::EmulatedSnp => "emulated-snp",
+            TeeKind::EmulatedTdx => "emulated-tdx",
             TeeKind::None => "none",
         })
     }
@@ -86,7 +95,7 @@ const MEMORY_ATTRIBUTE_PRIVATE: u64 = 1 << 3;
 pub fn check(tee: TeeKind, caps: &KvmCapabilities) -> Result<(), Unavailable> {
     let mut reasons = Vec::new();
     let (vm_type, dev, name) = match tee {
-        TeeKind::None => return Ok(()),
+        TeeKind::None | TeeKind::EmulatedSnp | TeeKind::EmulatedTdx => return Ok(()),
         TeeKind::Snp => (
             KVM_X86_SNP_VM,
             Some("/dev/sev"),

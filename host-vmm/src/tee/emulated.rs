@@ -1,0 +1,327 @@
+//! The emulated TEE backends: a default KVM VM whose launch plan is fed to the software
+//! secure processors of the `attestation` crate, and the paravirtual mailbox through
+//! which the guest asks them for evidence.
+//!
+//! **Insecure by design.** Guest memory is not encrypted and the host can read and
+//! change everything; the evidence proves only what this host chose to say. It exists so
+//! the production launch, measurement and verification code runs unchanged in CI. A
+//! verifier accepts it only when configured with the emulated trust anchor, and marks
+//! the result `insecure-emulated`.
+//!
+//! The measurement comes from the same [`SnpLaunchPlan`] / [`TdxLaunchPlan`] that
+//! `cvm measure` folds; the launch is refused if the emulated processor's digest and the
+//! plan's ever disagree.
+//!
+//! # Mailbox (emulated mode only)
+//!
+//! Port I/O at [`MAILBOX_PORT`] (32-bit accesses):
+//!
+//! | port | access | meaning |
+//! |---|---|---|
+//! | +0 | write | GPA of a 16 KiB request window (page-aligned, below 4 GiB) |
+//! | +4 | write | command; executed at once |
+//! | +4 | read | status of the last command (0 = success) |
+//! | +8 | read | magic `0x454D5643` ("CVME") |
+//!
+//! Window layout: request at 0x000 (commands below), response length (u32) at 0x040,
+//! response bytes from 0x100.
+//!
+//! | command | request | response |
+//! |---|---|---|
+//! | 1 SNP_REPORT | REPORT_DATA (64) at 0x00, VMPL (u32) at 0x40 | ATTESTATION_REPORT v3 (0x4A0) |
+//! | 2 SNP_CERTS | — | extended-report certificate table |
+//! | 3 TDX_QUOTE | REPORT_DATA (64) at 0x00 | quote v4 |
+//! | 4 TDX_RTMR_EXTEND | RTMR index (u32) at 0x00, digest (48) at 0x08 | — |
+
+use std::path::{Path, PathBuf};
+
+use attestation::snp::emulated::{EmulatedGuest, EmulatedSnpPlatform, FinishParams, ReportRequest};
+use attestation::tdx::emulated::{EmulatedTd, EmulatedTdxPlatform, TdConfig};
+use measured_boot::snp::{SnpLaunchPlan, SnpPlanConfig, SnpPlanError};
+use measured_boot::tdx::{TdxLaunchPlan, TdxPlanError};
+use measured_boot::FirmwareImage;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::{PioDevice, VmEvent};
+
+/// First port of the mailbox.
+pub const MAILBOX_PORT: u16 = 0xE00;
+/// Size of the request window.
+pub const WINDOW: usize = 16 << 10;
+const RESPONSE_LEN_AT: usize = 0x40;
+const RESPONSE_AT: usize = 0x100;
+const MAGIC: u32 = 0x454D_5643;
+
+/// Mailbox status codes.
+pub mod status {
+    #![allow(missing_docs)]
+    pub const OK: u32 = 0;
+    pub const BAD_REQUEST: u32 = 1;
+    pub const UNSUPPORTED: u32 = 2;
+    pub const FAILED: u32 = 3;
+    pub const BAD_WINDOW: u32 = 4;
+}
+
+/// Why an emulated launch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatedLaunchError {
+    /// The emulated platform could not be opened.
+    #[error(
+        "cannot open the emulated platform in {0} (create it with `cvm emulated init --dir {0}`)"
+    )]
+    Platform(PathBuf, #[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The firmware is unusable.
+    #[error("invalid firmware")]
+    Firmware(#[from] measured_boot::FirmwareError),
+    /// The SNP plan could not be built.
+    #[error("cannot build the SEV-SNP launch plan")]
+    SnpPlan(#[from] SnpPlanError),
+    /// The TDX plan could not be built.
+    #[error("cannot build the TDX launch plan")]
+    TdxPlan(#[from] TdxPlanError),
+    /// The emulated secure processor refused the launch.
+    #[error("the emulated secure processor refused the launch")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The emulated processor's digest differs from the plan's (a bug; never launch).
+    #[error("emulated launch digest {got} differs from the plan's {expected}")]
+    DigestMismatch {
+        /// What the processor computed.
+        got: String,
+        /// What the plan predicts.
+        expected: String,
+    },
+}
+
+/// A launched emulated confidential guest.
+pub enum EmulatedTee {
+    /// Emulated SEV-SNP.
+    Snp {
+        /// The platform (lives for the whole VMM process).
+        platform: &'static EmulatedSnpPlatform,
+        /// The launched guest context.
+        guest: EmulatedGuest<'static>,
+    },
+    /// Emulated TDX.
+    Tdx {
+        /// The platform.
+        platform: Box<EmulatedTdxPlatform>,
+        /// The TD (MRTD, RTMRs).
+        td: EmulatedTd,
+    },
+}
+
+impl std::fmt::Debug for EmulatedTee {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EmulatedTee::Snp { .. } => "EmulatedTee::Snp",
+            EmulatedTee::Tdx { .. } => "EmulatedTee::Tdx",
+        })
+    }
+}
+
+fn boxed<E: std::error::Error + Send + Sync + 'static>(
+    e: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+impl EmulatedTee {
+    /// Launches `firmware` on the emulated SNP platform in `dir` with `policy` and
+    /// `host_data`; returns the backend and the measurement it will report.
+    pub fn launch_snp(
+        dir: &Path,
+        firmware: Vec<u8>,
+        config: SnpPlanConfig,
+        policy: u64,
+        host_data: [u8; 32],
+    ) -> Result<(Self, [u8; 48]), EmulatedLaunchError> {
+        let plan = SnpLaunchPlan::new(FirmwareImage::parse(firmware)?, config)?;
+        let expected = plan.launch_digest();
+        let platform = EmulatedSnpPlatform::open(dir)
+            .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
+        // The platform lives as long as the VMM process: the guest context borrows it.
+        let platform: &'static EmulatedSnpPlatform = Box::leak(Box::new(platform));
+        let mut launch = platform
+            .launch_start(policy)
+            .map_err(|e| EmulatedLaunchError::Refused(boxed(e)))?;
+        launch.update_plan(&plan);
+        let guest = launch
+            .finish(FinishParams {
+                host_data,
+                ..Default::default()
+            })
+            .map_err(|e| EmulatedLaunchError::Refused(boxed(e)))?;
+        if guest.measurement() != expected {
+            return Err(EmulatedLaunchError::DigestMismatch {
+                got: hex::encode(guest.measurement()),
+                expected: hex::encode(expected),
+            });
+        }
+        Ok((EmulatedTee::Snp { platform, guest }, expected))
+    }
+
+    /// Launches `firmware` on the emulated TDX platform in `dir`; returns the backend
+    /// and MRTD.
+    pub fn launch_tdx(
+        dir: &Path,
+        firmware: Vec<u8>,
+        config: TdConfig,
+    ) -> Result<(Self, [u8; 48]), EmulatedLaunchError> {
+        let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, None)?;
+        let expected = plan.mrtd();
+        let platform = EmulatedTdxPlatform::open(dir)
+            .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
+        let td = EmulatedTd::from_plan(config, &plan);
+        if td.mrtd() != expected {
+            return Err(EmulatedLaunchError::DigestMismatch {
+                got: hex::encode(td.mrtd()),
+                expected: hex::encode(expected),
+            });
+        }
+        Ok((
+            EmulatedTee::Tdx {
+                platform: Box::new(platform),
+                td,
+            },
+            expected,
+        ))
+    }
+
+    /// Executes mailbox command `cmd` on `request`; returns the response bytes or a
+    /// status code.
+    fn execute(&mut self, cmd: u32, request: &[u8]) -> Result<Vec<u8>, u32> {
+        let report_data = || -> Result<[u8; 64], u32> {
+            request
+                .get(..64)
+                .and_then(|r| r.try_into().ok())
+                .ok_or(status::BAD_REQUEST)
+        };
+        match (self, cmd) {
+            (EmulatedTee::Snp { guest, .. }, 1) => {
+                let vmpl = request
+                    .get(0x40..0x44)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                let req = ReportRequest {
+                    report_data: report_data()?,
+                    vmpl,
+                    version: 3,
+                };
+                guest.report(&req).map(|r| r.to_vec()).map_err(|e| {
+                    tracing::warn!(error = %e, "emulated SNP report refused");
+                    status::FAILED
+                })
+            }
+            (EmulatedTee::Snp { platform, .. }, 2) => {
+                platform.cert_table().to_bytes().map_err(|_| status::FAILED)
+            }
+            (EmulatedTee::Tdx { platform, td }, 3) => {
+                let quote = platform
+                    .quote_td(td, &report_data()?, 4)
+                    .map_err(|_| status::FAILED)?;
+                quote.to_bytes().map_err(|_| status::FAILED)
+            }
+            (EmulatedTee::Tdx { td, .. }, 4) => {
+                let index = request
+                    .get(0..4)
+                    .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    as usize;
+                let digest: [u8; 48] = request
+                    .get(8..56)
+                    .and_then(|d| d.try_into().ok())
+                    .ok_or(status::BAD_REQUEST)?;
+                td.extend_rtmr(index, &digest)
+                    .map(|()| Vec::new())
+                    .map_err(|_| status::BAD_REQUEST)
+            }
+            (_, 1..=4) => Err(status::UNSUPPORTED),
+            _ => Err(status::BAD_REQUEST),
+        }
+    }
+}
+
+/// The guest-facing mailbox of an emulated TEE (a port-I/O device).
+#[derive(Debug)]
+pub struct Mailbox {
+    tee: EmulatedTee,
+    mem: GuestMemoryMmap,
+    window: Option<u64>,
+    status: u32,
+}
+
+impl Mailbox {
+    /// A mailbox in front of `tee`, reading and writing `mem`.
+    pub fn new(tee: EmulatedTee, mem: GuestMemoryMmap) -> Self {
+        Self {
+            tee,
+            mem,
+            window: None,
+            status: status::BAD_WINDOW,
+        }
+    }
+
+    fn run(&mut self, cmd: u32) -> u32 {
+        let Some(gpa) = self.window else {
+            return status::BAD_WINDOW;
+        };
+        let mut window = vec![0u8; WINDOW];
+        if self.mem.read_slice(&mut window, GuestAddress(gpa)).is_err() {
+            return status::BAD_WINDOW;
+        }
+        match self.tee.execute(cmd, &window[..RESPONSE_LEN_AT]) {
+            Ok(resp) if resp.len() <= WINDOW - RESPONSE_AT => {
+                let len = (resp.len() as u32).to_le_bytes();
+                let ok = self
+                    .mem
+                    .write_slice(&len, GuestAddress(gpa + RESPONSE_LEN_AT as u64))
+                    .is_ok()
+                    && self
+                        .mem
+                        .write_slice(&resp, GuestAddress(gpa + RESPONSE_AT as u64))
+                        .is_ok();
+                if ok {
+                    tracing::info!(
+                        event = "evidence",
+                        command = cmd,
+                        bytes = resp.len(),
+                        "emulated TEE request served (insecure-emulated)"
+                    );
+                    status::OK
+                } else {
+                    status::BAD_WINDOW
+                }
+            }
+            Ok(_) => status::FAILED,
+            Err(s) => s,
+        }
+    }
+}
+
+impl PioDevice for Mailbox {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        let v = match offset {
+            4 => self.status,
+            8 => MAGIC,
+            _ => u32::MAX,
+        };
+        let b = v.to_le_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = b.get(i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
+        let Ok(b) = <[u8; 4]>::try_from(data) else {
+            return None;
+        };
+        let v = u32::from_le_bytes(b);
+        match offset {
+            0 => {
+                let gpa = u64::from(v);
+                self.window = (gpa % 4096 == 0).then_some(gpa);
+            }
+            4 => self.status = self.run(v),
+            _ => {}
+        }
+        None
+    }
+}
