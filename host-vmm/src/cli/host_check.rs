@@ -83,11 +83,21 @@ pub fn report(tee: TeeKind) -> (Vec<Check>, bool) {
         format!("KVM_CAP_MEMORY_ATTRIBUTES {:#x}", caps.memory_attributes),
     ));
     let mut selected_ok = true;
-    for t in [TeeKind::None, TeeKind::Snp, TeeKind::Tdx] {
+    for t in [
+        TeeKind::None,
+        TeeKind::EmulatedSnp,
+        TeeKind::EmulatedTdx,
+        TeeKind::Snp,
+        TeeKind::Tdx,
+    ] {
         let r = tee::check(t, &caps);
         let detail = match &r {
             Ok(()) if t == TeeKind::None => {
                 "available (unencrypted development guests)".to_string()
+            }
+            Ok(()) if matches!(t, TeeKind::EmulatedSnp | TeeKind::EmulatedTdx) => {
+                "available (test equipment: not encrypted, evidence is insecure-emulated)"
+                    .to_string()
             }
             Ok(()) => "host prerequisites present".to_string(),
             Err(e) => e.reasons.join("; "),
