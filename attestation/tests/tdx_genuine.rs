@@ -246,3 +246,49 @@ fn every_flipped_signed_byte_of_v5_is_refused_as_bad_signature() {
         );
     }
 }
+
+/// Every byte of the PCK leaf and platform CA certificates carried in the quote (the
+/// chain's unpinned part), flipped, is refused — also after a successful verification
+/// has warmed the verifier's cache, so a cached verdict can never vouch for a different
+/// chain. The third certificate is a copy of Intel's root, which the verifier pins: a
+/// tampered copy is ignored or refused, never trusted.
+#[test]
+fn every_flipped_pck_chain_byte_is_refused() {
+    let verifier = TdxVerifier::intel();
+    let collateral = v4_collateral();
+    let at = datetime!(2025-06-19 12:00:00 UTC);
+    verifier
+        .verify(V4_QUOTE, &collateral, at)
+        .expect("baseline verifies and warms the cache");
+    let certs: Vec<(usize, usize)> = {
+        let (b, e) = (b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----");
+        let starts = (0..V4_QUOTE.len()).filter(|&i| V4_QUOTE[i..].starts_with(b));
+        let ends = (0..V4_QUOTE.len())
+            .filter(|&i| V4_QUOTE[i..].starts_with(e))
+            .map(|i| i + e.len());
+        starts.zip(ends).collect()
+    };
+    assert_eq!(certs.len(), 3, "PCK leaf, platform CA, root CA");
+    let unpinned = certs[0].0..certs[1].1;
+    for i in unpinned.clone() {
+        let mut bad = V4_QUOTE.to_vec();
+        bad[i] ^= 0x01;
+        assert!(
+            verifier.verify(&bad, &collateral, at).is_err(),
+            "PCK chain byte {i} ({:?}) flipped was accepted",
+            V4_QUOTE[i] as char
+        );
+    }
+    for i in certs[2].0..certs[2].1 {
+        let mut bad = V4_QUOTE.to_vec();
+        bad[i] ^= 0x01;
+        if let Ok(v) = verifier.verify(&bad, &collateral, at) {
+            // Only possible because the pinned root, not the copy, anchors the chain.
+            assert_eq!(v.claims.trust, TrustLevel::Hardware);
+        }
+    }
+    assert!(
+        unpinned.len() > 1500,
+        "both unpinned certificates were covered"
+    );
+}
