@@ -1,6 +1,62 @@
 //! `cvm-verifier`: the attestation verifier and key broker.
 //!
-//! Today it provides offline verification of SEV-SNP reports and TDX quotes
-//! (`cvm-verifier verify snp|tdx`); see [`cli`].
+//! - Offline verification of SEV-SNP reports and TDX quotes (`cvm-verifier verify
+//!   snp|tdx`, [`cli`]).
+//! - The service (`cvm-verifier serve`, [`service`]): Trustee's KBS protocol 0.4.0 for
+//!   guests (`/kbs/v0/auth`, `/attest`, `/resource`), attestation result tokens (ES256
+//!   JWT, JWKS at `/.well-known/jwks.json`), resources released as JWE to the TEE key,
+//!   and an admin plane (`/admin/v1`, RBAC, argon2id API tokens, TOTP for admins).
+//! - Storage ([`db`], [`store`]): SQLite or PostgreSQL through sqlx, versioned
+//!   migrations, secrets sealed under a master key ([`crypto::master`]), an append-only
+//!   hash-chained audit log ([`store::audit`]) and an inventory of attested guests.
+//! - Clients ([`client`]): the guest side of the protocol (used by the load generator
+//!   and the tests) and the admin API client behind `cvm-verifier admin`.
+//!
+//! # Design
+//!
+//! The verifier decides with the `attestation` crate behind one narrow trait,
+//! [`evidence::EvidenceVerifier`]; policies are `attestation::policy::Policy` values per
+//! workload. Every decision that releases something commits together with its audit
+//! record in one database transaction, so a crash never leaves a release unaudited or an
+//! audit chain half-written. Errors reach clients only through [`error::ApiError`], the
+//! single mapping to HTTP status codes and RFC 7807 problem documents.
+//!
+//! # Dependencies and why
+//!
+//! - `axum` + `axum-server` (rustls, ring provider) + `tokio`: HTTP/1.1 and HTTPS with
+//!   graceful shutdown; `reqwest` (rustls) for the clients.
+//! - `sqlx` (`Any` driver): one set of portable queries for SQLite and PostgreSQL.
+//! - `kbs-types`: Trustee's protocol types, so the JSON matches guest components.
+//! - `serde_json_canonicalizer`: RFC 8785 JCS for the REPORT_DATA binding and audit
+//!   records.
+//! - `aes-gcm`, `aes-kw`, `concat-kdf`, `p256`/`p384` `ecdh`, `rsa`: JWE and envelope
+//!   encryption on the RustCrypto generation used by the rest of the workspace
+//!   (see [`crypto::jwe`] for why not a JOSE crate).
+//! - `argon2` (API token hashes), `totp-rs` (RFC 6238), `prometheus-client` (metrics).
+//!
+//! # Example
+//!
+//! ```
+//! use verifier::protocol::report_data;
+//! use verifier::crypto::jwe::TeeKeyPair;
+//!
+//! // What a guest puts in REPORT_DATA for a challenge nonce and its ephemeral key.
+//! let key = TeeKeyPair::p256();
+//! let rd = kbs_types::RuntimeData { nonce: "bm9uY2U=".into(), tee_pubkey: key.public_jwk() };
+//! let report_data: [u8; 64] = report_data(&rd).unwrap();
+//! assert_eq!(&report_data[48..], &[0u8; 16]);
+//! ```
 
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod evidence;
+pub mod metrics;
+pub mod protocol;
+pub mod ratelimit;
+pub mod service;
+pub mod store;
+pub mod util;

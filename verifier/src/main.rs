@@ -21,6 +21,17 @@ enum Command {
     /// Verify evidence offline. Exit 0: accepted; 1: refused; 2: usage or I/O error.
     #[command(subcommand)]
     Verify(Verify),
+    /// Run the attestation service (KBS protocol, admin API, metrics).
+    Serve(cli::serve::Args),
+    /// Administration: bootstrap, master key, and the admin API.
+    Admin(cli::admin::Args),
+    /// Check or export the audit log (directly on the database).
+    #[command(subcommand)]
+    Audit(cli::audit::Command),
+    /// List attested guests (directly on the database).
+    Inventory(cli::inventory::Args),
+    /// Generate load: complete guest flows with emulated evidence.
+    Loadgen(cli::loadgen::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,5 +57,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Verify(Verify::Snp(a)) => cli::verify_snp::run(a),
         Command::Verify(Verify::Tdx(a)) => cli::verify_tdx::run(a),
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Admin(a) => cli::admin::run(a),
+        Command::Audit(c) => cli::audit::run(c),
+        Command::Inventory(a) => cli::inventory::run(a),
+        Command::Loadgen(a) => cli::loadgen::run(a),
     }
 }

@@ -2,3 +2,11 @@
 
 pub mod verify_snp;
 pub mod verify_tdx;
+
+// The verifier service and its tools.
+pub mod admin;
+pub mod audit;
+pub mod inventory;
+pub mod loadgen;
+pub mod output;
+pub mod serve;

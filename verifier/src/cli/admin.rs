@@ -1,0 +1,550 @@
+//! `cvm-verifier admin …`: bootstrap and key maintenance directly on the database, and
+//! every other operation through the admin API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use crate::client::admin::AdminClient;
+use crate::client::http_client;
+use crate::crypto::master::MasterKey;
+use crate::db::Db;
+use crate::store::audit::{self, AuditEvent, AuditKind};
+use crate::store::users::{self, Role};
+use crate::store::{rotate_master_key, sessions};
+
+use super::output::{fail, runtime, Format};
+
+/// How to reach and authenticate to the admin API.
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Verifier base URL, e.g. https://verifier:8443.
+    #[arg(long, env = "CVM_VERIFIER_URL", global = true)]
+    pub url: Option<String>,
+    /// API token (prefer the environment variable or --token-file).
+    #[arg(
+        long,
+        env = "CVM_VERIFIER_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token: Option<String>,
+    /// File holding the API token.
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The current TOTP code (admin role).
+    #[arg(long, env = "CVM_VERIFIER_TOTP", hide_env_values = true, global = true)]
+    pub totp: Option<String>,
+    /// File holding the base32 TOTP secret, to compute the current code.
+    #[arg(long, global = true)]
+    pub totp_secret_file: Option<PathBuf>,
+    /// Extra CA certificate (PEM) to trust for HTTPS.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// `admin` with its connection options.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+/// `admin` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create the first admin directly in the database (refused if any user exists).
+    Bootstrap {
+        /// Database path or URL.
+        #[arg(long, env = "CVM_VERIFIER_DATABASE")]
+        database: String,
+        /// Master key file.
+        #[arg(long, env = "CVM_VERIFIER_MASTER_KEY_FILE")]
+        master_key_file: PathBuf,
+        /// The admin's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Format,
+    },
+    /// Write a new random master key to FILE (created with mode 0600).
+    GenMasterKey {
+        /// The new file.
+        file: PathBuf,
+    },
+    /// Re-wrap every sealed value from the current master key to a new one.
+    RotateMasterKey {
+        /// Database path or URL.
+        #[arg(long, env = "CVM_VERIFIER_DATABASE")]
+        database: String,
+        /// The current master key file.
+        #[arg(long)]
+        master_key_file: PathBuf,
+        /// The new master key file.
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+    },
+    /// Show the authenticated user.
+    Whoami,
+    /// Manage users (admin).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage workloads (admin, operator).
+    #[command(subcommand)]
+    Workload(WorkloadCmd),
+    /// Manage resources (admin, operator).
+    #[command(subcommand)]
+    Resource(ResourceCmd),
+    /// Attested guests (read: all roles; revoke: admin, operator).
+    #[command(subcommand)]
+    Guest(GuestCmd),
+    /// Read the audit log (admin, auditor).
+    AuditLog {
+        /// Only records at or after this Unix time.
+        #[arg(long)]
+        since: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+}
+
+/// `admin user`.
+#[derive(Debug, clap::Subcommand)]
+pub enum UserCmd {
+    /// List users.
+    List,
+    /// Create a user; prints its token (and TOTP secret for admins) once.
+    Add {
+        /// Name.
+        name: String,
+        /// Role: admin, operator or auditor.
+        #[arg(long)]
+        role: String,
+    },
+    /// Delete a user.
+    Remove {
+        /// Name.
+        name: String,
+    },
+}
+
+/// `admin workload`.
+#[derive(Debug, clap::Subcommand)]
+pub enum WorkloadCmd {
+    /// List workloads.
+    List,
+    /// Show one workload.
+    Show {
+        /// Name.
+        name: String,
+    },
+    /// Create or replace a workload.
+    Put {
+        /// Name.
+        name: String,
+        /// Policy file (TOML or JSON, attestation::policy::Policy).
+        #[arg(long)]
+        policy_file: Option<PathBuf>,
+        /// Allowed measurement (hex, repeatable; added to the policy's list).
+        #[arg(long = "measurement")]
+        measurements: Vec<String>,
+        /// Granted resource path repo/type/tag (repeatable).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
+    },
+    /// Delete a workload.
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// Allow a measurement.
+    AddMeasurement {
+        /// Name.
+        name: String,
+        /// Measurement, hex.
+        measurement: String,
+    },
+    /// Disallow a measurement.
+    RemoveMeasurement {
+        /// Name.
+        name: String,
+        /// Measurement, hex.
+        measurement: String,
+    },
+    /// Revoke (or with --restore, restore) a workload's grants.
+    Revoke {
+        /// Name.
+        name: String,
+        /// Restore instead.
+        #[arg(long)]
+        restore: bool,
+    },
+}
+
+/// `admin resource`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ResourceCmd {
+    /// List resources (metadata only).
+    List,
+    /// Store a resource value read from a file.
+    Put {
+        /// repo/type/tag.
+        path: String,
+        /// File with the value.
+        #[arg(long)]
+        value_file: PathBuf,
+    },
+    /// Delete a resource.
+    Remove {
+        /// repo/type/tag.
+        path: String,
+    },
+}
+
+/// `admin guest`.
+#[derive(Debug, clap::Subcommand)]
+pub enum GuestCmd {
+    /// List attested guests.
+    List {
+        /// Only guests not seen for this many seconds.
+        #[arg(long)]
+        stale: Option<i64>,
+    },
+    /// Revoke (or restore) one guest's grants.
+    Revoke {
+        /// Inventory id.
+        id: String,
+        /// Restore instead.
+        #[arg(long)]
+        restore: bool,
+    },
+}
+
+/// Errors of the admin CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminCliError {
+    /// A required option is missing.
+    #[error("{0}")]
+    Usage(String),
+    /// A file could not be read.
+    #[error("cannot read {0}")]
+    Read(String, #[source] std::io::Error),
+    /// A policy file is invalid.
+    #[error("the policy file is neither valid TOML nor JSON: {0}")]
+    Policy(String),
+    /// The database already has users.
+    #[error("the database already has users; bootstrap is refused")]
+    AlreadyBootstrapped,
+    /// An API call failed.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    /// A key could not be used.
+    #[error(transparent)]
+    Key(#[from] crate::crypto::master::MasterKeyError),
+    /// The signing key could not be opened.
+    #[error(transparent)]
+    SigningKey(#[from] crate::store::sessions::SigningKeyError),
+    /// User creation failed.
+    #[error(transparent)]
+    User(#[from] crate::store::users::UserError),
+    /// Rotation failed.
+    #[error(transparent)]
+    Rotate(#[from] crate::store::RotateError),
+}
+
+/// Runs an `admin` subcommand. Exit 0: done; 1: refused by the server or the
+/// database state; 2: usage or I/O error.
+pub fn run(args: Args) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    match rt.block_on(dispatch(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(
+            e @ (AdminCliError::AlreadyBootstrapped
+            | AdminCliError::Client(crate::client::ClientError::Status { .. })),
+        ) => fail(&e, 1),
+        Err(e) => fail(&e, 2),
+    }
+}
+
+fn print(v: &Value) {
+    if !v.is_null() {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+async fn dispatch(args: Args) -> Result<(), AdminCliError> {
+    match args.cmd {
+        Command::Bootstrap {
+            database,
+            master_key_file,
+            name,
+            output,
+        } => bootstrap(&database, &master_key_file, &name, output).await,
+        Command::GenMasterKey { file } => {
+            let k = MasterKey::generate();
+            k.write_new(&file)?;
+            println!("master key {} written to {}", k.id_hex(), file.display());
+            Ok(())
+        }
+        Command::RotateMasterKey {
+            database,
+            master_key_file,
+            new_master_key_file,
+        } => {
+            let old = MasterKey::load(&master_key_file)?;
+            let new = MasterKey::load(&new_master_key_file)?;
+            let db = Db::connect_existing(&database).await?;
+            let n = rotate_master_key(&db, &old, &new).await?;
+            println!(
+                "re-wrapped {n} values from master key {} to {}",
+                old.id_hex(),
+                new.id_hex()
+            );
+            Ok(())
+        }
+        cmd => api(&args.conn, cmd).await,
+    }
+}
+
+async fn bootstrap(
+    database: &str,
+    mk_file: &std::path::Path,
+    name: &str,
+    output: Format,
+) -> Result<(), AdminCliError> {
+    let mk = MasterKey::load(mk_file)?;
+    let db = Db::open(database).await?;
+    // Creates the token key on a fresh database; refuses a database sealed under another key.
+    sessions::signing_key(&db, &mk).await?;
+    let mut tx = db.begin().await?;
+    if users::count(&mut tx).await? > 0 {
+        return Err(AdminCliError::AlreadyBootstrapped);
+    }
+    let creds = users::create(&mut tx, &mk, name, Role::Admin).await?;
+    audit::append(
+        &mut tx,
+        &AuditEvent {
+            kind: AuditKind::Maintenance,
+            actor: "system".into(),
+            client: "-".into(),
+            subject: format!("user:{name}"),
+            outcome: "bootstrapped".into(),
+            detail: json!({"role": "admin"}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(crate::db::DbError::from)?;
+    match output {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&creds).unwrap_or_default()
+        ),
+        Format::Text => {
+            println!("admin user: {}", creds.user.name);
+            println!("token: {}", creds.token.as_str());
+            if let (Some(s), Some(u)) = (&creds.totp_secret, &creds.otpauth_uri) {
+                println!("totp secret: {}", s.as_str());
+                println!("otpauth uri: {}", u.as_str());
+            }
+            println!("Store these now: they are not shown again.");
+        }
+    }
+    Ok(())
+}
+
+fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, AdminCliError> {
+    std::fs::read_to_string(path)
+        .map(|s| Zeroizing::new(s.trim().to_owned()))
+        .map_err(|e| AdminCliError::Read(path.display().to_string(), e))
+}
+
+async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
+    let url = conn
+        .url
+        .clone()
+        .ok_or_else(|| AdminCliError::Usage("--url (or CVM_VERIFIER_URL) is required".into()))?;
+    let token = match (&conn.token, &conn.token_file) {
+        (Some(t), _) => Zeroizing::new(t.clone()),
+        (None, Some(f)) => read_secret(f)?,
+        (None, None) => {
+            return Err(AdminCliError::Usage(
+                "--token, --token-file or CVM_VERIFIER_TOKEN is required".into(),
+            ))
+        }
+    };
+    let http = http_client(conn.ca_cert.as_deref())?;
+    let client = match (&conn.totp, &conn.totp_secret_file) {
+        (Some(c), _) => AdminClient::new(http, &url, token, Some(Zeroizing::new(c.clone()))),
+        (None, Some(f)) => AdminClient::with_totp_secret(http, &url, token, read_secret(f)?),
+        (None, None) => AdminClient::new(http, &url, token, None),
+    };
+    let v = match cmd {
+        Command::Whoami => client.call(Method::GET, "/admin/v1/whoami", None).await?,
+        Command::User(UserCmd::List) => client.call(Method::GET, "/admin/v1/users", None).await?,
+        Command::User(UserCmd::Add { name, role }) => {
+            client
+                .call(
+                    Method::POST,
+                    "/admin/v1/users",
+                    Some(&json!({"name": name, "role": role})),
+                )
+                .await?
+        }
+        Command::User(UserCmd::Remove { name }) => {
+            client
+                .call(Method::DELETE, &format!("/admin/v1/users/{name}"), None)
+                .await?
+        }
+        Command::Workload(WorkloadCmd::List) => {
+            client
+                .call(Method::GET, "/admin/v1/workloads", None)
+                .await?
+        }
+        Command::Workload(WorkloadCmd::Show { name }) => {
+            client
+                .call(Method::GET, &format!("/admin/v1/workloads/{name}"), None)
+                .await?
+        }
+        Command::Workload(WorkloadCmd::Put {
+            name,
+            policy_file,
+            measurements,
+            resources,
+        }) => {
+            let mut policy = match policy_file {
+                Some(f) => load_policy(&f)?,
+                None => json!({}),
+            };
+            if !measurements.is_empty() {
+                let list = policy
+                    .get("measurements")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut list: Vec<Value> = list;
+                list.extend(measurements.into_iter().map(Value::String));
+                policy["measurements"] = Value::Array(list);
+            }
+            let body = json!({"policy": policy, "resources": resources});
+            client
+                .call(
+                    Method::PUT,
+                    &format!("/admin/v1/workloads/{name}"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Workload(WorkloadCmd::Remove { name }) => {
+            client
+                .call(Method::DELETE, &format!("/admin/v1/workloads/{name}"), None)
+                .await?
+        }
+        Command::Workload(WorkloadCmd::AddMeasurement { name, measurement }) => {
+            let body = json!({"measurement": measurement});
+            client
+                .call(
+                    Method::POST,
+                    &format!("/admin/v1/workloads/{name}/measurements"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Workload(WorkloadCmd::RemoveMeasurement { name, measurement }) => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/admin/v1/workloads/{name}/measurements/{measurement}"),
+                    None,
+                )
+                .await?
+        }
+        Command::Workload(WorkloadCmd::Revoke { name, restore }) => {
+            let body = json!({"revoked": !restore});
+            client
+                .call(
+                    Method::PUT,
+                    &format!("/admin/v1/workloads/{name}/revocation"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Resource(ResourceCmd::List) => {
+            client
+                .call(Method::GET, "/admin/v1/resources", None)
+                .await?
+        }
+        Command::Resource(ResourceCmd::Put { path, value_file }) => {
+            let value = Zeroizing::new(
+                std::fs::read(&value_file)
+                    .map_err(|e| AdminCliError::Read(value_file.display().to_string(), e))?,
+            );
+            let body = json!({"value": base64::engine::general_purpose::STANDARD.encode(value.as_slice())});
+            client
+                .call(
+                    Method::PUT,
+                    &format!("/admin/v1/resources/{path}"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::Resource(ResourceCmd::Remove { path }) => {
+            client
+                .call(Method::DELETE, &format!("/admin/v1/resources/{path}"), None)
+                .await?
+        }
+        Command::Guest(GuestCmd::List { stale }) => {
+            let q = stale.map(|s| format!("?stale={s}")).unwrap_or_default();
+            client
+                .call(Method::GET, &format!("/admin/v1/inventory{q}"), None)
+                .await?
+        }
+        Command::Guest(GuestCmd::Revoke { id, restore }) => {
+            let body = json!({"revoked": !restore});
+            client
+                .call(
+                    Method::PUT,
+                    &format!("/admin/v1/inventory/{id}/revocation"),
+                    Some(&body),
+                )
+                .await?
+        }
+        Command::AuditLog { since, limit } => {
+            let q = format!(
+                "?limit={limit}{}",
+                since.map(|s| format!("&since={s}")).unwrap_or_default()
+            );
+            client
+                .call(Method::GET, &format!("/admin/v1/audit{q}"), None)
+                .await?
+        }
+        Command::Bootstrap { .. }
+        | Command::GenMasterKey { .. }
+        | Command::RotateMasterKey { .. } => Value::Null,
+    };
+    print(&v);
+    Ok(())
+}
+
+fn load_policy(path: &std::path::Path) -> Result<Value, AdminCliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| AdminCliError::Read(path.display().to_string(), e))?;
+    let policy: attestation::policy::Policy = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(_) => toml::from_str(&text).map_err(|e| AdminCliError::Policy(e.to_string()))?,
+    };
+    serde_json::to_value(policy).map_err(|e| AdminCliError::Policy(e.to_string()))
+}

@@ -1,0 +1,89 @@
+//! `cvm-verifier serve`: runs the attestation service.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{ConfigFile, Overrides};
+use crate::service;
+
+use super::output::{fail, init_logging, runtime};
+
+/// Options of `serve`; each also reads an environment variable, and falls back to the
+/// configuration file.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// TOML configuration file (see cvm-verifier.sample.toml).
+    #[arg(long, env = "CVM_VERIFIER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// ADDR:PORT to listen on.
+    #[arg(long, env = "CVM_VERIFIER_LISTEN")]
+    pub listen: Option<String>,
+    /// SQLite file path, sqlite: URL, or postgres:// URL.
+    #[arg(long, env = "CVM_VERIFIER_DATABASE")]
+    pub database: Option<String>,
+    /// File with the 32-byte master key (mode 0600).
+    #[arg(long, env = "CVM_VERIFIER_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// HTTPS certificate chain (PEM).
+    #[arg(long, env = "CVM_VERIFIER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS private key (PEM).
+    #[arg(long, env = "CVM_VERIFIER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (loopback addresses only).
+    #[arg(long, env = "CVM_VERIFIER_INSECURE_HTTP")]
+    pub insecure_http: bool,
+    /// Trust the emulated platform in DIR (INSECURE; repeatable).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CVM_VERIFIER_EMULATED_TRUST",
+        value_delimiter = ','
+    )]
+    pub emulated_trust: Vec<PathBuf>,
+    /// Challenge lifetime in seconds (default 300).
+    #[arg(long, env = "CVM_VERIFIER_SESSION_TTL")]
+    pub session_ttl: Option<i64>,
+}
+
+/// Runs `serve`. Exit 0 after a graceful shutdown; 2 on configuration or start errors.
+pub fn run(args: Args) -> ExitCode {
+    init_logging();
+    let file = match &args.config {
+        Some(p) => match ConfigFile::load(p) {
+            Ok(f) => f,
+            Err(e) => return fail(&e, 2),
+        },
+        None => ConfigFile::default(),
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        database: args.database,
+        master_key_file: args.master_key_file,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        insecure_http: args.insecure_http,
+        emulated_trust: args.emulated_trust,
+        session_ttl: args.session_ttl,
+    };
+    let cfg = match file.resolve(overrides) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, 2),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e, 2),
+    };
+    let result = rt.block_on(service::serve(cfg, |addr, tls| {
+        let scheme = if tls { "https" } else { "http" };
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "cvm-verifier listening on {scheme}://{addr}");
+        let _ = out.flush();
+        tracing::info!(%addr, scheme, "listening");
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, 2),
+    }
+}

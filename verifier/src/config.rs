@@ -1,0 +1,333 @@
+//! Configuration of `cvm-verifier serve`: a TOML file (one section per concern, unknown
+//! keys refused), overridden by environment variables, overridden by command-line
+//! options. See `verifier/cvm-verifier.sample.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::service::AuthLimits;
+
+/// The configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// `[database]`.
+    #[serde(default)]
+    pub database: DatabaseSection,
+    /// `[keys]`.
+    #[serde(default)]
+    pub keys: KeysSection,
+    /// `[attestation]`.
+    #[serde(default)]
+    pub attestation: AttestationSection,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[server]`: where and how to listen.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `ADDR:PORT` to listen on.
+    pub listen: Option<String>,
+    /// PEM certificate chain for HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (loopback addresses only; for tests and local proxies).
+    pub insecure_http: Option<bool>,
+    /// Body limit of every route but attest, bytes (default 65536).
+    pub body_limit: Option<usize>,
+    /// Body limit of `/kbs/v0/attest`, bytes (default 1048576).
+    pub attest_body_limit: Option<usize>,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSection {
+    /// A SQLite file path or `sqlite:` URL (created on first start), or a `postgres://` URL.
+    pub url: Option<String>,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// The 32-byte master key file (mode 0600).
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// `[attestation]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationSection {
+    /// Emulated platform directories whose trust anchors to accept (INSECURE).
+    pub emulated_trust: Option<Vec<PathBuf>>,
+    /// Challenge lifetime, seconds (default 300).
+    pub session_ttl_secs: Option<i64>,
+    /// Attestation token (and attested session) lifetime, seconds (default 300).
+    pub token_ttl_secs: Option<i64>,
+}
+
+/// `[admin]`: admin-plane authentication limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// Failed authentications allowed per client IP per window (default 20).
+    pub auth_failures_per_ip: Option<usize>,
+    /// Failed authentications allowed per user per window (default 5).
+    pub auth_failures_per_user: Option<usize>,
+    /// The window, seconds (default 300).
+    pub auth_failure_window_secs: Option<u64>,
+}
+
+/// Command-line/environment overrides (every field optional).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--database`.
+    pub database: Option<String>,
+    /// `--master-key-file`.
+    pub master_key_file: Option<PathBuf>,
+    /// `--tls-cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`.
+    pub tls_key: Option<PathBuf>,
+    /// `--insecure-http`.
+    pub insecure_http: bool,
+    /// `--emulated-trust` (replaces the file's list when given).
+    pub emulated_trust: Vec<PathBuf>,
+    /// `--session-ttl`.
+    pub session_ttl: Option<i64>,
+}
+
+/// How to serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsMode {
+    /// HTTPS with this certificate chain and key.
+    Tls {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM).
+        key: PathBuf,
+    },
+    /// Plain HTTP on a loopback address.
+    InsecureHttp,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// HTTPS or loopback HTTP.
+    pub tls: TlsMode,
+    /// Database URL or path.
+    pub database_url: String,
+    /// Master key file.
+    pub master_key_file: PathBuf,
+    /// Emulated trust directories.
+    pub emulated_trust: Vec<PathBuf>,
+    /// Challenge lifetime.
+    pub session_ttl: i64,
+    /// Token lifetime.
+    pub token_ttl: i64,
+    /// Body limit.
+    pub body_limit: usize,
+    /// Attest body limit.
+    pub attest_body_limit: usize,
+    /// Admin authentication limits.
+    pub auth_limits: AuthLimits,
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("the configuration file {} is invalid", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A required setting is missing.
+    #[error("{0} is required (option, environment variable or configuration file)")]
+    Missing(&'static str),
+    /// The listen address is invalid.
+    #[error("`{0}` is not an ADDR:PORT socket address")]
+    Listen(String),
+    /// TLS settings are inconsistent.
+    #[error("give both --tls-cert and --tls-key, or --insecure-http (not both)")]
+    Tls,
+    /// Plain HTTP on a non-loopback address.
+    #[error("--insecure-http is only allowed on a loopback address, not {0}")]
+    NotLoopback(SocketAddr),
+    /// A value is out of range.
+    #[error("{0} must be positive")]
+    Range(&'static str),
+}
+
+impl ConfigFile {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Applies overrides and validates.
+    pub fn resolve(self, o: Overrides) -> Result<ServeConfig, ConfigError> {
+        let listen_s = o
+            .listen
+            .or(self.server.listen)
+            .ok_or(ConfigError::Missing("--listen"))?;
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| ConfigError::Listen(listen_s.clone()))?;
+        let database_url = o
+            .database
+            .or(self.database.url)
+            .ok_or(ConfigError::Missing("--database"))?;
+        let master_key_file = o
+            .master_key_file
+            .or(self.keys.master_key_file)
+            .ok_or(ConfigError::Missing("--master-key-file"))?;
+        let cert = o.tls_cert.or(self.server.tls_cert);
+        let key = o.tls_key.or(self.server.tls_key);
+        let insecure = o.insecure_http || self.server.insecure_http.unwrap_or(false);
+        let tls = match (cert, key, insecure) {
+            (Some(cert), Some(key), false) => TlsMode::Tls { cert, key },
+            (None, None, true) => {
+                if !listen.ip().is_loopback() {
+                    return Err(ConfigError::NotLoopback(listen));
+                }
+                TlsMode::InsecureHttp
+            }
+            _ => return Err(ConfigError::Tls),
+        };
+        let emulated_trust = if o.emulated_trust.is_empty() {
+            self.attestation.emulated_trust.unwrap_or_default()
+        } else {
+            o.emulated_trust
+        };
+        let session_ttl = o
+            .session_ttl
+            .or(self.attestation.session_ttl_secs)
+            .unwrap_or(300);
+        let token_ttl = self.attestation.token_ttl_secs.unwrap_or(300);
+        if session_ttl <= 0 {
+            return Err(ConfigError::Range("session_ttl_secs"));
+        }
+        if token_ttl <= 0 {
+            return Err(ConfigError::Range("token_ttl_secs"));
+        }
+        let d = AuthLimits::default();
+        let auth_limits = AuthLimits {
+            per_ip: self.admin.auth_failures_per_ip.unwrap_or(d.per_ip),
+            per_user: self.admin.auth_failures_per_user.unwrap_or(d.per_user),
+            window: self
+                .admin
+                .auth_failure_window_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.window),
+        };
+        Ok(ServeConfig {
+            listen,
+            tls,
+            database_url,
+            master_key_file,
+            emulated_trust,
+            session_ttl,
+            token_ttl,
+            body_limit: self.server.body_limit.unwrap_or(64 << 10),
+            attest_body_limit: self.server.attest_body_limit.unwrap_or(1 << 20),
+            auth_limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Overrides {
+        Overrides {
+            database: Some("/tmp/x.db".into()),
+            master_key_file: Some("/tmp/mk".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sample_file_parses() {
+        let text = include_str!("../cvm-verifier.sample.toml");
+        let f: ConfigFile = toml::from_str(text).unwrap();
+        let c = f.resolve(Overrides::default()).unwrap();
+        assert!(matches!(c.tls, TlsMode::Tls { .. }));
+        assert_eq!(c.session_ttl, 300);
+    }
+
+    #[test]
+    fn unknown_keys_refused() {
+        assert!(toml::from_str::<ConfigFile>("[server]\nlisten_addr = \"x\"").is_err());
+        assert!(toml::from_str::<ConfigFile>("[nope]").is_err());
+    }
+
+    #[test]
+    fn insecure_http_loopback_only() {
+        let mut o = base();
+        o.listen = Some("0.0.0.0:8080".into());
+        o.insecure_http = true;
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::NotLoopback(_))
+        ));
+        o.listen = Some("127.0.0.1:8080".into());
+        assert_eq!(
+            ConfigFile::default().resolve(o.clone()).unwrap().tls,
+            TlsMode::InsecureHttp
+        );
+        o.listen = Some("[::1]:8080".into());
+        assert!(ConfigFile::default().resolve(o).is_ok());
+    }
+
+    #[test]
+    fn tls_required_and_overrides_win() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::Tls)
+        ));
+        let f: ConfigFile =
+            toml::from_str("[server]\nlisten = \"127.0.0.1:2\"\ninsecure_http = true").unwrap();
+        let c = f.resolve(o).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.tls, TlsMode::InsecureHttp);
+    }
+}

@@ -1,0 +1,201 @@
+//! Attestation result tokens: compact JWS (JWT) signed ES256 by the verifier's own
+//! P-256 key, and the JWKS that publishes its public half.
+//!
+//! The key is generated on first start and stored sealed under the master key, so
+//! every replica signs with the same key and a token issued by one replica is accepted
+//! by another. Tokens are verified strictly: `alg` must be `ES256`, `kid` must be ours,
+//! the signature must verify and `exp` must lie in the future.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use rand_core::OsRng;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// A token could not be verified.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Not a compact JWS with a JSON header and payload.
+    #[error("the token is malformed")]
+    Malformed,
+    /// Wrong algorithm or key id.
+    #[error("the token was not issued by this verifier")]
+    WrongKey,
+    /// The signature does not verify.
+    #[error("the token signature does not verify")]
+    BadSignature,
+    /// The token has expired.
+    #[error("the token has expired")]
+    Expired,
+    /// The stored signing key is invalid.
+    #[error("the stored token signing key is invalid")]
+    InvalidKey,
+}
+
+/// The verifier's token signing key.
+pub struct TokenSigner {
+    key: SigningKey,
+    kid: String,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenSigner(kid {})", self.kid)
+    }
+}
+
+impl TokenSigner {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        Self::from_key(SigningKey::random(&mut OsRng))
+    }
+
+    /// The key from its 32-byte scalar.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
+        SigningKey::from_slice(bytes)
+            .map(Self::from_key)
+            .map_err(|_| TokenError::InvalidKey)
+    }
+
+    fn from_key(key: SigningKey) -> Self {
+        let point = key.verifying_key().to_encoded_point(false);
+        let digest = Sha256::digest(point.as_bytes());
+        let kid = B64URL.encode(digest.get(..12).unwrap_or_default());
+        Self { key, kid }
+    }
+
+    /// The 32-byte scalar (to seal it for storage).
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.key.to_bytes().to_vec())
+    }
+
+    /// The key id published in the JWKS and every token header.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self) -> Value {
+        let p = self.key.verifying_key().to_encoded_point(false);
+        json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "alg": "ES256",
+            "use": "sig",
+            "kid": self.kid,
+            "x": B64URL.encode(p.x().map(|x| &x[..]).unwrap_or_default()),
+            "y": B64URL.encode(p.y().map(|y| &y[..]).unwrap_or_default()),
+        })
+    }
+
+    /// The JWKS document.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [self.public_jwk()] })
+    }
+
+    /// Signs `claims` as a compact JWS.
+    pub fn sign(&self, claims: &Value) -> String {
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        let signing_input = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(claims.to_string())
+        );
+        let sig: Signature = self.key.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", B64URL.encode(sig.to_bytes()))
+    }
+
+    /// Verifies a token issued by this key and not expired at `now` (Unix seconds);
+    /// returns its claims.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
+        verify_with(self.key.verifying_key(), &self.kid, token, now)
+    }
+}
+
+/// Verifies a compact ES256 JWS against `key`/`kid` at `now`; returns the claims.
+pub fn verify_with(
+    key: &VerifyingKey,
+    kid: &str,
+    token: &str,
+    now: i64,
+) -> Result<Value, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: Value = B64URL
+        .decode(h)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    if header.get("alg").and_then(Value::as_str) != Some("ES256")
+        || header.get("kid").and_then(Value::as_str) != Some(kid)
+    {
+        return Err(TokenError::WrongKey);
+    }
+    let sig = B64URL
+        .decode(s)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    key.verify(format!("{h}.{p}").as_bytes(), &sig)
+        .map_err(|_| TokenError::BadSignature)?;
+    let claims: Value = B64URL
+        .decode(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_i64)
+        .ok_or(TokenError::Malformed)?;
+    if exp <= now {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// Parses a JWKS entry published by [`TokenSigner::jwks`] (for relying parties and tests).
+pub fn verifying_key_from_jwk(jwk: &Value) -> Option<(VerifyingKey, String)> {
+    let x = B64URL.decode(jwk.get("x")?.as_str()?).ok()?;
+    let y = B64URL.decode(jwk.get("y")?.as_str()?).ok()?;
+    if x.len() != 32 || y.len() != 32 || jwk.get("crv")?.as_str()? != "P-256" {
+        return None;
+    }
+    let mut sec1 = vec![4u8];
+    sec1.extend_from_slice(&x);
+    sec1.extend_from_slice(&y);
+    let key = VerifyingKey::from_sec1_bytes(&sec1).ok()?;
+    Some((key, jwk.get("kid")?.as_str()?.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_expiry_and_tamper() {
+        let s = TokenSigner::generate();
+        let t = s.sign(&json!({"exp": 100, "sub": "x"}));
+        assert_eq!(s.verify(&t, 99).unwrap()["sub"], "x");
+        assert!(matches!(s.verify(&t, 100), Err(TokenError::Expired)));
+        let other = TokenSigner::generate();
+        assert!(matches!(other.verify(&t, 0), Err(TokenError::WrongKey)));
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged = B64URL.encode(json!({"exp": 100, "sub": "y"}).to_string());
+        parts[1] = &forged;
+        assert!(matches!(
+            s.verify(&parts.join("."), 0),
+            Err(TokenError::BadSignature)
+        ));
+        let (vk, kid) = verifying_key_from_jwk(&s.jwks()["keys"][0]).unwrap();
+        assert!(verify_with(&vk, &kid, &t, 0).is_ok());
+        let again = TokenSigner::from_bytes(&s.to_bytes()).unwrap();
+        assert_eq!(again.kid(), s.kid());
+    }
+}

@@ -1,0 +1,283 @@
+//! Evidence verification behind one narrow trait, and its implementation over the
+//! `attestation` crate.
+//!
+//! # The `tee-evidence` wire format
+//!
+//! The guest sends KBS protocol 0.4.0's `tee-evidence` as `kbs_types::CompositeEvidence`;
+//! its `primary_evidence` is a JSON object per TEE:
+//!
+//! | tee | object |
+//! |---|---|
+//! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` |
+//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` |
+//!
+//! Standard base64 (with padding) is expected; URL-safe is accepted too. The verifier
+//! does not fetch collateral itself: without `cert_chain`/`collateral` the result is
+//! [`ErrorKind::CollateralUnavailable`].
+//!
+//! # Trust anchors
+//!
+//! AMD's pinned ARKs and Intel's root CA are always trusted. Each `--emulated-trust DIR`
+//! adds the emulated platform's anchors (`DIR/snp/trust-anchor.pem`,
+//! `DIR/tdx/root_ca.pem`); evidence chaining to them yields
+//! [`TrustLevel::InsecureEmulated`](attestation::claims::TrustLevel::InsecureEmulated)
+//! claims, which a workload policy must additionally allow (`allow_emulated`).
+
+use std::path::{Path, PathBuf};
+
+use attestation::claims::{Claims, Tee};
+use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
+use attestation::tdx::collateral::Collateral;
+use attestation::tdx::verify::{TdxVerifier, TrustRoot};
+use attestation::ErrorKind;
+use base64::Engine;
+use serde::Deserialize;
+
+/// Why evidence was refused: the category and a message for the guest and the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyFailure {
+    /// The category.
+    pub kind: ErrorKind,
+    /// The failed check (`report-data`, a policy check name…), when there is one.
+    pub check: Option<String>,
+    /// What went wrong (one sentence; no internal cause chain).
+    pub message: String,
+}
+
+impl VerifyFailure {
+    /// A failure of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            check: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Verifies evidence of one TEE and returns its claims. Implementations must check that
+/// the evidence binds `expected_report_data` and must judge certificate validity at
+/// `now`.
+pub trait EvidenceVerifier: Send + Sync + 'static {
+    /// Verifies `evidence` (the `primary_evidence` JSON, as bytes).
+    fn verify(
+        &self,
+        tee: Tee,
+        evidence: &[u8],
+        expected_report_data: &[u8; 64],
+        now: time::OffsetDateTime,
+    ) -> Result<Claims, VerifyFailure>;
+}
+
+/// Loading trust anchors failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// AMD's pinned roots could not be loaded.
+    #[error("cannot load AMD's pinned roots")]
+    Amd(#[source] attestation::snp::roots::RootError),
+    /// A trust anchor file could not be read.
+    #[error("cannot read {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An SNP trust anchor is invalid.
+    #[error("{} is not a valid SNP trust anchor", path.display())]
+    Snp {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: attestation::snp::roots::RootError,
+    },
+    /// A TDX root is invalid.
+    #[error("{} is not a valid TDX root CA", path.display())]
+    Tdx {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: attestation::tdx::verify::TrustRootError,
+    },
+    /// The directory holds neither anchor.
+    #[error("{} holds neither snp/trust-anchor.pem nor tdx/root_ca.pem", .0.display())]
+    Empty(PathBuf),
+}
+
+/// The production [`EvidenceVerifier`]: the `attestation` crate's SNP and TDX verifiers.
+#[derive(Debug)]
+pub struct AttestationVerifier {
+    snp: SnpVerifier,
+    tdx: Vec<TdxVerifier>,
+    emulated: bool,
+}
+
+impl AttestationVerifier {
+    /// Trusts the genuine roots, plus the emulated platforms in `emulated_dirs`.
+    pub fn new(emulated_dirs: &[PathBuf]) -> Result<Self, TrustError> {
+        let mut roots = TrustRoots::amd().map_err(TrustError::Amd)?;
+        let mut tdx = vec![TdxVerifier::intel()];
+        for dir in emulated_dirs {
+            let mut found = false;
+            let snp = dir.join("snp").join("trust-anchor.pem");
+            if snp.exists() {
+                let bytes = read(&snp)?;
+                roots = roots
+                    .with_operator_roots(&bytes)
+                    .map_err(|source| TrustError::Snp { path: snp, source })?;
+                found = true;
+            }
+            let tdx_root = dir.join("tdx").join("root_ca.pem");
+            if tdx_root.exists() {
+                let bytes = read(&tdx_root)?;
+                let root =
+                    TrustRoot::emulated_from_bytes(&bytes).map_err(|source| TrustError::Tdx {
+                        path: tdx_root,
+                        source,
+                    })?;
+                tdx.push(TdxVerifier::new(root));
+                found = true;
+            }
+            if !found {
+                return Err(TrustError::Empty(dir.clone()));
+            }
+        }
+        Ok(Self {
+            snp: SnpVerifier::new(roots),
+            tdx,
+            emulated: !emulated_dirs.is_empty(),
+        })
+    }
+
+    /// Whether emulated trust anchors are configured.
+    pub fn trusts_emulated(&self) -> bool {
+        self.emulated
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
+    std::fs::read(path).map_err(|source| TrustError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnpEvidence {
+    report: String,
+    #[serde(default)]
+    cert_chain: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TdxEvidence {
+    quote: String,
+    #[serde(default)]
+    collateral: Option<serde_json::Value>,
+}
+
+fn decode_b64(s: &str, what: &str) -> Result<Vec<u8>, VerifyFailure> {
+    let e = base64::engine::general_purpose::STANDARD.decode(s.trim());
+    e.or_else(|_| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim().trim_end_matches('='))
+    })
+    .map_err(|_| VerifyFailure::new(ErrorKind::Malformed, format!("{what} is not base64")))
+}
+
+fn malformed(what: &str) -> impl FnOnce(serde_json::Error) -> VerifyFailure + '_ {
+    move |e| {
+        VerifyFailure::new(
+            ErrorKind::Malformed,
+            format!("the {what} evidence object is malformed: {e}"),
+        )
+    }
+}
+
+impl AttestationVerifier {
+    fn verify_snp(
+        &self,
+        evidence: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Claims, VerifyFailure> {
+        let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
+        let report = decode_b64(&ev.report, "report")?;
+        let Some(chain) = ev.cert_chain else {
+            return Err(VerifyFailure::new(
+                ErrorKind::CollateralUnavailable,
+                "the evidence carries no cert_chain; send the extended report's certificate table",
+            ));
+        };
+        let table = CertTable::parse(&decode_b64(&chain, "cert_chain")?)
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        let mut collateral = SnpCollateral::new();
+        collateral
+            .add_cert_table(&table)
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        self.snp
+            .verify(&report, &collateral, now)
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+    }
+
+    fn verify_tdx(
+        &self,
+        evidence: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Claims, VerifyFailure> {
+        let ev: TdxEvidence = serde_json::from_slice(evidence).map_err(malformed("tdx"))?;
+        let quote = decode_b64(&ev.quote, "quote")?;
+        let Some(coll) = ev.collateral else {
+            return Err(VerifyFailure::new(
+                ErrorKind::CollateralUnavailable,
+                "the evidence carries no collateral; send the QuoteCollateralV3 object",
+            ));
+        };
+        let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
+        let collateral = Collateral::from_json(&coll_bytes)
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        // Genuine Intel first; emulated roots only on an untrusted chain.
+        let mut first: Option<VerifyFailure> = None;
+        for v in &self.tdx {
+            match v.verify(&quote, &collateral, now) {
+                Ok(q) => return Ok(q.claims),
+                Err(e) => {
+                    let f = VerifyFailure::new(e.kind(), e.to_string());
+                    if e.kind() != ErrorKind::UntrustedChain {
+                        return Err(f);
+                    }
+                    first.get_or_insert(f);
+                }
+            }
+        }
+        Err(first.unwrap_or_else(|| {
+            VerifyFailure::new(ErrorKind::UntrustedChain, "no TDX trust root is configured")
+        }))
+    }
+}
+
+impl EvidenceVerifier for AttestationVerifier {
+    fn verify(
+        &self,
+        tee: Tee,
+        evidence: &[u8],
+        expected_report_data: &[u8; 64],
+        now: time::OffsetDateTime,
+    ) -> Result<Claims, VerifyFailure> {
+        let claims = match tee {
+            Tee::Snp => self.verify_snp(evidence, now)?,
+            Tee::Tdx => self.verify_tdx(evidence, now)?,
+        };
+        if claims.report_data.as_slice() != expected_report_data.as_slice() {
+            return Err(VerifyFailure {
+                kind: ErrorKind::PolicyNotMet,
+                check: Some("report-data".into()),
+                message: "REPORT_DATA does not bind the runtime data (nonce and TEE key)".into(),
+            });
+        }
+        Ok(claims)
+    }
+}

@@ -1,0 +1,70 @@
+//! Facts of the Trustee KBS protocol 0.4.0 shared by the service and its clients.
+//!
+//! REPORT_DATA binding (as Trustee): the guest puts
+//! `SHA-384(JCS(runtime-data)) || 0^16` in its evidence, where `runtime-data` is
+//! `{"nonce": <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is RFC 8785 canonical JSON.
+//! The verifier recomputes it from the runtime data it receives, so evidence produced for
+//! another nonce or another key does not verify.
+
+use kbs_types::RuntimeData;
+use sha2::{Digest, Sha384};
+
+/// The protocol version this verifier speaks.
+pub const PROTOCOL_VERSION: &str = "0.4.0";
+/// The session cookie.
+pub const SESSION_COOKIE: &str = "kbs-session-id";
+
+/// The runtime data could not be canonicalized.
+#[derive(Debug, thiserror::Error)]
+#[error("the runtime data cannot be canonicalized")]
+pub struct BindingError(#[source] serde_json::Error);
+
+/// The 64-byte REPORT_DATA that binds `runtime_data`.
+pub fn report_data(runtime_data: &RuntimeData) -> Result<[u8; 64], BindingError> {
+    let value = serde_json::to_value(runtime_data).map_err(BindingError)?;
+    let canonical = serde_json_canonicalizer::to_vec(&value).map_err(BindingError)?;
+    let digest = Sha384::digest(&canonical);
+    let mut out = [0u8; 64];
+    out[..48].copy_from_slice(&digest);
+    Ok(out)
+}
+
+/// Whether a client's protocol version is compatible (0.4.x).
+pub fn version_supported(v: &str) -> bool {
+    v.strip_prefix("0.4.")
+        .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kbs_types::TeePubKey;
+
+    #[test]
+    fn binding_is_sha384_of_jcs_padded() {
+        let rd = RuntimeData {
+            nonce: "bm9uY2U=".into(),
+            tee_pubkey: TeePubKey::EC {
+                crv: "P-256".into(),
+                alg: "ECDH-ES+A256KW".into(),
+                x: "eA".into(),
+                y: "eQ".into(),
+            },
+        };
+        // JCS: keys sorted at every level, no whitespace.
+        let jcs = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        let want = Sha384::digest(jcs.as_bytes());
+        let got = report_data(&rd).unwrap();
+        assert_eq!(&got[..48], &want[..]);
+        assert_eq!(&got[48..], &[0u8; 16]);
+    }
+
+    #[test]
+    fn versions() {
+        assert!(version_supported("0.4.0"));
+        assert!(version_supported("0.4.12"));
+        assert!(!version_supported("0.3.0"));
+        assert!(!version_supported("0.4."));
+        assert!(!version_supported("1.0.0"));
+    }
+}

@@ -1,0 +1,650 @@
+//! Guest-facing Trustee KBS protocol 0.4.0: `auth`, `attest`, `resource`.
+//!
+//! Every refusal of `attest` and `resource` (malformed input, unknown session, replayed
+//! nonce, failed verification, policy, revocation, missing grant) is answered with a
+//! problem document and written to the audit log once; nothing is released. An accepted
+//! attestation and a release commit together with their audit record.
+
+use std::time::Instant;
+
+use attestation::claims::{Claims, Tee, TeeClaims, TrustLevel};
+use attestation::ErrorKind;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use kbs_types::{Attestation, Challenge};
+use serde_json::{json, Value};
+
+use super::state::{client_ip, parse_json, read_body, AppState, JsonBody};
+use crate::crypto::jwe::{self, TeeKey};
+use crate::db::now;
+use crate::error::ApiError;
+use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
+use crate::store::audit::{self, AuditEvent, AuditKind};
+use crate::store::sessions::{self, Attested, GuestIdentity, Session};
+use crate::store::workloads::{self, valid_path, valid_segment, Workload};
+
+/// A refusal with the reason recorded in metrics and the audit log.
+struct Refusal {
+    reason: String,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn new(reason: &str, error: ApiError) -> Self {
+        Self {
+            reason: reason.into(),
+            error,
+        }
+    }
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        let reason = match &error {
+            ApiError::Internal(_) => "internal-error",
+            ApiError::PayloadTooLarge => "body-too-large",
+            _ => "bad-request",
+        };
+        Self {
+            reason: reason.into(),
+            error,
+        }
+    }
+}
+
+impl From<crate::db::DbError> for Refusal {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+fn trust_name(t: TrustLevel) -> &'static str {
+    match t {
+        TrustLevel::Hardware => "hardware",
+        TrustLevel::InsecureEmulated => "insecure-emulated",
+    }
+}
+
+fn session_cookie(st: &AppState, id: &str, max_age: i64) -> HeaderValue {
+    let secure = if st.limits.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let v = format!(
+        "{SESSION_COOKIE}={id}; Path=/kbs/v0; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        max_age.max(0)
+    );
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The session id from the `kbs-session-id` cookie: `Ok(None)` if absent, an error if
+/// malformed.
+fn cookie_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("the Cookie header is not ASCII".into()))?;
+        for pair in text.split(';') {
+            let Some((k, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if k == SESSION_COOKIE {
+                let id = uuid::Uuid::parse_str(v.trim()).map_err(|_| {
+                    ApiError::BadRequest("the kbs-session-id cookie is malformed".into())
+                })?;
+                found = Some(id.hyphenated().to_string());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `POST /kbs/v0/auth`: opens a session and returns a challenge.
+pub async fn auth(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<kbs_types::Request>,
+) -> Result<Response, ApiError> {
+    if !version_supported(&req.version) {
+        return Err(ApiError::BadRequest(format!(
+            "protocol version {} is not supported; use 0.4.0",
+            req.version
+        )));
+    }
+    let tee = match req.tee {
+        kbs_types::Tee::Snp => "snp",
+        kbs_types::Tee::Tdx => "tdx",
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "TEE `{other}` is not supported; use snp or tdx"
+            )))
+        }
+    };
+    let hint = match req.extra_params.get("workload") {
+        None => None,
+        Some(Value::String(w)) if valid_segment(w) => Some(w.clone()),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "extra-params.workload must be a workload name".into(),
+            ))
+        }
+    };
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
+    let session =
+        sessions::create(&st.db, tee, &nonce, hint.as_deref(), st.limits.session_ttl).await?;
+    let challenge = Challenge {
+        nonce,
+        extra_params: json!({}),
+    };
+    let mut resp = axum::Json(challenge).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&st, &session.id, st.limits.session_ttl),
+    );
+    Ok(resp)
+}
+
+/// `POST /kbs/v0/attest`: verifies evidence and returns an attestation token.
+pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    let client = client_ip(req.extensions());
+    let mut ctx = AttestCtx {
+        session: None,
+        tee: "unknown".into(),
+        consumed: false,
+        client: client.clone(),
+    };
+    let result = attest_inner(&st, req, &mut ctx).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    match result {
+        Ok(resp) => {
+            st.metrics.attestation(&ctx.tee, true, elapsed);
+            resp
+        }
+        Err(r) => {
+            st.metrics.attestation(&ctx.tee, false, elapsed);
+            st.metrics.refusal(&r.reason);
+            let (kind, check) = match &r.error {
+                ApiError::AttestationRefused { kind, check, .. } => {
+                    (Some(kind.as_str()), check.clone())
+                }
+                _ => (None, None),
+            };
+            let detail = json!({
+                "session": ctx.session, "tee": ctx.tee, "reason": r.reason, "kind": kind, "check": check,
+                "message": r.error.to_string(), "status": r.error.status().as_u16(),
+            });
+            let ev = AuditEvent {
+                kind: AuditKind::Attestation,
+                actor: ctx
+                    .session
+                    .as_deref()
+                    .map(|s| format!("guest:{s}"))
+                    .unwrap_or_else(|| "guest:-".into()),
+                client,
+                subject: ctx.tee.clone(),
+                outcome: "refused".into(),
+                detail,
+            };
+            if let Err(e) = record_refusal(
+                &st,
+                &ev,
+                ctx.consumed.then_some(ctx.session.as_deref()).flatten(),
+            )
+            .await
+            {
+                return ApiError::from(e).into_response();
+            }
+            r.error.into_response()
+        }
+    }
+}
+
+async fn record_refusal(
+    st: &AppState,
+    ev: &AuditEvent,
+    fail_session: Option<&str>,
+) -> Result<(), crate::db::DbError> {
+    let mut tx = st.db.begin().await?;
+    if let Some(id) = fail_session {
+        sessions::fail(&mut tx, id).await?;
+    }
+    audit::append(&mut tx, ev).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+struct AttestCtx {
+    client: String,
+    session: Option<String>,
+    tee: String,
+    consumed: bool,
+}
+
+async fn attest_inner(
+    st: &AppState,
+    req: Request,
+    ctx: &mut AttestCtx,
+) -> Result<Response, Refusal> {
+    let id = cookie_session(req.headers())
+        .map_err(|e| Refusal::new("malformed-cookie", e))?
+        .ok_or_else(|| {
+            Refusal::new(
+                "no-session",
+                ApiError::Unauthorized("no kbs-session-id cookie; call /kbs/v0/auth first".into()),
+            )
+        })?;
+    ctx.session = Some(id.clone());
+    let body = read_body(req, &()).await?;
+    let attestation: Attestation =
+        parse_json(&body).map_err(|e| Refusal::new("malformed-request", e))?;
+    let session = sessions::get(&st.db, &id).await?.ok_or_else(|| {
+        Refusal::new(
+            "unknown-session",
+            ApiError::Unauthorized("unknown or expired session".into()),
+        )
+    })?;
+    ctx.tee = session.tee.clone();
+    if session.state != "challenged" {
+        return Err(Refusal::new(
+            "replay",
+            ApiError::Unauthorized("the challenge of this session was already used".into()),
+        ));
+    }
+    if session.expires_at <= now() {
+        return Err(Refusal::new(
+            "session-expired",
+            ApiError::Unauthorized("the session has expired".into()),
+        ));
+    }
+    if attestation.runtime_data.nonce != session.nonce {
+        return Err(Refusal::new(
+            "nonce-mismatch",
+            ApiError::Unauthorized("the nonce does not match the challenge".into()),
+        ));
+    }
+    // Validated now so that a bad key is refused before the nonce is spent.
+    TeeKey::from_jwk(&attestation.runtime_data.tee_pubkey)
+        .map_err(|e| Refusal::new("malformed-tee-pubkey", ApiError::BadRequest(e.to_string())))?;
+    let expected = report_data(&attestation.runtime_data)
+        .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
+    let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
+        .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
+    if !sessions::consume_nonce(&st.db, &id, &session.nonce).await? {
+        return Err(Refusal::new(
+            "replay",
+            ApiError::Unauthorized("the challenge of this session was already used".into()),
+        ));
+    }
+    ctx.consumed = true;
+    let tee = if session.tee == "snp" {
+        Tee::Snp
+    } else {
+        Tee::Tdx
+    };
+    let verifier = st.verifier.clone();
+    let claims = tokio::task::spawn_blocking(move || {
+        verifier.verify(tee, &evidence, &expected, time::OffsetDateTime::now_utc())
+    })
+    .await
+    .map_err(|e| Refusal::from(ApiError::internal(e)))?
+    .map_err(|f| {
+        let reason = f
+            .check
+            .clone()
+            .unwrap_or_else(|| f.kind.as_str().to_owned());
+        Refusal::new(
+            &reason,
+            ApiError::AttestationRefused {
+                kind: f.kind,
+                check: f.check,
+                message: f.message,
+            },
+        )
+    })?;
+    let workload = choose_workload(st, &session, &claims).await?;
+    let platform_id = platform_id(&claims);
+    let measurement = hex::encode(&claims.measurement);
+    let trust = trust_name(claims.trust);
+    let pubkey_json = serde_json::to_string(&attestation.runtime_data.tee_pubkey)
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    let expires_at = now() + st.limits.token_ttl;
+
+    let mut tx = st.db.begin().await?;
+    let guest = sessions::record_guest(
+        &mut tx,
+        &GuestIdentity {
+            workload: &workload.name,
+            tee: &session.tee,
+            platform_id: &platform_id,
+            measurement: &measurement,
+            trust,
+        },
+    )
+    .await?;
+    if guest.revoked {
+        drop(tx);
+        return Err(Refusal::new(
+            "guest-revoked",
+            ApiError::Forbidden("this guest's grants are revoked".into()),
+        ));
+    }
+    sessions::attest(
+        &mut tx,
+        &id,
+        &Attested {
+            workload: &workload.name,
+            tee_pubkey: &pubkey_json,
+            inventory_id: &guest.id,
+            trust,
+            expires_at,
+        },
+    )
+    .await?;
+    audit::append(
+        &mut tx,
+        &AuditEvent {
+            kind: AuditKind::Attestation,
+            actor: format!("guest:{id}"),
+            client: ctx.client.clone(),
+            subject: session.tee.clone(),
+            outcome: "accepted".into(),
+            detail: json!({
+                "session": id, "tee": session.tee, "trust": trust, "workload": workload.name,
+                "measurement": measurement, "platform_id": platform_id, "inventory_id": guest.id,
+            }),
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
+
+    let token = st.signer.sign(&token_claims(
+        &id,
+        &session.tee,
+        &workload.name,
+        &claims,
+        &attestation,
+        expires_at,
+    ));
+    if claims.trust == TrustLevel::InsecureEmulated {
+        tracing::warn!(session = %id, workload = %workload.name, "accepted INSECURE-EMULATED evidence");
+    }
+    let mut resp = axum::Json(json!({ "token": token })).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(st, &id, st.limits.token_ttl),
+    );
+    Ok(resp)
+}
+
+fn platform_id(claims: &Claims) -> String {
+    match &claims.detail {
+        TeeClaims::Snp(c) => hex::encode(&c.chip_id),
+        TeeClaims::Tdx(c) => format!("fmspc:{}", hex::encode(c.fmspc)),
+    }
+}
+
+fn token_claims(
+    id: &str,
+    tee: &str,
+    workload: &str,
+    claims: &Claims,
+    att: &Attestation,
+    exp: i64,
+) -> Value {
+    let iat = now();
+    let status = match claims.trust {
+        TrustLevel::Hardware => "affirming",
+        TrustLevel::InsecureEmulated => "warning",
+    };
+    json!({
+        "iss": "cvm-verifier",
+        "iat": iat,
+        "nbf": iat,
+        "exp": exp,
+        "jti": id,
+        "eat_profile": "tag:github.com,2023:veraison/ear",
+        "ear.verifier-id": {"developer": "cvm-verifier", "build": env!("CARGO_PKG_VERSION")},
+        "submods": {
+            "cpu": {
+                "ear.status": status,
+                "ear.trust": trust_name(claims.trust),
+                "ear.veraison.annotated-evidence": claims,
+            }
+        },
+        "tee": tee,
+        "workload": workload,
+        "trust": trust_name(claims.trust),
+        "tee-pubkey": att.runtime_data.tee_pubkey,
+    })
+}
+
+async fn choose_workload(
+    st: &AppState,
+    session: &Session,
+    claims: &Claims,
+) -> Result<Workload, Refusal> {
+    let candidates: Vec<Workload> = match &session.workload_hint {
+        Some(name) => workloads::get_db(&st.db, name).await?.into_iter().collect(),
+        None => workloads::list(&st.db)
+            .await?
+            .into_iter()
+            .filter(|w| w.policy.measurements.contains(&claims.measurement))
+            .collect(),
+    };
+    if candidates.is_empty() {
+        let msg = match &session.workload_hint {
+            Some(n) => format!("no workload named {n}"),
+            None => format!(
+                "no workload allows measurement {}",
+                hex::encode(&claims.measurement)
+            ),
+        };
+        return Err(Refusal::new(
+            "workload",
+            ApiError::AttestationRefused {
+                kind: ErrorKind::PolicyNotMet,
+                check: Some("workload".into()),
+                message: msg,
+            },
+        ));
+    }
+    let mut first = None;
+    for w in candidates {
+        if w.revoked {
+            first.get_or_insert(Refusal::new(
+                "workload-revoked",
+                ApiError::Forbidden(format!("workload {} is revoked", w.name)),
+            ));
+            continue;
+        }
+        match w.policy.evaluate(claims) {
+            Ok(()) => return Ok(w),
+            Err(v) => {
+                first.get_or_insert(Refusal::new(
+                    &v.check,
+                    ApiError::AttestationRefused {
+                        kind: ErrorKind::PolicyNotMet,
+                        check: Some(v.check.clone()),
+                        message: v.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| {
+        Refusal::from(ApiError::Forbidden("no workload accepts this guest".into()))
+    }))
+}
+
+/// `GET /kbs/v0/resource/{repo}/{type}/{tag}`: releases a resource as a JWE to the TEE key.
+pub async fn resource(
+    State(st): State<AppState>,
+    Path((repo, kind, tag)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    let client = client_ip(req.extensions());
+    let path = format!("{repo}/{kind}/{tag}");
+    let mut session_id = None;
+    match resource_inner(&st, &path, req.headers(), &client, &mut session_id).await {
+        Ok(resp) => {
+            st.metrics.release(true);
+            resp
+        }
+        Err(r) => {
+            st.metrics.release(false);
+            st.metrics.refusal(&r.reason);
+            let ev = AuditEvent {
+                kind: AuditKind::KeyRelease,
+                actor: session_id
+                    .as_deref()
+                    .map(|s| format!("guest:{s}"))
+                    .unwrap_or_else(|| "guest:-".into()),
+                client,
+                subject: path,
+                outcome: "refused".into(),
+                detail: json!({"session": session_id, "reason": r.reason, "message": r.error.to_string(), "status": r.error.status().as_u16()}),
+            };
+            if let Err(e) = audit::append_now(&st.db, &ev).await {
+                return ApiError::from(e).into_response();
+            }
+            r.error.into_response()
+        }
+    }
+}
+
+async fn resource_inner(
+    st: &AppState,
+    path: &str,
+    headers: &HeaderMap,
+    client: &str,
+    session_id: &mut Option<String>,
+) -> Result<Response, Refusal> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    let id = match bearer {
+        Some(b) => {
+            let token = b.strip_prefix("Bearer ").ok_or_else(|| {
+                Refusal::new(
+                    "malformed-token",
+                    ApiError::BadRequest(
+                        "the Authorization header must be `Bearer <token>`".into(),
+                    ),
+                )
+            })?;
+            let claims = st
+                .signer
+                .verify(token.trim(), now())
+                .map_err(|e| Refusal::new("bad-token", ApiError::Unauthorized(e.to_string())))?;
+            claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Refusal::new(
+                        "bad-token",
+                        ApiError::Unauthorized("the token has no session".into()),
+                    )
+                })?
+        }
+        None => cookie_session(headers)
+            .map_err(|e| Refusal::new("malformed-cookie", e))?
+            .ok_or_else(|| {
+                Refusal::new(
+                    "no-session",
+                    ApiError::Unauthorized("no attestation token or session cookie".into()),
+                )
+            })?,
+    };
+    *session_id = Some(id.clone());
+    if !valid_path(path) {
+        return Err(Refusal::new(
+            "bad-path",
+            ApiError::BadRequest("resource path segments are 1-128 of A-Za-z0-9._-".into()),
+        ));
+    }
+    let session = sessions::get(&st.db, &id).await?;
+    let session = match session {
+        Some(s) if s.state == "attested" && s.expires_at > now() => s,
+        _ => {
+            return Err(Refusal::new(
+                "not-attested",
+                ApiError::Unauthorized("the session is not attested or has expired".into()),
+            ))
+        }
+    };
+    let (Some(workload_name), Some(pubkey), Some(inventory_id)) = (
+        &session.workload,
+        &session.tee_pubkey,
+        &session.inventory_id,
+    ) else {
+        return Err(Refusal::from(ApiError::internal(
+            crate::db::DbError::Corrupt("an attested session lacks its binding"),
+        )));
+    };
+    let jwk: kbs_types::TeePubKey =
+        serde_json::from_str(pubkey).map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    let tee_key = TeeKey::from_jwk(&jwk).map_err(|e| Refusal::from(ApiError::internal(e)))?;
+
+    let mut tx = st.db.begin().await?;
+    let workload = workloads::get(&mut tx, workload_name).await?;
+    let Some(workload) = workload.filter(|w| !w.revoked) else {
+        return Err(Refusal::new(
+            "workload-revoked",
+            ApiError::Forbidden("the workload is revoked or was removed".into()),
+        ));
+    };
+    if !workload.resources.iter().any(|r| r == path) {
+        return Err(Refusal::new(
+            "not-granted",
+            ApiError::Forbidden(format!("workload {} is not granted {path}", workload.name)),
+        ));
+    }
+    match sessions::inventory_entry(&mut tx, inventory_id).await? {
+        Some(g) if !g.revoked => {}
+        _ => {
+            return Err(Refusal::new(
+                "guest-revoked",
+                ApiError::Forbidden("this guest's grants are revoked".into()),
+            ))
+        }
+    }
+    let value = workloads::open_resource(&mut tx, &st.master_key, path)
+        .await
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?
+        .ok_or_else(|| {
+            Refusal::new(
+                "unknown-resource",
+                ApiError::NotFound(format!("no resource {path}")),
+            )
+        })?;
+    let jwe = jwe::encrypt(&tee_key, &value).map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    drop(value);
+    audit::append(
+        &mut tx,
+        &AuditEvent {
+            kind: AuditKind::KeyRelease,
+            actor: format!("guest:{id}"),
+            client: client.to_owned(),
+            subject: path.to_owned(),
+            outcome: "released".into(),
+            detail: json!({
+                "session": id, "workload": workload.name, "inventory_id": inventory_id,
+                "trust": session.trust, "tee": session.tee,
+            }),
+        },
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    Ok((StatusCode::OK, axum::Json(jwe)).into_response())
+}

@@ -1,0 +1,423 @@
+//! The HTTP service: the route table, the router, and `serve`.
+//!
+//! [`routes`] is the single list of routes; the router is built from it and the OpenAPI
+//! test (`tests/openapi.rs`) compares it with `openapi.yaml` both ways.
+
+pub mod admin;
+pub mod kbs;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::Router;
+
+use crate::config::{ServeConfig, TlsMode};
+use crate::crypto::master::{MasterKey, MasterKeyError};
+use crate::db::{Db, DbError};
+use crate::error::{problem_for_rejections, ApiError};
+use crate::evidence::{AttestationVerifier, EvidenceVerifier, TrustError};
+use crate::metrics::Metrics;
+use crate::ratelimit::FailureLimiter;
+use crate::store::sessions::{self, SigningKeyError};
+pub use state::{AppState, AuthLimits, Inner, Limits};
+
+/// Which part of the service a route belongs to (decides middleware and body limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// Unauthenticated operational endpoints.
+    Public,
+    /// The guest-facing KBS protocol.
+    Kbs,
+    /// The admin plane (authenticated, RBAC).
+    Admin,
+}
+
+/// One route: method, path (OpenAPI template syntax) and handler.
+pub struct Route {
+    /// HTTP method.
+    pub method: Method,
+    /// Path template, e.g. `/admin/v1/users/{name}`.
+    pub path: &'static str,
+    /// The plane.
+    pub plane: Plane,
+    handler: MethodRouter<AppState>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+fn r(method: Method, path: &'static str, plane: Plane, handler: MethodRouter<AppState>) -> Route {
+    Route {
+        method,
+        path,
+        plane,
+        handler,
+    }
+}
+
+/// Every route of the service.
+pub fn routes() -> Vec<Route> {
+    use Plane::{Admin, Kbs, Public};
+    let get = |h| on(MethodFilter::GET, h);
+    vec![
+        r(Method::GET, "/healthz", Public, get(healthz)),
+        r(
+            Method::GET,
+            "/metrics",
+            Public,
+            on(MethodFilter::GET, metrics),
+        ),
+        r(
+            Method::GET,
+            "/.well-known/jwks.json",
+            Public,
+            on(MethodFilter::GET, jwks),
+        ),
+        r(
+            Method::POST,
+            "/kbs/v0/auth",
+            Kbs,
+            on(MethodFilter::POST, kbs::auth),
+        ),
+        r(
+            Method::POST,
+            "/kbs/v0/attest",
+            Kbs,
+            on(MethodFilter::POST, kbs::attest),
+        ),
+        r(
+            Method::GET,
+            "/kbs/v0/resource/{repository}/{type}/{tag}",
+            Kbs,
+            on(MethodFilter::GET, kbs::resource),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/whoami",
+            Admin,
+            on(MethodFilter::GET, admin::whoami),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/users",
+            Admin,
+            on(MethodFilter::GET, admin::list_users),
+        ),
+        r(
+            Method::POST,
+            "/admin/v1/users",
+            Admin,
+            on(MethodFilter::POST, admin::create_user),
+        ),
+        r(
+            Method::DELETE,
+            "/admin/v1/users/{name}",
+            Admin,
+            on(MethodFilter::DELETE, admin::delete_user),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/workloads",
+            Admin,
+            on(MethodFilter::GET, admin::list_workloads),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/workloads/{name}",
+            Admin,
+            on(MethodFilter::GET, admin::get_workload),
+        ),
+        r(
+            Method::PUT,
+            "/admin/v1/workloads/{name}",
+            Admin,
+            on(MethodFilter::PUT, admin::put_workload),
+        ),
+        r(
+            Method::DELETE,
+            "/admin/v1/workloads/{name}",
+            Admin,
+            on(MethodFilter::DELETE, admin::delete_workload),
+        ),
+        r(
+            Method::POST,
+            "/admin/v1/workloads/{name}/measurements",
+            Admin,
+            on(MethodFilter::POST, admin::add_measurement),
+        ),
+        r(
+            Method::DELETE,
+            "/admin/v1/workloads/{name}/measurements/{measurement}",
+            Admin,
+            on(MethodFilter::DELETE, admin::remove_measurement),
+        ),
+        r(
+            Method::PUT,
+            "/admin/v1/workloads/{name}/revocation",
+            Admin,
+            on(MethodFilter::PUT, admin::revoke_workload),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/resources",
+            Admin,
+            on(MethodFilter::GET, admin::list_resources),
+        ),
+        r(
+            Method::PUT,
+            "/admin/v1/resources/{repository}/{type}/{tag}",
+            Admin,
+            on(MethodFilter::PUT, admin::put_resource),
+        ),
+        r(
+            Method::DELETE,
+            "/admin/v1/resources/{repository}/{type}/{tag}",
+            Admin,
+            on(MethodFilter::DELETE, admin::delete_resource),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/inventory",
+            Admin,
+            on(MethodFilter::GET, admin::inventory),
+        ),
+        r(
+            Method::PUT,
+            "/admin/v1/inventory/{id}/revocation",
+            Admin,
+            on(MethodFilter::PUT, admin::revoke_guest),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/audit",
+            Admin,
+            on(MethodFilter::GET, admin::audit_log),
+        ),
+        r(
+            Method::GET,
+            "/admin/v1/audit/verify",
+            Admin,
+            on(MethodFilter::GET, admin::audit_verify),
+        ),
+    ]
+}
+
+/// Builds the router for `state`.
+pub fn router(state: AppState) -> Router {
+    let mut public = Router::new();
+    let mut kbs_routes = Router::new();
+    let mut attest = Router::new();
+    let mut admin_routes = Router::new();
+    for route in routes() {
+        match route.plane {
+            Plane::Public => public = public.route(route.path, route.handler),
+            Plane::Kbs if route.path == "/kbs/v0/attest" => {
+                attest = attest.route(route.path, route.handler)
+            }
+            Plane::Kbs => kbs_routes = kbs_routes.route(route.path, route.handler),
+            Plane::Admin => admin_routes = admin_routes.route(route.path, route.handler),
+        }
+    }
+    let limits = &state.limits;
+    let admin_routes = admin_routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        admin::authenticate,
+    ));
+    Router::new()
+        .merge(public.layer(DefaultBodyLimit::max(limits.body_limit)))
+        .merge(kbs_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
+        .merge(attest.layer(DefaultBodyLimit::max(limits.attest_body_limit)))
+        .merge(admin_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
+        .layer(axum::middleware::map_response(problem_for_rejections))
+        .with_state(state)
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(st.db.pool()).await {
+        Ok(_) => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check: database unavailable");
+            let mut r = ApiError::Internal(Box::new(DbError::Query(e))).into_response();
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let mut r = st.metrics.encode().into_response();
+    if let Ok(v) =
+        header::HeaderValue::from_str("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn jwks(State(st): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(st.signer.jwks())
+}
+
+/// Errors starting or running the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The master key could not be loaded.
+    #[error("cannot load the master key")]
+    MasterKey(#[source] MasterKeyError),
+    /// The database could not be opened.
+    #[error("cannot open the database")]
+    Db(#[source] DbError),
+    /// The token signing key could not be loaded.
+    #[error("cannot load the token signing key (is this the database's master key?)")]
+    SigningKey(#[source] SigningKeyError),
+    /// Trust anchors could not be loaded.
+    #[error("cannot load trust anchors")]
+    Trust(#[source] TrustError),
+    /// TLS material could not be loaded.
+    #[error("cannot load the TLS certificate and key")]
+    Tls(#[source] std::io::Error),
+    /// Binding or serving failed.
+    #[error("the server failed")]
+    Io(#[source] std::io::Error),
+}
+
+/// Builds the state from a configuration (opens the DB, runs migrations, loads keys).
+pub async fn build_state(
+    cfg: &ServeConfig,
+    verifier: Option<Arc<dyn EvidenceVerifier>>,
+) -> Result<AppState, ServeError> {
+    let master_key = MasterKey::load(&cfg.master_key_file).map_err(ServeError::MasterKey)?;
+    let db = Db::open(&cfg.database_url).await.map_err(ServeError::Db)?;
+    let signer = sessions::signing_key(&db, &master_key)
+        .await
+        .map_err(ServeError::SigningKey)?;
+    let emulated = !cfg.emulated_trust.is_empty();
+    let verifier: Arc<dyn EvidenceVerifier> = match verifier {
+        Some(v) => v,
+        None => Arc::new(AttestationVerifier::new(&cfg.emulated_trust).map_err(ServeError::Trust)?),
+    };
+    let limits = Limits {
+        session_ttl: cfg.session_ttl,
+        token_ttl: cfg.token_ttl,
+        secure_cookies: matches!(cfg.tls, TlsMode::Tls { .. }),
+        attest_body_limit: cfg.attest_body_limit,
+        body_limit: cfg.body_limit,
+    };
+    let a = cfg.auth_limits;
+    Ok(AppState(Arc::new(Inner {
+        db,
+        master_key,
+        signer,
+        verifier,
+        emulated,
+        metrics: Metrics::new(),
+        ip_limiter: FailureLimiter::new(a.per_ip, a.window),
+        user_limiter: FailureLimiter::new(a.per_user, a.window),
+        limits,
+    })))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs the service until SIGINT/SIGTERM, then drains connections (up to 10 s).
+/// `on_listening` receives the bound address (with the actual port for `:0`).
+pub async fn serve(
+    cfg: ServeConfig,
+    on_listening: impl FnOnce(SocketAddr, bool),
+) -> Result<(), ServeError> {
+    // One process-wide rustls provider (ring); ignore if the embedder installed one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = build_state(&cfg, None).await?;
+    if state.emulated {
+        let dirs: Vec<String> = cfg
+            .emulated_trust
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        tracing::warn!(dirs = ?dirs, "EMULATED TRUST ANCHORS CONFIGURED: evidence from emulated TEEs proves nothing about memory encryption; results are marked insecure-emulated");
+        eprintln!(
+            "WARNING: emulated trust anchors configured ({}); accepted results are marked insecure-emulated and must never protect real secrets",
+            dirs.join(", ")
+        );
+    }
+    let db = state.db.clone();
+    let purge_db = db.clone();
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if let Err(e) = sessions::purge_expired(&purge_db, 3600).await {
+                tracing::warn!(error = %e, "cannot purge expired sessions");
+            }
+        }
+    });
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let handle = axum_server::Handle::new();
+    let h2 = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining connections");
+        h2.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let notify = handle.clone();
+    let tls = matches!(cfg.tls, TlsMode::Tls { .. });
+    let waiter = tokio::spawn(async move { notify.listening().await });
+    let server = async {
+        match &cfg.tls {
+            TlsMode::Tls { cert, key } => {
+                let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .map_err(ServeError::Tls)?;
+                axum_server::bind_rustls(cfg.listen, rustls)
+                    .handle(handle)
+                    .serve(app)
+                    .await
+                    .map_err(ServeError::Io)
+            }
+            TlsMode::InsecureHttp => axum_server::bind(cfg.listen)
+                .handle(handle)
+                .serve(app)
+                .await
+                .map_err(ServeError::Io),
+        }
+    };
+    let announce = async {
+        if let Ok(Some(addr)) = waiter.await {
+            on_listening(addr, tls);
+        }
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = announce => Ok(()),
+    };
+    purge.abort();
+    db.close().await;
+    result
+}

@@ -1,0 +1,86 @@
+//! Persistent state, one module per concern. Every function takes the [`Db`] or a
+//! transaction ([`Tx`]) so that callers decide what commits together (a key release and
+//! its audit record, a change and its audit record).
+
+pub mod audit;
+pub mod sessions;
+pub mod users;
+pub mod workloads;
+
+use serde_json::json;
+
+use crate::crypto::master::{MasterKey, MasterKeyError, Sealed};
+use crate::db::{Db, DbError};
+
+/// Errors of master-key rotation.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    /// A value could not be re-wrapped (for example, the old key is not the one in use).
+    #[error("cannot re-wrap {what}")]
+    Rewrap {
+        /// Which value.
+        what: String,
+        /// The cause.
+        #[source]
+        source: MasterKeyError,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Re-wraps every data key from `old` to `new` in one transaction, with an audit record.
+/// Returns the number of values re-wrapped.
+pub async fn rotate_master_key(
+    db: &Db,
+    old: &MasterKey,
+    new: &MasterKey,
+) -> Result<usize, RotateError> {
+    let mut tx = db.begin().await?;
+    let mut n = 0usize;
+    let rewrap = |what: String, ctx: String, sealed: &[u8]| {
+        Sealed::rewrap(sealed, &ctx, old, new)
+            .map_err(|source| RotateError::Rewrap { what, source })
+    };
+    for (path, sealed) in workloads::all_sealed(&mut tx).await? {
+        let s = rewrap(
+            format!("resource {path}"),
+            workloads::resource_seal_context(&path),
+            &sealed,
+        )?;
+        workloads::set_sealed(&mut tx, &path, &s.0).await?;
+        n += 1;
+    }
+    for (id, sealed) in users::sealed_secrets(&mut tx).await? {
+        let s = rewrap(
+            format!("the TOTP secret of user {id}"),
+            users::totp_seal_context(&id),
+            &sealed,
+        )?;
+        users::set_sealed_secret(&mut tx, &id, &s.0).await?;
+        n += 1;
+    }
+    for (id, sealed) in sessions::sealed_signing_keys(&mut tx).await? {
+        let s = rewrap(
+            format!("signing key {id}"),
+            format!("signing-key:{id}"),
+            &sealed,
+        )?;
+        sessions::set_sealed_signing_key(&mut tx, &id, &s.0).await?;
+        n += 1;
+    }
+    audit::append(
+        &mut tx,
+        &audit::AuditEvent {
+            kind: audit::AuditKind::Maintenance,
+            actor: "system".into(),
+            client: "-".into(),
+            subject: "master-key".into(),
+            outcome: "rotated".into(),
+            detail: json!({"old_key_id": old.id_hex(), "new_key_id": new.id_hex(), "values": n}),
+        },
+    )
+    .await?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(n)
+}

@@ -1,0 +1,350 @@
+//! KBS sessions, the attested-guest inventory, and the token signing key.
+//!
+//! Sessions live in the database, so any replica can finish a session another began.
+//! A session moves `challenged` → `verifying` (the nonce is consumed atomically by a
+//! conditional `UPDATE`, so a nonce is accepted at most once even across replicas) →
+//! `attested` or `failed`.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::crypto::master::{MasterKey, MasterKeyError};
+use crate::crypto::token::TokenSigner;
+use crate::db::{now, Db, DbError, Tx};
+
+/// A stored session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Session id (the cookie value).
+    pub id: String,
+    /// `snp` or `tdx`.
+    pub tee: String,
+    /// The challenge nonce (base64).
+    pub nonce: String,
+    /// A workload named by the guest in `extra-params`.
+    pub workload_hint: Option<String>,
+    /// `challenged`, `verifying`, `attested`, `failed`.
+    pub state: String,
+    /// Expiry (Unix seconds).
+    pub expires_at: i64,
+    /// The matched workload, once attested.
+    pub workload: Option<String>,
+    /// The TEE public key JWK (JSON text), once attested.
+    pub tee_pubkey: Option<String>,
+    /// The inventory entry, once attested.
+    pub inventory_id: Option<String>,
+    /// `hardware` or `insecure-emulated`, once attested.
+    pub trust: Option<String>,
+}
+
+/// Creates a challenged session.
+pub async fn create(
+    db: &Db,
+    tee: &str,
+    nonce: &str,
+    hint: Option<&str>,
+    ttl: i64,
+) -> Result<Session, DbError> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let t = now();
+    sqlx::query(
+        "INSERT INTO kbs_sessions (id, tee, nonce, workload_hint, state, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, 'challenged', $5, $6)",
+    )
+    .bind(&id)
+    .bind(tee)
+    .bind(nonce)
+    .bind(hint)
+    .bind(t)
+    .bind(t + ttl)
+    .execute(db.pool())
+    .await?;
+    Ok(Session {
+        id,
+        tee: tee.into(),
+        nonce: nonce.into(),
+        workload_hint: hint.map(str::to_owned),
+        state: "challenged".into(),
+        expires_at: t + ttl,
+        workload: None,
+        tee_pubkey: None,
+        inventory_id: None,
+        trust: None,
+    })
+}
+
+/// Loads a session.
+pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
+    let row = sqlx::query(
+        "SELECT id, tee, nonce, workload_hint, state, expires_at, workload, tee_pubkey, inventory_id, trust \
+         FROM kbs_sessions WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(Some(Session {
+        id: r.try_get(0)?,
+        tee: r.try_get(1)?,
+        nonce: r.try_get(2)?,
+        workload_hint: r.try_get(3)?,
+        state: r.try_get(4)?,
+        expires_at: r.try_get(5)?,
+        workload: r.try_get(6)?,
+        tee_pubkey: r.try_get(7)?,
+        inventory_id: r.try_get(8)?,
+        trust: r.try_get(9)?,
+    }))
+}
+
+/// Consumes the session's nonce: `challenged` → `verifying` if unexpired. Returns
+/// whether this caller won (false: replayed, expired or unknown).
+pub async fn consume_nonce(db: &Db, id: &str, nonce: &str) -> Result<bool, DbError> {
+    let n = sqlx::query(
+        "UPDATE kbs_sessions SET state = 'verifying' WHERE id = $1 AND nonce = $2 AND state = 'challenged' AND expires_at > $3",
+    )
+    .bind(id)
+    .bind(nonce)
+    .bind(now())
+    .execute(db.pool())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Marks a session failed.
+pub async fn fail(tx: &mut Tx, id: &str) -> Result<(), DbError> {
+    sqlx::query("UPDATE kbs_sessions SET state = 'failed' WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// What an accepted attestation records on its session.
+#[derive(Debug, Clone)]
+pub struct Attested<'a> {
+    /// Matched workload.
+    pub workload: &'a str,
+    /// TEE public key JWK (JSON text).
+    pub tee_pubkey: &'a str,
+    /// Inventory entry.
+    pub inventory_id: &'a str,
+    /// Trust level name.
+    pub trust: &'a str,
+    /// New expiry.
+    pub expires_at: i64,
+}
+
+/// Marks a session attested.
+pub async fn attest(tx: &mut Tx, id: &str, a: &Attested<'_>) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE kbs_sessions SET state = 'attested', workload = $1, tee_pubkey = $2, inventory_id = $3, trust = $4, \
+         expires_at = $5 WHERE id = $6",
+    )
+    .bind(a.workload)
+    .bind(a.tee_pubkey)
+    .bind(a.inventory_id)
+    .bind(a.trust)
+    .bind(a.expires_at)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Deletes sessions that expired more than `grace` seconds ago; returns how many.
+pub async fn purge_expired(db: &Db, grace: i64) -> Result<u64, DbError> {
+    Ok(
+        sqlx::query("DELETE FROM kbs_sessions WHERE expires_at < $1")
+            .bind(now() - grace)
+            .execute(db.pool())
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// One attested guest.
+#[derive(Debug, Clone, Serialize)]
+pub struct InventoryEntry {
+    /// Entry id.
+    pub id: String,
+    /// Workload.
+    pub workload: String,
+    /// `snp` or `tdx`.
+    pub tee: String,
+    /// Chip/platform id (SNP CHIP_ID; TDX `fmspc:<hex>`).
+    pub platform_id: String,
+    /// Launch measurement (hex).
+    pub measurement: String,
+    /// `hardware` or `insecure-emulated`.
+    pub trust: String,
+    /// First accepted attestation.
+    pub first_seen: i64,
+    /// Last accepted attestation.
+    pub last_seen: i64,
+    /// Accepted attestations.
+    pub attestations: i64,
+    /// Whether the guest's grants are revoked.
+    pub revoked: bool,
+}
+
+/// The identity of an attested guest.
+#[derive(Debug, Clone)]
+pub struct GuestIdentity<'a> {
+    /// Workload.
+    pub workload: &'a str,
+    /// TEE.
+    pub tee: &'a str,
+    /// Platform id.
+    pub platform_id: &'a str,
+    /// Measurement (hex).
+    pub measurement: &'a str,
+    /// Trust level name.
+    pub trust: &'a str,
+}
+
+/// Records an accepted attestation; returns the entry (with its revocation state).
+pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<InventoryEntry, DbError> {
+    let t = now();
+    let row = sqlx::query(
+        "INSERT INTO inventory (id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 0) \
+         ON CONFLICT (workload, tee, platform_id, measurement) DO UPDATE SET last_seen = excluded.last_seen, \
+         trust = excluded.trust, attestations = inventory.attestations + 1 \
+         RETURNING id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked",
+    )
+    .bind(uuid::Uuid::new_v4().to_string())
+    .bind(g.workload)
+    .bind(g.tee)
+    .bind(g.platform_id)
+    .bind(g.measurement)
+    .bind(g.trust)
+    .bind(t)
+    .bind(t)
+    .fetch_one(&mut **tx)
+    .await?;
+    inventory_from_row(&row)
+}
+
+fn inventory_from_row(r: &sqlx::any::AnyRow) -> Result<InventoryEntry, DbError> {
+    let revoked: i64 = r.try_get(9)?;
+    Ok(InventoryEntry {
+        id: r.try_get(0)?,
+        workload: r.try_get(1)?,
+        tee: r.try_get(2)?,
+        platform_id: r.try_get(3)?,
+        measurement: r.try_get(4)?,
+        trust: r.try_get(5)?,
+        first_seen: r.try_get(6)?,
+        last_seen: r.try_get(7)?,
+        attestations: r.try_get(8)?,
+        revoked: revoked != 0,
+    })
+}
+
+const INV_COLUMNS: &str = "id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked";
+
+/// Inventory entries; with `last_seen_before`, only those not seen since then (stale).
+pub async fn inventory(
+    db: &Db,
+    last_seen_before: Option<i64>,
+) -> Result<Vec<InventoryEntry>, DbError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {INV_COLUMNS} FROM inventory WHERE last_seen < $1 ORDER BY workload, last_seen"
+    ))
+    .bind(last_seen_before.unwrap_or(i64::MAX))
+    .fetch_all(db.pool())
+    .await?;
+    rows.iter().map(inventory_from_row).collect()
+}
+
+/// One inventory entry.
+pub async fn inventory_entry(tx: &mut Tx, id: &str) -> Result<Option<InventoryEntry>, DbError> {
+    let row = sqlx::query(&format!(
+        "SELECT {INV_COLUMNS} FROM inventory WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(inventory_from_row).transpose()
+}
+
+/// Sets the revocation of an inventory entry; returns whether it exists.
+pub async fn set_guest_revoked(tx: &mut Tx, id: &str, revoked: bool) -> Result<bool, DbError> {
+    Ok(
+        sqlx::query("UPDATE inventory SET revoked = $1 WHERE id = $2")
+            .bind(i64::from(revoked))
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+            == 1,
+    )
+}
+
+/// Errors loading the token signing key.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    /// Opening or sealing failed (for example the wrong master key).
+    #[error("cannot open the token signing key")]
+    Seal(#[source] MasterKeyError),
+    /// The stored key is invalid.
+    #[error("the stored token signing key is invalid")]
+    Invalid,
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+const SIGNING_KEY_ID: &str = "token-es256";
+
+/// The sealing context of the token signing key.
+pub fn signing_key_context() -> String {
+    format!("signing-key:{SIGNING_KEY_ID}")
+}
+
+/// Loads the token signing key, creating it on first start (race-free across replicas).
+pub async fn signing_key(db: &Db, mk: &MasterKey) -> Result<TokenSigner, SigningKeyError> {
+    let fresh = TokenSigner::generate();
+    let sealed = mk
+        .seal(&signing_key_context(), &fresh.to_bytes())
+        .map_err(SigningKeyError::Seal)?;
+    sqlx::query("INSERT INTO signing_keys (id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+        .bind(SIGNING_KEY_ID)
+        .bind(sealed.0)
+        .bind(now())
+        .execute(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    let row = sqlx::query("SELECT sealed FROM signing_keys WHERE id = $1")
+        .bind(SIGNING_KEY_ID)
+        .fetch_one(db.pool())
+        .await
+        .map_err(DbError::from)?;
+    let stored: Vec<u8> = row.try_get(0).map_err(DbError::from)?;
+    let bytes = mk
+        .open(&signing_key_context(), &stored)
+        .map_err(SigningKeyError::Seal)?;
+    TokenSigner::from_bytes(&bytes).map_err(|_| SigningKeyError::Invalid)
+}
+
+/// Every sealed signing key (id, sealed), for master-key rotation.
+pub async fn sealed_signing_keys(tx: &mut Tx) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let rows = sqlx::query("SELECT id, sealed FROM signing_keys")
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Replaces a sealed signing key (rotation).
+pub async fn set_sealed_signing_key(tx: &mut Tx, id: &str, sealed: &[u8]) -> Result<(), DbError> {
+    sqlx::query("UPDATE signing_keys SET sealed = $1 WHERE id = $2")
+        .bind(sealed)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

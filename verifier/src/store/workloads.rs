@@ -1,0 +1,259 @@
+//! Workloads (a policy with its allowed measurements, and the resources it may receive)
+//! and resources (values sealed under the master key, bound to their path).
+
+use attestation::policy::Policy;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+use crate::crypto::master::{MasterKey, MasterKeyError};
+use crate::db::{now, Db, DbError, Tx};
+
+/// A workload: what a guest must prove, and what it then receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Unique name (same alphabet as resource path segments).
+    pub name: String,
+    /// The policy; `policy.measurements` are the reference values (allowed launch
+    /// measurements). A workload with no measurements matches only guests that name it
+    /// in the `extra-params` of their auth request.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Resource paths `repo/type/tag` this workload may receive.
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Revoked workloads receive nothing.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// Whether `s` is a valid path segment or name: 1-128 of `A-Za-z0-9._-`, not `.`/`..`.
+pub fn valid_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Whether `p` is a valid resource path `repo/type/tag`.
+pub fn valid_path(p: &str) -> bool {
+    let parts: Vec<&str> = p.split('/').collect();
+    parts.len() == 3 && parts.iter().all(|s| valid_segment(s))
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Workload, DbError> {
+    let policy: String = r.try_get(1)?;
+    let resources: String = r.try_get(2)?;
+    let revoked: i64 = r.try_get(3)?;
+    Ok(Workload {
+        name: r.try_get(0)?,
+        policy: serde_json::from_str(&policy)
+            .map_err(|_| DbError::Corrupt("a stored policy is not valid"))?,
+        resources: serde_json::from_str(&resources)
+            .map_err(|_| DbError::Corrupt("a stored resource list is not valid"))?,
+        revoked: revoked != 0,
+    })
+}
+
+/// All workloads, by name.
+pub async fn list(db: &Db) -> Result<Vec<Workload>, DbError> {
+    let rows = sqlx::query("SELECT name, policy, resources, revoked FROM workloads ORDER BY name")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// One workload.
+pub async fn get(tx: &mut Tx, name: &str) -> Result<Option<Workload>, DbError> {
+    let row = sqlx::query("SELECT name, policy, resources, revoked FROM workloads WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// One workload, outside a transaction.
+pub async fn get_db(db: &Db, name: &str) -> Result<Option<Workload>, DbError> {
+    let row = sqlx::query("SELECT name, policy, resources, revoked FROM workloads WHERE name = $1")
+        .bind(name)
+        .fetch_optional(db.pool())
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Creates or replaces a workload; returns whether it was created.
+pub async fn upsert(tx: &mut Tx, w: &Workload) -> Result<bool, DbError> {
+    let existed = get(tx, &w.name).await?.is_some();
+    let policy = serde_json::to_string(&w.policy).map_err(DbError::Encode)?;
+    let resources = serde_json::to_string(&w.resources).map_err(DbError::Encode)?;
+    let t = now();
+    sqlx::query(
+        "INSERT INTO workloads (name, policy, resources, revoked, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, resources = excluded.resources, \
+         revoked = excluded.revoked, updated_at = excluded.updated_at",
+    )
+    .bind(&w.name)
+    .bind(policy)
+    .bind(resources)
+    .bind(i64::from(w.revoked))
+    .bind(t)
+    .bind(t)
+    .execute(&mut **tx)
+    .await?;
+    Ok(!existed)
+}
+
+/// Deletes a workload; returns whether it existed.
+pub async fn delete(tx: &mut Tx, name: &str) -> Result<bool, DbError> {
+    Ok(sqlx::query("DELETE FROM workloads WHERE name = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Resource metadata (never the value).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceInfo {
+    /// `repo/type/tag`.
+    pub path: String,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last update.
+    pub updated_at: i64,
+}
+
+fn resource_context(path: &str) -> String {
+    format!("resource:{path}")
+}
+
+/// Stores a resource value sealed under the master key; returns whether it was created.
+pub async fn put_resource(
+    tx: &mut Tx,
+    mk: &MasterKey,
+    path: &str,
+    value: &[u8],
+) -> Result<bool, ResourceError> {
+    let sealed = mk
+        .seal(&resource_context(path), value)
+        .map_err(ResourceError::Seal)?;
+    let existed = sqlx::query("SELECT path FROM resources WHERE path = $1")
+        .bind(path)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(DbError::from)?
+        .is_some();
+    let t = now();
+    sqlx::query(
+        "INSERT INTO resources (path, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (path) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+    )
+    .bind(path)
+    .bind(sealed.0)
+    .bind(t)
+    .bind(t)
+    .execute(&mut **tx)
+    .await
+    .map_err(DbError::from)?;
+    Ok(!existed)
+}
+
+/// Errors reading or writing resource values.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    /// Sealing or opening failed.
+    #[error("cannot seal or open a resource value")]
+    Seal(#[source] MasterKeyError),
+    /// Storage failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Opens a resource value; `None` if there is no such resource.
+pub async fn open_resource(
+    tx: &mut Tx,
+    mk: &MasterKey,
+    path: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, ResourceError> {
+    let row = sqlx::query("SELECT sealed FROM resources WHERE path = $1")
+        .bind(path)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(DbError::from)?;
+    let Some(row) = row else { return Ok(None) };
+    let sealed: Vec<u8> = row.try_get(0).map_err(DbError::from)?;
+    mk.open(&resource_context(path), &sealed)
+        .map(Some)
+        .map_err(ResourceError::Seal)
+}
+
+/// Resource metadata, by path.
+pub async fn list_resources(db: &Db) -> Result<Vec<ResourceInfo>, DbError> {
+    let rows = sqlx::query("SELECT path, created_at, updated_at FROM resources ORDER BY path")
+        .fetch_all(db.pool())
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ResourceInfo {
+                path: r.try_get(0)?,
+                created_at: r.try_get(1)?,
+                updated_at: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes a resource; returns whether it existed.
+pub async fn delete_resource(tx: &mut Tx, path: &str) -> Result<bool, DbError> {
+    Ok(sqlx::query("DELETE FROM resources WHERE path = $1")
+        .bind(path)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Every sealed value (table, key, context, sealed) for master-key rotation.
+pub async fn all_sealed(tx: &mut Tx) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let rows = sqlx::query("SELECT path, sealed FROM resources")
+        .fetch_all(&mut **tx)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Replaces a resource's sealed value (rotation).
+pub async fn set_sealed(tx: &mut Tx, path: &str, sealed: &[u8]) -> Result<(), DbError> {
+    sqlx::query("UPDATE resources SET sealed = $1 WHERE path = $2")
+        .bind(sealed)
+        .bind(path)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The sealing context of a resource path.
+pub fn resource_seal_context(path: &str) -> String {
+    resource_context(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert!(valid_path("default/key/disk"));
+        assert!(valid_path("a.b/c_d/e-f"));
+        assert!(!valid_path("a/b"));
+        assert!(!valid_path("a/../c"));
+        assert!(!valid_path("a/b/c/d"));
+        assert!(!valid_path("a//c"));
+        assert!(!valid_path("a/b/c d"));
+    }
+}

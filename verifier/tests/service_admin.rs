@@ -1,0 +1,305 @@
+//! The admin plane: RBAC matrix, TOTP enforcement, failed-auth rate limiting and audit,
+//! bootstrap refusal.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use verifier::client::admin::AdminClient;
+use verifier::client::ClientError;
+use zeroize::Zeroizing;
+
+fn status_of(r: Result<Value, ClientError>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(ClientError::Status { status, .. }) => status,
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_matrix() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, &[]);
+    let admin = admin_client(&server, &creds);
+    provision(&admin, "web").await;
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["operator", "auditor"] {
+        let v = admin
+            .call(
+                Method::POST,
+                "/admin/v1/users",
+                Some(&json!({"name": format!("{role}1"), "role": role})),
+            )
+            .await
+            .unwrap();
+        assert!(v["totp_secret"].is_null(), "only admins get TOTP");
+        tokens.insert(role, v["token"].as_str().unwrap().to_owned());
+    }
+    let client = |role: &str| {
+        AdminClient::new(
+            http(),
+            &server.base,
+            Zeroizing::new(tokens[role].clone()),
+            None,
+        )
+    };
+    let (op, au) = (client("operator"), client("auditor"));
+    let wl = json!({"policy": {}, "resources": []});
+    let res = json!({"value": "c2VjcmV0"});
+    // (method, path, body, admin, operator, auditor) expected success (true) or 403.
+    let cases: Vec<(Method, &str, Option<Value>, [bool; 3])> = vec![
+        (Method::GET, "/admin/v1/whoami", None, [true, true, true]),
+        (Method::GET, "/admin/v1/users", None, [true, false, false]),
+        (
+            Method::GET,
+            "/admin/v1/workloads",
+            None,
+            [true, true, false],
+        ),
+        (
+            Method::GET,
+            "/admin/v1/workloads/web",
+            None,
+            [true, true, false],
+        ),
+        (
+            Method::PUT,
+            "/admin/v1/workloads/tmp",
+            Some(wl.clone()),
+            [true, true, false],
+        ),
+        (
+            Method::GET,
+            "/admin/v1/resources",
+            None,
+            [true, true, false],
+        ),
+        (
+            Method::PUT,
+            "/admin/v1/resources/a/b/c",
+            Some(res.clone()),
+            [true, true, false],
+        ),
+        (Method::GET, "/admin/v1/inventory", None, [true, true, true]),
+        (Method::GET, "/admin/v1/audit", None, [true, false, true]),
+        (
+            Method::GET,
+            "/admin/v1/audit/verify",
+            None,
+            [true, false, true],
+        ),
+    ];
+    for (method, path, body, allowed) in &cases {
+        for (who, c, ok) in [
+            ("admin", &admin, allowed[0]),
+            ("operator", &op, allowed[1]),
+            ("auditor", &au, allowed[2]),
+        ] {
+            let got = status_of(c.call(method.clone(), path, body.as_ref()).await);
+            let want_ok = if ok { got < 300 } else { got == 403 };
+            assert!(want_ok, "{who} {method} {path}: got {got}");
+        }
+    }
+    // Users are managed by admins only.
+    let s = status_of(
+        op.call(
+            Method::POST,
+            "/admin/v1/users",
+            Some(&json!({"name": "x", "role": "admin"})),
+        )
+        .await,
+    );
+    assert_eq!(s, 403);
+    // The last admin cannot be deleted; unknown users are 404.
+    assert_eq!(
+        status_of(
+            admin
+                .call(Method::DELETE, "/admin/v1/users/admin", None)
+                .await
+        ),
+        409
+    );
+    assert_eq!(
+        status_of(
+            admin
+                .call(Method::DELETE, "/admin/v1/users/nobody", None)
+                .await
+        ),
+        404
+    );
+    assert_eq!(
+        status_of(
+            admin
+                .call(Method::DELETE, "/admin/v1/users/auditor1", None)
+                .await
+        ),
+        200
+    );
+    // A deleted user's token stops working.
+    assert_eq!(
+        status_of(au.call(Method::GET, "/admin/v1/whoami", None).await),
+        401
+    );
+    // Resource values are never returned by the API.
+    let list = admin
+        .call(Method::GET, "/admin/v1/resources", None)
+        .await
+        .unwrap();
+    assert!(!list.to_string().contains("c2VjcmV0"));
+    // Admin changes are audited with the actor.
+    let records = audit_records(&admin).await;
+    assert!(records.iter().any(|r| r["kind"] == "admin-change"
+        && r["actor"] == "operator1"
+        && r["subject"] == "workload:tmp"));
+    // Malformed admin bodies and queries are problems.
+    assert_eq!(
+        status_of(
+            admin
+                .call(
+                    Method::PUT,
+                    "/admin/v1/workloads/x",
+                    Some(&json!({"bogus": 1}))
+                )
+                .await
+        ),
+        400
+    );
+    assert_eq!(
+        status_of(
+            admin
+                .call(Method::GET, "/admin/v1/inventory?stale=abc", None)
+                .await
+        ),
+        400
+    );
+    assert_eq!(
+        status_of(
+            admin
+                .call(Method::PUT, "/admin/v1/resources/a/../c", Some(&res))
+                .await
+        ),
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_enforced_and_failures_limited_and_audited() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, &[]);
+    let good = admin_client(&server, &creds);
+    assert_eq!(
+        status_of(good.call(Method::GET, "/admin/v1/whoami", None).await),
+        200
+    );
+    let no_totp = AdminClient::new(
+        http(),
+        &server.base,
+        Zeroizing::new(creds.token.clone()),
+        None,
+    );
+    let r = no_totp.call(Method::GET, "/admin/v1/whoami", None).await;
+    assert!(
+        matches!(&r, Err(ClientError::Status { status: 401, detail, .. }) if detail.contains("TOTP")),
+        "{r:?}"
+    );
+    let wrong = AdminClient::new(
+        http(),
+        &server.base,
+        Zeroizing::new(creds.token.clone()),
+        Some(Zeroizing::new(
+            if totp_now(&creds.totp_secret) == "000000" {
+                "111111".into()
+            } else {
+                "000000".into()
+            },
+        )),
+    );
+    assert_eq!(
+        status_of(wrong.call(Method::GET, "/admin/v1/whoami", None).await),
+        401
+    );
+    // A wrong secret with the right token id.
+    let (id, _) = verifier::store::users::split_token(&creds.token).unwrap();
+    let forged = AdminClient::new(
+        http(),
+        &server.base,
+        Zeroizing::new(format!("cvmv.{id}.AAAA")),
+        None,
+    );
+    assert_eq!(
+        status_of(forged.call(Method::GET, "/admin/v1/whoami", None).await),
+        401
+    );
+    // Raw HTTP without credentials: a problem document.
+    let r = http()
+        .get(format!("{}/admin/v1/whoami", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // Failures are audited with their reason.
+    let records = audit_records(&good).await;
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|r| r["kind"] == "auth-failure")
+        .filter_map(|r| r["detail"]["reason"].as_str())
+        .collect();
+    for want in [
+        "totp-missing",
+        "totp-wrong",
+        "bad-token",
+        "malformed-credentials",
+    ] {
+        assert!(reasons.contains(&want), "{want} not audited: {reasons:?}");
+    }
+    // The user has 3 failures (limit 5): two more, then even correct credentials are refused.
+    assert_eq!(
+        status_of(good.call(Method::GET, "/admin/v1/whoami", None).await),
+        200
+    );
+    assert_eq!(
+        status_of(wrong.call(Method::GET, "/admin/v1/whoami", None).await),
+        401
+    );
+    assert_eq!(
+        status_of(wrong.call(Method::GET, "/admin/v1/whoami", None).await),
+        401
+    );
+    assert_eq!(
+        status_of(good.call(Method::GET, "/admin/v1/whoami", None).await),
+        429
+    );
+    let metrics = http()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("cvm_admin_auth_failures_total 7"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_bootstrap_refused() {
+    let env = Env::new();
+    bootstrap(&env);
+    let out = run(&[
+        "admin",
+        "bootstrap",
+        "--database",
+        &env.database,
+        "--master-key-file",
+        env.mk(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bootstrap is refused"));
+}

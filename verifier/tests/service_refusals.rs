@@ -1,0 +1,434 @@
+//! Every refusal: a 4xx problem response, nothing released, exactly one audit record.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use verifier::client::admin::AdminClient;
+use verifier::client::emulated::SnpGuest;
+use verifier::client::kbs::{EvidenceSource, KbsClient};
+use verifier::client::ClientError;
+use verifier::crypto::jwe::TeeKeyPair;
+
+struct Ctx {
+    server: Server,
+    admin: AdminClient,
+    client: KbsClient,
+    _env: Env,
+}
+
+async fn setup(extra: &[&str]) -> Ctx {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, extra);
+    let admin = admin_client(&server, &creds);
+    provision(&admin, "web").await;
+    let client = kbs(&server);
+    Ctx {
+        server,
+        admin,
+        client,
+        _env: env,
+    }
+}
+
+/// Runs `f`, expects a problem with `status`, and exactly one new audit record of `kind`
+/// with outcome refused; returns the problem body.
+async fn expect_refusal<F, Fut>(ctx: &Ctx, status: u16, kind: &str, f: F) -> Value
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    let before = audit_records(&ctx.admin).await;
+    let resp = f().await;
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["type"]
+        .as_str()
+        .unwrap()
+        .starts_with("urn:cvm-verifier:problem:"));
+    let after = audit_records(&ctx.admin).await;
+    let new: Vec<&Value> = after.iter().skip(before.len()).collect();
+    assert_eq!(new.len(), 1, "exactly one audit record: {new:?}");
+    assert_eq!(new[0]["kind"], kind);
+    assert_eq!(new[0]["outcome"], "refused");
+    assert!(
+        !new.iter().any(|r| r["outcome"] == "released"),
+        "nothing released"
+    );
+    body
+}
+
+fn post_attest(ctx: &Ctx, cookie: Option<&str>, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let mut r = http()
+        .post(format!("{}/kbs/v0/attest", ctx.server.base))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(c) = cookie {
+        r = r.header("cookie", c.to_owned());
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attest_refusals() {
+    let ctx = setup(&[]).await;
+    let snp = snp_guest();
+    let key = TeeKeyPair::p256();
+
+    // Malformed JSON.
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let cookie = format!("kbs-session-id={}", ch.session);
+    expect_refusal(&ctx, 400, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b"{not json".to_vec())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    // Malformed cookie; no cookie.
+    expect_refusal(&ctx, 400, "attestation", || async {
+        post_attest(&ctx, Some("kbs-session-id=%%%"), b"{}".to_vec())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, None, b"{}".to_vec())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    // Unknown session.
+    let good = KbsClient::attestation(&ch, &key, &snp).unwrap();
+    let body = serde_json::to_vec(&good).unwrap();
+    expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(
+            &ctx,
+            Some("kbs-session-id=6f1c2e0a-1d3b-4c5a-9e7f-0a1b2c3d4e5f"),
+            body.clone(),
+        )
+        .send()
+        .await
+        .unwrap()
+    })
+    .await;
+    // Malformed JWK (a point not on the curve).
+    let mut bad_jwk = good.clone();
+    bad_jwk["runtime-data"]["tee-pubkey"]["x"] = json!("AAAA");
+    let b = serde_json::to_vec(&bad_jwk).unwrap();
+    expect_refusal(&ctx, 400, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    // Malformed evidence.
+    let mut bad_ev = good.clone();
+    bad_ev["tee-evidence"]["primary_evidence"] = json!({"report": "!!!", "cert_chain": null});
+    let b = serde_json::to_vec(&bad_ev).unwrap();
+    let p = expect_refusal(&ctx, 400, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(p["kind"], "malformed");
+
+    // Report-data mismatch: evidence bound to another key.
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let mut body = KbsClient::attestation(&ch, &key, &snp).unwrap();
+    body["runtime-data"]["tee-pubkey"] =
+        serde_json::to_value(TeeKeyPair::p256().public_jwk()).unwrap();
+    let cookie = format!("kbs-session-id={}", ch.session);
+    let b = serde_json::to_vec(&body).unwrap();
+    let p = expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(p["check"], "report-data");
+    // The nonce was spent by that attempt: replaying a correct request is refused.
+    let good = KbsClient::attestation(&ch, &key, &snp).unwrap();
+    let b = serde_json::to_vec(&good).unwrap();
+    let p = expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(p["detail"].as_str().unwrap().contains("already used"));
+
+    // Replay after success.
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let body = KbsClient::attestation(&ch, &key, &snp).unwrap();
+    ctx.client
+        .attest_raw(&ch.session, &body)
+        .await
+        .expect("first use accepted");
+    let cookie = format!("kbs-session-id={}", ch.session);
+    let b = serde_json::to_vec(&body).unwrap();
+    expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // Unknown measurement: no workload accepts it.
+    let other = SnpGuest::open(&emulated_dir(), [0x11; 48]).unwrap();
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let body = KbsClient::attestation(&ch, &key, &other).unwrap();
+    let cookie = format!("kbs-session-id={}", ch.session);
+    let b = serde_json::to_vec(&body).unwrap();
+    let p = expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(p["check"], "workload");
+
+    // Untrusted root: a platform the server was not told to trust (its certificates
+    // carry the same names as the trusted emulated ones, so the chain fails on the
+    // signature under the trusted root).
+    let rogue = SnpGuest::open(&untrusted_dir(), MEASUREMENT).unwrap();
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let body = KbsClient::attestation(&ch, &key, &rogue).unwrap();
+    let cookie = format!("kbs-session-id={}", ch.session);
+    let b = serde_json::to_vec(&body).unwrap();
+    let p = expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(
+        p["kind"] == "untrusted-chain" || p["kind"] == "bad-signature",
+        "{p}"
+    );
+
+    // Auth request problems are plain 400s.
+    let r = http()
+        .post(format!("{}/kbs/v0/auth", ctx.server.base))
+        .json(&json!({"version": "0.4.0", "tee": "sgx", "extra-params": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .post(format!("{}/kbs/v0/auth", ctx.server.base))
+        .json(&json!({"version": "9.0.0", "tee": "snp", "extra-params": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Oversized bodies.
+    let r = http()
+        .post(format!("{}/kbs/v0/auth", ctx.server.base))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_refusals_and_revocation() {
+    let ctx = setup(&[]).await;
+    let snp = snp_guest();
+    let key = TeeKeyPair::p256();
+    // A workload whose policy does not allow emulated evidence.
+    let body =
+        json!({"policy": {"measurements": [hex::encode(MEASUREMENT)]}, "resources": [RESOURCE]});
+    ctx.admin
+        .call(Method::PUT, "/admin/v1/workloads/strict", Some(&body))
+        .await
+        .unwrap();
+    let ch = ctx
+        .client
+        .auth("snp", json!({"workload": "strict"}))
+        .await
+        .unwrap();
+    let b = serde_json::to_vec(&KbsClient::attestation(&ch, &key, &snp).unwrap()).unwrap();
+    let cookie = format!("kbs-session-id={}", ch.session);
+    let p = expect_refusal(&ctx, 401, "attestation", || async {
+        post_attest(&ctx, Some(&cookie), b.clone())
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(p["check"], "trust-anchor");
+
+    // Resource refusals: unknown resource, not granted, no token, bad token.
+    let ch = ctx
+        .client
+        .auth("snp", json!({"workload": "web"}))
+        .await
+        .unwrap();
+    let token = ctx
+        .client
+        .attest_raw(
+            &ch.session,
+            &KbsClient::attestation(&ch, &key, &snp).unwrap(),
+        )
+        .await
+        .unwrap();
+    let get = |path: &'static str, auth: Option<String>| {
+        let mut r = http().get(format!("{}/kbs/v0/resource/{path}", ctx.server.base));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r
+    };
+    ctx.admin
+        .call(
+            Method::PUT,
+            "/admin/v1/workloads/web",
+            Some(&json!({
+                "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
+                "resources": [RESOURCE, "default/key/missing"],
+            })),
+        )
+        .await
+        .unwrap();
+    let bearer = format!("Bearer {token}");
+    expect_refusal(&ctx, 404, "key-release", || async {
+        get("default/key/missing", Some(bearer.clone()))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    expect_refusal(&ctx, 403, "key-release", || async {
+        get("other/key/disk", Some(bearer.clone()))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    expect_refusal(&ctx, 401, "key-release", || async {
+        get(RESOURCE, None).send().await.unwrap()
+    })
+    .await;
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    expect_refusal(&ctx, 401, "key-release", || async {
+        get(RESOURCE, Some(format!("Bearer {forged}")))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    // The token still works for the granted resource.
+    let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
+    assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
+
+    // Revoking the guest stops releases for existing tokens and new attestations.
+    let inv = ctx
+        .admin
+        .call(Method::GET, "/admin/v1/inventory", None)
+        .await
+        .unwrap();
+    let id = inv["guests"][0]["id"].as_str().unwrap().to_owned();
+    ctx.admin
+        .call(
+            Method::PUT,
+            &format!("/admin/v1/inventory/{id}/revocation"),
+            Some(&json!({"revoked": true})),
+        )
+        .await
+        .unwrap();
+    expect_refusal(&ctx, 403, "key-release", || async {
+        get(RESOURCE, Some(bearer.clone())).send().await.unwrap()
+    })
+    .await;
+    let err = ctx
+        .client
+        .fetch(&snp, &key, json!({}), RESOURCE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+    ctx.admin
+        .call(
+            Method::PUT,
+            &format!("/admin/v1/inventory/{id}/revocation"),
+            Some(&json!({"revoked": false})),
+        )
+        .await
+        .unwrap();
+    ctx.client
+        .fetch(&snp, &key, json!({}), RESOURCE)
+        .await
+        .expect("restored");
+
+    // Revoking the workload does the same.
+    ctx.admin
+        .call(
+            Method::PUT,
+            "/admin/v1/workloads/web/revocation",
+            Some(&json!({"revoked": true})),
+        )
+        .await
+        .unwrap();
+    expect_refusal(&ctx, 403, "key-release", || async {
+        get(RESOURCE, Some(bearer.clone())).send().await.unwrap()
+    })
+    .await;
+    let err = ctx
+        .client
+        .fetch(&snp, &key, json!({"workload": "web"}), RESOURCE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+    let _ = snp.tee();
+}
+
+/// Without `--emulated-trust`, emulated evidence does not chain to any trusted root.
+#[tokio::test(flavor = "multi_thread")]
+async fn emulated_evidence_untrusted_by_default() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start_args(&env, &["--listen", "127.0.0.1:0", "--insecure-http"], &[]);
+    let admin = admin_client(&server, &creds);
+    provision(&admin, "web").await;
+    for guest in [&snp_guest() as &dyn EvidenceSource, &tdx_guest()] {
+        let before = audit_count(&admin).await;
+        let err = kbs(&server)
+            .fetch(guest, &TeeKeyPair::p256(), json!({}), RESOURCE)
+            .await
+            .unwrap_err();
+        match err {
+            ClientError::Status { status, body, .. } => {
+                assert_eq!(status, 401);
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(v["kind"], "untrusted-chain", "{v}");
+            }
+            other => panic!("{other}"),
+        }
+        assert_eq!(audit_count(&admin).await, before + 1);
+    }
+}
