@@ -2,6 +2,7 @@
 //! keys refused), overridden by environment variables, overridden by command-line
 //! options. See `verifier/cvm-verifier.sample.toml`.
 
+use crate::crypto::master::MasterKeySource;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,6 +64,8 @@ pub struct DatabaseSection {
 pub struct KeysSection {
     /// The 32-byte master key file (mode 0600).
     pub master_key_file: Option<PathBuf>,
+    /// Or a KMS-style command printing the key (64 hex digits) on stdout.
+    pub master_key_command: Option<String>,
 }
 
 /// `[attestation]`.
@@ -98,6 +101,8 @@ pub struct Overrides {
     pub database: Option<String>,
     /// `--master-key-file`.
     pub master_key_file: Option<PathBuf>,
+    /// `--master-key-command`.
+    pub master_key_command: Option<String>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -133,8 +138,8 @@ pub struct ServeConfig {
     pub tls: TlsMode,
     /// Database URL or path.
     pub database_url: String,
-    /// Master key file.
-    pub master_key_file: PathBuf,
+    /// Where the master key comes from.
+    pub master_key: MasterKeySource,
     /// Emulated trust directories.
     pub emulated_trust: Vec<PathBuf>,
     /// Challenge lifetime.
@@ -173,6 +178,9 @@ pub enum ConfigError {
     /// A required setting is missing.
     #[error("{0} is required (option, environment variable or configuration file)")]
     Missing(&'static str),
+    /// Both a master key file and a master key command were given.
+    #[error("give either a master key file or a master key command, not both")]
+    TwoMasterKeys,
     /// The listen address is invalid.
     #[error("`{0}` is not an ADDR:PORT socket address")]
     Listen(String),
@@ -213,10 +221,19 @@ impl ConfigFile {
             .database
             .or(self.database.url)
             .ok_or(ConfigError::Missing("--database"))?;
-        let master_key_file = o
-            .master_key_file
-            .or(self.keys.master_key_file)
-            .ok_or(ConfigError::Missing("--master-key-file"))?;
+        let master_key = match (
+            o.master_key_file.or(self.keys.master_key_file),
+            o.master_key_command.or(self.keys.master_key_command),
+        ) {
+            (Some(f), None) => MasterKeySource::File(f),
+            (None, Some(c)) => MasterKeySource::Command(c),
+            (None, None) => {
+                return Err(ConfigError::Missing(
+                    "--master-key-file or --master-key-command",
+                ))
+            }
+            (Some(_), Some(_)) => return Err(ConfigError::TwoMasterKeys),
+        };
         let cert = o.tls_cert.or(self.server.tls_cert);
         let key = o.tls_key.or(self.server.tls_key);
         let insecure = o.insecure_http || self.server.insecure_http.unwrap_or(false);
@@ -260,7 +277,7 @@ impl ConfigFile {
             listen,
             tls,
             database_url,
-            master_key_file,
+            master_key,
             emulated_trust,
             session_ttl,
             token_ttl,
@@ -290,6 +307,38 @@ mod tests {
         let c = f.resolve(Overrides::default()).unwrap();
         assert!(matches!(c.tls, TlsMode::Tls { .. }));
         assert_eq!(c.session_ttl, 300);
+    }
+
+    #[test]
+    fn master_key_from_exactly_one_source() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        assert_eq!(
+            ConfigFile::default().resolve(o.clone()).unwrap().master_key,
+            MasterKeySource::File("/tmp/mk".into())
+        );
+        o.master_key_command = Some("kms-unwrap verifier".into());
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::TwoMasterKeys)
+        ));
+        o.master_key_file = None;
+        assert_eq!(
+            ConfigFile::default().resolve(o.clone()).unwrap().master_key,
+            MasterKeySource::Command("kms-unwrap verifier".into())
+        );
+        o.master_key_command = None;
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::Missing(_))
+        ));
+        let f: ConfigFile =
+            toml::from_str("[keys]\nmaster_key_command = \"cat /run/key\"\n").unwrap();
+        assert_eq!(
+            f.resolve(o).unwrap().master_key,
+            MasterKeySource::Command("cat /run/key".into())
+        );
     }
 
     #[test]

@@ -286,6 +286,59 @@ async fn https_and_config_refusals() {
     assert!(server.base.starts_with("http://127.0.0.1:"));
 }
 
+/// The master key can come from a KMS-style command instead of a file: the server
+/// started that way opens what was sealed under the file's key (the admin's TOTP
+/// secret), and a failing command stops it from starting.
+#[tokio::test(flavor = "multi_thread")]
+async fn master_key_from_a_command() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let cmd = format!("cat {}", env.mk());
+    let server = spawn_server(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-http",
+        "--database",
+        &env.database,
+        "--master-key-command",
+        &cmd,
+    ]);
+    provision(&admin_client(&server, &creds), "web").await;
+    drop(server);
+    for bad in ["exit 1", "echo not-a-key"] {
+        let out = run(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--database",
+            &env.database,
+            "--master-key-command",
+            bad,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("master key command"), "{bad}: {err}");
+        assert!(
+            !err.contains("not-a-key"),
+            "the command's output is never echoed: {err}"
+        );
+    }
+    let both = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-http",
+        "--database",
+        &env.database,
+        "--master-key-file",
+        env.mk(),
+        "--master-key-command",
+        &cmd,
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn master_key_permissions_and_rotation() {
     let env = Env::new();

@@ -25,6 +25,9 @@ pub struct Args {
     /// File with the 32-byte master key (mode 0600).
     #[arg(long, env = "CVM_VERIFIER_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// KMS-style command that prints the master key (64 hex digits) on stdout.
+    #[arg(long, env = "CVM_VERIFIER_MASTER_KEY_COMMAND")]
+    pub master_key_command: Option<String>,
     /// HTTPS certificate chain (PEM).
     #[arg(long, env = "CVM_VERIFIER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -61,6 +64,7 @@ pub fn run(args: Args) -> ExitCode {
         listen: args.listen,
         database: args.database,
         master_key_file: args.master_key_file,
+        master_key_command: args.master_key_command,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         insecure_http: args.insecure_http,

@@ -12,8 +12,12 @@
 //! bytes of SHA-256 over the master key, so a database opened with the wrong key is
 //! refused with a clear error rather than failing one value at a time.
 //!
-//! The master key file holds 32 bytes, raw or as 64 hex digits; it must not be
-//! readable or writable by group or others (mode 0600 or stricter).
+//! The master key comes from a file or from a KMS-style command. The file holds 32
+//! bytes, raw or as 64 hex digits, and must not be readable or writable by group or
+//! others (mode 0600 or stricter). The command (run with `sh -c`, no stdin, within
+//! [`COMMAND_TIMEOUT`]) must print the key as 64 hex digits (or 32 raw bytes) on stdout
+//! and exit 0 — for example a KMS or HSM client that unwraps it; its output is kept in
+//! zeroized memory and never logged.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -31,6 +35,18 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const WRAPPED_LEN: usize = 32 + TAG_LEN;
 const HEADER_LEN: usize = 1 + KEY_ID_LEN + NONCE_LEN + WRAPPED_LEN + NONCE_LEN;
+
+/// How long a master-key command may run.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where the master key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// A 0600 file.
+    File(PathBuf),
+    /// A command whose stdout is the key (KMS-style).
+    Command(String),
+}
 
 /// Errors of the master key and of sealing.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +68,9 @@ pub enum MasterKeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The master-key command could not run, failed, timed out or printed no key.
+    #[error("the master key command failed: {0}")]
+    Command(String),
     /// The key file does not hold 32 bytes (raw or hex).
     #[error("the master key file {} must hold 32 bytes, raw or as 64 hex digits", path.display())]
     Format {
@@ -129,6 +148,72 @@ impl MasterKey {
         } else {
             let text = std::str::from_utf8(&raw).map_err(|_| format())?.trim();
             hex::decode_to_slice(text, key.as_mut()).map_err(|_| format())?;
+        }
+        Ok(Self::from_bytes(*key))
+    }
+
+    /// Loads the key from `source`.
+    pub fn from_source(source: &MasterKeySource) -> Result<Self, MasterKeyError> {
+        match source {
+            MasterKeySource::File(p) => Self::load(p),
+            MasterKeySource::Command(c) => Self::from_command(c, COMMAND_TIMEOUT),
+        }
+    }
+
+    /// Runs `command` with `sh -c` and reads the key from its stdout (64 hex digits or
+    /// 32 raw bytes). The command is killed after `timeout`; at most 4 KiB of output
+    /// is read. Nothing it prints is logged or put into an error message.
+    pub fn from_command(
+        command: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, MasterKeyError> {
+        use std::io::Read;
+        use std::process::{Command, Stdio};
+        let fail = |m: &str| MasterKeyError::Command(m.to_owned());
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| MasterKeyError::Command(format!("cannot start it: {e}")))?;
+        let mut stdout = child.stdout.take().ok_or_else(|| fail("no stdout"))?;
+        let reader = std::thread::spawn(move || {
+            let mut out = Zeroizing::new(Vec::new());
+            let _ = stdout.by_ref().take(4096).read_to_end(&mut out);
+            out
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail("it did not finish in time and was killed"));
+                }
+                Err(e) => return Err(MasterKeyError::Command(format!("cannot wait for it: {e}"))),
+            }
+        };
+        let out = reader
+            .join()
+            .map_err(|_| fail("its output could not be read"))?;
+        if !status.success() {
+            return Err(MasterKeyError::Command(format!("it exited with {status}")));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        if out.len() == 32 {
+            key.copy_from_slice(&out);
+        } else {
+            let text = std::str::from_utf8(&out)
+                .map_err(|_| fail("its output is not 32 bytes or 64 hex digits"))?
+                .trim();
+            hex::decode_to_slice(text, key.as_mut())
+                .map_err(|_| fail("its output is not 32 bytes or 64 hex digits"))?;
         }
         Ok(Self::from_bytes(*key))
     }
@@ -329,6 +414,39 @@ fn wrap_aad(context: &str) -> Vec<u8> {
 
 fn data_aad(context: &str) -> Vec<u8> {
     format!("cvm-verifier/data/v1|{context}").into_bytes()
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_command_can_supply_the_key() {
+        let hexkey = "11".repeat(32);
+        let k =
+            MasterKey::from_command(&format!("printf '%s\\n' {hexkey}"), Duration::from_secs(10))
+                .unwrap();
+        assert_eq!(k.id_hex(), MasterKey::from_bytes([0x11; 32]).id_hex());
+        let src = MasterKeySource::Command(format!("echo {hexkey}"));
+        assert_eq!(MasterKey::from_source(&src).unwrap().id_hex(), k.id_hex());
+    }
+
+    #[test]
+    fn failing_slow_or_wrong_commands_are_refused_without_echoing_output() {
+        for (cmd, needle) in [
+            ("exit 3", "exited"),
+            ("echo abc", "64 hex digits"),
+            ("echo secret-ish-text; exit 0", "64 hex digits"),
+            ("sleep 5", "did not finish"),
+        ] {
+            let e = MasterKey::from_command(cmd, Duration::from_millis(300))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{cmd}: {e}");
+            assert!(!e.contains("secret-ish"), "output must not be echoed: {e}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -295,7 +295,7 @@ pub async fn build_state(
     cfg: &ServeConfig,
     verifier: Option<Arc<dyn EvidenceVerifier>>,
 ) -> Result<AppState, ServeError> {
-    let master_key = MasterKey::load(&cfg.master_key_file).map_err(ServeError::MasterKey)?;
+    let master_key = MasterKey::from_source(&cfg.master_key).map_err(ServeError::MasterKey)?;
     let db = Db::open(&cfg.database_url).await.map_err(ServeError::Db)?;
     let signer = sessions::signing_key(&db, &master_key)
         .await

@@ -136,11 +136,17 @@ pub fn start(env: &Env, extra: &[&str]) -> Server {
 }
 
 pub fn start_args(env: &Env, base_args: &[&str], extra: &[&str]) -> Server {
+    let mut args: Vec<&str> = base_args.to_vec();
+    args.extend(["--database", &env.database, "--master-key-file", env.mk()]);
+    args.extend_from_slice(extra);
+    spawn_server(&args)
+}
+
+/// Starts `cvm-verifier serve ARGS` and waits for its listening line.
+pub fn spawn_server(args: &[&str]) -> Server {
     let mut child = Command::new(BIN)
         .arg("serve")
-        .args(base_args)
-        .args(["--database", &env.database, "--master-key-file", env.mk()])
-        .args(extra)
+        .args(args)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
