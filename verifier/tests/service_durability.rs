@@ -194,6 +194,94 @@ async fn kill_9_and_restart_keeps_everything() {
     assert_eq!(v["guests"].as_array().unwrap().len(), 0);
 }
 
+/// `kill -9` while guests are attesting and fetching keys: after a restart the audit
+/// chain verifies, the workload and resource are intact, every key a guest received has
+/// its committed release record (a release and its audit record commit together), and
+/// guests can attest again.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_during_load() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let mut server = start(&env, &[]);
+    provision(&admin_client(&server, &creds), "web").await;
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut guests = Vec::new();
+    for _ in 0..6 {
+        let (client, received) = (kbs(&server), received.clone());
+        guests.push(tokio::spawn(async move {
+            // Each guest attests and fetches until the server disappears.
+            while let Ok(got) = client
+                .fetch(&snp_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
+                .await
+            {
+                assert_eq!(got.as_slice(), SECRET);
+                received.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while received.load(Ordering::SeqCst) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "load did not get going"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let _ = server.child.wait();
+    drop(server);
+    for g in guests {
+        g.await.unwrap();
+    }
+    let delivered = received.load(Ordering::SeqCst);
+
+    let out = audit_verify(&env.database);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let export = run(&[
+        "audit",
+        "export",
+        "--database",
+        &env.database,
+        "--since",
+        "1970-01-01T00:00:00Z",
+    ]);
+    assert!(export.status.success());
+    let releases = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["kind"] == "key-release" && r["outcome"] == "released")
+        .count();
+    assert!(
+        releases >= delivered,
+        "{delivered} keys delivered but only {releases} release records"
+    );
+
+    let server = start(&env, &[]);
+    let w = admin_client(&server, &creds)
+        .call(reqwest::Method::GET, "/admin/v1/workloads/web", None)
+        .await
+        .unwrap();
+    assert_eq!(w["resources"][0], RESOURCE);
+    let got = kbs(&server)
+        .fetch(&snp_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
+        .await
+        .unwrap();
+    assert_eq!(got.as_slice(), SECRET);
+    drop(server);
+    assert!(audit_verify(&env.database).status.success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn https_and_config_refusals() {
     let env = Env::new();
