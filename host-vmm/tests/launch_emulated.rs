@@ -239,6 +239,51 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
 }
 
 #[test]
+fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plat = platform(dir.path());
+    // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
+    let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
+    code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb
+                                                                                           // TDX_RTMR_EXTEND, then TDX_QUOTE printing header + body.
+    let rest = guest(&[(4, 0, 0), (3, 0, 632)]);
+    code.extend_from_slice(&rest);
+    let fw = dir.path().join("fw.fd");
+    std::fs::write(&fw, firmware(&code)).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-tdx",
+        "--emulated-platform",
+        &plat,
+        "--firmware",
+        fw.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = o.stdout;
+    assert_eq!(out.len(), 1 + 1 + 632);
+    assert_eq!((out[0], out[1]), (0, 0), "both commands succeeded");
+    let quote = &out[2..];
+    let mut expected = [0u8; 48];
+    measured_boot::tdx::rtmr_extend(&mut expected, &[0xab; 48]);
+    // Body at 48: RTMR0..3 at body offsets 328, 376, 424, 472.
+    assert_eq!(&quote[48 + 424..48 + 472], &expected[..], "RTMR2 extended");
+    assert_eq!(
+        &quote[48 + 328..48 + 376],
+        &[0u8; 48][..],
+        "RTMR0 untouched"
+    );
+}
+
+#[test]
 fn emulated_launch_without_a_platform_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let fw = dir.path().join("fw.fd");
