@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::state::{client_ip, AppState, JsonBody};
-use crate::db::now;
+use crate::db::{now, Tx};
 use crate::error::ApiError;
 use crate::store::audit::{self, AuditEvent, AuditKind};
 use crate::store::users::{self, AuthFailure, Role, UserError};
@@ -87,6 +87,19 @@ impl Principal {
                 self.role.as_str()
             )))
         }
+    }
+
+    /// Records this caller's change in the audit log and commits it with the change:
+    /// an admin change and its audit record are one transaction.
+    async fn commit_change(
+        &self,
+        mut tx: Tx,
+        subject: impl Into<String>,
+        outcome: &str,
+        detail: Value,
+    ) -> Result<(), ApiError> {
+        audit::append(&mut tx, &self.event(subject, outcome, detail)).await?;
+        tx.commit().await.map_err(ApiError::internal)
     }
 
     fn event(&self, subject: impl Into<String>, outcome: &str, detail: Value) -> AuditEvent {
@@ -270,16 +283,13 @@ pub async fn create_user(
     let creds = users::create(&mut tx, &st.master_key, &body.name, body.role)
         .await
         .map_err(user_error)?;
-    audit::append(
-        &mut tx,
-        &p.event(
-            format!("user:{}", body.name),
-            "created",
-            json!({"role": body.role}),
-        ),
+    p.commit_change(
+        tx,
+        format!("user:{}", body.name),
+        "created",
+        json!({"role": body.role}),
     )
     .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
     Ok((StatusCode::CREATED, Json(creds)).into_response())
 }
 
@@ -299,12 +309,8 @@ pub async fn delete_user(
     if !users::delete(&mut tx, &name).await? {
         return Err(ApiError::NotFound(format!("no user {name}")));
     }
-    audit::append(
-        &mut tx,
-        &p.event(format!("user:{name}"), "deleted", json!({})),
-    )
-    .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    p.commit_change(tx, format!("user:{name}"), "deleted", json!({}))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -378,16 +384,13 @@ pub async fn put_workload(
     let mut tx = st.db.begin().await?;
     let created = workloads::upsert(&mut tx, &w).await?;
     let detail = json!({"policy": w.policy, "resources": w.resources, "revoked": w.revoked});
-    audit::append(
-        &mut tx,
-        &p.event(
-            format!("workload:{name}"),
-            if created { "created" } else { "updated" },
-            detail,
-        ),
+    p.commit_change(
+        tx,
+        format!("workload:{name}"),
+        if created { "created" } else { "updated" },
+        detail,
     )
     .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -407,12 +410,8 @@ pub async fn delete_workload(
     if !workloads::delete(&mut tx, &name).await? {
         return Err(ApiError::NotFound(format!("no workload {name}")));
     }
-    audit::append(
-        &mut tx,
-        &p.event(format!("workload:{name}"), "deleted", json!({})),
-    )
-    .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    p.commit_change(tx, format!("workload:{name}"), "deleted", json!({}))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -459,16 +458,13 @@ async fn edit_measurements(
     } else {
         "measurement-removed"
     };
-    audit::append(
-        &mut tx,
-        &p.event(
-            format!("workload:{name}"),
-            outcome,
-            json!({"measurement": hex::encode(&m)}),
-        ),
+    p.commit_change(
+        tx,
+        format!("workload:{name}"),
+        outcome,
+        json!({"measurement": hex::encode(&m)}),
     )
     .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
     Ok(w)
 }
 
@@ -518,12 +514,8 @@ pub async fn revoke_workload(
     w.revoked = body.revoked;
     workloads::upsert(&mut tx, &w).await?;
     let outcome = if body.revoked { "revoked" } else { "restored" };
-    audit::append(
-        &mut tx,
-        &p.event(format!("workload:{name}"), outcome, json!({})),
-    )
-    .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    p.commit_change(tx, format!("workload:{name}"), outcome, json!({}))
+        .await?;
     Ok(Json(w))
 }
 
@@ -585,16 +577,13 @@ pub async fn put_resource(
             other => ApiError::internal(other),
         })?;
     let outcome = if created { "created" } else { "updated" };
-    audit::append(
-        &mut tx,
-        &p.event(
-            format!("resource:{path}"),
-            outcome,
-            json!({"bytes": value.len()}),
-        ),
+    p.commit_change(
+        tx,
+        format!("resource:{path}"),
+        outcome,
+        json!({"bytes": value.len()}),
     )
     .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
     Ok(if created {
         StatusCode::CREATED
     } else {
@@ -614,12 +603,8 @@ pub async fn delete_resource(
     if !workloads::delete_resource(&mut tx, &path).await? {
         return Err(ApiError::NotFound(format!("no resource {path}")));
     }
-    audit::append(
-        &mut tx,
-        &p.event(format!("resource:{path}"), "deleted", json!({})),
-    )
-    .await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    p.commit_change(tx, format!("resource:{path}"), "deleted", json!({}))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -658,8 +643,8 @@ pub async fn revoke_guest(
     }
     let entry = sessions::inventory_entry(&mut tx, &id).await?;
     let outcome = if body.revoked { "revoked" } else { "restored" };
-    audit::append(&mut tx, &p.event(format!("guest:{id}"), outcome, json!({}))).await?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    p.commit_change(tx, format!("guest:{id}"), outcome, json!({}))
+        .await?;
     Ok(Json(json!(entry)))
 }
 
