@@ -66,6 +66,10 @@ pub struct KeysSection {
     pub master_key_file: Option<PathBuf>,
     /// Or a KMS-style command printing the key (64 hex digits) on stdout.
     pub master_key_command: Option<String>,
+    /// Keys accepted for opening sealed values but never used for sealing (online
+    /// master-key rotation).
+    #[serde(default)]
+    pub extra_master_key_files: Vec<PathBuf>,
 }
 
 /// `[attestation]`.
@@ -103,6 +107,8 @@ pub struct Overrides {
     pub master_key_file: Option<PathBuf>,
     /// `--master-key-command`.
     pub master_key_command: Option<String>,
+    /// `--extra-master-key-file` (replaces the file's list when non-empty).
+    pub extra_master_key_files: Vec<PathBuf>,
     /// `--tls-cert`.
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`.
@@ -140,6 +146,8 @@ pub struct ServeConfig {
     pub database_url: String,
     /// Where the master key comes from.
     pub master_key: MasterKeySource,
+    /// Extra master key files accepted for opening values (rotation).
+    pub extra_master_keys: Vec<PathBuf>,
     /// Emulated trust directories.
     pub emulated_trust: Vec<PathBuf>,
     /// Challenge lifetime.
@@ -234,6 +242,11 @@ impl ConfigFile {
             }
             (Some(_), Some(_)) => return Err(ConfigError::TwoMasterKeys),
         };
+        let extra_master_keys = if o.extra_master_key_files.is_empty() {
+            self.keys.extra_master_key_files
+        } else {
+            o.extra_master_key_files
+        };
         let cert = o.tls_cert.or(self.server.tls_cert);
         let key = o.tls_key.or(self.server.tls_key);
         let insecure = o.insecure_http || self.server.insecure_http.unwrap_or(false);
@@ -278,6 +291,7 @@ impl ConfigFile {
             tls,
             database_url,
             master_key,
+            extra_master_keys,
             emulated_trust,
             session_ttl,
             token_ttl,

@@ -612,3 +612,113 @@ async fn postgres_flow() {
         .await
         .unwrap();
 }
+
+/// Online rotation: at every moment one replica serves; the keys roll in phases
+/// (accept new → seal new, accept old → re-wrap online → new only) and every secret
+/// opens throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn master_key_rotation_without_downtime() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let old = env.mk().to_owned();
+    let new_key = env.dir.path().join("new.key");
+    assert!(run(&["admin", "gen-master-key", path_str(&new_key)])
+        .status
+        .success());
+    let new = path_str(&new_key).to_owned();
+    let serve = |main: &str, extra: Option<&str>| {
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-http",
+            "--emulated-trust",
+            emulated_dir().to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(["--database".into(), env.database.clone()]);
+        args.extend(["--master-key-file".into(), main.to_owned()]);
+        if let Some(e) = extra {
+            args.extend(["--extra-master-key-file".into(), e.to_owned()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        spawn_server(&refs)
+    };
+    let fetch = |server: &Server| {
+        let k = kbs(server);
+        async move {
+            k.fetch(&snp_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
+                .await
+                .unwrap()
+        }
+    };
+    // Phase 0: the old key only.
+    let a = serve(&old, None);
+    provision(&admin_client(&a, &creds), "web").await;
+    // Phase 1: seal with the old key, accept the new one.
+    let b = serve(&old, Some(&new));
+    assert_eq!(fetch(&b).await.as_slice(), SECRET);
+    drop(a);
+    // Phase 2: seal with the new key, accept the old one; new secrets use the new key.
+    let c = serve(&new, Some(&old));
+    drop(b);
+    let admin = admin_client(&c, &creds);
+    admin
+        .call(reqwest::Method::GET, "/admin/v1/whoami", None)
+        .await
+        .unwrap();
+    let out = admin
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/users",
+            Some(&json!({"name": "ops", "role": "admin"})),
+        )
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    assert_eq!(fetch(&c).await.as_slice(), SECRET);
+    // Phase 3: re-wrap everything still under the old key while `c` serves.
+    let out = run(&[
+        "admin",
+        "rotate-master-key",
+        "--database",
+        &env.database,
+        "--master-key-file",
+        &old,
+        "--new-master-key-file",
+        &new,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fetch(&c).await.as_slice(), SECRET);
+    // Phase 4: the new key only; everything opens, including the user made in phase 2.
+    let d = serve(&new, None);
+    drop(c);
+    assert_eq!(fetch(&d).await.as_slice(), SECRET);
+    let admin = admin_client(&d, &creds);
+    let records = audit_records(&admin).await;
+    let rot = records
+        .iter()
+        .find(|r| r["subject"] == "master-key" && r["outcome"] == "rotated")
+        .expect("rotation record");
+    // The admin's TOTP secret, the resource and the token key were re-wrapped; the new
+    // user's TOTP secret was already under the new key.
+    assert!(rot["detail"]["values"].as_u64().unwrap() >= 3, "{rot}");
+    assert_eq!(rot["detail"]["already_new"], 1, "{rot}");
+    // A replica with only the old key is refused now.
+    drop(d);
+    let out = run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-http",
+        "--database",
+        &env.database,
+        "--master-key-file",
+        &old,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

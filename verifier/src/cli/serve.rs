@@ -28,6 +28,15 @@ pub struct Args {
     /// KMS-style command that prints the master key (64 hex digits) on stdout.
     #[arg(long, env = "CVM_VERIFIER_MASTER_KEY_COMMAND")]
     pub master_key_command: Option<String>,
+    /// An older or newer master key (0600 file) accepted for opening sealed values but
+    /// never for sealing, for rotating the master key without downtime (repeatable).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "CVM_VERIFIER_EXTRA_MASTER_KEY_FILES",
+        value_delimiter = ','
+    )]
+    pub extra_master_key_file: Vec<PathBuf>,
     /// HTTPS certificate chain (PEM).
     #[arg(long, env = "CVM_VERIFIER_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
@@ -65,6 +74,7 @@ pub fn run(args: Args) -> ExitCode {
         database: args.database,
         master_key_file: args.master_key_file,
         master_key_command: args.master_key_command,
+        extra_master_key_files: args.extra_master_key_file,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         insecure_http: args.insecure_http,

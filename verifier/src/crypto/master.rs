@@ -95,15 +95,21 @@ pub enum MasterKeyError {
     Authentication,
 }
 
-/// The 256-bit master key (zeroized on drop, never printed).
+/// The 256-bit master key (zeroized on drop, never printed), with the extra keys it
+/// also accepts for opening values during a rotation ([`MasterKey::with_extra_keys`]).
 pub struct MasterKey {
     key: Zeroizing<[u8; 32]>,
     id: [u8; KEY_ID_LEN],
+    extra: Vec<MasterKey>,
 }
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MasterKey(id {})", self.id_hex())
+        write!(f, "MasterKey(id {}", self.id_hex())?;
+        for k in &self.extra {
+            write!(f, ", accepts {}", k.id_hex())?;
+        }
+        f.write_str(")")
     }
 }
 
@@ -114,7 +120,37 @@ impl MasterKey {
         let digest = Sha256::digest(key.as_ref());
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&digest[..KEY_ID_LEN]);
-        Self { key, id }
+        Self {
+            key,
+            id,
+            extra: Vec::new(),
+        }
+    }
+
+    /// This key for sealing, and also `extra` keys for opening: what a replica runs
+    /// with while the master key is rotated without downtime (see the crate README).
+    /// Values are always sealed with `self`; a value opens with whichever key its key
+    /// id names.
+    pub fn with_extra_keys(mut self, extra: Vec<MasterKey>) -> Self {
+        for mut k in extra {
+            if k.id != self.id && !self.extra.iter().any(|e| e.id == k.id) {
+                k.extra.clear();
+                self.extra.push(k);
+            }
+        }
+        self
+    }
+
+    /// The ids of every key this ring opens with, sealing key first.
+    pub fn accepted_ids_hex(&self) -> Vec<String> {
+        std::iter::once(self.id_hex())
+            .chain(self.extra.iter().map(MasterKey::id_hex))
+            .collect()
+    }
+
+    /// Whether `sealed` is sealed under this (sealing) key.
+    pub fn sealed_with_this_key(&self, sealed: &[u8]) -> bool {
+        Parts::parse(sealed).is_ok_and(|p| p.key_id == self.id)
     }
 
     /// A fresh random key.
@@ -284,15 +320,20 @@ impl MasterKey {
         Ok(Sealed(out))
     }
 
-    fn check_header<'a>(&self, sealed: &'a [u8]) -> Result<Parts<'a>, MasterKeyError> {
+    /// Parses `sealed` and picks the key of the ring its key id names.
+    fn check_header<'a>(
+        &self,
+        sealed: &'a [u8],
+    ) -> Result<(&MasterKey, Parts<'a>), MasterKeyError> {
         let p = Parts::parse(sealed)?;
-        if p.key_id != self.id {
-            return Err(MasterKeyError::WrongKey {
+        let key = std::iter::once(self)
+            .chain(self.extra.iter())
+            .find(|k| k.id == p.key_id)
+            .ok_or_else(|| MasterKeyError::WrongKey {
                 found: hex::encode(p.key_id),
-                expected: self.id_hex(),
-            });
-        }
-        Ok(p)
+                expected: self.accepted_ids_hex().join(" or "),
+            })?;
+        Ok((key, p))
     }
 
     fn unwrap_dek(
@@ -314,8 +355,8 @@ impl MasterKey {
 
     /// Opens a value sealed with [`MasterKey::seal`] under the same `context`.
     pub fn open(&self, context: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, MasterKeyError> {
-        let p = self.check_header(sealed)?;
-        let dek = self.unwrap_dek(&p, context)?;
+        let (key, p) = self.check_header(sealed)?;
+        let dek = key.unwrap_dek(&p, context)?;
         if dek.len() != 32 {
             return Err(MasterKeyError::Malformed);
         }
@@ -350,8 +391,8 @@ impl Sealed {
         old: &MasterKey,
         new: &MasterKey,
     ) -> Result<Sealed, MasterKeyError> {
-        let p = old.check_header(sealed)?;
-        let dek = old.unwrap_dek(&p, context)?;
+        let (key, p) = old.check_header(sealed)?;
+        let dek = key.unwrap_dek(&p, context)?;
         let mut wrap_nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut wrap_nonce);
         let wrapped = new
@@ -452,6 +493,42 @@ mod command_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyring_opens_with_any_key_and_seals_with_the_first() {
+        let old = MasterKey::from_bytes([1; 32]);
+        let new = MasterKey::from_bytes([2; 32]);
+        let under_old = old.seal("ctx", b"old secret").unwrap();
+        let ring =
+            MasterKey::from_bytes([2; 32]).with_extra_keys(vec![MasterKey::from_bytes([1; 32])]);
+        assert_eq!(
+            ring.open("ctx", &under_old.0).unwrap().as_slice(),
+            b"old secret"
+        );
+        let under_ring = ring.seal("ctx", b"new secret").unwrap();
+        assert!(new.sealed_with_this_key(&under_ring.0));
+        assert!(!old.sealed_with_this_key(&under_ring.0));
+        assert_eq!(
+            new.open("ctx", &under_ring.0).unwrap().as_slice(),
+            b"new secret"
+        );
+        // Without the old key the old value is refused, naming the accepted ids.
+        let err = new.open("ctx", &under_old.0).unwrap_err().to_string();
+        assert!(
+            err.contains(&old.id_hex()) && err.contains(&new.id_hex()),
+            "{err}"
+        );
+        // The extra key never opens a value bound to another context.
+        assert!(ring.open("other", &under_old.0).is_err());
+        // Duplicates and the sealing key itself are not added twice.
+        let dup = MasterKey::from_bytes([2; 32]).with_extra_keys(vec![
+            MasterKey::from_bytes([2; 32]),
+            MasterKey::from_bytes([1; 32]),
+            MasterKey::from_bytes([1; 32]),
+        ]);
+        assert_eq!(dup.accepted_ids_hex(), vec![new.id_hex(), old.id_hex()]);
+        assert!(format!("{dup:?}").contains("accepts"));
+    }
 
     #[test]
     fn seal_open_roundtrip_and_context_binding() {

@@ -295,7 +295,19 @@ pub async fn build_state(
     cfg: &ServeConfig,
     verifier: Option<Arc<dyn EvidenceVerifier>>,
 ) -> Result<AppState, ServeError> {
-    let master_key = MasterKey::from_source(&cfg.master_key).map_err(ServeError::MasterKey)?;
+    let mut extra = Vec::new();
+    for f in &cfg.extra_master_keys {
+        extra.push(MasterKey::load(f).map_err(ServeError::MasterKey)?);
+    }
+    let master_key = MasterKey::from_source(&cfg.master_key)
+        .map_err(ServeError::MasterKey)?
+        .with_extra_keys(extra);
+    if !cfg.extra_master_keys.is_empty() {
+        tracing::warn!(
+            keys = ?master_key.accepted_ids_hex(),
+            "extra master keys accepted for opening values (master-key rotation in progress)"
+        );
+    }
     let db = Db::open(&cfg.database_url).await.map_err(ServeError::Db)?;
     let signer = sessions::signing_key(&db, &master_key)
         .await

@@ -38,34 +38,51 @@ pub async fn rotate_master_key(
 ) -> Result<usize, RotateError> {
     let mut tx = db.begin().await?;
     let mut n = 0usize;
-    let rewrap = |what: String, ctx: String, sealed: &[u8]| {
+    // Values a replica already sealed under the new key (during an online rotation,
+    // replicas run with the new key and accept the old one) are left as they are.
+    let mut already = 0usize;
+    let mut rewrap = |what: String, ctx: String, sealed: &[u8]| {
+        if new.sealed_with_this_key(sealed) {
+            already += 1;
+            return Ok(None);
+        }
         Sealed::rewrap(sealed, &ctx, old, new)
+            .map(Some)
             .map_err(|source| RotateError::Rewrap { what, source })
     };
     for (path, sealed) in workloads::all_sealed(&mut tx).await? {
-        let s = rewrap(
+        let Some(s) = rewrap(
             format!("resource {path}"),
             workloads::resource_seal_context(&path),
             &sealed,
-        )?;
+        )?
+        else {
+            continue;
+        };
         workloads::set_sealed(&mut tx, &path, &s.0).await?;
         n += 1;
     }
     for (id, sealed) in users::sealed_secrets(&mut tx).await? {
-        let s = rewrap(
+        let Some(s) = rewrap(
             format!("the TOTP secret of user {id}"),
             users::totp_seal_context(&id),
             &sealed,
-        )?;
+        )?
+        else {
+            continue;
+        };
         users::set_sealed_secret(&mut tx, &id, &s.0).await?;
         n += 1;
     }
     for (id, sealed) in sessions::sealed_signing_keys(&mut tx).await? {
-        let s = rewrap(
+        let Some(s) = rewrap(
             format!("signing key {id}"),
             format!("signing-key:{id}"),
             &sealed,
-        )?;
+        )?
+        else {
+            continue;
+        };
         sessions::set_sealed_signing_key(&mut tx, &id, &s.0).await?;
         n += 1;
     }
@@ -77,7 +94,7 @@ pub async fn rotate_master_key(
             client: "-".into(),
             subject: "master-key".into(),
             outcome: "rotated".into(),
-            detail: json!({"old_key_id": old.id_hex(), "new_key_id": new.id_hex(), "values": n}),
+            detail: json!({"old_key_id": old.id_hex(), "new_key_id": new.id_hex(), "values": n, "already_new": already}),
         },
     )
     .await?;
