@@ -55,6 +55,9 @@ pub type Tx = Transaction<'static, Any>;
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    /// SQLite only: connections with `synchronous = NORMAL` for writes that may be lost
+    /// on power failure without harm (see [`Db::ephemeral_pool`]).
+    ephemeral: Option<AnyPool>,
     backend: Backend,
 }
 
@@ -128,8 +131,35 @@ impl Db {
         } else {
             pool = pool.max_connections(16);
         }
-        let pool = pool.connect_with(opts).await.map_err(DbError::Connect)?;
-        Ok(Self { pool, backend })
+        let pool = pool
+            .connect_with(opts.clone())
+            .await
+            .map_err(DbError::Connect)?;
+        let ephemeral = if backend == Backend::Sqlite {
+            let p = AnyPoolOptions::new()
+                .acquire_timeout(Duration::from_secs(30))
+                .max_connections(2)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA busy_timeout = 15000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        Ok(())
+                    })
+                })
+                .connect_with(opts)
+                .await
+                .map_err(DbError::Connect)?;
+            Some(p)
+        } else {
+            None
+        };
+        Ok(Self {
+            pool,
+            ephemeral,
+            backend,
+        })
     }
 
     /// Applies pending migrations for this backend.
@@ -144,6 +174,16 @@ impl Db {
     /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for writes whose loss in a power failure is harmless: a new challenge
+    /// session (the guest asks again). On SQLite its connections commit without an
+    /// fsync (`synchronous = NORMAL` in WAL mode: the commit survives a crash of the
+    /// process, and the next durable commit flushes it); everything that releases or
+    /// records anything uses [`Db::pool`] or [`Db::begin`], which fsync. PostgreSQL uses
+    /// the one pool.
+    pub fn ephemeral_pool(&self) -> &AnyPool {
+        self.ephemeral.as_ref().unwrap_or(&self.pool)
     }
 
     /// The backend.
@@ -161,6 +201,9 @@ impl Db {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        if let Some(e) = &self.ephemeral {
+            e.close().await;
+        }
         self.pool.close().await;
     }
 }

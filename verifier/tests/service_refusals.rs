@@ -186,6 +186,21 @@ async fn attest_refusals() {
     })
     .await;
 
+    // The same challenge answered eight times at once: exactly one attempt wins.
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let body = KbsClient::attestation(&ch, &key, &snp).unwrap();
+    let attempts = (0..8).map(|_| {
+        let (client, session, body) = (ctx.client.clone(), ch.session.clone(), body.clone());
+        tokio::spawn(async move { client.attest_raw(&session, &body).await })
+    });
+    let mut won = 0;
+    for a in attempts {
+        if a.await.unwrap().is_ok() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1, "a challenge was used more than once");
+
     // Unknown measurement: no workload accepts it.
     let other = SnpGuest::open(&emulated_dir(), [0x11; 48]).unwrap();
     let ch = ctx.client.auth("snp", json!({})).await.unwrap();

@@ -275,12 +275,9 @@ async fn attest_inner(
         .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
-    if !sessions::consume_nonce(&st.db, &id, &session.nonce).await? {
-        return Err(Refusal::new(
-            "replay",
-            ApiError::Unauthorized("the challenge of this session was already used".into()),
-        ));
-    }
+    // From here on a refusal burns the challenge. The nonce itself is consumed in the
+    // same transaction that records the accepted attestation (one durable commit per
+    // attestation); of concurrent attempts with the same challenge, only one can win.
     ctx.consumed = true;
     let tee = if session.tee == "snp" {
         Tee::Snp
@@ -316,6 +313,13 @@ async fn attest_inner(
     let expires_at = now() + st.limits.token_ttl;
 
     let mut tx = st.db.begin().await?;
+    if !sessions::consume_nonce(&mut tx, &id, &session.nonce).await? {
+        drop(tx);
+        return Err(Refusal::new(
+            "replay",
+            ApiError::Unauthorized("the challenge of this session was already used".into()),
+        ));
+    }
     let guest = sessions::record_guest(
         &mut tx,
         &GuestIdentity {

@@ -57,7 +57,7 @@ pub async fn create(
     .bind(hint)
     .bind(t)
     .bind(t + ttl)
-    .execute(db.pool())
+    .execute(db.ephemeral_pool())
     .await?;
     Ok(Session {
         id,
@@ -99,22 +99,25 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
 
 /// Consumes the session's nonce: `challenged` → `verifying` if unexpired. Returns
 /// whether this caller won (false: replayed, expired or unknown).
-pub async fn consume_nonce(db: &Db, id: &str, nonce: &str) -> Result<bool, DbError> {
+pub async fn consume_nonce(tx: &mut Tx, id: &str, nonce: &str) -> Result<bool, DbError> {
     let n = sqlx::query(
         "UPDATE kbs_sessions SET state = 'verifying' WHERE id = $1 AND nonce = $2 AND state = 'challenged' AND expires_at > $3",
     )
     .bind(id)
     .bind(nonce)
     .bind(now())
-    .execute(db.pool())
+    .execute(&mut **tx)
     .await?
     .rows_affected();
     Ok(n == 1)
 }
 
-/// Marks a session failed.
+/// Marks a session whose challenge was not used successfully as failed, so its nonce
+/// cannot be tried again (an attested session is left alone).
 pub async fn fail(tx: &mut Tx, id: &str) -> Result<(), DbError> {
-    sqlx::query("UPDATE kbs_sessions SET state = 'failed' WHERE id = $1")
+    sqlx::query(
+        "UPDATE kbs_sessions SET state = 'failed' WHERE id = $1 AND state IN ('challenged', 'verifying')",
+    )
         .bind(id)
         .execute(&mut **tx)
         .await?;
