@@ -25,9 +25,17 @@ enum Command {
     Launch(cli::launch::Args),
     /// Report what this host can run (KVM, SNP, TDX, cgroups, seccomp).
     HostCheck(cli::host_check::Args),
+    /// Build guest disk images (encrypted LUKS2 disks and their keys).
+    #[command(subcommand)]
+    Image(cli::image::Command),
     /// Software-emulated TEE platforms (test equipment; insecure).
     #[command(subcommand)]
     Emulated(cli::emulated::Command),
+    /// Write the embedded project firmware to a file.
+    Firmware(cli::firmware::Args),
+    /// Run the whole system on this machine: a verifier, emulated SEV-SNP and TDX
+    /// launches of the test guest that unlock an encrypted disk only after attestation.
+    Demo(cli::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,5 +64,8 @@ fn main() -> ExitCode {
         Command::Emulated(c) => cli::emulated::run(c),
         Command::Launch(a) => cli::launch::run(a),
         Command::HostCheck(a) => cli::host_check::run(a),
+        Command::Image(c) => cli::image::run(c),
+        Command::Firmware(a) => cli::firmware::run(a),
+        Command::Demo(a) => cli::demo::run(a),
     }
 }

@@ -1,8 +1,11 @@
 //! Subcommands of `cvm`, one module each. Binaries print `error: …` then one
 //! `caused by: …` line per source.
 
+pub mod demo;
 pub mod emulated;
+pub mod firmware;
 pub mod host_check;
+pub mod image;
 pub mod launch;
 pub mod measure;
 
