@@ -8,6 +8,7 @@
 //! - Each virtio-mmio device is a `LNRO0005` device with its MMIO window and its
 //!   interrupt, which is how Linux finds virtio-mmio devices without the
 //!   `virtio_mmio.device=` command line (Debian's kernel lacks that option).
+//! - The pvpanic device (`QEMU0001`, port 0x505) lets a stock kernel report panics.
 //! - The MADT lists one local APIC per vCPU and the I/O APIC.
 //!
 //! The tables are laid out contiguously from [`AcpiTables::rsdp_gpa`] (the RSDP
@@ -26,7 +27,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
-use crate::devices::legacy::{PM1A_CNT, PM1A_EVT, S5_SLP_TYP};
+use crate::devices::legacy::{PM1A_CNT, PM1A_EVT, PVPANIC_PORT, S5_SLP_TYP};
 use crate::devices::serial::{COM1_BASE, COM1_IRQ};
 
 /// Where the tables start in guest memory (the legacy BIOS area below 1 MiB).
@@ -110,6 +111,14 @@ pub fn dsdt(devices: &[VirtioMmioDesc]) -> Vec<u8> {
         vec![&com1_hid, &com1_uid, &com1_crs_name],
     );
 
+    // pvpanic (QEMU's ISA device): Linux's pvpanic driver binds to QEMU0001.
+    let (pv_io, pv_sta) = (IO::new(PVPANIC_PORT, PVPANIC_PORT, 1, 1), 0x0Fu8);
+    let pv_hid_str = AmlString::from("QEMU0001");
+    let pv_hid = Name::new(Path::new("_HID"), &pv_hid_str);
+    let pv_crs = Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&pv_io]));
+    let pv_sta = Name::new(Path::new("_STA"), &pv_sta);
+    let pvpanic = Device::new(Path::new("PEVT"), vec![&pv_hid, &pv_crs, &pv_sta]);
+
     struct Dev {
         hid: Name,
         uid: Name,
@@ -138,7 +147,7 @@ pub fn dsdt(devices: &[VirtioMmioDesc]) -> Vec<u8> {
         .zip(&names)
         .map(|(d, n)| Device::new(Path::new(n), vec![&d.hid, &d.uid, &d.cca, &d.crs]))
         .collect();
-    let mut sb_children: Vec<&dyn Aml> = vec![&com1];
+    let mut sb_children: Vec<&dyn Aml> = vec![&com1, &pvpanic];
     sb_children.extend(dev_objs.iter().map(|d| d as &dyn Aml));
     let sb = Scope::new(Path::new("\\_SB_"), sb_children);
 
@@ -304,6 +313,21 @@ mod tests {
         }
         assert_eq!(types, vec![0, 0, 0, 0, 1]);
         assert!(t.blob.len() as u64 <= ACPI_SIZE);
+    }
+
+    #[test]
+    fn dsdt_describes_pvpanic_and_every_virtio_device() {
+        let devs: Vec<_> = (0..3)
+            .map(|i| VirtioMmioDesc {
+                base: 0xd000_0000 + 0x1000 * i,
+                size: 0x1000,
+                irq: 16 + i,
+            })
+            .collect();
+        let d = dsdt(&devs);
+        let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"QEMU0001") && has(b"PEVT"));
+        assert!(has(b"VR00") && has(b"VR02") && !has(b"VR03"));
     }
 
     #[test]

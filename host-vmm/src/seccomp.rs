@@ -5,6 +5,9 @@
 //! - vCPU threads: `KVM_RUN`, `KVM_GET_REGS` and `KVM_GET_SREGS` (diagnosis) on their
 //!   vCPU fd, `write` (serial console, irqfd, log), memory management for the
 //!   allocator, futexes, signal return (the kick signal), thread exit.
+//! - the vsock event thread: epoll, reading and writing its sockets, accepting on the
+//!   hybrid-vsock listener, connecting to Unix sockets and the verifier (socket,
+//!   connect, getsockopt/setsockopt, shutdown, FIONBIO), and getrandom for TLS.
 //! - the VMM thread, once the guest is running: waiting (futex, sleep), signalling the
 //!   vCPU threads out of KVM_RUN (`tgkill`), logging, and exit.
 //!
@@ -37,6 +40,8 @@ pub enum ThreadKind {
     Vcpu,
     /// The VMM's main thread after the guest started.
     Vmm,
+    /// The virtio-vsock event thread (Unix sockets, the attestation relay's TCP/TLS).
+    VsockEvents,
 }
 
 /// Errors building or installing a filter.
@@ -97,6 +102,8 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             libc::SYS_close,
             libc::SYS_exit,
             libc::SYS_exit_group,
+            // Answered with EACCES by the second filter (see `deny_open_program`).
+            libc::SYS_openat,
         ],
     );
     let arg1_is = |value: u64| {
@@ -108,12 +115,48 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     rules.insert(libc::SYS_fcntl, vec![arg1_is(libc::F_GETFD as u64)?]);
     match kind {
         ThreadKind::Vcpu => {
+            // virtio-blk requests are served on the vCPU thread that notified the
+            // queue: positioned reads and writes, and flushes.
+            allow(
+                &mut rules,
+                &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
+            );
             rules.insert(
                 libc::SYS_ioctl,
                 vec![
                     arg1_is(KVM_RUN)?,
                     arg1_is(KVM_GET_REGS)?,
                     arg1_is(KVM_GET_SREGS)?,
+                ],
+            );
+        }
+        ThreadKind::VsockEvents => {
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_epoll_ctl,
+                    libc::SYS_read,
+                    libc::SYS_readv,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_socket,
+                    libc::SYS_connect,
+                    libc::SYS_accept4,
+                    libc::SYS_getsockopt,
+                    libc::SYS_setsockopt,
+                    libc::SYS_shutdown,
+                    libc::SYS_getrandom,
+                ],
+            );
+            rules.insert(libc::SYS_ioctl, vec![arg1_is(libc::FIONBIO)?]);
+            rules.insert(
+                libc::SYS_fcntl,
+                vec![
+                    arg1_is(libc::F_GETFD as u64)?,
+                    arg1_is(libc::F_GETFL as u64)?,
+                    arg1_is(libc::F_SETFL as u64)?,
                 ],
             );
         }
@@ -139,12 +182,35 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         .map_err(|e| SeccompError::Compile(kind, e))
 }
 
-/// Installs the filter for `kind` on the calling thread (no-op when `mode` is off).
+/// The second filter of every thread: `openat` fails with EACCES instead of killing
+/// the VMM. glibc's malloc opens `/proc/sys/vm/overcommit_memory` the first time a
+/// thread arena shrinks (after a device freed a large buffer) and carries on without
+/// it when the open fails, so refusing it is safe; no file can be opened.
+pub fn deny_open_program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    allow(&mut rules, &[libc::SYS_openat, libc::SYS_open]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| SeccompError::Build(kind, e))?;
+    filter
+        .try_into()
+        .map_err(|e| SeccompError::Compile(kind, e))
+}
+
+/// Installs the filters for `kind` on the calling thread (no-op when `mode` is off).
 pub fn install(kind: ThreadKind, mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::Off {
         return Ok(());
     }
     let prog = program(kind)?;
+    let deny_open = deny_open_program(kind)?;
+    // The permissive one first: installing a filter takes prctl and seccomp, which the
+    // allow list does not permit.
+    apply_filter(&deny_open).map_err(|e| SeccompError::Install(kind, e))?;
     apply_filter(&prog).map_err(|e| SeccompError::Install(kind, e))
 }
 
@@ -163,6 +229,7 @@ mod tests {
     fn programs_compile() {
         assert!(program(ThreadKind::Vcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Vmm).unwrap().len() > 10);
+        assert!(program(ThreadKind::VsockEvents).unwrap().len() > 10);
     }
 
     #[test]
@@ -170,6 +237,9 @@ mod tests {
         // Run the check in a child process: the filter kills the whole process.
         if std::env::var_os("CVM_SECCOMP_CHILD").is_some() {
             install(ThreadKind::Vcpu, SeccompMode::On).unwrap();
+            // Opening a file fails instead of killing.
+            let e = std::fs::File::open("/proc/sys/vm/overcommit_memory").unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES));
             // SAFETY: getppid has no preconditions; it is simply not on the allow list.
             unsafe { libc::getppid() };
             std::process::exit(0);

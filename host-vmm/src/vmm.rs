@@ -12,16 +12,22 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::acpi::{self, AcpiError, VirtioMmioDesc};
-use crate::devices::legacy::{AcpiPm, I8042, I8042_BASE, PM1A_EVT};
+use crate::boot::{self, BootError, BootInputs, Tamper};
+use crate::devices::legacy::{AcpiPm, PvPanic, I8042, I8042_BASE, PM1A_EVT, PVPANIC_PORT};
 use crate::devices::serial::IrqTrigger;
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::{self, Vsock, VsockConfig, VsockError};
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::emulated::{EmulatedTee, Mailbox, MAILBOX_PORT};
+use crate::tee::TeeKind;
+use crate::vstate::vcpu::sanitize_cpuid;
 use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +75,17 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The emulated TEE the guest's mailbox talks to, if any.
     pub emulated_tee: Option<EmulatedTee>,
+    /// The TEE (decides the CPUID leaves the guest sees and whether virtio devices
+    /// require VIRTIO_F_ACCESS_PLATFORM).
+    pub tee: TeeKind,
+    /// Kernel, initrd and command line to stage for the firmware.
+    pub boot: Option<BootInputs>,
+    /// TEST EQUIPMENT: stage a corrupted copy of one boot item.
+    pub tamper: Option<Tamper>,
+    /// Pages of the launch plan the VMM places itself (the kernel hashes table).
+    pub preload: Vec<(u64, Vec<u8>)>,
+    /// The virtio-vsock device, if any (after the disks in MMIO order).
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Errors building or running the VM.
@@ -124,6 +141,18 @@ pub enum VmmError {
     /// The kick signal handler could not be installed.
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    /// The boot data could not be staged.
+    #[error("cannot stage the kernel")]
+    Boot(#[from] BootError),
+    /// A launch-plan page could not be written.
+    #[error("cannot write a launch-plan page into guest memory")]
+    Preload(#[source] vm_memory::GuestMemoryError),
+    /// The vsock device could not be created.
+    #[error("cannot create the virtio-vsock device")]
+    Vsock(#[from] VsockError),
+    /// The vsock event loop could not be set up.
+    #[error("cannot set up the vsock event loop")]
+    EventLoop(#[source] std::io::Error),
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -160,6 +189,34 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
     bus.pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
     bus.pio
         .insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+    bus.pio
+        .insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)))?;
+    {
+        use vm_memory::Bytes;
+        for (gpa, page) in &config.preload {
+            vm.memory()
+                .write_slice(page, vm_memory::GuestAddress(*gpa))
+                .map_err(VmmError::Preload)?;
+        }
+    }
+    let staged = boot::stage(
+        vm.memory(),
+        config.memory,
+        config.vcpus,
+        config.boot.as_ref(),
+        config.tamper,
+    )?;
+    if config.boot.is_some() {
+        tracing::info!(
+            event = "boot-data",
+            staging = format_args!("{:#x}+{:#x}", staged.base, staged.size),
+            kernel = format_args!("{:#x}+{:#x}", staged.kernel.0, staged.kernel.1),
+            initrd = format_args!("{:#x}+{:#x}", staged.initrd.0, staged.initrd.1),
+            cmdline = format_args!("{:#x}+{:#x}", staged.cmdline.0, staged.cmdline.1),
+            "kernel staged; boot-data descriptor at 0x8000"
+        );
+    }
+    let confidential = matches!(config.tee, TeeKind::Snp | TeeKind::Tdx);
 
     if let Some(tee) = config.emulated_tee {
         bus.pio.insert(
@@ -168,8 +225,9 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
             Arc::new(Mutex::new(Mailbox::new(tee, vm.memory().clone()))),
         )?;
     }
-    if config.disks.len() > MAX_VIRTIO_DEVICES {
-        return Err(VmmError::TooManyDevices(config.disks.len()));
+    let n_devices = config.disks.len() + usize::from(config.vsock.is_some());
+    if n_devices > MAX_VIRTIO_DEVICES {
+        return Err(VmmError::TooManyDevices(n_devices));
     }
     let mut descs = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
@@ -180,7 +238,7 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
             Box::new(block),
             vm.memory().clone(),
             IrqTrigger(vm.irqfd(gsi)?),
-            false,
+            confidential,
         );
         bus.mmio
             .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
@@ -191,6 +249,45 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
         });
         tracing::info!(event = "device", kind = "virtio-blk", path = %d.path.display(), read_only = d.read_only, mmio = format_args!("{base:#x}"), gsi, "disk attached");
     }
+    let mut vsock_loop = None;
+    if let Some(vc) = &config.vsock {
+        let i = descs.len();
+        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + i as u32;
+        let epoll = Arc::new(Epoll::new().map_err(VmmError::EventLoop)?);
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                std::os::unix::io::AsRawFd::as_raw_fd(&stop),
+                EpollEvent::new(EventSet::IN, vsock::TOKEN_STOP),
+            )
+            .map_err(VmmError::EventLoop)?;
+        let device = Vsock::new(vc, epoll.clone())?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            Box::new(device),
+            vm.memory().clone(),
+            IrqTrigger(vm.irqfd(gsi)?),
+            confidential,
+        )));
+        bus.mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        descs.push(VirtioMmioDesc {
+            base: base as u32,
+            size: VIRTIO_MMIO_SIZE as u32,
+            irq: gsi,
+        });
+        tracing::info!(
+            event = "device",
+            kind = "virtio-vsock",
+            guest_cid = vc.guest_cid,
+            uds = ?vc.uds,
+            relay = vc.relay.as_ref().map(|r| r.url.as_str()).unwrap_or("none"),
+            mmio = format_args!("{base:#x}"),
+            gsi,
+            "vsock attached"
+        );
+        vsock_loop = Some((epoll, transport, stop));
+    }
     let tables = acpi::build(config.vcpus, &descs)?;
     {
         use vm_memory::Bytes;
@@ -200,9 +297,14 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
     }
     let bus = Arc::new(bus);
 
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmmError::Cpuid)?;
+    sanitize_cpuid(
+        &mut cpuid,
+        config.tee == TeeKind::Snp,
+        config.tee == TeeKind::Tdx,
+    );
     let vcpus = (0..config.vcpus)
         .map(|i| Vcpu::new(vm.fd(), i, &cpuid))
         .collect::<Result<Vec<_>, _>>()?;
@@ -212,9 +314,27 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
     let (tx, rx) = mpsc::channel();
     // Every thread installs its seccomp filter, then waits here: no guest code runs
     // before all filters are in place.
-    let gate = Arc::new(std::sync::Barrier::new(vcpus.len() + 1));
+    let gate = Arc::new(std::sync::Barrier::new(
+        vcpus.len() + 1 + usize::from(vsock_loop.is_some()),
+    ));
     let mode = config.seccomp;
     let mut threads = Vec::new();
+    let mut event_thread = None;
+    if let Some((epoll, transport, stop_evt)) = vsock_loop {
+        let gate = gate.clone();
+        let t = std::thread::Builder::new()
+            .name("vsock".into())
+            .spawn(move || {
+                let confined = seccomp::install(ThreadKind::VsockEvents, mode);
+                gate.wait();
+                match confined {
+                    Ok(()) => vsock::event_loop(&epoll, &transport),
+                    Err(e) => tracing::error!(error = %e, "vsock thread not confined; not serving"),
+                }
+            })
+            .map_err(VmmError::Thread)?;
+        event_thread = Some((t, stop_evt));
+    }
     for mut vcpu in vcpus {
         let (bus, vm, stop, tx, gate) = (
             bus.clone(),
@@ -278,6 +398,16 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
             let _ = t.join();
         } else {
             tracing::warn!("a vCPU thread did not stop; leaving it to process exit");
+        }
+    }
+    if let Some((t, stop_evt)) = event_thread {
+        let _ = stop_evt.write(1);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
         }
     }
     Ok(why)

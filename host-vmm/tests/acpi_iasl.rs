@@ -73,6 +73,10 @@ fn iasl_disassembles_every_table_and_sees_our_devices() {
     );
     assert!(dsdt.contains("Name (_S5, Package"), "{dsdt}");
     assert!(dsdt.contains("PNP0501"), "{dsdt}");
+    assert!(
+        dsdt.contains("QEMU0001") && dsdt.contains("0x0505"),
+        "pvpanic: {dsdt}"
+    );
     assert!(dsdt.contains("Memory32Fixed (ReadWrite,"), "{dsdt}");
 
     let fadt = disassemble(dir.path(), &t, b"FACP");

@@ -3,11 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::boot::{BootError, BootInputs, Tamper};
+use crate::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
 use crate::seccomp::SeccompMode;
 use crate::tee::emulated::{EmulatedLaunchError, EmulatedTee};
 use crate::tee::{self, KvmCapabilities, TeeKind};
 use crate::vmm::{self, DiskConfig, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
+use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
+use measured_boot::FirmwareImage;
 
 /// `cvm launch`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +50,55 @@ pub struct Args {
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: SeccompMode,
+    /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
+    /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initrd (requires --kernel).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (requires --kernel); measured with its trailing NUL.
+    #[arg(
+        long,
+        value_name = "STR",
+        requires = "kernel",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Option<String>,
+    /// TEST EQUIPMENT: stage a corrupted copy of one item (the measurement still
+    /// describes the original), as a malicious host would. Refused unless
+    /// CVM_ALLOW_TAMPER_FOR_TESTS=1.
+    #[arg(long, value_enum, hide = true, requires = "kernel")]
+    pub tamper_staged: Option<Tamper>,
+    /// Guest CID of the virtio-vsock device.
+    #[arg(long, default_value_t = 3, value_parser = parse_cid)]
+    pub vsock_cid: u64,
+    /// Hybrid vsock: guest connections to host port P reach the Unix socket PATH_P, and
+    /// host clients connect to PATH and send `CONNECT <port>\n`.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_uds: Option<PathBuf>,
+    /// Attestation relay: guest connections to host port 50000 are relayed to this
+    /// verifier (https://…, or http:// to a loopback address only).
+    #[arg(long, value_name = "URL")]
+    pub verifier: Option<String>,
+    /// CA certificate(s) (PEM) trusted for an https --verifier; required for https.
+    #[arg(long, value_name = "FILE", requires = "verifier")]
+    pub verifier_ca: Option<PathBuf>,
+}
+
+/// The environment variable that unlocks `--tamper-staged`.
+pub const TAMPER_ENV: &str = "CVM_ALLOW_TAMPER_FOR_TESTS";
+
+fn parse_cid(s: &str) -> Result<u64, String> {
+    let cid: u64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+    // 0, 1 and 2 are the hypervisor, local and host CIDs; u32::MAX is VMADDR_CID_ANY.
+    if cid < 3 || cid >= u64::from(u32::MAX) {
+        return Err(format!(
+            "guest CID {cid} is reserved (use 3..{})",
+            u32::MAX - 1
+        ));
+    }
+    Ok(cid)
 }
 
 /// Parses sizes such as `512M`, `2G`, `1048576`.
@@ -158,6 +211,18 @@ pub enum LaunchError {
     /// Arguments are inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// The kernel, initrd or command line cannot be delivered.
+    #[error("cannot deliver the kernel")]
+    Boot(#[from] BootError),
+    /// The plain guest's kernel hashes table could not be built.
+    #[error("cannot build the kernel hashes table for the firmware")]
+    Hashes(#[source] measured_boot::snp::SnpPlanError),
+    /// The firmware image is unusable.
+    #[error("invalid firmware")]
+    FirmwareImage(#[from] measured_boot::FirmwareError),
+    /// The attestation relay is misconfigured.
+    #[error("invalid --verifier")]
+    Relay(#[from] RelayError),
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -174,39 +239,104 @@ pub fn exit_status(why: &VcpuStop) -> (u8, String) {
         VcpuStop::FailEntry { reason } => (1, format!("KVM could not enter the guest (hardware entry failure reason {reason:#x})")),
         VcpuStop::Halted(s) => (1, format!("guest halted with nothing to wake it: {s}")),
         VcpuStop::Crash => (1, "guest reported a crash".into()),
+        VcpuStop::GuestPanic => (1, "guest panicked (pvpanic)".into()),
         VcpuStop::RunError(e) => (1, format!("KVM_RUN failed: {e}")),
         VcpuStop::UnexpectedExit(e) => (1, format!("unexpected VM exit: {e}")),
     }
 }
 
+fn snp_config(a: &Args, boot: Option<&BootInputs>) -> Result<SnpPlanConfig, LaunchError> {
+    let vcpu_sig = measured_boot::snp::cpu::sig_by_name(&a.vcpu_type)
+        .ok_or_else(|| LaunchError::Usage(format!("unknown vCPU type `{}`", a.vcpu_type)))?;
+    Ok(SnpPlanConfig {
+        vcpus: a.vcpus,
+        vcpu_sig,
+        guest_features: 1,
+        vmm_type: measured_boot::snp::vmsa::VmmType::Qemu,
+        hashes: boot.map(BootInputs::sev_hashes),
+    })
+}
+
+/// The pages of an SNP plan the VMM itself must place in guest memory: measured
+/// (NORMAL) pages other than the firmware, i.e. the kernel hashes table page.
+pub fn plan_pages(plan: &SnpLaunchPlan) -> Vec<(u64, Vec<u8>)> {
+    plan.updates()
+        .filter(|u| u.page_type == PageType::Normal && u.gpa != plan.firmware().gpa())
+        .filter_map(|u| match u.contents {
+            UpdateContents::Data(d) => Some((u.gpa, d.to_vec())),
+            UpdateContents::Absent { .. } => None,
+        })
+        .collect()
+}
+
+fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
+    let relay = a
+        .verifier
+        .as_deref()
+        .map(|url| RelayConfig::new(url, a.verifier_ca.as_deref()))
+        .transpose()?;
+    if a.vsock_uds.is_none() && relay.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(VsockConfig {
+        guest_cid: a.vsock_cid,
+        uds: a.vsock_uds.clone(),
+        relay,
+    }))
+}
+
 fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
+    if a.tamper_staged.is_some() && std::env::var(TAMPER_ENV).as_deref() != Ok("1") {
+        return Err(LaunchError::Usage(format!(
+            "--tamper-staged is test equipment; it is refused unless {TAMPER_ENV}=1"
+        )));
+    }
     let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
     tee::check(a.tee, &KvmCapabilities::query(&kvm))?;
     let firmware =
         std::fs::read(&a.firmware).map_err(|e| LaunchError::Firmware(a.firmware.clone(), e))?;
+    let boot = a
+        .kernel
+        .as_deref()
+        .map(|k| BootInputs::read(k, a.initrd.as_deref(), a.cmdline.clone()))
+        .transpose()?;
+    let vsock = vsock_config(a)?;
     let platform = || {
         a.emulated_platform.clone().ok_or_else(|| {
             LaunchError::Usage(format!("--tee {} needs --emulated-platform DIR", a.tee))
         })
     };
+    let mut preload = Vec::new();
+    let mut rtmrs = None;
     let (emulated_tee, measurement) = match a.tee {
-        TeeKind::None => (None, None),
+        TeeKind::None => {
+            // No TEE measures anything, but the firmware still checks the staged kernel
+            // against the same hashes table, which the VMM writes where the SNP launch
+            // would have put it.
+            if let Some(b) = &boot {
+                // The hashes page does not depend on the vCPUs; one VMSA keeps the plan
+                // from requiring an AP reset block the firmware may not have.
+                let config = SnpPlanConfig {
+                    vcpus: 1,
+                    ..snp_config(a, Some(b))?
+                };
+                let plan = SnpLaunchPlan::new(FirmwareImage::parse(firmware.clone())?, config)
+                    .map_err(LaunchError::Hashes)?;
+                preload = plan_pages(&plan);
+            }
+            (None, None)
+        }
         TeeKind::Snp | TeeKind::Tdx => return Err(LaunchError::BackendMissing(a.tee)),
         TeeKind::EmulatedSnp => {
-            let vcpu_sig = measured_boot::snp::cpu::sig_by_name(&a.vcpu_type).ok_or_else(|| {
-                LaunchError::Usage(format!("unknown vCPU type `{}`", a.vcpu_type))
-            })?;
-            let config = measured_boot::snp::SnpPlanConfig {
-                vcpus: a.vcpus,
-                vcpu_sig,
-                guest_features: 1,
-                vmm_type: measured_boot::snp::vmsa::VmmType::Qemu,
-                hashes: None,
-            };
+            let plan = SnpLaunchPlan::new(
+                FirmwareImage::parse(firmware.clone())?,
+                snp_config(a, boot.as_ref())?,
+            )
+            .map_err(|e| LaunchError::Emulated(e.into()))?;
+            preload = plan_pages(&plan);
             let (t, m) = EmulatedTee::launch_snp(
                 &platform()?,
-                firmware.clone(),
-                config,
+                &plan,
                 a.policy,
                 padded::<32>(&a.host_data)?,
             )?;
@@ -217,7 +347,13 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
                 mr_config_id: padded::<48>(&a.host_data)?,
                 ..Default::default()
             };
-            let (t, m) = EmulatedTee::launch_tdx(&platform()?, firmware.clone(), config)?;
+            let (t, m, r) = EmulatedTee::launch_tdx(
+                &platform()?,
+                firmware.clone(),
+                config,
+                boot.as_ref().map(BootInputs::direct_boot),
+            )?;
+            rtmrs = Some(r);
             (Some(t), Some(m))
         }
     };
@@ -226,20 +362,52 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         TeeKind::EmulatedSnp | TeeKind::EmulatedTdx => "INSECURE-EMULATED TEE: memory is not encrypted; evidence proves nothing about isolation",
         TeeKind::Snp | TeeKind::Tdx => "confidential",
     };
+    let kernel_summary = match &boot {
+        None => "none".to_string(),
+        Some(b) => {
+            let h = b.sev_hashes();
+            format!(
+                "kernel {} bytes sha256 {}, initrd {} bytes sha256 {}, cmdline sha256 {}",
+                b.kernel.len(),
+                hex::encode(h.kernel),
+                b.initrd.as_ref().map_or(0, Vec::len),
+                hex::encode(h.initrd),
+                hex::encode(h.cmdline)
+            )
+        }
+    };
+    let rtmr_summary = rtmrs
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .map(|(i, v)| format!("rtmr{i}={}", hex::encode(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "n/a".into());
+    let mut devices = String::from("serial(0x3f8), i8042(0x60), acpi-pm(0x600), pvpanic(0x505)");
+    if let Some(v) = &vsock {
+        devices.push_str(&format!(", virtio-vsock(cid {})", v.guest_cid));
+    }
     tracing::info!(
         event = "launch",
         tee = %a.tee,
         measurement = measurement.map(hex::encode).unwrap_or_else(|| "none".into()),
+        expected_rtmrs = %rtmr_summary,
+        direct_boot = %kernel_summary,
         memory_mib = a.memory >> 20,
         vcpus = a.vcpus,
         firmware = %a.firmware.display(),
         firmware_bytes = firmware.len(),
-        devices = "serial(0x3f8), i8042(0x60), acpi-pm(0x600)",
+        devices = %devices,
         disks = a.disks.len(),
         "launching guest ({summary})"
     );
     if measurement.is_some() {
         tracing::warn!("emulated TEE: for tests only; a verifier accepts this evidence only with the emulated trust anchor");
+    }
+    if let Some(t) = a.tamper_staged {
+        tracing::warn!(item = ?t, "TEST EQUIPMENT: staging tampered boot data; the firmware must refuse it");
     }
     let config = VmConfig {
         firmware,
@@ -249,6 +417,11 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         seccomp: a.seccomp,
         disks: a.disks.clone(),
         emulated_tee,
+        tee: a.tee,
+        boot,
+        tamper: a.tamper_staged,
+        preload,
+        vsock,
     };
     Ok(vmm::run(config)?)
 }

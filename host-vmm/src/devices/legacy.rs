@@ -6,6 +6,9 @@
 //! - ACPI PM1a event block at [`PM1A_EVT`] (status, enable) and control register at
 //!   [`PM1A_CNT`]: writing SLP_EN with SLP_TYP = [`S5_SLP_TYP`] powers off. The FADT
 //!   and the DSDT's `\_S5` package describe exactly these values.
+//! - pvpanic (QEMU's ISA pvpanic, port [`PVPANIC_PORT`], ACPI HID `QEMU0001`): reading
+//!   returns the supported events (PANICKED | CRASH_LOADED); writing PANICKED ends the
+//!   VM as a guest panic (`cvm launch` exits non-zero); CRASH_LOADED is only logged.
 
 use super::{PioDevice, VmEvent};
 
@@ -18,6 +21,36 @@ pub const PM1A_CNT: u16 = 0x604;
 /// SLP_TYP value for S5 (soft off).
 pub const S5_SLP_TYP: u16 = 5;
 const SLP_EN: u16 = 1 << 13;
+/// pvpanic I/O port (QEMU's default).
+pub const PVPANIC_PORT: u16 = 0x505;
+/// pvpanic event: the guest panicked.
+pub const PVPANIC_PANICKED: u8 = 1 << 0;
+/// pvpanic event: a crash kernel was loaded.
+pub const PVPANIC_CRASH_LOADED: u8 = 1 << 1;
+
+/// The pvpanic device.
+#[derive(Debug, Default)]
+pub struct PvPanic;
+
+impl PioDevice for PvPanic {
+    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(b) = data.first_mut() {
+            *b = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
+        }
+    }
+
+    fn write(&mut self, _offset: u16, data: &[u8]) -> Option<VmEvent> {
+        let v = data.first().copied().unwrap_or(0);
+        if v & PVPANIC_PANICKED != 0 {
+            return Some(VmEvent::Panic);
+        }
+        if v & PVPANIC_CRASH_LOADED != 0 {
+            tracing::warn!(event = "pvpanic", "guest reports a crash kernel was loaded");
+        }
+        None
+    }
+}
 
 /// The i8042 controller, reduced to its reset line.
 #[derive(Debug, Default)]
@@ -96,6 +129,18 @@ mod tests {
         let mut r = [0u8; 2];
         pm.read(4, &mut r);
         assert_eq!(u16::from_le_bytes(r), S5_SLP_TYP << 10);
+    }
+
+    #[test]
+    fn pvpanic_reports_its_features_and_stops_on_panicked() {
+        let mut p = PvPanic;
+        let mut b = [0u8; 1];
+        p.read(0, &mut b);
+        assert_eq!(b, [3]);
+        assert_eq!(p.write(0, &[1]), Some(VmEvent::Panic));
+        assert_eq!(p.write(0, &[3]), Some(VmEvent::Panic));
+        assert_eq!(p.write(0, &[2]), None, "crash loaded is not a panic");
+        assert_eq!(p.write(0, &[0]), None);
     }
 
     #[test]

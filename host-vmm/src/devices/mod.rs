@@ -16,6 +16,8 @@ pub enum VmEvent {
     PowerOff,
     /// The guest requested a reset (i8042 or reset register); treated as a stop.
     Reset,
+    /// The guest signalled a panic (pvpanic PANICKED).
+    Panic,
 }
 
 /// A device reached through port I/O.

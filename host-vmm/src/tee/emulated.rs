@@ -18,7 +18,7 @@
 //!
 //! | port | access | meaning |
 //! |---|---|---|
-//! | +0 | write | GPA of a 16 KiB request window (page-aligned, below 4 GiB) |
+//! | +0 | write | GPA of a 64 KiB request window (page-aligned, below 4 GiB) |
 //! | +4 | write | command; executed at once |
 //! | +4 | read | status of the last command (0 = success) |
 //! | +8 | read | magic `0x454D5643` ("CVME") |
@@ -32,13 +32,20 @@
 //! | 2 SNP_CERTS | — | extended-report certificate table |
 //! | 3 TDX_QUOTE | REPORT_DATA (64) at 0x00 | quote v4 |
 //! | 4 TDX_RTMR_EXTEND | RTMR index (u32) at 0x00, digest (48) at 0x08 | — |
+//! | 5 INFO | — | u32 kind (1 = emulated SNP, 2 = emulated TDX), u32 version (1) |
+//! | 6 TDX_COLLATERAL | — | the platform's collateral: dcap-qvl `QuoteCollateralV3` JSON, as the verifier's `tdx` evidence carries it |
+//!
+//! Status: 0 OK, 1 BAD_REQUEST (malformed request or unknown command), 2 UNSUPPORTED
+//! (a command of the other TEE), 3 FAILED, 4 BAD_WINDOW (no window, or outside RAM).
+//! The collateral is generated once at launch (valid from a day before to 30 days
+//! after), so serving it needs no randomness in the vCPU thread.
 
 use std::path::{Path, PathBuf};
 
 use attestation::snp::emulated::{EmulatedGuest, EmulatedSnpPlatform, FinishParams, ReportRequest};
-use attestation::tdx::emulated::{EmulatedTd, EmulatedTdxPlatform, TdConfig};
-use measured_boot::snp::{SnpLaunchPlan, SnpPlanConfig, SnpPlanError};
-use measured_boot::tdx::{TdxLaunchPlan, TdxPlanError};
+use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
+use measured_boot::snp::{SnpLaunchPlan, SnpPlanError};
+use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::FirmwareImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -47,7 +54,25 @@ use crate::devices::{PioDevice, VmEvent};
 /// First port of the mailbox.
 pub const MAILBOX_PORT: u16 = 0xE00;
 /// Size of the request window.
-pub const WINDOW: usize = 16 << 10;
+pub const WINDOW: usize = 64 << 10;
+/// Mailbox commands.
+pub mod command {
+    #![allow(missing_docs)]
+    pub const SNP_REPORT: u32 = 1;
+    pub const SNP_CERTS: u32 = 2;
+    pub const TDX_QUOTE: u32 = 3;
+    pub const TDX_RTMR_EXTEND: u32 = 4;
+    pub const INFO: u32 = 5;
+    pub const TDX_COLLATERAL: u32 = 6;
+}
+/// INFO kind of an emulated SNP platform.
+pub const KIND_EMULATED_SNP: u32 = 1;
+/// INFO kind of an emulated TDX platform.
+pub const KIND_EMULATED_TDX: u32 = 2;
+/// INFO protocol version.
+pub const MAILBOX_VERSION: u32 = 1;
+/// Days the collateral served by TDX_COLLATERAL stays valid.
+pub const COLLATERAL_DAYS: i64 = 30;
 const RESPONSE_LEN_AT: usize = 0x40;
 const RESPONSE_AT: usize = 0x100;
 const MAGIC: u32 = 0x454D_5643;
@@ -79,6 +104,9 @@ pub enum EmulatedLaunchError {
     /// The TDX plan could not be built.
     #[error("cannot build the TDX launch plan")]
     TdxPlan(#[from] TdxPlanError),
+    /// The emulated TDX platform could not produce its collateral.
+    #[error("the emulated TDX platform cannot produce its collateral")]
+    Collateral(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The emulated secure processor refused the launch.
     #[error("the emulated secure processor refused the launch")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -91,6 +119,9 @@ pub enum EmulatedLaunchError {
         expected: String,
     },
 }
+
+/// RTMR0..3.
+pub type Rtmrs = [[u8; 48]; 4];
 
 /// A launched emulated confidential guest.
 pub enum EmulatedTee {
@@ -107,6 +138,8 @@ pub enum EmulatedTee {
         platform: Box<EmulatedTdxPlatform>,
         /// The TD (MRTD, RTMRs).
         td: EmulatedTd,
+        /// The platform's collateral (QuoteCollateralV3 JSON), generated at launch.
+        collateral: Vec<u8>,
     },
 }
 
@@ -126,16 +159,15 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(
 }
 
 impl EmulatedTee {
-    /// Launches `firmware` on the emulated SNP platform in `dir` with `policy` and
+    /// Launches `plan` (built by the caller, so the VMM can also place its pages in
+    /// guest memory) on the emulated SNP platform in `dir` with `policy` and
     /// `host_data`; returns the backend and the measurement it will report.
     pub fn launch_snp(
         dir: &Path,
-        firmware: Vec<u8>,
-        config: SnpPlanConfig,
+        plan: &SnpLaunchPlan,
         policy: u64,
         host_data: [u8; 32],
     ) -> Result<(Self, [u8; 48]), EmulatedLaunchError> {
-        let plan = SnpLaunchPlan::new(FirmwareImage::parse(firmware)?, config)?;
         let expected = plan.launch_digest();
         let platform = EmulatedSnpPlatform::open(dir)
             .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
@@ -144,7 +176,7 @@ impl EmulatedTee {
         let mut launch = platform
             .launch_start(policy)
             .map_err(|e| EmulatedLaunchError::Refused(boxed(e)))?;
-        launch.update_plan(&plan);
+        launch.update_plan(plan);
         let guest = launch
             .finish(FinishParams {
                 host_data,
@@ -160,18 +192,27 @@ impl EmulatedTee {
         Ok((EmulatedTee::Snp { platform, guest }, expected))
     }
 
-    /// Launches `firmware` on the emulated TDX platform in `dir`; returns the backend
-    /// and MRTD.
+    /// Launches `firmware` on the emulated TDX platform in `dir`; returns the backend,
+    /// MRTD and the RTMRs expected once the firmware has measured `direct_boot`.
+    ///
+    /// The TD starts with zero RTMRs: the firmware extends them itself (mailbox command
+    /// 4), as it would with TDG.MR.RTMR.EXTEND on a real TD.
     pub fn launch_tdx(
         dir: &Path,
         firmware: Vec<u8>,
         config: TdConfig,
-    ) -> Result<(Self, [u8; 48]), EmulatedLaunchError> {
-        let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, None)?;
+        direct_boot: Option<DirectBoot>,
+    ) -> Result<(Self, [u8; 48], Rtmrs), EmulatedLaunchError> {
+        let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, direct_boot)?;
         let expected = plan.mrtd();
         let platform = EmulatedTdxPlatform::open(dir)
             .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
-        let td = EmulatedTd::from_plan(config, &plan);
+        let collateral = platform
+            .collateral(&CollateralOptions::from_now(COLLATERAL_DAYS))
+            .and_then(|c| Ok(c.to_json()?))
+            .map_err(|e| EmulatedLaunchError::Collateral(boxed(e)))?
+            .into_bytes();
+        let td = EmulatedTd::launch(config, plan.regions());
         if td.mrtd() != expected {
             return Err(EmulatedLaunchError::DigestMismatch {
                 got: hex::encode(td.mrtd()),
@@ -182,8 +223,10 @@ impl EmulatedTee {
             EmulatedTee::Tdx {
                 platform: Box::new(platform),
                 td,
+                collateral,
             },
             expected,
+            plan.rtmrs(),
         ))
     }
 
@@ -197,6 +240,16 @@ impl EmulatedTee {
                 .ok_or(status::BAD_REQUEST)
         };
         match (self, cmd) {
+            (tee, command::INFO) => {
+                let kind = match tee {
+                    EmulatedTee::Snp { .. } => KIND_EMULATED_SNP,
+                    EmulatedTee::Tdx { .. } => KIND_EMULATED_TDX,
+                };
+                Ok([kind.to_le_bytes(), MAILBOX_VERSION.to_le_bytes()].concat())
+            }
+            (EmulatedTee::Tdx { collateral, .. }, command::TDX_COLLATERAL) => {
+                Ok(collateral.clone())
+            }
             (EmulatedTee::Snp { guest, .. }, 1) => {
                 let vmpl = request
                     .get(0x40..0x44)
@@ -214,7 +267,7 @@ impl EmulatedTee {
             (EmulatedTee::Snp { platform, .. }, 2) => {
                 platform.cert_table().to_bytes().map_err(|_| status::FAILED)
             }
-            (EmulatedTee::Tdx { platform, td }, 3) => {
+            (EmulatedTee::Tdx { platform, td, .. }, 3) => {
                 let quote = platform
                     .quote_td(td, &report_data()?, 4)
                     .map_err(|_| status::FAILED)?;
@@ -233,7 +286,7 @@ impl EmulatedTee {
                     .map(|()| Vec::new())
                     .map_err(|_| status::BAD_REQUEST)
             }
-            (_, 1..=4) => Err(status::UNSUPPORTED),
+            (_, 1..=6) => Err(status::UNSUPPORTED),
             _ => Err(status::BAD_REQUEST),
         }
     }

@@ -36,6 +36,8 @@ pub enum VcpuStop {
     Halted(Box<CpuState>),
     /// The guest reported a crash (KVM system event).
     Crash,
+    /// The guest signalled a panic through pvpanic.
+    GuestPanic,
     /// KVM_RUN failed.
     RunError(String),
     /// An exit the VMM does not handle.
@@ -54,6 +56,7 @@ impl VcpuStop {
             VcpuStop::FailEntry { .. } => "fail-entry",
             VcpuStop::Halted(_) => "halted",
             VcpuStop::Crash => "crash",
+            VcpuStop::GuestPanic => "guest-panic",
             VcpuStop::RunError(_) => "run-error",
             VcpuStop::UnexpectedExit(_) => "unexpected-exit",
         }
@@ -119,6 +122,28 @@ pub enum VcpuError {
     },
 }
 
+/// CPUID leaf of AMD's memory-encryption capabilities (SME/SEV/SEV-ES/SNP).
+pub const LEAF_AMD_MEM_ENCRYPT: u32 = 0x8000_001F;
+/// CPUID leaf where a TDX module reports "IntelTDX    ".
+pub const LEAF_TDX: u32 = 0x21;
+
+/// Hides the TEE leaves the guest is not actually running under: leaf 0x8000001F
+/// (SEV) unless the guest is a real SNP guest, and leaf 0x21 (TDX) unless it is a
+/// real TD. The firmware picks its boot path from these leaves, so an emulated or plain
+/// guest must never see them.
+pub fn sanitize_cpuid(cpuid: &mut CpuId, real_snp: bool, real_tdx: bool) {
+    for e in cpuid.as_mut_slice() {
+        let hide = (e.function == LEAF_AMD_MEM_ENCRYPT && !real_snp)
+            || (e.function == LEAF_TDX && !real_tdx);
+        if hide {
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+    }
+}
+
 /// One vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -171,6 +196,7 @@ impl Vcpu {
                 Ok(VcpuExit::IoOut(port, data)) => bus.pio.write(port, data).map(|e| match e {
                     VmEvent::PowerOff => Exit::Stop(VcpuStop::PowerOff),
                     VmEvent::Reset => Exit::Stop(VcpuStop::Reset),
+                    VmEvent::Panic => Exit::Stop(VcpuStop::GuestPanic),
                 }),
                 Ok(VcpuExit::MmioRead(addr, data)) => {
                     bus.mmio.read(addr, data);
@@ -281,6 +307,42 @@ pub fn translate(mem: &GuestMemoryMmap, sregs: &kvm_sregs, linear: u64) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tee_leaves_are_hidden_from_guests_that_are_not_real_tees() {
+        use kvm_bindings::kvm_cpuid_entry2;
+        let entry = |function, v| kvm_cpuid_entry2 {
+            function,
+            eax: v,
+            ebx: v,
+            ecx: v,
+            edx: v,
+            ..Default::default()
+        };
+        let base = CpuId::from_entries(&[
+            entry(1, 0x11),
+            entry(LEAF_AMD_MEM_ENCRYPT, 0x1f),
+            entry(LEAF_TDX, 0x21),
+        ])
+        .unwrap();
+        let leaf = |c: &CpuId, f| {
+            let e = c.as_slice().iter().find(|e| e.function == f).unwrap();
+            (e.eax, e.ebx, e.ecx, e.edx)
+        };
+        let mut plain = base.clone();
+        sanitize_cpuid(&mut plain, false, false);
+        assert_eq!(leaf(&plain, LEAF_AMD_MEM_ENCRYPT), (0, 0, 0, 0));
+        assert_eq!(leaf(&plain, LEAF_TDX), (0, 0, 0, 0));
+        assert_eq!(leaf(&plain, 1), (0x11, 0x11, 0x11, 0x11));
+        let mut snp = base.clone();
+        sanitize_cpuid(&mut snp, true, false);
+        assert_eq!(leaf(&snp, LEAF_AMD_MEM_ENCRYPT).0, 0x1f);
+        assert_eq!(leaf(&snp, LEAF_TDX).0, 0);
+        let mut tdx = base;
+        sanitize_cpuid(&mut tdx, false, true);
+        assert_eq!(leaf(&tdx, LEAF_AMD_MEM_ENCRYPT).0, 0);
+        assert_eq!(leaf(&tdx, LEAF_TDX).0, 0x21);
+    }
 
     #[test]
     fn translates_real_mode_and_long_mode() {

@@ -138,6 +138,31 @@ impl MmioTransport {
         self.status = v;
     }
 
+    /// Hands a backend readiness event to the device (from the VMM's event thread) and
+    /// interrupts the driver if the device returned buffers.
+    pub fn backend_event(&mut self, token: u64, events: u32) {
+        let running = self.status & status::DRIVER_OK != 0;
+        let queues: &mut [Queue] = if running { &mut self.queues } else { &mut [] };
+        let used = self.device.backend_event(token, events, queues, &self.mem);
+        let mut wants = false;
+        for (i, q) in self.queues.iter_mut().enumerate() {
+            if used & (1 << i) != 0 {
+                wants |= q.needs_notification(&self.mem).unwrap_or(true);
+            }
+        }
+        if wants {
+            self.raise();
+        }
+    }
+
+    fn raise(&mut self) {
+        self.interrupt_status
+            .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
+        if let Err(e) = self.irq.trigger() {
+            tracing::warn!(error = %e, "cannot signal the virtio interrupt");
+        }
+    }
+
     fn notify(&mut self, index: u32) {
         if self.status & status::DRIVER_OK == 0 {
             return;
@@ -148,15 +173,10 @@ impl MmioTransport {
         if !q.ready() {
             return;
         }
-        if self.device.process_queue(index as usize, q, &self.mem) {
-            let wants = q.needs_notification(&self.mem).unwrap_or(true);
-            if wants {
-                self.interrupt_status
-                    .fetch_or(VIRTIO_MMIO_INT_VRING, Ordering::SeqCst);
-                if let Err(e) = self.irq.trigger() {
-                    tracing::warn!(error = %e, "cannot signal the virtio interrupt");
-                }
-            }
+        if self.device.process_queue(index as usize, q, &self.mem)
+            && q.needs_notification(&self.mem).unwrap_or(true)
+        {
+            self.raise();
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -40,6 +41,18 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// Returns the device to its initial state (driver reset).
     fn reset(&mut self) {}
+    /// Handles readiness `events` of a backend fd the device registered under `token`
+    /// with the VMM's event loop. `queues` is empty unless the driver is running.
+    /// Returns the queues that got used buffers (bit i = queue i).
+    fn backend_event(
+        &mut self,
+        _token: u64,
+        _events: u32,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+    ) -> u32 {
+        0
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`; out-of-range bytes read as 0.
