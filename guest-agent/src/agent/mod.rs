@@ -1,0 +1,217 @@
+//! `cvm-agent`: the Linux initramfs agent. It attests with the platform's evidence,
+//! receives the disk key from the KBS, opens the LUKS2 root with `cryptsetup open
+//! --key-file=-` (the key goes through a pipe: never on disk, in argv or in logs), mounts
+//! it and `switch_root`s into it.
+//!
+//! Evidence providers ([`LinuxEvidence`]), tried in this order by `auto`:
+//! - configfs-tsm (`/sys/kernel/config/tsm/report`, Linux ≥ 6.7): SNP report + `auxblob`
+//!   certificate table, or TDX quote;
+//! - `/dev/sev-guest` `SNP_GET_EXT_REPORT` (report + certificate table);
+//! - TDX without configfs-tsm is refused: `/dev/tdx_guest` gives only a TDREPORT, which
+//!   the verifier cannot check without a quote.
+//!
+//! TDX collateral is not fetched by the agent (no PCCS client): pass it with
+//! `--tdx-collateral FILE` (the `QuoteCollateralV3` JSON), or the verifier answers
+//! "collateral unavailable".
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
+use crate::linux::{sev_guest, tsm};
+
+/// Which evidence source to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// configfs-tsm.
+    Tsm,
+    /// `/dev/sev-guest`.
+    SevGuest,
+}
+
+/// Evidence from the Linux TEE drivers.
+#[derive(Debug)]
+pub struct LinuxEvidence {
+    source: Source,
+    tee: Tee,
+    tdx_collateral: Option<Vec<u8>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EvidenceError {
+    EvidenceError::Unavailable(e.to_string())
+}
+
+impl LinuxEvidence {
+    /// Detects the source (configfs-tsm first, then `/dev/sev-guest`).
+    pub fn detect(tdx_collateral: Option<Vec<u8>>) -> Result<Self, EvidenceError> {
+        if tsm::available() {
+            // The provider name is known only after a first report.
+            let r = tsm::report(Path::new(tsm::TSM_REPORT), &[0; 64]).map_err(unavailable)?;
+            let tee = match r.provider.as_str() {
+                "sev_guest" => Tee::Snp,
+                "tdx_guest" => Tee::Tdx,
+                other => {
+                    return Err(unavailable(format!(
+                        "unknown configfs-tsm provider {other}"
+                    )))
+                }
+            };
+            return Ok(Self {
+                source: Source::Tsm,
+                tee,
+                tdx_collateral,
+            });
+        }
+        if Path::new("/dev/sev-guest").exists() {
+            return Ok(Self {
+                source: Source::SevGuest,
+                tee: Tee::Snp,
+                tdx_collateral: None,
+            });
+        }
+        if Path::new("/dev/tdx_guest").exists() {
+            return Err(unavailable(
+                "TDX needs configfs-tsm for a quote (Linux >= 6.7 with TSM_REPORTS)",
+            ));
+        }
+        Err(unavailable(
+            "no TEE guest interface (configfs-tsm, /dev/sev-guest)",
+        ))
+    }
+
+    /// The source in use.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+}
+
+impl EvidenceProvider for LinuxEvidence {
+    fn tee(&self) -> Tee {
+        self.tee
+    }
+
+    fn evidence(&mut self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        match self.source {
+            Source::Tsm => {
+                let r =
+                    tsm::report(Path::new(tsm::TSM_REPORT), report_data).map_err(unavailable)?;
+                match self.tee {
+                    Tee::Snp => Evidence::snp(&r.outblob, r.auxblob.as_deref()),
+                    Tee::Tdx => Evidence::tdx(&r.outblob, self.tdx_collateral.as_deref()),
+                }
+            }
+            Source::SevGuest => {
+                let (report, certs) = sev_guest::ext_report(report_data).map_err(unavailable)?;
+                let certs = (!certs.iter().all(|&b| b == 0)).then_some(certs);
+                Evidence::snp(&report, certs.as_deref())
+            }
+        }
+    }
+}
+
+/// Errors of the unlock steps.
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    /// A helper could not be started.
+    #[error("cannot run {0}")]
+    Spawn(&'static str, #[source] std::io::Error),
+    /// A helper failed.
+    #[error("{0} failed ({1})")]
+    Failed(&'static str, std::process::ExitStatus),
+    /// The key could not be passed on.
+    #[error("cannot pass the key to cryptsetup")]
+    Pipe(#[source] std::io::Error),
+}
+
+/// `cryptsetup open --key-file=- DEVICE NAME` with `key` on stdin.
+pub fn cryptsetup_open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, UnlockError> {
+    let mut child = Command::new("cryptsetup")
+        .args(["open", "--type", "luks2", "--key-file=-"])
+        .arg(device)
+        .arg(name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| UnlockError::Spawn("cryptsetup", e))?;
+    {
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or(UnlockError::Pipe(std::io::Error::other("no stdin pipe")))?;
+        stdin.write_all(key).map_err(UnlockError::Pipe)?;
+    }
+    let status = child
+        .wait()
+        .map_err(|e| UnlockError::Spawn("cryptsetup", e))?;
+    if !status.success() {
+        return Err(UnlockError::Failed("cryptsetup open", status));
+    }
+    Ok(Path::new("/dev/mapper").join(name))
+}
+
+/// `mount DEVICE TARGET` (the file system type is detected by mount).
+pub fn mount(device: &Path, target: &Path) -> Result<(), UnlockError> {
+    std::fs::create_dir_all(target).map_err(|e| UnlockError::Spawn("mkdir", e))?;
+    let status = Command::new("mount")
+        .arg(device)
+        .arg(target)
+        .status()
+        .map_err(|e| UnlockError::Spawn("mount", e))?;
+    if !status.success() {
+        return Err(UnlockError::Failed("mount", status));
+    }
+    Ok(())
+}
+
+/// Replaces this process with `switch_root NEWROOT INIT` (returns only on failure).
+pub fn switch_root(new_root: &Path, init: &str) -> UnlockError {
+    use std::os::unix::process::CommandExt;
+    let e = Command::new("switch_root").arg(new_root).arg(init).exec();
+    UnlockError::Spawn("switch_root", e)
+}
+
+/// `cvm.*` parameters from a kernel command line: `(key, value)` pairs.
+pub fn cmdline_params(cmdline: &str) -> Vec<(String, String)> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("cvm."))
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cvm_parameters() {
+        let p = cmdline_params("quiet cvm.kbs_resource=a/b/c root=/dev/vda cvm.kbs_port=5");
+        assert_eq!(
+            p,
+            vec![
+                ("kbs_resource".to_owned(), "a/b/c".to_owned()),
+                ("kbs_port".to_owned(), "5".to_owned())
+            ]
+        );
+    }
+
+    /// The configfs-tsm exchange against a directory standing in for a report object.
+    #[test]
+    fn tsm_report_reads_the_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = dir.path();
+        std::fs::write(e.join("generation"), "1\n").unwrap();
+        std::fs::write(e.join("outblob"), [7u8; 1184]).unwrap();
+        std::fs::write(e.join("auxblob"), [9u8; 64]).unwrap();
+        std::fs::write(e.join("provider"), "sev_guest\n").unwrap();
+        let r = tsm::report_in(e, &[1; 64]).unwrap();
+        assert_eq!(std::fs::read(e.join("inblob")).unwrap(), [1u8; 64]);
+        assert_eq!(r.provider, "sev_guest");
+        assert_eq!(r.outblob.len(), 1184);
+        assert_eq!(r.auxblob.unwrap().len(), 64);
+        // A missing base directory fails without leaving anything behind.
+        assert!(tsm::report(&e.join("absent"), &[0; 64]).is_err());
+    }
+}

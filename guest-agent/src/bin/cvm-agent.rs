@@ -1,0 +1,166 @@
+//! `cvm-agent`: attest, receive the disk key, open the LUKS2 root, switch to it.
+//!
+//! Build a static binary for an initramfs:
+//! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent --bin cvm-agent --target x86_64-unknown-linux-gnu`
+//! (`--target` keeps crt-static off the proc macros; ~3.9 MB stripped)
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use guest_agent::agent::{self, LinuxEvidence};
+use guest_agent::evidence::EvidenceProvider;
+use guest_agent::jwe::Curve;
+use guest_agent::linux::vsock::VsockTransport;
+use guest_agent::rng::OsEntropy;
+use guest_agent::tcp::TcpTransport;
+use guest_agent::tls::TlsTransport;
+use guest_agent::{KbsClient, KbsConfig, ResourcePath, Transport};
+
+/// Attests to the KBS, receives the disk key and boots the encrypted root.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// KBS resource of the disk key (repo/type/tag); default: cvm.kbs_resource= from
+    /// /proc/cmdline.
+    #[arg(long)]
+    resource: Option<String>,
+    /// The KBS: `vsock:CID:PORT` (default vsock:2:50000, the VMM relay),
+    /// `https://HOST:PORT` (with --kbs-ca) or `http://IP:PORT` (plain HTTP; loopback
+    /// tests only).
+    #[arg(long, default_value = "vsock:2:50000")]
+    kbs: String,
+    /// CA certificate(s) (PEM) trusted for an https:// --kbs.
+    #[arg(long, value_name = "FILE")]
+    kbs_ca: Option<PathBuf>,
+    /// `extra-params.workload` for the verifier.
+    #[arg(long)]
+    workload: Option<String>,
+    /// TDX collateral (QuoteCollateralV3 JSON) to send with quotes.
+    #[arg(long)]
+    tdx_collateral: Option<PathBuf>,
+    /// The LUKS2 device.
+    #[arg(long)]
+    device: PathBuf,
+    /// The dm-crypt mapping name.
+    #[arg(long, default_value = "cvmroot")]
+    name: String,
+    /// Where to mount the opened volume.
+    #[arg(long, default_value = "/newroot")]
+    mount: PathBuf,
+    /// After mounting, exec `switch_root MOUNT INIT`.
+    #[arg(long, value_name = "INIT")]
+    switch_root: Option<String>,
+}
+
+fn report(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("cvm-agent: error: {e}");
+    let mut src = e.source();
+    while let Some(s) = src {
+        eprintln!("caused by: {s}");
+        src = s.source();
+    }
+    ExitCode::FAILURE
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn transport(spec: &str, ca: Option<&PathBuf>) -> Result<Box<dyn Transport>, Usage> {
+    if let Some(rest) = spec.strip_prefix("https://") {
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse().ok()?)))
+            .ok_or_else(|| Usage(format!("bad --kbs {spec}: https://HOST:PORT")))?;
+        let ca = ca.ok_or_else(|| Usage("an https:// --kbs needs --kbs-ca FILE".into()))?;
+        let pem =
+            std::fs::read(ca).map_err(|e| Usage(format!("cannot read {}: {e}", ca.display())))?;
+        return TlsTransport::new(host, port, &pem)
+            .map(|t| Box::new(t) as Box<dyn Transport>)
+            .map_err(|e| Usage(e.to_string()));
+    }
+    if let Some(rest) = spec.strip_prefix("vsock:") {
+        let (cid, port) = rest
+            .split_once(':')
+            .and_then(|(c, p)| Some((c.parse().ok()?, p.parse().ok()?)))
+            .ok_or_else(|| Usage(format!("bad --kbs {spec}: vsock:CID:PORT")))?;
+        return Ok(Box::new(VsockTransport::new(cid, port)));
+    }
+    if let Some(rest) = spec.strip_prefix("http://") {
+        let addr = rest
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| Usage(format!("bad --kbs {spec}: http://IP:PORT")))?;
+        return Ok(Box::new(TcpTransport::new(addr)));
+    }
+    Err(Usage(format!(
+        "bad --kbs {spec}: use vsock:CID:PORT, https://HOST:PORT or http://IP:PORT"
+    )))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let params =
+        agent::cmdline_params(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(resource) = args.resource.clone().or_else(|| param("kbs_resource")) else {
+        return report(&Usage(
+            "no --resource and no cvm.kbs_resource= on the kernel command line".into(),
+        ));
+    };
+    let path = match ResourcePath::parse(&resource) {
+        Ok(p) => p,
+        Err(e) => return report(&e),
+    };
+    let collateral = match &args.tdx_collateral {
+        Some(p) => match std::fs::read(p) {
+            Ok(c) => Some(c),
+            Err(e) => return report(&e),
+        },
+        None => None,
+    };
+    let mut evidence = match LinuxEvidence::detect(collateral) {
+        Ok(e) => e,
+        Err(e) => return report(&e),
+    };
+    let transport = match transport(&args.kbs, args.kbs_ca.as_ref()) {
+        Ok(t) => t,
+        Err(e) => return report(&e),
+    };
+    eprintln!(
+        "cvm-agent: attesting ({} via {:?}) for {}",
+        evidence.tee().as_str(),
+        evidence.source(),
+        path.as_str()
+    );
+    let mut client = KbsClient::new(
+        transport,
+        KbsConfig {
+            workload: args.workload.clone().or_else(|| param("kbs_workload")),
+            ..Default::default()
+        },
+    );
+    let key = match client.fetch(&mut evidence, &mut OsEntropy, Curve::P384, &path) {
+        Ok(k) => k,
+        Err(e) => return report(&e),
+    };
+    let mapped = match agent::cryptsetup_open(&args.device, &args.name, key.expose()) {
+        Ok(m) => m,
+        Err(e) => return report(&e),
+    };
+    drop(key);
+    if let Err(e) = agent::mount(&mapped, &args.mount) {
+        return report(&e);
+    }
+    eprintln!(
+        "cvm-agent: {} mounted on {}",
+        mapped.display(),
+        args.mount.display()
+    );
+    match &args.switch_root {
+        Some(init) => report(&agent::switch_root(&args.mount, init)),
+        None => ExitCode::SUCCESS,
+    }
+}

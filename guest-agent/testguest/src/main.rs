@@ -1,0 +1,200 @@
+//! `cvm-testguest`: a bare-metal guest packaged as a bzImage that attests to the
+//! verifier over vsock, receives its disk key, opens a LUKS2 volume and prints the
+//! message stored in it.
+//!
+//! # Boot path and memory
+//!
+//! | GPA | what |
+//! |---|---|
+//! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
+//! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
+//! | 16 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: virtio rings and buffers, mailbox window, everything else |
+//!
+//! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to
+//! [`cvm_testguest_main`] at ring 3, where everything else runs natively.
+//!
+//! # Command line
+//!
+//! - `cvm.kbs_resource=repo/type/tag` (required): the disk key's resource path;
+//! - `cvm.kbs_port=N` (default 50000): the host vsock port of the attestation relay;
+//! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier.
+//!
+//! # Disk format
+//!
+//! The first virtio-blk disk is a LUKS2 volume (as `luks::create` or `cryptsetup
+//! luksFormat --type luks2` writes it; PBKDF2 or Argon2id keyslots within
+//! `luks::Limits`) whose key (key file bytes) is the released resource. The first
+//! decrypted bytes of the data segment hold the message: UTF-8 text ending at the first
+//! NUL (at most 4095 bytes; printable characters only are printed).
+//!
+//! # Output
+//!
+//! Success: `cvm-testguest: disk message: <text>`, then ACPI S5 (the VMM exits 0). Any
+//! failure: `cvm-testguest: error: <reason>`, then pvpanic (the VMM exits non-zero).
+//! The key is never printed.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod boot;
+mod bootparams;
+mod console;
+mod heap;
+mod pio;
+mod rng;
+mod tee;
+mod virtio;
+
+use alloc::format;
+use alloc::string::String;
+use guest_agent::evidence::EvidenceProvider;
+use guest_agent::jwe::Curve;
+use guest_agent::{KbsClient, KbsConfig, ResourcePath};
+
+#[global_allocator]
+static HEAP: heap::Bump = heap::Bump::new();
+
+const HEAP_START: u64 = 16 << 20;
+const HEAP_MAX_END: u64 = 0xC000_0000;
+/// Bytes of plaintext read for the message.
+const MESSAGE_MAX: usize = 4096;
+
+struct Params {
+    resource: ResourcePath,
+    port: u32,
+    workload: Option<String>,
+}
+
+fn parse_cmdline(cmdline: &str) -> Result<Params, String> {
+    let mut resource = None;
+    let mut port = 50000u32;
+    let mut workload = None;
+    for word in cmdline.split_ascii_whitespace() {
+        if let Some(v) = word.strip_prefix("cvm.kbs_resource=") {
+            resource = Some(ResourcePath::parse(v).map_err(|e| format!("cvm.kbs_resource: {e}"))?);
+        } else if let Some(v) = word.strip_prefix("cvm.kbs_port=") {
+            port = v
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| String::from("cvm.kbs_port is not a port number"))?;
+        } else if let Some(v) = word.strip_prefix("cvm.kbs_workload=") {
+            workload = Some(String::from(v));
+        }
+    }
+    Ok(Params {
+        resource: resource.ok_or("the command line has no cvm.kbs_resource=repo/type/tag")?,
+        port,
+        workload,
+    })
+}
+
+/// Writes `e` and its sources on one line.
+fn chain(e: &dyn core::error::Error) -> String {
+    let mut s = format!("{e}");
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(&format!(": {c}"));
+        src = c.source();
+    }
+    s
+}
+
+fn run(boot_params: usize) -> Result<String, String> {
+    let (ram_start, ram_end) = bootparams::ram_range_containing(boot_params, HEAP_START)
+        .ok_or("no usable RAM at 16 MiB in the e820 map (give the guest at least 64 MiB)")?;
+    let end = ram_end.min(HEAP_MAX_END);
+    if end < HEAP_START + (32 << 20) || ram_start > HEAP_START {
+        return Err("less than 32 MiB of heap RAM above 16 MiB".into());
+    }
+    HEAP.init(HEAP_START as usize, end as usize);
+
+    let params = parse_cmdline(&bootparams::cmdline(boot_params))?;
+    let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
+    let mut mailbox = tee::Mailbox::detect().map_err(|e| format!("{e}"))?;
+    println!(
+        "cvm-testguest: emulated {} TEE; attesting for {} via vsock port {}",
+        mailbox.tee().as_str(),
+        params.resource.as_str(),
+        params.port
+    );
+
+    let vsock_dev = virtio::find(virtio::DEVICE_VSOCK, 0).ok_or("no virtio-vsock device")?;
+    let vsock = virtio::vsock::Vsock::new(vsock_dev, params.port)
+        .map_err(|e| format!("virtio-vsock: {e}"))?;
+    let mut client = KbsClient::new(
+        vsock,
+        KbsConfig {
+            workload: params.workload,
+            ..Default::default()
+        },
+    );
+    let key = client
+        .fetch(&mut mailbox, &mut entropy, Curve::P256, &params.resource)
+        .map_err(|e| format!("key release failed: {}", chain(&e)))?;
+    println!(
+        "cvm-testguest: key released ({} bytes); opening the disk",
+        key.expose().len()
+    );
+
+    let blk_dev = virtio::find(virtio::DEVICE_BLOCK, 0).ok_or("no virtio-blk disk")?;
+    let mut disk = virtio::blk::Blk::new(blk_dev).map_err(|e| format!("virtio-blk: {e}"))?;
+    let message = read_message(&mut disk, key.expose())?;
+    drop(key);
+    Ok(message)
+}
+
+/// Unlocks the LUKS2 volume with `key` and returns its message (see the crate docs).
+fn read_message(disk: &mut virtio::blk::Blk, key: &[u8]) -> Result<String, String> {
+    let header =
+        luks::Header::read_from(disk).map_err(|e| format!("not a LUKS2 volume: {}", chain(&e)))?;
+    let limits = luks::Limits {
+        max_argon2_memory_kib: 256 << 10,
+        ..Default::default()
+    };
+    let volume = header
+        .unlock_with_limits(key, disk, &limits)
+        .map_err(|e| format!("cannot unlock the volume: {}", chain(&e)))?;
+    let mut buf = zeroize::Zeroizing::new([0u8; MESSAGE_MAX]);
+    volume
+        .read_plaintext(disk, 0, buf.as_mut())
+        .map_err(|e| format!("cannot read the volume: {}", chain(&e)))?;
+    let end = buf
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or("the message has no NUL terminator in its first 4 KiB")?;
+    let text = core::str::from_utf8(&buf[..end]).map_err(|_| "the message is not UTF-8")?;
+    Ok(text.chars().filter(|c| !c.is_control()).collect::<String>())
+}
+
+/// The ring-3 entry (from `boot`), with the `boot_params` address.
+#[no_mangle]
+pub extern "C" fn cvm_testguest_main(boot_params: u64) -> ! {
+    match run(boot_params as usize) {
+        Ok(message) => {
+            println!("cvm-testguest: disk message: {message}");
+            console::power_off()
+        }
+        Err(reason) => {
+            println!("cvm-testguest: error: {reason}");
+            console::fail()
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("cvm-testguest: error: panic: {}", info.message());
+    console::fail()
+}
+
+/// Never called (panic = abort everywhere), but the precompiled `core`/`alloc` refer to it.
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    console::fail()
+}
+
+/// Never called either: the precompiled `core`/`alloc` carry landing pads naming it.
+#[no_mangle]
+pub extern "C" fn rust_eh_personality() {}
