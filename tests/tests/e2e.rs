@@ -1,0 +1,428 @@
+//! The mission end to end under the real /dev/kvm: the project firmware boots the
+//! bare-metal test guest in an emulated confidential VM; the guest attests to a real
+//! `cvm-verifier` through the host and unlocks its LUKS2 disk only when the verifier
+//! releases the key — and every way a hostile host or a bad launch could get the key
+//! is refused, with nothing released and an audit record naming the reason.
+//!
+//! The host side of the guest's attestation connection is, in most tests, the
+//! [`malicious_relay`] of `cvm_tests`: `cvm launch --vsock-uds` hands guest connections
+//! to a Unix socket the test serves, so the test plays the compromised host.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use cvm_tests::{bin, have_kvm, malicious_relay, ok, run, Tamper, Verifier, MESSAGE, RESOURCE};
+use serde_json::{json, Value};
+
+const CMDLINE: &str = "console=ttyS0 cvm.kbs_resource=default/disk/e2e";
+
+/// Images and the emulated platform, made once for the whole file.
+struct Fixture {
+    dir: PathBuf,
+    platform: PathBuf,
+    firmware: PathBuf,
+    kernel: PathBuf,
+    disk: PathBuf,
+    key: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cvm = bin("cvm");
+        let platform = dir.join("platform");
+        ok(
+            &cvm,
+            &["emulated", "init", "--dir", platform.to_str().unwrap()],
+        );
+        let firmware = dir.join("firmware.fd");
+        ok(&cvm, &["firmware", "--out", firmware.to_str().unwrap()]);
+        let kernel = dir.join("testguest.bzImage");
+        ok(
+            &cvm,
+            &[
+                "firmware",
+                "--test-guest",
+                "--out",
+                kernel.to_str().unwrap(),
+            ],
+        );
+        let disk = dir.join("disk.img");
+        let key = dir.join("disk.key");
+        ok(
+            &cvm,
+            &[
+                "image",
+                "disk",
+                "--size",
+                "4M",
+                "--out",
+                disk.to_str().unwrap(),
+                "--key-out",
+                key.to_str().unwrap(),
+                "--message",
+                MESSAGE,
+            ],
+        );
+        Fixture {
+            dir,
+            platform,
+            firmware,
+            kernel,
+            disk,
+            key,
+        }
+    })
+}
+
+/// A test's own directory, verifier and registered SNP workload.
+struct Case {
+    dir: PathBuf,
+    verifier: Verifier,
+}
+
+fn snp_measurement(f: &Fixture, kernel: &Path) -> String {
+    ok(
+        &bin("cvm"),
+        &[
+            "measure",
+            "snp",
+            "--firmware",
+            f.firmware.to_str().unwrap(),
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-v4",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--append",
+            CMDLINE,
+        ],
+    )
+    .trim()
+    .to_owned()
+}
+
+fn case(name: &str, trust: bool) -> Case {
+    let f = fixture();
+    let dir = f.dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let verifier = Verifier::start(&dir, trust.then_some(f.platform.as_path()));
+    verifier.admin_ok(&[
+        "resource",
+        "put",
+        RESOURCE,
+        "--value-file",
+        f.key.to_str().unwrap(),
+    ]);
+    let policy = json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel)]});
+    let policy_path = dir.join("policy.json");
+    std::fs::write(&policy_path, policy.to_string()).unwrap();
+    verifier.admin_ok(&[
+        "workload",
+        "put",
+        "e2e",
+        "--policy-file",
+        policy_path.to_str().unwrap(),
+        "--resource",
+        RESOURCE,
+    ]);
+    Case { dir, verifier }
+}
+
+/// `cvm launch --tee emulated-snp` with the relay served by the test (`tamper`).
+fn launch(
+    c: &Case,
+    kernel: &Path,
+    extra: &[&str],
+    tamper: Tamper,
+) -> (Output, cvm_tests::Recorded) {
+    let f = fixture();
+    let uds = c.dir.join(format!("vsock-{}", rand_suffix()));
+    let recorded = malicious_relay(&uds, 50000, &c.verifier.url, tamper);
+    let mut args = vec![
+        "launch",
+        "--tee",
+        "emulated-snp",
+        "--emulated-platform",
+        f.platform.to_str().unwrap(),
+        "--firmware",
+        f.firmware.to_str().unwrap(),
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        CMDLINE,
+        "--disk",
+        f.disk.to_str().unwrap(),
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--serial",
+        "stdout",
+    ];
+    args.extend_from_slice(extra);
+    // Staging bytes other than the measured ones is test equipment, refused unless the
+    // environment allows it.
+    let out = std::process::Command::new(bin("cvm"))
+        .args(&args)
+        .env("CVM_ALLOW_TAMPER_FOR_TESTS", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run cvm launch");
+    (out, recorded)
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn describe(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn released(v: &Verifier) -> usize {
+    v.audit()
+        .iter()
+        .filter(|r| r["kind"] == "key-release" && r["outcome"] == "released")
+        .count()
+}
+
+/// The refusal records (attestation or key release) of the verifier.
+fn refusals(v: &Verifier) -> Vec<Value> {
+    v.audit()
+        .into_iter()
+        .filter(|r| r["outcome"] == "refused")
+        .collect()
+}
+
+/// Asserts the launch failed, the guest printed no message and nothing was released.
+fn assert_refused(c: &Case, o: &Output, reason: &str) {
+    assert!(!o.status.success(), "the VMM exited 0:\n{}", describe(o));
+    assert!(
+        !stdout(o).contains(MESSAGE),
+        "the guest read the disk:\n{}",
+        describe(o)
+    );
+    assert_eq!(released(&c.verifier), 0, "a key was released");
+    let r = refusals(&c.verifier);
+    assert!(
+        r.iter().any(|r| r["detail"].to_string().contains(reason)),
+        "no refusal record names `{reason}`: {r:#?}"
+    );
+}
+
+#[test]
+fn guest_unlocks_its_disk_through_the_host() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("ok", true);
+    let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(
+        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(released(&c.verifier), 1);
+    // The host saw the protocol, but the key only as a JWE it cannot open.
+    let rec = recorded.lock().unwrap();
+    let lines: Vec<&str> = rec.iter().map(|(l, _)| l.as_str()).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with("POST /kbs/v0/auth")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("POST /kbs/v0/attest")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("GET /kbs/v0/resource/default/disk/e2e")),
+        "{lines:?}"
+    );
+    let key = std::fs::read(&fixture().key).unwrap();
+    for (_, body) in rec.iter() {
+        assert!(!body.windows(key.len()).any(|w| w == key.as_slice()));
+    }
+}
+
+#[test]
+fn firmware_refuses_a_swapped_kernel() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("swap-kernel", true);
+    // The host measures the real kernel but stages another one.
+    let (o, recorded) = launch(
+        &c,
+        &fixture().kernel,
+        &["--tamper-staged", "kernel"],
+        Tamper::None,
+    );
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(
+        stdout(&o).contains("refusing to boot: kernel hash mismatch"),
+        "{}",
+        describe(&o)
+    );
+    // The guest never reached the verifier.
+    assert!(recorded.lock().unwrap().is_empty());
+    assert_eq!(released(&c.verifier), 0);
+}
+
+#[test]
+fn verifier_refuses_a_swapped_kernel_with_its_hashes() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("swap-kernel-and-hashes", true);
+    // A different kernel, consistently hashed: the firmware boots it, but the launch
+    // measurement is not the registered one.
+    let mut other = std::fs::read(&fixture().kernel).unwrap();
+    other.extend_from_slice(&[0u8; 4096]);
+    let path = c.dir.join("other.bzImage");
+    std::fs::write(&path, other).unwrap();
+    let (o, _) = launch(&c, &path, &[], Tamper::None);
+    assert_refused(&c, &o, "measurement");
+}
+
+#[test]
+fn debug_policy_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("debug", true);
+    // Guest policy with DEBUG (bit 19) allowed.
+    let (o, _) = launch(
+        &c,
+        &fixture().kernel,
+        &["--policy", "0xB0000"],
+        Tamper::None,
+    );
+    assert_refused(&c, &o, "debug");
+}
+
+#[test]
+fn replayed_evidence_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("replay", true);
+    let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert!(o.status.success(), "{}", describe(&o));
+    let old = recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(l, _)| l.starts_with("POST /kbs/v0/attest"))
+        .map(|(_, b)| b.clone())
+        .expect("recorded attest request");
+    let before = released(&c.verifier);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::ReplayAttest(old));
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(!stdout(&o).contains(MESSAGE), "{}", describe(&o));
+    assert_eq!(released(&c.verifier), before, "the replay released a key");
+    assert!(
+        refusals(&c.verifier)
+            .iter()
+            .any(|r| r["detail"].to_string().contains("nonce")
+                || r["detail"].to_string().contains("report-data")),
+        "{:#?}",
+        refusals(&c.verifier)
+    );
+}
+
+#[test]
+fn untrusted_emulated_platform_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("no-trust", false);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert_refused(&c, &o, "untrusted");
+}
+
+#[test]
+fn evidence_altered_in_transit_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("alter-evidence", true);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::CorruptEvidence);
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(!stdout(&o).contains(MESSAGE));
+    assert_eq!(released(&c.verifier), 0);
+    assert!(!refusals(&c.verifier).is_empty());
+}
+
+#[test]
+fn key_altered_in_transit_does_not_decrypt() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("alter-key", true);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::CorruptResponse);
+    // The verifier released the JWE; the altered ciphertext fails its tag in the guest.
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(!stdout(&o).contains(MESSAGE), "{}", describe(&o));
+    assert!(
+        stdout(&o).contains("cvm-testguest: error:"),
+        "{}",
+        describe(&o)
+    );
+}
+
+#[test]
+fn revoked_workload_is_refused() {
+    if !have_kvm() {
+        return;
+    }
+    let c = case("revoked", true);
+    c.verifier.admin_ok(&["workload", "revoke", "e2e"]);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(!stdout(&o).contains(MESSAGE));
+    assert_eq!(released(&c.verifier), 0);
+    assert!(
+        refusals(&c.verifier)
+            .iter()
+            .any(|r| r["detail"].to_string().contains("revoked")),
+        "{:#?}",
+        c.verifier.audit()
+    );
+}
+
+#[test]
+fn demo_runs_both_tees() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = fixture().dir.join("demo");
+    let out = run(&bin("cvm"), &["demo", "--dir", dir.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        text.matches("the guest decrypted its disk").count(),
+        2,
+        "{text}"
+    );
+    // The audit chain printed two releases and verifies.
+    assert!(text.contains("\"key-release\""), "{text}");
+}
