@@ -69,7 +69,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 /// Serves `listener` until it fails; run it on its own thread.
 pub fn serve(listener: UnixListener, vm: Arc<dyn VmControl>) {
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { break };
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the control API stopped accepting connections");
+                break;
+            }
+        };
         if let Err(e) = handle(stream, vm.as_ref()) {
             tracing::debug!(error = %e, "API connection ended");
         }

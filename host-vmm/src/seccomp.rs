@@ -42,6 +42,9 @@ pub enum ThreadKind {
     Vmm,
     /// The virtio-vsock event thread (Unix sockets, the attestation relay's TCP/TLS).
     VsockEvents,
+    /// The `--api-socket` thread: accepts and answers on an already bound Unix socket,
+    /// and kicks vCPU threads out of KVM_RUN to pause them.
+    Api,
 }
 
 /// Errors building or installing a filter.
@@ -160,6 +163,31 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 ],
             );
         }
+        ThreadKind::Api => {
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_accept4,
+                    libc::SYS_read,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_setsockopt,
+                    libc::SYS_shutdown,
+                    libc::SYS_tgkill,
+                    libc::SYS_getpid,
+                    // std's hash maps seed themselves once per thread.
+                    libc::SYS_getrandom,
+                ],
+            );
+            // UnixStream::try_clone duplicates the descriptor.
+            rules.insert(
+                libc::SYS_fcntl,
+                vec![
+                    arg1_is(libc::F_GETFD as u64)?,
+                    arg1_is(libc::F_DUPFD_CLOEXEC as u64)?,
+                ],
+            );
+        }
         ThreadKind::Vmm => allow(
             &mut rules,
             &[
@@ -230,6 +258,7 @@ mod tests {
         assert!(program(ThreadKind::Vcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Vmm).unwrap().len() > 10);
         assert!(program(ThreadKind::VsockEvents).unwrap().len() > 10);
+        assert!(program(ThreadKind::Api).unwrap().len() > 10);
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::emulated::{EmulatedTee, Mailbox, MAILBOX_PORT};
 use crate::tee::TeeKind;
 use crate::vstate::vcpu::sanitize_cpuid;
-use crate::vstate::vcpu::{Vcpu, VcpuError, VcpuStop};
+use crate::vstate::vcpu::{RunControl, Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -86,6 +85,97 @@ pub struct VmConfig {
     pub preload: Vec<(u64, Vec<u8>)>,
     /// The virtio-vsock device, if any (after the disks in MMIO order).
     pub vsock: Option<VsockConfig>,
+    /// /dev/kvm opened before the VMM entered its jail (`None`: open it here).
+    pub kvm: Option<Kvm>,
+    /// The control API: its bound socket and the measurement it reports.
+    pub api: Option<ApiConfig>,
+}
+
+/// `--api-socket`: a listener bound before the jail, and what `GET /v1/vm/measurement`
+/// answers.
+#[derive(Debug)]
+pub struct ApiConfig {
+    /// The bound socket.
+    pub listener: std::os::unix::net::UnixListener,
+    /// The expected measurement, as JSON.
+    pub measurement: serde_json::Value,
+}
+
+/// The VM as the control API sees it.
+struct ApiView {
+    control: Arc<RunControl>,
+    /// vCPU threads to kick out of KVM_RUN; emptied before they are joined.
+    vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
+    stop_tx: mpsc::Sender<(u32, VcpuStop)>,
+    tee: TeeKind,
+    vcpus: u32,
+    memory: u64,
+    started: Instant,
+    measurement: serde_json::Value,
+}
+
+impl ApiView {
+    fn kick(&self) {
+        let threads = self.vcpu_threads.lock().unwrap_or_else(|e| e.into_inner());
+        for &t in threads.iter() {
+            // SAFETY: `t` is a live, unjoined vCPU thread (the list is emptied before the
+            // threads are joined, under this lock); the signal's handler does nothing.
+            unsafe { libc::pthread_kill(t, SIGRTMIN()) };
+        }
+    }
+}
+
+impl crate::api::VmControl for ApiView {
+    fn status(&self) -> serde_json::Value {
+        let state = if self.control.stopped() {
+            "stopping"
+        } else if self.control.paused() {
+            "paused"
+        } else {
+            "running"
+        };
+        serde_json::json!({
+            "state": state,
+            "tee": self.tee.to_string(),
+            "vcpus": self.vcpus,
+            "memory_bytes": self.memory,
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn measurement(&self) -> serde_json::Value {
+        self.measurement.clone()
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        if self.control.stopped() {
+            return Err("the VM is stopping".into());
+        }
+        if self.control.paused() {
+            return Err("the VM is already paused".into());
+        }
+        self.control.set_paused(true);
+        self.kick();
+        tracing::info!(event = "paused", "vCPUs paused through the API");
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        if !self.control.paused() {
+            return Err("the VM is not paused".into());
+        }
+        self.control.set_paused(false);
+        tracing::info!(event = "resumed", "vCPUs resumed through the API");
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        tracing::info!(
+            event = "shutdown-requested",
+            "shutdown requested through the API"
+        );
+        let _ = self.stop_tx.send((u32::MAX, VcpuStop::ShutdownRequested));
+    }
 }
 
 /// Errors building or running the VM.
@@ -171,9 +261,12 @@ fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> 
 ///
 /// The first vCPU to stop decides the outcome; the others are then interrupted
 /// (signalled out of KVM_RUN) and joined.
-pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
+pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
     let started = Instant::now();
-    let kvm = Kvm::new().map_err(VmmError::Kvm)?;
+    let kvm = match config.kvm.take() {
+        Some(k) => k,
+        None => Kvm::new().map_err(VmmError::Kvm)?,
+    };
     let max = kvm.get_max_vcpus();
     if config.vcpus == 0 || config.vcpus as usize > max {
         return Err(VmmError::VcpuCount {
@@ -310,12 +403,12 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
         .collect::<Result<Vec<_>, _>>()?;
 
     register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::Signal)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(RunControl::default());
     let (tx, rx) = mpsc::channel();
     // Every thread installs its seccomp filter, then waits here: no guest code runs
     // before all filters are in place.
     let gate = Arc::new(std::sync::Barrier::new(
-        vcpus.len() + 1 + usize::from(vsock_loop.is_some()),
+        vcpus.len() + 1 + usize::from(vsock_loop.is_some()) + usize::from(config.api.is_some()),
     ));
     let mode = config.seccomp;
     let mut threads = Vec::new();
@@ -349,7 +442,7 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
                 let confined = seccomp::install(ThreadKind::Vcpu, mode);
                 gate.wait();
                 let why = match confined {
-                    Ok(()) if !stop.load(Ordering::Acquire) => vcpu.run(&bus, vm.memory(), &stop),
+                    Ok(()) if !stop.stopped() => vcpu.run(&bus, vm.memory(), &stop),
                     Ok(()) => VcpuStop::Stopped,
                     Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
                 };
@@ -358,13 +451,43 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
             .map_err(VmmError::Thread)?;
         threads.push(t);
     }
+    let vcpu_threads = Arc::new(Mutex::new(
+        threads
+            .iter()
+            .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+            .collect::<Vec<_>>(),
+    ));
+    if let Some(api) = config.api.take() {
+        let view = ApiView {
+            control: stop.clone(),
+            vcpu_threads: vcpu_threads.clone(),
+            stop_tx: tx.clone(),
+            tee: config.tee,
+            vcpus: config.vcpus,
+            memory: config.memory,
+            started,
+            measurement: api.measurement,
+        };
+        let gate = gate.clone();
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                let confined = seccomp::install(ThreadKind::Api, mode);
+                gate.wait();
+                match confined {
+                    Ok(()) => crate::api::serve(api.listener, Arc::new(view)),
+                    Err(e) => tracing::error!(error = %e, "API thread not confined; not serving"),
+                }
+            })
+            .map_err(VmmError::Thread)?;
+    }
     drop(tx);
     if mode == SeccompMode::Off {
         tracing::warn!("seccomp filters are OFF: the VMM is not confined (debugging only)");
     }
     let confined = seccomp::install(ThreadKind::Vmm, mode);
     if confined.is_err() {
-        stop.store(true, Ordering::Release);
+        stop.stop();
     }
     gate.wait();
     confined?;
@@ -385,7 +508,7 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
         reason = why.kind(),
         "vCPU stopped; stopping the others"
     );
-    stop.store(true, Ordering::Release);
+    stop.stop();
     let deadline = Instant::now() + Duration::from_secs(5);
     while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
         for t in threads.iter().filter(|t| !t.is_finished()) {
@@ -393,6 +516,11 @@ pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The API may not kick threads that are about to be joined.
+    vcpu_threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     for t in threads {
         if t.is_finished() {
             let _ = t.join();

@@ -83,12 +83,18 @@ fn jail_confines_the_process() {
 
 /// Runs inside the jail; prints one fact per line.
 fn jailed_child(dir: &Path, port: u16) {
-    jail::enter(&JailConfig {
-        root: dir.to_owned(),
-        uid: NOBODY,
-        gid: NOBODY,
-    })
-    .unwrap_or_else(|e| panic!("enter: {e}"));
+    match jail::enter(
+        &JailConfig {
+            root: dir.to_owned(),
+            uid: NOBODY,
+            gid: NOBODY,
+        },
+        true,
+    ) {
+        Ok(jail::Entered::Jailed) => {}
+        Ok(jail::Entered::Parent(status)) => std::process::exit(status),
+        Err(e) => panic!("enter: {e}"),
+    }
     // SAFETY: getpid/getuid/getgid have no preconditions.
     let (pid, uid, gid) = unsafe { (libc::getpid(), libc::getuid(), libc::getgid()) };
     println!("pid={pid}");

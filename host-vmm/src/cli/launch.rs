@@ -5,10 +5,12 @@ use std::process::ExitCode;
 
 use crate::boot::{BootError, BootInputs, Tamper};
 use crate::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
+use crate::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
+use crate::isolation::jail::{self, JailConfig, JailError};
 use crate::seccomp::SeccompMode;
 use crate::tee::emulated::{EmulatedLaunchError, EmulatedTee};
 use crate::tee::{self, KvmCapabilities, TeeKind};
-use crate::vmm::{self, DiskConfig, SerialOutput, VmConfig};
+use crate::vmm::{self, ApiConfig, DiskConfig, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
 use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
 use measured_boot::FirmwareImage;
@@ -20,9 +22,10 @@ pub struct Args {
     /// downgraded.
     #[arg(long, value_enum)]
     pub tee: TeeKind,
-    /// Firmware image, mapped to end at 4 GiB.
+    /// Firmware image, mapped to end at 4 GiB (default: the project firmware built
+    /// into cvm; `cvm firmware --out FILE` writes it).
     #[arg(long, value_name = "PATH")]
-    pub firmware: PathBuf,
+    pub firmware: Option<PathBuf>,
     /// Guest memory, e.g. 512M or 2G.
     #[arg(long, default_value = "512M", value_parser = parse_size)]
     pub memory: u64,
@@ -84,6 +87,47 @@ pub struct Args {
     /// CA certificate(s) (PEM) trusted for an https --verifier; required for https.
     #[arg(long, value_name = "FILE", requires = "verifier")]
     pub verifier_ca: Option<PathBuf>,
+    /// Serve the REST control API (host-vmm/openapi.yaml) on this Unix socket (0600).
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Run the VMM in a jail: new mount, PID, network, IPC and UTS namespaces, DIR as
+    /// its root, no capabilities. Paths opened after start (--disk, --serial file:,
+    /// --vsock-uds) are then resolved inside DIR.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    pub jail: Option<PathBuf>,
+    /// User the jailed VMM runs as.
+    #[arg(long, requires = "jail")]
+    pub uid: Option<u32>,
+    /// Group the jailed VMM runs as.
+    #[arg(long, requires = "jail")]
+    pub gid: Option<u32>,
+    /// The jail's network namespace: `none` (a new, empty one) or `host` (needed for
+    /// --verifier, whose relay connects to the verifier).
+    #[arg(long, value_enum, default_value = "none", requires = "jail")]
+    pub jail_netns: JailNetns,
+    /// CPU time for the VM as a percentage of one CPU (cgroup quota), e.g. 150.
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_quota: Option<u32>,
+    /// Memory limit for the whole VMM process (cgroup), e.g. 600M; at least the guest
+    /// memory plus 32 MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_limit: Option<u64>,
+    /// CPUs the VM may run on (cgroup cpuset), e.g. 0-1 or 2,4.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<CpuList>,
+    /// Parent group of the VM's cgroup, relative to each hierarchy (default: the group
+    /// cvm runs in).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_parent: Option<String>,
+}
+
+/// The network namespace of a jailed VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JailNetns {
+    /// A new network namespace with no connectivity.
+    None,
+    /// Stay in the host's network namespace.
+    Host,
 }
 
 /// The environment variable that unlocks `--tamper-staged`.
@@ -223,6 +267,15 @@ pub enum LaunchError {
     /// The attestation relay is misconfigured.
     #[error("invalid --verifier")]
     Relay(#[from] RelayError),
+    /// The VM's cgroup could not be set up.
+    #[error("cannot apply the resource limits")]
+    Cgroup(#[from] CgroupError),
+    /// The jail could not be entered.
+    #[error("cannot enter the jail")]
+    Jail(#[from] JailError),
+    /// The control API socket could not be served.
+    #[error("cannot serve the control API")]
+    Api(#[from] crate::api::ApiError),
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -240,6 +293,7 @@ pub fn exit_status(why: &VcpuStop) -> (u8, String) {
         VcpuStop::Halted(s) => (1, format!("guest halted with nothing to wake it: {s}")),
         VcpuStop::Crash => (1, "guest reported a crash".into()),
         VcpuStop::GuestPanic => (1, "guest panicked (pvpanic)".into()),
+        VcpuStop::ShutdownRequested => (0, "shutdown requested through the control API".into()),
         VcpuStop::RunError(e) => (1, format!("KVM_RUN failed: {e}")),
         VcpuStop::UnexpectedExit(e) => (1, format!("unexpected VM exit: {e}")),
     }
@@ -285,7 +339,7 @@ fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
     }))
 }
 
-fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
+fn launch(a: &Args) -> Result<Outcome, LaunchError> {
     if a.tamper_staged.is_some() && std::env::var(TAMPER_ENV).as_deref() != Ok("1") {
         return Err(LaunchError::Usage(format!(
             "--tamper-staged is test equipment; it is refused unless {TAMPER_ENV}=1"
@@ -293,8 +347,18 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
     }
     let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
     tee::check(a.tee, &KvmCapabilities::query(&kvm))?;
-    let firmware =
-        std::fs::read(&a.firmware).map_err(|e| LaunchError::Firmware(a.firmware.clone(), e))?;
+    let (firmware, firmware_name) = match &a.firmware {
+        Some(p) => (
+            std::fs::read(p).map_err(|e| LaunchError::Firmware(p.clone(), e))?,
+            p.display().to_string(),
+        ),
+        None => (
+            crate::firmware::embedded()
+                .map_err(|e| LaunchError::Usage(e.to_string()))?
+                .to_vec(),
+            "built-in".to_string(),
+        ),
+    };
     let boot = a
         .kernel
         .as_deref()
@@ -397,7 +461,7 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         direct_boot = %kernel_summary,
         memory_mib = a.memory >> 20,
         vcpus = a.vcpus,
-        firmware = %a.firmware.display(),
+        firmware = %firmware_name,
         firmware_bytes = firmware.len(),
         devices = %devices,
         disks = a.disks.len(),
@@ -408,6 +472,71 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
     }
     if let Some(t) = a.tamper_staged {
         tracing::warn!(item = ?t, "TEST EQUIPMENT: staging tampered boot data; the firmware must refuse it");
+    }
+    let limits = Limits {
+        cpu_quota_percent: a.cpu_quota,
+        memory_limit: a.memory_limit,
+        cpus: a.cpus.clone(),
+    };
+    let mut cgroup = if limits.is_empty() {
+        None
+    } else {
+        limits.validate(a.memory, &cgroup::online_cpus()?)?;
+        let layout = cgroup::detect(&limits.controllers())?;
+        let cg = VmCgroup::create(
+            &layout,
+            &std::process::id().to_string(),
+            a.cgroup_parent.as_deref(),
+            &limits,
+        )?;
+        cg.attach(std::process::id())?;
+        tracing::info!(event = "cgroup", groups = ?cg.dirs().collect::<Vec<_>>(), cpu_quota = ?a.cpu_quota, memory_limit = ?a.memory_limit, cpus = ?a.cpus.as_ref().map(ToString::to_string), "resource limits applied");
+        Some(cg)
+    };
+    let api = match &a.api_socket {
+        Some(path) => Some(ApiConfig {
+            listener: crate::api::bind(path)?,
+            measurement: serde_json::json!({
+                "tee": a.tee.to_string(),
+                "measurement": measurement.map(hex::encode),
+                "insecure_emulated": matches!(a.tee, TeeKind::EmulatedSnp | TeeKind::EmulatedTdx),
+            }),
+        }),
+        None => None,
+    };
+    if let Some(dir) = &a.jail {
+        if a.verifier.is_some() && a.jail_netns == JailNetns::None {
+            return Err(LaunchError::Usage(
+                "--verifier needs the network, which --jail takes away; add --jail-netns host"
+                    .into(),
+            ));
+        }
+        let cfg = JailConfig {
+            root: dir.clone(),
+            uid: a.uid.unwrap_or(u32::MAX),
+            gid: a.gid.unwrap_or(u32::MAX),
+        };
+        tracing::info!(event = "jail", root = %dir.display(), uid = cfg.uid, gid = cfg.gid, netns = ?a.jail_netns, "entering the jail");
+        match jail::enter(&cfg, a.jail_netns == JailNetns::None)? {
+            jail::Entered::Jailed => {}
+            jail::Entered::Parent(status) => {
+                drop(cgroup);
+                return Ok(Outcome::JailExited(status));
+            }
+        }
+        // The jailed child does not own the cgroup (and cannot reach /sys any more):
+        // the parent removes it.
+        std::mem::forget(cgroup.take());
+    } else if cgroup.is_some() {
+        // The VMM confined by seccomp cannot remove its cgroup when it ends; an
+        // unconfined parent waits for it and does.
+        match jail::supervise()? {
+            jail::Entered::Jailed => std::mem::forget(cgroup.take()),
+            jail::Entered::Parent(status) => {
+                drop(cgroup);
+                return Ok(Outcome::JailExited(status));
+            }
+        }
     }
     let config = VmConfig {
         firmware,
@@ -422,14 +551,27 @@ fn launch(a: &Args) -> Result<VcpuStop, LaunchError> {
         tamper: a.tamper_staged,
         preload,
         vsock,
+        kvm: Some(kvm),
+        api,
     };
-    Ok(vmm::run(config)?)
+    Ok(Outcome::Stopped(vmm::run(config)?))
+}
+
+/// How a launch ended.
+#[derive(Debug)]
+enum Outcome {
+    /// The guest stopped.
+    Stopped(VcpuStop),
+    /// This is the parent of a jailed or cgroup-limited VMM, which exited with this
+    /// status.
+    JailExited(i32),
 }
 
 /// Runs `cvm launch`.
 pub fn run(a: Args) -> ExitCode {
     match launch(&a) {
-        Ok(why) => {
+        Ok(Outcome::JailExited(status)) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+        Ok(Outcome::Stopped(why)) => {
             let (code, msg) = exit_status(&why);
             tracing::info!(event = "shutdown", exit_status = code, reason = %msg, "guest stopped");
             if code != 0 {

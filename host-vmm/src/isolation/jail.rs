@@ -6,7 +6,8 @@
 //!
 //! 1. unshares the mount, PID, network, IPC and UTS namespaces;
 //! 2. forks: the child is PID 1 of the new PID namespace and goes on to run the VM; the
-//!    parent only waits for it and exits with its status;
+//!    parent only waits for it (and then cleans up, e.g. the VM's cgroup) and exits with
+//!    its status;
 //! 3. in the child: makes every mount private, bind-mounts DIR onto itself,
 //!    `pivot_root`s into it and detaches the old root, so nothing outside DIR is
 //!    reachable by path;
@@ -102,29 +103,33 @@ pub fn check_root(root: &Path) -> Result<PathBuf, JailError> {
     Ok(canon)
 }
 
-/// What [`enter`] returns in the process that goes on.
+/// What [`enter`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entered {
     /// This is the jailed child: run the VM.
     Jailed,
+    /// This is the parent outside the jail; the child ended with this exit status
+    /// (128 + signal if it was killed). Clean up and exit with it.
+    Parent(i32),
 }
 
-/// Enters the jail (see the module docs). Returns only in the jailed child; the parent
-/// exits with the child's status.
-pub fn enter(cfg: &JailConfig) -> Result<Entered, JailError> {
+/// Enters the jail (see the module docs).
+/// `new_netns: false` keeps the host's network namespace (for a VMM that must reach a
+/// verifier); everything else is the same.
+pub fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailError> {
     let root = check_root(&cfg.root)?;
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS;
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if new_netns {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: unshare takes flags only; the process is single-threaded here (the caller
     // guarantees it), as CLONE_NEWNS/CLONE_NEWPID semantics require.
     sys("unshare", unsafe { libc::unshare(flags) } as libc::c_long)?;
     // SAFETY: fork in a single-threaded process; the child only continues this code.
     let pid = sys("fork", unsafe { libc::fork() } as libc::c_long)?;
     if pid != 0 {
-        std::process::exit(wait_for(pid as libc::pid_t));
+        return Ok(Entered::Parent(wait_for(pid as libc::pid_t)));
     }
     // In the child: if the parent dies, so do we.
     // SAFETY: prctl with integer arguments.
@@ -133,6 +138,23 @@ pub fn enter(cfg: &JailConfig) -> Result<Entered, JailError> {
     } as libc::c_long)?;
     pivot_into(&root)?;
     drop_privileges(cfg.uid, cfg.gid)?;
+    Ok(Entered::Jailed)
+}
+
+/// Forks without a jail: the child goes on to run the VM (`Entered::Jailed`), the
+/// parent waits and returns `Entered::Parent(status)`. Used when the VM has a cgroup
+/// but no jail: a VMM confined by seccomp cannot remove its own cgroup when it ends, so
+/// the unconfined parent does.
+pub fn supervise() -> Result<Entered, JailError> {
+    // SAFETY: fork in a single-threaded process (the caller guarantees it); the child
+    // only continues this code.
+    let pid = sys("fork", unsafe { libc::fork() } as libc::c_long)?;
+    if pid != 0 {
+        return Ok(Entered::Parent(wait_for(pid as libc::pid_t)));
+    }
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    sys("prctl(PR_SET_PDEATHSIG)", rc as libc::c_long)?;
     Ok(Entered::Jailed)
 }
 

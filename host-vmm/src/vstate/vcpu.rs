@@ -1,12 +1,54 @@
 //! vCPUs: creation, the run loop, and diagnosis of why a vCPU stopped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use kvm_bindings::{kvm_regs, kvm_sregs, CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::{Buses, VmEvent};
+
+/// What the VMM asks of its running vCPUs: stop for good, or pause until resumed. A
+/// vCPU in KVM_RUN sees a request after the VMM kicks it out with a signal.
+#[derive(Debug, Default)]
+pub struct RunControl {
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl RunControl {
+    /// Asks every vCPU to stop (also wakes paused ones).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _g = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// Whether a stop was requested.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Pauses or resumes the vCPUs.
+    pub fn set_paused(&self, paused: bool) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = paused;
+        self.wake.notify_all();
+    }
+
+    /// Whether the vCPUs are asked to pause.
+    pub fn paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_while_paused(&self) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        while *p && !self.stopped() {
+            p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
 
 /// Why a vCPU stopped running guest code.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +80,8 @@ pub enum VcpuStop {
     Crash,
     /// The guest signalled a panic through pvpanic.
     GuestPanic,
+    /// The operator asked for a shutdown through the control API.
+    ShutdownRequested,
     /// KVM_RUN failed.
     RunError(String),
     /// An exit the VMM does not handle.
@@ -57,6 +101,7 @@ impl VcpuStop {
             VcpuStop::Halted(_) => "halted",
             VcpuStop::Crash => "crash",
             VcpuStop::GuestPanic => "guest-panic",
+            VcpuStop::ShutdownRequested => "shutdown-requested",
             VcpuStop::RunError(_) => "run-error",
             VcpuStop::UnexpectedExit(_) => "unexpected-exit",
         }
@@ -183,9 +228,10 @@ impl Vcpu {
 
     /// Runs the guest until it stops. `stop` is checked whenever KVM_RUN is interrupted
     /// (the VMM signals the thread to interrupt it).
-    pub fn run(&mut self, bus: &Buses, mem: &GuestMemoryMmap, stop: &AtomicBool) -> VcpuStop {
+    pub fn run(&mut self, bus: &Buses, mem: &GuestMemoryMmap, control: &RunControl) -> VcpuStop {
         loop {
-            if stop.load(Ordering::Acquire) {
+            control.wait_while_paused();
+            if control.stopped() {
                 return VcpuStop::Stopped;
             }
             let outcome = match self.fd.run() {

@@ -1,0 +1,308 @@
+//! `cvm launch` confined and controlled, under the real /dev/kvm: `--jail` (paths
+//! resolved inside the jail, unprivileged), the per-VM cgroup (`--cpu-quota`,
+//! `--memory-limit`, `--cpus`) and the `--api-socket` control API (status, pause,
+//! resume, shutdown). The guests are tiny bzImages booted by the built-in firmware.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CVM: &str = env!("CARGO_BIN_EXE_cvm");
+const NOBODY: u32 = 65534;
+
+/// Prints "CONFINED-GUEST-OK\n" on COM1 and powers off (ACPI S5).
+const PRINT_AND_POWER_OFF: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+    0x48, 0x8d, 0x1d, 0x19, 0x00, 0x00, 0x00, // lea rbx, [rip + msg]
+    0x8a, 0x03, 0x84, 0xc0, 0x74, 0x06, // mov al, [rbx]; test al, al; jz done
+    0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4, // out dx, al; inc rbx; jmp loop
+    0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x00, 0x34, 0x66, 0xef, // S5
+    0xf4, 0xeb, 0xfd, // hlt; jmp hlt
+    b'C', b'O', b'N', b'F', b'I', b'N', b'E', b'D', b'-', b'G', b'U', b'E', b'S', b'T', b'-', b'O',
+    b'K', b'\n', 0,
+];
+
+/// Spins forever (`jmp $`).
+const SPIN: &[u8] = &[0xeb, 0xfe];
+
+/// A minimal bzImage (2.15 header, XLF_KERNEL_64) whose 64-bit entry runs `entry`.
+fn bzimage(entry: &[u8]) -> Vec<u8> {
+    let mut s = vec![0u8; 1024];
+    s[0x1F1] = 1; // setup_sects
+    s[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
+    s[0x200] = 0xEB;
+    s[0x201] = 0x6A;
+    s[0x202..0x206].copy_from_slice(b"HdrS");
+    s[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
+    s[0x211] = 1; // LOADED_HIGH
+    s[0x22C..0x230].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+    s[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
+    s[0x238..0x23C].copy_from_slice(&2048u32.to_le_bytes());
+    s[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes());
+    s[0x260..0x264].copy_from_slice(&0x10000u32.to_le_bytes());
+    let mut pm = vec![0u8; 0x200];
+    pm.extend_from_slice(entry);
+    pm.resize(pm.len().next_multiple_of(512), 0x90);
+    s.extend_from_slice(&pm);
+    s
+}
+
+fn root_and_kvm() -> bool {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !(kvm && root) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/dev/kvm and root are required under CI"
+        );
+        eprintln!("SKIPPED: needs /dev/kvm and root");
+    }
+    kvm && root
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid path string.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0);
+}
+
+#[test]
+fn a_jailed_vmm_runs_unprivileged_with_its_paths_inside_the_jail() {
+    if !root_and_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel");
+    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF)).unwrap();
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    chown(&jail, NOBODY, NOBODY);
+    let disk = jail.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    chown(&disk, NOBODY, NOBODY);
+    let out = Command::new(CVM)
+        .args(["launch", "--tee", "none", "--kernel"])
+        .arg(&kernel)
+        .arg("--jail")
+        .arg(&jail)
+        .args(["--uid", "65534", "--gid", "65534"])
+        // Both resolved inside the jail.
+        .args(["--disk", "/disk.img", "--serial", "file:/console.log"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("entering the jail"));
+    let console = std::fs::read_to_string(jail.join("console.log")).unwrap();
+    assert!(console.contains("CONFINED-GUEST-OK"), "{console}");
+    // Created by the jailed VMM, so owned by its unprivileged user.
+    let meta = std::fs::metadata(jail.join("console.log")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
+
+    // A disk outside the jail cannot be reached from inside it.
+    let outside = dir.path().join("outside.img");
+    std::fs::write(&outside, vec![0u8; 1 << 20]).unwrap();
+    let out = Command::new(CVM)
+        .args(["launch", "--tee", "none", "--kernel"])
+        .arg(&kernel)
+        .arg("--jail")
+        .arg(&jail)
+        .args(["--uid", "65534", "--gid", "65534", "--disk"])
+        .arg(&outside)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+
+    // The relay needs the network, which the jail takes away unless asked.
+    let out = Command::new(CVM)
+        .args(["launch", "--tee", "none", "--kernel"])
+        .arg(&kernel)
+        .arg("--jail")
+        .arg(&jail)
+        .args(["--uid", "65534", "--gid", "65534"])
+        .args(["--verifier", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--jail-netns host"),
+        "{}",
+        text(&out)
+    );
+}
+
+fn call(sock: &Path, method: &str, path: &str) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: cvm\r\n\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are utime and stime; `after` starts at field 3.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn cgroups_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+#[test]
+fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
+    if !root_and_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("spin");
+    std::fs::write(&kernel, bzimage(SPIN)).unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = Command::new(CVM)
+        .args(["launch", "--tee", "none", "--kernel"])
+        .arg(&kernel)
+        .arg("--api-socket")
+        .arg(&sock)
+        .args(["--cpu-quota", "50", "--memory-limit", "600M", "--cpus", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "no API socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = call(&sock, "GET", "/v1/vm");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\"running\""),
+        "{r}"
+    );
+    assert!(r.contains("\"tee\":\"none\""), "{r}");
+    let r = call(&sock, "GET", "/v1/vm/measurement");
+    assert!(r.contains("\"measurement\":null"), "{r}");
+    // The VMM runs in its own group with the quota.
+    let groups = cgroups_of(pid);
+    assert!(groups.contains(&format!("cvm-{pid}")), "{groups}");
+    let quota_files: Vec<PathBuf> = groups
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctl, path) = (p.next()?, p.next()?, p.next()?);
+            (ctl == "cpu").then(|| PathBuf::from(format!("/sys/fs/cgroup/cpu{path}")))
+        })
+        .collect();
+    let cpu_dir = quota_files.first().cloned().expect("a cpu cgroup");
+    let q = std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us")).unwrap();
+    assert_eq!(q.trim(), "50000");
+    // `cvm` supervises the confined VMM from outside (to remove the group at the end):
+    // the VM's CPU time is that of the group's members.
+    let vm_cpu = || -> f64 {
+        std::fs::read_to_string(cpu_dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .map(cpu_seconds)
+            .sum()
+    };
+
+    // Running, the spinning guest uses CPU; paused, it does not.
+    std::thread::sleep(Duration::from_millis(500));
+    let c0 = vm_cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let running = vm_cpu() - c0;
+    let r = call(&sock, "PUT", "/v1/vm/pause");
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert!(call(&sock, "GET", "/v1/vm").contains("\"paused\""));
+    let r = call(&sock, "PUT", "/v1/vm/pause");
+    assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+    std::thread::sleep(Duration::from_millis(300));
+    let c1 = vm_cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let paused = vm_cpu() - c1;
+    assert!(
+        running > 0.2,
+        "the spinning guest used {running:.2}s of CPU in 1s"
+    );
+    assert!(
+        running < 0.8,
+        "the 50% quota let it use {running:.2}s in 1s"
+    );
+    assert!(
+        paused < 0.05,
+        "the paused guest used {paused:.2}s of CPU in 1s"
+    );
+    let r = call(&sock, "PUT", "/v1/vm/resume");
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    assert!(call(&sock, "GET", "/v1/vm").contains("\"running\""));
+    let r = call(&sock, "PUT", "/v1/vm/shutdown");
+    assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(
+        stderr.contains("shutdown requested through the control API"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("resource limits applied"), "{stderr}");
+    // The group is gone with the VM.
+    assert!(!cpu_dir.exists(), "{} was left behind", cpu_dir.display());
+}
+
+#[test]
+fn limits_that_cannot_hold_the_guest_are_refused() {
+    if !root_and_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("kernel");
+    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF)).unwrap();
+    for (flag, value, says) in [
+        ("--memory-limit", "256M", "overhead"),
+        ("--cpus", "63", "not online"),
+        ("--cpu-quota", "0", "outside"),
+    ] {
+        let out = Command::new(CVM)
+            .args(["launch", "--tee", "none", "--memory", "512M", "--kernel"])
+            .arg(&kernel)
+            .args([flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{flag} {value}: {}",
+            text(&out)
+        );
+    }
+}
