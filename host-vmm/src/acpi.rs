@@ -159,9 +159,50 @@ pub fn dsdt(devices: &[VirtioMmioDesc]) -> Vec<u8> {
     table.as_slice().to_vec()
 }
 
+/// The Confidential Computing Event Log table (ACPI 6.5 §5.2.34): where a TD's
+/// firmware left the CC event log (TCG crypto-agile format, RTMR events), so the guest
+/// kernel can expose it (`/sys/firmware/acpi/tables/data/CCEL`) for replay against the
+/// quote's RTMRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ccel {
+    /// CC type: 2 = Intel TDX.
+    pub cc_type: u8,
+    /// Log area start address (the firmware's, see docs/guest-boot-protocol.md).
+    pub lasa: u64,
+    /// Log area minimum length.
+    pub laml: u64,
+}
+
+impl Ccel {
+    /// The log area the project firmware fills in TDX and emulated-TDX guests.
+    pub const TDX_FIRMWARE: Ccel = Ccel {
+        cc_type: 2,
+        lasa: 0x3_0000,
+        laml: 0x1_0000,
+    };
+}
+
+/// The CCEL table bytes: header, CC type, CC subtype 0, 2 reserved, LAML, LASA.
+pub fn ccel(c: &Ccel) -> Vec<u8> {
+    let mut table = Sdt::new(*b"CCEL", 36, 1, OEM_ID, OEM_TABLE, 1);
+    table.append_slice(&[c.cc_type, 0, 0, 0]);
+    table.append_slice(&c.laml.to_le_bytes());
+    table.append_slice(&c.lasa.to_le_bytes());
+    table.as_slice().to_vec()
+}
+
 /// Builds every table for `vcpus` vCPUs and the given devices, laid out from
 /// [`ACPI_BASE`].
 pub fn build(vcpus: u32, devices: &[VirtioMmioDesc]) -> Result<AcpiTables, AcpiError> {
+    build_with(vcpus, devices, None)
+}
+
+/// [`build`], plus a CCEL table when `ccel` is given (TDX guests).
+pub fn build_with(
+    vcpus: u32,
+    devices: &[VirtioMmioDesc],
+    ccel_table: Option<Ccel>,
+) -> Result<AcpiTables, AcpiError> {
     if vcpus == 0 || vcpus > 255 {
         return Err(AcpiError::TooManyVcpus(vcpus));
     }
@@ -181,15 +222,17 @@ pub fn build(vcpus: u32, devices: &[VirtioMmioDesc]) -> Result<AcpiTables, AcpiE
     madt.add_structure(IoApic::new(0, IOAPIC_BASE, 0));
     let madt = bytes(&madt);
 
-    // Offsets: RSDP | XSDT | FADT | MADT | DSDT, each 16-byte aligned.
+    let ccel_bytes = ccel_table.as_ref().map(ccel);
+    // Offsets: RSDP | XSDT | FADT | MADT | DSDT [| CCEL], each 16-byte aligned.
     let round = |n: usize| n.div_ceil(16) * 16;
     let xsdt_off = round(rsdp_len);
-    let xsdt_len = 36 + 8 * 2;
+    let xsdt_len = 36 + 8 * (2 + usize::from(ccel_bytes.is_some()));
     let fadt_off = xsdt_off + round(xsdt_len);
     let fadt_len = acpi_tables::fadt::FADT::len();
     let madt_off = fadt_off + round(fadt_len);
     let dsdt_off = madt_off + round(madt.len());
-    let total = dsdt_off + dsdt.len();
+    let ccel_off = dsdt_off + round(dsdt.len());
+    let total = ccel_off + ccel_bytes.as_ref().map_or(0, Vec::len);
     if total as u64 > ACPI_SIZE {
         return Err(AcpiError::TooLarge(total));
     }
@@ -227,18 +270,25 @@ pub fn build(vcpus: u32, devices: &[VirtioMmioDesc]) -> Result<AcpiTables, AcpiE
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, 1);
     xsdt.add_entry(at(fadt_off));
     xsdt.add_entry(at(madt_off));
+    if ccel_bytes.is_some() {
+        xsdt.add_entry(at(ccel_off));
+    }
     let xsdt = bytes(&xsdt);
     let rsdp = bytes(&Rsdp::new(OEM_ID, at(xsdt_off)));
 
     let mut blob = Vec::with_capacity(total);
     let mut offsets = Vec::new();
-    for (sig, off, t) in [
+    let mut tables = vec![
         (*b"RSDP", 0, &rsdp),
         (*b"XSDT", xsdt_off, &xsdt),
         (*b"FACP", fadt_off, &fadt),
         (*b"APIC", madt_off, &madt),
         (*b"DSDT", dsdt_off, &dsdt),
-    ] {
+    ];
+    if let Some(c) = &ccel_bytes {
+        tables.push((*b"CCEL", ccel_off, c));
+    }
+    for (sig, off, t) in tables {
         debug_assert_eq!(blob.len(), off);
         offsets.push((sig, off));
         blob.extend_from_slice(t);
@@ -328,6 +378,25 @@ mod tests {
         let has = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"QEMU0001") && has(b"PEVT"));
         assert!(has(b"VR00") && has(b"VR02") && !has(b"VR03"));
+    }
+
+    #[test]
+    fn tdx_guests_get_a_ccel_table_in_the_xsdt() {
+        let plain = build(1, &[]).unwrap();
+        assert!(!plain.offsets.iter().any(|(s, _)| s == b"CCEL"));
+        let t = build_with(1, &[], Some(Ccel::TDX_FIRMWARE)).unwrap();
+        let c = table(&t, b"CCEL");
+        assert_eq!(c.len(), 56);
+        assert!(checksum_ok(c));
+        assert_eq!(c[36], 2, "CC type TDX");
+        assert_eq!(u64::from_le_bytes(c[40..48].try_into().unwrap()), 0x1_0000);
+        assert_eq!(u64::from_le_bytes(c[48..56].try_into().unwrap()), 0x3_0000);
+        let xsdt = table(&t, b"XSDT");
+        assert_eq!(xsdt.len(), 36 + 24);
+        let off = t.offsets.iter().find(|(s, _)| s == b"CCEL").unwrap().1;
+        let e2 = u64::from_le_bytes(xsdt[52..60].try_into().unwrap());
+        assert_eq!(e2, ACPI_BASE + off as u64);
+        assert!(checksum_ok(xsdt));
     }
 
     #[test]

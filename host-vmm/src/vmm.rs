@@ -381,7 +381,10 @@ pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
         );
         vsock_loop = Some((epoll, transport, stop));
     }
-    let tables = acpi::build(config.vcpus, &descs)?;
+    // TD guests: the CCEL table points the kernel at the firmware's CC event log.
+    let ccel = matches!(config.tee, TeeKind::Tdx | TeeKind::EmulatedTdx)
+        .then_some(acpi::Ccel::TDX_FIRMWARE);
+    let tables = acpi::build_with(config.vcpus, &descs, ccel)?;
     {
         use vm_memory::Bytes;
         vm.memory()
