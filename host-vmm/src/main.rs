@@ -22,7 +22,7 @@ enum Command {
     #[command(subcommand)]
     Measure(cli::measure::Command),
     /// Launch a guest and wait for it to stop.
-    Launch(cli::launch::Args),
+    Launch(Box<cli::launch::Args>),
     /// Report what this host can run (KVM, SNP, TDX, cgroups, seccomp).
     HostCheck(cli::host_check::Args),
     /// Build guest disk images (encrypted LUKS2 disks and their keys).
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Measure(c) => cli::measure::run(c),
         Command::Emulated(c) => cli::emulated::run(c),
-        Command::Launch(a) => cli::launch::run(a),
+        Command::Launch(a) => cli::launch::run(*a),
         Command::HostCheck(a) => cli::host_check::run(a),
         Command::Image(c) => cli::image::run(c),
         Command::Firmware(a) => cli::firmware::run(a),

@@ -28,13 +28,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// `cvm image`.
-#[derive(Debug, clap::Subcommand)]
-pub enum Command {
-    /// Create an encrypted LUKS2 disk image and a random 64-byte key file for it.
-    Disk(DiskArgs),
-}
-
 /// Keyslot KDF choice on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KdfArg {
@@ -311,40 +304,38 @@ fn copy_file(vol: &mut luks::Volume, path: &Path, size: u64) -> Result<u64, Imag
     Ok(off)
 }
 
-/// Runs `cvm image`.
-pub fn run(cmd: Command) -> ExitCode {
-    match cmd {
-        Command::Disk(args) => match create_disk(&args) {
-            Ok(c) => {
-                println!(
-                    "created {}: LUKS2 aes-xts-plain64, 4096-byte sectors, {} payload bytes \
-                     ({} written) at offset {}",
-                    c.image.display(),
-                    c.payload_size,
-                    c.payload_written,
-                    luks::DATA_OFFSET
-                );
-                println!(
-                    "key file: {} (64 random bytes, mode 0600)",
-                    c.key_file.display()
-                );
-                let stem = c
-                    .image
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "disk".into());
-                println!(
-                    "next: register the key with the verifier so it releases it only to \
-                     attested guests, then delete the local copy:\n  cvm-verifier admin \
-                     resource put default/luks-key/{stem} --value-file {}\n  and grant it \
-                     to the workload (cvm-verifier admin workload put ... --resource \
-                     default/luks-key/{stem})",
-                    c.key_file.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => super::fail(&e, 1),
-        },
+/// Runs `cvm image disk`.
+pub fn run(args: &DiskArgs) -> ExitCode {
+    match create_disk(args) {
+        Ok(c) => {
+            println!(
+                "created {}: LUKS2 aes-xts-plain64, 4096-byte sectors, {} payload bytes \
+                 ({} written) at offset {}",
+                c.image.display(),
+                c.payload_size,
+                c.payload_written,
+                luks::DATA_OFFSET
+            );
+            println!(
+                "key file: {} (64 random bytes, mode 0600)",
+                c.key_file.display()
+            );
+            let stem = c
+                .image
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "disk".into());
+            println!(
+                "next: register the key with the verifier so it releases it only to \
+                 attested guests, then delete the local copy:\n  cvm-verifier admin \
+                 resource put default/luks-key/{stem} --value-file {}\n  and grant it \
+                 to the workload (cvm-verifier admin workload put ... --resource \
+                 default/luks-key/{stem})",
+                c.key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => crate::cli::fail(&e, 1),
     }
 }
 
