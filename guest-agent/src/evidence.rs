@@ -10,7 +10,8 @@
 //! | `tdx` | `{"quote": base64(DCAP quote), "collateral": <QuoteCollateralV3 JSON object> \| null}` |
 //!
 //! Providers: the test guest's emulated mailbox (`testguest/src/tee.rs`); `cvm-agent`'s
-//! `/dev/sev-guest`, configfs-tsm and `/dev/tdx_guest` (host binary, `std`).
+//! `/dev/sev-guest`, configfs-tsm and `/dev/tdx_guest` (host binary, `std`), and its
+//! `emulated-unix:PATH` client of `cvm emulated serve` (test equipment).
 
 use alloc::string::String;
 use base64::engine::general_purpose::STANDARD as B64;

@@ -13,6 +13,11 @@
 //! TDX collateral is not fetched by the agent (no PCCS client): pass it with
 //! `--tdx-collateral FILE` (the `QuoteCollateralV3` JSON), or the verifier answers
 //! "collateral unavailable".
+//!
+//! Test equipment: [`emulated_unix::EmulatedUnixEvidence`] (`--evidence
+//! emulated-unix:PATH`) asks `cvm emulated serve` on a Unix socket instead, so the agent
+//! runs as a host process; with `--test-passphrase` it then only checks the key with
+//! [`cryptsetup_test_passphrase`] (no dm-crypt, no mount) and exits 0 or 1.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,8 @@ use std::process::{Command, Stdio};
 
 use crate::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use crate::linux::{sev_guest, tsm};
+
+pub mod emulated_unix;
 
 /// Which evidence source to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,28 +133,54 @@ pub enum UnlockError {
 
 /// `cryptsetup open --key-file=- DEVICE NAME` with `key` on stdin.
 pub fn cryptsetup_open(device: &Path, name: &str, key: &[u8]) -> Result<PathBuf, UnlockError> {
-    let mut child = Command::new("cryptsetup")
-        .args(["open", "--type", "luks2", "--key-file=-"])
+    let mut cmd = Command::new("cryptsetup");
+    cmd.args(["open", "--type", "luks2", "--key-file=-"])
         .arg(device)
-        .arg(name)
+        .arg(name);
+    cryptsetup_with_key(cmd, key, "cryptsetup open")?;
+    Ok(Path::new("/dev/mapper").join(name))
+}
+
+/// `cryptsetup open --test-passphrase --key-file=- DEVICE` with `key` on stdin: checks
+/// that `key` opens a LUKS2 keyslot of `device` without creating a dm-crypt mapping
+/// (works on an image file, without device-mapper).
+pub fn cryptsetup_test_passphrase(device: &Path, key: &[u8]) -> Result<(), UnlockError> {
+    let mut cmd = Command::new("cryptsetup");
+    cmd.args([
+        "open",
+        "--type",
+        "luks2",
+        "--test-passphrase",
+        "--key-file=-",
+    ])
+    .arg(device);
+    cryptsetup_with_key(cmd, key, "cryptsetup open --test-passphrase")
+}
+
+/// Runs `cmd` with `key` written to its stdin (a pipe: never on disk or in argv).
+fn cryptsetup_with_key(
+    mut cmd: Command,
+    key: &[u8],
+    what: &'static str,
+) -> Result<(), UnlockError> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| UnlockError::Spawn("cryptsetup", e))?;
-    {
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or(UnlockError::Pipe(std::io::Error::other("no stdin pipe")))?;
-        stdin.write_all(key).map_err(UnlockError::Pipe)?;
-    }
+    let written = match child.stdin.take() {
+        // Dropping the pipe at the end of this arm sends EOF: the key is all of stdin.
+        Some(mut stdin) => stdin.write_all(key).map_err(UnlockError::Pipe),
+        None => Err(UnlockError::Pipe(std::io::Error::other("no stdin pipe"))),
+    };
     let status = child
         .wait()
         .map_err(|e| UnlockError::Spawn("cryptsetup", e))?;
+    written?;
     if !status.success() {
-        return Err(UnlockError::Failed("cryptsetup open", status));
+        return Err(UnlockError::Failed(what, status));
     }
-    Ok(Path::new("/dev/mapper").join(name))
+    Ok(())
 }
 
 /// `mount DEVICE TARGET` (the file system type is detected by mount).

@@ -1,5 +1,10 @@
 //! `cvm-agent`: attest, receive the disk key, open the LUKS2 root, switch to it.
 //!
+//! Test mode, as a host process: `--evidence emulated-unix:PATH` (evidence from `cvm
+//! emulated serve`, insecure-emulated) and `--test-passphrase` (check the released key
+//! with `cryptsetup open --test-passphrase`, no dm-crypt; exit 0 if it opens a keyslot,
+//! 1 otherwise).
+//!
 //! Build a static binary for an initramfs:
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent --bin cvm-agent --target x86_64-unknown-linux-gnu`
 //! (`--target` keeps crt-static off the proc macros; ~3.9 MB stripped)
@@ -8,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use guest_agent::agent::emulated_unix::EmulatedUnixEvidence;
 use guest_agent::agent::{self, LinuxEvidence};
 use guest_agent::evidence::EvidenceProvider;
 use guest_agent::jwe::Curve;
@@ -39,7 +45,16 @@ struct Args {
     /// TDX collateral (QuoteCollateralV3 JSON) to send with quotes.
     #[arg(long)]
     tdx_collateral: Option<PathBuf>,
-    /// The LUKS2 device.
+    /// Evidence source: `auto` (configfs-tsm, then /dev/sev-guest) or
+    /// `emulated-unix:PATH` (`cvm emulated serve` on a Unix socket; insecure-emulated test
+    /// equipment).
+    #[arg(long, default_value = "auto")]
+    evidence: String,
+    /// Only check that the released key opens a keyslot of --device (`cryptsetup open
+    /// --test-passphrase`, key on stdin; no dm-crypt, no mount) and exit 0, or 1.
+    #[arg(long, visible_alias = "check-only", conflicts_with = "switch_root")]
+    test_passphrase: bool,
+    /// The LUKS2 device (or image file, with --test-passphrase).
     #[arg(long)]
     device: PathBuf,
     /// The dm-crypt mapping name.
@@ -121,18 +136,41 @@ fn main() -> ExitCode {
         },
         None => None,
     };
-    let mut evidence = match LinuxEvidence::detect(collateral) {
-        Ok(e) => e,
-        Err(e) => return report(&e),
+    let (mut evidence, source): (Box<dyn EvidenceProvider>, String) = match args.evidence.as_str() {
+        "auto" => match LinuxEvidence::detect(collateral) {
+            Ok(e) => {
+                let source = format!("{:?}", e.source());
+                (Box::new(e), source)
+            }
+            Err(e) => return report(&e),
+        },
+        spec => match spec.strip_prefix("emulated-unix:") {
+            Some(path) if !path.is_empty() => {
+                match EmulatedUnixEvidence::connect(path.as_ref(), collateral) {
+                    Ok(e) => {
+                        eprintln!(
+                            "cvm-agent: WARNING: evidence from the emulated secure processor \
+                                 at {path}: insecure-emulated test equipment"
+                        );
+                        (Box::new(e), format!("emulated-unix:{path}"))
+                    }
+                    Err(e) => return report(&e),
+                }
+            }
+            _ => {
+                return report(&Usage(format!(
+                    "bad --evidence {spec}: use auto or emulated-unix:PATH"
+                )))
+            }
+        },
     };
     let transport = match transport(&args.kbs, args.kbs_ca.as_ref()) {
         Ok(t) => t,
         Err(e) => return report(&e),
     };
     eprintln!(
-        "cvm-agent: attesting ({} via {:?}) for {}",
+        "cvm-agent: attesting ({} via {source}) for {}",
         evidence.tee().as_str(),
-        evidence.source(),
         path.as_str()
     );
     let mut client = KbsClient::new(
@@ -142,10 +180,25 @@ fn main() -> ExitCode {
             ..Default::default()
         },
     );
-    let key = match client.fetch(&mut evidence, &mut OsEntropy, Curve::P384, &path) {
+    let key = match client.fetch(evidence.as_mut(), &mut OsEntropy, Curve::P384, &path) {
         Ok(k) => k,
         Err(e) => return report(&e),
     };
+    if args.test_passphrase {
+        let checked = agent::cryptsetup_test_passphrase(&args.device, key.expose());
+        drop(key);
+        return match checked {
+            Ok(()) => {
+                eprintln!(
+                    "cvm-agent: the released key opens a LUKS2 keyslot of {} \
+                     (cryptsetup --test-passphrase)",
+                    args.device.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(&e),
+        };
+    }
     let mapped = match agent::cryptsetup_open(&args.device, &args.name, key.expose()) {
         Ok(m) => m,
         Err(e) => return report(&e),

@@ -3,6 +3,7 @@
 //! Emulated TEEs are test equipment: their evidence proves nothing about memory
 //! encryption, and a verifier accepts it only with the emulated trust anchor configured.
 
+pub mod serve;
 pub mod snp;
 pub mod tdx;
 
@@ -20,6 +21,9 @@ pub enum Command {
     /// Produce an emulated TDX quote and its collateral.
     #[command(subcommand)]
     Quote(QuoteCmd),
+    /// Serve the emulated secure processor's mailbox on a Unix socket (for `cvm-agent
+    /// --evidence emulated-unix:PATH` as a host process). Insecure-emulated.
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// `cvm emulated init`.
@@ -56,5 +60,6 @@ pub fn run(cmd: Command) -> ExitCode {
         }
         Command::Report(ReportCmd::Snp(a)) => snp::report(a),
         Command::Quote(QuoteCmd::Tdx(a)) => tdx::quote(a),
+        Command::Serve(a) => serve::run(*a),
     }
 }
