@@ -74,6 +74,8 @@ pub const MAILBOX_VERSION: u32 = 1;
 /// Days the collateral served by TDX_COLLATERAL stays valid.
 pub const COLLATERAL_DAYS: i64 = 30;
 const RESPONSE_LEN_AT: usize = 0x40;
+/// Bytes of the window a command may read as its request.
+pub const REQUEST_LEN: usize = 0x44;
 const RESPONSE_AT: usize = 0x100;
 const MAGIC: u32 = 0x454D_5643;
 
@@ -320,7 +322,9 @@ impl Mailbox {
         if self.mem.read_slice(&mut window, GuestAddress(gpa)).is_err() {
             return status::BAD_WINDOW;
         }
-        match self.tee.execute(cmd, &window[..RESPONSE_LEN_AT]) {
+        // The request area runs to 0x44: SNP_REPORT's VMPL sits at 0x40, where the
+        // response length is written afterwards.
+        match self.tee.execute(cmd, &window[..REQUEST_LEN]) {
             Ok(resp) if resp.len() <= WINDOW - RESPONSE_AT => {
                 let len = (resp.len() as u32).to_le_bytes();
                 let ok = self

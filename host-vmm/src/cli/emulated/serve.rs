@@ -18,15 +18,15 @@
 //! little-endian u32:
 //!
 //! ```text
-//! request:  command | length | payload (≤ 64 bytes: the mailbox request area, zero-padded)
+//! request:  command | length | payload (≤ 0x44 bytes: the mailbox request area, zero-padded)
 //! response: status  | length | payload (length ≤ 65 280 bytes)
 //! ```
 //!
 //! Commands and statuses are the mailbox's: 1 SNP_REPORT (payload: REPORT_DATA, 64
-//! bytes; VMPL 0), 2 SNP_CERTS, 3 TDX_QUOTE (REPORT_DATA), 4 TDX_RTMR_EXTEND (index at 0,
+//! bytes, then VMPL as u32 at 0x40), 2 SNP_CERTS, 3 TDX_QUOTE (REPORT_DATA), 4 TDX_RTMR_EXTEND (index at 0,
 //! digest at 8), 5 INFO (→ kind 1 SNP / 2 TDX, version 1), 6 TDX_COLLATERAL; status 0 OK,
 //! 1 BAD_REQUEST, 2 UNSUPPORTED, 3 FAILED. A non-OK status has an empty payload. A
-//! request longer than 64 bytes is answered BAD_REQUEST and the connection closed.
+//! request longer than 0x44 bytes is answered BAD_REQUEST and the connection closed.
 //! Connections are served one at a time, each with a 10 s idle timeout.
 //!
 //! The socket is created mode 0600 (owner only); an existing socket at the path is
@@ -48,7 +48,7 @@ use crate::devices::PioDevice;
 use crate::tee::emulated::{status, EmulatedTee, Mailbox, COLLATERAL_DAYS, MAILBOX_PORT, WINDOW};
 
 /// Largest request payload: the mailbox request area (0x00..0x40 of the window).
-pub const MAX_REQUEST: usize = 0x40;
+pub const MAX_REQUEST: usize = crate::tee::emulated::REQUEST_LEN;
 /// Largest response payload: the window minus its header.
 pub const MAX_RESPONSE: usize = WINDOW - RESPONSE_AT;
 const RESPONSE_LEN_AT: u64 = 0x40;
@@ -260,12 +260,12 @@ impl Service {
         if request.len() > MAX_REQUEST {
             return Err(status::BAD_REQUEST);
         }
+        // The whole request area, VMPL (0x40..0x44) included, zero-padded.
         let mut area = [0u8; MAX_REQUEST];
         area[..request.len()].copy_from_slice(request);
         let mut len = [0u8; 4];
         self.mem
             .write_slice(&area, GuestAddress(0))
-            .and_then(|()| self.mem.write_slice(&len, GuestAddress(RESPONSE_LEN_AT)))
             .map_err(|_| status::FAILED)?;
         self.mailbox.write(4, &command.to_le_bytes());
         let mut st = [0u8; 4];
@@ -429,8 +429,17 @@ mod tests {
         // A short payload is zero-padded, as in the window.
         assert_eq!(call(&mut client, 1, &[0; 10]).0, status::OK);
         assert_eq!(call(&mut client, 99, &[]).0, status::BAD_REQUEST);
-        // An oversized request is refused and the connection closed.
-        assert_eq!(call(&mut client, 1, &[0; 65]).0, status::BAD_REQUEST);
+        // VMPL (u32 at 0x40) reaches the report.
+        let mut req = vec![9u8; 64];
+        req.extend_from_slice(&2u32.to_le_bytes());
+        let (st, report) = call(&mut client, 1, &req);
+        assert_eq!(st, 0);
+        assert_eq!(&report[0x30..0x34], &2u32.to_le_bytes()); // VMPL
+                                                              // An oversized request is refused and the connection closed.
+        assert_eq!(
+            call(&mut client, 1, &[0; MAX_REQUEST + 1]).0,
+            status::BAD_REQUEST
+        );
         t.join().unwrap();
     }
 
