@@ -578,3 +578,85 @@ fn the_32_bit_entry_of_a_td_reaches_long_mode() {
         "{out}"
     );
 }
+
+/// QEMU runs the same image as its BIOS: it reaches the firmware's Rust code, which
+/// finds no cvm boot-data descriptor (QEMU delivers kernels through fw_cfg) and
+/// refuses to boot, as it must.
+#[test]
+fn qemu_runs_the_image_as_its_firmware() {
+    if !have_kvm() {
+        return;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "qemu-system-x86_64 is required under CI"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fw = dir.path().join("cvm-firmware.fd");
+    std::fs::write(&fw, image()).unwrap();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "q35",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+            "-m",
+            "256M",
+        ])
+        .arg("-bios")
+        .arg(&fw)
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "pvpanic", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = qemu.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("refusing to boot");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("cvm-firmware: plain (no TEE)"), "{text}");
+    assert!(
+        text.contains("refusing to boot: no boot-data descriptor"),
+        "{text}"
+    );
+}
