@@ -14,6 +14,9 @@ use measured_boot::firmware::sev::SevSectionType;
 use measured_boot::firmware::tdx::TdvfSectionType;
 use measured_boot::FirmwareImage;
 
+mod common;
+use common::have_kvm;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const CMDLINE: &str = "console=ttyS0 cvm.test=firmware";
 
@@ -64,28 +67,9 @@ const ENTRY64: &[u8] = &[
     0x63, 0x6d, 0x64, 0x6c, 0x69, 0x6e, 0x65, 0x3d, 0x00, 0x52, 0x54, 0x4d, 0x52, 0x53, 0x3d, 0x00,
 ];
 
-/// A minimal bzImage: boot sector + one setup sector with a 2.15 setup header
-/// (XLF_KERNEL_64, pref_address 1 MiB, init_size 64 KiB), then the protected-mode part
-/// loaded at 0x100000 with [`ENTRY64`] at +0x200, padded with `pad` bytes.
+/// The test kernel: a minimal bzImage running [`ENTRY64`], padded with `pad` bytes.
 fn bzimage(pad: usize) -> Vec<u8> {
-    let mut s = vec![0u8; 1024];
-    s[0x1F1] = 1; // setup_sects
-    s[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
-    s[0x200] = 0xEB;
-    s[0x201] = 0x6A; // header length - 0x202
-    s[0x202..0x206].copy_from_slice(b"HdrS");
-    s[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-    s[0x211] = 1; // LOADED_HIGH
-    s[0x22C..0x230].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes()); // initrd_addr_max
-    s[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
-    s[0x238..0x23C].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
-    s[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes()); // pref_address
-    s[0x260..0x264].copy_from_slice(&(0x10000 + pad as u32).to_le_bytes()); // init_size
-    let mut pm = vec![0u8; 0x200];
-    pm.extend_from_slice(ENTRY64);
-    pm.resize(pm.len().next_multiple_of(512) + pad, 0x90);
-    s.extend_from_slice(&pm);
-    s
+    common::bzimage(ENTRY64, pad)
 }
 
 struct Inputs {
@@ -137,22 +121,6 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (Output, Duration) {
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
 }
 
 #[test]

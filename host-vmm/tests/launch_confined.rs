@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::bzimage;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const NOBODY: u32 = 65534;
 
@@ -26,28 +29,6 @@ const PRINT_AND_POWER_OFF: &[u8] = &[
 
 /// Spins forever (`jmp $`).
 const SPIN: &[u8] = &[0xeb, 0xfe];
-
-/// A minimal bzImage (2.15 header, XLF_KERNEL_64) whose 64-bit entry runs `entry`.
-fn bzimage(entry: &[u8]) -> Vec<u8> {
-    let mut s = vec![0u8; 1024];
-    s[0x1F1] = 1; // setup_sects
-    s[0x1FE..0x200].copy_from_slice(&[0x55, 0xAA]);
-    s[0x200] = 0xEB;
-    s[0x201] = 0x6A;
-    s[0x202..0x206].copy_from_slice(b"HdrS");
-    s[0x206..0x208].copy_from_slice(&0x020Fu16.to_le_bytes());
-    s[0x211] = 1; // LOADED_HIGH
-    s[0x22C..0x230].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
-    s[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // XLF_KERNEL_64
-    s[0x238..0x23C].copy_from_slice(&2048u32.to_le_bytes());
-    s[0x258..0x260].copy_from_slice(&0x10_0000u64.to_le_bytes());
-    s[0x260..0x264].copy_from_slice(&0x10000u32.to_le_bytes());
-    let mut pm = vec![0u8; 0x200];
-    pm.extend_from_slice(entry);
-    pm.resize(pm.len().next_multiple_of(512), 0x90);
-    s.extend_from_slice(&pm);
-    s
-}
 
 fn root_and_kvm() -> bool {
     let kvm = std::fs::OpenOptions::new()
@@ -89,7 +70,7 @@ fn a_jailed_vmm_runs_unprivileged_with_its_paths_inside_the_jail() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("kernel");
-    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF)).unwrap();
+    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF, 0)).unwrap();
     let jail = dir.path().join("jail");
     std::fs::create_dir(&jail).unwrap();
     chown(&jail, NOBODY, NOBODY);
@@ -179,7 +160,7 @@ fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("spin");
-    std::fs::write(&kernel, bzimage(SPIN)).unwrap();
+    std::fs::write(&kernel, bzimage(SPIN, 0)).unwrap();
     let sock = dir.path().join("api.sock");
     let mut child = Command::new(CVM)
         .args(["launch", "--tee", "none", "--kernel"])
@@ -286,7 +267,7 @@ fn limits_that_cannot_hold_the_guest_are_refused() {
     }
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("kernel");
-    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF)).unwrap();
+    std::fs::write(&kernel, bzimage(PRINT_AND_POWER_OFF, 0)).unwrap();
     for (flag, value, says) in [
         ("--memory-limit", "256M", "overhead"),
         ("--cpus", "63", "not online"),

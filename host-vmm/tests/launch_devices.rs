@@ -17,23 +17,10 @@ use measured_boot::firmware::{SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID};
 use measured_boot::snp::hashes::SevHashes;
 use measured_boot::testing::{asev, ImageBuilder};
 
-const CVM: &str = env!("CARGO_BIN_EXE_cvm");
+mod common;
+use common::have_kvm;
 
-fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
+const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// A 4 KiB firmware: `code` at 0xFFFFF000, reached from the reset vector.
 fn image(code: &[u8]) -> Vec<u8> {

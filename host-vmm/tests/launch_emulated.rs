@@ -16,24 +16,11 @@ use measured_boot::firmware::{
 };
 use measured_boot::testing::{asev, tdvf, ImageBuilder};
 
+mod common;
+use common::have_kvm;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const SIZE: usize = 0x10000;
-
-fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
 
 /// Guest code: (command, first byte to print, count) steps against the mailbox with the
 /// request window at 0x1000; prints each status byte, then `count` bytes from the

@@ -8,23 +8,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const CVM: &str = env!("CARGO_BIN_EXE_cvm");
+mod common;
+use common::have_kvm;
 
-fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
+const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// A 4 KiB firmware: `code` at 0xFFFFF000 and, at the reset vector 0xFFFFFFF0, a near
 /// jump back to it (CS base 0xFFFF0000, IP 0xF000).

@@ -504,7 +504,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         }),
         None => None,
     };
-    if let Some(dir) = &a.jail {
+    let forked = if let Some(dir) = &a.jail {
         if a.verifier.is_some() && a.jail_netns == JailNetns::None {
             return Err(LaunchError::Usage(
                 "--verifier needs the network, which --jail takes away; add --jail-netns host"
@@ -517,26 +517,23 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             gid: a.gid.unwrap_or(u32::MAX),
         };
         tracing::info!(event = "jail", root = %dir.display(), uid = cfg.uid, gid = cfg.gid, netns = ?a.jail_netns, "entering the jail");
-        match jail::enter(&cfg, a.jail_netns == JailNetns::None)? {
-            jail::Entered::Jailed => {}
-            jail::Entered::Parent(status) => {
-                drop(cgroup);
-                return Ok(Outcome::JailExited(status));
-            }
-        }
-        // The jailed child does not own the cgroup (and cannot reach /sys any more):
-        // the parent removes it.
-        std::mem::forget(cgroup.take());
+        Some(jail::enter(&cfg, a.jail_netns == JailNetns::None)?)
     } else if cgroup.is_some() {
         // The VMM confined by seccomp cannot remove its cgroup when it ends; an
         // unconfined parent waits for it and does.
-        match jail::supervise()? {
-            jail::Entered::Jailed => std::mem::forget(cgroup.take()),
-            jail::Entered::Parent(status) => {
-                drop(cgroup);
-                return Ok(Outcome::JailExited(status));
-            }
+        Some(jail::supervise()?)
+    } else {
+        None
+    };
+    match forked {
+        Some(jail::Entered::Parent(status)) => {
+            drop(cgroup);
+            return Ok(Outcome::ChildExited(status));
         }
+        // The VMM does not own the cgroup (a jailed one cannot even reach /sys): the
+        // parent removes it.
+        Some(jail::Entered::Jailed) => std::mem::forget(cgroup.take()),
+        None => {}
     }
     let config = VmConfig {
         firmware,
@@ -564,13 +561,13 @@ enum Outcome {
     Stopped(VcpuStop),
     /// This is the parent of a jailed or cgroup-limited VMM, which exited with this
     /// status.
-    JailExited(i32),
+    ChildExited(i32),
 }
 
 /// Runs `cvm launch`.
 pub fn run(a: Args) -> ExitCode {
     match launch(&a) {
-        Ok(Outcome::JailExited(status)) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
+        Ok(Outcome::ChildExited(status)) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Ok(Outcome::Stopped(why)) => {
             let (code, msg) = exit_status(&why);
             tracing::info!(event = "shutdown", exit_status = code, reason = %msg, "guest stopped");

@@ -126,25 +126,19 @@ pub fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailError> {
     // SAFETY: unshare takes flags only; the process is single-threaded here (the caller
     // guarantees it), as CLONE_NEWNS/CLONE_NEWPID semantics require.
     sys("unshare", unsafe { libc::unshare(flags) } as libc::c_long)?;
-    // SAFETY: fork in a single-threaded process; the child only continues this code.
-    let pid = sys("fork", unsafe { libc::fork() } as libc::c_long)?;
-    if pid != 0 {
-        return Ok(Entered::Parent(wait_for(pid as libc::pid_t)));
+    if let Entered::Parent(status) = supervise()? {
+        return Ok(Entered::Parent(status));
     }
-    // In the child: if the parent dies, so do we.
-    // SAFETY: prctl with integer arguments.
-    sys("prctl(PR_SET_PDEATHSIG)", unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0)
-    } as libc::c_long)?;
     pivot_into(&root)?;
     drop_privileges(cfg.uid, cfg.gid)?;
     Ok(Entered::Jailed)
 }
 
-/// Forks without a jail: the child goes on to run the VM (`Entered::Jailed`), the
-/// parent waits and returns `Entered::Parent(status)`. Used when the VM has a cgroup
-/// but no jail: a VMM confined by seccomp cannot remove its own cgroup when it ends, so
-/// the unconfined parent does.
+/// Forks: the child goes on to run the VM (`Entered::Jailed`) and dies with its
+/// parent; the parent waits and returns `Entered::Parent(status)`. [`enter`] uses it
+/// after unsharing (the child is PID 1 of the new PID namespace); on its own it serves a
+/// VM with a cgroup but no jail, since a VMM confined by seccomp cannot remove its own
+/// cgroup when it ends, so the unconfined parent does.
 pub fn supervise() -> Result<Entered, JailError> {
     // SAFETY: fork in a single-threaded process (the caller guarantees it); the child
     // only continues this code.
