@@ -9,8 +9,10 @@
 //! - [`vstate`]: KVM state (VM, guest memory, vCPUs); almost all `unsafe` lives here.
 //! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a, pvpanic,
 //!   virtio-blk, virtio-vsock with hybrid Unix sockets and the attestation relay) and
-//!   the port-I/O and MMIO buses. See `host-vmm/README.md` for vsock and the relay.
-//! - [`tee`]: the TEEs and whether this host can provide them.
+//!   the port-I/O and MMIO buses; the VMM-side I/O APIC of split-irqchip (TDX) VMs. See `host-vmm/README.md` for vsock and the relay.
+//! - [`tee`]: the TEEs, whether this host can provide them, the real SNP/TDX launch
+//!   ([`tee::launch`]) and the run-time services of confidential guests
+//!   ([`tee::services`]: TDX GetQuote via QGS, SNP certificate tables).
 //! - [`seccomp`]: the per-thread seccomp filters.
 //!
 //! # Dependencies

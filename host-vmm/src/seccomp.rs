@@ -38,6 +38,11 @@ pub enum SeccompMode {
 pub enum ThreadKind {
     /// A vCPU thread.
     Vcpu,
+    /// A vCPU of a real SNP/TDX guest: also converts memory (memory attributes,
+    /// guest_memfd hole punching) and reprograms interrupt routes (the VMM's I/O APIC).
+    ConfidentialVcpu,
+    /// The TDX quote thread: talks to QGS on a Unix socket and signals an MSI.
+    Quote,
     /// The VMM's main thread after the guest started.
     Vmm,
     /// The virtio-vsock event thread (Unix sockets, the attestation relay's TCP/TLS).
@@ -74,6 +79,16 @@ pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kvm_regs>());
 /// KVM_GET_SREGS.
 pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+const fn iow(nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+/// `KVM_SET_MEMORY_ATTRIBUTES`.
+pub const KVM_SET_MEMORY_ATTRIBUTES: u64 =
+    iow(0xd2, size_of::<kvm_bindings::kvm_memory_attributes>());
+/// `KVM_SET_GSI_ROUTING`.
+pub const KVM_SET_GSI_ROUTING: u64 = iow(0x6a, size_of::<kvm_bindings::kvm_irq_routing>());
+/// `KVM_SIGNAL_MSI`.
+pub const KVM_SIGNAL_MSI: u64 = iow(0xa5, size_of::<kvm_bindings::kvm_msi>());
 
 fn allow(rules: &mut BTreeMap<i64, Vec<SeccompRule>>, syscalls: &[libc::c_long]) {
     for s in syscalls {
@@ -117,21 +132,45 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     // std checks an owned fd with F_GETFD before closing it (debug builds).
     rules.insert(libc::SYS_fcntl, vec![arg1_is(libc::F_GETFD as u64)?]);
     match kind {
-        ThreadKind::Vcpu => {
+        ThreadKind::Quote => {
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_socket,
+                    libc::SYS_connect,
+                    libc::SYS_setsockopt,
+                    libc::SYS_sendto,
+                    libc::SYS_recvfrom,
+                    libc::SYS_read,
+                ],
+            );
+            rules.insert(libc::SYS_ioctl, vec![arg1_is(KVM_SIGNAL_MSI)?]);
+        }
+        ThreadKind::Vcpu | ThreadKind::ConfidentialVcpu => {
             // virtio-blk requests are served on the vCPU thread that notified the
             // queue: positioned reads and writes, and flushes.
             allow(
                 &mut rules,
                 &[libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync],
             );
-            rules.insert(
-                libc::SYS_ioctl,
-                vec![
-                    arg1_is(KVM_RUN)?,
-                    arg1_is(KVM_GET_REGS)?,
-                    arg1_is(KVM_GET_SREGS)?,
-                ],
-            );
+            let mut ioctls = vec![
+                arg1_is(KVM_RUN)?,
+                arg1_is(KVM_GET_REGS)?,
+                arg1_is(KVM_GET_SREGS)?,
+            ];
+            if kind == ThreadKind::ConfidentialVcpu {
+                // Conversions: the PRIVATE attribute and guest_memfd hole punching
+                // (fallocate with exactly PUNCH_HOLE | KEEP_SIZE); I/O APIC routes.
+                ioctls.push(arg1_is(KVM_SET_MEMORY_ATTRIBUTES)?);
+                ioctls.push(arg1_is(KVM_SET_GSI_ROUTING)?);
+                rules.insert(
+                    libc::SYS_fallocate,
+                    vec![arg1_is(
+                        (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+                    )?],
+                );
+            }
+            rules.insert(libc::SYS_ioctl, ioctls);
         }
         ThreadKind::VsockEvents => {
             allow(
@@ -251,6 +290,9 @@ mod tests {
         assert_eq!(KVM_RUN, 0xAE80);
         assert_eq!(KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_SET_MEMORY_ATTRIBUTES, 0x4020_AED2);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_AE6A);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_AEA5);
     }
 
     #[test]
@@ -259,6 +301,8 @@ mod tests {
         assert!(program(ThreadKind::Vmm).unwrap().len() > 10);
         assert!(program(ThreadKind::VsockEvents).unwrap().len() > 10);
         assert!(program(ThreadKind::Api).unwrap().len() > 10);
+        assert!(program(ThreadKind::ConfidentialVcpu).unwrap().len() > 10);
+        assert!(program(ThreadKind::Quote).unwrap().len() > 10);
     }
 
     #[test]
@@ -281,6 +325,35 @@ mod tests {
                 "--nocapture",
             ])
             .env("CVM_SECCOMP_CHILD", "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGSYS), "{out:?}");
+    }
+
+    #[test]
+    fn confidential_vcpus_may_punch_holes_and_nothing_else_with_fallocate() {
+        if std::env::var_os("CVM_SECCOMP_CC_CHILD").is_some() {
+            let f = tempfile::tempfile().unwrap();
+            f.set_len(0x4000).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            install(ThreadKind::ConfidentialVcpu, SeccompMode::On).unwrap();
+            let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: fallocate on a file this process owns.
+            assert_eq!(unsafe { libc::fallocate(fd, punch, 0, 0x1000) }, 0);
+            // Allocating (mode 0) is not a conversion: the filter kills.
+            // SAFETY: as above.
+            unsafe { libc::fallocate(fd, 0, 0, 0x1000) };
+            std::process::exit(0);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "seccomp::tests::confidential_vcpus_may_punch_holes_and_nothing_else_with_fallocate",
+                "--nocapture",
+            ])
+            .env("CVM_SECCOMP_CC_CHILD", "1")
             .output()
             .unwrap();
         use std::os::unix::process::ExitStatusExt;

@@ -12,6 +12,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::acpi::{self, AcpiError, VirtioMmioDesc};
 use crate::boot::{self, BootError, BootInputs, Tamper};
+use crate::devices::ioapic::{IoApic, KvmRoutes, IOAPIC_BASE, IOAPIC_SIZE};
 use crate::devices::legacy::{AcpiPm, PvPanic, I8042, I8042_BASE, PM1A_EVT, PVPANIC_PORT};
 use crate::devices::serial::IrqTrigger;
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
@@ -21,9 +22,13 @@ use crate::devices::virtio::vsock::{self, Vsock, VsockConfig, VsockError};
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::emulated::{EmulatedTee, Mailbox, MAILBOX_PORT};
+use crate::tee::launch::{self as cc, ConfidentialLaunch, LaunchStepError};
+use crate::tee::services::{CertTable, Interrupt, Notify, TdVmcalls};
 use crate::tee::TeeKind;
 use crate::vstate::vcpu::sanitize_cpuid;
+use crate::vstate::vcpu::ConfidentialExits;
 use crate::vstate::vcpu::{RunControl, Vcpu, VcpuError, VcpuStop};
+use crate::vstate::vm::IrqChip;
 use crate::vstate::vm::{Vm, VmError};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -89,6 +94,9 @@ pub struct VmConfig {
     pub kvm: Option<Kvm>,
     /// The control API: its bound socket and the measurement it reports.
     pub api: Option<ApiConfig>,
+    /// A real SEV-SNP or TDX launch (for `tee` snp or tdx): the VM gets private memory
+    /// and the launch commands run before the guest starts.
+    pub confidential: Option<ConfidentialLaunch>,
 }
 
 /// `--api-socket`: a listener bound before the jail, and what `GET /v1/vm/measurement`
@@ -243,6 +251,71 @@ pub enum VmmError {
     /// The vsock event loop could not be set up.
     #[error("cannot set up the vsock event loop")]
     EventLoop(#[source] std::io::Error),
+    /// A step of the SEV-SNP or TDX launch failed.
+    #[error("confidential launch failed")]
+    Launch(#[from] LaunchStepError),
+    /// `tee` and the confidential launch disagree (a bug in the caller).
+    #[error("--tee {0} needs a matching confidential launch")]
+    LaunchMismatch(TeeKind),
+}
+
+/// The run-time services of a real SNP or TDX guest.
+struct CcRuntime {
+    vm: Arc<Vm>,
+    tdx: Option<TdVmcalls>,
+    certs: Option<CertTable>,
+}
+
+impl ConfidentialExits for CcRuntime {
+    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String> {
+        self.vm
+            .convert(gpa, size, private)
+            .map_err(|e| format!("implicit conversion failed: {e}"))
+    }
+
+    fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
+        self.vm.map_gpa_range(args)
+    }
+
+    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String> {
+        match &self.tdx {
+            Some(t) => {
+                t.handle(vcpu, exit);
+                Ok(())
+            }
+            None => Err("KVM_EXIT_TDX from a VM that is not a TD".into()),
+        }
+    }
+
+    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String> {
+        match &self.certs {
+            Some(c) => {
+                c.serve(self.vm.memory(), exit);
+                Ok(())
+            }
+            None => {
+                Err("KVM_EXIT_SNP_REQ_CERTS although certificate requests were not enabled".into())
+            }
+        }
+    }
+}
+
+/// Raises a vector on a vCPU with KVM_SIGNAL_MSI.
+struct MsiInterrupt(Arc<Vm>);
+
+impl Interrupt for MsiInterrupt {
+    fn raise(&self, apic: u32, vector: u8) -> Result<(), String> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: 0xFEE0_0000 | (apic << 12),
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        self.0
+            .fd()
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| format!("KVM_SIGNAL_MSI: {e}"))
+    }
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -274,9 +347,36 @@ pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
             max,
         });
     }
-    let vm = Arc::new(Vm::new(&kvm, config.memory, &config.firmware)?);
+    let vm = Arc::new(match (&config.confidential, config.tee) {
+        (None, TeeKind::None | TeeKind::EmulatedSnp | TeeKind::EmulatedTdx) => {
+            Vm::new(&kvm, config.memory, &config.firmware)?
+        }
+        (Some(ConfidentialLaunch::Snp(_)), TeeKind::Snp) => Vm::new_confidential(
+            &kvm,
+            u64::from(kvm_bindings::KVM_X86_SNP_VM),
+            IrqChip::Full,
+            config.memory,
+            &config.firmware,
+        )?,
+        (Some(ConfidentialLaunch::Tdx(_)), TeeKind::Tdx) => Vm::new_confidential(
+            &kvm,
+            u64::from(kvm_bindings::KVM_X86_TDX_VM),
+            IrqChip::Split,
+            config.memory,
+            &config.firmware,
+        )?,
+        (_, tee) => return Err(VmmError::LaunchMismatch(tee)),
+    });
 
     let mut bus = Buses::default();
+    if let Some(ConfidentialLaunch::Tdx(_)) = &config.confidential {
+        // Split irqchip: the I/O APIC is ours; its routes make device lines MSIs.
+        bus.mmio.insert(
+            IOAPIC_BASE,
+            IOAPIC_SIZE,
+            Arc::new(Mutex::new(IoApic::new(KvmRoutes(vm.clone())))),
+        )?;
+    }
     let serial = SerialPort::new(vm.irqfd(COM1_IRQ)?, serial_writer(&config.serial)?);
     bus.pio.insert(COM1_BASE, 8, Arc::new(Mutex::new(serial)))?;
     bus.pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
@@ -401,10 +501,90 @@ pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
         config.tee == TeeKind::Snp,
         config.tee == TeeKind::Tdx,
     );
+    // The TEE's VM-level launch steps come before any vCPU exists.
+    enum Begun<'a> {
+        Snp(crate::tee::snp::SnpLauncher<crate::tee::snp::Started, crate::vstate::sev::KvmSev<'a>>),
+        Tdx(
+            crate::tee::tdx::TdxLauncher<
+                crate::tee::tdx::VmInitialized,
+                crate::vstate::tdx::KvmTdx<'a>,
+            >,
+        ),
+    }
+    let begun = match &config.confidential {
+        None => None,
+        Some(ConfidentialLaunch::Snp(l)) => Some(Begun::Snp(cc::snp_begin(&vm, l)?)),
+        Some(ConfidentialLaunch::Tdx(l)) => Some(Begun::Tdx(cc::tdx_begin(&vm, &cpuid, l)?)),
+    };
     let vcpus = (0..config.vcpus)
         .map(|i| Vcpu::new(vm.fd(), i, &cpuid))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut tdx_caps = (0, 0);
+    match (begun, &config.confidential) {
+        (Some(Begun::Snp(b)), Some(ConfidentialLaunch::Snp(l))) => {
+            let fds: Vec<_> = vcpus.iter().map(Vcpu::fd).collect();
+            let pages = cc::snp_complete(b, &vm, &fds, &cpuid, l)?;
+            tracing::info!(event = "measurement", tee = "snp", pages, digest = %hex::encode(l.plan.launch_digest()), "SNP_LAUNCH_FINISH done; the PSP measured the launch");
+        }
+        (Some(Begun::Tdx(b)), Some(ConfidentialLaunch::Tdx(l))) => {
+            if let Some(c) = b.caps() {
+                tdx_caps = (c.kernel_tdvmcallinfo_1_r11, c.user_tdvmcallinfo_1_r11);
+            }
+            let fds: Vec<_> = vcpus.iter().map(Vcpu::fd).collect();
+            let (added, measured) = cc::tdx_complete(b, fds, l)?;
+            tracing::info!(event = "measurement", tee = "tdx", pages = added, measured, mrtd = %hex::encode(l.plan.mrtd()), "KVM_TDX_FINALIZE_VM done; the TDX module measured the launch");
+        }
+        _ => {}
+    }
 
+    let mut quote_thread = None;
+    let runtime: Option<Arc<dyn ConfidentialExits>> = match config.confidential.take() {
+        None => None,
+        Some(ConfidentialLaunch::Snp(l)) => Some(Arc::new(CcRuntime {
+            vm: vm.clone(),
+            tdx: None,
+            certs: l.certs,
+        })),
+        Some(ConfidentialLaunch::Tdx(l)) => {
+            let notify: Notify = Arc::default();
+            let quotes = match l.qgs {
+                Some(socket) => {
+                    let (tx, rx) =
+                        mpsc::sync_channel(crate::tee::services::QUOTE_MAX_IN_FLIGHT as usize);
+                    let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                    let (mem, n, irq, note) = (
+                        vm.memory().clone(),
+                        in_flight.clone(),
+                        MsiInterrupt(vm.clone()),
+                        notify.clone(),
+                    );
+                    let mode = config.seccomp;
+                    quote_thread = Some(
+                        std::thread::Builder::new()
+                            .name("quote".into())
+                            .spawn(move || match seccomp::install(ThreadKind::Quote, mode) {
+                                Ok(()) => crate::tee::services::quote_worker(rx, mem, socket, n, note, irq),
+                                Err(e) => tracing::error!(error = %e, "quote thread not confined; not serving"),
+                            })
+                            .map_err(VmmError::Thread)?,
+                    );
+                    Some((tx, in_flight))
+                }
+                None => None,
+            };
+            Some(Arc::new(CcRuntime {
+                vm: vm.clone(),
+                tdx: Some(TdVmcalls::new(
+                    vm.memory().clone(),
+                    quotes,
+                    notify,
+                    tdx_caps.0,
+                    tdx_caps.1,
+                )),
+                certs: None,
+            }))
+        }
+    };
     register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::Signal)?;
     let stop = Arc::new(RunControl::default());
     let (tx, rx) = mpsc::channel();
@@ -431,21 +611,27 @@ pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
             .map_err(VmmError::Thread)?;
         event_thread = Some((t, stop_evt));
     }
+    let vcpu_kind = if runtime.is_some() {
+        ThreadKind::ConfidentialVcpu
+    } else {
+        ThreadKind::Vcpu
+    };
     for mut vcpu in vcpus {
-        let (bus, vm, stop, tx, gate) = (
+        let (bus, vm, stop, tx, gate, cc) = (
             bus.clone(),
             vm.clone(),
             stop.clone(),
             tx.clone(),
             gate.clone(),
+            runtime.clone(),
         );
         let t = std::thread::Builder::new()
             .name(format!("vcpu{}", vcpu.index()))
             .spawn(move || {
-                let confined = seccomp::install(ThreadKind::Vcpu, mode);
+                let confined = seccomp::install(vcpu_kind, mode);
                 gate.wait();
                 let why = match confined {
-                    Ok(()) if !stop.stopped() => vcpu.run(&bus, vm.memory(), &stop),
+                    Ok(()) if !stop.stopped() => vcpu.run(&bus, vm.memory(), &stop, cc.as_deref()),
                     Ok(()) => VcpuStop::Stopped,
                     Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
                 };
@@ -541,5 +727,9 @@ pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
             let _ = t.join();
         }
     }
+    // Dropping the runtime closes the quote channel; the quote thread ends after at
+    // most one QGS exchange, or with the process.
+    drop(runtime);
+    drop(quote_thread);
     Ok(why)
 }

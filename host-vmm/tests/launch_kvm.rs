@@ -218,6 +218,16 @@ fn bad_launch_arguments_fail_cleanly() {
         (vec!["--memory", "1M"], "guest memory size"),
         (vec!["--memory", "64Q"], "unknown size suffix"),
         (vec!["--serial", "tcp:1"], "expected stdout"),
+        (
+            vec!["--snp-certs", "/x"],
+            "--snp-certs is for --tee snp only",
+        ),
+        (vec!["--tdx-qgs", "/x"], "--tdx-qgs is for --tee tdx only"),
+        (
+            vec!["--id-block", "/x", "--id-auth", "/y"],
+            "--id-block/--id-auth is for --tee snp only",
+        ),
+        (vec!["--id-block", "/x"], "--id-auth"),
     ] {
         let o = Command::new(CVM)
             .args(["launch", "--tee", "none", "--firmware"])

@@ -9,10 +9,14 @@ use crate::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
 use crate::isolation::jail::{self, JailConfig, JailError};
 use crate::seccomp::SeccompMode;
 use crate::tee::emulated::{EmulatedLaunchError, EmulatedTee};
+use crate::tee::launch::{ConfidentialLaunch, SnpLaunch, TdxLaunch};
+use crate::tee::services::CertTable;
+use crate::tee::tdx::TdConfig;
 use crate::tee::{self, KvmCapabilities, TeeKind};
 use crate::vmm::{self, ApiConfig, DiskConfig, SerialOutput, VmConfig};
 use crate::vstate::vcpu::VcpuStop;
 use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
+use measured_boot::tdx::TdxLaunchPlan;
 use measured_boot::FirmwareImage;
 
 /// `cvm launch`.
@@ -87,6 +91,20 @@ pub struct Args {
     /// CA certificate(s) (PEM) trusted for an https --verifier; required for https.
     #[arg(long, value_name = "FILE", requires = "verifier")]
     pub verifier_ca: Option<PathBuf>,
+    /// SEV-SNP ID block (96 bytes), given to SNP_LAUNCH_FINISH (requires --id-auth).
+    #[arg(long, value_name = "FILE", requires = "id_auth")]
+    pub id_block: Option<PathBuf>,
+    /// SEV-SNP ID authentication structure (4096 bytes) (requires --id-block).
+    #[arg(long, value_name = "FILE", requires = "id_block")]
+    pub id_auth: Option<PathBuf>,
+    /// SEV-SNP: the GHCB certificate table (VCEK/VLEK, ASK, ARK) served to the guest's
+    /// extended report requests (needs Linux 7.0's KVM_EXIT_SNP_REQ_CERTS).
+    #[arg(long, value_name = "FILE")]
+    pub snp_certs: Option<PathBuf>,
+    /// TDX: the Quote Generation Service's Unix socket, for the guest's GetQuote calls
+    /// (e.g. /var/run/tdx-qgs/qgs.socket).
+    #[arg(long, value_name = "PATH")]
+    pub tdx_qgs: Option<PathBuf>,
     /// Serve the REST control API (host-vmm/openapi.yaml) on this Unix socket (0600).
     #[arg(long, value_name = "PATH")]
     pub api_socket: Option<PathBuf>,
@@ -238,11 +256,9 @@ pub enum LaunchError {
     /// The host cannot provide the TEE.
     #[error("launch refused")]
     Unavailable(#[from] tee::Unavailable),
-    /// The TEE is available but its launch backend is not part of this build.
-    #[error(
-        "launch refused: the {0} launch backend is not part of this build yet; nothing was started"
-    )]
-    BackendMissing(TeeKind),
+    /// A launch input file could not be used.
+    #[error("cannot use {0}: {1}")]
+    Input(PathBuf, String),
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm")]
     Kvm(#[source] kvm_ioctls::Error),
@@ -323,6 +339,32 @@ pub fn plan_pages(plan: &SnpLaunchPlan) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// Reads --id-block and --id-auth, checking their sizes.
+fn id_block(a: &Args) -> Result<Option<crate::tee::launch::IdBlock>, LaunchError> {
+    let (Some(b), Some(au)) = (&a.id_block, &a.id_auth) else {
+        return Ok(None);
+    };
+    let read = |p: &PathBuf, n: usize| {
+        let v = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e.to_string()))?;
+        if v.len() != n {
+            return Err(LaunchError::Input(
+                p.clone(),
+                format!("{} bytes; it must be exactly {n}", v.len()),
+            ));
+        }
+        Ok(v)
+    };
+    let block: Box<[u8; 96]> = read(b, 96)?
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| LaunchError::Input(b.clone(), "size".into()))?;
+    let auth: Box<[u8; 4096]> = read(au, 4096)?
+        .into_boxed_slice()
+        .try_into()
+        .map_err(|_| LaunchError::Input(au.clone(), "size".into()))?;
+    Ok(Some((block, auth)))
+}
+
 fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
     let relay = a
         .verifier
@@ -372,6 +414,19 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
     };
     let mut preload = Vec::new();
     let mut rtmrs = None;
+    let mut confidential = None;
+    let only = |set: bool, flag: &str, tee: TeeKind| {
+        if set && a.tee != tee {
+            Err(LaunchError::Usage(format!(
+                "{flag} is for --tee {tee} only"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    only(a.id_block.is_some(), "--id-block/--id-auth", TeeKind::Snp)?;
+    only(a.snp_certs.is_some(), "--snp-certs", TeeKind::Snp)?;
+    only(a.tdx_qgs.is_some(), "--tdx-qgs", TeeKind::Tdx)?;
     let (emulated_tee, measurement) = match a.tee {
         TeeKind::None => {
             // No TEE measures anything, but the firmware still checks the staged kernel
@@ -390,7 +445,56 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             }
             (None, None)
         }
-        TeeKind::Snp | TeeKind::Tdx => return Err(LaunchError::BackendMissing(a.tee)),
+        TeeKind::Snp => {
+            let plan = SnpLaunchPlan::new(
+                FirmwareImage::parse(firmware.clone())?,
+                snp_config(a, boot.as_ref())?,
+            )
+            .map_err(LaunchError::Hashes)?;
+            preload = plan_pages(&plan);
+            let digest = plan.launch_digest();
+            confidential = Some(ConfidentialLaunch::Snp(Box::new(SnpLaunch {
+                plan,
+                policy: a.policy,
+                host_data: padded::<32>(&a.host_data)?,
+                id: id_block(a)?,
+                sev: std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/sev")
+                    .map_err(|e| LaunchError::Input("/dev/sev".into(), e.to_string()))?,
+                certs: a
+                    .snp_certs
+                    .as_ref()
+                    .map(|p| {
+                        std::fs::read(p)
+                            .map_err(|e| e.to_string())
+                            .and_then(CertTable::parse)
+                            .map_err(|e| LaunchError::Input(p.clone(), e))
+                    })
+                    .transpose()?,
+            })));
+            (None, Some(digest))
+        }
+        TeeKind::Tdx => {
+            let plan = TdxLaunchPlan::new(
+                FirmwareImage::parse(firmware.clone())?,
+                boot.as_ref().map(BootInputs::direct_boot),
+            )
+            .map_err(|e| LaunchError::Usage(format!("cannot plan the TD launch: {e}")))?;
+            let mrtd = plan.mrtd();
+            rtmrs = Some(plan.rtmrs());
+            confidential = Some(ConfidentialLaunch::Tdx(Box::new(TdxLaunch {
+                plan,
+                config: TdConfig {
+                    mrconfigid: padded::<48>(&a.host_data)?,
+                    ..TdConfig::default()
+                },
+                memory: a.memory,
+                qgs: a.tdx_qgs.clone(),
+            })));
+            (None, Some(mrtd))
+        }
         TeeKind::EmulatedSnp => {
             let plan = SnpLaunchPlan::new(
                 FirmwareImage::parse(firmware.clone())?,
@@ -467,7 +571,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         disks = a.disks.len(),
         "launching guest ({summary})"
     );
-    if measurement.is_some() {
+    if emulated_tee.is_some() {
         tracing::warn!("emulated TEE: for tests only; a verifier accepts this evidence only with the emulated trust anchor");
     }
     if let Some(t) = a.tamper_staged {
@@ -547,6 +651,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         boot,
         tamper: a.tamper_staged,
         preload,
+        confidential,
         vsock,
         kvm: Some(kvm),
         api,

@@ -5,6 +5,8 @@
 //! never falls back to a less protected guest.
 
 pub mod emulated;
+pub mod launch;
+pub mod services;
 pub mod snp;
 pub mod tdx;
 

@@ -179,6 +179,14 @@ impl<C: SevCommands> SnpLauncher<Initialized, C> {
 }
 
 impl<C: SevCommands> SnpLauncher<Started, C> {
+    /// KVM_SEV_SNP_ENABLE_REQ_CERTS: the guest's extended-report certificate requests
+    /// come to the VMM. Must precede vCPU creation.
+    pub fn enable_req_certs(&mut self) -> Result<(), SnpLaunchError> {
+        self.cmds
+            .issue(SevRequest::SnpEnableReqCerts)
+            .map_err(command_error("KVM_SEV_SNP_ENABLE_REQ_CERTS"))
+    }
+
     /// KVM_SEV_SNP_LAUNCH_UPDATE of `len` bytes at `gpa` from host address `uaddr`,
     /// repeated until KVM has processed the whole range (it may do part of it per call,
     /// or ask to be called again with EAGAIN).
@@ -290,6 +298,7 @@ mod tests {
             id_block_en: u8,
             auth_key_en: u8,
         },
+        ReqCerts,
     }
 
     /// A fake of KVM + the SNP firmware: processes at most `chunk` pages per
@@ -336,6 +345,7 @@ mod tests {
                     u.uaddr += n * 4096;
                     u.len -= n * 4096;
                 }
+                SevRequest::SnpEnableReqCerts => self.seen.push(Seen::ReqCerts),
                 SevRequest::SnpLaunchFinish(f) => self.seen.push(Seen::Finish {
                     host_data: f.host_data,
                     id_block_en: f.id_block_en,
@@ -518,6 +528,39 @@ mod tests {
             l.apply_plan(&plan, |_, _| None),
             Err(SnpLaunchError::Unmapped { .. })
         ));
+    }
+
+    #[test]
+    fn certificate_requests_are_enabled_after_start() {
+        let mut psp = FakePsp::default();
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        l.enable_req_certs().unwrap();
+        let _ = l;
+        assert_eq!(psp.seen.last(), Some(&Seen::ReqCerts));
+        let mut psp = FakePsp {
+            fail: Some((
+                103,
+                SevCmdError {
+                    errno: libc::EINVAL,
+                    fw_error: 0,
+                },
+            )),
+            ..Default::default()
+        };
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        assert!(l
+            .enable_req_certs()
+            .unwrap_err()
+            .to_string()
+            .contains("KVM_SEV_SNP_ENABLE_REQ_CERTS"));
     }
 
     #[test]

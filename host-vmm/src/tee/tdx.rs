@@ -141,7 +141,17 @@ impl<S, C> TdxLauncher<S, C> {
         }
     }
 
-    /// Pages added so far, and how many of them were measured.
+    /// The command channel (to hand it the vCPUs once they exist).
+    pub fn cmds_mut(&mut self) -> &mut C {
+        &mut self.cmds
+    }
+
+    /// The TDX module's capabilities (once probed).
+    pub fn caps(&self) -> Option<&KvmTdxCapabilities> {
+        self.caps.as_deref()
+    }
+
+    /// Pages added so far: (all, measured).
     pub fn pages_added(&self) -> (u64, u64) {
         self.pages
     }
@@ -170,15 +180,19 @@ impl<C: TdxCommands> TdxLauncher<New, C> {
 }
 
 impl<C: TdxCommands> TdxLauncher<Probed, C> {
-    /// The TDX module's capabilities.
-    pub fn caps(&self) -> Option<&KvmTdxCapabilities> {
-        self.caps.as_deref()
+    /// KVM_TDX_INIT_VM, after checking the configuration against the capabilities,
+    /// with the module's configurable CPUID bits as the CPUID configuration.
+    pub fn init_vm(self, cfg: &TdConfig) -> Result<TdxLauncher<VmInitialized, C>, TdxLaunchError> {
+        let cpuid = self.caps.as_ref().map(|c| c.cpuid).unwrap_or_default();
+        self.init_vm_with_cpuid(cfg, cpuid)
     }
 
-    /// KVM_TDX_INIT_VM, after checking the configuration against the capabilities.
-    pub fn init_vm(
+    /// KVM_TDX_INIT_VM with an explicit CPUID configuration (see
+    /// [`crate::tee::launch::td_cpuid`]).
+    pub fn init_vm_with_cpuid(
         mut self,
         cfg: &TdConfig,
+        cpuid: crate::vstate::tdx::TdxCpuid,
     ) -> Result<TdxLauncher<VmInitialized, C>, TdxLaunchError> {
         let (attrs, xfam) = self
             .caps
@@ -204,10 +218,7 @@ impl<C: TdxCommands> TdxLauncher<Probed, C> {
             mrownerconfig: words(&cfg.mrownerconfig),
             ..Default::default()
         });
-        // The CPUID configuration: what the module reports as configurable, as is.
-        if let Some(c) = &self.caps {
-            init.cpuid = c.cpuid;
-        }
+        init.cpuid = cpuid;
         self.cmds
             .issue(TdxRequest::InitVm(&mut init))
             .map_err(command_error("KVM_TDX_INIT_VM"))?;

@@ -2,6 +2,7 @@
 //! almost all `unsafe` of the VMM live here.
 
 pub mod memory;
+pub mod private;
 pub mod sev;
 pub mod tdx;
 pub mod vcpu;

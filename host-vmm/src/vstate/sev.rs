@@ -23,6 +23,9 @@ pub const KVM_SEV_SNP_LAUNCH_START: u32 = 100;
 pub const KVM_SEV_SNP_LAUNCH_UPDATE: u32 = 101;
 /// `KVM_SEV_SNP_LAUNCH_FINISH`.
 pub const KVM_SEV_SNP_LAUNCH_FINISH: u32 = 102;
+/// `KVM_SEV_SNP_ENABLE_REQ_CERTS` (Linux 7.0): forward the guest's certificate
+/// requests to the VMM as `KVM_EXIT_SNP_REQ_CERTS`. Before any vCPU exists.
+pub const KVM_SEV_SNP_ENABLE_REQ_CERTS: u32 = 103;
 
 /// One SEV command with its argument.
 #[derive(Debug)]
@@ -36,6 +39,8 @@ pub enum SevRequest<'a> {
     SnpLaunchUpdate(&'a mut kvm_sev_snp_launch_update),
     /// Build the VMSAs from the vCPU state and finalise the launch digest.
     SnpLaunchFinish(&'a mut kvm_sev_snp_launch_finish),
+    /// Route extended-report certificate requests to the VMM (no argument).
+    SnpEnableReqCerts,
 }
 
 impl SevRequest<'_> {
@@ -46,6 +51,7 @@ impl SevRequest<'_> {
             SevRequest::SnpLaunchStart(_) => KVM_SEV_SNP_LAUNCH_START,
             SevRequest::SnpLaunchUpdate(_) => KVM_SEV_SNP_LAUNCH_UPDATE,
             SevRequest::SnpLaunchFinish(_) => KVM_SEV_SNP_LAUNCH_FINISH,
+            SevRequest::SnpEnableReqCerts => KVM_SEV_SNP_ENABLE_REQ_CERTS,
         }
     }
 
@@ -56,6 +62,7 @@ impl SevRequest<'_> {
             SevRequest::SnpLaunchStart(_) => "KVM_SEV_SNP_LAUNCH_START",
             SevRequest::SnpLaunchUpdate(_) => "KVM_SEV_SNP_LAUNCH_UPDATE",
             SevRequest::SnpLaunchFinish(_) => "KVM_SEV_SNP_LAUNCH_FINISH",
+            SevRequest::SnpEnableReqCerts => "KVM_SEV_SNP_ENABLE_REQ_CERTS",
         }
     }
 }
@@ -99,6 +106,7 @@ impl SevCommands for KvmSev<'_> {
             SevRequest::SnpLaunchStart(a) => a as *mut kvm_sev_snp_launch_start as u64,
             SevRequest::SnpLaunchUpdate(a) => a as *mut kvm_sev_snp_launch_update as u64,
             SevRequest::SnpLaunchFinish(a) => a as *mut kvm_sev_snp_launch_finish as u64,
+            SevRequest::SnpEnableReqCerts => 0,
         };
         let sev_fd = u32::try_from(self.sev_fd).map_err(|_| SevCmdError {
             errno: libc::EBADF,
@@ -132,6 +140,7 @@ mod tests {
         assert_eq!(SevRequest::SnpLaunchUpdate(&mut upd).id(), 101);
         let mut fin = kvm_sev_snp_launch_finish::default();
         assert_eq!(SevRequest::SnpLaunchFinish(&mut fin).id(), 102);
+        assert_eq!(SevRequest::SnpEnableReqCerts.id(), 103);
         assert_eq!(std::mem::size_of::<kvm_sev_snp_launch_finish>(), 88);
         assert_eq!(std::mem::size_of::<kvm_sev_snp_launch_update>(), 64);
         assert_eq!(std::mem::size_of::<kvm_sev_init>(), 48);

@@ -227,6 +227,11 @@ impl<'a> KvmTdx<'a> {
             vcpus,
         }
     }
+
+    /// The vCPUs, once created (INIT_VCPU and INIT_MEM_REGION are vCPU commands).
+    pub fn set_vcpus(&mut self, vcpus: Vec<&'a kvm_ioctls::VcpuFd>) {
+        self.vcpus = vcpus;
+    }
 }
 
 fn tdx_ioctl(fd: RawFd, cmd: &mut KvmTdxCmd) -> Result<(), TdxCmdError> {

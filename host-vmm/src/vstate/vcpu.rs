@@ -7,6 +7,7 @@ use kvm_bindings::{kvm_regs, kvm_sregs, CpuId, KVM_EXIT_INTERNAL_ERROR};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::private::{KVM_HC_MAP_GPA_RANGE, KVM_MEMORY_EXIT_FLAG_PRIVATE};
 use crate::devices::{Buses, VmEvent};
 
 /// What the VMM asks of its running vCPUs: stop for good, or pause until resumed. A
@@ -189,6 +190,30 @@ pub fn sanitize_cpuid(cpuid: &mut CpuId, real_snp: bool, real_tdx: bool) {
     }
 }
 
+/// `KVM_EXIT_TDX` (Linux >= 6.16): a TDVMCALL KVM forwards to the VMM. (Out-of-tree
+/// TDX kernels used 50; the upstream value is 40.)
+pub const KVM_EXIT_TDX: u32 = 40;
+/// `KVM_EXIT_SNP_REQ_CERTS` (Linux 7.0): an SNP guest's extended report request wants
+/// the certificate table.
+pub const KVM_EXIT_SNP_REQ_CERTS: u32 = 43;
+
+/// The exits only confidential (SNP, TDX) guests make. The VMM implements this over
+/// its private memory and TDX services; plain and emulated guests have none.
+pub trait ConfidentialExits: Send + Sync {
+    /// `KVM_EXIT_MEMORY_FAULT`: the guest accessed `gpa..gpa+size` as private
+    /// (`private`) or shared while the range's attribute says otherwise.
+    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String>;
+    /// `KVM_HC_MAP_GPA_RANGE`: returns the hypercall's `ret`.
+    fn map_gpa_range(&self, args: &[u64; 6]) -> u64;
+    /// `KVM_EXIT_TDX` from vCPU `vcpu`: `exit` is the exit's member of `kvm_run`
+    /// (flags, nr, then the per-call union), which the handler reads and answers in
+    /// place.
+    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String>;
+    /// `KVM_EXIT_SNP_REQ_CERTS`: `exit` holds {gpa, npages, ret}; the handler writes
+    /// the certificate table and answers in place.
+    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String>;
+}
+
 /// One vCPU.
 #[derive(Debug)]
 pub struct Vcpu {
@@ -221,6 +246,11 @@ impl Vcpu {
         Ok(Self { fd, index })
     }
 
+    /// The vCPU fd (for the TEE launch commands that act on vCPUs).
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     /// The vCPU index.
     pub fn index(&self) -> u32 {
         self.index
@@ -228,7 +258,13 @@ impl Vcpu {
 
     /// Runs the guest until it stops. `stop` is checked whenever KVM_RUN is interrupted
     /// (the VMM signals the thread to interrupt it).
-    pub fn run(&mut self, bus: &Buses, mem: &GuestMemoryMmap, control: &RunControl) -> VcpuStop {
+    pub fn run(
+        &mut self,
+        bus: &Buses,
+        mem: &GuestMemoryMmap,
+        control: &RunControl,
+        cc: Option<&dyn ConfidentialExits>,
+    ) -> VcpuStop {
         loop {
             control.wait_while_paused();
             if control.stopped() {
@@ -262,8 +298,48 @@ impl Vcpu {
                     kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => VcpuStop::PowerOff,
                     kvm_bindings::KVM_SYSTEM_EVENT_RESET => VcpuStop::Reset,
                     kvm_bindings::KVM_SYSTEM_EVENT_CRASH => VcpuStop::Crash,
+                    // An SNP guest asked to be terminated (GHCB termination request)
+                    // or a TD reported a fatal error: both are guest crashes.
+                    6 | 7 => VcpuStop::Crash,
                     other => VcpuStop::UnexpectedExit(format!("system event {other}")),
                 })),
+                Ok(VcpuExit::MemoryFault { flags, gpa, size }) => match cc {
+                    Some(cc) => cc
+                        .memory_fault(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
+                        .err()
+                        .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e))),
+                    None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+                        "memory fault at {gpa:#x}+{size:#x} in a VM without private memory"
+                    )))),
+                },
+                Ok(VcpuExit::Hypercall(h)) if h.nr == KVM_HC_MAP_GPA_RANGE && cc.is_some() => {
+                    if let Some(cc) = cc {
+                        *h.ret = cc.map_gpa_range(&h.args);
+                    }
+                    None
+                }
+                Ok(VcpuExit::Unsupported(r @ (KVM_EXIT_TDX | KVM_EXIT_SNP_REQ_CERTS)))
+                    if cc.is_some() =>
+                {
+                    let index = self.index;
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: the exit reason says KVM filled this exit's member of the
+                    // exit union, which is plain integers. The union is 256 bytes
+                    // (`padding`); `[c_char; 256]` and `[u8; 256]` have the same
+                    // layout and every bit pattern is valid for both.
+                    let exit = unsafe {
+                        &mut *(&mut run.__bindgen_anon_1.padding as *mut [libc::c_char; 256]
+                            as *mut [u8; 256])
+                    };
+                    cc.and_then(|cc| {
+                        if r == KVM_EXIT_TDX {
+                            cc.tdx_vmcall(index, exit).err()
+                        } else {
+                            cc.snp_req_certs(exit).err()
+                        }
+                    })
+                    .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e)))
+                }
                 Ok(other) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!("{other:?}")))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
                 Err(e) => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),

@@ -5,6 +5,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::{self, MemoryError};
+use super::private::{KvmPrivateOps, PrivateMemory, PrivateMemoryError};
 
 /// Errors creating or configuring the VM.
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +25,32 @@ pub enum VmError {
     /// An eventfd could not be created.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    /// Private memory could not be set up.
+    #[error("cannot set up private guest memory")]
+    Private(#[from] PrivateMemoryError),
 }
+
+/// How interrupts are wired for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IrqChip {
+    /// PIC, IOAPIC and local APICs in KVM (KVM_CREATE_IRQCHIP).
+    Full,
+    /// Local APICs in KVM, the IOAPIC in the VMM (KVM_CAP_SPLIT_IRQCHIP), as TDX
+    /// requires: device lines reach the guest as MSIs the VMM routes.
+    Split,
+}
+
+/// Number of IOAPIC pins reserved in KVM's routing table under a split irqchip.
+pub const SPLIT_IRQCHIP_PINS: u64 = 24;
 
 /// A plain (unencrypted) KVM VM with its guest memory.
 ///
-/// Field order matters: the VM fd is dropped (closing the VM) before the guest memory
-/// it maps is unmapped.
+/// Field order matters: the VM fd is dropped (closing the VM) before the guest_memfds
+/// and the guest memory it maps.
 #[derive(Debug)]
 pub struct Vm {
     fd: VmFd,
+    private: Option<PrivateMemory>,
     memory: GuestMemoryMmap,
 }
 
@@ -49,7 +67,84 @@ impl Vm {
             .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
         let memory = memory::create(mem_size, firmware)?;
         memory::register(&fd, &memory)?;
-        Ok(Self { fd, memory })
+        Ok(Self {
+            fd,
+            private: None,
+            memory,
+        })
+    }
+
+    /// Creates a confidential VM of KVM type `vm_type` (4 = SEV-SNP, 5 = TDX): wires
+    /// interrupts as `irqchip`, asks for KVM_HC_MAP_GPA_RANGE exits, then backs every
+    /// memory region with a guest_memfd and marks it all private. The TEE's own
+    /// VM-level commands follow (see `tee::launch`). `firmware` is copied into the shared view, from where the
+    /// launch commands copy it into private memory.
+    pub fn new_confidential(
+        kvm: &Kvm,
+        vm_type: u64,
+        irqchip: IrqChip,
+        mem_size: u64,
+        firmware: &[u8],
+    ) -> Result<Self, VmError> {
+        let fd = kvm
+            .create_vm_with_type(vm_type)
+            .map_err(VmError::CreateVm)?;
+        match irqchip {
+            IrqChip::Full => fd
+                .create_irq_chip()
+                .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?,
+            IrqChip::Split => {
+                let cap = kvm_bindings::kvm_enable_cap {
+                    cap: kvm_bindings::KVM_CAP_SPLIT_IRQCHIP,
+                    args: [SPLIT_IRQCHIP_PINS, 0, 0, 0],
+                    ..Default::default()
+                };
+                fd.enable_cap(&cap)
+                    .map_err(|e| VmError::Ioctl("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+            }
+        }
+        // Guest page-state changes (SNP) and MapGPA (TDX) reach the VMM as
+        // KVM_HC_MAP_GPA_RANGE exits only when asked for.
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_EXIT_HYPERCALL,
+            args: [1 << super::private::KVM_HC_MAP_GPA_RANGE, 0, 0, 0],
+            ..Default::default()
+        };
+        fd.enable_cap(&cap)
+            .map_err(|e| VmError::Ioctl("KVM_ENABLE_CAP(KVM_CAP_EXIT_HYPERCALL)", e))?;
+        let memory = memory::create(mem_size, firmware)?;
+        let private = PrivateMemory::attach(&fd, &memory)?;
+        Ok(Self {
+            fd,
+            private: Some(private),
+            memory,
+        })
+    }
+
+    /// The private backings, for a confidential VM.
+    pub fn private(&self) -> Option<&PrivateMemory> {
+        self.private.as_ref()
+    }
+
+    /// Converts a range between private and shared (see [`PrivateMemory::convert`]).
+    /// A VM without private memory has nothing to convert and refuses.
+    pub fn convert(&self, gpa: u64, size: u64, to_private: bool) -> Result<(), PrivateMemoryError> {
+        match &self.private {
+            Some(p) => p.convert(&KvmPrivateOps { vm: &self.fd }, gpa, size, to_private),
+            None => Err(PrivateMemoryError::OutsideMemory {
+                gpa,
+                size,
+                hole: gpa,
+            }),
+        }
+    }
+
+    /// Answers a `KVM_HC_MAP_GPA_RANGE` hypercall; returns the hypercall's `ret`.
+    pub fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
+        match &self.private {
+            Some(p) => p.map_gpa_range(&KvmPrivateOps { vm: &self.fd }, args),
+            None => libc::EINVAL as u64,
+        }
     }
 
     /// The VM fd.

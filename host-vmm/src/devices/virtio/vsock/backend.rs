@@ -115,7 +115,7 @@ impl Stream for TlsStream {
 /// Why `--verifier` / `--verifier-ca` are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    /// The URL is not http(s)://host[:port][/…].
+    /// The URL is not http(s)://host\[:port\]\[/…\].
     #[error("`{0}` is not an http:// or https:// URL with a host")]
     Url(String),
     /// The host could not be resolved.
