@@ -29,9 +29,13 @@
 //! - `kbs-types`: Trustee's protocol types, so the JSON matches guest components.
 //! - `serde_json_canonicalizer`: RFC 8785 JCS for the REPORT_DATA binding and audit
 //!   records.
-//! - `aes-gcm`, `aes-kw`, `concat-kdf`, `p256`/`p384` `ecdh`, `rsa`: JWE and envelope
+//! - `aes-gcm`, `aes-kw`, `concat-kdf`, `p256`/`p384`, `rsa`: JWE and envelope
 //!   encryption on the RustCrypto generation used by the rest of the workspace
 //!   (see [`crypto::jwe`] for why not a JOSE crate).
+//! - `ring` (already linked for rustls): the per-attestation elliptic-curve work the
+//!   verifier does for itself — ES256 token signatures and their verification, and the
+//!   ephemeral ECDH of key release — several times faster than the RustCrypto curves.
+//!   Evidence (the report's P-384 signature) is verified by the `attestation` crate.
 //! - `argon2` (API token hashes), `totp-rs` (RFC 6238), `prometheus-client` (metrics).
 //!
 //! # Example

