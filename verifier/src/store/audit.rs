@@ -122,10 +122,7 @@ fn chain_hash(prev_hex: &str, canonical: &str) -> Option<String> {
 /// Appends `ev` inside `tx`; returns its sequence number.
 pub async fn append(tx: &mut Tx, ev: &AuditEvent) -> Result<i64, DbError> {
     // Taking the head row first serializes concurrent appenders.
-    sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1")
-        .execute(&mut **tx)
-        .await?;
-    let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+    let row = sqlx::query("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
         .fetch_one(&mut **tx)
         .await?;
     let seq: i64 = row.try_get(0)?;

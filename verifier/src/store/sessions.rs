@@ -47,6 +47,7 @@ pub async fn create(
 ) -> Result<Session, DbError> {
     let id = uuid::Uuid::new_v4().to_string();
     let t = now();
+    let _turn = db.write_turn().await;
     sqlx::query(
         "INSERT INTO kbs_sessions (id, tee, nonce, workload_hint, state, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, 'challenged', $5, $6)",
@@ -158,6 +159,7 @@ pub async fn attest(tx: &mut Tx, id: &str, a: &Attested<'_>) -> Result<(), DbErr
 
 /// Deletes sessions that expired more than `grace` seconds ago; returns how many.
 pub async fn purge_expired(db: &Db, grace: i64) -> Result<u64, DbError> {
+    let _turn = db.write_turn().await;
     Ok(
         sqlx::query("DELETE FROM kbs_sessions WHERE expires_at < $1")
             .bind(now() - grace)
@@ -313,6 +315,7 @@ pub async fn signing_key(db: &Db, mk: &MasterKey) -> Result<TokenSigner, Signing
     let sealed = mk
         .seal(&signing_key_context(), &fresh.to_bytes())
         .map_err(SigningKeyError::Seal)?;
+    let turn = db.write_turn().await;
     sqlx::query("INSERT INTO signing_keys (id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
         .bind(SIGNING_KEY_ID)
         .bind(sealed.0)
@@ -320,6 +323,7 @@ pub async fn signing_key(db: &Db, mk: &MasterKey) -> Result<TokenSigner, Signing
         .execute(db.pool())
         .await
         .map_err(DbError::from)?;
+    drop(turn);
     let row = sqlx::query("SELECT sealed FROM signing_keys WHERE id = $1")
         .bind(SIGNING_KEY_ID)
         .fetch_one(db.pool())
