@@ -18,6 +18,10 @@ struct Ctx {
     _env: Env,
 }
 
+fn b64url(s: &str) -> Vec<u8> {
+    base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s).unwrap()
+}
+
 async fn setup(extra: &[&str]) -> Ctx {
     let env = Env::new();
     let creds = bootstrap(&env);
@@ -352,6 +356,52 @@ async fn policy_refusals_and_revocation() {
             .unwrap()
     })
     .await;
+    // A token whose claims were altered (here: its expiry extended) is not the one
+    // issued for its session, whatever its signature.
+    let parts: Vec<&str> = token.split('.').collect();
+    let mut claims: Value = serde_json::from_slice(&b64url(parts[1])).unwrap();
+    claims["exp"] = json!(claims["exp"].as_i64().unwrap() + 3600);
+    let altered = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            claims.to_string()
+        ),
+        parts[2]
+    );
+    let p = expect_refusal(&ctx, 401, "key-release", || async {
+        get(RESOURCE, Some(format!("Bearer {altered}")))
+            .send()
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("not the one issued"),
+        "{p}"
+    );
+    // A session attested before the verifier kept token digests: the signature decides.
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ctx._env.database))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE kbs_sessions SET token_sha256 = NULL WHERE id = $1")
+            .bind(&ch.session)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    for bad in [&forged, &altered] {
+        expect_refusal(&ctx, 401, "key-release", || async {
+            get(RESOURCE, Some(format!("Bearer {bad}")))
+                .send()
+                .await
+                .unwrap()
+        })
+        .await;
+    }
     // The token still works for the granted resource.
     let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
     assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);

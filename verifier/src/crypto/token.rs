@@ -10,6 +10,19 @@
 //! verification than the RustCrypto `p256` crate on the per-attestation path); the key
 //! is stored, published and parsed with `p256`, and [`verify_with`] (for relying
 //! parties and tests) verifies with `p256`, so the two implementations check each other.
+//!
+//! # Tokens presented back to the verifier
+//!
+//! A guest presents its token to this verifier again to fetch a resource. The verifier
+//! keeps the SHA-256 of every token it issues on the token's session ([`digest`], stored
+//! in the transaction that records the attestation), so that check needs no signature
+//! verification: the session named by the token's `jti` ([`unverified_session`]; read,
+//! not trusted) must hold exactly this token's digest ([`digest_matches`]) and be
+//! unexpired (its expiry is the token's `exp`). Only the byte-exact token issued for
+//! that session passes (finding another would need a SHA-256 second preimage); any
+//! altered header, claim or signature fails. Sessions attested before the digest was
+//! kept fall back to [`TokenSigner::verify`]. Relying parties other than this verifier
+//! verify the signature against the JWKS.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -39,6 +52,9 @@ pub enum TokenError {
     /// The token has expired.
     #[error("the token has expired")]
     Expired,
+    /// The token is not the one issued for the session it names.
+    #[error("the token is not the one issued for its session")]
+    NotIssued,
     /// The stored signing key is invalid.
     #[error("the stored token signing key is invalid")]
     InvalidKey,
@@ -216,6 +232,44 @@ fn verify_token(
     Ok(claims)
 }
 
+/// The digest kept for an issued token: SHA-256 of its exact text, hex.
+pub fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Whether `token`'s [`digest`] is `stored` (compared in constant time).
+pub fn digest_matches(token: &str, stored: &str) -> bool {
+    let ours = digest(token);
+    ours.len() == stored.len()
+        && ours
+            .bytes()
+            .zip(stored.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// The session (`jti`) a compact token names, read WITHOUT verifying anything: the
+/// caller must then check the token against that session ([`digest_matches`]) or
+/// verify it ([`TokenSigner::verify`]).
+pub fn unverified_session(token: &str) -> Result<String, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Jti {
+        jti: String,
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    B64URL
+        .decode(p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Jti>(&b).ok())
+        .map(|j| j.jti)
+        .ok_or(TokenError::Malformed)
+}
+
 /// Parses a JWKS entry published by [`TokenSigner::jwks`] (for relying parties and tests).
 pub fn verifying_key_from_jwk(jwk: &Value) -> Option<(VerifyingKey, String)> {
     let x = B64URL.decode(jwk.get("x")?.as_str()?).ok()?;
@@ -255,6 +309,35 @@ mod tests {
         let again = TokenSigner::from_bytes(&s.to_bytes()).unwrap();
         assert_eq!(again.kid(), s.kid());
         assert!(again.verify(&t, 0).is_ok());
+    }
+
+    /// Only the byte-exact token matches its digest; the session is read from `jti`.
+    #[test]
+    fn digest_binding() {
+        let s = TokenSigner::generate();
+        let t = s.sign(&json!({"exp": 100, "jti": "sess-1"})).unwrap();
+        let d = digest(&t);
+        assert!(digest_matches(&t, &d));
+        assert_eq!(unverified_session(&t).unwrap(), "sess-1");
+        // Another token for the same session, and any one-character change, fail.
+        let other = s.sign(&json!({"exp": 100, "jti": "sess-1"})).unwrap();
+        assert_ne!(other, t);
+        assert!(!digest_matches(&other, &d));
+        for i in [0, t.len() / 2, t.len() - 1] {
+            let mut b = t.clone().into_bytes();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            assert!(!digest_matches(std::str::from_utf8(&b).unwrap(), &d));
+        }
+        assert!(!digest_matches(&t, &d[..63]));
+        assert!(!digest_matches(&t, ""));
+        assert!(matches!(
+            unverified_session("a.b"),
+            Err(TokenError::Malformed)
+        ));
+        assert!(matches!(
+            unverified_session(&format!("x.{}.y", B64URL.encode("{}"))),
+            Err(TokenError::Malformed)
+        ));
     }
 
     /// The ring path refuses a signature by another key over our header and claims, and

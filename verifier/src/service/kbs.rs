@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 
 use super::state::{client_ip, parse_json, read_body, AppState, JsonBody};
 use crate::crypto::jwe::{self, TeeKey};
-use crate::db::now;
+use crate::crypto::token;
+use crate::db::{now, Tx};
 use crate::error::ApiError;
 use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
 use crate::store::audit::{self, AuditEvent, AuditKind};
@@ -205,6 +206,14 @@ pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
     }
 }
 
+/// Rolls back a transaction that must not commit, before the caller records the
+/// refusal in a new one (a dropped transaction's rollback would run only later).
+async fn rollback(tx: Tx) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "rollback failed");
+    }
+}
+
 async fn record_refusal(
     st: &AppState,
     ev: &AuditEvent,
@@ -324,14 +333,9 @@ async fn attest_inner(
         ))
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
 
+    let token_sha256 = token::digest(&token);
+
     let mut tx = st.db.begin().await?;
-    if !sessions::consume_nonce(&mut tx, &id, &session.nonce).await? {
-        drop(tx);
-        return Err(Refusal::new(
-            "replay",
-            ApiError::Unauthorized("the challenge of this session was already used".into()),
-        ));
-    }
     let guest = sessions::record_guest(
         &mut tx,
         &GuestIdentity {
@@ -344,24 +348,34 @@ async fn attest_inner(
     )
     .await?;
     if guest.revoked {
-        drop(tx);
+        rollback(tx).await;
         return Err(Refusal::new(
             "guest-revoked",
             ApiError::Forbidden("this guest's grants are revoked".into()),
         ));
     }
-    sessions::attest(
+    // Consumes the nonce: of concurrent attempts with one challenge, only one wins.
+    let won = sessions::attest(
         &mut tx,
         &id,
+        &session.nonce,
         &Attested {
             workload: &workload.name,
             tee_pubkey: &pubkey_json,
             inventory_id: &guest.id,
             trust,
             expires_at,
+            token_sha256: &token_sha256,
         },
     )
     .await?;
+    if !won {
+        rollback(tx).await;
+        return Err(Refusal::new(
+            "replay",
+            ApiError::Unauthorized("the challenge of this session was already used".into()),
+        ));
+    }
     audit::append(
         &mut tx,
         &AuditEvent {
@@ -528,6 +542,39 @@ pub async fn resource(
     }
 }
 
+/// The checks of a release, in order: the workload exists and is not revoked, it is
+/// granted `path`, the guest is not revoked, the resource exists.
+fn check_release(
+    path: &str,
+    inputs: workloads::ReleaseInputs,
+) -> Result<(Workload, Vec<u8>), Refusal> {
+    let Some(workload) = inputs.workload.filter(|w| !w.revoked) else {
+        return Err(Refusal::new(
+            "workload-revoked",
+            ApiError::Forbidden("the workload is revoked or was removed".into()),
+        ));
+    };
+    if !workload.resources.iter().any(|r| r == path) {
+        return Err(Refusal::new(
+            "not-granted",
+            ApiError::Forbidden(format!("workload {} is not granted {path}", workload.name)),
+        ));
+    }
+    if inputs.guest_revoked != Some(false) {
+        return Err(Refusal::new(
+            "guest-revoked",
+            ApiError::Forbidden("this guest's grants are revoked".into()),
+        ));
+    }
+    let Some(sealed) = inputs.sealed else {
+        return Err(Refusal::new(
+            "unknown-resource",
+            ApiError::NotFound(format!("no resource {path}")),
+        ));
+    };
+    Ok((workload, sealed))
+}
+
 async fn resource_inner(
     st: &AppState,
     path: &str,
@@ -538,31 +585,26 @@ async fn resource_inner(
     let bearer = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default().to_owned());
-    let id = match bearer {
-        Some(b) => {
-            let token = b.strip_prefix("Bearer ").ok_or_else(|| {
-                Refusal::new(
-                    "malformed-token",
-                    ApiError::BadRequest(
-                        "the Authorization header must be `Bearer <token>`".into(),
-                    ),
-                )
-            })?;
-            let claims = st
-                .signer
-                .verify(token.trim(), now())
-                .map_err(|e| Refusal::new("bad-token", ApiError::Unauthorized(e.to_string())))?;
-            claims
-                .get("jti")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+    let token = match &bearer {
+        Some(b) => Some(
+            b.strip_prefix("Bearer ")
                 .ok_or_else(|| {
                     Refusal::new(
-                        "bad-token",
-                        ApiError::Unauthorized("the token has no session".into()),
+                        "malformed-token",
+                        ApiError::BadRequest(
+                            "the Authorization header must be `Bearer <token>`".into(),
+                        ),
                     )
                 })?
-        }
+                .trim(),
+        ),
+        None => None,
+    };
+    let bad_token =
+        |e: token::TokenError| Refusal::new("bad-token", ApiError::Unauthorized(e.to_string()));
+    let id = match token {
+        // Not trusted until the token is checked against the session below.
+        Some(t) => token::unverified_session(t).map_err(bad_token)?,
         None => cookie_session(headers)
             .map_err(|e| Refusal::new("malformed-cookie", e))?
             .ok_or_else(|| {
@@ -572,6 +614,28 @@ async fn resource_inner(
                 )
             })?,
     };
+    let session = sessions::get(&st.db, &id).await?;
+    if let Some(t) = token {
+        // The token must be the one issued for this session (its digest is kept on the
+        // session) and unexpired (its `exp` is the session's expiry); sessions without a
+        // digest (attested by an older version, or gone) need the signature instead.
+        match session
+            .as_ref()
+            .and_then(|s| Some((s.token_sha256.as_deref()?, s.expires_at)))
+        {
+            Some((digest, expires_at)) => {
+                if !token::digest_matches(t, digest) {
+                    return Err(bad_token(token::TokenError::NotIssued));
+                }
+                if expires_at <= now() {
+                    return Err(bad_token(token::TokenError::Expired));
+                }
+            }
+            None => {
+                st.signer.verify(t, now()).map_err(bad_token)?;
+            }
+        }
+    }
     *session_id = Some(id.clone());
     if !valid_path(path) {
         return Err(Refusal::new(
@@ -579,7 +643,6 @@ async fn resource_inner(
             ApiError::BadRequest("resource path segments are 1-128 of A-Za-z0-9._-".into()),
         ));
     }
-    let session = sessions::get(&st.db, &id).await?;
     let session = match session {
         Some(s) if s.state == "attested" && s.expires_at > now() => s,
         _ => {
@@ -602,38 +665,19 @@ async fn resource_inner(
         serde_json::from_str(pubkey).map_err(|e| Refusal::from(ApiError::internal(e)))?;
     let tee_key = TeeKey::from_jwk(&jwk).map_err(|e| Refusal::from(ApiError::internal(e)))?;
 
+    // Revocation, grant and the value are read in the transaction that records the
+    // release, so a revocation committed before it is seen.
     let mut tx = st.db.begin().await?;
-    let workload = workloads::get(&mut tx, workload_name).await?;
-    let Some(workload) = workload.filter(|w| !w.revoked) else {
-        return Err(Refusal::new(
-            "workload-revoked",
-            ApiError::Forbidden("the workload is revoked or was removed".into()),
-        ));
-    };
-    if !workload.resources.iter().any(|r| r == path) {
-        return Err(Refusal::new(
-            "not-granted",
-            ApiError::Forbidden(format!("workload {} is not granted {path}", workload.name)),
-        ));
-    }
-    match sessions::inventory_entry(&mut tx, inventory_id).await? {
-        Some(g) if !g.revoked => {}
-        _ => {
-            return Err(Refusal::new(
-                "guest-revoked",
-                ApiError::Forbidden("this guest's grants are revoked".into()),
-            ))
+    let inputs = workloads::release_inputs(&mut tx, workload_name, inventory_id, path).await?;
+    let (workload, sealed) = match check_release(path, inputs) {
+        Ok(v) => v,
+        Err(r) => {
+            rollback(tx).await;
+            return Err(r);
         }
-    }
-    let value = workloads::open_resource(&mut tx, &st.master_key, path)
-        .await
-        .map_err(|e| Refusal::from(ApiError::internal(e)))?
-        .ok_or_else(|| {
-            Refusal::new(
-                "unknown-resource",
-                ApiError::NotFound(format!("no resource {path}")),
-            )
-        })?;
+    };
+    let value = workloads::open_sealed(&st.master_key, path, &sealed)
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
     let jwe = jwe::encrypt(&tee_key, &value).map_err(|e| Refusal::from(ApiError::internal(e)))?;
     drop(value);
     audit::append(

@@ -4,8 +4,9 @@
 //! zero bytes and `JCS(record)` is the RFC 8785 canonical JSON of
 //! `{seq, ts, kind, actor, client, subject, outcome, detail}`. Sequence numbers are dense
 //! from 1. The head (last `seq` and `hash`) is kept in `audit_head`, updated in the same
-//! transaction as the append, so [`verify`] detects modified, removed (including the last
-//! ones) and reordered records. The database additionally refuses `UPDATE` and `DELETE`
+//! transaction as the append (the append takes the next `seq` from it; a trigger on
+//! `audit_log` moves its `hash` to the inserted record's), so [`verify`] detects
+//! modified, removed (including the last ones) and reordered records. The database additionally refuses `UPDATE` and `DELETE`
 //! on `audit_log` (triggers), so tampering needs DDL rights and is still detected.
 //!
 //! Appends happen inside the caller's transaction: a key release and its audit record
@@ -156,10 +157,7 @@ pub async fn append(tx: &mut Tx, ev: &AuditEvent) -> Result<i64, DbError> {
     .bind(&hash)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
-        .bind(&hash)
-        .execute(&mut **tx)
-        .await?;
+    // The trigger `audit_head_follows` has set the head's hash to `hash`.
     Ok(seq)
 }
 

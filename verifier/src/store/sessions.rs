@@ -1,9 +1,11 @@
 //! KBS sessions, the attested-guest inventory, and the token signing key.
 //!
 //! Sessions live in the database, so any replica can finish a session another began.
-//! A session moves `challenged` → `verifying` (the nonce is consumed atomically by a
-//! conditional `UPDATE`, so a nonce is accepted at most once even across replicas) →
-//! `attested` or `failed`.
+//! A session moves `challenged` → `attested` (the nonce is consumed by a conditional
+//! `UPDATE` in the transaction that records the accepted attestation, so a nonce is
+//! accepted at most once even across replicas) or `failed`. (`verifying`, an
+//! intermediate state older versions set inside that transaction, is treated like
+//! `challenged` by [`fail`].)
 
 use serde::Serialize;
 use sqlx::Row;
@@ -35,6 +37,9 @@ pub struct Session {
     pub inventory_id: Option<String>,
     /// `hardware` or `insecure-emulated`, once attested.
     pub trust: Option<String>,
+    /// SHA-256 (hex) of the attestation token issued, once attested (`None` for sessions
+    /// attested by versions before the token binding).
+    pub token_sha256: Option<String>,
 }
 
 /// Creates a challenged session.
@@ -71,14 +76,15 @@ pub async fn create(
         tee_pubkey: None,
         inventory_id: None,
         trust: None,
+        token_sha256: None,
     })
 }
 
 /// Loads a session.
 pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
     let row = sqlx::query(
-        "SELECT id, tee, nonce, workload_hint, state, expires_at, workload, tee_pubkey, inventory_id, trust \
-         FROM kbs_sessions WHERE id = $1",
+        "SELECT id, tee, nonce, workload_hint, state, expires_at, workload, tee_pubkey, inventory_id, trust, \
+         token_sha256 FROM kbs_sessions WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(db.pool())
@@ -95,22 +101,8 @@ pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
         tee_pubkey: r.try_get(7)?,
         inventory_id: r.try_get(8)?,
         trust: r.try_get(9)?,
+        token_sha256: r.try_get(10)?,
     }))
-}
-
-/// Consumes the session's nonce: `challenged` → `verifying` if unexpired. Returns
-/// whether this caller won (false: replayed, expired or unknown).
-pub async fn consume_nonce(tx: &mut Tx, id: &str, nonce: &str) -> Result<bool, DbError> {
-    let n = sqlx::query(
-        "UPDATE kbs_sessions SET state = 'verifying' WHERE id = $1 AND nonce = $2 AND state = 'challenged' AND expires_at > $3",
-    )
-    .bind(id)
-    .bind(nonce)
-    .bind(now())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
 }
 
 /// Marks a session whose challenge was not used successfully as failed, so its nonce
@@ -136,25 +128,34 @@ pub struct Attested<'a> {
     pub inventory_id: &'a str,
     /// Trust level name.
     pub trust: &'a str,
-    /// New expiry.
+    /// New expiry (that of the token).
     pub expires_at: i64,
+    /// SHA-256 (hex) of the token issued.
+    pub token_sha256: &'a str,
 }
 
-/// Marks a session attested.
-pub async fn attest(tx: &mut Tx, id: &str, a: &Attested<'_>) -> Result<(), DbError> {
-    sqlx::query(
+/// Consumes the session's challenge `nonce` and marks the session attested, in one
+/// conditional `UPDATE`: only a session still `challenged` with this nonce and unexpired
+/// changes. Returns whether this caller won (false: replayed, expired or unknown).
+pub async fn attest(tx: &mut Tx, id: &str, nonce: &str, a: &Attested<'_>) -> Result<bool, DbError> {
+    let n = sqlx::query(
         "UPDATE kbs_sessions SET state = 'attested', workload = $1, tee_pubkey = $2, inventory_id = $3, trust = $4, \
-         expires_at = $5 WHERE id = $6",
+         expires_at = $5, token_sha256 = $6 \
+         WHERE id = $7 AND nonce = $8 AND state = 'challenged' AND expires_at > $9",
     )
     .bind(a.workload)
     .bind(a.tee_pubkey)
     .bind(a.inventory_id)
     .bind(a.trust)
     .bind(a.expires_at)
+    .bind(a.token_sha256)
     .bind(id)
+    .bind(nonce)
+    .bind(now())
     .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// Deletes sessions that expired more than `grace` seconds ago; returns how many.

@@ -191,6 +191,60 @@ pub async fn open_resource(
         .map_err(ResourceError::Seal)
 }
 
+/// What a key release checks, read in one statement inside its transaction.
+#[derive(Debug)]
+pub struct ReleaseInputs {
+    /// The session's workload (`None`: it was removed).
+    pub workload: Option<Workload>,
+    /// Whether the session's inventory entry is revoked (`None`: there is no such entry).
+    pub guest_revoked: Option<bool>,
+    /// The resource's sealed value (`None`: no such resource). Opened only once every
+    /// check passed ([`open_sealed`]).
+    pub sealed: Option<Vec<u8>>,
+}
+
+/// Reads the workload `name`, the revocation of inventory entry `inventory_id` and the
+/// sealed value of resource `path`, in one statement.
+pub async fn release_inputs(
+    tx: &mut Tx,
+    name: &str,
+    inventory_id: &str,
+    path: &str,
+) -> Result<ReleaseInputs, DbError> {
+    // Placeholders in ascending order of appearance (see crate::db).
+    let row = sqlx::query(
+        "SELECT w.name, w.policy, w.resources, w.revoked, \
+         (SELECT i.revoked FROM inventory i WHERE i.id = $1), \
+         (SELECT r.sealed FROM resources r WHERE r.path = $2) \
+         FROM (SELECT 1 AS one) AS o LEFT JOIN workloads w ON w.name = $3",
+    )
+    .bind(inventory_id)
+    .bind(path)
+    .bind(name)
+    .fetch_one(&mut **tx)
+    .await?;
+    let found: Option<String> = row.try_get(0)?;
+    let workload = match found {
+        Some(_) => Some(from_row(&row)?),
+        None => None,
+    };
+    let guest_revoked: Option<i64> = row.try_get(4)?;
+    Ok(ReleaseInputs {
+        workload,
+        guest_revoked: guest_revoked.map(|r| r != 0),
+        sealed: row.try_get(5)?,
+    })
+}
+
+/// Opens the sealed value of resource `path` (read by [`release_inputs`]).
+pub fn open_sealed(
+    mk: &MasterKey,
+    path: &str,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, MasterKeyError> {
+    mk.open(&resource_context(path), sealed)
+}
+
 /// Resource metadata, by path.
 pub async fn list_resources(db: &Db) -> Result<Vec<ResourceInfo>, DbError> {
     let rows = sqlx::query("SELECT path, created_at, updated_at FROM resources ORDER BY path")
