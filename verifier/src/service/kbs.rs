@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::state::{client_ip, parse_json, read_body, AppState, JsonBody};
 use crate::crypto::jwe::{self, TeeKey};
 use crate::crypto::token;
-use crate::db::{now, Tx};
+use crate::db::{now, DbError, Tx};
 use crate::error::ApiError;
 use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
 use crate::store::audit::{self, AuditEvent, AuditKind};
@@ -252,7 +252,9 @@ async fn attest_inner(
     let body = read_body(req, &()).await?;
     let attestation: Attestation =
         parse_json(&body).map_err(|e| Refusal::new("malformed-request", e))?;
-    let session = sessions::get(&st.db, &id).await?.ok_or_else(|| {
+    // The session and the workloads it may match, read on one connection.
+    let mut conn = st.db.pool().acquire().await.map_err(DbError::from)?;
+    let session = sessions::get_on(&mut conn, &id).await?.ok_or_else(|| {
         Refusal::new(
             "unknown-session",
             ApiError::Unauthorized("unknown or expired session".into()),
@@ -284,6 +286,14 @@ async fn attest_inner(
         .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
+    let candidates = match &session.workload_hint {
+        Some(name) => workloads::get_on(&mut conn, name)
+            .await?
+            .into_iter()
+            .collect(),
+        None => workloads::list_on(&mut conn).await?,
+    };
+    drop(conn);
     // From here on a refusal burns the challenge. The nonce itself is consumed in the
     // same transaction that records the accepted attestation (one durable commit per
     // attestation); of concurrent attempts with the same challenge, only one can win.
@@ -313,7 +323,7 @@ async fn attest_inner(
             },
         )
     })?;
-    let workload = choose_workload(st, &session, &claims).await?;
+    let workload = choose_workload(&session, &claims, candidates)?;
     let platform_id = platform_id(&claims);
     let measurement = hex::encode(&claims.measurement);
     let trust = trust_name(claims.trust);
@@ -448,15 +458,16 @@ fn token_claims(
     })
 }
 
-async fn choose_workload(
-    st: &AppState,
+/// The workload whose policy `claims` meet, among `candidates` (the hinted workload, or
+/// every workload).
+fn choose_workload(
     session: &Session,
     claims: &Claims,
+    candidates: Vec<Workload>,
 ) -> Result<Workload, Refusal> {
     let candidates: Vec<Workload> = match &session.workload_hint {
-        Some(name) => workloads::get_db(&st.db, name).await?.into_iter().collect(),
-        None => workloads::list(&st.db)
-            .await?
+        Some(_) => candidates,
+        None => candidates
             .into_iter()
             .filter(|w| w.policy.measurements.contains(&claims.measurement))
             .collect(),

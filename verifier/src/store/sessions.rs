@@ -8,7 +8,7 @@
 //! `challenged` by [`fail`].)
 
 use serde::Serialize;
-use sqlx::Row;
+use sqlx::{Any, AnyConnection, Row};
 
 use crate::crypto::master::{MasterKey, MasterKeyError};
 use crate::crypto::token::TokenSigner;
@@ -82,12 +82,24 @@ pub async fn create(
 
 /// Loads a session.
 pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
+    fetch(db.pool(), id).await
+}
+
+/// Loads a session on a connection the caller holds (to read more on it).
+pub async fn get_on(conn: &mut AnyConnection, id: &str) -> Result<Option<Session>, DbError> {
+    fetch(conn, id).await
+}
+
+async fn fetch<'e, E>(ex: E, id: &str) -> Result<Option<Session>, DbError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let row = sqlx::query(
         "SELECT id, tee, nonce, workload_hint, state, expires_at, workload, tee_pubkey, inventory_id, trust, \
          token_sha256 FROM kbs_sessions WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(db.pool())
+    .fetch_optional(ex)
     .await?;
     let Some(r) = row else { return Ok(None) };
     Ok(Some(Session {

@@ -3,7 +3,7 @@
 
 use attestation::policy::Policy;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{Any, AnyConnection, Row};
 use zeroize::Zeroizing;
 
 use crate::crypto::master::{MasterKey, MasterKeyError};
@@ -60,8 +60,20 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Workload, DbError> {
 
 /// All workloads, by name.
 pub async fn list(db: &Db) -> Result<Vec<Workload>, DbError> {
+    list_with(db.pool()).await
+}
+
+/// All workloads, by name, on a connection the caller holds.
+pub async fn list_on(conn: &mut AnyConnection) -> Result<Vec<Workload>, DbError> {
+    list_with(conn).await
+}
+
+async fn list_with<'e, E>(ex: E) -> Result<Vec<Workload>, DbError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let rows = sqlx::query("SELECT name, policy, resources, revoked FROM workloads ORDER BY name")
-        .fetch_all(db.pool())
+        .fetch_all(ex)
         .await?;
     rows.iter().map(from_row).collect()
 }
@@ -77,9 +89,21 @@ pub async fn get(tx: &mut Tx, name: &str) -> Result<Option<Workload>, DbError> {
 
 /// One workload, outside a transaction.
 pub async fn get_db(db: &Db, name: &str) -> Result<Option<Workload>, DbError> {
+    get_with(db.pool(), name).await
+}
+
+/// One workload, on a connection the caller holds.
+pub async fn get_on(conn: &mut AnyConnection, name: &str) -> Result<Option<Workload>, DbError> {
+    get_with(conn, name).await
+}
+
+async fn get_with<'e, E>(ex: E, name: &str) -> Result<Option<Workload>, DbError>
+where
+    E: sqlx::Executor<'e, Database = Any>,
+{
     let row = sqlx::query("SELECT name, policy, resources, revoked FROM workloads WHERE name = $1")
         .bind(name)
-        .fetch_optional(db.pool())
+        .fetch_optional(ex)
         .await?;
     row.as_ref().map(from_row).transpose()
 }
