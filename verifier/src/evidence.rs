@@ -22,8 +22,23 @@
 //! `DIR/tdx/root_ca.pem`); evidence chaining to them yields
 //! [`TrustLevel::InsecureEmulated`](attestation::claims::TrustLevel::InsecureEmulated)
 //! claims, which a workload policy must additionally allow (`allow_emulated`).
+//!
+//! # What is cached
+//!
+//! A platform sends the same certificate table with every report, so the verifier keeps
+//! the *parsed* tables (not a verdict) of up to [`PARSED_TABLES`] distinct `cert_chain`
+//! strings of at most [`PARSED_TABLE_MAX_LEN`] bytes, keyed by the exact string: parsing
+//! is a pure function of those bytes. Verification is not cached here. The `attestation` crate's [`SnpVerifier`]
+//! (one per verifier, with its trust anchors fixed) caches the outcome of verifying a
+//! VCEK/VLEK's chain up to a trusted root, keyed by SHA-384 of the exact VCEK/VLEK DER
+//! and bounded (4096 entries); on every use, cached or not, it checks every
+//! certificate's validity period at the caller's time and any CRLs supplied, then the
+//! product, the TCB and chip binding and the report's own ECDSA P-384 signature.
+//! `tests/evidence_chain_cache.rs` checks that a warm cache never changes a verdict.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use attestation::claims::{Claims, Tee};
 use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
@@ -107,12 +122,20 @@ pub enum TrustError {
     Empty(PathBuf),
 }
 
+/// How many distinct parsed SNP certificate tables are kept (then the cache starts over).
+pub const PARSED_TABLES: usize = 256;
+/// Only `cert_chain` strings up to this length are kept (a genuine table is under 10 KiB
+/// of base64), so the cache holds at most a few MiB whatever clients send.
+pub const PARSED_TABLE_MAX_LEN: usize = 32 << 10;
+
 /// The production [`EvidenceVerifier`]: the `attestation` crate's SNP and TDX verifiers.
 #[derive(Debug)]
 pub struct AttestationVerifier {
     snp: SnpVerifier,
     tdx: Vec<TdxVerifier>,
     emulated: bool,
+    /// Parsed certificate tables by their `cert_chain` text (see the module docs).
+    tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
 }
 
 impl AttestationVerifier {
@@ -149,6 +172,7 @@ impl AttestationVerifier {
             snp: SnpVerifier::new(roots),
             tdx,
             emulated: !emulated_dirs.is_empty(),
+            tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,15 +236,35 @@ impl AttestationVerifier {
                 "the evidence carries no cert_chain; send the extended report's certificate table",
             ));
         };
+        let collateral = self.snp_collateral(chain)?;
+        self.snp
+            .verify(&report, &collateral, now)
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+    }
+
+    /// The parsed certificate table `chain` (base64), from the cache if it was parsed
+    /// before.
+    fn snp_collateral(&self, chain: String) -> Result<Arc<SnpCollateral>, VerifyFailure> {
+        let lock = || self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = lock().get(&chain) {
+            return Ok(Arc::clone(c));
+        }
         let table = CertTable::parse(&decode_b64(&chain, "cert_chain")?)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         let mut collateral = SnpCollateral::new();
         collateral
             .add_cert_table(&table)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
-        self.snp
-            .verify(&report, &collateral, now)
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+        let collateral = Arc::new(collateral);
+        if chain.len() > PARSED_TABLE_MAX_LEN {
+            return Ok(collateral);
+        }
+        let mut tables = lock();
+        if tables.len() >= PARSED_TABLES {
+            tables.clear();
+        }
+        tables.insert(chain, Arc::clone(&collateral));
+        Ok(collateral)
     }
 
     fn verify_tdx(
