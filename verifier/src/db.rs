@@ -11,18 +11,23 @@
 //! on the busy timeout instead of failing with a lock upgrade deadlock; SQLite runs in
 //! WAL mode with `synchronous = FULL`, so a committed transaction survives `kill -9`.
 //!
-//! SQLite has one writer at a time. Within the process, writers take turns on a FIFO
-//! lock ([`Db::write_turn`], held by every [`Tx`] until it commits or is dropped) before
-//! they touch the database, so they queue and wake as soon as the writer before them
-//! commits, instead of polling in SQLite's busy handler (which sleeps up to 100 ms per
-//! attempt: the latency tail under load). Another process writing the same file still
-//! meets the busy timeout. PostgreSQL needs no turn.
+//! SQLite has one writer at a time, so this process writes through two dedicated
+//! connections behind one FIFO lock (the *write turn*): every write transaction ([`Tx`],
+//! `synchronous = FULL`) runs on one, new challenge sessions ([`Db::ephemeral`],
+//! `synchronous = NORMAL`) on the other. Writers queue on the lock and start as soon as
+//! the writer before them is done, instead of polling in SQLite's busy handler (which
+//! sleeps up to 100 ms per attempt: the latency tail under load), and the connections
+//! are not a pool's (a pool pings each connection it gets back). A transaction dropped
+//! without commit is rolled back before the turn passes on. Reads use the pool.
+//! Another process writing the same file still meets the busy timeout. PostgreSQL uses
+//! its pool for everything.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// Which database engine is behind the pool.
@@ -58,57 +63,170 @@ pub enum DbError {
 }
 
 /// A write transaction on the database; dereferences to its connection. On SQLite it
-/// holds this process's write turn ([`Db::write_turn`]) until it commits, rolls back or
-/// is dropped.
+/// holds this process's write turn until it commits or rolls back; dropped, it is rolled
+/// back before the turn passes on.
 #[derive(Debug)]
 pub struct Tx {
-    // Dropped first: an uncommitted transaction queues its rollback on the connection
-    // before the next writer is let in.
-    inner: Transaction<'static, Any>,
-    _turn: Option<WriteTurn>,
+    inner: Option<TxInner>,
+}
+
+#[derive(Debug)]
+enum TxInner {
+    Pool(Transaction<'static, Any>),
+    Sqlite(OwnedMutexGuard<Writers>),
+}
+
+/// SQLite: the connections this process writes on (see the module docs).
+#[derive(Debug)]
+struct Writers {
+    /// `synchronous = FULL`: every write transaction.
+    durable: AnyConnection,
+    /// `synchronous = NORMAL`: new challenge sessions.
+    ephemeral: AnyConnection,
+    /// `durable` has a transaction open.
+    open: bool,
+}
+
+impl Writers {
+    /// Rolls back a transaction a dropped [`Tx`] left open.
+    async fn settle(&mut self) {
+        if self.open {
+            if let Err(e) = self.durable.execute("ROLLBACK").await {
+                tracing::warn!(error = %e, "cannot roll back an abandoned transaction");
+            }
+            self.open = false;
+        }
+    }
 }
 
 impl Tx {
     /// Commits the transaction (durably: `synchronous = FULL` on SQLite).
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.inner.commit().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match self.inner.take() {
+            Some(TxInner::Pool(t)) => t.commit().await,
+            Some(TxInner::Sqlite(mut w)) => {
+                w.durable.execute("COMMIT").await?;
+                w.open = false;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Rolls the transaction back.
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.inner.rollback().await
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match self.inner.take() {
+            Some(TxInner::Pool(t)) => t.rollback().await,
+            Some(TxInner::Sqlite(mut w)) => {
+                w.durable.execute("ROLLBACK").await?;
+                w.open = false;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn conn(&self) -> &AnyConnection {
+        match &self.inner {
+            Some(TxInner::Pool(t)) => t,
+            Some(TxInner::Sqlite(w)) => &w.durable,
+            // Only `commit`/`rollback` (which consume the Tx) and `drop` take it.
+            None => unreachable!("a Tx is used after it ended"),
+        }
+    }
+
+    fn conn_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.inner {
+            Some(TxInner::Pool(t)) => t,
+            Some(TxInner::Sqlite(w)) => &mut w.durable,
+            None => unreachable!("a Tx is used after it ended"),
+        }
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        // A pool transaction rolls itself back. On SQLite the rollback runs before the
+        // turn passes on: in a task holding it, or (outside a runtime) by the next
+        // holder, which settles first.
+        if let Some(TxInner::Sqlite(mut w)) = self.inner.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { w.settle().await });
+            }
+        }
     }
 }
 
 impl std::ops::Deref for Tx {
     type Target = AnyConnection;
     fn deref(&self) -> &AnyConnection {
-        &self.inner
+        self.conn()
     }
 }
 
 impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.inner
+        self.conn_mut()
     }
 }
 
-/// This process's turn to write to a SQLite database (see [`Db::write_turn`]).
+/// A connection for writes whose loss in a power failure is harmless (see
+/// [`Db::ephemeral`]); dereferences to it. On SQLite it holds the write turn.
 #[derive(Debug)]
-pub struct WriteTurn {
-    _guard: OwnedMutexGuard<()>,
+pub struct EphemeralConn(EphemeralInner);
+
+#[derive(Debug)]
+enum EphemeralInner {
+    Pool(PoolConnection<Any>),
+    Sqlite(OwnedMutexGuard<Writers>),
 }
 
-/// A pool of connections to the verifier's database.
+impl std::ops::Deref for EphemeralConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            EphemeralInner::Pool(c) => c,
+            EphemeralInner::Sqlite(w) => &w.ephemeral,
+        }
+    }
+}
+
+impl std::ops::DerefMut for EphemeralConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            EphemeralInner::Pool(c) => c,
+            EphemeralInner::Sqlite(w) => &mut w.ephemeral,
+        }
+    }
+}
+
+/// A pool of connections to the verifier's database (and, on SQLite, the connections
+/// this process writes on).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
-    /// SQLite only: connections with `synchronous = NORMAL` for writes that may be lost
-    /// on power failure without harm (see [`Db::ephemeral_pool`]).
-    ephemeral: Option<AnyPool>,
-    /// SQLite only: the FIFO lock writers take turns on.
-    writers: Option<Arc<Mutex<()>>>,
+    /// SQLite only: the write connections behind the write turn.
+    writers: Option<Arc<Mutex<Writers>>>,
     backend: Backend,
+}
+
+const SQLITE_PRAGMAS: [&str; 3] = [
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA busy_timeout = 15000",
+    "PRAGMA foreign_keys = ON",
+];
+
+async fn sqlite_connection(
+    opts: &AnyConnectOptions,
+    synchronous: &str,
+) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect_with(opts).await?;
+    for pragma in SQLITE_PRAGMAS {
+        conn.execute(pragma).await?;
+    }
+    conn.execute(format!("PRAGMA synchronous = {synchronous}").as_str())
+        .await?;
+    Ok(conn)
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -175,10 +293,10 @@ impl Db {
                 .test_before_acquire(false)
                 .after_connect(|conn, _meta| {
                     Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        for pragma in SQLITE_PRAGMAS {
+                            conn.execute(pragma).await?;
+                        }
                         conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 15000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
                         Ok(())
                     })
                 });
@@ -189,31 +307,23 @@ impl Db {
             .connect_with(opts.clone())
             .await
             .map_err(DbError::Connect)?;
-        let ephemeral = if backend == Backend::Sqlite {
-            let p = AnyPoolOptions::new()
-                .acquire_timeout(Duration::from_secs(30))
-                .max_connections(2)
-                .test_before_acquire(false)
-                .after_connect(|conn, _meta| {
-                    Box::pin(async move {
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA busy_timeout = 15000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        Ok(())
-                    })
-                })
-                .connect_with(opts)
+        let writers = if backend == Backend::Sqlite {
+            let durable = sqlite_connection(&opts, "FULL")
                 .await
                 .map_err(DbError::Connect)?;
-            Some(p)
+            let ephemeral = sqlite_connection(&opts, "NORMAL")
+                .await
+                .map_err(DbError::Connect)?;
+            Some(Arc::new(Mutex::new(Writers {
+                durable,
+                ephemeral,
+                open: false,
+            })))
         } else {
             None
         };
-        let writers = (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(())));
         Ok(Self {
             pool,
-            ephemeral,
             writers,
             backend,
         })
@@ -233,14 +343,21 @@ impl Db {
         &self.pool
     }
 
-    /// The pool for writes whose loss in a power failure is harmless: a new challenge
-    /// session (the guest asks again). On SQLite its connections commit without an
-    /// fsync (`synchronous = NORMAL` in WAL mode: the commit survives a crash of the
-    /// process, and the next durable commit flushes it); everything that releases or
-    /// records anything uses [`Db::pool`] or [`Db::begin`], which fsync. PostgreSQL uses
-    /// the one pool.
-    pub fn ephemeral_pool(&self) -> &AnyPool {
-        self.ephemeral.as_ref().unwrap_or(&self.pool)
+    /// The connection for writes whose loss in a power failure is harmless: a new
+    /// challenge session (the guest asks again). On SQLite it commits without an fsync
+    /// (`synchronous = NORMAL` in WAL mode: the commit survives a crash of the process,
+    /// and the next durable commit flushes it), holding the write turn; everything that
+    /// releases or records anything uses [`Db::begin`], which fsyncs. PostgreSQL: a
+    /// pool connection. Never call [`Db::begin`] while holding it.
+    pub async fn ephemeral(&self) -> Result<EphemeralConn, DbError> {
+        Ok(EphemeralConn(match &self.writers {
+            Some(w) => {
+                let mut w = Arc::clone(w).lock_owned().await;
+                w.settle().await;
+                EphemeralInner::Sqlite(w)
+            }
+            None => EphemeralInner::Pool(self.pool.acquire().await?),
+        }))
     }
 
     /// The backend.
@@ -248,34 +365,33 @@ impl Db {
         self.backend
     }
 
-    /// Waits for this process's turn to write (SQLite; `None` on PostgreSQL). Writers
-    /// outside a [`Tx`] (single autocommit statements) hold it across their statement;
-    /// never call [`Db::begin`] or this while holding a turn (the lock is not
-    /// reentrant).
-    pub async fn write_turn(&self) -> Option<WriteTurn> {
-        match &self.writers {
-            Some(m) => Some(WriteTurn {
-                _guard: Arc::clone(m).lock_owned().await,
-            }),
-            None => None,
-        }
-    }
-
-    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, after waiting for this
-    /// process's write turn).
+    /// Begins a write transaction (on SQLite: waits for the write turn, then `BEGIN
+    /// IMMEDIATE`). The turn is not reentrant: never call this (or [`Db::ephemeral`])
+    /// while holding a [`Tx`].
     pub async fn begin(&self) -> Result<Tx, DbError> {
-        let turn = self.write_turn().await;
-        let inner = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let inner = match &self.writers {
+            Some(w) => {
+                let mut w = Arc::clone(w).lock_owned().await;
+                w.settle().await;
+                // Set first: if this future is dropped mid-BEGIN, the next holder
+                // rolls back whatever it left.
+                w.open = true;
+                if let Err(e) = w.durable.execute("BEGIN IMMEDIATE").await {
+                    w.open = false;
+                    return Err(e.into());
+                }
+                TxInner::Sqlite(w)
+            }
+            None => TxInner::Pool(self.pool.begin().await?),
         };
-        Ok(Tx { inner, _turn: turn })
+        Ok(Tx { inner: Some(inner) })
     }
 
-    /// Closes the pool, waiting for connections to be returned.
+    /// Closes the pool, waiting for connections to be returned (and for a pending
+    /// rollback on SQLite's write connection).
     pub async fn close(&self) {
-        if let Some(e) = &self.ephemeral {
-            e.close().await;
+        if let Some(w) = &self.writers {
+            w.lock().await.settle().await;
         }
         self.pool.close().await;
     }
@@ -328,6 +444,16 @@ mod tests {
         let mut tx = db.begin().await.unwrap();
         audit::append(&mut tx, &ev(0)).await.unwrap();
         drop(tx);
+        // The write connection is free again at once (the dropped transaction was rolled
+        // back before the turn passed on): no wait for SQLite's busy timeout.
+        let started = std::time::Instant::now();
+        crate::store::sessions::create(&db, "snp", "bm9uY2U=", None, 60)
+            .await
+            .unwrap();
+        let mut tx = db.begin().await.unwrap();
+        audit::append(&mut tx, &ev(0)).await.unwrap();
+        tx.rollback().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
         let mut tasks = Vec::new();
         for i in 1..=24 {
             let db = db.clone();

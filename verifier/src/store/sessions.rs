@@ -52,7 +52,7 @@ pub async fn create(
 ) -> Result<Session, DbError> {
     let id = uuid::Uuid::new_v4().to_string();
     let t = now();
-    let _turn = db.write_turn().await;
+    let mut conn = db.ephemeral().await?;
     sqlx::query(
         "INSERT INTO kbs_sessions (id, tee, nonce, workload_hint, state, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, 'challenged', $5, $6)",
@@ -63,8 +63,9 @@ pub async fn create(
     .bind(hint)
     .bind(t)
     .bind(t + ttl)
-    .execute(db.ephemeral_pool())
+    .execute(&mut *conn)
     .await?;
+    drop(conn);
     Ok(Session {
         id,
         tee: tee.into(),
@@ -172,14 +173,14 @@ pub async fn attest(tx: &mut Tx, id: &str, nonce: &str, a: &Attested<'_>) -> Res
 
 /// Deletes sessions that expired more than `grace` seconds ago; returns how many.
 pub async fn purge_expired(db: &Db, grace: i64) -> Result<u64, DbError> {
-    let _turn = db.write_turn().await;
-    Ok(
-        sqlx::query("DELETE FROM kbs_sessions WHERE expires_at < $1")
-            .bind(now() - grace)
-            .execute(db.pool())
-            .await?
-            .rows_affected(),
-    )
+    let mut tx = db.begin().await?;
+    let n = sqlx::query("DELETE FROM kbs_sessions WHERE expires_at < $1")
+        .bind(now() - grace)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok(n)
 }
 
 /// One attested guest.
@@ -328,15 +329,15 @@ pub async fn signing_key(db: &Db, mk: &MasterKey) -> Result<TokenSigner, Signing
     let sealed = mk
         .seal(&signing_key_context(), &fresh.to_bytes())
         .map_err(SigningKeyError::Seal)?;
-    let turn = db.write_turn().await;
+    let mut tx = db.begin().await?;
     sqlx::query("INSERT INTO signing_keys (id, sealed, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
         .bind(SIGNING_KEY_ID)
         .bind(sealed.0)
         .bind(now())
-        .execute(db.pool())
+        .execute(&mut *tx)
         .await
         .map_err(DbError::from)?;
-    drop(turn);
+    tx.commit().await.map_err(DbError::from)?;
     let row = sqlx::query("SELECT sealed FROM signing_keys WHERE id = $1")
         .bind(SIGNING_KEY_ID)
         .fetch_one(db.pool())
