@@ -18,7 +18,9 @@
 //! the writer before them is done, instead of polling in SQLite's busy handler (which
 //! sleeps up to 100 ms per attempt: the latency tail under load), and the connections
 //! are not a pool's (a pool pings each connection it gets back). A transaction dropped
-//! without commit is rolled back before the turn passes on. Reads use the pool.
+//! without commit is rolled back before the turn passes on. The reads of guest flows use
+//! a few dedicated connections ([`Db::read`]) for the same reason; other reads use the
+//! pool.
 //! Another process writing the same file still meets the busy timeout. PostgreSQL uses
 //! its pool for everything.
 
@@ -28,7 +30,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,13 +202,74 @@ impl std::ops::DerefMut for EphemeralConn {
     }
 }
 
+/// SQLite: connections for the reads of every guest flow, handed out without the
+/// pool's ping on return (a read dropped mid-statement resets its statement).
+#[derive(Debug)]
+struct Readers {
+    free: std::sync::Mutex<Vec<AnyConnection>>,
+    permits: Arc<Semaphore>,
+}
+
+/// How many SQLite connections serve [`Db::read`].
+const SQLITE_READERS: usize = 4;
+
+/// A connection for reads (see [`Db::read`]); dereferences to it.
+#[derive(Debug)]
+pub struct ReadConn(ReadInner);
+
+#[derive(Debug)]
+enum ReadInner {
+    Pool(PoolConnection<Any>),
+    Sqlite {
+        conn: Option<AnyConnection>,
+        readers: Arc<Readers>,
+        _permit: OwnedSemaphorePermit,
+    },
+}
+
+impl Drop for ReadConn {
+    fn drop(&mut self) {
+        // Back on the free list before the permit is released.
+        if let ReadInner::Sqlite { conn, readers, .. } = &mut self.0 {
+            if let Some(c) = conn.take() {
+                readers
+                    .free
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(c);
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for ReadConn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        match &self.0 {
+            ReadInner::Pool(c) => c,
+            ReadInner::Sqlite { conn, .. } => conn.as_ref().expect("held until drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for ReadConn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        match &mut self.0 {
+            ReadInner::Pool(c) => c,
+            ReadInner::Sqlite { conn, .. } => conn.as_mut().expect("held until drop"),
+        }
+    }
+}
+
 /// A pool of connections to the verifier's database (and, on SQLite, the connections
-/// this process writes on).
+/// this process writes on and those its guest flows read on).
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     /// SQLite only: the write connections behind the write turn.
     writers: Option<Arc<Mutex<Writers>>>,
+    /// SQLite only: the connections of [`Db::read`].
+    readers: Option<Arc<Readers>>,
     backend: Backend,
 }
 
@@ -322,9 +385,26 @@ impl Db {
         } else {
             None
         };
+        let readers = if backend == Backend::Sqlite {
+            let mut free = Vec::with_capacity(SQLITE_READERS);
+            for _ in 0..SQLITE_READERS {
+                free.push(
+                    sqlite_connection(&opts, "FULL")
+                        .await
+                        .map_err(DbError::Connect)?,
+                );
+            }
+            Some(Arc::new(Readers {
+                free: std::sync::Mutex::new(free),
+                permits: Arc::new(Semaphore::new(SQLITE_READERS)),
+            }))
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             writers,
+            readers,
             backend,
         })
     }
@@ -357,6 +437,26 @@ impl Db {
                 EphemeralInner::Sqlite(w)
             }
             None => EphemeralInner::Pool(self.pool.acquire().await?),
+        }))
+    }
+
+    /// A connection for the reads of a guest flow (SQLite: one of a few dedicated
+    /// connections, returned without a ping; PostgreSQL: a pool connection).
+    pub async fn read(&self) -> Result<ReadConn, DbError> {
+        let Some(r) = &self.readers else {
+            return Ok(ReadConn(ReadInner::Pool(self.pool.acquire().await?)));
+        };
+        let permit = Arc::clone(&r.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| DbError::Query(sqlx::Error::PoolClosed))?;
+        let conn = r.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // A permit guarantees a free connection.
+        let conn = conn.ok_or(DbError::Corrupt("no free reader connection"))?;
+        Ok(ReadConn(ReadInner::Sqlite {
+            conn: Some(conn),
+            readers: Arc::clone(r),
+            _permit: permit,
         }))
     }
 

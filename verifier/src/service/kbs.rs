@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::state::{client_ip, parse_json, read_body, AppState, JsonBody};
 use crate::crypto::jwe::{self, TeeKey};
 use crate::crypto::token;
-use crate::db::{now, DbError, Tx};
+use crate::db::{now, Tx};
 use crate::error::ApiError;
 use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
 use crate::store::audit::{self, AuditEvent, AuditKind};
@@ -253,7 +253,7 @@ async fn attest_inner(
     let attestation: Attestation =
         parse_json(&body).map_err(|e| Refusal::new("malformed-request", e))?;
     // The session and the workloads it may match, read on one connection.
-    let mut conn = st.db.pool().acquire().await.map_err(DbError::from)?;
+    let mut conn = st.db.read().await?;
     let session = sessions::get_on(&mut conn, &id).await?.ok_or_else(|| {
         Refusal::new(
             "unknown-session",

@@ -83,7 +83,7 @@ pub async fn create(
 
 /// Loads a session.
 pub async fn get(db: &Db, id: &str) -> Result<Option<Session>, DbError> {
-    fetch(db.pool(), id).await
+    fetch(&mut *db.read().await?, id).await
 }
 
 /// Loads a session on a connection the caller holds (to read more on it).
