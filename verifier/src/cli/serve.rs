@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use crate::config::{ConfigFile, Overrides};
 use crate::service;
 
-use super::output::{fail, init_logging, runtime};
+use super::output::{fail, init_logging, server_runtime};
 
 /// Options of `serve`; each also reads an environment variable, and falls back to the
 /// configuration file.
@@ -85,7 +85,7 @@ pub fn run(args: Args) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e, 2),
     };
-    let rt = match runtime() {
+    let rt = match server_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, 2),
     };
