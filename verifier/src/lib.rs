@@ -21,6 +21,32 @@
 //! audit chain half-written. Errors reach clients only through [`error::ApiError`], the
 //! single mapping to HTTP status codes and RFC 7807 problem documents.
 //!
+//! # Performance: what a complete flow costs, and what is cached
+//!
+//! A complete flow (auth, attest, resource) costs the verifier about twice one bare
+//! ECDSA P-384 verification of CPU (`scripts/bench-verifier` measures both in one run).
+//! The report's own P-384 signature — half of that — is verified on every attestation.
+//! The rest is kept small by:
+//!
+//! - Caches that never hold a verdict on the report: parsed SNP certificate tables
+//!   (by the exact `cert_chain` string, at most 256 of at most 32 KiB; see
+//!   [`evidence`]), and, in the `attestation` crate, verified VCEK/VLEK chains (by
+//!   SHA-384 of the exact certificate DER, at most 4096, per verifier and so per set of
+//!   trust anchors). Every use still checks every certificate's validity at the
+//!   current time, any CRL supplied, the product, TCB and chip binding, and the report
+//!   signature; `tests/evidence_chain_cache.rs` checks that a warm cache never changes a
+//!   verdict.
+//! - `ring` for the verifier's own ES256 signatures and ECDH ([`crypto`]).
+//! - A release checks the presented token against the SHA-256 of the token issued to
+//!   that session, stored when the attestation committed ([`crypto::token`]), instead of
+//!   verifying the verifier's own signature again.
+//! - Two durable commits per flow (the attestation with its nonce, the release with its
+//!   audit record), each one short transaction; on SQLite, writers queue on one FIFO
+//!   lock and write through dedicated connections, and guest reads use dedicated
+//!   connections ([`db`]).
+//! - `serve` runs one async worker fewer than the CPUs; verification runs on the
+//!   blocking pool.
+//!
 //! # Dependencies and why
 //!
 //! - `axum` + `axum-server` (rustls, ring provider) + `tokio`: HTTP/1.1 and HTTPS with

@@ -1,6 +1,6 @@
 //! Persistent state, one module per concern. Every function takes the [`Db`] or a
-//! transaction ([`Tx`]) so that callers decide what commits together (a key release and
-//! its audit record, a change and its audit record).
+//! transaction ([`Tx`](crate::db::Tx)) so that callers decide what commits together (a
+//! key release and its audit record, a change and its audit record).
 
 pub mod audit;
 pub mod sessions;
