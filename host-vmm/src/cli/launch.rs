@@ -344,25 +344,16 @@ fn id_block(a: &Args) -> Result<Option<crate::tee::launch::IdBlock>, LaunchError
     let (Some(b), Some(au)) = (&a.id_block, &a.id_auth) else {
         return Ok(None);
     };
-    let read = |p: &PathBuf, n: usize| {
-        let v = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e.to_string()))?;
-        if v.len() != n {
-            return Err(LaunchError::Input(
-                p.clone(),
-                format!("{} bytes; it must be exactly {n}", v.len()),
-            ));
-        }
-        Ok(v)
-    };
-    let block: Box<[u8; 96]> = read(b, 96)?
-        .into_boxed_slice()
+    Ok(Some((read_exact_size(b)?, read_exact_size(au)?)))
+}
+
+/// Reads a file that must be exactly `N` bytes.
+fn read_exact_size<const N: usize>(p: &PathBuf) -> Result<Box<[u8; N]>, LaunchError> {
+    let v = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e.to_string()))?;
+    let n = v.len();
+    v.into_boxed_slice()
         .try_into()
-        .map_err(|_| LaunchError::Input(b.clone(), "size".into()))?;
-    let auth: Box<[u8; 4096]> = read(au, 4096)?
-        .into_boxed_slice()
-        .try_into()
-        .map_err(|_| LaunchError::Input(au.clone(), "size".into()))?;
-    Ok(Some((block, auth)))
+        .map_err(|_| LaunchError::Input(p.clone(), format!("{n} bytes; it must be exactly {N}")))
 }
 
 fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
@@ -688,6 +679,18 @@ pub fn run(a: Args) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_block_files_must_have_their_exact_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("id");
+        std::fs::write(&p, [7u8; 95]).unwrap();
+        let e = read_exact_size::<96>(&p).unwrap_err().to_string();
+        assert!(e.contains("95 bytes; it must be exactly 96"), "{e}");
+        std::fs::write(&p, [7u8; 96]).unwrap();
+        assert_eq!(*read_exact_size::<96>(&p).unwrap(), [7u8; 96]);
+        assert!(read_exact_size::<96>(&dir.path().join("absent")).is_err());
+    }
 
     #[test]
     fn sizes_and_serial_specs() {

@@ -309,9 +309,7 @@ impl PrivateOps for KvmPrivateOps<'_> {
         if r == 0 {
             Ok(())
         } else {
-            Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO))
+            Err(vmm_sys_util::errno::Error::last().errno())
         }
     }
 
@@ -330,9 +328,7 @@ impl PrivateOps for KvmPrivateOps<'_> {
         if r == 0 {
             Ok(())
         } else {
-            Err(std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO))
+            Err(vmm_sys_util::errno::Error::last().errno())
         }
     }
 }
