@@ -42,6 +42,19 @@ pub struct Claims {
     pub host_data: Vec<u8>,
     /// Whether the guest was launched debuggable (SNP policy DEBUG, TDX TD_ATTRIBUTES.DEBUG).
     pub debug: bool,
+    /// The identity of the hardware platform, taken from the *verified* endorsement
+    /// certificate and never from a report field the host controls (SNP CHIP_ID can be
+    /// masked by the guest policy the host picks):
+    /// - SNP signed by a VCEK: the VCEK's hwID extension (1.3.6.1.4.1.3704.1.4), as 64
+    ///   bytes of hex, zero-padded (equal to the unmasked CHIP_ID);
+    /// - SNP signed by a VLEK (which has no hwID): `vlek:` and the hex SHA-256 of the
+    ///   VLEK's SubjectPublicKeyInfo. A VLEK is per chip, per cloud provider and per TCB,
+    ///   so the provider that loads VLEKs can give one chip several identities;
+    /// - TDX: `tdx-platform:` and the PCK certificate's platform instance id (Platform
+    ///   CA certificates, multi-package platforms), else `tdx-ppid:` and its PPID
+    ///   (1.2.840.113741.1.13.1.1), from the chain DCAP verification accepted.
+    #[serde(default)]
+    pub platform_id: String,
     /// TEE-specific claims.
     pub detail: TeeClaims,
 }

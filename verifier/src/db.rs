@@ -32,6 +32,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
+use crate::store::audit::AuditKeys;
+
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -62,6 +64,19 @@ pub enum DbError {
     /// Stored data violates an invariant.
     #[error("the database holds corrupt data: {0}")]
     Corrupt(&'static str),
+    /// An audit record was to be written before the audit key was loaded
+    /// ([`crate::store::audit::load_key`]).
+    #[error("the audit key is not loaded; no audit record can be written")]
+    NoAuditKey,
+    /// The database file's permissions could not be restricted to its owner.
+    #[error("cannot restrict the permissions of the database file {path}")]
+    Permissions {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A write transaction on the database; dereferences to its connection. On SQLite it
@@ -70,6 +85,7 @@ pub enum DbError {
 #[derive(Debug)]
 pub struct Tx {
     inner: Option<TxInner>,
+    audit: Option<Arc<AuditKeys>>,
 }
 
 #[derive(Debug)]
@@ -102,6 +118,11 @@ impl Writers {
 }
 
 impl Tx {
+    /// The audit key loaded into the database this transaction runs on.
+    pub fn audit_keys(&self) -> Option<Arc<AuditKeys>> {
+        self.audit.clone()
+    }
+
     /// Commits the transaction (durably: `synchronous = FULL` on SQLite).
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         match self.inner.take() {
@@ -271,6 +292,8 @@ pub struct Db {
     /// SQLite only: the connections of [`Db::read`].
     readers: Option<Arc<Readers>>,
     backend: Backend,
+    /// The audit key, once loaded ([`crate::store::audit::load_key`]); shared by clones.
+    audit: Arc<std::sync::RwLock<Option<Arc<AuditKeys>>>>,
 }
 
 const SQLITE_PRAGMAS: [&str; 3] = [
@@ -325,6 +348,70 @@ fn normalize(url: &str, create: bool) -> Result<(String, Backend), DbError> {
     Ok((format!("sqlite://{url}?{mode}"), Backend::Sqlite))
 }
 
+/// The file behind a normalized SQLite URL (`None` for in-memory databases).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(path.into())
+}
+
+/// Owner-only permissions for the database file and its `-wal`/`-shm` companions.
+///
+/// SQLite creates a missing database file with mode 0644 (less the umask), and its WAL
+/// and shared-memory files with the database file's mode. So the file is created here
+/// with mode 0600 before SQLite opens it; an existing file (and companions) readable by
+/// group or others is narrowed to 0600. `strict`: failing to do so is an error (the
+/// serving process, which owns the file); otherwise a warning (read-only tools run by
+/// another user).
+fn restrict_files(path: &std::path::Path, create: bool, strict: bool) -> Result<(), DbError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &std::path::Path, source| DbError::Permissions {
+        path: p.display().to_string(),
+        source,
+    };
+    if create {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(path, e)),
+        }
+    }
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        files.push(p.into());
+    }
+    for f in &files {
+        let Ok(meta) = std::fs::metadata(f) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        let narrowed = mode & 0o700;
+        match std::fs::set_permissions(f, std::fs::Permissions::from_mode(narrowed)) {
+            Ok(()) => {}
+            Err(e) if strict => return Err(err(f, e)),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), mode = format!("{mode:o}"), error = %e, "the database file is readable by group or others")
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Db {
     /// Connects and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, DbError> {
@@ -347,6 +434,13 @@ impl Db {
     async fn connect_with(url: &str, create: bool) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let (url, backend) = normalize(url, create)?;
+        let file = match backend {
+            Backend::Sqlite => sqlite_path(&url),
+            Backend::Postgres => None,
+        };
+        if let Some(f) = &file {
+            restrict_files(f, create, create)?;
+        }
         let opts: AnyConnectOptions = url.parse().map_err(DbError::Connect)?;
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
@@ -401,11 +495,16 @@ impl Db {
         } else {
             None
         };
+        if let Some(f) = &file {
+            // The companions exist now (WAL mode); SQLite gives them the file's mode.
+            restrict_files(f, false, create)?;
+        }
         Ok(Self {
             pool,
             writers,
             readers,
             backend,
+            audit: Arc::default(),
         })
     }
 
@@ -460,6 +559,16 @@ impl Db {
         }))
     }
 
+    /// Sets the audit key every later transaction appends with.
+    pub fn set_audit_keys(&self, keys: Arc<AuditKeys>) {
+        *self.audit.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    }
+
+    /// The loaded audit key, if any.
+    pub fn audit_keys(&self) -> Option<Arc<AuditKeys>> {
+        self.audit.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -484,7 +593,10 @@ impl Db {
             }
             None => TxInner::Pool(self.pool.begin().await?),
         };
-        Ok(Tx { inner: Some(inner) })
+        Ok(Tx {
+            inner: Some(inner),
+            audit: self.audit_keys(),
+        })
     }
 
     /// Closes the pool, waiting for connections to be returned (and for a pending
@@ -524,6 +636,30 @@ mod tests {
         assert!(normalize_url("").is_err());
     }
 
+    /// SQLite creates database files 0644 (less the umask); ours, with their WAL and
+    /// shared-memory companions, are owner-only from the start, and an existing file
+    /// readable by others is narrowed when the verifier opens it.
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.db");
+        let db = Db::open(path.to_str().unwrap()).await.unwrap();
+        let mk = crate::crypto::master::MasterKey::generate();
+        crate::store::audit::load_key(&db, &mk, None).await.unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.path().join(format!("v.db{suffix}"));
+            assert!(f.exists(), "{} exists after a write", f.display());
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        db.close().await;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let db = Db::open(path.to_str().unwrap()).await.unwrap();
+        assert_eq!(mode(&path), 0o600, "narrowed on open");
+        db.close().await;
+    }
+
     /// Writers take turns: a dropped (uncommitted) transaction gives up its turn and
     /// its changes; many concurrent appenders all commit and the audit chain is intact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,6 +677,8 @@ mod tests {
             outcome: "ok".into(),
             detail: serde_json::json!({ "i": i }),
         };
+        let mk = crate::crypto::master::MasterKey::generate();
+        crate::store::audit::load_key(&db, &mk, None).await.unwrap();
         let mut tx = db.begin().await.unwrap();
         audit::append(&mut tx, &ev(0)).await.unwrap();
         drop(tx);
@@ -571,9 +709,10 @@ mod tests {
         });
         let mut seqs = turn.await.expect("no writer waits forever");
         seqs.sort_unstable();
-        assert_eq!(seqs, (1..=24).collect::<Vec<i64>>());
+        // Record 1 is the transition record of the keyed chain.
+        assert_eq!(seqs, (2..=25).collect::<Vec<i64>>());
         let report = audit::verify(&db).await.unwrap();
         assert!(report.ok, "{:?}", report.problem);
-        assert_eq!(report.records, 24);
+        assert_eq!(report.records, 25);
     }
 }

@@ -96,6 +96,9 @@ impl ApiError {
 /// The problem type URI prefix.
 pub const PROBLEM_BASE: &str = "urn:cvm-verifier:problem:";
 
+/// The longest `detail` of a problem document, in bytes (longer ones are cut).
+pub const MAX_DETAIL: usize = 512;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -116,7 +119,9 @@ impl IntoResponse for ApiError {
                 extra.insert("check".into(), json!(c));
             }
         }
-        problem(status, self.slug(), &self.to_string(), extra)
+        // Messages can carry request input (a path, a field): bounded and escaped.
+        let (detail, _) = crate::store::audit::sanitize(&self.to_string(), MAX_DETAIL);
+        problem(status, self.slug(), &detail, extra)
     }
 }
 

@@ -29,7 +29,7 @@ async fn audit_tampering_detected() {
             .await
             .unwrap();
     }
-    let ok = audit_verify(&env.database);
+    let ok = audit_verify(&env);
     assert!(ok.status.success());
     let report: Value = serde_json::from_slice(&ok.stdout).unwrap();
     let n = report["records"].as_i64().unwrap();
@@ -59,7 +59,7 @@ async fn audit_tampering_detected() {
         .execute(&mut db)
         .await
         .unwrap();
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("record 3 was modified"));
     sqlx::query("UPDATE audit_log SET outcome = $1 WHERE seq = 3")
@@ -67,7 +67,7 @@ async fn audit_tampering_detected() {
         .execute(&mut db)
         .await
         .unwrap();
-    assert!(audit_verify(&env.database).status.success(), "undone");
+    assert!(audit_verify(&env).status.success(), "undone");
     // Reordering: swap two records.
     let swap = [
         "UPDATE audit_log SET seq = -1 WHERE seq = 3",
@@ -77,19 +77,19 @@ async fn audit_tampering_detected() {
     for q in swap {
         sqlx::query(q).execute(&mut db).await.unwrap();
     }
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("does not link"));
     for q in swap {
         sqlx::query(q).execute(&mut db).await.unwrap();
     }
-    assert!(audit_verify(&env.database).status.success(), "swapped back");
+    assert!(audit_verify(&env).status.success(), "swapped back");
     // Removing the last record.
     sqlx::query(&format!("DELETE FROM audit_log WHERE seq = {n}"))
         .execute(&mut db)
         .await
         .unwrap();
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert_eq!(out.status.code(), Some(1), "tail removal detected");
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
     // Removing a middle record.
@@ -97,7 +97,7 @@ async fn audit_tampering_detected() {
         .execute(&mut db)
         .await
         .unwrap();
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("record 2 is missing"));
     db.close().await.unwrap();
@@ -153,7 +153,7 @@ async fn kill_9_and_restart_keeps_everything() {
         .success());
     let _ = server.child.wait();
     drop(server);
-    assert!(audit_verify(&env.database).status.success());
+    assert!(audit_verify(&env).status.success());
 
     // A new instance finishes the session the old one began (sessions are in the DB).
     let server = start(&env, &[]);
@@ -170,7 +170,7 @@ async fn kill_9_and_restart_keeps_everything() {
         .unwrap();
     assert_eq!(w["resources"][0], RESOURCE);
     drop(server);
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert!(
         out.status.success(),
         "{}",
@@ -242,7 +242,7 @@ async fn kill_9_during_load() {
     }
     let delivered = received.load(Ordering::SeqCst);
 
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert!(
         out.status.success(),
         "{}",
@@ -279,7 +279,7 @@ async fn kill_9_during_load() {
         .unwrap();
     assert_eq!(got.as_slice(), SECRET);
     drop(server);
-    assert!(audit_verify(&env.database).status.success());
+    assert!(audit_verify(&env).status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -580,7 +580,7 @@ async fn postgres_flow() {
             "replay refused on the second replica"
         );
     }
-    assert!(audit_verify(&db_url).status.success());
+    assert!(audit_verify(&env).status.success());
     let mut db = sqlx::PgConnection::connect(&db_url).await.unwrap();
     assert!(
         sqlx::query("UPDATE audit_log SET outcome = 'x' WHERE seq = 2")
@@ -596,7 +596,7 @@ async fn postgres_flow() {
         .execute(&mut db)
         .await
         .unwrap();
-    assert_eq!(audit_verify(&db_url).status.code(), Some(1));
+    assert_eq!(audit_verify(&env).status.code(), Some(1));
     db.close().await.unwrap();
     let second = run(&[
         "admin",

@@ -127,7 +127,7 @@ async fn snp_and_tdx_release_with_every_key_type() {
     let text = serde_json::to_string(&records).unwrap();
     assert!(!text.contains("disk encryption key"));
     drop(server);
-    let out = audit_verify(&env.database);
+    let out = audit_verify(&env);
     assert!(
         out.status.success(),
         "{}",

@@ -486,6 +486,37 @@ impl AmdCertificate {
         self.cert.tbs_certificate.issuer == issuer.cert.tbs_certificate.subject
     }
 
+    /// The platform identity this VCEK or VLEK vouches for (see
+    /// `Claims::platform_id`): a VCEK's hwID as 64 bytes of hex (zero-padded, so it
+    /// equals the report's unmasked CHIP_ID), or `vlek:` and the hex SHA-256 of a
+    /// VLEK's SubjectPublicKeyInfo (`vcek:` and that digest for a VCEK whose hwID is
+    /// not 1 to 64 bytes, which AMD does not issue).
+    pub fn platform_identity(&self, ext: &VekExtensions) -> String {
+        match (&self.kind, &ext.hw_id) {
+            (CertKind::Vcek, Some(hw)) if !hw.is_empty() && hw.len() <= 64 => {
+                let mut id = [0u8; 64];
+                id[..hw.len()].copy_from_slice(hw);
+                hex::encode(id)
+            }
+            (kind, _) => {
+                use der::Encode;
+                use sha2::Digest;
+                let spki = self
+                    .cert
+                    .tbs_certificate
+                    .subject_public_key_info
+                    .to_der()
+                    .unwrap_or_default();
+                let label = if *kind == CertKind::Vcek {
+                    "vcek"
+                } else {
+                    "vlek"
+                };
+                format!("{label}:{}", hex::encode(sha2::Sha256::digest(&spki)))
+            }
+        }
+    }
+
     /// The serial number bytes.
     pub fn serial(&self) -> &[u8] {
         self.cert.tbs_certificate.serial_number.as_bytes()

@@ -166,11 +166,13 @@ pub struct SnpClaims {
 }
 
 /// Builds the claims of a report whose signature, chain and TCB binding have been
-/// verified, with `product` known and `trust` decided by the anchor.
+/// verified, with `product` known, `trust` decided by the anchor and `platform_id`
+/// taken from the verified VCEK/VLEK ([`Claims::platform_id`]).
 pub(crate) fn claims_from_report(
     report: &AttestationReport,
     product: Product,
     trust: TrustLevel,
+    platform_id: String,
 ) -> Option<Claims> {
     let signer = match report.signer_info.signing_key {
         SigningKey::Vcek => Signer::Vcek,
@@ -213,6 +215,7 @@ pub(crate) fn claims_from_report(
         report_data: report.report_data.to_vec(),
         host_data: report.host_data.to_vec(),
         debug: report.policy.debug_allowed(),
+        platform_id,
         detail: TeeClaims::Snp(snp),
     })
 }

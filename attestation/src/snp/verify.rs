@@ -558,8 +558,10 @@ impl SnpVerifier {
         let signed = bytes.get(..SIGNED_LEN).ok_or_else(bad)?;
         v.key.verify(signed, &sig).map_err(|_| bad())?;
 
-        let claims =
-            claims_from_report(report, product, root.level).ok_or(SnpVerifyError::Unsigned)?;
+        // The platform identity comes from the verified certificate, not from CHIP_ID.
+        let platform_id = v.vek.platform_identity(&v.ext);
+        let claims = claims_from_report(report, product, root.level, platform_id)
+            .ok_or(SnpVerifyError::Unsigned)?;
         Ok(VerifiedReport {
             report: report.clone(),
             claims,

@@ -307,6 +307,8 @@ struct PlatformVerdict {
     cpu_svn: [u8; 16],
     pce_svn: u16,
     qe_svn: u16,
+    /// [`Claims::platform_id`] from the verified PCK certificate.
+    platform_id: String,
 }
 
 /// Verifies TDX quotes against one trust root, caching collateral verification.
@@ -455,6 +457,7 @@ impl TdxVerifier {
                 cpu_svn: claims.platform.pck.cpu_svn,
                 pce_svn: claims.platform.pck.pce_svn,
                 qe_svn: claims.qe.report.isv_svn,
+                platform_id: platform_identity(&claims.platform.pck),
             },
         })
     }
@@ -462,6 +465,16 @@ impl TdxVerifier {
     /// Number of cached collateral verification outcomes.
     pub fn cached_entries(&self) -> usize {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// The platform identity of a PCK certificate DCAP verification accepted (see
+/// [`Claims::platform_id`]): its platform instance id (Platform CA certificates), else
+/// its PPID.
+fn platform_identity(pck: &dcap_qvl::policy::PckIdentity) -> String {
+    match &pck.platform_instance_id {
+        Some(id) => format!("tdx-platform:{}", hex::encode(id)),
+        None => format!("tdx-ppid:{}", hex::encode(&pck.ppid)),
     }
 }
 
@@ -563,6 +576,7 @@ fn build_claims(quote: &Quote, p: &PlatformVerdict, trust: TrustLevel) -> Claims
         report_data: b.report_data.to_vec(),
         host_data: b.mr_config_id.to_vec(),
         debug: attributes.under_debug(),
+        platform_id: p.platform_id.clone(),
         detail: TeeClaims::Tdx(tdx),
     }
 }

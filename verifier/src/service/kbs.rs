@@ -324,7 +324,8 @@ async fn attest_inner(
         )
     })?;
     let workload = choose_workload(&session, &claims, candidates)?;
-    let platform_id = platform_id(&claims);
+    let platform_id = platform_id(&claims)?;
+    let legacy_platform_id = legacy_platform_id(&claims);
     let measurement = hex::encode(&claims.measurement);
     let trust = trust_name(claims.trust);
     let pubkey_json = serde_json::to_string(&attestation.runtime_data.tee_pubkey)
@@ -352,6 +353,7 @@ async fn attest_inner(
             workload: &workload.name,
             tee: &session.tee,
             platform_id: &platform_id,
+            legacy_platform_id: legacy_platform_id.as_deref(),
             measurement: &measurement,
             trust,
         },
@@ -416,10 +418,30 @@ async fn attest_inner(
     Ok(resp)
 }
 
-fn platform_id(claims: &Claims) -> String {
+/// The inventory's platform id: the identity the verified endorsement certificate
+/// vouches for (VCEK hwID, VLEK key digest, PCK PPID / platform instance id; see
+/// `attestation::claims::Claims::platform_id`), never a host-controlled report field.
+fn platform_id(claims: &Claims) -> Result<String, Refusal> {
+    if claims.platform_id.is_empty() {
+        return Err(Refusal::new(
+            "platform-identity",
+            ApiError::AttestationRefused {
+                kind: attestation::ErrorKind::UntrustedChain,
+                check: Some("platform-identity".into()),
+                message: "the evidence's certificate names no platform identity".into(),
+            },
+        ));
+    }
+    Ok(claims.platform_id.clone())
+}
+
+/// The platform id inventories before schema v5 recorded for this evidence, when it
+/// differs from [`platform_id`]: TDX entries were keyed by FMSPC (a revocation recorded
+/// then still refuses). SNP VCEK ids are unchanged (hwID = unmasked CHIP_ID).
+fn legacy_platform_id(claims: &Claims) -> Option<String> {
     match &claims.detail {
-        TeeClaims::Snp(c) => hex::encode(&c.chip_id),
-        TeeClaims::Tdx(c) => format!("fmspc:{}", hex::encode(c.fmspc)),
+        TeeClaims::Snp(_) => None,
+        TeeClaims::Tdx(c) => Some(format!("fmspc:{}", hex::encode(c.fmspc))),
     }
 }
 

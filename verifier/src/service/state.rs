@@ -130,7 +130,12 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
 /// Parses JSON, mapping failures to a 400 problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::BadRequest(format!("the body is not valid JSON for this request: {e}"))
+        // serde's message can quote the input (an invalid value, an unknown field):
+        // bounded and escaped, so neither the response nor the audit log echoes it.
+        let (msg, _) = crate::store::audit::sanitize(&e.to_string(), 200);
+        ApiError::BadRequest(format!(
+            "the body is not valid JSON for this request: {msg}"
+        ))
     })
 }
 

@@ -27,6 +27,9 @@ pub enum RotateError {
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The audit key (needed for the rotation's audit record) could not be loaded.
+    #[error("cannot load the audit key")]
+    AuditKey(#[source] audit::AuditKeyError),
 }
 
 /// Re-wraps every data key from `old` to `new` in one transaction, with an audit record.
@@ -36,6 +39,13 @@ pub async fn rotate_master_key(
     old: &MasterKey,
     new: &MasterKey,
 ) -> Result<usize, RotateError> {
+    // The audit key is sealed under the old key, or already under the new one when a
+    // replica running with the new key created it.
+    if audit::load_key(db, old, None).await.is_err() {
+        audit::load_key(db, new, None)
+            .await
+            .map_err(RotateError::AuditKey)?;
+    }
     let mut tx = db.begin().await?;
     let mut n = 0usize;
     // Values a replica already sealed under the new key (during an online rotation,

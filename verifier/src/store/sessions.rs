@@ -215,8 +215,11 @@ pub struct GuestIdentity<'a> {
     pub workload: &'a str,
     /// TEE.
     pub tee: &'a str,
-    /// Platform id.
+    /// Platform id, from the verified endorsement certificate (never CHIP_ID).
     pub platform_id: &'a str,
+    /// The id an inventory before schema v5 gave this platform, if different (TDX:
+    /// `fmspc:<hex>`): revocations recorded under it still apply.
+    pub legacy_platform_id: Option<&'a str>,
     /// Measurement (hex).
     pub measurement: &'a str,
     /// Trust level name.
@@ -224,6 +227,12 @@ pub struct GuestIdentity<'a> {
 }
 
 /// Records an accepted attestation; returns the entry (with its revocation state).
+///
+/// A *guest* is a platform (from the verified certificate) running a measurement; its
+/// entry is per workload. The returned entry is revoked when any entry of the same TEE,
+/// platform and measurement is revoked — whichever workload it was recorded for, and
+/// under the legacy platform id too — so a revoked guest cannot come back by naming
+/// another workload or changing any other host-controlled input.
 pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<InventoryEntry, DbError> {
     let t = now();
     let row = sqlx::query(
@@ -243,7 +252,22 @@ pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<Inventor
     .bind(t)
     .fetch_one(&mut **tx)
     .await?;
-    inventory_from_row(&row)
+    let mut entry = inventory_from_row(&row)?;
+    if !entry.revoked {
+        let revoked = sqlx::query(
+            "SELECT COUNT(*) FROM inventory WHERE revoked <> 0 AND tee = $1 AND measurement = $2 \
+             AND (platform_id = $3 OR platform_id = $4)",
+        )
+        .bind(g.tee)
+        .bind(g.measurement)
+        .bind(g.platform_id)
+        .bind(g.legacy_platform_id.unwrap_or(g.platform_id))
+        .fetch_one(&mut **tx)
+        .await?;
+        let n: i64 = revoked.try_get(0)?;
+        entry.revoked = n > 0;
+    }
+    Ok(entry)
 }
 
 fn inventory_from_row(r: &sqlx::any::AnyRow) -> Result<InventoryEntry, DbError> {
@@ -314,6 +338,9 @@ pub enum SigningKeyError {
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// The audit key could not be loaded or created.
+    #[error("cannot load the audit key")]
+    AuditKey(#[from] crate::store::audit::AuditKeyError),
 }
 
 const SIGNING_KEY_ID: &str = "token-es256";
@@ -347,7 +374,12 @@ pub async fn signing_key(db: &Db, mk: &MasterKey) -> Result<TokenSigner, Signing
     let bytes = mk
         .open(&signing_key_context(), &stored)
         .map_err(SigningKeyError::Seal)?;
-    TokenSigner::from_bytes(&bytes).map_err(|_| SigningKeyError::Invalid)
+    let signer = TokenSigner::from_bytes(&bytes).map_err(|_| SigningKeyError::Invalid)?;
+    // Every process that signs tokens also appends keyed audit records and signs
+    // checkpoints: load (or create) the audit key now.
+    let checkpoints = TokenSigner::from_bytes(&bytes).map_err(|_| SigningKeyError::Invalid)?;
+    crate::store::audit::load_key(db, mk, Some(checkpoints)).await?;
+    Ok(signer)
 }
 
 /// Every sealed signing key (id, sealed), for master-key rotation.

@@ -274,12 +274,15 @@ pub async fn audit_records(admin: &AdminClient) -> Vec<Value> {
     v["records"].as_array().unwrap().clone()
 }
 
-pub fn audit_verify(database: &str) -> Output {
+/// `cvm-verifier audit verify` of `env`'s database with its master key (JSON output).
+pub fn audit_verify(env: &Env) -> Output {
     run(&[
         "audit",
         "verify",
         "--database",
-        database,
+        &env.database,
+        "--master-key-file",
+        env.mk(),
         "--output",
         "json",
     ])
