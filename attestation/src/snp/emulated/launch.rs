@@ -374,7 +374,7 @@ impl EmulatedGuest<'_> {
             report_id_ma: [0xFF; 32],
             reported_tcb: tcb,
             cpuid: Some(cpuid_of(st.product)),
-            chip_id: st.chip_id,
+            chip_id: self.platform.reported_chip_id(),
             committed_tcb: tcb,
             current_version: st.firmware_version,
             committed_version: st.firmware_version,

@@ -196,6 +196,8 @@ pub struct EmulatedSnpPlatform {
     ark: AmdCertificate,
     ask: AmdCertificate,
     vcek: AmdCertificate,
+    /// The host's MASK_CHIP_ID setting (SNP_SET_CONFIG): reports carry a zero CHIP_ID.
+    mask_chip_id: bool,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EmulatedError + '_ {
@@ -257,6 +259,7 @@ impl EmulatedSnpPlatform {
             ark,
             ask,
             vcek,
+            mask_chip_id: false,
         })
     }
 
@@ -356,6 +359,7 @@ impl EmulatedSnpPlatform {
             ark,
             ask,
             vcek,
+            mask_chip_id: false,
         })
     }
 
@@ -387,6 +391,21 @@ impl EmulatedSnpPlatform {
     /// The platform TCB.
     pub fn tcb(&self) -> TcbParts {
         self.state.tcb
+    }
+
+    /// Sets MASK_CHIP_ID, as a host does with SNP_SET_CONFIG: later reports carry an
+    /// all-zero CHIP_ID (the VCEK still names the chip by its hwID).
+    pub fn set_mask_chip_id(&mut self, mask: bool) {
+        self.mask_chip_id = mask;
+    }
+
+    /// The CHIP_ID reports carry: zero when MASK_CHIP_ID is set.
+    pub fn reported_chip_id(&self) -> [u8; 64] {
+        if self.mask_chip_id {
+            [0; 64]
+        } else {
+            self.state.chip_id
+        }
     }
 
     /// PLATFORM_INFO.
