@@ -213,7 +213,10 @@ async fn hostile_input_is_stored_bounded_and_escaped() {
     let big = "A".repeat(500 << 10);
     let resp = http
         .post(format!("{}/kbs/v0/attest", server.base))
-        .header("cookie", "kbs-session-id=0123456789abcdef")
+        .header(
+            "cookie",
+            "kbs-session-id=6f1c2b7e-4d3a-4e8b-9c5d-2a1b3c4d5e6f",
+        )
         .header("content-type", "application/json")
         .body(format!("{{\"runtime-data\": \"{big}\"}}"))
         .send()
