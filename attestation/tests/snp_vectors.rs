@@ -59,6 +59,8 @@ fn milan_v2_report_verifies_to_the_pinned_milan_ark() {
         assert_eq!((snp.reported_tcb.snp, snp.reported_tcb.microcode), (8, 115));
         assert_eq!(snp.current_version, "1.52.4");
         assert!(hex::encode(&snp.chip_id).starts_with("d49554ec717f4e5b"));
+        // The platform identity is the genuine VCEK's hwID (here equal to CHIP_ID).
+        assert_eq!(claims.platform_id, hex::encode(&snp.chip_id));
         assert_eq!(hex::encode(&claims.measurement[..4]), "7a1e5c26");
         // The policy layer sees the same claims.
         attestation::policy::Policy::default()
@@ -124,6 +126,14 @@ fn milan_vlek_v3_report_verifies_inside_the_vlek_window() {
     assert_eq!(snp.product, Product::Milan);
     assert_eq!(snp.vmpl, 1);
     assert!(snp.mask_chip_id, "the VLEK report's chip id is masked");
+    // No hwID in a VLEK: the platform identity is the digest of its key, not the
+    // (masked) CHIP_ID.
+    assert!(
+        claims.platform_id.starts_with("vlek:"),
+        "{}",
+        claims.platform_id
+    );
+    assert_eq!(claims.platform_id.len(), "vlek:".len() + 64);
     assert_eq!(snp.reported_tcb.snp, 0x18);
     assert_eq!(snp.reported_tcb.microcode, 0xd9);
 }

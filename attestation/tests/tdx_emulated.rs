@@ -92,6 +92,11 @@ fn emulated_quote_verifies_with_the_emulated_root_only() {
     assert_eq!(c.fmspc, p.options().fmspc);
     assert_eq!(c.pce_svn, p.options().pce_svn);
     assert_eq!(c.qe_svn, p.options().qe.isv_svn);
+    // The platform identity comes from the verified PCK certificate: the emulated
+    // platform has a Platform CA certificate, so its platform instance id.
+    let id = &v.claims.platform_id;
+    assert!(id.starts_with("tdx-platform:"), "{id}");
+    assert_eq!(id.len(), "tdx-platform:".len() + 32);
 
     // MRTD is the measured-boot MRTD of the regions, and RTMR1 the extension.
     let pages = firmware_pages();

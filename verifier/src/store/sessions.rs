@@ -192,7 +192,9 @@ pub struct InventoryEntry {
     pub workload: String,
     /// `snp` or `tdx`.
     pub tee: String,
-    /// Chip/platform id (SNP CHIP_ID; TDX `fmspc:<hex>`).
+    /// Platform id from the verified certificate (SNP VCEK hwID = unmasked CHIP_ID,
+    /// `vlek:<key digest>`; TDX `tdx-ppid:<hex>` / `tdx-platform:<hex>`; entries
+    /// recorded before schema v5: TDX `fmspc:<hex>`, SNP CHIP_ID, all zero if masked).
     pub platform_id: String,
     /// Launch measurement (hex).
     pub measurement: String,
