@@ -8,7 +8,9 @@
 //!   and an admin plane (`/admin/v1`, RBAC, argon2id API tokens, TOTP for admins).
 //! - Storage ([`db`], [`store`]): SQLite or PostgreSQL through sqlx, versioned
 //!   migrations, secrets sealed under a master key ([`crypto::master`]), an append-only
-//!   hash-chained audit log ([`store::audit`]) and an inventory of attested guests.
+//!   audit log chained with HMAC under a sealed audit key, with signed checkpoints
+//!   ([`store::audit`]), and an inventory of attested guests identified by their
+//!   verified platform certificate.
 //! - Clients ([`client`]): the guest side of the protocol (used by the load generator
 //!   and the tests) and the admin API client behind `cvm-verifier admin`.
 //!
