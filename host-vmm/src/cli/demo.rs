@@ -448,7 +448,14 @@ fn demo(a: Args) -> Result<(), DemoError> {
     }
     d.run(
         &d.verifier,
-        [os("audit"), os("verify"), os("--database"), os(&db)],
+        [
+            os("audit"),
+            os("verify"),
+            os("--database"),
+            os(&db),
+            os("--master-key-file"),
+            master.as_os_str().into(),
+        ],
         &[],
     )?;
     drop(guard);
