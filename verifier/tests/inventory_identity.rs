@@ -132,3 +132,52 @@ async fn revoked_guest_cannot_switch_workload() {
         "{err}"
     );
 }
+
+/// TDX guests are identified by their PCK certificate (platform instance id or PPID);
+/// a revocation recorded before schema v5, under the FMSPC the inventory then used,
+/// still refuses the guest.
+#[tokio::test(flavor = "multi_thread")]
+async fn tdx_identity_and_legacy_fmspc_revocation() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, &[]);
+    let admin = admin_client(&server, &creds);
+    provision(&admin, "web").await;
+    let client = kbs(&server);
+    let key = TeeKeyPair::p256();
+    client
+        .fetch(&tdx_guest(), &key, json!({}), RESOURCE)
+        .await
+        .expect("first release");
+    let inv = guests(&admin).await;
+    assert_eq!(inv.len(), 1);
+    let id = inv[0]["platform_id"].as_str().unwrap();
+    assert!(id.starts_with("tdx-platform:"), "{id}");
+
+    let platform = attestation::tdx::emulated::EmulatedTdxPlatform::open(&emulated_dir())
+        .expect("emulated TDX platform");
+    let legacy = format!("fmspc:{}", hex::encode(platform.options().fmspc));
+    let mut db = {
+        use sqlx::Connection;
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", env.database))
+            .await
+            .unwrap()
+    };
+    sqlx::query(
+        "INSERT INTO inventory (id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked) \
+         VALUES ('legacy-entry', 'web', 'tdx', $1, $2, 'insecure-emulated', 1, 1, 1, 1)",
+    )
+    .bind(&legacy)
+    .bind(hex::encode(MEASUREMENT))
+    .execute(&mut db)
+    .await
+    .unwrap();
+    let err = client
+        .fetch(&tdx_guest(), &key, json!({}), RESOURCE)
+        .await
+        .expect_err("a legacy revocation still applies");
+    assert!(
+        matches!(err, ClientError::Status { status: 403, .. }),
+        "{err}"
+    );
+}

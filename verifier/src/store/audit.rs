@@ -326,9 +326,9 @@ pub enum AuditKeyError {
     /// chain, or the key was deleted).
     #[error("the database holds no audit key: the audit chain is not keyed")]
     Missing,
-    /// A checkpoint could not be signed.
-    #[error("cannot sign an audit checkpoint")]
-    Sign(#[source] crate::crypto::token::TokenError),
+    /// A checkpoint was requested from a process that loaded no signing key.
+    #[error("no checkpoint signing key is loaded")]
+    NoSigner,
     /// Storage failed.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -596,7 +596,7 @@ async fn write_checkpoint(
 pub async fn checkpoint(db: &Db) -> Result<Checkpoint, AuditKeyError> {
     let mut tx = db.begin().await?;
     let keys = tx.audit_keys().ok_or(DbError::NoAuditKey)?;
-    let signer = keys.signer.as_ref().ok_or(AuditKeyError::Missing)?;
+    let signer = keys.signer.as_ref().ok_or(AuditKeyError::NoSigner)?;
     let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_one(&mut *tx)
         .await
