@@ -507,6 +507,14 @@ async fn master_key_permissions_and_rotation() {
     drop(server);
     let raw = std::fs::read(&env.database).unwrap();
     assert!(!raw.windows(SECRET.len()).any(|w| w == SECRET));
+    // The audit key was re-wrapped with the other sealed values: the whole chain,
+    // written before and after the rotation, verifies with the new key.
+    let out = audit_verify(&env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// PostgreSQL: the same flow against `CVM_TEST_POSTGRES_URL` (a server where the user
