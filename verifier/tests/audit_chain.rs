@@ -165,8 +165,15 @@ async fn tail_truncation_is_detected_against_an_exported_checkpoint() {
         .await
         .unwrap()
         .get(0);
+    // The database refuses deleting checkpoints…
+    let refused = sqlx::query("DELETE FROM audit_checkpoints")
+        .execute(&mut db)
+        .await;
+    assert!(refused.is_err(), "append-only checkpoints");
+    // …until the triggers are dropped.
     for q in [
         "DROP TRIGGER audit_log_no_delete".to_owned(),
+        "DROP TRIGGER audit_checkpoints_no_delete".to_owned(),
         format!("DELETE FROM audit_log WHERE seq > {cut}"),
         format!("DELETE FROM audit_checkpoints WHERE seq > {cut}"),
         format!("UPDATE audit_head SET seq = {cut}, hash = '{keep}' WHERE id = 1"),

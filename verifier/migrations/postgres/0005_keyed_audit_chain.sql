@@ -15,3 +15,7 @@ CREATE TABLE audit_checkpoints (
     mac TEXT NOT NULL,
     jws TEXT NOT NULL
 );
+
+-- Append-only, like the log (audit_log_append_only is defined in 0001).
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE OR DELETE ON audit_checkpoints
+FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();

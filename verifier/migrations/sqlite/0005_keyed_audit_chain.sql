@@ -15,3 +15,9 @@ CREATE TABLE audit_checkpoints (
     mac TEXT NOT NULL,
     jws TEXT NOT NULL
 );
+
+-- Append-only, like the log.
+CREATE TRIGGER audit_checkpoints_no_update BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_no_delete BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
