@@ -195,6 +195,21 @@ impl RateLimiter {
     }
 }
 
+/// Makes glibc serve allocations of 1 MiB and more (argon2's working memory) with their
+/// own mappings, returned to the system when freed. Without it glibc raises its mmap
+/// threshold after the first such free and keeps later blocks cached in per-thread arenas,
+/// so memory measured after a burst of argon2 verifications stayed several times the
+/// working set. Call once, before the pools start.
+pub fn release_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a glibc allocator tunable; it takes plain integers,
+    // touches no memory of ours, and is called before the service's threads allocate
+    // concurrently (glibc serialises it with the arena locks in any case).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// A fixed set of threads for expensive blocking work (argon2), with a bounded queue.
 ///
 /// Unlike `spawn_blocking` (up to 512 threads), at most `threads` jobs run at once, and

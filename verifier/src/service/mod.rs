@@ -238,11 +238,12 @@ pub fn router(state: AppState) -> Router {
         .merge(kbs_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
         .merge(attest.layer(DefaultBodyLimit::max(limits.attest_body_limit)))
         .merge(admin_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
-        .layer(axum::middleware::map_response(problem_for_rejections))
+        // Inside the problem mapping, so a 408 is a problem document too.
         .layer(axum::middleware::from_fn_with_state(
             state.flood.request_timeout,
             request_timeout,
         ))
+        .layer(axum::middleware::map_response(problem_for_rejections))
         .with_state(state)
 }
 
@@ -432,6 +433,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // One process-wide rustls provider (ring); ignore if the embedder installed one.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::ratelimit::release_large_allocations();
     let state = build_state(&cfg, None).await?;
     if state.emulated {
         let dirs: Vec<String> = cfg
