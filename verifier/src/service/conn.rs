@@ -14,7 +14,8 @@
 //!   that stays idle between requests and a TLS connection that sends nothing after its
 //!   handshake;
 //! - the body and the answer of one request are bounded by `request_timeout` (a router
-//!   layer, see `super::router`).
+//!   layer, see `super::router`);
+//! - a request head must fit in 64 KiB, the read buffer of each connection.
 //!
 //! Only HTTP/1.1 is served (ALPN `http/1.1`): the KBS protocol and the admin plane need
 //! nothing more, and HTTP/2 would need its own set of stream limits.
@@ -33,6 +34,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::state::{AppState, FloodLimits};
+
+/// hyper's read buffer per connection, hence the largest request head.
+const MAX_BUF: usize = 64 << 10;
 
 /// Open connections, per client IP and in total.
 #[derive(Debug)]
@@ -190,6 +194,9 @@ async fn serve_connection<I>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
+        // A request head (line and headers) must fit in 64 KiB (431 otherwise), so a
+        // connection's read buffer stays at 64 KiB instead of hyper's default ~408 KiB.
+        .max_buf_size(MAX_BUF)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
