@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::service::AuthLimits;
+use crate::service::{AuthLimits, FloodLimits};
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -30,6 +30,9 @@ pub struct ConfigFile {
     /// `[admin]`.
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsSection,
 }
 
 /// `[server]`: where and how to listen.
@@ -96,6 +99,142 @@ pub struct AdminSection {
     pub auth_failure_window_secs: Option<u64>,
 }
 
+/// `[limits]`: what an unauthenticated client can make the service spend (connections,
+/// timeouts, argon2 work, KBS sessions and refusals). Every field is optional; the
+/// defaults are those of [`FloodLimits::default`] and are listed in the README.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Open connections in total (default 4096).
+    pub max_connections: Option<usize>,
+    /// Open connections per client IP (default 256).
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds to receive a complete request head, also the keep-alive idle time
+    /// between requests (default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds to receive the body and answer one request (default 30).
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds to complete a TLS handshake (default 10).
+    pub tls_handshake_timeout_secs: Option<u64>,
+    /// Concurrent argon2 verifications (default 2; each uses 19 MiB).
+    pub argon2_concurrency: Option<usize>,
+    /// Requests allowed to wait for an argon2 slot; more get 503 (default 32).
+    pub argon2_queue: Option<usize>,
+    /// `/kbs/v0/auth` requests per client IP per window (default 3000).
+    pub kbs_auth_per_ip: Option<usize>,
+    /// `/kbs/v0/auth` requests in total per window (default 30000).
+    pub kbs_auth_global: Option<usize>,
+    /// The `/kbs/v0/auth` window, seconds (default 60).
+    pub kbs_auth_window_secs: Option<u64>,
+    /// Challenged sessions per client IP created within one session TTL (default 5000).
+    pub open_sessions_per_ip: Option<usize>,
+    /// Challenged sessions in total created within one session TTL (default 50000).
+    pub open_sessions: Option<usize>,
+    /// KBS refusals per client IP per window before its KBS requests get 429 (default 600).
+    pub kbs_refusals_per_ip: Option<usize>,
+    /// KBS refusals in total per window before KBS requests get 429 (default 20000).
+    pub kbs_refusals_global: Option<usize>,
+    /// The KBS refusal window, seconds (default 60).
+    pub kbs_refusal_window_secs: Option<u64>,
+    /// Refusals audited one by one per (client, reason) per window (default 20).
+    pub audit_refusals_per_client: Option<usize>,
+    /// Refusals audited one by one in total per window (default 500).
+    pub audit_refusals_global: Option<usize>,
+    /// The audit aggregation window and flush period, seconds (default 60).
+    pub audit_refusal_window_secs: Option<u64>,
+    /// Longest resource path (`repository/type/tag`) accepted, bytes (default 256).
+    pub max_resource_path: Option<usize>,
+}
+
+impl LimitsSection {
+    fn resolve(self) -> Result<FloodLimits, ConfigError> {
+        let d = FloodLimits::default();
+        let secs = |v: Option<u64>, d: Duration, name: &'static str| match v {
+            None => Ok(d),
+            Some(0) => Err(ConfigError::Range(name)),
+            Some(s) => Ok(Duration::from_secs(s)),
+        };
+        let count = |v: Option<usize>, d: usize, name: &'static str| match v {
+            None => Ok(d),
+            Some(0) => Err(ConfigError::Range(name)),
+            Some(n) => Ok(n),
+        };
+        Ok(FloodLimits {
+            max_connections: count(self.max_connections, d.max_connections, "max_connections")?,
+            max_connections_per_ip: count(
+                self.max_connections_per_ip,
+                d.max_connections_per_ip,
+                "max_connections_per_ip",
+            )?,
+            header_read_timeout: secs(
+                self.header_read_timeout_secs,
+                d.header_read_timeout,
+                "header_read_timeout_secs",
+            )?,
+            request_timeout: secs(
+                self.request_timeout_secs,
+                d.request_timeout,
+                "request_timeout_secs",
+            )?,
+            tls_handshake_timeout: secs(
+                self.tls_handshake_timeout_secs,
+                d.tls_handshake_timeout,
+                "tls_handshake_timeout_secs",
+            )?,
+            argon2_concurrency: count(
+                self.argon2_concurrency,
+                d.argon2_concurrency,
+                "argon2_concurrency",
+            )?,
+            argon2_queue: self.argon2_queue.unwrap_or(d.argon2_queue),
+            kbs_auth_per_ip: count(self.kbs_auth_per_ip, d.kbs_auth_per_ip, "kbs_auth_per_ip")?,
+            kbs_auth_global: count(self.kbs_auth_global, d.kbs_auth_global, "kbs_auth_global")?,
+            kbs_auth_window: secs(
+                self.kbs_auth_window_secs,
+                d.kbs_auth_window,
+                "kbs_auth_window_secs",
+            )?,
+            open_sessions_per_ip: count(
+                self.open_sessions_per_ip,
+                d.open_sessions_per_ip,
+                "open_sessions_per_ip",
+            )?,
+            open_sessions: count(self.open_sessions, d.open_sessions, "open_sessions")?,
+            kbs_refusals_per_ip: count(
+                self.kbs_refusals_per_ip,
+                d.kbs_refusals_per_ip,
+                "kbs_refusals_per_ip",
+            )?,
+            kbs_refusals_global: count(
+                self.kbs_refusals_global,
+                d.kbs_refusals_global,
+                "kbs_refusals_global",
+            )?,
+            kbs_refusal_window: secs(
+                self.kbs_refusal_window_secs,
+                d.kbs_refusal_window,
+                "kbs_refusal_window_secs",
+            )?,
+            audit_refusals_per_client: self
+                .audit_refusals_per_client
+                .unwrap_or(d.audit_refusals_per_client),
+            audit_refusals_global: self
+                .audit_refusals_global
+                .unwrap_or(d.audit_refusals_global),
+            audit_refusal_window: secs(
+                self.audit_refusal_window_secs,
+                d.audit_refusal_window,
+                "audit_refusal_window_secs",
+            )?,
+            max_resource_path: count(
+                self.max_resource_path,
+                d.max_resource_path,
+                "max_resource_path",
+            )?,
+        })
+    }
+}
+
 /// Command-line/environment overrides (every field optional).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -160,6 +299,8 @@ pub struct ServeConfig {
     pub attest_body_limit: usize,
     /// Admin authentication limits.
     pub auth_limits: AuthLimits,
+    /// Connection, timeout, argon2, session and refusal limits.
+    pub flood_limits: FloodLimits,
 }
 
 /// Configuration errors.
@@ -286,6 +427,7 @@ impl ConfigFile {
                 .map(Duration::from_secs)
                 .unwrap_or(d.window),
         };
+        let flood_limits = self.limits.resolve()?;
         Ok(ServeConfig {
             listen,
             tls,
@@ -298,6 +440,7 @@ impl ConfigFile {
             body_limit: self.server.body_limit.unwrap_or(64 << 10),
             attest_body_limit: self.server.attest_body_limit.unwrap_or(1 << 20),
             auth_limits,
+            flood_limits,
         })
     }
 }
@@ -353,6 +496,24 @@ mod tests {
             f.resolve(o).unwrap().master_key,
             MasterKeySource::Command("cat /run/key".into())
         );
+    }
+
+    #[test]
+    fn limits_default_and_refuse_zero() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap();
+        assert_eq!(c.flood_limits.argon2_concurrency, 2);
+        let f: ConfigFile =
+            toml::from_str("[limits]\nmax_connections_per_ip = 7\nheader_read_timeout_secs = 2")
+                .unwrap();
+        let c = f.resolve(o.clone()).unwrap();
+        assert_eq!(c.flood_limits.max_connections_per_ip, 7);
+        assert_eq!(c.flood_limits.header_read_timeout, Duration::from_secs(2));
+        let f: ConfigFile = toml::from_str("[limits]\nmax_connections = 0").unwrap();
+        assert!(matches!(f.resolve(o.clone()), Err(ConfigError::Range(_))));
+        assert!(toml::from_str::<ConfigFile>("[limits]\nmax_conns = 1").is_err());
     }
 
     #[test]

@@ -49,10 +49,22 @@
 //! - `serve` runs one async worker fewer than the CPUs; verification runs on the
 //!   blocking pool.
 //!
+//! # Bounded cost per unauthenticated request
+//!
+//! What a client without credentials can make the service spend is capped
+//! ([`ratelimit`], the `[limits]` configuration section): connections per IP and in
+//! total, time to handshake, send a request head (or stay idle) and a body; credential
+//! checks reserved per IP and per token id before they run, argon2 on a fixed pool of
+//! threads (memory `threads × 19 MiB`); `/kbs/v0/auth` requests and the challenged
+//! sessions they create, per IP and in total; KBS refusals per IP and in total, and the
+//! audit records they write (floods are counted into summary records).
+//!
 //! # Dependencies and why
 //!
-//! - `axum` + `axum-server` (rustls, ring provider) + `tokio`: HTTP/1.1 and HTTPS with
-//!   graceful shutdown; `reqwest` (rustls) for the clients.
+//! - `axum` + `tokio`, served by a small accept loop on `hyper`'s HTTP/1.1 driver and
+//!   `tokio-rustls` (`service::conn`): connection caps, TLS handshake and header-read
+//!   timeouts, graceful shutdown — which `axum::serve` and `axum-server` lack;
+//!   `reqwest` (rustls) for the clients.
 //! - `sqlx` (`Any` driver): one set of portable queries for SQLite and PostgreSQL.
 //! - `kbs-types`: Trustee's protocol types, so the JSON matches guest components.
 //! - `serde_json_canonicalizer`: RFC 8785 JCS for the REPORT_DATA binding and audit

@@ -7,6 +7,10 @@
 //! | `cvm_refusals_total` | `reason` (error kind or check: `malformed`, `report-data`, `replay`, …) |
 //! | `cvm_attestation_duration_seconds` | `tee` (histogram, verification + policy + commit) |
 //! | `cvm_admin_auth_failures_total` | none |
+//! | `cvm_admin_auth_checks_total` | `check` (`argon2`, `totp`: credential checks actually run) |
+//! | `cvm_rate_limited_total` | `limit` (`auth-ip`, `auth-user`, `argon2-queue`, `kbs-auth`, `open-sessions`, `kbs-refusals`) |
+//! | `cvm_connections_refused_total` | `reason` (`per-ip`, `global`, `tls-handshake`) |
+//! | `cvm_audit_refusals_suppressed_total` | none (refusals counted into summary records) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -31,6 +35,16 @@ struct Reason {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Check {
+    check: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Limit {
+    limit: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TeeLabel {
     tee: String,
 }
@@ -50,6 +64,10 @@ pub struct Metrics {
     refusals: Family<Reason, Counter>,
     latency: Family<TeeLabel, Histogram, fn() -> Histogram>,
     auth_failures: Counter,
+    auth_checks: Family<Check, Counter>,
+    rate_limited: Family<Limit, Counter>,
+    connections_refused: Family<Reason, Counter>,
+    audit_suppressed: Counter,
 }
 
 impl Default for Metrics {
@@ -90,7 +108,35 @@ impl Metrics {
             "Failed admin authentications",
             auth_failures.clone(),
         );
+        let auth_checks = Family::<Check, Counter>::default();
+        let rate_limited = Family::<Limit, Counter>::default();
+        let connections_refused = Family::<Reason, Counter>::default();
+        let audit_suppressed = Counter::default();
+        registry.register(
+            "cvm_admin_auth_checks",
+            "Admin credential checks run (argon2, totp)",
+            auth_checks.clone(),
+        );
+        registry.register(
+            "cvm_rate_limited",
+            "Requests refused by a rate or cost limit",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "cvm_connections_refused",
+            "Connections closed by a connection cap or timeout",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "cvm_audit_refusals_suppressed",
+            "Refusals counted into summary audit records instead of one record each",
+            audit_suppressed.clone(),
+        );
         Self {
+            auth_checks,
+            rate_limited,
+            connections_refused,
+            audit_suppressed,
             registry,
             attestations,
             releases,
@@ -136,6 +182,38 @@ impl Metrics {
     /// Counts a failed admin authentication.
     pub fn auth_failure(&self) {
         self.auth_failures.inc();
+    }
+
+    /// Counts a credential check actually run (`argon2`, `totp`).
+    pub fn auth_check(&self, check: &str) {
+        self.auth_checks
+            .get_or_create(&Check {
+                check: check.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by limit `limit`.
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&Limit {
+                limit: limit.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed by a cap or timeout.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal not written as its own audit record.
+    pub fn audit_suppressed(&self) {
+        self.audit_suppressed.inc();
     }
 
     /// The OpenMetrics text.

@@ -1,29 +1,81 @@
-//! Rate limiting of failed authentications, per client IP and per user.
+//! Bounding what an unauthenticated client can make the service spend.
 //!
-//! Only failures are counted: a client or user with `limit` failures inside `window` is
-//! refused (429) without checking credentials until the oldest failure ages out. State
-//! is per process; behind a load balancer each replica limits independently.
+//! Four tools, all per process (behind a load balancer each replica limits on its own):
+//!
+//! - [`FailureLimiter`]: a sliding-window counter per key (client IP, user). Callers
+//!   **reserve** a slot atomically *before* the expensive work (argon2, TOTP) with
+//!   [`FailureLimiter::try_reserve`]; the reservation counts as a failure unless the caller
+//!   [forgives](Reservation::forgive) it after a success. So `N` concurrent wrong attempts
+//!   cost at most `limit` checks, however they interleave (the old check-then-record
+//!   design let 147 of 200 concurrent wrong TOTP codes through to the check).
+//! - [`RateLimiter`]: a per-key and a global sliding window over *every* request of a
+//!   kind (`/kbs/v0/auth`, KBS refusals), reserved before any work and never forgiven.
+//! - [`BlockingPool`]: a fixed set of threads for argon2 verifications, with a bounded
+//!   queue; a request that finds the queue full is refused at once (429) instead of
+//!   queueing without bound. Each argon2id verification allocates the hash's `m_cost`
+//!   (19 MiB with `Argon2::default()`, the parameters `store/users.rs` hashes with), so
+//!   the argon2 memory ceiling is `threads × 19 MiB` (38 MiB with the default 2), and
+//!   it stays there: the same threads reuse their allocations.
+//! - [`RefusalAggregator`]: after `per_key` audit records per (client, reason) or
+//!   `global` records in total within a window, further refusals are counted instead of
+//!   written one by one; each window's suppressed count becomes one summary record when
+//!   the window rolls over, at a periodic flush, or at shutdown, so the log stays honest
+//!   while a flood grows it by a bounded number of rows.
+//!
+//! Every structure bounds its own memory: keys that aged out are dropped when the map
+//! grows, and a map still full after that refuses (fails closed) rather than growing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A sliding-window failure counter.
+/// Most keys a limiter tracks; beyond this (after pruning) new keys are refused.
+const MAX_KEYS: usize = 100_000;
+
+/// A sliding-window counter of reserved attempts per key.
 #[derive(Debug)]
 pub struct FailureLimiter {
     limit: usize,
     window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+    slots: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+/// One reserved attempt; it counts against its key until forgiven or aged out.
+#[derive(Debug)]
+#[must_use = "a reservation counts as a failure unless forgiven"]
+pub struct Reservation<'a> {
+    limiter: &'a FailureLimiter,
+    key: String,
+    at: Instant,
+}
+
+impl Reservation<'_> {
+    /// Releases the slot: the attempt succeeded (or did no expensive work).
+    pub fn forgive(self) {
+        let mut map = self.limiter.lock();
+        if let Some(q) = map.get_mut(&self.key) {
+            if let Some(i) = q.iter().rposition(|t| *t == self.at) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl FailureLimiter {
-    /// At most `limit` failures per key within `window`.
+    /// At most `limit` reserved attempts per key within `window` (`limit` at least 1).
     pub fn new(limit: usize, window: Duration) -> Self {
         Self {
             limit: limit.max(1),
             window,
-            failures: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn prune(q: &mut VecDeque<Instant>, now: Instant, window: Duration) {
@@ -32,10 +84,44 @@ impl FailureLimiter {
         }
     }
 
-    /// Whether `key` is currently blocked.
+    /// Reserves one attempt for `key`, or `None` if `key` already has `limit` attempts in
+    /// the window (or the limiter tracks too many keys). Check and reservation are one
+    /// step under one lock.
+    pub fn try_reserve(&self, key: &str) -> Option<Reservation<'_>> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= MAX_KEYS && !map.contains_key(key) {
+            let window = self.window;
+            map.retain(|_, q| {
+                Self::prune(q, now, window);
+                !q.is_empty()
+            });
+            if map.len() >= MAX_KEYS {
+                return None;
+            }
+        }
+        let q = map.entry(key.to_owned()).or_default();
+        Self::prune(q, now, self.window);
+        if q.len() >= self.limit {
+            return None;
+        }
+        // Distinct instants make `forgive` remove exactly this reservation.
+        let at = match q.back() {
+            Some(last) if *last >= now => *last + Duration::from_nanos(1),
+            _ => now,
+        };
+        q.push_back(at);
+        Some(Reservation {
+            limiter: self,
+            key: key.to_owned(),
+            at,
+        })
+    }
+
+    /// Whether `key` is currently at its limit (no slot would be reserved).
     pub fn blocked(&self, key: &str) -> bool {
         let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.lock();
         match map.get_mut(key) {
             Some(q) => {
                 Self::prune(q, now, self.window);
@@ -45,27 +131,295 @@ impl FailureLimiter {
         }
     }
 
-    /// Records a failure for `key`.
+    /// Records a failure for `key` without a prior reservation.
     pub fn record(&self, key: &str) {
-        let now = Instant::now();
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            // Bound memory under a flood of distinct keys: drop entries that aged out.
-            let window = self.window;
-            map.retain(|_, q| {
-                Self::prune(q, now, window);
-                !q.is_empty()
-            });
+        // Dropping a reservation keeps it counted.
+        let _kept = self.try_reserve(key);
+    }
+}
+
+/// Per-key and global limits on requests of one kind within a sliding window.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_key: FailureLimiter,
+    global: FailureLimiter,
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    /// This client is over its own limit.
+    #[error("this client is over its request limit")]
+    PerKey,
+    /// The service is over its global limit.
+    #[error("the service is over its global request limit")]
+    Global,
+}
+
+impl RateLimiter {
+    /// At most `per_key` requests per key and `global` in total within `window`.
+    pub fn new(per_key: usize, global: usize, window: Duration) -> Self {
+        Self {
+            per_key: FailureLimiter::new(per_key, window),
+            global: FailureLimiter::new(global, window),
         }
-        let q = map.entry(key.to_owned()).or_default();
-        Self::prune(q, now, self.window);
-        q.push_back(now);
+    }
+
+    /// Counts one request of `key`, or refuses it. A request refused by the global
+    /// limit does not use up the client's own budget.
+    pub fn try_acquire(&self, key: &str) -> Result<(), Limited> {
+        let own = self.per_key.try_reserve(key).ok_or(Limited::PerKey)?;
+        match self.global.try_reserve("") {
+            Some(_counted) => Ok(()),
+            None => {
+                own.forgive();
+                Err(Limited::Global)
+            }
+        }
+    }
+
+    /// Whether `key` is over its own limit right now (does not count a request).
+    pub fn blocked(&self, key: &str) -> bool {
+        self.per_key.blocked(key)
+    }
+
+    /// Which limit, if any, a request of `key` is over right now (does not count it).
+    pub fn over(&self, key: &str) -> Option<Limited> {
+        if self.per_key.blocked(key) {
+            Some(Limited::PerKey)
+        } else if self.global.blocked("") {
+            Some(Limited::Global)
+        } else {
+            None
+        }
+    }
+}
+
+/// Makes glibc serve allocations of 1 MiB and more (argon2's working memory) with their
+/// own mappings, returned to the system when freed. Without it glibc raises its mmap
+/// threshold after the first such free and keeps later blocks cached in per-thread arenas,
+/// so memory measured after a burst of argon2 verifications stayed several times the
+/// working set. Call once, before the pools start.
+pub fn release_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a glibc allocator tunable; it takes plain integers,
+    // touches no memory of ours, and is called before the service's threads allocate
+    // concurrently (glibc serialises it with the arena locks in any case).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+/// A fixed set of threads for expensive blocking work (argon2), with a bounded queue.
+///
+/// Unlike `spawn_blocking` (up to 512 threads), at most `threads` jobs run at once, and
+/// always on the same threads, so the memory they allocate (argon2's `m_cost` each) is
+/// reused instead of left cached in one malloc arena per short-lived blocking thread.
+/// A job that finds `queue` jobs already waiting is refused at once.
+#[derive(Debug)]
+pub struct BlockingPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+impl BlockingPool {
+    /// Starts `threads` (at least 1) threads named `name`, with room for `queue` waiting
+    /// jobs.
+    pub fn new(threads: usize, queue: usize, name: &str) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    };
+                    // A panicking job must not take a worker with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                })?;
+        }
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the pool; `None` if the queue is full (or `f` panicked).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// What to do with one refusal's audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDecision {
+    /// Write it as usual.
+    Write,
+    /// Count it; it will be part of a summary record.
+    Suppress,
+}
+
+/// The suppressed refusals of one (client, reason) in one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalSummary {
+    /// The client address (`*` for clients beyond the key limit).
+    pub client: String,
+    /// The refusal reason.
+    pub reason: String,
+    /// How many refusals were not written individually.
+    pub suppressed: u64,
+    /// Seconds the window was open when summarised.
+    pub window_secs: u64,
+    /// Unix time (seconds) of the first suppressed refusal.
+    pub first_unix: i64,
+    /// Unix time (seconds) of the last suppressed refusal.
+    pub last_unix: i64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    opened: Instant,
+    written: usize,
+    suppressed: u64,
+    first_unix: i64,
+    last_unix: i64,
+}
+
+#[derive(Debug, Default)]
+struct AggState {
+    buckets: HashMap<(String, String), Bucket>,
+    global_opened: Option<Instant>,
+    global_written: usize,
+    /// Summaries of windows that rolled over, waiting for the flusher.
+    ready: Vec<RefusalSummary>,
+}
+
+/// Turns floods of refusals into counted summary records (see the module docs).
+#[derive(Debug)]
+pub struct RefusalAggregator {
+    per_key: usize,
+    global: usize,
+    window: Duration,
+    max_keys: usize,
+    state: Mutex<AggState>,
+}
+
+impl RefusalAggregator {
+    /// At most `per_key` records per (client, reason) and `global` in total per `window`.
+    pub fn new(per_key: usize, global: usize, window: Duration) -> Self {
+        Self {
+            per_key,
+            global,
+            window,
+            max_keys: 10_000,
+            state: Mutex::new(AggState::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AggState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn summary(key: &(String, String), b: &Bucket, now: Instant) -> Option<RefusalSummary> {
+        (b.suppressed > 0).then(|| RefusalSummary {
+            client: key.0.clone(),
+            reason: key.1.clone(),
+            suppressed: b.suppressed,
+            window_secs: now.duration_since(b.opened).as_secs(),
+            first_unix: b.first_unix,
+            last_unix: b.last_unix,
+        })
+    }
+
+    /// Decides whether the refusal of `client` for `reason` at Unix time `unix` is
+    /// written individually or counted.
+    pub fn admit(&self, client: &str, reason: &str, unix: i64) -> AuditDecision {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let st = &mut *st;
+        if st
+            .global_opened
+            .is_none_or(|t| now.duration_since(t) >= self.window)
+        {
+            st.global_opened = Some(now);
+            st.global_written = 0;
+        }
+        let mut key = (client.to_owned(), reason.to_owned());
+        if !st.buckets.contains_key(&key) && st.buckets.len() >= self.max_keys {
+            // Too many distinct clients: fold the rest into one bucket per reason.
+            key.0 = "*".into();
+        }
+        if let Some(b) = st.buckets.get(&key) {
+            if now.duration_since(b.opened) >= self.window {
+                if let Some(b) = st.buckets.remove(&key) {
+                    if let Some(s) = Self::summary(&key, &b, now) {
+                        st.ready.push(s);
+                    }
+                }
+            }
+        }
+        let b = st.buckets.entry(key).or_insert(Bucket {
+            opened: now,
+            written: 0,
+            suppressed: 0,
+            first_unix: unix,
+            last_unix: unix,
+        });
+        if b.written < self.per_key && st.global_written < self.global {
+            b.written += 1;
+            st.global_written += 1;
+            AuditDecision::Write
+        } else {
+            if b.suppressed == 0 {
+                b.first_unix = unix;
+            }
+            b.suppressed += 1;
+            b.last_unix = unix;
+            AuditDecision::Suppress
+        }
+    }
+
+    /// Takes the summaries to write: windows that rolled over, and with `all` (periodic
+    /// flush or shutdown) every pending count, so nothing counted is ever lost.
+    pub fn drain(&self, all: bool) -> Vec<RefusalSummary> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let st = &mut *st;
+        let mut out = std::mem::take(&mut st.ready);
+        let window = self.window;
+        st.buckets.retain(|key, b| {
+            let expired = now.duration_since(b.opened) >= window;
+            if expired || all {
+                if let Some(s) = Self::summary(key, b, now) {
+                    out.push(s);
+                }
+                b.suppressed = 0;
+            }
+            !expired
+        });
+        out
+    }
+
+    /// Puts summaries back (their write failed; they are retried at the next flush).
+    pub fn restore(&self, summaries: Vec<RefusalSummary>) {
+        self.lock().ready.extend(summaries);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn blocks_after_limit_and_recovers() {
@@ -78,5 +432,91 @@ mod tests {
         assert!(!l.blocked("b"));
         std::thread::sleep(Duration::from_millis(60));
         assert!(!l.blocked("a"));
+    }
+
+    #[test]
+    fn reservations_are_atomic_and_forgivable() {
+        let l = std::sync::Arc::new(FailureLimiter::new(5, Duration::from_secs(60)));
+        let granted = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..50 {
+                s.spawn(|| {
+                    if let Some(r) = l.try_reserve("k") {
+                        granted.fetch_add(1, Ordering::SeqCst);
+                        drop(r);
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::SeqCst), 5);
+        let l = FailureLimiter::new(1, Duration::from_secs(60));
+        let r = l.try_reserve("k").unwrap();
+        assert!(l.try_reserve("k").is_none());
+        r.forgive();
+        assert!(l.try_reserve("k").is_some());
+    }
+
+    #[test]
+    fn global_limit_spares_the_clients_budget() {
+        let r = RateLimiter::new(2, 3, Duration::from_secs(60));
+        assert_eq!(r.try_acquire("a"), Ok(()));
+        assert_eq!(r.try_acquire("a"), Ok(()));
+        assert_eq!(r.try_acquire("a"), Err(Limited::PerKey));
+        assert_eq!(r.try_acquire("b"), Ok(()));
+        assert_eq!(r.try_acquire("c"), Err(Limited::Global));
+        assert!(!r.blocked("c"));
+    }
+
+    #[tokio::test]
+    async fn blocking_pool_refuses_beyond_its_queue() {
+        let pool = std::sync::Arc::new(BlockingPool::new(1, 1, "test").unwrap());
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let p = pool.clone();
+        let running = tokio::spawn(async move { p.run(move || wait.recv().is_ok()).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.run(|| 7).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.run(|| 8).await, None, "one running, one queued: full");
+        release.send(()).unwrap();
+        assert_eq!(running.await.unwrap(), Some(true));
+        assert_eq!(queued.await.unwrap(), Some(7));
+        assert_eq!(pool.run(|| 9).await, Some(9));
+        assert_eq!(pool.run(|| -> u8 { panic!("job panics") }).await, None);
+        assert_eq!(pool.run(|| 10).await, Some(10), "the worker survived");
+    }
+
+    #[test]
+    fn aggregator_counts_what_it_does_not_write() {
+        let a = RefusalAggregator::new(2, 100, Duration::from_secs(3600));
+        let writes = (0..10)
+            .filter(|i| a.admit("1.2.3.4", "no-session", *i) == AuditDecision::Write)
+            .count();
+        assert_eq!(writes, 2);
+        assert_eq!(a.admit("5.6.7.8", "no-session", 0), AuditDecision::Write);
+        let s = a.drain(true);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].suppressed, 8);
+        assert_eq!((s[0].first_unix, s[0].last_unix), (2, 9));
+        assert!(a.drain(true).is_empty(), "counts are drained once");
+        // Still in the same window: suppressed, then drained again.
+        assert_eq!(
+            a.admit("1.2.3.4", "no-session", 10),
+            AuditDecision::Suppress
+        );
+        assert_eq!(a.drain(true)[0].suppressed, 1);
+    }
+
+    #[test]
+    fn aggregator_global_limit_and_rollover() {
+        let a = RefusalAggregator::new(100, 3, Duration::from_millis(30));
+        for i in 0..5 {
+            let _ = a.admit(&format!("10.0.0.{i}"), "r", 0);
+        }
+        assert_eq!(a.drain(false), vec![]);
+        std::thread::sleep(Duration::from_millis(40));
+        let s = a.drain(false);
+        assert_eq!(s.iter().map(|s| s.suppressed).sum::<u64>(), 2);
+        assert_eq!(a.admit("10.0.0.9", "r", 0), AuditDecision::Write);
     }
 }

@@ -9,7 +9,8 @@
 //! | audit log (read, verify) | yes | | yes |
 //!
 //! Authentication: `Authorization: Bearer cvmv.<id>.<secret>`; admins also send the
-//! current TOTP code in `X-TOTP`. Failures are rate-limited per client IP and per user,
+//! current TOTP code in `X-TOTP`. Attempts are reserved per client IP and per user before
+//! any check and count as failures unless accepted (see [`authenticate`]); failures are
 //! counted in metrics and audited (requests refused by the rate limiter are counted but
 //! not audited, so a flood cannot grow the log without bound).
 
@@ -115,14 +116,20 @@ impl Principal {
 }
 
 /// Authentication middleware for `/admin/v1`.
+///
+/// Cost is bounded before any check: one attempt is reserved for the client IP and one
+/// for the token id (see [`crate::ratelimit`]); the reservations count as failures unless
+/// the credentials are accepted, so `N` concurrent wrong attempts cost at most the
+/// limit's worth of checks and the rest get 429. argon2 runs only for a token id that
+/// exists, on [`crate::ratelimit::BlockingPool`]; an unknown id is answered after the
+/// mean duration of recent verifications instead (token ids are random and carry no
+/// secret; the residual timing difference is queueing under load).
 pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let client = client_ip(req.extensions());
     let route = req.uri().path().to_owned();
-    if st.ip_limiter.blocked(&client) {
-        st.metrics.auth_failure();
-        st.metrics.refusal("rate-limited");
-        return ApiError::TooManyRequests.into_response();
-    }
+    let Some(ip_slot) = st.ip_limiter.try_reserve(&client) else {
+        return rate_limited(&st, "auth-ip");
+    };
     let auth = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -140,41 +147,58 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .map(|s| s.trim().to_owned());
     let Some((token_id, secret)) = users::split_token(&token) else {
-        return auth_failed(&st, &client, None, None, &route, AuthFailure::Malformed).await;
+        // The IP reservation stays counted.
+        return auth_failed(&st, &client, None, &route, AuthFailure::Malformed).await;
     };
     let user_key = format!("token:{token_id}");
-    if st.user_limiter.blocked(&user_key) {
-        st.metrics.auth_failure();
-        st.metrics.refusal("rate-limited");
-        return ApiError::TooManyRequests.into_response();
-    }
+    let Some(user_slot) = st.user_limiter.try_reserve(&user_key) else {
+        // Nothing was checked: the client's own budget is not spent on this refusal.
+        ip_slot.forgive();
+        return rate_limited(&st, "auth-user");
+    };
     let row = match users::find_by_token_id(&st.db, token_id).await {
         Ok(r) => r,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    let secret = Zeroizing::new(secret.to_owned());
-    let row_for_check = row.clone();
-    let ok =
-        tokio::task::spawn_blocking(move || users::check_secret(row_for_check.as_ref(), &secret))
-            .await
-            .unwrap_or(false);
+    let ok = match &row {
+        None => {
+            let mean = st.argon2_nanos.load(std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(std::time::Duration::from_nanos(mean)).await;
+            false
+        }
+        Some(found) => {
+            let secret = Zeroizing::new(secret.to_owned());
+            let found = found.clone();
+            let metrics_st = st.clone();
+            let checked = st
+                .argon2_pool
+                .run(move || {
+                    metrics_st.metrics.auth_check("argon2");
+                    let started = std::time::Instant::now();
+                    let ok = users::check_secret(Some(&found), &secret);
+                    (ok, started.elapsed())
+                })
+                .await;
+            let Some((ok, took)) = checked else {
+                return rate_limited(&st, "argon2-queue");
+            };
+            let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            let mean = st.argon2_nanos.load(std::sync::atomic::Ordering::Relaxed);
+            st.argon2_nanos.store(
+                mean - mean / 8 + took / 8,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            ok
+        }
+    };
     let Some(row) = row.filter(|_| ok) else {
-        return auth_failed(
-            &st,
-            &client,
-            Some(&user_key),
-            None,
-            &route,
-            AuthFailure::BadToken,
-        )
-        .await;
+        return auth_failed(&st, &client, None, &route, AuthFailure::BadToken).await;
     };
     if row.user.role == Role::Admin {
         let Some(code) = totp else {
             return auth_failed(
                 &st,
                 &client,
-                Some(&user_key),
                 Some(&row.user.name),
                 &route,
                 AuthFailure::TotpMissing,
@@ -182,13 +206,13 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             .await;
         };
         let at = u64::try_from(now()).unwrap_or(0);
+        st.metrics.auth_check("totp");
         match users::check_totp(&st.master_key, &row, &code, at) {
             Ok(true) => {}
             Ok(false) => {
                 return auth_failed(
                     &st,
                     &client,
-                    Some(&user_key),
                     Some(&row.user.name),
                     &route,
                     AuthFailure::TotpWrong,
@@ -198,6 +222,8 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
             Err(e) => return ApiError::internal(e).into_response(),
         }
     }
+    ip_slot.forgive();
+    user_slot.forgive();
     req.extensions_mut().insert(Principal {
         name: row.user.name.clone(),
         role: row.user.role,
@@ -206,18 +232,22 @@ pub async fn authenticate(State(st): State<AppState>, mut req: Request, next: Ne
     next.run(req).await
 }
 
+fn rate_limited(st: &AppState, limit: &str) -> Response {
+    st.metrics.auth_failure();
+    st.metrics.rate_limited(limit);
+    st.metrics.refusal("rate-limited");
+    ApiError::TooManyRequests.into_response()
+}
+
+/// Audits and answers a failed authentication (the caller's reservations already
+/// count it against the limits).
 async fn auth_failed(
     st: &AppState,
     client: &str,
-    user_key: Option<&str>,
     user: Option<&str>,
     route: &str,
     why: AuthFailure,
 ) -> Response {
-    st.ip_limiter.record(client);
-    if let Some(k) = user_key {
-        st.user_limiter.record(k);
-    }
     st.metrics.auth_failure();
     st.metrics.refusal(why.as_str());
     let ev = AuditEvent {

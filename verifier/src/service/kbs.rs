@@ -4,24 +4,32 @@
 //! nonce, failed verification, policy, revocation, missing grant) is answered with a
 //! problem document and written to the audit log once; nothing is released. An accepted
 //! attestation and a release commit together with their audit record.
+//!
+//! Unauthenticated cost is bounded: `auth` is rate-limited per client IP and in total,
+//! and so are the challenged sessions it creates; a client over its KBS refusal limit is
+//! answered 429 before any work; refusal floods are aggregated in the audit log (the
+//! first refusals of a client and reason in a window are written one by one, the rest
+//! are counted into one summary record per window); an over-long resource path is
+//! refused before anything else and only its length is recorded.
 
 use std::time::Instant;
 
 use attestation::claims::{Claims, Tee, TeeClaims, TrustLevel};
 use attestation::ErrorKind;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use kbs_types::{Attestation, Challenge};
 use serde_json::{json, Value};
 
-use super::state::{client_ip, parse_json, read_body, AppState, JsonBody};
+use super::state::{client_ip, parse_json, read_body, AppState, ClientIp, JsonBody};
 use crate::crypto::jwe::{self, TeeKey};
 use crate::crypto::token;
 use crate::db::{now, Tx};
 use crate::error::ApiError;
 use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
+use crate::ratelimit::{AuditDecision, RefusalSummary};
 use crate::store::audit::{self, AuditEvent, AuditKind};
 use crate::store::sessions::{self, Attested, GuestIdentity, Session};
 use crate::store::workloads::{self, valid_path, valid_segment, Workload};
@@ -105,10 +113,22 @@ fn cookie_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /kbs/v0/auth`: opens a session and returns a challenge.
+///
+/// Limited before the body is read: `/kbs/v0/auth` requests per client IP and in total
+/// per window, then (for a valid request) challenged sessions created within one session
+/// TTL per client IP and in total, which bounds the open sessions an unauthenticated
+/// client can make the database hold.
 pub async fn auth(
     State(st): State<AppState>,
-    JsonBody(req): JsonBody<kbs_types::Request>,
+    ClientIp(client): ClientIp,
+    req: Request,
 ) -> Result<Response, ApiError> {
+    if let Err(l) = st.kbs_auth_limiter.try_acquire(&client) {
+        tracing::debug!(%client, limit = %l, "auth refused by the rate limit");
+        st.metrics.rate_limited("kbs-auth");
+        return Err(ApiError::TooManyRequests);
+    }
+    let JsonBody(req): JsonBody<kbs_types::Request> = JsonBody::from_request(req, &()).await?;
     if !version_supported(&req.version) {
         return Err(ApiError::BadRequest(format!(
             "protocol version {} is not supported; use 0.4.0",
@@ -133,6 +153,10 @@ pub async fn auth(
             ))
         }
     };
+    if st.session_budget.try_acquire(&client).is_err() {
+        st.metrics.rate_limited("open-sessions");
+        return Err(ApiError::TooManyRequests);
+    }
     let mut nonce = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let nonce = base64::engine::general_purpose::STANDARD.encode(nonce);
@@ -160,7 +184,10 @@ pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
         consumed: false,
         client: client.clone(),
     };
-    let result = attest_inner(&st, req, &mut ctx).await;
+    let result = match refusal_limited(&st, &client) {
+        Some(r) => Err(r),
+        None => attest_inner(&st, req, &mut ctx).await,
+    };
     let elapsed = started.elapsed().as_secs_f64();
     match result {
         Ok(resp) => {
@@ -195,6 +222,7 @@ pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
             if let Err(e) = record_refusal(
                 &st,
                 &ev,
+                &r.reason,
                 ctx.consumed.then_some(ctx.session.as_deref()).flatten(),
             )
             .await
@@ -214,16 +242,97 @@ async fn rollback(tx: Tx) {
     }
 }
 
+/// The refusal of a client over its KBS refusal limit (or of anyone while the service is
+/// over its global one): answered before any other work.
+fn refusal_limited(st: &AppState, client: &str) -> Option<Refusal> {
+    let limit = st.kbs_refusal_limiter.over(client)?;
+    tracing::debug!(%client, %limit, "KBS request refused by the refusal limit");
+    st.metrics.rate_limited("kbs-refusals");
+    Some(Refusal::new(RATE_LIMITED, ApiError::TooManyRequests))
+}
+
+/// The reason of refusals answered by [`refusal_limited`] (not counted again).
+const RATE_LIMITED: &str = "rate-limited";
+
+/// Counts refusal `ev` (for `reason`) against its client's KBS refusal limit, fails the
+/// session whose challenge it burnt, and audits it: one record each for the first
+/// refusals of a client and reason in a window, then counted into a summary record
+/// (see [`flush_refusal_summaries`]).
 async fn record_refusal(
     st: &AppState,
     ev: &AuditEvent,
+    reason: &str,
     fail_session: Option<&str>,
 ) -> Result<(), crate::db::DbError> {
+    if reason != RATE_LIMITED {
+        // Counted even when over the limit; the next request is then refused early.
+        let _ = st.kbs_refusal_limiter.try_acquire(&ev.client);
+    }
+    let key = format!("{}/{reason}", ev.kind.as_str());
+    let write = st.refusal_audit.admit(&ev.client, &key, now()) == AuditDecision::Write;
+    if !write {
+        st.metrics.audit_suppressed();
+        if fail_session.is_none() {
+            return Ok(());
+        }
+    }
     let mut tx = st.db.begin().await?;
     if let Some(id) = fail_session {
         sessions::fail(&mut tx, id).await?;
     }
-    audit::append(&mut tx, ev).await?;
+    if write {
+        audit::append(&mut tx, ev).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes one summary record per (client, reason) whose refusals were counted instead of
+/// audited: windows that rolled over, and with `all` every pending count (the periodic
+/// flush and shutdown), so the log accounts for every refusal. A failed write is retried
+/// at the next flush.
+pub async fn flush_refusal_summaries(
+    st: &AppState,
+    all: bool,
+) -> Result<usize, crate::db::DbError> {
+    let summaries = st.refusal_audit.drain(all);
+    if summaries.is_empty() {
+        return Ok(0);
+    }
+    let n = summaries.len();
+    match write_summaries(st, &summaries).await {
+        Ok(()) => Ok(n),
+        Err(e) => {
+            st.refusal_audit.restore(summaries);
+            Err(e)
+        }
+    }
+}
+
+async fn write_summaries(
+    st: &AppState,
+    summaries: &[RefusalSummary],
+) -> Result<(), crate::db::DbError> {
+    let mut tx = st.db.begin().await?;
+    for s in summaries {
+        let (kind, reason) = match s.reason.split_once('/') {
+            Some(("attestation", r)) => (AuditKind::Attestation, r),
+            Some((_, r)) => (AuditKind::KeyRelease, r),
+            None => (AuditKind::KeyRelease, s.reason.as_str()),
+        };
+        let ev = AuditEvent {
+            kind,
+            actor: "guest:-".into(),
+            client: s.client.clone(),
+            subject: "refusal-summary".into(),
+            outcome: "refused-aggregated".into(),
+            detail: json!({
+                "reason": reason, "count": s.suppressed, "first": s.first_unix,
+                "last": s.last_unix, "window_secs": s.window_secs,
+            }),
+        };
+        audit::append(&mut tx, &ev).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -546,9 +655,30 @@ pub async fn resource(
     req: Request,
 ) -> Response {
     let client = client_ip(req.extensions());
-    let path = format!("{repo}/{kind}/{tag}");
+    let len = repo.len() + kind.len() + tag.len() + 2;
+    // Bounded before anything else: an over-long path is never stored, only its length.
+    let too_long = len > st.flood.max_resource_path;
+    let path = if too_long {
+        format!("<{len} bytes>")
+    } else {
+        format!("{repo}/{kind}/{tag}")
+    };
+    drop((repo, kind, tag));
+    let early = refusal_limited(&st, &client).or_else(|| {
+        too_long.then(|| {
+            let msg = format!(
+                "the resource path is longer than {} bytes",
+                st.flood.max_resource_path
+            );
+            Refusal::new("path-too-long", ApiError::BadRequest(msg))
+        })
+    });
     let mut session_id = None;
-    match resource_inner(&st, &path, req.headers(), &client, &mut session_id).await {
+    let result = match early {
+        Some(r) => Err(r),
+        None => resource_inner(&st, &path, req.headers(), &client, &mut session_id).await,
+    };
+    match result {
         Ok(resp) => {
             st.metrics.release(true);
             resp
@@ -567,7 +697,7 @@ pub async fn resource(
                 outcome: "refused".into(),
                 detail: json!({"session": session_id, "reason": r.reason, "message": r.error.to_string(), "status": r.error.status().as_u16()}),
             };
-            if let Err(e) = audit::append_now(&st.db, &ev).await {
+            if let Err(e) = record_refusal(&st, &ev, &r.reason, None).await {
                 return ApiError::from(e).into_response();
             }
             r.error.into_response()

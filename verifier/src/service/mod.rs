@@ -4,6 +4,7 @@
 //! test (`tests/openapi.rs`) compares it with `openapi.yaml` both ways.
 
 pub mod admin;
+mod conn;
 pub mod kbs;
 pub mod state;
 
@@ -23,9 +24,9 @@ use crate::db::{Db, DbError};
 use crate::error::{problem_for_rejections, ApiError};
 use crate::evidence::{AttestationVerifier, EvidenceVerifier, TrustError};
 use crate::metrics::Metrics;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{BlockingPool, FailureLimiter, RateLimiter, RefusalAggregator};
 use crate::store::sessions::{self, SigningKeyError};
-pub use state::{AppState, AuthLimits, Inner, Limits};
+pub use state::{AppState, AuthLimits, FloodLimits, Inner, Limits};
 
 /// Which part of the service a route belongs to (decides middleware and body limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,8 +238,25 @@ pub fn router(state: AppState) -> Router {
         .merge(kbs_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
         .merge(attest.layer(DefaultBodyLimit::max(limits.attest_body_limit)))
         .merge(admin_routes.layer(DefaultBodyLimit::max(limits.body_limit)))
+        // Inside the problem mapping, so a 408 is a problem document too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.flood.request_timeout,
+            request_timeout,
+        ))
         .layer(axum::middleware::map_response(problem_for_rejections))
         .with_state(state)
+}
+
+/// Bounds the time to receive a request's body and answer it (`request_timeout`).
+async fn request_timeout(
+    State(limit): State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "the request took too long").into_response(),
+    }
 }
 
 async fn healthz(State(st): State<AppState>) -> Response {
@@ -325,6 +343,8 @@ pub async fn build_state(
         body_limit: cfg.body_limit,
     };
     let a = cfg.auth_limits;
+    let f = cfg.flood_limits;
+    let session_window = Duration::from_secs(u64::try_from(cfg.session_ttl).unwrap_or(1).max(1));
     Ok(AppState(Arc::new(Inner {
         db,
         master_key,
@@ -334,6 +354,22 @@ pub async fn build_state(
         metrics: Metrics::new(),
         ip_limiter: FailureLimiter::new(a.per_ip, a.window),
         user_limiter: FailureLimiter::new(a.per_user, a.window),
+        argon2_pool: BlockingPool::new(f.argon2_concurrency, f.argon2_queue, "argon2")
+            .map_err(ServeError::Io)?,
+        argon2_nanos: std::sync::atomic::AtomicU64::new(50_000_000),
+        kbs_auth_limiter: RateLimiter::new(f.kbs_auth_per_ip, f.kbs_auth_global, f.kbs_auth_window),
+        session_budget: RateLimiter::new(f.open_sessions_per_ip, f.open_sessions, session_window),
+        kbs_refusal_limiter: RateLimiter::new(
+            f.kbs_refusals_per_ip,
+            f.kbs_refusals_global,
+            f.kbs_refusal_window,
+        ),
+        refusal_audit: RefusalAggregator::new(
+            f.audit_refusals_per_client,
+            f.audit_refusals_global,
+            f.audit_refusal_window,
+        ),
+        flood: f,
         limits,
     })))
 }
@@ -357,14 +393,47 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs the service until SIGINT/SIGTERM, then drains connections (up to 10 s).
-/// `on_listening` receives the bound address (with the actual port for `:0`).
+/// Loads the HTTPS certificate chain and key into a rustls configuration (HTTP/1.1 only).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, std::io::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid =
+        |e: rustls::pki_types::pem::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(invalid)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(invalid)?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Writes pending refusal summaries; a failure is logged and retried at the next flush.
+async fn flush_summaries(st: &AppState, all: bool) {
+    match kbs::flush_refusal_summaries(st, all).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(records = n, "wrote refusal summary records"),
+        Err(e) => tracing::warn!(error = %e, "cannot write refusal summary records"),
+    }
+}
+
+/// Runs the service until SIGINT/SIGTERM, then drains connections (up to 10 s) and
+/// writes the pending refusal summaries. `on_listening` receives the bound address (with
+/// the actual port for `:0`).
 pub async fn serve(
     cfg: ServeConfig,
     on_listening: impl FnOnce(SocketAddr, bool),
 ) -> Result<(), ServeError> {
     // One process-wide rustls provider (ring); ignore if the embedder installed one.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::ratelimit::release_large_allocations();
     let state = build_state(&cfg, None).await?;
     if state.emulated {
         let dirs: Vec<String> = cfg
@@ -378,58 +447,56 @@ pub async fn serve(
             dirs.join(", ")
         );
     }
+    let tls = match &cfg.tls {
+        TlsMode::Tls { cert, key } => Some(tls_acceptor(cert, key).map_err(ServeError::Tls)?),
+        TlsMode::InsecureHttp => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(ServeError::Io)?;
+    let addr = listener.local_addr().map_err(ServeError::Io)?;
     let db = state.db.clone();
+    // Expired sessions are deleted promptly (every 10 s), so a flood of challenges
+    // occupies the database for at most the session TTL.
     let purge_db = db.clone();
     let purge = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
             tick.tick().await;
-            if let Err(e) = sessions::purge_expired(&purge_db, 3600).await {
+            if let Err(e) = sessions::purge_expired(&purge_db, 0).await {
                 tracing::warn!(error = %e, "cannot purge expired sessions");
             }
         }
     });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = axum_server::Handle::new();
-    let h2 = handle.clone();
+    let flush_state = state.clone();
+    let period = state.flood.audit_refusal_window;
+    let flusher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tick.tick().await;
+            flush_summaries(&flush_state, true).await;
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down: draining connections");
-        h2.graceful_shutdown(Some(Duration::from_secs(10)));
+        let _ = stop_tx.send(true);
     });
-    let notify = handle.clone();
-    let tls = matches!(cfg.tls, TlsMode::Tls { .. });
-    let waiter = tokio::spawn(async move { notify.listening().await });
-    let server = async {
-        match &cfg.tls {
-            TlsMode::Tls { cert, key } => {
-                let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .map_err(ServeError::Tls)?;
-                axum_server::bind_rustls(cfg.listen, rustls)
-                    .handle(handle)
-                    .serve(app)
-                    .await
-                    .map_err(ServeError::Io)
-            }
-            TlsMode::InsecureHttp => axum_server::bind(cfg.listen)
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(ServeError::Io),
-        }
-    };
-    let announce = async {
-        if let Ok(Some(addr)) = waiter.await {
-            on_listening(addr, tls);
-        }
-        std::future::pending::<()>().await
-    };
-    let result = tokio::select! {
-        r = server => r,
-        () = announce => Ok(()),
-    };
+    on_listening(addr, tls.is_some());
+    conn::run(
+        listener,
+        tls,
+        router(state.clone()),
+        state.flood,
+        state.clone(),
+        stop_rx,
+        Duration::from_secs(10),
+    )
+    .await;
+    flusher.abort();
     purge.abort();
+    flush_summaries(&state, true).await;
     db.close().await;
-    result
+    Ok(())
 }

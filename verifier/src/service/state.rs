@@ -13,7 +13,7 @@ use crate::db::Db;
 use crate::error::ApiError;
 use crate::evidence::EvidenceVerifier;
 use crate::metrics::Metrics;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{BlockingPool, FailureLimiter, RateLimiter, RefusalAggregator};
 
 /// Tunables of the service.
 #[derive(Debug, Clone)]
@@ -60,6 +60,21 @@ pub struct Inner {
     pub ip_limiter: FailureLimiter,
     /// Failed admin authentications per user (token id).
     pub user_limiter: FailureLimiter,
+    /// The threads that run argon2 verifications.
+    pub argon2_pool: BlockingPool,
+    /// Mean duration of recent argon2 verifications (nanoseconds), the delay applied to
+    /// an unknown token id instead of running argon2.
+    pub argon2_nanos: std::sync::atomic::AtomicU64,
+    /// `/kbs/v0/auth` requests per client IP and in total.
+    pub kbs_auth_limiter: RateLimiter,
+    /// Challenged sessions created within one session TTL, per client IP and in total.
+    pub session_budget: RateLimiter,
+    /// KBS refusals per client IP and in total.
+    pub kbs_refusal_limiter: RateLimiter,
+    /// Aggregation of refusal floods in the audit log.
+    pub refusal_audit: RefusalAggregator,
+    /// Connection, timeout, argon2, session and refusal limits.
+    pub flood: FloodLimits,
     /// Tunables.
     pub limits: Limits,
 }
@@ -111,6 +126,75 @@ impl Default for AuthLimits {
     }
 }
 
+/// What an unauthenticated client can make the service spend (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct FloodLimits {
+    /// Open connections in total.
+    pub max_connections: usize,
+    /// Open connections per client IP.
+    pub max_connections_per_ip: usize,
+    /// Time to receive a request head; also the keep-alive idle time between requests.
+    pub header_read_timeout: Duration,
+    /// Time to receive the body and answer one request.
+    pub request_timeout: Duration,
+    /// Time to complete a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Concurrent argon2 verifications.
+    pub argon2_concurrency: usize,
+    /// Requests waiting for an argon2 slot.
+    pub argon2_queue: usize,
+    /// `/kbs/v0/auth` requests per client IP per window.
+    pub kbs_auth_per_ip: usize,
+    /// `/kbs/v0/auth` requests in total per window.
+    pub kbs_auth_global: usize,
+    /// The `/kbs/v0/auth` window.
+    pub kbs_auth_window: Duration,
+    /// Challenged sessions per client IP created within one session TTL.
+    pub open_sessions_per_ip: usize,
+    /// Challenged sessions in total created within one session TTL.
+    pub open_sessions: usize,
+    /// KBS refusals per client IP per window before 429.
+    pub kbs_refusals_per_ip: usize,
+    /// KBS refusals in total per window before 429.
+    pub kbs_refusals_global: usize,
+    /// The KBS refusal window.
+    pub kbs_refusal_window: Duration,
+    /// Refusals audited one by one per (client, reason) per window.
+    pub audit_refusals_per_client: usize,
+    /// Refusals audited one by one in total per window.
+    pub audit_refusals_global: usize,
+    /// The audit aggregation window (also the flush period).
+    pub audit_refusal_window: Duration,
+    /// Longest resource path accepted (bytes).
+    pub max_resource_path: usize,
+}
+
+impl Default for FloodLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            tls_handshake_timeout: Duration::from_secs(10),
+            argon2_concurrency: 2,
+            argon2_queue: 32,
+            kbs_auth_per_ip: 3000,
+            kbs_auth_global: 30_000,
+            kbs_auth_window: Duration::from_secs(60),
+            open_sessions_per_ip: 5000,
+            open_sessions: 50_000,
+            kbs_refusals_per_ip: 600,
+            kbs_refusals_global: 20_000,
+            kbs_refusal_window: Duration::from_secs(60),
+            audit_refusals_per_client: 20,
+            audit_refusals_global: 500,
+            audit_refusal_window: Duration::from_secs(60),
+            max_resource_path: 256,
+        }
+    }
+}
+
 /// A JSON body whose every failure (too large, unreadable, malformed, wrong shape) is an
 /// [`ApiError`], hence problem+json.
 #[derive(Debug)]
@@ -145,6 +229,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The client address of a request, as an extractor (`-` when unknown).
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(&parts.extensions)))
     }
 }
 

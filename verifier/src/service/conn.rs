@@ -1,0 +1,237 @@
+//! The accept loop: connection caps, TLS handshake and header-read timeouts, graceful
+//! shutdown.
+//!
+//! Small on purpose, on hyper's own HTTP/1.1 connection driver (`axum::serve` and
+//! axum-server have no header-read timeout, no handshake timeout and no connection cap):
+//!
+//! - a connection beyond `max_connections` in total or `max_connections_per_ip` from its
+//!   client IP is closed as soon as it is accepted (counted in
+//!   `cvm_connections_refused_total`), so half-open connections cannot use up the
+//!   process's file descriptors or crowd out other clients;
+//! - a TLS handshake must complete within `tls_handshake_timeout`;
+//! - a request head must arrive within `header_read_timeout`, measured from the moment
+//!   the connection waits for a request, so the same timer closes a keep-alive connection
+//!   that stays idle between requests and a TLS connection that sends nothing after its
+//!   handshake;
+//! - the body and the answer of one request are bounded by `request_timeout` (a router
+//!   layer, see `super::router`);
+//! - a request head must fit in 64 KiB, the read buffer of each connection.
+//!
+//! Only HTTP/1.1 is served (ALPN `http/1.1`): the KBS protocol and the admin plane need
+//! nothing more, and HTTP/2 would need its own set of stream limits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use super::state::{AppState, FloodLimits};
+
+/// hyper's read buffer per connection, hence the largest request head.
+const MAX_BUF: usize = 64 << 10;
+
+/// Open connections, per client IP and in total.
+#[derive(Debug)]
+struct Tracker {
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    max_per_ip: usize,
+    max_total: usize,
+}
+
+/// One admitted connection; releases its slot when dropped.
+#[derive(Debug)]
+struct Slot {
+    tracker: Arc<Tracker>,
+    ip: IpAddr,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    PerIp,
+    Global,
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
+        let mut map = self.lock();
+        let total: usize = map.values().sum();
+        if total >= self.max_total {
+            return Err(Refused::Global);
+        }
+        let n = map.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(Refused::PerIp);
+        }
+        *n += 1;
+        Ok(Slot {
+            tracker: self.clone(),
+            ip,
+        })
+    }
+
+    fn open(&self) -> usize {
+        self.lock().values().sum()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.tracker.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` turns true, then
+/// lets open connections finish their current request for up to `drain`.
+pub(crate) async fn run(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    limits: FloodLimits,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let tracker = Arc::new(Tracker {
+        per_ip: Mutex::new(HashMap::new()),
+        max_per_ip: limits.max_connections_per_ip,
+        max_total: limits.max_connections,
+    });
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors or a transient network error: back off briefly
+                // rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match tracker.admit(peer.ip().to_canonical()) {
+            Ok(s) => s,
+            Err(why) => {
+                let reason = match why {
+                    Refused::PerIp => "per-ip",
+                    Refused::Global => "global",
+                };
+                state.metrics.connection_refused(reason);
+                tracing::debug!(%peer, reason, "connection refused by the connection cap");
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            match tls {
+                None => serve_connection(stream, peer, app, limits, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(
+                        limits.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => serve_connection(s, peer, app, limits, shutdown).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            state.metrics.connection_refused("tls-handshake");
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + drain;
+    while tracker.open() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: Router,
+    limits: FloodLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(req)
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // A request head (line and headers) must fit in 64 KiB (431 otherwise), so a
+        // connection's read buffer stays at 64 KiB instead of hyper's default ~408 KiB.
+        .max_buf_size(MAX_BUF)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection closed with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_ip_and_total() {
+        let t = Arc::new(Tracker {
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: 2,
+            max_total: 3,
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = t.admit(a).unwrap();
+        let _s2 = t.admit(a).unwrap();
+        assert!(matches!(t.admit(a), Err(Refused::PerIp)));
+        let _s3 = t.admit(b).unwrap();
+        assert!(matches!(t.admit(b), Err(Refused::Global)));
+        drop(s1);
+        assert_eq!(t.open(), 2);
+        assert!(t.admit(a).is_ok());
+    }
+}
