@@ -104,6 +104,7 @@ pub mod jwe;
 pub mod kbs;
 #[cfg(feature = "std")]
 pub mod linux;
+pub mod pin;
 pub mod rng;
 #[cfg(feature = "std")]
 pub mod tcp;
@@ -114,4 +115,5 @@ pub use evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 pub use http::{Transport, TransportError};
 pub use jwe::{Curve, EphemeralKey, Secret};
 pub use kbs::{KbsClient, KbsConfig, KbsError, ResourcePath};
+pub use pin::VerifierKey;
 pub use rng::{Entropy, EntropyError};
