@@ -74,3 +74,37 @@ pub fn run(args: Args) -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `identity` reads the key `serve` signs with (created once, then stable), and a
+    /// master key that does not open it is an error, not a new identity.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identity_is_the_serving_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_path = dir.path().join("v.db").display().to_string();
+        let mk_path = dir.path().join("master.key");
+        MasterKey::generate().write_new(&mk_path).unwrap();
+        let first = load(&db_path, &mk_path).await.unwrap();
+        let again = load(&db_path, &mk_path).await.unwrap();
+        assert_eq!(first, again);
+        let db = Db::open(&db_path).await.unwrap();
+        let signer = sessions::signing_key(&db, &MasterKey::load(&mk_path).unwrap())
+            .await
+            .unwrap();
+        db.close().await;
+        assert_eq!(signer.identity(), first);
+        assert_eq!(
+            first.cmdline,
+            format!("cvm.verifier_key={}", first.verifier_key)
+        );
+        let other = dir.path().join("other.key");
+        MasterKey::generate().write_new(&other).unwrap();
+        assert!(matches!(
+            load(&db_path, &other).await,
+            Err(IdentityError::SigningKey(_))
+        ));
+    }
+}
