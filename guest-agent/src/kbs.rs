@@ -8,6 +8,12 @@
 //! 3. `GET /kbs/v0/resource/<repo>/<type>/<tag>` with `Authorization: Bearer <token>`
 //!    and the cookie → a JWE, decrypted with the ephemeral key ([`KbsClient::resource`]).
 //!
+//! The client trusts exactly one verifier, [`KbsConfig::verifier_key`] ([`crate::pin`]):
+//! without it nothing is sent; the token must be signed by it for this attempt's key,
+//! and the release must carry its signature (`Cvm-Release-Signature`) over the path,
+//! the key and the body before the JWE is decrypted. A failure of these checks is
+//! [`KbsError::UntrustedVerifier`]: nothing is returned.
+//!
 //! The steps are type-states: [`Challenge`] (from `auth`) is consumed by `attest`, which
 //! yields [`Attested`], which `resource` needs. Refusals come back as RFC 7807 problem
 //! documents; their `detail` is kept (sanitized: printable ASCII, bounded length).
@@ -21,6 +27,7 @@ use crate::binding;
 use crate::evidence::{EvidenceError, EvidenceProvider, Tee};
 use crate::http::{self, HttpError, Limits, Method, Request, Response, Transport};
 use crate::jwe::{Curve, EphemeralKey, JweError, Secret};
+use crate::pin::{self, PinError, VerifierKey};
 use crate::rng::{Entropy, EntropyError};
 
 /// The protocol version we speak.
@@ -57,6 +64,12 @@ pub enum KbsError {
     /// A parameter is invalid.
     #[error("invalid parameter: {0}")]
     InvalidParameter(&'static str),
+    /// No verifier key is pinned: the client refuses to start.
+    #[error("no pinned verifier: refusing")]
+    NoPinnedVerifier,
+    /// The answer is not proven to come from the pinned verifier; nothing is released.
+    #[error("the KBS is not the pinned verifier")]
+    UntrustedVerifier(#[source] PinError),
 }
 
 /// A resource path `repo/type/tag` (segments of 1–128 `A-Za-z0-9._-`, as the verifier).
@@ -98,6 +111,8 @@ pub struct KbsConfig {
     pub workload: Option<String>,
     /// Response limits.
     pub limits: Limits,
+    /// The pinned verifier key (from measured input). Required: `None` refuses.
+    pub verifier_key: Option<VerifierKey>,
 }
 
 impl Default for KbsConfig {
@@ -106,6 +121,7 @@ impl Default for KbsConfig {
             host: "kbs".into(),
             workload: None,
             limits: Limits::default(),
+            verifier_key: None,
         }
     }
 }
@@ -129,6 +145,8 @@ impl Challenge {
 pub struct Attested {
     session: String,
     token: String,
+    /// The thumbprint of the key the token is bound to.
+    tee_thumbprint: String,
 }
 
 impl core::fmt::Debug for Attested {
@@ -225,8 +243,16 @@ impl<T: Transport> KbsClient<T> {
         Ok(resp)
     }
 
-    /// `POST /kbs/v0/auth`.
+    fn pinned(&self) -> Result<&VerifierKey, KbsError> {
+        self.config
+            .verifier_key
+            .as_ref()
+            .ok_or(KbsError::NoPinnedVerifier)
+    }
+
+    /// `POST /kbs/v0/auth`. Refuses without a pinned verifier.
     pub fn auth(&mut self, tee: Tee) -> Result<Challenge, KbsError> {
+        self.pinned()?;
         let mut body = String::from("{\"version\":\"0.4.0\",\"tee\":\"");
         body.push_str(tee.as_str());
         body.push_str("\",\"extra-params\":{");
@@ -286,8 +312,15 @@ impl<T: Transport> KbsClient<T> {
         Ok(body.into_bytes())
     }
 
-    /// `POST /kbs/v0/attest` with a prepared body.
-    pub fn attest_raw(&mut self, challenge: Challenge, body: &[u8]) -> Result<Attested, KbsError> {
+    /// `POST /kbs/v0/attest` with a prepared body for `key`; the token must be signed
+    /// by the pinned verifier and bound to `key`.
+    pub fn attest_raw(
+        &mut self,
+        challenge: Challenge,
+        key: &EphemeralKey,
+        body: &[u8],
+    ) -> Result<Attested, KbsError> {
+        self.pinned()?;
         let cookie = format!("{SESSION_COOKIE}={}", challenge.session);
         let resp = self.send(Method::Post, "/kbs/v0/attest", &[("Cookie", &cookie)], body)?;
         let t: TokenJson = serde_json::from_slice(&resp.body)
@@ -300,9 +333,13 @@ impl<T: Transport> KbsClient<T> {
         if !token_ok {
             return Err(KbsError::Protocol("the token is not a JWT"));
         }
+        let tee_thumbprint = pin::jwk_thumbprint(&key.public_jwk());
+        pin::verify_token(self.pinned()?, &t.token, &tee_thumbprint)
+            .map_err(KbsError::UntrustedVerifier)?;
         Ok(Attested {
             session: challenge.session,
             token: t.token,
+            tee_thumbprint,
         })
     }
 
@@ -314,10 +351,11 @@ impl<T: Transport> KbsClient<T> {
         provider: &mut dyn EvidenceProvider,
     ) -> Result<Attested, KbsError> {
         let body = Self::attestation_body(&challenge, key, provider)?;
-        self.attest_raw(challenge, &body)
+        self.attest_raw(challenge, key, &body)
     }
 
-    /// `GET /kbs/v0/resource/<path>` → the decrypted resource.
+    /// `GET /kbs/v0/resource/<path>` → the decrypted resource, only if the release
+    /// signature verifies under the pinned key for `path`, `key` and the body.
     pub fn resource(
         &mut self,
         attested: &Attested,
@@ -333,6 +371,20 @@ impl<T: Transport> KbsClient<T> {
             &[("Authorization", &bearer), ("Cookie", &cookie)],
             b"",
         )?;
+        let tee_thumbprint = pin::jwk_thumbprint(&key.public_jwk());
+        if tee_thumbprint != attested.tee_thumbprint {
+            return Err(KbsError::InvalidParameter(
+                "the key is not the one the session was attested with",
+            ));
+        }
+        pin::verify_release(
+            self.pinned()?,
+            path.as_str(),
+            &tee_thumbprint,
+            &resp.body,
+            resp.header(pin::RELEASE_SIGNATURE_HEADER),
+        )
+        .map_err(KbsError::UntrustedVerifier)?;
         key.decrypt(&resp.body).map_err(KbsError::Jwe)
     }
 

@@ -7,7 +7,9 @@
 //!
 //! See [`kbs`] for the three requests, [`binding`] for the REPORT_DATA binding (RFC 8785
 //! canonical JSON, SHA-384, zero-padded to 64 bytes), [`jwe`] for the resource
-//! encryption (ECDH-ES+A256KW on P-256 or P-384, A256GCM), [`evidence`] for the
+//! encryption (ECDH-ES+A256KW on P-256 or P-384, A256GCM), [`pin`] for the pinned
+//! verifier (its ES256 key from `cvm.verifier_key=`, checked on the token and on the
+//! `Cvm-Release-Signature` of every release before decryption), [`evidence`] for the
 //! `tee-evidence` shapes, and [`http`] for the HTTP/1.1 subset (one request per
 //! connection) and its limits.
 //!
@@ -35,7 +37,8 @@
 //! | then (`init_size`) | .bss with the 256 KiB stack (zeroed at ring 3), page tables (24 KiB) |
 //! | 16 MiB – end of that e820 RAM range (≤ 3 GiB) | bump heap: virtio rings and buffers, the 64 KiB mailbox window, JSON, LUKS |
 //!
-//! Flow: command line from `boot_params` (`cvm.kbs_resource=repo/type/tag`, optional
+//! Flow: command line from `boot_params` (`cvm.kbs_resource=repo/type/tag` and
+//! `cvm.verifier_key=` required — without a pin the guest refuses to attest —, optional
 //! `cvm.kbs_port=` (default 50000) and `cvm.kbs_workload=`); the emulated TEE from the
 //! mailbox (magic, INFO); a P-256 key from RDRAND; this crate's KBS flow over
 //! virtio-vsock to host CID 2; the LUKS2 volume on the first virtio-blk disk unlocked
@@ -64,7 +67,8 @@
 //!
 //! All with default features off so they build without `std`:
 //! - `p256`, `p384` (`ecdh`): the ephemeral key and ECDH (RustCrypto, the generation the
-//!   verifier uses); `p384` is optional (feature `p384`) because it adds ~100 KiB to
+//!   verifier uses); `p256`'s `ecdsa` verifies the pinned verifier's ES256 signatures
+//!   (its signing half is unused and dropped by LTO in the test guest); `p384` is optional (feature `p384`) because it adds ~100 KiB to
 //!   the test guest image, which the firmware hashes at ~1 µs per instruction.
 //! - `aes-kw`, `aes-gcm`: A256KW and A256GCM; `sha2`: SHA-384 (binding) and the
 //!   SHA-256 Concat KDF (a single hash block, written here rather than a crate).
@@ -104,6 +108,7 @@ pub mod jwe;
 pub mod kbs;
 #[cfg(feature = "std")]
 pub mod linux;
+pub mod pin;
 pub mod rng;
 #[cfg(feature = "std")]
 pub mod tcp;
@@ -114,4 +119,5 @@ pub use evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 pub use http::{Transport, TransportError};
 pub use jwe::{Curve, EphemeralKey, Secret};
 pub use kbs::{KbsClient, KbsConfig, KbsError, ResourcePath};
+pub use pin::VerifierKey;
 pub use rng::{Entropy, EntropyError};

@@ -75,7 +75,10 @@ fn boot(tee: &str) {
         .arg("--kernel")
         .arg(&tg)
         .arg("--cmdline")
-        .arg(format!("cvm.kbs_resource={RESOURCE} cvm.kbs_workload=web"))
+        .arg(format!(
+            "cvm.kbs_resource={RESOURCE} cvm.kbs_workload=web cvm.verifier_key={}",
+            server.verifier_key.to_b64url()
+        ))
         .arg("--disk")
         .arg(&disk)
         .arg("--verifier")

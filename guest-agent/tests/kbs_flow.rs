@@ -1,19 +1,19 @@
 //! The full KBS protocol against the real verifier: release with emulated SNP and TDX
 //! evidence, and refusals (wrong nonce, evidence for another REPORT_DATA, replayed
-//! evidence, tampered JWE).
+//! evidence, tampered JWE: refused by the release signature before decryption).
 
 mod common;
 
 use common::*;
 use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use guest_agent::http::Transport;
-use guest_agent::jwe::{Curve, EphemeralKey, JweError};
+use guest_agent::jwe::{Curve, EphemeralKey};
 use guest_agent::rng::OsEntropy;
 use guest_agent::tcp::TcpTransport;
 use guest_agent::{KbsClient, KbsConfig, KbsError, ResourcePath};
 
-fn client<T: Transport>(t: T) -> KbsClient<T> {
-    KbsClient::new(t, KbsConfig::default())
+fn client<T: Transport>(server: &Server, t: T) -> KbsClient<T> {
+    KbsClient::new(t, server.config())
 }
 
 fn path() -> ResourcePath {
@@ -25,7 +25,7 @@ fn snp_and_tdx_release_the_resource() {
     let server = start_server();
     let mut snp = SnpProvider::new();
     for curve in [Curve::P256, Curve::P384] {
-        let mut c = client(TcpTransport::new(server.addr));
+        let mut c = client(&server, TcpTransport::new(server.addr));
         let secret = c
             .fetch(&mut snp, &mut OsEntropy, curve, &path())
             .expect("SNP release");
@@ -36,7 +36,7 @@ fn snp_and_tdx_release_the_resource() {
         TcpTransport::new(server.addr),
         KbsConfig {
             workload: Some("web".into()),
-            ..Default::default()
+            ..server.config()
         },
     );
     let secret = c
@@ -63,7 +63,7 @@ fn https_release() {
     let server = start_tls_server();
     let t = guest_agent::tls::TlsTransport::new("localhost", server.addr.port(), &server.ca_pem)
         .unwrap();
-    let mut c = client(t);
+    let mut c = client(&server, t);
     let secret = c
         .fetch(
             &mut SnpProvider::new(),
@@ -81,7 +81,7 @@ fn https_release() {
         other.cert.pem().as_bytes(),
     )
     .unwrap();
-    let err = client(t)
+    let err = client(&server, t)
         .fetch(
             &mut SnpProvider::new(),
             &mut OsEntropy,
@@ -96,19 +96,22 @@ fn https_release() {
 fn a_wrong_nonce_is_refused() {
     let server = start_server();
     let mut nonce = None::<String>;
-    let mut c = client(Tap::new(
-        server.addr,
-        |req: &mut Vec<u8>| {
-            // Alter one character of the nonce in runtime-data (same length).
-            if req.starts_with(b"POST /kbs/v0/attest") {
-                let text = String::from_utf8(req.clone()).unwrap();
-                let at = text.find("\"nonce\":\"").unwrap() + 9;
-                let c = req[at];
-                req[at] = if c == b'A' { b'B' } else { b'A' };
-            }
-        },
-        |_: &mut Vec<u8>| {},
-    ));
+    let mut c = client(
+        &server,
+        Tap::new(
+            server.addr,
+            |req: &mut Vec<u8>| {
+                // Alter one character of the nonce in runtime-data (same length).
+                if req.starts_with(b"POST /kbs/v0/attest") {
+                    let text = String::from_utf8(req.clone()).unwrap();
+                    let at = text.find("\"nonce\":\"").unwrap() + 9;
+                    let c = req[at];
+                    req[at] = if c == b'A' { b'B' } else { b'A' };
+                }
+            },
+            |_: &mut Vec<u8>| {},
+        ),
+    );
     let mut snp = SnpProvider::new();
     let ch = c.auth(Tee::Snp).unwrap();
     nonce.get_or_insert(ch.nonce().into());
@@ -137,7 +140,7 @@ impl EvidenceProvider for Unbound {
 #[test]
 fn evidence_for_other_report_data_is_refused() {
     let server = start_server();
-    let mut c = client(TcpTransport::new(server.addr));
+    let mut c = client(&server, TcpTransport::new(server.addr));
     let err = c
         .fetch(
             &mut Unbound(SnpProvider::new()),
@@ -156,18 +159,20 @@ fn evidence_for_other_report_data_is_refused() {
 fn replayed_evidence_is_refused() {
     let server = start_server();
     let mut snp = SnpProvider::new();
-    let mut c = client(TcpTransport::new(server.addr));
+    let mut c = client(&server, TcpTransport::new(server.addr));
     let key = EphemeralKey::generate(Curve::P256, &mut OsEntropy).unwrap();
     let first = c.auth(Tee::Snp).unwrap();
     let body = KbsClient::<TcpTransport>::attestation_body(&first, &key, &mut snp).unwrap();
-    let attested = c.attest_raw(first, &body).expect("first use is accepted");
+    let attested = c
+        .attest_raw(first, &key, &body)
+        .expect("first use is accepted");
     assert_eq!(
         c.resource(&attested, &key, &path()).unwrap().expose(),
         SECRET
     );
     // The same evidence and runtime data in a new session: its nonce differs.
     let second = c.auth(Tee::Snp).unwrap();
-    let err = c.attest_raw(second, &body).unwrap_err();
+    let err = c.attest_raw(second, &key, &body).unwrap_err();
     assert!(
         matches!(&err, KbsError::Refused { status: 401, .. }),
         "{err:?}"
@@ -186,24 +191,29 @@ fn a_tampered_jwe_is_refused() {
         "\"encrypted_key\":\"",
         "\"protected\":\"",
     ] {
-        let mut c = client(Tap::new(
-            server.addr,
-            |_: &mut Vec<u8>| {},
-            move |resp: &mut Vec<u8>| {
-                let text = String::from_utf8_lossy(resp).into_owned();
-                if let Some(p) = text.find(member) {
-                    let at = p + member.len() + 2;
-                    resp[at] = if resp[at] == b'A' { b'B' } else { b'A' };
-                }
-            },
-        ));
+        let mut c = client(
+            &server,
+            Tap::new(
+                server.addr,
+                |_: &mut Vec<u8>| {},
+                move |resp: &mut Vec<u8>| {
+                    let text = String::from_utf8_lossy(resp).into_owned();
+                    if let Some(p) = text.find(member) {
+                        let at = p + member.len() + 2;
+                        resp[at] = if resp[at] == b'A' { b'B' } else { b'A' };
+                    }
+                },
+            ),
+        );
         let err = c
             .fetch(&mut snp, &mut OsEntropy, Curve::P256, &path())
             .unwrap_err();
+        // The release signature covers the exact body: an altered JWE is refused
+        // before it is decrypted.
         assert!(
             matches!(
                 err,
-                KbsError::Jwe(JweError::Decrypt | JweError::Malformed(_))
+                KbsError::UntrustedVerifier(guest_agent::pin::PinError::BadSignature)
             ),
             "{member}: {err:?}"
         );

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod fake_kbs;
+
 /// The message the tests write into the encrypted disk.
 pub const MESSAGE: &str = "e2e: the disk opened";
 /// The disk key's resource path.
@@ -92,6 +94,9 @@ pub struct Verifier {
     pub url: String,
     /// The SQLite database path.
     pub database: String,
+    /// Its identity as guests pin it (`cvm-verifier identity`): base64url of the
+    /// token key's SEC1 point, for `cvm.verifier_key=` or `cvm-agent --verifier-key`.
+    pub verifier_key: String,
     token_file: PathBuf,
     totp_file: PathBuf,
 }
@@ -128,6 +133,20 @@ impl Verifier {
         std::fs::write(&token_file, creds["token"].as_str().unwrap()).unwrap();
         let totp_file = dir.join("admin.totp");
         std::fs::write(&totp_file, creds["totp_secret"].as_str().unwrap()).unwrap();
+        let identity = ok(
+            &vbin,
+            &[
+                "identity",
+                "--database",
+                &database,
+                "--master-key-file",
+                mk.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+        );
+        let identity: Value = serde_json::from_str(identity.trim()).expect("identity JSON");
+        let verifier_key = identity["verifier_key"].as_str().unwrap().to_owned();
         let mut args = vec![
             "serve".to_owned(),
             "--listen".into(),
@@ -170,6 +189,7 @@ impl Verifier {
             child,
             url,
             database,
+            verifier_key,
             token_file,
             totp_file,
         }
@@ -199,6 +219,11 @@ impl Verifier {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The kernel command line fragment pinning this verifier.
+    pub fn cmdline_pin(&self) -> String {
+        format!("cvm.verifier_key={}", self.verifier_key)
     }
 
     /// Every audit record, in order.
@@ -299,7 +324,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Reads one HTTP request (head + Content-Length body).
-fn read_request(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
+pub(crate) fn read_request(s: &mut impl Read) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while find(&buf, b"\r\n\r\n").is_none() {

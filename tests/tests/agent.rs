@@ -3,7 +3,9 @@
 //! processor served by `cvm emulated serve` on a Unix socket, receives the disk key and
 //! checks it against a LUKS2 image with `cryptsetup open --test-passphrase` (no
 //! dm-crypt). Refusals (revoked workload, wrong measurement) release nothing, and the
-//! agent never prints the key.
+//! agent never prints the key. The agent pins the verifier (`--verifier-key`, as
+//! `cvm-verifier identity` prints it): against a fake KBS, a compromised host's
+//! substitute that releases the host's own key, it refuses and `cryptsetup` never runs.
 //!
 //! Needs `cryptsetup` (skipped without it, except under CI).
 
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cvm_tests::fake_kbs::{self, Forgery};
 use cvm_tests::{bin, ok, Verifier, MESSAGE, RESOURCE};
 use serde_json::{json, Value};
 
@@ -205,6 +208,8 @@ fn agent(c: &Case, sp: &Serve, disk: &Path) -> Output {
             RESOURCE,
             "--workload",
             WORKLOAD,
+            "--verifier-key",
+            &c.verifier.verifier_key,
             "--device",
             disk.to_str().unwrap(),
             "--test-passphrase",
@@ -404,6 +409,8 @@ fn no_service_means_no_attestation() {
             &c.verifier.url,
             "--resource",
             RESOURCE,
+            "--verifier-key",
+            &c.verifier.verifier_key,
             "--device",
             fixture().disk.to_str().unwrap(),
             "--test-passphrase",
@@ -418,4 +425,104 @@ fn no_service_means_no_attestation() {
         describe(&o)
     );
     assert_eq!(released(&c.verifier), 0);
+}
+
+/// A `cryptsetup` on PATH that records each call in `log`, then runs the real one.
+fn recording_cryptsetup(dir: &Path, log: &Path) -> PathBuf {
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v cryptsetup"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bindir = dir.join("bin");
+    std::fs::create_dir_all(&bindir).unwrap();
+    let script = bindir.join("cryptsetup");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bindir
+}
+
+/// The agent pinned to an honest verifier, pointed at a fake KBS (the compromised
+/// host's substitute) that releases the host's own disk key, encrypted to the agent's
+/// key: the agent refuses and never runs `cryptsetup`.
+#[test]
+fn agent_refuses_a_fake_kbs() {
+    if !have_cryptsetup() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.dir.join("fake-kbs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("cryptsetup.log");
+    let bindir = recording_cryptsetup(&dir, &log);
+    let path = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let honest = verifier::crypto::token::TokenSigner::generate()
+        .identity()
+        .verifier_key;
+    let sp = serve(&dir, "snp", GOOD);
+    let evidence = format!("emulated-unix:{}", sp.socket.display());
+    let host_key = std::fs::read(&f.key).unwrap();
+    let run = |kbs: &fake_kbs::FakeKbs, pin: Option<&str>| {
+        let mut cmd = Command::new(bin("cvm-agent"));
+        cmd.args(["--evidence", &evidence, "--kbs", &kbs.url()])
+            .args(["--resource", RESOURCE, "--workload", WORKLOAD])
+            .args(["--device", f.disk.to_str().unwrap(), "--test-passphrase"]);
+        if let Some(p) = pin {
+            cmd.args(["--verifier-key", p]);
+        }
+        cmd.env("PATH", &path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cvm-agent")
+    };
+    for forgery in [Forgery::Bare, Forgery::OwnKey] {
+        let kbs = fake_kbs::start(host_key.clone(), forgery);
+        let o = run(&kbs, Some(&honest));
+        assert!(!o.status.success(), "{forgery:?}: {}", describe(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not the pinned verifier"),
+            "{forgery:?}: {}",
+            describe(&o)
+        );
+        assert!(
+            !log.exists(),
+            "{forgery:?}: cryptsetup ran: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        assert_no_key(&o);
+    }
+    // No pin at all: refused before any request.
+    let kbs = fake_kbs::start(host_key, Forgery::Bare);
+    let o = run(&kbs, None);
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no pinned verifier"),
+        "{}",
+        describe(&o)
+    );
+    assert!(kbs.requests.lock().unwrap().is_empty());
+    assert!(!log.exists(), "cryptsetup ran");
+    // The recording wrapper itself works (so the checks above mean something).
+    let st = Command::new(bindir.join("cryptsetup"))
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success() && log.exists());
 }

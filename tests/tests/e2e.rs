@@ -84,9 +84,11 @@ fn fixture() -> &'static Fixture {
 struct Case {
     dir: PathBuf,
     verifier: Verifier,
+    /// The guest's command line: [`CMDLINE`] and the pin of this case's verifier.
+    cmdline: String,
 }
 
-fn snp_measurement(f: &Fixture, kernel: &Path) -> String {
+fn snp_measurement(f: &Fixture, kernel: &Path, cmdline: &str) -> String {
     ok(
         &bin("cvm"),
         &[
@@ -101,7 +103,7 @@ fn snp_measurement(f: &Fixture, kernel: &Path) -> String {
             "--kernel",
             kernel.to_str().unwrap(),
             "--append",
-            CMDLINE,
+            cmdline,
         ],
     )
     .trim()
@@ -120,7 +122,10 @@ fn case(name: &str, trust: bool) -> Case {
         "--value-file",
         f.key.to_str().unwrap(),
     ]);
-    let policy = json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel)]});
+    // The pin is part of the command line, so of the measurement registered.
+    let cmdline = format!("{CMDLINE} {}", verifier.cmdline_pin());
+    let policy =
+        json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel, &cmdline)]});
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
     verifier.admin_ok(&[
@@ -132,7 +137,11 @@ fn case(name: &str, trust: bool) -> Case {
         "--resource",
         RESOURCE,
     ]);
-    Case { dir, verifier }
+    Case {
+        dir,
+        verifier,
+        cmdline,
+    }
 }
 
 /// `cvm launch --tee emulated-snp` with the relay served by the test (`tamper`).
@@ -156,7 +165,7 @@ fn launch(
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
-        CMDLINE,
+        &c.cmdline,
         "--disk",
         f.disk.to_str().unwrap(),
         "--vsock-uds",
@@ -379,11 +388,14 @@ fn key_altered_in_transit_does_not_decrypt() {
     }
     let c = case("alter-key", true);
     let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::CorruptResponse);
-    // The verifier released the JWE; the altered ciphertext fails its tag in the guest.
+    // The verifier released the JWE; the altered body fails the release signature in
+    // the guest (before decryption).
     assert!(!o.status.success(), "{}", describe(&o));
     assert!(!stdout(&o).contains(MESSAGE), "{}", describe(&o));
     assert!(
-        stdout(&o).contains("cvm-testguest: error:"),
+        stdout(&o)
+            .lines()
+            .any(|l| l.contains("cvm-testguest: error:") && l.contains("not the pinned verifier")),
         "{}",
         describe(&o)
     );

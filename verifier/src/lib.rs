@@ -4,8 +4,9 @@
 //!   snp|tdx`, [`cli`]).
 //! - The service (`cvm-verifier serve`, [`service`]): Trustee's KBS protocol 0.4.0 for
 //!   guests (`/kbs/v0/auth`, `/attest`, `/resource`), attestation result tokens (ES256
-//!   JWT, JWKS at `/.well-known/jwks.json`), resources released as JWE to the TEE key,
-//!   and an admin plane (`/admin/v1`, RBAC, argon2id API tokens, TOTP for admins).
+//!   JWT, JWKS at `/.well-known/jwks.json`), resources released as JWE to the TEE key
+//!   with a `Cvm-Release-Signature` by the token key — the identity guests pin on their
+//!   measured command line (`cvm-verifier identity`, [`crypto::token`]) —, and an admin plane (`/admin/v1`, RBAC, argon2id API tokens, TOTP for admins).
 //! - Storage ([`db`], [`store`]): SQLite or PostgreSQL through sqlx, versioned
 //!   migrations, secrets sealed under a master key ([`crypto::master`]), an append-only
 //!   audit log chained with HMAC under a sealed audit key, with signed checkpoints

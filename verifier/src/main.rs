@@ -28,6 +28,8 @@ enum Command {
     /// Check or export the audit log (directly on the database).
     #[command(subcommand)]
     Audit(cli::audit::Command),
+    /// Print the verifier's identity (the key guests pin: `cvm.verifier_key=`).
+    Identity(cli::identity::Args),
     /// List attested guests (directly on the database).
     Inventory(cli::inventory::Args),
     /// Generate load: complete guest flows with emulated evidence.
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Admin(a) => cli::admin::run(a),
         Command::Audit(c) => cli::audit::run(c),
+        Command::Identity(a) => cli::identity::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
         Command::Loadgen(a) => cli::loadgen::run(a),
     }

@@ -5,6 +5,10 @@
 //! with `cryptsetup open --test-passphrase`, no dm-crypt; exit 0 if it opens a keyslot,
 //! 1 otherwise).
 //!
+//! The verifier is pinned (`cvm.verifier_key=` on the kernel command line, or
+//! `--verifier-key`; see `guest_agent::pin`): without a pin it refuses to start, and it
+//! opens nothing a verifier without that key released.
+//!
 //! Build a static binary for an initramfs:
 //! `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p guest-agent --bin cvm-agent --target x86_64-unknown-linux-gnu`
 //! (`--target` keeps crt-static off the proc macros; ~3.9 MB stripped)
@@ -21,7 +25,7 @@ use guest_agent::linux::vsock::VsockTransport;
 use guest_agent::rng::OsEntropy;
 use guest_agent::tcp::TcpTransport;
 use guest_agent::tls::TlsTransport;
-use guest_agent::{KbsClient, KbsConfig, ResourcePath, Transport};
+use guest_agent::{KbsClient, KbsConfig, ResourcePath, Transport, VerifierKey};
 
 /// Attests to the KBS, receives the disk key and boots the encrypted root.
 #[derive(Debug, Parser)]
@@ -42,6 +46,12 @@ struct Args {
     /// `extra-params.workload` for the verifier.
     #[arg(long)]
     workload: Option<String>,
+    /// The pinned verifier key (base64url of its 65-byte SEC1 P-256 point, as `cvm-verifier
+    /// identity` prints it). `cvm.verifier_key=` on the kernel command line (measured)
+    /// takes precedence; both present and different is an error. Required: without a
+    /// pin nothing is sent.
+    #[arg(long, value_name = "KEY")]
+    verifier_key: Option<String>,
     /// TDX collateral (QuoteCollateralV3 JSON) to send with quotes.
     #[arg(long)]
     tdx_collateral: Option<PathBuf>,
@@ -117,8 +127,13 @@ fn transport(spec: &str, ca: Option<&PathBuf>) -> Result<Box<dyn Transport>, Usa
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let params =
-        agent::cmdline_params(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = agent::cmdline_params(&cmdline);
+    // Before anything else: without a trusted verifier nothing is worth attesting to.
+    let verifier_key = match VerifierKey::resolve(&cmdline, args.verifier_key.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return report(&e),
+    };
     let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(resource) = args.resource.clone().or_else(|| param("kbs_resource")) else {
         return report(&Usage(
@@ -177,6 +192,7 @@ fn main() -> ExitCode {
         transport,
         KbsConfig {
             workload: args.workload.clone().or_else(|| param("kbs_workload")),
+            verifier_key: Some(verifier_key),
             ..Default::default()
         },
     );

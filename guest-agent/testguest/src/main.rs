@@ -16,6 +16,10 @@
 //! # Command line
 //!
 //! - `cvm.kbs_resource=repo/type/tag` (required): the disk key's resource path;
+//! - `cvm.verifier_key=KEY` (required): the pinned verifier, base64url of its 65-byte
+//!   uncompressed SEC1 P-256 point (`cvm-verifier identity`); the guest accepts only a
+//!   token and a release signed by it (`guest_agent::pin`), and refuses to attest
+//!   without it. The command line is measured, so the pin is part of the measurement;
 //! - `cvm.kbs_port=N` (default 50000): the host vsock port of the attestation relay;
 //! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier.
 //!
@@ -50,7 +54,7 @@ use alloc::format;
 use alloc::string::String;
 use guest_agent::evidence::EvidenceProvider;
 use guest_agent::jwe::Curve;
-use guest_agent::{KbsClient, KbsConfig, ResourcePath};
+use guest_agent::{KbsClient, KbsConfig, ResourcePath, VerifierKey};
 
 #[global_allocator]
 static HEAP: heap::Bump = heap::Bump::new();
@@ -62,6 +66,7 @@ const MESSAGE_MAX: usize = 4096;
 
 struct Params {
     resource: ResourcePath,
+    verifier_key: VerifierKey,
     port: u32,
     workload: Option<String>,
 }
@@ -83,8 +88,12 @@ fn parse_cmdline(cmdline: &str) -> Result<Params, String> {
             workload = Some(String::from(v));
         }
     }
+    let verifier_key = VerifierKey::from_cmdline(cmdline)
+        .map_err(|e| format!("cvm.verifier_key: {e}"))?
+        .ok_or("no pinned verifier (no cvm.verifier_key= on the command line): refusing")?;
     Ok(Params {
         resource: resource.ok_or("the command line has no cvm.kbs_resource=repo/type/tag")?,
+        verifier_key,
         port,
         workload,
     })
@@ -127,6 +136,7 @@ fn run(boot_params: usize) -> Result<String, String> {
         vsock,
         KbsConfig {
             workload: params.workload,
+            verifier_key: Some(params.verifier_key),
             ..Default::default()
         },
     );

@@ -49,7 +49,19 @@ pub fn emulated_dir() -> PathBuf {
 pub struct Server {
     pub addr: SocketAddr,
     pub ca_pem: Vec<u8>,
+    /// The verifier's identity (its token key), as `cvm-verifier identity` reads it.
+    pub verifier_key: guest_agent::VerifierKey,
     _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Client settings pinning this verifier.
+    pub fn config(&self) -> guest_agent::KbsConfig {
+        guest_agent::KbsConfig {
+            verifier_key: Some(self.verifier_key.clone()),
+            ..Default::default()
+        }
+    }
 }
 
 /// Starts the verifier with workload `web` (emulated evidence of [`MEASUREMENT`]
@@ -133,17 +145,23 @@ fn start(policy: serde_json::Value, secret: Vec<u8>, tls: bool) -> Server {
                 .await
                 .unwrap();
             t.commit().await.unwrap();
+            // The key `serve` will load: the pin, from the database (a trusted source).
+            let signer = verifier::store::sessions::signing_key(&db, &mk)
+                .await
+                .unwrap();
+            let pin = guest_agent::VerifierKey::from_sec1(signer.public_sec1()).unwrap();
             db.close().await;
             verifier::service::serve(cfg, move |addr, _| {
-                let _ = tx.send(addr);
+                let _ = tx.send((addr, pin.clone()));
             })
             .await
             .unwrap();
         });
     });
-    let addr = rx.recv().expect("the verifier starts");
+    let (addr, verifier_key) = rx.recv().expect("the verifier starts");
     Server {
         addr,
+        verifier_key,
         ca_pem,
         _dir: dir,
     }

@@ -4,8 +4,12 @@
 //! certificate), bootstraps its admin and trusts a freshly created **emulated** platform
 //! (loudly labelled: emulated evidence proves nothing about real hardware); writes the
 //! project firmware and the bare-metal test guest; creates a LUKS2 disk holding a known
-//! message with a random key; registers the workload (the measurement from `cvm
-//! measure`, the disk key as its resource); then launches the guest under
+//! message with a random key; reads the verifier's identity (`cvm-verifier identity`,
+//! from its database) and puts it on the guest's command line as
+//! `cvm.verifier_key=`, so the guest trusts only this verifier and the pin is part of
+//! the measurement; registers the workload (the measurement from `cvm measure` of that
+//! command line — for TDX all four RTMRs, so RTMR2 pins the command line — the disk
+//! key as its resource); then launches the guest under
 //! `--tee emulated-snp` and `--tee emulated-tdx`. Each guest checks its kernel hashes
 //! (SNP) or extends its RTMRs (TDX), attests through the VMM's relay, receives the disk
 //! key as a JWE only it can open, decrypts the disk and prints the message; the VMM
@@ -409,7 +413,30 @@ fn demo(a: Args) -> Result<(), DemoError> {
         ],
     )?;
 
-    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE}");
+    d.step("Reading the verifier's identity (the key the guest pins) from its database");
+    let identity = d.run(
+        &d.verifier,
+        [
+            os("identity"),
+            os("--database"),
+            os(&db),
+            os("--master-key-file"),
+            master.as_os_str().into(),
+            os("--output"),
+            os("json"),
+        ],
+        &[],
+    )?;
+    let identity: Value = serde_json::from_str(identity.trim())
+        .map_err(|e| DemoError::Other(format!("cannot read the identity output: {e}")))?;
+    let pin = identity["cmdline"]
+        .as_str()
+        .filter(|p| p.starts_with("cvm.verifier_key="))
+        .ok_or_else(|| DemoError::Other("`cvm-verifier identity` printed no key".into()))?;
+    println!("    the guest will trust only this verifier: {pin}");
+    // The pin is on the measured command line, so it is part of the measurement
+    // registered below: a host that changes it changes the measurement.
+    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin}");
     d.step("Computing reference values with `cvm measure` and registering the workloads");
     for tee in &tees {
         register(&d, tee, &firmware, &kernel, &cmdline, &admin)?;

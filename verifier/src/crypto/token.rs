@@ -23,6 +23,18 @@
 //! altered header, claim or signature fails. Sessions attested before the digest was
 //! kept fall back to [`TokenSigner::verify`]. Relying parties other than this verifier
 //! verify the signature against the JWKS.
+//!
+//! # The verifier's identity and release signatures
+//!
+//! The same key is the verifier's identity towards guests. A guest learns the public
+//! key from measured input (the kernel command line `cvm.verifier_key=<base64url of the
+//! 65-byte uncompressed SEC1 point>`, see [`TokenSigner::identity`] and `cvm-verifier
+//! identity`) and accepts a released resource only with a [`RELEASE_SIGNATURE_HEADER`]
+//! that verifies under it: ES256 over [`release_message`], which binds the resource
+//! path, the session's TEE key (its RFC 7638 thumbprint, [`jwk_thumbprint`]) and the
+//! exact response body. A host that relays to a verifier of its own choosing cannot
+//! produce that signature. The guest-side twin of [`release_message`] is
+//! `guest_agent::pin::release_message`; a test checks the two byte for byte.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
@@ -58,6 +70,85 @@ pub enum TokenError {
     /// The stored signing key is invalid.
     #[error("the stored token signing key is invalid")]
     InvalidKey,
+    /// The key type has no thumbprint here (AKP).
+    #[error("the key type has no JWK thumbprint")]
+    UnsupportedKey,
+}
+
+/// The domain-separation line that starts every [`release_message`].
+pub const RELEASE_CONTEXT: &str = "cvm-kbs-release-v1";
+
+/// The response header of a successful `GET /kbs/v0/resource/...` carrying the release
+/// signature: base64url (no padding) of the 64-byte ES256 signature `r || s`.
+pub const RELEASE_SIGNATURE_HEADER: &str = "cvm-release-signature";
+
+/// The byte string a release signature covers:
+/// `"cvm-kbs-release-v1\n" || path || "\n" || tee_thumbprint || "\n" || hex(SHA-256(body))`,
+/// with `path` the resource path `repo/type/tag` and `tee_thumbprint` the RFC 7638
+/// thumbprint of the session's TEE public key ([`jwk_thumbprint`]).
+pub fn release_message(path: &str, tee_thumbprint: &str, body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(RELEASE_CONTEXT.len() + path.len() + tee_thumbprint.len() + 67);
+    m.extend_from_slice(RELEASE_CONTEXT.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(path.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(tee_thumbprint.as_bytes());
+    m.push(b'\n');
+    m.extend_from_slice(hex::encode(Sha256::digest(body)).as_bytes());
+    m
+}
+
+/// The RFC 7638 JWK thumbprint of a TEE public key: base64url (no padding) of the
+/// SHA-256 of the canonical JSON of its required members only (EC `crv`, `kty`, `x`,
+/// `y`; RSA `e`, `kty`, `n`), so other members (`alg`, `kid`, ...) never change it.
+pub fn jwk_thumbprint(jwk: &kbs_types::TeePubKey) -> Result<String, TokenError> {
+    let s = |v: &str| serde_json::to_string(v).map_err(|_| TokenError::UnsupportedKey);
+    let canonical = match jwk {
+        kbs_types::TeePubKey::EC { crv, x, y, .. } => format!(
+            "{{\"crv\":{},\"kty\":\"EC\",\"x\":{},\"y\":{}}}",
+            s(crv)?,
+            s(x)?,
+            s(y)?
+        ),
+        kbs_types::TeePubKey::RSA { k_mod, k_exp, .. } => format!(
+            "{{\"e\":{},\"kty\":\"RSA\",\"n\":{}}}",
+            s(k_exp)?,
+            s(k_mod)?
+        ),
+        kbs_types::TeePubKey::AKP { .. } => return Err(TokenError::UnsupportedKey),
+    };
+    Ok(B64URL.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+/// Verifies a release signature (the header value) by `key` over [`release_message`]
+/// (for relying parties and tests; guests use `guest_agent::pin`).
+pub fn verify_release(
+    key: &VerifyingKey,
+    path: &str,
+    tee_thumbprint: &str,
+    body: &[u8],
+    signature_b64: &str,
+) -> Result<(), TokenError> {
+    let sig = B64URL
+        .decode(signature_b64)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or(TokenError::Malformed)?;
+    key.verify(&release_message(path, tee_thumbprint, body), &sig)
+        .map_err(|_| TokenError::BadSignature)
+}
+
+/// The verifier's public identity: what a guest pins.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    /// base64url (no padding) of the 65-byte uncompressed SEC1 P-256 point.
+    pub verifier_key: String,
+    /// The kernel command line fragment `cvm.verifier_key=<verifier_key>`.
+    pub cmdline: String,
+    /// The RFC 7638 thumbprint of the public key as an EC JWK.
+    pub jwk_thumbprint: String,
+    /// The key id in the JWKS and token headers.
+    pub kid: String,
 }
 
 /// The verifier's token signing key.
@@ -125,6 +216,45 @@ impl TokenSigner {
     /// The key id published in the JWKS and every token header.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// The public key, 65-byte uncompressed SEC1.
+    pub fn public_sec1(&self) -> &[u8] {
+        &self.public_sec1
+    }
+
+    /// What a guest pins: the public key and its command line fragment.
+    pub fn identity(&self) -> Identity {
+        let verifier_key = B64URL.encode(&self.public_sec1);
+        let jwk = self.public_jwk();
+        let field = |k: &str| jwk[k].as_str().unwrap_or_default().to_owned();
+        let ec = kbs_types::TeePubKey::EC {
+            crv: field("crv"),
+            alg: field("alg"),
+            x: field("x"),
+            y: field("y"),
+        };
+        Identity {
+            cmdline: format!("cvm.verifier_key={verifier_key}"),
+            verifier_key,
+            // An EC key always has a thumbprint.
+            jwk_thumbprint: jwk_thumbprint(&ec).unwrap_or_default(),
+            kid: self.kid.clone(),
+        }
+    }
+
+    /// Signs a release ([`release_message`]); returns the header value.
+    pub fn sign_release(
+        &self,
+        path: &str,
+        tee_thumbprint: &str,
+        body: &[u8],
+    ) -> Result<String, TokenError> {
+        let sig = self
+            .ring_key
+            .sign(&self.rng, &release_message(path, tee_thumbprint, body))
+            .map_err(|_| TokenError::InvalidKey)?;
+        Ok(B64URL.encode(sig.as_ref()))
     }
 
     /// The public key as a JWK.
@@ -336,6 +466,72 @@ mod tests {
         ));
         assert!(matches!(
             unverified_session(&format!("x.{}.y", B64URL.encode("{}"))),
+            Err(TokenError::Malformed)
+        ));
+    }
+
+    /// The RFC 7638 example (section 3.1) and member independence.
+    #[test]
+    fn thumbprints() {
+        let rsa = kbs_types::TeePubKey::RSA {
+            alg: "RS256".into(),
+            k_mod: "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw".into(),
+            k_exp: "AQAB".into(),
+        };
+        assert_eq!(
+            jwk_thumbprint(&rsa).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        let s = TokenSigner::generate();
+        let id = s.identity();
+        let ec = |alg: &str| {
+            let j = s.public_jwk();
+            kbs_types::TeePubKey::EC {
+                crv: "P-256".into(),
+                alg: alg.into(),
+                x: j["x"].as_str().unwrap().into(),
+                y: j["y"].as_str().unwrap().into(),
+            }
+        };
+        assert_eq!(jwk_thumbprint(&ec("ES256")).unwrap(), id.jwk_thumbprint);
+        assert_eq!(
+            jwk_thumbprint(&ec("ECDH-ES+A256KW")).unwrap(),
+            id.jwk_thumbprint
+        );
+        assert_eq!(B64URL.decode(&id.verifier_key).unwrap(), s.public_sec1());
+        assert_eq!(id.cmdline, format!("cvm.verifier_key={}", id.verifier_key));
+    }
+
+    /// A release signature verifies only for its key, path, TEE key and body.
+    #[test]
+    fn release_signatures() {
+        let s = TokenSigner::generate();
+        let m = release_message("a/b/c", "tp", b"{}");
+        assert_eq!(
+            m,
+            format!(
+                "cvm-kbs-release-v1\na/b/c\ntp\n{}",
+                hex::encode(Sha256::digest(b"{}"))
+            )
+            .into_bytes()
+        );
+        let sig = s.sign_release("a/b/c", "tp", b"{}").unwrap();
+        let vk = s.key.verifying_key();
+        assert!(verify_release(vk, "a/b/c", "tp", b"{}", &sig).is_ok());
+        for (path, tp, body) in [
+            ("a/b/d", "tp", &b"{}"[..]),
+            ("a/b/c", "tq", b"{}"),
+            ("a/b/c", "tp", b"{ }"),
+        ] {
+            assert!(matches!(
+                verify_release(vk, path, tp, body, &sig),
+                Err(TokenError::BadSignature)
+            ));
+        }
+        let other = TokenSigner::generate();
+        assert!(verify_release(other.key.verifying_key(), "a/b/c", "tp", b"{}", &sig).is_err());
+        assert!(matches!(
+            verify_release(vk, "a/b/c", "tp", b"{}", "!!"),
             Err(TokenError::Malformed)
         ));
     }

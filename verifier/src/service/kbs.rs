@@ -858,8 +858,28 @@ async fn resource_inner(
         },
     )
     .await?;
+    // The release proof the guest checks against its pinned key (crypto::token docs):
+    // signed over the exact body bytes sent.
+    let body = serde_json::to_vec(&jwe).map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    let tee_thumbprint =
+        token::jwk_thumbprint(&jwk).map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    let release_signature = st
+        .signer
+        .sign_release(path, &tee_thumbprint, &body)
+        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
     tx.commit()
         .await
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
-    Ok((StatusCode::OK, axum::Json(jwe)).into_response())
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::HeaderName::from_static(token::RELEASE_SIGNATURE_HEADER),
+                release_signature,
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
