@@ -60,10 +60,18 @@ fn milan_v2_report_verifies_to_the_pinned_milan_ark() {
         assert_eq!(snp.current_version, "1.52.4");
         assert!(hex::encode(&snp.chip_id).starts_with("d49554ec717f4e5b"));
         assert_eq!(hex::encode(&claims.measurement[..4]), "7a1e5c26");
-        // The policy layer sees the same claims.
-        attestation::policy::Policy::default()
+        // The policy layer sees the same claims: the genuine report meets the default
+        // VMPL and minimum TCB; the default policy lists no measurement, so it refuses.
+        let err = attestation::policy::Policy::default()
             .evaluate(&claims)
-            .expect("default policy accepts");
+            .expect_err("no measurement listed");
+        assert_eq!(err.check, "measurement");
+        attestation::policy::Policy {
+            measurements: vec![claims.measurement.clone()],
+            ..Default::default()
+        }
+        .evaluate(&claims)
+        .expect("default policy with the measurement accepts");
     }
 }
 

@@ -47,7 +47,9 @@ async fn rbac_matrix() {
         )
     };
     let (op, au) = (client("operator"), client("auditor"));
-    let wl = json!({"policy": {}, "resources": []});
+    // A workload without grants: operators may manage it; one with grants: admins only.
+    let wl = json!({"tee": "snp", "policy": {"measurements": [hex::encode([1u8; 48])]}, "resources": []});
+    let granted = json!({"tee": "snp", "policy": {"measurements": [hex::encode([1u8; 48])]}, "resources": ["a/b/c"]});
     let res = json!({"value": "c2VjcmV0"});
     // (method, path, body, admin, operator, auditor) expected success (true) or 403.
     let cases: Vec<(Method, &str, Option<Value>, [bool; 3])> = vec![
@@ -72,6 +74,12 @@ async fn rbac_matrix() {
             [true, true, false],
         ),
         (
+            Method::PUT,
+            "/admin/v1/workloads/granted",
+            Some(granted.clone()),
+            [true, false, false],
+        ),
+        (
             Method::GET,
             "/admin/v1/resources",
             None,
@@ -81,7 +89,7 @@ async fn rbac_matrix() {
             Method::PUT,
             "/admin/v1/resources/a/b/c",
             Some(res.clone()),
-            [true, true, false],
+            [true, false, false],
         ),
         (Method::GET, "/admin/v1/inventory", None, [true, true, true]),
         (Method::GET, "/admin/v1/audit", None, [true, false, true]),

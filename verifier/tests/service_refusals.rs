@@ -273,8 +273,7 @@ async fn policy_refusals_and_revocation() {
     let snp = snp_guest();
     let key = TeeKeyPair::p256();
     // A workload whose policy does not allow emulated evidence.
-    let body =
-        json!({"policy": {"measurements": [hex::encode(MEASUREMENT)]}, "resources": [RESOURCE]});
+    let body = json!({"tee": "snp", "policy": {"measurements": [hex::encode(MEASUREMENT)]}, "resources": [RESOURCE]});
     ctx.admin
         .call(Method::PUT, "/admin/v1/workloads/strict", Some(&body))
         .await
@@ -321,6 +320,7 @@ async fn policy_refusals_and_revocation() {
             Method::PUT,
             "/admin/v1/workloads/web",
             Some(&json!({
+                "tee": "snp",
                 "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
                 "resources": [RESOURCE, "default/key/missing"],
             })),

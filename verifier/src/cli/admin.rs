@@ -146,10 +146,13 @@ pub enum WorkloadCmd {
         /// Name.
         name: String,
     },
-    /// Create or replace a workload.
+    /// Create or replace a workload (granting resources needs an admin).
     Put {
         /// Name.
         name: String,
+        /// The TEE whose guests the workload accepts (required).
+        #[arg(long, value_parser = ["snp", "tdx"])]
+        tee: String,
         /// Policy file (TOML or JSON, attestation::policy::Policy).
         #[arg(long)]
         policy_file: Option<PathBuf>,
@@ -421,6 +424,7 @@ async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
         }
         Command::Workload(WorkloadCmd::Put {
             name,
+            tee,
             policy_file,
             measurements,
             resources,
@@ -439,7 +443,7 @@ async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
                 list.extend(measurements.into_iter().map(Value::String));
                 policy["measurements"] = Value::Array(list);
             }
-            let body = json!({"policy": policy, "resources": resources});
+            let body = json!({"tee": tee, "policy": policy, "resources": resources});
             client
                 .call(
                     Method::PUT,

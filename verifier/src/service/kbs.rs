@@ -460,18 +460,21 @@ fn token_claims(
 
 /// The workload whose policy `claims` meet, among `candidates` (the hinted workload, or
 /// every workload).
+///
+/// Fail closed, named or not: a workload matches only a guest of its own TEE (an unbound
+/// legacy workload matches none), whose measurement it lists. `allow_any_measurement`
+/// stands in for the list only for insecure-emulated evidence of a guest that names the
+/// workload; hardware evidence must always match a listed measurement. Then the policy.
 fn choose_workload(
     session: &Session,
     claims: &Claims,
     candidates: Vec<Workload>,
 ) -> Result<Workload, Refusal> {
-    let candidates: Vec<Workload> = match &session.workload_hint {
-        Some(_) => candidates,
-        None => candidates
-            .into_iter()
-            .filter(|w| w.policy.measurements.contains(&claims.measurement))
-            .collect(),
-    };
+    let hinted = session.workload_hint.is_some();
+    let candidates: Vec<Workload> = candidates
+        .into_iter()
+        .filter(|w| hinted || w.policy.measurements.contains(&claims.measurement))
+        .collect();
     if candidates.is_empty() {
         let msg = match &session.workload_hint {
             Some(n) => format!("no workload named {n}"),
@@ -491,30 +494,75 @@ fn choose_workload(
     }
     let mut first = None;
     for w in candidates {
-        if w.revoked {
-            first.get_or_insert(Refusal::new(
-                "workload-revoked",
-                ApiError::Forbidden(format!("workload {} is revoked", w.name)),
-            ));
-            continue;
-        }
-        match w.policy.evaluate(claims) {
+        match admits(&w, claims) {
             Ok(()) => return Ok(w),
-            Err(v) => {
-                first.get_or_insert(Refusal::new(
-                    &v.check,
-                    ApiError::AttestationRefused {
-                        kind: ErrorKind::PolicyNotMet,
-                        check: Some(v.check.clone()),
-                        message: v.to_string(),
-                    },
-                ));
+            Err(r) => {
+                first.get_or_insert(r);
             }
         }
     }
     Err(first.unwrap_or_else(|| {
         Refusal::from(ApiError::Forbidden("no workload accepts this guest".into()))
     }))
+}
+
+/// Whether workload `w` accepts a guest with `claims`: not revoked, bound to the guest's
+/// TEE, its measurement listed (or any, for emulated evidence only), then the policy.
+fn admits(w: &Workload, claims: &Claims) -> Result<(), Refusal> {
+    let policy_refusal = |check: &str, message: String| {
+        Refusal::new(
+            check,
+            ApiError::AttestationRefused {
+                kind: ErrorKind::PolicyNotMet,
+                check: Some(check.into()),
+                message,
+            },
+        )
+    };
+    if w.revoked {
+        return Err(Refusal::new(
+            "workload-revoked",
+            ApiError::Forbidden(format!("workload {} is revoked", w.name)),
+        ));
+    }
+    let guest_tee = workloads::tee_name(claims.tee);
+    match w.tee {
+        None => {
+            return Err(policy_refusal(
+                "workload-tee",
+                format!(
+                    "workload {} is not bound to a TEE (stored before schema v4); an admin must set its tee",
+                    w.name
+                ),
+            ))
+        }
+        Some(t) if t != claims.tee => {
+            return Err(policy_refusal(
+                "workload-tee",
+                format!(
+                    "workload {} accepts {} guests, not {guest_tee}",
+                    w.name,
+                    workloads::tee_name(t)
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    if !w.policy.measurements.contains(&claims.measurement)
+        && w.policy.allow_any_measurement
+        && claims.trust != TrustLevel::InsecureEmulated
+    {
+        return Err(policy_refusal(
+            "measurement",
+            format!(
+                "measurement {} is not in the allowed list (allow_any_measurement is honoured for insecure-emulated evidence only)",
+                hex::encode(&claims.measurement)
+            ),
+        ));
+    }
+    w.policy
+        .evaluate(claims)
+        .map_err(|v| policy_refusal(&v.check, v.to_string()))
 }
 
 /// `GET /kbs/v0/resource/{repo}/{type}/{tag}`: releases a resource as a JWE to the TEE key.
