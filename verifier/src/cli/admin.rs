@@ -552,3 +552,17 @@ fn load_policy(path: &std::path::Path) -> Result<Value, AdminCliError> {
     };
     serde_json::to_value(policy).map_err(|e| AdminCliError::Policy(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sample_policy_parses_and_fails_closed() {
+        let p: attestation::policy::Policy =
+            toml::from_str(include_str!("../../policy.sample.toml")).expect("sample parses");
+        assert_eq!(p.measurements.len(), 1);
+        assert_eq!(p.measurements[0].len(), 48);
+        assert!(!p.allow_any_measurement && !p.allow_emulated && !p.allow_debug);
+        assert_eq!(p.snp.vmpl, Some(0));
+        assert_eq!(p.snp.min_tcb.map(|m| m.snp), Some(24));
+    }
+}
