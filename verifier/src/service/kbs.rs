@@ -506,26 +506,42 @@ fn choose_workload(
     }))
 }
 
-/// Whether workload `w` accepts a guest with `claims`: not revoked, bound to the guest's
-/// TEE, its measurement listed (or any, for emulated evidence only), then the policy.
+fn policy_refusal(check: &str, message: String) -> Refusal {
+    Refusal::new(
+        check,
+        ApiError::AttestationRefused {
+            kind: ErrorKind::PolicyNotMet,
+            check: Some(check.into()),
+            message,
+        },
+    )
+}
+
+/// Whether workload `w` accepts a guest with `claims`: the workload rules
+/// ([`workload_admits`]), then the policy.
 fn admits(w: &Workload, claims: &Claims) -> Result<(), Refusal> {
-    let policy_refusal = |check: &str, message: String| {
-        Refusal::new(
-            check,
-            ApiError::AttestationRefused {
-                kind: ErrorKind::PolicyNotMet,
-                check: Some(check.into()),
-                message,
-            },
-        )
-    };
+    workload_admits(w, claims.tee, claims.trust, &claims.measurement)?;
+    w.policy
+        .evaluate(claims)
+        .map_err(|v| policy_refusal(&v.check, v.to_string()))
+}
+
+/// The workload rules before its policy: not revoked, bound to the guest's TEE, and the
+/// measurement listed — or any, only for insecure-emulated evidence when the policy
+/// says `allow_any_measurement` (the policy's own check then lets it pass).
+fn workload_admits(
+    w: &Workload,
+    tee: Tee,
+    trust: TrustLevel,
+    measurement: &[u8],
+) -> Result<(), Refusal> {
     if w.revoked {
         return Err(Refusal::new(
             "workload-revoked",
             ApiError::Forbidden(format!("workload {} is revoked", w.name)),
         ));
     }
-    let guest_tee = workloads::tee_name(claims.tee);
+    let guest_tee = workloads::tee_name(tee);
     match w.tee {
         None => {
             return Err(policy_refusal(
@@ -536,7 +552,7 @@ fn admits(w: &Workload, claims: &Claims) -> Result<(), Refusal> {
                 ),
             ))
         }
-        Some(t) if t != claims.tee => {
+        Some(t) if t != tee => {
             return Err(policy_refusal(
                 "workload-tee",
                 format!(
@@ -548,21 +564,24 @@ fn admits(w: &Workload, claims: &Claims) -> Result<(), Refusal> {
         }
         Some(_) => {}
     }
-    if !w.policy.measurements.contains(&claims.measurement)
-        && w.policy.allow_any_measurement
-        && claims.trust != TrustLevel::InsecureEmulated
-    {
+    let listed = w.policy.measurements.iter().any(|m| m == measurement);
+    let any_emulated = w.policy.allow_any_measurement && trust == TrustLevel::InsecureEmulated;
+    if !listed && !any_emulated {
+        let why = if w.policy.allow_any_measurement {
+            " (allow_any_measurement is honoured for insecure-emulated evidence only)"
+        } else {
+            ""
+        };
         return Err(policy_refusal(
             "measurement",
             format!(
-                "measurement {} is not in the allowed list (allow_any_measurement is honoured for insecure-emulated evidence only)",
-                hex::encode(&claims.measurement)
+                "measurement {} is not in the allowed list of workload {}{why}",
+                hex::encode(measurement),
+                w.name
             ),
         ));
     }
-    w.policy
-        .evaluate(claims)
-        .map_err(|v| policy_refusal(&v.check, v.to_string()))
+    Ok(())
 }
 
 /// `GET /kbs/v0/resource/{repo}/{type}/{tag}`: releases a resource as a JWE to the TEE key.
@@ -758,4 +777,88 @@ async fn resource_inner(
         .await
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
     Ok((StatusCode::OK, axum::Json(jwe)).into_response())
+}
+
+#[cfg(test)]
+mod workload_rules {
+    use super::*;
+
+    fn workload(tee: Option<Tee>, measurements: Vec<Vec<u8>>, any: bool) -> Workload {
+        Workload {
+            name: "w".into(),
+            tee,
+            policy: attestation::policy::Policy {
+                measurements,
+                allow_any_measurement: any,
+                ..Default::default()
+            },
+            resources: vec!["a/b/c".into()],
+            revoked: false,
+        }
+    }
+
+    fn reason(r: Result<(), Refusal>) -> String {
+        r.err()
+            .map(|r| r.reason)
+            .unwrap_or_else(|| "admitted".into())
+    }
+
+    #[test]
+    fn hardware_evidence_needs_a_listed_measurement() {
+        use TrustLevel::{Hardware, InsecureEmulated};
+        let m = vec![7u8; 48];
+        let any = workload(Some(Tee::Snp), vec![], true);
+        assert_eq!(
+            reason(workload_admits(&any, Tee::Snp, Hardware, &m)),
+            "measurement"
+        );
+        assert_eq!(
+            reason(workload_admits(&any, Tee::Snp, InsecureEmulated, &m)),
+            "admitted"
+        );
+        let listed = workload(Some(Tee::Snp), vec![m.clone()], false);
+        assert_eq!(
+            reason(workload_admits(&listed, Tee::Snp, Hardware, &m)),
+            "admitted"
+        );
+        assert_eq!(
+            reason(workload_admits(&listed, Tee::Snp, Hardware, &[8u8; 48])),
+            "measurement"
+        );
+        let empty = workload(Some(Tee::Snp), vec![], false);
+        for trust in [Hardware, InsecureEmulated] {
+            assert_eq!(
+                reason(workload_admits(&empty, Tee::Snp, trust, &m)),
+                "measurement"
+            );
+        }
+    }
+
+    #[test]
+    fn a_workload_matches_its_own_tee_only() {
+        let m = vec![7u8; 48];
+        let tdx = workload(Some(Tee::Tdx), vec![m.clone()], false);
+        assert_eq!(
+            reason(workload_admits(&tdx, Tee::Snp, TrustLevel::Hardware, &m)),
+            "workload-tee"
+        );
+        let unbound = workload(None, vec![m.clone()], false);
+        for tee in [Tee::Snp, Tee::Tdx] {
+            assert_eq!(
+                reason(workload_admits(&unbound, tee, TrustLevel::Hardware, &m)),
+                "workload-tee"
+            );
+        }
+        let mut revoked = workload(Some(Tee::Snp), vec![m.clone()], false);
+        revoked.revoked = true;
+        assert_eq!(
+            reason(workload_admits(
+                &revoked,
+                Tee::Snp,
+                TrustLevel::Hardware,
+                &m
+            )),
+            "workload-revoked"
+        );
+    }
 }
