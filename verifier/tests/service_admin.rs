@@ -420,6 +420,26 @@ async fn operator_token_cannot_grant_secrets() {
         matches!(&err, ClientError::Status { status: 409, .. }),
         "{err}"
     );
+    // A list holding one value twice is still its last value.
+    op.call(
+        Method::PUT,
+        "/admin/v1/workloads/dup",
+        Some(&json!({"tee": "snp", "policy": {"measurements": [other, other]}})),
+    )
+    .await
+    .expect("operator creates a workload without grants");
+    let err = op
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/workloads/dup/measurements/{other}"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 409, .. }),
+        "{err}"
+    );
     // Closing is allowed, reopening needs the admin.
     revoke(&op, true).await.expect("operator revokes");
     forbidden(revoke(&op, false).await, "restore");

@@ -498,7 +498,7 @@ async fn edit_measurements(
                 "the workload does not allow this measurement".into(),
             ));
         }
-        if w.policy.measurements.len() == 1 && !w.policy.allow_any_measurement {
+        if w.policy.measurements.iter().all(|x| *x == m) && !w.policy.allow_any_measurement {
             return Err(ApiError::Conflict(format!(
                 "{} is the last measurement of workload {name}: removing it would leave no reference value; revoke or delete the workload instead",
                 hex::encode(&m)
