@@ -454,3 +454,51 @@ fn measurement_equals_the_launch_plan_digest() {
         .expect("verifies");
     assert_eq!(claims.measurement, plan.launch_digest().to_vec());
 }
+
+/// CRL checking is on whenever a CRL is available: one carried in the extended-report
+/// certificate table (the path the verifier service takes) is verified and enforced,
+/// and a stale one makes the evidence unusable rather than being skipped.
+#[test]
+fn a_crl_in_the_certificate_table_is_enforced() {
+    use attestation::snp::cert_table::{CertTableEntry, CertTableKind};
+    let p = platform(Product::Milan);
+    let (guest, _) = launch(p, [0; 32]);
+    let report = guest
+        .report(&ReportRequest {
+            report_data: [0; 64],
+            vmpl: 0,
+            version: 5,
+        })
+        .expect("report");
+    let t0 = SystemTime::now() - Duration::from_secs(3600);
+    let t1 = SystemTime::now() + Duration::from_secs(3600);
+    let v = emulated_verifier(p);
+    let with_crl = |crl: attestation::snp::AmdCrl| {
+        let mut table = p.cert_table();
+        table.entries.push(CertTableEntry {
+            kind: CertTableKind::Crl,
+            data: crl.der().to_vec(),
+        });
+        let mut c = SnpCollateral::new();
+        c.add_cert_table(&table).expect("certificate table");
+        c
+    };
+    v.verify(&report, &with_crl(p.crl(&[], t0, t1).expect("crl")), now())
+        .expect("a current CRL revoking nothing");
+    let err = v
+        .verify(
+            &report,
+            &with_crl(p.crl(&[p.ask()], t0, t1).expect("crl")),
+            now(),
+        )
+        .expect_err("the table's CRL revokes the ASK");
+    assert!(
+        matches!(err, SnpVerifyError::Revoked(CertKind::Ask)),
+        "{err}"
+    );
+    let stale = p.crl(&[], t0 - Duration::from_secs(7200), t0).expect("crl");
+    let err = v
+        .verify(&report, &with_crl(stale), now())
+        .expect_err("stale CRL");
+    assert_eq!(err.kind(), ErrorKind::CollateralUnavailable, "{err}");
+}

@@ -62,10 +62,18 @@ fn milan_v2_report_verifies_to_the_pinned_milan_ark() {
         // The platform identity is the genuine VCEK's hwID (here equal to CHIP_ID).
         assert_eq!(claims.platform_id, hex::encode(&snp.chip_id));
         assert_eq!(hex::encode(&claims.measurement[..4]), "7a1e5c26");
-        // The policy layer sees the same claims.
-        attestation::policy::Policy::default()
+        // The policy layer sees the same claims: the genuine report meets the default
+        // VMPL and minimum TCB; the default policy lists no measurement, so it refuses.
+        let err = attestation::policy::Policy::default()
             .evaluate(&claims)
-            .expect("default policy accepts");
+            .expect_err("no measurement listed");
+        assert_eq!(err.check, "measurement");
+        attestation::policy::Policy {
+            measurements: vec![claims.measurement.clone()],
+            ..Default::default()
+        }
+        .evaluate(&claims)
+        .expect("default policy with the measurement accepts");
     }
 }
 

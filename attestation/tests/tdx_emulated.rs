@@ -61,6 +61,7 @@ fn tdx(claims: &attestation::claims::Claims) -> &TdxClaims {
 fn emulated_policy() -> Policy {
     Policy {
         allow_emulated: true,
+        allow_any_measurement: true,
         ..Policy::default()
     }
 }
@@ -378,6 +379,7 @@ fn rtmr_and_event_log_policy() {
         "rtmr"
     );
     let mut other_mrtd = policy.clone();
+    other_mrtd.allow_any_measurement = false;
     other_mrtd.measurements = vec![vec![0; 48]];
     assert_eq!(
         other_mrtd

@@ -122,10 +122,18 @@ fn v4_verifies_up_to_date_on_2025_06_19() {
     assert_eq!(c.body_type, 2);
     assert!(c.td_attributes.sept_ve_disable);
     assert!(!c.td_attributes.debug);
-    // The default policy accepts it (UpToDate, SEPT_VE_DISABLE, not debug).
-    attestation::policy::Policy::default()
+    // The default policy with its MRTD accepts it (UpToDate, SEPT_VE_DISABLE, not debug);
+    // without a listed measurement it refuses.
+    let err = attestation::policy::Policy::default()
         .evaluate(&v.claims)
-        .expect("default policy accepts");
+        .expect_err("no measurement listed");
+    assert_eq!(err.check, "measurement");
+    attestation::policy::Policy {
+        measurements: vec![v.claims.measurement.clone()],
+        ..Default::default()
+    }
+    .evaluate(&v.claims)
+    .expect("default policy with the MRTD accepts");
 }
 
 #[test]

@@ -59,8 +59,17 @@ fn boot(tee: &str) {
         .unwrap();
     drop(vol);
 
-    // A workload without measurements matches guests that name it (cvm.kbs_workload).
-    let server = start_server_with(json!({"allow_emulated": true}), key);
+    // A workload that explicitly allows any measurement matches emulated guests that
+    // name it (cvm.kbs_workload); an empty list alone would match none.
+    let server = start_server_with(
+        json!({"allow_emulated": true, "allow_any_measurement": true}),
+        key,
+    );
+    let workload = if tee == "emulated-tdx" {
+        "web-tdx"
+    } else {
+        "web"
+    };
     let mut cmd = Command::new(&cvm);
     cmd.args(["launch", "--tee", tee, "--memory", "256M"]);
     // CVM_E2E_SECCOMP=off: debug a VMM that dies with SIGSYS.
@@ -76,7 +85,7 @@ fn boot(tee: &str) {
         .arg(&tg)
         .arg("--cmdline")
         .arg(format!(
-            "cvm.kbs_resource={RESOURCE} cvm.kbs_workload=web cvm.verifier_key={}",
+            "cvm.kbs_resource={RESOURCE} cvm.kbs_workload={workload} cvm.verifier_key={}",
             server.verifier_key.to_b64url()
         ))
         .arg("--disk")

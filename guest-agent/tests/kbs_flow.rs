@@ -35,7 +35,7 @@ fn snp_and_tdx_release_the_resource() {
     let mut c = KbsClient::new(
         TcpTransport::new(server.addr),
         KbsConfig {
-            workload: Some("web".into()),
+            workload: Some("web-tdx".into()),
             ..server.config()
         },
     );

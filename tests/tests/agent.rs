@@ -101,6 +101,7 @@ fn fixture() -> &'static Fixture {
 struct Serve {
     child: Child,
     socket: PathBuf,
+    tee: String,
 }
 
 impl Drop for Serve {
@@ -158,7 +159,11 @@ fn serve(dir: &Path, tee: &str, measurement: &str) -> Serve {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket is not private");
-    Serve { child, socket }
+    Serve {
+        child,
+        socket,
+        tee: tee.to_owned(),
+    }
 }
 
 /// A test's directory and verifier with the key resource and the workload registered
@@ -183,21 +188,33 @@ fn case(name: &str) -> Case {
     let policy = json!({"allow_emulated": true, "measurements": [GOOD]});
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
-    verifier.admin_ok(&[
-        "workload",
-        "put",
-        WORKLOAD,
-        "--policy-file",
-        policy_path.to_str().unwrap(),
-        "--resource",
-        RESOURCE,
-    ]);
+    // Each workload is bound to one TEE: `agent` (SNP) and `agent-tdx`.
+    for (workload, tee) in [
+        (WORKLOAD.to_owned(), "snp"),
+        (format!("{WORKLOAD}-tdx"), "tdx"),
+    ] {
+        verifier.admin_ok(&[
+            "workload",
+            "put",
+            &workload,
+            "--tee",
+            tee,
+            "--policy-file",
+            policy_path.to_str().unwrap(),
+            "--resource",
+            RESOURCE,
+        ]);
+    }
     Case { dir, verifier }
 }
 
 /// Runs the real `cvm-agent` against `sp` and the case's verifier, on `disk`.
 fn agent(c: &Case, sp: &Serve, disk: &Path) -> Output {
     let evidence = format!("emulated-unix:{}", sp.socket.display());
+    let workload = match sp.tee.as_str() {
+        "tdx" => format!("{WORKLOAD}-tdx"),
+        _ => WORKLOAD.to_owned(),
+    };
     Command::new(bin("cvm-agent"))
         .args([
             "--evidence",
@@ -207,7 +224,7 @@ fn agent(c: &Case, sp: &Serve, disk: &Path) -> Output {
             "--resource",
             RESOURCE,
             "--workload",
-            WORKLOAD,
+            &workload,
             "--verifier-key",
             &c.verifier.verifier_key,
             "--device",

@@ -132,6 +132,8 @@ fn case(name: &str, trust: bool) -> Case {
         "workload",
         "put",
         "e2e",
+        "--tee",
+        "snp",
         "--policy-file",
         policy_path.to_str().unwrap(),
         "--resource",

@@ -5,6 +5,16 @@
 //! `{"nonce": <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is RFC 8785 canonical JSON.
 //! The verifier recomputes it from the runtime data it receives, so evidence produced for
 //! another nonce or another key does not verify.
+//!
+//! Members of the `tee-pubkey` JWK beyond the key are ignored, as Trustee ignores them:
+//! Trustee's KBS parses the attest body into `kbs_types::Attestation`, whose `TeePubKey`
+//! keeps only `kty` and the key's own members (EC: `crv`, `alg`, `x`, `y`; RSA: `alg`,
+//! `n`, `e`), and hashes the runtime data rebuilt from those typed values. So does
+//! [`report_data`]: a JWK that also carries `kid`, `use`, `key_ops`, `x5c`… binds exactly
+//! like the same key without them, and a guest must hash the runtime data without them
+//! (ours sends none). A JWK missing a required member (for example `alg`) is refused as
+//! malformed. The JWE is encrypted to the key members only, so an extra member can change
+//! neither the binding nor the key that receives the secret.
 
 use kbs_types::RuntimeData;
 use sha2::{Digest, Sha384};
@@ -19,7 +29,8 @@ pub const SESSION_COOKIE: &str = "kbs-session-id";
 #[error("the runtime data cannot be canonicalized")]
 pub struct BindingError(#[source] serde_json::Error);
 
-/// The 64-byte REPORT_DATA that binds `runtime_data`.
+/// The 64-byte REPORT_DATA that binds `runtime_data`: the typed runtime data (extra JWK
+/// members already dropped by parsing) as RFC 8785 JSON, hashed with SHA-384.
 pub fn report_data(runtime_data: &RuntimeData) -> Result<[u8; 64], BindingError> {
     let value = serde_json::to_value(runtime_data).map_err(BindingError)?;
     let canonical = serde_json_canonicalizer::to_vec(&value).map_err(BindingError)?;
@@ -57,6 +68,37 @@ mod tests {
         let got = report_data(&rd).unwrap();
         assert_eq!(&got[..48], &want[..]);
         assert_eq!(&got[48..], &[0u8; 16]);
+    }
+
+    #[test]
+    fn extra_jwk_members_are_ignored_as_trustee_does() {
+        // The attest body as a client sends it, with members beyond the key.
+        let body = |extra: &str| {
+            format!(
+                r#"{{"nonce":"bm9uY2U=","tee-pubkey":{{"kty":"EC","crv":"P-256","alg":"ECDH-ES+A256KW","x":"eA","y":"eQ"{extra}}}}}"#
+            )
+        };
+        let bare: RuntimeData = serde_json::from_str(&body("")).unwrap();
+        let want = report_data(&bare).unwrap();
+        for extra in [
+            r#","kid":"guest-key-1""#,
+            r#","use":"enc","key_ops":["deriveKey"]"#,
+            r#","kid":"k","x5t#S256":"abc","ext":true"#,
+        ] {
+            let rd: RuntimeData = serde_json::from_str(&body(extra)).expect(extra);
+            assert_eq!(report_data(&rd).unwrap(), want, "{extra}");
+        }
+        // What is hashed: the key members only, byte-identical to Trustee's rebuild.
+        let jcs = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        assert_eq!(&want[..48], &Sha384::digest(jcs.as_bytes())[..]);
+        // A guest that hashed its `kid` too does not match: it must hash the key alone.
+        let with_kid = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kid":"guest-key-1","kty":"EC","x":"eA","y":"eQ"}}"#;
+        assert_ne!(&want[..48], &Sha384::digest(with_kid.as_bytes())[..]);
+        // A JWK without a key member is malformed, not silently re-shaped.
+        assert!(serde_json::from_str::<RuntimeData>(
+            r#"{"nonce":"n","tee-pubkey":{"kty":"EC","crv":"P-256","x":"eA","y":"eQ","kid":"k"}}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -47,7 +47,9 @@ async fn rbac_matrix() {
         )
     };
     let (op, au) = (client("operator"), client("auditor"));
-    let wl = json!({"policy": {}, "resources": []});
+    // A workload without grants: operators may manage it; one with grants: admins only.
+    let wl = json!({"tee": "snp", "policy": {"measurements": [hex::encode([1u8; 48])]}, "resources": []});
+    let granted = json!({"tee": "snp", "policy": {"measurements": [hex::encode([1u8; 48])]}, "resources": ["a/b/c"]});
     let res = json!({"value": "c2VjcmV0"});
     // (method, path, body, admin, operator, auditor) expected success (true) or 403.
     let cases: Vec<(Method, &str, Option<Value>, [bool; 3])> = vec![
@@ -72,6 +74,12 @@ async fn rbac_matrix() {
             [true, true, false],
         ),
         (
+            Method::PUT,
+            "/admin/v1/workloads/granted",
+            Some(granted.clone()),
+            [true, false, false],
+        ),
+        (
             Method::GET,
             "/admin/v1/resources",
             None,
@@ -81,7 +89,7 @@ async fn rbac_matrix() {
             Method::PUT,
             "/admin/v1/resources/a/b/c",
             Some(res.clone()),
-            [true, true, false],
+            [true, false, false],
         ),
         (Method::GET, "/admin/v1/inventory", None, [true, true, true]),
         (Method::GET, "/admin/v1/audit", None, [true, false, true]),
@@ -302,4 +310,179 @@ async fn second_bootstrap_refused() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bootstrap is refused"));
+}
+
+/// Issue 14 finding 9: an operator token alone (no second factor) cannot grant a secret;
+/// operators still manage the reference values of existing grants, never removing the
+/// last one, and may close access but not reopen it.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_token_cannot_grant_secrets() {
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, &[]);
+    let admin = admin_client(&server, &creds);
+    provision(&admin, "web").await;
+    let v = admin
+        .call(
+            Method::POST,
+            "/admin/v1/users",
+            Some(&json!({"name": "op", "role": "operator"})),
+        )
+        .await
+        .unwrap();
+    let op = AdminClient::new(
+        http(),
+        &server.base,
+        Zeroizing::new(v["token"].as_str().unwrap().to_owned()),
+        None,
+    );
+    let m = hex::encode(MEASUREMENT);
+    let other = hex::encode([0x77u8; 48]);
+    let forbidden = |r: Result<Value, ClientError>, what: &str| match r {
+        Err(ClientError::Status {
+            status: 403, body, ..
+        }) => {
+            assert!(body.contains("admin role"), "{what}: {body}")
+        }
+        other => panic!("{what}: expected 403, got {other:?}"),
+    };
+    // The attack: a new workload granting the disk key to the operator's own build.
+    forbidden(
+        op.call(
+            Method::PUT,
+            "/admin/v1/workloads/mine",
+            Some(&json!({"tee": "snp", "policy": {"measurements": [other], "allow_emulated": true}, "resources": [RESOURCE]})),
+        )
+        .await,
+        "new workload with a grant",
+    );
+    // Nor by rewriting an existing grant, nor allow_any_measurement, nor a resource value.
+    forbidden(
+        op.call(
+            Method::PUT,
+            "/admin/v1/workloads/web",
+            Some(&json!({"tee": "snp", "policy": {"measurements": [m, other], "allow_emulated": true, "allow_debug": true}, "resources": [RESOURCE]})),
+        )
+        .await,
+        "replace a granted workload",
+    );
+    forbidden(
+        op.call(
+            Method::PUT,
+            "/admin/v1/workloads/any",
+            Some(&json!({"tee": "snp", "policy": {"allow_any_measurement": true}})),
+        )
+        .await,
+        "allow_any_measurement",
+    );
+    forbidden(
+        op.call(
+            Method::PUT,
+            &format!("/admin/v1/resources/{RESOURCE}"),
+            Some(&json!({"value": "c2VjcmV0"})),
+        )
+        .await,
+        "resource value",
+    );
+    let w = admin
+        .call(Method::GET, "/admin/v1/workloads/web", None)
+        .await
+        .unwrap();
+    assert_eq!(w["policy"]["measurements"], json!([m]), "unchanged");
+    assert!(admin
+        .call(Method::GET, "/admin/v1/workloads/mine", None)
+        .await
+        .is_err());
+    // Operators manage reference values of existing grants: add, remove, not the last.
+    op.call(
+        Method::POST,
+        "/admin/v1/workloads/web/measurements",
+        Some(&json!({"measurement": other})),
+    )
+    .await
+    .expect("operator adds a measurement");
+    op.call(
+        Method::DELETE,
+        &format!("/admin/v1/workloads/web/measurements/{other}"),
+        None,
+    )
+    .await
+    .expect("operator removes one");
+    let err = op
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/workloads/web/measurements/{m}"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 409, .. }),
+        "{err}"
+    );
+    // A list holding one value twice is still its last value.
+    op.call(
+        Method::PUT,
+        "/admin/v1/workloads/dup",
+        Some(&json!({"tee": "snp", "policy": {"measurements": [other, other]}})),
+    )
+    .await
+    .expect("operator creates a workload without grants");
+    let err = op
+        .call(
+            Method::DELETE,
+            &format!("/admin/v1/workloads/dup/measurements/{other}"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 409, .. }),
+        "{err}"
+    );
+    // Closing is allowed, reopening needs the admin.
+    revoke(&op, true).await.expect("operator revokes");
+    forbidden(revoke(&op, false).await, "restore");
+    revoke(&admin, false).await.expect("admin restores");
+    // Workloads without grants are the operator's, within the workload rules.
+    op.call(
+        Method::PUT,
+        "/admin/v1/workloads/staging",
+        Some(&json!({"tee": "tdx", "policy": {"measurements": [other]}})),
+    )
+    .await
+    .expect("operator creates a workload without grants");
+    for (body, want) in [
+        (
+            json!({"policy": {"measurements": [other]}}),
+            "`tee` is required",
+        ),
+        (
+            json!({"tee": "sgx", "policy": {"measurements": [other]}}),
+            "unknown variant",
+        ),
+        (json!({"tee": "snp", "policy": {}}), "allows no measurement"),
+        (
+            json!({"tee": "snp", "policy": {"measurements": []}}),
+            "allows no measurement",
+        ),
+    ] {
+        let err = admin
+            .call(Method::PUT, "/admin/v1/workloads/bad", Some(&body))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Status { status: 400, body: b, .. } if b.contains(want)),
+            "{body}: {err}"
+        );
+    }
+}
+
+async fn revoke(c: &AdminClient, revoked: bool) -> Result<Value, ClientError> {
+    c.call(
+        Method::PUT,
+        "/admin/v1/workloads/web/revocation",
+        Some(&json!({"revoked": revoked})),
+    )
+    .await
 }

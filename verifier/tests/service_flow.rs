@@ -36,7 +36,7 @@ async fn snp_and_tdx_release_with_every_key_type() {
         .fetch(
             &tdx,
             &TeeKeyPair::p256(),
-            json!({"workload": "web"}),
+            json!({"workload": "web-tdx"}),
             RESOURCE,
         )
         .await

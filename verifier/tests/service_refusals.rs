@@ -273,8 +273,7 @@ async fn policy_refusals_and_revocation() {
     let snp = snp_guest();
     let key = TeeKeyPair::p256();
     // A workload whose policy does not allow emulated evidence.
-    let body =
-        json!({"policy": {"measurements": [hex::encode(MEASUREMENT)]}, "resources": [RESOURCE]});
+    let body = json!({"tee": "snp", "policy": {"measurements": [hex::encode(MEASUREMENT)]}, "resources": [RESOURCE]});
     ctx.admin
         .call(Method::PUT, "/admin/v1/workloads/strict", Some(&body))
         .await
@@ -321,6 +320,7 @@ async fn policy_refusals_and_revocation() {
             Method::PUT,
             "/admin/v1/workloads/web",
             Some(&json!({
+                "tee": "snp",
                 "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
                 "resources": [RESOURCE, "default/key/missing"],
             })),
@@ -496,4 +496,303 @@ async fn emulated_evidence_untrusted_by_default() {
         }
         assert_eq!(audit_count(&admin).await, before + 1);
     }
+}
+
+/// An SNP guest of the trusted emulated platform whose report is requested at `vmpl`.
+struct VmplGuest(u32);
+
+impl EvidenceSource for VmplGuest {
+    fn tee(&self) -> &'static str {
+        "snp"
+    }
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Value, ClientError> {
+        use attestation::snp::emulated::{EmulatedSnpPlatform, FinishParams, ReportRequest};
+        use base64::Engine;
+        let e = |e: attestation::snp::emulated::EmulatedError| ClientError::Emulated(e.to_string());
+        let platform = EmulatedSnpPlatform::open(&emulated_dir()).map_err(e)?;
+        let guest = platform
+            .launch_start_from(verifier::client::emulated::SNP_GUEST_POLICY, MEASUREMENT)
+            .map_err(e)?
+            .finish(FinishParams::default())
+            .map_err(e)?;
+        let (report, table) = guest
+            .extended_report(&ReportRequest {
+                report_data: *report_data,
+                vmpl: self.0,
+                version: 3,
+            })
+            .map_err(e)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(json!({
+            "report": b64.encode(report),
+            "cert_chain": b64.encode(table.to_bytes().map_err(|x| ClientError::Emulated(x.to_string()))?),
+        }))
+    }
+}
+
+/// The check named by a refused fetch (the attest problem's `check`), or the status.
+async fn refused_check(
+    ctx: &Ctx,
+    guest: &dyn EvidenceSource,
+    extra: Value,
+) -> (u16, Option<String>) {
+    match ctx
+        .client
+        .fetch(guest, &TeeKeyPair::p256(), extra, RESOURCE)
+        .await
+    {
+        Ok(_) => panic!("the resource was released"),
+        Err(ClientError::Status { status, body, .. }) => {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            (status, v["check"].as_str().map(str::to_owned))
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+async fn released(ctx: &Ctx) -> usize {
+    audit_records(&ctx.admin)
+        .await
+        .iter()
+        .filter(|r| r["kind"] == "key-release" && r["outcome"] == "released")
+        .count()
+}
+
+/// Issue 14 finding 1: empty or emptied measurement lists, named workloads, other TEEs,
+/// unbound legacy workloads and reports at VMPL 3 release nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_closed_workloads() {
+    let ctx = setup(&[]).await;
+    let other = SnpGuest::open(&emulated_dir(), [0x77; 48]).expect("snp guest");
+    let put = |name: &'static str, body: Value| {
+        let admin = &ctx.admin;
+        async move {
+            admin
+                .call(
+                    Method::PUT,
+                    &format!("/admin/v1/workloads/{name}"),
+                    Some(&body),
+                )
+                .await
+        }
+    };
+
+    // 1. A workload without measurements cannot be created ...
+    let err = put(
+        "empty",
+        json!({"tee": "snp", "policy": {"allow_emulated": true}, "resources": [RESOURCE]}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 400, body, .. } if body.contains("allows no measurement")),
+        "{err}"
+    );
+    // ... and one stored without measurements (by an older version) matches no guest,
+    // named or not.
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ctx._env.database))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO workloads (name, policy, resources, revoked, created_at, updated_at, tee) \
+             VALUES ('legacy-empty', '{\"allow_emulated\": true}', $1, 0, 0, 0, 'snp')",
+        )
+        .bind(json!([RESOURCE]).to_string())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        refused_check(&ctx, &other, json!({"workload": "legacy-empty"})).await,
+        (401, Some("measurement".into()))
+    );
+    assert_eq!(
+        refused_check(&ctx, &other, json!({})).await,
+        (401, Some("workload".into()))
+    );
+
+    // 2. Emptying a workload: removing its last measurement is refused (409), and the
+    // workload still refuses a guest of another measurement that names it.
+    put(
+        "one",
+        json!({"tee": "snp", "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true}, "resources": [RESOURCE]}),
+    )
+    .await
+    .unwrap();
+    let err = ctx
+        .admin
+        .call(
+            Method::DELETE,
+            &format!(
+                "/admin/v1/workloads/one/measurements/{}",
+                hex::encode(MEASUREMENT)
+            ),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 409, body, .. } if body.contains("last measurement")),
+        "{err}"
+    );
+    let w = ctx
+        .admin
+        .call(Method::GET, "/admin/v1/workloads/one", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        w["policy"]["measurements"],
+        json!([hex::encode(MEASUREMENT)])
+    );
+    // 3. A named workload is filtered by measurement too.
+    for name in ["one", "web"] {
+        assert_eq!(
+            refused_check(&ctx, &other, json!({"workload": name})).await,
+            (401, Some("measurement".into())),
+            "{name}"
+        );
+    }
+
+    // 4. An SNP guest never matches a TDX workload, named or not.
+    assert_eq!(
+        refused_check(&ctx, &snp_guest(), json!({"workload": "web-tdx"})).await,
+        (401, Some("workload-tee".into()))
+    );
+    let ctx2 = {
+        let env = Env::new();
+        let creds = bootstrap(&env);
+        let server = start(&env, &[]);
+        let admin = admin_client(&server, &creds);
+        admin
+            .call(
+                Method::PUT,
+                "/admin/v1/workloads/tdx-only",
+                Some(&json!({"tee": "tdx", "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true}, "resources": [RESOURCE]})),
+            )
+            .await
+            .unwrap();
+        use base64::Engine;
+        let v = json!({"value": base64::engine::general_purpose::STANDARD.encode(SECRET)});
+        admin
+            .call(
+                Method::PUT,
+                &format!("/admin/v1/resources/{RESOURCE}"),
+                Some(&v),
+            )
+            .await
+            .unwrap();
+        let client = kbs(&server);
+        Ctx {
+            server,
+            admin,
+            client,
+            _env: env,
+        }
+    };
+    assert_eq!(
+        refused_check(&ctx2, &snp_guest(), json!({})).await,
+        (401, Some("workload-tee".into()))
+    );
+    ctx2.client
+        .fetch(&tdx_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
+        .await
+        .expect("the TDX guest is served");
+    // A workload stored before schema v4 (no TEE) matches nobody until an admin sets it.
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ctx2._env.database))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE workloads SET tee = NULL")
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let w = ctx2
+        .admin
+        .call(Method::GET, "/admin/v1/workloads/tdx-only", None)
+        .await
+        .unwrap();
+    assert_eq!(w["tee"], Value::Null);
+    let err = ctx2
+        .client
+        .fetch(&tdx_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Status { status: 401, body, .. } if body.contains("not bound to a TEE")),
+        "{err}"
+    );
+
+    // 5. A report requested at VMPL 3 is refused by the default policy; VMPL 0 is served.
+    assert_eq!(
+        refused_check(&ctx, &VmplGuest(3), json!({"workload": "web"})).await,
+        (401, Some("vmpl".into()))
+    );
+    assert_eq!(released(&ctx).await, 0, "nothing was released");
+    ctx.client
+        .fetch(
+            &VmplGuest(0),
+            &TeeKeyPair::p256(),
+            json!({"workload": "web"}),
+            RESOURCE,
+        )
+        .await
+        .expect("VMPL 0 is served");
+    assert_eq!(released(&ctx).await, 1);
+}
+
+/// `allow_any_measurement` stands in for the list only for emulated evidence of a guest
+/// that names the workload.
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_any_measurement_is_named_and_emulated_only() {
+    let ctx = setup(&[]).await;
+    let other = SnpGuest::open(&emulated_dir(), [0x77; 48]).expect("snp guest");
+    ctx.admin
+        .call(
+            Method::PUT,
+            "/admin/v1/workloads/any",
+            Some(&json!({"tee": "snp", "policy": {"allow_any_measurement": true, "allow_emulated": true}, "resources": [RESOURCE]})),
+        )
+        .await
+        .unwrap();
+    // Not named: no workload lists the measurement.
+    assert_eq!(
+        refused_check(&ctx, &other, json!({})).await,
+        (401, Some("workload".into()))
+    );
+    // Named: served (emulated evidence only; hardware evidence needs a listed value,
+    // which the unit tests of `choose_workload`'s rule cover through `admits`).
+    let got = ctx
+        .client
+        .fetch(
+            &other,
+            &TeeKeyPair::p256(),
+            json!({"workload": "any"}),
+            RESOURCE,
+        )
+        .await
+        .expect("named, emulated");
+    assert_eq!(got.as_slice(), SECRET);
+}
+
+/// Extra members of the tee-pubkey JWK (`kid`, `use`) are ignored by the binding, as by
+/// Trustee: a guest that hashes the key members only is served and the JWE opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn kid_carrying_jwk_binds_like_the_bare_key() {
+    let ctx = setup(&[]).await;
+    let key = TeeKeyPair::p256();
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let mut body = KbsClient::attestation(&ch, &key, &snp_guest()).unwrap();
+    body["runtime-data"]["tee-pubkey"]["kid"] = json!("guest-key-1");
+    body["runtime-data"]["tee-pubkey"]["use"] = json!("enc");
+    let token = ctx
+        .client
+        .attest_raw(&ch.session, &body)
+        .await
+        .expect("accepted");
+    let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
+    assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
 }

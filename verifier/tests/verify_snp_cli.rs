@@ -165,7 +165,11 @@ fn usage_and_io_errors_exit_2() {
 fn vlek_vector_with_policy_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.json");
-    std::fs::write(&policy, r#"{"snp": {"vmpl": 1, "min_tcb": {"snp": 24}}}"#).expect("write");
+    std::fs::write(
+        &policy,
+        r#"{"allow_any_measurement": true, "snp": {"vmpl": 1, "min_tcb": {"snp": 24}}}"#,
+    )
+    .expect("write");
     let (r, v, c) = (
         vector("milan-vlek-v3/report.bin"),
         vector("milan-vlek-v3/vlek.der"),

@@ -1,9 +1,33 @@
 //! Policy checks on [`Claims`], with secure defaults.
 //!
 //! A [`Policy`] holds the checks common to both TEEs and one section per TEE
-//! ([`snp::SnpPolicy`], [`tdx::TdxPolicy`]). `Policy::default()` is the secure default:
-//! any measurement, but debug refused, the SNP migration agent refused, TDX TCB status
-//! UpToDate only and SEPT_VE_DISABLE required. Every refusal names the failed check.
+//! ([`snp::SnpPolicy`], [`tdx::TdxPolicy`]). Every refusal names the failed check.
+//!
+//! `Policy::default()` is the secure default; it fails closed:
+//!
+//! | check name | field | default |
+//! |---|---|---|
+//! | `trust-anchor` | `allow_emulated` | false: emulated evidence refused |
+//! | `measurement` | `measurements`, `allow_any_measurement` | the measurement must be listed; an **empty list refuses every guest** unless `allow_any_measurement` is set explicitly |
+//! | `report-data` | `report_data` | none |
+//! | `host-data` | `host_data` | none |
+//! | `debug` | `allow_debug` | false: debuggable guests refused |
+//! | `min-tcb` (SNP) | `snp.min_tcb` | a per-product baseline, never zero ([`snp::MinTcb::baseline`]) |
+//! | `vmpl` (SNP) | `snp.vmpl` | `0`: the report must be requested at VMPL 0 |
+//! | `migration-agent` (SNP) | `snp.allow_migration_agent` | false |
+//! | `tcb-status` (TDX) | `tdx.allowed_tcb_statuses` | `["UpToDate"]` |
+//! | `sept-ve-disable`, `td-attributes`, `service-td` (TDX) | see [`tdx`] | always on / false |
+//!
+//! `allow_any_measurement` is meant for tests and tools; the verifier service honours it
+//! only for insecure-emulated evidence (see the verifier's workload model).
+//!
+//! ```
+//! use attestation::policy::Policy;
+//! let p = Policy::default();
+//! assert!(p.measurements.is_empty() && !p.allow_any_measurement); // refuses every guest
+//! assert_eq!(p.snp.vmpl, Some(0));
+//! assert!(p.snp.min_tcb.is_none()); // the built-in baseline applies
+//! ```
 
 pub mod snp;
 pub mod tdx;
@@ -36,9 +60,13 @@ impl PolicyViolation {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Policy {
-    /// Allowed launch measurements (SNP MEASUREMENT or TDX MRTD); empty allows any.
+    /// Allowed launch measurements (SNP MEASUREMENT or TDX MRTD). An empty list allows
+    /// none (fail closed) unless `allow_any_measurement` is set.
     #[serde(with = "hex_list")]
     pub measurements: Vec<Vec<u8>>,
+    /// Accept any launch measurement, listed or not. Off by default; must be set
+    /// explicitly (an empty `measurements` list never means "any").
+    pub allow_any_measurement: bool,
     /// If set, REPORT_DATA must equal this (64 bytes).
     #[serde(with = "hex_opt")]
     pub report_data: Option<Vec<u8>>,
@@ -65,14 +93,22 @@ impl Policy {
                 "evidence is from an emulated TEE and emulated evidence is not allowed",
             ));
         }
-        if !self.measurements.is_empty() && !self.measurements.contains(&claims.measurement) {
-            return Err(PolicyViolation::new(
-                "measurement",
-                format!(
-                    "measurement {} is not in the allowed list",
-                    hex::encode(&claims.measurement)
-                ),
-            ));
+        if !self.allow_any_measurement {
+            if self.measurements.is_empty() {
+                return Err(PolicyViolation::new(
+                    "measurement",
+                    "the policy allows no measurement (list one, or set allow_any_measurement)",
+                ));
+            }
+            if !self.measurements.contains(&claims.measurement) {
+                return Err(PolicyViolation::new(
+                    "measurement",
+                    format!(
+                        "measurement {} is not in the allowed list",
+                        hex::encode(&claims.measurement)
+                    ),
+                ));
+            }
         }
         if let Some(rd) = &self.report_data {
             if *rd != claims.report_data {
@@ -131,5 +167,76 @@ mod hex_opt {
         Option::<String>::deserialize(d)?
             .map(|s| hex::decode(s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::{Tee, TrustLevel};
+
+    fn claims(trust: TrustLevel) -> Claims {
+        Claims {
+            tee: Tee::Snp,
+            trust,
+            measurement: vec![7; 48],
+            report_data: vec![0; 64],
+            host_data: vec![0; 32],
+            debug: false,
+            detail: TeeClaims::Snp(snp::tests::claims()),
+        }
+    }
+
+    fn check(p: &Policy, c: &Claims) -> Result<(), String> {
+        p.evaluate(c).map_err(|v| v.check)
+    }
+
+    #[test]
+    fn an_empty_measurement_list_refuses_every_guest() {
+        // Attack: a policy with no measurements accepted a guest of any measurement.
+        let c = claims(TrustLevel::Hardware);
+        assert_eq!(check(&Policy::default(), &c), Err("measurement".to_owned()));
+        let err = Policy::default().evaluate(&c).expect_err("refused");
+        assert!(err.detail.contains("allows no measurement"), "{err}");
+        let listed = Policy {
+            measurements: vec![vec![7; 48]],
+            ..Policy::default()
+        };
+        check(&listed, &c).expect("listed");
+        let other = Policy {
+            measurements: vec![vec![8; 48]],
+            ..Policy::default()
+        };
+        assert_eq!(check(&other, &c), Err("measurement".to_owned()));
+    }
+
+    #[test]
+    fn allow_any_measurement_is_explicit() {
+        let c = claims(TrustLevel::Hardware);
+        let any = Policy {
+            allow_any_measurement: true,
+            ..Policy::default()
+        };
+        check(&any, &c).expect("explicitly any");
+        let p: Policy = serde_json::from_str(r#"{"measurements": []}"#).expect("parses");
+        assert!(!p.allow_any_measurement);
+        assert_eq!(check(&p, &c), Err("measurement".to_owned()));
+        let p: Policy = serde_json::from_str(r#"{"allow_any_measurement": true}"#).expect("parses");
+        check(&p, &c).expect("any");
+    }
+
+    #[test]
+    fn defaults_fail_closed_for_emulated_evidence_too() {
+        let c = claims(TrustLevel::InsecureEmulated);
+        let p = Policy {
+            measurements: vec![vec![7; 48]],
+            ..Policy::default()
+        };
+        assert_eq!(check(&p, &c), Err("trust-anchor".to_owned()));
+        let p = Policy {
+            allow_emulated: true,
+            ..p
+        };
+        check(&p, &c).expect("emulated allowed");
     }
 }

@@ -3,14 +3,20 @@
 //! IDs, ID-key and author-key digest allow lists, chip-id allow list, VMPL, SMT,
 //! single socket, migration agent, minimum ABI, and platform-info bits.
 //!
-//! `SnpPolicy::default()` is the secure default: nothing pinned, but a guest whose
-//! policy allows a migration agent is refused. Debug is refused by the common
-//! [`Policy`](super::Policy) (`claims.debug`). Every refusal names its check.
+//! `SnpPolicy::default()` is the secure default: the report must be requested at VMPL 0
+//! (`vmpl = 0`), every TCB (reported, current, committed) must meet the product's
+//! [`MinTcb::baseline`] (`min_tcb` absent), and a guest whose policy allows a migration
+//! agent is refused. Debug is refused by the common [`Policy`](super::Policy)
+//! (`claims.debug`). Every refusal names its check.
+//!
+//! The built-in TCB baseline is a floor, not a recommendation: production policies should
+//! pin `min_tcb` to the levels of AMD's latest security bulletins (for example
+//! AMD-SB-3019 asks for SNP firmware SPL 0x18 on Milan and 0x17 on Genoa).
 
 use serde::{Deserialize, Serialize};
 
 use super::PolicyViolation;
-use crate::snp::{SnpClaims, TcbLayout, TcbParts, TcbVersion};
+use crate::snp::{Product, SnpClaims, TcbLayout, TcbParts, TcbVersion};
 
 /// Why a minimum-TCB specification could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +66,32 @@ impl MinTcb {
         *self == MinTcb::default()
     }
 
+    /// The minimum TCB required when a policy does not set `min_tcb`.
+    ///
+    /// | product | bl | tee | snp | ucode | source |
+    /// |---|---|---|---|---|---|
+    /// | Milan | 3 | 0 | 8 | 115 | the genuine Milan v2 report of virtee/sev's test data (`report_milan.hex`) |
+    /// | Genoa | 0 | 0 | 8 | 0 | SNP firmware SPL only: no genuine Genoa report is on file to pin the other components |
+    /// | Turin | 0 | 0 | 8 | 0 | as Genoa |
+    ///
+    /// Every baseline is non-zero, so a policy without `min_tcb` never accepts a platform
+    /// whose SNP firmware predates these levels. The emulated platforms report above it.
+    pub fn baseline(product: Product) -> MinTcb {
+        match product {
+            Product::Milan => MinTcb {
+                bootloader: 3,
+                tee: 0,
+                snp: 8,
+                microcode: 115,
+                fmc: 0,
+            },
+            Product::Genoa | Product::Turin => MinTcb {
+                snp: 8,
+                ..MinTcb::default()
+            },
+        }
+    }
+
     /// Parses `bl=3,tee=0,snp=8,ucode=115[,fmc=N]` (missing components are 0;
     /// `boot_loader`/`bootloader`, `microcode` also accepted) or a raw TCB_VERSION in
     /// hex (`0x7300000000000003`), decoded with `layout`.
@@ -104,11 +136,12 @@ impl MinTcb {
 }
 
 /// SEV-SNP specific checks.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SnpPolicy {
-    /// Minimum TCB of REPORTED_TCB, CURRENT_TCB and COMMITTED_TCB.
-    pub min_tcb: MinTcb,
+    /// Minimum TCB of REPORTED_TCB, CURRENT_TCB and COMMITTED_TCB. `None` (the default):
+    /// the product's [`MinTcb::baseline`]. An explicit all-zero value disables the check.
+    pub min_tcb: Option<MinTcb>,
     /// Minimum LAUNCH_TCB.
     pub min_launch_tcb: MinTcb,
     /// Minimum GUEST_SVN.
@@ -130,7 +163,8 @@ pub struct SnpPolicy {
     /// a non-empty list).
     #[serde(with = "super::hex_list")]
     pub chip_ids: Vec<Vec<u8>>,
-    /// Required VMPL of the report request.
+    /// Required VMPL of the report request. Default `Some(0)`; `None` (JSON `null`)
+    /// accepts a report requested at any VMPL.
     pub vmpl: Option<u32>,
     /// Require the guest policy to forbid SMT and the platform to have SMT disabled.
     pub require_smt_disabled: bool,
@@ -146,6 +180,28 @@ pub struct SnpPolicy {
     pub platform_info_forbidden: u64,
 }
 
+impl Default for SnpPolicy {
+    fn default() -> Self {
+        Self {
+            min_tcb: None,
+            min_launch_tcb: MinTcb::default(),
+            min_guest_svn: 0,
+            family_id: None,
+            image_id: None,
+            id_key_digests: Vec::new(),
+            author_key_digests: Vec::new(),
+            chip_ids: Vec::new(),
+            vmpl: Some(0),
+            require_smt_disabled: false,
+            require_single_socket: false,
+            allow_migration_agent: false,
+            min_abi: None,
+            platform_info_required: 0,
+            platform_info_forbidden: 0,
+        }
+    }
+}
+
 fn fail(check: &str, detail: String) -> Result<(), PolicyViolation> {
     Err(PolicyViolation::new(check, detail))
 }
@@ -153,8 +209,9 @@ fn fail(check: &str, detail: String) -> Result<(), PolicyViolation> {
 impl SnpPolicy {
     /// Evaluates the SNP checks; the first refusal is returned.
     pub fn check(&self, c: &SnpClaims) -> Result<(), PolicyViolation> {
-        if !self.min_tcb.is_zero() {
-            let min = self.min_tcb.as_parts();
+        let min_tcb = self.min_tcb.unwrap_or_else(|| MinTcb::baseline(c.product));
+        if !min_tcb.is_zero() {
+            let min = min_tcb.as_parts();
             for (name, tcb) in [
                 ("reported", &c.reported_tcb),
                 ("current", &c.current_tcb),
@@ -298,12 +355,12 @@ impl SnpPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::snp::claims::{SnpGuestPolicy, SnpPlatformInfo};
-    use crate::snp::{Product, Signer};
+    use crate::snp::Signer;
 
-    fn claims() -> SnpClaims {
+    pub(in crate::policy) fn claims() -> SnpClaims {
         let tcb = TcbParts {
             bootloader: 3,
             tee: 0,
@@ -382,13 +439,68 @@ mod tests {
     }
 
     #[test]
+    fn default_requires_vmpl_0() {
+        // Attack: a report requested from VMPL 3 (by less privileged guest software, or
+        // by a host-planted SVSM-level component) was accepted by the default policy.
+        let mut c = claims();
+        c.vmpl = 3;
+        assert_eq!(refused(SnpPolicy::default(), &c), "vmpl");
+        c.vmpl = 1;
+        assert_eq!(refused(SnpPolicy::default(), &c), "vmpl");
+        c.vmpl = 0;
+        SnpPolicy::default().check(&c).expect("VMPL 0");
+        let any: SnpPolicy = serde_json::from_str(r#"{"vmpl": null}"#).expect("parses");
+        c.vmpl = 3;
+        any.check(&c).expect("an explicit null accepts any VMPL");
+    }
+
+    #[test]
+    fn default_requires_the_baseline_tcb() {
+        // Attack: a platform at SNP firmware SPL 0 (no security fixes) was accepted by
+        // the default policy, whose minimum TCB was zero.
+        let mut c = claims();
+        let old = TcbParts {
+            bootloader: 3,
+            tee: 0,
+            snp: 0,
+            microcode: 115,
+            fmc: None,
+        };
+        for product in [Product::Milan, Product::Genoa, Product::Turin] {
+            assert!(!MinTcb::baseline(product).is_zero());
+            c.product = product;
+            c.reported_tcb = old;
+            assert_eq!(refused(SnpPolicy::default(), &c), "min-tcb", "{product:?}");
+            c.reported_tcb = c.current_tcb;
+            c.committed_tcb = old;
+            assert_eq!(refused(SnpPolicy::default(), &c), "min-tcb", "{product:?}");
+            c.committed_tcb = c.current_tcb;
+            SnpPolicy::default().check(&c).expect("at the baseline");
+        }
+        // Milan also pins microcode: one below the baseline is refused.
+        c.product = Product::Milan;
+        c.current_tcb.microcode = 114;
+        assert_eq!(refused(SnpPolicy::default(), &c), "min-tcb");
+        // An explicit zero minimum is the operator's explicit choice.
+        SnpPolicy {
+            min_tcb: Some(MinTcb::default()),
+            ..Default::default()
+        }
+        .check(&c)
+        .expect("explicit zero");
+        // The emulated platform's default TCB meets the Milan baseline.
+        let emulated = crate::snp::emulated::EmulatedSnpConfig::default().tcb;
+        assert!(emulated.at_least(&MinTcb::baseline(Product::Milan).as_parts()));
+    }
+
+    #[test]
     fn each_check_names_itself() {
         let c = claims();
         let min = |f: fn(&mut MinTcb)| {
             let mut m = MinTcb::default();
             f(&mut m);
             SnpPolicy {
-                min_tcb: m,
+                min_tcb: Some(m),
                 ..Default::default()
             }
         };
@@ -588,7 +700,8 @@ mod tests {
         let p: SnpPolicy =
             serde_json::from_str(r#"{"min_guest_svn": 2, "min_tcb": {"snp": 8}}"#).expect("parses");
         assert_eq!(p.min_guest_svn, 2);
-        assert_eq!(p.min_tcb.snp, 8);
+        assert_eq!(p.min_tcb.map(|m| m.snp), Some(8));
+        assert_eq!(p.vmpl, Some(0), "a missing vmpl means VMPL 0");
         assert!(!p.allow_migration_agent);
         assert!(serde_json::from_str::<SnpPolicy>(r#"{"min_guest_sv": 2}"#).is_err());
         let round: SnpPolicy =

@@ -58,7 +58,13 @@
 //! collateral.add_certificates(&std::fs::read("vcek.der")?, "VCEK")?;
 //! let report = std::fs::read("report.bin")?;
 //! let claims = verifier.verify(&report, &collateral, time::OffsetDateTime::now_utc())?;
-//! attestation::policy::Policy::default().evaluate(&claims)?;
+//! // The default policy plus the expected launch measurement (from `cvm measure`).
+//! let expected = hex::decode(std::fs::read_to_string("measurement.hex")?.trim())?;
+//! attestation::policy::Policy {
+//!     measurements: vec![expected],
+//!     ..Default::default()
+//! }
+//! .evaluate(&claims)?;
 //! # Ok(()) }
 //! ```
 

@@ -78,7 +78,13 @@
 //! let verifier = TdxVerifier::intel();
 //! let at = time::OffsetDateTime::now_utc();
 //! let verified = verifier.verify(&quote, &collateral, at)?;
-//! attestation::policy::Policy::default().evaluate(&verified.claims)?;
+//! // The default policy plus the expected MRTD (from `cvm measure`).
+//! let expected = hex::decode(std::fs::read_to_string("mrtd.hex")?.trim())?;
+//! attestation::policy::Policy {
+//!     measurements: vec![expected],
+//!     ..Default::default()
+//! }
+//! .evaluate(&verified.claims)?;
 //! println!("MRTD {}", hex::encode(&verified.claims.measurement));
 //! # Ok(()) }
 //! ```

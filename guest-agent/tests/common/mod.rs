@@ -64,7 +64,7 @@ impl Server {
     }
 }
 
-/// Starts the verifier with workload `web` (emulated evidence of [`MEASUREMENT`]
+/// Starts the verifier with workloads `web` (SNP) and `web-tdx` (emulated evidence of [`MEASUREMENT`]
 /// allowed) granted [`RESOURCE`] = [`SECRET`].
 pub fn start_server() -> Server {
     start_server_with(
@@ -75,7 +75,7 @@ pub fn start_server() -> Server {
     )
 }
 
-/// Starts the verifier with workload `web` under `policy`, granted [`RESOURCE`] =
+/// Starts the verifier with workloads `web` (SNP) and `web-tdx` under `policy`, granted [`RESOURCE`] =
 /// `secret`.
 pub fn start_server_with(policy: serde_json::Value, secret: Vec<u8>) -> Server {
     start(policy, secret, false)
@@ -129,18 +129,25 @@ fn start(policy: serde_json::Value, secret: Vec<u8>, tls: bool) -> Server {
             let db = Db::open(&db_path).await.unwrap();
             let mk = MasterKey::load(&mk_path).unwrap();
             let mut t = db.begin().await.unwrap();
-            let policy = serde_json::from_value(policy).unwrap();
-            workloads::upsert(
-                &mut t,
-                &Workload {
-                    name: "web".into(),
-                    policy,
-                    resources: vec![RESOURCE.into()],
-                    revoked: false,
-                },
-            )
-            .await
-            .unwrap();
+            let policy: attestation::policy::Policy = serde_json::from_value(policy).unwrap();
+            // Each workload is bound to one TEE: `web` (SNP) and `web-tdx`.
+            for (name, tee) in [
+                ("web", attestation::claims::Tee::Snp),
+                ("web-tdx", attestation::claims::Tee::Tdx),
+            ] {
+                workloads::upsert(
+                    &mut t,
+                    &Workload {
+                        name: name.into(),
+                        tee: Some(tee),
+                        policy: policy.clone(),
+                        resources: vec![RESOURCE.into()],
+                        revoked: false,
+                    },
+                )
+                .await
+                .unwrap();
+            }
             workloads::put_resource(&mut t, &mk, RESOURCE, &secret)
                 .await
                 .unwrap();

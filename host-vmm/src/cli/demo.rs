@@ -603,6 +603,8 @@ fn register(
             os("workload"),
             os("put"),
             os(&name),
+            os("--tee"),
+            os(tee.trim_start_matches("emulated-")),
             os("--policy-file"),
             policy_path.as_os_str().into(),
             os("--resource"),

@@ -146,10 +146,13 @@ pub enum WorkloadCmd {
         /// Name.
         name: String,
     },
-    /// Create or replace a workload.
+    /// Create or replace a workload (granting resources needs an admin).
     Put {
         /// Name.
         name: String,
+        /// The TEE whose guests the workload accepts (required).
+        #[arg(long, value_parser = ["snp", "tdx"])]
+        tee: String,
         /// Policy file (TOML or JSON, attestation::policy::Policy).
         #[arg(long)]
         policy_file: Option<PathBuf>,
@@ -421,6 +424,7 @@ async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
         }
         Command::Workload(WorkloadCmd::Put {
             name,
+            tee,
             policy_file,
             measurements,
             resources,
@@ -439,7 +443,7 @@ async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
                 list.extend(measurements.into_iter().map(Value::String));
                 policy["measurements"] = Value::Array(list);
             }
-            let body = json!({"policy": policy, "resources": resources});
+            let body = json!({"tee": tee, "policy": policy, "resources": resources});
             client
                 .call(
                     Method::PUT,
@@ -547,4 +551,18 @@ fn load_policy(path: &std::path::Path) -> Result<Value, AdminCliError> {
         Err(_) => toml::from_str(&text).map_err(|e| AdminCliError::Policy(e.to_string()))?,
     };
     serde_json::to_value(policy).map_err(|e| AdminCliError::Policy(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sample_policy_parses_and_fails_closed() {
+        let p: attestation::policy::Policy =
+            toml::from_str(include_str!("../../policy.sample.toml")).expect("sample parses");
+        assert_eq!(p.measurements.len(), 1);
+        assert_eq!(p.measurements[0].len(), 48);
+        assert!(!p.allow_any_measurement && !p.allow_emulated && !p.allow_debug);
+        assert_eq!(p.snp.vmpl, Some(0));
+        assert_eq!(p.snp.min_tcb.map(|m| m.snp), Some(24));
+    }
 }

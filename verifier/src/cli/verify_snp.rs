@@ -281,7 +281,12 @@ fn prepare(a: &Args) -> Result<Prepared, UsageError> {
             .ok()
             .and_then(|r| r.product());
         let layout = product.map_or(TcbLayout::Legacy, TcbLayout::for_product);
-        policy.snp.min_tcb = MinTcb::parse(spec, layout).map_err(UsageError::MinTcb)?;
+        policy.snp.min_tcb = Some(MinTcb::parse(spec, layout).map_err(UsageError::MinTcb)?);
+    }
+    // An offline check without a policy file or --measurement checks everything but the
+    // measurement; a policy file must list measurements or say allow_any_measurement.
+    if a.policy_file.is_none() && policy.measurements.is_empty() {
+        policy.allow_any_measurement = true;
     }
     Ok(Prepared {
         report,

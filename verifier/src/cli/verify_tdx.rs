@@ -176,6 +176,11 @@ fn policy(a: &Args) -> Result<Policy, UsageError> {
             .ok_or_else(|| UsageError::Rtmr(r.clone()))?;
         p.tdx.rtmrs.push(ExpectedRtmr { index, value });
     }
+    // An offline check without a policy file or --measurement checks everything but the
+    // measurement; a policy file must list measurements or say allow_any_measurement.
+    if a.policy_file.is_none() && p.measurements.is_empty() {
+        p.allow_any_measurement = true;
+    }
     for s in &a.allow_tcb_statuses {
         let status: TcbStatus = s.parse().map_err(UsageError::TcbStatus)?;
         if !p.tdx.allowed_tcb_statuses.contains(&status) {

@@ -4,9 +4,20 @@
 //! | permission | admin | operator | auditor |
 //! |---|---|---|---|
 //! | users | yes | | |
-//! | workloads, reference values, resources, revocations | yes | yes | |
+//! | grants: resource values; creating or replacing a workload that has or gets resources or `allow_any_measurement`; restoring a revoked workload or guest | yes | | |
+//! | workloads without grants, adding/removing reference values (never the last), revoking workloads and guests | yes | yes | |
 //! | inventory (read) | yes | yes | yes |
 //! | audit log (read, verify) | yes | | yes |
+//!
+//! Every admin request carries a TOTP code, so whatever can release a secret (a grant)
+//! needs a token *and* the second factor; an operator token alone can narrow or close
+//! access (remove a measurement, revoke) but never open it to a new guest population
+//! other than by adding a reference value to a workload an admin already granted.
+//!
+//! Workload rules (fail closed): `tee` (`snp` or `tdx`) is required; the policy must list
+//! at least one 48-byte measurement or set `allow_any_measurement` (admin only; the KBS
+//! honours it only for insecure-emulated evidence); removing the last measurement is
+//! refused with 409 (revoke or delete the workload instead).
 //!
 //! Authentication: `Authorization: Bearer cvmv.<id>.<secret>`; admins also send the
 //! current TOTP code in `X-TOTP`. Attempts are reserved per client IP and per user before
@@ -14,6 +25,7 @@
 //! counted in metrics and audited (requests refused by the rate limiter are counted but
 //! not audited, so a flood cannot grow the log without bound).
 
+use attestation::claims::Tee;
 use attestation::policy::Policy;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -52,8 +64,11 @@ pub struct Principal {
 pub enum Permission {
     /// Manage users.
     Users,
-    /// Manage workloads, reference values, resources and revocations.
+    /// Manage workloads without grants, reference values and revocations.
     Manage,
+    /// Grant secrets: resource values, workloads with resources or
+    /// `allow_any_measurement`, restoring revoked grants. Admin (with TOTP) only.
+    Grant,
     /// Read the inventory.
     ReadInventory,
     /// Read and verify the audit log.
@@ -82,6 +97,11 @@ impl Principal {
     fn require(&self, p: Permission) -> Result<(), ApiError> {
         if self.role.allows(p) {
             Ok(())
+        } else if p == Permission::Grant {
+            Err(ApiError::Forbidden(format!(
+                "granting access to secrets needs the admin role (with TOTP); the {} role may not do this",
+                self.role.as_str()
+            )))
         } else {
             Err(ApiError::Forbidden(format!(
                 "the {} role may not do this",
@@ -370,6 +390,10 @@ pub async fn get_workload(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadBody {
+    /// The TEE the workload is bound to (required; optional here only so that a missing
+    /// value gets a clear message).
+    #[serde(default)]
+    pub tee: Option<Tee>,
     /// The policy (with the allowed measurements).
     #[serde(default)]
     pub policy: Policy,
@@ -405,15 +429,39 @@ pub async fn put_workload(
             hex::encode(m)
         )));
     }
+    let Some(tee) = body.tee else {
+        return Err(ApiError::BadRequest(
+            "`tee` is required: the TEE whose guests the workload accepts (snp or tdx)".into(),
+        ));
+    };
+    if body.policy.measurements.is_empty() && !body.policy.allow_any_measurement {
+        return Err(ApiError::BadRequest(
+            "the policy allows no measurement: list at least one, or set allow_any_measurement (honoured for insecure-emulated evidence only)".into(),
+        ));
+    }
     let w = Workload {
         name: name.clone(),
+        tee: Some(tee),
         policy: body.policy,
         resources: body.resources,
         revoked: body.revoked,
     };
     let mut tx = st.db.begin().await?;
+    let old = workloads::get(&mut tx, &name).await?;
+    // Opening access to secrets needs the second factor: a workload that has or gets
+    // resources (its grant, its policy or its TEE change), that allows any measurement,
+    // or that is un-revoked.
+    let grants = !w.resources.is_empty()
+        || w.policy.allow_any_measurement
+        || old
+            .as_ref()
+            .is_some_and(|o| !o.resources.is_empty() || (o.revoked && !w.revoked));
+    if grants {
+        p.require(Permission::Grant)?;
+    }
     let created = workloads::upsert(&mut tx, &w).await?;
-    let detail = json!({"policy": w.policy, "resources": w.resources, "revoked": w.revoked});
+    let detail =
+        json!({"tee": tee, "policy": w.policy, "resources": w.resources, "revoked": w.revoked});
     p.commit_change(
         tx,
         format!("workload:{name}"),
@@ -480,6 +528,12 @@ async fn edit_measurements(
                 "the workload does not allow this measurement".into(),
             ));
         }
+        if w.policy.measurements.iter().all(|x| *x == m) && !w.policy.allow_any_measurement {
+            return Err(ApiError::Conflict(format!(
+                "{} is the last measurement of workload {name}: removing it would leave no reference value; revoke or delete the workload instead",
+                hex::encode(&m)
+            )));
+        }
         w.policy.measurements.retain(|x| *x != m);
     }
     workloads::upsert(&mut tx, &w).await?;
@@ -541,6 +595,10 @@ pub async fn revoke_workload(
     let mut w = workloads::get(&mut tx, &name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no workload {name}")))?;
+    if w.revoked && !body.revoked {
+        // Restoring re-opens a grant: it needs the second factor.
+        p.require(Permission::Grant)?;
+    }
     w.revoked = body.revoked;
     workloads::upsert(&mut tx, &w).await?;
     let outcome = if body.revoked { "revoked" } else { "restored" };
@@ -592,7 +650,7 @@ pub async fn put_resource(
     Path((repo, kind, tag)): Path<(String, String, String)>,
     JsonBody(body): JsonBody<ResourceBody>,
 ) -> Result<StatusCode, ApiError> {
-    p.require(Permission::Manage)?;
+    p.require(Permission::Grant)?;
     let path = resource_path(&repo, &kind, &tag)?;
     let value = Zeroizing::new(
         base64::engine::general_purpose::STANDARD
@@ -627,7 +685,7 @@ pub async fn delete_resource(
     axum::Extension(p): Caller,
     Path((repo, kind, tag)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    p.require(Permission::Manage)?;
+    p.require(Permission::Grant)?;
     let path = resource_path(&repo, &kind, &tag)?;
     let mut tx = st.db.begin().await?;
     if !workloads::delete_resource(&mut tx, &path).await? {
@@ -666,7 +724,11 @@ pub async fn revoke_guest(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<RevocationBody>,
 ) -> Result<Json<Value>, ApiError> {
-    p.require(Permission::Manage)?;
+    p.require(if body.revoked {
+        Permission::Manage
+    } else {
+        Permission::Grant
+    })?;
     let mut tx = st.db.begin().await?;
     if !sessions::set_guest_revoked(&mut tx, &id, body.revoked).await? {
         return Err(ApiError::NotFound(format!("no guest {id}")));

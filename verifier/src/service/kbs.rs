@@ -591,18 +591,21 @@ fn token_claims(
 
 /// The workload whose policy `claims` meet, among `candidates` (the hinted workload, or
 /// every workload).
+///
+/// Fail closed, named or not: a workload matches only a guest of its own TEE (an unbound
+/// legacy workload matches none), whose measurement it lists. `allow_any_measurement`
+/// stands in for the list only for insecure-emulated evidence of a guest that names the
+/// workload; hardware evidence must always match a listed measurement. Then the policy.
 fn choose_workload(
     session: &Session,
     claims: &Claims,
     candidates: Vec<Workload>,
 ) -> Result<Workload, Refusal> {
-    let candidates: Vec<Workload> = match &session.workload_hint {
-        Some(_) => candidates,
-        None => candidates
-            .into_iter()
-            .filter(|w| w.policy.measurements.contains(&claims.measurement))
-            .collect(),
-    };
+    let hinted = session.workload_hint.is_some();
+    let candidates: Vec<Workload> = candidates
+        .into_iter()
+        .filter(|w| hinted || w.policy.measurements.contains(&claims.measurement))
+        .collect();
     if candidates.is_empty() {
         let msg = match &session.workload_hint {
             Some(n) => format!("no workload named {n}"),
@@ -622,30 +625,94 @@ fn choose_workload(
     }
     let mut first = None;
     for w in candidates {
-        if w.revoked {
-            first.get_or_insert(Refusal::new(
-                "workload-revoked",
-                ApiError::Forbidden(format!("workload {} is revoked", w.name)),
-            ));
-            continue;
-        }
-        match w.policy.evaluate(claims) {
+        match admits(&w, claims) {
             Ok(()) => return Ok(w),
-            Err(v) => {
-                first.get_or_insert(Refusal::new(
-                    &v.check,
-                    ApiError::AttestationRefused {
-                        kind: ErrorKind::PolicyNotMet,
-                        check: Some(v.check.clone()),
-                        message: v.to_string(),
-                    },
-                ));
+            Err(r) => {
+                first.get_or_insert(r);
             }
         }
     }
     Err(first.unwrap_or_else(|| {
         Refusal::from(ApiError::Forbidden("no workload accepts this guest".into()))
     }))
+}
+
+fn policy_refusal(check: &str, message: String) -> Refusal {
+    Refusal::new(
+        check,
+        ApiError::AttestationRefused {
+            kind: ErrorKind::PolicyNotMet,
+            check: Some(check.into()),
+            message,
+        },
+    )
+}
+
+/// Whether workload `w` accepts a guest with `claims`: the workload rules
+/// ([`workload_admits`]), then the policy.
+fn admits(w: &Workload, claims: &Claims) -> Result<(), Refusal> {
+    workload_admits(w, claims.tee, claims.trust, &claims.measurement)?;
+    w.policy
+        .evaluate(claims)
+        .map_err(|v| policy_refusal(&v.check, v.to_string()))
+}
+
+/// The workload rules before its policy: not revoked, bound to the guest's TEE, and the
+/// measurement listed — or any, only for insecure-emulated evidence when the policy
+/// says `allow_any_measurement` (the policy's own check then lets it pass).
+fn workload_admits(
+    w: &Workload,
+    tee: Tee,
+    trust: TrustLevel,
+    measurement: &[u8],
+) -> Result<(), Refusal> {
+    if w.revoked {
+        return Err(Refusal::new(
+            "workload-revoked",
+            ApiError::Forbidden(format!("workload {} is revoked", w.name)),
+        ));
+    }
+    let guest_tee = workloads::tee_name(tee);
+    match w.tee {
+        None => {
+            return Err(policy_refusal(
+                "workload-tee",
+                format!(
+                    "workload {} is not bound to a TEE (stored before schema v4); an admin must set its tee",
+                    w.name
+                ),
+            ))
+        }
+        Some(t) if t != tee => {
+            return Err(policy_refusal(
+                "workload-tee",
+                format!(
+                    "workload {} accepts {} guests, not {guest_tee}",
+                    w.name,
+                    workloads::tee_name(t)
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    let listed = w.policy.measurements.iter().any(|m| m == measurement);
+    let any_emulated = w.policy.allow_any_measurement && trust == TrustLevel::InsecureEmulated;
+    if !listed && !any_emulated {
+        let why = if w.policy.allow_any_measurement {
+            " (allow_any_measurement is honoured for insecure-emulated evidence only)"
+        } else {
+            ""
+        };
+        return Err(policy_refusal(
+            "measurement",
+            format!(
+                "measurement {} is not in the allowed list of workload {}{why}",
+                hex::encode(measurement),
+                w.name
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `GET /kbs/v0/resource/{repo}/{type}/{tag}`: releases a resource as a JWE to the TEE key.
@@ -882,4 +949,88 @@ async fn resource_inner(
         body,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod workload_rules {
+    use super::*;
+
+    fn workload(tee: Option<Tee>, measurements: Vec<Vec<u8>>, any: bool) -> Workload {
+        Workload {
+            name: "w".into(),
+            tee,
+            policy: attestation::policy::Policy {
+                measurements,
+                allow_any_measurement: any,
+                ..Default::default()
+            },
+            resources: vec!["a/b/c".into()],
+            revoked: false,
+        }
+    }
+
+    fn reason(r: Result<(), Refusal>) -> String {
+        r.err()
+            .map(|r| r.reason)
+            .unwrap_or_else(|| "admitted".into())
+    }
+
+    #[test]
+    fn hardware_evidence_needs_a_listed_measurement() {
+        use TrustLevel::{Hardware, InsecureEmulated};
+        let m = vec![7u8; 48];
+        let any = workload(Some(Tee::Snp), vec![], true);
+        assert_eq!(
+            reason(workload_admits(&any, Tee::Snp, Hardware, &m)),
+            "measurement"
+        );
+        assert_eq!(
+            reason(workload_admits(&any, Tee::Snp, InsecureEmulated, &m)),
+            "admitted"
+        );
+        let listed = workload(Some(Tee::Snp), vec![m.clone()], false);
+        assert_eq!(
+            reason(workload_admits(&listed, Tee::Snp, Hardware, &m)),
+            "admitted"
+        );
+        assert_eq!(
+            reason(workload_admits(&listed, Tee::Snp, Hardware, &[8u8; 48])),
+            "measurement"
+        );
+        let empty = workload(Some(Tee::Snp), vec![], false);
+        for trust in [Hardware, InsecureEmulated] {
+            assert_eq!(
+                reason(workload_admits(&empty, Tee::Snp, trust, &m)),
+                "measurement"
+            );
+        }
+    }
+
+    #[test]
+    fn a_workload_matches_its_own_tee_only() {
+        let m = vec![7u8; 48];
+        let tdx = workload(Some(Tee::Tdx), vec![m.clone()], false);
+        assert_eq!(
+            reason(workload_admits(&tdx, Tee::Snp, TrustLevel::Hardware, &m)),
+            "workload-tee"
+        );
+        let unbound = workload(None, vec![m.clone()], false);
+        for tee in [Tee::Snp, Tee::Tdx] {
+            assert_eq!(
+                reason(workload_admits(&unbound, tee, TrustLevel::Hardware, &m)),
+                "workload-tee"
+            );
+        }
+        let mut revoked = workload(Some(Tee::Snp), vec![m.clone()], false);
+        revoked.revoked = true;
+        assert_eq!(
+            reason(workload_admits(
+                &revoked,
+                Tee::Snp,
+                TrustLevel::Hardware,
+                &m
+            )),
+            "workload-revoked"
+        );
+    }
 }

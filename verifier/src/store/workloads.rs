@@ -1,6 +1,8 @@
-//! Workloads (a policy with its allowed measurements, and the resources it may receive)
-//! and resources (values sealed under the master key, bound to their path).
+//! Workloads (a policy with its allowed measurements, the TEE it is bound to, and the
+//! resources it may receive) and resources (values sealed under the master key, bound to
+//! their path).
 
+use attestation::claims::Tee;
 use attestation::policy::Policy;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, AnyConnection, Row};
@@ -15,9 +17,15 @@ use crate::db::{now, Db, DbError, Tx};
 pub struct Workload {
     /// Unique name (same alphabet as resource path segments).
     pub name: String,
+    /// The TEE whose guests this workload accepts; a guest of another TEE never matches
+    /// it. `None` only for workloads stored before schema v4 ("unbound"): they match no
+    /// guest until an admin sets the TEE.
+    #[serde(default)]
+    pub tee: Option<Tee>,
     /// The policy; `policy.measurements` are the reference values (allowed launch
-    /// measurements). A workload with no measurements matches only guests that name it
-    /// in the `extra-params` of their auth request.
+    /// measurements). An empty list matches no guest unless the policy sets
+    /// `allow_any_measurement`, which the KBS honours only for insecure-emulated evidence
+    /// of a guest that names the workload in the `extra-params` of its auth request.
     #[serde(default)]
     pub policy: Policy,
     /// Resource paths `repo/type/tag` this workload may receive.
@@ -44,12 +52,28 @@ pub fn valid_path(p: &str) -> bool {
     parts.len() == 3 && parts.iter().all(|s| valid_segment(s))
 }
 
+/// The stored name of a TEE (`workloads.tee`).
+pub fn tee_name(tee: Tee) -> &'static str {
+    match tee {
+        Tee::Snp => "snp",
+        Tee::Tdx => "tdx",
+    }
+}
+
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Workload, DbError> {
     let policy: String = r.try_get(1)?;
     let resources: String = r.try_get(2)?;
     let revoked: i64 = r.try_get(3)?;
+    let tee: Option<String> = r.try_get(4)?;
+    let tee = match tee.as_deref() {
+        None => None,
+        Some("snp") => Some(Tee::Snp),
+        Some("tdx") => Some(Tee::Tdx),
+        Some(_) => return Err(DbError::Corrupt("a stored workload TEE is not valid")),
+    };
     Ok(Workload {
         name: r.try_get(0)?,
+        tee,
         policy: serde_json::from_str(&policy)
             .map_err(|_| DbError::Corrupt("a stored policy is not valid"))?,
         resources: serde_json::from_str(&resources)
@@ -72,18 +96,20 @@ async fn list_with<'e, E>(ex: E) -> Result<Vec<Workload>, DbError>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let rows = sqlx::query("SELECT name, policy, resources, revoked FROM workloads ORDER BY name")
-        .fetch_all(ex)
-        .await?;
+    let rows =
+        sqlx::query("SELECT name, policy, resources, revoked, tee FROM workloads ORDER BY name")
+            .fetch_all(ex)
+            .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// One workload.
 pub async fn get(tx: &mut Tx, name: &str) -> Result<Option<Workload>, DbError> {
-    let row = sqlx::query("SELECT name, policy, resources, revoked FROM workloads WHERE name = $1")
-        .bind(name)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let row =
+        sqlx::query("SELECT name, policy, resources, revoked, tee FROM workloads WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -101,10 +127,11 @@ async fn get_with<'e, E>(ex: E, name: &str) -> Result<Option<Workload>, DbError>
 where
     E: sqlx::Executor<'e, Database = Any>,
 {
-    let row = sqlx::query("SELECT name, policy, resources, revoked FROM workloads WHERE name = $1")
-        .bind(name)
-        .fetch_optional(ex)
-        .await?;
+    let row =
+        sqlx::query("SELECT name, policy, resources, revoked, tee FROM workloads WHERE name = $1")
+            .bind(name)
+            .fetch_optional(ex)
+            .await?;
     row.as_ref().map(from_row).transpose()
 }
 
@@ -115,9 +142,9 @@ pub async fn upsert(tx: &mut Tx, w: &Workload) -> Result<bool, DbError> {
     let resources = serde_json::to_string(&w.resources).map_err(DbError::Encode)?;
     let t = now();
     sqlx::query(
-        "INSERT INTO workloads (name, policy, resources, revoked, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO workloads (name, policy, resources, revoked, created_at, updated_at, tee) VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, resources = excluded.resources, \
-         revoked = excluded.revoked, updated_at = excluded.updated_at",
+         revoked = excluded.revoked, updated_at = excluded.updated_at, tee = excluded.tee",
     )
     .bind(&w.name)
     .bind(policy)
@@ -125,6 +152,7 @@ pub async fn upsert(tx: &mut Tx, w: &Workload) -> Result<bool, DbError> {
     .bind(i64::from(w.revoked))
     .bind(t)
     .bind(t)
+    .bind(w.tee.map(tee_name))
     .execute(&mut **tx)
     .await?;
     Ok(!existed)
@@ -237,7 +265,7 @@ pub async fn release_inputs(
 ) -> Result<ReleaseInputs, DbError> {
     // Placeholders in ascending order of appearance (see crate::db).
     let row = sqlx::query(
-        "SELECT w.name, w.policy, w.resources, w.revoked, \
+        "SELECT w.name, w.policy, w.resources, w.revoked, w.tee, \
          (SELECT i.revoked FROM inventory i WHERE i.id = $1), \
          (SELECT r.sealed FROM resources r WHERE r.path = $2) \
          FROM (SELECT 1 AS one) AS o LEFT JOIN workloads w ON w.name = $3",
@@ -252,11 +280,11 @@ pub async fn release_inputs(
         Some(_) => Some(from_row(&row)?),
         None => None,
     };
-    let guest_revoked: Option<i64> = row.try_get(4)?;
+    let guest_revoked: Option<i64> = row.try_get(5)?;
     Ok(ReleaseInputs {
         workload,
         guest_revoked: guest_revoked.map(|r| r != 0),
-        sealed: row.try_get(5)?,
+        sealed: row.try_get(6)?,
     })
 }
 

@@ -230,21 +230,24 @@ pub fn kbs(server: &Server) -> KbsClient {
     KbsClient::new(http(), &server.base)
 }
 
-/// Creates workload `w` allowing [`MEASUREMENT`] (and emulated evidence) with
-/// [`RESOURCE`] granted, and stores the resource.
+/// Creates workloads `name` (SNP) and `{name}-tdx` (TDX), each allowing [`MEASUREMENT`]
+/// (and emulated evidence) with [`RESOURCE`] granted, and stores the resource.
 pub async fn provision(admin: &AdminClient, name: &str) {
-    let body = json!({
-        "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
-        "resources": [RESOURCE],
-    });
-    admin
-        .call(
-            Method::PUT,
-            &format!("/admin/v1/workloads/{name}"),
-            Some(&body),
-        )
-        .await
-        .unwrap();
+    for (workload, tee) in [(name.to_owned(), "snp"), (format!("{name}-tdx"), "tdx")] {
+        let body = json!({
+            "tee": tee,
+            "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
+            "resources": [RESOURCE],
+        });
+        admin
+            .call(
+                Method::PUT,
+                &format!("/admin/v1/workloads/{workload}"),
+                Some(&body),
+            )
+            .await
+            .unwrap();
+    }
     use base64::Engine;
     let v = json!({"value": base64::engine::general_purpose::STANDARD.encode(SECRET)});
     admin
