@@ -183,6 +183,7 @@ mod tests {
             report_data: vec![0; 64],
             host_data: vec![0; 32],
             debug: false,
+            platform_id: "00".repeat(64),
             detail: TeeClaims::Snp(snp::tests::claims()),
         }
     }
