@@ -2,9 +2,9 @@
 //!
 //! Structure-aware: besides the raw input, a copy gets a well-formed header (version 4
 //! or 5, ECDSA P-256 attestation key, TEE type TDX; for v5 a body descriptor whose size
-//! matches its type) and signature-data and certification-data lengths that match the
-//! bytes present, so the fuzzer spends its time in the body, the QE report and the
-//! certification data instead of on the length checks. That copy is verified with
+//! matches its type) and signature-data and certification-data lengths that fit the
+//! bytes present (cut to them), so the fuzzer spends its time in the body, the QE
+//! report and the certification data instead of on the length checks. That copy is verified with
 //! Intel's root and the genuine v4 collateral of the seed corpus, at a time when that
 //! collateral is valid.
 //!
@@ -41,6 +41,14 @@ fn put_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
+/// Cuts the little-endian u32 length at `at` to at most `max`; returns it.
+fn clamp(b: &mut [u8], at: usize, max: usize) -> usize {
+    let declared = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
+    let len = declared.min(max);
+    put_u32(b, at, len as u32);
+    len
+}
+
 /// `data` with the header and the outer lengths made consistent; `None` if too short.
 fn well_formed(data: &[u8]) -> Option<Vec<u8>> {
     let mut q = data.to_vec();
@@ -68,15 +76,16 @@ fn well_formed(data: &[u8]) -> Option<Vec<u8>> {
     };
     at += body;
     // Signature data: length, then signature (64), attestation key (64), then the
-    // certification data: type, length, data.
+    // certification data: type, length, data. Lengths that overrun what is present are
+    // cut to it (the zero padding a quote may carry after them is kept).
     if q.len() < at + 4 {
         return None;
     }
-    let len = q.len();
-    put_u32(&mut q, at, (len - at - 4) as u32);
+    let room = q.len() - at - 4;
+    let sig_len = clamp(&mut q, at, room);
     let cert = at + 4 + 128;
-    if len >= cert + 6 {
-        put_u32(&mut q, cert + 2, (len - cert - 6) as u32);
+    if sig_len >= 128 + 6 {
+        clamp(&mut q, cert + 2, sig_len - 128 - 6);
     }
     Some(q)
 }
