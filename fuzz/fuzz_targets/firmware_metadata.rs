@@ -1,5 +1,12 @@
 //! Fuzzes the firmware footer table, SEV and TDVF metadata parsers and the plan
 //! builders on arbitrary images.
+//!
+//! The input is the end of the image: it is placed at the end of a zero image rounded up
+//! to whole pages (so the size check does not hide the parsers). Everything the parsers
+//! read is addressed from the end of the image (the footer GUID table ends 32 bytes
+//! before it, metadata offsets count back from it), so a small input holds a whole
+//! table and its metadata, and the seed corpus (synthetic images in the OVMF layout) is
+//! used byte for byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,18 +15,21 @@ use measured_boot::tdx::TdxLaunchPlan;
 use measured_boot::FirmwareImage;
 
 fuzz_target!(|data: &[u8]| {
-    // Round the input up to whole pages so the size check does not hide the parsers.
-    let mut img = data.to_vec();
-    img.resize(data.len().div_ceil(4096).max(1) * 4096, 0);
-    // Keep the tail (where the footer table lives) at the end of the image.
-    if data.len() >= 64 {
-        let n = img.len();
-        img[n - 64..].copy_from_slice(&data[data.len() - 64..]);
-    }
-    let Ok(fw) = FirmwareImage::parse(img) else { return };
+    let size = data.len().div_ceil(4096).max(1) * 4096;
+    let mut img = vec![0u8; size];
+    img[size - data.len()..].copy_from_slice(data);
+    let Ok(fw) = FirmwareImage::parse(img) else {
+        return;
+    };
     let _ = fw.sev_metadata();
     let _ = fw.tdx_metadata();
-    let config = SnpPlanConfig { vcpus: 2, vcpu_sig: 0x800f12, guest_features: 1, vmm_type: VmmType::Qemu, hashes: None };
+    let config = SnpPlanConfig {
+        vcpus: 2,
+        vcpu_sig: 0x800f12,
+        guest_features: 1,
+        vmm_type: VmmType::Qemu,
+        hashes: None,
+    };
     if let Ok(plan) = SnpLaunchPlan::new(fw.clone(), config) {
         let _ = plan.launch_digest();
     }

@@ -99,6 +99,8 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod evidence;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -632,7 +632,7 @@ impl std::fmt::Debug for ResourceBody {
     }
 }
 
-fn resource_path(repo: &str, kind: &str, tag: &str) -> Result<String, ApiError> {
+pub(crate) fn resource_path(repo: &str, kind: &str, tag: &str) -> Result<String, ApiError> {
     let path = format!("{repo}/{kind}/{tag}");
     if valid_path(&path) {
         Ok(path)

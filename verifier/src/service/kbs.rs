@@ -91,7 +91,7 @@ fn session_cookie(st: &AppState, id: &str, max_age: i64) -> HeaderValue {
 
 /// The session id from the `kbs-session-id` cookie: `Ok(None)` if absent, an error if
 /// malformed.
-fn cookie_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn cookie_session(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
         let text = value
