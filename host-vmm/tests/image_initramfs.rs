@@ -364,6 +364,10 @@ fn modules_from_a_tree_without_modules_dep() {
     );
 }
 
+/// A syntactically valid pin (87 base64url characters; `cvm-agent` checks the point).
+const PIN: &str =
+    "BPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPINPI";
+
 #[test]
 fn verifier_ca_and_measurements() {
     let Some(rel) = kernel_release("verifier_ca_and_measurements") else {
@@ -389,6 +393,8 @@ fn verifier_ca_and_measurements() {
         "https://verifier.example:8443",
         "--verifier-ca",
         p(&ca),
+        "--verifier-key",
+        PIN,
     ];
     if have_fw {
         args.extend(["--kernel", p(&kernel), "--cmdline", cmdline]);
@@ -406,10 +412,12 @@ fn verifier_ca_and_measurements() {
     let init = String::from_utf8(extract_one(&img, "init")).unwrap();
     assert!(
         init.contains(
-            "cvm-agent '--kbs' 'https://verifier.example:8443' '--kbs-ca' '/etc/cvm/verifier-ca.pem' '--device'"
+            "cvm-agent '--kbs' 'https://verifier.example:8443' '--kbs-ca' '/etc/cvm/verifier-ca.pem' '--verifier-key' 'BPINPINPIN"
         ),
         "{init}"
     );
+    // The pin is baked into /init, so no warning about a missing pin.
+    assert!(!text(&o).contains("no --verifier-key"), "{}", text(&o));
     if have_fw {
         let stdout = String::from_utf8(o.stdout).unwrap();
         let snp = cvm(&[
@@ -480,6 +488,8 @@ fn refusals() {
         "{err}"
     );
     let agent = agent();
+    // Right length, but a quote that would break /init's quoting.
+    let bad_pin = format!("'{}", &PIN[1..]);
     for (args, msg) in [
         (
             vec!["--verifier", "https://v.example:8443"],
@@ -488,6 +498,8 @@ fn refusals() {
         (vec!["--verifier", "http://v.example:80"], "http://IP:PORT"),
         (vec!["--verifier", "ftp://x"], "use https://HOST:PORT"),
         (vec!["--resource", "just-a-name"], "repo/type/tag"),
+        (vec!["--verifier-key", "short"], "87-character base64url"),
+        (vec!["--verifier-key", &bad_pin], "87-character base64url"),
         (vec!["--device", "vda"], "a /dev path"),
         (
             vec!["--modules-from", "/nonexistent"],

@@ -40,7 +40,9 @@
 //! only exists inside `cvm-agent` and on its pipe to `cryptsetup`.
 //!
 //! The resource is `--resource`, or else `cvm.kbs_resource=` on the kernel command line
-//! (read by the agent); `cvm.kbs_workload=` likewise.
+//! (read by the agent); `cvm.kbs_workload=` likewise. The verifier pin is
+//! `--verifier-key` (baked into `/init`, so covered by the measurement of the initramfs),
+//! or else `cvm.verifier_key=` on the (measured) kernel command line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -84,6 +86,11 @@ pub struct InitramfsArgs {
     /// kernel command line at boot).
     #[arg(long, value_name = "REPO/TYPE/TAG")]
     pub resource: Option<String>,
+    /// The pinned verifier key (`cvm-verifier identity` prints it), baked into `/init`
+    /// as `cvm-agent --verifier-key` (default: `cvm.verifier_key=` on the kernel command
+    /// line at boot; the agent refuses to attest without a pin).
+    #[arg(long, value_name = "BASE64URL")]
+    pub verifier_key: Option<String>,
     /// The LUKS2 block device in the guest.
     #[arg(long, default_value = "/dev/vda")]
     pub device: String,
@@ -1042,6 +1049,18 @@ pub fn build(a: &InitramfsArgs) -> Result<Built> {
         }
         agent_args.extend(["--resource".into(), r.clone()]);
     }
+    if let Some(k) = &a.verifier_key {
+        // The key itself is checked by the agent at boot; here only its alphabet, so that
+        // it cannot break the quoting of /init.
+        let b64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if k.len() != 87 || !k.bytes().all(b64url) {
+            return Err(InitramfsError::Usage(format!(
+                "--verifier-key {k}: expected the 87-character base64url key that \
+                 `cvm-verifier identity` prints"
+            )));
+        }
+        agent_args.extend(["--verifier-key".into(), k.clone()]);
+    }
     if !a.device.starts_with("/dev/") {
         return Err(InitramfsError::Usage(format!(
             "--device {}: expected a /dev path",
@@ -1286,6 +1305,12 @@ pub fn run(a: &InitramfsArgs) -> ExitCode {
         .cmdline
         .clone()
         .unwrap_or_else(|| format!("console=ttyS0{resource_hint}"));
+    if a.verifier_key.is_none() && !cmdline.contains("cvm.verifier_key=") {
+        println!(
+            "  warning: no --verifier-key and no cvm.verifier_key= in --cmdline: the agent \
+             refuses to attest without a pinned verifier (`cvm-verifier identity` prints it)"
+        );
+    }
     if a.resource.is_none() && !cmdline.contains("cvm.kbs_resource=") {
         println!(
             "  warning: no --resource and no cvm.kbs_resource= in --cmdline: the agent \
