@@ -773,7 +773,9 @@ pub async fn resource(
 }
 
 /// The checks of a release, in order: the workload exists and is not revoked, it is
-/// granted `path`, the guest is not revoked, the resource exists.
+/// granted `path`, the guest is not revoked, the workload rules still admit the guest's
+/// attested TEE and measurement (a measurement removed after the attestation stops its
+/// sessions at once, not at token expiry), the resource exists.
 fn check_release(
     path: &str,
     inputs: workloads::ReleaseInputs,
@@ -794,6 +796,32 @@ fn check_release(
         return Err(Refusal::new(
             "guest-revoked",
             ApiError::Forbidden("this guest's grants are revoked".into()),
+        ));
+    }
+    let corrupt = || {
+        Refusal::from(ApiError::internal(crate::db::DbError::Corrupt(
+            "an inventory entry's TEE, trust or measurement is not valid",
+        )))
+    };
+    let (tee, trust, measurement) = inputs.guest.ok_or_else(corrupt)?;
+    let tee = match tee.as_str() {
+        "snp" => Tee::Snp,
+        "tdx" => Tee::Tdx,
+        _ => return Err(corrupt()),
+    };
+    let trust = match trust.as_str() {
+        "hardware" => TrustLevel::Hardware,
+        "insecure-emulated" => TrustLevel::InsecureEmulated,
+        _ => return Err(corrupt()),
+    };
+    let measurement = hex::decode(&measurement).map_err(|_| corrupt())?;
+    if let Err(r) = workload_admits(&workload, tee, trust, &measurement) {
+        return Err(Refusal::new(
+            &format!("release-{}", r.reason),
+            ApiError::Forbidden(format!(
+                "the workload no longer admits this guest: {}",
+                r.error
+            )),
         ));
     }
     let Some(sealed) = inputs.sealed else {
