@@ -47,9 +47,12 @@ pub struct Claims {
     /// masked by the guest policy the host picks):
     /// - SNP signed by a VCEK: the VCEK's hwID extension (1.3.6.1.4.1.3704.1.4), as 64
     ///   bytes of hex, zero-padded (equal to the unmasked CHIP_ID);
-    /// - SNP signed by a VLEK (which has no hwID): `vlek:` and the hex SHA-256 of the
-    ///   VLEK's SubjectPublicKeyInfo. A VLEK is per chip, per cloud provider and per TCB,
-    ///   so the provider that loads VLEKs can give one chip several identities;
+    /// - SNP signed by a VLEK (which has no hwID): `vlek:` and the hex of the report's
+    ///   CHIP_ID, which the VLEK signed. A VLEK is per chip, per cloud provider and per
+    ///   TCB, so its key digest would give one chip a new identity for every
+    ///   REPORTED_TCB the host loads a VLEK for; the CHIP_ID does not change. A VLEK
+    ///   report with MASK_CHIP_ID set has **no** identity: this field is empty, and
+    ///   consumers that key revocation on it must refuse it (the verifier service does);
     /// - TDX: `tdx-platform:` and the PCK certificate's platform instance id (Platform
     ///   CA certificates, multi-package platforms), else `tdx-ppid:` and its PPID
     ///   (1.2.840.113741.1.13.1.1), from the chain DCAP verification accepted.

@@ -134,14 +134,14 @@ fn milan_vlek_v3_report_verifies_inside_the_vlek_window() {
     assert_eq!(snp.product, Product::Milan);
     assert_eq!(snp.vmpl, 1);
     assert!(snp.mask_chip_id, "the VLEK report's chip id is masked");
-    // No hwID in a VLEK: the platform identity is the digest of its key, not the
-    // (masked) CHIP_ID.
+    // No hwID in a VLEK, and this report's CHIP_ID is masked: it has no platform
+    // identity (a VLEK's key digest changes with each TCB the host loads a VLEK for),
+    // so the verifier service refuses it for its inventory (red team round 2, finding 6).
     assert!(
-        claims.platform_id.starts_with("vlek:"),
-        "{}",
+        claims.platform_id.is_empty(),
+        "a masked VLEK report names no platform: {}",
         claims.platform_id
     );
-    assert_eq!(claims.platform_id.len(), "vlek:".len() + 64);
     assert_eq!(snp.reported_tcb.snp, 0x18);
     assert_eq!(snp.reported_tcb.microcode, 0xd9);
 }

@@ -185,7 +185,11 @@ fn case(name: &str) -> Case {
         "--value-file",
         f.key.to_str().unwrap(),
     ]);
-    let policy = json!({"allow_emulated": true, "measurements": [GOOD]});
+    // RTMR1 and RTMR2 pinned for the TDX workload (MRTD is only the firmware): the
+    // emulated TD `cvm emulated serve` runs extends nothing, so both are zero.
+    let zero = "00".repeat(48);
+    let policy = json!({"allow_emulated": true, "measurements": [GOOD],
+        "tdx": {"rtmrs": [{"index": 1, "value": zero}, {"index": 2, "value": zero}]}});
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
     // Each workload is bound to one TEE: `agent` (SNP) and `agent-tdx`.

@@ -448,7 +448,7 @@ async fn operator_token_cannot_grant_secrets() {
     op.call(
         Method::PUT,
         "/admin/v1/workloads/staging",
-        Some(&json!({"tee": "tdx", "policy": {"measurements": [other]}})),
+        Some(&json!({"tee": "tdx", "policy": {"measurements": [other], "tdx": tdx_pins()}})),
     )
     .await
     .expect("operator creates a workload without grants");
@@ -462,6 +462,16 @@ async fn operator_token_cannot_grant_secrets() {
             "unknown variant",
         ),
         (json!({"tee": "snp", "policy": {}}), "allows no measurement"),
+        // A TDX workload pinning only MRTD (the firmware) would accept any kernel and
+        // command line the host boots under it.
+        (
+            json!({"tee": "tdx", "policy": {"measurements": [other]}, "resources": [RESOURCE]}),
+            "must pin RTMR1 and RTMR2",
+        ),
+        (
+            json!({"tee": "tdx", "policy": {"measurements": [other], "tdx": {"rtmrs": [{"index": 1, "value": hex::encode([0u8; 48])}]}}}),
+            "must pin RTMR2",
+        ),
         (
             json!({"tee": "snp", "policy": {"measurements": []}}),
             "allows no measurement",

@@ -669,7 +669,7 @@ async fn fail_closed_workloads() {
             .call(
                 Method::PUT,
                 "/admin/v1/workloads/tdx-only",
-                Some(&json!({"tee": "tdx", "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true}, "resources": [RESOURCE]})),
+                Some(&json!({"tee": "tdx", "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true, "tdx": tdx_pins()}, "resources": [RESOURCE]})),
             )
             .await
             .unwrap();
@@ -699,6 +699,26 @@ async fn fail_closed_workloads() {
         .fetch(&tdx_guest(), &TeeKeyPair::p256(), json!({}), RESOURCE)
         .await
         .expect("the TDX guest is served");
+    // A TDX workload row that pins only MRTD (stored before RTMR1/RTMR2 were required, or
+    // written directly) is refused by the policy itself: a host could boot its own
+    // kernel and command line under the tenant's firmware.
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ctx2._env.database))
+            .await
+            .unwrap();
+        let mrtd_only =
+            json!({"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true}).to_string();
+        sqlx::query("UPDATE workloads SET policy = $1")
+            .bind(mrtd_only)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        refused_check(&ctx2, &tdx_guest(), json!({})).await,
+        (401, Some("rtmr-unpinned".into()))
+    );
     // A workload stored before schema v4 (no TEE) matches nobody until an admin sets it.
     {
         use sqlx::Connection;
@@ -793,6 +813,68 @@ async fn kid_carrying_jwk_binds_like_the_bare_key() {
         .attest_raw(&ch.session, &body)
         .await
         .expect("accepted");
+    let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
+    assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_measurement_stops_attested_sessions_at_once() {
+    // Attack (red team round 2, finding 9): a guest of a bad build attests, the operator
+    // removes its measurement, and the guest kept fetching with its token until expiry.
+    let ctx = setup(&[]).await;
+    let key = TeeKeyPair::p256();
+    let ch = ctx.client.auth("snp", json!({})).await.unwrap();
+    let body = KbsClient::attestation(&ch, &key, &snp_guest()).unwrap();
+    let token = ctx.client.attest_raw(&ch.session, &body).await.unwrap();
+    let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
+    assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
+
+    // The good build replaces the bad one (the last measurement cannot be removed).
+    let good = hex::encode([0x11u8; 48]);
+    ctx.admin
+        .call(
+            Method::POST,
+            "/admin/v1/workloads/web/measurements",
+            Some(&json!({ "measurement": good })),
+        )
+        .await
+        .unwrap();
+    ctx.admin
+        .call(
+            Method::DELETE,
+            &format!(
+                "/admin/v1/workloads/web/measurements/{}",
+                hex::encode(MEASUREMENT)
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    let before = released(&ctx).await;
+    let err = ctx
+        .client
+        .resource_jwe(&token, RESOURCE)
+        .await
+        .expect_err("the removed measurement's session is refused");
+    assert!(
+        matches!(&err, ClientError::Status { status: 403, body, .. } if body.contains("no longer admits")),
+        "{err}"
+    );
+    assert_eq!(released(&ctx).await, before, "nothing released");
+    let records = audit_records(&ctx.admin).await;
+    let last = records.last().unwrap();
+    assert_eq!(last["outcome"], "refused");
+    assert_eq!(last["detail"]["reason"], "release-measurement", "{last}");
+
+    // Listed again, the same session is served again (the check is the current list).
+    ctx.admin
+        .call(
+            Method::POST,
+            "/admin/v1/workloads/web/measurements",
+            Some(&json!({ "measurement": hex::encode(MEASUREMENT) })),
+        )
+        .await
+        .unwrap();
     let jwe = ctx.client.resource_jwe(&token, RESOURCE).await.unwrap();
     assert_eq!(key.decrypt(&jwe).unwrap().as_slice(), SECRET);
 }

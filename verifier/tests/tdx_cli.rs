@@ -172,6 +172,7 @@ fn emulated_quote_needs_its_trust_root() {
     assert_eq!(json(&out)["error"]["kind"], "untrusted-chain");
 
     let mrtd = "33".repeat(48);
+    // MRTD alone measures only the firmware: RTMR1 and RTMR2 must be pinned too.
     let out = run(&[
         "--quote",
         &q,
@@ -181,6 +182,28 @@ fn emulated_quote_needs_its_trust_root() {
         &r,
         "--measurement",
         &mrtd,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["error"]["check"], "rtmr-unpinned");
+    let (rtmr1, rtmr2) = (
+        format!("1={}", "00".repeat(48)),
+        format!("2={}", "00".repeat(48)),
+    );
+    let out = run(&[
+        "--quote",
+        &q,
+        "--collateral",
+        &c,
+        "--trust-root",
+        &r,
+        "--measurement",
+        &mrtd,
+        "--rtmr",
+        &rtmr1,
+        "--rtmr",
+        &rtmr2,
         "--output",
         "json",
     ]);

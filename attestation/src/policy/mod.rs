@@ -15,6 +15,7 @@
 //! | `min-tcb` (SNP) | `snp.min_tcb` | a per-product baseline, never zero ([`snp::MinTcb::baseline`]) |
 //! | `vmpl` (SNP) | `snp.vmpl` | `0`: the report must be requested at VMPL 0 |
 //! | `migration-agent` (SNP) | `snp.allow_migration_agent` | false |
+//! | `rtmr-unpinned` (TDX) | `tdx.rtmrs`, `tdx.event_log` | RTMR1 and RTMR2 (kernel, initrd, command line) must be pinned unless `allow_any_measurement` ([`tdx::BOOT_RTMRS`]) |
 //! | `tcb-status` (TDX) | `tdx.allowed_tcb_statuses` | `["UpToDate"]` |
 //! | `sept-ve-disable`, `td-attributes`, `service-td` (TDX) | see [`tdx`] | always on / false |
 //!
@@ -106,6 +107,21 @@ impl Policy {
                     format!(
                         "measurement {} is not in the allowed list",
                         hex::encode(&claims.measurement)
+                    ),
+                ));
+            }
+        }
+        if let TeeClaims::Tdx(_) = &claims.detail {
+            // MRTD measures only the firmware: without RTMR1/RTMR2 pinned, a host's own
+            // kernel and command line under the tenant's firmware would pass.
+            let unpinned = self.tdx.unpinned_boot_rtmrs();
+            if !self.allow_any_measurement && !unpinned.is_empty() {
+                let names: Vec<String> = unpinned.iter().map(|i| format!("RTMR{i}")).collect();
+                return Err(PolicyViolation::new(
+                    "rtmr-unpinned",
+                    format!(
+                        "the policy does not pin {} (MRTD measures only the firmware; pin the kernel, initrd and command line with tdx.rtmrs or tdx.event_log)",
+                        names.join(" and ")
                     ),
                 ));
             }
@@ -239,5 +255,81 @@ mod tests {
             ..p
         };
         check(&p, &c).expect("emulated allowed");
+    }
+
+    fn tdx_claims() -> Claims {
+        Claims {
+            tee: Tee::Tdx,
+            detail: TeeClaims::Tdx(tdx::tests::claims()),
+            ..claims(TrustLevel::Hardware)
+        }
+    }
+
+    #[test]
+    fn a_tdx_policy_must_pin_rtmr1_and_rtmr2() {
+        // Attack (red team round 2, finding 1): the policy lists only the tenant's MRTD
+        // (firmware); the host boots its own kernel and command line under it.
+        let c = tdx_claims();
+        let mrtd_only = Policy {
+            measurements: vec![vec![7; 48]],
+            ..Policy::default()
+        };
+        let err = mrtd_only.evaluate(&c).expect_err("RTMR1/RTMR2 unpinned");
+        assert_eq!(err.check, "rtmr-unpinned");
+        assert!(err.detail.contains("RTMR1 and RTMR2"), "{err}");
+        let pin = |index| tdx::ExpectedRtmr {
+            index,
+            value: [0; 48],
+        };
+        // Pinning only one, or only RTMR0/RTMR3, is not enough.
+        for pins in [vec![pin(1)], vec![pin(2)], vec![pin(0), pin(3)]] {
+            let p = Policy {
+                tdx: tdx::TdxPolicy {
+                    rtmrs: pins,
+                    ..Default::default()
+                },
+                ..mrtd_only.clone()
+            };
+            assert_eq!(check(&p, &c), Err("rtmr-unpinned".to_owned()));
+        }
+        let pinned = Policy {
+            tdx: tdx::TdxPolicy {
+                rtmrs: vec![pin(1), pin(2)],
+                ..Default::default()
+            },
+            ..mrtd_only.clone()
+        };
+        check(&pinned, &c).expect("RTMR1 and RTMR2 pinned");
+        // A pin with the wrong value is the `rtmr` check, not a pass.
+        let mut wrong = pinned.clone();
+        wrong.tdx.rtmrs[1].value = [1; 48];
+        assert_eq!(check(&wrong, &c), Err("rtmr".to_owned()));
+        // The event log pins the RTMRs it names (replayed from zero).
+        let mut rtmr1 = [0u8; 48];
+        measured_boot::tdx::rtmr_extend(&mut rtmr1, &[5; 48]);
+        let mut claims_with_events = tdx_claims();
+        if let TeeClaims::Tdx(t) = &mut claims_with_events.detail {
+            t.rtmrs[1] = rtmr1;
+        }
+        let by_log = Policy {
+            tdx: tdx::TdxPolicy {
+                event_log: vec![tdx::ExpectedEvent {
+                    rtmr: 1,
+                    digest: [5; 48],
+                }],
+                rtmrs: vec![pin(2)],
+                ..Default::default()
+            },
+            ..mrtd_only.clone()
+        };
+        check(&by_log, &claims_with_events).expect("RTMR1 by event log, RTMR2 by value");
+        // SNP policies are unaffected; allow_any_measurement (emulated only in the
+        // service) is the only exemption.
+        check(&mrtd_only, &claims(TrustLevel::Hardware)).expect("SNP");
+        let any = Policy {
+            allow_any_measurement: true,
+            ..Policy::default()
+        };
+        check(&any, &c).expect("explicitly any");
     }
 }

@@ -14,6 +14,16 @@
 //! | `mr-owner`, `mr-owner-config` | `mr_owner`, `mr_owner_config` | none |
 //! | `rtmr` | `rtmrs` | none; expected value per index |
 //! | `event-log` | `event_log` | none; events replayed from zero |
+//! | `rtmr-unpinned` (common policy) | `rtmrs` / `event_log` | **RTMR1 and RTMR2 must be pinned** |
+//!
+//! MRTD measures only the TD firmware (TDVF); the kernel, initrd and command line —
+//! including the pinned verifier key `cvm.verifier_key` — are measured into RTMR1 and
+//! RTMR2 by the firmware. A policy that lists an MRTD but leaves RTMR1 or RTMR2 free
+//! would accept a host's own kernel and command line booted under the tenant's firmware,
+//! so [`Policy::evaluate`](super::Policy::evaluate) refuses every TDX guest under such a
+//! policy (check `rtmr-unpinned`) unless it sets `allow_any_measurement` (which the
+//! verifier service honours for insecure-emulated evidence only).
+//! [`TdxPolicy::unpinned_boot_rtmrs`] names the missing ones.
 //!
 //! SEPT_VE_DISABLE has no off switch: without it the host can inject #VE at will on
 //! pending private pages, and Intel's verification rules (which dcap-qvl enforces during
@@ -92,11 +102,26 @@ impl Default for TdxPolicy {
     }
 }
 
+/// The RTMRs that hold the boot chain after MRTD (TDVF measures the kernel into RTMR1
+/// and the initrd and command line into RTMR2) and that every TDX policy must pin.
+pub const BOOT_RTMRS: [u8; 2] = [1, 2];
+
 /// TUD bits 7:1, bits 15:8, and the other TDX 1.5 must-be-zero bits of TD_ATTRIBUTES (ABI spec 348551-008,
 /// table 3.23); DEBUG (bit 0) is left to the common `debug` check.
 const TD_ATTRIBUTES_REFUSED: u64 = 0xfffe | (0xf << 23) | (((1u64 << 30) - 1) << 32);
 
 impl TdxPolicy {
+    /// The [`BOOT_RTMRS`] that neither `rtmrs` nor `event_log` pins (empty: all pinned).
+    pub fn unpinned_boot_rtmrs(&self) -> Vec<u8> {
+        BOOT_RTMRS
+            .into_iter()
+            .filter(|i| {
+                !self.rtmrs.iter().any(|r| r.index == *i)
+                    && !self.event_log.iter().any(|e| e.rtmr == *i)
+            })
+            .collect()
+    }
+
     /// Evaluates the TDX checks; the first refusal is returned.
     pub fn check(&self, c: &TdxClaims) -> Result<(), PolicyViolation> {
         if !self.allowed_tcb_statuses.contains(&c.tcb_status) {
@@ -238,11 +263,11 @@ impl TdxPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::tdx::TdAttributes;
 
-    fn claims() -> TdxClaims {
+    pub(in crate::policy) fn claims() -> TdxClaims {
         TdxClaims {
             quote_version: 4,
             body_type: 2,

@@ -487,16 +487,28 @@ impl AmdCertificate {
     }
 
     /// The platform identity this VCEK or VLEK vouches for (see
-    /// `Claims::platform_id`): a VCEK's hwID as 64 bytes of hex (zero-padded, so it
-    /// equals the report's unmasked CHIP_ID), or `vlek:` and the hex SHA-256 of a
-    /// VLEK's SubjectPublicKeyInfo (`vcek:` and that digest for a VCEK whose hwID is
-    /// not 1 to 64 bytes, which AMD does not issue).
-    pub fn platform_identity(&self, ext: &VekExtensions) -> String {
+    /// `Claims::platform_id`), given the CHIP_ID of a report it signed:
+    /// - a VCEK: its hwID as 64 bytes of hex (zero-padded, so it equals the report's
+    ///   unmasked CHIP_ID); `vcek:` and the hex SHA-256 of its SubjectPublicKeyInfo for
+    ///   a VCEK whose hwID is not 1 to 64 bytes, which AMD does not issue;
+    /// - a VLEK (no hwID; one per chip, per cloud provider and per TCB): `vlek:` and the
+    ///   hex of the report's CHIP_ID, which the VLEK's signature covers. `None` when
+    ///   CHIP_ID is masked (all zero): the VLEK alone does not identify the chip, and
+    ///   its key digest would change with every REPORTED_TCB the host loads a VLEK for,
+    ///   giving one chip as many identities as it has TCBs (a revocation bypass).
+    pub fn platform_identity(&self, ext: &VekExtensions, chip_id: &[u8]) -> Option<String> {
         match (&self.kind, &ext.hw_id) {
+            (CertKind::Vlek, _) => {
+                if chip_id.is_empty() || chip_id.iter().all(|b| *b == 0) {
+                    None
+                } else {
+                    Some(format!("vlek:{}", hex::encode(chip_id)))
+                }
+            }
             (CertKind::Vcek, Some(hw)) if !hw.is_empty() && hw.len() <= 64 => {
                 let mut id = [0u8; 64];
                 id[..hw.len()].copy_from_slice(hw);
-                hex::encode(id)
+                Some(hex::encode(id))
             }
             (kind, _) => {
                 use der::Encode;
@@ -507,12 +519,11 @@ impl AmdCertificate {
                     .subject_public_key_info
                     .to_der()
                     .unwrap_or_default();
-                let label = if *kind == CertKind::Vcek {
-                    "vcek"
-                } else {
-                    "vlek"
-                };
-                format!("{label}:{}", hex::encode(sha2::Sha256::digest(&spki)))
+                Some(format!(
+                    "{}:{}",
+                    kind.as_str(),
+                    hex::encode(sha2::Sha256::digest(&spki))
+                ))
             }
         }
     }
@@ -778,5 +789,44 @@ impl AmdCrl {
             .iter()
             .flatten()
             .any(|r| r.serial_number.as_bytes() == serial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(name: &str) -> AmdCertificate {
+        let path = format!("{}/tests/data/snp/{name}", env!("CARGO_MANIFEST_DIR"));
+        AmdCertificate::from_der(&std::fs::read(path).expect("vector")).expect("parses")
+    }
+
+    #[test]
+    fn a_vlek_identity_is_the_chip_id_it_signed_and_never_a_masked_one() {
+        // Attack (red team round 2, finding 6): the host masks CHIP_ID and loads the VLEK
+        // of another REPORTED_TCB; a key-digest identity gave the revoked chip a fresh
+        // inventory entry. The identity is now the signed CHIP_ID, independent of which
+        // VLEK signed it, and there is none when CHIP_ID is masked.
+        let vlek = vector("milan-vlek-v3/vlek.der");
+        assert_eq!(vlek.kind(), CertKind::Vlek);
+        let ext = vlek.vek_extensions().expect("extensions");
+        assert_eq!(vlek.platform_identity(&ext, &[0u8; 64]), None);
+        let chip = [0xc1u8; 64];
+        let id = vlek.platform_identity(&ext, &chip).expect("identity");
+        assert_eq!(id, format!("vlek:{}", hex::encode(chip)));
+        // Another VLEK key (another TCB) of the same chip: same identity. Different
+        // extensions stand in for the other certificate; the key is not part of it.
+        let other_tcb = VekExtensions {
+            snp: ext.snp.wrapping_add(1),
+            ..ext.clone()
+        };
+        assert_eq!(vlek.platform_identity(&other_tcb, &chip), Some(id));
+        // A VCEK keeps its hwID, whatever the (possibly masked) CHIP_ID.
+        let vcek = vector("milan-v2/vcek.der");
+        let ext = vcek.vek_extensions().expect("extensions");
+        let hw = ext.hw_id.clone().expect("hwID");
+        let want = vcek.platform_identity(&ext, &[0u8; 64]).expect("hwID");
+        assert!(want.starts_with(&hex::encode(&hw)), "{want}");
+        assert_eq!(want.len(), 128);
     }
 }

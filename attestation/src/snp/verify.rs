@@ -558,8 +558,13 @@ impl SnpVerifier {
         let signed = bytes.get(..SIGNED_LEN).ok_or_else(bad)?;
         v.key.verify(signed, &sig).map_err(|_| bad())?;
 
-        // The platform identity comes from the verified certificate, not from CHIP_ID.
-        let platform_id = v.vek.platform_identity(&v.ext);
+        // The platform identity comes from the verified certificate (a VCEK's hwID), or
+        // for a VLEK from the CHIP_ID it signed; never from a masked CHIP_ID. Empty: no
+        // identity (a VLEK report with MASK_CHIP_ID), which the verifier service refuses.
+        let platform_id = v
+            .vek
+            .platform_identity(&v.ext, &report.chip_id)
+            .unwrap_or_default();
         let claims = claims_from_report(report, product, root.level, platform_id)
             .ok_or(SnpVerifyError::Unsigned)?;
         Ok(VerifiedReport {

@@ -78,10 +78,19 @@
 //! let verifier = TdxVerifier::intel();
 //! let at = time::OffsetDateTime::now_utc();
 //! let verified = verifier.verify(&quote, &collateral, at)?;
-//! // The default policy plus the expected MRTD (from `cvm measure`).
+//! // The default policy plus the expected MRTD and RTMR1/RTMR2 (from `cvm measure`):
+//! // MRTD alone measures only the firmware, and the policy refuses it (`rtmr-unpinned`).
 //! let expected = hex::decode(std::fs::read_to_string("mrtd.hex")?.trim())?;
+//! let rtmr = |index: u8, file: &str| -> Result<_, Box<dyn std::error::Error>> {
+//!     let v = hex::decode(std::fs::read_to_string(file)?.trim())?;
+//!     Ok(attestation::policy::tdx::ExpectedRtmr { index, value: v.try_into().map_err(|_| "48 bytes")? })
+//! };
 //! attestation::policy::Policy {
 //!     measurements: vec![expected],
+//!     tdx: attestation::policy::tdx::TdxPolicy {
+//!         rtmrs: vec![rtmr(1, "rtmr1.hex")?, rtmr(2, "rtmr2.hex")?],
+//!         ..Default::default()
+//!     },
 //!     ..Default::default()
 //! }
 //! .evaluate(&verified.claims)?;

@@ -135,12 +135,26 @@ fn start(policy: serde_json::Value, secret: Vec<u8>, tls: bool) -> Server {
                 ("web", attestation::claims::Tee::Snp),
                 ("web-tdx", attestation::claims::Tee::Tdx),
             ] {
+                let mut policy = policy.clone();
+                if tee == attestation::claims::Tee::Tdx {
+                    // A TDX policy must pin RTMR1 and RTMR2 (MRTD is only the
+                    // firmware); the emulated TD of these tests extends nothing.
+                    for index in policy.tdx.unpinned_boot_rtmrs() {
+                        policy
+                            .tdx
+                            .rtmrs
+                            .push(attestation::policy::tdx::ExpectedRtmr {
+                                index,
+                                value: [0; 48],
+                            });
+                    }
+                }
                 workloads::upsert(
                     &mut t,
                     &Workload {
                         name: name.into(),
                         tee: Some(tee),
-                        policy: policy.clone(),
+                        policy,
                         resources: vec![RESOURCE.into()],
                         revoked: false,
                     },

@@ -6,6 +6,11 @@
 //! `DIR/tdx/root_ca.pem` of `cvm emulated init`): results are then marked
 //! `insecure-emulated` and emulated evidence is allowed by the policy.
 //!
+//! A policy that lists an MRTD (`--measurement` or a policy file) must also pin RTMR1
+//! and RTMR2 (`--rtmr 1=… --rtmr 2=…`, `tdx.rtmrs` or `tdx.event_log`; values from `cvm
+//! measure tdx`): MRTD measures only the firmware, and the policy refuses such a TD
+//! with `rtmr-unpinned`.
+//!
 //! Exit codes: 0 accepted; 1 refused (verification or policy, reason on stderr and in
 //! the JSON); 2 usage or I/O error.
 
@@ -49,7 +54,7 @@ pub struct Args {
     /// Accept a TD launched with debugging enabled.
     #[arg(long)]
     pub allow_debug: bool,
-    /// An allowed MRTD (hex, 48 bytes); repeatable.
+    /// An allowed MRTD (hex, 48 bytes); repeatable. Needs `--rtmr 1=…` and `--rtmr 2=…`.
     #[arg(long = "measurement", value_name = "HEX")]
     pub measurements: Vec<String>,
     /// Minimum TEE_TCB_SVN, component-wise (hex, 16 bytes).

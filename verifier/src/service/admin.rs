@@ -439,6 +439,18 @@ pub async fn put_workload(
             "the policy allows no measurement: list at least one, or set allow_any_measurement (honoured for insecure-emulated evidence only)".into(),
         ));
     }
+    if tee == Tee::Tdx && !body.policy.allow_any_measurement {
+        // MRTD measures only the firmware; the kernel, initrd and command line (with the
+        // pinned verifier key) are in RTMR1 and RTMR2 (attestation::policy::tdx).
+        let unpinned = body.policy.tdx.unpinned_boot_rtmrs();
+        if !unpinned.is_empty() {
+            let names: Vec<String> = unpinned.iter().map(|i| format!("RTMR{i}")).collect();
+            return Err(ApiError::BadRequest(format!(
+                "a tdx workload must pin {} (tdx.rtmrs or tdx.event_log): MRTD measures only the firmware, so a host could boot its own kernel and command line under it",
+                names.join(" and ")
+            )));
+        }
+    }
     let w = Workload {
         name: name.clone(),
         tee: Some(tee),

@@ -528,16 +528,25 @@ async fn attest_inner(
 }
 
 /// The inventory's platform id: the identity the verified endorsement certificate
-/// vouches for (VCEK hwID, VLEK key digest, PCK PPID / platform instance id; see
-/// `attestation::claims::Claims::platform_id`), never a host-controlled report field.
+/// vouches for (VCEK hwID, `vlek:` + the CHIP_ID a VLEK signed, PCK PPID / platform
+/// instance id; see `attestation::claims::Claims::platform_id`), never a masked or
+/// otherwise host-chosen value. Evidence without one is refused: revocation is keyed on
+/// it. A VLEK report with MASK_CHIP_ID set has none (a VLEK's key changes with the TCB
+/// the host loads, so it cannot stand in for the chip).
 fn platform_id(claims: &Claims) -> Result<String, Refusal> {
     if claims.platform_id.is_empty() {
+        let message = match &claims.detail {
+            TeeClaims::Snp(c) if c.signer == attestation::snp::Signer::Vlek => {
+                "the report is signed by a VLEK with CHIP_ID masked (MASK_CHIP_ID): a VLEK-signed report must carry its CHIP_ID, the only identity of its chip"
+            }
+            _ => "the evidence's certificate names no platform identity",
+        };
         return Err(Refusal::new(
             "platform-identity",
             ApiError::AttestationRefused {
                 kind: attestation::ErrorKind::UntrustedChain,
                 check: Some("platform-identity".into()),
-                message: "the evidence's certificate names no platform identity".into(),
+                message: message.into(),
             },
         ));
     }
@@ -773,7 +782,9 @@ pub async fn resource(
 }
 
 /// The checks of a release, in order: the workload exists and is not revoked, it is
-/// granted `path`, the guest is not revoked, the resource exists.
+/// granted `path`, the guest is not revoked, the workload rules still admit the guest's
+/// attested TEE and measurement (a measurement removed after the attestation stops its
+/// sessions at once, not at token expiry), the resource exists.
 fn check_release(
     path: &str,
     inputs: workloads::ReleaseInputs,
@@ -794,6 +805,32 @@ fn check_release(
         return Err(Refusal::new(
             "guest-revoked",
             ApiError::Forbidden("this guest's grants are revoked".into()),
+        ));
+    }
+    let corrupt = || {
+        Refusal::from(ApiError::internal(crate::db::DbError::Corrupt(
+            "an inventory entry's TEE, trust or measurement is not valid",
+        )))
+    };
+    let (tee, trust, measurement) = inputs.guest.ok_or_else(corrupt)?;
+    let tee = match tee.as_str() {
+        "snp" => Tee::Snp,
+        "tdx" => Tee::Tdx,
+        _ => return Err(corrupt()),
+    };
+    let trust = match trust.as_str() {
+        "hardware" => TrustLevel::Hardware,
+        "insecure-emulated" => TrustLevel::InsecureEmulated,
+        _ => return Err(corrupt()),
+    };
+    let measurement = hex::decode(&measurement).map_err(|_| corrupt())?;
+    if let Err(r) = workload_admits(&workload, tee, trust, &measurement) {
+        return Err(Refusal::new(
+            &format!("release-{}", r.reason),
+            ApiError::Forbidden(format!(
+                "the workload no longer admits this guest: {}",
+                r.error
+            )),
         ));
     }
     let Some(sealed) = inputs.sealed else {
@@ -1004,6 +1041,35 @@ mod workload_rules {
                 "measurement"
             );
         }
+    }
+
+    #[test]
+    fn a_vlek_report_with_chip_id_masked_has_no_inventory_identity() {
+        // Attack (red team round 2, finding 6): a revoked guest re-attests with CHIP_ID
+        // masked under the VLEK of another TCB and got a fresh inventory entry. The
+        // genuine VLEK vector (CHIP_ID masked) is now refused before any entry exists.
+        let data = |p: &str| {
+            std::fs::read(format!(
+                "{}/../attestation/tests/data/snp/milan-vlek-v3/{p}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .expect("vector")
+        };
+        let mut c = attestation::snp::SnpCollateral::new();
+        c.set_vek(attestation::snp::AmdCertificate::from_der(&data("vlek.der")).expect("VLEK"));
+        c.add_certificates(&data("ask_ark_asvk.pem"), "chain")
+            .expect("chain");
+        let claims = attestation::snp::SnpVerifier::amd()
+            .expect("roots")
+            .verify(
+                &data("report.bin"),
+                &c,
+                time::macros::datetime!(2025-06-01 00:00 UTC),
+            )
+            .expect("authentic");
+        let r = platform_id(&claims).expect_err("no identity");
+        assert_eq!(r.reason, "platform-identity");
+        assert!(r.error.to_string().contains("MASK_CHIP_ID"), "{}", r.error);
     }
 
     #[test]

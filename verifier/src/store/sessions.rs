@@ -193,8 +193,9 @@ pub struct InventoryEntry {
     /// `snp` or `tdx`.
     pub tee: String,
     /// Platform id from the verified certificate (SNP VCEK hwID = unmasked CHIP_ID,
-    /// `vlek:<key digest>`; TDX `tdx-ppid:<hex>` / `tdx-platform:<hex>`; entries
-    /// recorded before schema v5: TDX `fmspc:<hex>`, SNP CHIP_ID, all zero if masked).
+    /// `vlek:<CHIP_ID hex>`; TDX `tdx-ppid:<hex>` / `tdx-platform:<hex>`; entries
+    /// recorded before schema v5: TDX `fmspc:<hex>`, SNP CHIP_ID, all zero if masked;
+    /// VLEK entries recorded before round 2 of issue 14: `vlek:<key digest>`).
     pub platform_id: String,
     /// Launch measurement (hex).
     pub measurement: String,

@@ -250,13 +250,16 @@ pub struct ReleaseInputs {
     pub workload: Option<Workload>,
     /// Whether the session's inventory entry is revoked (`None`: there is no such entry).
     pub guest_revoked: Option<bool>,
+    /// The inventory entry's TEE, trust level and measurement (hex), as attested; the
+    /// release re-checks them against the workload's current rules.
+    pub guest: Option<(String, String, String)>,
     /// The resource's sealed value (`None`: no such resource). Opened only once every
     /// check passed ([`open_sealed`]).
     pub sealed: Option<Vec<u8>>,
 }
 
-/// Reads the workload `name`, the revocation of inventory entry `inventory_id` and the
-/// sealed value of resource `path`, in one statement.
+/// Reads the workload `name`, the revocation, TEE, trust and measurement of inventory
+/// entry `inventory_id` and the sealed value of resource `path`, in one statement.
 pub async fn release_inputs(
     tx: &mut Tx,
     name: &str,
@@ -266,13 +269,14 @@ pub async fn release_inputs(
     // Placeholders in ascending order of appearance (see crate::db).
     let row = sqlx::query(
         "SELECT w.name, w.policy, w.resources, w.revoked, w.tee, \
-         (SELECT i.revoked FROM inventory i WHERE i.id = $1), \
-         (SELECT r.sealed FROM resources r WHERE r.path = $2) \
-         FROM (SELECT 1 AS one) AS o LEFT JOIN workloads w ON w.name = $3",
+         i.revoked, (SELECT r.sealed FROM resources r WHERE r.path = $1), \
+         i.tee, i.trust, i.measurement \
+         FROM (SELECT 1 AS one) AS o LEFT JOIN workloads w ON w.name = $2 \
+         LEFT JOIN inventory i ON i.id = $3",
     )
-    .bind(inventory_id)
     .bind(path)
     .bind(name)
+    .bind(inventory_id)
     .fetch_one(&mut **tx)
     .await?;
     let found: Option<String> = row.try_get(0)?;
@@ -281,9 +285,18 @@ pub async fn release_inputs(
         None => None,
     };
     let guest_revoked: Option<i64> = row.try_get(5)?;
+    let guest = match (
+        row.try_get::<Option<String>, _>(7)?,
+        row.try_get::<Option<String>, _>(8)?,
+        row.try_get::<Option<String>, _>(9)?,
+    ) {
+        (Some(tee), Some(trust), Some(measurement)) => Some((tee, trust, measurement)),
+        _ => None,
+    };
     Ok(ReleaseInputs {
         workload,
         guest_revoked: guest_revoked.map(|r| r != 0),
+        guest,
         sealed: row.try_get(6)?,
     })
 }

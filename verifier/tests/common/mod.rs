@@ -22,6 +22,14 @@ pub const MEASUREMENT: [u8; 48] = [0x5a; 48];
 pub const RESOURCE: &str = "default/key/disk";
 pub const SECRET: &[u8] = b"the disk encryption key \x00\x01\x02";
 
+/// The `tdx` policy section every TDX workload needs: RTMR1 and RTMR2 pinned (MRTD
+/// measures only the firmware). The emulated TD of [`tdx_guest`] extends nothing, so
+/// both are zero.
+pub fn tdx_pins() -> Value {
+    let zero = hex::encode([0u8; 48]);
+    json!({"rtmrs": [{"index": 1, "value": zero}, {"index": 2, "value": zero}]})
+}
+
 /// Emulated platforms are slow to generate (RSA-4096): made once per target dir and reused.
 pub fn emulated_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -236,7 +244,7 @@ pub async fn provision(admin: &AdminClient, name: &str) {
     for (workload, tee) in [(name.to_owned(), "snp"), (format!("{name}-tdx"), "tdx")] {
         let body = json!({
             "tee": tee,
-            "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true},
+            "policy": {"measurements": [hex::encode(MEASUREMENT)], "allow_emulated": true, "tdx": tdx_pins()},
             "resources": [RESOURCE],
         });
         admin
