@@ -116,6 +116,12 @@ pub struct LimitsSection {
     pub request_timeout_secs: Option<u64>,
     /// Seconds to complete a TLS handshake (default 10).
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Longest life of a connection, seconds; then it is shut down gracefully and
+    /// closed 2 s later at the latest (default 60).
+    pub max_connection_lifetime_secs: Option<u64>,
+    /// `/kbs/v0/attest` requests reading or verifying their body at once; more get 503
+    /// (default 64; each holds at most `attest_body_limit` bytes of body).
+    pub attest_concurrency: Option<usize>,
     /// Concurrent argon2 verifications (default 2; each uses 19 MiB).
     pub argon2_concurrency: Option<usize>,
     /// Requests allowed to wait for an argon2 slot; more get 503 (default 32).
@@ -130,9 +136,12 @@ pub struct LimitsSection {
     pub open_sessions_per_ip: Option<usize>,
     /// Challenged sessions in total created within one session TTL (default 50000).
     pub open_sessions: Option<usize>,
-    /// KBS refusals per client IP per window before its KBS requests get 429 (default 600).
+    /// KBS refusals per client IP (per session for requests carrying the cookie or token
+    /// of an existing session) per window before its KBS requests get 429 (default 600).
     pub kbs_refusals_per_ip: Option<usize>,
-    /// KBS refusals in total per window before KBS requests get 429 (default 20000).
+    /// Ignored (kept so existing files load): a global refusal limit refused every guest
+    /// once one client flooded. Global floods are bounded in the audit log by
+    /// `audit_refusals_global`.
     pub kbs_refusals_global: Option<usize>,
     /// The KBS refusal window, seconds (default 60).
     pub kbs_refusal_window_secs: Option<u64>,
@@ -180,6 +189,16 @@ impl LimitsSection {
                 self.tls_handshake_timeout_secs,
                 d.tls_handshake_timeout,
                 "tls_handshake_timeout_secs",
+            )?,
+            max_connection_lifetime: secs(
+                self.max_connection_lifetime_secs,
+                d.max_connection_lifetime,
+                "max_connection_lifetime_secs",
+            )?,
+            attest_concurrency: count(
+                self.attest_concurrency,
+                d.attest_concurrency,
+                "attest_concurrency",
             )?,
             argon2_concurrency: count(
                 self.argon2_concurrency,
