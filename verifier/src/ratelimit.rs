@@ -9,7 +9,9 @@
 //!   cost at most `limit` checks, however they interleave (the old check-then-record
 //!   design let 147 of 200 concurrent wrong TOTP codes through to the check).
 //! - [`RateLimiter`]: a per-key and a global sliding window over *every* request of a
-//!   kind (`/kbs/v0/auth`, KBS refusals), reserved before any work and never forgiven.
+//!   kind (`/kbs/v0/auth`, challenged sessions), reserved before any work and never
+//!   forgiven. Its global limit refuses everyone once reached, so it is used only where
+//!   it bounds the database; KBS refusals use a per-client [`FailureLimiter`] alone.
 //! - [`BlockingPool`]: a fixed set of threads for argon2 verifications, with a bounded
 //!   queue; a request that finds the queue full is refused at once (429) instead of
 //!   queueing without bound. Each argon2id verification allocates the hash's `m_cost`
