@@ -518,6 +518,37 @@ mod tests {
     }
 
     #[test]
+    fn connection_lifetime_and_attest_concurrency() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap();
+        assert_eq!(
+            c.flood_limits.max_connection_lifetime,
+            Duration::from_secs(60)
+        );
+        assert_eq!(c.flood_limits.attest_concurrency, 64);
+        let f: ConfigFile = toml::from_str(
+            "[limits]\nmax_connection_lifetime_secs = 5\nattest_concurrency = 3\n\
+             kbs_refusals_global = 1",
+        )
+        .unwrap();
+        let c = f.resolve(o.clone()).unwrap();
+        assert_eq!(
+            c.flood_limits.max_connection_lifetime,
+            Duration::from_secs(5)
+        );
+        assert_eq!(c.flood_limits.attest_concurrency, 3);
+        for zero in ["max_connection_lifetime_secs = 0", "attest_concurrency = 0"] {
+            let f: ConfigFile = toml::from_str(&format!("[limits]\n{zero}")).unwrap();
+            assert!(
+                matches!(f.resolve(o.clone()), Err(ConfigError::Range(_))),
+                "{zero}"
+            );
+        }
+    }
+
+    #[test]
     fn limits_default_and_refuse_zero() {
         let mut o = base();
         o.listen = Some("127.0.0.1:1".into());
