@@ -117,9 +117,9 @@ pub struct LimitsSection {
     /// Seconds to complete a TLS handshake (default 10).
     pub tls_handshake_timeout_secs: Option<u64>,
     /// Longest life of a connection, seconds; then it is shut down gracefully and
-    /// closed 2 s later at the latest (default 60).
+    /// closed `request_timeout_secs` later at the latest (default 60).
     pub max_connection_lifetime_secs: Option<u64>,
-    /// `/kbs/v0/attest` requests reading or verifying their body at once; more get 503
+    /// `/kbs/v0/attest` requests reading or verifying their body at once; more get 429
     /// (default 64; each holds at most `attest_body_limit` bytes of body).
     pub attest_concurrency: Option<usize>,
     /// Concurrent argon2 verifications (default 2; each uses 19 MiB).

@@ -18,7 +18,7 @@
 //! - a request head must fit in 64 KiB, the read buffer of each connection;
 //! - a connection lives at most `max_connection_lifetime`: then it is shut down
 //!   gracefully (the request in progress is answered, no further one is read) and, if
-//!   that has not finished within [`CLOSE_GRACE`] (a client that sends requests and never
+//!   that has not finished within `request_timeout` (a client that sends requests and never
 //!   reads the answers, so the write stalls), closed. Without it, a client pipelining
 //!   requests without reading held its connection forever: hyper stops reading while a
 //!   response cannot be written, so neither timeout above ever fires;
@@ -44,10 +44,6 @@ use super::state::{AppState, FloodLimits};
 
 /// hyper's read buffer per connection, hence the largest request head.
 const MAX_BUF: usize = 64 << 10;
-
-/// How long a connection past its lifetime may take to finish its
-/// current request before it is closed.
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// The address a connection is counted under: IPv4 as itself, IPv6 by its /64.
 fn conn_key(ip: IpAddr) -> IpAddr {
@@ -233,7 +229,8 @@ async fn serve_connection<I>(
         }
         _ = &mut lifetime => {
             conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await.ok()
+            // The request in progress keeps its full `request_timeout`.
+            tokio::time::timeout(limits.request_timeout, conn.as_mut()).await.ok()
         }
     };
     match result {

@@ -74,7 +74,7 @@ pub struct Inner {
     /// flooded; a global flood only stops individual audit records (`refusal_audit`).
     pub kbs_refusal_limiter: FailureLimiter,
     /// Attest requests reading or verifying their body at once (`attest_concurrency`);
-    /// a request that finds none free is refused at once (503).
+    /// a request that finds none free is refused at once (429).
     pub attest_permits: tokio::sync::Semaphore,
     /// Aggregation of refusal floods in the audit log.
     pub refusal_audit: RefusalAggregator,
@@ -144,7 +144,8 @@ pub struct FloodLimits {
     pub request_timeout: Duration,
     /// Time to complete a TLS handshake.
     pub tls_handshake_timeout: Duration,
-    /// Longest life of a connection (then graceful shutdown, closed 2 s later).
+    /// Longest life of a connection (then graceful shutdown; closed `request_timeout`
+    /// later at the latest, so a request begun just before still gets its full time).
     pub max_connection_lifetime: Duration,
     /// Attest requests reading or verifying their body at once.
     pub attest_concurrency: usize,
