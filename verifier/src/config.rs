@@ -116,6 +116,12 @@ pub struct LimitsSection {
     pub request_timeout_secs: Option<u64>,
     /// Seconds to complete a TLS handshake (default 10).
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Longest life of a connection, seconds; then it is shut down gracefully and
+    /// closed `request_timeout_secs` later at the latest (default 60).
+    pub max_connection_lifetime_secs: Option<u64>,
+    /// `/kbs/v0/attest` requests reading or verifying their body at once; more get 429
+    /// (default 64; each holds at most `attest_body_limit` bytes of body).
+    pub attest_concurrency: Option<usize>,
     /// Concurrent argon2 verifications (default 2; each uses 19 MiB).
     pub argon2_concurrency: Option<usize>,
     /// Requests allowed to wait for an argon2 slot; more get 503 (default 32).
@@ -130,9 +136,12 @@ pub struct LimitsSection {
     pub open_sessions_per_ip: Option<usize>,
     /// Challenged sessions in total created within one session TTL (default 50000).
     pub open_sessions: Option<usize>,
-    /// KBS refusals per client IP per window before its KBS requests get 429 (default 600).
+    /// KBS refusals per client IP (per session for requests carrying the cookie or token
+    /// of an existing session) per window before its KBS requests get 429 (default 600).
     pub kbs_refusals_per_ip: Option<usize>,
-    /// KBS refusals in total per window before KBS requests get 429 (default 20000).
+    /// Ignored (kept so existing files load): a global refusal limit refused every guest
+    /// once one client flooded. Global floods are bounded in the audit log by
+    /// `audit_refusals_global`.
     pub kbs_refusals_global: Option<usize>,
     /// The KBS refusal window, seconds (default 60).
     pub kbs_refusal_window_secs: Option<u64>,
@@ -180,6 +189,16 @@ impl LimitsSection {
                 self.tls_handshake_timeout_secs,
                 d.tls_handshake_timeout,
                 "tls_handshake_timeout_secs",
+            )?,
+            max_connection_lifetime: secs(
+                self.max_connection_lifetime_secs,
+                d.max_connection_lifetime,
+                "max_connection_lifetime_secs",
+            )?,
+            attest_concurrency: count(
+                self.attest_concurrency,
+                d.attest_concurrency,
+                "attest_concurrency",
             )?,
             argon2_concurrency: count(
                 self.argon2_concurrency,
@@ -496,6 +515,37 @@ mod tests {
             f.resolve(o).unwrap().master_key,
             MasterKeySource::Command("cat /run/key".into())
         );
+    }
+
+    #[test]
+    fn connection_lifetime_and_attest_concurrency() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap();
+        assert_eq!(
+            c.flood_limits.max_connection_lifetime,
+            Duration::from_secs(60)
+        );
+        assert_eq!(c.flood_limits.attest_concurrency, 64);
+        let f: ConfigFile = toml::from_str(
+            "[limits]\nmax_connection_lifetime_secs = 5\nattest_concurrency = 3\n\
+             kbs_refusals_global = 1",
+        )
+        .unwrap();
+        let c = f.resolve(o.clone()).unwrap();
+        assert_eq!(
+            c.flood_limits.max_connection_lifetime,
+            Duration::from_secs(5)
+        );
+        assert_eq!(c.flood_limits.attest_concurrency, 3);
+        for zero in ["max_connection_lifetime_secs = 0", "attest_concurrency = 0"] {
+            let f: ConfigFile = toml::from_str(&format!("[limits]\n{zero}")).unwrap();
+            assert!(
+                matches!(f.resolve(o.clone()), Err(ConfigError::Range(_))),
+                "{zero}"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //!   cost at most `limit` checks, however they interleave (the old check-then-record
 //!   design let 147 of 200 concurrent wrong TOTP codes through to the check).
 //! - [`RateLimiter`]: a per-key and a global sliding window over *every* request of a
-//!   kind (`/kbs/v0/auth`, KBS refusals), reserved before any work and never forgiven.
+//!   kind (`/kbs/v0/auth`, challenged sessions), reserved before any work and never
+//!   forgiven. Its global limit refuses everyone once reached, so it is used only where
+//!   it bounds the database; KBS refusals use a per-client [`FailureLimiter`] alone.
 //! - [`BlockingPool`]: a fixed set of threads for argon2 verifications, with a bounded
 //!   queue; a request that finds the queue full is refused at once (429) instead of
 //!   queueing without bound. Each argon2id verification allocates the hash's `m_cost`
@@ -22,22 +24,76 @@
 //!   the window rolls over, at a periodic flush, or at shutdown, so the log stays honest
 //!   while a flood grows it by a bounded number of rows.
 //!
-//! Every structure bounds its own memory: keys that aged out are dropped when the map
-//! grows, and a map still full after that refuses (fails closed) rather than growing.
+//! Client addresses are limited per IPv4 address and per IPv6 /64 ([`limit_key`]).
+//! Every structure bounds its own memory without refusing newcomers: a limiter full of
+//! keys evicts its least recently created key (O(1) amortised per request, no scan
+//! under the lock); the aggregator folds further clients into one `*` bucket.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Most keys a limiter tracks; beyond this (after pruning) new keys are refused.
+/// Most keys a limiter tracks; beyond this the least recently created key is evicted.
 const MAX_KEYS: usize = 100_000;
+
+/// The key a client address is limited under: an IPv4 address (or an IPv4-mapped IPv6
+/// address) as itself, an IPv6 address as its /64 (`2001:db8:1:2::/64`), since one
+/// subscriber or VM usually holds a whole /64 and could otherwise rotate through 2^64
+/// "clients". Keys that are not addresses (user ids, `session:…`) are returned as they
+/// are. Logs and the audit log keep the full address; only limits use this key.
+pub fn limit_key(key: &str) -> std::borrow::Cow<'_, str> {
+    match key.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let seg = v6.segments();
+            let net = Ipv6Addr::new(seg[0], seg[1], seg[2], seg[3], 0, 0, 0, 0);
+            std::borrow::Cow::Owned(format!("{net}/64"))
+        }
+        Ok(IpAddr::V4(v4)) => std::borrow::Cow::Owned(v4.to_string()),
+        Err(_) => std::borrow::Cow::Borrowed(key),
+    }
+}
+
+/// The attempts of every key, and the order keys were created in (for eviction).
+#[derive(Debug, Default)]
+struct Slots {
+    map: HashMap<String, VecDeque<Instant>>,
+    /// Keys in creation order; may hold keys already removed (skipped when evicting,
+    /// and rebuilt from `map` when it grows to twice `map`'s size).
+    order: VecDeque<String>,
+}
+
+impl Slots {
+    /// Makes room for one new key: evicts the least recently created keys until the
+    /// map is below `MAX_KEYS`. Amortised O(1) per request: each evicted or skipped key
+    /// was pushed once.
+    fn make_room(&mut self, max: usize) {
+        while self.map.len() >= max {
+            match self.order.pop_front() {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn created(&mut self, key: &str) {
+        self.order.push_back(key.to_owned());
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|k| map.contains_key(k));
+        }
+    }
+}
 
 /// A sliding-window counter of reserved attempts per key.
 #[derive(Debug)]
 pub struct FailureLimiter {
     limit: usize,
     window: Duration,
-    slots: Mutex<HashMap<String, VecDeque<Instant>>>,
+    max_keys: usize,
+    slots: Mutex<Slots>,
 }
 
 /// One reserved attempt; it counts against its key until forgiven or aged out.
@@ -52,13 +108,13 @@ pub struct Reservation<'a> {
 impl Reservation<'_> {
     /// Releases the slot: the attempt succeeded (or did no expensive work).
     pub fn forgive(self) {
-        let mut map = self.limiter.lock();
-        if let Some(q) = map.get_mut(&self.key) {
+        let mut slots = self.limiter.lock();
+        if let Some(q) = slots.map.get_mut(&self.key) {
             if let Some(i) = q.iter().rposition(|t| *t == self.at) {
                 q.remove(i);
             }
             if q.is_empty() {
-                map.remove(&self.key);
+                slots.map.remove(&self.key);
             }
         }
     }
@@ -67,14 +123,20 @@ impl Reservation<'_> {
 impl FailureLimiter {
     /// At most `limit` reserved attempts per key within `window` (`limit` at least 1).
     pub fn new(limit: usize, window: Duration) -> Self {
+        Self::with_max_keys(limit, window, MAX_KEYS)
+    }
+
+    /// [`FailureLimiter::new`] tracking at most `max_keys` keys (for tests).
+    pub fn with_max_keys(limit: usize, window: Duration, max_keys: usize) -> Self {
         Self {
             limit: limit.max(1),
             window,
-            slots: Mutex::new(HashMap::new()),
+            max_keys: max_keys.max(1),
+            slots: Mutex::new(Slots::default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Instant>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -84,23 +146,21 @@ impl FailureLimiter {
         }
     }
 
-    /// Reserves one attempt for `key`, or `None` if `key` already has `limit` attempts in
-    /// the window (or the limiter tracks too many keys). Check and reservation are one
-    /// step under one lock.
+    /// Reserves one attempt for `key` (IPv6 addresses count per /64, see
+    /// [`limit_key`]), or `None` if it already has `limit` attempts in the window.
+    /// Check and reservation are one step under one lock. When the limiter tracks
+    /// `MAX_KEYS` keys, the least recently created one is evicted to make room (a new
+    /// client is never refused because of other clients; an attacker who cycles
+    /// through more than `MAX_KEYS` addresses can at worst reset the oldest counters).
     pub fn try_reserve(&self, key: &str) -> Option<Reservation<'_>> {
+        let key = limit_key(key).into_owned();
         let now = Instant::now();
-        let mut map = self.lock();
-        if map.len() >= MAX_KEYS && !map.contains_key(key) {
-            let window = self.window;
-            map.retain(|_, q| {
-                Self::prune(q, now, window);
-                !q.is_empty()
-            });
-            if map.len() >= MAX_KEYS {
-                return None;
-            }
+        let mut slots = self.lock();
+        if !slots.map.contains_key(&key) {
+            slots.make_room(self.max_keys);
+            slots.created(&key);
         }
-        let q = map.entry(key.to_owned()).or_default();
+        let q = slots.map.entry(key.clone()).or_default();
         Self::prune(q, now, self.window);
         if q.len() >= self.limit {
             return None;
@@ -113,16 +173,17 @@ impl FailureLimiter {
         q.push_back(at);
         Some(Reservation {
             limiter: self,
-            key: key.to_owned(),
+            key,
             at,
         })
     }
 
     /// Whether `key` is currently at its limit (no slot would be reserved).
     pub fn blocked(&self, key: &str) -> bool {
+        let key = limit_key(key);
         let now = Instant::now();
-        let mut map = self.lock();
-        match map.get_mut(key) {
+        let mut slots = self.lock();
+        match slots.map.get_mut(key.as_ref()) {
             Some(q) => {
                 Self::prune(q, now, self.window);
                 q.len() >= self.limit
@@ -135,6 +196,11 @@ impl FailureLimiter {
     pub fn record(&self, key: &str) {
         // Dropping a reservation keeps it counted.
         let _kept = self.try_reserve(key);
+    }
+
+    /// How many keys are tracked.
+    pub fn keys(&self) -> usize {
+        self.lock().map.len()
     }
 }
 
@@ -518,5 +584,44 @@ mod tests {
         let s = a.drain(false);
         assert_eq!(s.iter().map(|s| s.suppressed).sum::<u64>(), 2);
         assert_eq!(a.admit("10.0.0.9", "r", 0), AuditDecision::Write);
+    }
+
+    /// Red-team round 2, finding 4: one IPv6 /64 is one client for the limits.
+    #[test]
+    fn ipv6_is_limited_per_64() {
+        let l = FailureLimiter::new(2, Duration::from_secs(60));
+        assert!(l.try_reserve("2001:db8:1:2::1").is_some());
+        assert!(l.try_reserve("2001:db8:1:2:aaaa::7").is_some());
+        assert!(
+            l.try_reserve("2001:db8:1:2:ffff:ffff:ffff:fffe").is_none(),
+            "a third address of the same /64 is over the limit"
+        );
+        assert!(l.blocked("2001:db8:1:2::99"));
+        assert!(!l.blocked("2001:db8:1:3::1"), "another /64");
+        assert!(!l.blocked("10.0.0.1"));
+        assert_eq!(limit_key("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(limit_key("session:abc"), "session:abc");
+    }
+
+    /// Red-team round 2, finding 4: a limiter full of keys evicts the oldest instead of
+    /// refusing every new client.
+    #[test]
+    fn full_limiter_evicts_instead_of_refusing() {
+        let l = FailureLimiter::with_max_keys(1, Duration::from_secs(60), 100);
+        for i in 0..100 {
+            l.record(&format!("10.1.0.{i}"));
+        }
+        assert_eq!(l.keys(), 100);
+        assert!(
+            l.try_reserve("10.2.0.1").is_some(),
+            "a new client is admitted"
+        );
+        assert_eq!(l.keys(), 100, "the map does not grow");
+        assert!(!l.blocked("10.1.0.0"), "the oldest key was evicted");
+        assert!(l.blocked("10.1.0.99"), "recent keys are kept");
+        for i in 0..10_000 {
+            l.record(&format!("k{i}"));
+        }
+        assert!(l.keys() <= 100);
     }
 }

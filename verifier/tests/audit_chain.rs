@@ -218,12 +218,19 @@ async fn hostile_input_is_stored_bounded_and_escaped() {
     provision(&admin_client(&server, &creds), "web").await;
     let http = http();
     let big = "A".repeat(500 << 10);
+    // A real session: the body of an unknown session is not even read.
+    let challenge = http
+        .post(format!("{}/kbs/v0/auth", server.base))
+        .json(&serde_json::json!({"version": "0.4.0", "tee": "snp", "extra-params": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(challenge.status(), 200);
+    let cookie = challenge.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
     let resp = http
         .post(format!("{}/kbs/v0/attest", server.base))
-        .header(
-            "cookie",
-            "kbs-session-id=6f1c2b7e-4d3a-4e8b-9c5d-2a1b3c4d5e6f",
-        )
+        .header("cookie", cookie)
         .header("content-type", "application/json")
         .body(format!("{{\"runtime-data\": \"{big}\"}}"))
         .send()
@@ -284,4 +291,34 @@ async fn hostile_input_is_stored_bounded_and_escaped() {
     db.close().await.unwrap();
     let out = audit_verify(&env);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Red-team round 2, finding 11: checkpoints were signed like tokens (header `typ` `JWT`,
+/// `exp` in 9999), so a relying party checking only signature and `exp` accepted one as a
+/// token. Now they carry their own JOSE `typ` and no `exp`, and still verify.
+#[tokio::test]
+async fn checkpoints_are_typed_and_never_expire_like_tokens() {
+    use base64::Engine;
+    let env = with_history().await;
+    let out = run(&[
+        "audit",
+        "checkpoint",
+        "--database",
+        &env.database,
+        "--master-key-file",
+        env.mk(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let taken: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let jws = taken["jws"].as_str().unwrap();
+    let part = |i: usize| -> Value {
+        let b = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(jws.split('.').nth(i).unwrap())
+            .unwrap();
+        serde_json::from_slice(&b).unwrap()
+    };
+    assert_eq!(part(0)["typ"], "cvm-audit-checkpoint+jwt", "{}", part(0));
+    assert!(part(1).get("exp").is_none(), "{}", part(1));
+    assert!(part(1).get("session").is_none());
+    assert!(audit_verify(&env).status.success());
 }

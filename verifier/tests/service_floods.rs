@@ -636,3 +636,268 @@ async fn refusal_counts_are_flushed_periodically_and_at_shutdown() {
     let (_, total, _) = refusal_rows(&env.database, "key-release").await;
     assert_eq!(total, 100, "the open window's count is written at shutdown");
 }
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A cookie-less attest (refused: no session).
+async fn bare_attest(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .post(format!("{base}/kbs/v0/attest"))
+        .json(&json!({}))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Opens a session from `client`; returns its cookie header value.
+async fn open_session(client: &reqwest::Client, base: &str) -> String {
+    let r = client
+        .post(format!("{base}/kbs/v0/auth"))
+        .json(&auth_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+/// An attest body whose nonce matches no challenge (refused after the body is read).
+fn wrong_nonce_attest() -> Value {
+    json!({
+        "runtime-data": {"nonce": "AAAA", "tee-pubkey": {"kty": "EC", "crv": "P-256",
+            "alg": "ECDH-ES", "x": "AAAA", "y": "AAAA"}},
+        "tee-evidence": {"primary_evidence": {}, "additional_evidence": "{}"},
+    })
+}
+
+/// Red-team round 2, finding 2: with per-IP 5 / global 20 refusals, 4 IPs × 5
+/// cookie-less attests put the service over its global limit, and then a fresh IP got
+/// 429 too: the global limit locked out every guest. Now only the flooding IPs are
+/// refused; the global figure only stops individual audit records.
+#[tokio::test(flavor = "multi_thread")]
+async fn global_refusal_flood_does_not_lock_out_other_clients() {
+    let env = Env::new();
+    let cfg = config(
+        &env,
+        "[limits]\nkbs_refusals_per_ip = 5\nkbs_refusals_global = 20\n\
+         audit_refusals_global = 10\n",
+    );
+    let server = start_with(&env, &cfg, &[]);
+    for ip in 3..7 {
+        let c = client_from(loopback(ip), None);
+        for _ in 0..5 {
+            assert_eq!(bare_attest(&c, &server.base).await, 401);
+        }
+        assert_eq!(
+            bare_attest(&c, &server.base).await,
+            429,
+            "per-IP still refuses"
+        );
+    }
+    let fresh = client_from(OTHER_IP, None);
+    assert_eq!(
+        bare_attest(&fresh, &server.base).await,
+        401,
+        "a client within its own budget is answered, not 429"
+    );
+    let r = fresh
+        .get(format!("{}/kbs/v0/resource/default/key/disk", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+/// Red-team round 2, finding 8: every guest on a host shares the relay's address; one
+/// guest's bad attests put that address over its refusal limit and every neighbour got
+/// 429. Now requests of an existing session count against that session.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_guest_behind_a_shared_address_does_not_lock_out_its_neighbours() {
+    let env = Env::new();
+    let cfg = config(&env, "[limits]\nkbs_refusals_per_ip = 5\n");
+    let server = start_with(&env, &cfg, &[]);
+    let client = http();
+    // The neighbour opens its session before the flood.
+    let cookie = open_session(&client, &server.base).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..10 {
+            v.push(bare_attest(&client, &server.base).await);
+        }
+        v
+    };
+    assert_eq!(count(&statuses, 401), 5, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 5, "the flooding address is limited");
+    // The neighbour's attest is processed (refused for its nonce, not rate-limited).
+    let r = client
+        .post(format!("{}/kbs/v0/attest", server.base))
+        .header("cookie", &cookie)
+        .json(&wrong_nonce_attest())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "{:?}", r.text().await);
+    // So is a resource request with a session (not attested: 401, not 429).
+    let other = open_session(&client_from(OTHER_IP, None), &server.base).await;
+    let r = client
+        .get(format!("{}/kbs/v0/resource/default/key/disk", server.base))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A session's own refusals are limited too.
+    let mine = open_session(&client, &server.base).await;
+    let url = format!("{}/kbs/v0/resource/default/key/disk", server.base);
+    let mut s = Vec::new();
+    for _ in 0..8 {
+        s.push(
+            client
+                .get(&url)
+                .header("cookie", &mine)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(count(&s, 401), 5, "{s:?}");
+    assert_eq!(count(&s, 429), 3, "{s:?}");
+}
+
+/// Red-team round 2, finding 5: attest read and parsed its 1 MiB body before looking up
+/// the session (any UUID cookie sufficed). Now an unknown session is refused at once,
+/// without waiting for the body; and at most `attest_concurrency` bodies are in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn attest_checks_the_session_before_reading_the_body() {
+    let env = Env::new();
+    let cfg = config(
+        &env,
+        "[limits]\nrequest_timeout_secs = 20\nattest_concurrency = 1\n\
+         kbs_refusals_per_ip = 10000\n",
+    );
+    let server = start_with(&env, &cfg, &[]);
+    let addr = addr_of(&server);
+    let head = |cookie: &str| {
+        format!(
+            "POST /kbs/v0/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Cookie: {cookie}\r\nContent-Length: 1000000\r\n\r\n{{\"runtime-data\":"
+        )
+    };
+    let mut buf = vec![0u8; 4096];
+    // An unknown session with a body that never completes: answered at once.
+    let mut s = stalled(
+        addr,
+        head("kbs-session-id=4f1f5a0e-8a7c-4e0b-9a7e-1c3d5e7f9a1b").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the server waited for the body of an unknown session")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // A real session holding the only attest slot with a stalled body…
+    let client = http();
+    let held = open_session(&client, &server.base).await;
+    let _holder = stalled(addr, head(&held).as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …makes another session's attest refused at once (429), not queued.
+    let other = open_session(&client, &server.base).await;
+    let t = Instant::now();
+    let r = client
+        .post(format!("{}/kbs/v0/attest", server.base))
+        .header("cookie", &other)
+        .json(&wrong_nonce_attest())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    // Memory: 200 concurrent 1 MiB attests with valid-looking cookies of unknown
+    // sessions cost no body buffers.
+    let (_, rss_before) = memory_kb(server.child.id());
+    let body = Arc::new(vec![b' '; 1 << 20]);
+    let url = format!("{}/kbs/v0/attest", server.base);
+    let statuses = flood(200, 100, |i| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header(
+                "cookie",
+                format!("kbs-session-id=4f1f5a0e-8a7c-4e0b-9a7e-{i:012}"),
+            )
+            .body(body.as_ref().clone())
+            .send()
+    })
+    .await;
+    let (hwm, _) = memory_kb(server.child.id());
+    eprintln!(
+        "attest flood: {} x 401, {} transport errors; peak RSS {hwm} kB (before {rss_before} kB)",
+        count(&statuses, 401),
+        count(&statuses, 0)
+    );
+    assert_eq!(
+        count(&statuses, 401) + count(&statuses, 0),
+        200,
+        "{statuses:?}"
+    );
+    assert!(
+        hwm < rss_before + 64 * 1024,
+        "peak RSS {hwm} kB, {rss_before} kB before the flood"
+    );
+}
+
+/// Red-team round 2, finding 3: connections that pipeline requests and never read the
+/// answers stayed open forever (hyper stops reading while it cannot write, so no read
+/// timeout fires). Now a connection lives at most `max_connection_lifetime_secs` (then
+/// a graceful shutdown, closed `request_timeout_secs` later at the latest), and /healthz keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_that_never_read_are_closed_after_their_lifetime() {
+    let env = Env::new();
+    let cfg = config(
+        &env,
+        "[limits]\nmax_connection_lifetime_secs = 2\nheader_read_timeout_secs = 30\n\
+         request_timeout_secs = 2\n",
+    );
+    let server = start_with(&env, &cfg, &[]);
+    let addr = addr_of(&server);
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(3000);
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.write_all(&pipelined)).await;
+        conns.push(s);
+    }
+    let client = client_from(OTHER_IP, None);
+    let worst = healthz_latency(&client, &server.base, 10).await;
+    eprintln!("healthz during never-reading connections: slowest of 10 took {worst:?}");
+    assert!(worst < Duration::from_secs(1), "healthz took {worst:?}");
+    // Lifetime 2 s + request timeout 2 s, then drain what was sent before the close: EOF/reset.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Checked all at once (the idle timeout, 30 s, must not be what closes them).
+    let checks: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move { closed_within(&mut c, Duration::from_secs(10)).await })
+        })
+        .collect();
+    let mut open = 0;
+    for c in checks {
+        if !c.await.unwrap() {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "{open} never-reading connections still open");
+}

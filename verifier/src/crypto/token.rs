@@ -58,6 +58,10 @@ pub enum TokenError {
     /// Wrong algorithm or key id.
     #[error("the token was not issued by this verifier")]
     WrongKey,
+    /// The JOSE header `typ` is not the expected one (e.g. an audit checkpoint
+    /// presented as a token).
+    #[error("the signed object is not of the expected type")]
+    WrongType,
     /// The signature does not verify.
     #[error("the token signature does not verify")]
     BadSignature,
@@ -276,9 +280,15 @@ impl TokenSigner {
         json!({ "keys": [self.public_jwk()] })
     }
 
-    /// Signs `claims` as a compact JWS.
+    /// Signs `claims` as a token: a compact JWS with the JOSE header `typ` [`TOKEN_TYP`].
     pub fn sign(&self, claims: &Value) -> Result<String, TokenError> {
-        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid});
+        self.sign_typed(TOKEN_TYP, claims)
+    }
+
+    /// Signs `claims` as a compact JWS with the JOSE header `typ` `typ` (anything but
+    /// [`TOKEN_TYP`] is never accepted by [`TokenSigner::verify`]).
+    pub fn sign_typed(&self, typ: &str, claims: &Value) -> Result<String, TokenError> {
+        let header = json!({"alg": "ES256", "typ": typ, "kid": self.kid});
         let signing_input = format!(
             "{}.{}",
             B64URL.encode(header.to_string()),
@@ -292,13 +302,34 @@ impl TokenSigner {
         Ok(format!("{signing_input}.{}", B64URL.encode(sig.as_ref())))
     }
 
-    /// Verifies a token issued by this key and not expired at `now` (Unix seconds);
-    /// returns its claims.
+    /// Verifies a token issued by this key (JOSE header `typ` [`TOKEN_TYP`], not an
+    /// audit checkpoint) and not expired at `now` (Unix seconds); returns its claims.
     pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
         let key = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_sec1);
-        verify_token(&self.kid, token, now, |input, sig| {
+        verify_token(&self.kid, token, Expect::Token(now), |input, sig| {
             key.verify(input, sig).is_ok()
         })
+    }
+
+    /// Verifies a JWS of this key whose JOSE header `typ` is `typ` (no `exp` needed);
+    /// returns its claims. For signed objects that are not tokens (audit checkpoints).
+    pub fn verify_typed(&self, typ: &str, jws: &str) -> Result<Value, TokenError> {
+        let key = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_sec1);
+        verify_token(&self.kid, jws, Expect::Typed(typ), |input, sig| {
+            key.verify(input, sig).is_ok()
+        })
+    }
+
+    /// Verifies an audit checkpoint written before checkpoints had their own `typ`
+    /// (header `JWT`, claim `typ` `audit-checkpoint`, `exp` in 9999); returns its claims.
+    pub fn verify_legacy_checkpoint(&self, jws: &str, now: i64) -> Result<Value, TokenError> {
+        let key = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &self.public_sec1);
+        verify_token(
+            &self.kid,
+            jws,
+            Expect::LegacyCheckpoint(now),
+            |input, sig| key.verify(input, sig).is_ok(),
+        )
     }
 }
 
@@ -309,9 +340,27 @@ pub fn verify_with(
     token: &str,
     now: i64,
 ) -> Result<Value, TokenError> {
-    verify_token(kid, token, now, |input, sig| {
+    verify_token(kid, token, Expect::Token(now), |input, sig| {
         Signature::from_slice(sig).is_ok_and(|sig| key.verify(input, &sig).is_ok())
     })
+}
+
+/// The JOSE header `typ` of attestation tokens.
+pub const TOKEN_TYP: &str = "JWT";
+
+/// The claim `typ` of audit checkpoints (legacy ones carried the token header `typ`).
+const CHECKPOINT_CLAIM_TYP: &str = "audit-checkpoint";
+
+/// What [`verify_token`] checks beyond the signature.
+#[derive(Debug, Clone, Copy)]
+enum Expect<'a> {
+    /// A token: header `typ` [`TOKEN_TYP`], `exp` after this time, not a checkpoint.
+    Token(i64),
+    /// Header `typ` as given; no `exp` required.
+    Typed(&'a str),
+    /// A legacy checkpoint: header `typ` [`TOKEN_TYP`], claim `typ` `audit-checkpoint`,
+    /// `exp` after this time.
+    LegacyCheckpoint(i64),
 }
 
 /// The checks of a token; `signature_ok(signing input, signature bytes)` checks the
@@ -319,7 +368,7 @@ pub fn verify_with(
 fn verify_token(
     kid: &str,
     token: &str,
-    now: i64,
+    expect: Expect<'_>,
     signature_ok: impl FnOnce(&[u8], &[u8]) -> bool,
 ) -> Result<Value, TokenError> {
     let mut parts = token.split('.');
@@ -338,6 +387,14 @@ fn verify_token(
     {
         return Err(TokenError::WrongKey);
     }
+    let typ = header.get("typ").and_then(Value::as_str);
+    let want_typ = match expect {
+        Expect::Typed(t) => t,
+        Expect::Token(_) | Expect::LegacyCheckpoint(_) => TOKEN_TYP,
+    };
+    if typ != Some(want_typ) {
+        return Err(TokenError::WrongType);
+    }
     let sig = B64URL.decode(s).map_err(|_| TokenError::Malformed)?;
     if sig.len() != 64 {
         return Err(TokenError::Malformed);
@@ -352,6 +409,13 @@ fn verify_token(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(TokenError::Malformed)?;
+    let checkpoint = claims.get("typ").and_then(Value::as_str) == Some(CHECKPOINT_CLAIM_TYP);
+    let now = match expect {
+        Expect::Typed(_) => return Ok(claims),
+        Expect::Token(_) if checkpoint => return Err(TokenError::WrongType),
+        Expect::LegacyCheckpoint(_) if !checkpoint => return Err(TokenError::WrongType),
+        Expect::Token(now) | Expect::LegacyCheckpoint(now) => now,
+    };
     let exp = claims
         .get("exp")
         .and_then(Value::as_i64)
@@ -560,5 +624,33 @@ mod tests {
         let p256_sig: Signature = s.key.sign(input.as_bytes());
         let by_p256 = format!("{input}.{}", B64URL.encode(p256_sig.to_bytes()));
         assert!(s.verify(&by_p256, 0).is_ok());
+    }
+
+    /// Red-team round 2, finding 11: an audit checkpoint (signed with the token key)
+    /// must not verify as a token, whether new (own `typ`, no `exp`) or legacy
+    /// (header `JWT`, `exp` in 9999).
+    #[test]
+    fn checkpoints_are_not_tokens() {
+        let s = TokenSigner::generate();
+        let cp = s
+            .sign_typed(
+                "cvm-audit-checkpoint+jwt",
+                &json!({"iss": "cvm-verifier", "typ": "audit-checkpoint", "seq": 1}),
+            )
+            .unwrap();
+        assert!(matches!(s.verify(&cp, 0), Err(TokenError::WrongType)));
+        assert_eq!(
+            s.verify_typed("cvm-audit-checkpoint+jwt", &cp).unwrap()["seq"],
+            1
+        );
+        let legacy = s
+            .sign(&json!({"typ": "audit-checkpoint", "seq": 2, "exp": 253_402_300_799i64}))
+            .unwrap();
+        assert!(matches!(s.verify(&legacy, 0), Err(TokenError::WrongType)));
+        assert_eq!(s.verify_legacy_checkpoint(&legacy, 0).unwrap()["seq"], 2);
+        let token = s.sign(&json!({"session": "x", "exp": 10})).unwrap();
+        assert!(s.verify_typed("cvm-audit-checkpoint+jwt", &token).is_err());
+        assert!(s.verify_legacy_checkpoint(&token, 0).is_err());
+        assert!(s.verify(&token, 0).is_ok());
     }
 }

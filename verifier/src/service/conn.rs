@@ -15,7 +15,14 @@
 //!   handshake;
 //! - the body and the answer of one request are bounded by `request_timeout` (a router
 //!   layer, see `super::router`);
-//! - a request head must fit in 64 KiB, the read buffer of each connection.
+//! - a request head must fit in 64 KiB, the read buffer of each connection;
+//! - a connection lives at most `max_connection_lifetime`: then it is shut down
+//!   gracefully (the request in progress is answered, no further one is read) and, if
+//!   that has not finished within `request_timeout` (a client that sends requests and never
+//!   reads the answers, so the write stalls), closed. Without it, a client pipelining
+//!   requests without reading held its connection forever: hyper stops reading while a
+//!   response cannot be written, so neither timeout above ever fires;
+//! - connections are counted per IPv4 address and per IPv6 /64.
 //!
 //! Only HTTP/1.1 is served (ALPN `http/1.1`): the KBS protocol and the admin plane need
 //! nothing more, and HTTP/2 would need its own set of stream limits.
@@ -37,6 +44,17 @@ use super::state::{AppState, FloodLimits};
 
 /// hyper's read buffer per connection, hence the largest request head.
 const MAX_BUF: usize = 64 << 10;
+
+/// The address a connection is counted under: IPv4 as itself, IPv6 by its /64.
+fn conn_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
 
 /// Open connections, per client IP and in total.
 #[derive(Debug)]
@@ -130,7 +148,7 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        let slot = match tracker.admit(peer.ip().to_canonical()) {
+        let slot = match tracker.admit(conn_key(peer.ip())) {
             Ok(s) => s,
             Err(why) => {
                 let reason = match why {
@@ -200,15 +218,26 @@ async fn serve_connection<I>(
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let lifetime = tokio::time::sleep(limits.max_connection_lifetime);
+    tokio::pin!(lifetime);
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = conn.as_mut() => Some(r),
         _ = shutdown.changed() => {
+            // Bounded by the caller's drain time.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            Some(conn.await)
+        }
+        _ = &mut lifetime => {
+            conn.as_mut().graceful_shutdown();
+            // The request in progress keeps its full `request_timeout`.
+            tokio::time::timeout(limits.request_timeout, conn.as_mut()).await.ok()
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection closed with an error");
+    match result {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection closed with an error"),
+        // Dropping `conn` closes the socket.
+        None => tracing::debug!(%peer, "connection closed: it did not finish in time"),
     }
 }
 
@@ -233,5 +262,23 @@ mod tests {
         drop(s1);
         assert_eq!(t.open(), 2);
         assert!(t.admit(a).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let t = Arc::new(Tracker {
+            per_ip: Mutex::new(HashMap::new()),
+            max_per_ip: 2,
+            max_total: 100,
+        });
+        let k = |s: &str| conn_key(s.parse().unwrap());
+        let _a = t.admit(k("2001:db8:1:2::1")).unwrap();
+        let _b = t.admit(k("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(matches!(
+            t.admit(k("2001:db8:1:2:dead:beef:0:1")),
+            Err(Refused::PerIp)
+        ));
+        assert!(t.admit(k("2001:db8:1:3::1")).is_ok(), "another /64");
+        assert_eq!(k("::ffff:10.0.0.1"), k("10.0.0.1"));
     }
 }

@@ -6,11 +6,20 @@
 //! attestation and a release commit together with their audit record.
 //!
 //! Unauthenticated cost is bounded: `auth` is rate-limited per client IP and in total,
-//! and so are the challenged sessions it creates; a client over its KBS refusal limit is
-//! answered 429 before any work; refusal floods are aggregated in the audit log (the
-//! first refusals of a client and reason in a window are written one by one, the rest
-//! are counted into one summary record per window); an over-long resource path is
-//! refused before anything else and only its length is recorded.
+//! and so are the challenged sessions it creates (the global caps bound the database;
+//! a flood from many addresses can therefore make `auth` refuse everyone until the
+//! window passes, the documented trade-off); a client over its KBS refusal limit is
+//! answered 429 before any work. The refusal limit is per client IP for requests
+//! without an existing session and per session for requests carrying the cookie (or
+//! token) of one, so one guest behind a shared relay address cannot lock out its
+//! neighbours; there is no global refusal limit (it refused every guest once one
+//! client flooded). `attest` looks its session up before reading the body, and at most
+//! `attest_concurrency` attest bodies are read and verified at once (429 beyond).
+//! Refusal floods are aggregated in the audit log (the first refusals of a client and
+//! reason in a window are written one by one, the rest are counted into one summary
+//! record per window, also once the global audit budget of a window is spent); an
+//! over-long resource path is refused before anything else and only its length is
+//! recorded. IPv6 clients are limited per /64.
 
 use std::time::Instant;
 
@@ -182,12 +191,10 @@ pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
         session: None,
         tee: "unknown".into(),
         consumed: false,
+        limit_key: client.clone(),
         client: client.clone(),
     };
-    let result = match refusal_limited(&st, &client) {
-        Some(r) => Err(r),
-        None => attest_inner(&st, req, &mut ctx).await,
-    };
+    let result = attest_inner(&st, req, &mut ctx).await;
     let elapsed = started.elapsed().as_secs_f64();
     match result {
         Ok(resp) => {
@@ -222,6 +229,7 @@ pub async fn attest(State(st): State<AppState>, req: Request) -> Response {
             if let Err(e) = record_refusal(
                 &st,
                 &ev,
+                &ctx.limit_key,
                 &r.reason,
                 ctx.consumed.then_some(ctx.session.as_deref()).flatten(),
             )
@@ -242,17 +250,22 @@ async fn rollback(tx: Tx) {
     }
 }
 
-/// The refusal of a client over its KBS refusal limit (or of anyone while the service is
-/// over its global one): answered before any other work.
-fn refusal_limited(st: &AppState, client: &str) -> Option<Refusal> {
-    let limit = st.kbs_refusal_limiter.over(client)?;
-    tracing::debug!(%client, %limit, "KBS request refused by the refusal limit");
+/// The refusal of a client (`key`: its IP, or `session:<id>`) over its own KBS refusal
+/// limit: answered before any other work. Other clients are never refused by it.
+fn refusal_limited(st: &AppState, key: &str) -> Option<Refusal> {
+    if !st.kbs_refusal_limiter.blocked(key) {
+        return None;
+    }
+    tracing::debug!(%key, "KBS request refused by the refusal limit");
     st.metrics.rate_limited("kbs-refusals");
     Some(Refusal::new(RATE_LIMITED, ApiError::TooManyRequests))
 }
 
 /// The reason of refusals answered by [`refusal_limited`] (not counted again).
 const RATE_LIMITED: &str = "rate-limited";
+/// The reason of attests refused because `attest_concurrency` bodies are in progress
+/// (the service's load, not the client's fault: not counted).
+const BUSY: &str = "busy";
 
 /// Counts refusal `ev` (for `reason`) against its client's KBS refusal limit, fails the
 /// session whose challenge it burnt, and audits it: one record each for the first
@@ -261,12 +274,13 @@ const RATE_LIMITED: &str = "rate-limited";
 async fn record_refusal(
     st: &AppState,
     ev: &AuditEvent,
+    limit_key: &str,
     reason: &str,
     fail_session: Option<&str>,
 ) -> Result<(), crate::db::DbError> {
-    if reason != RATE_LIMITED {
+    if reason != RATE_LIMITED && reason != BUSY {
         // Counted even when over the limit; the next request is then refused early.
-        let _ = st.kbs_refusal_limiter.try_acquire(&ev.client);
+        st.kbs_refusal_limiter.record(limit_key);
     }
     let key = format!("{}/{reason}", ev.kind.as_str());
     let write = st.refusal_audit.admit(&ev.client, &key, now()) == AuditDecision::Write;
@@ -339,6 +353,9 @@ async fn write_summaries(
 
 struct AttestCtx {
     client: String,
+    /// What refusals count against: the client IP, or `session:<id>` once the request
+    /// is known to belong to an existing session.
+    limit_key: String,
     session: Option<String>,
     tee: String,
     consumed: bool,
@@ -349,26 +366,39 @@ async fn attest_inner(
     req: Request,
     ctx: &mut AttestCtx,
 ) -> Result<Response, Refusal> {
-    let id = cookie_session(req.headers())
-        .map_err(|e| Refusal::new("malformed-cookie", e))?
-        .ok_or_else(|| {
-            Refusal::new(
-                "no-session",
-                ApiError::Unauthorized("no kbs-session-id cookie; call /kbs/v0/auth first".into()),
-            )
-        })?;
+    // Everything that needs no body comes first: the session must exist, be challenged
+    // and unexpired before a byte of the (up to 1 MiB) body is read.
+    let id = match cookie_session(req.headers()) {
+        Ok(Some(id)) => id,
+        other => {
+            if let Some(r) = refusal_limited(st, &ctx.limit_key) {
+                return Err(r);
+            }
+            return Err(match other {
+                Err(e) => Refusal::new("malformed-cookie", e),
+                _ => Refusal::new(
+                    "no-session",
+                    ApiError::Unauthorized(
+                        "no kbs-session-id cookie; call /kbs/v0/auth first".into(),
+                    ),
+                ),
+            });
+        }
+    };
     ctx.session = Some(id.clone());
-    let body = read_body(req, &()).await?;
-    let attestation: Attestation =
-        parse_json(&body).map_err(|e| Refusal::new("malformed-request", e))?;
-    // The session and the workloads it may match, read on one connection.
-    let mut conn = st.db.read().await?;
-    let session = sessions::get_on(&mut conn, &id).await?.ok_or_else(|| {
-        Refusal::new(
+    let Some(session) = sessions::get(&st.db, &id).await? else {
+        if let Some(r) = refusal_limited(st, &ctx.limit_key) {
+            return Err(r);
+        }
+        return Err(Refusal::new(
             "unknown-session",
             ApiError::Unauthorized("unknown or expired session".into()),
-        )
-    })?;
+        ));
+    };
+    ctx.limit_key = format!("session:{id}");
+    if let Some(r) = refusal_limited(st, &ctx.limit_key) {
+        return Err(r);
+    }
     ctx.tee = session.tee.clone();
     if session.state != "challenged" {
         return Err(Refusal::new(
@@ -382,6 +412,15 @@ async fn attest_inner(
             ApiError::Unauthorized("the session has expired".into()),
         ));
     }
+    // Bodies read and verified at once are bounded; held to the end of the request.
+    let Ok(_permit) = st.attest_permits.try_acquire() else {
+        st.metrics.rate_limited("attest-concurrency");
+        return Err(Refusal::new(BUSY, ApiError::TooManyRequests));
+    };
+    let body = read_body(req, &()).await?;
+    let attestation: Attestation =
+        parse_json(&body).map_err(|e| Refusal::new("malformed-request", e))?;
+    drop(body);
     if attestation.runtime_data.nonce != session.nonce {
         return Err(Refusal::new(
             "nonce-mismatch",
@@ -395,6 +434,8 @@ async fn attest_inner(
         .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
+    // The workloads the session may match.
+    let mut conn = st.db.read().await?;
     let candidates = match &session.workload_hint {
         Some(name) => workloads::get_on(&mut conn, name)
             .await?
@@ -740,7 +781,15 @@ pub async fn resource(
         format!("{repo}/{kind}/{tag}")
     };
     drop((repo, kind, tag));
-    let early = refusal_limited(&st, &client).or_else(|| {
+    // A request with no credential at all counts against its IP: refused at once when
+    // that IP is over its limit. One with a token or cookie is limited by its session
+    // once that is established (`resource_inner`), by its IP otherwise (below).
+    let credential = req.headers().contains_key(header::AUTHORIZATION)
+        || req.headers().contains_key(header::COOKIE);
+    let ip_limited = (!credential)
+        .then(|| refusal_limited(&st, &client))
+        .flatten();
+    let early = ip_limited.or_else(|| {
         too_long.then(|| {
             let msg = format!(
                 "the resource path is longer than {} bytes",
@@ -750,9 +799,27 @@ pub async fn resource(
         })
     });
     let mut session_id = None;
+    let mut limit_key = client.clone();
     let result = match early {
         Some(r) => Err(r),
-        None => resource_inner(&st, &path, req.headers(), &client, &mut session_id).await,
+        None => {
+            resource_inner(
+                &st,
+                &path,
+                req.headers(),
+                &client,
+                &mut session_id,
+                &mut limit_key,
+            )
+            .await
+        }
+    };
+    // Refused before a session was established: the IP's limit applies.
+    let result = match result {
+        Err(r) if r.reason != RATE_LIMITED && limit_key == client => {
+            Err(refusal_limited(&st, &client).unwrap_or(r))
+        }
+        other => other,
     };
     match result {
         Ok(resp) => {
@@ -773,7 +840,7 @@ pub async fn resource(
                 outcome: "refused".into(),
                 detail: json!({"session": session_id, "reason": r.reason, "message": r.error.to_string(), "status": r.error.status().as_u16()}),
             };
-            if let Err(e) = record_refusal(&st, &ev, &r.reason, None).await {
+            if let Err(e) = record_refusal(&st, &ev, &limit_key, &r.reason, None).await {
                 return ApiError::from(e).into_response();
             }
             r.error.into_response()
@@ -848,6 +915,7 @@ async fn resource_inner(
     headers: &HeaderMap,
     client: &str,
     session_id: &mut Option<String>,
+    limit_key: &mut String,
 ) -> Result<Response, Refusal> {
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -904,6 +972,14 @@ async fn resource_inner(
         }
     }
     *session_id = Some(id.clone());
+    if session.is_some() {
+        // The token matched (or the cookie named) an existing session: its refusals
+        // count against that session, not against the address it shares with others.
+        *limit_key = format!("session:{id}");
+        if let Some(r) = refusal_limited(st, limit_key) {
+            return Err(r);
+        }
+    }
     if !valid_path(path) {
         return Err(Refusal::new(
             "bad-path",

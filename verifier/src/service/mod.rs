@@ -359,11 +359,8 @@ pub async fn build_state(
         argon2_nanos: std::sync::atomic::AtomicU64::new(50_000_000),
         kbs_auth_limiter: RateLimiter::new(f.kbs_auth_per_ip, f.kbs_auth_global, f.kbs_auth_window),
         session_budget: RateLimiter::new(f.open_sessions_per_ip, f.open_sessions, session_window),
-        kbs_refusal_limiter: RateLimiter::new(
-            f.kbs_refusals_per_ip,
-            f.kbs_refusals_global,
-            f.kbs_refusal_window,
-        ),
+        kbs_refusal_limiter: FailureLimiter::new(f.kbs_refusals_per_ip, f.kbs_refusal_window),
+        attest_permits: tokio::sync::Semaphore::new(f.attest_concurrency),
         refusal_audit: RefusalAggregator::new(
             f.audit_refusals_per_client,
             f.audit_refusals_global,

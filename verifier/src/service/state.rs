@@ -69,8 +69,13 @@ pub struct Inner {
     pub kbs_auth_limiter: RateLimiter,
     /// Challenged sessions created within one session TTL, per client IP and in total.
     pub session_budget: RateLimiter,
-    /// KBS refusals per client IP and in total.
-    pub kbs_refusal_limiter: RateLimiter,
+    /// KBS refusals per client (IP, or session for requests of an existing session).
+    /// There is no global refusal limit: it would refuse every guest once one client
+    /// flooded; a global flood only stops individual audit records (`refusal_audit`).
+    pub kbs_refusal_limiter: FailureLimiter,
+    /// Attest requests reading or verifying their body at once (`attest_concurrency`);
+    /// a request that finds none free is refused at once (429).
+    pub attest_permits: tokio::sync::Semaphore,
     /// Aggregation of refusal floods in the audit log.
     pub refusal_audit: RefusalAggregator,
     /// Connection, timeout, argon2, session and refusal limits.
@@ -139,6 +144,11 @@ pub struct FloodLimits {
     pub request_timeout: Duration,
     /// Time to complete a TLS handshake.
     pub tls_handshake_timeout: Duration,
+    /// Longest life of a connection (then graceful shutdown; closed `request_timeout`
+    /// later at the latest, so a request begun just before still gets its full time).
+    pub max_connection_lifetime: Duration,
+    /// Attest requests reading or verifying their body at once.
+    pub attest_concurrency: usize,
     /// Concurrent argon2 verifications.
     pub argon2_concurrency: usize,
     /// Requests waiting for an argon2 slot.
@@ -153,9 +163,12 @@ pub struct FloodLimits {
     pub open_sessions_per_ip: usize,
     /// Challenged sessions in total created within one session TTL.
     pub open_sessions: usize,
-    /// KBS refusals per client IP per window before 429.
+    /// KBS refusals per client IP (per session for requests of an existing session) per
+    /// window before 429.
     pub kbs_refusals_per_ip: usize,
-    /// KBS refusals in total per window before 429.
+    /// Accepted for compatibility and ignored: a global refusal limit locked every guest
+    /// out; global refusal floods are bounded in the audit log by
+    /// `audit_refusals_global` instead.
     pub kbs_refusals_global: usize,
     /// The KBS refusal window.
     pub kbs_refusal_window: Duration,
@@ -177,6 +190,8 @@ impl Default for FloodLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_connection_lifetime: Duration::from_secs(60),
+            attest_concurrency: 64,
             argon2_concurrency: 2,
             argon2_queue: 32,
             kbs_auth_per_ip: 3000,

@@ -135,13 +135,59 @@ const MAX_DEPTH: usize = 8;
 /// Most members (array elements or object keys) kept per `detail` container.
 const MAX_MEMBERS: usize = 32;
 
-/// Whether `c` is escaped at write: control characters (C0, DEL, C1), the backslash
-/// (so that escapes are unambiguous) and the invisible or direction-changing format
-/// characters that can make a log line read differently from what it holds.
+/// The format characters (General_Category=Cf) of Unicode 15.1, from
+/// `extracted/DerivedGeneralCategory.txt` of the Unicode Character Database
+/// (<https://www.unicode.org/Public/15.1.0/ucd/extracted/DerivedGeneralCategory.txt>):
+/// invisible or direction-changing characters (soft hyphen, Arabic letter mark,
+/// Mongolian vowel separator, zero-width and bidirectional controls, interlinear
+/// annotation, tag characters, …) that make a log line read differently from what it
+/// holds. Inclusive ranges, sorted.
+const FORMAT_CHARS: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Whether `c` is a format character ([`FORMAT_CHARS`]).
+fn is_format(c: char) -> bool {
+    let c = u32::from(c);
+    FORMAT_CHARS
+        .binary_search_by(|&(lo, hi)| {
+            if hi < c {
+                std::cmp::Ordering::Less
+            } else if lo > c {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        })
+        .is_ok()
+}
+
+/// Whether `c` is escaped at write: control characters (Cc: C0, DEL, C1), the backslash
+/// (so that escapes are unambiguous), every format character (Cf, [`FORMAT_CHARS`]),
+/// the line and paragraph separators (U+2028, U+2029) and U+2065 (unassigned, inside
+/// the bidirectional block).
 fn must_escape(c: char) -> bool {
-    c == '\\'
-        || c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    c == '\\' || c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}' | '\u{2065}')
 }
 
 /// `s` with [`must_escape`] characters written as `\\`, `\n`, `\t`, `\r` or `\u{hex}`,
@@ -548,12 +594,15 @@ pub struct Checkpoint {
     pub mac: String,
     /// When it was taken (Unix seconds).
     pub ts: i64,
-    /// `{iss, typ, seq, mac, ts, exp}` as an ES256 compact JWS under the token key.
+    /// `{iss, typ, seq, mac, ts}` as an ES256 compact JWS under the token key, with the
+    /// JOSE header `typ` [`CHECKPOINT_TYP`] (checkpoints written before it: `JWT` and an
+    /// `exp` in 9999, still verified here).
     pub jws: String,
 }
 
-/// Far enough in the future that a checkpoint signature never expires (9999-12-31).
-const CHECKPOINT_EXP: i64 = 253_402_300_799;
+/// The JOSE header `typ` of a checkpoint: distinct from the tokens' `JWT`, and the
+/// checkpoint carries no `exp`, so that a checkpoint is never accepted as a token.
+pub const CHECKPOINT_TYP: &str = "cvm-audit-checkpoint+jwt";
 
 async fn write_checkpoint(
     tx: &mut Tx,
@@ -563,10 +612,13 @@ async fn write_checkpoint(
     ts: i64,
 ) -> Result<Checkpoint, DbError> {
     let jws = signer
-        .sign(&json!({
-            "iss": "cvm-verifier", "typ": "audit-checkpoint",
-            "seq": seq, "mac": mac, "ts": ts, "exp": CHECKPOINT_EXP,
-        }))
+        .sign_typed(
+            CHECKPOINT_TYP,
+            &json!({
+                "iss": "cvm-verifier", "typ": "audit-checkpoint",
+                "seq": seq, "mac": mac, "ts": ts,
+            }),
+        )
         .map_err(|_| DbError::Corrupt("the token key cannot sign an audit checkpoint"))?;
     sqlx::query(
         "INSERT INTO audit_checkpoints (seq, ts, mac, jws) VALUES ($1, $2, $3, $4) \
@@ -711,7 +763,10 @@ fn check_checkpoint_signature(
             "{what} cannot be checked: the database holds no token key"
         ));
     };
-    let Ok(claims) = signer.verify(&cp.jws, now()) else {
+    let Ok(claims) = signer
+        .verify_typed(CHECKPOINT_TYP, &cp.jws)
+        .or_else(|_| signer.verify_legacy_checkpoint(&cp.jws, now()))
+    else {
         return Some(format!("{what} is not signed by this verifier's token key"));
     };
     let matches = claims.get("typ").and_then(Value::as_str) == Some("audit-checkpoint")
@@ -949,6 +1004,38 @@ mod tests {
         // Escapes count against the bound: no growth beyond it.
         let (s, cut) = sanitize(&"\u{1}".repeat(1000), 100);
         assert!(cut && s.len() <= 100 + '…'.len_utf8());
+    }
+
+    /// Red-team round 2, finding 10: invisible format characters outside the old list
+    /// were stored raw. Every Cf character is escaped now.
+    #[test]
+    fn every_format_character_is_escaped() {
+        for c in [
+            '\u{ad}',
+            '\u{61c}',
+            '\u{180e}',
+            '\u{fff9}',
+            '\u{fffa}',
+            '\u{fffb}',
+            '\u{e0001}',
+            '\u{e0041}',
+            '\u{e007f}',
+            '\u{200b}',
+            '\u{2066}',
+            '\u{feff}',
+        ] {
+            let (s, _) = sanitize(&format!("a{c}b"), 64);
+            assert_eq!(
+                s,
+                format!("a\\u{{{:x}}}b", u32::from(c)),
+                "{:x}",
+                u32::from(c)
+            );
+        }
+        for c in ['a', 'é', '\u{e0080}', '\u{2070}', '\u{1f600}'] {
+            assert_eq!(sanitize(&c.to_string(), 64).0, c.to_string());
+        }
+        assert!(FORMAT_CHARS.windows(2).all(|w| w[0].1 < w[1].0));
     }
 
     fn must_escape_unescaped(c: char) -> bool {
