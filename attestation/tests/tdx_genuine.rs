@@ -122,18 +122,30 @@ fn v4_verifies_up_to_date_on_2025_06_19() {
     assert_eq!(c.body_type, 2);
     assert!(c.td_attributes.sept_ve_disable);
     assert!(!c.td_attributes.debug);
-    // The default policy with its MRTD accepts it (UpToDate, SEPT_VE_DISABLE, not debug);
-    // without a listed measurement it refuses.
+    // The default policy with its MRTD and its RTMR1/RTMR2 (kernel, initrd and command
+    // line) accepts it (UpToDate, SEPT_VE_DISABLE, not debug); without a listed
+    // measurement, or with the MRTD alone, it refuses.
     let err = attestation::policy::Policy::default()
         .evaluate(&v.claims)
         .expect_err("no measurement listed");
     assert_eq!(err.check, "measurement");
-    attestation::policy::Policy {
+    let mrtd_only = attestation::policy::Policy {
         measurements: vec![v.claims.measurement.clone()],
         ..Default::default()
-    }
-    .evaluate(&v.claims)
-    .expect("default policy with the MRTD accepts");
+    };
+    let err = mrtd_only.evaluate(&v.claims).expect_err("MRTD alone");
+    assert_eq!(err.check, "rtmr-unpinned");
+    let mut pinned = mrtd_only;
+    pinned.tdx.rtmrs = [1u8, 2]
+        .into_iter()
+        .map(|index| attestation::policy::tdx::ExpectedRtmr {
+            index,
+            value: c.rtmrs[usize::from(index)],
+        })
+        .collect();
+    pinned
+        .evaluate(&v.claims)
+        .expect("default policy with the MRTD, RTMR1 and RTMR2 accepts");
 }
 
 #[test]
