@@ -109,6 +109,29 @@ impl Demo {
     }
 
     /// Runs `program args`, echoing the command; returns stdout.
+    /// Runs `cvm-verifier <subcommand> --database DB --master-key-file KEY --output json`
+    /// on the verifier's own database and parses what it prints.
+    fn verifier_json(
+        &self,
+        subcommand: &[&str],
+        db: &str,
+        master: &Path,
+        what: &str,
+    ) -> Result<Value, DemoError> {
+        let mut args: Vec<std::ffi::OsString> = subcommand.iter().map(|a| os(a)).collect();
+        args.extend([
+            os("--database"),
+            os(db),
+            os("--master-key-file"),
+            master.as_os_str().into(),
+            os("--output"),
+            os("json"),
+        ]);
+        let out = self.run(&self.verifier, args, &[])?;
+        serde_json::from_str(out.trim())
+            .map_err(|e| DemoError::Other(format!("cannot read the {what} output: {e}")))
+    }
+
     fn run<I, S>(&self, program: &Path, args: I, envs: &[(&str, &str)]) -> Result<String, DemoError>
     where
         I: IntoIterator<Item = S>,
@@ -327,22 +350,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
     )?;
     let database = d.path("verifier.db");
     let db = database.to_string_lossy().into_owned();
-    let boot = d.run(
-        &d.verifier,
-        [
-            os("admin"),
-            os("bootstrap"),
-            os("--database"),
-            os(&db),
-            os("--master-key-file"),
-            master.as_os_str().into(),
-            os("--output"),
-            os("json"),
-        ],
-        &[],
-    )?;
-    let boot: Value = serde_json::from_str(boot.trim())
-        .map_err(|e| DemoError::Other(format!("cannot read the bootstrap output: {e}")))?;
+    let boot = d.verifier_json(&["admin", "bootstrap"], &db, &master, "bootstrap")?;
     let token = boot["token"]
         .as_str()
         .ok_or_else(|| DemoError::Other("bootstrap printed no token".into()))?
@@ -414,21 +422,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
     )?;
 
     d.step("Reading the verifier's identity (the key the guest pins) from its database");
-    let identity = d.run(
-        &d.verifier,
-        [
-            os("identity"),
-            os("--database"),
-            os(&db),
-            os("--master-key-file"),
-            master.as_os_str().into(),
-            os("--output"),
-            os("json"),
-        ],
-        &[],
-    )?;
-    let identity: Value = serde_json::from_str(identity.trim())
-        .map_err(|e| DemoError::Other(format!("cannot read the identity output: {e}")))?;
+    let identity = d.verifier_json(&["identity"], &db, &master, "identity")?;
     let pin = identity["cmdline"]
         .as_str()
         .filter(|p| p.starts_with("cvm.verifier_key="))
