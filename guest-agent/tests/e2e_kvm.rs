@@ -3,9 +3,9 @@
 //! real verifier, receives the disk key, opens a LUKS2 disk and prints its message.
 //!
 //! Ignored by default (boots a VM: needs /dev/kvm, the `cvm` binary built by `cargo build
-//! -p host-vmm`, and the guest images under target/guest/; ~30-60 s per boot because the
+//! -p cvm`, and the guest images under target/guest/; ~30-60 s per boot because the
 //! firmware hashes the image at CPL0). Run:
-//! `cargo build -p host-vmm && cargo test -p guest-agent --test e2e_kvm -- --ignored`
+//! `cargo build -p cvm && cargo test -p guest-agent --test e2e_kvm -- --ignored`
 
 mod common;
 
@@ -39,11 +39,7 @@ fn boot(tee: &str) {
     let fw_elf = root().join("target/guest/cvm-firmware/release/cvm-firmware");
     let tg_elf = root().join("target/guest/cvm-testguest/release/cvm-testguest");
     for p in [&cvm, &fw_elf, &tg_elf] {
-        assert!(
-            p.exists(),
-            "{} is missing: cargo build -p host-vmm",
-            p.display()
-        );
+        assert!(p.exists(), "{} is missing: cargo build -p cvm", p.display());
     }
     let dir = tempfile::tempdir().unwrap();
     let (fw, tg) = (dir.path().join("fw.bin"), dir.path().join("tg.bin"));

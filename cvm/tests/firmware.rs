@@ -21,7 +21,7 @@ const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const CMDLINE: &str = "console=ttyS0 cvm.test=firmware";
 
 fn image() -> &'static [u8] {
-    let img = host_vmm::firmware::image();
+    let img = guest_images::image();
     assert!(
         !img.is_empty(),
         "cvm was built without its firmware (CVM_SKIP_GUEST_BUILD?)"

@@ -99,6 +99,24 @@ pub enum ImageError {
     Luks(#[from] luks::WriteError),
 }
 
+impl cli_support::ExitClass for ImageError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            // The operator's inputs: a file that exists, an unreadable source, a payload
+            // that cannot fit, a bad --message.
+            ImageError::Exists(_)
+            | ImageError::Input(..)
+            | ImageError::TooLarge { .. }
+            | ImageError::NulInMessage => cli_support::EXIT_USAGE,
+            // The work itself failed.
+            ImageError::KeyFile(..)
+            | ImageError::MkfsSpawn(_)
+            | ImageError::Mkfs(_)
+            | ImageError::Luks(_) => cli_support::EXIT_FAILURE,
+        }
+    }
+}
+
 /// What was created.
 #[derive(Debug)]
 pub struct Created {
@@ -335,7 +353,7 @@ pub fn run(args: &DiskArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => crate::cli::fail(&e, 1),
+        Err(e) => cli_support::exit_with(&e),
     }
 }
 

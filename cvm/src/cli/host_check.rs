@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::tee::{self, KvmCapabilities, TeeKind};
+use host_vmm::tee::{self, KvmCapabilities, TeeKind};
 
 /// `cvm host-check`.
 #[derive(Debug, clap::Args)]

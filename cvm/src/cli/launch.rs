@@ -3,18 +3,18 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::boot::{BootError, BootInputs, Tamper};
-use crate::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
-use crate::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
-use crate::isolation::jail::{self, JailConfig, JailError};
-use crate::seccomp::SeccompMode;
-use crate::tee::emulated::{EmulatedLaunchError, EmulatedTee};
-use crate::tee::launch::{ConfidentialLaunch, SnpLaunch, TdxLaunch};
-use crate::tee::services::CertTable;
-use crate::tee::tdx::TdConfig;
-use crate::tee::{self, KvmCapabilities, TeeKind};
-use crate::vmm::{self, ApiConfig, DiskConfig, SerialOutput, VmConfig};
-use crate::vstate::vcpu::VcpuStop;
+use host_vmm::boot::{BootError, BootInputs, Tamper};
+use host_vmm::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
+use host_vmm::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
+use host_vmm::isolation::jail::{self, JailConfig, JailError};
+use host_vmm::seccomp::SeccompMode;
+use host_vmm::tee::emulated::{EmulatedLaunchError, EmulatedTee};
+use host_vmm::tee::launch::{ConfidentialLaunch, SnpLaunch, TdxLaunch};
+use host_vmm::tee::services::CertTable;
+use host_vmm::tee::tdx::TdConfig;
+use host_vmm::tee::{self, KvmCapabilities, TeeKind};
+use host_vmm::vmm::{self, ApiConfig, DiskConfig, SerialOutput, VmConfig};
+use host_vmm::vstate::vcpu::VcpuStop;
 use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
 use measured_boot::tdx::TdxLaunchPlan;
 use measured_boot::FirmwareImage;
@@ -291,7 +291,7 @@ pub enum LaunchError {
     Jail(#[from] JailError),
     /// The control API socket could not be served.
     #[error("cannot serve the control API")]
-    Api(#[from] crate::api::ApiError),
+    Api(#[from] host_vmm::api::ApiError),
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -340,7 +340,7 @@ pub fn plan_pages(plan: &SnpLaunchPlan) -> Vec<(u64, Vec<u8>)> {
 }
 
 /// Reads --id-block and --id-auth, checking their sizes.
-fn id_block(a: &Args) -> Result<Option<crate::tee::launch::IdBlock>, LaunchError> {
+fn id_block(a: &Args) -> Result<Option<host_vmm::tee::launch::IdBlock>, LaunchError> {
     let (Some(b), Some(au)) = (&a.id_block, &a.id_auth) else {
         return Ok(None);
     };
@@ -386,7 +386,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             p.display().to_string(),
         ),
         None => (
-            crate::firmware::embedded()
+            guest_images::embedded()
                 .map_err(|e| LaunchError::Usage(e.to_string()))?
                 .to_vec(),
             "built-in".to_string(),
@@ -590,7 +590,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
     };
     let api = match &a.api_socket {
         Some(path) => Some(ApiConfig {
-            listener: crate::api::bind(path)?,
+            listener: host_vmm::api::bind(path)?,
             measurement: serde_json::json!({
                 "tee": a.tee.to_string(),
                 "measurement": measurement.map(hex::encode),

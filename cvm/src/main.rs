@@ -1,9 +1,14 @@
 //! `cvm`: launch and measure confidential VMs.
+//!
+//! The operator CLI. The VMM itself is the `host-vmm` library; `cvm image` is the
+//! `cvm-image` crate, `cvm emulated` the `emulated-sp` crate, the embedded guest images
+//! come from `guest-images`, and the error and exit-code convention from `cli-support`.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use host_vmm::cli;
+
+mod cli;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,10 +32,10 @@ enum Command {
     HostCheck(cli::host_check::Args),
     /// Build guest disk images (encrypted LUKS2 disks and their keys).
     #[command(subcommand)]
-    Image(cli::image::Command),
+    Image(cvm_image::Command),
     /// Software-emulated TEE platforms (test equipment; insecure).
     #[command(subcommand)]
-    Emulated(cli::emulated::Command),
+    Emulated(emulated_sp::Command),
     /// Write the embedded project firmware to a file.
     Firmware(cli::firmware::Args),
     /// Run the whole system on this machine: a verifier, emulated SEV-SNP and TDX
@@ -61,10 +66,10 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Measure(c) => cli::measure::run(c),
-        Command::Emulated(c) => cli::emulated::run(c),
+        Command::Emulated(c) => emulated_sp::run(c),
         Command::Launch(a) => cli::launch::run(*a),
         Command::HostCheck(a) => cli::host_check::run(a),
-        Command::Image(c) => cli::image::run(c),
+        Command::Image(c) => cvm_image::run(c),
         Command::Firmware(a) => cli::firmware::run(a),
         Command::Demo(a) => cli::demo::run(a),
     }

@@ -282,6 +282,6 @@ pub fn run(c: Command) -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => super::fail(&e, 2),
+        Err(e) => super::fail(&e, cli_support::EXIT_USAGE),
     }
 }

@@ -224,7 +224,7 @@ pub fn run(a: Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             println!();
-            super::fail(&e, 1)
+            super::fail(&e, cli_support::EXIT_FAILURE)
         }
     }
 }
@@ -297,7 +297,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
         &[],
     )?;
     let kernel = d.path("testguest.bzImage");
-    let guest = crate::firmware::testguest_image();
+    let guest = guest_images::testguest_image();
     if guest.is_empty() {
         return Err(DemoError::Other(
             "this cvm was built without the test guest (guest-agent/testguest)".into(),

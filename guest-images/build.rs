@@ -56,7 +56,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest
         .parent()
-        .expect("host-vmm sits in the repository root");
+        .expect("guest-images sits in the repository root");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     println!("cargo:rerun-if-env-changed=CVM_SKIP_GUEST_BUILD");
     println!("cargo:rerun-if-env-changed=CVM_REQUIRE_GUEST_BUILD");

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
 
-use super::super::fail;
+use cli_support::fail;
 
 /// Arguments of `cvm emulated quote tdx`.
 #[derive(Debug, clap::Args)]
@@ -150,7 +150,7 @@ pub fn init(dir: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e, 1),
+        Err(e) => fail(&e, cli_support::EXIT_FAILURE),
     }
 }
 
@@ -158,23 +158,23 @@ pub fn init(dir: &Path) -> ExitCode {
 pub fn quote(a: QuoteArgs) -> ExitCode {
     let (td, report_data) = match parse_args(&a) {
         Ok(v) => v,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return fail(&e, cli_support::EXIT_USAGE),
     };
     let platform = match EmulatedTdxPlatform::open(&a.dir) {
         Ok(p) => p,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return fail(&e, cli_support::EXIT_USAGE),
     };
     let quote = match platform
         .quote_td(&td, &report_data, a.quote_version)
         .and_then(|q| Ok(q.to_bytes()?))
     {
         Ok(q) => q,
-        Err(e) => return fail(&e, 1),
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     let opts = CollateralOptions::from_now(a.collateral_days);
     let collateral = match platform.collateral(&opts).and_then(|c| Ok(c.to_json()?)) {
         Ok(c) => c,
-        Err(e) => return fail(&e, 1),
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     for (path, bytes) in [
         (&a.out, quote.as_slice()),
@@ -186,7 +186,7 @@ pub fn quote(a: QuoteArgs) -> ExitCode {
                     path: path.clone(),
                     source,
                 },
-                2,
+                cli_support::EXIT_FAILURE,
             );
         }
     }

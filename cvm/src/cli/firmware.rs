@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::firmware::{self, FirmwareError};
+use guest_images::{self as firmware, FirmwareError};
 
 /// `cvm firmware`.
 #[derive(Debug, clap::Args)]
@@ -57,6 +57,6 @@ pub fn run(a: Args) -> ExitCode {
             eprintln!("wrote {n} bytes of {what} to {}", a.out.display());
             ExitCode::SUCCESS
         }
-        Err(e) => super::fail(&e, 1),
+        Err(e) => super::fail(&e, cli_support::EXIT_FAILURE),
     }
 }

@@ -10,7 +10,7 @@
 //! The service is the VMM's own mailbox device ([`Mailbox`] in front of an
 //! [`EmulatedTee`]) driven through a private 64 KiB window, so the commands, status codes
 //! and evidence are exactly what a guest gets through port [`MAILBOX_PORT`]
-//! (see [`crate::tee::emulated`]).
+//! (see [`host_vmm::tee::emulated`]).
 //!
 //! # Protocol
 //!
@@ -43,12 +43,14 @@ use attestation::snp::emulated::{EmulatedSnpPlatform, FinishParams};
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::super::fail;
-use crate::devices::PioDevice;
-use crate::tee::emulated::{status, EmulatedTee, Mailbox, COLLATERAL_DAYS, MAILBOX_PORT, WINDOW};
+use cli_support::fail;
+use host_vmm::devices::PioDevice;
+use host_vmm::tee::emulated::{
+    status, EmulatedTee, Mailbox, COLLATERAL_DAYS, MAILBOX_PORT, WINDOW,
+};
 
 /// Largest request payload: the mailbox request area (0x00..0x40 of the window).
-pub const MAX_REQUEST: usize = crate::tee::emulated::REQUEST_LEN;
+pub const MAX_REQUEST: usize = host_vmm::tee::emulated::REQUEST_LEN;
 /// Largest response payload: the window minus its header.
 pub const MAX_RESPONSE: usize = WINDOW - RESPONSE_AT;
 const RESPONSE_LEN_AT: u64 = 0x40;
@@ -351,16 +353,18 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 pub fn run(a: ServeArgs) -> ExitCode {
     let (tee, what) = match launch(&a) {
         Ok(v) => v,
-        Err(e @ (ServeError::Arg(..) | ServeError::WrongTee(..))) => return fail(&e, 2),
-        Err(e) => return fail(&e, 1),
+        Err(e @ (ServeError::Arg(..) | ServeError::WrongTee(..))) => {
+            return fail(&e, cli_support::EXIT_USAGE)
+        }
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     let mut service = match Service::new(tee) {
         Ok(s) => s,
-        Err(e) => return fail(&e, 1),
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     let listener = match bind(&a.socket) {
         Ok(l) => l,
-        Err(e) => return fail(&e, 1),
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     eprintln!(
         "WARNING: insecure-emulated secure processor: no VM, no memory encryption; the \

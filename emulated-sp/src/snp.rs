@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use attestation::snp::emulated::{EmulatedSnpPlatform, FinishParams, ReportRequest};
 
-use super::super::fail;
+use cli_support::fail;
 
 /// Arguments of `cvm emulated report snp`.
 #[derive(Debug, clap::Args)]
@@ -90,7 +90,7 @@ pub fn init(dir: &Path) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e, 1),
+        Err(e) => fail(&e, cli_support::EXIT_FAILURE),
     }
 }
 
@@ -127,11 +127,11 @@ fn parse_args(a: &ReportArgs) -> Result<Parsed, ArgError> {
 pub fn report(a: ReportArgs) -> ExitCode {
     let args = match parse_args(&a) {
         Ok(v) => v,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return fail(&e, cli_support::EXIT_USAGE),
     };
     let platform = match EmulatedSnpPlatform::open(&a.dir) {
         Ok(p) => p,
-        Err(e) => return fail(&e, 2),
+        Err(e) => return fail(&e, cli_support::EXIT_USAGE),
     };
     let result = platform
         .launch_start_from(args.policy, args.measurement)
@@ -148,18 +148,21 @@ pub fn report(a: ReportArgs) -> ExitCode {
         });
     let (report, table) = match result {
         Ok(v) => v,
-        Err(e) => return fail(&e, 1),
+        Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
     };
     if let Err(e) = std::fs::write(&a.out, report) {
-        return fail(&ArgError::Write(a.out.clone(), e), 2);
+        return fail(
+            &ArgError::Write(a.out.clone(), e),
+            cli_support::EXIT_FAILURE,
+        );
     }
     if let Some(path) = &a.cert_table_out {
         let bytes = match table.to_bytes() {
             Ok(b) => b,
-            Err(e) => return fail(&e, 1),
+            Err(e) => return fail(&e, cli_support::EXIT_FAILURE),
         };
         if let Err(e) = std::fs::write(path, bytes) {
-            return fail(&ArgError::Write(path.clone(), e), 2);
+            return fail(&ArgError::Write(path.clone(), e), cli_support::EXIT_FAILURE);
         }
     }
     ExitCode::SUCCESS
