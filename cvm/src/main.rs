@@ -38,6 +38,9 @@ enum Command {
     Emulated(emulated_sp::Command),
     /// Write the embedded project firmware to a file.
     Firmware(cli::firmware::Args),
+    /// Talk to a running VMM's control socket (status, measurement, pause, resume,
+    /// shutdown).
+    Api(cli::api::Args),
     /// Run the whole system on this machine: a verifier, emulated SEV-SNP and TDX
     /// launches of the test guest that unlock an encrypted disk only after attestation.
     Demo(cli::demo::Args),
@@ -72,5 +75,6 @@ fn main() -> ExitCode {
         Command::Image(c) => cvm_image::run(c),
         Command::Firmware(a) => cli::firmware::run(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Api(a) => cli::api::run(a),
     }
 }

@@ -221,6 +221,28 @@ fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
     assert!(call(&sock, "GET", "/v1/vm").contains("\"paused\""));
     let r = call(&sock, "PUT", "/v1/vm/pause");
     assert!(r.starts_with("HTTP/1.1 409"), "{r}");
+    // The same through `cvm api`: the state, and the refusal (exit 1, the VMM's detail).
+    let api = |cmd: &str| {
+        Command::new(CVM)
+            .arg("api")
+            .arg("--socket")
+            .arg(&sock)
+            .arg(cmd)
+            .output()
+            .unwrap()
+    };
+    let out = api("status");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"paused\""),
+        "{out:?}"
+    );
+    let out = api("pause");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already paused"),
+        "{out:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let c1 = vm_cpu();
     std::thread::sleep(Duration::from_secs(1));
@@ -240,8 +262,8 @@ fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
     let r = call(&sock, "PUT", "/v1/vm/resume");
     assert!(r.starts_with("HTTP/1.1 204"), "{r}");
     assert!(call(&sock, "GET", "/v1/vm").contains("\"running\""));
-    let r = call(&sock, "PUT", "/v1/vm/shutdown");
-    assert!(r.starts_with("HTTP/1.1 202"), "{r}");
+    let out = api("shutdown");
+    assert!(out.status.success(), "{out:?}");
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     child

@@ -1,6 +1,7 @@
 //! Subcommands of `cvm`, one module each. Binaries print `error: …` then one
 //! `caused by: …` line per source.
 
+pub mod api;
 pub mod demo;
 pub mod firmware;
 pub mod host_check;
