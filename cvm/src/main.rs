@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
@@ -41,6 +41,10 @@ enum Command {
     /// Talk to a running VMM's control socket (status, measurement, pause, resume,
     /// shutdown).
     Api(cli::api::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cli::docs::CompletionsArgs),
+    /// Write the man pages of cvm and every subcommand.
+    Man(cli::docs::ManArgs),
     /// Run the whole system on this machine: a verifier, emulated SEV-SNP and TDX
     /// launches of the test guest that unlock an encrypted disk only after attestation.
     Demo(cli::demo::Args),
@@ -76,5 +80,7 @@ fn main() -> ExitCode {
         Command::Firmware(a) => cli::firmware::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Api(a) => cli::api::run(a),
+        Command::Completions(a) => cli::docs::completions(Cli::command(), &a),
+        Command::Man(a) => cli::docs::man(Cli::command(), &a),
     }
 }
