@@ -14,6 +14,8 @@
 
 use std::process::ExitCode;
 
+pub mod docs;
+
 /// Exit code for a refusal or a failed run.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code for a usage error or an unreadable or invalid input.

@@ -42,9 +42,9 @@ enum Command {
     /// shutdown).
     Api(cli::api::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions(cli::docs::CompletionsArgs),
+    Completions(cli_support::docs::CompletionsArgs),
     /// Write the man pages of cvm and every subcommand.
-    Man(cli::docs::ManArgs),
+    Man(cli_support::docs::ManArgs),
     /// Run the whole system on this machine: a verifier, emulated SEV-SNP and TDX
     /// launches of the test guest that unlock an encrypted disk only after attestation.
     Demo(cli::demo::Args),
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Command::Firmware(a) => cli::firmware::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Api(a) => cli::api::run(a),
-        Command::Completions(a) => cli::docs::completions(Cli::command(), &a),
-        Command::Man(a) => cli::docs::man(Cli::command(), &a),
+        Command::Completions(a) => cli_support::docs::completions(Cli::command(), &a),
+        Command::Man(a) => cli_support::docs::man(Cli::command(), &a),
     }
 }

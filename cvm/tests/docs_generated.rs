@@ -63,3 +63,36 @@ fn man_pages_cover_every_subcommand() {
     assert!(page("cvm-image-disk").unwrap().contains("key\\-out"));
     assert!(page("cvm-launch").unwrap().contains("api\\-socket"));
 }
+
+#[test]
+fn the_verifier_has_completions_and_man_pages_too() {
+    let verifier = std::path::Path::new(CVM).with_file_name("cvm-verifier");
+    if !verifier.exists() {
+        // Built by `cargo test --workspace`; with `-p cvm` alone it may be absent.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} is missing under CI",
+            verifier.display()
+        );
+        eprintln!("SKIPPED: {} not built", verifier.display());
+        return;
+    }
+    let out = Command::new(&verifier)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for c in ["serve", "admin", "audit", "verify", "identity"] {
+        assert!(text.contains(c), "no {c}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&verifier)
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("cvm-verifier-serve.1").exists());
+    assert!(dir.path().join("cvm-verifier-verify-snp.1").exists());
+}

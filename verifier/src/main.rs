@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use verifier::cli;
 
 #[derive(Debug, Parser)]
@@ -34,6 +34,10 @@ enum Command {
     Inventory(cli::inventory::Args),
     /// Generate load: complete guest flows with emulated evidence.
     Loadgen(cli::loadgen::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cli_support::docs::CompletionsArgs),
+    /// Write the man pages of cvm-verifier and every subcommand.
+    Man(cli_support::docs::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,5 +69,7 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
         Command::Loadgen(a) => cli::loadgen::run(a),
+        Command::Completions(a) => cli_support::docs::completions(Cli::command(), &a),
+        Command::Man(a) => cli_support::docs::man(Cli::command(), &a),
     }
 }

@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod demo;
-pub mod docs;
 pub mod firmware;
 pub mod host_check;
 pub mod launch;

@@ -1,14 +1,14 @@
-//! `cvm completions SHELL` and `cvm man --out DIR`: shell completions and man pages
-//! generated from the same clap definitions that parse the command line, so they never
-//! drift from the flags (`clap_complete`, `clap_mangen`). `scripts/setup` installs both
-//! system-wide; CI generates them (`cvm/tests/docs_generated.rs`).
+//! `completions SHELL` and `man --out DIR` for every binary (`cvm`, `cvm-verifier`):
+//! shell completions and man pages generated from the same clap definitions that parse
+//! the command line, so they never drift from the flags (`clap_complete`,
+//! `clap_mangen`). `scripts/install-docs` installs both; CI generates them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use cli_support::{ExitClass, EXIT_FAILURE};
+use crate::{ExitClass, EXIT_FAILURE};
 
-/// `cvm completions`.
+/// `completions`.
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
     /// The shell.
@@ -16,11 +16,11 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `cvm man`.
+/// `man`.
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {
-    /// Directory to write `cvm.1` and one `cvm-<command>.1` per subcommand into (created
-    /// if missing; existing pages are replaced).
+    /// Directory to write `<binary>.1` and one `<binary>-<command>.1` per subcommand into
+    /// (created if missing; existing pages are replaced).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -76,13 +76,13 @@ fn page(
     Ok(())
 }
 
-/// Runs `cvm man`.
+/// Runs `man`.
 pub fn man(cmd: clap::Command, a: &ManArgs) -> ExitCode {
     match write_man_pages(cmd, &a.out) {
         Ok(files) => {
             println!("wrote {} man pages to {}", files.len(), a.out.display());
             ExitCode::SUCCESS
         }
-        Err(e) => cli_support::exit_with(&e),
+        Err(e) => crate::exit_with(&e),
     }
 }
