@@ -15,6 +15,7 @@
 use std::process::ExitCode;
 
 pub mod docs;
+pub mod logging;
 
 /// Exit code for a refusal or a failed run.
 pub const EXIT_FAILURE: u8 = 1;

@@ -17,6 +17,15 @@ mod cli;
     about = "Confidential-VM host: measure and launch SEV-SNP and TDX guests"
 )]
 struct Cli {
+    /// Log line format on standard error (`CVM_LOG` sets the level, e.g. `debug`).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "CVM_LOG_FORMAT"
+    )]
+    log_format: cli_support::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,15 +60,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CVM_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -71,6 +71,8 @@ fn main() -> ExitCode {
             };
         }
     };
+    cli_support::logging::set_format(cli.log_format);
+    cli_support::logging::init("info");
     match cli.command {
         Command::Measure(c) => cli::measure::run(c),
         Command::Emulated(c) => emulated_sp::run(c),

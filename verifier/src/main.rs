@@ -12,6 +12,15 @@ use verifier::cli;
     about = "Attestation verifier and key broker for confidential VMs"
 )]
 struct Cli {
+    /// Log line format on standard error (`CVM_LOG`, or `RUST_LOG`, sets the level).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "CVM_LOG_FORMAT"
+    )]
+    log_format: cli_support::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +69,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    cli_support::logging::set_format(cli.log_format);
     match cli.command {
         Command::Verify(Verify::Snp(a)) => cli::verify_snp::run(a),
         Command::Verify(Verify::Tdx(a)) => cli::verify_tdx::run(a),
