@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 pub mod docs;
 pub mod logging;
+pub mod units;
 
 /// Exit code for a refusal or a failed run.
 pub const EXIT_FAILURE: u8 = 1;

@@ -132,23 +132,10 @@ pub struct Created {
 
 /// Parses `123`, `64K`, `16M`, `1G` (powers of 1024; `KiB`-style suffixes also accepted).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mult: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        _ => return Err(format!("invalid size suffix in {s:?} (use K, M or G)")),
-    };
-    let v = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))?;
+    let v = cli_support::units::parse_size(s).map_err(|e| e.to_string())?;
     if v == 0 || v % 4096 != 0 {
         return Err(format!(
-            "size {s:?} must be a non-zero multiple of 4096 bytes"
+            "size {s:?} must be a non-zero multiple of 4096 bytes (for example 64M)"
         ));
     }
     Ok(v)

@@ -138,7 +138,11 @@ fn refuses_existing_files() {
         "--key-out",
         p(&key),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an output that exists is a usage error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
     assert_eq!(std::fs::read(&key).unwrap(), b"old key");
     assert!(!img.exists());
@@ -155,7 +159,11 @@ fn refuses_existing_files() {
         "--key-out",
         p(&key),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an output that exists is a usage error"
+    );
     assert_eq!(std::fs::read(&img).unwrap(), b"old image");
     assert!(!key.exists());
 }
