@@ -2,23 +2,6 @@
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
 
-/// Whether /dev/kvm can be opened; under CI it must be.
-pub fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
-
 /// A minimal bzImage: boot sector + one setup sector with a 2.15 setup header
 /// (XLF_KERNEL_64, pref_address 1 MiB, init_size 64 KiB + `pad`), then the
 /// protected-mode part loaded at 0x100000 with `entry` at +0x200 (the 64-bit entry),
