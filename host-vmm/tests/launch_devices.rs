@@ -17,6 +17,8 @@ use measured_boot::firmware::{SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID};
 use measured_boot::snp::hashes::SevHashes;
 use measured_boot::testing::{asev, emulated_guest_image, ImageBuilder};
 
+mod common;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// A 4 KiB firmware: `code` at 0xFFFFF000, reached from the reset vector.
@@ -630,18 +632,11 @@ fn mailbox_guest(steps: &[(u32, u16)]) -> Vec<u8> {
     c
 }
 
-fn emulated_platform(dir: &Path) -> String {
-    let p = dir.join("platform");
-    let o = run(&["emulated", "init", "--dir", p.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
-
 #[test]
 fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = emulated_platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     std::fs::write(
         &fw,

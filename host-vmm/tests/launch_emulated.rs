@@ -13,6 +13,8 @@ use attestation::snp::emulated::EmulatedSnpPlatform;
 use attestation::snp::{SnpCollateral, SnpVerifier, TrustRoots};
 use measured_boot::testing::emulated_guest_image as firmware;
 
+mod common;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// Guest code: (command, first byte to print, count) steps against the mailbox with the
@@ -43,18 +45,11 @@ fn run(args: &[&str]) -> Output {
     test_kit::run_with_deadline(Command::new(CVM).args(args), Duration::from_secs(120))
 }
 
-fn platform(dir: &Path) -> String {
-    let p = dir.join("platform");
-    let o = run(&["emulated", "init", "--dir", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
-
 #[test]
 fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // SNP_REPORT (print the whole 0x4A0-byte report), then TDX_QUOTE (unsupported here).
     std::fs::write(&fw, firmware(&guest(&[(1, 0, 0x4a0), (3, 0, 0)]))).unwrap();
@@ -132,7 +127,7 @@ fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
 fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
     std::fs::write(&fw, firmware(&guest(&[(3, 0, 632), (1, 0, 0)]))).unwrap();
@@ -166,7 +161,7 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
 fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
     let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
     code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb

@@ -2,6 +2,24 @@
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
 
+use std::process::Command;
+use std::time::Duration;
+
+/// An emulated platform made by `cvm emulated init`, for `--emulated-platform`: made
+/// once per target directory (its RSA-4096 keys are slow) and reused (`test_kit`).
+pub fn emulated_platform() -> String {
+    let dir = test_kit::cached_dir("cvm-emulated-init-v1", |d| {
+        let o = test_kit::run_with_deadline(
+            Command::new(env!("CARGO_BIN_EXE_cvm"))
+                .args(["emulated", "init", "--dir"])
+                .arg(d.join("platform")),
+            Duration::from_secs(600),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    });
+    dir.join("platform").to_string_lossy().into_owned()
+}
+
 /// A minimal bzImage: boot sector + one setup sector with a 2.15 setup header
 /// (XLF_KERNEL_64, pref_address 1 MiB, init_size 64 KiB + `pad`), then the
 /// protected-mode part loaded at 0x100000 with `entry` at +0x200 (the 64-bit entry),
