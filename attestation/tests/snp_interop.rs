@@ -2,7 +2,7 @@
 //! emulated platform's certificates and reports, and rejects a tampered report.
 //!
 //! If `snpguest` is not installed: with `CI` set the test fails, otherwise it prints
-//! `SKIPPED <test>: `snpguest` is not installed` and returns. Install:
+//! a `SKIPPED` line naming the test and the missing tool (`test_kit`) and returns. Install:
 //! `apt-get install -y libssl-dev pkg-config && cargo install snpguest --version 0.11.0 --locked`.
 
 use std::path::Path;

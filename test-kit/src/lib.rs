@@ -2,13 +2,13 @@
 //! never linked into a shipped binary).
 //!
 //! - **Requirements that skip visibly.** [`require_kvm`], [`require_tool`],
-//!   [`require_file`], [`require_env`], [`require_root`] and the general [`require`]
+//!   [`require_file`], [`require_env`], [`require_root`] and the general [`require()`]
 //!   return whether the test can proceed. When it cannot, they print
 //!   `SKIPPED <test>: <reason>` straight to the process's stderr (bypassing libtest's
 //!   output capture, so the line shows in a normal `cargo test` run) and, when `CI` is
 //!   set (see [`in_ci`]), panic with the reason instead: CI must have every tool.
 //!   The [`require!`] macro returns from the test early.
-//! - **Processes with a deadline.** [`run_with_deadline`] spawns a [`Command`], collects
+//! - **Processes with a deadline.** [`run_with_deadline`] spawns a [`Command`](std::process::Command), collects
 //!   its stdout and stderr, and at the deadline kills it and fails with what it printed.
 //! - **CLI refusal tables.** [`Refusal`] rows and [`assert_refusals`]: run a binary with
 //!   bad arguments and check the exit code and a text in stderr, reporting every failing
