@@ -224,6 +224,28 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_is_not_a_refusal() {
+        let r = std::panic::catch_unwind(|| {
+            assert_refusals(
+                "sh",
+                &[Refusal::new(
+                    &[
+                        "-c",
+                        "echo \"thread 'main' panicked at src/x.rs: bad\" >&2; exit 2",
+                    ],
+                    2,
+                    "bad",
+                )],
+            )
+        });
+        let msg = *r
+            .expect_err("a panic fails the row")
+            .downcast::<String>()
+            .unwrap();
+        assert!(msg.contains("panicked at"), "{msg}");
+    }
+
+    #[test]
     fn every_failing_row_is_reported() {
         let r = std::panic::catch_unwind(|| {
             assert_refusals(
