@@ -7,6 +7,7 @@ use attestation::claims::TeeClaims;
 use attestation::tdx::collateral::Collateral;
 use attestation::tdx::emulated::EmulatedTdxPlatform;
 use attestation::tdx::{TdxVerifier, TrustRoot};
+use test_kit::Refusal;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cvm");
 
@@ -69,39 +70,38 @@ fn quote_tdx_writes_a_verifiable_quote_and_collateral() {
 #[test]
 fn quote_tdx_usage_errors_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let run = |extra: &[&str]| {
-        Command::new(BIN)
-            .args(["emulated", "quote", "tdx", "--dir"])
-            .arg(dir.path())
-            .args(["--out", "/dev/null", "--collateral-out", "/dev/null"])
-            .args(extra)
-            .output()
-            .expect("cvm runs")
-    };
+    let d = dir.path().to_str().expect("utf8");
+    let base = [
+        "emulated",
+        "quote",
+        "tdx",
+        "--dir",
+        d,
+        "--out",
+        "/dev/null",
+        "--collateral-out",
+        "/dev/null",
+    ];
+    let args = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+    let (rd00, rd65) = (args(&["--report-data", "00"]), ["00"; 65].concat());
     // No platform in the directory.
-    assert_eq!(run(&["--report-data", "00"]).status.code(), Some(2));
+    test_kit::assert_refusals(BIN, &[Refusal::new(&rd00, 2, "tdx/platform.json")]);
     EmulatedTdxPlatform::create(dir.path()).expect("platform");
-    assert_eq!(
-        run(&["--report-data", &"00".repeat(65)]).status.code(),
-        Some(2)
+    let rtmr4 = format!("4={}", "00".repeat(48));
+    let long = [&base[..], &["--report-data", &rd65]].concat();
+    let bad_rtmr = [&rd00[..], &["--rtmr", &rtmr4]].concat();
+    let short_mrtd = [&rd00[..], &["--mrtd", "0011"]].concat();
+    let not_hex = args(&["--report-data", "zz"]);
+    test_kit::assert_refusals(
+        BIN,
+        &[
+            Refusal::new(&long, 2, "--report-data must be 64 bytes, found 65"),
+            Refusal::new(&bad_rtmr, 2, "with INDEX 0 to 3"),
+            Refusal::new(&short_mrtd, 2, "--mrtd must be 48 bytes, found 2"),
+            Refusal::new(&not_hex, 2, "--report-data is not hex"),
+            // The same arguments with a good report data pass: the rows above fail
+            // for the reason they name.
+            Refusal::new(&rd00, 0, ""),
+        ],
     );
-    assert_eq!(
-        run(&[
-            "--report-data",
-            "00",
-            "--rtmr",
-            &format!("4={}", "00".repeat(48))
-        ])
-        .status
-        .code(),
-        Some(2)
-    );
-    assert_eq!(
-        run(&["--report-data", "00", "--mrtd", "0011"])
-            .status
-            .code(),
-        Some(2)
-    );
-    assert_eq!(run(&["--report-data", "zz"]).status.code(), Some(2));
-    assert_eq!(run(&["--report-data", "00"]).status.code(), Some(0));
 }

@@ -15,7 +15,6 @@ use measured_boot::firmware::tdx::TdvfSectionType;
 use measured_boot::FirmwareImage;
 
 mod common;
-use common::have_kvm;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const CMDLINE: &str = "console=ttyS0 cvm.test=firmware";
@@ -99,24 +98,10 @@ fn inputs(kernel_pad: usize) -> Inputs {
 }
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> (Output, Duration) {
-    let start = Instant::now();
-    let mut child = Command::new(CVM)
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = start + Duration::from_secs(300);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cvm {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (out, start.elapsed())
+    test_kit::run_timed(
+        Command::new(CVM).args(args).envs(envs.iter().copied()),
+        Duration::from_secs(300),
+    )
 }
 
 fn stdout(o: &Output) -> String {
@@ -237,13 +222,9 @@ fn snp_digest_matches_sev_snp_measure() {
                 assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
                 assert_eq!(stdout(&r).trim(), ours, "vcpus {vcpus}, {boot:?}");
             }
-            Err(e) => {
-                assert!(
-                    std::env::var_os("CI").is_none(),
-                    "sev-snp-measure is required under CI: {e}"
-                );
-                eprintln!("SKIPPED comparison: sev-snp-measure not installed ({e})");
-            }
+            Err(e) => test_kit::skip(format_args!(
+                "the sev-snp-measure comparison: sev-snp-measure cannot run ({e})"
+            )),
         }
     }
 }
@@ -292,9 +273,7 @@ fn launch(i: &Inputs, tee: &str, extra: &[&str]) -> (Output, Duration) {
 
 #[test]
 fn boots_a_bzimage_without_a_tee_and_under_emulated_snp() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     // A 256 KiB kernel: hashing it at CPL0 (interpreted) is part of the boot time.
     let i = inputs(256 << 10);
     let plat = platform(&i.dir);
@@ -321,9 +300,7 @@ fn boots_a_bzimage_without_a_tee_and_under_emulated_snp() {
 
 #[test]
 fn refuses_a_staged_kernel_initrd_or_cmdline_that_differs_from_the_measured_one() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let i = inputs(0);
     let plat = platform(&i.dir);
     for (tee, what) in [
@@ -359,9 +336,7 @@ fn refuses_a_staged_kernel_initrd_or_cmdline_that_differs_from_the_measured_one(
 
 #[test]
 fn emulated_tdx_rtmrs_equal_what_cvm_measure_predicts() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let i = inputs(5000);
     let plat = platform(&i.dir);
     let (o, _) = launch(&i, "emulated-tdx", &["--emulated-platform", plat.as_str()]);
@@ -411,9 +386,7 @@ fn emulated_tdx_rtmrs_equal_what_cvm_measure_predicts() {
 
 #[test]
 fn without_a_kernel_the_firmware_says_so_and_signals_pvpanic() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let i = inputs(0);
     let (o, _) = run(
         &[
@@ -444,9 +417,7 @@ fn the_32_bit_entry_of_a_td_reaches_long_mode() {
     use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
     use kvm_ioctls::{Kvm, VcpuExit};
 
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let img = image();
     let kvm = Kvm::new().unwrap();
     let vm = kvm.create_vm().unwrap();
@@ -552,21 +523,8 @@ fn the_32_bit_entry_of_a_td_reaches_long_mode() {
 /// refuses to boot, as it must.
 #[test]
 fn qemu_runs_the_image_as_its_firmware() {
-    if !have_kvm() {
-        return;
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-system-x86_64 is required under CI"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-        return;
-    }
+    test_kit::require!(kvm);
+    test_kit::require!(tool "qemu-system-x86_64");
     let dir = tempfile::tempdir().unwrap();
     let fw = dir.path().join("cvm-firmware.fd");
     std::fs::write(&fw, image()).unwrap();

@@ -6,14 +6,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// Prints to the real stderr, bypassing libtest's output capture, so skips are visible.
-macro_rules! loud {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 fn cvm(args: &[&str]) -> Output {
@@ -22,24 +14,6 @@ fn cvm(args: &[&str]) -> Output {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn have_cryptsetup(test: &str) -> bool {
-    let ok = Command::new("cryptsetup")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: cryptsetup (cryptsetup-bin) is required under CI"
-        );
-        loud!(
-            "\n!!!!!!!! SKIPPED cryptsetup checks in {test}: cryptsetup not found \
-             (apt-get install -y cryptsetup-bin) !!!!!!!!\n"
-        );
-    }
-    ok
 }
 
 fn cryptsetup(args: &[&str]) -> Output {
@@ -95,7 +69,7 @@ fn message_image_key_mode_and_cryptsetup() {
     vk.read_plaintext(&mut f, 0, &mut buf).unwrap();
     assert_eq!(&buf, b"hello guest\0");
 
-    if have_cryptsetup("message_image_key_mode_and_cryptsetup") {
+    if test_kit::require_tool("cryptsetup") {
         let dump = cryptsetup(&["luksDump", p(&img)]);
         assert!(
             dump.status.success(),
@@ -203,7 +177,7 @@ fn from_file_and_argon2id() {
         buf[data.len()..].iter().all(|&b| b == 0),
         "zero-padded to the sector end"
     );
-    if have_cryptsetup("from_file_and_argon2id") {
+    if test_kit::require_tool("cryptsetup") {
         let ok = cryptsetup(&["open", "--test-passphrase", "--key-file", p(&key), p(&img)]);
         assert!(
             ok.status.success(),
@@ -238,18 +212,7 @@ fn rejects_bad_arguments_without_leaving_files() {
 /// `debugfs` on the decrypted payload.
 #[test]
 fn from_dir_makes_ext4() {
-    let have_debugfs = Command::new("debugfs")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_debugfs {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "e2fsprogs is required under CI"
-        );
-        loud!("\n!!!!!!!! SKIPPED from_dir_makes_ext4: e2fsprogs not found !!!!!!!!\n");
-        return;
-    }
+    test_kit::require!(tool "debugfs");
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("root");
     std::fs::create_dir_all(src.join("etc")).unwrap();

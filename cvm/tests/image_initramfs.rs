@@ -13,14 +13,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Prints to the real stderr, bypassing libtest's output capture, so skips are visible.
-macro_rules! loud {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 fn cvm(args: &[&str]) -> Output {
@@ -53,7 +45,7 @@ fn agent() -> PathBuf {
 }
 
 /// The installed kernel release with modules (`linux-image-cloud-amd64`), or a loud skip.
-fn kernel_release(test: &str) -> Option<String> {
+fn kernel_release() -> Option<String> {
     let found = std::fs::read_dir("/lib/modules").ok().and_then(|rd| {
         let mut v: Vec<String> = rd
             .flatten()
@@ -63,16 +55,10 @@ fn kernel_release(test: &str) -> Option<String> {
         v.sort();
         v.pop()
     });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: an installed kernel (linux-image-cloud-amd64) is required under CI"
-        );
-        loud!(
-            "\n!!!!!!!! SKIPPED {test}: no /lib/modules/*/modules.dep \
-             (apt-get install -y linux-image-cloud-amd64, or scripts/setup) !!!!!!!!\n"
-        );
-    }
+    test_kit::require(
+        found.is_some(),
+        "no /lib/modules/*/modules.dep (apt-get install -y linux-image-cloud-amd64, or scripts/setup)",
+    );
     found
 }
 
@@ -156,7 +142,7 @@ fn build(dir: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
 
 #[test]
 fn contents_modules_libraries_and_init() {
-    let Some(rel) = kernel_release("contents_modules_libraries_and_init") else {
+    let Some(rel) = kernel_release() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -302,10 +288,8 @@ fn contents_modules_libraries_and_init() {
     assert!(std::fs::read(&img).unwrap() == std::fs::read(&again).unwrap());
 
     // Run the extracted programs where they will run: in the archive's root.
-    if Command::new("id").arg("-u").output().unwrap().stdout != b"0\n" {
-        loud!("\n!!!!!!!! SKIPPED the chroot checks: not root !!!!!!!!\n");
-        return;
-    }
+    // The chroot checks need root.
+    test_kit::require!(root);
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let o = Command::new("cpio")
@@ -333,7 +317,7 @@ fn contents_modules_libraries_and_init() {
 /// modules, from each module's `.modinfo` `depends=`.
 #[test]
 fn modules_from_a_tree_without_modules_dep() {
-    let Some(rel) = kernel_release("modules_from_a_tree_without_modules_dep") else {
+    let Some(rel) = kernel_release() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +354,7 @@ const PIN: &str =
 
 #[test]
 fn verifier_ca_and_measurements() {
-    let Some(rel) = kernel_release("verifier_ca_and_measurements") else {
+    let Some(rel) = kernel_release() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -399,7 +383,7 @@ fn verifier_ca_and_measurements() {
     if have_fw {
         args.extend(["--kernel", p(&kernel), "--cmdline", cmdline]);
     } else {
-        loud!("\n!!!!!!!! this cvm has no embedded firmware: measurements not checked !!!!!!!!\n");
+        test_kit::skip("the measurement checks: this cvm has no embedded firmware");
     }
     let (img, o) = build(dir.path(), "initrd.img", &args);
     assert!(o.status.success(), "{}", text(&o));
@@ -523,17 +507,17 @@ fn refusals() {
 /// the failure this checks. Skipped loudly where user namespaces are unavailable.
 #[test]
 fn failure_prints_a_message_and_powers_off() {
-    let Some(rel) = kernel_release("failure_prints_a_message_and_powers_off") else {
+    let Some(rel) = kernel_release() else {
         return;
     };
     let userns = Command::new("unshare")
         .args(["-r", "-p", "-f", "-m", "true"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !userns {
-        loud!("\n!!!!!!!! SKIPPED failure_prints_a_message_and_powers_off: no unshare -r -p !!!!!!!!\n");
-        return;
-    }
+    test_kit::require!(
+        userns,
+        "user namespaces are unavailable (`unshare -r -p -f -m`)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (img, o) = build(dir.path(), "initrd.img", &["--kernel-version", &rel]);
     assert!(o.status.success(), "{}", text(&o));

@@ -31,21 +31,7 @@ const PRINT_AND_POWER_OFF: &[u8] = &[
 const SPIN: &[u8] = &[0xeb, 0xfe];
 
 fn root_and_kvm() -> bool {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !(kvm && root) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm and root are required under CI"
-        );
-        eprintln!("SKIPPED: needs /dev/kvm and root");
-    }
-    kvm && root
+    test_kit::require_kvm() && test_kit::require_root()
 }
 
 fn text(o: &Output) -> String {

@@ -11,14 +11,13 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use measured_boot::firmware::{SEV_HASH_TABLE_RV_GUID, SEV_METADATA_GUID};
 use measured_boot::snp::hashes::SevHashes;
-use measured_boot::testing::{asev, ImageBuilder};
+use measured_boot::testing::{asev, emulated_guest_image, ImageBuilder};
 
 mod common;
-use common::have_kvm;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
@@ -317,26 +316,10 @@ rw_end:
 }
 
 fn run(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut child = Command::new(CVM)
-        .args(args)
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "cvm {args:?} did not finish: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    test_kit::run_with_deadline(
+        Command::new(CVM).args(args).envs(envs.iter().copied()),
+        Duration::from_secs(120),
+    )
 }
 
 fn launch(dir: &Path, fw: &[u8], extra: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -357,9 +340,7 @@ fn launch(dir: &Path, fw: &[u8], extra: &[&str], envs: &[(&str, &str)]) -> Outpu
 
 #[test]
 fn pvpanic_reports_its_features_and_a_panic_exits_nonzero() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     // in al, 0x505 -> serial; out 0x505, 1; hlt
     let code = [
@@ -404,9 +385,7 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 
 #[test]
 fn kernel_initrd_and_cmdline_are_staged_where_the_descriptor_says() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = sev_image(&assemble(dir.path(), &descriptor_guest()));
     let kernel: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
@@ -463,9 +442,7 @@ fn kernel_initrd_and_cmdline_are_staged_where_the_descriptor_says() {
 
 #[test]
 fn tampering_is_test_equipment_and_changes_only_the_staged_bytes() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = sev_image(&assemble(dir.path(), &descriptor_guest()));
     let k = dir.path().join("bzImage");
@@ -508,9 +485,7 @@ fn tampering_is_test_equipment_and_changes_only_the_staged_bytes() {
 
 #[test]
 fn a_kernel_needs_a_firmware_that_can_check_it() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let k = dir.path().join("bzImage");
     std::fs::write(&k, [1u8; 100]).unwrap();
@@ -530,9 +505,7 @@ fn a_kernel_needs_a_firmware_that_can_check_it() {
 
 #[test]
 fn vsock_stream_to_a_unix_socket_server() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = image(&assemble(
         dir.path(),
@@ -564,9 +537,7 @@ fn vsock_stream_to_a_unix_socket_server() {
 
 #[test]
 fn relay_forwards_a_guest_http_request_to_the_verifier_and_back() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = image(&assemble(
         dir.path(),
@@ -661,63 +632,15 @@ fn mailbox_guest(steps: &[(u32, u16)]) -> Vec<u8> {
     c
 }
 
-fn emulated_platform(dir: &Path) -> String {
-    let p = dir.join("platform");
-    let o = run(&["emulated", "init", "--dir", p.to_str().unwrap()], &[]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
-}
-
-/// The 64 KiB OVMF-layout image of launch_emulated.rs, with `code` at 0xFFFFF000.
-fn emulated_image(code: &[u8]) -> Vec<u8> {
-    use measured_boot::firmware::{SEV_ES_RESET_BLOCK_GUID, TDX_METADATA_OFFSET_GUID};
-    use measured_boot::testing::tdvf;
-    const SIZE: usize = 0x10000;
-    let mut b = ImageBuilder::default();
-    b.blobs.push((0xF000, code.to_vec()));
-    b.blobs.push((
-        0x100,
-        asev(&[
-            (0x80_0000, 0x8000, 1),
-            (0x80_8000, 0x1000, 2),
-            (0x80_9000, 0x1000, 3),
-        ]),
-    ));
-    b.blobs.push((
-        0x400,
-        tdvf(&[
-            (0, SIZE as u32, (1 << 32) - SIZE as u64, SIZE as u64, 0, 1),
-            (0, 0, 0x80_0000, 0x2000, 3, 0),
-        ]),
-    ));
-    b.entries.push((
-        SEV_METADATA_GUID,
-        ((SIZE - 0x100) as u32).to_le_bytes().to_vec(),
-    ));
-    b.entries.push((
-        TDX_METADATA_OFFSET_GUID,
-        ((SIZE - 0x400) as u32).to_le_bytes().to_vec(),
-    ));
-    b.entries.push((
-        SEV_ES_RESET_BLOCK_GUID,
-        0xffff_f000u32.to_le_bytes().to_vec(),
-    ));
-    let mut img = b.build(SIZE);
-    img[0xFFF0..0xFFF3].copy_from_slice(&[0xe9, 0x0d, 0xf0]);
-    img
-}
-
 #[test]
 fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = emulated_platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     std::fs::write(
         &fw,
-        emulated_image(&mailbox_guest(&[(5, 8), (6, 0xffff), (9, 0)])),
+        emulated_guest_image(&mailbox_guest(&[(5, 8), (6, 0xffff), (9, 0)])),
     )
     .unwrap();
     let o = run(
@@ -747,7 +670,7 @@ fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
         .expect("the collateral is what the verifier accepts");
     assert_eq!(out[out.len() - 1], 1, "an unknown command is a bad request");
 
-    std::fs::write(&fw, emulated_image(&mailbox_guest(&[(5, 8), (6, 0)]))).unwrap();
+    std::fs::write(&fw, emulated_guest_image(&mailbox_guest(&[(5, 8), (6, 0)]))).unwrap();
     let o = run(
         &[
             "launch",
@@ -837,9 +760,7 @@ fn test_pki(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::P
 fn relay_speaks_tls_to_an_https_verifier_trusting_only_the_given_ca() {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_pki(dir.path());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
@@ -904,9 +825,7 @@ fn relay_speaks_tls_to_an_https_verifier_trusting_only_the_given_ca() {
 fn relay_resets_the_guest_when_the_verifier_certificate_is_not_from_the_given_ca() {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
     let (_, cert, key) = test_pki(dir.path());

@@ -6,21 +6,16 @@
 //! emulated trust anchor.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use attestation::snp::emulated::EmulatedSnpPlatform;
 use attestation::snp::{SnpCollateral, SnpVerifier, TrustRoots};
-use measured_boot::firmware::{
-    SEV_ES_RESET_BLOCK_GUID, SEV_METADATA_GUID, TDX_METADATA_OFFSET_GUID,
-};
-use measured_boot::testing::{asev, tdvf, ImageBuilder};
+use measured_boot::testing::emulated_guest_image as firmware;
 
 mod common;
-use common::have_kvm;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
-const SIZE: usize = 0x10000;
 
 /// Guest code: (command, first byte to print, count) steps against the mailbox with the
 /// request window at 0x1000; prints each status byte, then `count` bytes from the
@@ -46,76 +41,15 @@ fn guest(steps: &[(u32, u16, u16)]) -> Vec<u8> {
     c
 }
 
-/// A 64 KiB firmware in the OVMF layout: SEV metadata, an AP reset block and TDVF
-/// metadata (the whole image as a measured BFV), with `code` at 0xFFFFF000 reached from
-/// the reset vector.
-fn firmware(code: &[u8]) -> Vec<u8> {
-    let mut b = ImageBuilder::default();
-    b.blobs.push((0xF000, code.to_vec()));
-    b.blobs.push((
-        0x100,
-        asev(&[
-            (0x80_0000, 0x8000, 1),
-            (0x80_8000, 0x1000, 2),
-            (0x80_9000, 0x1000, 3),
-        ]),
-    ));
-    b.blobs.push((
-        0x400,
-        tdvf(&[
-            (0, SIZE as u32, (1 << 32) - SIZE as u64, SIZE as u64, 0, 1),
-            (0, 0, 0x80_0000, 0x2000, 3, 0),
-        ]),
-    ));
-    b.entries.push((
-        SEV_METADATA_GUID,
-        ((SIZE - 0x100) as u32).to_le_bytes().to_vec(),
-    ));
-    b.entries.push((
-        TDX_METADATA_OFFSET_GUID,
-        ((SIZE - 0x400) as u32).to_le_bytes().to_vec(),
-    ));
-    b.entries.push((
-        SEV_ES_RESET_BLOCK_GUID,
-        0xffff_f000u32.to_le_bytes().to_vec(),
-    ));
-    let mut img = b.build(SIZE);
-    img[0xFFF0..0xFFF3].copy_from_slice(&[0xe9, 0x0d, 0xf0]); // jmp 0xF000
-    img
-}
-
 fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(CVM)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cvm {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn platform(dir: &Path) -> String {
-    let p = dir.join("platform");
-    let o = run(&["emulated", "init", "--dir", p.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p.to_string_lossy().into_owned()
+    test_kit::run_with_deadline(Command::new(CVM).args(args), Duration::from_secs(120))
 }
 
 #[test]
 fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // SNP_REPORT (print the whole 0x4A0-byte report), then TDX_QUOTE (unsupported here).
     std::fs::write(&fw, firmware(&guest(&[(1, 0, 0x4a0), (3, 0, 0)]))).unwrap();
@@ -191,11 +125,9 @@ fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
 
 #[test]
 fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
     std::fs::write(&fw, firmware(&guest(&[(3, 0, 632), (1, 0, 0)]))).unwrap();
@@ -227,11 +159,9 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
 
 #[test]
 fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
-    let plat = platform(dir.path());
+    let plat = common::emulated_platform();
     // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
     let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
     code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb

@@ -5,11 +5,8 @@
 //! and are skipped (with a message) elsewhere.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
-mod common;
-use common::have_kvm;
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
@@ -51,27 +48,12 @@ fn launch(dir: &Path, code: &[u8], extra: &[&str]) -> Output {
     cmd.args(["launch", "--tee", "none", "--memory", "64M", "--firmware"])
         .arg(&fw)
         .args(extra);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("cvm launch did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    test_kit::run_with_deadline(&mut cmd, Duration::from_secs(60))
 }
 
 #[test]
 fn serial_output_and_clean_power_off_exit_0() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let code = [print(b"hello from the guest\n"), power_off()].concat();
     let o = launch(dir.path(), &code, &[]);
@@ -86,9 +68,7 @@ fn serial_output_and_clean_power_off_exit_0() {
 
 #[test]
 fn serial_to_file_and_unknown_ports_are_harmless() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let mut code = mov_dx(0x1234);
     code.extend_from_slice(&[0xec]); // in al, dx (unknown port -> 0xff)
@@ -117,9 +97,7 @@ fn serial_to_file_and_unknown_ports_are_harmless() {
 
 #[test]
 fn i8042_reset_stops_the_vm() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let code = [mov_dx(0x64), vec![0xb0, 0xfe, 0xee, 0xf4]].concat();
     let o = launch(dir.path(), &code, &[]);
@@ -130,9 +108,7 @@ fn i8042_reset_stops_the_vm() {
 
 #[test]
 fn emulation_failure_exits_nonzero_with_instruction_bytes() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     // pxor xmm0, xmm0: this host's CPL0 interpreter cannot emulate SSE arithmetic.
     let o = launch(dir.path(), &[0x66, 0x0f, 0xef, 0xc0, 0xf4], &[]);
@@ -148,9 +124,7 @@ fn emulation_failure_exits_nonzero_with_instruction_bytes() {
 
 #[test]
 fn smp_guest_stops_every_vcpu() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     // The APs wait for INIT-SIPI in the kernel; the BSP's power-off must still end the VM.
     let dir = tempfile::tempdir().unwrap();
     let o = launch(
@@ -169,9 +143,7 @@ fn smp_guest_stops_every_vcpu() {
 
 #[test]
 fn confidential_tees_are_refused_on_this_host_with_reasons() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let caps = Command::new(CVM)
         .args(["host-check", "--json", "--tee", "snp"])
         .output()
@@ -244,9 +216,7 @@ fn bad_launch_arguments_fail_cleanly() {
 
 #[test]
 fn seccomp_can_be_switched_off_only_loudly() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let code = [print(b"x"), power_off()].concat();
     let on = launch(dir.path(), &code, &[]);

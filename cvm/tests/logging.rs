@@ -16,22 +16,6 @@ fn resetting_firmware(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
-fn kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
-
 fn launch(fw: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> String {
     let mut c = Command::new(CVM);
     c.args(extra)
@@ -51,9 +35,7 @@ fn launch(fw: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> String 
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    if !kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = resetting_firmware(dir.path());
     for (flags, env) in [
@@ -78,9 +60,7 @@ fn json_logs_are_one_object_per_line() {
 
 #[test]
 fn text_logs_have_no_colour_when_redirected_and_cvm_log_sets_the_level() {
-    if !kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = resetting_firmware(dir.path());
     let info = launch(&fw, &[], &[]);

@@ -11,24 +11,9 @@ const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_TDX: &str = "/usr/share/ovmf/OVMF.fd";
 
-/// Whether an external prerequisite is present; fails under CI when it is not.
-fn have(what: &str, ok: bool) -> bool {
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{what} is required under CI (see .ci/run)"
-        );
-        eprintln!("SKIPPED: {what} not installed");
-    }
-    ok
-}
-
+/// Whether sev-snp-measure and Debian's OVMF are here (a visible skip otherwise).
 fn have_reference() -> bool {
-    let tool = Command::new("sev-snp-measure")
-        .arg("--help")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    have("sev-snp-measure", tool) && have("Debian ovmf package", Path::new(OVMF_CODE).exists())
+    test_kit::require_tool("sev-snp-measure") && test_kit::require_file(OVMF_CODE)
 }
 
 fn run(cmd: &str, args: &[String]) -> Output {
@@ -255,7 +240,7 @@ fn snp_kernel_hashes_match_sev_snp_measure() {
 
 #[test]
 fn tdx_mrtd_of_debian_ovmf_is_the_known_answer() {
-    if !have("Debian ovmf package", Path::new(OVMF_TDX).exists()) {
+    if !test_kit::require_file(OVMF_TDX) {
         return;
     }
     let out = stdout(

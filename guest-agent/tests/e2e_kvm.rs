@@ -35,6 +35,7 @@ fn flat(elf: &Path, out: &Path) {
 }
 
 fn boot(tee: &str) {
+    test_kit::require!(kvm);
     let cvm = root().join("target/debug/cvm");
     let fw_elf = root().join("target/guest/cvm-firmware/release/cvm-firmware");
     let tg_elf = root().join("target/guest/cvm-testguest/release/cvm-testguest");
@@ -72,8 +73,7 @@ fn boot(tee: &str) {
     if let Ok(mode) = std::env::var("CVM_E2E_SECCOMP") {
         cmd.args(["--seccomp", &mode]);
     }
-    let out = cmd
-        .arg("--emulated-platform")
+    cmd.arg("--emulated-platform")
         .arg(emulated_dir())
         .arg("--firmware")
         .arg(&fw)
@@ -87,9 +87,8 @@ fn boot(tee: &str) {
         .arg("--disk")
         .arg(&disk)
         .arg("--verifier")
-        .arg(format!("http://{}", server.addr))
-        .output()
-        .unwrap();
+        .arg(format!("http://{}", server.addr));
+    let out = test_kit::run_with_deadline(&mut cmd, std::time::Duration::from_secs(600));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}\nstatus: {:?}", out.status);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::service::{AuthLimits, FloodLimits};
+use crate::limits::{AuthLimits, FloodLimits};
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -101,6 +101,7 @@ pub mod error;
 pub mod evidence;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -100,6 +100,7 @@
 
 pub mod collateral;
 pub mod emulated;
+mod error;
 pub mod pck;
 pub mod quote;
 pub mod report;

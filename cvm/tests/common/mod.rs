@@ -2,21 +2,22 @@
 // Each test binary uses only part of this module.
 #![allow(dead_code)]
 
-/// Whether /dev/kvm can be opened; under CI it must be.
-pub fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
+use std::process::Command;
+use std::time::Duration;
+
+/// An emulated platform made by `cvm emulated init`, for `--emulated-platform`: made
+/// once per target directory (its RSA-4096 keys are slow) and reused (`test_kit`).
+pub fn emulated_platform() -> String {
+    let dir = test_kit::cached_dir("cvm-emulated-init-v1", |d| {
+        let o = test_kit::run_with_deadline(
+            Command::new(env!("CARGO_BIN_EXE_cvm"))
+                .args(["emulated", "init", "--dir"])
+                .arg(d.join("platform")),
+            Duration::from_secs(600),
         );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    });
+    dir.join("platform").to_string_lossy().into_owned()
 }
 
 /// A minimal bzImage: boot sector + one setup sector with a 2.15 setup header
