@@ -11,8 +11,11 @@
 //! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` |
 //! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` |
 //!
-//! Standard base64 (with padding) is expected; URL-safe is accepted too. The verifier
-//! does not fetch collateral itself: without `cert_chain`/`collateral` the result is
+//! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
+//! `cert_chain`/`collateral`, the verifier asks its collateral source
+//! ([`AttestationVerifier::with_collateral`], the service's
+//! [`crate::collateral::CollateralService`]: AMD KDS, Intel PCS/PCCS, cache); without a
+//! source, or when the source has nothing valid, the result is
 //! [`ErrorKind::CollateralUnavailable`].
 //!
 //! # Trust anchors
@@ -45,6 +48,8 @@ use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
 use attestation::tdx::collateral::Collateral;
 use attestation::tdx::verify::{TdxVerifier, TrustRoot};
 use attestation::ErrorKind;
+
+use crate::collateral::CollateralSource;
 use base64::Engine;
 use serde::Deserialize;
 
@@ -136,6 +141,8 @@ pub struct AttestationVerifier {
     emulated: bool,
     /// Parsed certificate tables by their `cert_chain` text (see the module docs).
     tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
+    /// Where collateral absent from the evidence comes from.
+    collateral: Option<Arc<dyn CollateralSource>>,
 }
 
 impl AttestationVerifier {
@@ -173,7 +180,14 @@ impl AttestationVerifier {
             tdx,
             emulated: !emulated_dirs.is_empty(),
             tables: Mutex::new(HashMap::new()),
+            collateral: None,
         })
+    }
+
+    /// Fetches collateral absent from the evidence from `source`.
+    pub fn with_collateral(mut self, source: Arc<dyn CollateralSource>) -> Self {
+        self.collateral = Some(source);
+        self
     }
 
     /// Whether emulated trust anchors are configured.
@@ -230,13 +244,18 @@ impl AttestationVerifier {
     ) -> Result<Claims, VerifyFailure> {
         let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
         let report = decode_b64(&ev.report, "report")?;
-        let Some(chain) = ev.cert_chain else {
-            return Err(VerifyFailure::new(
-                ErrorKind::CollateralUnavailable,
-                "the evidence carries no cert_chain; send the extended report's certificate table",
-            ));
+        let collateral = match (ev.cert_chain, &self.collateral) {
+            (Some(chain), _) => self.snp_collateral(chain)?,
+            (None, Some(source)) => source
+                .snp_collateral(&report, now)
+                .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+            (None, None) => {
+                return Err(VerifyFailure::new(
+                    ErrorKind::CollateralUnavailable,
+                    "the evidence carries no cert_chain and no collateral service is configured; send the extended report's certificate table",
+                ))
+            }
         };
-        let collateral = self.snp_collateral(chain)?;
         self.snp
             .verify(&report, &collateral, now)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
@@ -274,15 +293,24 @@ impl AttestationVerifier {
     ) -> Result<Claims, VerifyFailure> {
         let ev: TdxEvidence = serde_json::from_slice(evidence).map_err(malformed("tdx"))?;
         let quote = decode_b64(&ev.quote, "quote")?;
-        let Some(coll) = ev.collateral else {
-            return Err(VerifyFailure::new(
-                ErrorKind::CollateralUnavailable,
-                "the evidence carries no collateral; send the QuoteCollateralV3 object",
-            ));
+        let collateral = match (ev.collateral, &self.collateral) {
+            (Some(coll), _) => {
+                let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
+                Arc::new(
+                    Collateral::from_json(&coll_bytes)
+                        .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+                )
+            }
+            (None, Some(source)) => source
+                .tdx_collateral(&quote, now)
+                .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+            (None, None) => {
+                return Err(VerifyFailure::new(
+                    ErrorKind::CollateralUnavailable,
+                    "the evidence carries no collateral and no collateral service is configured; send the QuoteCollateralV3 object",
+                ))
+            }
         };
-        let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
-        let collateral = Collateral::from_json(&coll_bytes)
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         // Genuine Intel first; emulated roots only on an untrusted chain.
         let mut first: Option<VerifyFailure> = None;
         for v in &self.tdx {

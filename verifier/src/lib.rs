@@ -94,6 +94,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod collateral;
 pub mod config;
 pub mod crypto;
 pub mod db;

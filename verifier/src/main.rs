@@ -34,6 +34,9 @@ enum Command {
     Inventory(cli::inventory::Args),
     /// Generate load: complete guest flows with emulated evidence.
     Loadgen(cli::loadgen::Args),
+    /// The collateral cache: export, import (offline verifiers), status.
+    #[command(subcommand)]
+    Collateral(cli::collateral::Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,5 +68,6 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
         Command::Loadgen(a) => cli::loadgen::run(a),
+        Command::Collateral(c) => cli::collateral::run(c),
     }
 }
