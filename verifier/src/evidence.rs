@@ -44,7 +44,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use attestation::claims::{Claims, Tee};
-use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
+use attestation::snp::{
+    AmdCertificate, AttestationReport, CertKind, CertTable, SnpCollateral, SnpVerifier, TrustRoots,
+};
 use attestation::tdx::collateral::Collateral;
 use attestation::tdx::verify::{TdxVerifier, TrustRoot};
 use attestation::ErrorKind;
@@ -143,6 +145,8 @@ pub struct AttestationVerifier {
     tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
     /// Where collateral absent from the evidence comes from.
     collateral: Option<Arc<dyn CollateralSource>>,
+    /// AMD's pinned ASKs: a VCEK they issued is genuine, so its product's KDS CRL applies.
+    amd_asks: Vec<AmdCertificate>,
 }
 
 impl AttestationVerifier {
@@ -181,6 +185,10 @@ impl AttestationVerifier {
             emulated: !emulated_dirs.is_empty(),
             tables: Mutex::new(HashMap::new()),
             collateral: None,
+            amd_asks: TrustRoots::amd()
+                .map_err(TrustError::Amd)?
+                .intermediates()
+                .to_vec(),
         })
     }
 
@@ -245,7 +253,11 @@ impl AttestationVerifier {
         let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
         let report = decode_b64(&ev.report, "report")?;
         let collateral = match (ev.cert_chain, &self.collateral) {
-            (Some(chain), _) => self.snp_collateral(chain)?,
+            (Some(chain), None) => self.snp_collateral(chain)?,
+            (Some(chain), Some(source)) => {
+                let table = self.snp_collateral(chain)?;
+                self.with_kds_crl(table, source.as_ref(), &report, now)?
+            }
             (None, Some(source)) => source
                 .snp_collateral(&report, now)
                 .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
@@ -259,6 +271,50 @@ impl AttestationVerifier {
         self.snp
             .verify(&report, &collateral, now)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+    }
+
+    /// Adds the KDS's CRL to a certificate table that carries none and whose VCEK is
+    /// issued by one of AMD's ASKs: AMD publishes a CRL per product, so a genuine chain
+    /// is always checked against it (a revoked ASK is refused; a CRL that cannot be
+    /// obtained refuses the evidence). Emulated and other chains are left as they are.
+    fn with_kds_crl(
+        &self,
+        table: Arc<SnpCollateral>,
+        source: &dyn CollateralSource,
+        report: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Arc<SnpCollateral>, VerifyFailure> {
+        if !table.crls().is_empty() {
+            return Ok(table);
+        }
+        let product = table
+            .certificates()
+            .filter(|c| c.kind() == CertKind::Vcek)
+            .find_map(|vcek| {
+                let ask = self.amd_asks.iter().find(|a| vcek.names_issuer(a))?;
+                ask.product().or_else(|| vcek.product())
+            });
+        let Some(product) = product else {
+            return Ok(table);
+        };
+        // The report's own product must agree (a v2 report has no CPUID).
+        if let Ok(r) = AttestationReport::parse(report) {
+            if r.cpuid
+                .and_then(|c| c.product())
+                .is_some_and(|p| p != product)
+            {
+                return Ok(table);
+            }
+        }
+        let fail =
+            |e: crate::collateral::CollateralError| VerifyFailure::new(e.kind(), e.to_string());
+        let Some(crl) = source.snp_crl(product, now).map_err(fail)? else {
+            return Ok(table);
+        };
+        let mut with = (*table).clone();
+        with.add_crls(&crl.body, "CRL from the KDS")
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        Ok(Arc::new(with))
     }
 
     /// The parsed certificate table `chain` (base64), from the cache if it was parsed

@@ -596,3 +596,62 @@ async fn a_vlek_report_without_its_certificates_says_vleks_are_not_fetchable() {
     assert!(e.message.contains("VLEK"), "{}", e.message);
     assert_eq!(mock.total(), 0);
 }
+
+/// The genuine Milan report with its certificate table (VCEK, ASK, ARK; no CRL), as an
+/// extended report carries it.
+fn genuine_snp_with_table() -> serde_json::Value {
+    use attestation::snp::{CertTable, CertTableEntry, CertTableKind};
+    let chain = AmdCertificate::parse_all(&data("snp-milan-v2/ask_ark.pem")).unwrap();
+    let table = CertTable {
+        entries: vec![
+            CertTableEntry {
+                kind: CertTableKind::Vcek,
+                data: data("snp-milan-v2/vcek.der"),
+            },
+            CertTableEntry {
+                kind: CertTableKind::Ask,
+                data: chain[0].der().to_vec(),
+            },
+            CertTableEntry {
+                kind: CertTableKind::Ark,
+                data: chain[1].der().to_vec(),
+            },
+        ],
+    };
+    json!({
+        "report": B64.encode(data("snp-milan-v2/report.bin")),
+        "cert_chain": B64.encode(table.to_bytes().unwrap()),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_chain_carried_in_the_evidence_is_checked_against_the_kds_crl() {
+    // Attack: a host serves an extended report whose ASK AMD has revoked; before, the
+    // verifier never looked at AMD's CRL when the evidence carried a chain. Now the
+    // product's CRL must be obtained: an unreachable KDS refuses, a KDS that publishes
+    // none (404) lets the chain verify.
+    let (mock, url) = start_mock().await;
+    mock.down.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let service = Arc::new(CollateralService::new(config(&url), db(&dir, "a.db").await).unwrap());
+    let v = verifier(&service, &[]);
+    let ev = serde_json::to_vec(&genuine_snp_with_table()).unwrap();
+    let report = data("snp-milan-v2/report.bin");
+    let rd: [u8; 64] = report[0x50..0x90].try_into().unwrap();
+    let run = |v: Arc<AttestationVerifier>, ev: Vec<u8>| {
+        tokio::task::spawn_blocking(move || v.verify(Tee::Snp, &ev, &rd, snp_time()).map(|_| ()))
+    };
+    let e = run(Arc::clone(&v), ev.clone()).await.unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(e.message.contains("Milan CRL"), "{}", e.message);
+    assert_eq!(mock.count("/vcek/v1/Milan/crl"), 3);
+    // Without a collateral source (the old behaviour) the same evidence verifies: the
+    // CRL check is what the service adds.
+    let plain = Arc::new(AttestationVerifier::new(&[]).unwrap());
+    run(plain, ev.clone()).await.unwrap().unwrap();
+    // The KDS answers 404: no CRL published; verifies, and only the CRL was asked for.
+    mock.down.store(false, Ordering::SeqCst);
+    run(Arc::clone(&v), ev.clone()).await.unwrap().unwrap();
+    assert_eq!(mock.count("/vcek/v1/Milan/cert_chain"), 0);
+    assert_eq!(mock.count("/vcek/v1/Milan/crl"), 4);
+}

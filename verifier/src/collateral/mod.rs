@@ -208,6 +208,13 @@ pub trait CollateralSource: Send + Sync + std::fmt::Debug + 'static {
         report: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Arc<SnpCollateral>, CollateralError>;
+    /// The CRL (DER) the KDS publishes for `product`, current at `now`; `None` when the
+    /// KDS publishes none. Used for chains the evidence carries (extended reports).
+    fn snp_crl(
+        &self,
+        product: Product,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Arc<Item>>, CollateralError>;
     /// The DCAP collateral for a TDX quote, current at `now`.
     fn tdx_collateral(
         &self,
@@ -788,6 +795,20 @@ impl CollateralSource for CollateralService {
         }
         m.insert(id, (Arc::clone(&c), exp));
         Ok(c)
+    }
+
+    fn snp_crl(
+        &self,
+        product: Product,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Arc<Item>>, CollateralError> {
+        let t = now.unix_timestamp();
+        let key = ItemKey::AmdCrl(product);
+        let item = match self.memory(&key.to_string(), t) {
+            Some(hit) => hit,
+            None => self.run(self.get(&key, t))?,
+        };
+        Ok((!item.body.is_empty()).then_some(item))
     }
 
     fn tdx_collateral(
