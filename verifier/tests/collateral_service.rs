@@ -655,3 +655,186 @@ async fn a_genuine_chain_carried_in_the_evidence_is_checked_against_the_kds_crl(
     assert_eq!(mock.count("/vcek/v1/Milan/cert_chain"), 0);
     assert_eq!(mock.count("/vcek/v1/Milan/crl"), 4);
 }
+
+/// An emulated guest whose evidence carries no certificates and no collateral, as a real
+/// TDX guest with only a QGS quote, or an SNP host serving no extended-report table.
+struct Bare<T>(T);
+
+impl<T: verifier::client::kbs::EvidenceSource> verifier::client::kbs::EvidenceSource for Bare<T> {
+    fn tee(&self) -> &'static str {
+        self.0.tee()
+    }
+
+    fn evidence(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<serde_json::Value, verifier::client::ClientError> {
+        let mut v = self.0.evidence(report_data)?;
+        let obj = v.as_object_mut().expect("object");
+        obj.remove("cert_chain");
+        obj.remove("collateral");
+        Ok(v)
+    }
+}
+
+async fn cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::run(&args)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fetches_collateral_for_the_kbs_flow_and_the_cli_exports_imports_and_lists_it() {
+    use verifier::crypto::jwe::TeeKeyPair;
+    let (snp, tdx, dir) = emulated();
+    let (mock, url) = start_mock().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    mock.serve(snp.kds_responses(&[], now - day, now + day).unwrap());
+    mock.serve(tdx.pcs_responses(&CollateralOptions::from_now(30)).unwrap());
+    let env = common::Env::new();
+    let creds = common::bootstrap(&env);
+    let server = {
+        let env = &env;
+        let url = url.clone();
+        let dir = dir.clone();
+        tokio::task::block_in_place(move || {
+            common::start_args(
+                env,
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--insecure-http",
+                    "--emulated-trust",
+                    dir.to_str().unwrap(),
+                    "--amd-kds-url",
+                    &url,
+                    "--intel-pcs-url",
+                    &url,
+                ],
+                &[],
+            )
+        })
+    };
+    let admin = common::admin_client(&server, &creds);
+    common::provision(&admin, "web").await;
+    let client = common::kbs(&server);
+    let got = client
+        .fetch(
+            &Bare(common::snp_guest()),
+            &TeeKeyPair::p256(),
+            json!({}),
+            common::RESOURCE,
+        )
+        .await
+        .expect("SNP release with KDS collateral");
+    assert_eq!(got.as_slice(), common::SECRET);
+    let got = client
+        .fetch(
+            &Bare(common::tdx_guest()),
+            &TeeKeyPair::p256(),
+            json!({"workload": "web-tdx"}),
+            common::RESOURCE,
+        )
+        .await
+        .expect("TDX release with PCS collateral");
+    assert_eq!(got.as_slice(), common::SECRET);
+    assert_eq!(mock.count(&snp.kds_vcek_path()), 1);
+    assert_eq!(
+        mock.count(TCB_PATH.replace("B0C06F000000", "EE006F000000").as_str()),
+        1
+    );
+    drop(server);
+
+    // status: every item, valid.
+    let out = cli(vec![
+        "collateral".into(),
+        "status".into(),
+        "--database".into(),
+        env.database.clone(),
+        "--output".into(),
+        "json".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 7, "{v}");
+    assert!(items.iter().all(|i| i["valid"] == true), "{v}");
+    assert!(items.iter().any(|i| i["key"] == "intel/tdx/qe_identity"));
+    // export, then import into a fresh database, whose status lists the same items.
+    let bundle = env.dir.path().join("bundle.json");
+    let out = cli(vec![
+        "collateral".into(),
+        "export".into(),
+        "--database".into(),
+        env.database.clone(),
+        "--out".into(),
+        bundle.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let air = env.dir.path().join("air.db").display().to_string();
+    let out = cli(vec![
+        "collateral".into(),
+        "import".into(),
+        "--database".into(),
+        air.clone(),
+        bundle.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "imported 7 items"
+    );
+    let out = cli(vec![
+        "collateral".into(),
+        "status".into(),
+        "--database".into(),
+        air,
+    ])
+    .await;
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("valid").count(), 7, "{text}");
+    // export --product fetches from the KDS.
+    let before = mock.count(&format!("/vcek/v1/{}/cert_chain", snp.product()));
+    let out = cli(vec![
+        "collateral".into(),
+        "export".into(),
+        "--database".into(),
+        env.dir.path().join("fresh.db").display().to_string(),
+        "--product".into(),
+        snp.product().to_string(),
+        "--amd-kds-url".into(),
+        url.clone(),
+        "--out".into(),
+        bundle.display().to_string(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        mock.count(&format!("/vcek/v1/{}/cert_chain", snp.product())),
+        before + 1
+    );
+}
