@@ -838,3 +838,54 @@ async fn serve_fetches_collateral_for_the_kbs_flow_and_the_cli_exports_imports_a
         before + 1
     );
 }
+
+/// PostgreSQL: two replicas share the cache (the second fetches nothing), and a bundle
+/// re-imports (upsert) cleanly. Skipped, visibly, without
+/// `CVM_TEST_POSTGRES_URL`; required under CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_share_the_collateral_cache() {
+    use sqlx::Connection;
+    let Ok(url) = std::env::var("CVM_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI requires CVM_TEST_POSTGRES_URL"
+        );
+        eprintln!("SKIPPED: CVM_TEST_POSTGRES_URL not set");
+        return;
+    };
+    let name = format!("cvm_test_{}", verifier::crypto::random_hex(6));
+    let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let db_url = format!("{base}/{name}");
+    let (mock, pcs) = start_mock().await;
+    mock.serve(genuine_pcs());
+    let quote = data("tdx-v4-uptodate/quote.bin");
+    let a =
+        Arc::new(CollateralService::new(config(&pcs), Db::open(&db_url).await.unwrap()).unwrap());
+    verify(&verifier(&a, &[]), Tee::Tdx, &quote, tdx_time())
+        .await
+        .unwrap();
+    assert_eq!(mock.total(), 4);
+    let b_db = Db::open(&db_url).await.unwrap();
+    let b = Arc::new(CollateralService::new(config(&pcs), b_db.clone()).unwrap());
+    verify(&verifier(&b, &[]), Tee::Tdx, &quote, tdx_time())
+        .await
+        .unwrap();
+    assert_eq!(mock.total(), 4, "the second replica used the shared cache");
+    // Re-importing the replica's own export updates the rows in place.
+    let mut bundle = bundle::export_cached(&b_db).await.unwrap();
+    assert_eq!(bundle.items.len(), 4);
+    for i in &mut bundle.items {
+        i.fetched_at -= 1000;
+    }
+    let json = serde_json::to_vec(&bundle).unwrap();
+    assert_eq!(bundle::import(&b_db, &json).await.unwrap(), 4);
+    let after = bundle::export_cached(&b_db).await.unwrap();
+    assert_eq!(after.items.len(), 4);
+    b_db.close().await;
+    drop((a, b));
+}
