@@ -889,3 +889,25 @@ async fn postgres_replicas_share_the_collateral_cache() {
     b_db.close().await;
     drop((a, b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_chip_ids_cost_one_kds_request_per_chip_not_per_flow() {
+    // Attack: an attester sends reports for a CHIP_ID the KDS does not know, over and
+    // over, to make the verifier hammer AMD's KDS (which rate-limits it for everyone).
+    let (mock, url) = start_mock().await;
+    let (kds, vcek_path) = genuine_kds();
+    mock.serve(kds);
+    let dir = tempfile::tempdir().unwrap();
+    let service = Arc::new(CollateralService::new(config(&url), db(&dir, "a.db").await).unwrap());
+    let v = verifier(&service, &[]);
+    let mut report = data("snp-milan-v2/report.bin");
+    report[0x1A0] ^= 0xff; // another chip
+    for _ in 0..5 {
+        let e = verify(&v, Tee::Snp, &report, snp_time()).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+        assert!(e.message.contains("404"), "{}", e.message);
+    }
+    // One request per product tried (Milan, Genoa), for five flows.
+    assert_eq!(mock.total(), 2, "{:?}", mock.counts.lock().unwrap());
+    assert_eq!(mock.count(&vcek_path), 0);
+}

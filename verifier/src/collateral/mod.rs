@@ -34,7 +34,11 @@
 //! their lifetime (at most a day) before they expire. Fetches time out
 //! ([`CollateralConfig::timeout`]), are retried a bounded number of times with
 //! exponential backoff, and a cache miss costs one fetch per item however many flows
-//! need it at once (per-item single flight). Nothing cached is trusted: the SNP and DCAP
+//! need it at once (per-item single flight). Evidence chooses what is fetched (an
+//! attester may invent CHIP_IDs and TCBs), so at most [`MAX_FETCHES`] fetches run at
+//! once, a VCEK the KDS does not know is remembered for [`MISS_TTL`], and URLs are built
+//! only from the configured bases, a product name, hex and decimal numbers (no request
+//! can be steered elsewhere). Nothing cached is trusted: the SNP and DCAP
 //! verification checks every signature, chain, CRL and validity window at every use.
 //!
 //! # Revocation
@@ -72,6 +76,7 @@ use attestation::snp::{AmdCertificate, AttestationReport, Product, SnpCollateral
 use attestation::tdx::collateral::{Collateral, QuoteCollateralV3};
 use attestation::ErrorKind;
 use base64::Engine;
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::db::Db;
@@ -80,6 +85,10 @@ pub use items::{Item, ItemKey, PckCa, VcekTcb};
 /// Largest response accepted from a KDS/PCS (a CRL of Intel's is ~3 KiB, TCB info
 /// ~10 KiB).
 pub const MAX_RESPONSE: usize = 1 << 20;
+/// Outbound fetches in flight at once.
+pub const MAX_FETCHES: usize = 8;
+/// How long a KDS's 404 for a VCEK is remembered.
+pub const MISS_TTL: Duration = Duration::from_secs(600);
 /// How long a KDS's 404 for a product's CRL ("none published") is remembered, seconds.
 pub const NO_CRL_TTL: i64 = 86_400;
 /// Assembled collateral kept in memory (per TEE), then the map starts over.
@@ -235,6 +244,11 @@ pub struct CollateralService {
     handle: tokio::runtime::Handle,
     items: Mutex<HashMap<String, Arc<Item>>>,
     flights: Flights,
+    /// Outbound fetches at once (evidence chooses what is fetched: bounded).
+    fetches: tokio::sync::Semaphore,
+    /// VCEK keys the KDS answered 404 for, and when (an attacker's made-up CHIP_IDs
+    /// cost one KDS request per [`MISS_TTL`], not one per flow).
+    misses: Mutex<HashMap<String, std::time::Instant>>,
     snp: Assembled<Vec<u8>, SnpCollateral>,
     tdx: Assembled<String, Collateral>,
 }
@@ -275,6 +289,8 @@ impl CollateralService {
             handle: tokio::runtime::Handle::current(),
             items: Mutex::default(),
             flights: Mutex::default(),
+            fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
+            misses: Mutex::default(),
             snp: Mutex::default(),
             tdx: Mutex::default(),
         })
@@ -293,11 +309,41 @@ impl CollateralService {
             return Ok(hit);
         }
         let flight = Arc::clone(lock(&self.flights).entry(k.clone()).or_default());
-        let _turn = flight.lock().await;
-        if let Some(hit) = self.memory(&k, now) {
+        let turn = flight.lock().await;
+        let result = self.get_turn(key, &k, now).await;
+        // The outcome is in memory (or failed): later callers need no flight; waiters
+        // holding this one find the memory copy when their turn comes.
+        {
+            let mut flights = lock(&self.flights);
+            if flights.get(&k).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&k);
+            }
+        }
+        drop(turn);
+        result
+    }
+
+    /// [`Self::get`] on the item's turn.
+    async fn get_turn(
+        &self,
+        key: &ItemKey,
+        k: &str,
+        now: i64,
+    ) -> Result<Arc<Item>, CollateralError> {
+        if let Some(hit) = self.memory(k, now) {
             return Ok(hit);
         }
-        let cached = self.load(&k).await?;
+        if matches!(key, ItemKey::Vcek { .. }) {
+            if let Some(at) = lock(&self.misses).get(k) {
+                if at.elapsed() < MISS_TTL {
+                    return Err(CollateralError::NotFound {
+                        what: key.what(),
+                        url: key.url(&self.cfg),
+                    });
+                }
+            }
+        }
+        let cached = self.load(k).await?;
         if let Some(item) = &cached {
             if item.expires_at >= now {
                 return Ok(self.remember(item.clone()));
@@ -309,14 +355,28 @@ impl CollateralService {
                 None => CollateralError::Offline { what: key.what() },
             });
         }
-        let item = match self.fetch(key).await {
+        let fetched = {
+            let _permit = self.fetches.acquire().await;
+            self.fetch(key).await
+        };
+        if matches!(
+            (&fetched, key),
+            (Err(CollateralError::NotFound { .. }), ItemKey::Vcek { .. })
+        ) {
+            let mut misses = lock(&self.misses);
+            if misses.len() >= ASSEMBLED {
+                misses.clear();
+            }
+            misses.insert(k.to_owned(), std::time::Instant::now());
+        }
+        let item = match fetched {
             Ok(item) => item,
             // The KDS publishes no CRL for this product: remembered (and exported) as an
             // empty item for a day, so that every flow does not ask again.
             Err(CollateralError::NotFound { .. }) if matches!(key, ItemKey::AmdCrl(_)) => {
                 let fetched_at = crate::db::now();
                 Item {
-                    key: k.clone(),
+                    key: k.to_owned(),
                     url: key.url(&self.cfg),
                     body: Vec::new(),
                     issuer_chain: None,
@@ -325,7 +385,7 @@ impl CollateralService {
                 }
             }
             Err(e) => {
-                tracing::warn!(item = %k, error = %e, "collateral fetch failed");
+                tracing::warn!(item = k, error = %e, "collateral fetch failed");
                 return Err(match cached {
                     // The service is down and the copy we have is past its validity.
                     Some(item) => CollateralError::Fetch {
@@ -499,7 +559,17 @@ impl CollateralService {
             };
             let flight = Arc::clone(lock(&self.flights).entry(item.key.clone()).or_default());
             let _turn = flight.lock().await;
-            match self.fetch(&key).await {
+            let fetched = self.fetch(&key).await;
+            {
+                let mut flights = lock(&self.flights);
+                if flights
+                    .get(&item.key)
+                    .is_some_and(|f| Arc::ptr_eq(f, &flight))
+                {
+                    flights.remove(&item.key);
+                }
+            }
+            match fetched {
                 Ok(fresh) => {
                     self.store(&fresh).await?;
                     self.remember(fresh);
@@ -817,8 +887,11 @@ impl CollateralSource for CollateralService {
         now: time::OffsetDateTime,
     ) -> Result<Arc<Collateral>, CollateralError> {
         let t = now.unix_timestamp();
-        let (fmspc, ca) = quote_platform(quote)?;
-        let id = format!("{}/{}", hex::encode(fmspc), ca.as_str());
+        // Keyed by the quote's PCK chain, which fixes the FMSPC and the PCK CA: a warm
+        // lookup costs a quote parse and a SHA-256, not X.509 parsing.
+        let q = attestation::tdx::quote::Quote::parse(quote)
+            .map_err(|e| CollateralError::Evidence(format!("the quote is malformed: {e}")))?;
+        let id = hex::encode(Sha256::digest(&q.signature_data.pck_cert_chain));
         if let Some((c, exp)) = lock(&self.tdx).get(&id) {
             if *exp >= t {
                 return Ok(Arc::clone(c));
