@@ -715,4 +715,35 @@ mod tests {
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.tls, TlsMode::InsecureHttp);
     }
+
+    #[test]
+    fn collateral_section_defaults_overrides_and_refusals() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap().collateral;
+        assert_eq!(c.amd_kds_url, "https://kdsintf.amd.com");
+        assert_eq!(c.intel_pcs_url, "https://api.trustedservices.intel.com");
+        assert!(!c.offline && c.proxy.is_none() && c.attempts == 3);
+        let f: ConfigFile = toml::from_str(
+            "[collateral]\namd_kds_url = \"http://kds.local\"\noffline = true\nattempts = 5",
+        )
+        .unwrap();
+        o.intel_pcs_url = Some("https://pccs.local:8081".into());
+        o.collateral_proxy = Some("http://proxy:3128".into());
+        let c = f.resolve(o.clone()).unwrap().collateral;
+        assert_eq!(c.amd_kds_url, "http://kds.local");
+        assert_eq!(c.intel_pcs_url, "https://pccs.local:8081");
+        assert_eq!(c.proxy.as_deref(), Some("http://proxy:3128"));
+        assert!(c.offline);
+        assert_eq!(c.attempts, 5);
+        o.amd_kds_url = Some("file:///etc/passwd".into());
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::Url("amd_kds_url", _))
+        ));
+        o.amd_kds_url = None;
+        let f: ConfigFile = toml::from_str("[collateral]\nattempts = 0").unwrap();
+        assert!(matches!(f.resolve(o), Err(ConfigError::Range(_))));
+    }
 }
