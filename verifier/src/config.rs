@@ -44,9 +44,9 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollateralSection {
-    /// AMD KDS base URL (default https://kdsintf.amd.com).
+    /// AMD KDS base URL (default `https://kdsintf.amd.com`).
     pub amd_kds_url: Option<String>,
-    /// Intel PCS or PCCS base URL (default https://api.trustedservices.intel.com).
+    /// Intel PCS or PCCS base URL (default `https://api.trustedservices.intel.com`).
     pub intel_pcs_url: Option<String>,
     /// Intel SGX root CA CRL URL (default: the PCCS's `rootcacrl`, or Intel's
     /// distribution point for the public PCS).

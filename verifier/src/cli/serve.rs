@@ -58,11 +58,11 @@ pub struct Args {
     #[arg(long, env = "CVM_VERIFIER_SESSION_TTL")]
     pub session_ttl: Option<i64>,
     /// AMD KDS base URL for VCEKs, ASK/ARK chains and CRLs (default
-    /// https://kdsintf.amd.com).
+    /// `https://kdsintf.amd.com`).
     #[arg(long, value_name = "URL", env = "CVM_VERIFIER_AMD_KDS_URL")]
     pub amd_kds_url: Option<String>,
     /// Intel PCS or PCCS base URL for TDX collateral (default
-    /// https://api.trustedservices.intel.com).
+    /// `https://api.trustedservices.intel.com`).
     #[arg(long, value_name = "URL", env = "CVM_VERIFIER_INTEL_PCS_URL")]
     pub intel_pcs_url: Option<String>,
     /// HTTP(S) proxy for collateral fetches.
