@@ -911,3 +911,46 @@ async fn made_up_chip_ids_cost_one_kds_request_per_chip_not_per_flow() {
     assert_eq!(mock.total(), 2, "{:?}", mock.counts.lock().unwrap());
     assert_eq!(mock.count(&vcek_path), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turin_vcek_is_fetched_by_its_8_byte_hwid_with_fmc_spl() {
+    use attestation::snp::emulated::EmulatedSnpConfig;
+    use attestation::snp::{Product, TcbParts};
+    let dir = tempfile::tempdir().unwrap();
+    let snp = EmulatedSnpPlatform::create_with(
+        dir.path(),
+        &EmulatedSnpConfig {
+            product: Product::Turin,
+            tcb: TcbParts {
+                bootloader: 1,
+                tee: 2,
+                snp: 3,
+                microcode: 4,
+                fmc: Some(5),
+            },
+            ..EmulatedSnpConfig::default()
+        },
+    )
+    .unwrap();
+    let (mock, url) = start_mock().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    mock.serve(snp.kds_responses(&[], now - day, now + day).unwrap());
+    let path = snp.kds_vcek_path();
+    let hw = hex::encode(&snp.chip_id()[..8]);
+    assert_eq!(
+        path,
+        format!("/vcek/v1/Turin/{hw}?blSPL=1&teeSPL=2&snpSPL=3&ucodeSPL=4&fmcSPL=5")
+    );
+    let service = Arc::new(CollateralService::new(config(&url), db(&dir, "a.db").await).unwrap());
+    let v = verifier(&service, &[dir.path().to_owned()]);
+    verify(
+        &v,
+        Tee::Snp,
+        &snp_report(dir.path()),
+        time::OffsetDateTime::now_utc(),
+    )
+    .await
+    .expect("Turin report with the fetched VCEK");
+    assert_eq!(mock.count(&path), 1);
+}
