@@ -185,6 +185,9 @@ pub enum CollateralError {
     /// A cache key does not parse.
     #[error("`{0}` is not a collateral item key")]
     BadKey(String),
+    /// Created outside a Tokio runtime.
+    #[error("the collateral service must be created inside a Tokio runtime")]
+    NoRuntime,
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
@@ -286,7 +289,8 @@ impl CollateralService {
             cfg,
             db,
             http,
-            handle: tokio::runtime::Handle::current(),
+            handle: tokio::runtime::Handle::try_current()
+                .map_err(|_| CollateralError::NoRuntime)?,
             items: Mutex::default(),
             flights: Mutex::default(),
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
