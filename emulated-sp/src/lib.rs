@@ -3,6 +3,7 @@
 //! Emulated TEEs are test equipment: their evidence proves nothing about memory
 //! encryption, and a verifier accepts it only with the emulated trust anchor configured.
 
+pub mod collateral;
 pub mod serve;
 pub mod snp;
 pub mod tdx;
@@ -24,6 +25,9 @@ pub enum Command {
     /// Serve the emulated secure processor's mailbox on a Unix socket (for `cvm-agent
     /// --evidence emulated-unix:PATH` as a host process). Insecure-emulated.
     Serve(Box<serve::ServeArgs>),
+    /// Serve the platform's collateral over the AMD KDS and Intel PCS paths on loopback
+    /// (for `cvm-verifier serve --amd-kds-url/--intel-pcs-url`). Insecure-emulated.
+    CollateralServer(collateral::CollateralArgs),
 }
 
 /// `cvm emulated init`.
@@ -61,5 +65,6 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Report(ReportCmd::Snp(a)) => snp::report(a),
         Command::Quote(QuoteCmd::Tdx(a)) => tdx::quote(a),
         Command::Serve(a) => serve::run(*a),
+        Command::CollateralServer(a) => collateral::run(a),
     }
 }

@@ -43,6 +43,9 @@ enum Command {
     Inventory(cli::inventory::Args),
     /// Generate load: complete guest flows with emulated evidence.
     Loadgen(cli::loadgen::Args),
+    /// The collateral cache: export, import (offline verifiers), status.
+    #[command(subcommand)]
+    Collateral(cli::collateral::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli_support::docs::CompletionsArgs),
     /// Write the man pages of cvm-verifier and every subcommand.
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
         Command::Loadgen(a) => cli::loadgen::run(a),
+        Command::Collateral(c) => cli::collateral::run(c),
         Command::Completions(a) => cli_support::docs::completions(Cli::command(), &a),
         Command::Man(a) => cli_support::docs::man(Cli::command(), &a),
     }

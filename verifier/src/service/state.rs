@@ -6,6 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
+use crate::collateral::CollateralService;
 use crate::crypto::master::MasterKey;
 use crate::crypto::token::TokenSigner;
 use crate::db::Db;
@@ -55,6 +56,9 @@ pub struct Inner {
     pub signer: TokenSigner,
     /// Evidence verification.
     pub verifier: Arc<dyn EvidenceVerifier>,
+    /// The collateral service the default verifier fetches through (None when the
+    /// caller supplied its own verifier).
+    pub collateral: Option<Arc<CollateralService>>,
     /// Whether emulated trust anchors are configured.
     pub emulated: bool,
     /// Metrics.
