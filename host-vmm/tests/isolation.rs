@@ -92,6 +92,7 @@ fn jailed_child(dir: &Path, port: u16) {
                 gid: NOBODY,
             },
             true,
+            || {},
         )
     };
     match entered {

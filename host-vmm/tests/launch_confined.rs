@@ -186,8 +186,25 @@ fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
     assert!(r.contains("\"tee\":\"none\""), "{r}");
     let r = call(&sock, "GET", "/v1/vm/measurement");
     assert!(r.contains("\"measurement\":null"), "{r}");
-    // The VMM runs in its own group with the quota.
-    let groups = cgroups_of(pid);
+    // The VMM (the child of `cvm`, which supervises it from outside the group) runs in
+    // its own group with the quota.
+    let vmm: u32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the supervised VMM")
+        .parse()
+        .unwrap();
+    // The supervisor leaves the group right after forking, while the VMM starts.
+    let left = Instant::now() + Duration::from_secs(10);
+    while cgroups_of(pid).contains(&format!("cvm-{pid}")) {
+        assert!(
+            Instant::now() < left,
+            "the supervisor stayed in the VM's group"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let groups = cgroups_of(vmm);
     assert!(groups.contains(&format!("cvm-{pid}")), "{groups}");
     let quota_files: Vec<PathBuf> = groups
         .lines()

@@ -599,6 +599,8 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         }),
         None => None,
     };
+    // The forked VMM stays in the cgroup; the parent leaves it at once.
+    let leave = || cgroup.as_ref().map_or((), VmCgroup::leave);
     let forked = if let Some(dir) = &a.jail {
         if a.verifier.is_some() && a.jail_netns == JailNetns::None {
             return Err(LaunchError::Usage(
@@ -614,12 +616,12 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         tracing::info!(event = "jail", root = %dir.display(), uid = cfg.uid, gid = cfg.gid, netns = ?a.jail_netns, "entering the jail");
         // SAFETY: no thread has been started yet (vmm::run starts them); the child
         // forgets the cgroup below.
-        Some(unsafe { jail::enter(&cfg, a.jail_netns == JailNetns::None) }?)
+        Some(unsafe { jail::enter(&cfg, a.jail_netns == JailNetns::None, leave) }?)
     } else if cgroup.is_some() || api.is_some() {
         // The VMM confined by seccomp cannot remove its cgroup or API socket when it
         // ends; an unconfined parent waits for it and does.
         // SAFETY: as above.
-        Some(unsafe { jail::supervise() }?)
+        Some(unsafe { jail::supervise(leave) }?)
     } else {
         None
     };

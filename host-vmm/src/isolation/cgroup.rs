@@ -474,16 +474,29 @@ impl VmCgroup {
     }
 }
 
-impl Drop for VmCgroup {
-    fn drop(&mut self) {
-        // A group with members cannot be removed: move this process back to the parent
-        // first (its other members, if any, have exited by now).
+impl VmCgroup {
+    /// Moves this process out of the group, into the group's parent: the supervising
+    /// parent does it right after forking the VMM (which stays in the group), so that
+    /// removing the group later needs no `cgroup.procs` write.
+    pub fn leave(&self) {
         let me = std::process::id().to_string();
         for (dir, parent) in &self.dirs {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             if procs.lines().any(|p| p.trim() == me) {
-                let _ = std::fs::write(parent.join("cgroup.procs"), &me);
+                if let Err(e) = std::fs::write(parent.join("cgroup.procs"), &me) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot leave the VM's cgroup");
+                }
             }
+        }
+    }
+}
+
+impl Drop for VmCgroup {
+    fn drop(&mut self) {
+        // A group with members cannot be removed: leave it first (a no-op if this
+        // process already has; its other members have exited by now).
+        self.leave();
+        for (dir, _) in &self.dirs {
             if let Err(e) = std::fs::remove_dir(dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the VM's cgroup");
             }

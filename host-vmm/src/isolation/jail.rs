@@ -146,7 +146,8 @@ pub enum Entered {
 
 /// Enters the jail (see the module docs).
 /// `new_netns: false` keeps the host's network namespace (for a VMM that must reach a
-/// verifier); everything else is the same.
+/// verifier); everything else is the same. `after_fork` runs in the parent right after
+/// the fork, while the child sets up (see [`supervise`]).
 ///
 /// # Safety
 ///
@@ -159,7 +160,11 @@ pub enum Entered {
 /// the child then own every value the caller had: values whose `Drop` acts on shared
 /// state (a [`super::cgroup::VmCgroup`], temporary files) must be forgotten in one of
 /// them.
-pub unsafe fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailError> {
+pub unsafe fn enter(
+    cfg: &JailConfig,
+    new_netns: bool,
+    after_fork: impl FnOnce(),
+) -> Result<Entered, JailError> {
     let root = check_root(&cfg.root)?;
     check_single_threaded()?;
     let mut flags =
@@ -172,7 +177,7 @@ pub unsafe fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailEr
     sys("unshare", unsafe { libc::unshare(flags) } as libc::c_long)?;
     // SAFETY: still single-threaded (our own precondition); the caller knows both
     // processes return from `enter`.
-    if let Entered::Parent(status) = unsafe { supervise() }? {
+    if let Entered::Parent(status) = unsafe { supervise(after_fork) }? {
         return Ok(Entered::Parent(status));
     }
     pivot_into(&root)?;
@@ -186,8 +191,11 @@ pub unsafe fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailEr
 /// after unsharing (the child is PID 1 of the new PID namespace); on its own it serves a
 /// VM with a cgroup or a control API socket but no jail: a VMM confined by seccomp can
 /// remove neither its cgroup nor its socket file when it ends, so the unconfined parent
-/// does. The parent sleeps in `waitpid` until the child ends (no polling), so it adds
-/// nothing to the VM's stop time but the child's exit notification.
+/// does. `after_fork` runs in the parent right after the fork, concurrently with the
+/// child's set-up: work that would otherwise delay the parent's clean-up after the
+/// child ends, such as leaving the VM's cgroup the child inherited (a cgroup v1
+/// `cgroup.procs` write may wait for an RCU grace period). The parent then sleeps in
+/// `waitpid` until the child ends (no polling).
 ///
 /// # Safety
 ///
@@ -198,12 +206,13 @@ pub unsafe fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailEr
 /// caller guarantees that none is started concurrently. Both processes return from this
 /// function owning every value the caller had: values whose `Drop` acts on shared state
 /// (a [`super::cgroup::VmCgroup`], temporary files) must be forgotten in one of them.
-pub unsafe fn supervise() -> Result<Entered, JailError> {
+pub unsafe fn supervise(after_fork: impl FnOnce()) -> Result<Entered, JailError> {
     check_single_threaded()?;
     // SAFETY: fork in a single-threaded process (checked above; our caller guarantees
     // no thread appears meanwhile); the child only continues this code.
     let pid = sys("fork", unsafe { libc::fork() } as libc::c_long)?;
     if pid != 0 {
+        after_fork();
         return Ok(Entered::Parent(wait_for(pid as libc::pid_t)));
     }
     // SAFETY: prctl with integer arguments.
@@ -406,7 +415,7 @@ mod tests {
         // SAFETY: deliberately called with another thread alive: it must refuse before
         // forking. Should it fork anyway, the child leaves at once without touching
         // any lock.
-        match unsafe { supervise() } {
+        match unsafe { supervise(|| {}) } {
             Err(JailError::Threaded(n)) => assert!(n >= 2, "{n}"),
             // SAFETY: _exit ends the forked child without running any Rust code.
             Ok(Entered::Jailed) => unsafe { libc::_exit(0) },
@@ -418,7 +427,7 @@ mod tests {
             gid: 65534,
         };
         // SAFETY: as above; `enter` must refuse before unsharing or forking.
-        match unsafe { enter(&cfg, true) } {
+        match unsafe { enter(&cfg, true, || {}) } {
             Err(JailError::Threaded(n)) => assert!(n >= 2, "{n}"),
             // SAFETY: as above.
             Ok(Entered::Jailed) => unsafe { libc::_exit(0) },
