@@ -172,8 +172,25 @@ fn the_control_api_pauses_resumes_and_stops_a_limited_vm() {
     assert!(r.contains("\"tee\":\"none\""), "{r}");
     let r = call(&sock, "GET", "/v1/vm/measurement");
     assert!(r.contains("\"measurement\":null"), "{r}");
-    // The VMM runs in its own group with the quota.
-    let groups = cgroups_of(pid);
+    // The VMM (the child of `cvm`, which supervises it from outside the group) runs in
+    // its own group with the quota.
+    let vmm: u32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("the supervised VMM")
+        .parse()
+        .unwrap();
+    // The supervisor leaves the group right after forking, while the VMM starts.
+    let left = Instant::now() + Duration::from_secs(10);
+    while cgroups_of(pid).contains(&format!("cvm-{pid}")) {
+        assert!(
+            Instant::now() < left,
+            "the supervisor stayed in the VM's group"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let groups = cgroups_of(vmm);
     assert!(groups.contains(&format!("cvm-{pid}")), "{groups}");
     let quota_files: Vec<PathBuf> = groups
         .lines()
@@ -292,6 +309,94 @@ fn limits_that_cannot_hold_the_guest_are_refused() {
             String::from_utf8_lossy(&out.stderr).contains(says),
             "{flag} {value}: {}",
             text(&out)
+        );
+    }
+}
+
+/// Prints "TEARDOWN-OK" (no newline: the console must be flushed at exit, not at a
+/// line end) on COM1, then runs `stop` (10 bytes) and halts. The message follows at
+/// offset 36, where the `lea` points.
+fn print_then(stop: [u8; 10]) -> Vec<u8> {
+    let mut code = vec![
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0x48, 0x8d, 0x1d, 0x19, 0x00, 0x00, 0x00, // lea rbx, [rip + msg]
+        0x8a, 0x03, 0x84, 0xc0, 0x74, 0x06, // mov al, [rbx]; test al, al; jz done
+        0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4, // out dx, al; inc rbx; jmp loop
+    ];
+    code.extend_from_slice(&stop);
+    code.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+    assert_eq!(code.len(), 36);
+    code.extend_from_slice(b"TEARDOWN-OK\0");
+    code
+}
+
+/// `mov al, 0xfe; out 0x64, al`: an i8042 reset pulse.
+const RESET: [u8; 10] = [0xb0, 0xfe, 0xe6, 0x64, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90];
+/// `mov dx, 0x505; mov al, 1; out dx, al`: pvpanic "guest panicked".
+const PANIC: [u8; 10] = [0x66, 0xba, 0x05, 0x05, 0xb0, 0x01, 0xee, 0x90, 0x90, 0x90];
+
+/// The VM's cgroup directories, from the VMM's "resource limits applied" log line
+/// (`groups=["/sys/fs/cgroup/cpu/…/cvm-N", …]`).
+fn logged_groups(stderr: &str) -> Vec<PathBuf> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("resource limits applied"))
+        .unwrap_or_else(|| panic!("no cgroup line in:\n{stderr}"));
+    let list = &line[line.find("groups=[").expect("groups=") + 8..];
+    let list = &list[..list.find(']').unwrap()];
+    list.split(", ")
+        .map(|p| PathBuf::from(p.trim_matches('"')))
+        .collect()
+}
+
+/// Every teardown guarantee of `cvm launch` for a guest that stops right after it
+/// starts: the exit status and reason, the console flushed, the final log line, the
+/// cgroup removed (which also proves no VMM process is left in it) and the API socket
+/// file removed — for a guest that asks for a reset and for one that panics.
+#[test]
+fn a_stopping_guest_leaves_nothing_behind() {
+    if !root_and_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (stop, code, reason) in [
+        (RESET, 0, "guest requested a reset"),
+        (PANIC, 1, "guest panicked (pvpanic)"),
+    ] {
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, bzimage(&print_then(stop), 0)).unwrap();
+        let sock = dir.path().join("api.sock");
+        let out = Command::new(CVM)
+            .args(["launch", "--tee", "none", "--kernel"])
+            .arg(&kernel)
+            .arg("--api-socket")
+            .arg(&sock)
+            .args(["--cpu-quota", "100", "--memory-limit", "600M"])
+            .output()
+            .unwrap();
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{all}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{all}");
+        assert!(stderr.contains("event=\"shutdown\""), "{all}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).ends_with("TEARDOWN-OK"),
+            "{all}"
+        );
+        let groups = logged_groups(&stderr);
+        assert!(!groups.is_empty(), "{all}");
+        for g in &groups {
+            assert!(
+                g.file_name().unwrap().to_string_lossy().starts_with("cvm-"),
+                "{}",
+                g.display()
+            );
+            assert!(!g.exists(), "{} was left behind\n{all}", g.display());
+        }
+        assert!(
+            !sock.exists(),
+            "the API socket {} was left behind\n{all}",
+            sock.display()
         );
     }
 }

@@ -878,3 +878,112 @@ fn relay_resets_the_guest_when_the_verifier_certificate_is_not_from_the_given_ca
         "RESPONSE, then RST: {err}"
     );
 }
+
+/// A minimal virtio-blk driver on the device at 0xD0000000: writes one sector (sector
+/// 1: a marker, then 'Z's) and, as soon as the device has completed it, pulses reset
+/// through the i8042 — the VMM tears down right after the write. Prints 'W' after a
+/// good status, or 'E' and powers off.
+fn disk_write_guest() -> String {
+    let body = r#"
+.equ MMIO, 0xD0000000
+.equ QD, 0x10000
+.equ QA, 0x10100
+.equ QU, 0x10200
+.equ HDR, 0x11000
+.equ DATA, 0x12000
+.equ BSTAT, 0x13000
+    mov dword ptr [MMIO+0x70], 0
+    mov dword ptr [MMIO+0x70], 3
+    mov dword ptr [MMIO+0x24], 1
+    mov dword ptr [MMIO+0x20], 1
+    mov dword ptr [MMIO+0x24], 0
+    mov dword ptr [MMIO+0x20], 0
+    mov dword ptr [MMIO+0x70], 11
+    mov dword ptr [MMIO+0x30], 0
+    mov dword ptr [MMIO+0x38], 8
+    mov dword ptr [MMIO+0x80], QD
+    mov dword ptr [MMIO+0x84], 0
+    mov dword ptr [MMIO+0x90], QA
+    mov dword ptr [MMIO+0x94], 0
+    mov dword ptr [MMIO+0xa0], QU
+    mov dword ptr [MMIO+0xa4], 0
+    mov dword ptr [MMIO+0x44], 1
+    mov dword ptr [MMIO+0x70], 15
+    mov edi, DATA
+    mov ecx, 512
+    mov al, 0x5a
+    rep stosb
+    mov esi, marker - start + ROM
+    mov edi, DATA
+    mov ecx, marker_end - marker
+    rep movsb
+    mov dword ptr [HDR], 1
+    mov dword ptr [HDR+4], 0
+    mov dword ptr [HDR+8], 1
+    mov dword ptr [HDR+12], 0
+    mov byte ptr [BSTAT], 0xff
+    mov dword ptr [QD], HDR
+    mov dword ptr [QD+4], 0
+    mov dword ptr [QD+8], 16
+    mov word ptr [QD+12], 1
+    mov word ptr [QD+14], 1
+    mov dword ptr [QD+16], DATA
+    mov dword ptr [QD+20], 0
+    mov dword ptr [QD+24], 512
+    mov word ptr [QD+28], 1
+    mov word ptr [QD+30], 2
+    mov dword ptr [QD+32], BSTAT
+    mov dword ptr [QD+36], 0
+    mov dword ptr [QD+40], 1
+    mov word ptr [QD+44], 2
+    mov word ptr [QD+46], 0
+    mov word ptr [QA], 0
+    mov word ptr [QA+4], 0
+    mov word ptr [QA+2], 1
+    mov dword ptr [MMIO+0x50], 0
+blk_wait:
+    cmp word ptr [QU+2], 1
+    jne blk_wait
+    cmp byte ptr [BSTAT], 0
+    jne blk_fail
+    mov al, 0x57
+    call putc
+    mov al, 0xfe
+    out 0x64, al
+    hlt
+blk_fail:
+    mov al, 0x45
+    call putc
+    jmp poweroff
+"#;
+    let data = r#"
+marker:
+    .ascii "CVM-DISK-WRITE-BEFORE-RESET"
+marker_end:
+"#;
+    pm_program(body, data)
+}
+
+/// A guest's disk write is on the image file when `cvm` has exited, even when the
+/// guest stops (reset) right after the device completed it.
+#[test]
+fn a_disk_write_is_on_the_file_after_the_guest_resets() {
+    if !have_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fw = image(&assemble(dir.path(), &disk_write_guest()));
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let o = launch(dir.path(), &fw, &["--disk", disk.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("guest requested a reset"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "W", "{err}");
+    let img = std::fs::read(&disk).unwrap();
+    let marker = b"CVM-DISK-WRITE-BEFORE-RESET";
+    assert_eq!(&img[512..512 + marker.len()], marker);
+    assert!(img[512 + marker.len()..1024].iter().all(|&b| b == b'Z'));
+    assert!(img[..512].iter().all(|&b| b == 0));
+    assert!(img[1024..].iter().all(|&b| b == 0));
+}

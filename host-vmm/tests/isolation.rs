@@ -77,14 +77,19 @@ fn jail_confines_the_process() {
 
 /// Runs inside the jail; prints one fact per line.
 fn jailed_child(dir: &Path, port: u16) {
-    match jail::enter(
-        &JailConfig {
-            root: dir.to_owned(),
-            uid: NOBODY,
-            gid: NOBODY,
-        },
-        true,
-    ) {
+    // SAFETY: this process (the re-run test binary, a plain `main`) has one thread.
+    let entered = unsafe {
+        jail::enter(
+            &JailConfig {
+                root: dir.to_owned(),
+                uid: NOBODY,
+                gid: NOBODY,
+            },
+            true,
+            || {},
+        )
+    };
+    match entered {
         Ok(jail::Entered::Jailed) => {}
         Ok(jail::Entered::Parent(status)) => std::process::exit(status),
         Err(e) => panic!("enter: {e}"),

@@ -599,6 +599,8 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         }),
         None => None,
     };
+    // The forked VMM stays in the cgroup; the parent leaves it at once.
+    let leave = || cgroup.as_ref().map_or((), VmCgroup::leave);
     let forked = if let Some(dir) = &a.jail {
         if a.verifier.is_some() && a.jail_netns == JailNetns::None {
             return Err(LaunchError::Usage(
@@ -612,17 +614,23 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             gid: a.gid.unwrap_or(u32::MAX),
         };
         tracing::info!(event = "jail", root = %dir.display(), uid = cfg.uid, gid = cfg.gid, netns = ?a.jail_netns, "entering the jail");
-        Some(jail::enter(&cfg, a.jail_netns == JailNetns::None)?)
-    } else if cgroup.is_some() {
-        // The VMM confined by seccomp cannot remove its cgroup when it ends; an
-        // unconfined parent waits for it and does.
-        Some(jail::supervise()?)
+        // SAFETY: no thread has been started yet (vmm::run starts them); the child
+        // forgets the cgroup below.
+        Some(unsafe { jail::enter(&cfg, a.jail_netns == JailNetns::None, leave) }?)
+    } else if cgroup.is_some() || api.is_some() {
+        // The VMM confined by seccomp cannot remove its cgroup or API socket when it
+        // ends; an unconfined parent waits for it and does.
+        // SAFETY: as above.
+        Some(unsafe { jail::supervise(leave) }?)
     } else {
         None
     };
     match forked {
         Some(jail::Entered::Parent(status)) => {
             drop(cgroup);
+            if let Some(path) = &a.api_socket {
+                crate::api::remove(path);
+            }
             return Ok(Outcome::ChildExited(status));
         }
         // The VMM does not own the cgroup (a jailed one cannot even reach /sys): the
