@@ -968,9 +968,7 @@ marker_end:
 /// guest stops (reset) right after the device completed it.
 #[test]
 fn a_disk_write_is_on_the_file_after_the_guest_resets() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let fw = image(&assemble(dir.path(), &disk_write_guest()));
     let disk = dir.path().join("disk.img");

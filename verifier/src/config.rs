@@ -55,6 +55,9 @@ pub struct CollateralSection {
     pub proxy: Option<String>,
     /// Never fetch; use only imported or cached collateral (default false).
     pub offline: Option<bool>,
+    /// Let SNP chains verify without a CRL when the KDS publishes none (answers 404):
+    /// only for a private KDS (default false: such chains are refused).
+    pub amd_crl_optional: Option<bool>,
     /// Timeout of one request, seconds (default 10).
     pub timeout_secs: Option<u64>,
     /// Attempts per fetch (default 3).
@@ -571,6 +574,7 @@ impl CollateralSection {
                 .refresh_interval_secs
                 .map(Duration::from_secs)
                 .unwrap_or(d.refresh_interval),
+            amd_crl_required: !self.amd_crl_optional.unwrap_or(false),
         })
     }
 }
@@ -725,8 +729,12 @@ mod tests {
         assert_eq!(c.amd_kds_url, "https://kdsintf.amd.com");
         assert_eq!(c.intel_pcs_url, "https://api.trustedservices.intel.com");
         assert!(!c.offline && c.proxy.is_none() && c.attempts == 3);
+        assert!(
+            c.amd_crl_required,
+            "a missing AMD CRL is refused by default"
+        );
         let f: ConfigFile = toml::from_str(
-            "[collateral]\namd_kds_url = \"http://kds.local\"\noffline = true\nattempts = 5",
+            "[collateral]\namd_kds_url = \"http://kds.local\"\noffline = true\nattempts = 5\namd_crl_optional = true",
         )
         .unwrap();
         o.intel_pcs_url = Some("https://pccs.local:8081".into());
@@ -736,6 +744,7 @@ mod tests {
         assert_eq!(c.intel_pcs_url, "https://pccs.local:8081");
         assert_eq!(c.proxy.as_deref(), Some("http://proxy:3128"));
         assert!(c.offline);
+        assert!(!c.amd_crl_required);
         assert_eq!(c.attempts, 5);
         o.amd_kds_url = Some("file:///etc/passwd".into());
         assert!(matches!(

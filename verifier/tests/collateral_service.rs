@@ -119,6 +119,10 @@ fn config(url: &str) -> CollateralConfig {
         timeout: Duration::from_secs(5),
         attempts: 3,
         backoff: Duration::from_millis(20),
+        // The genuine vectors come without an AMD-signed CRL, so the mock KDS answers
+        // 404 for it: these tests run as against a private KDS that publishes none.
+        // `a_kds_without_a_crl_is_refused_by_default` checks the default.
+        amd_crl_required: false,
         ..CollateralConfig::default()
     }
 }
@@ -249,6 +253,27 @@ async fn genuine_snp_verifies_with_the_vcek_fetched_from_the_kds_then_from_the_c
     bad[0x90] ^= 1;
     let e = verify(&v, Tee::Snp, &bad, snp_time()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadSignature, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kds_without_a_crl_is_refused_by_default() {
+    // A network attacker (or a misconfigured mirror) answering 404 for the CRL must not
+    // switch revocation off: by default the chain is refused.
+    let (mock, url) = start_mock().await;
+    let (kds, _) = genuine_kds();
+    mock.serve(kds);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CollateralConfig {
+        amd_crl_required: true,
+        ..config(&url)
+    };
+    assert!(CollateralConfig::default().amd_crl_required);
+    let service = Arc::new(CollateralService::new(cfg, db(&dir, "a.db").await).unwrap());
+    let v = verifier(&service, &[]);
+    let report = data("snp-milan-v2/report.bin");
+    let e = verify(&v, Tee::Snp, &report, snp_time()).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(e.message.contains("publishes no CRL"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -629,7 +629,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         Some(jail::Entered::Parent(status)) => {
             drop(cgroup);
             if let Some(path) = &a.api_socket {
-                crate::api::remove(path);
+                host_vmm::api::remove(path);
             }
             return Ok(Outcome::ChildExited(status));
         }

@@ -45,10 +45,12 @@
 //!
 //! The KDS's CRL (issued by the ARK; it lists revoked ASKs and VCEKs) is fetched with
 //! every KDS chain and enforced by the SNP verification: a revoked ASK or VCEK, or an
-//! expired CRL, is refused. Only a KDS answering 404 for the CRL (the issuer publishes
-//! none, as some emulated or private KDSes) lets a chain verify without one; that answer
-//! is cached (and exported) as an empty item for [`NO_CRL_TTL`]. An unreachable KDS
-//! never counts as "no CRL". On the TDX
+//! expired CRL, is refused. A KDS answering 404 for the CRL is refused too (AMD's KDS
+//! publishes one for every product, so a missing CRL is treated as an attack on
+//! revocation), unless the operator sets `[collateral] amd_crl_optional = true` for a
+//! private KDS that publishes none; then the 404 is cached (and exported) as an empty
+//! item for [`NO_CRL_TTL`] and chains verify without a CRL. An unreachable KDS never
+//! counts as "no CRL". On the TDX
 //! side the PCK CRL and the root CA CRL are required parts of the collateral.
 //!
 //! # Offline mode
@@ -115,6 +117,11 @@ pub struct CollateralConfig {
     pub backoff: Duration,
     /// How often the background task looks for items to refresh.
     pub refresh_interval: Duration,
+    /// Refuse SNP chains when the KDS answers 404 for its CRL (default). AMD's KDS
+    /// publishes a CRL for every product, so a missing one is treated as an attack on
+    /// revocation; only a private KDS that publishes none is run with this `false`
+    /// (`[collateral] amd_crl_optional = true`), and then chains verify without a CRL.
+    pub amd_crl_required: bool,
 }
 
 impl Default for CollateralConfig {
@@ -129,6 +136,7 @@ impl Default for CollateralConfig {
             attempts: 3,
             backoff: Duration::from_millis(500),
             refresh_interval: Duration::from_secs(300),
+            amd_crl_required: true,
         }
     }
 }
@@ -158,6 +166,14 @@ pub enum CollateralError {
         /// The item.
         what: String,
         /// The URL.
+        url: String,
+    },
+    /// The KDS publishes no CRL for the product and CRLs are required.
+    #[error("the KDS at {url} publishes no CRL for {product}, so revocation cannot be checked; refused (set `[collateral] amd_crl_optional = true` only for a private KDS that publishes none)")]
+    NoCrl {
+        /// The product.
+        product: String,
+        /// The KDS base URL.
         url: String,
     },
     /// The item (cached or just fetched) is past its validity at the verification time.
@@ -298,6 +314,25 @@ impl CollateralService {
             snp: Mutex::default(),
             tdx: Mutex::default(),
         })
+    }
+
+    /// A product's CRL item: `Some` with the CRL, `None` for "the KDS publishes none"
+    /// when that is allowed, or [`CollateralError::NoCrl`] (the default).
+    fn crl_or_refuse(
+        &self,
+        product: Product,
+        crl: Arc<Item>,
+    ) -> Result<Option<Arc<Item>>, CollateralError> {
+        if !crl.body.is_empty() {
+            return Ok(Some(crl));
+        }
+        if self.cfg.amd_crl_required {
+            return Err(CollateralError::NoCrl {
+                product: format!("{product:?}"),
+                url: self.cfg.amd_kds_url.clone(),
+            });
+        }
+        Ok(None)
     }
 
     /// The configuration.
@@ -656,7 +691,7 @@ impl CollateralService {
             let chain = self.get(&ItemKey::AmdCertChain(product), now).await?;
             // An empty item: the issuer publishes no CRL (see the module docs).
             let crl = self.get(&ItemKey::AmdCrl(product), now).await?;
-            let crl = (!crl.body.is_empty()).then_some(crl);
+            let crl = self.crl_or_refuse(product, crl)?;
             let mut c = SnpCollateral::new();
             let cert = AmdCertificate::from_der(&vcek.body).map_err(|e| corrupt(&key, e))?;
             c.set_vek(cert);
@@ -882,7 +917,7 @@ impl CollateralSource for CollateralService {
             Some(hit) => hit,
             None => self.run(self.get(&key, t))?,
         };
-        Ok((!item.body.is_empty()).then_some(item))
+        self.crl_or_refuse(product, item)
     }
 
     fn tdx_collateral(
