@@ -4,7 +4,6 @@
 //!   devices).
 //! - [`boot`]: kernel delivery — the staging region and the boot-data descriptor of
 //!   `docs/guest-boot-protocol.md`.
-//! - [`cli`]: the subcommands (`measure`, `emulated`, `launch`, `host-check`).
 //! - [`vmm`]: builds a VM from a [`vmm::VmConfig`] and runs it until the guest stops.
 //! - [`vstate`]: KVM state (VM, guest memory, vCPUs); almost all `unsafe` lives here.
 //! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a, pvpanic,
