@@ -4,16 +4,20 @@
 //! # The `tee-evidence` wire format
 //!
 //! The guest sends KBS protocol 0.4.0's `tee-evidence` as `kbs_types::CompositeEvidence`;
-//! its `primary_evidence` is a JSON object per TEE:
+//! its `primary_evidence` is a JSON object per TEE, in the cvm format or in Trustee's
+//! (`SnpEvidence`, `TdxEvidence`); [`crate::evidence_formats`] detects and parses both:
 //!
-//! | tee | object |
-//! |---|---|
-//! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` |
-//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` |
+//! | tee | cvm object | Trustee object |
+//! |---|---|---|
+//! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` | `{"attestation_report": <sev AttestationReport JSON>, "cert_chain": [{"cert_type", "data"}] \| null}` |
+//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` | `{"quote": base64, "cc_eventlog": base64(CCEL) \| null}` |
 //!
-//! Standard base64 (with padding) is expected; URL-safe is accepted too. The verifier
-//! does not fetch collateral itself: without `cert_chain`/`collateral` the result is
-//! [`ErrorKind::CollateralUnavailable`].
+//! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
+//! certificates/collateral in the evidence the result is
+//! [`ErrorKind::CollateralUnavailable`]. A TDX `cc_eventlog` is replayed against the
+//! verified quote's RTMR0..3 and refused (check `cc-eventlog`) unless it replays
+//! exactly; its digests become [`TdxClaims::boot_events`](attestation::tdx::TdxClaims)
+//! for policy (`boot_digests`).
 //!
 //! # Trust anchors
 //!
@@ -26,9 +30,9 @@
 //! # What is cached
 //!
 //! A platform sends the same certificate table with every report, so the verifier keeps
-//! the *parsed* tables (not a verdict) of up to [`PARSED_TABLES`] distinct `cert_chain`
-//! strings of at most [`PARSED_TABLE_MAX_LEN`] bytes, keyed by the exact string: parsing
-//! is a pure function of those bytes. Verification is not cached here. The `attestation` crate's [`SnpVerifier`]
+//! the *parsed* tables (not a verdict) of up to [`PARSED_TABLES`] distinct tables of at
+//! most [`PARSED_TABLE_MAX_LEN`] bytes, keyed by the exact table bytes (whichever
+//! format carried them): parsing is a pure function of those bytes. Verification is not cached here. The `attestation` crate's [`SnpVerifier`]
 //! (one per verifier, with its trust anchors fixed) caches the outcome of verifying a
 //! VCEK/VLEK's chain up to a trusted root, keyed by SHA-384 of the exact VCEK/VLEK DER
 //! and bounded (4096 entries); on every use, cached or not, it checks every
@@ -40,13 +44,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use attestation::claims::{Claims, Tee};
+use attestation::claims::{Claims, Tee, TeeClaims};
 use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
 use attestation::tdx::collateral::Collateral;
+use attestation::tdx::eventlog;
 use attestation::tdx::verify::{TdxVerifier, TrustRoot};
 use attestation::ErrorKind;
-use base64::Engine;
-use serde::Deserialize;
+
+use crate::evidence_formats::{self, FormatError};
 
 /// Why evidence was refused: the category and a message for the guest and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,8 +129,8 @@ pub enum TrustError {
 
 /// How many distinct parsed SNP certificate tables are kept (then the cache starts over).
 pub const PARSED_TABLES: usize = 256;
-/// Only `cert_chain` strings up to this length are kept (a genuine table is under 10 KiB
-/// of base64), so the cache holds at most a few MiB whatever clients send.
+/// Only certificate tables up to this length are kept (a genuine table is under 8 KiB),
+/// so the cache holds at most a few MiB whatever clients send.
 pub const PARSED_TABLE_MAX_LEN: usize = 32 << 10;
 
 /// The production [`EvidenceVerifier`]: the `attestation` crate's SNP and TDX verifiers.
@@ -134,8 +139,8 @@ pub struct AttestationVerifier {
     snp: SnpVerifier,
     tdx: Vec<TdxVerifier>,
     emulated: bool,
-    /// Parsed certificate tables by their `cert_chain` text (see the module docs).
-    tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
+    /// Parsed certificate tables by their bytes (see the module docs).
+    tables: Mutex<HashMap<Vec<u8>, Arc<SnpCollateral>>>,
 }
 
 impl AttestationVerifier {
@@ -189,37 +194,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnpEvidence {
-    report: String,
-    #[serde(default)]
-    cert_chain: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TdxEvidence {
-    quote: String,
-    #[serde(default)]
-    collateral: Option<serde_json::Value>,
-}
-
-fn decode_b64(s: &str, what: &str) -> Result<Vec<u8>, VerifyFailure> {
-    let e = base64::engine::general_purpose::STANDARD.decode(s.trim());
-    e.or_else(|_| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim().trim_end_matches('='))
-    })
-    .map_err(|_| VerifyFailure::new(ErrorKind::Malformed, format!("{what} is not base64")))
-}
-
-fn malformed(what: &str) -> impl FnOnce(serde_json::Error) -> VerifyFailure + '_ {
-    move |e| {
-        VerifyFailure::new(
-            ErrorKind::Malformed,
-            format!("the {what} evidence object is malformed: {e}"),
-        )
-    }
+fn malformed(e: FormatError) -> VerifyFailure {
+    VerifyFailure::new(e.kind(), error_chain(&e))
 }
 
 impl AttestationVerifier {
@@ -228,9 +204,9 @@ impl AttestationVerifier {
         evidence: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Claims, VerifyFailure> {
-        let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
-        let report = decode_b64(&ev.report, "report")?;
-        let Some(chain) = ev.cert_chain else {
+        let ev = evidence_formats::parse_snp(evidence).map_err(malformed)?;
+        let report = ev.report;
+        let Some(chain) = ev.cert_table else {
             return Err(VerifyFailure::new(
                 ErrorKind::CollateralUnavailable,
                 "the evidence carries no cert_chain; send the extended report's certificate table",
@@ -242,15 +218,14 @@ impl AttestationVerifier {
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
     }
 
-    /// The parsed certificate table `chain` (base64), from the cache if it was parsed
-    /// before.
-    fn snp_collateral(&self, chain: String) -> Result<Arc<SnpCollateral>, VerifyFailure> {
+    /// The parsed certificate table `chain`, from the cache if it was parsed before.
+    fn snp_collateral(&self, chain: Vec<u8>) -> Result<Arc<SnpCollateral>, VerifyFailure> {
         let lock = || self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = lock().get(&chain) {
             return Ok(Arc::clone(c));
         }
-        let table = CertTable::parse(&decode_b64(&chain, "cert_chain")?)
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        let table =
+            CertTable::parse(&chain).map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         let mut collateral = SnpCollateral::new();
         collateral
             .add_cert_table(&table)
@@ -272,22 +247,21 @@ impl AttestationVerifier {
         evidence: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Claims, VerifyFailure> {
-        let ev: TdxEvidence = serde_json::from_slice(evidence).map_err(malformed("tdx"))?;
-        let quote = decode_b64(&ev.quote, "quote")?;
-        let Some(coll) = ev.collateral else {
+        let ev = evidence_formats::parse_tdx(evidence).map_err(malformed)?;
+        let quote = ev.quote;
+        let Some(coll_bytes) = ev.collateral else {
             return Err(VerifyFailure::new(
                 ErrorKind::CollateralUnavailable,
                 "the evidence carries no collateral; send the QuoteCollateralV3 object",
             ));
         };
-        let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
         let collateral = Collateral::from_json(&coll_bytes)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         // Genuine Intel first; emulated roots only on an untrusted chain.
         let mut first: Option<VerifyFailure> = None;
         for v in &self.tdx {
             match v.verify(&quote, &collateral, now) {
-                Ok(q) => return Ok(q.claims),
+                Ok(q) => return with_event_log(q.claims, ev.cc_eventlog.as_deref()),
                 Err(e) => {
                     let f = VerifyFailure::new(e.kind(), e.to_string());
                     if e.kind() != ErrorKind::UntrustedChain {
@@ -301,6 +275,38 @@ impl AttestationVerifier {
             VerifyFailure::new(ErrorKind::UntrustedChain, "no TDX trust root is configured")
         }))
     }
+}
+
+/// Replays `cc_eventlog` (if any) against the verified quote's RTMRs and records its
+/// digests in the claims; a log that does not replay refuses the evidence.
+fn with_event_log(mut claims: Claims, cc_eventlog: Option<&[u8]>) -> Result<Claims, VerifyFailure> {
+    let Some(log) = cc_eventlog else {
+        return Ok(claims);
+    };
+    let TeeClaims::Tdx(tdx) = &mut claims.detail else {
+        return Err(VerifyFailure::new(
+            ErrorKind::Malformed,
+            "a CC event log came with non-TDX claims",
+        ));
+    };
+    let events = eventlog::replay(log, &tdx.rtmrs).map_err(|e| VerifyFailure {
+        kind: e.kind(),
+        check: Some("cc-eventlog".into()),
+        message: error_chain(&e),
+    })?;
+    tdx.boot_events = Some(Box::new(events));
+    Ok(claims)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 impl EvidenceVerifier for AttestationVerifier {
