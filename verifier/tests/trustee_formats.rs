@@ -523,3 +523,26 @@ fn verify_tdx_takes_evidence_and_replays_its_event_log() {
         "{j}"
     );
 }
+
+#[test]
+fn the_fuzz_seeds_reach_the_trustee_parsers() {
+    let seed = |name: &str| {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/kbs_bodies")
+            .join(name);
+        let b = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        verifier::fuzzing::attest_request(&b[1..]).expect("the seed decodes")
+    };
+    let snp = seed("attest-snp-trustee-genuine.bin");
+    let s = parse_snp(&snp.evidence).expect("Trustee SnpEvidence");
+    assert_eq!(s.format, EvidenceFormat::Trustee);
+    assert_eq!(s.report, data("snp/milan-v2/report.bin"));
+    for name in [
+        "attest-tdx-trustee-ccel.bin",
+        "attest-tdx-emulated-ccel.bin",
+    ] {
+        let t = parse_tdx(&seed(name).evidence).expect(name);
+        let log = t.cc_eventlog.expect("a CC event log");
+        attestation::tdx::eventlog::parse(&log).expect("the log parses");
+    }
+}
