@@ -10,7 +10,7 @@
 //! | tee | cvm object | Trustee object |
 //! |---|---|---|
 //! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` | `{"attestation_report": <sev AttestationReport JSON>, "cert_chain": [{"cert_type", "data"}] \| null}` |
-//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` | `{"quote": base64, "cc_eventlog": base64(CCEL) \| null}` |
+//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null, "cc_eventlog": …}` | `{"quote": base64, "cc_eventlog": base64(CCEL) \| null}` |
 //!
 //! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
 //! certificates/collateral in the evidence the result is

@@ -279,6 +279,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_ccel_is_read_without_most_of_its_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("CCEL");
+        assert_eq!(read_ccel(&path).unwrap(), None, "no CCEL: no log");
+        // A record ending in 0x00 and 0xFF bytes, then the 0xFF-filled area.
+        let mut area = b"records\0\xff".to_vec();
+        area.extend_from_slice(&[0xFF; 4096]);
+        std::fs::write(&path, &area).unwrap();
+        let log = read_ccel(&path).unwrap().unwrap();
+        assert_eq!(&log[..9], b"records\0\xff");
+        assert_eq!(
+            log.len(),
+            8 + CCEL_PAD,
+            "kept up to the last non-0xFF byte + CCEL_PAD"
+        );
+        std::fs::write(&path, [0xFFu8; 64]).unwrap();
+        assert_eq!(read_ccel(&path).unwrap(), None, "an empty area: no log");
+        std::fs::write(&path, vec![1u8; CCEL_MAX as usize + 1]).unwrap();
+        assert!(
+            read_ccel(&path).is_err(),
+            "oversized: an error, not a cut log"
+        );
+    }
+
+    #[test]
+    fn snp_evidence_falls_back_to_the_cvm_format_when_sev_cannot_represent_it() {
+        // A version-2 report with a masked (zero) CHIP_ID: the sev crate cannot tell
+        // its generation, so the object could not be encoded back to these bytes.
+        let mut report = [0u8; crate::evidence::SNP_REPORT_LEN];
+        report[0] = 2;
+        let ev = Evidence::snp_trustee(&report, None).unwrap();
+        assert!(ev.json().starts_with("{\"report\":"), "{}", ev.json());
+    }
+
     /// The configfs-tsm exchange against a directory standing in for a report object.
     #[test]
     fn tsm_report_reads_the_blobs() {
