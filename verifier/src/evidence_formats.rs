@@ -49,7 +49,7 @@
 
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sev::firmware::guest::AttestationReport;
 use sev::firmware::host::CertTableEntry as SevCertTableEntry;
 use sev::parser::ByteParser;
@@ -153,22 +153,6 @@ pub fn decode_b64(s: &str, what: &'static str) -> Result<Vec<u8>, FormatError> {
         .map_err(|_| FormatError::Base64(what))
 }
 
-fn object(bytes: &[u8], tee: &'static str) -> Result<Map<String, Value>, FormatError> {
-    serde_json::from_slice(bytes).map_err(|source| FormatError::NotObject { tee, source })
-}
-
-fn shape<T: for<'de> Deserialize<'de>>(
-    map: Map<String, Value>,
-    tee: &'static str,
-    format: &'static str,
-) -> Result<T, FormatError> {
-    serde_json::from_value(Value::Object(map)).map_err(|source| FormatError::Shape {
-        tee,
-        format,
-        source,
-    })
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CvmSnp {
@@ -199,16 +183,33 @@ struct AnyTdx {
     aa_eventlog: Option<Value>,
 }
 
+/// Which SNP members are present (values skipped, not built).
+#[derive(Deserialize)]
+struct SnpPeek {
+    #[serde(default)]
+    report: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    attestation_report: Option<serde::de::IgnoredAny>,
+}
+
 /// Parses SNP `primary_evidence` in either format.
 pub fn parse_snp(bytes: &[u8]) -> Result<SnpInput, FormatError> {
     const TEE: &str = "snp";
-    let map = object(bytes, TEE)?;
-    match (
-        map.contains_key("report"),
-        map.contains_key("attestation_report"),
-    ) {
+    // A first pass only notes which members exist; the chosen format's strict struct
+    // then parses the text (a null member counts as absent, and is then refused as an
+    // unknown member of the other format).
+    let peek: SnpPeek = serde_json::from_slice(bytes)
+        .map_err(|source| FormatError::NotObject { tee: TEE, source })?;
+    let strict = |format: &'static str| {
+        move |source| FormatError::Shape {
+            tee: TEE,
+            format,
+            source,
+        }
+    };
+    match (peek.report.is_some(), peek.attestation_report.is_some()) {
         (true, false) => {
-            let ev: CvmSnp = shape(map, TEE, "cvm")?;
+            let ev: CvmSnp = serde_json::from_slice(bytes).map_err(strict("cvm"))?;
             Ok(SnpInput {
                 format: EvidenceFormat::Cvm,
                 report: decode_b64(&ev.report, "report")?,
@@ -219,7 +220,8 @@ pub fn parse_snp(bytes: &[u8]) -> Result<SnpInput, FormatError> {
             })
         }
         (false, true) => {
-            let ev: TrusteeSnp = shape(map, TEE, "Trustee SnpEvidence")?;
+            let ev: TrusteeSnp =
+                serde_json::from_slice(bytes).map_err(strict("Trustee SnpEvidence"))?;
             Ok(SnpInput {
                 format: EvidenceFormat::Trustee,
                 report: report_bytes(&ev.attestation_report)?,
