@@ -391,7 +391,8 @@ fn vsock(w: &Writer) -> Result<()> {
 }
 
 /// An EC TEE key JWK and the JCS of its runtime data with `nonce` (RFC 8785: members
-/// sorted, no whitespace), as `verifier::protocol::report_data` computes it.
+/// sorted, no whitespace), and REPORT_DATA as `verifier::protocol::report_data` computes
+/// it.
 fn runtime_data(nonce: &str, p384: bool) -> (String, [u8; 64]) {
     let (crv, x, y) = if p384 {
         let k = p384::SecretKey::random(&mut rand_core::OsRng);
@@ -415,8 +416,11 @@ fn runtime_data(nonce: &str, p384: bool) -> (String, [u8; 64]) {
     let jcs = format!(
         r#"{{"nonce":"{nonce}","tee-pubkey":{{"alg":"ECDH-ES+A256KW","crv":"{crv}","kty":"EC","x":"{x}","y":"{y}"}}}}"#
     );
+    // REPORT_DATA binds the runtime data plus the (empty) additional evidence, as
+    // Trustee's KBS does.
+    let bound = format!(r#"{{"additional-evidence":"",{}"#, &jcs[1..]);
     let mut rd = [0u8; 64];
-    rd[..48].copy_from_slice(&Sha384::digest(jcs.as_bytes()));
+    rd[..48].copy_from_slice(&Sha384::digest(bound.as_bytes()));
     (jcs, rd)
 }
 
@@ -486,6 +490,48 @@ fn kbs_bodies(w: &Writer, snp: &Snp, tdx: &Tdx) -> Result<()> {
         "kbs_bodies",
         "attest-tdx-genuine.bin",
         &sel(2, &attest_body(&rt384, &ev)),
+    )?;
+    // Trustee's formats (verifier::evidence_formats): SnpEvidence with the sev crate's
+    // report object and certificate list; TdxEvidence with a CC event log, alone and
+    // with the cvm collateral member.
+    {
+        use sev::parser::ByteParser;
+        let report = sev::firmware::guest::AttestationReport::from_bytes(&snp.genuine.0)?;
+        let chain: Vec<sev::firmware::host::CertTableEntry> = CertTable::parse(&snp.genuine.1)?
+            .entries
+            .into_iter()
+            .filter(|e| e.kind == CertTableKind::Vcek)
+            .map(|e| {
+                sev::firmware::host::CertTableEntry::new(
+                    sev::firmware::host::CertType::VCEK,
+                    e.data,
+                )
+            })
+            .collect();
+        let ev = serde_json::json!({"attestation_report": report, "cert_chain": chain});
+        w.put(
+            "kbs_bodies",
+            "attest-snp-trustee-genuine.bin",
+            &sel(1, &attest_body(&rt384, &ev)),
+        )?;
+    }
+    let log =
+        measured_boot::tdx::DirectBoot::measure(b"kernel", Some(b"initrd"), Some("console=hvc0"))
+            .events()
+            .to_bytes();
+    let ev =
+        serde_json::json!({"quote": B64.encode(&tdx.genuine.0), "cc_eventlog": B64.encode(&log)});
+    w.put(
+        "kbs_bodies",
+        "attest-tdx-trustee-ccel.bin",
+        &sel(2, &attest_body(&rt, &ev)),
+    )?;
+    let coll: serde_json::Value = serde_json::from_str(&tdx.emulated.1)?;
+    let ev = serde_json::json!({"quote": B64.encode(&tdx.emulated.0), "collateral": coll, "cc_eventlog": B64.encode(&log)});
+    w.put(
+        "kbs_bodies",
+        "attest-tdx-emulated-ccel.bin",
+        &sel(2, &attest_body(&rt, &ev)),
     )?;
     let rsa = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"kty":"RSA","alg":"RSA-OAEP-256","n":"AQAB","e":"AQAB"}}"#;
     let ev = serde_json::json!({"quote": "AAAA"});

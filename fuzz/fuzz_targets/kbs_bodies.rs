@@ -4,8 +4,9 @@
 //! Input: byte 0 picks the body, the rest is the body.
 //! - 0 mod 3: `/kbs/v0/auth` (`kbs_types::Request`, version, TEE, `extra-params`);
 //! - 1 and 2 mod 3: `/kbs/v0/attest` (`kbs_types::Attestation`, the TEE key JWK, the
-//!   REPORT_DATA binding), then the evidence verifier on its `primary_evidence` as an
-//!   SNP (1) or TDX (2) session would, with AMD's and Intel's real roots, at a time
+//!   REPORT_DATA binding), then the evidence verifier on its `primary_evidence` (cvm or
+//!   Trustee format, `verifier::evidence_formats`, with a TDX CC event log replayed) as
+//!   an SNP (1) or TDX (2) session would, with AMD's and Intel's real roots, at a time
 //!   inside the validity of the genuine vectors in the seed corpus.
 //!
 //! Invariants: nothing panics; an accepted auth body names a valid workload; the binding

@@ -1,13 +1,18 @@
 //! The REPORT_DATA binding of KBS protocol 0.4.0, computed exactly as the verifier
-//! does (`verifier::protocol::report_data`): `SHA-384(JCS(runtime-data)) || 0^16`, where
-//! `runtime-data` is `{"nonce": <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is
-//! RFC 8785 canonical JSON.
+//! (`verifier::protocol::report_data_with`) and Trustee's KBS and attestation agent do:
+//! `SHA-384(JCS(primary-runtime-data)) || 0^16`, where `primary-runtime-data` is
+//! `{"additional-evidence": <the request's additional_evidence, "" here>, "nonce":
+//! <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is RFC 8785 canonical JSON
+//! (guest-components `kbs_protocol/src/client/rcar_client.rs` at 8246e5e0: SHA-384
+//! unless the challenge's `extra-params` selects another algorithm, which Trustee's KBS
+//! does only for IBM SE).
 //!
-//! The object has a fixed shape, so its canonical form is written directly: members
-//! sorted by key (`nonce` < `tee-pubkey`; `alg` < `crv` < `kty` < `x` < `y`), no
-//! whitespace, strings escaped as ECMAScript's `JSON.stringify` does. The same text is
-//! sent as the request's `runtime-data`, so the verifier re-canonicalizes exactly
-//! these values.
+//! The objects have a fixed shape, so their canonical form is written directly: members
+//! sorted by key (`additional-evidence` < `nonce` < `tee-pubkey`; `alg` < `crv` < `kty`
+//! < `x` < `y`), no whitespace, strings escaped as ECMAScript's `JSON.stringify` does.
+//! The request's `runtime-data` is [`runtime_data_json`] (nonce and key only); the
+//! verifier rebuilds [`primary_runtime_data_json`] from it and the request's
+//! `additional_evidence`.
 
 use alloc::string::String;
 use core::fmt::Write as _;
@@ -63,7 +68,21 @@ pub fn runtime_data_json(nonce: &str, jwk: &EcJwk) -> String {
     out
 }
 
-/// REPORT_DATA for canonical runtime-data JSON.
+/// The canonical JSON that REPORT_DATA hashes: the runtime data plus the request's
+/// `additional_evidence` text.
+pub fn primary_runtime_data_json(nonce: &str, jwk: &EcJwk, additional_evidence: &str) -> String {
+    let mut out = String::with_capacity(288 + additional_evidence.len());
+    out.push_str("{\"additional-evidence\":");
+    write_json_string(&mut out, additional_evidence);
+    out.push_str(",\"nonce\":");
+    write_json_string(&mut out, nonce);
+    out.push_str(",\"tee-pubkey\":");
+    out.push_str(&jwk_json(jwk));
+    out.push('}');
+    out
+}
+
+/// REPORT_DATA for canonical JSON ([`primary_runtime_data_json`]).
 pub fn report_data(canonical_runtime_data: &str) -> [u8; 64] {
     let digest = Sha384::digest(canonical_runtime_data.as_bytes());
     let mut out = [0u8; 64];

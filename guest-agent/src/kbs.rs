@@ -295,8 +295,14 @@ impl<T: Transport> KbsClient<T> {
                 "the evidence provider attests another TEE than the session",
             ));
         }
-        let runtime_data = binding::runtime_data_json(&challenge.nonce, &key.public_jwk());
-        let report_data = binding::report_data(&runtime_data);
+        let jwk = key.public_jwk();
+        let runtime_data = binding::runtime_data_json(&challenge.nonce, &jwk);
+        // The request's additional_evidence is "" (below), and is bound as Trustee does.
+        let report_data = binding::report_data(&binding::primary_runtime_data_json(
+            &challenge.nonce,
+            &jwk,
+            "",
+        ));
         let evidence = provider
             .evidence(&report_data)
             .map_err(KbsError::Evidence)?;

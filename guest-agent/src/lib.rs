@@ -84,7 +84,7 @@
 //! # Example
 //!
 //! ```
-//! use guest_agent::binding::{report_data, runtime_data_json};
+//! use guest_agent::binding::{primary_runtime_data_json, report_data, runtime_data_json};
 //! use guest_agent::jwe::EcJwk;
 //!
 //! let jwk = EcJwk { crv: "P-256", x: "eA".into(), y: "eQ".into() };
@@ -93,7 +93,10 @@
 //!     canonical,
 //!     r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#
 //! );
-//! assert_eq!(&report_data(&canonical)[48..], &[0u8; 16]);
+//! // What REPORT_DATA hashes (as Trustee): the same plus the additional evidence.
+//! let bound = primary_runtime_data_json("bm9uY2U=", &jwk, "");
+//! assert!(bound.starts_with(r#"{"additional-evidence":"","nonce":"#));
+//! assert_eq!(&report_data(&bound)[48..], &[0u8; 16]);
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 

@@ -1,7 +1,7 @@
 //! The binding and the JWE against the verifier's own code, byte for byte.
 
 use base64::Engine;
-use guest_agent::binding::{report_data, runtime_data_json};
+use guest_agent::binding::{primary_runtime_data_json, report_data};
 use guest_agent::jwe::{Curve, EphemeralKey, JweError};
 use guest_agent::rng::OsEntropy;
 use kbs_types::{RuntimeData, TeePubKey};
@@ -28,13 +28,18 @@ fn report_data_matches_the_verifier() {
         let key = EphemeralKey::generate(curve, &mut OsEntropy).unwrap();
         let jwk = key.public_jwk();
         for nonce in &nonces {
-            let ours = report_data(&runtime_data_json(nonce, &jwk));
-            let theirs = verifier::protocol::report_data(&RuntimeData {
+            let rd = RuntimeData {
                 nonce: nonce.clone(),
                 tee_pubkey: to_kbs(&jwk),
-            })
-            .unwrap();
+            };
+            let ours = report_data(&primary_runtime_data_json(nonce, &jwk, ""));
+            let theirs = verifier::protocol::report_data(&rd).unwrap();
             assert_eq!(ours, theirs, "nonce {nonce:?}");
+            // Non-empty additional evidence is bound identically.
+            let extra = r#"{"nvgpu":"é\n"}"#;
+            let ours = report_data(&primary_runtime_data_json(nonce, &jwk, extra));
+            let theirs = verifier::protocol::report_data_with(&rd, extra).unwrap();
+            assert_eq!(ours, theirs, "nonce {nonce:?} with additional evidence");
         }
         // The verifier accepts our JWK.
         TeeKey::from_jwk(&to_kbs(&jwk)).unwrap();

@@ -1,5 +1,6 @@
 //! The full KBS protocol against the real verifier: release with emulated SNP and TDX
-//! evidence, and refusals (wrong nonce, evidence for another REPORT_DATA, replayed
+//! evidence in Trustee's formats (what `cvm-agent` sends) and in the cvm formats (what
+//! the bare-metal test guest sends), and refusals (wrong nonce, evidence for another REPORT_DATA, replayed
 //! evidence, tampered JWE: refused by the release signature before decryption).
 
 mod common;
@@ -121,6 +122,77 @@ fn a_wrong_nonce_is_refused() {
         matches!(&err, KbsError::Refused { status: 401, detail } if detail.contains("nonce")),
         "{err:?}"
     );
+}
+
+/// The cvm formats (`Evidence::snp` / `Evidence::tdx`), as the no_std test guest sends.
+struct Cvm<P>(P);
+
+impl EvidenceProvider for Cvm<SnpProvider> {
+    fn tee(&self) -> Tee {
+        Tee::Snp
+    }
+    fn evidence(&mut self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        let (report, table) = self.0 .0.extended_report(report_data).unwrap();
+        Evidence::snp(&report, Some(&table))
+    }
+}
+
+impl EvidenceProvider for Cvm<TdxProvider> {
+    fn tee(&self) -> Tee {
+        Tee::Tdx
+    }
+    fn evidence(&mut self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        let trustee = self.0.evidence(report_data)?;
+        let v: serde_json::Value = serde_json::from_str(trustee.json()).unwrap();
+        let quote = self.0 .0.quote(report_data).unwrap();
+        Evidence::tdx(&quote, Some(&serde_json::to_vec(&v["collateral"]).unwrap()))
+    }
+}
+
+#[test]
+fn the_agent_sends_trustee_formats_and_both_formats_release() {
+    let rd = [7u8; 64];
+    let snp = SnpProvider::new().evidence(&rd).unwrap();
+    let v: serde_json::Value = serde_json::from_str(snp.json()).unwrap();
+    assert!(v["attestation_report"]["measurement"].is_array(), "{v}");
+    let types: Vec<&str> = v["cert_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["cert_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["ARK", "ASK", "VCEK"]);
+    let tdx = TdxProvider::new().evidence(&rd).unwrap();
+    let v: serde_json::Value = serde_json::from_str(tdx.json()).unwrap();
+    assert!(v["quote"].is_string() && v["cc_eventlog"].is_null(), "{v}");
+
+    let server = start_server();
+    let mut c = client(&server, TcpTransport::new(server.addr));
+    let secret = c
+        .fetch(
+            &mut Cvm(SnpProvider::new()),
+            &mut OsEntropy,
+            Curve::P256,
+            &path(),
+        )
+        .expect("SNP release in the cvm format");
+    assert_eq!(secret.expose(), SECRET);
+    let mut c = KbsClient::new(
+        TcpTransport::new(server.addr),
+        KbsConfig {
+            workload: Some("web-tdx".into()),
+            ..server.config()
+        },
+    );
+    let secret = c
+        .fetch(
+            &mut Cvm(TdxProvider::new()),
+            &mut OsEntropy,
+            Curve::P256,
+            &path(),
+        )
+        .expect("TDX release in the cvm format");
+    assert_eq!(secret.expose(), SECRET);
 }
 
 /// Evidence that binds a REPORT_DATA other than the one asked for.

@@ -4,19 +4,23 @@
 //! # The `tee-evidence` wire format
 //!
 //! The guest sends KBS protocol 0.4.0's `tee-evidence` as `kbs_types::CompositeEvidence`;
-//! its `primary_evidence` is a JSON object per TEE:
+//! its `primary_evidence` is a JSON object per TEE, in the cvm format or in Trustee's
+//! (`SnpEvidence`, `TdxEvidence`); [`crate::evidence_formats`] detects and parses both:
 //!
-//! | tee | object |
-//! |---|---|
-//! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` |
-//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` |
+//! | tee | cvm object | Trustee object |
+//! |---|---|---|
+//! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` | `{"attestation_report": <sev AttestationReport JSON>, "cert_chain": [{"cert_type", "data"}] \| null}` |
+//! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null, "cc_eventlog": …}` | `{"quote": base64, "cc_eventlog": base64(CCEL) \| null}` |
 //!
 //! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
-//! `cert_chain`/`collateral`, the verifier asks its collateral source
+//! certificates/collateral in the evidence, the verifier asks its collateral source
 //! ([`AttestationVerifier::with_collateral`], the service's
 //! [`crate::collateral::CollateralService`]: AMD KDS, Intel PCS/PCCS, cache); without a
 //! source, or when the source has nothing valid, the result is
-//! [`ErrorKind::CollateralUnavailable`].
+//! [`ErrorKind::CollateralUnavailable`]. A TDX `cc_eventlog` is replayed against the
+//! verified quote's RTMR0..3 and refused (check `cc-eventlog`) unless it replays
+//! exactly; its digests become [`TdxClaims::boot_events`](attestation::tdx::TdxClaims)
+//! for policy (`boot_digests`).
 //!
 //! # Trust anchors
 //!
@@ -29,9 +33,9 @@
 //! # What is cached
 //!
 //! A platform sends the same certificate table with every report, so the verifier keeps
-//! the *parsed* tables (not a verdict) of up to [`PARSED_TABLES`] distinct `cert_chain`
-//! strings of at most [`PARSED_TABLE_MAX_LEN`] bytes, keyed by the exact string: parsing
-//! is a pure function of those bytes. Verification is not cached here. The `attestation` crate's [`SnpVerifier`]
+//! the *parsed* tables (not a verdict) of up to [`PARSED_TABLES`] distinct tables of at
+//! most [`PARSED_TABLE_MAX_LEN`] bytes, keyed by the exact table bytes (whichever
+//! format carried them): parsing is a pure function of those bytes. Verification is not cached here. The `attestation` crate's [`SnpVerifier`]
 //! (one per verifier, with its trust anchors fixed) caches the outcome of verifying a
 //! VCEK/VLEK's chain up to a trusted root, keyed by SHA-384 of the exact VCEK/VLEK DER
 //! and bounded (4096 entries); on every use, cached or not, it checks every
@@ -43,17 +47,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use attestation::claims::{Claims, Tee};
+use attestation::claims::{Claims, Tee, TeeClaims};
 use attestation::snp::{
     AmdCertificate, AttestationReport, CertKind, CertTable, SnpCollateral, SnpVerifier, TrustRoots,
 };
 use attestation::tdx::collateral::Collateral;
+use attestation::tdx::eventlog;
 use attestation::tdx::verify::{TdxVerifier, TrustRoot};
 use attestation::ErrorKind;
 
 use crate::collateral::CollateralSource;
-use base64::Engine;
-use serde::Deserialize;
+use crate::evidence_formats::{self, FormatError};
 
 /// Why evidence was refused: the category and a message for the guest and the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +135,8 @@ pub enum TrustError {
 
 /// How many distinct parsed SNP certificate tables are kept (then the cache starts over).
 pub const PARSED_TABLES: usize = 256;
-/// Only `cert_chain` strings up to this length are kept (a genuine table is under 10 KiB
-/// of base64), so the cache holds at most a few MiB whatever clients send.
+/// Only certificate tables up to this length are kept (a genuine table is under 8 KiB),
+/// so the cache holds at most a few MiB whatever clients send.
 pub const PARSED_TABLE_MAX_LEN: usize = 32 << 10;
 
 /// The production [`EvidenceVerifier`]: the `attestation` crate's SNP and TDX verifiers.
@@ -141,8 +145,8 @@ pub struct AttestationVerifier {
     snp: SnpVerifier,
     tdx: Vec<TdxVerifier>,
     emulated: bool,
-    /// Parsed certificate tables by their `cert_chain` text (see the module docs).
-    tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
+    /// Parsed certificate tables by their bytes (see the module docs).
+    tables: Mutex<HashMap<Vec<u8>, Arc<SnpCollateral>>>,
     /// Where collateral absent from the evidence comes from.
     collateral: Option<Arc<dyn CollateralSource>>,
     /// AMD's pinned ASKs: a VCEK they issued is genuine, so its product's KDS CRL applies.
@@ -211,37 +215,8 @@ fn read(path: &Path) -> Result<Vec<u8>, TrustError> {
     })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SnpEvidence {
-    report: String,
-    #[serde(default)]
-    cert_chain: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TdxEvidence {
-    quote: String,
-    #[serde(default)]
-    collateral: Option<serde_json::Value>,
-}
-
-fn decode_b64(s: &str, what: &str) -> Result<Vec<u8>, VerifyFailure> {
-    let e = base64::engine::general_purpose::STANDARD.decode(s.trim());
-    e.or_else(|_| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim().trim_end_matches('='))
-    })
-    .map_err(|_| VerifyFailure::new(ErrorKind::Malformed, format!("{what} is not base64")))
-}
-
-fn malformed(what: &str) -> impl FnOnce(serde_json::Error) -> VerifyFailure + '_ {
-    move |e| {
-        VerifyFailure::new(
-            ErrorKind::Malformed,
-            format!("the {what} evidence object is malformed: {e}"),
-        )
-    }
+fn malformed(e: FormatError) -> VerifyFailure {
+    VerifyFailure::new(e.kind(), error_chain(&e))
 }
 
 impl AttestationVerifier {
@@ -250,9 +225,9 @@ impl AttestationVerifier {
         evidence: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Claims, VerifyFailure> {
-        let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
-        let report = decode_b64(&ev.report, "report")?;
-        let collateral = match (ev.cert_chain, &self.collateral) {
+        let ev = evidence_formats::parse_snp(evidence).map_err(malformed)?;
+        let report = ev.report;
+        let collateral = match (ev.cert_table, &self.collateral) {
             (Some(chain), None) => self.snp_collateral(chain)?,
             (Some(chain), Some(source)) => {
                 let table = self.snp_collateral(chain)?;
@@ -317,15 +292,14 @@ impl AttestationVerifier {
         Ok(Arc::new(with))
     }
 
-    /// The parsed certificate table `chain` (base64), from the cache if it was parsed
-    /// before.
-    fn snp_collateral(&self, chain: String) -> Result<Arc<SnpCollateral>, VerifyFailure> {
+    /// The parsed certificate table `chain`, from the cache if it was parsed before.
+    fn snp_collateral(&self, chain: Vec<u8>) -> Result<Arc<SnpCollateral>, VerifyFailure> {
         let lock = || self.tables.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = lock().get(&chain) {
             return Ok(Arc::clone(c));
         }
-        let table = CertTable::parse(&decode_b64(&chain, "cert_chain")?)
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        let table =
+            CertTable::parse(&chain).map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         let mut collateral = SnpCollateral::new();
         collateral
             .add_cert_table(&table)
@@ -347,16 +321,13 @@ impl AttestationVerifier {
         evidence: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Claims, VerifyFailure> {
-        let ev: TdxEvidence = serde_json::from_slice(evidence).map_err(malformed("tdx"))?;
-        let quote = decode_b64(&ev.quote, "quote")?;
+        let ev = evidence_formats::parse_tdx(evidence).map_err(malformed)?;
+        let quote = ev.quote;
         let collateral = match (ev.collateral, &self.collateral) {
-            (Some(coll), _) => {
-                let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
-                Arc::new(
-                    Collateral::from_json(&coll_bytes)
-                        .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
-                )
-            }
+            (Some(coll_bytes), _) => Arc::new(
+                Collateral::from_json(&coll_bytes)
+                    .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+            ),
             (None, Some(source)) => source
                 .tdx_collateral(&quote, now)
                 .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
@@ -371,7 +342,7 @@ impl AttestationVerifier {
         let mut first: Option<VerifyFailure> = None;
         for v in &self.tdx {
             match v.verify(&quote, &collateral, now) {
-                Ok(q) => return Ok(q.claims),
+                Ok(q) => return with_event_log(q.claims, ev.cc_eventlog.as_deref()),
                 Err(e) => {
                     let f = VerifyFailure::new(e.kind(), e.to_string());
                     if e.kind() != ErrorKind::UntrustedChain {
@@ -385,6 +356,38 @@ impl AttestationVerifier {
             VerifyFailure::new(ErrorKind::UntrustedChain, "no TDX trust root is configured")
         }))
     }
+}
+
+/// Replays `cc_eventlog` (if any) against the verified quote's RTMRs and records its
+/// digests in the claims; a log that does not replay refuses the evidence.
+fn with_event_log(mut claims: Claims, cc_eventlog: Option<&[u8]>) -> Result<Claims, VerifyFailure> {
+    let Some(log) = cc_eventlog else {
+        return Ok(claims);
+    };
+    let TeeClaims::Tdx(tdx) = &mut claims.detail else {
+        return Err(VerifyFailure::new(
+            ErrorKind::Malformed,
+            "a CC event log came with non-TDX claims",
+        ));
+    };
+    let events = eventlog::replay(log, &tdx.rtmrs).map_err(|e| VerifyFailure {
+        kind: e.kind(),
+        check: Some("cc-eventlog".into()),
+        message: error_chain(&e),
+    })?;
+    tdx.boot_events = Some(Box::new(events));
+    Ok(claims)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 impl EvidenceVerifier for AttestationVerifier {

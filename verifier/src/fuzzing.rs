@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::crypto::jwe::TeeKey;
 use crate::crypto::token::{self, TokenError};
 use crate::error::ApiError;
-use crate::protocol::{report_data, version_supported};
+use crate::protocol::{report_data_with, version_supported};
 use crate::service::state::parse_json;
 use crate::store::workloads::valid_segment;
 
@@ -55,8 +55,11 @@ pub fn attest_request(body: &[u8]) -> Result<AttestBody, ApiError> {
     let attestation: Attestation = parse_json(body)?;
     TeeKey::from_jwk(&attestation.runtime_data.tee_pubkey)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let expected_report_data =
-        report_data(&attestation.runtime_data).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let expected_report_data = report_data_with(
+        &attestation.runtime_data,
+        &attestation.tee_evidence.additional_evidence,
+    )
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(AttestBody {

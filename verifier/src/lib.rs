@@ -111,6 +111,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod evidence;
+pub mod evidence_formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;

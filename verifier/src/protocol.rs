@@ -1,10 +1,17 @@
 //! Facts of the Trustee KBS protocol 0.4.0 shared by the service and its clients.
 //!
 //! REPORT_DATA binding (as Trustee): the guest puts
-//! `SHA-384(JCS(runtime-data)) || 0^16` in its evidence, where `runtime-data` is
-//! `{"nonce": <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is RFC 8785 canonical JSON.
-//! The verifier recomputes it from the runtime data it receives, so evidence produced for
-//! another nonce or another key does not verify.
+//! `SHA-384(JCS(primary-runtime-data)) || 0^16` in its evidence, where
+//! `primary-runtime-data` is `{"additional-evidence": <tee-evidence.additional_evidence
+//! string, "" when none>, "nonce": <challenge nonce>, "tee-pubkey": <JWK>}` and JCS is
+//! RFC 8785 canonical JSON. This is byte for byte what Trustee's KBS builds
+//! (`kbs/src/attestation/backend.rs`, `primary_runtime_data`, hashed by the attestation
+//! service with `serde_json_canonicalizer` and SHA-384, its default when the challenge
+//! selects no algorithm) and what guest-components' attestation agent hashes
+//! (`kbs_protocol/src/client/rcar_client.rs`), at trustee 78962cd4 and guest-components
+//! 8246e5e0. The verifier recomputes it from the runtime data and the additional evidence
+//! it receives, so evidence produced for another nonce, key or additional evidence does
+//! not verify.
 //!
 //! Members of the `tee-pubkey` JWK beyond the key are ignored, as Trustee ignores them:
 //! Trustee's KBS parses the attest body into `kbs_types::Attestation`, whose `TeePubKey`
@@ -29,10 +36,26 @@ pub const SESSION_COOKIE: &str = "kbs-session-id";
 #[error("the runtime data cannot be canonicalized")]
 pub struct BindingError(#[source] serde_json::Error);
 
-/// The 64-byte REPORT_DATA that binds `runtime_data`: the typed runtime data (extra JWK
-/// members already dropped by parsing) as RFC 8785 JSON, hashed with SHA-384.
+/// The 64-byte REPORT_DATA that binds `runtime_data` with no additional evidence (what
+/// a guest without devices sends): [`report_data_with`] of `""`.
 pub fn report_data(runtime_data: &RuntimeData) -> Result<[u8; 64], BindingError> {
-    let value = serde_json::to_value(runtime_data).map_err(BindingError)?;
+    report_data_with(runtime_data, "")
+}
+
+/// The 64-byte REPORT_DATA that binds `runtime_data` and the request's
+/// `additional_evidence` text: the typed runtime data (extra JWK members already dropped
+/// by parsing) plus `"additional-evidence"`, as RFC 8785 JSON, hashed with SHA-384.
+pub fn report_data_with(
+    runtime_data: &RuntimeData,
+    additional_evidence: &str,
+) -> Result<[u8; 64], BindingError> {
+    let mut value = serde_json::to_value(runtime_data).map_err(BindingError)?;
+    if let serde_json::Value::Object(m) = &mut value {
+        m.insert(
+            "additional-evidence".into(),
+            serde_json::Value::String(additional_evidence.into()),
+        );
+    }
     let canonical = serde_json_canonicalizer::to_vec(&value).map_err(BindingError)?;
     let digest = Sha384::digest(&canonical);
     let mut out = [0u8; 64];
@@ -62,12 +85,17 @@ mod tests {
                 y: "eQ".into(),
             },
         };
-        // JCS: keys sorted at every level, no whitespace.
-        let jcs = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        // JCS: keys sorted at every level, no whitespace; Trustee's KBS adds the
+        // additional evidence (empty here) to the runtime data it hashes.
+        let jcs = r#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
         let want = Sha384::digest(jcs.as_bytes());
         let got = report_data(&rd).unwrap();
         assert_eq!(&got[..48], &want[..]);
         assert_eq!(&got[48..], &[0u8; 16]);
+        // The additional evidence is bound too.
+        let jcs = r#"{"additional-evidence":"{\"x\":1}","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        let got = report_data_with(&rd, r#"{"x":1}"#).unwrap();
+        assert_eq!(&got[..48], &Sha384::digest(jcs.as_bytes())[..]);
     }
 
     #[test]
@@ -89,10 +117,10 @@ mod tests {
             assert_eq!(report_data(&rd).unwrap(), want, "{extra}");
         }
         // What is hashed: the key members only, byte-identical to Trustee's rebuild.
-        let jcs = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
+        let jcs = r#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"eA","y":"eQ"}}"#;
         assert_eq!(&want[..48], &Sha384::digest(jcs.as_bytes())[..]);
         // A guest that hashed its `kid` too does not match: it must hash the key alone.
-        let with_kid = r#"{"nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kid":"guest-key-1","kty":"EC","x":"eA","y":"eQ"}}"#;
+        let with_kid = r#"{"additional-evidence":"","nonce":"bm9uY2U=","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kid":"guest-key-1","kty":"EC","x":"eA","y":"eQ"}}"#;
         assert_ne!(&want[..48], &Sha384::digest(with_kid.as_bytes())[..]);
         // A JWK without a key member is malformed, not silently re-shaped.
         assert!(serde_json::from_str::<RuntimeData>(

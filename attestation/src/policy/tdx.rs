@@ -14,6 +14,7 @@
 //! | `mr-owner`, `mr-owner-config` | `mr_owner`, `mr_owner_config` | none |
 //! | `rtmr` | `rtmrs` | none; expected value per index |
 //! | `event-log` | `event_log` | none; events replayed from zero |
+//! | `boot-digests` | `boot_digests` | none; kernel/initrd/cmdline digests of the evidence's replayed CC event log |
 //! | `rtmr-unpinned` (common policy) | `rtmrs` / `event_log` | **RTMR1 and RTMR2 must be pinned** |
 //!
 //! MRTD measures only the TD firmware (TDVF); the kernel, initrd and command line —
@@ -34,6 +35,13 @@
 //! `measured_boot::tdx::rtmr_extend` and must equal the quote's RTMR. RTMRs with no
 //! listed event are not constrained by the replay: pin them with `rtmrs` (for example
 //! RTMR3 = zero when nothing may be extended at run time).
+//!
+//! `boot_digests` pins the kernel, initrd and/or command-line digests that the guest's
+//! own CC event log (Trustee's `TdxEvidence.cc_eventlog`) records, after the verifier
+//! replayed that log against the quote's RTMRs
+//! ([`crate::tdx::eventlog`], claims [`TdxClaims::boot_events`]). Evidence without a
+//! log is refused by it. It does not count as pinning RTMR1/RTMR2 for `rtmr-unpinned`:
+//! other events may share those RTMRs.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +70,21 @@ pub struct ExpectedEvent {
     pub digest: [u8; 48],
 }
 
+/// Expected boot digests from a replayed CC event log (each `None` is not checked).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExpectedBootDigests {
+    /// SHA-384 of the kernel as the firmware measured it.
+    #[serde(with = "crate::tdx::wire::hex_array_opt")]
+    pub kernel: Option<[u8; 48]>,
+    /// SHA-384 of the initrd.
+    #[serde(with = "crate::tdx::wire::hex_array_opt")]
+    pub initrd: Option<[u8; 48]>,
+    /// SHA-384 of the kernel command line.
+    #[serde(with = "crate::tdx::wire::hex_array_opt")]
+    pub cmdline: Option<[u8; 48]>,
+}
+
 /// TDX specific checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +106,8 @@ pub struct TdxPolicy {
     pub rtmrs: Vec<ExpectedRtmr>,
     /// Expected events, replayed into the RTMRs they name.
     pub event_log: Vec<ExpectedEvent>,
+    /// If set, the evidence must carry a CC event log that replayed, with these digests.
+    pub boot_digests: Option<ExpectedBootDigests>,
     /// Accept a TD bound to service TDs (non-zero MRSERVICETD). Off by default.
     pub allow_service_td: bool,
 }
@@ -97,6 +122,7 @@ impl Default for TdxPolicy {
             mr_owner_config: None,
             rtmrs: Vec::new(),
             event_log: Vec::new(),
+            boot_digests: None,
             allow_service_td: false,
         }
     }
@@ -258,8 +284,46 @@ impl TdxPolicy {
                 }
             }
         }
+        if let Some(want) = &self.boot_digests {
+            check_boot_digests(want, c)?;
+        }
         Ok(())
     }
+}
+
+fn check_boot_digests(want: &ExpectedBootDigests, c: &TdxClaims) -> Result<(), PolicyViolation> {
+    let Some(have) = &c.boot_events else {
+        return Err(PolicyViolation::new(
+            "boot-digests",
+            "the policy pins boot digests, but the evidence carries no CC event log",
+        ));
+    };
+    for (what, want, have) in [
+        ("kernel", &want.kernel, &have.kernel),
+        ("initrd", &want.initrd, &have.initrd),
+        ("command line", &want.cmdline, &have.cmdline),
+    ] {
+        let Some(want) = want else { continue };
+        match have {
+            Some(h) if h == want => {}
+            Some(h) => {
+                return Err(PolicyViolation::new(
+                    "boot-digests",
+                    format!(
+                        "the {what} digest is {}, not the expected value",
+                        hex::encode(h)
+                    ),
+                ))
+            }
+            None => {
+                return Err(PolicyViolation::new(
+                    "boot-digests",
+                    format!("the CC event log records no {what}"),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -288,11 +352,39 @@ pub(super) mod tests {
             qe_svn: 4,
             tcb_status: TcbStatus::UpToDate,
             advisory_ids: Vec::new(),
+            boot_events: None,
         }
     }
 
     fn refused(p: &TdxPolicy, c: &TdxClaims) -> String {
         p.check(c).expect_err("refused").check
+    }
+
+    #[test]
+    fn boot_digests_need_a_replayed_log_with_those_digests() {
+        let p = TdxPolicy {
+            boot_digests: Some(ExpectedBootDigests {
+                kernel: Some([7; 48]),
+                ..ExpectedBootDigests::default()
+            }),
+            ..TdxPolicy::default()
+        };
+        assert_eq!(refused(&p, &claims()), "boot-digests");
+        let events = |kernel| {
+            Box::new(crate::tdx::eventlog::BootEvents {
+                events: Vec::new(),
+                kernel,
+                initrd: None,
+                cmdline: None,
+            })
+        };
+        let mut c = claims();
+        c.boot_events = Some(events(Some([8; 48])));
+        assert_eq!(refused(&p, &c), "boot-digests");
+        c.boot_events = Some(events(None));
+        assert_eq!(refused(&p, &c), "boot-digests");
+        c.boot_events = Some(events(Some([7; 48])));
+        p.check(&c).expect("matching kernel digest");
     }
 
     #[test]

@@ -103,6 +103,7 @@
 pub mod collateral;
 pub mod emulated;
 mod error;
+pub mod eventlog;
 pub mod pck;
 pub mod quote;
 pub mod report;
@@ -335,4 +336,8 @@ pub struct TdxClaims {
     pub tcb_status: TcbStatus,
     /// Intel security advisories that apply to this TCB.
     pub advisory_ids: Vec<String>,
+    /// The CC event log's digests, when the evidence carried a log and it replayed to
+    /// RTMR0..3 of this quote ([`eventlog::replay`]); `None` without a log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_events: Option<Box<eventlog::BootEvents>>,
 }

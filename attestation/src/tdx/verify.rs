@@ -568,6 +568,7 @@ fn build_claims(quote: &Quote, p: &PlatformVerdict, trust: TrustLevel) -> Claims
         qe_svn: p.qe_svn,
         tcb_status: p.tcb_status,
         advisory_ids: p.advisory_ids.clone(),
+        boot_events: None,
     };
     Claims {
         tee: Tee::Tdx,

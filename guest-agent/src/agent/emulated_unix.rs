@@ -179,7 +179,7 @@ impl EmulatedUnixEvidence {
             Tee::Snp => {
                 let report = c(s, command::SNP_REPORT, report_data)?;
                 let certs = c(s, command::SNP_CERTS, &[])?;
-                Evidence::snp(&report, (!certs.is_empty()).then_some(certs.as_slice()))
+                Evidence::snp_trustee(&report, (!certs.is_empty()).then_some(certs.as_slice()))
             }
             Tee::Tdx => {
                 let quote = c(s, command::TDX_QUOTE, report_data)?;
@@ -187,7 +187,7 @@ impl EmulatedUnixEvidence {
                     Some(own) => own.clone(),
                     None => c(s, command::TDX_COLLATERAL, &[])?,
                 };
-                Evidence::tdx(&quote, Some(&collateral))
+                Evidence::tdx_trustee(&quote, None, Some(&collateral))
             }
         }
     }

@@ -10,9 +10,15 @@
 //! - TDX without configfs-tsm is refused: `/dev/tdx_guest` gives only a TDREPORT, which
 //!   the verifier cannot check without a quote.
 //!
+//! The evidence is in Trustee's formats (`SnpEvidence`, `TdxEvidence`; see
+//! [`crate::evidence`]), so the agent works against a Trustee KBS as well as against
+//! `cvm-verifier`. For TDX the agent adds the CC event log (the CCEL ACPI table data,
+//! `/sys/firmware/acpi/tables/data/CCEL`, as Trustee's attestation agent does) when the
+//! kernel exposes it; the verifier replays it against the quote's RTMRs.
+//!
 //! TDX collateral is not fetched by the agent (no PCCS client): pass it with
-//! `--tdx-collateral FILE` (the `QuoteCollateralV3` JSON), or the verifier answers
-//! "collateral unavailable".
+//! `--tdx-collateral FILE` (the `QuoteCollateralV3` JSON, sent as the cvm extension
+//! member `collateral`), or the verifier must have it (else "collateral unavailable").
 //!
 //! Test equipment: [`emulated_unix::EmulatedUnixEvidence`] (`--evidence
 //! emulated-unix:PATH`) asks `cvm emulated serve` on a Unix socket instead, so the agent
@@ -104,17 +110,60 @@ impl EvidenceProvider for LinuxEvidence {
                 let r =
                     tsm::report(Path::new(tsm::TSM_REPORT), report_data).map_err(unavailable)?;
                 match self.tee {
-                    Tee::Snp => Evidence::snp(&r.outblob, r.auxblob.as_deref()),
-                    Tee::Tdx => Evidence::tdx(&r.outblob, self.tdx_collateral.as_deref()),
+                    Tee::Snp => Evidence::snp_trustee(&r.outblob, r.auxblob.as_deref()),
+                    Tee::Tdx => Evidence::tdx_trustee(
+                        &r.outblob,
+                        read_ccel(Path::new(CCEL_PATH))?.as_deref(),
+                        self.tdx_collateral.as_deref(),
+                    ),
                 }
             }
             Source::SevGuest => {
                 let (report, certs) = sev_guest::ext_report(report_data).map_err(unavailable)?;
                 let certs = (!certs.iter().all(|&b| b == 0)).then_some(certs);
-                Evidence::snp(&report, certs.as_deref())
+                Evidence::snp_trustee(&report, certs.as_deref())
             }
         }
     }
+}
+
+/// Where Linux exposes the CC event log (the CCEL ACPI table's data area).
+pub const CCEL_PATH: &str = "/sys/firmware/acpi/tables/data/CCEL";
+/// How much of the CCEL's 0xFF padding is kept after the last non-0xFF byte.
+pub const CCEL_PAD: usize = 64;
+/// The largest CC event log sent (the verifier's request limit bounds it anyway).
+pub const CCEL_MAX: u64 = 1 << 20;
+
+/// The CC event log at `path`, `None` when the platform has none; an unreadable or
+/// oversized log is an error, not silently dropped (the verifier would then judge a
+/// different evidence than the platform produced).
+pub fn read_ccel(path: &Path) -> Result<Option<Vec<u8>>, EvidenceError> {
+    use std::io::Read;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unavailable(format!("cannot read {}: {e}", path.display()))),
+    };
+    let mut log = Vec::new();
+    f.take(CCEL_MAX + 1)
+        .read_to_end(&mut log)
+        .map_err(|e| unavailable(format!("cannot read {}: {e}", path.display())))?;
+    if log.len() as u64 > CCEL_MAX {
+        return Err(unavailable(format!(
+            "{} is larger than {CCEL_MAX} bytes",
+            path.display()
+        )));
+    }
+    // Unused CCEL space is 0xFF-filled (OVMF/TDVF): send the records and at most
+    // CCEL_PAD bytes of that padding (a last record whose data ends in more than
+    // CCEL_PAD 0xFF bytes would be cut, and the verifier would refuse the log as
+    // truncated: visible, never silently wrong).
+    if let Some(last) = log.iter().rposition(|&b| b != 0xFF) {
+        log.truncate((last + 1 + CCEL_PAD).min(log.len()));
+    } else {
+        return Ok(None);
+    }
+    Ok(Some(log))
 }
 
 /// Errors of the unlock steps.
@@ -228,6 +277,41 @@ mod tests {
                 ("kbs_port".to_owned(), "5".to_owned())
             ]
         );
+    }
+
+    #[test]
+    fn the_ccel_is_read_without_most_of_its_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("CCEL");
+        assert_eq!(read_ccel(&path).unwrap(), None, "no CCEL: no log");
+        // A record ending in 0x00 and 0xFF bytes, then the 0xFF-filled area.
+        let mut area = b"records\0\xff".to_vec();
+        area.extend_from_slice(&[0xFF; 4096]);
+        std::fs::write(&path, &area).unwrap();
+        let log = read_ccel(&path).unwrap().unwrap();
+        assert_eq!(&log[..9], b"records\0\xff");
+        assert_eq!(
+            log.len(),
+            8 + CCEL_PAD,
+            "kept up to the last non-0xFF byte + CCEL_PAD"
+        );
+        std::fs::write(&path, [0xFFu8; 64]).unwrap();
+        assert_eq!(read_ccel(&path).unwrap(), None, "an empty area: no log");
+        std::fs::write(&path, vec![1u8; CCEL_MAX as usize + 1]).unwrap();
+        assert!(
+            read_ccel(&path).is_err(),
+            "oversized: an error, not a cut log"
+        );
+    }
+
+    #[test]
+    fn snp_evidence_falls_back_to_the_cvm_format_when_sev_cannot_represent_it() {
+        // A version-2 report with a masked (zero) CHIP_ID: the sev crate cannot tell
+        // its generation, so the object could not be encoded back to these bytes.
+        let mut report = [0u8; crate::evidence::SNP_REPORT_LEN];
+        report[0] = 2;
+        let ev = Evidence::snp_trustee(&report, None).unwrap();
+        assert!(ev.json().starts_with("{\"report\":"), "{}", ev.json());
     }
 
     /// The configfs-tsm exchange against a directory standing in for a report object.

@@ -169,7 +169,8 @@ fn start(policy: serde_json::Value, secret: Vec<u8>, tls: bool) -> Server {
     }
 }
 
-/// An emulated SNP guest as an [`EvidenceProvider`] (report + certificate table).
+/// An emulated SNP guest as an [`EvidenceProvider`] (report + certificate table), in
+/// Trustee's `SnpEvidence` format as `cvm-agent` sends it.
 pub struct SnpProvider(pub SnpGuest);
 
 impl SnpProvider {
@@ -187,11 +188,12 @@ impl EvidenceProvider for SnpProvider {
             .0
             .extended_report(report_data)
             .map_err(|e| EvidenceError::Unavailable(e.to_string()))?;
-        Evidence::snp(&report, Some(&table))
+        Evidence::snp_trustee(&report, Some(&table))
     }
 }
 
-/// An emulated TDX guest (quote + collateral).
+/// An emulated TDX guest (quote + collateral), in Trustee's `TdxEvidence` format plus
+/// the `collateral` member, as `cvm-agent` sends it.
 pub struct TdxProvider(pub TdxGuest);
 
 impl TdxProvider {
@@ -211,7 +213,7 @@ impl EvidenceProvider for TdxProvider {
             .map_err(|e| EvidenceError::Unavailable(e.to_string()))?;
         let quote = self.0.quote(report_data).unwrap();
         let coll = serde_json::to_vec(&v["collateral"]).unwrap();
-        Evidence::tdx(&quote, Some(&coll))
+        Evidence::tdx_trustee(&quote, None, Some(&coll))
     }
 }
 

@@ -1,5 +1,9 @@
 //! `cvm-verifier verify snp`: offline verification of an SEV-SNP attestation report.
 //!
+//! The report comes from `--report FILE` (raw 1184 bytes) or from `--evidence FILE`: a
+//! `primary_evidence` JSON object in the cvm format or Trustee's `SnpEvidence`
+//! ([`crate::evidence_formats`]), whose certificate table is used like `--cert-table`.
+//!
 //! The report is verified against AMD's pinned roots (plus an operator root file with
 //! `--trust-root`, which also allows the resulting insecure-emulated claims), the
 //! certificates supplied (`--vcek`, `--chain`, `--certs-dir`, `--cert-table`) and CRLs
@@ -33,8 +37,16 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The ATTESTATION_REPORT (0x4A0 bytes, binary).
+    #[arg(
+        long,
+        required_unless_present = "evidence",
+        conflicts_with = "evidence"
+    )]
+    pub report: Option<PathBuf>,
+    /// A `primary_evidence` JSON file (cvm format or Trustee's SnpEvidence) instead of
+    /// --report; its certificates are used as with --cert-table.
     #[arg(long)]
-    pub report: PathBuf,
+    pub evidence: Option<PathBuf>,
     /// The VCEK or VLEK certificate (DER or PEM).
     #[arg(long)]
     pub vcek: Option<PathBuf>,
@@ -118,6 +130,8 @@ enum Refusal {
     Verify(#[source] attestation::snp::SnpVerifyError),
     #[error("the SNP report was refused by the policy")]
     Policy(#[source] PolicyViolation),
+    #[error("the SNP evidence was refused")]
+    Evidence(#[source] crate::evidence_formats::FormatError),
 }
 
 impl Refusal {
@@ -125,6 +139,7 @@ impl Refusal {
         match self {
             Refusal::Verify(e) => e.kind(),
             Refusal::Policy(_) => ErrorKind::PolicyNotMet,
+            Refusal::Evidence(e) => e.kind(),
         }
     }
 }
@@ -177,10 +192,33 @@ struct Prepared {
     policy: Policy,
     /// Certificate files that failed to parse: a refusal (malformed collateral).
     collateral_error: Option<attestation::snp::SnpVerifyError>,
+    /// An --evidence file that is in no known format: a refusal (malformed evidence).
+    evidence_error: Option<crate::evidence_formats::FormatError>,
 }
 
 fn prepare(a: &Args) -> Result<Prepared, UsageError> {
-    let report = read(&a.report)?;
+    let mut evidence_error = None;
+    let mut evidence_table = None;
+    let report = match (&a.report, &a.evidence) {
+        (Some(r), _) => read(r)?,
+        (None, Some(e)) => match crate::evidence_formats::parse_snp(&read(e)?) {
+            Ok(ev) => {
+                evidence_table = ev.cert_table;
+                ev.report
+            }
+            Err(e) => {
+                evidence_error = Some(e);
+                Vec::new()
+            }
+        },
+        // clap requires one of them.
+        (None, None) => {
+            return Err(UsageError::Read(
+                PathBuf::from("--report"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ))
+        }
+    };
     let mut roots = TrustRoots::amd()
         .map_err(|e| UsageError::Roots(attestation::snp::SnpVerifyError::Roots(e)))?;
     let mut policy = match &a.policy_file {
@@ -246,6 +284,13 @@ fn prepare(a: &Args) -> Result<Prepared, UsageError> {
                 .and_then(|table| collateral.add_cert_table(&table)),
         );
     }
+    if let Some(bytes) = &evidence_table {
+        note(
+            CertTable::parse(bytes)
+                .map_err(attestation::snp::SnpVerifyError::CertTable)
+                .and_then(|table| collateral.add_cert_table(&table)),
+        );
+    }
     for crl in &a.crl {
         let bytes = read(crl)?;
         note(collateral.add_crls(&bytes, &crl.display().to_string()));
@@ -295,10 +340,14 @@ fn prepare(a: &Args) -> Result<Prepared, UsageError> {
         at,
         policy,
         collateral_error,
+        evidence_error,
     })
 }
 
 fn evaluate(p: Prepared) -> Result<Claims, Refusal> {
+    if let Some(e) = p.evidence_error {
+        return Err(Refusal::Evidence(e));
+    }
     if let Some(e) = p.collateral_error {
         return Err(Refusal::Verify(e));
     }
@@ -359,7 +408,7 @@ pub fn run(args: Args) -> ExitCode {
             if json {
                 let check = match &refusal {
                     Refusal::Policy(v) => Some(v.check.clone()),
-                    Refusal::Verify(_) => None,
+                    Refusal::Verify(_) | Refusal::Evidence(_) => None,
                 };
                 let mut error = serde_json::json!({"kind": refusal.kind().as_str(), "message": message_chain(&refusal)});
                 if let Some(c) = check {

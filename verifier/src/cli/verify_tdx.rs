@@ -11,6 +11,15 @@
 //! measure tdx`): MRTD measures only the firmware, and the policy refuses such a TD
 //! with `rtmr-unpinned`.
 //!
+//! The quote comes from `--quote FILE` or from `--evidence FILE`: a `primary_evidence`
+//! JSON object in Trustee's `TdxEvidence` format or the cvm format
+//! ([`crate::evidence_formats`]). Collateral comes from `--collateral FILE`, else from
+//! the evidence (cvm format); without either the quote is refused as
+//! `collateral-unavailable`. A `cc_eventlog` in the evidence is replayed against the
+//! verified quote's RTMR0..3 (refused with check `cc-eventlog` unless it replays), and
+//! its kernel/initrd/command-line digests become `claims.detail.boot_events` for the
+//! policy's `tdx.boot_digests`.
+//!
 //! Exit codes: 0 accepted; 1 refused (verification or policy, reason on stderr and in
 //! the JSON); 2 usage or I/O error.
 
@@ -37,11 +46,19 @@ pub enum Output {
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The quote (binary, as produced by the quoting enclave).
+    #[arg(
+        long,
+        required_unless_present = "evidence",
+        conflicts_with = "evidence"
+    )]
+    pub quote: Option<PathBuf>,
+    /// A `primary_evidence` JSON file (Trustee's TdxEvidence or the cvm format) instead
+    /// of --quote; its cc_eventlog is replayed against the quote's RTMRs.
     #[arg(long)]
-    pub quote: PathBuf,
-    /// The collateral (QuoteCollateralV3 JSON).
+    pub evidence: Option<PathBuf>,
+    /// The collateral (QuoteCollateralV3 JSON); needed unless the evidence carries it.
     #[arg(long)]
-    pub collateral: PathBuf,
+    pub collateral: Option<PathBuf>,
     /// An emulated root CA (PEM or DER) to trust instead of Intel's; marks results insecure.
     #[arg(long)]
     pub trust_root: Option<PathBuf>,
@@ -97,6 +114,12 @@ pub enum UsageError {
         /// The required length.
         len: usize,
     },
+    /// Neither --quote nor --evidence.
+    #[error("give --quote or --evidence")]
+    NoQuote,
+    /// No collateral in the evidence and no --collateral.
+    #[error("the evidence carries no collateral: give --collateral FILE (QuoteCollateralV3 JSON)")]
+    NoCollateral,
     /// A bad --rtmr.
     #[error("--rtmr `{0}` is not INDEX=HEX with INDEX 0 to 3 and 48 bytes of hex")]
     Rtmr(String),
@@ -261,6 +284,18 @@ fn emit(a: &Args, trust: &str, claims: Option<&Claims>, refusal: Option<&Refusal
                         println!("RTMR{i}       {}", hex::encode(r));
                     }
                     println!("REPORTDATA  {}", hex::encode(&c.report_data));
+                    if let Some(b) = &t.boot_events {
+                        println!("event log   {} events, replayed", b.events.len());
+                        for (what, d) in [
+                            ("kernel", b.kernel),
+                            ("initrd", b.initrd),
+                            ("cmdline", b.cmdline),
+                        ] {
+                            if let Some(d) = d {
+                                println!("{what:<11} {}", hex::encode(d));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -300,28 +335,73 @@ pub fn run(a: Args) -> ExitCode {
         }
         None => time::OffsetDateTime::now_utc(),
     };
-    let (quote, collateral) = match (read(&a.quote), read(&a.collateral)) {
-        (Ok(q), Ok(c)) => (q, c),
-        (Err(e), _) | (_, Err(e)) => return usage(&e),
-    };
     let trust = match root.trust_level() {
         attestation::claims::TrustLevel::Hardware => "hardware",
         attestation::claims::TrustLevel::InsecureEmulated => "insecure-emulated",
+    };
+    let refuse = |e: Box<dyn std::error::Error>, kind: ErrorKind| {
+        emit(&a, trust, None, Some(&Refusal::Verify(e, kind)))
+    };
+    let (quote, evidence_collateral, cc_eventlog) = match (&a.quote, &a.evidence) {
+        (Some(q), _) => match read(q) {
+            Ok(q) => (q, None, None),
+            Err(e) => return usage(&e),
+        },
+        (None, Some(path)) => {
+            let bytes = match read(path) {
+                Ok(b) => b,
+                Err(e) => return usage(&e),
+            };
+            match crate::evidence_formats::parse_tdx(&bytes) {
+                Ok(ev) => (ev.quote, ev.collateral, ev.cc_eventlog),
+                Err(e) => {
+                    let kind = e.kind();
+                    return refuse(Box::new(e), kind);
+                }
+            }
+        }
+        (None, None) => return usage(&UsageError::NoQuote),
+    };
+    let collateral = match &a.collateral {
+        Some(path) => match read(path) {
+            Ok(c) => c,
+            Err(e) => return usage(&e),
+        },
+        None => match evidence_collateral {
+            Some(c) => c,
+            None => {
+                return refuse(
+                    Box::new(UsageError::NoCollateral),
+                    ErrorKind::CollateralUnavailable,
+                )
+            }
+        },
     };
     let collateral = match Collateral::from_json(&collateral) {
         Ok(c) => c,
         Err(e) => {
             let kind = e.kind();
-            return emit(&a, trust, None, Some(&Refusal::Verify(Box::new(e), kind)));
+            return refuse(Box::new(e), kind);
         }
     };
-    let verified = match TdxVerifier::new(root).verify(&quote, &collateral, at) {
+    let mut verified = match TdxVerifier::new(root).verify(&quote, &collateral, at) {
         Ok(v) => v,
         Err(e) => {
             let kind = e.kind();
-            return emit(&a, trust, None, Some(&Refusal::Verify(Box::new(e), kind)));
+            return refuse(Box::new(e), kind);
         }
     };
+    if let (Some(log), attestation::claims::TeeClaims::Tdx(t)) =
+        (&cc_eventlog, &mut verified.claims.detail)
+    {
+        match attestation::tdx::eventlog::replay(log, &t.rtmrs) {
+            Ok(events) => t.boot_events = Some(Box::new(events)),
+            Err(e) => {
+                let kind = e.kind();
+                return refuse(Box::new(e), kind);
+            }
+        }
+    }
     let refusal = policy.evaluate(&verified.claims).err().map(Refusal::Policy);
     emit(&a, trust, Some(&verified.claims), refusal.as_ref())
 }

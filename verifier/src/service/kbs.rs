@@ -37,7 +37,7 @@ use crate::crypto::jwe::{self, TeeKey};
 use crate::crypto::token;
 use crate::db::{now, Tx};
 use crate::error::ApiError;
-use crate::protocol::{report_data, version_supported, SESSION_COOKIE};
+use crate::protocol::{report_data_with, version_supported, SESSION_COOKIE};
 use crate::ratelimit::{AuditDecision, RefusalSummary};
 use crate::store::audit::{self, AuditEvent, AuditKind};
 use crate::store::sessions::{self, Attested, GuestIdentity, Session};
@@ -430,8 +430,11 @@ async fn attest_inner(
     // Validated now so that a bad key is refused before the nonce is spent.
     TeeKey::from_jwk(&attestation.runtime_data.tee_pubkey)
         .map_err(|e| Refusal::new("malformed-tee-pubkey", ApiError::BadRequest(e.to_string())))?;
-    let expected = report_data(&attestation.runtime_data)
-        .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
+    let expected = report_data_with(
+        &attestation.runtime_data,
+        &attestation.tee_evidence.additional_evidence,
+    )
+    .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
     // The workloads the session may match.
