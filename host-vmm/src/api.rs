@@ -33,12 +33,26 @@ pub trait VmControl: Send + Sync {
     fn status(&self) -> Value;
     /// `{"tee", "measurement", "insecure_emulated"}`.
     fn measurement(&self) -> Value;
-    /// Pauses the vCPUs. Err with a reason when the state does not allow it.
-    fn pause(&self) -> Result<(), String>;
+    /// Pauses the vCPUs. Err with the reason when the state does not allow it.
+    fn pause(&self) -> Result<(), ControlError>;
     /// Resumes the vCPUs.
-    fn resume(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), ControlError>;
     /// Stops the VM.
     fn shutdown(&self);
+}
+
+/// Why a control request does not apply to the VM's state (answered 409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The VM is stopping.
+    #[error("the VM is stopping")]
+    Stopping,
+    /// Pause while paused.
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    /// Resume while running.
+    #[error("the VM is not paused")]
+    NotPaused,
 }
 
 /// Why the API socket could not be served.
@@ -159,11 +173,11 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> (u16, Option<Value>) {
         ("GET", "/v1/vm/measurement") => (200, Some(vm.measurement())),
         ("PUT", "/v1/vm/pause") => match vm.pause() {
             Ok(()) => (204, None),
-            Err(e) => problem(409, &e),
+            Err(e) => problem(409, &e.to_string()),
         },
         ("PUT", "/v1/vm/resume") => match vm.resume() {
             Ok(()) => (204, None),
-            Err(e) => problem(409, &e),
+            Err(e) => problem(409, &e.to_string()),
         },
         ("PUT", "/v1/vm/shutdown") => {
             vm.shutdown();
@@ -257,15 +271,15 @@ mod tests {
         fn measurement(&self) -> Value {
             json!({"tee": "none", "measurement": null})
         }
-        fn pause(&self) -> Result<(), String> {
+        fn pause(&self) -> Result<(), ControlError> {
             if self.paused.swap(true, Ordering::SeqCst) {
-                return Err("already paused".into());
+                return Err(ControlError::AlreadyPaused);
             }
             Ok(())
         }
-        fn resume(&self) -> Result<(), String> {
+        fn resume(&self) -> Result<(), ControlError> {
             if !self.paused.swap(false, Ordering::SeqCst) {
-                return Err("not paused".into());
+                return Err(ControlError::NotPaused);
             }
             Ok(())
         }

@@ -4,16 +4,31 @@
 //!   devices).
 //! - [`boot`]: kernel delivery — the staging region and the boot-data descriptor of
 //!   `docs/guest-boot-protocol.md`.
+//! - [`api`]: the REST control API on a Unix socket (`--api-socket`).
+//! - [`firmware`]: the embedded project firmware and test guest.
 //! - [`cli`]: the subcommands (`measure`, `emulated`, `launch`, `host-check`).
-//! - [`vmm`]: builds a VM from a [`vmm::VmConfig`] and runs it until the guest stops.
-//! - [`vstate`]: KVM state (VM, guest memory, vCPUs); almost all `unsafe` lives here.
+//! - [`vmm`]: [`vmm::VmBuilder`] builds a VM from a [`vmm::VmConfig`] in named steps
+//!   ([`vmm::Step`]) and returns a running [`vmm::Vmm`] (`run`, `pause`, `resume`,
+//!   `shutdown`); the control API ([`api`]) talks to a [`vmm::VmmHandle`].
+//! - [`vstate`]: KVM state (VM, guest memory, private memory, vCPUs and their exit
+//!   handler trait, the SEV/TDX ioctls).
 //! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a, pvpanic,
 //!   virtio-blk, virtio-vsock with hybrid Unix sockets and the attestation relay) and
-//!   the port-I/O and MMIO buses; the VMM-side I/O APIC of split-irqchip (TDX) VMs. See `host-vmm/README.md` for vsock and the relay.
-//! - [`tee`]: the TEEs, whether this host can provide them, the real SNP/TDX launch
-//!   ([`tee::launch`]) and the run-time services of confidential guests
-//!   ([`tee::services`]: TDX GetQuote via QGS, SNP certificate tables).
+//!   the port-I/O and MMIO buses; the I/O APIC of split-irqchip (TDX) VMs, which
+//!   routes through a [`devices::ioapic::RouteSink`] (KVM's is
+//!   [`vstate::vm::KvmRoutes`]), so `devices` does not depend on `vstate`. See
+//!   `host-vmm/README.md` for vsock and the relay.
+//! - [`tee`]: the [`tee::TeeBackend`] trait and its backends (`none`, emulated SNP and
+//!   TDX, KVM SNP and TDX), whether this host can provide each TEE, and the run-time
+//!   services of confidential guests.
+//! - [`isolation`]: the jail (namespaces, pivot_root) and the cgroup limits.
 //! - [`seccomp`]: the per-thread seccomp filters.
+//!
+//! # Where `unsafe` lives
+//! Mostly in [`vstate`] (ioctls, memory maps, the `kvm_run` exit union); besides that
+//! the vCPU kick in [`vmm`] (`pthread_kill`), the fork/namespace calls of
+//! [`isolation`], and `umask` in `cli::emulated::serve`. Every block has a `SAFETY:`
+//! comment.
 //!
 //! # Dependencies
 //! The rust-vmm crates (`kvm-ioctls`, `kvm-bindings`, `vm-memory`, `vm-superio`,

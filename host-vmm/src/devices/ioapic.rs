@@ -9,8 +9,6 @@
 //! nothing. Lines are delivered edge-triggered (the devices raise their irqfd per
 //! event, and the guest acknowledges in the device), so no EOI handling is needed.
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
-
 use super::MmioDevice;
 
 /// Base address of the I/O APIC window.
@@ -40,34 +38,6 @@ pub type MsiRoute = (u32, u64, u32);
 pub trait RouteSink: Send {
     /// Replaces all I/O APIC routes with `routes`.
     fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String>;
-}
-
-/// KVM's GSI routing table.
-#[derive(Debug)]
-pub struct KvmRoutes(pub std::sync::Arc<crate::vstate::vm::Vm>);
-
-impl RouteSink for KvmRoutes {
-    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String> {
-        let entries: Vec<kvm_irq_routing_entry> = routes
-            .iter()
-            .map(|&(gsi, addr, data)| {
-                let mut e = kvm_irq_routing_entry {
-                    gsi,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    ..Default::default()
-                };
-                e.u.msi.address_lo = addr as u32;
-                e.u.msi.address_hi = (addr >> 32) as u32;
-                e.u.msi.data = data;
-                e
-            })
-            .collect();
-        let table = KvmIrqRouting::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
-        self.0
-            .fd()
-            .set_gsi_routing(&table)
-            .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))
-    }
 }
 
 /// The I/O APIC.
