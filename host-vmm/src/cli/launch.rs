@@ -331,8 +331,8 @@ pub enum LaunchError {
         want: usize,
     },
     /// The --snp-certs file is not a certificate table.
-    #[error("cannot use {0}: {1}")]
-    CertTable(PathBuf, String),
+    #[error("cannot use {0}")]
+    CertTable(PathBuf, #[source] crate::tee::services::CertTableError),
     /// /dev/sev could not be opened.
     #[error("cannot open /dev/sev")]
     Sev(#[source] std::io::Error),

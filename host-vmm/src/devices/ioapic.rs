@@ -34,10 +34,21 @@ const WRITABLE: u64 = 0xFF00_0000_0001_AFFF;
 /// One MSI route: (GSI, address, data).
 pub type MsiRoute = (u32, u64, u32);
 
+/// Why the I/O APIC's routes could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the I/O APIC's MSI routes ({what})")]
+pub struct RouteError {
+    /// The step that failed.
+    pub what: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// Where the I/O APIC's routes go.
 pub trait RouteSink: Send {
     /// Replaces all I/O APIC routes with `routes`.
-    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String>;
+    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), RouteError>;
 }
 
 /// The I/O APIC.
@@ -151,7 +162,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct Rec(Vec<Vec<MsiRoute>>);
     impl RouteSink for &mut Rec {
-        fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String> {
+        fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), RouteError> {
             self.0.push(routes.to_vec());
             Ok(())
         }

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use super::backend::TeeError;
 use super::services::{self, CertTable, Interrupt, Notify, TdVmcalls};
 use crate::seccomp::{self, SeccompMode, ThreadKind};
-use crate::vstate::vcpu::ExitHandler;
+use crate::vstate::vcpu::{ExitError, ExitHandler};
 use crate::vstate::vm::Vm;
 
 /// The run-time services of a real SNP or TDX guest.
@@ -42,35 +42,37 @@ impl CcRuntime {
 }
 
 impl ExitHandler for CcRuntime {
-    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String> {
+    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), ExitError> {
         self.vm
             .convert(gpa, size, private)
-            .map_err(|e| format!("implicit conversion failed: {e}"))
+            .map_err(|source| ExitError::Conversion { gpa, size, source })
     }
 
     fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
         self.vm.map_gpa_range(args)
     }
 
-    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String> {
+    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), ExitError> {
         match &self.tdx {
             Some(t) => {
                 t.handle(vcpu, exit);
                 Ok(())
             }
-            None => Err("KVM_EXIT_TDX from a VM that is not a TD".into()),
+            None => Err(ExitError::Unexpected(
+                "KVM_EXIT_TDX from a VM that is not a TD",
+            )),
         }
     }
 
-    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String> {
+    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), ExitError> {
         match &self.certs {
             Some(c) => {
                 c.serve(self.vm.memory(), exit);
                 Ok(())
             }
-            None => {
-                Err("KVM_EXIT_SNP_REQ_CERTS although certificate requests were not enabled".into())
-            }
+            None => Err(ExitError::Unexpected(
+                "KVM_EXIT_SNP_REQ_CERTS although certificate requests were not enabled",
+            )),
         }
     }
 }
@@ -79,17 +81,13 @@ impl ExitHandler for CcRuntime {
 struct MsiInterrupt(Arc<Vm>);
 
 impl Interrupt for MsiInterrupt {
-    fn raise(&self, apic: u32, vector: u8) -> Result<(), String> {
+    fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
         let msi = kvm_bindings::kvm_msi {
             address_lo: 0xFEE0_0000 | (apic << 12),
             data: u32::from(vector),
             ..Default::default()
         };
-        self.0
-            .fd()
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| format!("KVM_SIGNAL_MSI: {e}"))
+        self.0.fd().signal_msi(msi).map(|_| ())
     }
 }
 

@@ -202,16 +202,16 @@ pub const KVM_EXIT_SNP_REQ_CERTS: u32 = 43;
 pub trait ExitHandler: Send + Sync {
     /// `KVM_EXIT_MEMORY_FAULT`: the guest accessed `gpa..gpa+size` as private
     /// (`private`) or shared while the range's attribute says otherwise.
-    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String>;
+    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), ExitError>;
     /// `KVM_HC_MAP_GPA_RANGE`: returns the hypercall's `ret`.
     fn map_gpa_range(&self, args: &[u64; 6]) -> u64;
     /// `KVM_EXIT_TDX` from vCPU `vcpu`: `exit` is the exit's member of `kvm_run`
     /// (flags, nr, then the per-call union), which the handler reads and answers in
     /// place.
-    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String>;
+    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), ExitError>;
     /// `KVM_EXIT_SNP_REQ_CERTS`: `exit` holds {gpa, npages, ret}; the handler writes
     /// the certificate table and answers in place.
-    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String>;
+    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), ExitError>;
     /// `KVM_EXIT_INTERNAL_ERROR` with `suberror` and KVM's `data` words (for an
     /// instruction KVM cannot emulate, its bytes): a handler that emulates the
     /// instruction (and advances RIP through `fd`) answers [`Handled::Yes`] and the
@@ -223,16 +223,53 @@ pub trait ExitHandler: Send + Sync {
         _fd: &VcpuFd,
         _suberror: u32,
         _data: &[u64],
-    ) -> Result<Handled, String> {
+    ) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
     /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR` (only after the TEE enabled
     /// `KVM_CAP_X86_USER_SPACE_MSR`): `msr` with `data` (the value written, or where
     /// the value read goes). Default: not handled, the vCPU stops, which is right for
     /// every TEE that asked for no MSR exits.
-    fn msr(&self, _vcpu: u32, _msr: u32, _write: bool, _data: &mut u64) -> Result<Handled, String> {
+    fn msr(
+        &self,
+        _vcpu: u32,
+        _msr: u32,
+        _write: bool,
+        _data: &mut u64,
+    ) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
+}
+
+/// Why a TEE exit handler stopped the vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// An implicit private/shared conversion failed.
+    #[error("implicit conversion of {gpa:#x}+{size:#x} failed")]
+    Conversion {
+        /// First byte.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// Why.
+        #[source]
+        source: super::private::PrivateMemoryError,
+    },
+    /// An exit the VM's TEE never asked for.
+    #[error("{0}")]
+    Unexpected(&'static str),
+}
+
+/// `e` and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Whether an exit handler dealt with an exit.
@@ -397,7 +434,7 @@ impl Vcpu {
         };
         result
             .err()
-            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e)))
+            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e))))
     }
 
     /// Offers an internal-error exit to the TEE's handler.
@@ -413,7 +450,7 @@ impl Vcpu {
         match cc.internal_error(self.index, &self.fd, internal.suberror, &internal.data[..n]) {
             Ok(Handled::Yes) => None,
             Ok(Handled::No) => Some(Exit::Internal),
-            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(e))),
+            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         }
     }
 
@@ -454,7 +491,7 @@ fn memory_fault(cc: Option<&dyn ExitHandler>, flags: u64, gpa: u64, size: u64) -
         Some(cc) => cc
             .memory_fault(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
             .err()
-            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e))),
+            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "memory fault at {gpa:#x}+{size:#x} in a VM without private memory"
         )))),
@@ -471,7 +508,7 @@ fn msr_exit(
 ) -> Option<Exit> {
     match cc.map(|cc| cc.msr(vcpu, msr, write, data)) {
         Some(Ok(Handled::Yes)) => None,
-        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(e))),
+        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         Some(Ok(Handled::No)) | None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "unhandled {} of MSR {msr:#x}",
             if write { "WRMSR" } else { "RDMSR" }

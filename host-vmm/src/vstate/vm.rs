@@ -176,7 +176,11 @@ impl Vm {
 pub struct KvmRoutes(pub std::sync::Arc<Vm>);
 
 impl crate::devices::ioapic::RouteSink for KvmRoutes {
-    fn set_routes(&mut self, routes: &[crate::devices::ioapic::MsiRoute]) -> Result<(), String> {
+    fn set_routes(
+        &mut self,
+        routes: &[crate::devices::ioapic::MsiRoute],
+    ) -> Result<(), crate::devices::ioapic::RouteError> {
+        use crate::devices::ioapic::RouteError;
         let entries: Vec<kvm_bindings::kvm_irq_routing_entry> = routes
             .iter()
             .map(|&(gsi, addr, data)| {
@@ -192,10 +196,13 @@ impl crate::devices::ioapic::RouteSink for KvmRoutes {
             })
             .collect();
         let table =
-            kvm_bindings::KvmIrqRouting::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
-        self.0
-            .fd()
-            .set_gsi_routing(&table)
-            .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))
+            kvm_bindings::KvmIrqRouting::from_entries(&entries).map_err(|e| RouteError {
+                what: "routing table",
+                source: format!("{e:?}").into(),
+            })?;
+        self.0.fd().set_gsi_routing(&table).map_err(|e| RouteError {
+            what: "KVM_SET_GSI_ROUTING",
+            source: Box::new(e),
+        })
     }
 }
