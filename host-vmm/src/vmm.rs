@@ -7,7 +7,7 @@
 //! threads. The result is a running [`Vmm`] with `pause`, `resume`, `shutdown` and
 //! `run` (wait for the guest to stop, then tear down); the control API talks to a
 //! [`VmmHandle`] of it. Everything TEE-specific comes from the config's
-//! [`TeeBackend`](crate::tee::TeeBackend).
+//! [`TeeBackend`].
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -724,10 +724,7 @@ impl Vmm {
     /// Waits until the guest stops (the first vCPU to stop decides why), then tears
     /// the VM down.
     pub fn run(self) -> VcpuStop {
-        let (index, why) = self.rx.recv().unwrap_or((
-            0,
-            VcpuStop::RunError("every vCPU thread ended without a report".into()),
-        ));
+        let (index, why) = self.first_stop();
         tracing::info!(
             event = "vcpu-stopped",
             vcpu = index,
@@ -736,6 +733,25 @@ impl Vmm {
         );
         self.teardown();
         why
+    }
+
+    /// The first vCPU's stop report. Handles keep a sender alive (for API shutdowns),
+    /// so vCPU threads that all ended without a report are noticed by polling.
+    fn first_stop(&self) -> (u32, VcpuStop) {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(report) => return report,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if !self.threads.iter().all(JoinHandle::is_finished) => {}
+                // A report sent just before its thread ended is still queued.
+                Err(_) => {
+                    return self.rx.try_recv().unwrap_or((
+                        0,
+                        VcpuStop::RunError("every vCPU thread ended without a report".into()),
+                    ))
+                }
+            }
+        }
     }
 
     /// Stops and joins the vCPU threads (kicking them out of KVM_RUN), then the vsock

@@ -14,8 +14,10 @@
 //!    the per-vCPU and memory commands once the vCPUs exist (SNP LAUNCH_UPDATE/FINISH,
 //!    TDX INIT_VCPU/INIT_MEM_REGION/FINALIZE_VM);
 //! 7. [`TeeBackend::runtime`]: the run-time exit handlers ([`ExitHandler`]: memory
-//!    faults, MapGPA, TDX VMCALLs, SNP certificates, and hooks for user-space MSR and
-//!    internal-error exits) and the threads that serve them.
+//!    faults, MapGPA, TDX VMCALLs, SNP certificates, and hooks for other forwarded
+//!    hypercalls, user-space MSR exits and internal-error exits — an instruction KVM
+//!    cannot emulate, such as `tdcall` or `pvalidate` on a plain VM) and the threads
+//!    that serve them.
 //!
 //! [`TeeBackend::virtio_access_platform`] and [`TeeBackend::measurement`] are queried
 //! when devices are attached and when the launch is logged / the API answers.

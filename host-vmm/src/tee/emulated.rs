@@ -1,6 +1,8 @@
-//! The emulated TEE backends: a default KVM VM whose launch plan is fed to the software
-//! secure processors of the `attestation` crate, and the paravirtual mailbox through
-//! which the guest asks them for evidence.
+//! The emulated TEEs shared by the `emulated-snp` / `emulated-tdx` backends
+//! ([`super::emulated_snp`], [`super::emulated_tdx`]) and `cvm emulated serve`: a
+//! launch plan fed to the software secure processors of the `attestation` crate, and
+//! the paravirtual mailbox through which the guest asks them for evidence. The
+//! emulated SNP guest holds its platform through an `Arc`, so the backend owns both.
 //!
 //! **Insecure by design.** Guest memory is not encrypted and the host can read and
 //! change everything; the evidence proves only what this host chose to say. It exists so

@@ -226,6 +226,18 @@ pub trait ExitHandler: Send + Sync {
     ) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
+    /// `KVM_EXIT_HYPERCALL` other than MapGPA (only numbers the TEE asked KVM to
+    /// forward with `KVM_CAP_EXIT_HYPERCALL`): answers in `ret`. Default: not handled,
+    /// the vCPU stops, which is right for every TEE that forwards no other hypercall.
+    fn hypercall(
+        &self,
+        _vcpu: u32,
+        _nr: u64,
+        _args: &[u64; 6],
+        _ret: &mut u64,
+    ) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
     /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR` (only after the TEE enabled
     /// `KVM_CAP_X86_USER_SPACE_MSR`): `msr` with `data` (the value written, or where
     /// the value read goes). Default: not handled, the vCPU stops, which is right for
@@ -381,12 +393,7 @@ impl Vcpu {
                 Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
                     memory_fault(cc, flags, gpa, size)
                 }
-                Ok(VcpuExit::Hypercall(h)) if h.nr == KVM_HC_MAP_GPA_RANGE && cc.is_some() => {
-                    if let Some(cc) = cc {
-                        *h.ret = cc.map_gpa_range(&h.args);
-                    }
-                    None
-                }
+                Ok(VcpuExit::Hypercall(h)) => hypercall(cc, self.index, h.nr, &h.args, h.ret),
                 Ok(VcpuExit::Unsupported(r @ (KVM_EXIT_TDX | KVM_EXIT_SNP_REQ_CERTS))) => {
                     match cc {
                         Some(cc) => self.raw_exit(r, cc),
@@ -482,6 +489,33 @@ impl Vcpu {
             sregs,
             code,
         }
+    }
+}
+
+/// `KVM_EXIT_HYPERCALL` (only for the numbers the VM asked KVM to forward):
+/// MapGPA, or the handler's other hypercalls.
+fn hypercall(
+    cc: Option<&dyn ExitHandler>,
+    vcpu: u32,
+    nr: u64,
+    args: &[u64; 6],
+    ret: &mut u64,
+) -> Option<Exit> {
+    let Some(cc) = cc else {
+        return Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "hypercall {nr} from a VM without a TEE exit handler"
+        ))));
+    };
+    if nr == KVM_HC_MAP_GPA_RANGE {
+        *ret = cc.map_gpa_range(args);
+        return None;
+    }
+    match cc.hypercall(vcpu, nr, args, ret) {
+        Ok(Handled::Yes) => None,
+        Ok(Handled::No) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "unhandled hypercall {nr}"
+        )))),
+        Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
     }
 }
 
