@@ -410,3 +410,37 @@ impl PioDevice for Mailbox {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_guest_keeps_its_identity_and_only_its_own_platform() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pa = Arc::new(EmulatedSnpPlatform::create(a.path()).unwrap());
+        let pb = Arc::new(EmulatedSnpPlatform::create(b.path()).unwrap());
+        let guest = pa
+            .launch_start_from(0x30000, [5; 48])
+            .and_then(|l| l.finish(FinishParams::default()))
+            .unwrap();
+        let req = ReportRequest {
+            report_data: [1; 64],
+            vmpl: 0,
+            version: 3,
+        };
+        let before = guest.report(&req).unwrap();
+        // Another platform's Arc is refused: its keys did not launch this guest.
+        assert!(matches!(
+            EmulatedTee::share(guest.clone(), &pb),
+            Err(EmulatedLaunchError::Refused(_))
+        ));
+        let shared = EmulatedTee::share(guest, &pa).unwrap();
+        drop(pa);
+        let after = shared.report(&req).unwrap();
+        assert_eq!(shared.measurement(), [5; 48]);
+        // Same guest: same REPORT_ID (0x140..0x160) and the same signed body fields.
+        assert_eq!(before[0x140..0x160], after[0x140..0x160]);
+        assert_eq!(before[..0x2A0], after[..0x2A0]);
+    }
+}
