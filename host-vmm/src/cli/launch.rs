@@ -209,20 +209,40 @@ pub enum JailNetns {
 /// The environment variable that unlocks `--tamper-staged`.
 pub const TAMPER_ENV: &str = "CVM_ALLOW_TAMPER_FOR_TESTS";
 
-fn parse_cid(s: &str) -> Result<u64, String> {
-    let cid: u64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+/// Why a `cvm launch` argument value is refused (clap reports it with exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// Not a number of the expected kind.
+    #[error("`{0}` is not a valid {1}")]
+    Number(String, &'static str),
+    /// A reserved vsock CID.
+    #[error("guest CID {0} is reserved (use 3..{max})", max = u32::MAX - 1)]
+    ReservedCid(u64),
+    /// An unknown size suffix.
+    #[error("`{0}`: unknown size suffix `{1}` (use K, M, G or T)")]
+    SizeSuffix(String, char),
+    /// An unknown `--disk` option.
+    #[error("`{0}`: unknown disk option `{1}` (expected readonly)")]
+    DiskOption(String, String),
+    /// `--disk ""`.
+    #[error("empty disk path")]
+    EmptyDiskPath,
+    /// An unknown `--serial` destination.
+    #[error("`{0}`: expected stdout, file:PATH or none")]
+    Serial(String),
+}
+
+fn parse_cid(s: &str) -> Result<u64, ArgError> {
+    let cid: u64 = s.parse().map_err(|_| ArgError::Number(s.into(), "CID"))?;
     // 0, 1 and 2 are the hypervisor, local and host CIDs; u32::MAX is VMADDR_CID_ANY.
     if cid < 3 || cid >= u64::from(u32::MAX) {
-        return Err(format!(
-            "guest CID {cid} is reserved (use 3..{})",
-            u32::MAX - 1
-        ));
+        return Err(ArgError::ReservedCid(cid));
     }
     Ok(cid)
 }
 
 /// Parses sizes such as `512M`, `2G`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ArgError> {
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
@@ -230,11 +250,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 1 << 20,
                 'G' => 1 << 30,
                 'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "`{s}`: unknown size suffix `{c}` (use K, M, G or T)"
-                    ))
-                }
+                _ => return Err(ArgError::SizeSuffix(s.into(), c)),
             };
             (&s[..i], m)
         }
@@ -243,21 +259,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     num.parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{s}` is not a size"))
+        .ok_or_else(|| ArgError::Number(s.into(), "size"))
 }
 
-fn parse_hex_u64(s: &str) -> Result<u64, String> {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("`{s}`: {e}"))
+fn parse_hex_u64(s: &str) -> Result<u64, ArgError> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| ArgError::Number(s.into(), "hex number"))
 }
 
 /// Bytes given in hex on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HexBytes(pub Vec<u8>);
 
-fn parse_hex_bytes(s: &str) -> Result<HexBytes, String> {
+fn parse_hex_bytes(s: &str) -> Result<HexBytes, ArgError> {
     hex::decode(s.trim_start_matches("0x"))
         .map(HexBytes)
-        .map_err(|e| format!("`{s}`: {e}"))
+        .map_err(|_| ArgError::Number(s.into(), "hex byte string"))
 }
 
 fn padded<const N: usize>(b: &Option<HexBytes>) -> Result<[u8; N], LaunchError> {
@@ -274,18 +291,14 @@ fn padded<const N: usize>(b: &Option<HexBytes>) -> Result<[u8; N], LaunchError> 
     Ok(out)
 }
 
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+fn parse_disk(s: &str) -> Result<DiskConfig, ArgError> {
     let (path, read_only) = match s.rsplit_once(',') {
         Some((p, "readonly")) | Some((p, "ro")) => (p, true),
-        Some((_, opt)) => {
-            return Err(format!(
-                "`{s}`: unknown disk option `{opt}` (expected readonly)"
-            ))
-        }
+        Some((_, opt)) => return Err(ArgError::DiskOption(s.into(), opt.into())),
         None => (s, false),
     };
     if path.is_empty() {
-        return Err("empty disk path".into());
+        return Err(ArgError::EmptyDiskPath);
     }
     Ok(DiskConfig {
         path: path.into(),
@@ -293,7 +306,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
-fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+fn parse_serial(s: &str) -> Result<SerialOutput, ArgError> {
     match s {
         "stdout" => Ok(SerialOutput::Stdout),
         "none" => Ok(SerialOutput::None),
@@ -301,7 +314,7 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             .strip_prefix("file:")
             .filter(|p| !p.is_empty())
             .map(|p| SerialOutput::File(p.into()))
-            .ok_or_else(|| format!("`{s}`: expected stdout, file:PATH or none")),
+            .ok_or_else(|| ArgError::Serial(s.into())),
     }
 }
 
