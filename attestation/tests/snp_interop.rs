@@ -2,7 +2,7 @@
 //! emulated platform's certificates and reports, and rejects a tampered report.
 //!
 //! If `snpguest` is not installed: with `CI` set the test fails, otherwise it prints
-//! `SKIPPED: snpguest not installed` and returns. Install:
+//! a `SKIPPED` line naming the test and the missing tool (`test_kit`) and returns. Install:
 //! `apt-get install -y libssl-dev pkg-config && cargo install snpguest --version 0.11.0 --locked`.
 
 use std::path::Path;
@@ -13,21 +13,6 @@ use attestation::snp::Product;
 
 mod snp_common;
 use snp_common::platform_dir;
-
-fn snpguest_available() -> bool {
-    match Command::new("snpguest").arg("--version").output() {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "snpguest is required in CI: cargo install snpguest --version 0.11.0 --locked"
-                );
-            }
-            eprintln!("SKIPPED: snpguest not installed");
-            false
-        }
-    }
-}
 
 fn snpguest(args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new("snpguest")
@@ -61,9 +46,7 @@ fn write_report(p: &EmulatedSnpPlatform, version: u32, path: &Path) -> [u8; 0x4A
 
 #[test]
 fn snpguest_accepts_the_emulated_certs_and_reports() {
-    if !snpguest_available() {
-        return;
-    }
+    test_kit::require!(tool "snpguest");
     let dir = platform_dir(Product::Milan);
     let certs = dir.join("snp");
     let p = EmulatedSnpPlatform::open(&dir).expect("platform");

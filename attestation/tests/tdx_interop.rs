@@ -2,7 +2,7 @@
 //! quote with `verify_with_root_ca`, given the emulated root and collateral.
 //!
 //! If python3 or the package is missing: with `CI` set the test fails; otherwise it prints
-//! `SKIPPED: python dcap-qvl not installed` and returns.
+//! a `SKIPPED` line (`test_kit`) and returns.
 
 use std::process::Command;
 
@@ -35,13 +35,10 @@ fn python_dcap_qvl_available() -> bool {
 
 #[test]
 fn python_dcap_qvl_verifies_the_emulated_quote() {
-    if !python_dcap_qvl_available() {
-        if std::env::var_os("CI").is_some() {
-            panic!("python dcap-qvl is required in CI: pip install dcap-qvl");
-        }
-        eprintln!("SKIPPED: python dcap-qvl not installed");
-        return;
-    }
+    test_kit::require!(
+        python_dcap_qvl_available(),
+        "the python dcap-qvl package is not installed (pip install dcap-qvl)"
+    );
     let now = time::OffsetDateTime::now_utc();
     let p = EmulatedTdxPlatform::generate(PlatformOptions::default(), now).expect("platform");
     let td = EmulatedTd::with_mrtd(TdConfig::default(), [0x42; 48]);

@@ -3,9 +3,9 @@
 //! real verifier, receives the disk key, opens a LUKS2 disk and prints its message.
 //!
 //! Ignored by default (boots a VM: needs /dev/kvm, the `cvm` binary built by `cargo build
-//! -p host-vmm`, and the guest images under target/guest/; ~30-60 s per boot because the
+//! -p cvm`, and the guest images under target/guest/; ~30-60 s per boot because the
 //! firmware hashes the image at CPL0). Run:
-//! `cargo build -p host-vmm && cargo test -p guest-agent --test e2e_kvm -- --ignored`
+//! `cargo build -p cvm && cargo test -p guest-agent --test e2e_kvm -- --ignored`
 
 mod common;
 
@@ -35,15 +35,12 @@ fn flat(elf: &Path, out: &Path) {
 }
 
 fn boot(tee: &str) {
+    test_kit::require!(kvm);
     let cvm = root().join("target/debug/cvm");
     let fw_elf = root().join("target/guest/cvm-firmware/release/cvm-firmware");
     let tg_elf = root().join("target/guest/cvm-testguest/release/cvm-testguest");
     for p in [&cvm, &fw_elf, &tg_elf] {
-        assert!(
-            p.exists(),
-            "{} is missing: cargo build -p host-vmm",
-            p.display()
-        );
+        assert!(p.exists(), "{} is missing: cargo build -p cvm", p.display());
     }
     let dir = tempfile::tempdir().unwrap();
     let (fw, tg) = (dir.path().join("fw.bin"), dir.path().join("tg.bin"));
@@ -76,8 +73,7 @@ fn boot(tee: &str) {
     if let Ok(mode) = std::env::var("CVM_E2E_SECCOMP") {
         cmd.args(["--seccomp", &mode]);
     }
-    let out = cmd
-        .arg("--emulated-platform")
+    cmd.arg("--emulated-platform")
         .arg(emulated_dir())
         .arg("--firmware")
         .arg(&fw)
@@ -91,9 +87,8 @@ fn boot(tee: &str) {
         .arg("--disk")
         .arg(&disk)
         .arg("--verifier")
-        .arg(format!("http://{}", server.addr))
-        .output()
-        .unwrap();
+        .arg(format!("http://{}", server.addr));
+    let out = test_kit::run_with_deadline(&mut cmd, std::time::Duration::from_secs(600));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}\nstatus: {:?}", out.status);

@@ -44,7 +44,7 @@
 //!
 //! # What is verified on this machine, and what is not
 //!
-//! Verified (tests in `host-vmm/tests/firmware.rs`, under this machine's KVM): the image
+//! Verified (tests in `cvm/tests/firmware.rs`, under this machine's KVM): the image
 //! layout is accepted by `cvm measure snp|tdx` and gives the same SNP digest as
 //! `sev-snp-measure`; the reset vector decodes to the 16-bit and the 32-bit entry, and a
 //! bare KVM vCPU started like a TD (32-bit flat, EFER.LME set) reaches Rust; the

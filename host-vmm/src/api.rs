@@ -80,6 +80,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
     Ok(l)
 }
 
+/// Removes the socket file [`bind`] made when the VMM has ended (a socket is removed,
+/// anything else is left alone, as in [`bind`]).
+pub fn remove(path: &Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the API socket");
+        }
+    }
+}
+
 /// Serves `listener` until it fails; run it on its own thread.
 pub fn serve(listener: UnixListener, vm: Arc<dyn VmControl>) {
     for conn in listener.incoming() {

@@ -40,9 +40,7 @@
 pub mod acpi;
 pub mod api;
 pub mod boot;
-pub mod cli;
 pub mod devices;
-pub mod firmware;
 pub mod isolation;
 pub mod seccomp;
 pub mod tee;

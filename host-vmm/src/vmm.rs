@@ -541,6 +541,8 @@ impl VmBuilder {
         if mode == SeccompMode::Off {
             tracing::warn!("seccomp filters are OFF: the VMM is not confined (debugging only)");
         }
+        // Created before the filter forbids eventfd2.
+        let settle = EventFd::new(libc::EFD_NONBLOCK).ok();
         let confined = seccomp::install(ThreadKind::Vmm, mode);
         if confined.is_err() {
             shared.control.stop();
@@ -553,6 +555,9 @@ impl VmBuilder {
             setup_us = self.started.elapsed().as_micros() as u64,
             "guest started"
         );
+        if let Some(evt) = settle {
+            settle_srcu(&vm, &evt);
+        }
         Ok(Vmm {
             shared,
             threads,
@@ -594,6 +599,13 @@ fn spawn_vcpu(mut vcpu: Vcpu, c: VcpuContext) -> Result<JoinHandle<()>, VmmError
                 Ok(()) => VcpuStop::Stopped,
                 Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
             };
+            // Logged here, when it happens (the VMM thread may be in settle_srcu).
+            tracing::info!(
+                event = "vcpu-stopped",
+                vcpu = vcpu.index(),
+                reason = why.kind(),
+                "vCPU stopped"
+            );
             let _ = c.tx.send((vcpu.index(), why));
         })
         .map_err(VmmError::Thread)
@@ -603,11 +615,14 @@ fn spawn_vsock(
     l: VsockLoop,
     gate: Arc<std::sync::Barrier>,
     mode: SeccompMode,
-) -> Result<(JoinHandle<()>, EventFd), VmmError> {
+) -> Result<EventThread, VmmError> {
     let (epoll, transport) = (l.epoll, l.transport);
+    // Dropped when the thread ends: the VMM waits on it instead of polling.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
     let t = std::thread::Builder::new()
         .name("vsock".into())
         .spawn(move || {
+            let _done = done_tx;
             let confined = seccomp::install(ThreadKind::VsockEvents, mode);
             gate.wait();
             match confined {
@@ -616,7 +631,18 @@ fn spawn_vsock(
             }
         })
         .map_err(VmmError::Thread)?;
-    Ok((t, l.stop))
+    Ok(EventThread {
+        thread: t,
+        stop: l.stop,
+        done: done_rx,
+    })
+}
+
+/// The vsock event thread, its stop event and the channel its end closes.
+struct EventThread {
+    thread: JoinHandle<()>,
+    stop: EventFd,
+    done: mpsc::Receiver<()>,
 }
 
 fn spawn_api(
@@ -667,7 +693,7 @@ pub struct Vmm {
     shared: Arc<VmmShared>,
     threads: Vec<JoinHandle<()>>,
     rx: mpsc::Receiver<(u32, VcpuStop)>,
-    event_thread: Option<(JoinHandle<()>, EventFd)>,
+    event_thread: Option<EventThread>,
     runtime: Option<TeeRuntime>,
     steps: Vec<Step>,
     /// Keeps the VM (and its memory) alive until the threads are gone.
@@ -726,12 +752,12 @@ impl Vmm {
     pub fn run(self) -> VcpuStop {
         let (index, why) = self.first_stop();
         tracing::info!(
-            event = "vcpu-stopped",
-            vcpu = index,
+            event = "stopping",
+            first = index,
             reason = why.kind(),
-            "vCPU stopped; stopping the others"
+            "stopping the VM"
         );
-        self.teardown();
+        self.teardown(index);
         why
     }
 
@@ -754,41 +780,17 @@ impl Vmm {
         }
     }
 
-    /// Stops and joins the vCPU threads (kicking them out of KVM_RUN), then the vsock
-    /// thread; dropping the TEE runtime ends its threads.
-    fn teardown(self) {
-        self.shared.control.stop();
-        let threads = self.threads;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
-            for t in threads.iter().filter(|t| !t.is_finished()) {
-                let _ = t.kill(SIGRTMIN());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        // The API may not kick threads that are about to be joined.
-        self.shared
-            .vcpu_threads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        for t in threads {
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("a vCPU thread did not stop; leaving it to process exit");
-            }
-        }
-        if let Some((t, stop_evt)) = self.event_thread {
-            let _ = stop_evt.write(1);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            }
-        }
+    /// Stops the vCPU threads and the vsock thread ([`stop_threads`]); dropping the TEE
+    /// runtime ends its threads. `first` is the vCPU that reported first.
+    fn teardown(self, first: u32) {
+        stop_threads(
+            &self.shared.control,
+            self.threads,
+            first,
+            &self.rx,
+            &self.shared.vcpu_threads,
+            self.event_thread,
+        );
         // Dropping the runtime closes the quote channel; the quote thread ends after at
         // most one QGS exchange, or with the process.
         drop(self.runtime);
@@ -868,6 +870,102 @@ impl crate::api::VmControl for VmmHandle {
 /// Builds the VM described by `config`, runs it until the guest stops, and returns why.
 pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
     Ok(VmBuilder::new(config)?.build()?.run())
+}
+
+/// Stops every vCPU after the first report (`first`: the vCPU that reported, or
+/// `u32::MAX` for the control API) and the vsock event thread, waiting on events rather
+/// than sleeping: each vCPU thread sends its report as its last act, so the reports say
+/// when it is done with the guest and its devices (no disk request is then in flight).
+/// Threads still in KVM_RUN are kicked out with `SIGRTMIN` every millisecond (a kick
+/// that lands just before KVM_RUN is lost, so it is repeated). A vCPU that does not
+/// report within 5 s, or a vsock thread that does not end within 2 s, is left to
+/// process exit with a warning.
+fn stop_threads(
+    stop: &RunControl,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    first: u32,
+    rx: &mpsc::Receiver<(u32, VcpuStop)>,
+    vcpu_threads: &Mutex<Vec<libc::pthread_t>>,
+    event_thread: Option<EventThread>,
+) {
+    stop.stop();
+    // vCPU threads are spawned in index order.
+    let mut pending: Vec<bool> = (0..threads.len()).map(|i| i as u32 != first).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for (t, p) in threads.iter().zip(pending.iter_mut()).filter(|(_, p)| **p) {
+            if t.is_finished() {
+                // Ended without a report (it panicked): nothing to wait for.
+                *p = false;
+            } else {
+                let _ = t.kill(SIGRTMIN());
+            }
+        }
+        if !pending.contains(&true) {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left.min(Duration::from_millis(1))) {
+            Ok((i, _)) => {
+                if let Some(p) = pending.get_mut(i as usize) {
+                    *p = false;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+            Err(_) => break,
+        }
+    }
+    // The API may not kick threads that are about to be joined.
+    vcpu_threads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    for (t, still_running) in threads.into_iter().zip(pending) {
+        if still_running {
+            tracing::warn!("a vCPU thread did not stop; leaving it to process exit");
+        } else {
+            // It reported: it only has its vCPU to close.
+            let _ = t.join();
+        }
+    }
+    if let Some(e) = event_thread {
+        let _ = e.stop.write(1);
+        match e.done.recv_timeout(Duration::from_secs(2)) {
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = e.thread.join();
+            }
+            _ => tracing::warn!("the vsock thread did not stop; leaving it to process exit"),
+        }
+    }
+}
+
+/// An MMIO address no device uses (past the last virtio window) and a value no driver
+/// writes: the probe of [`settle_srcu`].
+const SETTLE_ADDR: u64 = VIRTIO_MMIO_BASE + MAX_VIRTIO_DEVICES as u64 * VIRTIO_MMIO_SIZE;
+const SETTLE_MATCH: u64 = u64::from_le_bytes(*b"cvm-srcu");
+
+/// Ends now, while the guest runs, the SRCU grace period that closing the VM would
+/// otherwise wait for.
+///
+/// KVM_CREATE_IRQCHIP registers the in-kernel PIC and I/O APIC on KVM's I/O buses; each
+/// registration frees the old bus with `call_srcu(&kvm->srcu)`, and `kvm_destroy_vm`
+/// waits for those callbacks (`srcu_barrier`). Nothing asks for that grace period to
+/// be expedited, so it takes a few scheduler ticks (~8 ms at HZ=250 on this project's
+/// machine): a guest that stops sooner than that made `cvm` wait for it after the
+/// vCPU stopped. Registering and unregistering an ioeventfd makes KVM run
+/// `synchronize_srcu_expedited(&kvm->srcu)`, which finishes the pending grace period
+/// early. The VMM thread has nothing else to do until a vCPU reports, and the probe
+/// (an 8-byte write of [`SETTLE_MATCH`] to [`SETTLE_ADDR`], where a write is ignored
+/// anyway) changes nothing the guest can see. Best effort: a failure is only logged.
+fn settle_srcu(vm: &Vm, evt: &EventFd) {
+    let addr = kvm_ioctls::IoEventAddress::Mmio(SETTLE_ADDR);
+    let r = vm
+        .fd()
+        .register_ioevent(evt, &addr, SETTLE_MATCH)
+        .and_then(|()| vm.fd().unregister_ioevent(evt, &addr, SETTLE_MATCH));
+    if let Err(e) = r {
+        tracing::debug!(error = %e, "cannot settle KVM's SRCU grace period early");
+    }
 }
 
 #[cfg(test)]

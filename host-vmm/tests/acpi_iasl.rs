@@ -6,18 +6,6 @@ use std::process::Command;
 
 use host_vmm::acpi::{build, VirtioMmioDesc};
 
-fn have_iasl() -> bool {
-    let ok = Command::new("iasl").arg("-v").output().is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "iasl (acpica-tools) is required under CI"
-        );
-        eprintln!("SKIPPED: iasl not installed");
-    }
-    ok
-}
-
 /// Writes the table with signature `sig` and returns iasl's disassembly.
 fn disassemble(dir: &std::path::Path, t: &host_vmm::acpi::AcpiTables, sig: &[u8; 4]) -> String {
     let off = t.offsets.iter().find(|(s, _)| s == sig).unwrap().1;
@@ -47,9 +35,7 @@ fn disassemble(dir: &std::path::Path, t: &host_vmm::acpi::AcpiTables, sig: &[u8;
 
 #[test]
 fn iasl_disassembles_every_table_and_sees_our_devices() {
-    if !have_iasl() {
-        return;
-    }
+    test_kit::require!(tool "iasl");
     let dir = tempfile::tempdir().unwrap();
     let devs = [
         VirtioMmioDesc {

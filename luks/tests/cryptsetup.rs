@@ -1,20 +1,19 @@
 //! Interoperability with the reference implementation, cryptsetup (Debian package
-//! `cryptsetup-bin`). Without cryptsetup these tests skip loudly, unless `CI` is set, where
-//! they fail.
+//! `cryptsetup-bin`). Without cryptsetup these tests skip visibly (`test_kit`), unless `CI` is
+//! set, where they fail.
 //!
 //! dm-crypt (`cryptsetup open` without `--test-passphrase`) needs the kernel's
 //! device-mapper, which the project's machines do not have (`cryptsetup open` fails with
 //! "Cannot initialize device-mapper");
 //! `dm_crypt_reads_our_data` checks data encryption through dm-crypt when it is available
-//! and otherwise says loudly that it did not. Data-sector encryption is otherwise pinned
+//! and otherwise reports a skip. Data-sector encryption is otherwise pinned
 //! by known answers from OpenSSL's XTS (unit test `xts_plain64_known_answers`).
 
-#[macro_use]
 mod common;
 
 use std::path::Path;
 
-use common::{cryptsetup, cryptsetup_ok, cryptsetup_volume_key, have_cryptsetup, key, p};
+use common::{cryptsetup, cryptsetup_ok, cryptsetup_volume_key, key, p};
 use luks::{create, CreateOptions, Error, Header, KdfChoice, Volume};
 
 fn write_key(dir: &Path, name: &str, k: &[u8]) -> std::path::PathBuf {
@@ -50,17 +49,13 @@ fn our_volume_is_accepted(opts: &CreateOptions, material: &[u8]) {
 
 #[test]
 fn cryptsetup_accepts_our_pbkdf2_volume() {
-    if !have_cryptsetup("cryptsetup_accepts_our_pbkdf2_volume") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     our_volume_is_accepted(&CreateOptions::default(), &key(1));
 }
 
 #[test]
 fn cryptsetup_accepts_our_argon2id_volume() {
-    if !have_cryptsetup("cryptsetup_accepts_our_argon2id_volume") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let opts = CreateOptions {
         kdf: KdfChoice::Argon2id {
             time: 4,
@@ -113,9 +108,7 @@ fn cryptsetup_volume_unlocks(extra: &[&str]) {
 
 #[test]
 fn we_unlock_cryptsetup_pbkdf2() {
-    if !have_cryptsetup("we_unlock_cryptsetup_pbkdf2") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     cryptsetup_volume_unlocks(&["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]);
     // SHA-512 PBKDF2, AES-128-XTS, 512-byte sectors.
     cryptsetup_volume_unlocks(&[
@@ -134,9 +127,7 @@ fn we_unlock_cryptsetup_pbkdf2() {
 
 #[test]
 fn we_unlock_cryptsetup_argon2() {
-    if !have_cryptsetup("we_unlock_cryptsetup_argon2") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     cryptsetup_volume_unlocks(&[
         "--pbkdf",
         "argon2id",
@@ -161,9 +152,7 @@ fn we_unlock_cryptsetup_argon2() {
 
 #[test]
 fn argon2_memory_cap_is_enforced_on_cryptsetup_volume() {
-    if !have_cryptsetup("argon2_memory_cap_is_enforced_on_cryptsetup_volume") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let dir = tempfile::tempdir().unwrap();
     let kf = write_key(dir.path(), "key", &key(7));
     let img = dir.path().join("cs.img");
@@ -212,9 +201,7 @@ fn argon2_memory_cap_is_enforced_on_cryptsetup_volume() {
 /// cryptsetup's header rewrite (seqid bump, both copies) parses.
 #[test]
 fn cryptsetup_add_key_to_our_volume() {
-    if !have_cryptsetup("cryptsetup_add_key_to_our_volume") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let dir = tempfile::tempdir().unwrap();
     let kf = write_key(dir.path(), "key", &key(1));
     let kf2 = write_key(dir.path(), "key2", &key(2));
@@ -244,14 +231,12 @@ fn cryptsetup_add_key_to_our_volume() {
 
 #[test]
 fn dm_crypt_reads_our_data() {
-    if !have_cryptsetup("dm_crypt_reads_our_data") {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     if !Path::new("/dev/mapper/control").exists() {
-        loud!(
-            "\n!!!!!!!! dm_crypt_reads_our_data: NOT CHECKED: no device-mapper on this \
-             machine (/dev/mapper/control missing); data-sector encryption is checked by \
-             the OpenSSL known-answer unit test only. !!!!!!!!\n"
+        // Optional: the project's machines (CI's too) have no device-mapper.
+        test_kit::skip_optional(
+            "no device-mapper on this machine (/dev/mapper/control missing); data-sector \
+             encryption is checked by the OpenSSL known-answer unit test only",
         );
         return;
     }
@@ -265,10 +250,10 @@ fn dm_crypt_reads_our_data() {
     let name = format!("cvm-luks-test-{}", std::process::id());
     let open = cryptsetup(&["open", "--readonly", "--key-file", p(&kf), p(&img), &name]);
     if !open.status.success() {
-        loud!(
-            "\n!!!!!!!! dm_crypt_reads_our_data: NOT CHECKED: cryptsetup open failed: {} !!!!!!!!\n",
-            String::from_utf8_lossy(&open.stderr)
-        );
+        test_kit::skip_optional(format_args!(
+            "cryptsetup open failed: {}",
+            String::from_utf8_lossy(&open.stderr).trim()
+        ));
         return;
     }
     let read = std::fs::read(format!("/dev/mapper/{name}"));

@@ -152,3 +152,72 @@ pub fn ovmf_like(size: usize) -> Vec<u8> {
     ));
     b.build(size)
 }
+
+/// The size of [`emulated_guest_image`]: 64 KiB, mapped just below 4 GiB.
+pub const EMULATED_GUEST_IMAGE_SIZE: usize = 0x10000;
+
+/// A 64 KiB firmware in the OVMF layout for tiny test guests under the emulated TEEs:
+/// SEV metadata (SNP_SEC_MEM, SECRETS and CPUID pages at 8 MiB), an AP reset block at
+/// 0xFFFFF000, and TDVF metadata (the whole image as a measured BFV, and TempMem), with
+/// `code` at 0xFFFFF000 (offset 0xF000), reached by a `jmp` from the reset vector.
+///
+/// # Panics
+/// If `code` is longer than 0xE00 bytes (it would overwrite the footer table).
+pub fn emulated_guest_image(code: &[u8]) -> Vec<u8> {
+    const SIZE: usize = EMULATED_GUEST_IMAGE_SIZE;
+    assert!(
+        code.len() <= 0xE00,
+        "guest code would overlap the footer table"
+    );
+    let mut b = ImageBuilder::default();
+    b.blobs.push((0xF000, code.to_vec()));
+    b.blobs.push((
+        0x100,
+        asev(&[
+            (0x80_0000, 0x8000, 1),
+            (0x80_8000, 0x1000, 2),
+            (0x80_9000, 0x1000, 3),
+        ]),
+    ));
+    b.blobs.push((
+        0x400,
+        tdvf(&[
+            (0, SIZE as u32, (1 << 32) - SIZE as u64, SIZE as u64, 0, 1),
+            (0, 0, 0x80_0000, 0x2000, 3, 0),
+        ]),
+    ));
+    b.entries.push((
+        SEV_METADATA_GUID,
+        ((SIZE - 0x100) as u32).to_le_bytes().to_vec(),
+    ));
+    b.entries.push((
+        TDX_METADATA_OFFSET_GUID,
+        ((SIZE - 0x400) as u32).to_le_bytes().to_vec(),
+    ));
+    b.entries.push((
+        SEV_ES_RESET_BLOCK_GUID,
+        0xffff_f000u32.to_le_bytes().to_vec(),
+    ));
+    let mut img = b.build(SIZE);
+    img[0xFFF0..0xFFF3].copy_from_slice(&[0xe9, 0x0d, 0xf0]); // jmp 0xF000 (rel16)
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::FirmwareImage;
+
+    #[test]
+    fn the_emulated_guest_image_parses_with_code_behind_the_reset_vector() {
+        let code = [0xf4u8, 0xeb, 0xfd];
+        let img = emulated_guest_image(&code);
+        assert_eq!(&img[0xF000..0xF003], &code);
+        assert_eq!(&img[0xFFF0..0xFFF3], &[0xe9, 0x0d, 0xf0]);
+        let fw = FirmwareImage::parse(img).unwrap();
+        assert_eq!(fw.gpa(), (1 << 32) - EMULATED_GUEST_IMAGE_SIZE as u64);
+        assert_eq!(fw.sev_metadata().unwrap().len(), 3);
+        assert_eq!(fw.tdx_metadata().unwrap().len(), 2);
+        assert_eq!(fw.sev_es_reset_eip().unwrap(), 0xffff_f000);
+    }
+}

@@ -69,7 +69,7 @@ fn snp_digest_matches_the_sev_crate() {
     let mut checked = 0;
     for vcpus in [1, 2, 8] {
         for cpu in ["EPYC-v4", "EPYC-Milan", "EPYC-Genoa"] {
-            // EC2 is cross-checked against sev-snp-measure only (host-vmm/tests/measure_cli.rs):
+            // EC2 is cross-checked against sev-snp-measure only (cvm/tests/measure_cli.rs):
             // see `ec2_differs_from_the_sev_crate_only_in_rdx`.
             for (vmm_ours, vmm_theirs) in [(VmmType::Qemu, VMMType::QEMU)] {
                 for features in [0x1, 0x21] {

@@ -69,23 +69,6 @@ pub fn ok(program: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether /dev/kvm is usable; under CI it must be.
-pub fn have_kvm() -> bool {
-    let ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "/dev/kvm is required under CI"
-        );
-        eprintln!("SKIPPED: /dev/kvm not available");
-    }
-    ok
-}
-
 /// A running `cvm-verifier` (plain HTTP on loopback) with a bootstrapped admin.
 #[derive(Debug)]
 pub struct Verifier {

@@ -26,23 +26,6 @@ const WORKLOAD: &str = "agent";
 const GOOD: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0";
 const OTHER: &str = "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000ff";
 
-fn have_cryptsetup() -> bool {
-    let ok = Command::new("cryptsetup")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "cryptsetup is required under CI"
-        );
-        eprintln!("SKIPPED: cryptsetup not available");
-    }
-    ok
-}
-
 /// The emulated platform and two LUKS2 images (the registered key's, and another).
 struct Fixture {
     dir: PathBuf,
@@ -339,9 +322,7 @@ fn assert_refused(c: &Case, o: &Output, reason: &str) {
 }
 
 fn opens_the_disk(tee: &str) {
-    if !have_cryptsetup() {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let c = case(&format!("ok-{tee}"));
     let sp = serve(&c.dir, tee, GOOD);
     let o = agent(&c, &sp, &fixture().disk);
@@ -377,9 +358,7 @@ fn tdx_agent_opens_the_disk() {
 
 #[test]
 fn revoked_workload_releases_nothing() {
-    if !have_cryptsetup() {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let c = case("revoked");
     c.verifier.admin_ok(&["workload", "revoke", WORKLOAD]);
     let sp = serve(&c.dir, "snp", GOOD);
@@ -389,9 +368,7 @@ fn revoked_workload_releases_nothing() {
 
 #[test]
 fn wrong_measurement_releases_nothing() {
-    if !have_cryptsetup() {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     for tee in ["snp", "tdx"] {
         let c = case(&format!("measurement-{tee}"));
         let sp = serve(&c.dir, tee, OTHER);
@@ -402,9 +379,7 @@ fn wrong_measurement_releases_nothing() {
 
 #[test]
 fn a_key_that_does_not_open_the_disk_fails_the_check() {
-    if !have_cryptsetup() {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let c = case("other-disk");
     let sp = serve(&c.dir, "snp", GOOD);
     // Released, but the image is keyed by another key: cryptsetup's test fails.
@@ -480,9 +455,7 @@ fn recording_cryptsetup(dir: &Path, log: &Path) -> PathBuf {
 /// key: the agent refuses and never runs `cryptsetup`.
 #[test]
 fn agent_refuses_a_fake_kbs() {
-    if !have_cryptsetup() {
-        return;
-    }
+    test_kit::require!(tool "cryptsetup");
     let f = fixture();
     let dir = f.dir.join("fake-kbs");
     std::fs::create_dir_all(&dir).unwrap();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
 
-use cvm_tests::{bin, have_kvm, malicious_relay, ok, run, Tamper, Verifier, MESSAGE, RESOURCE};
+use cvm_tests::{bin, malicious_relay, ok, run, Tamper, Verifier, MESSAGE, RESOURCE};
 use serde_json::{json, Value};
 
 const CMDLINE: &str = "console=ttyS0 cvm.kbs_resource=default/disk/e2e";
@@ -239,9 +239,7 @@ fn assert_refused(c: &Case, o: &Output, reason: &str) {
 
 #[test]
 fn guest_unlocks_its_disk_through_the_host() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("ok", true);
     let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
     assert!(o.status.success(), "{}", describe(&o));
@@ -276,9 +274,7 @@ fn guest_unlocks_its_disk_through_the_host() {
 
 #[test]
 fn firmware_refuses_a_swapped_kernel() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("swap-kernel", true);
     // The host measures the real kernel but stages another one.
     let (o, recorded) = launch(
@@ -300,9 +296,7 @@ fn firmware_refuses_a_swapped_kernel() {
 
 #[test]
 fn verifier_refuses_a_swapped_kernel_with_its_hashes() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("swap-kernel-and-hashes", true);
     // A different kernel, consistently hashed: the firmware boots it, but the launch
     // measurement is not the registered one.
@@ -316,9 +310,7 @@ fn verifier_refuses_a_swapped_kernel_with_its_hashes() {
 
 #[test]
 fn debug_policy_is_refused() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("debug", true);
     // Guest policy with DEBUG (bit 19) allowed.
     let (o, _) = launch(
@@ -332,9 +324,7 @@ fn debug_policy_is_refused() {
 
 #[test]
 fn replayed_evidence_is_refused() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("replay", true);
     let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
     assert!(o.status.success(), "{}", describe(&o));
@@ -362,9 +352,7 @@ fn replayed_evidence_is_refused() {
 
 #[test]
 fn untrusted_emulated_platform_is_refused() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("no-trust", false);
     let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
     assert_refused(&c, &o, "untrusted");
@@ -372,9 +360,7 @@ fn untrusted_emulated_platform_is_refused() {
 
 #[test]
 fn evidence_altered_in_transit_is_refused() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("alter-evidence", true);
     let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::CorruptEvidence);
     assert!(!o.status.success(), "{}", describe(&o));
@@ -385,9 +371,7 @@ fn evidence_altered_in_transit_is_refused() {
 
 #[test]
 fn key_altered_in_transit_does_not_decrypt() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("alter-key", true);
     let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::CorruptResponse);
     // The verifier released the JWE; the altered body fails the release signature in
@@ -405,9 +389,7 @@ fn key_altered_in_transit_does_not_decrypt() {
 
 #[test]
 fn revoked_workload_is_refused() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let c = case("revoked", true);
     c.verifier.admin_ok(&["workload", "revoke", "e2e"]);
     let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
@@ -425,9 +407,7 @@ fn revoked_workload_is_refused() {
 
 #[test]
 fn demo_runs_both_tees() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let dir = fixture().dir.join("demo");
     let out = run(&bin("cvm"), &["demo", "--dir", dir.to_str().unwrap()]);
     let text = stdout(&out);

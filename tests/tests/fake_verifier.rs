@@ -14,7 +14,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use cvm_tests::fake_kbs::{self, FakeKbs, Forgery};
-use cvm_tests::{bin, have_kvm, ok, MESSAGE, RESOURCE};
+use cvm_tests::{bin, ok, MESSAGE, RESOURCE};
 use verifier::crypto::token::TokenSigner;
 
 /// Images, the emulated platform and the host's own disk, made once for the file.
@@ -139,9 +139,7 @@ fn assert_guest_refused(o: &Output, why: &str) {
 /// key, no proof of the verifier's identity.
 #[test]
 fn pinned_guest_refuses_a_fake_kbs() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let kbs = fake_kbs::start(fixture().key.clone(), Forgery::Bare);
     let o = launch(&kbs, &format!("cvm.verifier_key={}", honest_pin()));
     assert_guest_refused(&o, "not the pinned verifier");
@@ -152,9 +150,7 @@ fn pinned_guest_refuses_a_fake_kbs() {
 /// A fake KBS that signs its token and its release consistently with its own key.
 #[test]
 fn pinned_guest_refuses_a_kbs_signing_with_another_key() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let kbs = fake_kbs::start(fixture().key.clone(), Forgery::OwnKey);
     let o = launch(&kbs, &format!("cvm.verifier_key={}", honest_pin()));
     assert_guest_refused(&o, "not the pinned verifier");
@@ -163,9 +159,7 @@ fn pinned_guest_refuses_a_kbs_signing_with_another_key() {
 /// Without `cvm.verifier_key=` the guest refuses before it sends anything.
 #[test]
 fn unpinned_guest_refuses_to_attest() {
-    if !have_kvm() {
-        return;
-    }
+    test_kit::require!(kvm);
     let kbs = fake_kbs::start(fixture().key.clone(), Forgery::Bare);
     let o = launch(&kbs, "");
     assert_guest_refused(&o, "no pinned verifier");

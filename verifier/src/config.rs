@@ -2,6 +2,7 @@
 //! keys refused), overridden by environment variables, overridden by command-line
 //! options. See `verifier/cvm-verifier.sample.toml`.
 
+use crate::collateral::CollateralConfig;
 use crate::crypto::master::MasterKeySource;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::service::{AuthLimits, FloodLimits};
+use crate::limits::{AuthLimits, FloodLimits};
 
 /// The configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,6 +34,35 @@ pub struct ConfigFile {
     /// `[limits]`.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[collateral]`.
+    #[serde(default)]
+    pub collateral: CollateralSection,
+}
+
+/// `[collateral]`: the collateral service (AMD KDS, Intel PCS/PCCS, cache); see
+/// [`crate::collateral`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollateralSection {
+    /// AMD KDS base URL (default `https://kdsintf.amd.com`).
+    pub amd_kds_url: Option<String>,
+    /// Intel PCS or PCCS base URL (default `https://api.trustedservices.intel.com`).
+    pub intel_pcs_url: Option<String>,
+    /// Intel SGX root CA CRL URL (default: the PCCS's `rootcacrl`, or Intel's
+    /// distribution point for the public PCS).
+    pub intel_root_ca_crl_url: Option<String>,
+    /// HTTP(S) proxy URL for every fetch.
+    pub proxy: Option<String>,
+    /// Never fetch; use only imported or cached collateral (default false).
+    pub offline: Option<bool>,
+    /// Timeout of one request, seconds (default 10).
+    pub timeout_secs: Option<u64>,
+    /// Attempts per fetch (default 3).
+    pub attempts: Option<u32>,
+    /// Delay before the first retry, milliseconds, doubled per retry (default 500).
+    pub backoff_ms: Option<u64>,
+    /// How often to look for items to refresh, seconds (default 300).
+    pub refresh_interval_secs: Option<u64>,
 }
 
 /// `[server]`: where and how to listen.
@@ -277,6 +307,14 @@ pub struct Overrides {
     pub emulated_trust: Vec<PathBuf>,
     /// `--session-ttl`.
     pub session_ttl: Option<i64>,
+    /// `--amd-kds-url`.
+    pub amd_kds_url: Option<String>,
+    /// `--intel-pcs-url`.
+    pub intel_pcs_url: Option<String>,
+    /// `--collateral-proxy`.
+    pub collateral_proxy: Option<String>,
+    /// `--collateral-offline`.
+    pub collateral_offline: bool,
 }
 
 /// How to serve.
@@ -320,6 +358,8 @@ pub struct ServeConfig {
     pub auth_limits: AuthLimits,
     /// Connection, timeout, argon2, session and refusal limits.
     pub flood_limits: FloodLimits,
+    /// The collateral service.
+    pub collateral: CollateralConfig,
 }
 
 /// Configuration errors.
@@ -361,6 +401,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("{0} must be positive")]
     Range(&'static str),
+    /// A collateral service URL is not http(s).
+    #[error("{0} `{1}` is not an http:// or https:// URL")]
+    Url(&'static str, String),
 }
 
 impl ConfigFile {
@@ -447,6 +490,12 @@ impl ConfigFile {
                 .unwrap_or(d.window),
         };
         let flood_limits = self.limits.resolve()?;
+        let collateral = self.collateral.resolve(
+            o.amd_kds_url,
+            o.intel_pcs_url,
+            o.collateral_proxy,
+            o.collateral_offline,
+        )?;
         Ok(ServeConfig {
             listen,
             tls,
@@ -460,6 +509,68 @@ impl ConfigFile {
             attest_body_limit: self.server.attest_body_limit.unwrap_or(1 << 20),
             auth_limits,
             flood_limits,
+            collateral,
+        })
+    }
+}
+
+impl CollateralSection {
+    /// Applies the command-line overrides and the defaults.
+    pub fn resolve(
+        self,
+        amd_kds_url: Option<String>,
+        intel_pcs_url: Option<String>,
+        proxy: Option<String>,
+        offline: bool,
+    ) -> Result<CollateralConfig, ConfigError> {
+        let d = CollateralConfig::default();
+        let url = |what: &'static str, u: String| -> Result<String, ConfigError> {
+            if u.starts_with("https://") || u.starts_with("http://") {
+                Ok(u)
+            } else {
+                Err(ConfigError::Url(what, u))
+            }
+        };
+        let attempts = self.attempts.unwrap_or(d.attempts);
+        if attempts == 0 {
+            return Err(ConfigError::Range("collateral.attempts"));
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(ConfigError::Range("collateral.timeout_secs"));
+        }
+        if self.refresh_interval_secs == Some(0) {
+            return Err(ConfigError::Range("collateral.refresh_interval_secs"));
+        }
+        Ok(CollateralConfig {
+            amd_kds_url: url(
+                "amd_kds_url",
+                amd_kds_url.or(self.amd_kds_url).unwrap_or(d.amd_kds_url),
+            )?,
+            intel_pcs_url: url(
+                "intel_pcs_url",
+                intel_pcs_url
+                    .or(self.intel_pcs_url)
+                    .unwrap_or(d.intel_pcs_url),
+            )?,
+            intel_root_ca_crl_url: self
+                .intel_root_ca_crl_url
+                .map(|u| url("intel_root_ca_crl_url", u))
+                .transpose()?,
+            proxy: proxy.or(self.proxy),
+            offline: offline || self.offline.unwrap_or(false),
+            timeout: self
+                .timeout_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.timeout),
+            attempts,
+            backoff: self
+                .backoff_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.backoff),
+            refresh_interval: self
+                .refresh_interval_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.refresh_interval),
         })
     }
 }
@@ -603,5 +714,36 @@ mod tests {
         let c = f.resolve(o).unwrap();
         assert_eq!(c.listen.port(), 1);
         assert_eq!(c.tls, TlsMode::InsecureHttp);
+    }
+
+    #[test]
+    fn collateral_section_defaults_overrides_and_refusals() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap().collateral;
+        assert_eq!(c.amd_kds_url, "https://kdsintf.amd.com");
+        assert_eq!(c.intel_pcs_url, "https://api.trustedservices.intel.com");
+        assert!(!c.offline && c.proxy.is_none() && c.attempts == 3);
+        let f: ConfigFile = toml::from_str(
+            "[collateral]\namd_kds_url = \"http://kds.local\"\noffline = true\nattempts = 5",
+        )
+        .unwrap();
+        o.intel_pcs_url = Some("https://pccs.local:8081".into());
+        o.collateral_proxy = Some("http://proxy:3128".into());
+        let c = f.resolve(o.clone()).unwrap().collateral;
+        assert_eq!(c.amd_kds_url, "http://kds.local");
+        assert_eq!(c.intel_pcs_url, "https://pccs.local:8081");
+        assert_eq!(c.proxy.as_deref(), Some("http://proxy:3128"));
+        assert!(c.offline);
+        assert_eq!(c.attempts, 5);
+        o.amd_kds_url = Some("file:///etc/passwd".into());
+        assert!(matches!(
+            ConfigFile::default().resolve(o.clone()),
+            Err(ConfigError::Url("amd_kds_url", _))
+        ));
+        o.amd_kds_url = None;
+        let f: ConfigFile = toml::from_str("[collateral]\nattempts = 0").unwrap();
+        assert!(matches!(f.resolve(o), Err(ConfigError::Range(_))));
     }
 }

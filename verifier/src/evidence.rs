@@ -11,8 +11,11 @@
 //! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` |
 //! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null}` |
 //!
-//! Standard base64 (with padding) is expected; URL-safe is accepted too. The verifier
-//! does not fetch collateral itself: without `cert_chain`/`collateral` the result is
+//! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
+//! `cert_chain`/`collateral`, the verifier asks its collateral source
+//! ([`AttestationVerifier::with_collateral`], the service's
+//! [`crate::collateral::CollateralService`]: AMD KDS, Intel PCS/PCCS, cache); without a
+//! source, or when the source has nothing valid, the result is
 //! [`ErrorKind::CollateralUnavailable`].
 //!
 //! # Trust anchors
@@ -41,10 +44,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use attestation::claims::{Claims, Tee};
-use attestation::snp::{CertTable, SnpCollateral, SnpVerifier, TrustRoots};
+use attestation::snp::{
+    AmdCertificate, AttestationReport, CertKind, CertTable, SnpCollateral, SnpVerifier, TrustRoots,
+};
 use attestation::tdx::collateral::Collateral;
 use attestation::tdx::verify::{TdxVerifier, TrustRoot};
 use attestation::ErrorKind;
+
+use crate::collateral::CollateralSource;
 use base64::Engine;
 use serde::Deserialize;
 
@@ -136,6 +143,10 @@ pub struct AttestationVerifier {
     emulated: bool,
     /// Parsed certificate tables by their `cert_chain` text (see the module docs).
     tables: Mutex<HashMap<String, Arc<SnpCollateral>>>,
+    /// Where collateral absent from the evidence comes from.
+    collateral: Option<Arc<dyn CollateralSource>>,
+    /// AMD's pinned ASKs: a VCEK they issued is genuine, so its product's KDS CRL applies.
+    amd_asks: Vec<AmdCertificate>,
 }
 
 impl AttestationVerifier {
@@ -173,7 +184,18 @@ impl AttestationVerifier {
             tdx,
             emulated: !emulated_dirs.is_empty(),
             tables: Mutex::new(HashMap::new()),
+            collateral: None,
+            amd_asks: TrustRoots::amd()
+                .map_err(TrustError::Amd)?
+                .intermediates()
+                .to_vec(),
         })
+    }
+
+    /// Fetches collateral absent from the evidence from `source`.
+    pub fn with_collateral(mut self, source: Arc<dyn CollateralSource>) -> Self {
+        self.collateral = Some(source);
+        self
     }
 
     /// Whether emulated trust anchors are configured.
@@ -230,16 +252,69 @@ impl AttestationVerifier {
     ) -> Result<Claims, VerifyFailure> {
         let ev: SnpEvidence = serde_json::from_slice(evidence).map_err(malformed("snp"))?;
         let report = decode_b64(&ev.report, "report")?;
-        let Some(chain) = ev.cert_chain else {
-            return Err(VerifyFailure::new(
-                ErrorKind::CollateralUnavailable,
-                "the evidence carries no cert_chain; send the extended report's certificate table",
-            ));
+        let collateral = match (ev.cert_chain, &self.collateral) {
+            (Some(chain), None) => self.snp_collateral(chain)?,
+            (Some(chain), Some(source)) => {
+                let table = self.snp_collateral(chain)?;
+                self.with_kds_crl(table, source.as_ref(), &report, now)?
+            }
+            (None, Some(source)) => source
+                .snp_collateral(&report, now)
+                .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+            (None, None) => {
+                return Err(VerifyFailure::new(
+                    ErrorKind::CollateralUnavailable,
+                    "the evidence carries no cert_chain and no collateral service is configured; send the extended report's certificate table",
+                ))
+            }
         };
-        let collateral = self.snp_collateral(chain)?;
         self.snp
             .verify(&report, &collateral, now)
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+    }
+
+    /// Adds the KDS's CRL to a certificate table that carries none and whose VCEK is
+    /// issued by one of AMD's ASKs: AMD publishes a CRL per product, so a genuine chain
+    /// is always checked against it (a revoked ASK is refused; a CRL that cannot be
+    /// obtained refuses the evidence). Emulated and other chains are left as they are.
+    fn with_kds_crl(
+        &self,
+        table: Arc<SnpCollateral>,
+        source: &dyn CollateralSource,
+        report: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Arc<SnpCollateral>, VerifyFailure> {
+        if !table.crls().is_empty() {
+            return Ok(table);
+        }
+        let product = table
+            .certificates()
+            .filter(|c| c.kind() == CertKind::Vcek)
+            .find_map(|vcek| {
+                let ask = self.amd_asks.iter().find(|a| vcek.names_issuer(a))?;
+                ask.product().or_else(|| vcek.product())
+            });
+        let Some(product) = product else {
+            return Ok(table);
+        };
+        // The report's own product must agree (a v2 report has no CPUID).
+        if let Ok(r) = AttestationReport::parse(report) {
+            if r.cpuid
+                .and_then(|c| c.product())
+                .is_some_and(|p| p != product)
+            {
+                return Ok(table);
+            }
+        }
+        let fail =
+            |e: crate::collateral::CollateralError| VerifyFailure::new(e.kind(), e.to_string());
+        let Some(crl) = source.snp_crl(product, now).map_err(fail)? else {
+            return Ok(table);
+        };
+        let mut with = (*table).clone();
+        with.add_crls(&crl.body, "CRL from the KDS")
+            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        Ok(Arc::new(with))
     }
 
     /// The parsed certificate table `chain` (base64), from the cache if it was parsed
@@ -274,15 +349,24 @@ impl AttestationVerifier {
     ) -> Result<Claims, VerifyFailure> {
         let ev: TdxEvidence = serde_json::from_slice(evidence).map_err(malformed("tdx"))?;
         let quote = decode_b64(&ev.quote, "quote")?;
-        let Some(coll) = ev.collateral else {
-            return Err(VerifyFailure::new(
-                ErrorKind::CollateralUnavailable,
-                "the evidence carries no collateral; send the QuoteCollateralV3 object",
-            ));
+        let collateral = match (ev.collateral, &self.collateral) {
+            (Some(coll), _) => {
+                let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
+                Arc::new(
+                    Collateral::from_json(&coll_bytes)
+                        .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+                )
+            }
+            (None, Some(source)) => source
+                .tdx_collateral(&quote, now)
+                .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
+            (None, None) => {
+                return Err(VerifyFailure::new(
+                    ErrorKind::CollateralUnavailable,
+                    "the evidence carries no collateral and no collateral service is configured; send the QuoteCollateralV3 object",
+                ))
+            }
         };
-        let coll_bytes = serde_json::to_vec(&coll).map_err(malformed("tdx"))?;
-        let collateral = Collateral::from_json(&coll_bytes)
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
         // Genuine Intel first; emulated roots only on an untrusted chain.
         let mut first: Option<VerifyFailure> = None;
         for v in &self.tdx {

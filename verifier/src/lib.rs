@@ -14,6 +14,11 @@
 //!   verified platform certificate.
 //! - Clients ([`client`]): the guest side of the protocol (used by the load generator
 //!   and the tests) and the admin API client behind `cvm-verifier admin`.
+//! - Collateral ([`collateral`]): evidence without its certificates or DCAP collateral
+//!   is completed from AMD's KDS and Intel's PCS/PCCS, cached in the database (shared by
+//!   replicas) until each item's own expiry and refreshed before it, with single-flight
+//!   fetches, enforced CRLs and an offline mode fed by `cvm-verifier collateral
+//!   export|import` bundles.
 //!
 //! # Design
 //!
@@ -31,6 +36,10 @@
 //! The report's own P-384 signature — half of that — is verified on every attestation.
 //! The rest is kept small by:
 //!
+//! - Fetched collateral (see [`collateral`]): with it cached, a flow without collateral
+//!   in its evidence costs one in-memory lookup more than one carrying it (SNP: by
+//!   CHIP_ID, REPORTED_TCB, CPUID and SIGNING_KEY; TDX: by SHA-256 of the quote's PCK
+//!   chain).
 //! - Caches that never hold a verdict on the report: parsed SNP certificate tables
 //!   (by the exact `cert_chain` string, at most 256 of at most 32 KiB; see
 //!   [`evidence`]), and, in the `attestation` crate, verified VCEK/VLEK chains (by
@@ -65,7 +74,9 @@
 //! - `axum` + `tokio`, served by a small accept loop on `hyper`'s HTTP/1.1 driver and
 //!   `tokio-rustls` (`service::conn`): connection caps, TLS handshake and header-read
 //!   timeouts, graceful shutdown — which `axum::serve` and `axum-server` lack;
-//!   `reqwest` (rustls) for the clients.
+//!   `reqwest` (rustls) for the clients and the collateral service's KDS/PCS fetches
+//!   (see [`collateral`] for why); `dcap-qvl` (already the TDX verifier's) to read the
+//!   FMSPC from a PCK certificate, `x509-cert`/`der` for CRL `nextUpdate`.
 //! - `sqlx` (`Any` driver): one set of portable queries for SQLite and PostgreSQL.
 //! - `kbs-types`: Trustee's protocol types, so the JSON matches guest components.
 //! - `serde_json_canonicalizer`: RFC 8785 JCS for the REPORT_DATA binding and audit
@@ -94,6 +105,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod collateral;
 pub mod config;
 pub mod crypto;
 pub mod db;
@@ -101,6 +113,7 @@ pub mod error;
 pub mod evidence;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use verifier::cli;
 
 #[derive(Debug, Parser)]
@@ -12,6 +12,15 @@ use verifier::cli;
     about = "Attestation verifier and key broker for confidential VMs"
 )]
 struct Cli {
+    /// Log line format on standard error (`CVM_LOG`, or `RUST_LOG`, sets the level).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "CVM_LOG_FORMAT"
+    )]
+    log_format: cli_support::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +43,13 @@ enum Command {
     Inventory(cli::inventory::Args),
     /// Generate load: complete guest flows with emulated evidence.
     Loadgen(cli::loadgen::Args),
+    /// The collateral cache: export, import (offline verifiers), status.
+    #[command(subcommand)]
+    Collateral(cli::collateral::Command),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cli_support::docs::CompletionsArgs),
+    /// Write the man pages of cvm-verifier and every subcommand.
+    Man(cli_support::docs::ManArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +72,7 @@ fn main() -> ExitCode {
             };
         }
     };
+    cli_support::logging::set_format(cli.log_format);
     match cli.command {
         Command::Verify(Verify::Snp(a)) => cli::verify_snp::run(a),
         Command::Verify(Verify::Tdx(a)) => cli::verify_tdx::run(a),
@@ -65,5 +82,8 @@ fn main() -> ExitCode {
         Command::Identity(a) => cli::identity::run(a),
         Command::Inventory(a) => cli::inventory::run(a),
         Command::Loadgen(a) => cli::loadgen::run(a),
+        Command::Collateral(c) => cli::collateral::run(c),
+        Command::Completions(a) => cli_support::docs::completions(Cli::command(), &a),
+        Command::Man(a) => cli_support::docs::man(Cli::command(), &a),
     }
 }

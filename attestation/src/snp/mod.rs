@@ -26,7 +26,9 @@
 //!   [`policy::snp::SnpPolicy`](crate::policy::snp::SnpPolicy).
 //! - [`emulated`]: a software SNP secure processor (test equipment): launch digest over
 //!   the measured-boot launch plan, reports in the exact v3/v5 formats signed by an
-//!   emulated VCEK under an emulated ASK and ARK.
+//!   emulated VCEK under an emulated ASK and ARK. [`emulated::kds`] renders its
+//!   VCEK, ASK/ARK chain and CRL as AMD's KDS serves them (paths and content types),
+//!   so a verifier can fetch an emulated platform's collateral like a real one's.
 //!
 //! # Trust model
 //!

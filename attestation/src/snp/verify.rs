@@ -279,6 +279,11 @@ impl SnpCollateral {
         Ok(())
     }
 
+    /// The CRLs supplied.
+    pub fn crls(&self) -> &[AmdCrl] {
+        &self.crls
+    }
+
     /// The certificates supplied.
     pub fn certificates(&self) -> impl Iterator<Item = &AmdCertificate> {
         self.vek.iter().chain(self.certs.iter())

@@ -17,7 +17,9 @@
 //! - [`emulated`]: an emulated TDX module (MRTD from the measured-boot launch plan, RTMR
 //!   extend, TDREPORT with a MAC) and quoting enclave (QE report signed by an emulated PCK
 //!   key under an emulated provisioning CA hierarchy, quotes from the same serializer),
-//!   plus collateral signed like Intel's, so the production verifier runs unchanged.
+//!   plus collateral signed like Intel's, so the production verifier runs unchanged;
+//!   [`emulated::pcs`] renders that collateral as Intel's PCS v4 serves it (paths and
+//!   issuer-chain headers), for fetching it like a real platform's.
 //!
 //! ## Why dcap-qvl
 //!
@@ -100,6 +102,7 @@
 
 pub mod collateral;
 pub mod emulated;
+mod error;
 pub mod pck;
 pub mod quote;
 pub mod report;

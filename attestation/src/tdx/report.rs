@@ -19,7 +19,7 @@
 
 use sha2::{Digest, Sha384};
 
-use super::quote::QuoteError;
+use super::error::QuoteError;
 use super::wire::{Reader, Writer};
 
 /// Length of TDREPORT_STRUCT.

@@ -1,8 +1,8 @@
 //! Shared fixtures of the SNP integration tests.
 //!
 //! Emulated platforms need RSA-4096 keys, which take a long time to generate in debug
-//! builds, so each product's platform is generated once, written under
-//! `CARGO_TARGET_TMPDIR` and reopened by later tests and test binaries.
+//! builds, so each product's platform is generated once, written under the target directory
+//! (`test_kit::cached_dir`) and reopened by later tests and test binaries.
 
 #![allow(dead_code)]
 
@@ -24,23 +24,15 @@ pub fn data(path: &str) -> Vec<u8> {
 /// The directory holding the cached platform of `product` (its `snp/` subdirectory
 /// has the snpguest layout).
 pub fn platform_dir(product: Product) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("snp-emulated-v{FIXTURE_VERSION}-{product}"));
-    if EmulatedSnpPlatform::open(&dir).is_err() {
-        let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+    let name = format!("snp-emulated-v{FIXTURE_VERSION}-{product}");
+    test_kit::cached_dir(&name, |tmp| {
         let config = EmulatedSnpConfig {
             product,
             ..EmulatedSnpConfig::default()
         };
         let p = EmulatedSnpPlatform::generate(&config).expect("platform generates");
-        p.write_to(&tmp).expect("platform writes");
-        // Another test binary may have won the race; either copy is fine.
-        if std::fs::rename(&tmp, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-    }
-    dir
+        p.write_to(tmp).expect("platform writes");
+    })
 }
 
 /// The emulated platform of `product`, shared by the tests of one binary.

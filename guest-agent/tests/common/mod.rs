@@ -5,7 +5,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use guest_agent::http::{Transport, TransportError};
@@ -22,27 +21,9 @@ pub const MEASUREMENT: [u8; 48] = [0x5a; 48];
 pub const RESOURCE: &str = "default/key/disk";
 pub const SECRET: &[u8] = b"the disk encryption key \x00\x01\x02";
 
-/// Emulated platforms are slow to generate (RSA-4096): made once per target dir.
+/// The emulated SNP and TDX platforms (generated once per target dir: RSA-4096).
 pub fn emulated_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guest-agent-emulated-v1");
-        if base.join("ready").exists() {
-            return base;
-        }
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("guest-agent-emulated-tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
-        attestation::snp::emulated::EmulatedSnpPlatform::create(&tmp).expect("emulated SNP");
-        attestation::tdx::emulated::EmulatedTdxPlatform::create(&tmp).expect("emulated TDX");
-        std::fs::write(tmp.join("ready"), b"ok").unwrap();
-        if std::fs::rename(&tmp, &base).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        base
-    })
-    .clone()
+    test_kit::emulated_platform()
 }
 
 /// A running verifier (its runtime thread ends with the test process).

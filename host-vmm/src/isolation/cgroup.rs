@@ -62,26 +62,26 @@ impl Limits {
         if let Some(p) = self.cpu_quota_percent {
             let max = 100 * online.0.len() as u32;
             if p == 0 || p > max {
-                return Err(CgroupError::Invalid(format!(
-                    "--cpu-quota {p}% is outside 1..={max}% ({} online CPUs)",
-                    online.0.len()
-                )));
+                return Err(CgroupError::Quota {
+                    percent: p,
+                    max,
+                    online: online.0.len(),
+                });
             }
         }
         if let Some(m) = self.memory_limit {
             let need = guest_memory + MIN_OVERHEAD;
             if m < need {
-                return Err(CgroupError::Invalid(format!(
-                    "--memory-limit {m} is below the guest's memory plus {} MiB of VMM overhead ({need}); the guest would be killed when it touches its memory",
-                    MIN_OVERHEAD >> 20
-                )));
+                return Err(CgroupError::MemoryLimit { limit: m, need });
             }
         }
         if let Some(c) = &self.cpus {
             if let Some(bad) = c.0.iter().find(|cpu| !online.0.contains(cpu)) {
-                return Err(CgroupError::Invalid(format!(
-                    "--cpus {c}: CPU {bad} is not online (online: {online})"
-                )));
+                return Err(CgroupError::Offline {
+                    cpus: c.clone(),
+                    cpu: *bad,
+                    online: online.clone(),
+                });
             }
         }
         Ok(())
@@ -95,34 +95,46 @@ pub const MIN_OVERHEAD: u64 = 32 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CpuList(pub Vec<u32>);
 
-impl std::str::FromStr for CpuList {
-    type Err = String;
+/// Why a CPU list does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CpuListError {
+    /// A part is not a number or a range of numbers.
+    #[error("`{0}` is not a CPU list like 0-3,6")]
+    Syntax(String),
+    /// A range is reversed or beyond the largest CPU number (4095).
+    #[error("`{0}` is not a valid CPU range (first <= last <= 4095)")]
+    Range(String),
+    /// Nothing is listed.
+    #[error("empty CPU list")]
+    Empty,
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl std::str::FromStr for CpuList {
+    type Err = CpuListError;
+
+    fn from_str(s: &str) -> Result<Self, CpuListError> {
         let mut cpus = Vec::new();
+        if s.trim().is_empty() {
+            return Err(CpuListError::Empty);
+        }
         for part in s.trim().split(',') {
             let (a, b) = match part.split_once('-') {
                 Some((a, b)) => (a, b),
                 None => (part, part),
             };
-            let a: u32 = a
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{s}` is not a CPU list like 0-3,6"))?;
-            let b: u32 = b
-                .trim()
-                .parse()
-                .map_err(|_| format!("`{s}` is not a CPU list like 0-3,6"))?;
+            let num = |n: &str| {
+                n.trim()
+                    .parse::<u32>()
+                    .map_err(|_| CpuListError::Syntax(s.to_owned()))
+            };
+            let (a, b) = (num(a)?, num(b)?);
             if a > b || b >= 4096 {
-                return Err(format!("`{part}` is not a valid CPU range"));
+                return Err(CpuListError::Range(part.to_owned()));
             }
             cpus.extend(a..=b);
         }
         cpus.sort_unstable();
         cpus.dedup();
-        if cpus.is_empty() {
-            return Err("empty CPU list".into());
-        }
         Ok(CpuList(cpus))
     }
 }
@@ -156,9 +168,40 @@ impl fmt::Display for CpuList {
 /// Why a control group could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    /// A limit is not acceptable.
-    #[error("{0}")]
-    Invalid(String),
+    /// The CPU quota is zero or more than the online CPUs can give.
+    #[error("--cpu-quota {percent}% is outside 1..={max}% ({online} online CPUs)")]
+    Quota {
+        /// The requested percentage.
+        percent: u32,
+        /// 100 per online CPU.
+        max: u32,
+        /// Online CPUs.
+        online: usize,
+    },
+    /// The memory limit cannot hold the guest and the VMM.
+    #[error("--memory-limit {limit} is below the guest's memory plus {} MiB of VMM overhead ({need}); the guest would be killed when it touches its memory", MIN_OVERHEAD >> 20)]
+    MemoryLimit {
+        /// The requested limit in bytes.
+        limit: u64,
+        /// Guest memory plus [`MIN_OVERHEAD`].
+        need: u64,
+    },
+    /// A requested CPU is not online.
+    #[error("--cpus {cpus}: CPU {cpu} is not online (online: {online})")]
+    Offline {
+        /// The requested CPUs.
+        cpus: CpuList,
+        /// The first offline one.
+        cpu: u32,
+        /// The online CPUs.
+        online: CpuList,
+    },
+    /// The group name cannot be a single directory name.
+    #[error("`{0}` is not a valid cgroup name")]
+    Name(String),
+    /// The host's list of online CPUs does not parse.
+    #[error("cannot parse the host's online CPUs")]
+    OnlineCpus(#[source] CpuListError),
     /// No hierarchy offers a needed controller.
     #[error("no cgroup controller `{controller}` on this host ({found})")]
     NoController {
@@ -344,9 +387,7 @@ impl VmCgroup {
         limits: &Limits,
     ) -> Result<Self, CgroupError> {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(CgroupError::Invalid(format!(
-                "`{name}` is not a valid cgroup name"
-            )));
+            return Err(CgroupError::Name(name.to_owned()));
         }
         let leaf = format!("cvm-{name}");
         let quota = limits
@@ -433,16 +474,29 @@ impl VmCgroup {
     }
 }
 
-impl Drop for VmCgroup {
-    fn drop(&mut self) {
-        // A group with members cannot be removed: move this process back to the parent
-        // first (its other members, if any, have exited by now).
+impl VmCgroup {
+    /// Moves this process out of the group, into the group's parent: the supervising
+    /// parent does it right after forking the VMM (which stays in the group), so that
+    /// removing the group later needs no `cgroup.procs` write.
+    pub fn leave(&self) {
         let me = std::process::id().to_string();
         for (dir, parent) in &self.dirs {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             if procs.lines().any(|p| p.trim() == me) {
-                let _ = std::fs::write(parent.join("cgroup.procs"), &me);
+                if let Err(e) = std::fs::write(parent.join("cgroup.procs"), &me) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot leave the VM's cgroup");
+                }
             }
+        }
+    }
+}
+
+impl Drop for VmCgroup {
+    fn drop(&mut self) {
+        // A group with members cannot be removed: leave it first (a no-op if this
+        // process already has; its other members have exited by now).
+        self.leave();
+        for (dir, _) in &self.dirs {
             if let Err(e) = std::fs::remove_dir(dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the VM's cgroup");
             }
@@ -458,7 +512,7 @@ pub fn online_cpus() -> Result<CpuList, CgroupError> {
         path: p.into(),
         source,
     })?;
-    s.parse().map_err(CgroupError::Invalid)
+    s.parse().map_err(CgroupError::OnlineCpus)
 }
 
 #[cfg(test)]
@@ -479,8 +533,14 @@ mod tests {
         assert_eq!(c.0, vec![0, 1, 2, 3, 7, 8]);
         assert_eq!(c.to_string(), "0-3,7-8");
         assert_eq!("5".parse::<CpuList>().unwrap().to_string(), "5");
-        for bad in ["", "a", "3-1", "1,,2", "0-99999"] {
-            assert!(bad.parse::<CpuList>().is_err(), "{bad}");
+        for (bad, want) in [
+            ("", CpuListError::Empty),
+            ("a", CpuListError::Syntax("a".into())),
+            ("3-1", CpuListError::Range("3-1".into())),
+            ("1,,2", CpuListError::Syntax("1,,2".into())),
+            ("0-99999", CpuListError::Range("0-99999".into())),
+        ] {
+            assert_eq!(bad.parse::<CpuList>(), Err(want), "{bad}");
         }
     }
 

@@ -2,7 +2,11 @@
 //!
 //! [`enter`] is called while the VMM is still single-threaded and before it creates
 //! the KVM VM (a VM belongs to the address space that created it, so it cannot cross a
-//! `fork`). It
+//! `fork`). It and [`supervise`] are `unsafe fn`: they fork, and a fork is only sound in
+//! a single-threaded process (the child gets a copy of memory in which another thread
+//! may have held a lock or been half-way through an update). They check the thread
+//! count and refuse with [`JailError::Threaded`], but the caller states the rest of the
+//! precondition (see their `# Safety` sections). [`enter`]
 //!
 //! 1. unshares the mount, PID, network, IPC and UTS namespaces;
 //! 2. forks: the child is PID 1 of the new PID namespace and goes on to run the VM; the
@@ -40,14 +44,30 @@ pub struct JailConfig {
 /// Why the jail could not be entered.
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
-    /// The jail directory is unusable.
-    #[error("jail directory {}: {reason}", path.display())]
+    /// The jail directory cannot be resolved (missing, unreadable).
+    #[error("jail directory {} cannot be used", path.display())]
     Root {
         /// The directory.
         path: PathBuf,
-        /// What is wrong.
-        reason: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
+    /// The jail path is not a directory.
+    #[error("jail directory {} is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// The jail path is the host's root.
+    #[error("jail directory {}: the host's root cannot be a jail", .0.display())]
+    HostRoot(PathBuf),
+    /// The jail path cannot be passed to the kernel.
+    #[error("jail directory {} contains a NUL byte", .0.display())]
+    NulByte(PathBuf),
+    /// The process has other threads, so it cannot fork soundly.
+    #[error("the process has {0} threads; it must be single-threaded to fork into the jail or its supervisor")]
+    Threaded(usize),
+    /// The thread count could not be read.
+    #[error("cannot count this process's threads (/proc/self/task)")]
+    Threads(#[source] std::io::Error),
     /// A system call failed.
     #[error("{call} failed while entering the jail")]
     Sys {
@@ -81,26 +101,37 @@ fn sys(call: &'static str, rc: libc::c_long) -> Result<libc::c_long, JailError> 
 }
 
 fn cstr(p: &Path) -> Result<CString, JailError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::Root {
-        path: p.to_owned(),
-        reason: "contains a NUL byte".into(),
-    })
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::NulByte(p.to_owned()))
 }
 
 /// Checks the jail directory: an absolute, existing directory that is not `/`.
 pub fn check_root(root: &Path) -> Result<PathBuf, JailError> {
-    let err = |reason: &str| JailError::Root {
+    let canon = root.canonicalize().map_err(|source| JailError::Root {
         path: root.to_owned(),
-        reason: reason.into(),
-    };
-    let canon = root.canonicalize().map_err(|e| err(&e.to_string()))?;
+        source,
+    })?;
     if !canon.is_dir() {
-        return Err(err("not a directory"));
+        return Err(JailError::NotADirectory(root.to_owned()));
     }
     if canon == Path::new("/") {
-        return Err(err("the host's root cannot be a jail"));
+        return Err(JailError::HostRoot(root.to_owned()));
     }
     Ok(canon)
+}
+
+/// The number of threads of this process (the entries of `/proc/self/task`).
+pub fn thread_count() -> Result<usize, JailError> {
+    Ok(std::fs::read_dir("/proc/self/task")
+        .map_err(JailError::Threads)?
+        .count())
+}
+
+/// Fails closed unless this process has exactly one thread.
+fn check_single_threaded() -> Result<(), JailError> {
+    match thread_count()? {
+        1 => Ok(()),
+        n => Err(JailError::Threaded(n)),
+    }
 }
 
 /// What [`enter`] returns.
@@ -115,35 +146,73 @@ pub enum Entered {
 
 /// Enters the jail (see the module docs).
 /// `new_netns: false` keeps the host's network namespace (for a VMM that must reach a
-/// verifier); everything else is the same.
-pub fn enter(cfg: &JailConfig, new_netns: bool) -> Result<Entered, JailError> {
+/// verifier); everything else is the same. `after_fork` runs in the parent right after
+/// the fork, while the child sets up (see [`supervise`]).
+///
+/// # Safety
+///
+/// The process must be single-threaded, and stay so until this returns: it forks (see
+/// [`supervise`]), and `unshare(CLONE_NEWNS)` and the credential and capability calls
+/// act on the calling thread only, so another thread would keep the host's mounts and
+/// the privileges this drops. A second thread present on entry is detected and
+/// refused ([`JailError::Threaded`]); one started concurrently (by a signal handler or
+/// another library) cannot be, so the caller guarantees none is. Both the parent and
+/// the child then own every value the caller had: values whose `Drop` acts on shared
+/// state (a [`super::cgroup::VmCgroup`], temporary files) must be forgotten in one of
+/// them.
+pub unsafe fn enter(
+    cfg: &JailConfig,
+    new_netns: bool,
+    after_fork: impl FnOnce(),
+) -> Result<Entered, JailError> {
     let root = check_root(&cfg.root)?;
+    check_single_threaded()?;
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if new_netns {
         flags |= libc::CLONE_NEWNET;
     }
-    // SAFETY: unshare takes flags only; the process is single-threaded here (the caller
-    // guarantees it), as CLONE_NEWNS/CLONE_NEWPID semantics require.
+    // SAFETY: unshare takes flags only; the process is single-threaded here (checked
+    // above and guaranteed by our caller), as CLONE_NEWNS/CLONE_NEWPID semantics require.
     sys("unshare", unsafe { libc::unshare(flags) } as libc::c_long)?;
-    if let Entered::Parent(status) = supervise()? {
+    // SAFETY: still single-threaded (our own precondition); the caller knows both
+    // processes return from `enter`.
+    if let Entered::Parent(status) = unsafe { supervise(after_fork) }? {
         return Ok(Entered::Parent(status));
     }
     pivot_into(&root)?;
-    drop_privileges(cfg.uid, cfg.gid)?;
+    // SAFETY: the child of the fork has one thread.
+    unsafe { drop_privileges(cfg.uid, cfg.gid) }?;
     Ok(Entered::Jailed)
 }
 
 /// Forks: the child goes on to run the VM (`Entered::Jailed`) and dies with its
 /// parent; the parent waits and returns `Entered::Parent(status)`. [`enter`] uses it
 /// after unsharing (the child is PID 1 of the new PID namespace); on its own it serves a
-/// VM with a cgroup but no jail, since a VMM confined by seccomp cannot remove its own
-/// cgroup when it ends, so the unconfined parent does.
-pub fn supervise() -> Result<Entered, JailError> {
-    // SAFETY: fork in a single-threaded process (the caller guarantees it); the child
-    // only continues this code.
+/// VM with a cgroup or a control API socket but no jail: a VMM confined by seccomp can
+/// remove neither its cgroup nor its socket file when it ends, so the unconfined parent
+/// does. `after_fork` runs in the parent right after the fork, concurrently with the
+/// child's set-up: work that would otherwise delay the parent's clean-up after the
+/// child ends, such as leaving the VM's cgroup the child inherited (a cgroup v1
+/// `cgroup.procs` write may wait for an RCU grace period). The parent then sleeps in
+/// `waitpid` until the child ends (no polling).
+///
+/// # Safety
+///
+/// The process must be single-threaded: `fork` copies only the calling thread, so a
+/// lock another thread held (the allocator's, stdout's, a `Mutex`) would stay locked
+/// forever in the child, and data it was updating would be half-written. A second
+/// thread present on entry is detected and refused ([`JailError::Threaded`]); the
+/// caller guarantees that none is started concurrently. Both processes return from this
+/// function owning every value the caller had: values whose `Drop` acts on shared state
+/// (a [`super::cgroup::VmCgroup`], temporary files) must be forgotten in one of them.
+pub unsafe fn supervise(after_fork: impl FnOnce()) -> Result<Entered, JailError> {
+    check_single_threaded()?;
+    // SAFETY: fork in a single-threaded process (checked above; our caller guarantees
+    // no thread appears meanwhile); the child only continues this code.
     let pid = sys("fork", unsafe { libc::fork() } as libc::c_long)?;
     if pid != 0 {
+        after_fork();
         return Ok(Entered::Parent(wait_for(pid as libc::pid_t)));
     }
     // SAFETY: prctl with integer arguments.
@@ -244,7 +313,13 @@ struct CapData {
 const CAP_V3: u32 = 0x2008_0522;
 
 /// Drops the bounding set, groups, IDs and all capabilities; verifies none remain.
-pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
+///
+/// # Safety
+///
+/// The process must be single-threaded: `PR_CAPBSET_DROP`, `PR_SET_NO_NEW_PRIVS` and
+/// `capset` change the calling thread only, so another thread would keep every
+/// privilege this claims to have dropped.
+unsafe fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
     // The bounding set first: dropping needs CAP_SETPCAP, which we still have.
     for cap in 0..64 {
         // SAFETY: prctl with integer arguments; EINVAL past the last capability.
@@ -310,22 +385,56 @@ mod tests {
 
     #[test]
     fn the_host_root_is_not_a_jail() {
-        assert!(check_root(Path::new("/"))
-            .unwrap_err()
-            .to_string()
-            .contains("host's root"));
-        assert!(check_root(Path::new("/nonexistent-jail-dir")).is_err());
+        let e = check_root(Path::new("/")).unwrap_err();
+        assert!(matches!(e, JailError::HostRoot(_)), "{e:?}");
+        assert!(e.to_string().contains("host's root"), "{e}");
+        assert!(matches!(
+            check_root(Path::new("/nonexistent-jail-dir")),
+            Err(JailError::Root { .. })
+        ));
         let f = tempfile_path();
-        assert!(check_root(&f)
-            .unwrap_err()
-            .to_string()
-            .contains("not a directory"));
+        let e = check_root(&f).unwrap_err();
+        assert!(matches!(e, JailError::NotADirectory(_)), "{e:?}");
+        assert!(e.to_string().contains("not a directory"), "{e}");
     }
 
     fn tempfile_path() -> PathBuf {
         let p = std::env::temp_dir().join(format!("cvm-jail-file-{}", std::process::id()));
         std::fs::write(&p, b"x").unwrap();
         p
+    }
+
+    #[test]
+    fn a_multithreaded_process_is_refused_before_it_forks() {
+        // A second thread that exists for the whole check.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        assert!(thread_count().unwrap() >= 2);
+        // SAFETY: deliberately called with another thread alive: it must refuse before
+        // forking. Should it fork anyway, the child leaves at once without touching
+        // any lock.
+        match unsafe { supervise(|| {}) } {
+            Err(JailError::Threaded(n)) => assert!(n >= 2, "{n}"),
+            // SAFETY: _exit ends the forked child without running any Rust code.
+            Ok(Entered::Jailed) => unsafe { libc::_exit(0) },
+            other => panic!("supervise forked a multithreaded process: {other:?}"),
+        }
+        let cfg = JailConfig {
+            root: std::env::temp_dir(),
+            uid: 65534,
+            gid: 65534,
+        };
+        // SAFETY: as above; `enter` must refuse before unsharing or forking.
+        match unsafe { enter(&cfg, true, || {}) } {
+            Err(JailError::Threaded(n)) => assert!(n >= 2, "{n}"),
+            // SAFETY: as above.
+            Ok(Entered::Jailed) => unsafe { libc::_exit(0) },
+            other => panic!("enter went ahead in a multithreaded process: {other:?}"),
+        }
+        tx.send(()).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

@@ -1,37 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-/// Prints to the real stderr, bypassing libtest's output capture, so skips are visible.
-macro_rules! loud {
-    ($($t:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
 use std::path::Path;
 use std::process::{Command, Output};
-
-/// Returns `true` when `cryptsetup` can run. When it is missing: under `CI`, panics (CI
-/// must have it: `scripts/setup` installs `cryptsetup-bin`); otherwise prints a loud
-/// message and returns `false` so the caller skips.
-pub fn have_cryptsetup(test: &str) -> bool {
-    let found = Command::new("cryptsetup")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: cryptsetup is missing and CI is set: install cryptsetup-bin");
-    }
-    loud!(
-        "\n!!!!!!!! SKIPPED {test}: cryptsetup not found (apt-get install -y cryptsetup-bin). \
-         Under CI this test fails instead. !!!!!!!!\n"
-    );
-    false
-}
 
 pub fn cryptsetup(args: &[&str]) -> Output {
     let out = Command::new("cryptsetup")

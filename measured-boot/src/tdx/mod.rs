@@ -99,7 +99,7 @@ impl Mrtd {
     }
 }
 
-/// RTMR[i] = SHA-384(RTMR[i] || digest).
+/// `RTMR[i] = SHA-384(RTMR[i] || digest)`.
 pub fn rtmr_extend(rtmr: &mut [u8; 48], digest: &[u8; 48]) {
     let mut h = Sha384::new();
     h.update(&rtmr[..]);

@@ -107,8 +107,8 @@ pub enum Command {
     Guest(GuestCmd),
     /// Read the audit log (admin, auditor).
     AuditLog {
-        /// Only records at or after this Unix time.
-        #[arg(long)]
+        /// Only records at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = cli_support::units::parse_time)]
         since: Option<i64>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
@@ -217,9 +217,9 @@ pub enum ResourceCmd {
 pub enum GuestCmd {
     /// List attested guests.
     List {
-        /// Only guests not seen for this many seconds.
-        #[arg(long)]
-        stale: Option<i64>,
+        /// Only guests not seen for this long (`90s`, `30m`, `7d`; plain: seconds).
+        #[arg(long, value_parser = cli_support::units::parse_duration)]
+        stale: Option<u64>,
     },
     /// Revoke (or restore) one guest's grants.
     Revoke {

@@ -25,7 +25,7 @@ pub struct Args {
 /// Runs `inventory`.
 pub fn run(args: Args) -> ExitCode {
     let before = match args.stale.as_deref().map(parse_duration).transpose() {
-        Ok(d) => d.map(|d| now().saturating_sub(d)),
+        Ok(d) => d.map(|d| now().saturating_sub(i64::try_from(d).unwrap_or(i64::MAX))),
         Err(e) => return fail(&e, 2),
     };
     let rt = match runtime() {

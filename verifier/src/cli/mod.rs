@@ -6,6 +6,7 @@ pub mod verify_tdx;
 // The verifier service and its tools.
 pub mod admin;
 pub mod audit;
+pub mod collateral;
 pub mod identity;
 pub mod inventory;
 pub mod loadgen;

@@ -43,12 +43,8 @@ pub fn server_runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
     b.enable_all().build()
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level `info`.
+/// Logs to stderr in the shared scheme (`cli_support::logging`): `CVM_LOG`, else
+/// `RUST_LOG`, else `info,sqlx=warn`; `--log-format json`; colour only on a terminal.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    cli_support::logging::init("info,sqlx=warn");
 }

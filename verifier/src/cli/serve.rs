@@ -57,6 +57,20 @@ pub struct Args {
     /// Challenge lifetime in seconds (default 300).
     #[arg(long, env = "CVM_VERIFIER_SESSION_TTL")]
     pub session_ttl: Option<i64>,
+    /// AMD KDS base URL for VCEKs, ASK/ARK chains and CRLs (default
+    /// `https://kdsintf.amd.com`).
+    #[arg(long, value_name = "URL", env = "CVM_VERIFIER_AMD_KDS_URL")]
+    pub amd_kds_url: Option<String>,
+    /// Intel PCS or PCCS base URL for TDX collateral (default
+    /// `https://api.trustedservices.intel.com`).
+    #[arg(long, value_name = "URL", env = "CVM_VERIFIER_INTEL_PCS_URL")]
+    pub intel_pcs_url: Option<String>,
+    /// HTTP(S) proxy for collateral fetches.
+    #[arg(long, value_name = "URL", env = "CVM_VERIFIER_COLLATERAL_PROXY")]
+    pub collateral_proxy: Option<String>,
+    /// Never fetch collateral: use only imported (`collateral import`) or cached items.
+    #[arg(long, env = "CVM_VERIFIER_COLLATERAL_OFFLINE")]
+    pub collateral_offline: bool,
 }
 
 /// Runs `serve`. Exit 0 after a graceful shutdown; 2 on configuration or start errors.
@@ -80,6 +94,10 @@ pub fn run(args: Args) -> ExitCode {
         insecure_http: args.insecure_http,
         emulated_trust: args.emulated_trust,
         session_ttl: args.session_ttl,
+        amd_kds_url: args.amd_kds_url,
+        intel_pcs_url: args.intel_pcs_url,
+        collateral_proxy: args.collateral_proxy,
+        collateral_offline: args.collateral_offline,
     };
     let cfg = match file.resolve(overrides) {
         Ok(c) => c,

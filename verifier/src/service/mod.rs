@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
+use crate::collateral::CollateralService;
 use crate::config::{ServeConfig, TlsMode};
 use crate::crypto::master::{MasterKey, MasterKeyError};
 use crate::db::{Db, DbError};
@@ -300,6 +301,9 @@ pub enum ServeError {
     /// Trust anchors could not be loaded.
     #[error("cannot load trust anchors")]
     Trust(#[source] TrustError),
+    /// The collateral service could not be started.
+    #[error("cannot start the collateral service")]
+    Collateral(#[source] crate::collateral::CollateralError),
     /// TLS material could not be loaded.
     #[error("cannot load the TLS certificate and key")]
     Tls(#[source] std::io::Error),
@@ -331,9 +335,18 @@ pub async fn build_state(
         .await
         .map_err(ServeError::SigningKey)?;
     let emulated = !cfg.emulated_trust.is_empty();
-    let verifier: Arc<dyn EvidenceVerifier> = match verifier {
-        Some(v) => v,
-        None => Arc::new(AttestationVerifier::new(&cfg.emulated_trust).map_err(ServeError::Trust)?),
+    let (verifier, collateral): (Arc<dyn EvidenceVerifier>, _) = match verifier {
+        Some(v) => (v, None),
+        None => {
+            let service = Arc::new(
+                CollateralService::new(cfg.collateral.clone(), db.clone())
+                    .map_err(ServeError::Collateral)?,
+            );
+            let v = AttestationVerifier::new(&cfg.emulated_trust)
+                .map_err(ServeError::Trust)?
+                .with_collateral(service.clone());
+            (Arc::new(v), Some(service))
+        }
     };
     let limits = Limits {
         session_ttl: cfg.session_ttl,
@@ -350,6 +363,7 @@ pub async fn build_state(
         master_key,
         signer,
         verifier,
+        collateral,
         emulated,
         metrics: Metrics::new(),
         ip_limiter: FailureLimiter::new(a.per_ip, a.window),
@@ -456,6 +470,12 @@ pub async fn serve(
     // Expired sessions are deleted promptly (every 10 s), so a flood of challenges
     // occupies the database for at most the session TTL.
     let purge_db = db.clone();
+    // Collateral is refreshed in the background before it expires (not offline).
+    let refresher = state
+        .collateral
+        .as_ref()
+        .filter(|c| !c.config().offline)
+        .map(|c| Arc::clone(c).spawn_refresh());
     let purge = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
         loop {
@@ -493,6 +513,9 @@ pub async fn serve(
     .await;
     flusher.abort();
     purge.abort();
+    if let Some(r) = refresher {
+        r.abort();
+    }
     flush_summaries(&state, true).await;
     db.close().await;
     Ok(())

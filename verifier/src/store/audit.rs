@@ -190,7 +190,7 @@ fn must_escape(c: char) -> bool {
     c == '\\' || c.is_control() || is_format(c) || matches!(c, '\u{2028}' | '\u{2029}' | '\u{2065}')
 }
 
-/// `s` with [`must_escape`] characters written as `\\`, `\n`, `\t`, `\r` or `\u{hex}`,
+/// `s` with the characters `must_escape` names written as `\\`, `\n`, `\t`, `\r` or `\u{hex}`,
 /// cut so that the result holds at most `max` bytes plus the `…` that marks a cut (at a
 /// character boundary). Returns the text and whether it was cut.
 pub fn sanitize(s: &str, max: usize) -> (String, bool) {

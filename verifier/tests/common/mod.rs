@@ -5,7 +5,6 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -30,53 +29,15 @@ pub fn tdx_pins() -> Value {
     json!({"rtmrs": [{"index": 1, "value": zero}, {"index": 2, "value": zero}]})
 }
 
-/// Emulated platforms are slow to generate (RSA-4096): made once per target dir and reused.
+/// The emulated SNP and TDX platforms the test servers trust (`test_kit`: generated
+/// once per target dir, RSA-4096 is slow, and shared with the guest-agent tests).
 pub fn emulated_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("verifier-emulated-v1");
-        if base.join("ready").exists() {
-            return base;
-        }
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("verifier-emulated-tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
-        attestation::snp::emulated::EmulatedSnpPlatform::create(&tmp)
-            .expect("emulated SNP platform");
-        attestation::tdx::emulated::EmulatedTdxPlatform::create(&tmp)
-            .expect("emulated TDX platform");
-        std::fs::write(tmp.join("ready"), b"ok").unwrap();
-        // Another test binary may have won the race; either copy is fine.
-        if std::fs::rename(&tmp, &base).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        base
-    })
-    .clone()
+    test_kit::emulated_platform()
 }
 
 /// A second, independent emulated platform nobody trusts.
 pub fn untrusted_dir() -> PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("verifier-untrusted-v1");
-        if base.join("ready").exists() {
-            return base;
-        }
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("verifier-untrusted-tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
-        attestation::snp::emulated::EmulatedSnpPlatform::create(&tmp)
-            .expect("emulated SNP platform");
-        std::fs::write(tmp.join("ready"), b"ok").unwrap();
-        if std::fs::rename(&tmp, &base).is_err() {
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        base
-    })
-    .clone()
+    test_kit::untrusted_snp_platform()
 }
 
 pub fn snp_guest() -> SnpGuest {

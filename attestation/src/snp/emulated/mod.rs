@@ -30,6 +30,7 @@
 //!
 //! [`LaunchDigest`]: measured_boot::snp::LaunchDigest
 
+pub mod kds;
 pub mod launch;
 pub mod pki;
 

@@ -36,6 +36,7 @@
 
 pub mod collateral;
 pub mod module;
+pub mod pcs;
 mod pki;
 
 use std::io::Write;

@@ -79,7 +79,7 @@ impl EmulatedTd {
         }
     }
 
-    /// TDG.MR.RTMR.EXTEND: RTMR[index] = SHA-384(RTMR[index] || digest).
+    /// TDG.MR.RTMR.EXTEND: `RTMR[index] = SHA-384(RTMR[index] || digest)`.
     pub fn extend_rtmr(&mut self, index: usize, digest: &[u8; 48]) -> Result<(), EmulatedError> {
         let r = self
             .rtmr

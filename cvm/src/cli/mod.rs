@@ -1,0 +1,11 @@
+//! Subcommands of `cvm`, one module each. Binaries print `error: …` then one
+//! `caused by: …` line per source.
+
+pub mod api;
+pub mod demo;
+pub mod firmware;
+pub mod host_check;
+pub mod launch;
+pub mod measure;
+
+pub use cli_support::fail;

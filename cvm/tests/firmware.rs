@@ -1,0 +1,588 @@
+//! The project firmware (`guest-firmware/`, embedded in `cvm`):
+//! - its layout is what `cvm measure` and `sev-snp-measure` expect (same SNP digest);
+//! - it contains no instruction the CPL0 interpreter of this machine rejects;
+//! - under KVM it boots a tiny bzImage with `--tee none|emulated-snp|emulated-tdx`,
+//!   refuses a staged kernel, initrd or command line that differs from the measured
+//!   one (pvpanic, non-zero exit), and under emulated TDX leaves RTMRs equal to what
+//!   `cvm measure tdx` predicts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use measured_boot::firmware::sev::SevSectionType;
+use measured_boot::firmware::tdx::TdvfSectionType;
+use measured_boot::FirmwareImage;
+
+mod common;
+
+const CVM: &str = env!("CARGO_BIN_EXE_cvm");
+const CMDLINE: &str = "console=ttyS0 cvm.test=firmware";
+
+fn image() -> &'static [u8] {
+    let img = guest_images::image();
+    assert!(
+        !img.is_empty(),
+        "cvm was built without its firmware (CVM_SKIP_GUEST_BUILD?)"
+    );
+    img
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// 64-bit entry of the test kernel (assembled from the listing below; GNU as, Intel
+/// syntax). Prints "TESTKERNEL-OK cmdline=" and the command line found through
+/// boot_params (RSI) -> cmd_line_ptr; if the emulated mailbox answers (port 0xE08), asks
+/// for a TDX quote (command 3, window 0x300000) and, on success, prints "RTMRS=" and the
+/// quote's RTMR0..3 (bytes 376..568 of a v4 quote) in hex; then ACPI S5.
+///
+/// ```text
+///     mov dx, 0x3f8 ; lea rbx, [rip+msg] ; print ; mov ebx, [rsi+0x228] ; print ; '\n'
+///     mov dx, 0xe08 ; in eax, dx ; cmp eax, 0x454D5643 ; jne off
+///     mov edi, 0x300000 ; xor eax, eax ; mov ecx, 64 ; rep stosb
+///     mov dx, 0xe00 ; mov eax, 0x300000 ; out dx, eax
+///     mov dx, 0xe04 ; mov eax, 3 ; out dx, eax ; in eax, dx ; test eax, eax ; jnz off
+///     print "RTMRS=" ; hex of [0x300100 + 376, +192) ; '\n'
+/// off: mov dx, 0x604 ; mov ax, 0x3400 ; out dx, ax ; hlt
+/// ```
+const ENTRY64: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0x48, 0x8d, 0x1d, 0xa7, 0x00, 0x00, 0x00, 0x8a, 0x03, 0x84, 0xc0, 0x74,
+    0x06, 0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4, 0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00, 0x8a, 0x03, 0x84,
+    0xc0, 0x74, 0x06, 0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4, 0xb0, 0x0a, 0xee, 0x66, 0xba, 0x08, 0x0e,
+    0xed, 0x3d, 0x43, 0x56, 0x4d, 0x45, 0x75, 0x6d, 0xbf, 0x00, 0x00, 0x30, 0x00, 0x31, 0xc0, 0xb9,
+    0x40, 0x00, 0x00, 0x00, 0xf3, 0xaa, 0x66, 0xba, 0x00, 0x0e, 0xb8, 0x00, 0x00, 0x30, 0x00, 0xef,
+    0x66, 0xba, 0x04, 0x0e, 0xb8, 0x03, 0x00, 0x00, 0x00, 0xef, 0xed, 0x85, 0xc0, 0x75, 0x46, 0x66,
+    0xba, 0xf8, 0x03, 0x48, 0x8d, 0x1d, 0x5f, 0x00, 0x00, 0x00, 0x8a, 0x03, 0x84, 0xc0, 0x74, 0x06,
+    0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4, 0xbb, 0x78, 0x02, 0x30, 0x00, 0xb9, 0xc0, 0x00, 0x00, 0x00,
+    0x8a, 0x03, 0xc0, 0xe8, 0x04, 0x04, 0x30, 0x3c, 0x3a, 0x72, 0x02, 0x04, 0x27, 0xee, 0x8a, 0x03,
+    0x24, 0x0f, 0x04, 0x30, 0x3c, 0x3a, 0x72, 0x02, 0x04, 0x27, 0xee, 0x48, 0xff, 0xc3, 0xff, 0xc9,
+    0x75, 0xde, 0xb0, 0x0a, 0xee, 0x66, 0xba, 0x04, 0x06, 0x66, 0xb8, 0x00, 0x34, 0x66, 0xef, 0xf4,
+    0xeb, 0xfd, 0x54, 0x45, 0x53, 0x54, 0x4b, 0x45, 0x52, 0x4e, 0x45, 0x4c, 0x2d, 0x4f, 0x4b, 0x20,
+    0x63, 0x6d, 0x64, 0x6c, 0x69, 0x6e, 0x65, 0x3d, 0x00, 0x52, 0x54, 0x4d, 0x52, 0x53, 0x3d, 0x00,
+];
+
+/// The test kernel: a minimal bzImage running [`ENTRY64`], padded with `pad` bytes.
+fn bzimage(pad: usize) -> Vec<u8> {
+    common::bzimage(ENTRY64, pad)
+}
+
+struct Inputs {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    firmware: String,
+    kernel: String,
+    initrd: String,
+}
+
+fn inputs(kernel_pad: usize) -> Inputs {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().to_owned();
+    let w = |name: &str, data: &[u8]| {
+        let f = p.join(name);
+        std::fs::write(&f, data).unwrap();
+        f.to_string_lossy().into_owned()
+    };
+    let initrd: Vec<u8> = (0..40_000u32).map(|i| (i * 7 + 3) as u8).collect();
+    Inputs {
+        firmware: w("cvm-firmware.fd", image()),
+        kernel: w("bzImage", &bzimage(kernel_pad)),
+        initrd: w("initrd", &initrd),
+        dir: p,
+        _dir: dir,
+    }
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (Output, Duration) {
+    test_kit::run_timed(
+        Command::new(CVM).args(args).envs(envs.iter().copied()),
+        Duration::from_secs(300),
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn embedded_image_has_the_documented_layout() {
+    let img = image();
+    assert!(img.len() <= 256 << 10, "firmware is {} bytes", img.len());
+    let fw = FirmwareImage::parse(img.to_vec()).unwrap();
+    assert_eq!(fw.gpa() + img.len() as u64, 1 << 32);
+    let sev: Vec<_> = fw
+        .sev_metadata()
+        .unwrap()
+        .iter()
+        .map(|s| (s.gpa, s.size, s.section_type))
+        .collect();
+    assert_eq!(
+        sev,
+        vec![
+            (0x1000, 0x7000, SevSectionType::SnpSecMem),
+            (0xA000, 0x1000, SevSectionType::SnpSecrets),
+            (0xB000, 0x1000, SevSectionType::Cpuid),
+            (0xC000, 0x1000, SevSectionType::SnpKernelHashes),
+            (0xD000, 0x53000, SevSectionType::SnpSecMem),
+        ]
+    );
+    assert_eq!(fw.sev_hashes_table_gpa().unwrap(), 0xC000);
+    let ap = fw.sev_es_reset_eip().unwrap();
+    assert!(
+        u64::from(ap) >= fw.gpa(),
+        "AP reset EIP {ap:#x} outside the image"
+    );
+    let tdx = fw.tdx_metadata().unwrap();
+    assert_eq!(tdx[0].section_type, TdvfSectionType::Bfv);
+    assert!(tdx[0].measured());
+    assert_eq!(
+        (tdx[0].data_offset, tdx[0].raw_size as usize, tdx[0].gpa),
+        (0, img.len(), fw.gpa())
+    );
+    let rest: Vec<_> = tdx[1..]
+        .iter()
+        .map(|s| (s.gpa, s.mem_size, s.section_type, s.attributes))
+        .collect();
+    assert_eq!(
+        rest,
+        vec![
+            (0x1000, 0x7000, TdvfSectionType::TempMem, 0),
+            (0x8000, 0x1000, TdvfSectionType::TdHob, 0),
+            (0x9000, 0x57000, TdvfSectionType::TempMem, 0),
+        ]
+    );
+    // The reset vector decodes the same in 16- and 32-bit mode up to the jz: mov eax,
+    // cr0; test al, 1; jz +5; then jmp rel32 (a TD, CR0.PE = 1) and jmp rel16 (real
+    // mode, CS base 0xFFFF0000).
+    let rv = &img[img.len() - 16..];
+    assert_eq!(&rv[..8], &[0x0f, 0x20, 0xc0, 0xa8, 0x01, 0x74, 0x05, 0xe9]);
+    assert_eq!(rv[12], 0xe9);
+    let at = |gpa: u64| &img[(gpa - fw.gpa()) as usize..][..8];
+    let rel32 = i32::from_le_bytes(rv[8..12].try_into().unwrap());
+    let target32 = (0xFFFF_FFFCu64 as i64 + i64::from(rel32)) as u64;
+    // tdx32: cli; cld; lgdt [abs32] (0F 01 15 in 32-bit mode).
+    assert_eq!(&at(target32)[..5], &[0xfa, 0xfc, 0x0f, 0x01, 0x15]);
+    let rel16 = i16::from_le_bytes(rv[13..15].try_into().unwrap());
+    let ip16 = (0xFFFFu16).wrapping_add(rel16 as u16);
+    // real16: cli; cld; cs lgdtl [disp16] (2E 66 0F 01 16) — reachable by the 16-bit jmp.
+    assert_eq!(
+        &at(0xFFFF_0000 + u64::from(ip16))[..7],
+        &[0xfa, 0xfc, 0x2e, 0x66, 0x0f, 0x01, 0x16]
+    );
+}
+
+#[test]
+fn cvm_firmware_writes_the_embedded_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fw.fd");
+    let (o, _) = run(&["firmware", "--out", out.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(out).unwrap(), image());
+}
+
+#[test]
+fn snp_digest_matches_sev_snp_measure() {
+    let i = inputs(3000);
+    let with_kernel = [
+        "--kernel",
+        i.kernel.as_str(),
+        "--initrd",
+        i.initrd.as_str(),
+        "--append",
+        CMDLINE,
+    ];
+    for (vcpus, boot) in [
+        ("1", &with_kernel[..]),
+        ("2", &[][..]),
+        ("4", &with_kernel[..2]),
+    ] {
+        let mut args = vec![
+            "--mode",
+            "snp",
+            "--vcpus",
+            vcpus,
+            "--vcpu-type",
+            "EPYC-v4",
+            "--ovmf",
+            i.firmware.as_str(),
+        ];
+        args.extend_from_slice(boot);
+        let mut ours = vec!["measure", "snp"];
+        ours.extend_from_slice(&args);
+        let (o, _) = run(&ours, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let ours = stdout(&o).trim().to_owned();
+        assert_eq!(ours.len(), 96);
+        match Command::new("sev-snp-measure").args(&args).output() {
+            Ok(r) => {
+                assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+                assert_eq!(stdout(&r).trim(), ours, "vcpus {vcpus}, {boot:?}");
+            }
+            Err(e) => test_kit::skip(format_args!(
+                "the sev-snp-measure comparison: sev-snp-measure cannot run ({e})"
+            )),
+        }
+    }
+}
+
+#[test]
+fn firmware_has_no_instruction_the_cpl0_interpreter_rejects() {
+    let elf = root().join("target/guest/cvm-firmware/release/cvm-firmware");
+    let o = Command::new(root().join("scripts/check-firmware-insns"))
+        .arg(&elf)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn platform(dir: &Path) -> String {
+    let p = dir.join("platform");
+    let (o, _) = run(&["emulated", "init", "--dir", p.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p.to_string_lossy().into_owned()
+}
+
+fn launch(i: &Inputs, tee: &str, extra: &[&str]) -> (Output, Duration) {
+    let mut args = vec![
+        "launch",
+        "--tee",
+        tee,
+        "--firmware",
+        i.firmware.as_str(),
+        "--memory",
+        "256M",
+        "--kernel",
+        i.kernel.as_str(),
+        "--initrd",
+        i.initrd.as_str(),
+        "--cmdline",
+        CMDLINE,
+    ];
+    args.extend_from_slice(extra);
+    run(&args, &[("CVM_ALLOW_TAMPER_FOR_TESTS", "1")])
+}
+
+#[test]
+fn boots_a_bzimage_without_a_tee_and_under_emulated_snp() {
+    test_kit::require!(kvm);
+    // A 256 KiB kernel: hashing it at CPL0 (interpreted) is part of the boot time.
+    let i = inputs(256 << 10);
+    let plat = platform(&i.dir);
+    for (tee, extra) in [
+        ("none", vec![]),
+        ("emulated-snp", vec!["--emulated-platform", plat.as_str()]),
+    ] {
+        let (o, took) = launch(&i, tee, &extra);
+        let out = stdout(&o);
+        eprintln!("--tee {tee}: booted in {:.2} s", took.as_secs_f64());
+        assert!(
+            o.status.success(),
+            "--tee {tee}: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            out.contains(&format!("TESTKERNEL-OK cmdline={CMDLINE}\r\n"))
+                || out.contains(&format!("TESTKERNEL-OK cmdline={CMDLINE}\n")),
+            "--tee {tee}: {out}"
+        );
+        assert!(out.contains("cvm-firmware: kernel"), "{out}");
+    }
+}
+
+#[test]
+fn refuses_a_staged_kernel_initrd_or_cmdline_that_differs_from_the_measured_one() {
+    test_kit::require!(kvm);
+    let i = inputs(0);
+    let plat = platform(&i.dir);
+    for (tee, what) in [
+        ("none", "kernel"),
+        ("none", "initrd"),
+        ("none", "cmdline"),
+        ("emulated-snp", "kernel"),
+    ] {
+        let mut extra = vec!["--tamper-staged", what];
+        if tee != "none" {
+            extra.extend_from_slice(&["--emulated-platform", plat.as_str()]);
+        }
+        let (o, _) = launch(&i, tee, &extra);
+        let out = stdout(&o);
+        assert!(
+            !o.status.success(),
+            "--tee {tee} tampered {what} booted: {out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "cvm-firmware: refusing to boot: {what} hash mismatch"
+            )),
+            "--tee {tee} {what}: {out}"
+        );
+        assert!(!out.contains("TESTKERNEL-OK"), "{out}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("panicked"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn emulated_tdx_rtmrs_equal_what_cvm_measure_predicts() {
+    test_kit::require!(kvm);
+    let i = inputs(5000);
+    let plat = platform(&i.dir);
+    let (o, _) = launch(&i, "emulated-tdx", &["--emulated-platform", plat.as_str()]);
+    let out = stdout(&o);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let rtmrs = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RTMRS="))
+        .unwrap_or_else(|| panic!("no RTMRS line: {out}"))
+        .to_owned();
+    let (m, _) = run(
+        &[
+            "measure",
+            "tdx",
+            "--firmware",
+            &i.firmware,
+            "--kernel",
+            &i.kernel,
+            "--initrd",
+            &i.initrd,
+            "--append",
+            CMDLINE,
+            "--output-format",
+            "json",
+        ],
+        &[],
+    );
+    assert!(m.status.success(), "{}", String::from_utf8_lossy(&m.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&m.stdout).unwrap();
+    let expected: String = v["rtmrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(rtmrs, expected);
+    assert_ne!(
+        &expected[96..192],
+        &"0".repeat(96),
+        "RTMR1 must be extended"
+    );
+}
+
+#[test]
+fn without_a_kernel_the_firmware_says_so_and_signals_pvpanic() {
+    test_kit::require!(kvm);
+    let i = inputs(0);
+    let (o, _) = run(
+        &[
+            "launch",
+            "--tee",
+            "none",
+            "--firmware",
+            &i.firmware,
+            "--memory",
+            "256M",
+        ],
+        &[],
+    );
+    let out = stdout(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("cvm-firmware: no kernel given; nothing to boot"),
+        "{out}"
+    );
+}
+
+/// Runs the firmware on a bare KVM vCPU that starts the way a TD does: 32-bit protected
+/// mode, flat segments, EIP 0xFFFFFFF0, EFER.LME already set (the TDX module's initial
+/// state). No TDX here, so the firmware must take the 32-bit entry, reach long mode and
+/// Rust, find no TD (CPUID 0x21) and no descriptor, and refuse with pvpanic.
+#[test]
+fn the_32_bit_entry_of_a_td_reaches_long_mode() {
+    use kvm_bindings::{kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+    use kvm_ioctls::{Kvm, VcpuExit};
+
+    test_kit::require!(kvm);
+    let img = image();
+    let kvm = Kvm::new().unwrap();
+    let vm = kvm.create_vm().unwrap();
+    let map = |size: usize| {
+        // SAFETY: a fresh anonymous private mapping; it is never unmapped, so the guest
+        // memory registered below stays valid for the life of the test process.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p as *mut u8
+    };
+    let ram_size = 64usize << 20;
+    let ram = map(ram_size);
+    let rom = map(img.len());
+    // SAFETY: `rom` is a fresh mapping of img.len() bytes.
+    unsafe { std::ptr::copy_nonoverlapping(img.as_ptr(), rom, img.len()) };
+    for (slot, gpa, size, host) in [
+        (0u32, 0u64, ram_size, ram),
+        (1, (1u64 << 32) - img.len() as u64, img.len(), rom),
+    ] {
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: size as u64,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the host range is a live mapping of `size` bytes that outlives the VM.
+        unsafe { vm.set_user_memory_region(region) }.unwrap();
+    }
+    let mut vcpu = vm.create_vcpu(0).unwrap();
+    vcpu.set_cpuid2(&kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap())
+        .unwrap();
+    let mut sregs = vcpu.get_sregs().unwrap();
+    let flat = |selector, type_| kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    sregs.cs = flat(0x08, 0xB);
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.ss,
+        &mut sregs.fs,
+        &mut sregs.gs,
+    ] {
+        *s = flat(0x10, 0x3);
+    }
+    sregs.cr0 = 0x21; // PE | NE
+    sregs.cr4 = 0x40; // MCE
+    sregs.efer = 0x100; // LME
+    vcpu.set_sregs(&sregs).unwrap();
+    let mut regs = vcpu.get_regs().unwrap();
+    regs.rip = 0xFFFF_FFF0;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).unwrap();
+
+    let mut serial = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let panicked = loop {
+        assert!(Instant::now() < deadline, "no pvpanic; serial: {serial:?}");
+        match vcpu.run().unwrap() {
+            VcpuExit::IoOut(0x3F8, d) => serial.extend_from_slice(d),
+            VcpuExit::IoOut(0x505, d) => break d.first() == Some(&1),
+            VcpuExit::IoOut(..) => {}
+            VcpuExit::IoIn(_, d) => d.fill(0xFF),
+            other => panic!(
+                "unexpected exit {other:?}; serial: {}",
+                String::from_utf8_lossy(&serial)
+            ),
+        }
+    };
+    let out = String::from_utf8_lossy(&serial);
+    assert!(panicked, "{out}");
+    assert!(out.contains("cvm-firmware: plain (no TEE)"), "{out}");
+    assert!(
+        out.contains("cvm-firmware: refusing to boot: no boot-data descriptor"),
+        "{out}"
+    );
+}
+
+/// QEMU runs the same image as its BIOS: it reaches the firmware's Rust code, which
+/// finds no cvm boot-data descriptor (QEMU delivers kernels through fw_cfg) and
+/// refuses to boot, as it must.
+#[test]
+fn qemu_runs_the_image_as_its_firmware() {
+    test_kit::require!(kvm);
+    test_kit::require!(tool "qemu-system-x86_64");
+    let dir = tempfile::tempdir().unwrap();
+    let fw = dir.path().join("cvm-firmware.fd");
+    std::fs::write(&fw, image()).unwrap();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "q35",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+            "-m",
+            "256M",
+        ])
+        .arg("-bios")
+        .arg(&fw)
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "pvpanic", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = qemu.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = line.contains("refusing to boot");
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let text = seen.join("\n");
+    assert!(text.contains("cvm-firmware: plain (no TEE)"), "{text}");
+    assert!(
+        text.contains("refusing to boot: no boot-data descriptor"),
+        "{text}"
+    );
+}

@@ -1,0 +1,230 @@
+//! `cvm launch --tee emulated-snp|emulated-tdx` under the real /dev/kvm: a tiny
+//! real-mode guest asks the emulated secure processor for evidence through the
+//! emulated-mode mailbox and writes it to the serial port; the test checks that the
+//! reported measurement equals what `cvm measure` predicts for the same firmware, and
+//! verifies the SNP report with the attestation library against the platform's
+//! emulated trust anchor.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use attestation::snp::emulated::EmulatedSnpPlatform;
+use attestation::snp::{SnpCollateral, SnpVerifier, TrustRoots};
+use measured_boot::testing::emulated_guest_image as firmware;
+
+mod common;
+
+const CVM: &str = env!("CARGO_BIN_EXE_cvm");
+
+/// Guest code: (command, first byte to print, count) steps against the mailbox with the
+/// request window at 0x1000; prints each status byte, then `count` bytes from the
+/// response at 0x1100 + `skip`; then powers off.
+fn guest(steps: &[(u32, u16, u16)]) -> Vec<u8> {
+    let mut c = vec![
+        0xba, 0x00, 0x0e, 0x66, 0xb8, 0x00, 0x10, 0x00, 0x00, 0x66, 0xef,
+    ]; // window = 0x1000
+    for &(cmd, skip, count) in steps {
+        c.extend_from_slice(&[0xba, 0x04, 0x0e, 0x66, 0xb8]); // mov dx,0xe04; mov eax, cmd
+        c.extend_from_slice(&cmd.to_le_bytes());
+        c.extend_from_slice(&[0x66, 0xef, 0x66, 0xed]); // out dx,eax; in eax,dx
+        c.extend_from_slice(&[0xba, 0xf8, 0x03, 0xee]); // mov dx,0x3f8; out dx,al (status)
+        if count > 0 {
+            c.push(0xbe); // mov si, 0x1100 + skip
+            c.extend_from_slice(&(0x1100 + skip).to_le_bytes());
+            c.push(0xb9); // mov cx, count
+            c.extend_from_slice(&count.to_le_bytes());
+            c.extend_from_slice(&[0xac, 0xee, 0xe2, 0xfc]); // lodsb; out dx,al; loop
+        }
+    }
+    c.extend_from_slice(&[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd]); // ACPI S5
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    test_kit::run_with_deadline(Command::new(CVM).args(args), Duration::from_secs(120))
+}
+
+#[test]
+fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let plat = common::emulated_platform();
+    let fw = dir.path().join("fw.fd");
+    // SNP_REPORT (print the whole 0x4A0-byte report), then TDX_QUOTE (unsupported here).
+    std::fs::write(&fw, firmware(&guest(&[(1, 0, 0x4a0), (3, 0, 0)]))).unwrap();
+    let fw = fw.to_str().unwrap();
+
+    let m = run(&[
+        "measure",
+        "snp",
+        "--ovmf",
+        fw,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+    ]);
+    let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-snp",
+        "--emulated-platform",
+        &plat,
+        "--firmware",
+        fw,
+        "--vcpus",
+        "2",
+        "--vcpu-type",
+        "EPYC-Milan",
+        "--host-data",
+        "abcd",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("INSECURE-EMULATED") && err.contains(&hex::encode(&expected)),
+        "{err}"
+    );
+    let out = o.stdout;
+    assert_eq!(out.len(), 1 + 0x4a0 + 1, "status, report, status");
+    assert_eq!(out[0], 0, "SNP_REPORT succeeded");
+    assert_eq!(out[0x4a1], 2, "TDX_QUOTE is unsupported on SNP");
+    let report = &out[1..0x4a1];
+    assert_eq!(
+        &report[0x90..0xc0],
+        &expected[..],
+        "MEASUREMENT == cvm measure snp"
+    );
+    assert_eq!(
+        &report[0xc0..0xc2],
+        &[0xab, 0xcd],
+        "HOST_DATA carried through"
+    );
+
+    let p = EmulatedSnpPlatform::open(Path::new(&plat)).unwrap();
+    let roots = TrustRoots::amd()
+        .unwrap()
+        .with_operator_roots(p.trust_anchor_pem().as_bytes())
+        .unwrap();
+    let mut c = SnpCollateral::new();
+    c.add_cert_table(&p.cert_table()).unwrap();
+    let claims = SnpVerifier::new(roots)
+        .verify(report, &c, time::OffsetDateTime::now_utc())
+        .expect("report verifies");
+    assert_eq!(claims.measurement, expected);
+    assert!(
+        SnpVerifier::amd()
+            .unwrap()
+            .verify(report, &c, time::OffsetDateTime::now_utc())
+            .is_err(),
+        "not with AMD's roots only"
+    );
+}
+
+#[test]
+fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let plat = common::emulated_platform();
+    let fw = dir.path().join("fw.fd");
+    // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
+    std::fs::write(&fw, firmware(&guest(&[(3, 0, 632), (1, 0, 0)]))).unwrap();
+    let fw = fw.to_str().unwrap();
+    let m = run(&["measure", "tdx", "--firmware", fw]);
+    let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-tdx",
+        "--emulated-platform",
+        &plat,
+        "--firmware",
+        fw,
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let out = o.stdout;
+    assert_eq!(out.len(), 1 + 632 + 1);
+    assert_eq!(out[0], 0, "TDX_QUOTE succeeded");
+    assert_eq!(out[633], 2, "SNP_REPORT is unsupported on TDX");
+    assert_eq!(u16::from_le_bytes([out[1], out[2]]), 4, "quote version 4");
+    assert_eq!(
+        &out[1 + 184..1 + 232],
+        &expected[..],
+        "MRTD == cvm measure tdx"
+    );
+}
+
+#[test]
+fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let plat = common::emulated_platform();
+    // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
+    let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
+    code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb
+                                                                                           // TDX_RTMR_EXTEND, then TDX_QUOTE printing header + body.
+    let rest = guest(&[(4, 0, 0), (3, 0, 632)]);
+    code.extend_from_slice(&rest);
+    let fw = dir.path().join("fw.fd");
+    std::fs::write(&fw, firmware(&code)).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-tdx",
+        "--emulated-platform",
+        &plat,
+        "--firmware",
+        fw.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = o.stdout;
+    assert_eq!(out.len(), 1 + 1 + 632);
+    assert_eq!((out[0], out[1]), (0, 0), "both commands succeeded");
+    let quote = &out[2..];
+    let mut expected = [0u8; 48];
+    measured_boot::tdx::rtmr_extend(&mut expected, &[0xab; 48]);
+    // Body at 48: RTMR0..3 at body offsets 328, 376, 424, 472.
+    assert_eq!(&quote[48 + 424..48 + 472], &expected[..], "RTMR2 extended");
+    assert_eq!(
+        &quote[48 + 328..48 + 376],
+        &[0u8; 48][..],
+        "RTMR0 untouched"
+    );
+}
+
+#[test]
+fn emulated_launch_without_a_platform_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fw = dir.path().join("fw.fd");
+    std::fs::write(&fw, firmware(&guest(&[]))).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-snp",
+        "--firmware",
+        fw.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --emulated-platform"));
+    let missing = dir.path().join("nope");
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-tdx",
+        "--emulated-platform",
+        missing.to_str().unwrap(),
+        "--firmware",
+        fw.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open the emulated platform"));
+    assert!(o.stdout.is_empty(), "no guest ran");
+}
