@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
+use cli_support::units::parse_size;
+use cli_support::{ExitClass, EXIT_FAILURE, EXIT_USAGE};
 use host_vmm::boot::{BootError, BootInputs, Tamper};
 use host_vmm::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
 use host_vmm::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
@@ -63,7 +65,7 @@ pub struct Args {
     pub vcpu_type: String,
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
-    pub seccomp: SeccompMode,
+    pub seccomp: SeccompArg,
     /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
     /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX).
     #[arg(long, value_name = "PATH")]
@@ -197,6 +199,25 @@ impl From<TamperArg> for Tamper {
     }
 }
 
+/// `--seccomp`: whether the VMM installs its per-thread filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SeccompArg {
+    /// Install the filters (default).
+    #[default]
+    On,
+    /// No filters: for debugging only; the VMM warns loudly.
+    Off,
+}
+
+impl From<SeccompArg> for SeccompMode {
+    fn from(s: SeccompArg) -> Self {
+        match s {
+            SeccompArg::On => SeccompMode::On,
+            SeccompArg::Off => SeccompMode::Off,
+        }
+    }
+}
+
 /// The network namespace of a jailed VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JailNetns {
@@ -218,9 +239,6 @@ pub enum ArgError {
     /// A reserved vsock CID.
     #[error("guest CID {0} is reserved (use 3..{max})", max = u32::MAX - 1)]
     ReservedCid(u64),
-    /// An unknown size suffix.
-    #[error("`{0}`: unknown size suffix `{1}` (use K, M, G or T)")]
-    SizeSuffix(String, char),
     /// An unknown `--disk` option.
     #[error("`{0}`: unknown disk option `{1}` (expected readonly)")]
     DiskOption(String, String),
@@ -239,27 +257,6 @@ fn parse_cid(s: &str) -> Result<u64, ArgError> {
         return Err(ArgError::ReservedCid(cid));
     }
     Ok(cid)
-}
-
-/// Parses sizes such as `512M`, `2G`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64, ArgError> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(ArgError::SizeSuffix(s.into(), c)),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| ArgError::Number(s.into(), "size"))
 }
 
 fn parse_hex_u64(s: &str) -> Result<u64, ArgError> {
@@ -390,10 +387,10 @@ pub enum LaunchError {
     Api(#[from] host_vmm::api::ApiError),
 }
 
-impl LaunchError {
+impl ExitClass for LaunchError {
     /// The exit status of `cvm launch` for this error: 2 for usage and unreadable or
     /// invalid input, 1 for a refusal or a failed run.
-    pub fn exit_code(&self) -> u8 {
+    fn exit_code(&self) -> u8 {
         match self {
             LaunchError::Usage(_)
             | LaunchError::Firmware(..)
@@ -412,8 +409,8 @@ impl LaunchError {
                 | EmulatedLaunchError::Firmware(_)
                 | EmulatedLaunchError::SnpPlan(_)
                 | EmulatedLaunchError::TdxPlan(_),
-            ) => 2,
-            _ => 1,
+            ) => EXIT_USAGE,
+            _ => EXIT_FAILURE,
         }
     }
 }
@@ -783,9 +780,11 @@ fn confine(a: &Args, mut cgroup: Option<VmCgroup>) -> Result<Option<i32>, Launch
 
 fn launch(a: &Args) -> Result<Outcome, LaunchError> {
     check_flags(a)?;
+    // Unreadable input is a usage error (exit 2) on any host, so it is found before
+    // the host is asked for the TEE.
+    let inputs = load_inputs(a)?;
     let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
     tee::check(a.tee.kind(), &KvmCapabilities::query(&kvm))?;
-    let inputs = load_inputs(a)?;
     let backend = build_backend(a, &inputs)?;
     log_launch(a, &inputs, backend.as_ref());
     let cgroup = apply_limits(a)?;
@@ -802,7 +801,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         memory: a.memory,
         vcpus: a.vcpus,
         serial: a.serial.clone(),
-        seccomp: a.seccomp,
+        seccomp: a.seccomp.into(),
         disks: a.disks.clone(),
         tee: backend,
         boot: inputs.boot,
@@ -870,6 +869,23 @@ mod tests {
             assert_eq!(a.tee.kind(), kind);
             assert_eq!(kind.to_string(), name, "Display and the flag agree");
         }
+    }
+
+    #[test]
+    fn the_seccomp_flag_keeps_its_names_and_maps_to_the_library_mode() {
+        assert_eq!(args(&["--tee", "none"]).seccomp, SeccompArg::On);
+        for (name, mode) in [("on", SeccompMode::On), ("off", SeccompMode::Off)] {
+            let a = args(&["--tee", "none", "--seccomp", name]);
+            assert_eq!(SeccompMode::from(a.seccomp), mode, "{name}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes_use_the_shared_parser() {
+        let a = args(&["--tee", "none", "--memory", "1GiB", "--memory-limit", "2 G"]);
+        assert_eq!(a.memory, 1 << 30);
+        assert_eq!(a.memory_limit, Some(2 << 30));
+        assert_eq!(args(&["--tee", "none"]).memory, 512 << 20, "the default");
     }
 
     #[test]
