@@ -1,15 +1,19 @@
-//! The `cvm` confidential-VM host.
+//! The VMM library of the `cvm` confidential-VM host. The `cvm` binary crate owns the
+//! command line (`cvm launch` turns its flags into a TEE backend and a
+//! [`vmm::VmConfig`]); the embedded firmware and test guest live in `guest-images`.
+//! This crate has no CLI dependencies.
 //!
 //! - [`acpi`]: the guest's ACPI tables (FADT/MADT/DSDT with pvpanic and the virtio-mmio
 //!   devices).
 //! - [`boot`]: kernel delivery — the staging region and the boot-data descriptor of
 //!   `docs/guest-boot-protocol.md`.
 //! - [`api`]: the REST control API on a Unix socket (`--api-socket`).
-//! - [`firmware`]: the embedded project firmware and test guest.
-//! - [`cli`]: the subcommands (`measure`, `emulated`, `launch`, `host-check`).
 //! - [`vmm`]: [`vmm::VmBuilder`] builds a VM from a [`vmm::VmConfig`] in named steps
 //!   ([`vmm::Step`]) and returns a running [`vmm::Vmm`] (`run`, `pause`, `resume`,
-//!   `shutdown`); the control API ([`api`]) talks to a [`vmm::VmmHandle`].
+//!   `shutdown`); the control API ([`api`]) talks to a [`vmm::VmmHandle`]. Its stop
+//!   path waits on events (each vCPU's stop report, the vsock thread's end), and it
+//!   ends KVM's pending SRCU grace period while the guest runs so that closing the VM
+//!   does not wait for it.
 //! - [`vstate`]: KVM state (VM, guest memory, private memory, vCPUs and their exit
 //!   handler trait, the SEV/TDX ioctls).
 //! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a, pvpanic,
@@ -26,9 +30,9 @@
 //!
 //! # Where `unsafe` lives
 //! Mostly in [`vstate`] (ioctls, memory maps, the `kvm_run` exit union); besides that
-//! the vCPU kick in [`vmm`] (`pthread_kill`), the fork/namespace calls of
-//! [`isolation`], and `umask` in `cli::emulated::serve`. Every block has a `SAFETY:`
-//! comment.
+//! the vCPU kick in [`vmm`] (`pthread_kill`) and the fork/namespace calls of
+//! [`isolation`] (`jail::enter` and `jail::supervise` are `unsafe fn`: the process must
+//! be single-threaded). Every block has a `SAFETY:` comment.
 //!
 //! # Dependencies
 //! The rust-vmm crates (`kvm-ioctls`, `kvm-bindings`, `vm-memory`, `vm-superio`,
