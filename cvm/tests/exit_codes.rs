@@ -27,6 +27,21 @@ fn usage_and_unreadable_inputs_exit_2() {
             Refusal::new(&["no-such-command"], 2, "unrecognized subcommand"),
             Refusal::new(&["launch", "--no-such-flag"], 2, "unexpected argument"),
             Refusal::new(
+                &["launch", "--tee", "none", "--firmware", p(&missing)],
+                2,
+                "cannot read firmware",
+            ),
+            Refusal::new(
+                &["launch", "--tee", "none", "--memory", "12 parsecs"],
+                2,
+                "--memory",
+            ),
+            Refusal::new(
+                &["launch", "--tee", "emulated-snp"],
+                2,
+                "needs --emulated-platform",
+            ),
+            Refusal::new(
                 &["measure", "snp", "--vcpus", "1", "--ovmf", p(&missing)],
                 2,
                 "missing",

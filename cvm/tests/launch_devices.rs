@@ -457,7 +457,7 @@ fn tampering_is_test_equipment_and_changes_only_the_staged_bytes() {
     ];
     let o = launch(dir.path(), &fw, &args, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("CVM_ALLOW_TAMPER_FOR_TESTS"), "{err}");
     assert!(o.stdout.is_empty(), "no guest ran");
 
@@ -496,7 +496,7 @@ fn a_kernel_needs_a_firmware_that_can_check_it() {
         &[],
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
         err.contains("cannot build the kernel hashes table"),
         "{err}"
@@ -597,7 +597,7 @@ fn relay_refuses_plain_http_to_a_remote_verifier() {
         &[],
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("only allowed to a loopback address"), "{err}");
     let o = launch(
         dir.path(),

@@ -212,7 +212,7 @@ fn emulated_launch_without_a_platform_is_refused() {
         "--firmware",
         fw.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs --emulated-platform"));
     let missing = dir.path().join("nope");
     let o = run(&[
@@ -224,7 +224,7 @@ fn emulated_launch_without_a_platform_is_refused() {
         "--firmware",
         fw.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open the emulated platform"));
     assert!(o.stdout.is_empty(), "no guest ran");
 }

@@ -188,7 +188,7 @@ fn bad_launch_arguments_fail_cleanly() {
     for (args, needle) in [
         (vec!["--memory", "64M"], "firmware of 0x3e8 bytes"),
         (vec!["--memory", "1M"], "guest memory size"),
-        (vec!["--memory", "64Q"], "unknown size suffix"),
+        (vec!["--memory", "64Q"], "`64Q` is not a size"),
         (vec!["--serial", "tcp:1"], "expected stdout"),
         (
             vec!["--snp-certs", "/x"],

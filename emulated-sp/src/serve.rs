@@ -176,10 +176,9 @@ fn launch(a: &ServeArgs) -> Result<(EmulatedTee, String), ServeError> {
                 None => [0; 32],
             };
             let policy = hex_u64("policy", &a.policy)?;
-            let platform = EmulatedSnpPlatform::open(&a.dir).map_err(|e| platform_err(boxed(e)))?;
-            // The guest context borrows the platform for the life of the process, as in
-            // the VMM.
-            let platform: &'static EmulatedSnpPlatform = Box::leak(Box::new(platform));
+            let platform = std::sync::Arc::new(
+                EmulatedSnpPlatform::open(&a.dir).map_err(|e| platform_err(boxed(e)))?,
+            );
             let guest = platform
                 .launch_start_from(policy, measurement)
                 .and_then(|l| {
@@ -189,6 +188,7 @@ fn launch(a: &ServeArgs) -> Result<(EmulatedTee, String), ServeError> {
                     })
                 })
                 .map_err(|e| platform_err(boxed(e)))?;
+            let guest = EmulatedTee::share(guest, &platform).map_err(|e| platform_err(boxed(e)))?;
             let what = format!(
                 "SEV-SNP MEASUREMENT {} policy {policy:#x}",
                 hex::encode(guest.measurement())
@@ -393,12 +393,12 @@ mod tests {
     use super::*;
 
     fn snp_service(dir: &Path, measurement: [u8; 48]) -> Service {
-        let platform = EmulatedSnpPlatform::create(dir).unwrap();
-        let platform: &'static EmulatedSnpPlatform = Box::leak(Box::new(platform));
+        let platform = std::sync::Arc::new(EmulatedSnpPlatform::create(dir).unwrap());
         let guest = platform
             .launch_start_from(0x30000, measurement)
             .and_then(|l| l.finish(FinishParams::default()))
             .unwrap();
+        let guest = EmulatedTee::share(guest, &platform).unwrap();
         Service::new(EmulatedTee::Snp { platform, guest }).unwrap()
     }
 

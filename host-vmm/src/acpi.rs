@@ -197,18 +197,8 @@ pub fn build(vcpus: u32, devices: &[VirtioMmioDesc]) -> Result<AcpiTables, AcpiE
     build_with(vcpus, devices, None)
 }
 
-/// [`build`], plus a CCEL table when `ccel` is given (TDX guests).
-pub fn build_with(
-    vcpus: u32,
-    devices: &[VirtioMmioDesc],
-    ccel_table: Option<Ccel>,
-) -> Result<AcpiTables, AcpiError> {
-    if vcpus == 0 || vcpus > 255 {
-        return Err(AcpiError::TooManyVcpus(vcpus));
-    }
-    let rsdp_len = Rsdp::len();
-    let dsdt = dsdt(devices);
-
+/// The MADT: one enabled local APIC per vCPU and the I/O APIC.
+fn madt(vcpus: u32) -> Vec<u8> {
     let mut madt = MADT::new(
         OEM_ID,
         OEM_TABLE,
@@ -220,25 +210,12 @@ pub fn build_with(
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_BASE, 0));
-    let madt = bytes(&madt);
+    bytes(&madt)
+}
 
-    let ccel_bytes = ccel_table.as_ref().map(ccel);
-    // Offsets: RSDP | XSDT | FADT | MADT | DSDT [| CCEL], each 16-byte aligned.
-    let round = |n: usize| n.div_ceil(16) * 16;
-    let xsdt_off = round(rsdp_len);
-    let xsdt_len = 36 + 8 * (2 + usize::from(ccel_bytes.is_some()));
-    let fadt_off = xsdt_off + round(xsdt_len);
-    let fadt_len = acpi_tables::fadt::FADT::len();
-    let madt_off = fadt_off + round(fadt_len);
-    let dsdt_off = madt_off + round(madt.len());
-    let ccel_off = dsdt_off + round(dsdt.len());
-    let total = ccel_off + ccel_bytes.as_ref().map_or(0, Vec::len);
-    if total as u64 > ACPI_SIZE {
-        return Err(AcpiError::TooLarge(total));
-    }
-    let at = |off: usize| ACPI_BASE + off as u64;
-
-    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, 1).dsdt_64(at(dsdt_off));
+/// The FADT: SCI, the PM1a blocks, the IA-PC boot flags and the DSDT at `dsdt_gpa`.
+fn fadt(dsdt_gpa: u64) -> Vec<u8> {
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE, 1).dsdt_64(dsdt_gpa);
     fadt.sci_int = SCI_IRQ.into();
     fadt.pm1a_evt_blk = u32::from(PM1A_EVT).into();
     fadt.pm1a_cnt_blk = u32::from(PM1A_CNT).into();
@@ -260,12 +237,45 @@ pub fn build_with(
     );
     // IA-PC boot architecture: legacy devices, 8042 present.
     fadt.iapc_boot_arch = 0x3u16.into();
-    let fadt = bytes(
+    bytes(
         &fadt
             .flag(acpi_tables::fadt::Flags::PwrButton)
             .flag(acpi_tables::fadt::Flags::SlpButton)
             .finalize(),
-    );
+    )
+}
+
+/// [`build`], plus a CCEL table when `ccel` is given (TDX guests).
+pub fn build_with(
+    vcpus: u32,
+    devices: &[VirtioMmioDesc],
+    ccel_table: Option<Ccel>,
+) -> Result<AcpiTables, AcpiError> {
+    if vcpus == 0 || vcpus > 255 {
+        return Err(AcpiError::TooManyVcpus(vcpus));
+    }
+    let rsdp_len = Rsdp::len();
+    let dsdt = dsdt(devices);
+
+    let madt = madt(vcpus);
+
+    let ccel_bytes = ccel_table.as_ref().map(ccel);
+    // Offsets: RSDP | XSDT | FADT | MADT | DSDT [| CCEL], each 16-byte aligned.
+    let round = |n: usize| n.div_ceil(16) * 16;
+    let xsdt_off = round(rsdp_len);
+    let xsdt_len = 36 + 8 * (2 + usize::from(ccel_bytes.is_some()));
+    let fadt_off = xsdt_off + round(xsdt_len);
+    let fadt_len = acpi_tables::fadt::FADT::len();
+    let madt_off = fadt_off + round(fadt_len);
+    let dsdt_off = madt_off + round(madt.len());
+    let ccel_off = dsdt_off + round(dsdt.len());
+    let total = ccel_off + ccel_bytes.as_ref().map_or(0, Vec::len);
+    if total as u64 > ACPI_SIZE {
+        return Err(AcpiError::TooLarge(total));
+    }
+    let at = |off: usize| ACPI_BASE + off as u64;
+
+    let fadt = fadt(at(dsdt_off));
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE, 1);
     xsdt.add_entry(at(fadt_off));

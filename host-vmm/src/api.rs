@@ -33,12 +33,26 @@ pub trait VmControl: Send + Sync {
     fn status(&self) -> Value;
     /// `{"tee", "measurement", "insecure_emulated"}`.
     fn measurement(&self) -> Value;
-    /// Pauses the vCPUs. Err with a reason when the state does not allow it.
-    fn pause(&self) -> Result<(), String>;
+    /// Pauses the vCPUs. Err with the reason when the state does not allow it.
+    fn pause(&self) -> Result<(), ControlError>;
     /// Resumes the vCPUs.
-    fn resume(&self) -> Result<(), String>;
+    fn resume(&self) -> Result<(), ControlError>;
     /// Stops the VM.
     fn shutdown(&self);
+}
+
+/// Why a control request does not apply to the VM's state (answered 409).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The VM is stopping.
+    #[error("the VM is stopping")]
+    Stopping,
+    /// Pause while paused.
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    /// Resume while running.
+    #[error("the VM is not paused")]
+    NotPaused,
 }
 
 /// Why the API socket could not be served.
@@ -103,51 +117,76 @@ pub struct Request {
     pub body_len: usize,
 }
 
+/// Why a request head is refused (answered 400).
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Reading failed (including the idle timeout).
+    #[error("cannot read the request")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the connection mid-request.
+    #[error("connection closed mid-request")]
+    Truncated,
+    /// The head is over [`MAX_HEAD`].
+    #[error("request head too large")]
+    TooLarge,
+    /// The head is not UTF-8.
+    #[error("request head is not UTF-8")]
+    NotUtf8,
+    /// The request line is malformed.
+    #[error("malformed request line `{0}`")]
+    RequestLine(String),
+    /// Not HTTP/1.x.
+    #[error("unsupported version `{0}`")]
+    Version(String),
+    /// Content-Length is not a number.
+    #[error("bad Content-Length")]
+    ContentLength,
+    /// A chunked (or otherwise encoded) body.
+    #[error("request bodies are not accepted")]
+    TransferEncoding,
+}
+
 /// Reads a request head (bounded) from `r`.
-pub fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, String> {
+pub fn read_request(r: &mut impl BufRead) -> Result<Option<Request>, RequestError> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
         let n = r
             .take((MAX_HEAD + 1 - head.len().min(MAX_HEAD)) as u64)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| e.to_string())?;
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             return if head.is_empty() {
                 Ok(None)
             } else {
-                Err("connection closed mid-request".into())
+                Err(RequestError::Truncated)
             };
         }
         head.extend_from_slice(&line);
         if head.len() > MAX_HEAD {
-            return Err("request head too large".into());
+            return Err(RequestError::TooLarge);
         }
         if line == b"\r\n" || line == b"\n" {
             break;
         }
     }
-    let text = std::str::from_utf8(&head).map_err(|_| "request head is not UTF-8".to_owned())?;
+    let text = std::str::from_utf8(&head).map_err(|_| RequestError::NotUtf8)?;
     let mut lines = text.lines();
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split(' ');
     let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(format!("malformed request line `{first}`"));
+        return Err(RequestError::RequestLine(first.to_owned()));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("unsupported version `{version}`"));
+        return Err(RequestError::Version(version.to_owned()));
     }
     let mut body_len = 0;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
             if k.trim().eq_ignore_ascii_case("content-length") {
-                body_len = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| "bad Content-Length".to_owned())?;
+                body_len = v.trim().parse().map_err(|_| RequestError::ContentLength)?;
             } else if k.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err("request bodies are not accepted".into());
+                return Err(RequestError::TransferEncoding);
             }
         }
     }
@@ -169,11 +208,11 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> (u16, Option<Value>) {
         ("GET", "/v1/vm/measurement") => (200, Some(vm.measurement())),
         ("PUT", "/v1/vm/pause") => match vm.pause() {
             Ok(()) => (204, None),
-            Err(e) => problem(409, &e),
+            Err(e) => problem(409, &e.to_string()),
         },
         ("PUT", "/v1/vm/resume") => match vm.resume() {
             Ok(()) => (204, None),
-            Err(e) => problem(409, &e),
+            Err(e) => problem(409, &e.to_string()),
         },
         ("PUT", "/v1/vm/shutdown") => {
             vm.shutdown();
@@ -224,7 +263,7 @@ fn handle(stream: UnixStream, vm: &dyn VmControl) -> std::io::Result<()> {
                 out
             }
             Err(e) => {
-                let (s, b) = problem(400, &e);
+                let (s, b) = problem(400, &e.to_string());
                 respond(&mut w, s, b.as_ref())?;
                 return Ok(());
             }
@@ -267,15 +306,15 @@ mod tests {
         fn measurement(&self) -> Value {
             json!({"tee": "none", "measurement": null})
         }
-        fn pause(&self) -> Result<(), String> {
+        fn pause(&self) -> Result<(), ControlError> {
             if self.paused.swap(true, Ordering::SeqCst) {
-                return Err("already paused".into());
+                return Err(ControlError::AlreadyPaused);
             }
             Ok(())
         }
-        fn resume(&self) -> Result<(), String> {
+        fn resume(&self) -> Result<(), ControlError> {
             if !self.paused.swap(false, Ordering::SeqCst) {
-                return Err("not paused".into());
+                return Err(ControlError::NotPaused);
             }
             Ok(())
         }
@@ -343,9 +382,10 @@ mod tests {
     fn hostile_requests_are_refused() {
         let fake = Fake::default();
         let big = format!("GET /v1/vm HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
-        assert!(read_request(&mut big.as_bytes())
-            .unwrap_err()
-            .contains("too large"));
+        assert!(matches!(
+            read_request(&mut big.as_bytes()),
+            Err(RequestError::TooLarge)
+        ));
         assert!(read_request(&mut &b"GARBAGE\r\n\r\n"[..]).is_err());
         assert!(read_request(&mut &b"GET / SPDY/3\r\n\r\n"[..]).is_err());
         assert!(read_request(&mut &b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"[..]).is_err());

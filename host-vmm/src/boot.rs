@@ -38,7 +38,7 @@ pub const RSDP_GPA: u64 = crate::acpi::ACPI_BASE;
 const PAGE: u64 = 4096;
 
 /// Which staged item to corrupt (test equipment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tamper {
     /// Flip a bit of the last kernel byte.
     Kernel,

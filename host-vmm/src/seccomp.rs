@@ -26,7 +26,7 @@ use seccompiler::{
 };
 
 /// Whether filters are installed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SeccompMode {
     /// Install the filters (default).
     #[default]

@@ -1,37 +1,43 @@
-//! Building and running a VM: guest memory, devices, vCPU threads, and the reason the
-//! guest stopped.
+//! Building and running a VM.
+//!
+//! [`VmBuilder`] assembles a VM from a [`VmConfig`] in named steps ([`Step`]): create
+//! the VM, attach the legacy devices, place the boot data, attach the TEE's devices,
+//! attach the virtio devices (one helper for every kind), write the ACPI tables, then
+//! the TEE backend's launch steps around vCPU creation, and finally start the vCPU
+//! threads. The result is a running [`Vmm`] with `pause`, `resume`, `shutdown` and
+//! `run` (wait for the guest to stop, then tear down); the control API talks to a
+//! [`VmmHandle`] of it. Everything TEE-specific comes from the config's
+//! [`TeeBackend`].
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
+use vm_memory::Bytes;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::acpi::{self, AcpiError, VirtioMmioDesc};
+use crate::api::ControlError;
 use crate::boot::{self, BootError, BootInputs, Tamper};
-use crate::devices::ioapic::{IoApic, KvmRoutes, IOAPIC_BASE, IOAPIC_SIZE};
+use crate::devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use crate::devices::legacy::{AcpiPm, PvPanic, I8042, I8042_BASE, PM1A_EVT, PVPANIC_PORT};
-use crate::devices::serial::IrqTrigger;
-use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::serial::{IrqTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::{self, Vsock, VsockConfig, VsockError};
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
-use crate::tee::emulated::{EmulatedTee, Mailbox, MAILBOX_PORT};
-use crate::tee::launch::{self as cc, ConfidentialLaunch, LaunchStepError};
-use crate::tee::services::{CertTable, Interrupt, Notify, TdVmcalls};
-use crate::tee::TeeKind;
-use crate::vstate::vcpu::sanitize_cpuid;
-use crate::vstate::vcpu::ConfidentialExits;
+use crate::tee::backend::{ExpectedMeasurement, PendingLaunch, TeeError, TeeRuntime, VmType};
+use crate::tee::TeeBackend;
 use crate::vstate::vcpu::{RunControl, Vcpu, VcpuError, VcpuStop};
-use crate::vstate::vm::IrqChip;
-use crate::vstate::vm::{Vm, VmError};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use crate::vstate::vm::{IrqChip, KvmRoutes, Vm, VmError};
 
 /// Where the guest's serial console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +69,6 @@ pub const VIRTIO_FIRST_GSI: u32 = 16;
 pub const MAX_VIRTIO_DEVICES: usize = 8;
 
 /// What to run.
-#[derive(Debug)]
 pub struct VmConfig {
     /// Firmware image, mapped to end at 4 GiB.
     pub firmware: Vec<u8>,
@@ -77,112 +82,32 @@ pub struct VmConfig {
     pub seccomp: SeccompMode,
     /// virtio-blk disks, in order.
     pub disks: Vec<DiskConfig>,
-    /// The emulated TEE the guest's mailbox talks to, if any.
-    pub emulated_tee: Option<EmulatedTee>,
-    /// The TEE (decides the CPUID leaves the guest sees and whether virtio devices
-    /// require VIRTIO_F_ACCESS_PLATFORM).
-    pub tee: TeeKind,
+    /// The TEE: VM type, CPUID, devices, ACPI additions, launch steps, exit handlers
+    /// and the expected measurement.
+    pub tee: Arc<dyn TeeBackend>,
     /// Kernel, initrd and command line to stage for the firmware.
     pub boot: Option<BootInputs>,
     /// TEST EQUIPMENT: stage a corrupted copy of one boot item.
     pub tamper: Option<Tamper>,
-    /// Pages of the launch plan the VMM places itself (the kernel hashes table).
-    pub preload: Vec<(u64, Vec<u8>)>,
     /// The virtio-vsock device, if any (after the disks in MMIO order).
     pub vsock: Option<VsockConfig>,
     /// /dev/kvm opened before the VMM entered its jail (`None`: open it here).
     pub kvm: Option<Kvm>,
-    /// The control API: its bound socket and the measurement it reports.
-    pub api: Option<ApiConfig>,
-    /// A real SEV-SNP or TDX launch (for `tee` snp or tdx): the VM gets private memory
-    /// and the launch commands run before the guest starts.
-    pub confidential: Option<ConfidentialLaunch>,
+    /// The control API's socket, bound before the jail.
+    pub api: Option<std::os::unix::net::UnixListener>,
 }
 
-/// `--api-socket`: a listener bound before the jail, and what `GET /v1/vm/measurement`
-/// answers.
-#[derive(Debug)]
-pub struct ApiConfig {
-    /// The bound socket.
-    pub listener: std::os::unix::net::UnixListener,
-    /// The expected measurement, as JSON.
-    pub measurement: serde_json::Value,
-}
-
-/// The VM as the control API sees it.
-struct ApiView {
-    control: Arc<RunControl>,
-    /// vCPU threads to kick out of KVM_RUN; emptied before they are joined.
-    vcpu_threads: Arc<Mutex<Vec<libc::pthread_t>>>,
-    stop_tx: mpsc::Sender<(u32, VcpuStop)>,
-    tee: TeeKind,
-    vcpus: u32,
-    memory: u64,
-    started: Instant,
-    measurement: serde_json::Value,
-}
-
-impl ApiView {
-    fn kick(&self) {
-        let threads = self.vcpu_threads.lock().unwrap_or_else(|e| e.into_inner());
-        for &t in threads.iter() {
-            // SAFETY: `t` is a live, unjoined vCPU thread (the list is emptied before the
-            // threads are joined, under this lock); the signal's handler does nothing.
-            unsafe { libc::pthread_kill(t, SIGRTMIN()) };
-        }
-    }
-}
-
-impl crate::api::VmControl for ApiView {
-    fn status(&self) -> serde_json::Value {
-        let state = if self.control.stopped() {
-            "stopping"
-        } else if self.control.paused() {
-            "paused"
-        } else {
-            "running"
-        };
-        serde_json::json!({
-            "state": state,
-            "tee": self.tee.to_string(),
-            "vcpus": self.vcpus,
-            "memory_bytes": self.memory,
-            "uptime_ms": self.started.elapsed().as_millis() as u64,
-        })
-    }
-
-    fn measurement(&self) -> serde_json::Value {
-        self.measurement.clone()
-    }
-
-    fn pause(&self) -> Result<(), String> {
-        if self.control.stopped() {
-            return Err("the VM is stopping".into());
-        }
-        if self.control.paused() {
-            return Err("the VM is already paused".into());
-        }
-        self.control.set_paused(true);
-        self.kick();
-        tracing::info!(event = "paused", "vCPUs paused through the API");
-        Ok(())
-    }
-
-    fn resume(&self) -> Result<(), String> {
-        if !self.control.paused() {
-            return Err("the VM is not paused".into());
-        }
-        self.control.set_paused(false);
-        tracing::info!(event = "resumed", "vCPUs resumed through the API");
-        Ok(())
-    }
-
-    fn shutdown(&self) {
-        tracing::info!(
-            event = "shutdown-requested",
-            "shutdown requested through the API"
-        );
-        let _ = self.stop_tx.send((u32::MAX, VcpuStop::ShutdownRequested));
+impl std::fmt::Debug for VmConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmConfig")
+            .field("firmware_bytes", &self.firmware.len())
+            .field("memory", &self.memory)
+            .field("vcpus", &self.vcpus)
+            .field("tee", &self.tee)
+            .field("disks", &self.disks)
+            .field("vsock", &self.vsock.is_some())
+            .field("api", &self.api.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -251,71 +176,9 @@ pub enum VmmError {
     /// The vsock event loop could not be set up.
     #[error("cannot set up the vsock event loop")]
     EventLoop(#[source] std::io::Error),
-    /// A step of the SEV-SNP or TDX launch failed.
-    #[error("confidential launch failed")]
-    Launch(#[from] LaunchStepError),
-    /// `tee` and the confidential launch disagree (a bug in the caller).
-    #[error("--tee {0} needs a matching confidential launch")]
-    LaunchMismatch(TeeKind),
-}
-
-/// The run-time services of a real SNP or TDX guest.
-struct CcRuntime {
-    vm: Arc<Vm>,
-    tdx: Option<TdVmcalls>,
-    certs: Option<CertTable>,
-}
-
-impl ConfidentialExits for CcRuntime {
-    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String> {
-        self.vm
-            .convert(gpa, size, private)
-            .map_err(|e| format!("implicit conversion failed: {e}"))
-    }
-
-    fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
-        self.vm.map_gpa_range(args)
-    }
-
-    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String> {
-        match &self.tdx {
-            Some(t) => {
-                t.handle(vcpu, exit);
-                Ok(())
-            }
-            None => Err("KVM_EXIT_TDX from a VM that is not a TD".into()),
-        }
-    }
-
-    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String> {
-        match &self.certs {
-            Some(c) => {
-                c.serve(self.vm.memory(), exit);
-                Ok(())
-            }
-            None => {
-                Err("KVM_EXIT_SNP_REQ_CERTS although certificate requests were not enabled".into())
-            }
-        }
-    }
-}
-
-/// Raises a vector on a vCPU with KVM_SIGNAL_MSI.
-struct MsiInterrupt(Arc<Vm>);
-
-impl Interrupt for MsiInterrupt {
-    fn raise(&self, apic: u32, vector: u8) -> Result<(), String> {
-        let msi = kvm_bindings::kvm_msi {
-            address_lo: 0xFEE0_0000 | (apic << 12),
-            data: u32::from(vector),
-            ..Default::default()
-        };
-        self.0
-            .fd()
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| format!("KVM_SIGNAL_MSI: {e}"))
-    }
+    /// A step of the TEE backend failed.
+    #[error("the TEE backend failed")]
+    Tee(#[from] TeeError),
 }
 
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -330,394 +193,683 @@ fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> 
     })
 }
 
-/// Builds the VM described by `config`, runs it until the guest stops, and returns why.
-///
-/// The first vCPU to stop decides the outcome; the others are then interrupted
-/// (signalled out of KVM_RUN) and joined.
-pub fn run(mut config: VmConfig) -> Result<VcpuStop, VmmError> {
-    let started = Instant::now();
-    let kvm = match config.kvm.take() {
-        Some(k) => k,
-        None => Kvm::new().map_err(VmmError::Kvm)?,
-    };
-    let max = kvm.get_max_vcpus();
-    if config.vcpus == 0 || config.vcpus as usize > max {
-        return Err(VmmError::VcpuCount {
-            requested: config.vcpus,
-            max,
-        });
-    }
-    let vm = Arc::new(match (&config.confidential, config.tee) {
-        (None, TeeKind::None | TeeKind::EmulatedSnp | TeeKind::EmulatedTdx) => {
-            Vm::new(&kvm, config.memory, &config.firmware)?
-        }
-        (Some(ConfidentialLaunch::Snp(_)), TeeKind::Snp) => Vm::new_confidential(
-            &kvm,
-            u64::from(kvm_bindings::KVM_X86_SNP_VM),
-            IrqChip::Full,
-            config.memory,
-            &config.firmware,
-        )?,
-        (Some(ConfidentialLaunch::Tdx(_)), TeeKind::Tdx) => Vm::new_confidential(
-            &kvm,
-            u64::from(kvm_bindings::KVM_X86_TDX_VM),
-            IrqChip::Split,
-            config.memory,
-            &config.firmware,
-        )?,
-        (_, tee) => return Err(VmmError::LaunchMismatch(tee)),
-    });
+/// The build steps, in the order [`VmBuilder::build`] runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// KVM_CREATE_VM of the backend's type, guest memory and the firmware.
+    CreateVm,
+    /// Serial, i8042, ACPI PM, pvpanic (and the I/O APIC of a split irqchip).
+    LegacyDevices,
+    /// The backend's preloaded pages and the staged kernel.
+    BootData,
+    /// The backend's own devices (the emulated mailbox).
+    TeeDevices,
+    /// virtio-blk disks and virtio-vsock.
+    VirtioDevices,
+    /// The ACPI tables, with the backend's additions.
+    Acpi,
+    /// The host-supported CPUID, adjusted by the backend.
+    Cpuid,
+    /// The backend's VM-level launch commands.
+    TeeBeforeVcpus,
+    /// KVM_CREATE_VCPU for every vCPU.
+    Vcpus,
+    /// The backend's per-vCPU and memory launch commands.
+    TeeAfterVcpus,
+    /// The backend's run-time exit handler and its threads.
+    TeeRuntime,
+    /// Every thread confined and released: the guest runs.
+    StartVcpus,
+}
 
-    let mut bus = Buses::default();
-    if let Some(ConfidentialLaunch::Tdx(_)) = &config.confidential {
-        // Split irqchip: the I/O APIC is ours; its routes make device lines MSIs.
-        bus.mmio.insert(
-            IOAPIC_BASE,
-            IOAPIC_SIZE,
-            Arc::new(Mutex::new(IoApic::new(KvmRoutes(vm.clone())))),
-        )?;
+/// A VM being built: the state the steps hand on.
+pub struct VmBuilder {
+    config: VmConfig,
+    kvm: Kvm,
+    started: Instant,
+    steps: Vec<Step>,
+    vm: Option<Arc<Vm>>,
+    bus: Buses,
+    virtio: Vec<VirtioMmioDesc>,
+    vsock_loop: Option<VsockLoop>,
+}
+
+impl std::fmt::Debug for VmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBuilder")
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
     }
-    let serial = SerialPort::new(vm.irqfd(COM1_IRQ)?, serial_writer(&config.serial)?);
-    bus.pio.insert(COM1_BASE, 8, Arc::new(Mutex::new(serial)))?;
-    bus.pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
-    bus.pio
-        .insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
-    bus.pio
-        .insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)))?;
-    {
-        use vm_memory::Bytes;
-        for (gpa, page) in &config.preload {
+}
+
+/// The vsock device's event loop, before its thread starts.
+struct VsockLoop {
+    epoll: Arc<Epoll>,
+    transport: Arc<Mutex<MmioTransport>>,
+    stop: EventFd,
+}
+
+/// The launched vCPUs and the TEE runtime, ready to start.
+struct Launched {
+    vcpus: Vec<Vcpu>,
+    runtime: Option<TeeRuntime>,
+}
+
+impl VmBuilder {
+    /// Checks `config` against this host's KVM.
+    pub fn new(mut config: VmConfig) -> Result<Self, VmmError> {
+        let started = Instant::now();
+        let kvm = match config.kvm.take() {
+            Some(k) => k,
+            None => Kvm::new().map_err(VmmError::Kvm)?,
+        };
+        let max = kvm.get_max_vcpus();
+        if config.vcpus == 0 || config.vcpus as usize > max {
+            return Err(VmmError::VcpuCount {
+                requested: config.vcpus,
+                max,
+            });
+        }
+        let n_devices = config.disks.len() + usize::from(config.vsock.is_some());
+        if n_devices > MAX_VIRTIO_DEVICES {
+            return Err(VmmError::TooManyDevices(n_devices));
+        }
+        Ok(Self {
+            config,
+            kvm,
+            started,
+            steps: Vec::new(),
+            vm: None,
+            bus: Buses::default(),
+            virtio: Vec::new(),
+            vsock_loop: None,
+        })
+    }
+
+    /// Runs every step and starts the guest.
+    pub fn build(mut self) -> Result<Vmm, VmmError> {
+        let vm = self.create_vm()?;
+        self.attach_legacy_devices(&vm)?;
+        self.place_boot_data(&vm)?;
+        self.attach_tee_devices(&vm)?;
+        self.attach_virtio_devices(&vm)?;
+        self.write_acpi(&vm)?;
+        let cpuid = self.cpuid()?;
+        let launched = self.launch(&vm, &cpuid)?;
+        self.start(vm, launched)
+    }
+
+    fn step(&mut self, s: Step) {
+        tracing::debug!(step = ?s, elapsed_us = self.started.elapsed().as_micros() as u64, "build step");
+        self.steps.push(s);
+    }
+
+    fn create_vm(&mut self) -> Result<Arc<Vm>, VmmError> {
+        self.step(Step::CreateVm);
+        let c = &self.config;
+        let vm = Arc::new(match c.tee.vm_type() {
+            VmType::Default => Vm::new(&self.kvm, c.memory, &c.firmware)?,
+            VmType::Confidential { kvm_type, irqchip } => {
+                Vm::new_confidential(&self.kvm, kvm_type, irqchip, c.memory, &c.firmware)?
+            }
+        });
+        self.vm = Some(vm.clone());
+        Ok(vm)
+    }
+
+    fn attach_legacy_devices(&mut self, vm: &Arc<Vm>) -> Result<(), VmmError> {
+        self.step(Step::LegacyDevices);
+        let split = matches!(
+            self.config.tee.vm_type(),
+            VmType::Confidential {
+                irqchip: IrqChip::Split,
+                ..
+            }
+        );
+        if split {
+            // Split irqchip: the I/O APIC is ours; its routes make device lines MSIs.
+            self.bus.mmio.insert(
+                IOAPIC_BASE,
+                IOAPIC_SIZE,
+                Arc::new(Mutex::new(IoApic::new(KvmRoutes(vm.clone())))),
+            )?;
+        }
+        let serial = SerialPort::new(vm.irqfd(COM1_IRQ)?, serial_writer(&self.config.serial)?);
+        let pio = &mut self.bus.pio;
+        pio.insert(COM1_BASE, 8, Arc::new(Mutex::new(serial)))?;
+        pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
+        pio.insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
+        pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)))?;
+        Ok(())
+    }
+
+    fn place_boot_data(&mut self, vm: &Vm) -> Result<(), VmmError> {
+        self.step(Step::BootData);
+        for (gpa, page) in self.config.tee.preload() {
             vm.memory()
                 .write_slice(page, vm_memory::GuestAddress(*gpa))
                 .map_err(VmmError::Preload)?;
         }
+        let c = &self.config;
+        let staged = boot::stage(vm.memory(), c.memory, c.vcpus, c.boot.as_ref(), c.tamper)?;
+        if c.boot.is_some() {
+            tracing::info!(
+                event = "boot-data",
+                staging = format_args!("{:#x}+{:#x}", staged.base, staged.size),
+                kernel = format_args!("{:#x}+{:#x}", staged.kernel.0, staged.kernel.1),
+                initrd = format_args!("{:#x}+{:#x}", staged.initrd.0, staged.initrd.1),
+                cmdline = format_args!("{:#x}+{:#x}", staged.cmdline.0, staged.cmdline.1),
+                "kernel staged; boot-data descriptor at 0x8000"
+            );
+        }
+        Ok(())
     }
-    let staged = boot::stage(
-        vm.memory(),
-        config.memory,
-        config.vcpus,
-        config.boot.as_ref(),
-        config.tamper,
-    )?;
-    if config.boot.is_some() {
-        tracing::info!(
-            event = "boot-data",
-            staging = format_args!("{:#x}+{:#x}", staged.base, staged.size),
-            kernel = format_args!("{:#x}+{:#x}", staged.kernel.0, staged.kernel.1),
-            initrd = format_args!("{:#x}+{:#x}", staged.initrd.0, staged.initrd.1),
-            cmdline = format_args!("{:#x}+{:#x}", staged.cmdline.0, staged.cmdline.1),
-            "kernel staged; boot-data descriptor at 0x8000"
-        );
-    }
-    let confidential = matches!(config.tee, TeeKind::Snp | TeeKind::Tdx);
 
-    if let Some(tee) = config.emulated_tee {
-        bus.pio.insert(
-            MAILBOX_PORT,
-            12,
-            Arc::new(Mutex::new(Mailbox::new(tee, vm.memory().clone()))),
-        )?;
+    fn attach_tee_devices(&mut self, vm: &Vm) -> Result<(), VmmError> {
+        self.step(Step::TeeDevices);
+        for d in self.config.tee.devices(vm.memory()) {
+            tracing::info!(
+                event = "device",
+                kind = d.name,
+                port = format_args!("{:#x}", d.base),
+                "TEE device attached"
+            );
+            self.bus.pio.insert(d.base, d.len, d.device)?;
+        }
+        Ok(())
     }
-    let n_devices = config.disks.len() + usize::from(config.vsock.is_some());
-    if n_devices > MAX_VIRTIO_DEVICES {
-        return Err(VmmError::TooManyDevices(n_devices));
+
+    fn attach_virtio_devices(&mut self, vm: &Vm) -> Result<(), VmmError> {
+        self.step(Step::VirtioDevices);
+        for d in self.config.disks.clone() {
+            let block = Block::open(&d.path, d.read_only)?;
+            let (base, gsi, _) = self.attach_virtio(vm, Box::new(block))?;
+            tracing::info!(event = "device", kind = "virtio-blk", path = %d.path.display(), read_only = d.read_only, mmio = format_args!("{base:#x}"), gsi, "disk attached");
+        }
+        if let Some(vc) = self.config.vsock.clone() {
+            let epoll = Arc::new(Epoll::new().map_err(VmmError::EventLoop)?);
+            let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::unix::io::AsRawFd::as_raw_fd(&stop),
+                    EpollEvent::new(EventSet::IN, vsock::TOKEN_STOP),
+                )
+                .map_err(VmmError::EventLoop)?;
+            let device = Vsock::new(&vc, epoll.clone())?;
+            let (base, gsi, transport) = self.attach_virtio(vm, Box::new(device))?;
+            tracing::info!(
+                event = "device",
+                kind = "virtio-vsock",
+                guest_cid = vc.guest_cid,
+                uds = ?vc.uds,
+                relay = vc.relay.as_ref().map(|r| r.url.as_str()).unwrap_or("none"),
+                mmio = format_args!("{base:#x}"),
+                gsi,
+                "vsock attached"
+            );
+            self.vsock_loop = Some(VsockLoop {
+                epoll,
+                transport,
+                stop,
+            });
+        }
+        Ok(())
     }
-    let mut descs = Vec::new();
-    for (i, d) in config.disks.iter().enumerate() {
+
+    /// Puts `device` behind the next virtio-mmio window and GSI; returns (base, GSI,
+    /// transport).
+    fn attach_virtio(
+        &mut self,
+        vm: &Vm,
+        device: Box<dyn VirtioDevice>,
+    ) -> Result<(u64, u32, Arc<Mutex<MmioTransport>>), VmmError> {
+        let i = self.virtio.len();
+        if i >= MAX_VIRTIO_DEVICES {
+            return Err(VmmError::TooManyDevices(i + 1));
+        }
         let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + i as u32;
-        let block = Block::open(&d.path, d.read_only)?;
-        let transport = MmioTransport::new(
-            Box::new(block),
-            vm.memory().clone(),
-            IrqTrigger(vm.irqfd(gsi)?),
-            confidential,
-        );
-        bus.mmio
-            .insert(base, VIRTIO_MMIO_SIZE, Arc::new(Mutex::new(transport)))?;
-        descs.push(VirtioMmioDesc {
-            base: base as u32,
-            size: VIRTIO_MMIO_SIZE as u32,
-            irq: gsi,
-        });
-        tracing::info!(event = "device", kind = "virtio-blk", path = %d.path.display(), read_only = d.read_only, mmio = format_args!("{base:#x}"), gsi, "disk attached");
-    }
-    let mut vsock_loop = None;
-    if let Some(vc) = &config.vsock {
-        let i = descs.len();
-        let base = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_FIRST_GSI + i as u32;
-        let epoll = Arc::new(Epoll::new().map_err(VmmError::EventLoop)?);
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                std::os::unix::io::AsRawFd::as_raw_fd(&stop),
-                EpollEvent::new(EventSet::IN, vsock::TOKEN_STOP),
-            )
-            .map_err(VmmError::EventLoop)?;
-        let device = Vsock::new(vc, epoll.clone())?;
         let transport = Arc::new(Mutex::new(MmioTransport::new(
-            Box::new(device),
+            device,
             vm.memory().clone(),
             IrqTrigger(vm.irqfd(gsi)?),
-            confidential,
+            self.config.tee.virtio_access_platform(),
         )));
-        bus.mmio.insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
-        descs.push(VirtioMmioDesc {
+        self.bus
+            .mmio
+            .insert(base, VIRTIO_MMIO_SIZE, transport.clone())?;
+        self.virtio.push(VirtioMmioDesc {
             base: base as u32,
             size: VIRTIO_MMIO_SIZE as u32,
             irq: gsi,
         });
-        tracing::info!(
-            event = "device",
-            kind = "virtio-vsock",
-            guest_cid = vc.guest_cid,
-            uds = ?vc.uds,
-            relay = vc.relay.as_ref().map(|r| r.url.as_str()).unwrap_or("none"),
-            mmio = format_args!("{base:#x}"),
-            gsi,
-            "vsock attached"
-        );
-        vsock_loop = Some((epoll, transport, stop));
+        Ok((base, gsi, transport))
     }
-    // TD guests: the CCEL table points the kernel at the firmware's CC event log.
-    let ccel = matches!(config.tee, TeeKind::Tdx | TeeKind::EmulatedTdx)
-        .then_some(acpi::Ccel::TDX_FIRMWARE);
-    let tables = acpi::build_with(config.vcpus, &descs, ccel)?;
-    {
-        use vm_memory::Bytes;
+
+    fn write_acpi(&mut self, vm: &Vm) -> Result<(), VmmError> {
+        self.step(Step::Acpi);
+        let extra = self.config.tee.acpi();
+        let tables = acpi::build_with(self.config.vcpus, &self.virtio, extra.ccel)?;
         vm.memory()
             .write_slice(&tables.blob, vm_memory::GuestAddress(tables.rsdp_gpa))
-            .map_err(VmmError::AcpiWrite)?;
-    }
-    let bus = Arc::new(bus);
-
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::Cpuid)?;
-    sanitize_cpuid(
-        &mut cpuid,
-        config.tee == TeeKind::Snp,
-        config.tee == TeeKind::Tdx,
-    );
-    // The TEE's VM-level launch steps come before any vCPU exists.
-    enum Begun<'a> {
-        Snp(crate::tee::snp::SnpLauncher<crate::tee::snp::Started, crate::vstate::sev::KvmSev<'a>>),
-        Tdx(
-            crate::tee::tdx::TdxLauncher<
-                crate::tee::tdx::VmInitialized,
-                crate::vstate::tdx::KvmTdx<'a>,
-            >,
-        ),
-    }
-    let begun = match &config.confidential {
-        None => None,
-        Some(ConfidentialLaunch::Snp(l)) => Some(Begun::Snp(cc::snp_begin(&vm, l)?)),
-        Some(ConfidentialLaunch::Tdx(l)) => Some(Begun::Tdx(cc::tdx_begin(&vm, &cpuid, l)?)),
-    };
-    let vcpus = (0..config.vcpus)
-        .map(|i| Vcpu::new(vm.fd(), i, &cpuid))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut tdx_caps = (0, 0);
-    match (begun, &config.confidential) {
-        (Some(Begun::Snp(b)), Some(ConfidentialLaunch::Snp(l))) => {
-            let fds: Vec<_> = vcpus.iter().map(Vcpu::fd).collect();
-            let pages = cc::snp_complete(b, &vm, &fds, &cpuid, l)?;
-            tracing::info!(event = "measurement", tee = "snp", pages, digest = %hex::encode(l.plan.launch_digest()), "SNP_LAUNCH_FINISH done; the PSP measured the launch");
-        }
-        (Some(Begun::Tdx(b)), Some(ConfidentialLaunch::Tdx(l))) => {
-            if let Some(c) = b.caps() {
-                tdx_caps = (c.kernel_tdvmcallinfo_1_r11, c.user_tdvmcallinfo_1_r11);
-            }
-            let fds: Vec<_> = vcpus.iter().map(Vcpu::fd).collect();
-            let (added, measured) = cc::tdx_complete(b, fds, l)?;
-            tracing::info!(event = "measurement", tee = "tdx", pages = added, measured, mrtd = %hex::encode(l.plan.mrtd()), "KVM_TDX_FINALIZE_VM done; the TDX module measured the launch");
-        }
-        _ => {}
+            .map_err(VmmError::AcpiWrite)
     }
 
-    let mut quote_thread = None;
-    let runtime: Option<Arc<dyn ConfidentialExits>> = match config.confidential.take() {
-        None => None,
-        Some(ConfidentialLaunch::Snp(l)) => Some(Arc::new(CcRuntime {
-            vm: vm.clone(),
-            tdx: None,
-            certs: l.certs,
-        })),
-        Some(ConfidentialLaunch::Tdx(l)) => {
-            let notify: Notify = Arc::default();
-            let quotes = match l.qgs {
-                Some(socket) => {
-                    let (tx, rx) =
-                        mpsc::sync_channel(crate::tee::services::QUOTE_MAX_IN_FLIGHT as usize);
-                    let in_flight = Arc::new(std::sync::atomic::AtomicU64::new(0));
-                    let (mem, n, irq, note) = (
-                        vm.memory().clone(),
-                        in_flight.clone(),
-                        MsiInterrupt(vm.clone()),
-                        notify.clone(),
-                    );
-                    let mode = config.seccomp;
-                    quote_thread = Some(
-                        std::thread::Builder::new()
-                            .name("quote".into())
-                            .spawn(move || match seccomp::install(ThreadKind::Quote, mode) {
-                                Ok(()) => crate::tee::services::quote_worker(rx, mem, socket, n, note, irq),
-                                Err(e) => tracing::error!(error = %e, "quote thread not confined; not serving"),
-                            })
-                            .map_err(VmmError::Thread)?,
-                    );
-                    Some((tx, in_flight))
-                }
-                None => None,
-            };
-            Some(Arc::new(CcRuntime {
-                vm: vm.clone(),
-                tdx: Some(TdVmcalls::new(
-                    vm.memory().clone(),
-                    quotes,
-                    notify,
-                    tdx_caps.0,
-                    tdx_caps.1,
-                )),
-                certs: None,
-            }))
-        }
-    };
-    register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::Signal)?;
-    let stop = Arc::new(RunControl::default());
-    let (tx, rx) = mpsc::channel();
-    // Every thread installs its seccomp filter, then waits here: no guest code runs
-    // before all filters are in place.
-    let gate = Arc::new(std::sync::Barrier::new(
-        vcpus.len() + 1 + usize::from(vsock_loop.is_some()) + usize::from(config.api.is_some()),
-    ));
-    let mode = config.seccomp;
-    let mut threads = Vec::new();
-    let mut event_thread = None;
-    if let Some((epoll, transport, stop_evt)) = vsock_loop {
-        let gate = gate.clone();
-        // Dropped when the thread ends: the VMM waits on it instead of polling.
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let t = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || {
-                let _done = done_tx;
-                let confined = seccomp::install(ThreadKind::VsockEvents, mode);
-                gate.wait();
-                match confined {
-                    Ok(()) => vsock::event_loop(&epoll, &transport),
-                    Err(e) => tracing::error!(error = %e, "vsock thread not confined; not serving"),
-                }
+    fn cpuid(&mut self) -> Result<CpuId, VmmError> {
+        self.step(Step::Cpuid);
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        self.config.tee.adjust_cpuid(&mut cpuid);
+        Ok(cpuid)
+    }
+
+    /// The backend's launch steps around vCPU creation, then its runtime.
+    fn launch(&mut self, vm: &Arc<Vm>, cpuid: &CpuId) -> Result<Launched, VmmError> {
+        self.step(Step::TeeBeforeVcpus);
+        let tee = self.config.tee.clone();
+        let pending: Box<dyn PendingLaunch + '_> = tee.before_vcpus(vm, cpuid)?;
+        self.step(Step::Vcpus);
+        let vcpus = (0..self.config.vcpus)
+            .map(|i| Vcpu::new(vm.fd(), i, cpuid))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.step(Step::TeeAfterVcpus);
+        let fds: Vec<_> = vcpus.iter().map(Vcpu::fd).collect();
+        pending.after_vcpus(vm, &fds, cpuid)?;
+        self.step(Step::TeeRuntime);
+        let runtime = tee.runtime(vm, self.config.seccomp)?;
+        Ok(Launched { vcpus, runtime })
+    }
+
+    /// Starts every thread; each installs its seccomp filter and waits at a gate, so no
+    /// guest code runs before all filters are in place.
+    fn start(mut self, vm: Arc<Vm>, launched: Launched) -> Result<Vmm, VmmError> {
+        self.step(Step::StartVcpus);
+        register_signal_handler(SIGRTMIN(), kick_handler).map_err(VmmError::Signal)?;
+        let mode = self.config.seccomp;
+        let control = Arc::new(RunControl::default());
+        let (tx, rx) = mpsc::channel();
+        let api = self.config.api.take();
+        let gate = Arc::new(std::sync::Barrier::new(
+            launched.vcpus.len()
+                + 1
+                + usize::from(self.vsock_loop.is_some())
+                + usize::from(api.is_some()),
+        ));
+        let event_thread = match self.vsock_loop.take() {
+            Some(l) => Some(spawn_vsock(l, gate.clone(), mode)?),
+            None => None,
+        };
+        let exits = launched.runtime.as_ref().map(|r| r.exits.clone());
+        let bus = Arc::new(std::mem::take(&mut self.bus));
+        let threads = launched
+            .vcpus
+            .into_iter()
+            .map(|vcpu| {
+                let ctx = VcpuContext {
+                    bus: bus.clone(),
+                    vm: vm.clone(),
+                    control: control.clone(),
+                    tx: tx.clone(),
+                    gate: gate.clone(),
+                    exits: exits.clone(),
+                    mode,
+                };
+                spawn_vcpu(vcpu, ctx)
             })
-            .map_err(VmmError::Thread)?;
-        event_thread = Some((t, stop_evt, done_rx));
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(VmmShared {
+            control,
+            vcpu_threads: Mutex::new(
+                threads
+                    .iter()
+                    .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
+                    .collect(),
+            ),
+            stop_tx: Mutex::new(tx),
+            vcpus: self.config.vcpus,
+            memory: self.config.memory,
+            started: self.started,
+            measurement: self.config.tee.measurement(),
+        });
+        if let Some(listener) = api {
+            spawn_api(listener, VmmHandle(shared.clone()), gate.clone(), mode)?;
+        }
+        if mode == SeccompMode::Off {
+            tracing::warn!("seccomp filters are OFF: the VMM is not confined (debugging only)");
+        }
+        // Created before the filter forbids eventfd2.
+        let settle = EventFd::new(libc::EFD_NONBLOCK).ok();
+        let confined = seccomp::install(ThreadKind::Vmm, mode);
+        if confined.is_err() {
+            shared.control.stop();
+        }
+        gate.wait();
+        confined?;
+        tracing::info!(
+            event = "running",
+            vcpus = self.config.vcpus,
+            setup_us = self.started.elapsed().as_micros() as u64,
+            "guest started"
+        );
+        if let Some(evt) = settle {
+            settle_srcu(&vm, &evt);
+        }
+        Ok(Vmm {
+            shared,
+            threads,
+            rx,
+            event_thread,
+            runtime: launched.runtime,
+            steps: self.steps,
+            _vm: vm,
+        })
     }
-    let vcpu_kind = if runtime.is_some() {
+}
+
+/// What a vCPU thread needs.
+struct VcpuContext {
+    bus: Arc<Buses>,
+    vm: Arc<Vm>,
+    control: Arc<RunControl>,
+    tx: mpsc::Sender<(u32, VcpuStop)>,
+    gate: Arc<std::sync::Barrier>,
+    exits: Option<Arc<dyn crate::vstate::vcpu::ExitHandler>>,
+    mode: SeccompMode,
+}
+
+fn spawn_vcpu(mut vcpu: Vcpu, c: VcpuContext) -> Result<JoinHandle<()>, VmmError> {
+    let kind = if c.exits.is_some() {
         ThreadKind::ConfidentialVcpu
     } else {
         ThreadKind::Vcpu
     };
-    for mut vcpu in vcpus {
-        let (bus, vm, stop, tx, gate, cc) = (
-            bus.clone(),
-            vm.clone(),
-            stop.clone(),
-            tx.clone(),
-            gate.clone(),
-            runtime.clone(),
-        );
-        let t = std::thread::Builder::new()
-            .name(format!("vcpu{}", vcpu.index()))
-            .spawn(move || {
-                let confined = seccomp::install(vcpu_kind, mode);
-                gate.wait();
-                let why = match confined {
-                    Ok(()) if !stop.stopped() => vcpu.run(&bus, vm.memory(), &stop, cc.as_deref()),
-                    Ok(()) => VcpuStop::Stopped,
-                    Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
-                };
-                // Logged here, when it happens (the VMM thread may be in settle_srcu).
-                tracing::info!(
-                    event = "vcpu-stopped",
-                    vcpu = vcpu.index(),
-                    reason = why.kind(),
-                    "vCPU stopped"
-                );
-                let _ = tx.send((vcpu.index(), why));
-            })
-            .map_err(VmmError::Thread)?;
-        threads.push(t);
-    }
-    let vcpu_threads = Arc::new(Mutex::new(
-        threads
-            .iter()
-            .map(std::os::unix::thread::JoinHandleExt::as_pthread_t)
-            .collect::<Vec<_>>(),
-    ));
-    if let Some(api) = config.api.take() {
-        let view = ApiView {
-            control: stop.clone(),
-            vcpu_threads: vcpu_threads.clone(),
-            stop_tx: tx.clone(),
-            tee: config.tee,
-            vcpus: config.vcpus,
-            memory: config.memory,
-            started,
-            measurement: api.measurement,
-        };
-        let gate = gate.clone();
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                let confined = seccomp::install(ThreadKind::Api, mode);
-                gate.wait();
-                match confined {
-                    Ok(()) => crate::api::serve(api.listener, Arc::new(view)),
-                    Err(e) => tracing::error!(error = %e, "API thread not confined; not serving"),
+    std::thread::Builder::new()
+        .name(format!("vcpu{}", vcpu.index()))
+        .spawn(move || {
+            let confined = seccomp::install(kind, c.mode);
+            c.gate.wait();
+            let why = match confined {
+                Ok(()) if !c.control.stopped() => {
+                    vcpu.run(&c.bus, c.vm.memory(), &c.control, c.exits.as_deref())
                 }
-            })
-            .map_err(VmmError::Thread)?;
+                Ok(()) => VcpuStop::Stopped,
+                Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
+            };
+            // Logged here, when it happens (the VMM thread may be in settle_srcu).
+            tracing::info!(
+                event = "vcpu-stopped",
+                vcpu = vcpu.index(),
+                reason = why.kind(),
+                "vCPU stopped"
+            );
+            let _ = c.tx.send((vcpu.index(), why));
+        })
+        .map_err(VmmError::Thread)
+}
+
+fn spawn_vsock(
+    l: VsockLoop,
+    gate: Arc<std::sync::Barrier>,
+    mode: SeccompMode,
+) -> Result<EventThread, VmmError> {
+    let (epoll, transport) = (l.epoll, l.transport);
+    // Dropped when the thread ends: the VMM waits on it instead of polling.
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let t = std::thread::Builder::new()
+        .name("vsock".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let confined = seccomp::install(ThreadKind::VsockEvents, mode);
+            gate.wait();
+            match confined {
+                Ok(()) => vsock::event_loop(&epoll, &transport),
+                Err(e) => tracing::error!(error = %e, "vsock thread not confined; not serving"),
+            }
+        })
+        .map_err(VmmError::Thread)?;
+    Ok(EventThread {
+        thread: t,
+        stop: l.stop,
+        done: done_rx,
+    })
+}
+
+/// The vsock event thread, its stop event and the channel its end closes.
+struct EventThread {
+    thread: JoinHandle<()>,
+    stop: EventFd,
+    done: mpsc::Receiver<()>,
+}
+
+fn spawn_api(
+    listener: std::os::unix::net::UnixListener,
+    handle: VmmHandle,
+    gate: Arc<std::sync::Barrier>,
+    mode: SeccompMode,
+) -> Result<(), VmmError> {
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            let confined = seccomp::install(ThreadKind::Api, mode);
+            gate.wait();
+            match confined {
+                Ok(()) => crate::api::serve(listener, Arc::new(handle)),
+                Err(e) => tracing::error!(error = %e, "API thread not confined; not serving"),
+            }
+        })
+        .map(|_| ())
+        .map_err(VmmError::Thread)
+}
+
+/// What the [`Vmm`] shares with its handles.
+struct VmmShared {
+    control: Arc<RunControl>,
+    /// vCPU threads to kick out of KVM_RUN; emptied before they are joined.
+    vcpu_threads: Mutex<Vec<libc::pthread_t>>,
+    stop_tx: Mutex<mpsc::Sender<(u32, VcpuStop)>>,
+    vcpus: u32,
+    memory: u64,
+    started: Instant,
+    measurement: ExpectedMeasurement,
+}
+
+impl VmmShared {
+    fn kick(&self) {
+        let threads = self.vcpu_threads.lock().unwrap_or_else(|e| e.into_inner());
+        for &t in threads.iter() {
+            // SAFETY: `t` is a live, unjoined vCPU thread (the list is emptied before the
+            // threads are joined, under this lock); the signal's handler does nothing.
+            unsafe { libc::pthread_kill(t, SIGRTMIN()) };
+        }
     }
-    drop(tx);
-    if mode == SeccompMode::Off {
-        tracing::warn!("seccomp filters are OFF: the VMM is not confined (debugging only)");
+}
+
+/// A running VM.
+pub struct Vmm {
+    shared: Arc<VmmShared>,
+    threads: Vec<JoinHandle<()>>,
+    rx: mpsc::Receiver<(u32, VcpuStop)>,
+    event_thread: Option<EventThread>,
+    runtime: Option<TeeRuntime>,
+    steps: Vec<Step>,
+    /// Keeps the VM (and its memory) alive until the threads are gone.
+    _vm: Arc<Vm>,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("vcpus", &self.shared.vcpus)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
     }
-    // Created before the filter forbids eventfd2.
-    let settle = EventFd::new(libc::EFD_NONBLOCK).ok();
-    let confined = seccomp::install(ThreadKind::Vmm, mode);
-    if confined.is_err() {
-        stop.stop();
+}
+
+/// A handle of a [`Vmm`] for the control API.
+#[derive(Clone)]
+pub struct VmmHandle(Arc<VmmShared>);
+
+impl std::fmt::Debug for VmmHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmmHandle")
+            .field("vcpus", &self.0.vcpus)
+            .finish_non_exhaustive()
     }
-    gate.wait();
-    confined?;
-    tracing::info!(
-        event = "running",
-        vcpus = config.vcpus,
-        setup_us = started.elapsed().as_micros() as u64,
-        "guest started"
-    );
-    if let Some(evt) = settle {
-        settle_srcu(&vm, &evt);
+}
+
+impl Vmm {
+    /// The build steps that ran, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
     }
 
-    let (index, why) = rx.recv().unwrap_or((
-        0,
-        VcpuStop::RunError("every vCPU thread ended without a report".into()),
-    ));
-    tracing::info!(
-        event = "stopping",
-        first = index,
-        reason = why.kind(),
-        "stopping the VM"
-    );
-    stop_threads(&stop, threads, index, &rx, &vcpu_threads, event_thread);
-    // Dropping the runtime closes the quote channel; the quote thread ends after at
-    // most one QGS exchange, or with the process.
-    drop(runtime);
-    drop(quote_thread);
-    Ok(why)
+    /// A handle for the control API.
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle(self.shared.clone())
+    }
+
+    /// Pauses the vCPUs.
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.handle().pause_vcpus()
+    }
+
+    /// Resumes the vCPUs.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        self.handle().resume_vcpus()
+    }
+
+    /// Asks the VM to stop; [`Vmm::run`] then returns [`VcpuStop::ShutdownRequested`].
+    pub fn shutdown(&self) {
+        self.handle().request_shutdown();
+    }
+
+    /// Waits until the guest stops (the first vCPU to stop decides why), then tears
+    /// the VM down.
+    pub fn run(self) -> VcpuStop {
+        let (index, why) = self.first_stop();
+        tracing::info!(
+            event = "stopping",
+            first = index,
+            reason = why.kind(),
+            "stopping the VM"
+        );
+        self.teardown(index);
+        why
+    }
+
+    /// The first vCPU's stop report. Handles keep a sender alive (for API shutdowns),
+    /// so vCPU threads that all ended without a report are noticed by polling.
+    fn first_stop(&self) -> (u32, VcpuStop) {
+        loop {
+            match self.rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(report) => return report,
+                Err(mpsc::RecvTimeoutError::Timeout)
+                    if !self.threads.iter().all(JoinHandle::is_finished) => {}
+                // A report sent just before its thread ended is still queued.
+                Err(_) => {
+                    return self.rx.try_recv().unwrap_or((
+                        0,
+                        VcpuStop::RunError("every vCPU thread ended without a report".into()),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Stops the vCPU threads and the vsock thread ([`stop_threads`]); dropping the TEE
+    /// runtime ends its threads. `first` is the vCPU that reported first.
+    fn teardown(self, first: u32) {
+        stop_threads(
+            &self.shared.control,
+            self.threads,
+            first,
+            &self.rx,
+            &self.shared.vcpu_threads,
+            self.event_thread,
+        );
+        // Dropping the runtime closes the quote channel; the quote thread ends after at
+        // most one QGS exchange, or with the process.
+        drop(self.runtime);
+    }
+}
+
+impl VmmHandle {
+    fn pause_vcpus(&self) -> Result<(), ControlError> {
+        let c = &self.0.control;
+        if c.stopped() {
+            return Err(ControlError::Stopping);
+        }
+        if c.paused() {
+            return Err(ControlError::AlreadyPaused);
+        }
+        c.set_paused(true);
+        self.0.kick();
+        tracing::info!(event = "paused", "vCPUs paused through the API");
+        Ok(())
+    }
+
+    fn resume_vcpus(&self) -> Result<(), ControlError> {
+        if !self.0.control.paused() {
+            return Err(ControlError::NotPaused);
+        }
+        self.0.control.set_paused(false);
+        tracing::info!(event = "resumed", "vCPUs resumed through the API");
+        Ok(())
+    }
+
+    fn request_shutdown(&self) {
+        tracing::info!(
+            event = "shutdown-requested",
+            "shutdown requested through the API"
+        );
+        let tx = self.0.stop_tx.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = tx.send((u32::MAX, VcpuStop::ShutdownRequested));
+    }
+}
+
+impl crate::api::VmControl for VmmHandle {
+    fn status(&self) -> serde_json::Value {
+        let c = &self.0.control;
+        let state = if c.stopped() {
+            "stopping"
+        } else if c.paused() {
+            "paused"
+        } else {
+            "running"
+        };
+        serde_json::json!({
+            "state": state,
+            "tee": self.0.measurement.tee.to_string(),
+            "vcpus": self.0.vcpus,
+            "memory_bytes": self.0.memory,
+            "uptime_ms": self.0.started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn measurement(&self) -> serde_json::Value {
+        self.0.measurement.to_json()
+    }
+
+    fn pause(&self) -> Result<(), ControlError> {
+        self.pause_vcpus()
+    }
+
+    fn resume(&self) -> Result<(), ControlError> {
+        self.resume_vcpus()
+    }
+
+    fn shutdown(&self) {
+        self.request_shutdown();
+    }
+}
+
+/// Builds the VM described by `config`, runs it until the guest stops, and returns why.
+pub fn run(config: VmConfig) -> Result<VcpuStop, VmmError> {
+    Ok(VmBuilder::new(config)?.build()?.run())
 }
 
 /// Stops every vCPU after the first report (`first`: the vCPU that reported, or
@@ -734,7 +886,7 @@ fn stop_threads(
     first: u32,
     rx: &mpsc::Receiver<(u32, VcpuStop)>,
     vcpu_threads: &Mutex<Vec<libc::pthread_t>>,
-    event_thread: Option<(std::thread::JoinHandle<()>, EventFd, mpsc::Receiver<()>)>,
+    event_thread: Option<EventThread>,
 ) {
     stop.stop();
     // vCPU threads are spawned in index order.
@@ -776,11 +928,11 @@ fn stop_threads(
             let _ = t.join();
         }
     }
-    if let Some((t, stop_evt, done)) = event_thread {
-        let _ = stop_evt.write(1);
-        match done.recv_timeout(Duration::from_secs(2)) {
+    if let Some(e) = event_thread {
+        let _ = e.stop.write(1);
+        match e.done.recv_timeout(Duration::from_secs(2)) {
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = t.join();
+                let _ = e.thread.join();
             }
             _ => tracing::warn!("the vsock thread did not stop; leaving it to process exit"),
         }
@@ -813,5 +965,129 @@ fn settle_srcu(vm: &Vm, evt: &EventFd) {
         .and_then(|()| vm.fd().unregister_ioevent(evt, &addr, SETTLE_MATCH));
     if let Err(e) = r {
         tracing::debug!(error = %e, "cannot settle KVM's SRCU grace period early");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tee::none::NoTee;
+
+    /// /dev/kvm, or a visible skip (a failure under `CI=true`).
+    fn kvm_or_skip(test: &str) -> Option<Kvm> {
+        match Kvm::new() {
+            Ok(k) => Some(k),
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "{test}: /dev/kvm is required under CI: {e}"
+                );
+                eprintln!("SKIPPED {test}: no usable /dev/kvm ({e})");
+                None
+            }
+        }
+    }
+
+    /// A 4 KiB firmware whose reset vector runs `code`.
+    fn firmware(code: &[u8]) -> Vec<u8> {
+        let mut fw = vec![0xF4; 4096];
+        fw[4096 - 16..4096 - 16 + code.len()].copy_from_slice(code);
+        fw
+    }
+
+    fn config(kvm: Kvm, code: &[u8]) -> VmConfig {
+        VmConfig {
+            firmware: firmware(code),
+            memory: 64 << 20,
+            vcpus: 1,
+            serial: SerialOutput::None,
+            seccomp: SeccompMode::Off,
+            disks: Vec::new(),
+            tee: Arc::new(NoTee::default()),
+            boot: None,
+            tamper: None,
+            vsock: None,
+            kvm: Some(kvm),
+            api: None,
+        }
+    }
+
+    #[test]
+    fn the_builder_runs_its_steps_in_launch_order_and_the_guest_runs() {
+        let Some(kvm) = kvm_or_skip("the_builder_runs_its_steps_in_launch_order") else {
+            return;
+        };
+        // mov al, 0xfe; out 0x64, al: an i8042 reset request.
+        let vmm = VmBuilder::new(config(kvm, &[0xB0, 0xFE, 0xE6, 0x64, 0xF4]))
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(
+            vmm.steps(),
+            [
+                Step::CreateVm,
+                Step::LegacyDevices,
+                Step::BootData,
+                Step::TeeDevices,
+                Step::VirtioDevices,
+                Step::Acpi,
+                Step::Cpuid,
+                Step::TeeBeforeVcpus,
+                Step::Vcpus,
+                Step::TeeAfterVcpus,
+                Step::TeeRuntime,
+                Step::StartVcpus,
+            ]
+        );
+        assert_eq!(
+            vmm.run(),
+            VcpuStop::Reset,
+            "the firmware's reset reached the VMM"
+        );
+    }
+
+    #[test]
+    fn a_running_vmm_pauses_resumes_and_shuts_down() {
+        let Some(kvm) = kvm_or_skip("a_running_vmm_pauses_resumes_and_shuts_down") else {
+            return;
+        };
+        // pause: jmp pause (a busy guest the VMM must kick out of KVM_RUN).
+        let vmm = VmBuilder::new(config(kvm, &[0xF3, 0x90, 0xEB, 0xFC]))
+            .unwrap()
+            .build()
+            .unwrap();
+        use crate::api::VmControl;
+        let h = vmm.handle();
+        assert_eq!(h.status()["state"], "running");
+        assert_eq!(h.measurement()["tee"], "none");
+        assert!(h.measurement()["measurement"].is_null());
+        assert_eq!(vmm.resume(), Err(ControlError::NotPaused));
+        vmm.pause().unwrap();
+        assert_eq!(h.status()["state"], "paused");
+        assert_eq!(vmm.pause(), Err(ControlError::AlreadyPaused));
+        vmm.resume().unwrap();
+        assert_eq!(h.status()["state"], "running");
+        vmm.shutdown();
+        assert_eq!(vmm.run(), VcpuStop::ShutdownRequested);
+        assert_eq!(h.status()["state"], "stopping");
+        assert_eq!(h.pause(), Err(ControlError::Stopping));
+    }
+
+    #[test]
+    fn too_many_virtio_devices_are_refused_before_any_vm_exists() {
+        let Some(kvm) = kvm_or_skip("too_many_virtio_devices_are_refused") else {
+            return;
+        };
+        let mut c = config(kvm, &[0xF4]);
+        c.disks = (0..=MAX_VIRTIO_DEVICES)
+            .map(|i| DiskConfig {
+                path: format!("/nonexistent/{i}").into(),
+                read_only: true,
+            })
+            .collect();
+        assert!(matches!(
+            VmBuilder::new(c),
+            Err(VmmError::TooManyDevices(n)) if n == MAX_VIRTIO_DEVICES + 1
+        ));
     }
 }

@@ -14,7 +14,7 @@ use host_vmm::tee::{self, KvmCapabilities, TeeKind};
 pub struct Args {
     /// The TEE whose prerequisites decide the exit status.
     #[arg(long, value_enum, default_value = "none")]
-    pub tee: TeeKind,
+    pub tee: super::launch::TeeArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -141,9 +141,9 @@ pub fn report(tee: TeeKind) -> (Vec<Check>, bool) {
 
 /// Runs `cvm host-check`.
 pub fn run(a: Args) -> ExitCode {
-    let (checks, ok) = report(a.tee);
+    let (checks, ok) = report(a.tee.kind());
     if a.json {
-        let v = serde_json::json!({ "tee": a.tee, "can_run": ok, "checks": checks });
+        let v = serde_json::json!({ "tee": a.tee.kind(), "can_run": ok, "checks": checks });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         for c in &checks {
@@ -156,7 +156,7 @@ pub fn run(a: Args) -> ExitCode {
         }
         println!(
             "{} guests {} run on this host",
-            a.tee,
+            a.tee.kind(),
             if ok { "can" } else { "cannot" }
         );
     }

@@ -3,17 +3,26 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use cli_support::units::parse_size;
+use cli_support::{ExitClass, EXIT_FAILURE, EXIT_USAGE};
 use host_vmm::boot::{BootError, BootInputs, Tamper};
 use host_vmm::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
 use host_vmm::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
 use host_vmm::isolation::jail::{self, JailConfig, JailError};
 use host_vmm::seccomp::SeccompMode;
-use host_vmm::tee::emulated::{EmulatedLaunchError, EmulatedTee};
-use host_vmm::tee::launch::{ConfidentialLaunch, SnpLaunch, TdxLaunch};
+use host_vmm::tee::emulated::EmulatedLaunchError;
+use host_vmm::tee::emulated_snp::EmulatedSnp;
+use host_vmm::tee::emulated_tdx::EmulatedTdx;
+use host_vmm::tee::kvm_snp::KvmSnpBackend;
+use host_vmm::tee::kvm_tdx::KvmTdxBackend;
+use host_vmm::tee::launch::{SnpLaunch, TdxLaunch};
+use host_vmm::tee::none::NoTee;
 use host_vmm::tee::services::CertTable;
 use host_vmm::tee::tdx::TdConfig;
-use host_vmm::tee::{self, KvmCapabilities, TeeKind};
-use host_vmm::vmm::{self, ApiConfig, DiskConfig, SerialOutput, VmConfig};
+use host_vmm::tee::{self, KvmCapabilities, TeeBackend, TeeKind};
+use host_vmm::vmm::{self, DiskConfig, SerialOutput, VmConfig};
 use host_vmm::vstate::vcpu::VcpuStop;
 use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
 use measured_boot::tdx::TdxLaunchPlan;
@@ -25,7 +34,7 @@ pub struct Args {
     /// The TEE to launch into. A TEE this host cannot provide is refused, never
     /// downgraded.
     #[arg(long, value_enum)]
-    pub tee: TeeKind,
+    pub tee: TeeArg,
     /// Firmware image, mapped to end at 4 GiB (default: the project firmware built
     /// into cvm; `cvm firmware --out FILE` writes it).
     #[arg(long, value_name = "PATH")]
@@ -56,7 +65,7 @@ pub struct Args {
     pub vcpu_type: String,
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
-    pub seccomp: SeccompMode,
+    pub seccomp: SeccompArg,
     /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
     /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX).
     #[arg(long, value_name = "PATH")]
@@ -76,7 +85,7 @@ pub struct Args {
     /// describes the original), as a malicious host would. Refused unless
     /// CVM_ALLOW_TAMPER_FOR_TESTS=1.
     #[arg(long, value_enum, hide = true, requires = "kernel")]
-    pub tamper_staged: Option<Tamper>,
+    pub tamper_staged: Option<TamperArg>,
     /// Guest CID of the virtio-vsock device.
     #[arg(long, default_value_t = 3, value_parser = parse_cid)]
     pub vsock_cid: u64,
@@ -139,6 +148,76 @@ pub struct Args {
     pub cgroup_parent: Option<String>,
 }
 
+/// `--tee`: the TEE to launch into (the CLI's names for [`TeeKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TeeArg {
+    /// AMD SEV-SNP through KVM (Linux >= 6.11).
+    Snp,
+    /// Intel TDX through KVM (Linux >= 6.16).
+    Tdx,
+    /// Emulated SEV-SNP: a plain KVM VM whose launch plan goes to the emulated secure
+    /// processor (test equipment; insecure).
+    EmulatedSnp,
+    /// Emulated TDX: a plain KVM VM whose launch plan goes to the emulated TDX module
+    /// (test equipment; insecure).
+    EmulatedTdx,
+    /// No TEE: a plain, unencrypted guest, for development.
+    None,
+}
+
+impl TeeArg {
+    /// The library's TEE kind.
+    pub fn kind(self) -> TeeKind {
+        match self {
+            TeeArg::Snp => TeeKind::Snp,
+            TeeArg::Tdx => TeeKind::Tdx,
+            TeeArg::EmulatedSnp => TeeKind::EmulatedSnp,
+            TeeArg::EmulatedTdx => TeeKind::EmulatedTdx,
+            TeeArg::None => TeeKind::None,
+        }
+    }
+}
+
+/// `--tamper-staged`: which staged item to corrupt (test equipment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TamperArg {
+    /// Flip a bit of the last kernel byte.
+    Kernel,
+    /// Flip a bit of the last initrd byte.
+    Initrd,
+    /// Flip a bit of the first command-line byte.
+    Cmdline,
+}
+
+impl From<TamperArg> for Tamper {
+    fn from(t: TamperArg) -> Self {
+        match t {
+            TamperArg::Kernel => Tamper::Kernel,
+            TamperArg::Initrd => Tamper::Initrd,
+            TamperArg::Cmdline => Tamper::Cmdline,
+        }
+    }
+}
+
+/// `--seccomp`: whether the VMM installs its per-thread filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SeccompArg {
+    /// Install the filters (default).
+    #[default]
+    On,
+    /// No filters: for debugging only; the VMM warns loudly.
+    Off,
+}
+
+impl From<SeccompArg> for SeccompMode {
+    fn from(s: SeccompArg) -> Self {
+        match s {
+            SeccompArg::On => SeccompMode::On,
+            SeccompArg::Off => SeccompMode::Off,
+        }
+    }
+}
+
 /// The network namespace of a jailed VMM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JailNetns {
@@ -151,55 +230,48 @@ pub enum JailNetns {
 /// The environment variable that unlocks `--tamper-staged`.
 pub const TAMPER_ENV: &str = "CVM_ALLOW_TAMPER_FOR_TESTS";
 
-fn parse_cid(s: &str) -> Result<u64, String> {
-    let cid: u64 = s.parse().map_err(|e| format!("`{s}`: {e}"))?;
+/// Why a `cvm launch` argument value is refused (clap reports it with exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// Not a number of the expected kind.
+    #[error("`{0}` is not a valid {1}")]
+    Number(String, &'static str),
+    /// A reserved vsock CID.
+    #[error("guest CID {0} is reserved (use 3..{max})", max = u32::MAX - 1)]
+    ReservedCid(u64),
+    /// An unknown `--disk` option.
+    #[error("`{0}`: unknown disk option `{1}` (expected readonly)")]
+    DiskOption(String, String),
+    /// `--disk ""`.
+    #[error("empty disk path")]
+    EmptyDiskPath,
+    /// An unknown `--serial` destination.
+    #[error("`{0}`: expected stdout, file:PATH or none")]
+    Serial(String),
+}
+
+fn parse_cid(s: &str) -> Result<u64, ArgError> {
+    let cid: u64 = s.parse().map_err(|_| ArgError::Number(s.into(), "CID"))?;
     // 0, 1 and 2 are the hypervisor, local and host CIDs; u32::MAX is VMADDR_CID_ANY.
     if cid < 3 || cid >= u64::from(u32::MAX) {
-        return Err(format!(
-            "guest CID {cid} is reserved (use 3..{})",
-            u32::MAX - 1
-        ));
+        return Err(ArgError::ReservedCid(cid));
     }
     Ok(cid)
 }
 
-/// Parses sizes such as `512M`, `2G`, `1048576`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => {
-                    return Err(format!(
-                        "`{s}`: unknown size suffix `{c}` (use K, M, G or T)"
-                    ))
-                }
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("`{s}` is not a size"))
-}
-
-fn parse_hex_u64(s: &str) -> Result<u64, String> {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("`{s}`: {e}"))
+fn parse_hex_u64(s: &str) -> Result<u64, ArgError> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| ArgError::Number(s.into(), "hex number"))
 }
 
 /// Bytes given in hex on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HexBytes(pub Vec<u8>);
 
-fn parse_hex_bytes(s: &str) -> Result<HexBytes, String> {
+fn parse_hex_bytes(s: &str) -> Result<HexBytes, ArgError> {
     hex::decode(s.trim_start_matches("0x"))
         .map(HexBytes)
-        .map_err(|e| format!("`{s}`: {e}"))
+        .map_err(|_| ArgError::Number(s.into(), "hex byte string"))
 }
 
 fn padded<const N: usize>(b: &Option<HexBytes>) -> Result<[u8; N], LaunchError> {
@@ -216,18 +288,14 @@ fn padded<const N: usize>(b: &Option<HexBytes>) -> Result<[u8; N], LaunchError> 
     Ok(out)
 }
 
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+fn parse_disk(s: &str) -> Result<DiskConfig, ArgError> {
     let (path, read_only) = match s.rsplit_once(',') {
         Some((p, "readonly")) | Some((p, "ro")) => (p, true),
-        Some((_, opt)) => {
-            return Err(format!(
-                "`{s}`: unknown disk option `{opt}` (expected readonly)"
-            ))
-        }
+        Some((_, opt)) => return Err(ArgError::DiskOption(s.into(), opt.into())),
         None => (s, false),
     };
     if path.is_empty() {
-        return Err("empty disk path".into());
+        return Err(ArgError::EmptyDiskPath);
     }
     Ok(DiskConfig {
         path: path.into(),
@@ -235,7 +303,7 @@ fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
-fn parse_serial(s: &str) -> Result<SerialOutput, String> {
+fn parse_serial(s: &str) -> Result<SerialOutput, ArgError> {
     match s {
         "stdout" => Ok(SerialOutput::Stdout),
         "none" => Ok(SerialOutput::None),
@@ -243,7 +311,7 @@ fn parse_serial(s: &str) -> Result<SerialOutput, String> {
             .strip_prefix("file:")
             .filter(|p| !p.is_empty())
             .map(|p| SerialOutput::File(p.into()))
-            .ok_or_else(|| format!("`{s}`: expected stdout, file:PATH or none")),
+            .ok_or_else(|| ArgError::Serial(s.into())),
     }
 }
 
@@ -253,12 +321,31 @@ pub enum LaunchError {
     /// The firmware could not be read.
     #[error("cannot read firmware {0}")]
     Firmware(PathBuf, #[source] std::io::Error),
+    /// This cvm has no built-in firmware.
+    #[error("no --firmware given")]
+    EmbeddedFirmware(#[source] guest_images::FirmwareError),
     /// The host cannot provide the TEE.
     #[error("launch refused")]
     Unavailable(#[from] tee::Unavailable),
-    /// A launch input file could not be used.
-    #[error("cannot use {0}: {1}")]
-    Input(PathBuf, String),
+    /// A launch input file could not be read.
+    #[error("cannot read {0}")]
+    Input(PathBuf, #[source] std::io::Error),
+    /// A launch input file has the wrong size.
+    #[error("cannot use {path}: {got} bytes; it must be exactly {want}")]
+    WrongSize {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        got: usize,
+        /// The size it must have.
+        want: usize,
+    },
+    /// The --snp-certs file is not a certificate table.
+    #[error("cannot use {0}")]
+    CertTable(PathBuf, #[source] host_vmm::tee::services::CertTableError),
+    /// /dev/sev could not be opened.
+    #[error("cannot open /dev/sev")]
+    Sev(#[source] std::io::Error),
     /// /dev/kvm could not be opened.
     #[error("cannot open /dev/kvm")]
     Kvm(#[source] kvm_ioctls::Error),
@@ -274,9 +361,15 @@ pub enum LaunchError {
     /// The kernel, initrd or command line cannot be delivered.
     #[error("cannot deliver the kernel")]
     Boot(#[from] BootError),
+    /// The SEV-SNP launch plan could not be built.
+    #[error("cannot plan the SEV-SNP launch")]
+    SnpPlan(#[source] measured_boot::snp::SnpPlanError),
     /// The plain guest's kernel hashes table could not be built.
     #[error("cannot build the kernel hashes table for the firmware")]
     Hashes(#[source] measured_boot::snp::SnpPlanError),
+    /// The TD launch plan could not be built.
+    #[error("cannot plan the TD launch")]
+    TdxPlan(#[source] measured_boot::tdx::TdxPlanError),
     /// The firmware image is unusable.
     #[error("invalid firmware")]
     FirmwareImage(#[from] measured_boot::FirmwareError),
@@ -292,6 +385,34 @@ pub enum LaunchError {
     /// The control API socket could not be served.
     #[error("cannot serve the control API")]
     Api(#[from] host_vmm::api::ApiError),
+}
+
+impl ExitClass for LaunchError {
+    /// The exit status of `cvm launch` for this error: 2 for usage and unreadable or
+    /// invalid input, 1 for a refusal or a failed run.
+    fn exit_code(&self) -> u8 {
+        match self {
+            LaunchError::Usage(_)
+            | LaunchError::Firmware(..)
+            | LaunchError::EmbeddedFirmware(_)
+            | LaunchError::Input(..)
+            | LaunchError::WrongSize { .. }
+            | LaunchError::CertTable(..)
+            | LaunchError::Boot(_)
+            | LaunchError::SnpPlan(_)
+            | LaunchError::Hashes(_)
+            | LaunchError::TdxPlan(_)
+            | LaunchError::FirmwareImage(_)
+            | LaunchError::Relay(_)
+            | LaunchError::Emulated(
+                EmulatedLaunchError::Platform(..)
+                | EmulatedLaunchError::Firmware(_)
+                | EmulatedLaunchError::SnpPlan(_)
+                | EmulatedLaunchError::TdxPlan(_),
+            ) => EXIT_USAGE,
+            _ => EXIT_FAILURE,
+        }
+    }
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -349,11 +470,15 @@ fn id_block(a: &Args) -> Result<Option<host_vmm::tee::launch::IdBlock>, LaunchEr
 
 /// Reads a file that must be exactly `N` bytes.
 fn read_exact_size<const N: usize>(p: &PathBuf) -> Result<Box<[u8; N]>, LaunchError> {
-    let v = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e.to_string()))?;
+    let v = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e))?;
     let n = v.len();
     v.into_boxed_slice()
         .try_into()
-        .map_err(|_| LaunchError::Input(p.clone(), format!("{n} bytes; it must be exactly {N}")))
+        .map_err(|_| LaunchError::WrongSize {
+            path: p.clone(),
+            got: n,
+            want: N,
+        })
 }
 
 fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
@@ -372,14 +497,51 @@ fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
     }))
 }
 
-fn launch(a: &Args) -> Result<Outcome, LaunchError> {
+/// Refuses flag combinations no launch can honour, before anything is opened.
+fn check_flags(a: &Args) -> Result<(), LaunchError> {
     if a.tamper_staged.is_some() && std::env::var(TAMPER_ENV).as_deref() != Ok("1") {
         return Err(LaunchError::Usage(format!(
             "--tamper-staged is test equipment; it is refused unless {TAMPER_ENV}=1"
         )));
     }
-    let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
-    tee::check(a.tee, &KvmCapabilities::query(&kvm))?;
+    let only = |set: bool, flag: &str, tee: TeeArg| {
+        if set && a.tee != tee {
+            Err(LaunchError::Usage(format!(
+                "{flag} is for --tee {} only",
+                tee.kind()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    only(a.id_block.is_some(), "--id-block/--id-auth", TeeArg::Snp)?;
+    only(a.snp_certs.is_some(), "--snp-certs", TeeArg::Snp)?;
+    only(a.tdx_qgs.is_some(), "--tdx-qgs", TeeArg::Tdx)?;
+    if matches!(a.tee, TeeArg::EmulatedSnp | TeeArg::EmulatedTdx) && a.emulated_platform.is_none() {
+        return Err(LaunchError::Usage(format!(
+            "--tee {} needs --emulated-platform DIR",
+            a.tee.kind()
+        )));
+    }
+    if a.jail.is_some() && a.verifier.is_some() && a.jail_netns == JailNetns::None {
+        return Err(LaunchError::Usage(
+            "--verifier needs the network, which --jail takes away; add --jail-netns host".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The files and settings a launch reads.
+#[derive(Debug)]
+struct Inputs {
+    firmware: Vec<u8>,
+    firmware_name: String,
+    boot: Option<BootInputs>,
+    vsock: Option<VsockConfig>,
+}
+
+/// Reads the firmware, the kernel/initrd/command line and the vsock settings.
+fn load_inputs(a: &Args) -> Result<Inputs, LaunchError> {
     let (firmware, firmware_name) = match &a.firmware {
         Some(p) => (
             std::fs::read(p).map_err(|e| LaunchError::Firmware(p.clone(), e))?,
@@ -387,7 +549,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         ),
         None => (
             guest_images::embedded()
-                .map_err(|e| LaunchError::Usage(e.to_string()))?
+                .map_err(LaunchError::EmbeddedFirmware)?
                 .to_vec(),
             "built-in".to_string(),
         ),
@@ -397,54 +559,51 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         .as_deref()
         .map(|k| BootInputs::read(k, a.initrd.as_deref(), a.cmdline.clone()))
         .transpose()?;
-    let vsock = vsock_config(a)?;
+    Ok(Inputs {
+        firmware,
+        firmware_name,
+        boot,
+        vsock: vsock_config(a)?,
+    })
+}
+
+/// The backend factory: the TEE backend `--tee` asks for, with its launch plan.
+fn build_backend(a: &Args, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, LaunchError> {
+    let firmware = || FirmwareImage::parse(inputs.firmware.clone());
+    let boot = inputs.boot.as_ref();
     let platform = || {
         a.emulated_platform.clone().ok_or_else(|| {
-            LaunchError::Usage(format!("--tee {} needs --emulated-platform DIR", a.tee))
+            LaunchError::Usage(format!(
+                "--tee {} needs --emulated-platform DIR",
+                a.tee.kind()
+            ))
         })
     };
-    let mut preload = Vec::new();
-    let mut rtmrs = None;
-    let mut confidential = None;
-    let only = |set: bool, flag: &str, tee: TeeKind| {
-        if set && a.tee != tee {
-            Err(LaunchError::Usage(format!(
-                "{flag} is for --tee {tee} only"
-            )))
-        } else {
-            Ok(())
-        }
-    };
-    only(a.id_block.is_some(), "--id-block/--id-auth", TeeKind::Snp)?;
-    only(a.snp_certs.is_some(), "--snp-certs", TeeKind::Snp)?;
-    only(a.tdx_qgs.is_some(), "--tdx-qgs", TeeKind::Tdx)?;
-    let (emulated_tee, measurement) = match a.tee {
-        TeeKind::None => {
+    Ok(match a.tee {
+        TeeArg::None => {
             // No TEE measures anything, but the firmware still checks the staged kernel
             // against the same hashes table, which the VMM writes where the SNP launch
-            // would have put it.
-            if let Some(b) = &boot {
-                // The hashes page does not depend on the vCPUs; one VMSA keeps the plan
-                // from requiring an AP reset block the firmware may not have.
-                let config = SnpPlanConfig {
-                    vcpus: 1,
-                    ..snp_config(a, Some(b))?
-                };
-                let plan = SnpLaunchPlan::new(FirmwareImage::parse(firmware.clone())?, config)
-                    .map_err(LaunchError::Hashes)?;
-                preload = plan_pages(&plan);
-            }
-            (None, None)
+            // would have put it. The hashes page does not depend on the vCPUs; one VMSA
+            // keeps the plan from requiring an AP reset block the firmware may not have.
+            let preload = match boot {
+                Some(b) => {
+                    let config = SnpPlanConfig {
+                        vcpus: 1,
+                        ..snp_config(a, Some(b))?
+                    };
+                    let plan =
+                        SnpLaunchPlan::new(firmware()?, config).map_err(LaunchError::Hashes)?;
+                    plan_pages(&plan)
+                }
+                None => Vec::new(),
+            };
+            Arc::new(NoTee::new(preload))
         }
-        TeeKind::Snp => {
-            let plan = SnpLaunchPlan::new(
-                FirmwareImage::parse(firmware.clone())?,
-                snp_config(a, boot.as_ref())?,
-            )
-            .map_err(LaunchError::Hashes)?;
-            preload = plan_pages(&plan);
-            let digest = plan.launch_digest();
-            confidential = Some(ConfidentialLaunch::Snp(Box::new(SnpLaunch {
+        TeeArg::Snp => {
+            let plan = SnpLaunchPlan::new(firmware()?, snp_config(a, boot)?)
+                .map_err(LaunchError::SnpPlan)?;
+            let preload = plan_pages(&plan);
+            let launch = SnpLaunch {
                 plan,
                 policy: a.policy,
                 host_data: padded::<32>(&a.host_data)?,
@@ -453,29 +612,15 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
                     .read(true)
                     .write(true)
                     .open("/dev/sev")
-                    .map_err(|e| LaunchError::Input("/dev/sev".into(), e.to_string()))?,
-                certs: a
-                    .snp_certs
-                    .as_ref()
-                    .map(|p| {
-                        std::fs::read(p)
-                            .map_err(|e| e.to_string())
-                            .and_then(CertTable::parse)
-                            .map_err(|e| LaunchError::Input(p.clone(), e))
-                    })
-                    .transpose()?,
-            })));
-            (None, Some(digest))
+                    .map_err(LaunchError::Sev)?,
+                certs: a.snp_certs.as_ref().map(cert_table).transpose()?,
+            };
+            Arc::new(KvmSnpBackend::new(launch, preload))
         }
-        TeeKind::Tdx => {
-            let plan = TdxLaunchPlan::new(
-                FirmwareImage::parse(firmware.clone())?,
-                boot.as_ref().map(BootInputs::direct_boot),
-            )
-            .map_err(|e| LaunchError::Usage(format!("cannot plan the TD launch: {e}")))?;
-            let mrtd = plan.mrtd();
-            rtmrs = Some(plan.rtmrs());
-            confidential = Some(ConfidentialLaunch::Tdx(Box::new(TdxLaunch {
+        TeeArg::Tdx => {
+            let plan = TdxLaunchPlan::new(firmware()?, boot.map(BootInputs::direct_boot))
+                .map_err(LaunchError::TdxPlan)?;
+            Arc::new(KvmTdxBackend::new(TdxLaunch {
                 plan,
                 config: TdConfig {
                     mrconfigid: padded::<48>(&a.host_data)?,
@@ -483,45 +628,51 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
                 },
                 memory: a.memory,
                 qgs: a.tdx_qgs.clone(),
-            })));
-            (None, Some(mrtd))
+            }))
         }
-        TeeKind::EmulatedSnp => {
-            let plan = SnpLaunchPlan::new(
-                FirmwareImage::parse(firmware.clone())?,
-                snp_config(a, boot.as_ref())?,
-            )
-            .map_err(|e| LaunchError::Emulated(e.into()))?;
-            preload = plan_pages(&plan);
-            let (t, m) = EmulatedTee::launch_snp(
+        TeeArg::EmulatedSnp => {
+            let plan = SnpLaunchPlan::new(firmware()?, snp_config(a, boot)?)
+                .map_err(LaunchError::SnpPlan)?;
+            let preload = plan_pages(&plan);
+            let host_data = padded::<32>(&a.host_data)?;
+            Arc::new(EmulatedSnp::launch(
                 &platform()?,
                 &plan,
                 a.policy,
-                padded::<32>(&a.host_data)?,
-            )?;
-            (Some(t), Some(m))
+                host_data,
+                preload,
+            )?)
         }
-        TeeKind::EmulatedTdx => {
+        TeeArg::EmulatedTdx => {
             let config = attestation::tdx::emulated::TdConfig {
                 mr_config_id: padded::<48>(&a.host_data)?,
                 ..Default::default()
             };
-            let (t, m, r) = EmulatedTee::launch_tdx(
+            Arc::new(EmulatedTdx::launch(
                 &platform()?,
-                firmware.clone(),
+                inputs.firmware.clone(),
                 config,
-                boot.as_ref().map(BootInputs::direct_boot),
-            )?;
-            rtmrs = Some(r);
-            (Some(t), Some(m))
+                boot.map(BootInputs::direct_boot),
+            )?)
         }
-    };
+    })
+}
+
+/// Reads and checks the --snp-certs certificate table.
+fn cert_table(p: &PathBuf) -> Result<CertTable, LaunchError> {
+    let bytes = std::fs::read(p).map_err(|e| LaunchError::Input(p.clone(), e))?;
+    CertTable::parse(bytes).map_err(|e| LaunchError::CertTable(p.clone(), e))
+}
+
+/// The structured `launch` log line: what is launched and what it should measure.
+fn log_launch(a: &Args, inputs: &Inputs, backend: &dyn TeeBackend) {
+    let m = backend.measurement();
     let summary = match a.tee {
-        TeeKind::None => "no TEE: memory is not encrypted and nothing is measured",
-        TeeKind::EmulatedSnp | TeeKind::EmulatedTdx => "INSECURE-EMULATED TEE: memory is not encrypted; evidence proves nothing about isolation",
-        TeeKind::Snp | TeeKind::Tdx => "confidential",
+        TeeArg::None => "no TEE: memory is not encrypted and nothing is measured",
+        TeeArg::EmulatedSnp | TeeArg::EmulatedTdx => "INSECURE-EMULATED TEE: memory is not encrypted; evidence proves nothing about isolation",
+        TeeArg::Snp | TeeArg::Tdx => "confidential",
     };
-    let kernel_summary = match &boot {
+    let kernel_summary = match &inputs.boot {
         None => "none".to_string(),
         Some(b) => {
             let h = b.sev_hashes();
@@ -535,79 +686,62 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             )
         }
     };
-    let rtmr_summary = rtmrs
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(i, v)| format!("rtmr{i}={}", hex::encode(v)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| "n/a".into());
     let mut devices = String::from("serial(0x3f8), i8042(0x60), acpi-pm(0x600), pvpanic(0x505)");
-    if let Some(v) = &vsock {
+    if let Some(v) = &inputs.vsock {
         devices.push_str(&format!(", virtio-vsock(cid {})", v.guest_cid));
     }
     tracing::info!(
         event = "launch",
-        tee = %a.tee,
-        measurement = measurement.map(hex::encode).unwrap_or_else(|| "none".into()),
-        expected_rtmrs = %rtmr_summary,
+        tee = %m.tee,
+        measurement = %m.digest_hex(),
+        expected_rtmrs = %m.rtmrs_summary(),
         direct_boot = %kernel_summary,
         memory_mib = a.memory >> 20,
         vcpus = a.vcpus,
-        firmware = %firmware_name,
-        firmware_bytes = firmware.len(),
+        firmware = %inputs.firmware_name,
+        firmware_bytes = inputs.firmware.len(),
         devices = %devices,
         disks = a.disks.len(),
         "launching guest ({summary})"
     );
-    if emulated_tee.is_some() {
+    if m.insecure_emulated() {
         tracing::warn!("emulated TEE: for tests only; a verifier accepts this evidence only with the emulated trust anchor");
     }
     if let Some(t) = a.tamper_staged {
         tracing::warn!(item = ?t, "TEST EQUIPMENT: staging tampered boot data; the firmware must refuse it");
     }
+}
+
+/// Creates and joins the VM's cgroup when limits are given.
+fn apply_limits(a: &Args) -> Result<Option<VmCgroup>, LaunchError> {
     let limits = Limits {
         cpu_quota_percent: a.cpu_quota,
         memory_limit: a.memory_limit,
         cpus: a.cpus.clone(),
     };
-    let mut cgroup = if limits.is_empty() {
-        None
-    } else {
-        limits.validate(a.memory, &cgroup::online_cpus()?)?;
-        let layout = cgroup::detect(&limits.controllers())?;
-        let cg = VmCgroup::create(
-            &layout,
-            &std::process::id().to_string(),
-            a.cgroup_parent.as_deref(),
-            &limits,
-        )?;
-        cg.attach(std::process::id())?;
-        tracing::info!(event = "cgroup", groups = ?cg.dirs().collect::<Vec<_>>(), cpu_quota = ?a.cpu_quota, memory_limit = ?a.memory_limit, cpus = ?a.cpus.as_ref().map(ToString::to_string), "resource limits applied");
-        Some(cg)
-    };
-    let api = match &a.api_socket {
-        Some(path) => Some(ApiConfig {
-            listener: host_vmm::api::bind(path)?,
-            measurement: serde_json::json!({
-                "tee": a.tee.to_string(),
-                "measurement": measurement.map(hex::encode),
-                "insecure_emulated": matches!(a.tee, TeeKind::EmulatedSnp | TeeKind::EmulatedTdx),
-            }),
-        }),
-        None => None,
-    };
+    if limits.is_empty() {
+        return Ok(None);
+    }
+    limits.validate(a.memory, &cgroup::online_cpus()?)?;
+    let layout = cgroup::detect(&limits.controllers())?;
+    let cg = VmCgroup::create(
+        &layout,
+        &std::process::id().to_string(),
+        a.cgroup_parent.as_deref(),
+        &limits,
+    )?;
+    cg.attach(std::process::id())?;
+    tracing::info!(event = "cgroup", groups = ?cg.dirs().collect::<Vec<_>>(), cpu_quota = ?a.cpu_quota, memory_limit = ?a.memory_limit, cpus = ?a.cpus.as_ref().map(ToString::to_string), "resource limits applied");
+    Ok(Some(cg))
+}
+
+/// Enters the jail (or forks a supervising parent when only a cgroup or an API socket
+/// is used).
+/// Returns the child's exit status in the parent, `None` in the VMM.
+fn confine(a: &Args, mut cgroup: Option<VmCgroup>) -> Result<Option<i32>, LaunchError> {
     // The forked VMM stays in the cgroup; the parent leaves it at once.
     let leave = || cgroup.as_ref().map_or((), VmCgroup::leave);
     let forked = if let Some(dir) = &a.jail {
-        if a.verifier.is_some() && a.jail_netns == JailNetns::None {
-            return Err(LaunchError::Usage(
-                "--verifier needs the network, which --jail takes away; add --jail-netns host"
-                    .into(),
-            ));
-        }
         let cfg = JailConfig {
             root: dir.clone(),
             uid: a.uid.unwrap_or(u32::MAX),
@@ -617,7 +751,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
         // SAFETY: no thread has been started yet (vmm::run starts them); the child
         // forgets the cgroup below.
         Some(unsafe { jail::enter(&cfg, a.jail_netns == JailNetns::None, leave) }?)
-    } else if cgroup.is_some() || api.is_some() {
+    } else if cgroup.is_some() || a.api_socket.is_some() {
         // The VMM confined by seccomp cannot remove its cgroup or API socket when it
         // ends; an unconfined parent waits for it and does.
         // SAFETY: as above.
@@ -631,27 +765,48 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
             if let Some(path) = &a.api_socket {
                 host_vmm::api::remove(path);
             }
-            return Ok(Outcome::ChildExited(status));
+            Ok(Some(status))
         }
         // The VMM does not own the cgroup (a jailed one cannot even reach /sys): the
         // parent removes it.
-        Some(jail::Entered::Jailed) => std::mem::forget(cgroup.take()),
-        None => {}
+        Some(jail::Entered::Jailed) => {
+            std::mem::forget(cgroup.take());
+            Ok(None)
+        }
+        // No fork means no cgroup either (a cgroup always gets a supervisor).
+        None => Ok(None),
+    }
+}
+
+fn launch(a: &Args) -> Result<Outcome, LaunchError> {
+    check_flags(a)?;
+    // Unreadable input is a usage error (exit 2) on any host, so it is found before
+    // the host is asked for the TEE.
+    let inputs = load_inputs(a)?;
+    let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
+    tee::check(a.tee.kind(), &KvmCapabilities::query(&kvm))?;
+    let backend = build_backend(a, &inputs)?;
+    log_launch(a, &inputs, backend.as_ref());
+    let cgroup = apply_limits(a)?;
+    let api = a
+        .api_socket
+        .as_deref()
+        .map(host_vmm::api::bind)
+        .transpose()?;
+    if let Some(status) = confine(a, cgroup)? {
+        return Ok(Outcome::ChildExited(status));
     }
     let config = VmConfig {
-        firmware,
+        firmware: inputs.firmware,
         memory: a.memory,
         vcpus: a.vcpus,
         serial: a.serial.clone(),
-        seccomp: a.seccomp,
+        seccomp: a.seccomp.into(),
         disks: a.disks.clone(),
-        emulated_tee,
-        tee: a.tee,
-        boot,
-        tamper: a.tamper_staged,
-        preload,
-        confidential,
-        vsock,
+        tee: backend,
+        boot: inputs.boot,
+        tamper: a.tamper_staged.map(Tamper::from),
+        vsock: inputs.vsock,
         kvm: Some(kvm),
         api,
     };
@@ -680,13 +835,194 @@ pub fn run(a: Args) -> ExitCode {
             }
             ExitCode::from(code)
         }
-        Err(e) => super::fail(&e, 1),
+        Err(e) => super::fail(&e, e.exit_code()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(argv: &[&str]) -> Args {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("launch").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn the_tee_flag_keeps_its_names() {
+        for (name, kind) in [
+            ("snp", TeeKind::Snp),
+            ("tdx", TeeKind::Tdx),
+            ("emulated-snp", TeeKind::EmulatedSnp),
+            ("emulated-tdx", TeeKind::EmulatedTdx),
+            ("none", TeeKind::None),
+        ] {
+            let a = args(&["--tee", name]);
+            assert_eq!(a.tee.kind(), kind);
+            assert_eq!(kind.to_string(), name, "Display and the flag agree");
+        }
+    }
+
+    #[test]
+    fn the_seccomp_flag_keeps_its_names_and_maps_to_the_library_mode() {
+        assert_eq!(args(&["--tee", "none"]).seccomp, SeccompArg::On);
+        for (name, mode) in [("on", SeccompMode::On), ("off", SeccompMode::Off)] {
+            let a = args(&["--tee", "none", "--seccomp", name]);
+            assert_eq!(SeccompMode::from(a.seccomp), mode, "{name}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes_use_the_shared_parser() {
+        let a = args(&["--tee", "none", "--memory", "1GiB", "--memory-limit", "2 G"]);
+        assert_eq!(a.memory, 1 << 30);
+        assert_eq!(a.memory_limit, Some(2 << 30));
+        assert_eq!(args(&["--tee", "none"]).memory, 512 << 20, "the default");
+    }
+
+    #[test]
+    fn usage_and_bad_input_exit_2_refusals_exit_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("id-block");
+        std::fs::write(&short, [0u8; 95]).unwrap();
+        let auth = dir.path().join("id-auth");
+        std::fs::write(&auth, [0u8; 4096]).unwrap();
+        let missing = dir.path().join("absent");
+        let m = missing.to_str().unwrap();
+        // Flag checks: nothing is opened yet.
+        for (argv, what) in [
+            (vec!["--tee", "emulated-snp"], "needs --emulated-platform"),
+            (vec!["--tee", "emulated-tdx"], "needs --emulated-platform"),
+            (
+                vec!["--tee", "none", "--tdx-qgs", "/q"],
+                "--tdx-qgs is for --tee tdx",
+            ),
+            (
+                vec!["--tee", "tdx", "--snp-certs", "/c"],
+                "--snp-certs is for --tee snp",
+            ),
+            (
+                vec![
+                    "--tee",
+                    "none",
+                    "--jail",
+                    "/j",
+                    "--uid",
+                    "1",
+                    "--gid",
+                    "1",
+                    "--verifier",
+                    "http://127.0.0.1:1",
+                ],
+                "--jail-netns host",
+            ),
+        ] {
+            let e = check_flags(&args(&argv)).unwrap_err();
+            assert!(e.to_string().contains(what), "{argv:?}: {e}");
+            assert_eq!(e.exit_code(), 2, "{argv:?}");
+        }
+        // Unreadable or invalid input.
+        let e = load_inputs(&args(&["--tee", "none", "--firmware", m])).unwrap_err();
+        assert!(matches!(e, LaunchError::Firmware(..)), "{e:?}");
+        assert_eq!(e.exit_code(), 2);
+        let fw = dir.path().join("fw");
+        std::fs::write(&fw, [0xF4u8; 4096]).unwrap();
+        let f = fw.to_str().unwrap();
+        let e = load_inputs(&args(&["--tee", "none", "--firmware", f, "--kernel", m])).unwrap_err();
+        assert!(matches!(e, LaunchError::Boot(_)), "{e:?}");
+        assert_eq!(e.exit_code(), 2);
+        let a = args(&[
+            "--tee",
+            "snp",
+            "--id-block",
+            short.to_str().unwrap(),
+            "--id-auth",
+            auth.to_str().unwrap(),
+        ]);
+        let e = id_block(&a).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LaunchError::WrongSize {
+                    got: 95,
+                    want: 96,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(e.exit_code(), 2);
+        // A firmware that is not a firmware image cannot be planned.
+        let a = args(&[
+            "--tee",
+            "emulated-snp",
+            "--firmware",
+            f,
+            "--emulated-platform",
+            m,
+        ]);
+        let e = build_backend(&a, &load_inputs(&a).unwrap()).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e:?}");
+        // The source chain survives.
+        let e = LaunchError::EmbeddedFirmware(guest_images::FirmwareError::NotEmbedded);
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.exit_code(), 2);
+        // Refusals.
+        let e = LaunchError::Unavailable(tee::Unavailable {
+            tee: TeeKind::Snp,
+            reasons: vec!["no".into()],
+        });
+        assert_eq!(e.exit_code(), 1);
+        if std::path::Path::new("/dev/kvm").exists() && !std::path::Path::new("/dev/sev").exists() {
+            let e = launch(&args(&["--tee", "snp", "--firmware", f])).unwrap_err();
+            assert!(matches!(e, LaunchError::Unavailable(_)), "{e:?}");
+            assert_eq!(e.exit_code(), 1);
+        }
+    }
+
+    #[test]
+    fn an_emulated_platform_that_cannot_be_opened_is_bad_input() {
+        let Ok(fw) = guest_images::embedded() else {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the firmware is required under CI"
+            );
+            eprintln!("SKIPPED an_emulated_platform_that_cannot_be_opened_is_bad_input: no built-in firmware");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("fw");
+        std::fs::write(&p, fw).unwrap();
+        let absent = dir.path().join("absent");
+        for tee in ["emulated-snp", "emulated-tdx"] {
+            let a = args(&[
+                "--tee",
+                tee,
+                "--firmware",
+                p.to_str().unwrap(),
+                "--emulated-platform",
+                absent.to_str().unwrap(),
+            ]);
+            let e = build_backend(&a, &load_inputs(&a).unwrap()).unwrap_err();
+            assert!(
+                matches!(e, LaunchError::Emulated(EmulatedLaunchError::Platform(..))),
+                "{e:?}"
+            );
+            assert_eq!(e.exit_code(), 2, "{tee}");
+        }
+        // The factory builds the backend --tee names.
+        let a = args(&["--tee", "none", "--firmware", p.to_str().unwrap()]);
+        let b = build_backend(&a, &load_inputs(&a).unwrap()).unwrap();
+        assert_eq!(b.kind(), TeeKind::None);
+    }
 
     #[test]
     fn id_block_files_must_have_their_exact_size() {

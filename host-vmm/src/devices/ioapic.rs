@@ -9,8 +9,6 @@
 //! nothing. Lines are delivered edge-triggered (the devices raise their irqfd per
 //! event, and the guest acknowledges in the device), so no EOI handling is needed.
 
-use kvm_bindings::{kvm_irq_routing_entry, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
-
 use super::MmioDevice;
 
 /// Base address of the I/O APIC window.
@@ -36,38 +34,21 @@ const WRITABLE: u64 = 0xFF00_0000_0001_AFFF;
 /// One MSI route: (GSI, address, data).
 pub type MsiRoute = (u32, u64, u32);
 
+/// Why the I/O APIC's routes could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the I/O APIC's MSI routes ({what})")]
+pub struct RouteError {
+    /// The step that failed.
+    pub what: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
 /// Where the I/O APIC's routes go.
 pub trait RouteSink: Send {
     /// Replaces all I/O APIC routes with `routes`.
-    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String>;
-}
-
-/// KVM's GSI routing table.
-#[derive(Debug)]
-pub struct KvmRoutes(pub std::sync::Arc<crate::vstate::vm::Vm>);
-
-impl RouteSink for KvmRoutes {
-    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String> {
-        let entries: Vec<kvm_irq_routing_entry> = routes
-            .iter()
-            .map(|&(gsi, addr, data)| {
-                let mut e = kvm_irq_routing_entry {
-                    gsi,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    ..Default::default()
-                };
-                e.u.msi.address_lo = addr as u32;
-                e.u.msi.address_hi = (addr >> 32) as u32;
-                e.u.msi.data = data;
-                e
-            })
-            .collect();
-        let table = KvmIrqRouting::from_entries(&entries).map_err(|e| format!("{e:?}"))?;
-        self.0
-            .fd()
-            .set_gsi_routing(&table)
-            .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))
-    }
+    fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), RouteError>;
 }
 
 /// The I/O APIC.
@@ -181,7 +162,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct Rec(Vec<Vec<MsiRoute>>);
     impl RouteSink for &mut Rec {
-        fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), String> {
+        fn set_routes(&mut self, routes: &[MsiRoute]) -> Result<(), RouteError> {
             self.0.push(routes.to_vec());
             Ok(())
         }

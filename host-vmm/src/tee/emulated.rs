@@ -1,6 +1,8 @@
-//! The emulated TEE backends: a default KVM VM whose launch plan is fed to the software
-//! secure processors of the `attestation` crate, and the paravirtual mailbox through
-//! which the guest asks them for evidence.
+//! The emulated TEEs shared by the `emulated-snp` / `emulated-tdx` backends
+//! ([`super::emulated_snp`], [`super::emulated_tdx`]) and `cvm emulated serve`: a
+//! launch plan fed to the software secure processors of the `attestation` crate, and
+//! the paravirtual mailbox through which the guest asks them for evidence. The
+//! emulated SNP guest holds its platform through an `Arc`, so the backend owns both.
 //!
 //! **Insecure by design.** Guest memory is not encrypted and the host can read and
 //! change everything; the evidence proves only what this host chose to say. It exists so
@@ -41,6 +43,7 @@
 //! after), so serving it needs no randomness in the vCPU thread.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use attestation::snp::emulated::{EmulatedGuest, EmulatedSnpPlatform, FinishParams, ReportRequest};
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
@@ -53,6 +56,8 @@ use crate::devices::{PioDevice, VmEvent};
 
 /// First port of the mailbox.
 pub const MAILBOX_PORT: u16 = 0xE00;
+/// Number of ports of the mailbox.
+pub const MAILBOX_LEN: u16 = 12;
 /// Size of the request window.
 pub const WINDOW: usize = 64 << 10;
 /// Mailbox commands.
@@ -129,9 +134,9 @@ pub type Rtmrs = [[u8; 48]; 4];
 pub enum EmulatedTee {
     /// Emulated SEV-SNP.
     Snp {
-        /// The platform (lives for the whole VMM process).
-        platform: &'static EmulatedSnpPlatform,
-        /// The launched guest context.
+        /// The platform.
+        platform: Arc<EmulatedSnpPlatform>,
+        /// The launched guest context (shares the platform).
         guest: EmulatedGuest<'static>,
     },
     /// Emulated TDX.
@@ -161,6 +166,18 @@ fn boxed<E: std::error::Error + Send + Sync + 'static>(
 }
 
 impl EmulatedTee {
+    /// `guest`, launched by `platform`, holding it by `Arc` so the backend owns both.
+    pub fn share(
+        guest: EmulatedGuest<'_>,
+        platform: &Arc<EmulatedSnpPlatform>,
+    ) -> Result<EmulatedGuest<'static>, EmulatedLaunchError> {
+        guest
+            .into_shared(platform)
+            .ok_or(EmulatedLaunchError::Refused(
+                "the guest was launched by another emulated platform".into(),
+            ))
+    }
+
     /// Launches `plan` (built by the caller, so the VMM can also place its pages in
     /// guest memory) on the emulated SNP platform in `dir` with `policy` and
     /// `host_data`; returns the backend and the measurement it will report.
@@ -171,10 +188,10 @@ impl EmulatedTee {
         host_data: [u8; 32],
     ) -> Result<(Self, [u8; 48]), EmulatedLaunchError> {
         let expected = plan.launch_digest();
-        let platform = EmulatedSnpPlatform::open(dir)
-            .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
-        // The platform lives as long as the VMM process: the guest context borrows it.
-        let platform: &'static EmulatedSnpPlatform = Box::leak(Box::new(platform));
+        let platform = Arc::new(
+            EmulatedSnpPlatform::open(dir)
+                .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?,
+        );
         let mut launch = platform
             .launch_start(policy)
             .map_err(|e| EmulatedLaunchError::Refused(boxed(e)))?;
@@ -185,6 +202,7 @@ impl EmulatedTee {
                 ..Default::default()
             })
             .map_err(|e| EmulatedLaunchError::Refused(boxed(e)))?;
+        let guest = EmulatedTee::share(guest, &platform)?;
         if guest.measurement() != expected {
             return Err(EmulatedLaunchError::DigestMismatch {
                 got: hex::encode(guest.measurement()),
@@ -297,7 +315,7 @@ impl EmulatedTee {
 /// The guest-facing mailbox of an emulated TEE (a port-I/O device).
 #[derive(Debug)]
 pub struct Mailbox {
-    tee: EmulatedTee,
+    tee: Arc<Mutex<EmulatedTee>>,
     mem: GuestMemoryMmap,
     window: Option<u64>,
     status: u32,
@@ -306,6 +324,11 @@ pub struct Mailbox {
 impl Mailbox {
     /// A mailbox in front of `tee`, reading and writing `mem`.
     pub fn new(tee: EmulatedTee, mem: GuestMemoryMmap) -> Self {
+        Self::shared(Arc::new(Mutex::new(tee)), mem)
+    }
+
+    /// A mailbox in front of a TEE it shares with its backend.
+    pub fn shared(tee: Arc<Mutex<EmulatedTee>>, mem: GuestMemoryMmap) -> Self {
         Self {
             tee,
             mem,
@@ -324,7 +347,12 @@ impl Mailbox {
         }
         // The request area runs to 0x44: SNP_REPORT's VMPL sits at 0x40, where the
         // response length is written afterwards.
-        match self.tee.execute(cmd, &window[..REQUEST_LEN]) {
+        let result = self
+            .tee
+            .lock()
+            .map_err(|_| status::FAILED)
+            .and_then(|mut tee| tee.execute(cmd, &window[..REQUEST_LEN]));
+        match result {
             Ok(resp) if resp.len() <= WINDOW - RESPONSE_AT => {
                 let len = (resp.len() as u32).to_le_bytes();
                 let ok = self
@@ -380,5 +408,39 @@ impl PioDevice for Mailbox {
             _ => {}
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_guest_keeps_its_identity_and_only_its_own_platform() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pa = Arc::new(EmulatedSnpPlatform::create(a.path()).unwrap());
+        let pb = Arc::new(EmulatedSnpPlatform::create(b.path()).unwrap());
+        let guest = pa
+            .launch_start_from(0x30000, [5; 48])
+            .and_then(|l| l.finish(FinishParams::default()))
+            .unwrap();
+        let req = ReportRequest {
+            report_data: [1; 64],
+            vmpl: 0,
+            version: 3,
+        };
+        let before = guest.report(&req).unwrap();
+        // Another platform's Arc is refused: its keys did not launch this guest.
+        assert!(matches!(
+            EmulatedTee::share(guest.clone(), &pb),
+            Err(EmulatedLaunchError::Refused(_))
+        ));
+        let shared = EmulatedTee::share(guest, &pa).unwrap();
+        drop(pa);
+        let after = shared.report(&req).unwrap();
+        assert_eq!(shared.measurement(), [5; 48]);
+        // Same guest: same REPORT_ID (0x140..0x160) and the same signed body fields.
+        assert_eq!(before[0x140..0x160], after[0x140..0x160]);
+        assert_eq!(before[..0x2A0], after[..0x2A0]);
     }
 }

@@ -75,15 +75,6 @@ pub struct TdxLaunch {
     pub qgs: Option<std::path::PathBuf>,
 }
 
-/// A real confidential launch.
-#[derive(Debug)]
-pub enum ConfidentialLaunch {
-    /// AMD SEV-SNP.
-    Snp(Box<SnpLaunch>),
-    /// Intel TDX.
-    Tdx(Box<TdxLaunch>),
-}
-
 /// Why a real launch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchStepError {

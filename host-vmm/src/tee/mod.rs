@@ -3,12 +3,47 @@
 //!
 //! A requested TEE the host cannot provide is refused with the precise reason; the VMM
 //! never falls back to a less protected guest.
+//!
+//! # The backend interface
+//! Everything TEE-specific the VMM does goes through one [`TeeBackend`] value per
+//! launch ([`backend`]: the trait, its launch order, [`backend::PendingLaunch`] for the
+//! steps after vCPU creation and [`backend::TeeRuntime`] for the run-time exit handler).
+//! The CLI's factory (`cli::launch`) builds it from the arguments; the VMM builder
+//! ([`crate::vmm::VmBuilder`]) only calls it. Backends, one module each:
+//!
+//! | module | `--tee` | VM | launch | run-time exits |
+//! |---|---|---|---|---|
+//! | [`none`] | `none` | default | — | — |
+//! | [`emulated_snp`] | `emulated-snp` | default | emulated PSP ([`emulated`]) | — (mailbox device) |
+//! | [`emulated_tdx`] | `emulated-tdx` | default | emulated TDX module ([`emulated`]) | — (mailbox device) |
+//! | [`kvm_snp`] | `snp` | `KVM_X86_SNP_VM`, full irqchip | [`launch`] via [`snp`] | [`runtime`] |
+//! | [`kvm_tdx`] | `tdx` | `KVM_X86_TDX_VM`, split irqchip | [`launch`] via [`tdx`] | [`runtime`] + QGS ([`services`]) |
+//!
+//! Shared helpers: [`launch`] (the KVM launch glue: CPUID page, VMSA registers, TD
+//! HOB), [`snp`] / [`tdx`] (typestate launch sequences over command traits, tested
+//! against recording fakes), [`services`] (TDX GetQuote/QGS, TDVMCALLs, SNP
+//! certificate tables), [`runtime`] (the [`backend::ExitHandler`] of real guests),
+//! [`emulated`] (the emulated platforms and their mailbox).
+//!
+//! # Where `unsafe` lives
+//! None in this module tree: the ioctls and `kvm_run` accesses are in
+//! [`crate::vstate`] (`tdx.rs`, `private.rs`, `vcpu.rs`, `memory.rs`), each
+//! block with its `SAFETY:` comment.
 
+pub mod backend;
 pub mod emulated;
+pub mod emulated_snp;
+pub mod emulated_tdx;
+pub mod kvm_snp;
+pub mod kvm_tdx;
 pub mod launch;
+pub mod none;
+pub mod runtime;
 pub mod services;
 pub mod snp;
 pub mod tdx;
+
+pub use backend::TeeBackend;
 
 use kvm_bindings::{
     KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
@@ -17,7 +52,7 @@ use kvm_bindings::{
 use kvm_ioctls::Kvm;
 
 /// The TEE a guest is launched into.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TeeKind {
     /// AMD SEV-SNP through KVM (Linux >= 6.11).

@@ -226,37 +226,57 @@ pub fn qgs_request(report: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Why a GetQuote exchange with QGS failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QgsError {
+    /// The socket could not be reached or used.
+    #[error("cannot {what} QGS at {}", .socket.display())]
+    Io {
+        /// What failed.
+        what: &'static str,
+        /// The socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The response is malformed or reports an error.
+    #[error("QGS response refused: {0}")]
+    Response(String),
+}
+
 /// Parses a GET_QUOTE_RESP message body (after the length prefix) into the quote.
-pub fn qgs_response(m: &[u8]) -> Result<Vec<u8>, String> {
+pub fn qgs_response(m: &[u8]) -> Result<Vec<u8>, QgsError> {
+    let bad = |why: String| Err(QgsError::Response(why));
     if m.len() < 24 {
-        return Err(format!("QGS response of {} bytes is truncated", m.len()));
+        return bad(format!("{} bytes is truncated", m.len()));
     }
     let u16_at = |o: usize| u16::from_le_bytes([m[o], m[o + 1]]);
     let u32_at = |o: usize| u32::from_le_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
     if u16_at(0) != 1 {
-        return Err(format!(
-            "QGS message version {}.{} (need 1.x)",
+        return bad(format!(
+            "message version {}.{} (need 1.x)",
             u16_at(0),
             u16_at(2)
         ));
     }
     if u32_at(4) != QGS_GET_QUOTE_RESP {
-        return Err(format!("QGS answered message type {}", u32_at(4)));
+        return bad(format!("message type {}", u32_at(4)));
     }
     if u32_at(8) as usize != m.len() {
-        return Err(format!(
-            "QGS message size {} but {} bytes received",
+        return bad(format!(
+            "message size {} but {} bytes received",
             u32_at(8),
             m.len()
         ));
     }
     if u32_at(12) != 0 {
-        return Err(format!("QGS error {:#x}", u32_at(12)));
+        return bad(format!("QGS error {:#x}", u32_at(12)));
     }
     let (ids, quote) = (u32_at(16) as usize, u32_at(20) as usize);
     if ids != 0 || quote == 0 || 24 + quote != m.len() {
-        return Err(format!(
-            "QGS response sizes do not add up: ids {ids}, quote {quote}, message {}",
+        return bad(format!(
+            "sizes do not add up: ids {ids}, quote {quote}, message {}",
             m.len()
         ));
     }
@@ -264,32 +284,37 @@ pub fn qgs_response(m: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// One GetQuote exchange with QGS at `socket`.
-pub fn qgs_get_quote(socket: &std::path::Path, report: &[u8]) -> Result<Vec<u8>, String> {
-    let mut s = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach QGS at {}: {e}", socket.display()))?;
+pub fn qgs_get_quote(socket: &std::path::Path, report: &[u8]) -> Result<Vec<u8>, QgsError> {
+    let io = |what| {
+        move |source| QgsError::Io {
+            what,
+            socket: socket.to_owned(),
+            source,
+        }
+    };
+    let mut s = UnixStream::connect(socket).map_err(io("reach"))?;
     s.set_read_timeout(Some(QGS_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(io("set a timeout on"))?;
     s.set_write_timeout(Some(QGS_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(io("set a timeout on"))?;
     s.write_all(&qgs_request(report))
-        .map_err(|e| format!("QGS request: {e}"))?;
+        .map_err(io("send the request to"))?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)
-        .map_err(|e| format!("QGS response: {e}"))?;
+        .map_err(io("read the response from"))?;
     let len = u32::from_be_bytes(len) as usize;
     if !(24..=QUOTE_MAX_BUFFER as usize).contains(&len) {
-        return Err(format!("QGS response length {len} out of range"));
+        return Err(QgsError::Response(format!("length {len} out of range")));
     }
     let mut m = vec![0u8; len];
-    s.read_exact(&mut m)
-        .map_err(|e| format!("QGS response: {e}"))?;
+    s.read_exact(&mut m).map_err(io("read the response from"))?;
     qgs_response(&m)
 }
 
 /// Something that raises an interrupt vector on a vCPU (KVM_SIGNAL_MSI).
 pub trait Interrupt: Send {
     /// Raises `vector` on the vCPU with APIC ID `apic`.
-    fn raise(&self, apic: u32, vector: u8) -> Result<(), String>;
+    fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error>;
 }
 
 /// Serves GetQuote jobs until the channel closes: asks QGS at `socket`, writes the
@@ -317,7 +342,7 @@ pub fn quote_worker(
 
 /// Writes a finished GetQuote into the guest buffer: the quote at +24 and `out_len`
 /// first, the status last, so a guest polling the status never sees a half quote.
-pub fn complete_quote(mem: &GuestMemoryMmap, job: &QuoteJob, result: Result<Vec<u8>, String>) {
+pub fn complete_quote(mem: &GuestMemoryMmap, job: &QuoteJob, result: Result<Vec<u8>, QgsError>) {
     let status = match result {
         Ok(q) if q.len() as u64 <= job.size - QUOTE_HEADER => {
             let ok = mem
@@ -356,6 +381,30 @@ pub const CERT_GUID_VCEK: &str = "63da758d-e664-4564-adc5-f4b93be8accd";
 /// VLEK.
 pub const CERT_GUID_VLEK: &str = "a8074bc2-a25a-483e-aae6-39c045a0b8a1";
 
+/// Why a certificate table is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertTableError {
+    /// No zero entry ends the table.
+    #[error("certificate table has no terminating zero entry")]
+    Unterminated,
+    /// Only the zero entry.
+    #[error("certificate table is empty")]
+    Empty,
+    /// An entry's blob is not inside the table's data.
+    #[error("certificate table entry {entry}: blob {off:#x}+{len:#x} is outside the table's data")]
+    Blob {
+        /// Entry index.
+        entry: usize,
+        /// Blob offset.
+        off: usize,
+        /// Blob length.
+        len: usize,
+    },
+    /// A GUID is malformed.
+    #[error("bad GUID {0}")]
+    Guid(String),
+}
+
 /// A GHCB certificate table (24-byte entries {GUID, offset, length}, a zero entry,
 /// then the DER blobs), checked when loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,19 +413,19 @@ pub struct CertTable(Vec<u8>);
 impl CertTable {
     /// Checks `b`: entries end with a zero entry; every blob lies inside `b`, after
     /// the table; at least one entry.
-    pub fn parse(b: Vec<u8>) -> Result<Self, String> {
+    pub fn parse(b: Vec<u8>) -> Result<Self, CertTableError> {
         let mut i = 0;
         loop {
             let e = b
                 .get(i * 24..i * 24 + 24)
-                .ok_or("certificate table has no terminating zero entry")?;
+                .ok_or(CertTableError::Unterminated)?;
             if e.iter().all(|&x| x == 0) {
                 break;
             }
             i += 1;
         }
         if i == 0 {
-            return Err("certificate table is empty".into());
+            return Err(CertTableError::Empty);
         }
         let table_end = (i + 1) * 24;
         for k in 0..i {
@@ -384,14 +433,14 @@ impl CertTable {
             let off = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as usize;
             let len = u32::from_le_bytes([e[20], e[21], e[22], e[23]]) as usize;
             if off < table_end || off.checked_add(len).is_none_or(|end| end > b.len()) || len == 0 {
-                return Err(format!("certificate table entry {k}: blob {off:#x}+{len:#x} is outside the table's data"));
+                return Err(CertTableError::Blob { entry: k, off, len });
             }
         }
         Ok(Self(b))
     }
 
     /// Builds a table from (GUID, DER) pairs.
-    pub fn build(certs: &[(&str, &[u8])]) -> Result<Self, String> {
+    pub fn build(certs: &[(&str, &[u8])]) -> Result<Self, CertTableError> {
         let mut table = Vec::new();
         let mut data = Vec::new();
         let base = (certs.len() + 1) * 24;
@@ -428,10 +477,11 @@ impl CertTable {
     }
 }
 
-fn uuid_bytes(s: &str) -> Result<[u8; 16], String> {
+fn uuid_bytes(s: &str) -> Result<[u8; 16], CertTableError> {
     let hex: String = s.chars().filter(|c| *c != '-').collect();
-    let v = hex::decode(&hex).map_err(|_| format!("bad GUID {s}"))?;
-    v.try_into().map_err(|_| format!("bad GUID {s}"))
+    let bad = || CertTableError::Guid(s.to_owned());
+    let v = hex::decode(&hex).map_err(|_| bad())?;
+    v.try_into().map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -494,7 +544,7 @@ mod tests {
             m.read_obj::<u64>(GuestAddress(0x2008)).unwrap(),
             QUOTE_ERROR
         );
-        complete_quote(&m, &job, Err("down".into()));
+        complete_quote(&m, &job, Err(QgsError::Response("down".into())));
         assert_eq!(
             m.read_obj::<u64>(GuestAddress(0x2008)).unwrap(),
             QUOTE_ERROR
@@ -588,6 +638,7 @@ mod tests {
         assert!(qgs_response(&resp(0, 0, 0, &[9; 50], 0)).is_err());
         assert!(qgs_response(&resp(1, 0x12001, 0, &[9; 50], 0))
             .unwrap_err()
+            .to_string()
             .contains("0x12001"));
         assert!(qgs_response(&resp(1, 0, 4, &[9; 50], 0)).is_err());
         assert!(qgs_response(&resp(1, 0, 0, &[9; 50], 1)).is_err());
@@ -620,6 +671,7 @@ mod tests {
         server.join().unwrap();
         assert!(qgs_get_quote(&dir.path().join("absent"), b"x")
             .unwrap_err()
+            .to_string()
             .contains("cannot reach QGS"));
     }
 

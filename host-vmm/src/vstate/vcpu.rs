@@ -199,19 +199,98 @@ pub const KVM_EXIT_SNP_REQ_CERTS: u32 = 43;
 
 /// The exits only confidential (SNP, TDX) guests make. The VMM implements this over
 /// its private memory and TDX services; plain and emulated guests have none.
-pub trait ConfidentialExits: Send + Sync {
+pub trait ExitHandler: Send + Sync {
     /// `KVM_EXIT_MEMORY_FAULT`: the guest accessed `gpa..gpa+size` as private
     /// (`private`) or shared while the range's attribute says otherwise.
-    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), String>;
+    fn memory_fault(&self, gpa: u64, size: u64, private: bool) -> Result<(), ExitError>;
     /// `KVM_HC_MAP_GPA_RANGE`: returns the hypercall's `ret`.
     fn map_gpa_range(&self, args: &[u64; 6]) -> u64;
     /// `KVM_EXIT_TDX` from vCPU `vcpu`: `exit` is the exit's member of `kvm_run`
     /// (flags, nr, then the per-call union), which the handler reads and answers in
     /// place.
-    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), String>;
+    fn tdx_vmcall(&self, vcpu: u32, exit: &mut [u8; 256]) -> Result<(), ExitError>;
     /// `KVM_EXIT_SNP_REQ_CERTS`: `exit` holds {gpa, npages, ret}; the handler writes
     /// the certificate table and answers in place.
-    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), String>;
+    fn snp_req_certs(&self, exit: &mut [u8; 256]) -> Result<(), ExitError>;
+    /// `KVM_EXIT_INTERNAL_ERROR` with `suberror` and KVM's `data` words (for an
+    /// instruction KVM cannot emulate, its bytes): a handler that emulates the
+    /// instruction (and advances RIP through `fd`) answers [`Handled::Yes`] and the
+    /// vCPU re-enters the guest. Default: not handled, the vCPU stops with an
+    /// emulation failure, which is right for every TEE that emulates no instruction.
+    fn internal_error(
+        &self,
+        _vcpu: u32,
+        _fd: &VcpuFd,
+        _suberror: u32,
+        _data: &[u64],
+    ) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+    /// `KVM_EXIT_HYPERCALL` other than MapGPA (only numbers the TEE asked KVM to
+    /// forward with `KVM_CAP_EXIT_HYPERCALL`): answers in `ret`. Default: not handled,
+    /// the vCPU stops, which is right for every TEE that forwards no other hypercall.
+    fn hypercall(
+        &self,
+        _vcpu: u32,
+        _nr: u64,
+        _args: &[u64; 6],
+        _ret: &mut u64,
+    ) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+    /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR` (only after the TEE enabled
+    /// `KVM_CAP_X86_USER_SPACE_MSR`): `msr` with `data` (the value written, or where
+    /// the value read goes). Default: not handled, the vCPU stops, which is right for
+    /// every TEE that asked for no MSR exits.
+    fn msr(
+        &self,
+        _vcpu: u32,
+        _msr: u32,
+        _write: bool,
+        _data: &mut u64,
+    ) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+}
+
+/// Why a TEE exit handler stopped the vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitError {
+    /// An implicit private/shared conversion failed.
+    #[error("implicit conversion of {gpa:#x}+{size:#x} failed")]
+    Conversion {
+        /// First byte.
+        gpa: u64,
+        /// Size.
+        size: u64,
+        /// Why.
+        #[source]
+        source: super::private::PrivateMemoryError,
+    },
+    /// An exit the VM's TEE never asked for.
+    #[error("{0}")]
+    Unexpected(&'static str),
+}
+
+/// `e` and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Whether an exit handler dealt with an exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Handled; the vCPU re-enters the guest.
+    Yes,
+    /// Not the handler's business; the vCPU stops and reports the exit.
+    No,
 }
 
 /// One vCPU.
@@ -263,7 +342,7 @@ impl Vcpu {
         bus: &Buses,
         mem: &GuestMemoryMmap,
         control: &RunControl,
-        cc: Option<&dyn ConfidentialExits>,
+        cc: Option<&dyn ExitHandler>,
     ) -> VcpuStop {
         loop {
             control.wait_while_paused();
@@ -288,9 +367,17 @@ impl Vcpu {
                     bus.mmio.write(addr, data);
                     None
                 }
+                Ok(VcpuExit::X86Rdmsr(m)) => msr_exit(cc, self.index, m.index, false, m.data),
+                Ok(VcpuExit::X86Wrmsr(m)) => {
+                    let mut data = m.data;
+                    msr_exit(cc, self.index, m.index, true, &mut data)
+                }
                 Ok(VcpuExit::Hlt) => Some(Exit::Halted),
                 Ok(VcpuExit::Shutdown) => Some(Exit::TripleFault),
-                Ok(VcpuExit::InternalError) => Some(Exit::Internal),
+                Ok(VcpuExit::InternalError) => match cc {
+                    Some(cc) => self.internal_error(cc),
+                    None => Some(Exit::Internal),
+                },
                 Ok(VcpuExit::FailEntry(reason, _)) => {
                     Some(Exit::Stop(VcpuStop::FailEntry { reason }))
                 }
@@ -303,42 +390,17 @@ impl Vcpu {
                     6 | 7 => VcpuStop::Crash,
                     other => VcpuStop::UnexpectedExit(format!("system event {other}")),
                 })),
-                Ok(VcpuExit::MemoryFault { flags, gpa, size }) => match cc {
-                    Some(cc) => cc
-                        .memory_fault(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
-                        .err()
-                        .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e))),
-                    None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
-                        "memory fault at {gpa:#x}+{size:#x} in a VM without private memory"
-                    )))),
-                },
-                Ok(VcpuExit::Hypercall(h)) if h.nr == KVM_HC_MAP_GPA_RANGE && cc.is_some() => {
-                    if let Some(cc) = cc {
-                        *h.ret = cc.map_gpa_range(&h.args);
-                    }
-                    None
+                Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+                    memory_fault(cc, flags, gpa, size)
                 }
-                Ok(VcpuExit::Unsupported(r @ (KVM_EXIT_TDX | KVM_EXIT_SNP_REQ_CERTS)))
-                    if cc.is_some() =>
-                {
-                    let index = self.index;
-                    let run = self.fd.get_kvm_run();
-                    // SAFETY: the exit reason says KVM filled this exit's member of the
-                    // exit union, which is plain integers. The union is 256 bytes
-                    // (`padding`); `[c_char; 256]` and `[u8; 256]` have the same
-                    // layout and every bit pattern is valid for both.
-                    let exit = unsafe {
-                        &mut *(&mut run.__bindgen_anon_1.padding as *mut [libc::c_char; 256]
-                            as *mut [u8; 256])
-                    };
-                    cc.and_then(|cc| {
-                        if r == KVM_EXIT_TDX {
-                            cc.tdx_vmcall(index, exit).err()
-                        } else {
-                            cc.snp_req_certs(exit).err()
-                        }
-                    })
-                    .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(e)))
+                Ok(VcpuExit::Hypercall(h)) => hypercall(cc, self.index, h.nr, &h.args, h.ret),
+                Ok(VcpuExit::Unsupported(r @ (KVM_EXIT_TDX | KVM_EXIT_SNP_REQ_CERTS))) => {
+                    match cc {
+                        Some(cc) => self.raw_exit(r, cc),
+                        None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+                            "exit {r} from a VM without a TEE exit handler"
+                        )))),
+                    }
                 }
                 Ok(other) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!("{other:?}")))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
@@ -357,6 +419,45 @@ impl Vcpu {
                     };
                 }
             }
+        }
+    }
+
+    /// `KVM_EXIT_TDX` / `KVM_EXIT_SNP_REQ_CERTS`, which kvm-ioctls does not decode: the
+    /// handler reads and answers the exit union in place.
+    fn raw_exit(&mut self, reason: u32, cc: &dyn ExitHandler) -> Option<Exit> {
+        let index = self.index;
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason says KVM filled this exit's member of the exit
+        // union, which is plain integers. The union is 256 bytes (`padding`);
+        // `[c_char; 256]` and `[u8; 256]` have the same layout and every bit pattern is
+        // valid for both.
+        let exit = unsafe {
+            &mut *(&mut run.__bindgen_anon_1.padding as *mut [libc::c_char; 256] as *mut [u8; 256])
+        };
+        let result = if reason == KVM_EXIT_TDX {
+            cc.tdx_vmcall(index, exit)
+        } else {
+            cc.snp_req_certs(exit)
+        };
+        result
+            .err()
+            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e))))
+    }
+
+    /// Offers an internal-error exit to the TEE's handler.
+    fn internal_error(&mut self, cc: &dyn ExitHandler) -> Option<Exit> {
+        let run = self.fd.get_kvm_run();
+        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+            return Some(Exit::Internal);
+        }
+        // SAFETY: `exit_reason` is KVM_EXIT_INTERNAL_ERROR, so KVM filled the
+        // `internal` member of the exit union; it is plain data (integers).
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        match cc.internal_error(self.index, &self.fd, internal.suberror, &internal.data[..n]) {
+            Ok(Handled::Yes) => None,
+            Ok(Handled::No) => Some(Exit::Internal),
+            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         }
     }
 
@@ -388,6 +489,64 @@ impl Vcpu {
             sregs,
             code,
         }
+    }
+}
+
+/// `KVM_EXIT_HYPERCALL` (only for the numbers the VM asked KVM to forward):
+/// MapGPA, or the handler's other hypercalls.
+fn hypercall(
+    cc: Option<&dyn ExitHandler>,
+    vcpu: u32,
+    nr: u64,
+    args: &[u64; 6],
+    ret: &mut u64,
+) -> Option<Exit> {
+    let Some(cc) = cc else {
+        return Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "hypercall {nr} from a VM without a TEE exit handler"
+        ))));
+    };
+    if nr == KVM_HC_MAP_GPA_RANGE {
+        *ret = cc.map_gpa_range(args);
+        return None;
+    }
+    match cc.hypercall(vcpu, nr, args, ret) {
+        Ok(Handled::Yes) => None,
+        Ok(Handled::No) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "unhandled hypercall {nr}"
+        )))),
+        Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+    }
+}
+
+/// `KVM_EXIT_MEMORY_FAULT`: an implicit private/shared conversion for the handler.
+fn memory_fault(cc: Option<&dyn ExitHandler>, flags: u64, gpa: u64, size: u64) -> Option<Exit> {
+    match cc {
+        Some(cc) => cc
+            .memory_fault(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
+            .err()
+            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "memory fault at {gpa:#x}+{size:#x} in a VM without private memory"
+        )))),
+    }
+}
+
+/// Offers a user-space MSR exit to the TEE's handler.
+fn msr_exit(
+    cc: Option<&dyn ExitHandler>,
+    vcpu: u32,
+    msr: u32,
+    write: bool,
+    data: &mut u64,
+) -> Option<Exit> {
+    match cc.map(|cc| cc.msr(vcpu, msr, write, data)) {
+        Some(Ok(Handled::Yes)) => None,
+        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Ok(Handled::No)) | None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "unhandled {} of MSR {msr:#x}",
+            if write { "WRMSR" } else { "RDMSR" }
+        )))),
     }
 }
 

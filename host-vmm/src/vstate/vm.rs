@@ -169,3 +169,40 @@ impl Vm {
         Ok(evt)
     }
 }
+
+/// KVM's GSI routing table as the I/O APIC of a split irqchip sees it (the I/O APIC
+/// itself knows nothing of KVM).
+#[derive(Debug)]
+pub struct KvmRoutes(pub std::sync::Arc<Vm>);
+
+impl crate::devices::ioapic::RouteSink for KvmRoutes {
+    fn set_routes(
+        &mut self,
+        routes: &[crate::devices::ioapic::MsiRoute],
+    ) -> Result<(), crate::devices::ioapic::RouteError> {
+        use crate::devices::ioapic::RouteError;
+        let entries: Vec<kvm_bindings::kvm_irq_routing_entry> = routes
+            .iter()
+            .map(|&(gsi, addr, data)| {
+                let mut e = kvm_bindings::kvm_irq_routing_entry {
+                    gsi,
+                    type_: kvm_bindings::KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
+                e.u.msi.address_lo = addr as u32;
+                e.u.msi.address_hi = (addr >> 32) as u32;
+                e.u.msi.data = data;
+                e
+            })
+            .collect();
+        let table =
+            kvm_bindings::KvmIrqRouting::from_entries(&entries).map_err(|e| RouteError {
+                what: "routing table",
+                source: format!("{e:?}").into(),
+            })?;
+        self.0.fd().set_gsi_routing(&table).map_err(|e| RouteError {
+            what: "KVM_SET_GSI_ROUTING",
+            source: Box::new(e),
+        })
+    }
+}

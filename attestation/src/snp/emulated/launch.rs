@@ -208,7 +208,7 @@ impl<'p> GuestLaunch<'p> {
     pub fn finish(self, params: FinishParams) -> Result<EmulatedGuest<'p>, EmulatedError> {
         let measurement = self.digest.value();
         let mut guest = EmulatedGuest {
-            platform: self.platform,
+            platform: PlatformRef::Borrowed(self.platform),
             policy: self.policy,
             measurement,
             host_data: params.host_data,
@@ -296,10 +296,28 @@ pub struct ReportRequest {
     pub version: u32,
 }
 
+/// The platform a guest belongs to: borrowed, or shared with the guest's owner.
+#[derive(Debug, Clone)]
+enum PlatformRef<'p> {
+    Borrowed(&'p EmulatedSnpPlatform),
+    Shared(std::sync::Arc<EmulatedSnpPlatform>),
+}
+
+impl std::ops::Deref for PlatformRef<'_> {
+    type Target = EmulatedSnpPlatform;
+
+    fn deref(&self) -> &EmulatedSnpPlatform {
+        match self {
+            PlatformRef::Borrowed(p) => p,
+            PlatformRef::Shared(p) => p,
+        }
+    }
+}
+
 /// A launched guest of the emulated platform.
 #[derive(Debug, Clone)]
 pub struct EmulatedGuest<'p> {
-    platform: &'p EmulatedSnpPlatform,
+    platform: PlatformRef<'p>,
     policy: GuestPolicy,
     measurement: [u8; 48],
     host_data: [u8; 32],
@@ -334,6 +352,31 @@ fn cpuid_of(product: Product) -> Cpuid {
 }
 
 impl EmulatedGuest<'_> {
+    /// The same guest (same REPORT_ID and launch state) holding `platform` through an
+    /// `Arc` instead of a borrow, so an owner can keep both for as long as it needs;
+    /// `None` when `platform` is not the platform that launched this guest.
+    pub fn into_shared(
+        self,
+        platform: &std::sync::Arc<EmulatedSnpPlatform>,
+    ) -> Option<EmulatedGuest<'static>> {
+        if !std::ptr::eq(&*self.platform, &**platform) {
+            return None;
+        }
+        Some(EmulatedGuest {
+            platform: PlatformRef::Shared(platform.clone()),
+            policy: self.policy,
+            measurement: self.measurement,
+            host_data: self.host_data,
+            family_id: self.family_id,
+            image_id: self.image_id,
+            guest_svn: self.guest_svn,
+            id_key_digest: self.id_key_digest,
+            author_key_digest: self.author_key_digest,
+            author_key_en: self.author_key_en,
+            report_id: self.report_id,
+        })
+    }
+
     /// The launch measurement.
     pub fn measurement(&self) -> [u8; 48] {
         self.measurement

@@ -26,11 +26,16 @@ fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
     RawDescriptor::from(SplitDescriptor::new(addr, len, flags as u16, next))
 }
 
+/// The guest memory a [`Guest`] drives its queues in.
+fn guest_memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap()
+}
+
 /// A guest driver: RX and TX queues in guest memory and the muxer under test.
-struct Guest {
-    mem: &'static GuestMemoryMmap,
-    rx: MockSplitQueue<'static, GuestMemoryMmap>,
-    tx: MockSplitQueue<'static, GuestMemoryMmap>,
+struct Guest<'m> {
+    mem: &'m GuestMemoryMmap,
+    rx: MockSplitQueue<'m, GuestMemoryMmap>,
+    tx: MockSplitQueue<'m, GuestMemoryMmap>,
     queues: Vec<Queue>,
     rx_next: u16,
     tx_next: u16,
@@ -39,11 +44,12 @@ struct Guest {
     epoll: Arc<Epoll>,
 }
 
-impl Guest {
-    fn new(uds: Option<std::path::PathBuf>, listener: Option<UnixListener>) -> Self {
-        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap(),
-        ));
+impl<'m> Guest<'m> {
+    fn new(
+        mem: &'m GuestMemoryMmap,
+        uds: Option<std::path::PathBuf>,
+        listener: Option<UnixListener>,
+    ) -> Self {
         let rx = MockSplitQueue::create(mem, GuestAddress(0x1000), 64);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x8000), 64);
         let queues = vec![
@@ -165,7 +171,8 @@ fn guest_stream_to_a_unix_socket_with_credit_and_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("v.sock");
     let server = UnixListener::bind(dir.path().join("v.sock_1234")).unwrap();
-    let mut g = Guest::new(Some(base), None);
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(base), None);
     g.give_rx(16, 4096);
 
     let req = g.pkt(op::REQUEST, 777, 1234);
@@ -212,7 +219,8 @@ fn guest_stream_to_a_unix_socket_with_credit_and_shutdown() {
 fn guest_shutdown_half_closes_and_full_shutdown_resets() {
     let dir = tempfile::tempdir().unwrap();
     let server = UnixListener::bind(dir.path().join("s_9")).unwrap();
-    let mut g = Guest::new(Some(dir.path().join("s")), None);
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(dir.path().join("s")), None);
     g.give_rx(8, 4096);
     g.send(g.pkt(op::REQUEST, 5, 9), &[]);
     assert_eq!(ops(&g.recv()), vec![op::RESPONSE]);
@@ -234,7 +242,8 @@ fn guest_shutdown_half_closes_and_full_shutdown_resets() {
 fn hostile_packets_get_rst_or_are_dropped_never_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let _server = UnixListener::bind(dir.path().join("s_1")).unwrap();
-    let mut g = Guest::new(Some(dir.path().join("s")), None);
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(dir.path().join("s")), None);
     g.give_rx(32, 4096);
 
     // No listener on port 2: RST.
@@ -299,7 +308,8 @@ fn credit_overrun_resets_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     // A host that never reads.
     let server = UnixListener::bind(dir.path().join("s_1")).unwrap();
-    let mut g = Guest::new(Some(dir.path().join("s")), None);
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(dir.path().join("s")), None);
     g.give_rx(8, 4096);
     g.send(g.pkt(op::REQUEST, 20, 1), &[]);
     assert_eq!(ops(&g.recv()), vec![op::RESPONSE]);
@@ -328,7 +338,7 @@ fn credit_overrun_resets_the_connection() {
     assert_eq!(g.muxer.connections(), 0);
 }
 
-impl Guest {
+impl Guest<'_> {
     /// Like `recv`, without waiting.
     fn recv_now(&mut self) -> Vec<(Header, Vec<u8>)> {
         let used = self.rx.used_addr();
@@ -353,7 +363,8 @@ fn host_initiated_connection_with_connect_and_ok() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("h.sock");
     let listener = UnixListener::bind(&base).unwrap();
-    let mut g = Guest::new(Some(base.clone()), Some(listener));
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(base.clone()), Some(listener));
     g.give_rx(8, 4096);
     let mut client = UnixStream::connect(&base).unwrap();
     client
@@ -392,7 +403,8 @@ fn a_host_server_that_never_accepts_cannot_stall_the_event_thread() {
     l.bind(&socket2::SockAddr::unix(dir.path().join("s_1")).unwrap())
         .unwrap();
     l.listen(0).unwrap();
-    let mut g = Guest::new(Some(dir.path().join("s")), None);
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(dir.path().join("s")), None);
     g.give_rx(16, 4096);
     let mut resets = 0;
     for port in 0..6 {
