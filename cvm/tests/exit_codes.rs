@@ -205,3 +205,39 @@ fn failed_runs_exit_1() {
         ],
     );
 }
+
+/// Inputs only the VMM can judge (sizes, counts, files it opens) are still the
+/// operator's mistakes: exit 2, with the problem named.
+#[test]
+fn inputs_the_vmm_refuses_exit_2() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small.fd");
+    std::fs::write(&small, vec![0xF4u8; 1000]).unwrap();
+    let missing = dir.path().join("missing.img");
+    let serial = format!("file:{}", dir.path().join("no-dir").join("log").display());
+    let none = ["launch", "--tee", "none"];
+    let with = |extra: &[&'static str]| [&none[..], extra].concat();
+    let rows: Vec<(Vec<&str>, &str)> = vec![
+        (with(&["--memory", "1M"]), "guest memory size"),
+        (with(&["--vcpus", "0"]), "vCPUs requested"),
+        (with(&["--vcpus", "100000"]), "vCPUs requested"),
+        (
+            [&none[..], &["--disk", p(&missing)]].concat(),
+            "cannot open disk image",
+        ),
+        (
+            [&none[..], &["--serial", &serial]].concat(),
+            "serial output file",
+        ),
+        (
+            [&none[..], &["--firmware", p(&small)]].concat(),
+            "firmware of",
+        ),
+    ];
+    let table: Vec<Refusal<'_>> = rows
+        .iter()
+        .map(|(args, says)| Refusal::new(args, 2, says))
+        .collect();
+    assert_refusals(CVM, &table);
+}

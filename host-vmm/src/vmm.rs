@@ -749,7 +749,7 @@ impl Vmm {
 
     /// Waits until the guest stops (the first vCPU to stop decides why), then tears
     /// the VM down.
-    pub fn run(self) -> VcpuStop {
+    pub fn run(mut self) -> VcpuStop {
         let (index, why) = self.first_stop();
         tracing::info!(
             event = "stopping",
@@ -781,19 +781,35 @@ impl Vmm {
     }
 
     /// Stops the vCPU threads and the vsock thread ([`stop_threads`]); dropping the TEE
-    /// runtime ends its threads. `first` is the vCPU that reported first.
-    fn teardown(self, first: u32) {
+    /// runtime ends its threads. `first` is the vCPU that reported first. Runs once:
+    /// afterwards the thread lists are empty (so [`Drop`] does nothing).
+    fn teardown(&mut self, first: u32) {
+        let threads = std::mem::take(&mut self.threads);
+        let event_thread = self.event_thread.take();
+        if threads.is_empty() && event_thread.is_none() && self.runtime.is_none() {
+            return;
+        }
         stop_threads(
             &self.shared.control,
-            self.threads,
+            threads,
             first,
             &self.rx,
             &self.shared.vcpu_threads,
-            self.event_thread,
+            event_thread,
         );
         // Dropping the runtime closes the quote channel; the quote thread ends after at
         // most one QGS exchange, or with the process.
-        drop(self.runtime);
+        drop(self.runtime.take());
+    }
+}
+
+/// A `Vmm` dropped without [`Vmm::run`] (an error path of its owner, a test) stops its
+/// guest and tears down exactly as `run` does: the vCPU threads are stopped and
+/// joined and their ids removed from the list the control API kicks, so a
+/// [`VmmHandle`] that outlives the `Vmm` never signals a thread that has ended.
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        self.teardown(u32::MAX);
     }
 }
 
@@ -974,18 +990,12 @@ mod tests {
     use crate::tee::none::NoTee;
 
     /// /dev/kvm, or a visible skip (a failure under `CI=true`).
-    fn kvm_or_skip(test: &str) -> Option<Kvm> {
-        match Kvm::new() {
-            Ok(k) => Some(k),
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "{test}: /dev/kvm is required under CI: {e}"
-                );
-                eprintln!("SKIPPED {test}: no usable /dev/kvm ({e})");
-                None
-            }
+    /// /dev/kvm, or a visible skip (a failure under CI: `test_kit`).
+    fn kvm_or_skip(_test: &str) -> Option<Kvm> {
+        if !test_kit::require_kvm() {
+            return None;
         }
+        Some(Kvm::new().expect("/dev/kvm opened for the check but KVM_GET_API_VERSION failed"))
     }
 
     /// A 4 KiB firmware whose reset vector runs `code`.
@@ -1069,6 +1079,27 @@ mod tests {
         assert_eq!(h.status()["state"], "running");
         vmm.shutdown();
         assert_eq!(vmm.run(), VcpuStop::ShutdownRequested);
+        assert_eq!(h.status()["state"], "stopping");
+        assert_eq!(h.pause(), Err(ControlError::Stopping));
+    }
+
+    #[test]
+    fn a_vmm_dropped_without_run_stops_its_guest_and_its_handle_kicks_nothing() {
+        let Some(kvm) = kvm_or_skip("a_vmm_dropped_without_run") else {
+            return;
+        };
+        // A busy guest: only a kick gets its vCPU out of KVM_RUN.
+        let vmm = VmBuilder::new(config(kvm, &[0xF3, 0x90, 0xEB, 0xFC]))
+            .unwrap()
+            .build()
+            .unwrap();
+        use crate::api::VmControl;
+        let h = vmm.handle();
+        assert_eq!(h.status()["state"], "running");
+        drop(vmm);
+        // The threads were stopped and joined, and the kick list is empty: a pause
+        // through the surviving handle is refused and signals nothing.
+        assert!(h.0.vcpu_threads.lock().unwrap().is_empty());
         assert_eq!(h.status()["state"], "stopping");
         assert_eq!(h.pause(), Err(ControlError::Stopping));
     }

@@ -410,9 +410,28 @@ impl ExitClass for LaunchError {
                 | EmulatedLaunchError::SnpPlan(_)
                 | EmulatedLaunchError::TdxPlan(_),
             ) => EXIT_USAGE,
+            LaunchError::Vmm(e) if vmm_input_error(e) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
+}
+
+/// Whether a VMM error is about the operator's input (a size, a count, a file) rather
+/// than a failure of the run: those exit 2 like the flag checks.
+fn vmm_input_error(e: &vmm::VmmError) -> bool {
+    use host_vmm::devices::virtio::block::BlockError;
+    use host_vmm::vstate::memory::MemoryError;
+    use host_vmm::vstate::vm::VmError;
+    matches!(
+        e,
+        vmm::VmmError::VcpuCount { .. }
+            | vmm::VmmError::TooManyDevices(_)
+            | vmm::VmmError::SerialFile(..)
+            | vmm::VmmError::Disk(BlockError::Open(..) | BlockError::Size(..))
+            | vmm::VmmError::Vm(VmError::Memory(
+                MemoryError::BadSize(_) | MemoryError::BadFirmware(_)
+            ))
+    )
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
@@ -990,14 +1009,9 @@ mod tests {
 
     #[test]
     fn an_emulated_platform_that_cannot_be_opened_is_bad_input() {
-        let Ok(fw) = guest_images::embedded() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "the firmware is required under CI"
-            );
-            eprintln!("SKIPPED an_emulated_platform_that_cannot_be_opened_is_bad_input: no built-in firmware");
-            return;
-        };
+        let embedded = guest_images::embedded();
+        test_kit::require!(embedded.is_ok(), "this build has no built-in firmware");
+        let fw = embedded.expect("checked above");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fw");
         std::fs::write(&p, fw).unwrap();
