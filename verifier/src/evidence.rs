@@ -248,8 +248,8 @@ impl AttestationVerifier {
             .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
     }
 
-    /// Adds the KDS's CRL to a certificate table that carries none and whose VCEK is
-    /// issued by one of AMD's ASKs: AMD publishes a CRL per product, so a genuine chain
+    /// Adds the KDS's CRL to a certificate table whose VCEK is issued by one of AMD's
+    /// ASKs (whatever CRLs the table carries): AMD publishes a CRL per product, so a genuine chain
     /// is always checked against it (a revoked ASK is refused; a CRL that cannot be
     /// obtained refuses the evidence). Emulated and other chains are left as they are.
     fn with_kds_crl(
@@ -259,9 +259,9 @@ impl AttestationVerifier {
         report: &[u8],
         now: time::OffsetDateTime,
     ) -> Result<Arc<SnpCollateral>, VerifyFailure> {
-        if !table.crls().is_empty() {
-            return Ok(table);
-        }
+        // The table's own CRLs (if any) are the host's choice: a decoy CRL from another
+        // issuer, or an old genuine one, must not stand in for the KDS's current CRL.
+        // So the KDS's CRL is added whatever the table carries.
         let product = table
             .certificates()
             .filter(|c| c.kind() == CertKind::Vcek)

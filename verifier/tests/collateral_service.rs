@@ -274,6 +274,11 @@ async fn a_kds_without_a_crl_is_refused_by_default() {
     let e = verify(&v, Tee::Snp, &report, snp_time()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
     assert!(e.message.contains("publishes no CRL"), "{e:?}");
+    // The 404 is not remembered: the next flow asks the KDS again (a transient 404
+    // does not block the product for a day).
+    let before = mock.count("/vcek/v1/Milan/crl");
+    verify(&v, Tee::Snp, &report, snp_time()).await.unwrap_err();
+    assert_eq!(mock.count("/vcek/v1/Milan/crl"), before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,6 +684,89 @@ async fn a_genuine_chain_carried_in_the_evidence_is_checked_against_the_kds_crl(
     run(Arc::clone(&v), ev.clone()).await.unwrap().unwrap();
     assert_eq!(mock.count("/vcek/v1/Milan/cert_chain"), 0);
     assert_eq!(mock.count("/vcek/v1/Milan/crl"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decoy_crl_in_the_table_does_not_replace_the_kds_crl() {
+    // Attack: the host adds a CRL of its own (here an emulated ARK's, an issuer the
+    // chain does not have) to the extended-report table of a genuine chain, hoping the
+    // verifier takes "the table has a CRL" for "revocation was checked". The KDS is
+    // down, so the product's real CRL cannot be had: the evidence must be refused.
+    let (mock, url) = start_mock().await;
+    mock.down.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let service = Arc::new(CollateralService::new(config(&url), db(&dir, "a.db").await).unwrap());
+    let v = verifier(&service, &[]);
+    let (snp, _, _) = emulated();
+    let now = SystemTime::now();
+    let decoy = snp
+        .crl(
+            &[],
+            now - Duration::from_secs(86_400),
+            now + Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let mut ev = genuine_snp_with_table();
+    let mut table = attestation::snp::CertTable::parse(
+        &B64.decode(ev["cert_chain"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    table.entries.push(attestation::snp::CertTableEntry {
+        kind: attestation::snp::CertTableKind::Crl,
+        data: decoy.der().to_vec(),
+    });
+    ev["cert_chain"] = json!(B64.encode(table.to_bytes().unwrap()));
+    let ev = serde_json::to_vec(&ev).unwrap();
+    let report = data("snp-milan-v2/report.bin");
+    let rd: [u8; 64] = report[0x50..0x90].try_into().unwrap();
+    let r = tokio::task::spawn_blocking(move || v.verify(Tee::Snp, &ev, &rd, snp_time()))
+        .await
+        .unwrap();
+    let e = r.expect_err("a decoy CRL must not switch the KDS CRL off");
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(
+        mock.count("/vcek/v1/Milan/crl") >= 1,
+        "the KDS CRL was asked for"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_imported_no_crl_item_cannot_pin_the_cache() {
+    // Attack: a bundle whose "the KDS publishes no CRL" item claims to be valid until
+    // 2100; stored as is, it would beat every fresh CRL ("later expiry wins") for
+    // decades. Its times are not trusted: it counts from the import, for a day at most.
+    let dir = tempfile::tempdir().unwrap();
+    let db = db(&dir, "a.db").await;
+    let far = 4_102_444_800i64; // 2100-01-01
+    let json = json!({
+        "format": bundle::FORMAT,
+        "created_at": far,
+        "items": [{
+            "key": "amd/Milan/crl",
+            "url": "https://kds.invalid/vcek/v1/Milan/crl",
+            "body": "",
+            "issuer_chain": null,
+            "fetched_at": far,
+            "expires_at": far,
+        }],
+    });
+    assert_eq!(
+        bundle::import(&db, &serde_json::to_vec(&json).unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    let items = verifier::collateral::list_items(&db).await.unwrap();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let crl = items.iter().find(|i| i.key == "amd/Milan/crl").unwrap();
+    assert!(
+        crl.expires_at <= now + 86_400 + 60,
+        "expires at {} (now {now})",
+        crl.expires_at
+    );
 }
 
 /// An emulated guest whose evidence carries no certificates and no collateral, as a real

@@ -203,17 +203,28 @@ impl EventLog {
         for _ in 0..n_alg {
             let id = s.u16().map_err(|_| EventLogError::NoSpecId)?;
             let len = s.u16().map_err(|_| EventLogError::NoSpecId)? as usize;
+            // An algorithm declared twice (with two sizes) is not a valid Spec ID event.
+            if algs.iter().any(|&(a, _)| a == id) {
+                return Err(EventLogError::NoSpecId);
+            }
             algs.push((id, len));
         }
         if !algs.contains(&(TPM_ALG_SHA384, 48)) {
             return Err(EventLogError::NoSha384);
         }
 
+        // Where the trailing padding starts (all 0x00, or all 0xFF, to the end): found
+        // once, so a log of many tiny records costs linear time, not quadratic.
+        let padding_from = |fill: u8| {
+            b.iter()
+                .rposition(|&x| x != fill)
+                .map_or(0, |last| last + 1)
+        };
+        let padding = padding_from(0).min(padding_from(0xFF));
         let mut log = EventLog::default();
         let mut index = 0;
         while r.pos < b.len() {
-            let rest = &b[r.pos..];
-            if rest.iter().all(|&x| x == 0xFF) || rest.iter().all(|&x| x == 0) {
+            if r.pos >= padding {
                 break;
             }
             index += 1;
@@ -263,6 +274,60 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    /// A Spec ID event declaring SHA-384 twice with different sizes is refused, never a
+    /// panic (a 32-byte "SHA-384" digest copied into 48 bytes).
+    #[test]
+    fn an_algorithm_declared_twice_is_refused() {
+        let mut spec = b"Spec ID Event03\0".to_vec();
+        spec.extend_from_slice(&[0u8; 8]);
+        spec.extend_from_slice(&2u32.to_le_bytes());
+        for (id, len) in [(0x000Cu16, 32u16), (0x000C, 48)] {
+            spec.extend_from_slice(&id.to_le_bytes());
+            spec.extend_from_slice(&len.to_le_bytes());
+        }
+        spec.push(0);
+        let mut b = Vec::new();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&EV_NO_ACTION.to_le_bytes());
+        b.extend_from_slice(&[0u8; 20]);
+        b.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+        b.extend_from_slice(&spec);
+        // One record with a 32-byte digest under the SHA-384 id.
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0xDu32.to_le_bytes());
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0x000Cu16.to_le_bytes());
+        b.extend_from_slice(&[7u8; 32]);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(EventLog::parse(&b), Err(EventLogError::NoSpecId)));
+    }
+
+    /// Trailing padding is recognised whatever precedes it, and a long run of tiny
+    /// records before a final non-padding byte is parsed record by record (linear).
+    #[test]
+    fn padding_is_found_once_and_tiny_records_still_parse() {
+        let mut log = EventLog::default();
+        log.events.push(Event {
+            mr_index: 2,
+            event_type: 0xD,
+            digest: [1u8; 48],
+            data: b"x".to_vec(),
+        });
+        let mut b = log.to_bytes();
+        let n = b.len();
+        b.extend_from_slice(&[0xFF; 64]);
+        assert_eq!(EventLog::parse(&b).unwrap().events.len(), 1);
+        b.truncate(n);
+        b.extend_from_slice(&[0u8; 64]);
+        assert_eq!(EventLog::parse(&b).unwrap().events.len(), 1);
+        // 16-byte MR-index-0 records of zeros, then one byte that is not padding: the
+        // records are read (and skipped) until the reader runs out.
+        b.truncate(n);
+        b.extend_from_slice(&vec![0u8; 16 * 20_000]);
+        b.push(1);
+        assert!(EventLog::parse(&b).is_err());
+    }
+
     use super::*;
 
     fn sample() -> EventLog {

@@ -71,9 +71,12 @@ pub async fn import(db: &Db, json: &[u8]) -> Result<usize, BundleError> {
         };
         let key: ItemKey = item.key.parse().map_err(err)?;
         let (body, expires_at) = if item.body.is_empty() && matches!(key, ItemKey::AmdCrl(_)) {
-            // "The KDS publishes no CRL", as observed at fetched_at.
-            let until = item.fetched_at.saturating_add(super::NO_CRL_TTL);
-            (Vec::new(), item.expires_at.min(until))
+            // "The KDS publishes no CRL": an observation, not a signed item, so the
+            // bundle's own times are not trusted (a far-future one would pin the cache):
+            // it counts from the import, for NO_CRL_TTL at most. It is only ever used
+            // by a verifier configured with `amd_crl_optional`.
+            let until = crate::db::now().saturating_add(super::NO_CRL_TTL);
+            (Vec::new(), until)
         } else {
             key.check(&item.body, item.issuer_chain.as_deref())
                 .map_err(err)?

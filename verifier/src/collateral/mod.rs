@@ -412,6 +412,16 @@ impl CollateralService {
             Ok(item) => item,
             // The KDS publishes no CRL for this product: remembered (and exported) as an
             // empty item for a day, so that every flow does not ask again.
+            // Required CRLs: a 404 is refused at once and not remembered, so that one
+            // transient answer does not block every flow of the product for a day.
+            Err(CollateralError::NotFound { .. })
+                if matches!(key, ItemKey::AmdCrl(_)) && self.cfg.amd_crl_required =>
+            {
+                return Err(CollateralError::NoCrl {
+                    product: key.to_string(),
+                    url: self.cfg.amd_kds_url.clone(),
+                });
+            }
             Err(CollateralError::NotFound { .. }) if matches!(key, ItemKey::AmdCrl(_)) => {
                 let fetched_at = crate::db::now();
                 Item {
