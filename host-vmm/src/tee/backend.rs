@@ -149,6 +149,9 @@ pub struct TeeRuntime {
     pub exits: Arc<dyn ExitHandler>,
     /// Worker threads (e.g. the TDX quote thread).
     pub threads: Vec<JoinHandle<()>>,
+    /// The seccomp filter of the vCPU threads: what the handler does on them
+    /// (conversions for a real SNP/TDX guest, register writes for an emulated TEE).
+    pub vcpu_thread: crate::seccomp::ThreadKind,
 }
 
 impl std::fmt::Debug for TeeRuntime {

@@ -113,6 +113,7 @@ impl TeeBackend for KvmTdxBackend {
         Ok(Some(TeeRuntime {
             exits: Arc::new(CcRuntime::tdx(vm.clone(), calls)),
             threads: thread.into_iter().collect(),
+            vcpu_thread: crate::seccomp::ThreadKind::ConfidentialVcpu,
         }))
     }
 

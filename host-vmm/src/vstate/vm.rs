@@ -160,6 +160,49 @@ impl Vm {
         &self.memory
     }
 
+    /// Makes every RDMSR/WRMSR of `msrs` exit to user space (`KVM_EXIT_X86_RDMSR` /
+    /// `KVM_EXIT_X86_WRMSR`), as an emulated TEE needs for SEV_STATUS and the GHCB MSR:
+    /// `KVM_CAP_X86_USER_SPACE_MSR` with UNKNOWN | INVAL | FILTER, and an MSR filter
+    /// (default allow) that denies exactly these MSRs in KVM, so they exit whether this
+    /// KVM knows them (a standard KVM on an AMD host knows the GHCB MSR) or not (PVM).
+    /// Rules: Documentation/virt/kvm/api.rst "KVM_CAP_X86_USER_SPACE_MSR" and
+    /// "KVM_X86_SET_MSR_FILTER"; arch/x86/kvm/x86.c `kvm_vm_ioctl_set_msr_filter` (at
+    /// most 16 ranges, bitmap bit 0 = denied).
+    pub fn enable_user_msr_exits(&self, msrs: &[u32]) -> Result<(), VmError> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [
+                u64::from(
+                    kvm_bindings::KVM_MSR_EXIT_REASON_INVAL
+                        | kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN
+                        | kvm_bindings::KVM_MSR_EXIT_REASON_FILTER,
+                ),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| VmError::Ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", e))?;
+        // One single-MSR range per MSR, its bitmap bit clear: denied, so it exits.
+        let deny = [0u8; 1];
+        let ranges: Vec<MsrFilterRange<'_>> = msrs
+            .iter()
+            .map(|&base| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: 1,
+                bitmap: &deny,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+            .map_err(|e| VmError::Ioctl("KVM_X86_SET_MSR_FILTER", e))
+    }
+
     /// An eventfd that raises interrupt line `gsi` when written.
     pub fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
