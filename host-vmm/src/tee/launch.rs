@@ -354,37 +354,92 @@ pub fn tdx_begin<'a>(
     l: &TdxLaunch,
 ) -> Result<TdxLauncher<VmInitialized, KvmTdx<'a>>, LaunchStepError> {
     let probed = TdxLauncher::new(KvmTdx::new(vm.fd(), Vec::new())).capabilities()?;
-    let cpuid = probed
-        .caps()
-        .map(|c| td_cpuid(c, supported.as_slice()))
-        .unwrap_or_default();
-    Ok(probed.init_vm_with_cpuid(&l.config, cpuid)?)
+    Ok(probed.init_vm(&l.config, supported.as_slice())?)
 }
 
 /// The CPUID given to INIT_VM: for every leaf the TDX module lets the VMM configure,
-/// the host-supported value restricted to the configurable bits.
+/// the host-supported value restricted to the configurable bits, with KVM's
+/// significant-index flag on the indexed leaves and GPAW [`TD_GPAW`].
 pub fn td_cpuid(caps: &KvmTdxCapabilities, supported: &[kvm_cpuid_entry2]) -> TdxCpuid {
     let mut out = TdxCpuid::default();
     let n = (caps.cpuid.nent as usize).min(TDX_CPUID_ENTRIES);
     for mask in &caps.cpuid.entries[..n] {
-        let host = supported
-            .iter()
-            .find(|e| e.function == mask.function && e.index == mask.index);
-        let Some(host) = host else { continue };
+        let Some(host) = find_cpuid_entry2(supported, mask.function, mask.index) else {
+            continue;
+        };
         let i = out.nent as usize;
         out.entries[i] = kvm_cpuid_entry2 {
             function: mask.function,
             index: mask.index,
-            flags: mask.flags,
+            // Our own flags, as QEMU (target/i386/kvm/tdx.c) takes them from its
+            // CPUID entries: KVM_TDX_CAPABILITIES never sets SIGNIFCANT_INDEX, and
+            // without it kvm_find_cpuid_entry2 would answer 0xD.1 / 0x7.1 with the
+            // subleaf-0 entry at INIT_VM (setup_tdparams_cpuids).
+            flags: if cpuid_function_is_indexed(mask.function) {
+                KVM_CPUID_FLAG_SIGNIFICANT_INDEX
+            } else {
+                0
+            },
             eax: host.eax & mask.eax,
             ebx: host.ebx & mask.ebx,
             ecx: host.ecx & mask.ecx,
             edx: host.edx & mask.edx,
             ..Default::default()
         };
+        if mask.function == 0x8000_0008 {
+            // CPUID.0x80000008:EAX[23:16] is KVM's GPAW interface: INIT_VM accepts
+            // only 48 or 52 (tdx.c setup_tdparams_eptp_controls, -EINVAL otherwise),
+            // and the host's value is not one of them in general.
+            let e = &mut out.entries[i];
+            e.eax = (e.eax & !0x00ff_0000) | (TD_GPAW << 16);
+        }
         out.nent += 1;
     }
     out
+}
+
+/// The TD's guest physical address width: 48 bits (4-level EPT, supported on every
+/// TDX platform; 52 needs 5-level EPT). The shared bit is bit 47.
+pub const TD_GPAW: u32 = 48;
+
+/// Whether KVM treats `function`'s subleaf index as significant
+/// (`cpuid_function_is_indexed`, arch/x86/include/asm/cpuid/api.h, Linux v6.16).
+pub fn cpuid_function_is_indexed(function: u32) -> bool {
+    matches!(
+        function,
+        4 | 7
+            | 0xb
+            | 0xd
+            | 0xf
+            | 0x10
+            | 0x12
+            | 0x14
+            | 0x17
+            | 0x18
+            | 0x1d
+            | 0x1e
+            | 0x1f
+            | 0x24
+            | 0x8000_001d
+    )
+}
+
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (sic, the uAPI's spelling).
+pub const KVM_CPUID_FLAG_SIGNIFICANT_INDEX: u32 = kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+
+/// The CPUID entry KVM uses for (`function`, `index`), as
+/// `kvm_find_cpuid_entry2` (arch/x86/kvm/cpuid.c, Linux v6.16) finds it: the first
+/// entry with that function whose index matches, where an entry WITHOUT
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` matches every index.
+pub fn find_cpuid_entry2(
+    entries: &[kvm_cpuid_entry2],
+    function: u32,
+    index: u32,
+) -> Option<&kvm_cpuid_entry2> {
+    entries.iter().find(|e| {
+        e.function == function
+            && (e.index == index || e.flags & KVM_CPUID_FLAG_SIGNIFICANT_INDEX == 0)
+    })
 }
 
 /// INIT_VCPU for each vCPU (RCX = the TD HOB), INIT_MEM_REGION for each section of the
@@ -665,5 +720,99 @@ mod tests {
             c.entries[0].ecx, 0,
             "bits the module does not let us configure"
         );
+    }
+
+    /// Bug 2 (issue 13): KVM_TDX_CAPABILITIES never sets the significant-index flag,
+    /// so copying its flags makes `kvm_find_cpuid_entry2` answer 0xD.1 (and 0x7.1)
+    /// with the subleaf-0 entry.
+    #[test]
+    fn td_cpuid_indexed_leaves_are_found_by_subleaf() {
+        let mut caps = KvmTdxCapabilities::default();
+        caps.cpuid.nent = 4;
+        for (i, (f, idx)) in [(0xD, 0), (0xD, 1), (7, 0), (7, 1)].into_iter().enumerate() {
+            caps.cpuid.entries[i] = kvm_cpuid_entry2 {
+                function: f,
+                index: idx,
+                flags: 0, // what tdx.c td_init_cpuid_entry2 reports
+                eax: !0,
+                ebx: !0,
+                ecx: !0,
+                edx: !0,
+                ..Default::default()
+            };
+        }
+        let sig = KVM_CPUID_FLAG_SIGNIFICANT_INDEX;
+        let host = [
+            kvm_cpuid_entry2 {
+                function: 0xD,
+                index: 0,
+                flags: sig,
+                eax: 0x2e7,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xD,
+                index: 1,
+                flags: sig,
+                eax: 0xf,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 0,
+                flags: sig,
+                eax: 2,
+                ebx: 0x1234,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 1,
+                flags: sig,
+                eax: 0x10,
+                ..Default::default()
+            },
+        ];
+        let c = td_cpuid(&caps, &host);
+        let got = &c.entries[..c.nent as usize];
+        assert_eq!(
+            find_cpuid_entry2(got, 0xD, 1).map(|e| e.eax),
+            Some(0xf),
+            "0xD.1"
+        );
+        assert_eq!(
+            find_cpuid_entry2(got, 7, 1).map(|e| e.eax),
+            Some(0x10),
+            "0x7.1"
+        );
+        assert_eq!(find_cpuid_entry2(got, 0xD, 0).map(|e| e.eax), Some(0x2e7));
+    }
+
+    /// The CPUID `td_cpuid` builds from KVM's capabilities and
+    /// KVM_GET_SUPPORTED_CPUID passes INIT_VM's checks (GPAW, significant index,
+    /// configurable bits), and each subleaf reaches its own slot.
+    #[test]
+    fn td_cpuid_passes_init_vm() {
+        use crate::tee::fake::tdx::FakeKvmTdx;
+        use crate::tee::tdx::{TdConfig, TdxLauncher};
+        let mut fake = FakeKvmTdx::default();
+        let host = fake.host_cpuid();
+        {
+            let probed = TdxLauncher::new(&mut fake).capabilities().unwrap();
+            let cpuid = td_cpuid(probed.caps().unwrap(), &host);
+            probed
+                .init_vm_with_cpuid(&TdConfig::default(), cpuid)
+                .unwrap();
+        }
+        assert_eq!(fake.gpaw, TD_GPAW);
+        let slot = |f, i| {
+            fake.cpuid_configs
+                .iter()
+                .position(|c| c.function == f && c.index == i)
+                .unwrap()
+        };
+        assert_eq!(fake.td_cpuid[slot(0xD, 1)].unwrap().eax, 0xf);
+        assert_eq!(fake.td_cpuid[slot(7, 1)].unwrap().eax, 0x10);
+        assert_eq!(fake.td_cpuid[slot(0xD, 0)].unwrap().eax, 0x2e7);
     }
 }
