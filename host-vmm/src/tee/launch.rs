@@ -113,6 +113,12 @@ pub enum LaunchStepError {
     /// The firmware's TDVF metadata has no TD_HOB section.
     #[error("the firmware's TDVF metadata has no TD_HOB section")]
     NoTdHob,
+    /// More CPUID leaves than the SNP CPUID page holds.
+    #[error("the vCPUs have {count} CPUID leaves; the SNP CPUID page holds at most 64")]
+    TooManyCpuidLeaves {
+        /// Leaves.
+        count: usize,
+    },
     /// The TD HOB does not fit its section.
     #[error("the TD HOB needs {need} bytes; the TD_HOB section has {have}")]
     HobTooLarge {
@@ -155,7 +161,7 @@ pub fn snp_complete(
         let regs = l.plan.vcpu_registers(i).ok_or(LaunchStepError::NoVmsa(i))?;
         set_vmsa_registers(fd, i, regs)?;
     }
-    let table = snp_cpuid_table(cpuid.as_slice());
+    let table = snp_cpuid_table(cpuid.as_slice())?;
     let cpuid_pages: Vec<u64> = l
         .plan
         .updates()
@@ -198,30 +204,47 @@ fn host_range(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Option<u64> {
 /// `SNP_CPUID_FUNCTION_MAXCOUNT`.
 pub const SNP_CPUID_MAX: usize = 64;
 
+/// The XSAVE area size for XCR0 = 1 (x87): the 512-byte legacy area and the 64-byte
+/// header.
+pub const XSAVE_SIZE_X87: u32 = 0x240;
+
 /// The SNP CPUID table (`struct snp_cpuid_info` of the SEV-SNP firmware ABI): count,
 /// 12 reserved bytes, then up to 64 entries of {eax_in, ecx_in, xcr0_in, xss_in, eax,
-/// ebx, ecx, edx, reserved} (48 bytes each). Leaf 0xD sub-leaves 0 and 1 are given for
-/// XCR0 = 1 (x87), the state the VMSA starts in, as QEMU does.
-pub fn snp_cpuid_table(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
-    let n = entries.len().min(SNP_CPUID_MAX);
+/// ebx, ecx, edx, reserved} (48 bytes each).
+///
+/// Leaf 0xD sub-leaves 0 and 1 are given for XCR0_IN = 1 (x87), the state the VMSA
+/// starts in, with EBX = [`XSAVE_SIZE_X87`]: the SEV firmware requires EBX to be
+/// exactly the XSAVE size implied by XCR0_IN (AMD's SEV firmware `cpuid_lookup.c`;
+/// KVM reports the size for every supported feature, e.g. 0x988, which the firmware
+/// corrects and refuses), and guests recompute it for their XCR0 from the
+/// per-feature sub-leaves (Linux `snp_cpuid_calc_xsave_size`). QEMU
+/// (target/i386/sev.c) does the same.
+///
+/// More than 64 leaves is refused ([`LaunchStepError::TooManyCpuidLeaves`]), as
+/// QEMU refuses: silently dropping leaves would give the guest a CPUID page missing
+/// leaves the vCPUs have.
+pub fn snp_cpuid_table(entries: &[kvm_cpuid_entry2]) -> Result<Vec<u8>, LaunchStepError> {
+    if entries.len() > SNP_CPUID_MAX {
+        return Err(LaunchStepError::TooManyCpuidLeaves {
+            count: entries.len(),
+        });
+    }
     let mut t = vec![0u8; 16 + SNP_CPUID_MAX * 48];
-    t[0..4].copy_from_slice(&(n as u32).to_le_bytes());
-    for (i, e) in entries.iter().take(n).enumerate() {
+    t[0..4].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (i, e) in entries.iter().enumerate() {
         let o = 16 + i * 48;
-        let xcr0_in: u64 = if e.function == 0xD && e.index <= 1 {
-            1
-        } else {
-            0
-        };
+        let xsave_leaf = e.function == 0xD && e.index <= 1;
+        let xcr0_in: u64 = if xsave_leaf { 1 } else { 0 };
+        let ebx = if xsave_leaf { XSAVE_SIZE_X87 } else { e.ebx };
         t[o..o + 4].copy_from_slice(&e.function.to_le_bytes());
         t[o + 4..o + 8].copy_from_slice(&e.index.to_le_bytes());
         t[o + 8..o + 16].copy_from_slice(&xcr0_in.to_le_bytes());
         // xss_in stays 0.
-        for (k, v) in [e.eax, e.ebx, e.ecx, e.edx].into_iter().enumerate() {
+        for (k, v) in [e.eax, ebx, e.ecx, e.edx].into_iter().enumerate() {
             t[o + 24 + 4 * k..o + 28 + 4 * k].copy_from_slice(&v.to_le_bytes());
         }
     }
-    t
+    Ok(t)
 }
 
 fn cpuid_diff(ours: &[u8], theirs: &[u8]) -> String {
@@ -634,7 +657,7 @@ mod tests {
             edx: v + 3,
             ..Default::default()
         };
-        let t = snp_cpuid_table(&[e(0, 0, 0x10), e(0xD, 1, 0x20), e(0xD, 2, 0x30)]);
+        let t = snp_cpuid_table(&[e(0, 0, 0x10), e(0xD, 1, 0x20), e(0xD, 2, 0x30)]).unwrap();
         assert_eq!(t.len(), 16 + 64 * 48);
         assert!(t.len() <= 4096);
         assert_eq!(u32::from_le_bytes(t[0..4].try_into().unwrap()), 3);
@@ -648,12 +671,30 @@ mod tests {
             "xcr0_in"
         );
         assert_eq!(u32::from_le_bytes(x[24..28].try_into().unwrap()), 0x20);
+        assert_eq!(
+            u32::from_le_bytes(x[28..32].try_into().unwrap()),
+            XSAVE_SIZE_X87,
+            "0xD.1 EBX for XCR0 = 1"
+        );
+        // Other leaves keep KVM's EBX (0xD.2's 0x31).
+        assert_eq!(
+            u32::from_le_bytes(entry(2)[28..32].try_into().unwrap()),
+            0x31
+        );
         assert_eq!(u32::from_le_bytes(x[36..40].try_into().unwrap()), 0x23);
         assert_eq!(u64::from_le_bytes(entry(2)[8..16].try_into().unwrap()), 0);
-        // More than 64 leaves: only 64 fit the firmware's table.
-        let many: Vec<_> = (0..80).map(|i| e(i, 0, i)).collect();
+        // More than 64 leaves: refused, not truncated; 64 fit.
+        let many: Vec<_> = (0..65).map(|i| e(i, 0, i)).collect();
+        assert!(matches!(
+            snp_cpuid_table(&many),
+            Err(LaunchStepError::TooManyCpuidLeaves { count: 65 })
+        ));
         assert_eq!(
-            u32::from_le_bytes(snp_cpuid_table(&many)[0..4].try_into().unwrap()),
+            u32::from_le_bytes(
+                snp_cpuid_table(&many[..64]).unwrap()[0..4]
+                    .try_into()
+                    .unwrap()
+            ),
             64
         );
         // A corrected leaf is reported by number.
@@ -814,5 +855,37 @@ mod tests {
         assert_eq!(fake.td_cpuid[slot(0xD, 1)].unwrap().eax, 0xf);
         assert_eq!(fake.td_cpuid[slot(7, 1)].unwrap().eax, 0x10);
         assert_eq!(fake.td_cpuid[slot(0xD, 0)].unwrap().eax, 0x2e7);
+    }
+
+    /// The CPUID page as the SEV firmware checks it: leaf 0xD sub-leaves 0 and 1
+    /// carry EBX = 0x240, the XSAVE size for XCR0_IN = 1, not KVM's size for every
+    /// supported feature (the firmware requires the exact value; QEMU
+    /// target/i386/sev.c forces 0x240).
+    #[test]
+    fn snp_cpuid_page_passes_the_firmware_check() {
+        use crate::tee::fake::snp::firmware_check_cpuid_page;
+        let e = |function, index, ebx| kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: if function == 0xD {
+                KVM_CPUID_FLAG_SIGNIFICANT_INDEX
+            } else {
+                0
+            },
+            eax: 0x2e7,
+            ebx,
+            ..Default::default()
+        };
+        // What KVM_GET_SUPPORTED_CPUID reports on an AVX-512 host.
+        let host = [
+            e(0, 0, 0x6874_7541),
+            e(0xD, 0, 0x988),
+            e(0xD, 1, 0x988),
+            e(0xD, 2, 0x240),
+        ];
+        let t = snp_cpuid_table(&host).unwrap();
+        if let Err(fixed) = firmware_check_cpuid_page(&t) {
+            panic!("the firmware corrects the page: {}", cpuid_diff(&t, &fixed));
+        }
     }
 }

@@ -340,3 +340,66 @@ impl SevCommands for &mut FakeKvmSnp {
         }
     }
 }
+
+/// XCR0 bits (x87 0, SSE 1, AVX 2, opmask 5, ZMM_Hi256 6, Hi16_ZMM 7, PKRU 9).
+const XCR0_AVX: u64 = 1 << 2;
+const XCR0_KREGS: u64 = 1 << 5;
+const XCR0_ZMMHI: u64 = 1 << 6;
+const XCR0_HIZMM: u64 = 1 << 7;
+const XCR0_MPK: u64 = 1 << 9;
+
+/// The SEV firmware's check of a CPUID page (SNP_LAUNCH_UPDATE, page type CPUID),
+/// modelled on AMD's open-source SEV firmware (`cpuid_lookup.c`,
+/// `sanitize_cpuid_list`, SEV-SNP ABI spec "CPUID Reporting"): at most 64 entries,
+/// zero reserved words, and for Fn0000_000D sub-functions 0 and 1 an EBX EXACTLY
+/// equal to the XSAVE area size implied by XCR0_IN (0x240 for x87/SSE, 0x340 with
+/// AVX, 0x380 opmask, 0x580 ZMM_Hi256, 0x980 Hi16_ZMM, 0x988 PKRU). On failure the
+/// firmware answers INVALID_PARAM and writes the corrected page back; this returns
+/// the corrected page.
+pub(crate) fn firmware_check_cpuid_page(page: &[u8]) -> Result<(), Vec<u8>> {
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut fixed = page.to_vec();
+    let count = u32_at(page, 0) as usize;
+    let mut failed = false;
+    if count > 64 {
+        fixed[0..4].copy_from_slice(&64u32.to_le_bytes());
+        return Err(fixed);
+    }
+    for i in 0..count {
+        let o = 16 + i * 48;
+        let (eax_in, ecx_in, xcr0_in) = (u32_at(page, o), u32_at(page, o + 4), u64_at(page, o + 8));
+        if u64_at(page, o + 40) != 0 {
+            failed = true;
+            fixed[o + 40..o + 48].fill(0);
+        }
+        if eax_in == 0xD && ecx_in <= 1 {
+            let want: u32 = if xcr0_in & XCR0_MPK != 0 {
+                0x988
+            } else if xcr0_in & XCR0_HIZMM != 0 {
+                0x980
+            } else if xcr0_in & XCR0_ZMMHI != 0 {
+                0x580
+            } else if xcr0_in & XCR0_KREGS != 0 {
+                0x380
+            } else if xcr0_in & XCR0_AVX != 0 {
+                0x340
+            } else {
+                0x240
+            };
+            if u32_at(page, o + 28) != want {
+                failed = true;
+                fixed[o + 28..o + 32].copy_from_slice(&want.to_le_bytes());
+            }
+        }
+    }
+    if failed {
+        Err(fixed)
+    } else {
+        Ok(())
+    }
+}

@@ -29,8 +29,8 @@ const fn iowr(nr: u64, size: u64) -> u64 {
 #[test]
 fn ioctl_numbers() {
     // include/uapi/linux/kvm.h v6.16: KVM_MEMORY_ENCRYPT_OP _IOWR(KVMIO, 0xba, unsigned long).
-    assert_eq!(u64::from(td::KVM_MEMORY_ENCRYPT_OP), iowr(0xba, 8));
-    assert_eq!(u64::from(td::KVM_MEMORY_ENCRYPT_OP), 0xC008_AEBA);
+    assert_eq!(td::KVM_MEMORY_ENCRYPT_OP, iowr(0xba, 8));
+    assert_eq!(td::KVM_MEMORY_ENCRYPT_OP, 0xC008_AEBA);
 }
 
 #[test]
