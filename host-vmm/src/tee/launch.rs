@@ -24,8 +24,8 @@
 //!    here in the (unmeasured) TD_HOB section; `KVM_TDX_FINALIZE_VM` ([`tdx_complete`]).
 //!
 //! None of this can run on a host without SNP/TDX; the sequences are tested against
-//! recording fakes in their modules, and the pure parts (CPUID table, TD HOB, register
-//! mapping) are unit-tested here.
+//! KVM-faithful fakes (`tee::fake`, rules in host-vmm/README.md), and the pure parts
+//! (CPUID table and INIT_VM CPUID, TD HOB, register mapping) are unit-tested here.
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_segment, CpuId};
 use measured_boot::firmware::tdx::{TdvfSection, TdvfSectionType};

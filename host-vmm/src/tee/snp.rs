@@ -8,8 +8,19 @@
 //! LAUNCH_FINISH from the registers the VMM set (`SnpLaunchPlan::vcpu_registers`) and
 //! the VMSA features given to INIT2.
 //!
-//! This host has no SEV-SNP hardware: the sequence is tested against a recording fake
-//! of the firmware (partial progress, EAGAIN, firmware errors); see the tests.
+//! This host has no SEV-SNP hardware: the sequence is tested against a KVM-faithful
+//! fake (`tee::fake::snp`) that enforces what Linux v6.16 `arch/x86/kvm/svm/sev.c`
+//! checks and answers with its errno: INIT2 before vCPUs, once, `flags` zero, VMSA
+//! features KVM supports (never SNPActive, which KVM sets), GHCB version 2
+//! (`__sev_guest_init`); other commands -ENOTTY before INIT2 (`sev_mem_enc_ioctl`);
+//! one LAUNCH_START, `flags` zero, policy bit 17 set, nothing outside the valid mask,
+//! no single-socket (`snp_launch_start`); LAUNCH_UPDATE after START with a non-zero
+//! page-aligned `len`, zero `flags`, a non-VMSA type and a page-aligned `uaddr`
+//! (except ZERO), within a guest_memfd slot, with partial progress (`gfn_start`,
+//! `len`, `uaddr` updated; `uaddr` not for ZERO) and -EAGAIN (`snp_launch_update`,
+//! `kvm_gmem_populate`); LAUNCH_FINISH once, `flags` zero (`snp_launch_finish`); zero
+//! padding (stricter than KVM). The full table with sources is in host-vmm/README.md
+//! ("Conformance with upstream KVM").
 
 use std::marker::PhantomData;
 

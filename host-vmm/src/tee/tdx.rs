@@ -7,7 +7,23 @@
 //! (the source address is the region data), measuring the sections TDVF marks with
 //! MR.EXTEND. INIT_VM is checked against the TDX module's capabilities first.
 //!
-//! This host has no TDX: the sequence is tested against a recording fake.
+//! Before INIT_VM the VMM sets `KVM_CAP_X86_APIC_BUS_CYCLES_NS` = 40 (the TDX module
+//! fixes the TD's CPUID 0x15 at 25 MHz; KVM does not require it, but its emulated APIC
+//! timer would run at the wrong rate; QEMU does the same), and INIT_VM is retried on
+//! -EAGAIN (TDX_RND_NO_ENTROPY in `__tdx_td_init`), as QEMU does. INIT_MEM_REGION's
+//! source must be page-aligned (`tdx_vcpu_init_mem_region`); a region that is not is
+//! copied into page-aligned memory first.
+//!
+//! This host has no TDX: the sequence is tested against a KVM-faithful fake
+//! (`tee::fake::tdx`) that enforces what Linux v6.16 `arch/x86/kvm/vmx/tdx.c` checks:
+//! INIT_VM once, before vCPUs, zero `reserved`/`cpuid.padding`, supported attributes
+//! and XFAM, GPAW 48 or 52 in CPUID 0x80000008:EAX[23:16], every CPUID entry found by
+//! `kvm_find_cpuid_entry2`'s significant-index rule landing in a configurable slot,
+//! no TSX/WAITPKG (`tdx_td_init`, `setup_tdparams*`); vCPUs only after INIT_VM and
+//! with a split irqchip (`tdx_vcpu_create`); INIT_VCPU once; INIT_MEM_REGION after
+//! INIT_VCPU and before FINALIZE with page-aligned source and GPA, private GPAs,
+//! -EINTR partial progress (`tdx_vcpu_init_mem_region`); FINALIZE once. The full
+//! table with sources is in host-vmm/README.md ("Conformance with upstream KVM").
 
 use std::marker::PhantomData;
 

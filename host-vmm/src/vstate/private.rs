@@ -24,7 +24,15 @@
 //!
 //! A conversion outside guest memory, unaligned, or empty is refused without touching
 //! anything. The operations go through [`PrivateOps`], so the range logic is tested
-//! here with a recording fake; the kernel side cannot run on a host without SNP or TDX.
+//! here with a fake that enforces the kernel's checks (`tee::fake::private`:
+//! `kvm_vm_ioctl_set_mem_attributes`, `kvm_gmem_fallocate`); the kernel side cannot run
+//! on a host without SNP or TDX.
+//!
+//! `KVM_HC_MAP_GPA_RANGE` ([`PrivateMemory::map_gpa_range`]): the page-size bits are a
+//! hint KVM passes through (SNP 2M page-state changes arrive with `PAGE_SZ_2M`,
+//! `args[1]` still in 4 KiB pages) and are accepted; a failure is a negative errno.
+//! On TDX, KVM splits a MapGPA into <= 2 MiB exits and answers RETRY itself when an
+//! interrupt is pending; the VMM only answers each chunk.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -528,6 +536,70 @@ mod tests {
             Op::Attr(0x20_0000, 0x20_0000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
         );
         assert_eq!(r.ops.borrow()[2], Op::Attr(0x40_0000, 0x2000, 0));
+    }
+
+    /// MapGPA on real KVM (settles issue 13's "TDVMCALL_STATUS_RETRY" item): KVM
+    /// splits the TD's request into <= 2 MiB KVM_HC_MAP_GPA_RANGE exits; the VMM
+    /// answers each with 0 or an error, and RETRY is KVM's own answer when an
+    /// interrupt is pending between chunks; the VMM never returns it.
+    #[test]
+    fn tdx_map_gpa_under_kvm_chunking() {
+        use crate::tee::fake::tdx::kvm_tdx_map_gpa;
+        use crate::tee::services::{TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY, TDVMCALL_SUCCESS};
+        let m = mem();
+        let shared = 1u64 << 47;
+        // 5 MiB made shared: three exits, the shared bit stripped, 4 KiB page counts.
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(shared | 0x20_0000, 0x50_0000, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!((res.status, res.exits), (TDVMCALL_SUCCESS, 3));
+        let attrs: Vec<_> = r
+            .ops
+            .borrow()
+            .iter()
+            .filter_map(|o| match o {
+                Op::Attr(g, s, a) => Some((*g, *s, *a)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            attrs,
+            [
+                (0x20_0000, 0x20_0000, 0),
+                (0x40_0000, 0x20_0000, 0),
+                (0x60_0000, 0x10_0000, 0)
+            ]
+        );
+        // An interrupt after the first chunk: RETRY from the next one; the guest
+        // resumes at R11 and finishes (back to private this time).
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(0x20_0000, 0x40_0000, 48, Some(1), |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!((res.status, res.r11), (TDVMCALL_RETRY, 0x40_0000));
+        let res = kvm_tdx_map_gpa(res.r11, 0x60_0000 - res.r11, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!(res.status, TDVMCALL_SUCCESS);
+        assert_eq!(
+            r.ops
+                .borrow()
+                .iter()
+                .filter(|o| matches!(o, Op::Attr(_, _, KVM_MEMORY_ATTRIBUTE_PRIVATE)))
+                .count(),
+            2
+        );
+        // A chunk the VMM refuses (it runs off the end of low RAM): INVALID_OPERAND
+        // with R11 at that chunk; what came before stays converted.
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(shared | 0xC0_0000, 0x60_0000, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!(
+            (res.status, res.r11, res.exits),
+            (TDVMCALL_INVALID_OPERAND, shared | 0x100_0000, 3)
+        );
     }
 }
 

@@ -429,3 +429,73 @@ impl TdxCommands for &mut FakeKvmTdx {
         Ok(())
     }
 }
+
+/// `TDX_MAP_GPA_MAX_LEN`: KVM converts a MapGPA in chunks of at most 2 MiB.
+pub(crate) const TDX_MAP_GPA_MAX_LEN: u64 = 2 << 20;
+
+/// What the TD sees after a TDG.VP.VMCALL<MapGPA>: R10 status and R11.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapGpaResult {
+    /// TDVMCALL status.
+    pub status: u64,
+    /// R11: the GPA to resume from (on RETRY or failure).
+    pub r11: u64,
+    /// KVM_EXIT_HYPERCALL exits to the VMM.
+    pub exits: usize,
+}
+
+/// TDG.VP.VMCALL<MapGPA> as KVM v6.16 handles it (tdx.c `tdx_map_gpa`,
+/// `__tdx_map_gpa`, `tdx_complete_vmcall_map_gpa`): operand checks (no wrap, legal
+/// GPAs, both ends on the same side of the shared bit -> INVALID_OPERAND; unaligned
+/// -> ALIGN_ERROR), then one `KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE)` per chunk of
+/// at most 2 MiB with the shared bit stripped from `args[0]`, `args[1]` in 4 KiB
+/// pages and `args[2]` ENCRYPTED or DECRYPTED (0). A non-zero `ret` from the VMM ends
+/// it with INVALID_OPERAND and R11 = the failed chunk; an interrupt pending between
+/// chunks ends it with RETRY and R11 = the next chunk (KVM's decision, never the
+/// VMM's). `vmm` is the VMM's hypercall handler; `irq_after` the number of exits
+/// after which an interrupt is pending.
+pub(crate) fn kvm_tdx_map_gpa(
+    gpa: u64,
+    size: u64,
+    gpaw: u32,
+    irq_after: Option<usize>,
+    mut vmm: impl FnMut(&[u64; 6]) -> u64,
+) -> MapGpaResult {
+    use crate::tee::services::{
+        TDVMCALL_ALIGN_ERROR, TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY, TDVMCALL_SUCCESS,
+    };
+    use crate::vstate::private::KVM_MAP_GPA_RANGE_ENCRYPTED;
+    let shared = 1u64 << (gpaw - 1);
+    let legal = |g: u64| g < (1u64 << gpaw);
+    let private = |g: u64| g & shared == 0;
+    let fail = |status, r11, exits| MapGpaResult { status, r11, exits };
+    let end = gpa.wrapping_add(size);
+    if end <= gpa || !legal(gpa) || !legal(end - 1) || private(gpa) != private(end - 1) {
+        return fail(TDVMCALL_INVALID_OPERAND, gpa, 0);
+    }
+    if !page_aligned(gpa) || !page_aligned(size) {
+        return fail(TDVMCALL_ALIGN_ERROR, gpa, 0);
+    }
+    let mut next = gpa;
+    let mut exits = 0;
+    loop {
+        let len = (end - next).min(TDX_MAP_GPA_MAX_LEN);
+        let attrs = if private(next) {
+            KVM_MAP_GPA_RANGE_ENCRYPTED
+        } else {
+            0
+        };
+        let args = [next & !shared, len / PAGE, attrs, 0, 0, 0];
+        exits += 1;
+        if vmm(&args) != 0 {
+            return fail(TDVMCALL_INVALID_OPERAND, next, exits);
+        }
+        next += TDX_MAP_GPA_MAX_LEN;
+        if next >= end {
+            return fail(TDVMCALL_SUCCESS, 0, exits);
+        }
+        if irq_after == Some(exits) {
+            return fail(TDVMCALL_RETRY, next, exits);
+        }
+    }
+}
