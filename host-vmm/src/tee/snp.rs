@@ -681,4 +681,52 @@ mod tests {
             libc::EINVAL
         );
     }
+
+    /// A CPUID page the firmware rejects comes back corrected in the source (sev.c
+    /// `sev_gmem_post_populate`), and the launch reports the firmware status; the
+    /// page the launch builds passes.
+    #[test]
+    fn a_rejected_cpuid_page_is_reported_with_the_correction() {
+        use crate::tee::launch::snp_cpuid_table;
+        let mut psp = FakePsp {
+            check_cpuid_pages: true,
+            ..Default::default()
+        };
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        let leaf = |ebx| kvm_bindings::kvm_cpuid_entry2 {
+            function: 0xD,
+            index: 0,
+            ebx,
+            ..Default::default()
+        };
+        // Page-aligned buffers for the two pages.
+        let mut buf = vec![0u8; 3 * 4096];
+        let off = (4096 - buf.as_ptr() as usize % 4096) % 4096;
+        let good = snp_cpuid_table(&[leaf(0x988)]).unwrap();
+        buf[off..off + good.len()].copy_from_slice(&good);
+        let uaddr = buf[off..].as_ptr() as u64;
+        l.update(0x1000, PageType::Cpuid, uaddr, 4096).unwrap();
+        // A page with KVM's full-size EBX for XCR0_IN = 1.
+        let mut bad = good.clone();
+        bad[16 + 28..16 + 32].copy_from_slice(&0x988u32.to_le_bytes());
+        buf[off..off + bad.len()].copy_from_slice(&bad);
+        let err = l.update(0x2000, PageType::Cpuid, uaddr, 4096).unwrap_err();
+        assert!(matches!(
+            err,
+            SnpLaunchError::Command {
+                command: "KVM_SEV_SNP_LAUNCH_UPDATE",
+                fw_error: 0x16,
+                ..
+            }
+        ));
+        assert_eq!(
+            u32::from_le_bytes(buf[off + 16 + 28..off + 16 + 32].try_into().unwrap()),
+            0x240,
+            "the firmware's correction is written back"
+        );
+    }
 }

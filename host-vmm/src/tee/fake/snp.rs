@@ -24,6 +24,8 @@ pub(crate) const SEV_RET_INVALID_PAGE_STATE: u32 = 0x18;
 const PAGE_TYPES: [u8; 5] = [1, 3, 4, 5, 6];
 /// `KVM_SEV_SNP_PAGE_TYPE_ZERO`: no source.
 const PAGE_TYPE_ZERO: u8 = 3;
+/// `KVM_SEV_SNP_PAGE_TYPE_CPUID`.
+const PAGE_TYPE_CPUID: u8 = 6;
 
 /// What the fake accepted, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,9 @@ pub(crate) struct FakeKvmSnp {
     pub fail: Option<(u32, SevCmdError)>,
     /// vCPUs created so far.
     pub vcpus: u32,
+    /// Read CPUID pages from `uaddr` and check them as the firmware does (the
+    /// source must then be real memory).
+    pub check_cpuid_pages: bool,
     /// After INIT2 (`sev->active`).
     pub active: bool,
     /// After LAUNCH_START (`sev->snp_context`).
@@ -115,6 +120,7 @@ impl Default for FakeKvmSnp {
             eagain_every: 0,
             fail: None,
             vcpus: 0,
+            check_cpuid_pages: false,
             active: false,
             started: false,
             finished: false,
@@ -242,6 +248,24 @@ impl FakeKvmSnp {
                     errno: libc::EIO,
                     fw_error: SEV_RET_INVALID_PAGE_STATE,
                 });
+            }
+        }
+        if u.type_ == PAGE_TYPE_CPUID && self.check_cpuid_pages {
+            for k in 0..n {
+                let src = (u.uaddr + k * PAGE) as *mut u8;
+                // SAFETY: with `check_cpuid_pages` the test passes a source of real,
+                // writable memory covering the update (as KVM pins it).
+                let page = unsafe { std::slice::from_raw_parts_mut(src, PAGE as usize) };
+                if let Err(fixed) = firmware_check_cpuid_page(page) {
+                    // sev.c sev_gmem_post_populate: on INVALID_PARAM for a CPUID
+                    // page, KVM copies the firmware's corrected page back to the
+                    // source, for the VMM to report.
+                    page.copy_from_slice(&fixed);
+                    return Err(SevCmdError {
+                        errno: libc::EIO,
+                        fw_error: SEV_RET_INVALID_PARAM,
+                    });
+                }
             }
         }
         for k in 0..n {
