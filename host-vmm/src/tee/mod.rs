@@ -34,6 +34,8 @@ pub mod backend;
 pub mod emulated;
 pub mod emulated_snp;
 pub mod emulated_tdx;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod kvm_snp;
 pub mod kvm_tdx;
 pub mod launch;

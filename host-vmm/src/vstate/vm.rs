@@ -146,7 +146,7 @@ impl Vm {
     pub fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
         match &self.private {
             Some(p) => p.map_gpa_range(&KvmPrivateOps { vm: &self.fd }, args),
-            None => libc::EINVAL as u64,
+            None => super::private::hypercall_error(libc::EINVAL),
         }
     }
 
