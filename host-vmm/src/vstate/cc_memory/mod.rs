@@ -56,9 +56,20 @@
 //! cc.finish_launch()                       // from here on private memory is sealed from the VMM
 //! cc.validate(gpa, PageSize, validate)     -> Ok(changed) | Err(RmpError)     (SNP PVALIDATE)
 //! cc.accept(gpa, PageSize)                 -> Ok(()) | Err(AcceptError)       (TDX PAGE.ACCEPT)
-//! cc.classify(fault_gpa)                   -> GuestFault { gpa, page_state, kind }  (vCPU loop)
+//! cc.classify(fault_gpa)                   -> GuestFault { gpa, state, kind, tee } (Display: the stop message)
+//! cc.classify_mmio(mmio_gpa)               -> Option<GuestFault>  (None: a real device access)
+//! cc.expose_faults()                       // on EFAULT without memory-fault info: hole mode, then re-run
 //! cc.state(gpa)                            -> Option<PageState>
+//! host_alias_bit(&kvm)                     -> Option<u32>  (the attribute bit for this host)
 //! ```
+//!
+//! The vCPU loop (owned by the backends) turns exits into stops like this:
+//! `KVM_EXIT_MEMORY_FAULT { gpa }` → `classify(gpa)`; `KVM_EXIT_MMIO` at `gpa` →
+//! `classify_mmio(gpa)` first, the device bus only on `None`; `KVM_RUN` = `EFAULT`
+//! without memory-fault information → `expose_faults()` and run again (once; a second
+//! EFAULT is a plain run error). A [`GuestFault`] of kind [`FaultKind::Accessible`] is a
+//! race with a state change: run again. Everything else ends the VM with the fault's
+//! message. [`crate::vstate::vm::Vm::new_emulated_confidential`] builds the VM.
 //!
 //! Every operation takes GPAs with or without the attribute bit (it is stripped). All
 //! methods take `&self` (one lock around the page-state map and the protections); the
@@ -70,11 +81,55 @@
 //! Measured by the tests in `facts.rs` (`cargo test -p host-vmm --lib cc_memory::facts
 //! -- --nocapture` prints them):
 //!
-//! FACTS-PLACEHOLDER
+//! - **An alias memslot works.** A second memslot mapping the *same* memfd pages at
+//!   `GPA | 1 << 47` is accepted, and guest accesses through it at CPL0 (interpreted)
+//!   and CPL3 (native) reach the same bytes as the plain GPA (a write through the alias
+//!   is read back through the host's mapping of the plain slot). A slot at `1 << 51` is
+//!   *accepted* too on this 48-bit host, but the guest cannot reach it: a PTE with
+//!   bit 51 has a reserved bit set (guest MAXPHYADDR 48), the #PF cannot be delivered
+//!   here and the vCPU triple-faults. So the attribute bit must be below the guest's
+//!   MAXPHYADDR ([`host_alias_bit`]: physical-address bits - 1, 47 here).
+//! - **A protected page is caught, but how depends on the CPL.** With the host mapping
+//!   behind a memslot page `PROT_NONE` (or unmapped), a guest read
+//!   - at CPL0 (KVM's emulator) is a `KVM_EXIT_MMIO` read *at the faulting GPA*
+//!     (plain or alias): the emulator's guest-memory read fails and it falls back to
+//!     MMIO. [`CcMemory::classify_mmio`] recognises it (the address is RAM).
+//!   - at CPL3 (native) makes `KVM_RUN` fail with `EFAULT` and **no**
+//!     `KVM_EXIT_MEMORY_FAULT` information (exit reason 0, `memory_fault` zero), even
+//!     though `KVM_CAP_MEMORY_FAULT_INFO` is 1, RIP still at the instruction and CR2
+//!     unchanged: the VMM cannot tell the GPA.
+//!   - A GPA with *no memslot* is an MMIO exit at that GPA at CPL0 and at CPL3. Hence
+//!     *hole mode* ([`CcMemory::expose_faults`]): on that EFAULT the vCPU loop switches
+//!     the layout to one memslot per accessible run and re-runs the vCPU; the same
+//!     instruction then exits as MMIO at the GPA.
+//! - **Costs** (`cost_of_protecting_and_replacing_host_pages`, 2 cores, idle-ish):
+//!   `mprotect` of 4 KiB ~10 µs; of a uniform 2 MiB run ~5-10 µs; of 2 MiB spanning
+//!   512 alternating VMAs ~0.8 ms; `fallocate(PUNCH_HOLE)` of 2 MiB of touched pages
+//!   ~0.8 ms (freeing them; untouched holes are ~µs); `MAP_FIXED` anonymous 2 MiB
+//!   ~8 µs. A memslot delete + create ~5-11 ms (an SRCU grace period each), which is
+//!   why slots are not the normal enforcement. **VMA count**: every run boundary is a
+//!   VMA in each view (plain, alias, VMM): 16384 alternating 4 KiB protections made
+//!   32768 VMAs, and 32768 of them (256 MiB alternating) exceed the default
+//!   `vm.max_map_count` (65530) so `mprotect` fails with ENOMEM
+//!   ([`CcMemoryError::Remap`]: the VM must stop). Guests convert in large runs (2 MiB
+//!   validation, a contiguous swiotlb), so this is far away in practice; the limit is
+//!   the operator's `vm.max_map_count`.
+//! - Per 2 MiB operation, then: `validate`/`accept` of an unvalidated 2 MiB page is one
+//!   or two `mprotect`s plus (accept) one hole punch, in the tens of µs to ~1 ms; a
+//!   4 GiB guest in 2048 such steps stays one run in the page map.
 //!
 //! # On a standard KVM
 //!
-//! STANDARD-PLACEHOLDER
+//! Expected, not measured here (the nested-KVM tier of the Linux-guests issue will
+//! measure it): with hardware paging (EPT/NPT, TDP MMU) a guest access at any CPL to a
+//! `PROT_NONE` page fails `__kvm_faultin_pfn`, and since Linux 6.8 `kvm_handle_error_pfn`
+//! fills `kvm_run.memory_fault` (`KVM_EXIT_MEMORY_FAULT`, the page's GPA, flags 0) before
+//! returning `-EFAULT`; kvm-ioctls returns that as `VcpuExit::MemoryFault`, which goes to
+//! [`CcMemory::classify`]. Accesses KVM emulates (MMIO-adjacent instructions, real mode)
+//! fall back to MMIO exits as here. An older kernel without memory-fault information
+//! behaves like this machine's CPL3 path: hole mode covers it. The alias bit must be
+//! below the guest's MAXPHYADDR, which differs per host (QEMU's TCG CPU in the nested
+//! tier defaults to 40 bits): take it from [`host_alias_bit`], never a constant.
 
 pub mod pages;
 mod sys;
@@ -99,6 +154,22 @@ use sys::Mapping;
 const PAGE: u64 = 4096;
 /// Most memslots hole mode uses (KVM allows 32764 per address space).
 const MAX_HOLE_SLOTS: u32 = 16384;
+
+/// The attribute bit for guests on this host: the guest's physical-address width
+/// (KVM's supported CPUID 0x80000008 EAX[7:0]) minus one, so the alias lies inside the
+/// addressable space (see *Measured facts*). `None` if KVM reports no width.
+pub fn host_alias_bit(kvm: &kvm_ioctls::Kvm) -> Option<u32> {
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()?;
+    let bits = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)?
+        .eax
+        & 0xff;
+    (bits > 33).then(|| bits - 1)
+}
 
 /// Which TEE's rules and vocabulary apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

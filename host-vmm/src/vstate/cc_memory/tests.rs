@@ -347,3 +347,48 @@ fn bad_configurations_are_refused() {
         Err(CcMemoryError::Outside(_))
     ));
 }
+
+#[test]
+fn an_emulated_confidential_vm_seals_its_firmware_from_the_vmm_after_launch() {
+    let Some(kvm) = kvm() else { return };
+    let bit = host_alias_bit(&kvm).expect("KVM reports a physical-address width");
+    assert!(bit >= 35, "{bit}");
+    let fw = vec![0xF4u8; 8192];
+    let vm = crate::vstate::vm::Vm::new_emulated_confidential(
+        &kvm,
+        64 << 20,
+        &fw,
+        CcConfig {
+            tee: CcTee::Snp,
+            alias_bit: Some(bit),
+        },
+    )
+    .unwrap();
+    let cc = vm
+        .cc_memory()
+        .expect("emulated-confidential memory")
+        .clone();
+    let top = crate::vstate::memory::FOUR_GIB - 8192;
+    let mem = vm.memory();
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(top)).unwrap(), 0xF4);
+    cc.launch_private(top, 8192).unwrap();
+    cc.finish_launch().unwrap();
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(top)).unwrap(),
+        0,
+        "the VMM sees no private bytes after launch"
+    );
+    assert_eq!(
+        cc.state(top | 1 << bit),
+        Some(PageState::Validated(PageSize::Size4K))
+    );
+    assert_eq!(
+        cc.classify_mmio(0xFEC0_0000),
+        None,
+        "the MMIO hole is for devices"
+    );
+    assert_eq!(
+        cc.classify_mmio(0x1000).unwrap().kind,
+        FaultKind::SharedAccessToPrivate
+    );
+}
