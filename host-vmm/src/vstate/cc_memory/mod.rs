@@ -156,7 +156,7 @@ const PAGE: u64 = 4096;
 const MAX_HOLE_SLOTS: u32 = 16384;
 
 /// The attribute bit for guests on this host: the guest's physical-address width
-/// (KVM's supported CPUID 0x80000008 EAX[7:0]) minus one, so the alias lies inside the
+/// (KVM's supported CPUID 0x80000008 EAX bits 7:0) minus one, so the alias lies inside the
 /// addressable space (see *Measured facts*). `None` if KVM reports no width.
 pub fn host_alias_bit(kvm: &kvm_ioctls::Kvm) -> Option<u32> {
     let cpuid = kvm
