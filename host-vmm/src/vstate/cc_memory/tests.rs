@@ -125,6 +125,34 @@ fn a_vmm_write_to_an_unmeasured_private_page_is_gone_at_launch() {
     assert_eq!(p.run(), Outcome::Reported(0), "scrubbed at launch");
 }
 
+/// The TDX bug-3 pattern with the launch as the hardware does it: the VMM writes a
+/// descriptor into its view at a launched page, but the launch copies the plan's source
+/// page there. Depends on `launch_private_with` copying the source (with
+/// `launch_private` the guest would read 0x42).
+#[test]
+fn the_launch_copies_its_source_not_what_the_vmm_wrote_in_its_view() {
+    let Some(kvm) = kvm() else { return };
+    let hob = 0x20_3000;
+    let cc = launched(tdx_aliased(), |cc| {
+        cc.vmm_memory()
+            .write_obj(0x42u8, GuestAddress(hob))
+            .unwrap();
+        let mut source = vec![0u8; 4096];
+        source[0] = 0x5e;
+        cc.launch_private_with(hob, &source).unwrap();
+    });
+    let mut p = vcpu(&kvm, &cc, true, hob);
+    assert_eq!(p.run(), Outcome::Reported(0x5e));
+    assert!(matches!(
+        cc.launch_private_with(hob, &[0; 4096]),
+        Err(CcMemoryError::AfterLaunch(_))
+    ));
+    assert!(matches!(
+        cc.launch_private_with(hob, &[0; 100]),
+        Err(CcMemoryError::Unaligned { .. })
+    ));
+}
+
 /// Depends on: unvalidated private pages being PROT_NONE in the guest view. Without it
 /// the guest reads the page (zero) and nothing is reported.
 #[test]
