@@ -30,8 +30,11 @@
 //!   the alias, one view at the plain GPA serves both roles (shared or validated pages
 //!   are accessible).
 //! - **At launch** the VMM view maps the memfd everywhere, so loaders and the launch
-//!   (the emulated PSP / TDX module) see what they write. [`CcMemory::launch_private`]
-//!   marks measured launch pages private and validated with their contents.
+//!   (the emulated PSP / TDX module) see what they write.
+//!   [`CcMemory::launch_private_with`] copies the launch's source bytes into a page and
+//!   marks it private and validated, as LAUNCH_UPDATE / INIT_MEM_REGION do (so a VMM
+//!   write only into its own view is lost there, as on hardware);
+//!   [`CcMemory::launch_private`] keeps what the VMM view holds.
 //!   [`CcMemory::finish_launch`] then scrubs every private page that was not launched
 //!   (hole punched in the memfd: it reads zero) and replaces every private page of the
 //!   VMM view by an anonymous `MAP_FIXED` mapping: VMM writes land in a throwaway page,
@@ -51,7 +54,8 @@
 //! CcMemory::new(&memory::layout(..)?, CcConfig { tee, alias_bit })  -> CcMemory
 //! cc.register(&vm_fd, first_slot)          -> next free slot   (memslots: plain, then alias)
 //! cc.vmm_memory()                          -> &GuestMemoryMmap (the VMM's view)
-//! cc.launch_private(gpa, len)              // measured launch pages: private + validated, contents kept
+//! cc.launch_private_with(gpa, &bytes)      // measured launch pages from the launch's source bytes
+//! cc.launch_private(gpa, len)              // the same, keeping what the VMM view holds there
 //! cc.convert(gpa, len, to_private)         // page-state change / MapGPA; scrubs changed pages
 //! cc.finish_launch()                       // from here on private memory is sealed from the VMM
 //! cc.validate(gpa, PageSize, validate)     -> Ok(changed) | Err(RmpError)     (SNP PVALIDATE)
@@ -152,7 +156,8 @@ pub use pages::{OutsideRam, PageMap, PageSize, PageState, Run};
 use sys::Mapping;
 
 const PAGE: u64 = 4096;
-/// Most memslots hole mode uses (KVM allows 32764 per address space).
+/// Most memslots hole mode uses (KVM allows 32764 per address space). A `CcMemory`
+/// owns every slot from its `first_slot` up to this many.
 const MAX_HOLE_SLOTS: u32 = 16384;
 
 /// The attribute bit for guests on this host: the guest's physical-address width
@@ -839,9 +844,37 @@ impl CcMemory {
         Ok(())
     }
 
+    /// Launches `contents` (whole pages) at `gpa` as measured launch memory: written
+    /// into guest memory, then private and validated like [`CcMemory::launch_private`].
+    ///
+    /// This is what the hardware launch does (SNP LAUNCH_UPDATE and TDX
+    /// INIT_MEM_REGION copy a *source* buffer into the private page): emulated
+    /// backends should pass the same bytes the KVM backends pass as source (the launch
+    /// plan's page contents), so that anything the VMM wrote at that GPA only in its own
+    /// view is lost, as on hardware (issue 13, bug 3: the TD-HOB descriptor).
+    pub fn launch_private_with(&self, gpa: u64, contents: &[u8]) -> Result<(), CcMemoryError> {
+        use vm_memory::Bytes;
+        let len = contents.len() as u64;
+        let (s, e) = self.pages_of(gpa, len)?;
+        let mut inner = self.lock();
+        if inner.launched {
+            return Err(CcMemoryError::AfterLaunch("launch_private_with"));
+        }
+        inner.pages.runs(s, e)?;
+        self.vmm
+            .write_slice(contents, GuestAddress(s * PAGE))
+            .map_err(|e| CcMemoryError::Backing {
+                what: "the launch copy",
+                source: std::io::Error::other(e),
+            })?;
+        self.set(&mut inner, s, e, PageState::Validated(PageSize::Size4K))
+    }
+
     /// Marks `gpa..gpa+len` as measured launch memory: private and validated (as the
     /// PSP's LAUNCH_UPDATE / the TDX module's PAGE.ADD leave it, in 4 KiB pages), with
-    /// the contents the VMM wrote. Only before [`CcMemory::finish_launch`].
+    /// the contents the VMM wrote into its view there. Only before
+    /// [`CcMemory::finish_launch`]. Prefer [`CcMemory::launch_private_with`], which
+    /// takes the launch's source bytes as the hardware does.
     pub fn launch_private(&self, gpa: u64, len: u64) -> Result<(), CcMemoryError> {
         let (s, e) = self.pages_of(gpa, len)?;
         let mut inner = self.lock();
@@ -909,6 +942,13 @@ impl CcMemory {
         let mut changed = false;
         for run in runs {
             if run.state.is_private() != to_private {
+                // Closed to the guest (both views) and the VMM first, then scrubbed, then
+                // opened as the target: no view ever shows the old bytes in the new role.
+                let closed = Run {
+                    state: PageState::Private,
+                    ..run
+                };
+                self.apply(closed, inner.launched)?;
                 self.scrub(run.start, run.end)?;
                 self.set(&mut inner, run.start, run.end, target)?;
                 changed = true;
