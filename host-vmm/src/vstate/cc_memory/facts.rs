@@ -239,3 +239,30 @@ fn a_guest_access_to_a_gpa_without_memslot_is_an_mmio_exit_and_slot_changes_cost
         );
     }
 }
+
+#[test]
+fn a_guest_write_to_or_fetch_from_a_protected_page_is_stopped() {
+    let Some(kvm) = kvm() else { return };
+    let fd = memfd("probe", LEN).unwrap();
+    for cpl3 in [false, true] {
+        for fetch in [false, true] {
+            let a = Mapping::shared(&fd, 0, LEN).unwrap();
+            a.write_at(0, &super::probe::boot_image(1 << 47, WRITE_5A));
+            let page = if fetch { super::probe::CODE } else { TARGET };
+            a.protect(page, 4096, libc::PROT_NONE).unwrap();
+            let r = run(&kvm, cpl3, TARGET, &a, None).unwrap();
+            let what = if fetch { "instruction fetch" } else { "write" };
+            eprintln!(
+                "FACT {what} on a PROT_NONE page at cpl{}: {r:?}",
+                if cpl3 { 3 } else { 0 }
+            );
+            match (fetch, &r) {
+                (false, Outcome::Mmio { gpa, write: true }) => assert_eq!(*gpa, TARGET),
+                (_, Outcome::MemoryFault { gpa, .. }) => assert_eq!(*gpa, page),
+                (_, Outcome::RunError(libc::EFAULT)) if cpl3 => {}
+                (true, Outcome::Internal(_) | Outcome::Mmio { .. }) if !cpl3 => {}
+                _ => panic!("{what}: unexpected {r:?}"),
+            }
+        }
+    }
+}

@@ -64,6 +64,7 @@
 //! cc.classify_mmio(mmio_gpa)               -> Option<GuestFault>  (None: a real device access)
 //! cc.expose_faults()                       // on EFAULT without memory-fault info: hole mode, then re-run
 //! cc.state(gpa)                            -> Option<PageState>
+//! cc.trusted_read(gpa, &mut buf) / cc.trusted_write(gpa, &data)  // the emulated PSP / TDX module only
 //! host_alias_bit(&kvm)                     -> Option<u32>  (the attribute bit for this host)
 //! ```
 //!
@@ -72,8 +73,11 @@
 //! `classify_mmio(gpa)` first, the device bus only on `None`; `KVM_RUN` = `EFAULT`
 //! without memory-fault information → `expose_faults()` and run again (once; a second
 //! EFAULT is a plain run error). A [`GuestFault`] of kind [`FaultKind::Accessible`] is a
-//! race with a state change: run again. Everything else ends the VM with the fault's
-//! message. [`crate::vstate::vm::Vm::new_emulated_confidential`] builds the VM.
+//! race with a state change: run again. An instruction *fetch* from a protected page
+//! is an emulation failure (`KVM_EXIT_INTERNAL_ERROR`, suberror 1) at CPL0 and the
+//! same EFAULT at CPL3 (measured): when the bytes at CS:RIP cannot be read, translate
+//! RIP through the guest's page tables (read with [`CcMemory::trusted_read`]) and
+//! `classify` that GPA. Everything else ends the VM with the fault's message. [`crate::vstate::vm::Vm::new_emulated_confidential`] builds the VM.
 //!
 //! Every operation takes GPAs with or without the attribute bit (it is stripped). All
 //! methods take `&self` (one lock around the page-state map and the protections); the
@@ -220,6 +224,12 @@ pub enum CcMemoryError {
         bit: u32,
         /// One past the highest RAM address.
         top: u64,
+    },
+    /// Two RAM ranges overlap.
+    #[error("RAM ranges overlap at {gpa:#x}")]
+    Overlap {
+        /// Start of the second range.
+        gpa: u64,
     },
     /// A range is not page-aligned.
     #[error("range {gpa:#x}+{len:#x} is not 4 KiB-aligned")]
@@ -522,9 +532,14 @@ impl CcMemory {
     pub fn new(ranges: &[(GuestAddress, usize)], config: CcConfig) -> Result<Self, CcMemoryError> {
         let top = ranges
             .iter()
-            .map(|(a, l)| a.0 + *l as u64)
+            .map(|(a, l)| a.0.saturating_add(*l as u64))
             .max()
             .unwrap_or(0);
+        let mut sorted: Vec<(u64, u64)> = ranges.iter().map(|(a, l)| (a.0, *l as u64)).collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(CcMemoryError::Overlap { gpa: w[1].0 });
+        }
         if let Some(bit) = config.alias_bit {
             if bit > 51 || (1u64 << bit) < top {
                 return Err(CcMemoryError::BadAliasBit { bit, top });
@@ -1069,6 +1084,48 @@ impl CcMemory {
         self.scrub(s, e).map_err(fail)?;
         self.set(&mut inner, s, e, PageState::Validated(size))
             .map_err(fail)
+    }
+
+    /// Reads guest memory as the emulated secure processor (PSP, TDX module) may:
+    /// straight from the memfd, whatever the pages' states. For the emulated TEE's own
+    /// operations on private memory (TDG.MR.REPORT's REPORTDATA, the secrets page) and
+    /// for diagnosis (walking the guest's page tables after a fault); never for devices,
+    /// which use [`CcMemory::vmm_memory`].
+    pub fn trusted_read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), CcMemoryError> {
+        use std::os::unix::fs::FileExt;
+        let off = self.file_offset(gpa, buf.len() as u64)?;
+        self.memfd
+            .read_exact_at(buf, off)
+            .map_err(remap_err(gpa, buf.len() as u64, "trusted read"))
+    }
+
+    /// Writes guest memory as the emulated secure processor may (see
+    /// [`CcMemory::trusted_read`]): TDG.MR.REPORT's TDREPORT, the PSP's pages.
+    pub fn trusted_write(&self, gpa: u64, data: &[u8]) -> Result<(), CcMemoryError> {
+        use std::os::unix::fs::FileExt;
+        let off = self.file_offset(gpa, data.len() as u64)?;
+        self.memfd.write_all_at(data, off).map_err(remap_err(
+            gpa,
+            data.len() as u64,
+            "trusted write",
+        ))
+    }
+
+    /// The memfd offset of `gpa..gpa+len`, which must lie in one RAM range.
+    fn file_offset(&self, gpa: u64, len: u64) -> Result<u64, CcMemoryError> {
+        let gpa = self.strip(gpa);
+        let end = gpa
+            .checked_add(len)
+            .ok_or(CcMemoryError::Unaligned { gpa, len })?;
+        self.regions
+            .iter()
+            .find(|r| r.gpa <= gpa && end <= r.gpa + r.len)
+            .map(|r| r.file_off + (gpa - r.gpa))
+            .ok_or(CcMemoryError::Outside(OutsideRam {
+                start: gpa / PAGE,
+                end: end.div_ceil(PAGE),
+                missing: gpa / PAGE,
+            }))
     }
 
     /// An MMIO exit at `gpa` as a guest fault, if `gpa` is guest RAM (in either view):

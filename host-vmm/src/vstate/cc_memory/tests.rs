@@ -343,8 +343,20 @@ fn a_4k_conversion_splits_a_2m_unit_and_private_pages_stay_sealed() {
     assert_eq!(mem.read_obj::<u8>(GuestAddress(two_m + 4096)).unwrap(), 0);
     cc.validate(two_m + 4096, PageSize::Size4K, true).unwrap();
     mem.write_obj(9u8, GuestAddress(two_m + 4096)).unwrap();
-    // Read through a fresh mapping of the guest's bytes: the VMM's 9 is not there.
+    // The guest's bytes (the guest view, and the emulated TEE's trusted access): the
+    // VMM's 9 is not there.
     assert_eq!(cc.regions[0].plain.read_at(two_m + 4096), 0);
+    let mut b = [0xffu8; 2];
+    cc.trusted_read(two_m + 4095, &mut b).unwrap();
+    assert_eq!(b, [0, 0]);
+    // The emulated TEE writes private memory (a TDREPORT); the VMM still sees zeros.
+    cc.trusted_write(two_m + 4096, &[0xAB]).unwrap();
+    assert_eq!(cc.regions[0].plain.read_at(two_m + 4096), 0xAB);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(two_m + 4096)).unwrap(), 9);
+    assert!(matches!(
+        cc.trusted_read((4 << 20) - 1, &mut b),
+        Err(CcMemoryError::Outside(_))
+    ));
 }
 
 #[test]
@@ -365,6 +377,8 @@ fn bad_configurations_are_refused() {
         },
     );
     assert!(matches!(r, Err(CcMemoryError::BadAliasBit { .. })));
+    let r = CcMemory::new(&[(GuestAddress(0), MEM), (GuestAddress(4096), 4096)], snp());
+    assert!(matches!(r, Err(CcMemoryError::Overlap { gpa: 4096 })));
     let cc = fresh(snp());
     assert!(matches!(
         cc.convert(100, 4096, true),
