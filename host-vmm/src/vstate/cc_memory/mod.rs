@@ -84,6 +84,23 @@
 //! vCPU threads call `validate`/`accept`/`convert`/`classify`, so their seccomp filter
 //! must allow `mprotect`, `mmap` (MAP_FIXED), and `fallocate` (the lead wires this).
 //!
+//! # Choosing the mode
+//!
+//! - **Single view** (`alias_bit: None`): catches VMM writes after launch, unmeasured
+//!   launch data, and accesses to unvalidated/unaccepted pages. It cannot see *which*
+//!   attribute the guest used, so a guest that maps shared memory as private (issue 13,
+//!   bug 7: ACPI tables left in shared memory, mapped encrypted by Linux) is caught only
+//!   if that memory is still private (scrubbed at launch, so it reads zero or faults).
+//! - **Alias** (`alias_bit: Some(host_alias_bit(..))`): also catches wrong-attribute
+//!   accesses, as the hardware's #NPF / EPT violation. The guest must learn the bit the
+//!   way it does on hardware: SNP from CPUID 0x8000001F EBX bits 5:0 (the C-bit
+//!   position; real parts say 51, the emulation says 47 here, which the guest must
+//!   accept, and EBX bits 11:6 the reduction of its physical-address width); TDX from
+//!   GPAW in TDG.VP.INFO (shared bit = GPAW - 1: GPAW 48 gives bit 47, exactly the
+//!   hardware's value on this host). The emulated backends report these values.
+//! - A `CcMemory` keeps a duplicate of its VM's fd (for hole mode), so the KVM VM
+//!   object lives until the `CcMemory` drops.
+//!
 //! # Measured facts (this machine: PVM KVM, 48-bit host physical addresses)
 //!
 //! Measured by the tests in `facts.rs` (`cargo test -p host-vmm --lib cc_memory::facts
@@ -106,6 +123,10 @@
 //!     `KVM_EXIT_MEMORY_FAULT` information (exit reason 0, `memory_fault` zero), even
 //!     though `KVM_CAP_MEMORY_FAULT_INFO` is 1, RIP still at the instruction and CR2
 //!     unchanged: the VMM cannot tell the GPA.
+//!   - A guest *write* is the same: an MMIO write exit at the GPA at CPL0, EFAULT
+//!     without information at CPL3. An instruction *fetch* from a protected page is an
+//!     emulation failure (`KVM_EXIT_INTERNAL_ERROR`, suberror 1) at CPL0 and EFAULT at
+//!     CPL3.
 //!   - A GPA with *no memslot* is an MMIO exit at that GPA at CPL0 and at CPL3. Hence
 //!     *hole mode* ([`CcMemory::expose_faults`]): on that EFAULT the vCPU loop switches
 //!     the layout to one memslot per accessible run and re-runs the vCPU; the same
