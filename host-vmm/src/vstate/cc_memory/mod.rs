@@ -37,8 +37,9 @@
 //!   [`CcMemory::launch_private`] keeps what the VMM view holds.
 //!   [`CcMemory::finish_launch`] then scrubs every private page that was not launched
 //!   (hole punched in the memfd: it reads zero) and replaces every private page of the
-//!   VMM view by an anonymous `MAP_FIXED` mapping: VMM writes land in a throwaway page,
-//!   VMM reads see zeros (ciphertext is useless anyway).
+//!   VMM view by an anonymous `MAP_FIXED` mapping: VMM writes land in a throwaway page
+//!   that never reaches the guest, VMM reads see zeros (or their own throwaway writes;
+//!   ciphertext would be useless anyway).
 //! - **Conversions** ([`CcMemory::convert`]): private→shared and shared→private both
 //!   scrub the page (the guest never sees its private data through the shared view, and
 //!   a page made private holds nothing the host put there); after launch the VMM view
@@ -56,7 +57,7 @@
 //! cc.vmm_memory()                          -> &GuestMemoryMmap (the VMM's view)
 //! cc.launch_private_with(gpa, &bytes)      // measured launch pages from the launch's source bytes
 //! cc.launch_private(gpa, len)              // the same, keeping what the VMM view holds there
-//! cc.convert(gpa, len, to_private)         // page-state change / MapGPA; scrubs changed pages
+//! cc.convert(gpa, len, to_private)         -> Ok(changed)  (page-state change / MapGPA; scrubs changed pages)
 //! cc.finish_launch()                       // from here on private memory is sealed from the VMM
 //! cc.validate(gpa, PageSize, validate)     -> Ok(changed) | Err(RmpError)     (SNP PVALIDATE)
 //! cc.accept(gpa, PageSize)                 -> Ok(()) | Err(AcceptError)       (TDX PAGE.ACCEPT)
@@ -72,12 +73,13 @@
 //! `KVM_EXIT_MEMORY_FAULT { gpa }` → `classify(gpa)`; `KVM_EXIT_MMIO` at `gpa` →
 //! `classify_mmio(gpa)` first, the device bus only on `None`; `KVM_RUN` = `EFAULT`
 //! without memory-fault information → `expose_faults()` and run again (once; a second
-//! EFAULT is a plain run error). A [`GuestFault`] of kind [`FaultKind::Accessible`] is a
+//! EFAULT is a fetch fault, below, or a plain run error). A [`GuestFault`] of kind [`FaultKind::Accessible`] is a
 //! race with a state change: run again. An instruction *fetch* from a protected page
 //! is an emulation failure (`KVM_EXIT_INTERNAL_ERROR`, suberror 1) at CPL0 and the
 //! same EFAULT at CPL3 (measured): when the bytes at CS:RIP cannot be read, translate
 //! RIP through the guest's page tables (read with [`CcMemory::trusted_read`]) and
-//! `classify` that GPA. Everything else ends the VM with the fault's message. [`crate::vstate::vm::Vm::new_emulated_confidential`] builds the VM.
+//! `classify` that GPA. Everything else ends the VM with the fault's message.
+//! [`crate::vstate::vm::Vm::new_emulated_confidential`] builds the VM.
 //!
 //! Every operation takes GPAs with or without the attribute bit (it is stripped). All
 //! methods take `&self` (one lock around the page-state map and the protections); the
