@@ -89,6 +89,9 @@ pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kvm_regs>());
 /// KVM_GET_SREGS.
 pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+/// KVM_SET_USER_MEMORY_REGION.
+pub const KVM_SET_USER_MEMORY_REGION: u64 =
+    iow(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>());
 /// KVM_SET_REGS.
 pub const KVM_SET_REGS: u64 = iow(0x82, size_of::<kvm_regs>());
 const fn iow(nr: u64, size: usize) -> u64 {
@@ -173,7 +176,18 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 arg1_is(KVM_GET_SREGS)?,
             ];
             if kind == ThreadKind::EmulatedTeeVcpu {
+                // Emulated instructions write their results; the private-memory
+                // contract (vstate::cc_memory) scrubs pages (fallocate PUNCH_HOLE |
+                // KEEP_SIZE on its memfd, mmap/mprotect as every thread may) and, for a
+                // CPL3 fault without a GPA, splits its memslots.
                 ioctls.push(arg1_is(KVM_SET_REGS)?);
+                ioctls.push(arg1_is(KVM_SET_USER_MEMORY_REGION)?);
+                rules.insert(
+                    libc::SYS_fallocate,
+                    vec![arg1_is(
+                        (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+                    )?],
+                );
             }
             if kind == ThreadKind::ConfidentialVcpu {
                 // Conversions: the PRIVATE attribute and guest_memfd hole punching
@@ -313,6 +327,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
         assert_eq!(KVM_SET_REGS, 0x4090_AE82);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_AE46);
         assert_eq!(KVM_SET_MEMORY_ATTRIBUTES, 0x4020_AED2);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_AE6A);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_AEA5);

@@ -313,6 +313,9 @@ impl VmBuilder {
             VmType::Confidential { kvm_type, irqchip } => {
                 Vm::new_confidential(&self.kvm, kvm_type, irqchip, c.memory, &c.firmware)?
             }
+            VmType::EmulatedConfidential(config) => {
+                Vm::new_emulated_confidential(&self.kvm, c.memory, &c.firmware, config)?
+            }
         });
         self.vm = Some(vm.clone());
         Ok(vm)

@@ -54,6 +54,9 @@ pub enum VmType {
         /// How interrupts are wired.
         irqchip: IrqChip,
     },
+    /// A default-type VM whose memory keeps the private-memory contract in software
+    /// ([`crate::vstate::cc_memory::CcMemory`]): an emulated SNP or TDX guest.
+    EmulatedConfidential(crate::vstate::cc_memory::CcConfig),
 }
 
 /// A port-I/O device a backend adds.

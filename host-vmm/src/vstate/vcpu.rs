@@ -266,6 +266,21 @@ pub trait ExitHandler: Send + Sync {
     fn io_trap(&self, _vcpu: u32, _fd: &VcpuFd, _port: u16) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
+    /// An MMIO exit at `gpa`, offered before the device bus. An emulated TEE that keeps
+    /// the private-memory contract ([`crate::vstate::cc_memory::CcMemory`]) answers
+    /// `Err(ExitError::GuestFault(..))` when `gpa` is guest RAM the guest may not touch
+    /// (an unvalidated/unaccepted page, or the wrong attribute): on this host KVM turns
+    /// such a CPL0 access into an MMIO exit, and the hardware would raise #VC / #VE.
+    /// Default: a device access.
+    fn mmio(&self, _gpa: u64) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+    /// `KVM_RUN` failed with EFAULT (on this host, a CPL3 access to a protected page
+    /// gives no GPA). [`Handled::Yes`]: the handler changed the memory layout so the
+    /// access exits with its GPA; run again. Default: the vCPU stops.
+    fn run_efault(&self) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
 }
 
 /// The ports of the emulator trap ([`ExitHandler::io_trap`]).
@@ -288,6 +303,13 @@ pub enum ExitError {
     /// An exit the VM's TEE never asked for.
     #[error("{0}")]
     Unexpected(&'static str),
+    /// The guest touched memory the TEE forbids it, as the hardware reports it (for
+    /// example "guest read unvalidated private page 0x…: SNP #VC page-not-validated").
+    #[error("guest fault: {0}")]
+    GuestFault(String),
+    /// The emulated TEE could not carry out an operation.
+    #[error("emulated TEE failure: {0}")]
+    Emulation(String),
 }
 
 /// `e` and its causes, as one line.
@@ -381,14 +403,20 @@ impl Vcpu {
                     Some(Exit::Trap(port, data[0]))
                 }
                 Ok(VcpuExit::IoOut(port, data)) => pio_out(bus, port, data),
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    bus.mmio.read(addr, data);
-                    None
-                }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    bus.mmio.write(addr, data);
-                    None
-                }
+                Ok(VcpuExit::MmioRead(addr, data)) => match mmio_fault(cc, addr) {
+                    Some(stop) => Some(stop),
+                    None => {
+                        bus.mmio.read(addr, data);
+                        None
+                    }
+                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => match mmio_fault(cc, addr) {
+                    Some(stop) => Some(stop),
+                    None => {
+                        bus.mmio.write(addr, data);
+                        None
+                    }
+                },
                 Ok(VcpuExit::X86Rdmsr(m)) => {
                     msr_exit(cc, self.index, m.index, false, m.data, m.error)
                 }
@@ -428,6 +456,13 @@ impl Vcpu {
                 }
                 Ok(other) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!("{other:?}")))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) if e.errno() == libc::EFAULT && cc.is_some() => {
+                    match cc.map(|cc| cc.run_efault()) {
+                        Some(Ok(Handled::Yes)) => None,
+                        Some(Err(err)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&err)))),
+                        _ => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
+                    }
+                }
                 Err(e) => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
             };
             let outcome = match (outcome, cc) {
@@ -597,6 +632,17 @@ fn msr_exit(
             "unhandled {} of MSR {msr:#x}",
             if write { "WRMSR" } else { "RDMSR" }
         )))),
+    }
+}
+
+/// Offers an MMIO exit to the TEE's handler: `Some` stops the vCPU (a guest fault).
+fn mmio_fault(cc: Option<&dyn ExitHandler>, gpa: u64) -> Option<Exit> {
+    match cc.map(|cc| cc.mmio(gpa)) {
+        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Ok(Handled::Fault)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "guest fault at {gpa:#x}"
+        )))),
+        _ => None,
     }
 }
 
