@@ -410,7 +410,7 @@ mod tests {
 
     /// What the real path does around the launch commands: the TD's RAM gets the
     /// PRIVATE attribute (`PrivateMemory::attach`) and each vCPU its CPUID, with
-    /// x2APIC, through KVM_SET_CPUID2 (`Vcpu::configure`) before KVM_TDX_INIT_VCPU.
+    /// x2APIC, through KVM_SET_CPUID2 (`Vcpu::new`) before KVM_TDX_INIT_VCPU.
     fn real_path_setup(fake: &mut FakeKvmTdx, vcpus: std::ops::Range<u32>) {
         fake.set_memory_attributes(0, 1 << 32, KVM_MEMORY_ATTRIBUTE_PRIVATE)
             .unwrap();
