@@ -20,6 +20,24 @@ pub trait Stream: Read + Write + AsRawFd + Send {
     fn flush_pending(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Whether a connection started without blocking is up: `Ok(true)` connected,
+    /// `Ok(false)` still in progress, `Err` why it failed (refused, unreachable, …).
+    fn connected(&self) -> io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// The state of a non-blocking TCP connect (see [`Stream::connected`]).
+fn tcp_connected(sock: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    match sock.peer_addr() {
+        Ok(_) => Ok(true),
+        // Still in progress; a failure shows in `take_error` at the next check.
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Stream for UnixStream {
@@ -31,6 +49,10 @@ impl Stream for UnixStream {
 impl Stream for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn connected(&self) -> io::Result<bool> {
+        tcp_connected(self)
     }
 }
 
@@ -109,6 +131,10 @@ impl Stream for TlsStream {
             }
         }
         Ok(())
+    }
+
+    fn connected(&self) -> io::Result<bool> {
+        tcp_connected(&self.sock)
     }
 }
 
