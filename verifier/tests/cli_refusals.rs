@@ -477,3 +477,17 @@ fn from_measure_registers_what_cvm_measure_printed_with_rfc3339_times() {
     assert!(!records.is_empty());
     assert!(records.iter().all(|r| is_rfc3339(&r["time"])), "{a}");
 }
+
+#[test]
+fn key_maintenance_prints_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("mk");
+    let o = run(&["admin", "gen-master-key", path_str(&f), "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["file"], path_str(&f));
+    assert!(
+        v["master_key_id"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+}

@@ -311,7 +311,15 @@ async fn dispatch(args: Args) -> Result<(), AdminCliError> {
         Command::GenMasterKey { file } => {
             let k = MasterKey::generate();
             k.write_new(&file)?;
-            println!("master key {} written to {}", k.id_hex(), file.display());
+            match args.conn.output {
+                Format::Text => {
+                    println!("master key {} written to {}", k.id_hex(), file.display())
+                }
+                Format::Json => print_value(
+                    json!({"master_key_id": k.id_hex(), "file": file.display().to_string()}),
+                    Format::Json,
+                ),
+            }
             Ok(())
         }
         Command::RotateMasterKey {
@@ -323,11 +331,17 @@ async fn dispatch(args: Args) -> Result<(), AdminCliError> {
             let new = MasterKey::load(&new_master_key_file)?;
             let db = Db::connect_existing(&database).await?;
             let n = rotate_master_key(&db, &old, &new).await?;
-            println!(
-                "re-wrapped {n} values from master key {} to {}",
-                old.id_hex(),
-                new.id_hex()
-            );
+            match args.conn.output {
+                Format::Text => println!(
+                    "re-wrapped {n} values from master key {} to {}",
+                    old.id_hex(),
+                    new.id_hex()
+                ),
+                Format::Json => print_value(
+                    json!({"rewrapped": n, "from": old.id_hex(), "to": new.id_hex()}),
+                    Format::Json,
+                ),
+            }
             Ok(())
         }
         cmd => api(&args.conn, cmd).await,
