@@ -491,3 +491,46 @@ fn key_maintenance_prints_json_on_request() {
         "{v}"
     );
 }
+
+#[test]
+fn from_measure_reads_standard_input() {
+    use std::io::Write;
+    let env = Env::new();
+    let creds = bootstrap(&env);
+    let server = start(&env, &[]);
+    let token = env.dir.path().join("token");
+    let totp = env.dir.path().join("totp");
+    std::fs::write(&token, &creds.token).unwrap();
+    std::fs::write(&totp, &creds.totp_secret).unwrap();
+    let m = "c3".repeat(48);
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "admin",
+            "--url",
+            &server.base,
+            "--token-file",
+            path_str(&token),
+        ])
+        .args(["--totp-secret-file", path_str(&totp)])
+        .args([
+            "workload",
+            "put",
+            "piped",
+            "--tee",
+            "snp",
+            "--from-measure",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let doc = json!({"tee": "snp", "measurement": m});
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(doc.to_string().as_bytes()).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w = admin_json(&server, &env, &creds, &["workload", "show", "piped"]);
+    assert_eq!(w["policy"]["measurements"], json!([m]), "{w}");
+}
