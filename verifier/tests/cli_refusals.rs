@@ -285,6 +285,20 @@ fn an_unreachable_postgresql_fails_fast_with_its_cause() {
     // The pool used to retry a refused connection for its 30 s acquire timeout; a generous
     // bound well under that.
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+    // A host that does not resolve: also at once, with the cause (never the pool's
+    // "timed out").
+    let started = Instant::now();
+    let o = run(&[
+        "inventory",
+        "--database",
+        "postgres://cvm:pw@cvm-no-such-host.invalid/cvm",
+    ]);
+    let took = started.elapsed();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot connect to the database"), "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
