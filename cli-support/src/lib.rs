@@ -14,6 +14,7 @@
 
 use std::process::ExitCode;
 
+pub mod args;
 pub mod docs;
 pub mod logging;
 pub mod units;

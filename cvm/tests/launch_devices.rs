@@ -985,3 +985,36 @@ fn a_disk_write_is_on_the_file_after_the_guest_resets() {
     assert!(img[..512].iter().all(|&b| b == 0));
     assert!(img[1024..].iter().all(|&b| b == 0));
 }
+
+/// The relay to a verifier nobody listens on: the guest's connection is reset at once
+/// (its first packet is RST, not RESPONSE followed by an empty stream) and the host logs
+/// the OS error at WARN with the address (issue 16).
+#[test]
+fn relay_to_an_unreachable_verifier_resets_the_guest_and_warns() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let fw = image(&assemble(
+        dir.path(),
+        &vsock_guest(
+            50000,
+            "GET /kbs/v0/x HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n",
+        ),
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = launch(dir.path(), &fw, &["--verifier", &url], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The guest prints the op of each packet it receives: 3 = RST.
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "3", "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("WARN")
+            && l.contains("cannot connect to the verifier")
+            && l.contains(&format!("address=127.0.0.1:{port}"))
+            && l.to_lowercase().contains("refused")),
+        "{err}"
+    );
+}
