@@ -45,10 +45,19 @@ impl crate::ExitClass for Exists {
     }
 }
 
-/// The overwrite rule: `path` may be written if it does not exist, or if `force`.
-/// A dangling symbolic link counts as existing (it would be followed).
+/// The overwrite rule: `path` may be written if it does not exist, or if `force`. A
+/// regular file, a directory and a dangling symbolic link (it would be followed) count as
+/// existing; a device, FIFO or socket (`/dev/null`, `/dev/stdout`) does not, since
+/// writing to it replaces nothing.
 pub fn check_overwrite(path: &Path, force: bool) -> Result<(), Exists> {
-    if !force && std::fs::symlink_metadata(path).is_ok() {
+    if force {
+        return Ok(());
+    }
+    let exists = match std::fs::metadata(path) {
+        Ok(m) => m.is_file() || m.is_dir(),
+        Err(_) => std::fs::symlink_metadata(path).is_ok(),
+    };
+    if exists {
         return Err(Exists(path.to_owned()));
     }
     Ok(())
@@ -71,5 +80,6 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(dir.path().join("absent"), &link).unwrap();
         assert!(check_overwrite(&link, false).is_err(), "dangling link");
+        check_overwrite(Path::new("/dev/null"), false).unwrap();
     }
 }

@@ -125,6 +125,10 @@ pub fn ticking<T>(what: &str, work: impl FnOnce() -> T) -> T {
                 return;
             };
             loop {
+                // The work may have ended before this thread first took the lock.
+                if *finished {
+                    break;
+                }
                 let Ok((g, _)) = cv.wait_timeout(finished, wait) else {
                     return;
                 };

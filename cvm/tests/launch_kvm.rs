@@ -198,7 +198,7 @@ fn bad_launch_arguments_fail_cleanly() {
             vec!["--id-block", "/x", "--id-auth", "/y"],
             "--id-block/--id-auth is for --tee snp only",
         ),
-        (vec!["--id-block", "/x"], "--id-auth go together"),
+        (vec!["--id-block", "/x"], "--id-auth"),
     ] {
         let o = Command::new(CVM)
             .args(["launch", "--tee", "none", "--firmware"])

@@ -75,6 +75,10 @@ pub struct InitramfsArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
+    /// `text` or `json` (what went in and, with --kernel and --cmdline, the reference
+    /// values, on standard output).
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
     /// The cvm-agent binary (default: `cvm-agent` next to this `cvm`).
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
@@ -470,6 +474,33 @@ pub fn run(a: &InitramfsArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return cli_support::exit_with(&e),
     };
+    if a.output.is_json() {
+        let reference = match (&a.kernel, &a.cmdline) {
+            (Some(k), Some(c)) => match measurements(a, k, c) {
+                Ok((snp, mrtd, rtmrs)) => serde_json::json!({
+                    "snp": {"tee": "snp", "measurement": hex::encode(snp),
+                            "vcpus": a.vcpus, "vcpu_type": a.vcpu_type},
+                    "tdx": {"tee": "tdx", "mrtd": hex::encode(mrtd),
+                            "rtmrs": rtmrs.iter().map(hex::encode).collect::<Vec<_>>()},
+                }),
+                Err(e) => return cli_support::exit_with(&e),
+            },
+            _ => serde_json::Value::Null,
+        };
+        cli_support::output::print_json(&serde_json::json!({
+            "path": a.out,
+            "bytes": b.size,
+            "entries": b.paths.len(),
+            "agent_static": b.agent_static,
+            "shared_libraries": b.libraries,
+            "kernel_version": b.kernel_version,
+            "modules": b.modules,
+            "builtin": b.builtin,
+            "absent": b.absent,
+            "reference_values": reference,
+        }));
+        return ExitCode::SUCCESS;
+    }
     println!(
         "created {}: newc cpio, {} bytes, {} entries",
         a.out.display(),

@@ -1207,7 +1207,9 @@ enum Outcome {
 /// JSON `cvm measure --config --output json` prints for the same description).
 fn print_expected(a: &Spec, m: &ExpectedMeasurement) {
     let j = reference_json(a, m);
-    tracing::info!(event = "expected-measurement", tee = %m.tee, measurement = %m.digest_hex(), rtmrs = %m.rtmrs_summary(), "expected measurement");
+    if m.digest.is_some() {
+        tracing::info!(event = "expected-measurement", tee = %m.tee, measurement = %m.digest_hex(), rtmrs = %m.rtmrs_summary(), "expected measurement");
+    }
     if a.output.is_json() {
         println!("{j}");
     }
