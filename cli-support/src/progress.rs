@@ -186,6 +186,22 @@ mod tests {
     }
 
     #[test]
+    fn after_the_quiet_period_a_log_line_at_most_every_interval() {
+        let mut p = Progress::new("x", Unit::Steps, Some(10));
+        p.tty = false;
+        p.advance(1);
+        assert!(p.last.is_none(), "quiet during the first 2 s");
+        let Some(past) = Instant::now().checked_sub(QUIET_FOR + Duration::from_millis(10)) else {
+            return; // the machine booted less than 2 s ago
+        };
+        p.started = past;
+        p.advance(1);
+        let first = p.last.expect("shown after the quiet period");
+        p.advance(1);
+        assert_eq!(p.last, Some(first), "not again within LOG_EVERY");
+    }
+
+    #[test]
     fn ticking_returns_the_work_result_and_stops_its_watcher() {
         let t = Instant::now();
         assert_eq!(ticking("quick", || 7), 7);

@@ -279,12 +279,14 @@ fn fill_from_dir(vol: &mut luks::Volume, args: &DiskArgs, dir: &Path) -> Result<
         .and_then(|()| {
             drop(f);
             tracing::info!(event = "mkfs", dir = %dir.display(), "making the ext4 file system");
-            let out = std::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "4096", "-L", "cvm-data", "-d"])
-                .arg(dir)
-                .arg(&tmp)
-                .output()
-                .map_err(ImageError::MkfsSpawn)?;
+            let out = cli_support::progress::ticking("making the ext4 file system", || {
+                std::process::Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-b", "4096", "-L", "cvm-data", "-d"])
+                    .arg(dir)
+                    .arg(&tmp)
+                    .output()
+            })
+            .map_err(ImageError::MkfsSpawn)?;
             if !out.status.success() {
                 return Err(ImageError::Mkfs(
                     String::from_utf8_lossy(&out.stderr).trim().to_owned(),

@@ -268,7 +268,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
         cvm,
         verifier,
         step: 0,
-        steps: 8 + tees.len(),
+        steps: 10 + tees.len(),
         started: Instant::now(),
     };
     println!("cvm demo: everything goes to {}", d.dir.display());
@@ -544,7 +544,10 @@ fn description(
     ca: &Path,
 ) -> String {
     let q = |s: &str| toml_string(s);
-    let p = |p: &Path| toml_string(&p.display().to_string());
+    // Paths beside the description are written relative to it (as the schema resolves
+    // them), so the file stays valid if the directory moves.
+    let dir = platform.parent().unwrap_or(Path::new("/"));
+    let p = |p: &Path| toml_string(&p.strip_prefix(dir).unwrap_or(p).display().to_string());
     format!(
         "version = 1\n\
          tee = {tee}\n\
