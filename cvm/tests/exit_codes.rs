@@ -208,34 +208,6 @@ fn failed_runs_exit_1() {
     );
 }
 
-/// Inputs only the VMM can judge (files it opens) are still the operator's mistakes:
-/// exit 2, with the problem named.
-#[test]
-fn inputs_the_vmm_refuses_exit_2() {
-    test_kit::require!(kvm);
-    let dir = tempfile::tempdir().unwrap();
-    let fw = dir.path().join("fw.fd");
-    std::fs::write(&fw, measured_boot::testing::emulated_guest_image(&[0xf4])).unwrap();
-    let missing = dir.path().join("missing.img");
-    let serial = format!("file:{}", dir.path().join("no-dir").join("log").display());
-    let none = ["launch", "--tee", "none", "--firmware", p(&fw)];
-    let rows: Vec<(Vec<&str>, &str)> = vec![
-        (
-            [&none[..], &["--disk", p(&missing)]].concat(),
-            "cannot open disk image",
-        ),
-        (
-            [&none[..], &["--serial", &serial]].concat(),
-            "serial output file",
-        ),
-    ];
-    let table: Vec<Refusal<'_>> = rows
-        .iter()
-        .map(|(args, says)| Refusal::new(args, 2, says))
-        .collect();
-    assert_refusals(CVM, &table);
-}
-
 /// Runs each row and asserts: the exit code, a message naming the problem, and that
 /// nothing was started first (no "launching guest" line, no expected measurement, no
 /// guest output).
@@ -319,6 +291,8 @@ fn bad_inputs_are_refused_before_the_guest_starts() {
         "version = 1\ntee = \"snp\"\n[tdx]\nmrconfigid = \"00\"\n",
     );
     let no_tee = toml("notee.toml", "version = 1\n");
+    let serial = format!("file:{}", d.join("no-dir").join("log").display());
+    let uds = d.join("no-dir").join("v.sock").display().to_string();
     let launch = |extra: &[&str]| strings(&[&["launch"][..], extra].concat());
     let mut rows: Vec<(Vec<String>, i32, &str)> = vec![
         // Sizes with units and a hint.

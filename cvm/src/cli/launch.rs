@@ -663,6 +663,9 @@ pub enum LaunchError {
     /// The firmware is not a firmware image.
     #[error("{0} is not a firmware image: {1}")]
     NotFirmware(String, String),
+    /// A --disk image cannot be opened.
+    #[error("--disk {0}: cannot open the disk image")]
+    Disk(PathBuf, #[source] std::io::Error),
 }
 
 impl ExitClass for LaunchError {
@@ -673,6 +676,7 @@ impl ExitClass for LaunchError {
             LaunchError::Usage(_)
             | LaunchError::Description(_)
             | LaunchError::NotFirmware(..)
+            | LaunchError::Disk(..)
             | LaunchError::Firmware(..)
             | LaunchError::EmbeddedFirmware(_)
             | LaunchError::Input(..)
@@ -908,6 +912,41 @@ pub fn check_firmware(name: &str, bytes: &[u8], tee: TeeArg) -> Result<(), Launc
     Ok(())
 }
 
+/// Checks the files the VMM opens once it runs (disks, the serial log, the hybrid vsock
+/// socket), so a wrong path is refused before the guest starts rather than after the
+/// "launching guest" line. In a jail these paths resolve inside the jail's root, which
+/// only the jailed VMM sees, so the VMM checks them there.
+fn check_host_paths(a: &Spec) -> Result<(), LaunchError> {
+    if a.jail.is_some() {
+        return Ok(());
+    }
+    for d in &a.disks {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| LaunchError::Disk(d.path.clone(), e))?;
+    }
+    let dir_of = |flag: &str, p: &std::path::Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        match parent {
+            Some(d) if !d.is_dir() => Err(LaunchError::Usage(format!(
+                "{flag} {}: the directory {} does not exist",
+                p.display(),
+                d.display()
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let SerialOutput::File(p) = &a.serial {
+        dir_of("--serial file:", p)?;
+    }
+    if let Some(p) = &a.vsock_uds {
+        dir_of("--vsock-uds", p)?;
+    }
+    Ok(())
+}
+
 /// The files and settings a launch reads.
 #[derive(Debug)]
 pub struct Inputs {
@@ -932,6 +971,7 @@ pub fn load_inputs(a: &Spec) -> Result<Inputs, LaunchError> {
         ),
     };
     check_firmware(&firmware_name, &firmware, a.tee)?;
+    check_host_paths(a)?;
     let boot = a
         .kernel
         .as_deref()
