@@ -293,6 +293,7 @@ fn bad_inputs_are_refused_before_the_guest_starts() {
     let no_tee = toml("notee.toml", "version = 1\n");
     let serial = format!("file:{}", d.join("no-dir").join("log").display());
     let uds = d.join("no-dir").join("v.sock").display().to_string();
+    let missing_disk = d.join("missing.img").display().to_string();
     let launch = |extra: &[&str]| strings(&[&["launch"][..], extra].concat());
     let mut rows: Vec<(Vec<String>, i32, &str)> = vec![
         // Sizes with units and a hint.
@@ -418,6 +419,22 @@ fn bad_inputs_are_refused_before_the_guest_starts() {
             strings(&["measure", "--config", &unknown_key]),
             2,
             "memmory",
+        ),
+        // Files the VMM would open only after starting: checked first.
+        (
+            launch(&["--tee", "none", "--kernel", k, "--disk", &missing_disk]),
+            2,
+            "cannot open the disk image",
+        ),
+        (
+            launch(&["--tee", "none", "--kernel", k, "--serial", &serial]),
+            2,
+            "does not exist",
+        ),
+        (
+            launch(&["--tee", "none", "--kernel", k, "--vsock-uds", &uds]),
+            2,
+            "does not exist",
         ),
     ];
     // A firmware that is not a firmware image, for every TEE (snp and tdx included: the
