@@ -21,13 +21,11 @@ mod common;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// A 4 KiB firmware: `code` at 0xFFFFF000, reached from the reset vector.
+/// A firmware: `code` at 0xFFFFF000, reached from the reset vector.
 fn image(code: &[u8]) -> Vec<u8> {
-    assert!(code.len() <= 0xff0);
-    let mut img = vec![0xf4u8; 4096];
-    img[..code.len()].copy_from_slice(code);
-    img[0xff0..0xff3].copy_from_slice(&[0xe9, 0x0d, 0xf0]);
-    img
+    // A firmware image as `cvm launch` requires one (footer GUID table, a jump at the
+    // reset vector): 64 KiB in the OVMF layout, `code` at 0xFFFFF000.
+    measured_boot::testing::emulated_guest_image(code)
 }
 
 /// A 64 KiB firmware with SEV metadata placing SNP_KERNEL_HASHES at 0xC000 (as the boot
