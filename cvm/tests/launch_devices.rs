@@ -603,7 +603,7 @@ fn relay_refuses_plain_http_to_a_remote_verifier() {
         &["--verifier", "https://127.0.0.1:8443"],
         &[],
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --verifier-ca"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --ca-cert"));
 }
 
 /// Real-mode mailbox client: window at 0x1000; for each (command, print count) prints

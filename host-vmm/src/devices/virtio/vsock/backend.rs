@@ -141,7 +141,7 @@ impl Stream for TlsStream {
     }
 }
 
-/// Why `--verifier` / `--verifier-ca` are unusable.
+/// Why `--url` / `--ca-cert` are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// The URL is not http(s)://host\[:port\]\[/…\].
@@ -151,12 +151,10 @@ pub enum RelayError {
     #[error("cannot resolve the verifier host `{0}`")]
     Resolve(String, #[source] io::Error),
     /// Plain HTTP to a non-loopback address.
-    #[error(
-        "http:// is only allowed to a loopback address, not {0}; use https:// with --verifier-ca"
-    )]
+    #[error("http:// is only allowed to a loopback address, not {0}; use https:// with --ca-cert")]
     NotLoopback(String),
     /// https without a CA.
-    #[error("an https:// verifier needs --verifier-ca FILE (the relay trusts only that CA)")]
+    #[error("an https:// verifier needs --ca-cert FILE (the relay trusts only that CA)")]
     NoCa,
     /// The CA file is unusable.
     #[error("cannot load the CA certificates in {0}")]
