@@ -81,6 +81,8 @@ pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kvm_regs>());
 /// KVM_GET_SREGS.
 pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+/// KVM_SET_REGS (the emulated TDX module writes TDCALL results back).
+pub const KVM_SET_REGS: u64 = iow(0x82, size_of::<kvm_regs>());
 const fn iow(nr: u64, size: usize) -> u64 {
     (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
@@ -161,6 +163,7 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 arg1_is(KVM_RUN)?,
                 arg1_is(KVM_GET_REGS)?,
                 arg1_is(KVM_GET_SREGS)?,
+                arg1_is(KVM_SET_REGS)?,
             ];
             if kind == ThreadKind::ConfidentialVcpu {
                 // Conversions: the PRIVATE attribute and guest_memfd hole punching
