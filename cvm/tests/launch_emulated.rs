@@ -130,7 +130,15 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
     let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
-    std::fs::write(&fw, firmware(&guest(&[(3, 0, 632), (1, 0, 0)]))).unwrap();
+    // 32-bit code: the vCPU starts as a TD vCPU does.
+    std::fs::write(
+        &fw,
+        common::td_guest_image(&common::mailbox_guest32(&[
+            (3, 0, Some(632)),
+            (1, 0, Some(0)),
+        ])),
+    )
+    .unwrap();
     let fw = fw.to_str().unwrap();
     let m = run(&["measure", "tdx", "--firmware", fw]);
     let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
@@ -162,14 +170,18 @@ fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
-    // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
-    let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
-    code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb
-                                                                                           // TDX_RTMR_EXTEND, then TDX_QUOTE printing header + body.
-    let rest = guest(&[(4, 0, 0), (3, 0, 632)]);
-    code.extend_from_slice(&rest);
+    // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008 (32-bit code:
+    // the vCPU starts as a TD vCPU does).
+    let mut code = vec![0x66, 0xc7, 0x05, 0x00, 0x10, 0x00, 0x00, 0x02, 0x00]; // mov word [0x1000], 2
+    code.extend_from_slice(&[0xbf, 0x08, 0x10, 0, 0, 0xb9, 0x30, 0, 0, 0]); // mov edi; mov ecx
+    code.extend_from_slice(&[0xb0, 0xab, 0xf3, 0xaa]); // mov al, 0xab; rep stosb
+                                                       // TDX_RTMR_EXTEND, then TDX_QUOTE printing header + body.
+    code.extend_from_slice(&common::mailbox_guest32(&[
+        (4, 0, Some(0)),
+        (3, 0, Some(632)),
+    ]));
     let fw = dir.path().join("fw.fd");
-    std::fs::write(&fw, firmware(&code)).unwrap();
+    std::fs::write(&fw, common::td_guest_image(&code)).unwrap();
     let o = run(&[
         "launch",
         "--tee",

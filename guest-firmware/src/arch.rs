@@ -1,6 +1,8 @@
 //! Thin wrappers over the x86 instructions the firmware needs. Every one of them is
-//! emulator-safe at CPL0 on this machine except where noted (`pvalidate`, `vmgexit`,
-//! `tdcall` exist only on real SNP/TDX hardware and are reached only there).
+//! emulator-safe at CPL0 on this machine except where noted: `pvalidate` and `vmgexit`
+//! exist only on real SNP hardware; `tdcall` runs on real TDX and under `--tee
+//! emulated-tdx`, where KVM cannot emulate it, exits to the VMM (internal error) and
+//! the VMM's software TDX module answers it.
 
 use core::arch::asm;
 
@@ -98,6 +100,7 @@ pub struct TdRegs {
     pub rcx: u64,
     pub rdx: u64,
     pub r8: u64,
+    pub r9: u64,
     pub r10: u64,
     pub r11: u64,
     pub r12: u64,
@@ -108,6 +111,12 @@ pub struct TdRegs {
 
 /// TDCALL (66 0F 01 CC): TDX only. Returns the registers after the call.
 ///
+/// Every register a leaf used here may write is an output (bug 8: TDG.VP.INFO writes
+/// R9, R10 and R11; TDG.VP.VMCALL returns in R10-R15 whatever the bitmap in RCX
+/// exposes): RAX, RCX, RDX, R8-R15. RBX, RSI, RDI and RBP are never exposed (no leaf
+/// used here writes them, and every VMCALL bitmap here is 0xFC00), so the module
+/// preserves them. Memory is clobbered (REPORT and the VMCALLs write guest memory).
+///
 /// # Safety
 /// Only inside a TD; memory operands named by the leaf must be valid.
 pub unsafe fn tdcall(mut r: TdRegs) -> TdRegs {
@@ -115,8 +124,8 @@ pub unsafe fn tdcall(mut r: TdRegs) -> TdRegs {
     unsafe {
         asm!(".byte 0x66, 0x0f, 0x01, 0xcc",
              inout("rax") r.rax, inout("rcx") r.rcx, inout("rdx") r.rdx, inout("r8") r.r8,
-             inout("r10") r.r10, inout("r11") r.r11, inout("r12") r.r12, inout("r13") r.r13,
-             inout("r14") r.r14, inout("r15") r.r15, options(nostack))
+             inout("r9") r.r9, inout("r10") r.r10, inout("r11") r.r11, inout("r12") r.r12,
+             inout("r13") r.r13, inout("r14") r.r14, inout("r15") r.r15, options(nostack))
     }
     r
 }

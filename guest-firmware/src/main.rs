@@ -15,7 +15,7 @@
 //! | 0x1000–0x6FFF | page tables: PML4, PDPT, 4 PDs (2 MiB pages, 0–4 GiB) |
 //! | 0x7000 | Linux `boot_params` |
 //! | 0x8000 | boot-data descriptor (VMM-written, untrusted) |
-//! | 0x9000 | GHCB (SNP) |
+//! | 0x9000 | GHCB (SNP); TDX: 0x9000–0xCFFF the shared alias's 4 PDs |
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
@@ -136,7 +136,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             0
         }
         Env::Tdx => {
-            tdx::init(slo, shi);
+            if let Err(e) = tdx::init(slo, shi) {
+                io.refuse(e);
+            }
             tdx::STAGING_ALIAS
         }
         _ => 0,
@@ -152,7 +154,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             (0x1_0000_0000, 0x1_0000_0000 + bd.ram_above_4g),
         ] {
             if env == Env::Tdx {
-                tdx::accept(start, end);
+                if let Err(e) = tdx::accept(start, end) {
+                    io.refuse(e);
+                }
             } else {
                 snp::accept(start, end);
             }

@@ -505,6 +505,7 @@ impl VmBuilder {
         };
         let exits = launched.runtime.as_ref().map(|r| r.exits.clone());
         let bus = Arc::new(std::mem::take(&mut self.bus));
+        self.config.tee.attach_buses(&bus);
         let threads = launched
             .vcpus
             .into_iter()

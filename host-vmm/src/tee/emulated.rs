@@ -52,6 +52,7 @@ use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::FirmwareImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::emu_tdx::AcceptMap;
 use crate::devices::{PioDevice, VmEvent};
 
 /// First port of the mailbox.
@@ -215,15 +216,21 @@ impl EmulatedTee {
     /// Launches `firmware` on the emulated TDX platform in `dir`; returns the backend,
     /// MRTD and the RTMRs expected once the firmware has measured `direct_boot`.
     ///
-    /// The TD starts with zero RTMRs: the firmware extends them itself (mailbox command
-    /// 4), as it would with TDG.MR.RTMR.EXTEND on a real TD.
+    /// The TD starts with zero RTMRs: the firmware extends them itself with
+    /// TDG.MR.RTMR.EXTEND (the software TDX module, [`super::emu_tdx`]). Also returns the
+    /// pages the launch added, accepted.
     pub fn launch_tdx(
         dir: &Path,
         firmware: Vec<u8>,
         config: TdConfig,
         direct_boot: Option<DirectBoot>,
-    ) -> Result<(Self, [u8; 48], Rtmrs), EmulatedLaunchError> {
+    ) -> Result<(Self, [u8; 48], Rtmrs, AcceptMap), EmulatedLaunchError> {
         let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, direct_boot)?;
+        // Every page the launch adds (TDH.MEM.PAGE.ADD) is private and accepted.
+        let mut accepted = AcceptMap::default();
+        for r in plan.regions() {
+            accepted.add_pages(r.gpa, r.data.len() as u64);
+        }
         let expected = plan.mrtd();
         let platform = EmulatedTdxPlatform::open(dir)
             .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
@@ -247,6 +254,7 @@ impl EmulatedTee {
             },
             expected,
             plan.rtmrs(),
+            accepted,
         ))
     }
 
