@@ -384,6 +384,46 @@ fn emulated_tdx_rtmrs_equal_what_cvm_measure_predicts() {
     );
 }
 
+/// Bug 4: every TD vCPU starts at the reset vector (no INIT/SIPI). With 2 and 4 vCPUs
+/// the application processors must park (ACPI Multiprocessor Wakeup mailbox) while
+/// vCPU 0 boots: the kernel runs and the RTMRs are those of one boot.
+#[test]
+fn emulated_tdx_parks_the_application_processors() {
+    test_kit::require!(kvm);
+    let i = inputs(5000);
+    let plat = platform(&i.dir);
+    let mut seen = Vec::new();
+    for vcpus in ["2", "4"] {
+        let (o, _) = launch(
+            &i,
+            "emulated-tdx",
+            &["--emulated-platform", plat.as_str(), "--vcpus", vcpus],
+        );
+        let out = stdout(&o);
+        assert!(
+            o.status.success(),
+            "--vcpus {vcpus}: {out}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            out.matches("cvm-firmware: TDX").count(),
+            1,
+            "--vcpus {vcpus}: one vCPU boots: {out}"
+        );
+        assert!(out.contains("TESTKERNEL-OK"), "--vcpus {vcpus}: {out}");
+        let rtmrs = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("RTMRS="))
+            .unwrap_or_else(|| panic!("no RTMRS line: {out}"))
+            .to_owned();
+        seen.push(rtmrs);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "the same measured boot with 2 and 4 vCPUs"
+    );
+}
+
 #[test]
 fn without_a_kernel_the_firmware_says_so_and_signals_pvpanic() {
     test_kit::require!(kvm);

@@ -21,6 +21,7 @@
 //! | 0xD000 | SNP CC blob and its `setup_data` |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
 //! | 0x18000–0x1BFFF | emulated-mailbox request window |
+//! | 0x1C000 | ACPI Multiprocessor Wakeup mailbox (TD APs park here; e820 reserved) |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
 //! | 0x1E000 / 0x1F000 | TDX shared-alias PDPT / SNP 4 KiB table for 0–2 MiB |
 //! | 0x20000–0x2FFFF | private command line |
