@@ -688,6 +688,332 @@ pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
 mod tests {
     use super::*;
 
+    /// A module over 64 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
+    /// platform in a fresh directory, a quote thread, and the launch's accepted pages.
+    fn module() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        attestation::tdx::emulated::EmulatedTdxPlatform::create(dir.path()).unwrap();
+        let fw = measured_boot::testing::emulated_guest_image(&[0xf4]);
+        let mem = crate::vstate::memory::create(64 << 20, &fw).unwrap();
+        let (tee, _, _, accepted) =
+            EmulatedTee::launch_tdx(dir.path(), fw, Default::default(), None).unwrap();
+        let tee = Arc::new(Mutex::new(tee));
+        let (tx, rx) = mpsc::sync_channel(4);
+        let n = Arc::new(AtomicU64::new(0));
+        let (m2, t2, n2) = (mem.clone(), tee.clone(), n.clone());
+        std::thread::spawn(move || quote_worker(rx, m2, t2, n2));
+        let m = TdxModule::new(
+            mem.clone(),
+            tee,
+            accepted,
+            2,
+            Some((tx, n)),
+            Notify::default(),
+        );
+        (m, mem, dir)
+    }
+
+    fn call(m: &TdxModule, vcpu: u32, r: Regs) -> Regs {
+        let mut r = r;
+        m.tdcall(vcpu, &mut r).unwrap();
+        r
+    }
+
+    #[test]
+    fn vp_info_and_unknown_leaves() {
+        let (m, _, _d) = module();
+        let r = call(
+            &m,
+            1,
+            Regs {
+                rax: leaf::VP_INFO,
+                r9: 0xdead,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        assert_eq!(r.rcx, 48, "GPAW");
+        assert_eq!(r.r8, 2 | (2 << 32), "NUM_VCPUS | MAX_VCPUS");
+        assert_eq!(r.r9, 1, "VCPU_INDEX in R9");
+        assert_eq!((r.r10, r.r11), (0, 0));
+        // Leaves the module does not implement never succeed silently.
+        for rax in [3, 5, 7, 8, 0x1_0000_0002] {
+            let r = call(
+                &m,
+                0,
+                Regs {
+                    rax,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(
+                r.rax,
+                status::OPERAND_INVALID | status::RAX,
+                "leaf {rax:#x}"
+            );
+        }
+        // Nor TDVMCALL sub-functions it does not know, or vendor-specific ones.
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: 12,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUBFUNC_UNSUPPORTED));
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r10: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUBFUNC_UNSUPPORTED));
+    }
+
+    #[test]
+    fn accept_checks_its_operand_and_tracks_pages() {
+        let (m, _, _d) = module();
+        let acc = |rcx| {
+            call(
+                &m,
+                0,
+                Regs {
+                    rax: leaf::MEM_PAGE_ACCEPT,
+                    rcx,
+                    ..Default::default()
+                },
+            )
+            .rax
+        };
+        assert_eq!(acc(0x20_0000 | 1), status::SUCCESS);
+        assert_eq!(acc(0x20_0000 | 1), status::PAGE_ALREADY_ACCEPTED);
+        assert_eq!(acc(0x40_1000), status::SUCCESS);
+        assert_eq!(acc(0x40_0000 | 1), status::PAGE_SIZE_MISMATCH);
+        // Misaligned, reserved bits, outside RAM, bad level.
+        assert_eq!(acc(0x60_1000 | 1), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x60_0000 | 0x10), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x8000_0000), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x60_0000 | 3), status::OPERAND_INVALID | status::RCX);
+        assert!(m.is_accepted(0x20_0000) && !m.is_accepted(0x60_0000));
+    }
+
+    #[test]
+    fn map_gpa_answers_retry_with_the_next_gpa_until_done() {
+        let (m, _, _d) = module();
+        let (start, size) = (0x100_0000u64, 3 * MAP_GPA_CHUNK / 2);
+        let mut at = start | SHARED_BIT;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let end = (start + size) | SHARED_BIT;
+            let r = call(
+                &m,
+                0,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::MAP_GPA,
+                    r12: at,
+                    r13: end - at,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.rax, 0);
+            match r.r10 {
+                vmcall::SUCCESS => break,
+                vmcall::RETRY => {
+                    assert!(r.r11 > at && r.r11 < end, "R11 continues inside the range");
+                    assert_ne!(r.r11 & SHARED_BIT, 0, "the shared bit is kept");
+                    at = r.r11;
+                }
+                other => panic!("MapGPA status {other:#x}"),
+            }
+        }
+        assert_eq!(calls, 2);
+        let bad = |r12, r13| {
+            call(
+                &m,
+                0,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::MAP_GPA,
+                    r12,
+                    r13,
+                    ..Default::default()
+                },
+            )
+            .r10
+        };
+        assert_eq!(bad(0x1001, 0x1000), vmcall::ALIGN_ERROR);
+        assert_eq!(bad(0x1000, 0), vmcall::INVALID_OPERAND);
+        assert_eq!(bad(u64::MAX & !0xFFF, 0x2000), vmcall::INVALID_OPERAND);
+    }
+
+    #[test]
+    fn rtmr_extend_report_and_get_quote_carry_the_guest_s_values() {
+        let (m, mem, _d) = module();
+        // Private, accepted operands: accept the first 2 MiB of RAM.
+        call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MEM_PAGE_ACCEPT,
+                rcx: 0x20_0000 | 1,
+                ..Default::default()
+            },
+        );
+        mem.write_slice(&[0xAB; 48], GuestAddress(0x20_0040))
+            .unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0040,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0040,
+                rdx: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RDX);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0041,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RCX, "misaligned");
+        // An unaccepted page is not a valid operand.
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x90_0000,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RCX);
+
+        mem.write_slice(&[0x5A; 64], GuestAddress(0x20_0080))
+            .unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_REPORT,
+                rcx: 0x20_0400,
+                rdx: 0x20_0080,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        let mut report = vec![0u8; 1024];
+        mem.read_slice(&mut report, GuestAddress(0x20_0400))
+            .unwrap();
+        let parsed = TdReport::from_bytes(&report).unwrap();
+        assert_eq!(parsed.mac_struct.report_data, [0x5A; 64]);
+        let mut rtmr2 = [0u8; 48];
+        measured_boot::tdx::rtmr_extend(&mut rtmr2, &[0xAB; 48]);
+        assert_eq!(parsed.td_info.rtmr[2], rtmr2);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_REPORT,
+                rcx: 0x20_0400,
+                rdx: 0x20_0080,
+                r8: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::R8);
+
+        // GetQuote: the real buffer format (version 1, status, in_len, out_len, data),
+        // a shared GPA; the status goes IN_FLIGHT, then SUCCESS with the quote.
+        let buf = 0x30_0000u64;
+        mem.write_obj(1u64, GuestAddress(buf)).unwrap();
+        mem.write_obj(0u64, GuestAddress(buf + 8)).unwrap();
+        mem.write_obj(1024u32, GuestAddress(buf + 16)).unwrap();
+        mem.write_slice(&report, GuestAddress(buf + 24)).unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: vmcall::GET_QUOTE,
+                r12: buf | SHARED_BIT,
+                r13: 0x8000,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUCCESS));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            let s: u64 = mem.read_obj(GuestAddress(buf + 8)).unwrap();
+            if s != services::QUOTE_IN_FLIGHT || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, services::QUOTE_SUCCESS);
+        let len: u32 = mem.read_obj(GuestAddress(buf + 20)).unwrap();
+        let mut quote = vec![0u8; len as usize];
+        mem.read_slice(&mut quote, GuestAddress(buf + 24)).unwrap();
+        let q = attestation::tdx::quote::Quote::parse(&quote).unwrap();
+        assert_eq!(q.body.report_data, [0x5A; 64]);
+        assert_eq!(q.body.rtmr[2], rtmr2);
+
+        // A TDREPORT this module did not MAC is refused by the quoting enclave.
+        report[0x100] ^= 1;
+        mem.write_obj(0u64, GuestAddress(buf + 8)).unwrap();
+        mem.write_slice(&report, GuestAddress(buf + 24)).unwrap();
+        call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: vmcall::GET_QUOTE,
+                r12: buf | SHARED_BIT,
+                r13: 0x8000,
+                ..Default::default()
+            },
+        );
+        let status = loop {
+            let s: u64 = mem.read_obj(GuestAddress(buf + 8)).unwrap();
+            if s != services::QUOTE_IN_FLIGHT || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, services::QUOTE_ERROR);
+    }
+
     #[test]
     fn accept_follows_the_module_status_codes() {
         let mut m = AcceptMap::default();
