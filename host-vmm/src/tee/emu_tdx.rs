@@ -854,7 +854,7 @@ mod tests {
         };
         assert_eq!(bad(0x1001, 0x1000), vmcall::ALIGN_ERROR);
         assert_eq!(bad(0x1000, 0), vmcall::INVALID_OPERAND);
-        assert_eq!(bad(u64::MAX & !0xFFF, 0x2000), vmcall::INVALID_OPERAND);
+        assert_eq!(bad(!0xFFF, 0x2000), vmcall::INVALID_OPERAND);
     }
 
     #[test]
