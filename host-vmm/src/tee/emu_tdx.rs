@@ -66,6 +66,8 @@ use crate::vstate::vcpu::{translate, ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
 pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
+/// The emulator-trap port of TDCALL.
+pub const TRAP_TDCALL: u16 = 0xE0;
 /// Guest physical address width the emulated TD reports.
 pub const GPAW: u32 = 48;
 /// The shared bit (GPAW - 1).
@@ -558,6 +560,14 @@ impl ExitHandler for TdxModule {
         Err(ExitError::Unexpected(
             "KVM_EXIT_SNP_REQ_CERTS on an emulated TD",
         ))
+    }
+
+    fn io_trap(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
+        // 0xE0 is TDCALL; the other trap ports are SNP's instructions.
+        if port != TRAP_TDCALL {
+            return Ok(Handled::No);
+        }
+        self.trap(vcpu, fd)
     }
 
     fn internal_error(

@@ -121,8 +121,8 @@ impl TeeBackend for EmulatedTdx {
         let (tx, rx) = mpsc::sync_channel(services::QUOTE_MAX_IN_FLIGHT as usize);
         let in_flight = Arc::new(AtomicU64::new(0));
         let (mem, n, tee) = (vm.memory().clone(), in_flight.clone(), self.tee.clone());
-        // The emulated quoting enclave signs in this thread: it gets the vCPU filter
-        // (which already allows the mailbox's in-thread signing).
+        // The emulated quoting enclave signs in this thread: it gets the plain vCPU
+        // filter (which already allows the mailbox's in-thread signing).
         let thread = std::thread::Builder::new()
             .name("emulated-quote".into())
             .spawn(move || match seccomp::install(ThreadKind::Vcpu, mode) {
@@ -142,6 +142,8 @@ impl TeeBackend for EmulatedTdx {
         Ok(Some(TeeRuntime {
             exits: module,
             threads: vec![thread],
+            // TDCALL results are written back with KVM_SET_REGS.
+            vcpu_thread: ThreadKind::EmulatedTeeVcpu,
         }))
     }
 
