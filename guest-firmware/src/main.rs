@@ -64,11 +64,17 @@
 //! kernel of a few KiB in 0.2 s (whole `cvm launch`). On real SNP/TDX hardware the same
 //! code runs natively.
 //!
+//! Under `--tee emulated-tdx` the TDX code (`tdx.rs`) runs here too: the VMM's software
+//! TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the shared
+//! alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU starts
+//! at the reset vector in 32-bit mode and the application processors park
+//! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
+//!
 //! **Not verifiable here** (no SNP or TDX hardware): the 32-bit #VC handler, the C-bit,
-//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), TDCALLs,
-//! TDG.MEM.PAGE.ACCEPT, MapGPA and the shared alias (`tdx.rs`). They are written
-//! against the AMD GHCB and Intel TDX module/GHCI specifications and run only when the
-//! hardware says it is SNP or TDX.
+//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), and how
+//! real TDX hardware and Linux treat the TD paths beyond what the emulated module
+//! checks (for example a real AP wakeup by Linux through the MADT mailbox). They are
+//! written against the AMD GHCB and Intel TDX module/GHCI specifications.
 //!
 //! # Build
 //!
