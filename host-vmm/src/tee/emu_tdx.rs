@@ -592,13 +592,17 @@ impl ExitHandler for TdxModule {
 
 /// Serves GetQuote jobs until the channel closes: the quoting enclave of the emulated
 /// platform in `tee` quotes the TDREPORT (version 4), and [`services::complete_quote`]
-/// writes the result as it does for QGS's answer. Failures are quote errors (a TDREPORT
-/// this platform's module did not MAC is refused).
+/// writes the result as it does for QGS's answer; then the guest's notification vector
+/// (SetupEventNotifyInterrupt, in `notify`) is raised through `irq`, as the KVM
+/// backend's quote thread does. Failures are quote errors (a TDREPORT this platform's
+/// module did not MAC is refused).
 pub fn quote_worker(
     jobs: mpsc::Receiver<QuoteJob>,
     mem: GuestMemoryMmap,
     tee: Arc<Mutex<EmulatedTee>>,
     in_flight: Arc<AtomicU64>,
+    notify: Notify,
+    irq: impl services::Interrupt,
 ) {
     for job in jobs {
         let result = TdReport::from_bytes(&job.report)
@@ -614,6 +618,27 @@ pub fn quote_worker(
             );
         services::complete_quote(&mem, &job, result);
         in_flight.fetch_sub(1, Ordering::AcqRel);
+        let target = *notify.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((apic, vector)) = target {
+            if let Err(e) = irq.raise(apic, vector) {
+                tracing::warn!(error = %e, "cannot notify the TD of a finished quote");
+            }
+        }
+    }
+}
+
+/// Raises a vector on a vCPU with KVM_SIGNAL_MSI (fixed delivery, physical destination).
+#[derive(Debug, Clone)]
+pub struct MsiInterrupt(pub Arc<crate::vstate::vm::Vm>);
+
+impl services::Interrupt for MsiInterrupt {
+    fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: 0xFEE0_0000 | (apic << 12),
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        self.0.fd().signal_msi(msi).map(|_| ())
     }
 }
 
@@ -701,6 +726,11 @@ mod tests {
     /// A module over 64 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
     /// platform in a fresh directory, a quote thread, and the launch's accepted pages.
     fn module() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir) {
+        let (m, mem, dir, _) = module_with_irq();
+        (m, mem, dir)
+    }
+
+    fn module_with_irq() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
         attestation::tdx::emulated::EmulatedTdxPlatform::create(dir.path()).unwrap();
         let fw = measured_boot::testing::emulated_guest_image(&[0xf4]);
@@ -710,17 +740,24 @@ mod tests {
         let tee = Arc::new(Mutex::new(tee));
         let (tx, rx) = mpsc::sync_channel(4);
         let n = Arc::new(AtomicU64::new(0));
-        let (m2, t2, n2) = (mem.clone(), tee.clone(), n.clone());
-        std::thread::spawn(move || quote_worker(rx, m2, t2, n2));
-        let m = TdxModule::new(
-            mem.clone(),
-            tee,
-            accepted,
-            2,
-            Some((tx, n)),
-            Notify::default(),
-        );
-        (m, mem, dir)
+        let notify = Notify::default();
+        let (m2, t2, n2, no2) = (mem.clone(), tee.clone(), n.clone(), notify.clone());
+        let rec = Recorder::default();
+        let r2 = rec.clone();
+        std::thread::spawn(move || quote_worker(rx, m2, t2, n2, no2, r2));
+        let m = TdxModule::new(mem.clone(), tee, accepted, 2, Some((tx, n)), notify);
+        (m, mem, dir, rec)
+    }
+
+    /// Records the notifications the quote thread raises.
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<(u32, u8)>>>);
+
+    impl services::Interrupt for Recorder {
+        fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
+            self.0.lock().unwrap().push((apic, vector));
+            Ok(())
+        }
     }
 
     fn call(m: &TdxModule, vcpu: u32, r: Regs) -> Regs {
@@ -869,7 +906,24 @@ mod tests {
 
     #[test]
     fn rtmr_extend_report_and_get_quote_carry_the_guest_s_values() {
-        let (m, mem, _d) = module();
+        let (m, mem, _d, irq) = module_with_irq();
+        // SetupEventNotifyInterrupt: vector 0x40 on vCPU 1; vectors below 32 refused.
+        let notify = |vector| {
+            call(
+                &m,
+                1,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::SETUP_EVENT_NOTIFY,
+                    r12: vector,
+                    ..Default::default()
+                },
+            )
+            .r10
+        };
+        assert_eq!(notify(0x10), vmcall::INVALID_OPERAND);
+        assert_eq!(notify(0x40), vmcall::SUCCESS);
         // Private, accepted operands: accept the first 2 MiB of RAM.
         call(
             &m,
@@ -997,6 +1051,11 @@ mod tests {
         let q = attestation::tdx::quote::Quote::parse(&quote).unwrap();
         assert_eq!(q.body.report_data, [0x5A; 64]);
         assert_eq!(q.body.rtmr[2], rtmr2);
+        assert_eq!(
+            irq.0.lock().unwrap().as_slice(),
+            &[(1, 0x40)],
+            "the finished quote raised the guest's notification vector"
+        );
 
         // A TDREPORT this module did not MAC is refused by the quoting enclave.
         report[0x100] ^= 1;

@@ -120,13 +120,20 @@ impl TeeBackend for EmulatedTdx {
     fn runtime(&self, vm: &Arc<Vm>, mode: SeccompMode) -> Result<Option<TeeRuntime>, TeeError> {
         let (tx, rx) = mpsc::sync_channel(services::QUOTE_MAX_IN_FLIGHT as usize);
         let in_flight = Arc::new(AtomicU64::new(0));
-        let (mem, n, tee) = (vm.memory().clone(), in_flight.clone(), self.tee.clone());
-        // The emulated quoting enclave signs in this thread: it gets the plain vCPU
-        // filter (which already allows the mailbox's in-thread signing).
+        let notify = Notify::default();
+        let (mem, n, tee, note, irq) = (
+            vm.memory().clone(),
+            in_flight.clone(),
+            self.tee.clone(),
+            notify.clone(),
+            emu_tdx::MsiInterrupt(vm.clone()),
+        );
+        // The quote thread's filter (KVM_SIGNAL_MSI for the notification); the emulated
+        // quoting enclave's signing (deterministic ECDSA) needs no further syscalls.
         let thread = std::thread::Builder::new()
             .name("emulated-quote".into())
-            .spawn(move || match seccomp::install(ThreadKind::Vcpu, mode) {
-                Ok(()) => emu_tdx::quote_worker(rx, mem, tee, n),
+            .spawn(move || match seccomp::install(ThreadKind::Quote, mode) {
+                Ok(()) => emu_tdx::quote_worker(rx, mem, tee, n, note, irq),
                 Err(e) => tracing::error!(error = %e, "quote thread not confined; not serving"),
             })
             .map_err(|e| TeeError::Thread("emulated-quote", e))?;
@@ -136,7 +143,7 @@ impl TeeBackend for EmulatedTdx {
             self.accepted.clone(),
             self.vcpus.get().copied().unwrap_or(1),
             Some((tx, in_flight)),
-            Notify::default(),
+            notify,
         ));
         let _ = self.module.set(module.clone());
         Ok(Some(TeeRuntime {
