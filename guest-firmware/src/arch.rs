@@ -172,18 +172,32 @@ pub unsafe fn fill_phys(dst: u64, v: u8, n: u64) {
     }
 }
 
+/// A TDX module for host unit tests: TDCALL raises SIGILL on the host; the handler
+/// skips the 4-byte instruction and lets the installed `answer` function change the
+/// registers (`[R8..R15, RDI, RSI, RBP, RBX, RDX, RAX, RCX]`, `ucontext_t` order).
+/// Tests that use it hold [`fake_module::LOCK`] (the handler is process-wide).
 #[cfg(test)]
-mod tests {
-    //! Bug 8: `tdcall` must declare every register a leaf writes. On the host, TDCALL
-    //! raises SIGILL; a signal handler plays the TDX module: it writes a distinct value
-    //! into every register TDG.VP.VMCALL / TDG.VP.INFO may write (RCX, RDX, R8-R15),
-    //! RAX = 0, and skips the 4-byte instruction. A `tdcall` that leaves one of them
-    //! undeclared lets the compiler keep a live value there, which the call destroys.
-    use super::*;
-    use core::hint::black_box;
+pub(crate) mod fake_module {
+    use core::sync::atomic::{AtomicUsize, Ordering};
 
-    // Linux x86_64: `struct sigaction` (handler, mask, flags, restorer) and the
-    // `ucontext_t` general-register offsets (mcontext at 40, gregs in REG_* order).
+    /// Serialises the tests that install an answer.
+    pub static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static ANSWER: AtomicUsize = AtomicUsize::new(0);
+
+    /// Register indices in `gregs`.
+    pub const R8: usize = 0;
+    pub const R9: usize = 1;
+    pub const R10: usize = 2;
+    pub const R11: usize = 3;
+    pub const R12: usize = 4;
+    pub const R13: usize = 5;
+    pub const RDX: usize = 12;
+    pub const RAX: usize = 13;
+    pub const RCX: usize = 14;
+    const RIP: usize = 16;
+
+    // Linux x86_64: `struct sigaction` (handler, mask, flags, restorer); `ucontext_t`
+    // has its general registers at offset 40.
     #[repr(C)]
     struct SigAction {
         handler: usize,
@@ -197,33 +211,57 @@ mod tests {
     const SIGILL: i32 = 4;
     const SA_SIGINFO: i32 = 4;
     const GREGS: usize = 40;
-    // REG_R8..REG_R15 = 0..7, REG_RDX = 12, REG_RAX = 13, REG_RCX = 14, REG_RIP = 16.
-    const POISONED: [usize; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 12, 14];
 
-    extern "C" fn module(_sig: i32, _info: *mut u8, ctx: *mut u8) {
-        // SAFETY: the kernel passes a valid ucontext_t; the offsets are its layout.
-        unsafe {
-            let g = ctx.add(GREGS) as *mut u64;
-            let rip = *g.add(16);
-            assert_eq!(*(rip as *const [u8; 4]), [0x66, 0x0f, 0x01, 0xcc]);
-            for r in POISONED {
-                *g.add(r) = 0xD0D0_0000 + r as u64;
-            }
-            *g.add(13) = 0;
-            *g.add(16) = rip + 4;
-        }
+    extern "C" fn handler(_sig: i32, _info: *mut u8, ctx: *mut u8) {
+        // SAFETY: the kernel passes a valid ucontext_t; gregs has 23 entries.
+        let g = unsafe { &mut *(ctx.add(GREGS) as *mut [u64; 23]) };
+        // SAFETY: RIP points at the faulting instruction in our own code.
+        let insn = unsafe { *(g[RIP] as *const [u8; 4]) };
+        assert_eq!(insn, [0x66, 0x0f, 0x01, 0xcc], "only TDCALL traps here");
+        let answer = ANSWER.load(Ordering::SeqCst);
+        assert_ne!(answer, 0, "no answer installed");
+        // SAFETY: `install` stores only `fn(&mut [u64; 23])` pointers.
+        let f: fn(&mut [u64; 23]) = unsafe { core::mem::transmute(answer) };
+        f(g);
+        g[RIP] += 4;
     }
 
-    #[test]
-    fn tdcall_declares_every_register_the_module_writes() {
+    /// Makes `answer` the module; the caller holds [`LOCK`].
+    pub fn install(answer: fn(&mut [u64; 23])) {
+        ANSWER.store(answer as usize, Ordering::SeqCst);
         let act = SigAction {
-            handler: module as *const () as usize,
+            handler: handler as *const () as usize,
             mask: [0; 16],
             flags: SA_SIGINFO,
             restorer: 0,
         };
-        // SAFETY: installs a handler for SIGILL, which only our tdcall raises here.
+        // SAFETY: installs a handler for SIGILL, which only TDCALL raises in these tests.
         assert_eq!(unsafe { sigaction(SIGILL, &act, core::ptr::null_mut()) }, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Bug 8: `tdcall` must declare every register a leaf writes. The fake module writes
+    //! a distinct value into every register TDG.VP.VMCALL / TDG.VP.INFO may write (RCX,
+    //! RDX, R8-R15) and RAX = 0. A `tdcall` that leaves one of them undeclared lets the
+    //! compiler keep a live value there, which the call destroys (with R9 undeclared,
+    //! as before the fix, this test process died with SIGSEGV).
+    use super::fake_module::{self, *};
+    use super::*;
+    use core::hint::black_box;
+
+    fn poison(g: &mut [u64; 23]) {
+        for r in [0, 1, 2, 3, 4, 5, 6, 7, RDX, RCX] {
+            g[r] = 0xD0D0_0000 + r as u64;
+        }
+        g[RAX] = 0;
+    }
+
+    #[test]
+    fn tdcall_declares_every_register_the_module_writes() {
+        let _g = fake_module::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        fake_module::install(poison);
         for round in 0..64u64 {
             // Values live across the call, held nowhere else: the register allocator
             // puts them in registers the asm does not declare.
@@ -235,7 +273,7 @@ mod tests {
                 black_box(round + 4),
                 black_box(round + 5),
             );
-            // SAFETY: the handler above answers the TDCALL.
+            // SAFETY: the fake module answers the TDCALL.
             let r = unsafe {
                 tdcall(TdRegs {
                     rax: 1,

@@ -199,6 +199,7 @@ pub fn accept(start: u64, end: u64) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::fake_module::{self, *};
 
     #[test]
     fn accept_statuses_are_classified_as_the_module_defines_them() {
@@ -211,5 +212,57 @@ mod tests {
         // TDX_OPERAND_INVALID (RCX) and TDX_OPERAND_BUSY: not usable.
         assert_eq!(accept_status(0xC000_0100_0000_0001), Accepted::Failed);
         assert_eq!(accept_status(0x8000_0200_0000_0000), Accepted::Failed);
+    }
+
+    /// Settle item: accept errors are no longer ignored. The module maps 0-2 MiB at
+    /// 4 KiB (2 MiB accepts there: size mismatch), has 0x1000 already accepted, and
+    /// refuses 0x5000.
+    #[test]
+    fn accept_falls_back_to_4k_and_refuses_errors() {
+        let _g = fake_module::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        fn module(g: &mut [u64; 23]) {
+            assert_eq!(g[RAX], 6, "TDG.MEM.PAGE.ACCEPT");
+            let (gpa, level) = (g[RCX] & !0xFFF, g[RCX] & 7);
+            g[RAX] = match (gpa, level) {
+                (0, 1) => TDX_PAGE_SIZE_MISMATCH,
+                (0x1000, 0) => TDX_PAGE_ALREADY_ACCEPTED,
+                (0x5000, 0) => 0xC000_0100_0000_0001,
+                (_, 0) if gpa < 0x20_0000 => 0,
+                (_, 1) if gpa % 0x20_0000 == 0 => 0,
+                _ => 0xC000_0100_0000_0001,
+            };
+        }
+        fake_module::install(module);
+        assert_eq!(accept(0, 0x5000), Ok(()));
+        assert_eq!(accept(0x20_0000, 0x60_0000), Ok(()));
+        assert!(accept(0x4000, 0x6000).is_err(), "an accept error refuses");
+        assert!(accept(0, 0x20_0000).is_err(), "the fallback reaches 0x5000");
+    }
+
+    /// Settle item: MapGPA follows TDVMCALL_STATUS_RETRY with R11 = where to continue;
+    /// a continuation outside the remaining range is refused.
+    #[test]
+    fn map_gpa_follows_retry() {
+        let _g = fake_module::LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        fn module(g: &mut [u64; 23]) {
+            assert_eq!((g[RAX], g[RCX], g[R11]), (0, 0xFC00, 0x10001));
+            let (gpa, size) = (g[R12], g[R13]);
+            g[RAX] = 0;
+            if gpa == 0xDEAD_0000 {
+                // A VMM that answers RETRY pointing backwards.
+                g[R10] = TDVMCALL_STATUS_RETRY;
+                g[R11] = 0x1000;
+            } else if size > 0x20_0000 {
+                g[R10] = TDVMCALL_STATUS_RETRY;
+                g[R11] = gpa + 0x20_0000;
+            } else {
+                g[R10] = 0;
+            }
+            g[R8] = 0;
+            g[R9] = 0;
+        }
+        fake_module::install(module);
+        assert_eq!(map_gpa(0x100_0000, 0x50_0000), Ok(()));
+        assert!(map_gpa(0xDEAD_0000, 0x40_0000).is_err());
     }
 }
