@@ -14,7 +14,10 @@
 //! - **The emulator trap** (CPL3 code, or a standard KVM where `tdcall` raises #UD):
 //!   `out 0xE0, al` with every other register exactly as for `tdcall`; the VMM applies
 //!   the same semantics and leaves RIP alone (KVM skips the `out`). Both paths call
-//!   [`TdxModule::tdcall`]: one implementation of the module.
+//!   [`TdxModule::tdcall`]: one implementation of the module. The trap is reachable only
+//!   by code allowed to do port I/O (CPL0, or IOPL 3 as the test guest sets), which
+//!   mirrors TDCALL's CPL0 requirement; the literal instruction is emulated only when CS
+//!   is at DPL 0.
 //!
 //! # Leaves (Intel TDX Module 1.5 ABI specification, GHCI 1.5)
 //!
