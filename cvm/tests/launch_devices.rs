@@ -638,7 +638,12 @@ fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
     let fw = dir.path().join("fw.fd");
     std::fs::write(
         &fw,
-        emulated_guest_image(&mailbox_guest(&[(5, 8), (6, 0xffff), (9, 0)])),
+        // 32-bit code: the vCPU starts as a TD vCPU does.
+        common::td_guest_image(&common::mailbox_guest32(&[
+            (5, 0, Some(8)),
+            (6, 0, None),
+            (9, 0, Some(0)),
+        ])),
     )
     .unwrap();
     let o = run(

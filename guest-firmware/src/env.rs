@@ -1,6 +1,7 @@
 //! Which environment the firmware runs in, detected in the documented order: TDX
-//! (CPUID leaf 0x21), SEV-SNP (CPUID 0x8000001F and SEV_STATUS), the emulated mailbox
-//! (magic, then INFO), otherwise plain.
+//! (CPUID leaf 0x21: a real TD, or `--tee emulated-tdx`, whose VMM plays the TDX module
+//! for the same TDCALLs), SEV-SNP (CPUID 0x8000001F and SEV_STATUS), the emulated SNP
+//! mailbox (magic, then INFO), otherwise plain.
 //!
 //! The SNP check happens in the 32-bit stage (it must know the C-bit before it builds
 //! the page tables, and CPUID raises #VC there, which only that stage handles), and a TD
@@ -22,14 +23,13 @@ pub enum Env {
     Plain,
     /// The emulated SEV-SNP of `cvm launch --tee emulated-snp`.
     EmulatedSnp,
-    /// The emulated TDX of `cvm launch --tee emulated-tdx`.
-    EmulatedTdx,
     /// Real SEV-SNP, with the C-bit at this position.
     Snp {
         /// C-bit position (CPUID 0x8000001F EBX[5:0]).
         cbit: u8,
     },
-    /// Real TDX.
+    /// TDX (CPUID leaf 0x21): a real TD, or the emulated TDX of `cvm launch --tee
+    /// emulated-tdx`, where the VMM answers the same TDCALLs.
     Tdx,
 }
 
@@ -39,7 +39,6 @@ impl Env {
         match self {
             Env::Plain => "plain (no TEE)",
             Env::EmulatedSnp => "emulated SEV-SNP (insecure)",
-            Env::EmulatedTdx => "emulated TDX (insecure)",
             Env::Snp { .. } => "SEV-SNP",
             Env::Tdx => "TDX",
         }
@@ -47,7 +46,7 @@ impl Env {
 
     /// Whether measured boot uses RTMRs (TDX) rather than the SNP hashes table.
     pub fn is_tdx(self) -> bool {
-        matches!(self, Env::EmulatedTdx | Env::Tdx)
+        matches!(self, Env::Tdx)
     }
 }
 
@@ -80,7 +79,7 @@ pub fn detect(flags: u32) -> Env {
     }
     match mailbox::kind() {
         Some(mailbox::Kind::Snp) => Env::EmulatedSnp,
-        Some(mailbox::Kind::Tdx) => Env::EmulatedTdx,
-        None => Env::Plain,
+        // An emulated TDX announces itself with CPUID 0x21, never through the mailbox.
+        Some(mailbox::Kind::Tdx) | None => Env::Plain,
     }
 }

@@ -18,8 +18,6 @@ const CMD_INFO: u32 = 5;
 /// Command: SNP extended-report certificates (used only to tell an older mailbox
 /// without INFO apart: it succeeds on emulated SNP, is unsupported on emulated TDX).
 const CMD_SNP_CERTS: u32 = 2;
-/// Command: extend RTMR (u32 index at 0, 48-byte digest at 8).
-const CMD_RTMR_EXTEND: u32 = 4;
 const STATUS_UNSUPPORTED: u32 = 2;
 
 /// The emulated TEE behind the mailbox.
@@ -70,12 +68,4 @@ pub fn kind() -> Option<Kind> {
             _ => Some(Kind::Snp),
         },
     }
-}
-
-/// Extends emulated RTMR `index` with `digest`.
-pub fn rtmr_extend(index: u32, digest: &[u8; 48]) -> Result<(), u32> {
-    let mut req = [0u8; 56];
-    req[..4].copy_from_slice(&index.to_le_bytes());
-    req[8..].copy_from_slice(digest);
-    command(CMD_RTMR_EXTEND, &req).map(|_| ())
 }

@@ -15,12 +15,13 @@
 //! | 0x1000–0x6FFF | page tables: PML4, PDPT, 4 PDs (2 MiB pages, 0–4 GiB) |
 //! | 0x7000 | Linux `boot_params` |
 //! | 0x8000 | boot-data descriptor (VMM-written, untrusted) |
-//! | 0x9000 | GHCB (SNP) |
+//! | 0x9000 | GHCB (SNP); TDX: 0x9000–0xCFFF the shared alias's 4 PDs |
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
 //! | 0x18000–0x1BFFF | emulated-mailbox request window |
+//! | 0x1C000 | ACPI Multiprocessor Wakeup mailbox (TD APs park here; e820 reserved) |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
 //! | 0x1E000 / 0x1F000 | TDX shared-alias PDPT / SNP 4 KiB table for 0–2 MiB |
 //! | 0x20000–0x2FFFF | private command line |
@@ -63,11 +64,17 @@
 //! kernel of a few KiB in 0.2 s (whole `cvm launch`). On real SNP/TDX hardware the same
 //! code runs natively.
 //!
+//! Under `--tee emulated-tdx` the TDX code (`tdx.rs`) runs here too: the VMM's software
+//! TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the shared
+//! alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU starts
+//! at the reset vector in 32-bit mode and the application processors park
+//! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
+//!
 //! **Not verifiable here** (no SNP or TDX hardware): the 32-bit #VC handler, the C-bit,
-//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), TDCALLs,
-//! TDG.MEM.PAGE.ACCEPT, MapGPA and the shared alias (`tdx.rs`). They are written
-//! against the AMD GHCB and Intel TDX module/GHCI specifications and run only when the
-//! hardware says it is SNP or TDX.
+//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), and how
+//! real TDX hardware and Linux treat the TD paths beyond what the emulated module
+//! checks (for example a real AP wakeup by Linux through the MADT mailbox). They are
+//! written against the AMD GHCB and Intel TDX module/GHCI specifications.
 //!
 //! # Build
 //!
@@ -136,7 +143,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             0
         }
         Env::Tdx => {
-            tdx::init(slo, shi);
+            if let Err(e) = tdx::init(slo, shi) {
+                io.refuse(e);
+            }
             tdx::STAGING_ALIAS
         }
         _ => 0,
@@ -152,7 +161,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             (0x1_0000_0000, 0x1_0000_0000 + bd.ram_above_4g),
         ] {
             if env == Env::Tdx {
-                tdx::accept(start, end);
+                if let Err(e) = tdx::accept(start, end) {
+                    io.refuse(e);
+                }
             } else {
                 snp::accept(start, end);
             }

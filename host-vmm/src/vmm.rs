@@ -511,6 +511,7 @@ impl VmBuilder {
             .as_ref()
             .map(|r| (r.exits.clone(), r.vcpu_thread));
         let bus = Arc::new(std::mem::take(&mut self.bus));
+        self.config.tee.attach_buses(&bus);
         let threads = launched
             .vcpus
             .into_iter()

@@ -431,7 +431,9 @@ fn demo(a: Args) -> Result<(), DemoError> {
     println!("    the guest will trust only this verifier: {pin}");
     // The pin is on the measured command line, so it is part of the measurement
     // registered below: a host that changes it changes the measurement.
-    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin}");
+    // `cvm.tee_trap=port`: the test guest runs its TEE code at CPL3, where a TD's
+    // TDCALL goes through the emulator trap (also measured).
+    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin} cvm.tee_trap=port");
     d.step("Writing one VM description per TEE (what `cvm measure` and `cvm launch` both read)");
     let mut descriptions = Vec::new();
     for tee in &tees {

@@ -21,7 +21,10 @@
 //!   token and a release signed by it (`guest_agent::pin`), and refuses to attest
 //!   without it. The command line is measured, so the pin is part of the measurement;
 //! - `cvm.kbs_port=N` (default 50000): the host vsock port of the attestation relay;
-//! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier.
+//! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier;
+//! - `cvm.tee_trap=port` (optional): TDCALL through the emulator trap (`out 0xE0`)
+//!   instead of the literal instruction (`trap_tdx`): needed under `--tee
+//!   emulated-tdx`, where this CPL3 code cannot execute TDCALL.
 //!
 //! # Disk format
 //!
@@ -48,6 +51,7 @@ mod heap;
 mod pio;
 mod rng;
 mod tee;
+mod trap_tdx;
 mod virtio;
 
 use alloc::format;
@@ -119,9 +123,11 @@ fn run(boot_params: usize) -> Result<String, String> {
     }
     HEAP.init(HEAP_START as usize, end as usize);
 
-    let params = parse_cmdline(&bootparams::cmdline(boot_params))?;
+    let cmdline = bootparams::cmdline(boot_params);
+    let params = parse_cmdline(&cmdline)?;
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
-    let mut mailbox = tee::Mailbox::detect().map_err(|e| format!("{e}"))?;
+    let mut mailbox = tee::Provider::detect(trap_tdx::Trap::from_cmdline(&cmdline))
+        .map_err(|e| format!("{e}"))?;
     println!(
         "cvm-testguest: emulated {} TEE; attesting for {} via vsock port {}",
         mailbox.tee().as_str(),
