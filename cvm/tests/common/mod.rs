@@ -49,13 +49,33 @@ pub fn bzimage(entry: &[u8], pad: usize) -> Vec<u8> {
 /// protected mode at 0xFFFFFFF0. `code` (32-bit) runs at 0xFFFFF000, reached by a
 /// 32-bit `jmp rel32` at the reset vector; the image is otherwise
 /// `measured_boot::testing::emulated_guest_image`.
+///
+/// The code is preceded by TDG.MEM.PAGE.ACCEPT of the mailbox window and its response
+/// area 0x1000-0x40000 (through the emulator trap): a TD's memory starts private and unaccepted (the
+/// private-memory contract), and reading the mailbox's response from an unaccepted page
+/// is a TDX #VE the VMM reports as a guest fault.
 pub fn td_guest_image(code: &[u8]) -> Vec<u8> {
-    let mut img = measured_boot::testing::emulated_guest_image(code);
+    let mut c = td_accept32(0x1000, 0x4_0000);
+    c.extend_from_slice(code);
+    let mut img = measured_boot::testing::emulated_guest_image(&c);
     let reset = img.len() - 16;
     let rel = 0xFFFF_F000u32.wrapping_sub(0xFFFF_FFF5);
     img[reset] = 0xe9;
     img[reset + 1..reset + 5].copy_from_slice(&rel.to_le_bytes());
     img
+}
+
+/// 32-bit TDG.MEM.PAGE.ACCEPT of the 4 KiB pages of `[start, end)` through the
+/// emulator trap (`out 0xE0, al` with RAX = 6, RCX = the page, level 0), one by one.
+pub fn td_accept32(start: u32, end: u32) -> Vec<u8> {
+    let mut c = vec![0xbe]; // mov esi, start
+    c.extend_from_slice(&start.to_le_bytes());
+    // loop: mov eax, 6; mov ecx, esi; xor edx, edx; out 0xe0, al; add esi, 0x1000
+    c.extend_from_slice(&[0xb8, 6, 0, 0, 0, 0x89, 0xf1, 0x31, 0xd2, 0xe6, 0xe0]);
+    c.extend_from_slice(&[0x81, 0xc6, 0x00, 0x10, 0, 0, 0x81, 0xfe]); // ...; cmp esi, end
+    c.extend_from_slice(&end.to_le_bytes());
+    c.extend_from_slice(&[0x72, 0xe7]); // jb loop (-25)
+    c
 }
 
 /// 32-bit mailbox client (request window at 0x1000): for each (command, skip, count)

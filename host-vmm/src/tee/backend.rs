@@ -404,7 +404,21 @@ mod tests {
             (&tdx, TeeKind::EmulatedTdx),
         ] {
             assert_eq!(b.kind(), tee);
-            assert_eq!(b.vm_type(), VmType::Default, "{tee}");
+            // Emulated TDX keeps the private-memory contract (its shared bit, 47, is the
+            // alias where the host allows it); emulated SNP is still a default VM.
+            match tee {
+                TeeKind::EmulatedTdx => assert!(
+                    matches!(
+                        b.vm_type(),
+                        VmType::EmulatedConfidential(crate::vstate::cc_memory::CcConfig {
+                            tee: crate::vstate::cc_memory::CcTee::Tdx,
+                            ..
+                        })
+                    ),
+                    "{tee}"
+                ),
+                _ => assert_eq!(b.vm_type(), VmType::Default, "{tee}"),
+            }
             assert!(!b.virtio_access_platform(), "{tee}");
             // Emulated TDX shows CPUID 0x21 as a TDX module does (the guest detects TDX
             // there and runs its real TDCALL code); emulated SNP hides both.

@@ -51,21 +51,21 @@
 //! `gpa | 1 << 47` mapping the same host memory (no private view here: t13-mem's
 //! enforcing views replace it).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use attestation::tdx::report::TdReport;
-use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{kvm_regs, kvm_segment};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::emulated::EmulatedTee;
 use super::services::{self, Notify, QgsError, QuoteJob, TdVmcalls};
 use crate::devices::{Buses, VmEvent};
-use crate::vstate::vcpu::{translate, ExitError, ExitHandler, Handled};
+use crate::vstate::cc_memory::{
+    AcceptError, CcMemory, CcMemoryError, FaultKind, MmioAccess, PageSize, PageState,
+};
+use crate::vstate::vcpu::{ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
 pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
@@ -75,8 +75,6 @@ pub const TRAP_TDCALL: u16 = 0xE0;
 pub const GPAW: u32 = 48;
 /// The shared bit (GPAW - 1).
 pub const SHARED_BIT: u64 = 1 << (GPAW - 1);
-/// The first KVM memslot of the shared alias.
-pub const ALIAS_SLOT: u32 = 64;
 /// MapGPA converts at most this much per call before answering RETRY.
 pub const MAP_GPA_CHUNK: u64 = 64 << 20;
 /// The TD HOB address a TD vCPU gets in RCX (TDVF's TD_HOB section).
@@ -123,114 +121,15 @@ pub mod vmcall {
 const PAGE: u64 = 0x1000;
 const HUGE: u64 = 0x20_0000;
 
-/// The accepted state of one 2 MiB range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Chunk {
-    /// Accepted as one 2 MiB page.
-    Huge,
-    /// 4 KiB pages, one bit each (set = accepted).
-    Small(Box<[u64; 8]>),
-}
-
-/// The software accepted-page map: which private pages the TD has accepted, at 4 KiB or
-/// 2 MiB granularity (the Secure EPT leaf level).
-#[derive(Debug, Default, Clone)]
-pub struct AcceptMap {
-    chunks: HashMap<u64, Chunk>,
-}
-
-impl AcceptMap {
-    /// Marks `[gpa, gpa + len)` accepted at 4 KiB (TDH.MEM.PAGE.ADD at launch).
-    pub fn add_pages(&mut self, gpa: u64, len: u64) {
-        let mut p = gpa & !(PAGE - 1);
-        while p < gpa + len {
-            self.set_small(p, true);
-            p += PAGE;
-        }
-    }
-
-    fn set_small(&mut self, gpa: u64, on: bool) {
-        let c = self
-            .chunks
-            .entry(gpa / HUGE)
-            .or_insert_with(|| Chunk::Small(Box::new([0; 8])));
-        if let Chunk::Small(bits) = c {
-            let i = ((gpa % HUGE) / PAGE) as usize;
-            if on {
-                bits[i / 64] |= 1 << (i % 64);
-            } else {
-                bits[i / 64] &= !(1 << (i % 64));
-            }
-        }
-    }
-
-    /// Whether the 4 KiB page at `gpa` is accepted.
-    pub fn is_accepted(&self, gpa: u64) -> bool {
-        match self.chunks.get(&(gpa / HUGE)) {
-            Some(Chunk::Huge) => true,
-            Some(Chunk::Small(bits)) => {
-                let i = ((gpa % HUGE) / PAGE) as usize;
-                bits[i / 64] & (1 << (i % 64)) != 0
-            }
-            None => false,
-        }
-    }
-
-    /// TDG.MEM.PAGE.ACCEPT of `gpa` at `level` (0 = 4 KiB, 1 = 2 MiB): the completion
-    /// status.
-    pub fn accept(&mut self, gpa: u64, level: u64) -> u64 {
-        match level {
-            0 => {
-                if self.is_accepted(gpa) {
-                    return status::PAGE_ALREADY_ACCEPTED;
-                }
-                self.set_small(gpa, true);
-                status::SUCCESS
-            }
-            1 => match self.chunks.get(&(gpa / HUGE)) {
-                Some(Chunk::Huge) => status::PAGE_ALREADY_ACCEPTED,
-                // Some 4 KiB leaves exist: the Secure EPT maps the range at 4 KiB.
-                Some(Chunk::Small(bits)) if bits.iter().any(|b| *b != 0) => {
-                    status::PAGE_SIZE_MISMATCH
-                }
-                _ => {
-                    self.chunks.insert(gpa / HUGE, Chunk::Huge);
-                    status::SUCCESS
-                }
-            },
-            _ => status::OPERAND_INVALID | status::RCX,
-        }
-    }
-
-    /// MapGPA to shared: the private pages of `[gpa, gpa + len)` are released (a later
-    /// conversion back to private needs a new accept).
-    pub fn release(&mut self, gpa: u64, len: u64) {
-        let mut p = gpa;
-        while p < gpa + len {
-            if p % HUGE == 0 && gpa + len - p >= HUGE {
-                self.chunks.remove(&(p / HUGE));
-                p += HUGE;
-                continue;
-            }
-            if let Some(Chunk::Huge) = self.chunks.get(&(p / HUGE)) {
-                // Demote, then clear the one page.
-                self.chunks
-                    .insert(p / HUGE, Chunk::Small(Box::new([u64::MAX; 8])));
-            }
-            self.set_small(p, false);
-            p += PAGE;
-        }
-    }
-}
-
 /// The general registers TDCALL reads and writes.
 pub type Regs = kvm_regs;
 
 /// The software TDX module: an [`ExitHandler`] for an emulated TD.
 pub struct TdxModule {
     mem: GuestMemoryMmap,
+    cc: Arc<CcMemory>,
     tee: Arc<Mutex<EmulatedTee>>,
-    accepted: Mutex<AcceptMap>,
+    exposed: AtomicBool,
     vcpus: u32,
     attributes: u64,
     vmcalls: TdVmcalls,
@@ -251,12 +150,12 @@ fn word(b: &[u8; 256], at: usize) -> u64 {
 
 impl TdxModule {
     /// The module of the TD in `tee` (an [`EmulatedTee::Tdx`]) with `vcpus` vCPUs over
-    /// `mem`; `accepted` holds the pages the launch added; `quotes` feeds the quote
-    /// thread ([`quote_worker`]).
+    /// the private-memory contract `cc` (its page states are the Secure EPT: the pages
+    /// the launch added are accepted); `quotes` feeds the quote thread
+    /// ([`quote_worker`]).
     pub fn new(
-        mem: GuestMemoryMmap,
+        cc: Arc<CcMemory>,
         tee: Arc<Mutex<EmulatedTee>>,
-        accepted: AcceptMap,
         vcpus: u32,
         quotes: Option<(mpsc::SyncSender<QuoteJob>, Arc<AtomicU64>)>,
         notify: Notify,
@@ -265,6 +164,8 @@ impl TdxModule {
             EmulatedTee::Tdx { td, .. } => td.config().attributes,
             EmulatedTee::Snp { .. } => 0,
         };
+        // The VMM's view: shared buffers (GetQuote) are visible there, private ones not.
+        let mem = cc.vmm_memory().clone();
         let vmcalls = TdVmcalls::new(
             mem.clone(),
             quotes,
@@ -274,8 +175,9 @@ impl TdxModule {
         );
         Self {
             mem,
+            cc,
             tee,
-            accepted: Mutex::new(accepted),
+            exposed: AtomicBool::new(false),
             vcpus,
             attributes,
             vmcalls,
@@ -288,13 +190,10 @@ impl TdxModule {
         let _ = self.bus.set(bus);
     }
 
-    /// Whether the page at `gpa` is accepted.
+    /// Whether the private page at `gpa` is accepted (the Secure EPT maps it and the TD
+    /// accepted it, or the launch added it).
     pub fn is_accepted(&self, gpa: u64) -> bool {
-        self.lock_accepted().is_accepted(gpa)
-    }
-
-    fn lock_accepted(&self) -> std::sync::MutexGuard<'_, AcceptMap> {
-        self.accepted.lock().unwrap_or_else(|e| e.into_inner())
+        gpa & SHARED_BIT == 0 && matches!(self.cc.state(gpa), Some(PageState::Validated(_)))
     }
 
     /// Executes one TDCALL of vCPU `vcpu` on `r` (every output in place). An `Err` is a
@@ -323,10 +222,31 @@ impl TdxModule {
             leaf::MEM_PAGE_ACCEPT => {
                 let (gpa, level) = (r.rcx & !0xFFF, r.rcx & 7);
                 let size = if level == 1 { HUGE } else { PAGE };
-                if r.rcx & 0xFF8 != 0 || gpa % size != 0 || !self.is_ram(gpa, size) {
+                if r.rcx & 0xFF8 != 0
+                    || level > 1
+                    || gpa & SHARED_BIT != 0
+                    || gpa % size != 0
+                    || !self.is_ram(gpa, size)
+                {
                     status::OPERAND_INVALID | status::RCX
                 } else {
-                    self.lock_accepted().accept(gpa, level)
+                    let page = if level == 1 {
+                        PageSize::Size2M
+                    } else {
+                        PageSize::Size4K
+                    };
+                    match self.cc.accept(gpa, page) {
+                        Ok(()) => status::SUCCESS,
+                        Err(e) => match e.tdx_status() {
+                            Some(s) => s,
+                            // A shared page (KVM: a private access to a shared GPA, a
+                            // memory fault for the VMM) or a host failure: the TD stops.
+                            None if matches!(e, AcceptError::NotPrivate { .. }) => {
+                                return Err(ExitError::GuestFault(e.to_string()))
+                            }
+                            None => return Err(ExitError::Emulation(chain(&e))),
+                        },
+                    }
                 }
             }
             _ => status::OPERAND_INVALID | status::RAX,
@@ -353,7 +273,7 @@ impl TdxModule {
             return status::OPERAND_INVALID | status::RCX;
         }
         let mut digest = [0u8; 48];
-        if self.mem.read_slice(&mut digest, GuestAddress(gpa)).is_err() {
+        if self.cc.trusted_read(gpa, &mut digest).is_err() {
             return status::OPERAND_INVALID | status::RCX;
         }
         match &mut *self.tee.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -378,11 +298,7 @@ impl TdxModule {
             return status::OPERAND_INVALID | status::RDX;
         }
         let mut report_data = [0u8; 64];
-        if self
-            .mem
-            .read_slice(&mut report_data, GuestAddress(data))
-            .is_err()
-        {
+        if self.cc.trusted_read(data, &mut report_data).is_err() {
             return status::OPERAND_INVALID | status::RDX;
         }
         let report = match &*self.tee.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -390,14 +306,7 @@ impl TdxModule {
             EmulatedTee::Snp { .. } => return status::OPERAND_INVALID | status::RAX,
         };
         match report {
-            Ok(r)
-                if self
-                    .mem
-                    .write_slice(&r.to_bytes(), GuestAddress(out))
-                    .is_ok() =>
-            {
-                status::SUCCESS
-            }
+            Ok(r) if self.cc.trusted_write(out, &r.to_bytes()).is_ok() => status::SUCCESS,
             _ => status::OPERAND_INVALID | status::RCX,
         }
     }
@@ -450,7 +359,7 @@ impl TdxModule {
                     vmcall::SUCCESS
                 }
             }
-            vmcall::MAP_GPA => self.map_gpa(r12, r13, &mut r.r11),
+            vmcall::MAP_GPA => self.map_gpa(r12, r13, &mut r.r11)?,
             vmcall::GET_QUOTE | vmcall::SETUP_EVENT_NOTIFY | vmcall::GET_TD_VM_CALL_INFO => {
                 // The KVM_EXIT_TDX layout (services.rs); KVM strips the shared bit of
                 // GetQuote's GPA before it exits to user space, and so do we.
@@ -480,27 +389,39 @@ impl TdxModule {
     /// MapGPA `[gpa, gpa + size)`: shared when `gpa` has the shared bit, else private.
     /// Converts at most [`MAP_GPA_CHUNK`] and answers RETRY with R11 = the next GPA (shared
     /// bit kept) while some remains.
-    fn map_gpa(&self, gpa: u64, size: u64, r11: &mut u64) -> u64 {
+    ///
+    /// The conversion is [`CcMemory::convert`]: every page that changes is scrubbed (a
+    /// page made private must be accepted again; a page made shared never shows its
+    /// private bytes). A range that is not guest RAM is an invalid operand; a host
+    /// failure stops the TD.
+    fn map_gpa(&self, gpa: u64, size: u64, r11: &mut u64) -> Result<u64, ExitError> {
         let shared = gpa & SHARED_BIT != 0;
         let start = gpa & !SHARED_BIT;
         if start % PAGE != 0 || size % PAGE != 0 {
-            return vmcall::ALIGN_ERROR;
+            return Ok(vmcall::ALIGN_ERROR);
         }
         let Some(end) = start.checked_add(size) else {
-            return vmcall::INVALID_OPERAND;
+            return Ok(vmcall::INVALID_OPERAND);
         };
         if size == 0 || end > SHARED_BIT {
-            return vmcall::INVALID_OPERAND;
+            return Ok(vmcall::INVALID_OPERAND);
         }
         let chunk = size.min(MAP_GPA_CHUNK);
-        if shared {
-            self.lock_accepted().release(start, chunk);
+        if !self.is_ram(start, chunk) {
+            return Ok(vmcall::INVALID_OPERAND);
+        }
+        match self.cc.convert(start, chunk, !shared) {
+            Ok(_) => {}
+            Err(CcMemoryError::Outside(_) | CcMemoryError::Unaligned { .. }) => {
+                return Ok(vmcall::INVALID_OPERAND)
+            }
+            Err(e) => return Err(ExitError::Emulation(chain(&e))),
         }
         if chunk < size {
             *r11 = (start + chunk) | (gpa & SHARED_BIT);
-            return vmcall::RETRY;
+            return Ok(vmcall::RETRY);
         }
-        vmcall::SUCCESS
+        Ok(vmcall::SUCCESS)
     }
 
     /// Emulates a `tdcall` at CS:RIP of `fd` (the internal-error path): false if the
@@ -516,11 +437,20 @@ impl TdxModule {
         if sregs.cs.dpl != 0 {
             return Ok(false);
         }
-        let Some(gpa) = translate(&self.mem, &sregs, sregs.cs.base.wrapping_add(regs.rip)) else {
+        // The firmware's code and page tables are private: read them as the TDX module
+        // does, not through the VMM's view (which shows zeros there after launch).
+        let Some(gpa) = self.translate(&sregs, sregs.cs.base.wrapping_add(regs.rip)) else {
             return Ok(false);
         };
         let mut insn = [0u8; 4];
-        if self.mem.read_slice(&mut insn, GuestAddress(gpa)).is_err() || insn != TDCALL {
+        if self.cc.trusted_read(gpa, &mut insn).is_err() || insn != TDCALL {
+            // Not a TDCALL: an instruction fetch from a page the TD may not execute
+            // (unaccepted or shared) is an emulation failure here; report it as the
+            // fault the hardware raises.
+            let fault = self.cc.classify(gpa);
+            if !matches!(fault.kind, FaultKind::Accessible | FaultKind::NotRam) {
+                return Err(ExitError::GuestFault(format!("instruction fetch: {fault}")));
+            }
             return Ok(false);
         }
         self.tdcall(vcpu, &mut regs)?;
@@ -528,6 +458,38 @@ impl TdxModule {
         fd.set_regs(&regs)
             .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed in the TDX module"))?;
         Ok(true)
+    }
+
+    /// Translates a guest linear address through the guest's page tables (no paging, or
+    /// 4-level long-mode paging), reading them with [`CcMemory::trusted_read`].
+    fn translate(&self, sregs: &kvm_bindings::kvm_sregs, linear: u64) -> Option<u64> {
+        const PG: u64 = 1 << 31;
+        const LMA: u64 = 1 << 10;
+        if sregs.cr0 & PG == 0 {
+            return Some(linear & 0xffff_ffff);
+        }
+        if sregs.efer & LMA == 0 {
+            return None;
+        }
+        // Physical-address bits 51:12, without the shared bit.
+        let addr_mask = 0x000f_ffff_ffff_f000 & !SHARED_BIT;
+        let mut table = sregs.cr3 & addr_mask;
+        for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+            let idx = (linear >> shift) & 0x1ff;
+            let mut e = [0u8; 8];
+            self.cc.trusted_read(table + idx * 8, &mut e).ok()?;
+            let entry = u64::from_le_bytes(e);
+            if entry & 1 == 0 {
+                return None;
+            }
+            let addr = entry & addr_mask;
+            if level == 1 || ((level == 2 || level == 3) && entry & (1 << 7) != 0) {
+                let mask = (1u64 << shift) - 1;
+                return Some((addr & !mask) | (linear & mask));
+            }
+            table = addr;
+        }
+        None
     }
 
     /// The emulator trap (`out 0xE0, al`): the TDCALL semantics on the registers, RIP
@@ -544,10 +506,31 @@ impl TdxModule {
 }
 
 impl ExitHandler for TdxModule {
-    fn memory_fault(&self, _gpa: u64, _size: u64, _private: bool) -> Result<(), ExitError> {
-        Err(ExitError::Unexpected(
-            "KVM_EXIT_MEMORY_FAULT on an emulated TD (no private memory)",
-        ))
+    fn memory_fault(&self, gpa: u64, _size: u64, _private: bool) -> Result<(), ExitError> {
+        // KVM_EXIT_MEMORY_FAULT (a standard KVM since 6.8): the contract refused it.
+        Err(ExitError::GuestFault(self.cc.classify(gpa).to_string()))
+    }
+
+    fn mmio(&self, gpa: u64, data: &mut [u8], write: bool) -> Result<Handled, ExitError> {
+        match self.cc.serve_mmio(gpa, data, write) {
+            MmioAccess::Device => Ok(Handled::No),
+            MmioAccess::Served => Ok(Handled::Yes),
+            MmioAccess::Fault(f) => Err(ExitError::GuestFault(f.to_string())),
+            MmioAccess::Failed(e) => Err(ExitError::Emulation(chain(&e))),
+        }
+    }
+
+    fn run_efault(&self) -> Result<Handled, ExitError> {
+        // This host gives no GPA for a CPL3 access to a protected page: switch to hole
+        // mode once, so the access exits as MMIO at its GPA. A second EFAULT is not
+        // about page states: the vCPU stops.
+        if self.exposed.swap(true, Ordering::AcqRel) {
+            return Ok(Handled::No);
+        }
+        self.cc
+            .expose_faults()
+            .map_err(|e| ExitError::Emulation(chain(&e)))?;
+        Ok(Handled::Yes)
     }
 
     fn map_gpa_range(&self, _args: &[u64; 6]) -> u64 {
@@ -591,6 +574,18 @@ impl ExitHandler for TdxModule {
             Handled::No
         })
     }
+}
+
+/// `e` and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Serves GetQuote jobs until the channel closes: the quoting enclave of the emulated
@@ -645,28 +640,6 @@ impl services::Interrupt for MsiInterrupt {
     }
 }
 
-/// Registers the shared alias of every RAM region of `mem` at `gpa | SHARED_BIT`
-/// (memslots from [`ALIAS_SLOT`]).
-pub fn map_shared_alias(
-    vm: &kvm_ioctls::VmFd,
-    mem: &GuestMemoryMmap,
-) -> Result<(), kvm_ioctls::Error> {
-    for (i, region) in mem.iter().enumerate() {
-        let r = kvm_userspace_memory_region {
-            slot: ALIAS_SLOT + i as u32,
-            flags: 0,
-            guest_phys_addr: region.start_addr().raw_value() | SHARED_BIT,
-            memory_size: region.len(),
-            userspace_addr: region.as_ptr() as u64,
-        };
-        // SAFETY: the host range is a live mapping owned by `mem`, which the VM keeps
-        // for as long as its fd exists (as `memory::register`); the alias slots do not
-        // overlap each other or the RAM slots (all RAM lies below SHARED_BIT).
-        unsafe { vm.set_user_memory_region(r) }?;
-    }
-    Ok(())
-}
-
 fn flat(selector: u16, type_: u8) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -687,7 +660,7 @@ fn flat(selector: u16, type_: u8) -> kvm_segment {
 
 /// Puts vCPU `index` in a TD vCPU's initial state (module docs) and makes it runnable
 /// (a TD has no INIT/SIPI: every vCPU starts at the reset vector).
-pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
+pub fn td_entry(fd: &VcpuFd, index: u32, hob: u64) -> Result<(), kvm_ioctls::Error> {
     let mut sregs = fd.get_sregs()?;
     sregs.cs = flat(0x08, 0xB);
     for s in [
@@ -707,8 +680,8 @@ pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
         rip: 0xFFFF_FFF0,
         rflags: 2,
         rbx: u64::from(GPAW),
-        rcx: TD_HOB,
-        r8: TD_HOB,
+        rcx: hob,
+        r8: hob,
         rdx: u64::from(index),
         rsi: u64::from(index),
         ..Default::default()
@@ -725,21 +698,45 @@ pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::Bytes;
 
-    /// A module over 64 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
+    /// A module over 256 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
     /// platform in a fresh directory, a quote thread, and the launch's accepted pages.
     fn module() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir) {
         let (m, mem, dir, _) = module_with_irq();
         (m, mem, dir)
     }
 
+    /// The private-memory contract of a 256 MiB TD of `fw`, with the launch's pages added
+    /// (private, accepted) and the launch finished.
+    pub(crate) fn launched_cc(
+        fw: &[u8],
+        plan: &measured_boot::tdx::TdxLaunchPlan,
+    ) -> Arc<CcMemory> {
+        use crate::vstate::cc_memory::{CcConfig, CcTee};
+        let cc = CcMemory::new(
+            &crate::vstate::memory::layout(256 << 20, fw.len()).unwrap(),
+            CcConfig {
+                tee: CcTee::Tdx,
+                alias_bit: Some(GPAW - 1),
+            },
+        )
+        .unwrap();
+        for r in plan.regions() {
+            cc.launch_private_with(r.gpa, r.data).unwrap();
+        }
+        cc.finish_launch().unwrap();
+        Arc::new(cc)
+    }
+
     fn module_with_irq() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir, Recorder) {
         let dir = tempfile::tempdir().unwrap();
         attestation::tdx::emulated::EmulatedTdxPlatform::create(dir.path()).unwrap();
         let fw = measured_boot::testing::emulated_guest_image(&[0xf4]);
-        let mem = crate::vstate::memory::create(64 << 20, &fw).unwrap();
-        let (tee, _, _, accepted) =
-            EmulatedTee::launch_tdx(dir.path(), fw, Default::default(), None).unwrap();
+        let (tee, _, _, plan) =
+            EmulatedTee::launch_tdx(dir.path(), fw.clone(), Default::default(), None).unwrap();
+        let cc = launched_cc(&fw, &plan);
+        let mem = cc.vmm_memory().clone();
         let tee = Arc::new(Mutex::new(tee));
         let (tx, rx) = mpsc::sync_channel(4);
         let n = Arc::new(AtomicU64::new(0));
@@ -748,7 +745,7 @@ mod tests {
         let rec = Recorder::default();
         let r2 = rec.clone();
         std::thread::spawn(move || quote_worker(rx, m2, t2, n2, no2, r2));
-        let m = TdxModule::new(mem.clone(), tee, accepted, 2, Some((tx, n)), notify);
+        let m = TdxModule::new(cc, tee, 2, Some((tx, n)), notify);
         (m, mem, dir, rec)
     }
 
@@ -842,16 +839,30 @@ mod tests {
             )
             .rax
         };
-        assert_eq!(acc(0x20_0000 | 1), status::SUCCESS);
-        assert_eq!(acc(0x20_0000 | 1), status::PAGE_ALREADY_ACCEPTED);
+        // Private memory is backed by 4 KiB pages (Linux 6.16): a 2 MiB accept is a size
+        // mismatch, and the TD falls back to 4 KiB.
+        assert_eq!(acc(0x20_0000 | 1), status::PAGE_SIZE_MISMATCH);
+        assert!(!m.is_accepted(0x20_0000));
+        assert_eq!(acc(0x20_0000), status::SUCCESS);
+        assert_eq!(acc(0x20_0000), status::PAGE_ALREADY_ACCEPTED);
         assert_eq!(acc(0x40_1000), status::SUCCESS);
+        // With huge-page private memory, 2 MiB accepts work, except over 4 KiB ones.
+        m.cc.set_largest_private_page(PageSize::Size2M);
         assert_eq!(acc(0x40_0000 | 1), status::PAGE_SIZE_MISMATCH);
+        assert_eq!(acc(0x60_0000 | 1), status::SUCCESS);
+        assert_eq!(acc(0x60_0000 | 1), status::PAGE_ALREADY_ACCEPTED);
+        // The shared bit is not part of an ACCEPT operand.
+        assert_eq!(
+            acc(0xA0_0000 | SHARED_BIT),
+            status::OPERAND_INVALID | status::RCX
+        );
         // Misaligned, reserved bits, outside RAM, bad level.
         assert_eq!(acc(0x60_1000 | 1), status::OPERAND_INVALID | status::RCX);
         assert_eq!(acc(0x60_0000 | 0x10), status::OPERAND_INVALID | status::RCX);
         assert_eq!(acc(0x8000_0000), status::OPERAND_INVALID | status::RCX);
         assert_eq!(acc(0x60_0000 | 3), status::OPERAND_INVALID | status::RCX);
-        assert!(m.is_accepted(0x20_0000) && !m.is_accepted(0x60_0000));
+        assert!(m.is_accepted(0x20_0000) && m.is_accepted(0x60_0000));
+        assert!(!m.is_accepted(0x80_0000 - 0x1000 + 0x20_0000));
     }
 
     #[test]
@@ -927,17 +938,20 @@ mod tests {
         };
         assert_eq!(notify(0x10), vmcall::INVALID_OPERAND);
         assert_eq!(notify(0x40), vmcall::SUCCESS);
-        // Private, accepted operands: accept the first 2 MiB of RAM.
-        call(
+        // Private, accepted operands: accept the page at 2 MiB; the TD writes them.
+        let r = call(
             &m,
             0,
             Regs {
                 rax: leaf::MEM_PAGE_ACCEPT,
-                rcx: 0x20_0000 | 1,
+                rcx: 0x20_0000,
                 ..Default::default()
             },
         );
-        mem.write_slice(&[0xAB; 48], GuestAddress(0x20_0040))
+        assert_eq!(r.rax, status::SUCCESS);
+        m.cc.trusted_write(0x20_0040, &[0xAB; 48]).unwrap();
+        // A VMM write into the private page does not reach the TD (or the module).
+        mem.write_slice(&[0xEE; 48], GuestAddress(0x20_0040))
             .unwrap();
         let r = call(
             &m,
@@ -985,8 +999,7 @@ mod tests {
         );
         assert_eq!(r.rax, status::OPERAND_INVALID | status::RCX);
 
-        mem.write_slice(&[0x5A; 64], GuestAddress(0x20_0080))
-            .unwrap();
+        m.cc.trusted_write(0x20_0080, &[0x5A; 64]).unwrap();
         let r = call(
             &m,
             0,
@@ -999,8 +1012,14 @@ mod tests {
         );
         assert_eq!(r.rax, status::SUCCESS);
         let mut report = vec![0u8; 1024];
+        // The TDREPORT is in private memory: the VMM's view shows none of it.
         mem.read_slice(&mut report, GuestAddress(0x20_0400))
             .unwrap();
+        assert!(
+            report.iter().all(|&b| b == 0),
+            "the VMM cannot read the TDREPORT"
+        );
+        m.cc.trusted_read(0x20_0400, &mut report).unwrap();
         let parsed = TdReport::from_bytes(&report).unwrap();
         assert_eq!(parsed.mac_struct.report_data, [0x5A; 64]);
         let mut rtmr2 = [0u8; 48];
@@ -1022,6 +1041,19 @@ mod tests {
         // GetQuote: the real buffer format (version 1, status, in_len, out_len, data),
         // a shared GPA; the status goes IN_FLIGHT, then SUCCESS with the quote.
         let buf = 0x30_0000u64;
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: vmcall::MAP_GPA,
+                r12: buf | SHARED_BIT,
+                r13: 0x8000,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUCCESS), "MapGPA to shared");
         mem.write_obj(1u64, GuestAddress(buf)).unwrap();
         mem.write_obj(0u64, GuestAddress(buf + 8)).unwrap();
         mem.write_obj(1024u32, GuestAddress(buf + 16)).unwrap();
@@ -1084,31 +1116,5 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         };
         assert_eq!(status, services::QUOTE_ERROR);
-    }
-
-    #[test]
-    fn accept_follows_the_module_status_codes() {
-        let mut m = AcceptMap::default();
-        assert_eq!(m.accept(0x20_0000, 1), status::SUCCESS);
-        assert_eq!(m.accept(0x20_0000, 1), status::PAGE_ALREADY_ACCEPTED);
-        assert_eq!(m.accept(0x20_1000, 0), status::PAGE_ALREADY_ACCEPTED);
-        assert!(m.is_accepted(0x3F_F000));
-        assert!(!m.is_accepted(0x40_0000));
-        // A 4 KiB page accepted first: the range is mapped at 4 KiB.
-        assert_eq!(m.accept(0x40_3000, 0), status::SUCCESS);
-        assert_eq!(m.accept(0x40_0000, 1), status::PAGE_SIZE_MISMATCH);
-        assert_eq!(m.accept(0x40_3000, 0), status::PAGE_ALREADY_ACCEPTED);
-        assert_eq!(m.accept(0x40_4000, 0), status::SUCCESS);
-        assert_eq!(m.accept(0, 2), status::OPERAND_INVALID | status::RCX);
-        // Launch pages are 4 KiB leaves.
-        m.add_pages(0x8000, 0x1000);
-        assert!(m.is_accepted(0x8000) && !m.is_accepted(0x9000));
-        assert_eq!(m.accept(0, 1), status::PAGE_SIZE_MISMATCH);
-        // Converting to shared releases; converting back needs a new accept.
-        m.release(0x20_0000, 0x1000);
-        assert!(!m.is_accepted(0x20_0000) && m.is_accepted(0x20_1000));
-        assert_eq!(m.accept(0x20_0000, 0), status::SUCCESS);
-        m.release(0x20_0000, HUGE);
-        assert!(!m.is_accepted(0x20_1000));
     }
 }

@@ -43,7 +43,7 @@
 //! after), so serving it needs no randomness in the vCPU thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use attestation::snp::emulated::{EmulatedGuest, EmulatedSnpPlatform, FinishParams, ReportRequest};
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
@@ -52,8 +52,8 @@ use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::FirmwareImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::emu_tdx::AcceptMap;
 use crate::devices::{PioDevice, VmEvent};
+use crate::vstate::cc_memory::CcMemory;
 
 /// First port of the mailbox.
 pub const MAILBOX_PORT: u16 = 0xE00;
@@ -117,6 +117,12 @@ pub enum EmulatedLaunchError {
     /// The emulated secure processor refused the launch.
     #[error("the emulated secure processor refused the launch")]
     Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The emulated TD's private memory could not be launched (emulated TDX).
+    #[error("cannot launch the emulated TD's private memory: {0}")]
+    PrivateMemory(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
     /// The emulated processor's digest differs from the plan's (a bug; never launch).
     #[error("emulated launch digest {got} differs from the plan's {expected}")]
     DigestMismatch {
@@ -217,19 +223,14 @@ impl EmulatedTee {
     ///
     /// The TD starts with zero RTMRs: the firmware extends them itself with
     /// TDG.MR.RTMR.EXTEND (the software TDX module, [`super::emu_tdx`]). Also returns the
-    /// pages the launch added, accepted.
+    /// launch plan, whose pages the backend adds to the TD's private memory.
     pub fn launch_tdx(
         dir: &Path,
         firmware: Vec<u8>,
         config: TdConfig,
         direct_boot: Option<DirectBoot>,
-    ) -> Result<(Self, [u8; 48], Rtmrs, AcceptMap), EmulatedLaunchError> {
+    ) -> Result<(Self, [u8; 48], Rtmrs, TdxLaunchPlan), EmulatedLaunchError> {
         let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, direct_boot)?;
-        // Every page the launch adds (TDH.MEM.PAGE.ADD) is private and accepted.
-        let mut accepted = AcceptMap::default();
-        for r in plan.regions() {
-            accepted.add_pages(r.gpa, r.data.len() as u64);
-        }
         let expected = plan.mrtd();
         let platform = EmulatedTdxPlatform::open(dir)
             .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
@@ -253,7 +254,7 @@ impl EmulatedTee {
             },
             expected,
             plan.rtmrs(),
-            accepted,
+            plan,
         ))
     }
 
@@ -311,6 +312,10 @@ impl EmulatedTee {
 pub struct Mailbox {
     tee: Arc<Mutex<EmulatedTee>>,
     mem: GuestMemoryMmap,
+    /// Emulated TDX under the private-memory contract: the window is read and written
+    /// as the emulated TDX module accesses TD memory (the mailbox is the emulated
+    /// module's legacy interface, not a device), once the launch has set it.
+    trusted: Option<Arc<OnceLock<Arc<CcMemory>>>>,
     window: Option<u64>,
     status: u32,
 }
@@ -326,8 +331,37 @@ impl Mailbox {
         Self {
             tee,
             mem,
+            trusted: None,
             window: None,
             status: status::BAD_WINDOW,
+        }
+    }
+
+    /// A mailbox of an emulated TD under the private-memory contract: its window is
+    /// accessed with [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`] once `cc`
+    /// is set (before that, through `mem`).
+    pub fn trusted(
+        tee: Arc<Mutex<EmulatedTee>>,
+        mem: GuestMemoryMmap,
+        cc: Arc<OnceLock<Arc<CcMemory>>>,
+    ) -> Self {
+        Self {
+            trusted: Some(cc),
+            ..Self::shared(tee, mem)
+        }
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        match self.trusted.as_ref().and_then(|c| c.get()) {
+            Some(cc) => cc.trusted_read(gpa, buf).is_ok(),
+            None => self.mem.read_slice(buf, GuestAddress(gpa)).is_ok(),
+        }
+    }
+
+    fn write_guest(&self, gpa: u64, data: &[u8]) -> bool {
+        match self.trusted.as_ref().and_then(|c| c.get()) {
+            Some(cc) => cc.trusted_write(gpa, data).is_ok(),
+            None => self.mem.write_slice(data, GuestAddress(gpa)).is_ok(),
         }
     }
 
@@ -336,7 +370,7 @@ impl Mailbox {
             return status::BAD_WINDOW;
         };
         let mut window = vec![0u8; WINDOW];
-        if self.mem.read_slice(&mut window, GuestAddress(gpa)).is_err() {
+        if !self.read_guest(gpa, &mut window) {
             return status::BAD_WINDOW;
         }
         // The request area runs to 0x44: SNP_REPORT's VMPL sits at 0x40, where the
@@ -349,14 +383,8 @@ impl Mailbox {
         match result {
             Ok(resp) if resp.len() <= WINDOW - RESPONSE_AT => {
                 let len = (resp.len() as u32).to_le_bytes();
-                let ok = self
-                    .mem
-                    .write_slice(&len, GuestAddress(gpa + RESPONSE_LEN_AT as u64))
-                    .is_ok()
-                    && self
-                        .mem
-                        .write_slice(&resp, GuestAddress(gpa + RESPONSE_AT as u64))
-                        .is_ok();
+                let ok = self.write_guest(gpa + RESPONSE_LEN_AT as u64, &len)
+                    && self.write_guest(gpa + RESPONSE_AT as u64, &resp);
                 if ok {
                     tracing::info!(
                         event = "evidence",

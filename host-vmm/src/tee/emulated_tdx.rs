@@ -1,10 +1,37 @@
-//! The emulated TDX backend: a default KVM VM whose firmware is "measured" by the
-//! emulated TDX platform of the `attestation` crate, and whose vCPUs start as TD vCPUs
-//! do (32-bit protected mode at the reset vector, [`emu_tdx::td_entry`]) with CPUID leaf
-//! 0x21 saying "IntelTDX    ". The guest runs its real TDX code; the VMM plays the TDX
-//! module ([`emu_tdx::TdxModule`]: TDCALL through the internal-error exit or the
-//! emulator trap). The paravirtual mailbox ([`super::emulated`]) stays for guests that
-//! still use it. Insecure test equipment.
+//! The emulated TDX backend: a default KVM VM under the private-memory contract
+//! ([`crate::vstate::cc_memory::CcMemory`], [`VmType::EmulatedConfidential`]) whose
+//! firmware is "measured" by the emulated TDX platform of the `attestation` crate, and
+//! whose vCPUs start as TD vCPUs do (32-bit protected mode at the reset vector,
+//! [`emu_tdx::td_entry`]) with CPUID leaf 0x21 saying "IntelTDX    ". The guest runs its
+//! real TDX code; the VMM plays the TDX module ([`emu_tdx::TdxModule`]: TDCALL through
+//! the internal-error exit or the emulator trap). The paravirtual mailbox
+//! ([`super::emulated`]) stays for guests that still use it. Insecure test equipment.
+//!
+//! # The launch under the contract
+//!
+//! - The VM's memory starts private and unaccepted; the shared bit (GPA bit 47, GPAW
+//!   48) is the contract's alias bit ([`host_alias_bit`]; on a host whose guest
+//!   physical width is not 48 bits there is no alias and shared accesses at bit 47
+//!   find no memory: emulated TDX needs a 48-bit host).
+//! - After the vCPUs exist, every page of the TDVF sections goes in with
+//!   [`CcMemory::launch_private_with`] from exactly the bytes the KVM backend passes to
+//!   KVM_TDX_INIT_MEM_REGION ([`tdx_pages`]: BFV, CFV, TD_HOB with the boot-data
+//!   descriptor at 0x8000 — issue 13 bug 3 — TempMem, …), then
+//!   [`CcMemory::finish_launch`] seals private memory from the VMM before any vCPU runs.
+//!   A descriptor the VMM writes only into its own view afterwards never reaches the TD.
+//! - **The staging region** (kernel, initrd, command line, described by the
+//!   descriptor) is shared before the launch, keeping the bytes the VMM staged. On
+//!   hardware a page has two backings (guest_memfd for private, the VMM's mapping for
+//!   shared), so the VMM's staged bytes are what the TD sees once it MapGPAs the region
+//!   shared; `CcMemory` has one backing per page and scrubs on conversion, so the
+//!   region is made shared (scrub, then the staged bytes written back) before the TD
+//!   runs, and the firmware's MapGPA finds it shared already. Nothing there is trusted:
+//!   the firmware measures what it copies in.
+//! - TDG.MEM.PAGE.ACCEPT is [`CcMemory::accept`] (4 KiB private pages by default, as
+//!   Linux 6.16's guest_memfd: a 2 MiB accept answers TDX_PAGE_SIZE_MISMATCH and the
+//!   firmware falls back to 4 KiB), MapGPA is [`CcMemory::convert`], and the module
+//!   reads and writes private operands (RTMR digests, TDREPORT, REPORTDATA) with
+//!   [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`].
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -13,23 +40,25 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use attestation::tdx::emulated::TdConfig;
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 use kvm_ioctls::VcpuFd;
-use measured_boot::tdx::DirectBoot;
-use vm_memory::GuestMemoryMmap;
+use measured_boot::tdx::{DirectBoot, TdxLaunchPlan};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::backend::{
     AcpiAdditions, ExpectedMeasurement, LaunchReport, PendingLaunch, TeeBackend, TeeDevice,
     TeeError, TeeRuntime, VmType,
 };
-use super::emu_tdx::{self, AcceptMap, TdxModule};
+use super::emu_tdx::{self, TdxModule};
 use super::emulated::{
     EmulatedLaunchError, EmulatedTee, Mailbox, Rtmrs, MAILBOX_LEN, MAILBOX_PORT,
 };
-use super::launch::LaunchStepError;
+use super::launch::{tdx_pages, LaunchStepError, TdxLaunch, TdxPages};
 use super::services::{self, Notify};
 use super::TeeKind;
 use crate::acpi::Ccel;
 use crate::devices::Buses;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
+use crate::vstate::cc_memory::{host_alias_bit, CcConfig, CcMemory, CcMemoryError, CcTee};
+use crate::vstate::memory::FOUR_GIB;
 use crate::vstate::vcpu::{sanitize_cpuid, LEAF_TDX};
 use crate::vstate::vm::Vm;
 
@@ -39,7 +68,10 @@ pub struct EmulatedTdx {
     tee: Arc<Mutex<EmulatedTee>>,
     mrtd: [u8; 48],
     rtmrs: Rtmrs,
-    accepted: AcceptMap,
+    plan: Arc<TdxLaunchPlan>,
+    alias_bit: Option<u32>,
+    legacy_descriptor: bool,
+    cc: Arc<OnceLock<Arc<CcMemory>>>,
     vcpus: Arc<OnceLock<u32>>,
     module: OnceLock<Arc<TdxModule>>,
 }
@@ -53,17 +85,59 @@ impl EmulatedTdx {
         config: TdConfig,
         direct_boot: Option<DirectBoot>,
     ) -> Result<Self, EmulatedLaunchError> {
-        let (tee, mrtd, rtmrs, accepted) =
-            EmulatedTee::launch_tdx(dir, firmware, config, direct_boot)?;
+        let (tee, mrtd, rtmrs, plan) = EmulatedTee::launch_tdx(dir, firmware, config, direct_boot)?;
+        // The shared bit of GPAW 48 is bit 47; it is the contract's alias bit only where
+        // the host's guest physical width allows it (module docs).
+        let shared_bit = emu_tdx::GPAW - 1;
+        let alias_bit = kvm_ioctls::Kvm::new()
+            .ok()
+            .and_then(|k| host_alias_bit(&k))
+            .map(|b| b.min(shared_bit))
+            .filter(|b| *b == shared_bit);
+        if alias_bit.is_none() {
+            tracing::warn!(
+                "this host's guest physical width is not 48 bits: emulated TDX runs without a shared alias"
+            );
+        }
         Ok(Self {
             tee: Arc::new(Mutex::new(tee)),
             mrtd,
             rtmrs,
-            accepted,
+            plan: Arc::new(plan),
+            alias_bit,
+            legacy_descriptor: false,
+            cc: Arc::default(),
             vcpus: Arc::default(),
             module: OnceLock::new(),
         })
     }
+
+    /// **Test equipment (issue 13, bug 3):** launches the TD_HOB section without the
+    /// boot-data descriptor and writes the descriptor only into the VMM's view after the
+    /// launch — the placement before the fix. Under the contract the TD must not see it.
+    #[doc(hidden)]
+    pub fn with_legacy_descriptor_placement(mut self) -> Self {
+        self.legacy_descriptor = true;
+        self
+    }
+}
+
+/// Guest RAM of `mem` (the VMM's view), without the firmware range below 4 GiB.
+fn ram_size(mem: &GuestMemoryMmap) -> u64 {
+    mem.iter()
+        .filter(|r| r.start_addr().0 == 0 || r.start_addr().0 >= FOUR_GIB)
+        .map(|r| r.len())
+        .sum()
+}
+
+/// Why the emulated TD's private memory could not be launched.
+fn cc_step(what: &'static str) -> impl FnOnce(CcMemoryError) -> TeeError {
+    move |e| emu_err(what, Box::new(e))
+}
+
+/// A failure of the emulated launch's private memory.
+fn emu_err(what: &'static str, source: Box<dyn std::error::Error + Send + Sync>) -> TeeError {
+    TeeError::Emulated(EmulatedLaunchError::PrivateMemory(what, source))
 }
 
 impl TeeBackend for EmulatedTdx {
@@ -72,7 +146,10 @@ impl TeeBackend for EmulatedTdx {
     }
 
     fn vm_type(&self) -> VmType {
-        VmType::Default
+        VmType::EmulatedConfidential(CcConfig {
+            tee: CcTee::Tdx,
+            alias_bit: self.alias_bit,
+        })
     }
 
     fn preload(&self) -> &[(u64, Vec<u8>)] {
@@ -85,7 +162,11 @@ impl TeeBackend for EmulatedTdx {
             name: "emulated-tee-mailbox",
             base: MAILBOX_PORT,
             len: MAILBOX_LEN,
-            device: Arc::new(Mutex::new(Mailbox::shared(self.tee.clone(), mem.clone()))),
+            device: Arc::new(Mutex::new(Mailbox::trusted(
+                self.tee.clone(),
+                mem.clone(),
+                self.cc.clone(),
+            ))),
         }]
     }
 
@@ -105,15 +186,17 @@ impl TeeBackend for EmulatedTdx {
         vm: &'v Vm,
         _cpuid: &CpuId,
     ) -> Result<Box<dyn PendingLaunch + 'v>, TeeError> {
-        emu_tdx::map_shared_alias(vm.fd(), vm.memory()).map_err(|source| {
-            LaunchStepError::Registers {
-                index: 0,
-                what: "KVM_SET_USER_MEMORY_REGION (shared alias)",
-                source,
-            }
-        })?;
+        let Some(cc) = vm.cc_memory() else {
+            return Err(emu_err(
+                "the VM has no private-memory contract",
+                "emulated TDX needs VmType::EmulatedConfidential".into(),
+            ));
+        };
+        let _ = self.cc.set(cc.clone());
         Ok(Box::new(TdEntry {
             vcpus: self.vcpus.clone(),
+            plan: self.plan.clone(),
+            legacy_descriptor: self.legacy_descriptor,
         }))
     }
 
@@ -137,10 +220,15 @@ impl TeeBackend for EmulatedTdx {
                 Err(e) => tracing::error!(error = %e, "quote thread not confined; not serving"),
             })
             .map_err(|e| TeeError::Thread("emulated-quote", e))?;
+        let Some(cc) = vm.cc_memory() else {
+            return Err(emu_err(
+                "the VM has no private-memory contract",
+                "emulated TDX needs VmType::EmulatedConfidential".into(),
+            ));
+        };
         let module = Arc::new(TdxModule::new(
-            vm.memory().clone(),
+            cc.clone(),
             self.tee.clone(),
-            self.accepted.clone(),
             self.vcpus.get().copied().unwrap_or(1),
             Some((tx, in_flight)),
             notify,
@@ -200,26 +288,123 @@ fn show_tdx_leaf(cpuid: &mut CpuId) {
     }
 }
 
-/// The per-vCPU step of the emulated launch: every vCPU enters as a TD vCPU.
+/// The emulated launch after vCPU creation: the TDVF sections go into private memory
+/// (module docs), the launch is sealed, and every vCPU enters as a TD vCPU.
 struct TdEntry {
     vcpus: Arc<OnceLock<u32>>,
+    plan: Arc<TdxLaunchPlan>,
+    legacy_descriptor: bool,
 }
 
 impl PendingLaunch for TdEntry {
     fn after_vcpus(
         self: Box<Self>,
-        _vm: &Vm,
+        vm: &Vm,
         vcpus: &[&VcpuFd],
         _cpuid: &CpuId,
     ) -> Result<LaunchReport, TeeError> {
+        let Some(cc) = vm.cc_memory() else {
+            return Err(emu_err(
+                "the VM has no private-memory contract",
+                "emulated TDX needs VmType::EmulatedConfidential".into(),
+            ));
+        };
+        let mem = vm.memory();
+        // The descriptor the VMM staged in its view (as the KVM backend reads it).
+        let mut descriptor = [0u8; crate::boot::DESCRIPTOR_SIZE];
+        let _ = mem.read_slice(&mut descriptor, GuestAddress(crate::boot::DESCRIPTOR_GPA));
+        share_staging(cc, mem, &descriptor)?;
+        // The KVM backend's launch description: only the plan and the RAM size shape
+        // the pages (INIT_VM's configuration is the emulated module's, not needed here).
+        let launch = TdxLaunch {
+            plan: (*self.plan).clone(),
+            config: Default::default(),
+            memory: ram_size(mem),
+            qgs: None,
+        };
+        let added = if self.legacy_descriptor {
+            [0u8; crate::boot::DESCRIPTOR_SIZE]
+        } else {
+            descriptor
+        };
+        let pages = match tdx_pages(&launch, &added) {
+            Ok(p) => p,
+            // An image without a TD_HOB section (the tiny test guests; the KVM backend
+            // refuses those): its sections as the plan has them, RCX = 0x8000 as before.
+            Err(LaunchStepError::NoTdHob) => TdxPages {
+                hob: emu_tdx::TD_HOB,
+                regions: launch
+                    .plan
+                    .regions()
+                    .map(|r| (r.gpa, std::borrow::Cow::Borrowed(r.data), r.measure))
+                    .collect(),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        let (mut added_pages, mut measured) = (0u64, 0u64);
+        for (gpa, data, measure) in &pages.regions {
+            cc.launch_private_with(*gpa, data)
+                .map_err(cc_step("adding a TDVF section to private memory"))?;
+            let n = (data.len() as u64).div_ceil(4096);
+            added_pages += n;
+            if *measure {
+                measured += n;
+            }
+        }
+        cc.finish_launch()
+            .map_err(cc_step("sealing private memory"))?;
+        if self.legacy_descriptor {
+            // The old placement: only the VMM's view (a throwaway page after the launch).
+            let _ = mem.write_slice(&descriptor, GuestAddress(crate::boot::DESCRIPTOR_GPA));
+        }
         for (i, fd) in vcpus.iter().enumerate() {
-            emu_tdx::td_entry(fd, i as u32).map_err(|source| LaunchStepError::Registers {
-                index: i as u32,
-                what: "TD vCPU initial state",
-                source,
+            emu_tdx::td_entry(fd, i as u32, pages.hob).map_err(|source| {
+                LaunchStepError::Registers {
+                    index: i as u32,
+                    what: "TD vCPU initial state",
+                    source,
+                }
             })?;
         }
         let _ = self.vcpus.set(vcpus.len() as u32);
-        Ok(LaunchReport::default())
+        Ok(LaunchReport {
+            pages: added_pages,
+            measured,
+        })
     }
+}
+
+/// Makes the staging region `descriptor` names shared, keeping the bytes the VMM staged
+/// there (module docs: the shared backing of a TD's pages is the VMM's memory). No
+/// descriptor, or no staging region: nothing to share.
+fn share_staging(
+    cc: &CcMemory,
+    mem: &GuestMemoryMmap,
+    descriptor: &[u8; crate::boot::DESCRIPTOR_SIZE],
+) -> Result<(), TeeError> {
+    if descriptor[..8] != crate::boot::MAGIC {
+        return Ok(());
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&descriptor[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (base, size) = (word(0x60), word(0x68));
+    if size == 0 {
+        return Ok(());
+    }
+    let len = usize::try_from(size).map_err(|_| {
+        emu_err(
+            "the staging region is too large",
+            format!("{size:#x} bytes").into(),
+        )
+    })?;
+    let mut staged = vec![0u8; len];
+    mem.read_slice(&mut staged, GuestAddress(base))
+        .map_err(|e| emu_err("the staging region is not guest RAM", Box::new(e)))?;
+    cc.convert(base, size, false)
+        .map_err(cc_step("sharing the staging region"))?;
+    mem.write_slice(&staged, GuestAddress(base))
+        .map_err(|e| emu_err("cannot restage the shared staging region", Box::new(e)))
 }
