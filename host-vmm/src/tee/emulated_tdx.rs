@@ -71,6 +71,7 @@ pub struct EmulatedTdx {
     plan: Arc<TdxLaunchPlan>,
     alias_bit: Option<u32>,
     legacy_descriptor: bool,
+    late_writes: Vec<(u64, Vec<u8>)>,
     cc: Arc<OnceLock<Arc<CcMemory>>>,
     vcpus: Arc<OnceLock<u32>>,
     module: OnceLock<Arc<TdxModule>>,
@@ -106,6 +107,7 @@ impl EmulatedTdx {
             plan: Arc::new(plan),
             alias_bit,
             legacy_descriptor: false,
+            late_writes: Vec::new(),
             cc: Arc::default(),
             vcpus: Arc::default(),
             module: OnceLock::new(),
@@ -118,6 +120,15 @@ impl EmulatedTdx {
     #[doc(hidden)]
     pub fn with_legacy_descriptor_placement(mut self) -> Self {
         self.legacy_descriptor = true;
+        self
+    }
+
+    /// **Test equipment (the private-memory contract):** after the launch is sealed
+    /// and before any vCPU runs, the VMM writes `bytes` at `gpa` through its own view, as
+    /// a buggy or hostile VMM would. Private memory must not change for the TD.
+    #[doc(hidden)]
+    pub fn with_vmm_write_after_launch(mut self, gpa: u64, bytes: Vec<u8>) -> Self {
+        self.late_writes.push((gpa, bytes));
         self
     }
 }
@@ -197,6 +208,7 @@ impl TeeBackend for EmulatedTdx {
             vcpus: self.vcpus.clone(),
             plan: self.plan.clone(),
             legacy_descriptor: self.legacy_descriptor,
+            late_writes: self.late_writes.clone(),
         }))
     }
 
@@ -294,6 +306,7 @@ struct TdEntry {
     vcpus: Arc<OnceLock<u32>>,
     plan: Arc<TdxLaunchPlan>,
     legacy_descriptor: bool,
+    late_writes: Vec<(u64, Vec<u8>)>,
 }
 
 impl PendingLaunch for TdEntry {
@@ -356,6 +369,9 @@ impl PendingLaunch for TdEntry {
         if self.legacy_descriptor {
             // The old placement: only the VMM's view (a throwaway page after the launch).
             let _ = mem.write_slice(&descriptor, GuestAddress(crate::boot::DESCRIPTOR_GPA));
+        }
+        for (gpa, bytes) in &self.late_writes {
+            let _ = mem.write_slice(bytes, GuestAddress(*gpa));
         }
         for (i, fd) in vcpus.iter().enumerate() {
             emu_tdx::td_entry(fd, i as u32, pages.hob).map_err(|source| {
