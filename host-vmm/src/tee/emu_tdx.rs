@@ -23,11 +23,11 @@
 //!
 //! | RAX | leaf | emulation |
 //! |---|---|---|
-//! | 0 | TDG.VP.VMCALL | R10 = 0 (GHCI): `Instruction.IO` (30) on the VMM's port bus; `MapGPA` (0x10001) with `TDVMCALL_STATUS_RETRY` and R11 = next GPA after every [`MAP_GPA_CHUNK`] (the guest loops, as with KVM's chunking); `GetQuote` (0x10002), `SetupEventNotifyInterrupt` (0x10004), `GetTdVmCallInfo` (0x10000) through [`services::TdVmcalls`], the code the KVM backend runs for `KVM_EXIT_TDX`; other sub-functions: `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED` |
+//! | 0 | TDG.VP.VMCALL | R10 = 0 (GHCI): `Instruction.IO` (30) on the VMM's port bus; `MapGPA` (0x10001) = [`CcMemory::convert`] (changed pages scrubbed) with `TDVMCALL_STATUS_RETRY` and R11 = next GPA after every [`MAP_GPA_CHUNK`] (the guest loops, as with KVM's chunking); `GetQuote` (0x10002), `SetupEventNotifyInterrupt` (0x10004), `GetTdVmCallInfo` (0x10000) through [`services::TdVmcalls`], the code the KVM backend runs for `KVM_EXIT_TDX`; other sub-functions: `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED` |
 //! | 1 | TDG.VP.INFO | RCX = GPAW (48), RDX = ATTRIBUTES, R8 = NUM_VCPUS \| MAX_VCPUS << 32, R9 = VCPU_INDEX, R10 = R11 = 0 |
 //! | 2 | TDG.MR.RTMR.EXTEND | RCX = GPA of a 64-byte aligned 48-byte digest, RDX = index 0..=3 |
 //! | 4 | TDG.MR.REPORT | RCX = GPA of the 1024-byte aligned TDREPORT_STRUCT, RDX = GPA of the 64-byte aligned REPORTDATA, R8 = subtype 0; the report comes from the emulated platform's module (`attestation::tdx::emulated`, MACed REPORTMACSTRUCT) |
-//! | 6 | TDG.MEM.PAGE.ACCEPT | RCX = GPA \| level (0 = 4 KiB, 1 = 2 MiB): the [`AcceptMap`] |
+//! | 6 | TDG.MEM.PAGE.ACCEPT | RCX = GPA \| level (0 = 4 KiB, 1 = 2 MiB): [`CcMemory::accept`] (the page becomes accepted and zero; private memory is backed at 4 KiB by default, so a 2 MiB accept answers `TDX_PAGE_SIZE_MISMATCH` as on Linux 6.16 and the firmware falls back to 4 KiB); a shared page stops the TD with a guest fault, as KVM's memory-fault exit would |
 //! | other | — | `TDX_OPERAND_INVALID` for RAX (never a silent success) |
 //!
 //! Completion status values: `TDX_SUCCESS` 0, `TDX_OPERAND_INVALID`
@@ -44,12 +44,22 @@
 //! CR0 = PE | NE, CR4 = MCE, EFER = LME, RFLAGS = 2, RAX = 0, RBX = GPAW, RCX = R8 = the
 //! TDH.VP.INIT value (KVM passes the TD HOB address), RDX = RSI = the vCPU index.
 //!
-//! # The shared bit
+//! # The shared bit and private memory
 //!
-//! GPAW is 48, so GPA bit 47 is the shared bit. A TD reads shared memory through an alias
-//! with that bit set; [`map_shared_alias`] registers one memslot per RAM region at
-//! `gpa | 1 << 47` mapping the same host memory (no private view here: t13-mem's
-//! enforcing views replace it).
+//! GPAW is 48, so GPA bit 47 is the shared bit. The TD's memory is a
+//! [`CcMemory`] whose alias bit is the shared bit (the backend,
+//! [`super::emulated_tdx`]): a TD reads shared memory through the alias and private
+//! memory at the plain GPA, and each view is open only for pages in that role. The
+//! module's own accesses to private operands (RTMR digests, REPORTDATA, TDREPORT, the
+//! instruction bytes at CS:RIP and the page tables that translate RIP) use
+//! [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`], as the real module
+//! accesses TD private memory; shared buffers (GetQuote) go through the VMM's view.
+//! Exits the contract produces: an MMIO exit at RAM ([`CcMemory::serve_mmio`]) and
+//! `KVM_EXIT_MEMORY_FAULT` stop the TD with the fault's message ("guest accessed
+//! unaccepted private page 0x…: TDX #VE …"); the first `KVM_RUN` EFAULT without a GPA
+//! switches the layout to hole mode ([`CcMemory::expose_faults`]) and runs again; a
+//! `tdcall` emulation failure at a page the TD may not execute is reported as that
+//! page's fault.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
