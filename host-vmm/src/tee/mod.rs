@@ -31,6 +31,7 @@
 //! block with its `SAFETY:` comment.
 
 pub mod backend;
+pub mod emu_snp;
 pub mod emulated;
 pub mod emulated_snp;
 pub mod emulated_tdx;
