@@ -4,7 +4,11 @@
 //!
 //! - vCPU threads: `KVM_RUN`, `KVM_GET_REGS` and `KVM_GET_SREGS` (diagnosis) on their
 //!   vCPU fd, `write` (serial console, irqfd, log), memory management for the
-//!   allocator, futexes, signal return (the kick signal), thread exit.
+//!   allocator, futexes, signal return (the kick signal), thread exit. A vCPU of an
+//!   emulated TEE also has `KVM_SET_REGS` (the emulated PSP / TDX module writes the
+//!   results of the instructions it emulates); a vCPU of a real SNP/TDX guest has the
+//!   conversion calls instead. Which filter a vCPU thread gets is the TEE backend's
+//!   decision ([`crate::tee::backend::TeeRuntime::vcpu_thread`]).
 //! - the vsock event thread: epoll, reading and writing its sockets, accepting on the
 //!   hybrid-vsock listener, connecting to Unix sockets and the verifier (socket,
 //!   connect, getsockopt/setsockopt, shutdown, FIONBIO), and getrandom for TLS.
@@ -43,6 +47,10 @@ pub enum ThreadKind {
     /// A vCPU of a real SNP/TDX guest: also converts memory (memory attributes,
     /// guest_memfd hole punching) and reprograms interrupt routes (the VMM's I/O APIC).
     ConfidentialVcpu,
+    /// A vCPU of an emulated SNP/TDX guest: also sets registers (`KVM_SET_REGS`), as the
+    /// software PSP / TDX module does when it emulates `pvalidate`, `tdcall` or an
+    /// emulator trap and advances RIP.
+    EmulatedTeeVcpu,
     /// The TDX quote thread: talks to QGS on a Unix socket and signals an MSI.
     Quote,
     /// The VMM's main thread after the guest started.
@@ -81,6 +89,11 @@ pub const KVM_RUN: u64 = io(0x80);
 pub const KVM_GET_REGS: u64 = ior(0x81, size_of::<kvm_regs>());
 /// KVM_GET_SREGS.
 pub const KVM_GET_SREGS: u64 = ior(0x83, size_of::<kvm_sregs>());
+/// KVM_SET_USER_MEMORY_REGION.
+pub const KVM_SET_USER_MEMORY_REGION: u64 =
+    iow(0x46, size_of::<kvm_bindings::kvm_userspace_memory_region>());
+/// KVM_SET_REGS.
+pub const KVM_SET_REGS: u64 = iow(0x82, size_of::<kvm_regs>());
 const fn iow(nr: u64, size: usize) -> u64 {
     (1 << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
@@ -150,7 +163,7 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             );
             rules.insert(libc::SYS_ioctl, vec![arg1_is(KVM_SIGNAL_MSI)?]);
         }
-        ThreadKind::Vcpu | ThreadKind::ConfidentialVcpu => {
+        ThreadKind::Vcpu | ThreadKind::ConfidentialVcpu | ThreadKind::EmulatedTeeVcpu => {
             // virtio-blk requests are served on the vCPU thread that notified the
             // queue: positioned reads and writes, and flushes.
             allow(
@@ -162,6 +175,20 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 arg1_is(KVM_GET_REGS)?,
                 arg1_is(KVM_GET_SREGS)?,
             ];
+            if kind == ThreadKind::EmulatedTeeVcpu {
+                // Emulated instructions write their results; the private-memory
+                // contract (vstate::cc_memory) scrubs pages (fallocate PUNCH_HOLE |
+                // KEEP_SIZE on its memfd, mmap/mprotect as every thread may) and, for a
+                // CPL3 fault without a GPA, splits its memslots.
+                ioctls.push(arg1_is(KVM_SET_REGS)?);
+                ioctls.push(arg1_is(KVM_SET_USER_MEMORY_REGION)?);
+                rules.insert(
+                    libc::SYS_fallocate,
+                    vec![arg1_is(
+                        (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE) as u64,
+                    )?],
+                );
+            }
             if kind == ThreadKind::ConfidentialVcpu {
                 // Conversions: the PRIVATE attribute and guest_memfd hole punching
                 // (fallocate with exactly PUNCH_HOLE | KEEP_SIZE); I/O APIC routes.
@@ -299,6 +326,8 @@ mod tests {
         assert_eq!(KVM_RUN, 0xAE80);
         assert_eq!(KVM_GET_REGS, 0x8090_AE81);
         assert_eq!(KVM_GET_SREGS, 0x8138_AE83);
+        assert_eq!(KVM_SET_REGS, 0x4090_AE82);
+        assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_AE46);
         assert_eq!(KVM_SET_MEMORY_ATTRIBUTES, 0x4020_AED2);
         assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_AE6A);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_AEA5);
@@ -312,6 +341,7 @@ mod tests {
         assert!(program(ThreadKind::VsockEvents).unwrap().len() > 10);
         assert!(program(ThreadKind::Api).unwrap().len() > 10);
         assert!(program(ThreadKind::ConfidentialVcpu).unwrap().len() > 10);
+        assert!(program(ThreadKind::EmulatedTeeVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Quote).unwrap().len() > 10);
     }
 

@@ -313,6 +313,9 @@ impl VmBuilder {
             VmType::Confidential { kvm_type, irqchip } => {
                 Vm::new_confidential(&self.kvm, kvm_type, irqchip, c.memory, &c.firmware)?
             }
+            VmType::EmulatedConfidential(config) => {
+                Vm::new_emulated_confidential(&self.kvm, c.memory, &c.firmware, config)?
+            }
         });
         self.vm = Some(vm.clone());
         Ok(vm)
@@ -503,7 +506,10 @@ impl VmBuilder {
             Some(l) => Some(spawn_vsock(l, gate.clone(), mode)?),
             None => None,
         };
-        let exits = launched.runtime.as_ref().map(|r| r.exits.clone());
+        let exits = launched
+            .runtime
+            .as_ref()
+            .map(|r| (r.exits.clone(), r.vcpu_thread));
         let bus = Arc::new(std::mem::take(&mut self.bus));
         let threads = launched
             .vcpus
@@ -577,25 +583,25 @@ struct VcpuContext {
     control: Arc<RunControl>,
     tx: mpsc::Sender<(u32, VcpuStop)>,
     gate: Arc<std::sync::Barrier>,
-    exits: Option<Arc<dyn crate::vstate::vcpu::ExitHandler>>,
+    /// The TEE's exit handler and the filter its vCPU threads need.
+    exits: Option<(Arc<dyn crate::vstate::vcpu::ExitHandler>, ThreadKind)>,
     mode: SeccompMode,
 }
 
 fn spawn_vcpu(mut vcpu: Vcpu, c: VcpuContext) -> Result<JoinHandle<()>, VmmError> {
-    let kind = if c.exits.is_some() {
-        ThreadKind::ConfidentialVcpu
-    } else {
-        ThreadKind::Vcpu
-    };
+    let kind = c.exits.as_ref().map_or(ThreadKind::Vcpu, |(_, kind)| *kind);
     std::thread::Builder::new()
         .name(format!("vcpu{}", vcpu.index()))
         .spawn(move || {
             let confined = seccomp::install(kind, c.mode);
             c.gate.wait();
             let why = match confined {
-                Ok(()) if !c.control.stopped() => {
-                    vcpu.run(&c.bus, c.vm.memory(), &c.control, c.exits.as_deref())
-                }
+                Ok(()) if !c.control.stopped() => vcpu.run(
+                    &c.bus,
+                    c.vm.memory(),
+                    &c.control,
+                    c.exits.as_ref().map(|(h, _)| h.as_ref()),
+                ),
                 Ok(()) => VcpuStop::Stopped,
                 Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
             };

@@ -54,6 +54,9 @@ pub enum VmType {
         /// How interrupts are wired.
         irqchip: IrqChip,
     },
+    /// A default-type VM whose memory keeps the private-memory contract in software
+    /// ([`crate::vstate::cc_memory::CcMemory`]): an emulated SNP or TDX guest.
+    EmulatedConfidential(crate::vstate::cc_memory::CcConfig),
 }
 
 /// A port-I/O device a backend adds.
@@ -149,6 +152,9 @@ pub struct TeeRuntime {
     pub exits: Arc<dyn ExitHandler>,
     /// Worker threads (e.g. the TDX quote thread).
     pub threads: Vec<JoinHandle<()>>,
+    /// The seccomp filter of the vCPU threads: what the handler does on them
+    /// (conversions for a real SNP/TDX guest, register writes for an emulated TEE).
+    pub vcpu_thread: crate::seccomp::ThreadKind,
 }
 
 impl std::fmt::Debug for TeeRuntime {

@@ -98,6 +98,7 @@ impl TeeBackend for KvmSnpBackend {
         Ok(Some(TeeRuntime {
             exits: Arc::new(CcRuntime::snp(vm.clone(), self.launch.certs.clone())),
             threads: Vec::new(),
+            vcpu_thread: crate::seccomp::ThreadKind::ConfidentialVcpu,
         }))
     }
 

@@ -113,6 +113,7 @@ impl TeeBackend for KvmTdxBackend {
         Ok(Some(TeeRuntime {
             exits: Arc::new(CcRuntime::tdx(vm.clone(), calls)),
             threads: thread.into_iter().collect(),
+            vcpu_thread: crate::seccomp::ThreadKind::ConfidentialVcpu,
         }))
     }
 
@@ -122,5 +123,40 @@ impl TeeBackend for KvmTdxBackend {
             digest: Some(self.launch.plan.mrtd()),
             rtmrs: Some(self.launch.plan.rtmrs()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tee::fake::tdx::FakeKvmTdx;
+    use measured_boot::tdx::TdxLaunchPlan;
+    use measured_boot::FirmwareImage;
+
+    /// A TD needs a split irqchip: KVM refuses KVM_CREATE_IRQCHIP for a TD
+    /// (x86.c, `has_protected_eoi`) and TD vCPUs without an in-kernel local APIC
+    /// (tdx.c `tdx_vcpu_create`). The backend asks for exactly that.
+    #[test]
+    fn the_td_gets_a_split_irqchip() {
+        let fw = FirmwareImage::parse(measured_boot::testing::ovmf_like(0x20000)).unwrap();
+        let b = KvmTdxBackend::new(TdxLaunch {
+            plan: TdxLaunchPlan::new(fw, None).unwrap(),
+            config: Default::default(),
+            memory: 1 << 30,
+            qgs: None,
+        });
+        let VmType::Confidential { kvm_type, irqchip } = b.vm_type() else {
+            panic!("a TD is a confidential VM");
+        };
+        assert_eq!(kvm_type, u64::from(KVM_X86_TDX_VM));
+        assert_eq!(irqchip, IrqChip::Split);
+        // The fake holds KVM to the same rule: without one, no vCPU and no APIC bus
+        // setting.
+        let mut fake = FakeKvmTdx {
+            split_irqchip: false,
+            state: crate::tee::fake::tdx::TdState::Initialized,
+            ..Default::default()
+        };
+        assert_eq!(fake.create_vcpus(1).unwrap_err().errno, libc::EINVAL);
     }
 }

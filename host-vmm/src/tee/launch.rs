@@ -24,8 +24,8 @@
 //!    here in the (unmeasured) TD_HOB section; `KVM_TDX_FINALIZE_VM` ([`tdx_complete`]).
 //!
 //! None of this can run on a host without SNP/TDX; the sequences are tested against
-//! recording fakes in their modules, and the pure parts (CPUID table, TD HOB, register
-//! mapping) are unit-tested here.
+//! KVM-faithful fakes (`tee::fake`, rules in host-vmm/README.md), and the pure parts
+//! (CPUID table and INIT_VM CPUID, TD HOB, register mapping) are unit-tested here.
 
 use kvm_bindings::{kvm_cpuid_entry2, kvm_segment, CpuId};
 use measured_boot::firmware::tdx::{TdvfSection, TdvfSectionType};
@@ -113,6 +113,12 @@ pub enum LaunchStepError {
     /// The firmware's TDVF metadata has no TD_HOB section.
     #[error("the firmware's TDVF metadata has no TD_HOB section")]
     NoTdHob,
+    /// More CPUID leaves than the SNP CPUID page holds.
+    #[error("the vCPUs have {count} CPUID leaves; the SNP CPUID page holds at most 64")]
+    TooManyCpuidLeaves {
+        /// Leaves.
+        count: usize,
+    },
     /// The TD HOB does not fit its section.
     #[error("the TD HOB needs {need} bytes; the TD_HOB section has {have}")]
     HobTooLarge {
@@ -155,7 +161,7 @@ pub fn snp_complete(
         let regs = l.plan.vcpu_registers(i).ok_or(LaunchStepError::NoVmsa(i))?;
         set_vmsa_registers(fd, i, regs)?;
     }
-    let table = snp_cpuid_table(cpuid.as_slice());
+    let table = snp_cpuid_table(cpuid.as_slice())?;
     let cpuid_pages: Vec<u64> = l
         .plan
         .updates()
@@ -198,30 +204,47 @@ fn host_range(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Option<u64> {
 /// `SNP_CPUID_FUNCTION_MAXCOUNT`.
 pub const SNP_CPUID_MAX: usize = 64;
 
+/// The XSAVE area size for XCR0 = 1 (x87): the 512-byte legacy area and the 64-byte
+/// header.
+pub const XSAVE_SIZE_X87: u32 = 0x240;
+
 /// The SNP CPUID table (`struct snp_cpuid_info` of the SEV-SNP firmware ABI): count,
 /// 12 reserved bytes, then up to 64 entries of {eax_in, ecx_in, xcr0_in, xss_in, eax,
-/// ebx, ecx, edx, reserved} (48 bytes each). Leaf 0xD sub-leaves 0 and 1 are given for
-/// XCR0 = 1 (x87), the state the VMSA starts in, as QEMU does.
-pub fn snp_cpuid_table(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
-    let n = entries.len().min(SNP_CPUID_MAX);
+/// ebx, ecx, edx, reserved} (48 bytes each).
+///
+/// Leaf 0xD sub-leaves 0 and 1 are given for XCR0_IN = 1 (x87), the state the VMSA
+/// starts in, with EBX = [`XSAVE_SIZE_X87`]: the SEV firmware requires EBX to be
+/// exactly the XSAVE size implied by XCR0_IN (AMD's SEV firmware `cpuid_lookup.c`;
+/// KVM reports the size for every supported feature, e.g. 0x988, which the firmware
+/// corrects and refuses), and guests recompute it for their XCR0 from the
+/// per-feature sub-leaves (Linux `snp_cpuid_calc_xsave_size`). QEMU
+/// (target/i386/sev.c) does the same.
+///
+/// More than 64 leaves is refused ([`LaunchStepError::TooManyCpuidLeaves`]), as
+/// QEMU refuses: silently dropping leaves would give the guest a CPUID page missing
+/// leaves the vCPUs have.
+pub fn snp_cpuid_table(entries: &[kvm_cpuid_entry2]) -> Result<Vec<u8>, LaunchStepError> {
+    if entries.len() > SNP_CPUID_MAX {
+        return Err(LaunchStepError::TooManyCpuidLeaves {
+            count: entries.len(),
+        });
+    }
     let mut t = vec![0u8; 16 + SNP_CPUID_MAX * 48];
-    t[0..4].copy_from_slice(&(n as u32).to_le_bytes());
-    for (i, e) in entries.iter().take(n).enumerate() {
+    t[0..4].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (i, e) in entries.iter().enumerate() {
         let o = 16 + i * 48;
-        let xcr0_in: u64 = if e.function == 0xD && e.index <= 1 {
-            1
-        } else {
-            0
-        };
+        let xsave_leaf = e.function == 0xD && e.index <= 1;
+        let xcr0_in: u64 = if xsave_leaf { 1 } else { 0 };
+        let ebx = if xsave_leaf { XSAVE_SIZE_X87 } else { e.ebx };
         t[o..o + 4].copy_from_slice(&e.function.to_le_bytes());
         t[o + 4..o + 8].copy_from_slice(&e.index.to_le_bytes());
         t[o + 8..o + 16].copy_from_slice(&xcr0_in.to_le_bytes());
         // xss_in stays 0.
-        for (k, v) in [e.eax, e.ebx, e.ecx, e.edx].into_iter().enumerate() {
+        for (k, v) in [e.eax, ebx, e.ecx, e.edx].into_iter().enumerate() {
             t[o + 24 + 4 * k..o + 28 + 4 * k].copy_from_slice(&v.to_le_bytes());
         }
     }
-    t
+    Ok(t)
 }
 
 fn cpuid_diff(ours: &[u8], theirs: &[u8]) -> String {
@@ -354,37 +377,92 @@ pub fn tdx_begin<'a>(
     l: &TdxLaunch,
 ) -> Result<TdxLauncher<VmInitialized, KvmTdx<'a>>, LaunchStepError> {
     let probed = TdxLauncher::new(KvmTdx::new(vm.fd(), Vec::new())).capabilities()?;
-    let cpuid = probed
-        .caps()
-        .map(|c| td_cpuid(c, supported.as_slice()))
-        .unwrap_or_default();
-    Ok(probed.init_vm_with_cpuid(&l.config, cpuid)?)
+    Ok(probed.init_vm(&l.config, supported.as_slice())?)
 }
 
 /// The CPUID given to INIT_VM: for every leaf the TDX module lets the VMM configure,
-/// the host-supported value restricted to the configurable bits.
+/// the host-supported value restricted to the configurable bits, with KVM's
+/// significant-index flag on the indexed leaves and GPAW [`TD_GPAW`].
 pub fn td_cpuid(caps: &KvmTdxCapabilities, supported: &[kvm_cpuid_entry2]) -> TdxCpuid {
     let mut out = TdxCpuid::default();
     let n = (caps.cpuid.nent as usize).min(TDX_CPUID_ENTRIES);
     for mask in &caps.cpuid.entries[..n] {
-        let host = supported
-            .iter()
-            .find(|e| e.function == mask.function && e.index == mask.index);
-        let Some(host) = host else { continue };
+        let Some(host) = find_cpuid_entry2(supported, mask.function, mask.index) else {
+            continue;
+        };
         let i = out.nent as usize;
         out.entries[i] = kvm_cpuid_entry2 {
             function: mask.function,
             index: mask.index,
-            flags: mask.flags,
+            // Our own flags, as QEMU (target/i386/kvm/tdx.c) takes them from its
+            // CPUID entries: KVM_TDX_CAPABILITIES never sets SIGNIFCANT_INDEX, and
+            // without it kvm_find_cpuid_entry2 would answer 0xD.1 / 0x7.1 with the
+            // subleaf-0 entry at INIT_VM (setup_tdparams_cpuids).
+            flags: if cpuid_function_is_indexed(mask.function) {
+                KVM_CPUID_FLAG_SIGNIFICANT_INDEX
+            } else {
+                0
+            },
             eax: host.eax & mask.eax,
             ebx: host.ebx & mask.ebx,
             ecx: host.ecx & mask.ecx,
             edx: host.edx & mask.edx,
             ..Default::default()
         };
+        if mask.function == 0x8000_0008 {
+            // CPUID.0x80000008:EAX[23:16] is KVM's GPAW interface: INIT_VM accepts
+            // only 48 or 52 (tdx.c setup_tdparams_eptp_controls, -EINVAL otherwise),
+            // and the host's value is not one of them in general.
+            let e = &mut out.entries[i];
+            e.eax = (e.eax & !0x00ff_0000) | (TD_GPAW << 16);
+        }
         out.nent += 1;
     }
     out
+}
+
+/// The TD's guest physical address width: 48 bits (4-level EPT, supported on every
+/// TDX platform; 52 needs 5-level EPT). The shared bit is bit 47.
+pub const TD_GPAW: u32 = 48;
+
+/// Whether KVM treats `function`'s subleaf index as significant
+/// (`cpuid_function_is_indexed`, arch/x86/include/asm/cpuid/api.h, Linux v6.16).
+pub fn cpuid_function_is_indexed(function: u32) -> bool {
+    matches!(
+        function,
+        4 | 7
+            | 0xb
+            | 0xd
+            | 0xf
+            | 0x10
+            | 0x12
+            | 0x14
+            | 0x17
+            | 0x18
+            | 0x1d
+            | 0x1e
+            | 0x1f
+            | 0x24
+            | 0x8000_001d
+    )
+}
+
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (sic, the uAPI's spelling).
+pub const KVM_CPUID_FLAG_SIGNIFICANT_INDEX: u32 = kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+
+/// The CPUID entry KVM uses for (`function`, `index`), as
+/// `kvm_find_cpuid_entry2` (arch/x86/kvm/cpuid.c, Linux v6.16) finds it: the first
+/// entry with that function whose index matches, where an entry WITHOUT
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` matches every index.
+pub fn find_cpuid_entry2(
+    entries: &[kvm_cpuid_entry2],
+    function: u32,
+    index: u32,
+) -> Option<&kvm_cpuid_entry2> {
+    entries.iter().find(|e| {
+        e.function == function
+            && (e.index == index || e.flags & KVM_CPUID_FLAG_SIGNIFICANT_INDEX == 0)
+    })
 }
 
 /// INIT_VCPU for each vCPU (RCX = the TD HOB), INIT_MEM_REGION for each section of the
@@ -579,7 +657,7 @@ mod tests {
             edx: v + 3,
             ..Default::default()
         };
-        let t = snp_cpuid_table(&[e(0, 0, 0x10), e(0xD, 1, 0x20), e(0xD, 2, 0x30)]);
+        let t = snp_cpuid_table(&[e(0, 0, 0x10), e(0xD, 1, 0x20), e(0xD, 2, 0x30)]).unwrap();
         assert_eq!(t.len(), 16 + 64 * 48);
         assert!(t.len() <= 4096);
         assert_eq!(u32::from_le_bytes(t[0..4].try_into().unwrap()), 3);
@@ -593,12 +671,30 @@ mod tests {
             "xcr0_in"
         );
         assert_eq!(u32::from_le_bytes(x[24..28].try_into().unwrap()), 0x20);
+        assert_eq!(
+            u32::from_le_bytes(x[28..32].try_into().unwrap()),
+            XSAVE_SIZE_X87,
+            "0xD.1 EBX for XCR0 = 1"
+        );
+        // Other leaves keep KVM's EBX (0xD.2's 0x31).
+        assert_eq!(
+            u32::from_le_bytes(entry(2)[28..32].try_into().unwrap()),
+            0x31
+        );
         assert_eq!(u32::from_le_bytes(x[36..40].try_into().unwrap()), 0x23);
         assert_eq!(u64::from_le_bytes(entry(2)[8..16].try_into().unwrap()), 0);
-        // More than 64 leaves: only 64 fit the firmware's table.
-        let many: Vec<_> = (0..80).map(|i| e(i, 0, i)).collect();
+        // More than 64 leaves: refused, not truncated; 64 fit.
+        let many: Vec<_> = (0..65).map(|i| e(i, 0, i)).collect();
+        assert!(matches!(
+            snp_cpuid_table(&many),
+            Err(LaunchStepError::TooManyCpuidLeaves { count: 65 })
+        ));
         assert_eq!(
-            u32::from_le_bytes(snp_cpuid_table(&many)[0..4].try_into().unwrap()),
+            u32::from_le_bytes(
+                snp_cpuid_table(&many[..64]).unwrap()[0..4]
+                    .try_into()
+                    .unwrap()
+            ),
             64
         );
         // A corrected leaf is reported by number.
@@ -665,5 +761,131 @@ mod tests {
             c.entries[0].ecx, 0,
             "bits the module does not let us configure"
         );
+    }
+
+    /// Bug 2 (issue 13): KVM_TDX_CAPABILITIES never sets the significant-index flag,
+    /// so copying its flags makes `kvm_find_cpuid_entry2` answer 0xD.1 (and 0x7.1)
+    /// with the subleaf-0 entry.
+    #[test]
+    fn td_cpuid_indexed_leaves_are_found_by_subleaf() {
+        let mut caps = KvmTdxCapabilities::default();
+        caps.cpuid.nent = 4;
+        for (i, (f, idx)) in [(0xD, 0), (0xD, 1), (7, 0), (7, 1)].into_iter().enumerate() {
+            caps.cpuid.entries[i] = kvm_cpuid_entry2 {
+                function: f,
+                index: idx,
+                flags: 0, // what tdx.c td_init_cpuid_entry2 reports
+                eax: !0,
+                ebx: !0,
+                ecx: !0,
+                edx: !0,
+                ..Default::default()
+            };
+        }
+        let sig = KVM_CPUID_FLAG_SIGNIFICANT_INDEX;
+        let host = [
+            kvm_cpuid_entry2 {
+                function: 0xD,
+                index: 0,
+                flags: sig,
+                eax: 0x2e7,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0xD,
+                index: 1,
+                flags: sig,
+                eax: 0xf,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 0,
+                flags: sig,
+                eax: 2,
+                ebx: 0x1234,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 7,
+                index: 1,
+                flags: sig,
+                eax: 0x10,
+                ..Default::default()
+            },
+        ];
+        let c = td_cpuid(&caps, &host);
+        let got = &c.entries[..c.nent as usize];
+        assert_eq!(
+            find_cpuid_entry2(got, 0xD, 1).map(|e| e.eax),
+            Some(0xf),
+            "0xD.1"
+        );
+        assert_eq!(
+            find_cpuid_entry2(got, 7, 1).map(|e| e.eax),
+            Some(0x10),
+            "0x7.1"
+        );
+        assert_eq!(find_cpuid_entry2(got, 0xD, 0).map(|e| e.eax), Some(0x2e7));
+    }
+
+    /// The CPUID `td_cpuid` builds from KVM's capabilities and
+    /// KVM_GET_SUPPORTED_CPUID passes INIT_VM's checks (GPAW, significant index,
+    /// configurable bits), and each subleaf reaches its own slot.
+    #[test]
+    fn td_cpuid_passes_init_vm() {
+        use crate::tee::fake::tdx::FakeKvmTdx;
+        use crate::tee::tdx::{TdConfig, TdxLauncher};
+        let mut fake = FakeKvmTdx::default();
+        let host = fake.host_cpuid();
+        {
+            let probed = TdxLauncher::new(&mut fake).capabilities().unwrap();
+            let cpuid = td_cpuid(probed.caps().unwrap(), &host);
+            probed
+                .init_vm_with_cpuid(&TdConfig::default(), cpuid)
+                .unwrap();
+        }
+        assert_eq!(fake.gpaw, TD_GPAW);
+        let slot = |f, i| {
+            fake.cpuid_configs
+                .iter()
+                .position(|c| c.function == f && c.index == i)
+                .unwrap()
+        };
+        assert_eq!(fake.td_cpuid[slot(0xD, 1)].unwrap().eax, 0xf);
+        assert_eq!(fake.td_cpuid[slot(7, 1)].unwrap().eax, 0x10);
+        assert_eq!(fake.td_cpuid[slot(0xD, 0)].unwrap().eax, 0x2e7);
+    }
+
+    /// The CPUID page as the SEV firmware checks it: leaf 0xD sub-leaves 0 and 1
+    /// carry EBX = 0x240, the XSAVE size for XCR0_IN = 1, not KVM's size for every
+    /// supported feature (the firmware requires the exact value; QEMU
+    /// target/i386/sev.c forces 0x240).
+    #[test]
+    fn snp_cpuid_page_passes_the_firmware_check() {
+        use crate::tee::fake::snp::firmware_check_cpuid_page;
+        let e = |function, index, ebx| kvm_cpuid_entry2 {
+            function,
+            index,
+            flags: if function == 0xD {
+                KVM_CPUID_FLAG_SIGNIFICANT_INDEX
+            } else {
+                0
+            },
+            eax: 0x2e7,
+            ebx,
+            ..Default::default()
+        };
+        // What KVM_GET_SUPPORTED_CPUID reports on an AVX-512 host.
+        let host = [
+            e(0, 0, 0x6874_7541),
+            e(0xD, 0, 0x988),
+            e(0xD, 1, 0x988),
+            e(0xD, 2, 0x240),
+        ];
+        let t = snp_cpuid_table(&host).unwrap();
+        if let Err(fixed) = firmware_check_cpuid_page(&t) {
+            panic!("the firmware corrects the page: {}", cpuid_diff(&t, &fixed));
+        }
     }
 }

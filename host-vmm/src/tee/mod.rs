@@ -35,6 +35,8 @@ pub mod emu_snp;
 pub mod emulated;
 pub mod emulated_snp;
 pub mod emulated_tdx;
+#[cfg(test)]
+pub(crate) mod fake;
 pub mod kvm_snp;
 pub mod kvm_tdx;
 pub mod launch;

@@ -1,6 +1,7 @@
 //! KVM state: the VM, its guest memory and its vCPUs. The kernel-interface code and
 //! almost all `unsafe` of the VMM live here.
 
+pub mod cc_memory;
 pub mod memory;
 pub mod private;
 pub mod sev;

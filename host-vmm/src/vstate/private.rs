@@ -24,7 +24,15 @@
 //!
 //! A conversion outside guest memory, unaligned, or empty is refused without touching
 //! anything. The operations go through [`PrivateOps`], so the range logic is tested
-//! here with a recording fake; the kernel side cannot run on a host without SNP or TDX.
+//! here with a fake that enforces the kernel's checks (`tee::fake::private`:
+//! `kvm_vm_ioctl_set_mem_attributes`, `kvm_gmem_fallocate`); the kernel side cannot run
+//! on a host without SNP or TDX.
+//!
+//! `KVM_HC_MAP_GPA_RANGE` ([`PrivateMemory::map_gpa_range`]): the page-size bits are a
+//! hint KVM passes through (SNP 2M page-state changes arrive with `PAGE_SZ_2M`,
+//! `args[1]` still in 4 KiB pages) and are accepted; a failure is a negative errno.
+//! On TDX, KVM splits a MapGPA into <= 2 MiB exits and answers RETRY itself when an
+//! interrupt is pending; the VMM only answers each chunk.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -45,6 +53,22 @@ pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
 pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 /// `KVM_MAP_GPA_RANGE_PAGE_SZ_MASK`: the page-size bits of the attributes.
 pub const KVM_MAP_GPA_RANGE_PAGE_SZ_MASK: u64 = 0x3;
+/// `KVM_MAP_GPA_RANGE_PAGE_SZ_4K`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_4K: u64 = 0;
+/// `KVM_MAP_GPA_RANGE_PAGE_SZ_2M`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_2M: u64 = 1;
+/// `KVM_MAP_GPA_RANGE_PAGE_SZ_1G`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_1G: u64 = 2;
+
+/// The `hypercall.ret` for a failed `KVM_HC_MAP_GPA_RANGE`: a NEGATIVE errno, as
+/// KVM's own hypercalls return `-KVM_EINVAL` & co. (include/uapi/linux/kvm_para.h;
+/// arch/x86/kvm/x86.c `complete_hypercall_exit` puts `ret` in RAX for a plain
+/// guest). For SNP and TDX guests KVM only tests it for non-zero
+/// (sev.c `snp_complete_psc_msr`/`snp_complete_one_psc`, tdx.c
+/// `tdx_complete_vmcall_map_gpa` -> TDVMCALL_STATUS_INVALID_OPERAND).
+pub fn hypercall_error(errno: i32) -> u64 {
+    (-i64::from(errno.abs())) as u64
+}
 
 const PAGE: u64 = 4096;
 
@@ -252,22 +276,28 @@ impl PrivateMemory {
     }
 
     /// Handles a `KVM_HC_MAP_GPA_RANGE` request (`args[0]` = GPA, `args[1]` = number
-    /// of pages, `args[2]` = attributes). Returns the value for the hypercall's `ret`:
-    /// 0, or an errno the kernel turns into the guest-visible failure.
+    /// of 4 KiB pages, `args[2]` = attributes). Returns the value for the hypercall's
+    /// `ret`: 0, or a NEGATIVE errno ([`hypercall_error`]).
+    ///
+    /// The attributes' page-size bits (`KVM_MAP_GPA_RANGE_PAGE_SZ_4K/2M/1G`) are a
+    /// hint KVM passes through: SEV-SNP page-state changes of 2M entries arrive with
+    /// `PAGE_SZ_2M` and `args[1]` = 512 (arch/x86/kvm/svm/sev.c `snp_begin_psc`).
+    /// The conversion is the same; only undefined bits are refused.
     pub fn map_gpa_range(&self, ops: &impl PrivateOps, args: &[u64; 6]) -> u64 {
         let (gpa, pages, attrs) = (args[0], args[1], args[2]);
-        // Only 4 KiB granularity is defined by the kernel for this exit.
-        if attrs & KVM_MAP_GPA_RANGE_PAGE_SZ_MASK != 0 {
-            return libc::EINVAL as u64;
+        if attrs & !(KVM_MAP_GPA_RANGE_PAGE_SZ_MASK | KVM_MAP_GPA_RANGE_ENCRYPTED) != 0
+            || attrs & KVM_MAP_GPA_RANGE_PAGE_SZ_MASK == KVM_MAP_GPA_RANGE_PAGE_SZ_MASK
+        {
+            return hypercall_error(libc::EINVAL);
         }
         let Some(size) = pages.checked_mul(PAGE) else {
-            return libc::EINVAL as u64;
+            return hypercall_error(libc::EINVAL);
         };
         match self.convert(ops, gpa, size, attrs & KVM_MAP_GPA_RANGE_ENCRYPTED != 0) {
             Ok(()) => 0,
             Err(e) => {
                 tracing::warn!(error = %e, "guest conversion request refused");
-                e.errno() as u64
+                hypercall_error(e.errno())
             }
         }
     }
@@ -336,38 +366,7 @@ impl PrivateOps for KvmPrivateOps<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::RefCell;
-
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    enum Op {
-        Attr(u64, u64, u64),
-        Punch(RawFd, u64, u64),
-        Discard(u64, u64),
-    }
-
-    #[derive(Default)]
-    struct Rec {
-        ops: RefCell<Vec<Op>>,
-        fail_attr: Option<i32>,
-    }
-
-    impl PrivateOps for Rec {
-        fn set_attributes(&self, gpa: u64, size: u64, attributes: u64) -> Result<(), i32> {
-            if let Some(e) = self.fail_attr {
-                return Err(e);
-            }
-            self.ops.borrow_mut().push(Op::Attr(gpa, size, attributes));
-            Ok(())
-        }
-        fn punch_private(&self, fd: RawFd, offset: u64, size: u64) -> Result<(), i32> {
-            self.ops.borrow_mut().push(Op::Punch(fd, offset, size));
-            Ok(())
-        }
-        fn discard_shared(&self, host: u64, size: u64) -> Result<(), i32> {
-            self.ops.borrow_mut().push(Op::Discard(host, size));
-            Ok(())
-        }
-    }
+    use crate::tee::fake::private::{FakePrivateOps as Rec, Op};
 
     fn memfd() -> OwnedFd {
         let f = tempfile::tempfile().unwrap();
@@ -475,27 +474,131 @@ mod tests {
             r.ops.borrow()[2],
             Op::Attr(0x1000, 0x2000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
         );
-        // 2 MiB page size is not a granularity this exit defines; outside memory;
-        // page-count overflow.
-        assert_eq!(
-            m.map_gpa_range(&r, &[0, 1, 1, 0, 0, 0]),
-            libc::EINVAL as u64
-        );
+        // Outside memory; page-count overflow.
         assert_eq!(
             m.map_gpa_range(&r, &[0x8000_0000, 1, 0, 0, 0, 0]),
-            libc::EINVAL as u64
+            hypercall_error(libc::EINVAL)
         );
         assert_eq!(
             m.map_gpa_range(&r, &[0, u64::MAX, 0, 0, 0, 0]),
-            libc::EINVAL as u64
+            hypercall_error(libc::EINVAL)
         );
+        // Undefined attribute bits and page-size value 3.
+        assert_eq!(
+            m.map_gpa_range(&r, &[0, 1, 1 << 5, 0, 0, 0]),
+            hypercall_error(libc::EINVAL)
+        );
+        assert_eq!(
+            m.map_gpa_range(&r, &[0, 1, 3, 0, 0, 0]),
+            hypercall_error(libc::EINVAL)
+        );
+        // The errno is negative, as KVM's hypercall convention has it.
+        assert_eq!(hypercall_error(libc::EINVAL) as i64, -22);
         let failing = Rec {
             fail_attr: Some(libc::EAGAIN),
             ..Default::default()
         };
         assert_eq!(
             m.map_gpa_range(&failing, &[0x1000, 1, 0, 0, 0, 0]),
-            libc::EAGAIN as u64
+            hypercall_error(libc::EAGAIN)
+        );
+    }
+
+    /// Bug 5 (issue 13): KVM's SEV page-state-change path (arch/x86/kvm/svm/sev.c
+    /// snp_begin_psc) sets KVM_MAP_GPA_RANGE_PAGE_SZ_2M for a 2M entry, with
+    /// `args[1]` still counting 4 KiB pages; the VMM must convert, not refuse.
+    #[test]
+    fn map_gpa_range_accepts_page_size_hints() {
+        let m = mem();
+        let r = Rec::default();
+        // 2M entry: 512 4 KiB pages at a 2 MiB boundary, made private.
+        assert_eq!(
+            m.map_gpa_range(
+                &r,
+                &[
+                    0x20_0000,
+                    512,
+                    KVM_MAP_GPA_RANGE_ENCRYPTED | KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
+                    0,
+                    0,
+                    0
+                ]
+            ),
+            0
+        );
+        // 1G hint (bits 1:0 = 2) on a shared conversion.
+        assert_eq!(
+            m.map_gpa_range(&r, &[0x40_0000, 2, KVM_MAP_GPA_RANGE_PAGE_SZ_1G, 0, 0, 0]),
+            0
+        );
+        assert_eq!(
+            r.ops.borrow()[0],
+            Op::Attr(0x20_0000, 0x20_0000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        );
+        assert_eq!(r.ops.borrow()[2], Op::Attr(0x40_0000, 0x2000, 0));
+    }
+
+    /// MapGPA on real KVM (settles issue 13's "TDVMCALL_STATUS_RETRY" item): KVM
+    /// splits the TD's request into <= 2 MiB KVM_HC_MAP_GPA_RANGE exits; the VMM
+    /// answers each with 0 or an error, and RETRY is KVM's own answer when an
+    /// interrupt is pending between chunks; the VMM never returns it.
+    #[test]
+    fn tdx_map_gpa_under_kvm_chunking() {
+        use crate::tee::fake::tdx::kvm_tdx_map_gpa;
+        use crate::tee::services::{TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY, TDVMCALL_SUCCESS};
+        let m = mem();
+        let shared = 1u64 << 47;
+        // 5 MiB made shared: three exits, the shared bit stripped, 4 KiB page counts.
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(shared | 0x20_0000, 0x50_0000, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!((res.status, res.exits), (TDVMCALL_SUCCESS, 3));
+        let attrs: Vec<_> = r
+            .ops
+            .borrow()
+            .iter()
+            .filter_map(|o| match o {
+                Op::Attr(g, s, a) => Some((*g, *s, *a)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            attrs,
+            [
+                (0x20_0000, 0x20_0000, 0),
+                (0x40_0000, 0x20_0000, 0),
+                (0x60_0000, 0x10_0000, 0)
+            ]
+        );
+        // An interrupt after the first chunk: RETRY from the next one; the guest
+        // resumes at R11 and finishes (back to private this time).
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(0x20_0000, 0x40_0000, 48, Some(1), |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!((res.status, res.r11), (TDVMCALL_RETRY, 0x40_0000));
+        let res = kvm_tdx_map_gpa(res.r11, 0x60_0000 - res.r11, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!(res.status, TDVMCALL_SUCCESS);
+        assert_eq!(
+            r.ops
+                .borrow()
+                .iter()
+                .filter(|o| matches!(o, Op::Attr(_, _, KVM_MEMORY_ATTRIBUTE_PRIVATE)))
+                .count(),
+            2
+        );
+        // A chunk the VMM refuses (it runs off the end of low RAM): INVALID_OPERAND
+        // with R11 at that chunk; what came before stays converted.
+        let r = Rec::default();
+        let res = kvm_tdx_map_gpa(shared | 0xC0_0000, 0x60_0000, 48, None, |a| {
+            m.map_gpa_range(&r, a)
+        });
+        assert_eq!(
+            (res.status, res.r11, res.exits),
+            (TDVMCALL_INVALID_OPERAND, shared | 0x100_0000, 3)
         );
     }
 }

@@ -207,6 +207,11 @@ pub struct TdxCmdError {
 pub trait TdxCommands {
     /// Issues `req`.
     fn issue(&mut self, req: TdxRequest<'_>) -> Result<(), TdxCmdError>;
+
+    /// `KVM_ENABLE_CAP(KVM_CAP_X86_APIC_BUS_CYCLES_NS)` on the VM: the APIC bus
+    /// cycle length KVM's emulated APIC timer uses (needs a split irqchip and no
+    /// vCPUs yet, arch/x86/kvm/x86.c).
+    fn enable_apic_bus_cycles_ns(&mut self, ns: u64) -> Result<(), TdxCmdError>;
 }
 
 /// `KVM_MEMORY_ENCRYPT_OP` = `_IOWR(KVMIO, 0xba, unsigned long)`.
@@ -216,6 +221,7 @@ pub const KVM_MEMORY_ENCRYPT_OP: libc::c_ulong = 0xC008_AEBA;
 #[derive(Debug)]
 pub struct KvmTdx<'a> {
     vm: RawFd,
+    vm_fd: &'a kvm_ioctls::VmFd,
     vcpus: Vec<&'a kvm_ioctls::VcpuFd>,
 }
 
@@ -224,6 +230,7 @@ impl<'a> KvmTdx<'a> {
     pub fn new(vm: &'a kvm_ioctls::VmFd, vcpus: Vec<&'a kvm_ioctls::VcpuFd>) -> Self {
         Self {
             vm: vm.as_raw_fd(),
+            vm_fd: vm,
             vcpus,
         }
     }
@@ -312,6 +319,18 @@ impl TdxCommands for KvmTdx<'_> {
             ),
         };
         tdx_ioctl(fd, &mut cmd)
+    }
+
+    fn enable_apic_bus_cycles_ns(&mut self, ns: u64) -> Result<(), TdxCmdError> {
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_APIC_BUS_CYCLES_NS,
+            args: [ns, 0, 0, 0],
+            ..Default::default()
+        };
+        self.vm_fd.enable_cap(&cap).map_err(|e| TdxCmdError {
+            errno: e.errno(),
+            hw_error: 0,
+        })
     }
 }
 

@@ -239,9 +239,11 @@ pub trait ExitHandler: Send + Sync {
         Ok(Handled::No)
     }
     /// `KVM_EXIT_X86_RDMSR` / `KVM_EXIT_X86_WRMSR` (only after the TEE enabled
-    /// `KVM_CAP_X86_USER_SPACE_MSR`): `msr` with `data` (the value written, or where
-    /// the value read goes). Default: not handled, the vCPU stops, which is right for
-    /// every TEE that asked for no MSR exits.
+    /// `KVM_CAP_X86_USER_SPACE_MSR`, see [`crate::vstate::vm::Vm::enable_user_msr_exits`]):
+    /// `msr` with `data` (the value written, or where the value read goes).
+    /// [`Handled::Fault`] refuses the access: the VMM sets `kvm_run.msr.error`, and KVM
+    /// injects #GP as the hardware would. Default: not handled, the vCPU stops, which is
+    /// right for every TEE that asked for no MSR exits.
     fn msr(
         &self,
         _vcpu: u32,
@@ -251,7 +253,38 @@ pub trait ExitHandler: Send + Sync {
     ) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
+    /// A one-byte `out` to a port in [`TRAP_PORTS`]: the **emulator trap**, by which
+    /// guest code that cannot execute a TEE instruction here (CPL3 code on this PVM
+    /// host, any code on a standard KVM, where `tdcall` or `pvalidate` raise #UD in the
+    /// guest) asks the emulated TEE to perform it: 0xE0 TDCALL, 0xE1 PVALIDATE, 0xE2
+    /// VMGEXIT, 0xE3 RDMSR, 0xE4 WRMSR, every other register set exactly as for the
+    /// instruction. The handler reads the registers through `fd` (KVM_GET_REGS),
+    /// applies the instruction and writes the results back (KVM_SET_REGS) **without
+    /// touching RIP**: KVM skips the `out` when the vCPU re-enters. Default: not handled,
+    /// and the write goes to the port bus like any other (plain and real-TEE guests
+    /// have no trap).
+    fn io_trap(&self, _vcpu: u32, _fd: &VcpuFd, _port: u16) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+    /// An MMIO exit at `gpa`, offered before the device bus. An emulated TEE that keeps
+    /// the private-memory contract ([`crate::vstate::cc_memory::CcMemory`]) answers
+    /// `Err(ExitError::GuestFault(..))` when `gpa` is guest RAM the guest may not touch
+    /// (an unvalidated/unaccepted page, or the wrong attribute): on this host KVM turns
+    /// such a CPL0 access into an MMIO exit, and the hardware would raise #VC / #VE.
+    /// Default: a device access.
+    fn mmio(&self, _gpa: u64) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
+    /// `KVM_RUN` failed with EFAULT (on this host, a CPL3 access to a protected page
+    /// gives no GPA). [`Handled::Yes`]: the handler changed the memory layout so the
+    /// access exits with its GPA; run again. Default: the vCPU stops.
+    fn run_efault(&self) -> Result<Handled, ExitError> {
+        Ok(Handled::No)
+    }
 }
+
+/// The ports of the emulator trap ([`ExitHandler::io_trap`]).
+pub const TRAP_PORTS: std::ops::RangeInclusive<u16> = 0xE0..=0xE7;
 
 /// Why a TEE exit handler stopped the vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +303,13 @@ pub enum ExitError {
     /// An exit the VM's TEE never asked for.
     #[error("{0}")]
     Unexpected(&'static str),
+    /// The guest touched memory the TEE forbids it, as the hardware reports it (for
+    /// example "guest read unvalidated private page 0x…: SNP #VC page-not-validated").
+    #[error("guest fault: {0}")]
+    GuestFault(String),
+    /// The emulated TEE could not carry out an operation.
+    #[error("emulated TEE failure: {0}")]
+    Emulation(String),
 }
 
 /// `e` and its causes, as one line.
@@ -291,6 +331,9 @@ pub enum Handled {
     Yes,
     /// Not the handler's business; the vCPU stops and reports the exit.
     No,
+    /// The access faults as on the hardware: an MSR access gets #GP
+    /// (`kvm_run.msr.error = 1`); any other exit stops the vCPU with a guest fault.
+    Fault,
 }
 
 /// One vCPU.
@@ -354,23 +397,32 @@ impl Vcpu {
                     bus.pio.read(port, data);
                     None
                 }
-                Ok(VcpuExit::IoOut(port, data)) => bus.pio.write(port, data).map(|e| match e {
-                    VmEvent::PowerOff => Exit::Stop(VcpuStop::PowerOff),
-                    VmEvent::Reset => Exit::Stop(VcpuStop::Reset),
-                    VmEvent::Panic => Exit::Stop(VcpuStop::GuestPanic),
-                }),
-                Ok(VcpuExit::MmioRead(addr, data)) => {
-                    bus.mmio.read(addr, data);
-                    None
+                Ok(VcpuExit::IoOut(port, data))
+                    if cc.is_some() && data.len() == 1 && TRAP_PORTS.contains(&port) =>
+                {
+                    Some(Exit::Trap(port, data[0]))
                 }
-                Ok(VcpuExit::MmioWrite(addr, data)) => {
-                    bus.mmio.write(addr, data);
-                    None
+                Ok(VcpuExit::IoOut(port, data)) => pio_out(bus, port, data),
+                Ok(VcpuExit::MmioRead(addr, data)) => match mmio_fault(cc, addr) {
+                    Some(stop) => Some(stop),
+                    None => {
+                        bus.mmio.read(addr, data);
+                        None
+                    }
+                },
+                Ok(VcpuExit::MmioWrite(addr, data)) => match mmio_fault(cc, addr) {
+                    Some(stop) => Some(stop),
+                    None => {
+                        bus.mmio.write(addr, data);
+                        None
+                    }
+                },
+                Ok(VcpuExit::X86Rdmsr(m)) => {
+                    msr_exit(cc, self.index, m.index, false, m.data, m.error)
                 }
-                Ok(VcpuExit::X86Rdmsr(m)) => msr_exit(cc, self.index, m.index, false, m.data),
                 Ok(VcpuExit::X86Wrmsr(m)) => {
                     let mut data = m.data;
-                    msr_exit(cc, self.index, m.index, true, &mut data)
+                    msr_exit(cc, self.index, m.index, true, &mut data, m.error)
                 }
                 Ok(VcpuExit::Hlt) => Some(Exit::Halted),
                 Ok(VcpuExit::Shutdown) => Some(Exit::TripleFault),
@@ -404,10 +456,22 @@ impl Vcpu {
                 }
                 Ok(other) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!("{other:?}")))),
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) if e.errno() == libc::EFAULT && cc.is_some() => {
+                    match cc.map(|cc| cc.run_efault()) {
+                        Some(Ok(Handled::Yes)) => None,
+                        Some(Err(err)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&err)))),
+                        _ => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
+                    }
+                }
                 Err(e) => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
             };
+            let outcome = match (outcome, cc) {
+                (Some(Exit::Trap(port, value)), Some(cc)) => self.io_trap(bus, cc, port, value),
+                (Some(Exit::Trap(port, value)), None) => pio_out(bus, port, &[value]),
+                (other, _) => other,
+            };
             match outcome {
-                None => continue,
+                None | Some(Exit::Trap(..)) => continue,
                 Some(Exit::Stop(s)) => return s,
                 Some(Exit::Halted) => return VcpuStop::Halted(Box::new(self.state(mem))),
                 Some(Exit::TripleFault) => return VcpuStop::TripleFault(Box::new(self.state(mem))),
@@ -444,6 +508,19 @@ impl Vcpu {
             .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e))))
     }
 
+    /// Offers an emulator-trap `out` to the TEE's handler; unhandled, it is an ordinary
+    /// port write.
+    fn io_trap(&mut self, bus: &Buses, cc: &dyn ExitHandler, port: u16, value: u8) -> Option<Exit> {
+        match cc.io_trap(self.index, &self.fd, port) {
+            Ok(Handled::Yes) => None,
+            Ok(Handled::No) => pio_out(bus, port, &[value]),
+            Ok(Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+                "the emulated TEE refused the trap on port {port:#x} (the instruction faults)"
+            )))),
+            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        }
+    }
+
     /// Offers an internal-error exit to the TEE's handler.
     fn internal_error(&mut self, cc: &dyn ExitHandler) -> Option<Exit> {
         let run = self.fd.get_kvm_run();
@@ -457,6 +534,9 @@ impl Vcpu {
         match cc.internal_error(self.index, &self.fd, internal.suberror, &internal.data[..n]) {
             Ok(Handled::Yes) => None,
             Ok(Handled::No) => Some(Exit::Internal),
+            Ok(Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(
+                "the emulated TEE refused the instruction (it faults on the hardware)".into(),
+            ))),
             Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         }
     }
@@ -512,7 +592,7 @@ fn hypercall(
     }
     match cc.hypercall(vcpu, nr, args, ret) {
         Ok(Handled::Yes) => None,
-        Ok(Handled::No) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+        Ok(Handled::No | Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "unhandled hypercall {nr}"
         )))),
         Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
@@ -539,9 +619,14 @@ fn msr_exit(
     msr: u32,
     write: bool,
     data: &mut u64,
+    error: &mut u8,
 ) -> Option<Exit> {
     match cc.map(|cc| cc.msr(vcpu, msr, write, data)) {
         Some(Ok(Handled::Yes)) => None,
+        Some(Ok(Handled::Fault)) => {
+            *error = 1;
+            None
+        }
         Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
         Some(Ok(Handled::No)) | None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "unhandled {} of MSR {msr:#x}",
@@ -550,7 +635,30 @@ fn msr_exit(
     }
 }
 
+/// Offers an MMIO exit to the TEE's handler: `Some` stops the vCPU (a guest fault).
+fn mmio_fault(cc: Option<&dyn ExitHandler>, gpa: u64) -> Option<Exit> {
+    match cc.map(|cc| cc.mmio(gpa)) {
+        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Ok(Handled::Fault)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+            "guest fault at {gpa:#x}"
+        )))),
+        _ => None,
+    }
+}
+
+/// A port write to the bus; a device's event stops the vCPU.
+fn pio_out(bus: &Buses, port: u16, data: &[u8]) -> Option<Exit> {
+    bus.pio.write(port, data).map(|e| match e {
+        VmEvent::PowerOff => Exit::Stop(VcpuStop::PowerOff),
+        VmEvent::Reset => Exit::Stop(VcpuStop::Reset),
+        VmEvent::Panic => Exit::Stop(VcpuStop::GuestPanic),
+    })
+}
+
 enum Exit {
+    /// An emulator-trap `out` (port, value), offered to the handler once the exit's
+    /// borrow of `kvm_run` has ended.
+    Trap(u16, u8),
     Stop(VcpuStop),
     Halted,
     TripleFault,

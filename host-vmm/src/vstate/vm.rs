@@ -4,6 +4,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::cc_memory::{CcConfig, CcMemory, CcMemoryError};
 use super::memory::{self, MemoryError};
 use super::private::{KvmPrivateOps, PrivateMemory, PrivateMemoryError};
 
@@ -28,6 +29,12 @@ pub enum VmError {
     /// Private memory could not be set up.
     #[error("cannot set up private guest memory")]
     Private(#[from] PrivateMemoryError),
+    /// Emulated private memory could not be set up.
+    #[error("cannot set up emulated private guest memory")]
+    CcMemory(#[from] CcMemoryError),
+    /// Writing the firmware into guest memory failed.
+    #[error("cannot copy the firmware into guest memory")]
+    Firmware(#[source] vm_memory::GuestMemoryError),
 }
 
 /// How interrupts are wired for a VM.
@@ -51,6 +58,7 @@ pub const SPLIT_IRQCHIP_PINS: u64 = 24;
 pub struct Vm {
     fd: VmFd,
     private: Option<PrivateMemory>,
+    cc: Option<std::sync::Arc<CcMemory>>,
     memory: GuestMemoryMmap,
 }
 
@@ -73,8 +81,49 @@ impl Vm {
         Ok(Self {
             fd,
             private: None,
+            cc: None,
             memory,
         })
+    }
+
+    /// Creates a default-type VM like [`Vm::new`] whose memory follows the emulated
+    /// private-memory contract ([`CcMemory`]): every page starts private and not
+    /// validated, `firmware` is written through the VMM's view (the backend launches it
+    /// with [`CcMemory::launch_private`] and seals the launch with
+    /// [`CcMemory::finish_launch`]), and [`Vm::memory`] is the VMM's view.
+    pub fn new_emulated_confidential(
+        kvm: &Kvm,
+        mem_size: u64,
+        firmware: &[u8],
+        config: CcConfig,
+    ) -> Result<Self, VmError> {
+        use vm_memory::{Bytes, GuestAddress};
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(|e| VmError::Ioctl("KVM_SET_TSS_ADDR", e))?;
+        let cc = CcMemory::new(&memory::layout(mem_size, firmware.len())?, config)?;
+        let memory = cc.vmm_memory().clone();
+        memory
+            .write_slice(
+                firmware,
+                GuestAddress(memory::FOUR_GIB - firmware.len() as u64),
+            )
+            .map_err(VmError::Firmware)?;
+        cc.register(&fd, 0)?;
+        fd.create_irq_chip()
+            .map_err(|e| VmError::Ioctl("KVM_CREATE_IRQCHIP", e))?;
+        Ok(Self {
+            fd,
+            private: None,
+            cc: Some(std::sync::Arc::new(cc)),
+            memory,
+        })
+    }
+
+    /// The emulated private-memory contract, for a VM made by
+    /// [`Vm::new_emulated_confidential`].
+    pub fn cc_memory(&self) -> Option<&std::sync::Arc<CcMemory>> {
+        self.cc.as_ref()
     }
 
     /// Creates a confidential VM of KVM type `vm_type` (4 = SEV-SNP, 5 = TDX): wires
@@ -120,6 +169,7 @@ impl Vm {
         Ok(Self {
             fd,
             private: Some(private),
+            cc: None,
             memory,
         })
     }
@@ -146,7 +196,7 @@ impl Vm {
     pub fn map_gpa_range(&self, args: &[u64; 6]) -> u64 {
         match &self.private {
             Some(p) => p.map_gpa_range(&KvmPrivateOps { vm: &self.fd }, args),
-            None => libc::EINVAL as u64,
+            None => super::private::hypercall_error(libc::EINVAL),
         }
     }
 
@@ -158,6 +208,49 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// Makes every RDMSR/WRMSR of `msrs` exit to user space (`KVM_EXIT_X86_RDMSR` /
+    /// `KVM_EXIT_X86_WRMSR`), as an emulated TEE needs for SEV_STATUS and the GHCB MSR:
+    /// `KVM_CAP_X86_USER_SPACE_MSR` with UNKNOWN | INVAL | FILTER, and an MSR filter
+    /// (default allow) that denies exactly these MSRs in KVM, so they exit whether this
+    /// KVM knows them (a standard KVM on an AMD host knows the GHCB MSR) or not (PVM).
+    /// Rules: Documentation/virt/kvm/api.rst "KVM_CAP_X86_USER_SPACE_MSR" and
+    /// "KVM_X86_SET_MSR_FILTER"; arch/x86/kvm/x86.c `kvm_vm_ioctl_set_msr_filter` (at
+    /// most 16 ranges, bitmap bit 0 = denied).
+    pub fn enable_user_msr_exits(&self, msrs: &[u32]) -> Result<(), VmError> {
+        use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
+        let cap = kvm_bindings::kvm_enable_cap {
+            cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+            args: [
+                u64::from(
+                    kvm_bindings::KVM_MSR_EXIT_REASON_INVAL
+                        | kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN
+                        | kvm_bindings::KVM_MSR_EXIT_REASON_FILTER,
+                ),
+                0,
+                0,
+                0,
+            ],
+            ..Default::default()
+        };
+        self.fd
+            .enable_cap(&cap)
+            .map_err(|e| VmError::Ioctl("KVM_ENABLE_CAP(X86_USER_SPACE_MSR)", e))?;
+        // One single-MSR range per MSR, its bitmap bit clear: denied, so it exits.
+        let deny = [0u8; 1];
+        let ranges: Vec<MsrFilterRange<'_>> = msrs
+            .iter()
+            .map(|&base| MsrFilterRange {
+                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                base,
+                msr_count: 1,
+                bitmap: &deny,
+            })
+            .collect();
+        self.fd
+            .set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
+            .map_err(|e| VmError::Ioctl("KVM_X86_SET_MSR_FILTER", e))
     }
 
     /// An eventfd that raises interrupt line `gsi` when written.
