@@ -1,6 +1,8 @@
 //! Which environment the firmware runs in, detected in the documented order: TDX
-//! (CPUID leaf 0x21), SEV-SNP (CPUID 0x8000001F and SEV_STATUS), the emulated mailbox
-//! (magic, then INFO), otherwise plain.
+//! (CPUID leaf 0x21), SEV-SNP (CPUID 0x8000001F and SEV_STATUS, the C-bit from the
+//! PSP-checked CPUID page), the emulated TDX mailbox (magic, then INFO), otherwise
+//! plain. The emulated SEV-SNP of `cvm launch --tee emulated-snp` is detected as SEV-SNP:
+//! the firmware runs the same code as on hardware (`snp.rs`).
 //!
 //! The SNP check happens in the 32-bit stage (it must know the C-bit before it builds
 //! the page tables, and CPUID raises #VC there, which only that stage handles), and a TD
@@ -20,8 +22,6 @@ pub const FLAG_SNP: u32 = 2;
 pub enum Env {
     /// No TEE.
     Plain,
-    /// The emulated SEV-SNP of `cvm launch --tee emulated-snp`.
-    EmulatedSnp,
     /// The emulated TDX of `cvm launch --tee emulated-tdx`.
     EmulatedTdx,
     /// Real SEV-SNP, with the C-bit at this position.
@@ -38,7 +38,6 @@ impl Env {
     pub fn name(self) -> &'static str {
         match self {
             Env::Plain => "plain (no TEE)",
-            Env::EmulatedSnp => "emulated SEV-SNP (insecure)",
             Env::EmulatedTdx => "emulated TDX (insecure)",
             Env::Snp { .. } => "SEV-SNP",
             Env::Tdx => "TDX",
@@ -79,7 +78,8 @@ pub fn detect(flags: u32) -> Env {
         return Env::Plain;
     }
     match mailbox::kind() {
-        Some(mailbox::Kind::Snp) => Env::EmulatedSnp,
+        // An SNP mailbox without SNP (SEV_STATUS): nothing confidential is claimed.
+        Some(mailbox::Kind::Snp) => Env::Plain,
         Some(mailbox::Kind::Tdx) => Env::EmulatedTdx,
         None => Env::Plain,
     }

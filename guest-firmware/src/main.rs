@@ -19,6 +19,7 @@
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
+//! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT trap choice) |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
 //! | 0x18000–0x1BFFF | emulated-mailbox request window |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |

@@ -254,6 +254,11 @@ pub trait TeeBackend: Send + Sync + std::fmt::Debug {
 
     /// What the launch is expected to measure.
     fn measurement(&self) -> ExpectedMeasurement;
+
+    /// The VMM's device buses, once built, for a backend whose run-time handler
+    /// performs port I/O on the guest's behalf (the emulated SNP hypervisor's GHCB IOIO
+    /// exits). Default: nothing to connect.
+    fn connect_buses(&self, _buses: &Arc<crate::devices::Buses>) {}
 }
 
 #[cfg(test)]
@@ -397,14 +402,21 @@ mod tests {
             assert_eq!(b.kind(), tee);
             assert_eq!(b.vm_type(), VmType::Default, "{tee}");
             assert!(!b.virtio_access_platform(), "{tee}");
-            assert_eq!(visible_leaves(b), (false, false), "{tee}");
+            // Emulated SNP shows its SNP leaf (the firmware runs its SNP code); emulated
+            // TDX still hides its leaf.
+            let snp_leaf = tee == TeeKind::EmulatedSnp;
+            assert_eq!(visible_leaves(b), (snp_leaf, false), "{tee}");
             let devices = b.devices(&mem);
-            assert_eq!(devices.len(), 1, "{tee}");
-            assert_eq!(devices[0].base, super::super::emulated::MAILBOX_PORT);
+            // Emulated SNP also has the trap-event device at the emulator-trap ports.
+            assert_eq!(devices.len(), 1 + usize::from(snp_leaf), "{tee}");
+            let mailbox = devices
+                .iter()
+                .find(|d| d.base == super::super::emulated::MAILBOX_PORT)
+                .expect("mailbox");
             {
                 // The mailbox answers INFO with the backend's kind.
                 use vm_memory::{Bytes, GuestAddress};
-                let mut dev = devices[0].device.lock().unwrap();
+                let mut dev = mailbox.device.lock().unwrap();
                 assert_eq!(dev.write(0, &0x10000u32.to_le_bytes()), None);
                 assert_eq!(dev.write(4, &5u32.to_le_bytes()), None);
                 let mut status = [0xffu8; 4];

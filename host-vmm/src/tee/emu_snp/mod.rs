@@ -104,6 +104,24 @@ pub trait PortIo: Send + Sync {
     fn write(&self, port: u16, data: &[u8]) -> Option<VmEvent>;
 }
 
+/// The VMM's PIO bus as [`PortIo`].
+pub struct BusPorts(pub Arc<crate::devices::Buses>);
+
+impl std::fmt::Debug for BusPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusPorts")
+    }
+}
+
+impl PortIo for BusPorts {
+    fn read(&self, port: u16, data: &mut [u8]) {
+        self.0.pio.read(port, data);
+    }
+    fn write(&self, port: u16, data: &[u8]) -> Option<VmEvent> {
+        self.0.pio.write(port, data)
+    }
+}
+
 /// Where the launch put the PSP-owned pages.
 #[derive(Debug, Clone)]
 pub struct PspLayout {
@@ -604,11 +622,36 @@ pub const PVALIDATE: [u8; 4] = [0xF2, 0x0F, 0x01, 0xFF];
 
 fn exit_error(e: &PspError) -> ExitError {
     tracing::error!(error = %e, "emulated SEV-SNP stopped the guest");
-    ExitError::Unexpected(match e {
-        PspError::Terminated { .. } => "the SNP guest asked to be terminated",
-        PspError::Rmp(_) => "RMP fault (emulated SEV-SNP)",
-        _ => "emulated SEV-SNP: the guest broke the GHCB/PSP protocol",
-    })
+    match e {
+        PspError::Rmp(_) | PspError::Terminated { .. } | PspError::Unmapped(_) => {
+            ExitError::GuestFault(e.to_string())
+        }
+        _ => ExitError::Emulation(e.to_string()),
+    }
+}
+
+thread_local! {
+    /// A VM event a device raised during a GHCB IOIO exit of this vCPU thread, handed
+    /// to the vCPU loop through [`TrapEvents`].
+    static PENDING_EVENT: std::cell::Cell<Option<VmEvent>> = const { std::cell::Cell::new(None) };
+}
+
+/// The PIO device at the trap ports: the vCPU loop's own path for VM events. When a
+/// GHCB IOIO exit made a device ask to stop the guest (pvpanic, ACPI S5), the trap
+/// handler answers [`Handled::No`] and the loop writes the trap port here, in the same
+/// vCPU thread: the pending event is returned as that write's event, so the guest
+/// stops exactly as for a direct `out`. (A `Handled` variant carrying the event would
+/// do the same without the detour; the vCPU loop is not this module's.)
+#[derive(Debug)]
+pub struct TrapEvents;
+
+impl crate::devices::PioDevice for TrapEvents {
+    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0xFF);
+    }
+    fn write(&mut self, _offset: u16, _data: &[u8]) -> Option<VmEvent> {
+        PENDING_EVENT.with(|p| p.take())
+    }
 }
 
 impl SnpPsp {
@@ -618,16 +661,18 @@ impl SnpPsp {
         if !(trap_port::PVALIDATE..=trap_port::WRMSR).contains(&port) {
             return Ok(Handled::No);
         }
-        let mut regs = fd
-            .get_regs()
-            .map_err(|_| ExitError::Unexpected("KVM_GET_REGS failed"))?;
-        let sregs = fd
-            .get_sregs()
-            .map_err(|_| ExitError::Unexpected("KVM_GET_SREGS failed"))?;
+        let regs_err =
+            |what: &str, e: kvm_ioctls::Error| ExitError::Emulation(format!("{what}: {e}"));
+        let mut regs = fd.get_regs().map_err(|e| regs_err("KVM_GET_REGS", e))?;
+        let sregs = fd.get_sregs().map_err(|e| regs_err("KVM_GET_SREGS", e))?;
         match self.trap(vcpu, port, &mut regs, &sregs) {
-            Ok(Some(_event)) => {
+            Ok(Some(event)) => {
                 fd.set_regs(&regs)
-                    .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed"))?;
+                    .map_err(|e| regs_err("KVM_SET_REGS", e))?;
+                if event.is_some() {
+                    PENDING_EVENT.with(|p| p.set(event));
+                    return Ok(Handled::No);
+                }
                 Ok(Handled::Yes)
             }
             Ok(None) => Ok(Handled::No),
@@ -688,9 +733,13 @@ impl ExitHandler for SnpPsp {
         match self.msr(vcpu, msr, write, data) {
             None => Ok(Handled::No),
             Some(Ok(())) => Ok(Handled::Yes),
-            // Until Handled::Fault exists (t13-infra): a write to SEV_STATUS stops.
-            Some(Err(())) => Err(ExitError::Unexpected("WRMSR of SEV_STATUS (#GP)")),
+            // A write to SEV_STATUS: #GP, as on the hardware.
+            Some(Err(())) => Ok(Handled::Fault),
         }
+    }
+
+    fn io_trap(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
+        self.io_trap_fd(vcpu, fd, port)
     }
 }
 
@@ -711,3 +760,45 @@ pub fn alias_slots(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u64)> {
 
 #[cfg(test)]
 mod tests;
+
+/// Why the emulated SNP VM could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// An alias memslot was refused.
+    #[error("cannot register the C-bit alias memslot {slot} at {gpa:#x}")]
+    Alias {
+        /// Slot.
+        slot: u32,
+        /// GPA.
+        gpa: u64,
+        /// KVM's error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// First memslot of the C-bit aliases (the VMM's own slots count from 0).
+pub const ALIAS_SLOT_BASE: u32 = 64;
+
+/// Registers [`alias_slots`] with KVM.
+pub fn register_alias_slots(vm: &crate::vstate::vm::Vm) -> Result<(), SetupError> {
+    for (i, (gpa, size, host)) in alias_slots(vm.memory()).into_iter().enumerate() {
+        let slot = ALIAS_SLOT_BASE + i as u32;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: size,
+            userspace_addr: host,
+        };
+        // SAFETY: `host`/`size` describe a live mmap owned by the VM's guest memory,
+        // which the `Vm` keeps for as long as its fd exists (the fd is closed first on
+        // drop); the alias range (GPA | 1 << 47) overlaps no other slot.
+        unsafe { vm.fd().set_user_memory_region(region) }.map_err(|source| SetupError::Alias {
+            slot,
+            gpa,
+            source,
+        })?;
+    }
+    Ok(())
+}
