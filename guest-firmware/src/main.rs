@@ -22,6 +22,7 @@
 //! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT trap choice) |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
 //! | 0x18000–0x1BFFF | emulated-mailbox request window |
+//! | 0x1C000 | SNP: page directory mapping one GiB above 4 GiB for PVALIDATE |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
 //! | 0x1E000 / 0x1F000 | TDX shared-alias PDPT / SNP 4 KiB table for 0–2 MiB |
 //! | 0x20000–0x2FFFF | private command line |
@@ -152,10 +153,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             (shi, bd.ram_below_4g),
             (0x1_0000_0000, 0x1_0000_0000 + bd.ram_above_4g),
         ] {
-            if env == Env::Tdx {
-                tdx::accept(start, end);
-            } else {
-                snp::accept(start, end);
+            match env {
+                Env::Snp { cbit } => snp::accept(cbit, start, end),
+                _ => tdx::accept(start, end),
             }
         }
     }

@@ -257,13 +257,68 @@ pub fn pvalidate_ok(rc: u32, unchanged: bool) -> bool {
     rc == 0 && !unchanged
 }
 
+/// The page directory that maps one GiB above 4 GiB for validation (pre-validated
+/// firmware memory, SNP_SEC_MEM).
+const HIGH_PD: u64 = 0x1C000;
+const PDPT: u64 = 0x2000;
+const GIB: u64 = 1 << 30;
+
+/// PDPT index of the GiB holding `gpa` when the boot page tables (0-4 GiB) do not map
+/// it: 4..512 (the firmware's PML4 entry 0 covers 512 GiB).
+pub fn high_pdpt_index(gpa: u64) -> Option<u64> {
+    let i = gpa / GIB;
+    (4..512).contains(&i).then_some(i)
+}
+
+/// PD entry `i` of the identity mapping of the GiB holding `gpa`: a private (C-bit)
+/// 2 MiB page, present and writable.
+pub fn high_pd_entry(gpa: u64, cbit: u8, i: u64) -> u64 {
+    ((gpa & !(GIB - 1)) + i * TWO_MIB) | 0x83 | (1u64 << cbit)
+}
+
+/// Makes `gpa` addressable at the virtual address PVALIDATE takes (VA = GPA): below
+/// 4 GiB the boot page tables map it; above, the GiB holding it is mapped through
+/// [`HIGH_PD`] in place of the one mapped before (bug 6 of issue 13: PVALIDATE was given
+/// GPAs above 4 GiB that no page table mapped, and the guest triple-faulted).
+fn map_for_validation(cbit: u8, gpa: u64) -> u64 {
+    let Some(index) = high_pdpt_index(gpa) else {
+        if gpa >= 4 * GIB {
+            // Beyond the 512 GiB the firmware's page tables can reach.
+            terminate(TERM_PVALIDATE);
+        }
+        return gpa;
+    };
+    let c = 1u64 << cbit;
+    let want = HIGH_PD | 3 | c;
+    // SAFETY: PDPT (0x2000) is the live page-directory-pointer table; entries 4..512
+    // are used only here; HIGH_PD is firmware memory used by nothing else.
+    unsafe {
+        let pdpt = arch::phys_mut(PDPT, 4096);
+        let at = index as usize * 8;
+        if pdpt[at..at + 8] != want.to_le_bytes() {
+            for i in 4..512 {
+                pdpt[i * 8..i * 8 + 8].fill(0);
+            }
+            flush_tlb();
+            let pd = arch::phys_mut(HIGH_PD, 4096);
+            for i in 0..512u64 {
+                let o = i as usize * 8;
+                pd[o..o + 8].copy_from_slice(&high_pd_entry(gpa, cbit, i).to_le_bytes());
+            }
+            pdpt[at..at + 8].copy_from_slice(&want.to_le_bytes());
+        }
+    }
+    gpa
+}
+
 /// Converts `[start, end)` to private and validates it (2 MiB PVALIDATE where aligned).
-pub fn accept(start: u64, end: u64) {
+pub fn accept(cbit: u8, start: u64, end: u64) {
     if start >= end {
         return;
     }
     psc_range(start, end, false);
     psc_pages(start, end, |gpa, huge| {
+        let gpa = map_for_validation(cbit, gpa);
         // SAFETY: the range is mapped private (identity map with the C-bit) and not yet
         // in use; validating it is what makes it usable.
         let (rc, unchanged) = unsafe { arch::pvalidate(gpa, huge, true) };
@@ -319,6 +374,24 @@ mod tests {
             0x1_2340_0000 | (1 << 52) | (1 << 56)
         );
         assert_eq!(psc_entry(0x5000, false, true), 0x5000 | (2 << 52));
+    }
+
+    /// Bug 6: every GPA the firmware validates must be mapped at VA = GPA. Below
+    /// 4 GiB the boot tables do it; above, the high window must map exactly that GPA.
+    #[test]
+    fn gpas_above_4_gib_get_a_private_identity_mapping_for_pvalidate() {
+        assert_eq!(high_pdpt_index(0xFFFF_F000), None, "the boot tables map it");
+        assert_eq!(high_pdpt_index(4 << 30), Some(4));
+        assert_eq!(high_pdpt_index((5 << 30) + 0x60_0000), Some(5));
+        assert_eq!(high_pdpt_index(512 << 30), None, "beyond PML4 entry 0");
+        let gpa = (5u64 << 30) + 0x60_0000;
+        // The PD entry covering `gpa` maps it, with the C-bit and the 2 MiB page bit.
+        let i = (gpa % GIB) / TWO_MIB;
+        let e = high_pd_entry(gpa, 47, i);
+        assert_eq!(e & 0x000F_7FFF_FFE0_0000, gpa & !(TWO_MIB - 1));
+        assert_eq!(e & (1 << 47), 1 << 47);
+        assert_eq!(e & 0x83, 0x83);
+        assert_eq!(high_pd_entry(gpa, 51, 0), (5 << 30) | 0x83 | (1 << 51));
     }
 
     #[test]
