@@ -65,11 +65,15 @@
 //! kernel of a few KiB in 0.2 s (whole `cvm launch`). On real SNP/TDX hardware the same
 //! code runs natively.
 //!
-//! **Not verifiable here** (no SNP or TDX hardware): the 32-bit #VC handler, the C-bit,
-//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), TDCALLs,
-//! TDG.MEM.PAGE.ACCEPT, MapGPA and the shared alias (`tdx.rs`). They are written
-//! against the AMD GHCB and Intel TDX module/GHCI specifications and run only when the
-//! hardware says it is SNP or TDX.
+//! **SNP under emulation**: `--tee emulated-snp` runs the SNP code of this firmware
+//! (`snp.rs`: the C-bit from the CPUID page, GHCB registration and IOIO, page-state
+//! changes, PVALIDATE with CF checked, memory above 4 GiB) against the VMM's software PSP
+//! (host-vmm `tee::emu_snp`, whose module docs hold the measurements of this KVM). What
+//! only hardware shows: the 32-bit #VC handler (CPUID does not raise #VC under
+//! emulation), encryption itself, and the literal VMGEXIT (the emulated platform selects
+//! the `out 0xE2` trap through SEV_STATUS bit 63). **Not verifiable here** (no TDX
+//! hardware): TDCALLs, TDG.MEM.PAGE.ACCEPT, MapGPA and the shared alias (`tdx.rs`),
+//! written against the Intel TDX module/GHCI specifications.
 //!
 //! # Build
 //!

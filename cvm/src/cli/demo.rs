@@ -430,10 +430,19 @@ fn demo(a: Args) -> Result<(), DemoError> {
     println!("    the guest will trust only this verifier: {pin}");
     // The pin is on the measured command line, so it is part of the measurement
     // registered below: a host that changes it changes the measurement.
-    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin}");
+    let base_cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin}");
+    // The SNP guest attests through the SNP guest-request path, reached from its ring 3
+    // through the emulator trap, which the (measured) command line selects.
+    let cmdline_for = |tee: &str| {
+        if tee == "emulated-snp" {
+            format!("{base_cmdline} cvm.tee_trap=port")
+        } else {
+            base_cmdline.clone()
+        }
+    };
     d.step("Computing reference values with `cvm measure` and registering the workloads");
     for tee in &tees {
-        register(&d, tee, &firmware, &kernel, &cmdline, &admin)?;
+        register(&d, tee, &firmware, &kernel, &cmdline_for(tee), &admin)?;
     }
 
     for tee in &tees {
@@ -441,7 +450,15 @@ fn demo(a: Args) -> Result<(), DemoError> {
             "Launching the guest with --tee {tee}: kernel hashes, attestation through the VMM relay, disk unlock"
         ));
         launch(
-            &d, tee, &platform, &firmware, &kernel, &cmdline, &disk, &url, &cert,
+            &d,
+            tee,
+            &platform,
+            &firmware,
+            &kernel,
+            &cmdline_for(tee),
+            &disk,
+            &url,
+            &cert,
         )?;
     }
 

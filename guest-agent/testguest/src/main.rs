@@ -47,6 +47,7 @@ mod console;
 mod heap;
 mod pio;
 mod rng;
+mod snp;
 mod tee;
 mod virtio;
 
@@ -119,12 +120,23 @@ fn run(boot_params: usize) -> Result<String, String> {
     }
     HEAP.init(HEAP_START as usize, end as usize);
 
-    let params = parse_cmdline(&bootparams::cmdline(boot_params))?;
+    let cmdline = bootparams::cmdline(boot_params);
+    let params = parse_cmdline(&cmdline)?;
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
-    let mut mailbox = tee::Mailbox::detect().map_err(|e| format!("{e}"))?;
+    // SEV-SNP through the real guest-request path when the measured command line
+    // selects the emulator trap; otherwise the emulated TEE's mailbox (emulated TDX).
+    let mut snp_guest = snp::SnpGuest::detect(&cmdline)?;
+    let mut mailbox;
+    let (provider, path): (&mut dyn EvidenceProvider, &str) = match snp_guest.as_mut() {
+        Some(s) => (s, "SNP guest request"),
+        None => {
+            mailbox = tee::Mailbox::detect().map_err(|e| format!("{e}"))?;
+            (&mut mailbox, "mailbox")
+        }
+    };
     println!(
-        "cvm-testguest: emulated {} TEE; attesting for {} via vsock port {}",
-        mailbox.tee().as_str(),
+        "cvm-testguest: emulated {} TEE ({path}); attesting for {} via vsock port {}",
+        provider.tee().as_str(),
         params.resource.as_str(),
         params.port
     );
@@ -141,7 +153,7 @@ fn run(boot_params: usize) -> Result<String, String> {
         },
     );
     let key = client
-        .fetch(&mut mailbox, &mut entropy, Curve::P256, &params.resource)
+        .fetch(provider, &mut entropy, Curve::P256, &params.resource)
         .map_err(|e| format!("key release failed: {}", chain(&e)))?;
     println!(
         "cvm-testguest: key released ({} bytes); opening the disk",
