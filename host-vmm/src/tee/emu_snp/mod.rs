@@ -261,6 +261,15 @@ impl SnpPsp {
         self.state().rmp.entry(gpa)
     }
 
+    /// Whether `[gpa, gpa + len)` is guest RAM (page-state changes elsewhere are
+    /// refused, so a guest cannot grow the RMP without bound).
+    fn in_ram(&self, gpa: u64, len: u64) -> bool {
+        use vm_memory::GuestMemoryBackend;
+        len > 0
+            && gpa.checked_add(len).is_some()
+            && self.mem.check_range(GuestAddress(gpa), len as usize)
+    }
+
     /// RDMSR / WRMSR of the SNP MSRs; `None` for any other MSR.
     pub fn msr(&self, vcpu: u32, msr: u32, write: bool, data: &mut u64) -> Option<Result<(), ()>> {
         match (msr, write) {
@@ -352,11 +361,12 @@ impl SnpPsp {
                 (gfn << 12) | ghcb::msr::REG_GHCB_RESP
             }
             MsrRequest::PageState { gpa, private } => {
-                let ok = self
-                    .state()
-                    .rmp
-                    .page_state_change(gpa, false, private)
-                    .is_ok();
+                let ok = self.in_ram(gpa, PAGE)
+                    && self
+                        .state()
+                        .rmp
+                        .page_state_change(gpa, false, private)
+                        .is_ok();
                 ghcb::psc_response(if ok { 0 } else { 1 })
             }
             MsrRequest::HvFeatures => (ghcb::HV_FEATURES << 12) | ghcb::msr::HV_FEATURES_RESP,
@@ -463,14 +473,16 @@ impl SnpPsp {
         while i <= end {
             let o = base + 8 + i * 8;
             let e = PscEntry::decode(ghcb::get(page, o));
-            let ok = match e.op {
-                ghcb::psc_op::PRIVATE | ghcb::psc_op::SHARED => st
-                    .rmp
-                    .page_state_change(e.gpa, e.huge, e.op == ghcb::psc_op::PRIVATE)
-                    .is_ok(),
-                ghcb::psc_op::PSMASH => st.rmp.psmash(e.gpa).is_ok(),
-                _ => false,
-            };
+            let size = if e.huge { 0x20_0000 } else { PAGE };
+            let ok = self.in_ram(e.gpa, size)
+                && match e.op {
+                    ghcb::psc_op::PRIVATE | ghcb::psc_op::SHARED => st
+                        .rmp
+                        .page_state_change(e.gpa, e.huge, e.op == ghcb::psc_op::PRIVATE)
+                        .is_ok(),
+                    ghcb::psc_op::PSMASH => st.rmp.psmash(e.gpa).is_ok(),
+                    _ => false,
+                };
             if !ok {
                 page[base..base + 2].copy_from_slice(&(i as u16).to_le_bytes());
                 return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
@@ -517,10 +529,15 @@ impl SnpPsp {
             if certs_gpa % PAGE != 0 {
                 return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
             }
-            let mut buf = vec![0u8; (pages * PAGE) as usize];
-            buf[..table.len()].copy_from_slice(&table);
+            // Only the table is written (never a guest-sized buffer: RBX is the
+            // guest's), and only into shared guest RAM.
+            if !self.in_ram(certs_gpa, table.len() as u64)
+                || self.state().rmp.entry(certs_gpa).assigned
+            {
+                return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
+            }
             self.mem
-                .write_slice(&buf, GuestAddress(certs_gpa))
+                .write_slice(&table, GuestAddress(certs_gpa))
                 .map_err(|_| PspError::Memory(certs_gpa))?;
         }
         let mut req = [0u8; 4096];

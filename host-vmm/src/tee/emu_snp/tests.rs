@@ -220,6 +220,21 @@ fn the_psc_nae_processes_2m_and_4k_entries_and_reports_progress() {
     });
     assert_eq!(ghcb::get(&out, off::SW_EXIT_INFO_1), 1);
     assert_ne!(ghcb::get(&out, off::SW_EXIT_INFO_2), 0);
+    // A page-state change outside guest RAM is refused (the RMP does not grow).
+    let out = ghcb_call(&p, exit::SNP_PSC, 0, 0, |g| {
+        ghcb::set(g, off::SW_SCRATCH, buf);
+        let o = off::SHARED_BUFFER;
+        g[o..o + 4].fill(0);
+        let e = PscEntry {
+            gpa: 1 << 45,
+            op: 1,
+            huge: true,
+            cur_page: 0,
+        };
+        g[o + 8..o + 16].copy_from_slice(&e.encode().to_le_bytes());
+    });
+    assert_ne!(ghcb::get(&out, off::SW_EXIT_INFO_2), 0);
+    assert!(!p.rmp_entry(1 << 45).assigned);
     // A scratch area outside the shared buffer is refused.
     let out = ghcb_call(&p, exit::SNP_PSC, 0, 0, |g| {
         ghcb::set(g, off::SW_SCRATCH, 0x5000)
@@ -312,6 +327,16 @@ fn a_guest_request_encrypted_with_vmpck0_gets_a_signed_report() {
         ghcb::GUEST_VMM_ERR_INVALID_LEN << 32
     );
     assert!(ghcb::get(&out, off::RBX) >= 1);
+    // A huge buffer size from the guest allocates nothing on the host; a buffer outside
+    // RAM is refused.
+    let out = ghcb_call(&p, exit::SNP_EXT_GUEST_REQUEST, req, rsp, |g| {
+        ghcb::set(g, off::RAX, 1 << 45);
+        ghcb::set(g, off::RBX, 1 << 40);
+    });
+    assert_eq!(
+        ghcb::get(&out, off::SW_EXIT_INFO_2),
+        ghcb::GHCB_ERR_INVALID_INPUT
+    );
 }
 
 #[test]
