@@ -14,9 +14,14 @@
 
 use std::process::ExitCode;
 
+pub mod args;
 pub mod docs;
 pub mod logging;
+pub mod output;
+pub mod progress;
 pub mod units;
+
+pub use output::{check_overwrite, Output};
 
 /// Exit code for a refusal or a failed run.
 pub const EXIT_FAILURE: u8 = 1;

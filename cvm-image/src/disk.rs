@@ -45,12 +45,18 @@ pub struct DiskArgs {
     /// 4096. The image file is 16 MiB larger (LUKS2 headers and keyslots).
     #[arg(long, value_parser = parse_size)]
     pub size: u64,
-    /// The disk image to create (must not exist).
+    /// The disk image to create (must not exist, unless --force).
     #[arg(long)]
     pub out: PathBuf,
-    /// The key file to create, mode 0600 (must not exist).
+    /// The key file to create, mode 0600 (must not exist, unless --force).
     #[arg(long)]
     pub key_out: PathBuf,
+    /// Replace --out and --key-out if they exist.
+    #[arg(long)]
+    pub force: bool,
+    /// `text` or `json` (what was created, on standard output).
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
     /// Copy this file's bytes to payload offset 0.
     #[arg(long, conflicts_with = "message")]
     pub from_file: Option<PathBuf>,
@@ -69,8 +75,11 @@ pub struct DiskArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The output file already exists.
-    #[error("{0} already exists; refusing to overwrite it")]
-    Exists(PathBuf),
+    #[error(transparent)]
+    Exists(#[from] cli_support::output::Exists),
+    /// An existing output could not be removed for --force.
+    #[error("cannot replace {0}")]
+    Replace(PathBuf, #[source] std::io::Error),
     /// The key file could not be created or written.
     #[error("cannot create the key file {0}")]
     KeyFile(PathBuf, #[source] std::io::Error),
@@ -110,6 +119,7 @@ impl cli_support::ExitClass for ImageError {
             | ImageError::NulInMessage => cli_support::EXIT_USAGE,
             // The work itself failed.
             ImageError::KeyFile(..)
+            | ImageError::Replace(..)
             | ImageError::MkfsSpawn(_)
             | ImageError::Mkfs(_)
             | ImageError::Luks(_) => cli_support::EXIT_FAILURE,
@@ -141,18 +151,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
-}
-
 /// Creates the key file and the image, then writes the payload. On failure, removes the
 /// files it created.
 pub fn create_disk(args: &DiskArgs) -> Result<Created, ImageError> {
     // Check everything that can be checked before creating files.
     for p in [&args.out, &args.key_out] {
-        if exists(p) {
-            return Err(ImageError::Exists(p.clone()));
-        }
+        cli_support::check_overwrite(p, args.force)?;
     }
     let payload_len = match (&args.message, &args.from_file) {
         (Some(m), _) => {
@@ -179,6 +183,16 @@ pub fn create_disk(args: &DiskArgs) -> Result<Created, ImageError> {
             len: payload_len,
             size: args.size,
         });
+    }
+    if args.force {
+        for p in [&args.out, &args.key_out] {
+            match std::fs::remove_file(p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::Replace(p.clone(), e))
+                }
+                _ => {}
+            }
+        }
     }
 
     let key = luks::random_key();
@@ -264,12 +278,15 @@ fn fill_from_dir(vol: &mut luks::Volume, args: &DiskArgs, dir: &Path) -> Result<
         .map_err(|e| ImageError::Input(tmp.clone(), e))
         .and_then(|()| {
             drop(f);
-            let out = std::process::Command::new("mkfs.ext4")
-                .args(["-q", "-F", "-b", "4096", "-L", "cvm-data", "-d"])
-                .arg(dir)
-                .arg(&tmp)
-                .output()
-                .map_err(ImageError::MkfsSpawn)?;
+            tracing::info!(event = "mkfs", dir = %dir.display(), "making the ext4 file system");
+            let out = cli_support::progress::ticking("making the ext4 file system", || {
+                std::process::Command::new("mkfs.ext4")
+                    .args(["-q", "-F", "-b", "4096", "-L", "cvm-data", "-d"])
+                    .arg(dir)
+                    .arg(&tmp)
+                    .output()
+            })
+            .map_err(ImageError::MkfsSpawn)?;
             if !out.status.success() {
                 return Err(ImageError::Mkfs(
                     String::from_utf8_lossy(&out.stderr).trim().to_owned(),
@@ -286,6 +303,12 @@ fn copy_file(vol: &mut luks::Volume, path: &Path, size: u64) -> Result<u64, Imag
     let mut f = std::fs::File::open(path).map_err(|e| ImageError::Input(path.to_owned(), e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut off = 0u64;
+    let total = f.metadata().ok().map(|m| m.len());
+    let mut progress = cli_support::progress::Progress::new(
+        format!("encrypting {}", path.display()),
+        cli_support::progress::Unit::Bytes,
+        total,
+    );
     loop {
         let n = f
             .read(&mut buf)
@@ -301,7 +324,9 @@ fn copy_file(vol: &mut luks::Volume, path: &Path, size: u64) -> Result<u64, Imag
         }
         vol.write_plaintext(off, &buf[..n])?;
         off += n as u64;
+        progress.advance(n as u64);
     }
+    progress.finish();
     let pad = (4096 - off % 4096) % 4096;
     if pad > 0 {
         vol.write_plaintext(off, &vec![0u8; pad as usize])?;
@@ -313,6 +338,25 @@ fn copy_file(vol: &mut luks::Volume, path: &Path, size: u64) -> Result<u64, Imag
 pub fn run(args: &DiskArgs) -> ExitCode {
     match create_disk(args) {
         Ok(c) => {
+            let stem = c
+                .image
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "disk".into());
+            if args.output.is_json() {
+                cli_support::output::print_json(&serde_json::json!({
+                    "image": c.image,
+                    "key_file": c.key_file,
+                    "format": "luks2",
+                    "cipher": "aes-xts-plain64",
+                    "sector_size": 4096,
+                    "payload_size": c.payload_size,
+                    "payload_written": c.payload_written,
+                    "data_offset": luks::DATA_OFFSET,
+                    "suggested_resource": format!("default/luks-key/{stem}"),
+                }));
+                return ExitCode::SUCCESS;
+            }
             println!(
                 "created {}: LUKS2 aes-xts-plain64, 4096-byte sectors, {} payload bytes \
                  ({} written) at offset {}",
@@ -325,11 +369,6 @@ pub fn run(args: &DiskArgs) -> ExitCode {
                 "key file: {} (64 random bytes, mode 0600)",
                 c.key_file.display()
             );
-            let stem = c
-                .image
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "disk".into());
             println!(
                 "next: register the key with the verifier so it releases it only to \
                  attested guests, then delete the local copy:\n  cvm-verifier admin \

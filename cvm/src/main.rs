@@ -32,9 +32,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Compute the expected launch measurement of a guest.
-    #[command(subcommand)]
-    Measure(cli::measure::Command),
+    /// Compute the expected launch measurement of a guest (from a VM description file,
+    /// or sev-snp-measure style flags).
+    Measure(cli::measure::Args),
     /// Launch a guest and wait for it to stop.
     Launch(Box<cli::launch::Args>),
     /// Report what this host can run (KVM, SNP, TDX, cgroups, seccomp).

@@ -158,8 +158,9 @@ fn contents_modules_libraries_and_init() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("cvm measure snp --ovmf"), "{stdout}");
-    assert!(stdout.contains("cvm measure tdx --firmware"), "{stdout}");
+    assert!(stdout.contains("cvm measure snp --vcpus"), "{stdout}");
+    assert!(stdout.contains("cvm measure tdx --kernel"), "{stdout}");
+    assert!(stdout.contains("cvm measure --config FILE"), "{stdout}");
     let files = list(&img);
 
     // Programs, applets, device node, directories.
@@ -477,7 +478,7 @@ fn refusals() {
     for (args, msg) in [
         (
             vec!["--verifier", "https://v.example:8443"],
-            "needs --verifier-ca",
+            "needs --ca-cert",
         ),
         (vec!["--verifier", "http://v.example:80"], "http://IP:PORT"),
         (vec!["--verifier", "ftp://x"], "use https://HOST:PORT"),

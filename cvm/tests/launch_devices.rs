@@ -21,13 +21,11 @@ mod common;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// A 4 KiB firmware: `code` at 0xFFFFF000, reached from the reset vector.
+/// A firmware: `code` at 0xFFFFF000, reached from the reset vector.
 fn image(code: &[u8]) -> Vec<u8> {
-    assert!(code.len() <= 0xff0);
-    let mut img = vec![0xf4u8; 4096];
-    img[..code.len()].copy_from_slice(code);
-    img[0xff0..0xff3].copy_from_slice(&[0xe9, 0x0d, 0xf0]);
-    img
+    // A firmware image as `cvm launch` requires one (footer GUID table, a jump at the
+    // reset vector): 64 KiB in the OVMF layout, `code` at 0xFFFFF000.
+    measured_boot::testing::emulated_guest_image(code)
 }
 
 /// A 64 KiB firmware with SEV metadata placing SNP_KERNEL_HASHES at 0xC000 (as the boot
@@ -605,7 +603,7 @@ fn relay_refuses_plain_http_to_a_remote_verifier() {
         &["--verifier", "https://127.0.0.1:8443"],
         &[],
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --verifier-ca"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs --ca-cert"));
 }
 
 /// Real-mode mailbox client: window at 0x1000; for each (command, print count) prints
@@ -640,7 +638,12 @@ fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
     let fw = dir.path().join("fw.fd");
     std::fs::write(
         &fw,
-        emulated_guest_image(&mailbox_guest(&[(5, 8), (6, 0xffff), (9, 0)])),
+        // 32-bit code: the vCPU starts as a TD vCPU does.
+        common::td_guest_image(&common::mailbox_guest32(&[
+            (5, 0, Some(8)),
+            (6, 0, None),
+            (9, 0, Some(0)),
+        ])),
     )
     .unwrap();
     let o = run(
@@ -984,4 +987,37 @@ fn a_disk_write_is_on_the_file_after_the_guest_resets() {
     assert!(img[512 + marker.len()..1024].iter().all(|&b| b == b'Z'));
     assert!(img[..512].iter().all(|&b| b == 0));
     assert!(img[1024..].iter().all(|&b| b == 0));
+}
+
+/// The relay to a verifier nobody listens on: the guest's connection is reset at once
+/// (its first packet is RST, not RESPONSE followed by an empty stream) and the host logs
+/// the OS error at WARN with the address (issue 16).
+#[test]
+fn relay_to_an_unreachable_verifier_resets_the_guest_and_warns() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let fw = image(&assemble(
+        dir.path(),
+        &vsock_guest(
+            50000,
+            "GET /kbs/v0/x HTTP/1.1\\r\\nConnection: close\\r\\n\\r\\n",
+        ),
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let o = launch(dir.path(), &fw, &["--verifier", &url], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // The guest prints the op of each packet it receives: 3 = RST.
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "3", "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("WARN")
+            && l.contains("cannot connect to the verifier")
+            && l.contains(&format!("address=127.0.0.1:{port}"))
+            && l.to_lowercase().contains("refused")),
+        "{err}"
+    );
 }

@@ -130,7 +130,15 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
     let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
     // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
-    std::fs::write(&fw, firmware(&guest(&[(3, 0, 632), (1, 0, 0)]))).unwrap();
+    // 32-bit code: the vCPU starts as a TD vCPU does.
+    std::fs::write(
+        &fw,
+        common::td_guest_image(&common::mailbox_guest32(&[
+            (3, 0, Some(632)),
+            (1, 0, Some(0)),
+        ])),
+    )
+    .unwrap();
     let fw = fw.to_str().unwrap();
     let m = run(&["measure", "tdx", "--firmware", fw]);
     let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
@@ -157,19 +165,44 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
     );
 }
 
+/// The software TDX module answers both traps of the same TDCALL: the literal
+/// instruction at CPL0 (KVM's internal-error exit) and the emulator trap `out 0xE0, al`
+/// with the same registers. 32-bit code (the vCPU starts as a TD vCPU does): extend
+/// RTMR2 with the literal TDCALL and RTMR3 through the trap (TDG.MR.RTMR.EXTEND, digests
+/// in the launch's TempMem at 0x800000), read GPAW with TDG.VP.INFO through the trap,
+/// then print the quote body, whose RTMRs must carry both extensions.
 #[test]
-fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
+fn emulated_tdx_module_answers_the_literal_tdcall_and_the_trap() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
-    // Request window: RTMR index 2 at 0x1000, digest 0xAB x 48 at 0x1008.
-    let mut code = vec![0xc7, 0x06, 0x00, 0x10, 0x02, 0x00]; // mov word [0x1000], 2
-    code.extend_from_slice(&[0xbf, 0x08, 0x10, 0xb9, 0x30, 0x00, 0xb0, 0xab, 0xf3, 0xaa]); // rep stosb
-                                                                                           // TDX_RTMR_EXTEND, then TDX_QUOTE printing header + body.
-    let rest = guest(&[(4, 0, 0), (3, 0, 632)]);
-    code.extend_from_slice(&rest);
+    let mut code = Vec::new();
+    for (at, byte) in [(0x80_0000u32, 0xABu8), (0x80_0040, 0xCD)] {
+        code.push(0xbf); // mov edi, at
+        code.extend_from_slice(&at.to_le_bytes());
+        code.extend_from_slice(&[0xb9, 48, 0, 0, 0, 0xb0, byte, 0xf3, 0xaa]); // mov ecx, 48; mov al; rep stosb
+    }
+    let leaf = |c: &mut Vec<u8>, rax: u32, rcx: u32, rdx: u32| {
+        c.push(0xb8);
+        c.extend_from_slice(&rax.to_le_bytes());
+        c.push(0xb9);
+        c.extend_from_slice(&rcx.to_le_bytes());
+        c.push(0xba);
+        c.extend_from_slice(&rdx.to_le_bytes());
+    };
+    let print_al = [0x66, 0xba, 0xf8, 0x03, 0xee]; // mov dx, 0x3f8; out dx, al
+    leaf(&mut code, 2, 0x80_0000, 2);
+    code.extend_from_slice(&[0x66, 0x0f, 0x01, 0xcc]); // tdcall
+    code.extend_from_slice(&print_al);
+    leaf(&mut code, 2, 0x80_0040, 3);
+    code.extend_from_slice(&[0xe6, 0xe0]); // out 0xe0, al
+    code.extend_from_slice(&print_al);
+    leaf(&mut code, 1, 0, 0);
+    code.extend_from_slice(&[0xe6, 0xe0, 0x89, 0xc8]); // out 0xe0, al; mov eax, ecx
+    code.extend_from_slice(&print_al);
+    code.extend_from_slice(&common::mailbox_guest32(&[(3, 0, Some(632))]));
     let fw = dir.path().join("fw.fd");
-    std::fs::write(&fw, firmware(&code)).unwrap();
+    std::fs::write(&fw, common::td_guest_image(&code)).unwrap();
     let o = run(&[
         "launch",
         "--tee",
@@ -186,13 +219,27 @@ fn emulated_tdx_guest_extends_an_rtmr_that_the_quote_carries() {
         String::from_utf8_lossy(&o.stderr)
     );
     let out = o.stdout;
-    assert_eq!(out.len(), 1 + 1 + 632);
-    assert_eq!((out[0], out[1]), (0, 0), "both commands succeeded");
-    let quote = &out[2..];
-    let mut expected = [0u8; 48];
-    measured_boot::tdx::rtmr_extend(&mut expected, &[0xab; 48]);
+    assert_eq!(out.len(), 4 + 632, "{out:?}");
+    assert_eq!((out[0], out[1]), (0, 0), "both RTMR extensions succeeded");
+    assert_eq!(out[2], 48, "TDG.VP.INFO through the trap: GPAW 48");
+    assert_eq!(out[3], 0, "the quote succeeded");
+    let quote = &out[4..];
+    let extended = |d: u8| {
+        let mut r = [0u8; 48];
+        measured_boot::tdx::rtmr_extend(&mut r, &[d; 48]);
+        r
+    };
     // Body at 48: RTMR0..3 at body offsets 328, 376, 424, 472.
-    assert_eq!(&quote[48 + 424..48 + 472], &expected[..], "RTMR2 extended");
+    assert_eq!(
+        &quote[48 + 424..48 + 472],
+        &extended(0xAB)[..],
+        "RTMR2: tdcall"
+    );
+    assert_eq!(
+        &quote[48 + 472..48 + 520],
+        &extended(0xCD)[..],
+        "RTMR3: trap"
+    );
     assert_eq!(
         &quote[48 + 328..48 + 376],
         &[0u8; 48][..],

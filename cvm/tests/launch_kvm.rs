@@ -10,13 +10,12 @@ use std::time::Duration;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// A 4 KiB firmware: `code` at 0xFFFFF000 and, at the reset vector 0xFFFFFFF0, a near
-/// jump back to it (CS base 0xFFFF0000, IP 0xF000).
+/// A firmware: `code` at 0xFFFFF000 and, at the reset vector 0xFFFFFFF0, a near jump
+/// back to it (CS base 0xFFFF0000, IP 0xF000).
 fn image(code: &[u8]) -> Vec<u8> {
-    let mut img = vec![0xf4u8; 4096]; // hlt everywhere else
-    img[..code.len()].copy_from_slice(code);
-    img[0xff0..0xff3].copy_from_slice(&[0xe9, 0x0d, 0xf0]);
-    img
+    // A firmware image as `cvm launch` requires one (footer GUID table, a jump at the
+    // reset vector): 64 KiB in the OVMF layout, `code` at 0xFFFFF000.
+    measured_boot::testing::emulated_guest_image(code)
 }
 
 /// `mov dx, port`
@@ -186,8 +185,8 @@ fn bad_launch_arguments_fail_cleanly() {
     let fw = dir.path().join("fw.fd");
     std::fs::write(&fw, vec![0u8; 1000]).unwrap();
     for (args, needle) in [
-        (vec!["--memory", "64M"], "firmware of 0x3e8 bytes"),
-        (vec!["--memory", "1M"], "guest memory size"),
+        (vec!["--memory", "64M"], "is not a firmware image"),
+        (vec!["--memory", "1M"], "below the minimum of 16 MiB"),
         (vec!["--memory", "64Q"], "`64Q` is not a size"),
         (vec!["--serial", "tcp:1"], "expected stdout"),
         (

@@ -8,9 +8,8 @@ const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// A 64 KiB firmware whose reset vector asks the i8042 for a reset: the VM stops at once.
 fn resetting_firmware(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut img = vec![0xF4u8; 0x10000];
-    // mov al, 0xfe; out 0x64, al; hlt
-    img[0xFFF0..0xFFF5].copy_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4]);
+    // mov al, 0xfe; out 0x64, al; hlt, behind the reset vector's jump.
+    let img = measured_boot::testing::emulated_guest_image(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4]);
     let p = dir.join("reset.fd");
     std::fs::write(&p, img).unwrap();
     p

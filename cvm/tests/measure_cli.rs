@@ -366,7 +366,7 @@ fn bad_input_exits_2_with_a_message() {
             "--vcpu-type",
             "EPYC-v4",
         ]),
-        "out of range",
+        "a guest has 1 to 255",
     );
     fails(
         &s(&[
@@ -379,7 +379,7 @@ fn bad_input_exits_2_with_a_message() {
             "--vcpu-type",
             "EPYC-v4",
         ]),
-        "out of range",
+        "a guest has 1 to 255",
     );
     fails(
         &s(&[
@@ -394,10 +394,23 @@ fn bad_input_exits_2_with_a_message() {
         ]),
         "unknown vCPU type",
     );
-    fails(
-        &s(&["measure", "snp", "--ovmf", &good, "--vcpus", "1"]),
-        "missing --vcpu-type",
+    // The vCPU model defaults to cvm launch's (EPYC-v4), as the vCPU count (1) does.
+    let default = run(CVM, &s(&["measure", "snp", "--ovmf", &good]));
+    assert!(default.status.success(), "{default:?}");
+    let explicit = run(
+        CVM,
+        &s(&[
+            "measure",
+            "snp",
+            "--ovmf",
+            &good,
+            "--vcpus",
+            "1",
+            "--vcpu-type",
+            "EPYC-v4",
+        ]),
     );
+    assert_eq!(default.stdout, explicit.stdout);
     fails(
         &s(&[
             "measure",

@@ -35,15 +35,18 @@ pub struct ReportArgs {
     /// The requesting VMPL (0..=3).
     #[arg(long, default_value_t = 0)]
     pub vmpl: u32,
-    /// Report version: 3 or 5.
-    #[arg(long, default_value_t = 3)]
+    /// Report version: 3 or 5 (the same flag as `quote tdx --version`).
+    #[arg(long, visible_alias = "report-version", default_value_t = 3)]
     pub version: u32,
-    /// Where to write the report (0x4A0 bytes).
+    /// Where to write the report (0x4A0 bytes; must not exist, unless --force).
     #[arg(long)]
     pub out: PathBuf,
     /// Where to write the extended-report certificate table (optional).
     #[arg(long)]
     pub cert_table_out: Option<PathBuf>,
+    /// Replace the output files if they exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A bad argument of `cvm emulated report snp`.
@@ -66,6 +69,9 @@ pub enum ArgError {
     /// Writing an output failed.
     #[error("cannot write {}", .0.display())]
     Write(PathBuf, #[source] std::io::Error),
+    /// An output exists and --force was not given.
+    #[error(transparent)]
+    Exists(#[from] cli_support::output::Exists),
 }
 
 fn padded<const N: usize>(hex_str: &str, what: &'static str) -> Result<[u8; N], ArgError> {
@@ -78,9 +84,11 @@ fn padded<const N: usize>(hex_str: &str, what: &'static str) -> Result<[u8; N], 
     Ok(out)
 }
 
-/// Creates the SNP half of an emulated platform in `dir`.
-pub fn init(dir: &Path) -> ExitCode {
+/// Creates the SNP half of an emulated platform in `dir` (the text result is printed
+/// unless `output` is JSON; the caller prints the JSON of both halves).
+pub fn init(dir: &Path, output: cli_support::Output) -> ExitCode {
     match EmulatedSnpPlatform::create(dir) {
+        Ok(_) if output.is_json() => ExitCode::SUCCESS,
         Ok(_) => {
             let snp = dir.join("snp");
             println!(
@@ -110,6 +118,9 @@ fn parse_args(a: &ReportArgs) -> Result<Parsed, ArgError> {
         }
         None => [0u8; 48],
     };
+    for out in std::iter::once(&a.out).chain(a.cert_table_out.as_ref()) {
+        cli_support::check_overwrite(out, a.force)?;
+    }
     let policy_str = a.policy.trim();
     let digits = policy_str.strip_prefix("0x").unwrap_or(policy_str);
     Ok(Parsed {

@@ -34,8 +34,9 @@ pub struct QuoteArgs {
     /// TD_ATTRIBUTES as a 64-bit number in hex (bit 0 DEBUG, bit 28 SEPT_VE_DISABLE).
     #[arg(long, default_value = "0x10000000")]
     pub td_attributes: String,
-    /// Quote version: 4 (TD 1.0 body) or 5 (TD 1.5 body).
-    #[arg(long, default_value_t = 4)]
+    /// Quote version: 4 (TD 1.0 body) or 5 (TD 1.5 body) (the same flag as `report snp
+    /// --version`).
+    #[arg(long = "version", visible_alias = "quote-version", default_value_t = 4)]
     pub quote_version: u16,
     /// Days the generated collateral stays valid (it is valid from now - 1 day).
     #[arg(long, default_value_t = 30)]
@@ -46,6 +47,9 @@ pub struct QuoteArgs {
     /// Where to write the collateral (QuoteCollateralV3 JSON).
     #[arg(long)]
     pub collateral_out: PathBuf,
+    /// Replace --out and --collateral-out if they exist (else they must not exist).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A bad argument of `cvm emulated quote tdx`.
@@ -76,6 +80,9 @@ pub enum ArgError {
     /// Bad --td-attributes.
     #[error("--td-attributes `{0}` is not a 64-bit hex number")]
     Attributes(String),
+    /// An output exists and --force was not given.
+    #[error(transparent)]
+    Exists(#[from] cli_support::output::Exists),
 }
 
 /// A failure writing an output.
@@ -99,6 +106,9 @@ fn hex_exact<const N: usize>(what: &'static str, s: &str) -> Result<[u8; N], Arg
 }
 
 fn parse_args(a: &QuoteArgs) -> Result<(EmulatedTd, [u8; 64]), ArgError> {
+    for out in [&a.out, &a.collateral_out] {
+        cli_support::check_overwrite(out, a.force)?;
+    }
     let rd = hex::decode(a.report_data.trim().trim_start_matches("0x")).map_err(|source| {
         ArgError::Hex {
             what: "report-data",
@@ -139,9 +149,11 @@ fn parse_args(a: &QuoteArgs) -> Result<(EmulatedTd, [u8; 64]), ArgError> {
     Ok((td, report_data))
 }
 
-/// Creates the TDX half of an emulated platform in `dir`.
-pub fn init(dir: &Path) -> ExitCode {
+/// Creates the TDX half of an emulated platform in `dir` (the text result is printed
+/// unless `output` is JSON).
+pub fn init(dir: &Path, output: cli_support::Output) -> ExitCode {
     match EmulatedTdxPlatform::create(dir) {
+        Ok(_) if output.is_json() => ExitCode::SUCCESS,
         Ok(_) => {
             println!(
                 "emulated TDX platform created in {}; trust anchor: {}",

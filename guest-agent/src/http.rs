@@ -95,6 +95,14 @@ pub enum HttpError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The connection to the verifier could not be opened (the transport's error says
+    /// why: for the vsock relay, that the host relay could not reach the verifier).
+    #[error("cannot connect to the verifier")]
+    Connect(#[source] TransportError),
+    /// The connection ended before a single byte of the response: the verifier, or the
+    /// relay's connection to it, dropped it.
+    #[error("the connection closed before any response arrived (the verifier, or the host relay's connection to it, dropped it)")]
+    NoResponse,
     /// A request field would break the message framing.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
@@ -471,7 +479,7 @@ pub fn exchange(
     limits: &Limits,
 ) -> Result<Response, HttpError> {
     let bytes = req.encode()?;
-    transport.open()?;
+    transport.open().map_err(HttpError::Connect)?;
     let result = (|| {
         transport.write_all(&bytes)?;
         let mut buf = Vec::with_capacity(4096);
@@ -481,6 +489,9 @@ pub fn exchange(
         loop {
             let n = transport.read(&mut chunk)?;
             let eof = n == 0;
+            if eof && buf.is_empty() {
+                return Err(HttpError::NoResponse);
+            }
             buf.extend_from_slice(&chunk[..n]);
             if buf.len() > max_raw {
                 return Err(HttpError::TooLarge("the response"));
@@ -544,6 +555,65 @@ mod tests {
             };
             assert!(matches!(r.encode(), Err(HttpError::InvalidRequest(_))));
         }
+    }
+
+    /// A scripted transport: `open` fails with `refuse`, else reads return `answer`.
+    struct Refusing {
+        refuse: Option<TransportError>,
+        answer: Vec<u8>,
+    }
+
+    impl Transport for Refusing {
+        fn open(&mut self) -> Result<(), TransportError> {
+            self.refuse.clone().map_or(Ok(()), Err)
+        }
+        fn write_all(&mut self, _: &[u8]) -> Result<(), TransportError> {
+            Ok(())
+        }
+        fn read(&mut self, buf: &mut [u8]) -> Result<usize, TransportError> {
+            let n = buf.len().min(self.answer.len());
+            buf[..n].copy_from_slice(&self.answer[..n]);
+            self.answer.drain(..n);
+            Ok(n)
+        }
+        fn close(&mut self) {}
+    }
+
+    #[test]
+    fn an_unreachable_verifier_is_named_not_a_truncated_response() {
+        let req = Request {
+            method: Method::Get,
+            path: "/x",
+            host: "kbs",
+            headers: &[],
+            body: b"",
+        };
+        let cause =
+            TransportError::new("the verifier was unreachable (the host relay could not connect)");
+        let mut t = Refusing {
+            refuse: Some(cause.clone()),
+            answer: Vec::new(),
+        };
+        let e = exchange(&mut t, &req, &Limits::default()).unwrap_err();
+        assert_eq!(e, HttpError::Connect(cause));
+        assert_eq!(e.to_string(), "cannot connect to the verifier");
+        // A stream that ends before any byte: not "truncated".
+        let mut t = Refusing {
+            refuse: None,
+            answer: Vec::new(),
+        };
+        let e = exchange(&mut t, &req, &Limits::default()).unwrap_err();
+        assert_eq!(e, HttpError::NoResponse);
+        assert!(e.to_string().contains("before any response arrived"));
+        // A stream cut inside the response is still truncated.
+        let mut t = Refusing {
+            refuse: None,
+            answer: b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe".to_vec(),
+        };
+        assert_eq!(
+            exchange(&mut t, &req, &Limits::default()).unwrap_err(),
+            HttpError::Truncated
+        );
     }
 
     #[test]

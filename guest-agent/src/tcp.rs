@@ -33,7 +33,12 @@ fn io(e: std::io::Error) -> TransportError {
 
 impl Transport for TcpTransport {
     fn open(&mut self) -> Result<(), TransportError> {
-        let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(30)).map_err(io)?;
+        let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(30)).map_err(|e| {
+            TransportError(format!(
+                "the verifier at {} was unreachable: {e}",
+                self.addr
+            ))
+        })?;
         s.set_read_timeout(Some(Duration::from_secs(120)))
             .map_err(io)?;
         self.stream = Some(s);
@@ -50,5 +55,23 @@ impl Transport for TcpTransport {
 
     fn close(&mut self) {
         self.stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_port_is_named_unreachable_with_the_os_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = TcpTransport::new(addr).open().unwrap_err();
+        assert!(
+            e.0.contains(&format!("the verifier at {addr} was unreachable")),
+            "{e}"
+        );
+        assert!(e.0.to_lowercase().contains("refused"), "{e}");
     }
 }

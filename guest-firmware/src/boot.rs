@@ -114,13 +114,16 @@ pub fn initrd_addr(bd: &BootData, k: &Kernel) -> Result<u64, &'static str> {
 }
 
 /// The guest RAM the kernel may use, as (start, end, type) ranges in address order.
-pub fn memory_map(bd: &BootData, image_size: u64) -> [(u64, u64, u32); 11] {
+pub fn memory_map(bd: &BootData, image_size: u64) -> [(u64, u64, u32); 13] {
     let (slo, shi) = staging_reserved(bd);
     [
         (0, 0x8000, E820_RAM),
         // Descriptor, GHCB, SNP secrets and CPUID pages, hashes table, CC blob.
         (0x8000, 0xE000, E820_RESERVED),
-        (0xE000, 0x30000, E820_RAM),
+        (0xE000, 0x1C000, E820_RAM),
+        // ACPI Multiprocessor Wakeup mailbox (TD guests' parked APs; the MADT names it).
+        (0x1C000, 0x1D000, E820_RESERVED),
+        (0x1D000, 0x30000, E820_RAM),
         // CC event log (CCEL).
         (0x30000, 0x40000, E820_RESERVED),
         (0x40000, 0xA0000, E820_RAM),
@@ -294,6 +297,11 @@ mod tests {
     #[test]
     fn memory_map_is_ordered_and_disjoint() {
         let map = memory_map(&boot_data(), 0x10000);
+        // The AP wakeup mailbox is never RAM for the kernel.
+        assert!(map.contains(&(0x1C000, 0x1D000, E820_RESERVED)));
+        assert!(!map
+            .iter()
+            .any(|&(s, e, k)| k == E820_RAM && s < 0x1D000 && e > 0x1C000));
         let mut last = 0;
         for (start, end, _) in map.iter().filter(|(s, e, _)| e > s) {
             assert!(*start >= last, "{start:#x} overlaps");

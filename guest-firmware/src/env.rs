@@ -1,16 +1,17 @@
 //! Which environment the firmware runs in, detected in the documented order: TDX
-//! (CPUID leaf 0x21), SEV-SNP (CPUID 0x8000001F and SEV_STATUS, the C-bit from the
-//! PSP-checked CPUID page), the emulated TDX mailbox (magic, then INFO), otherwise
-//! plain. The emulated SEV-SNP of `cvm launch --tee emulated-snp` is detected as SEV-SNP:
-//! the firmware runs the same code as on hardware (`snp.rs`).
+//! (CPUID leaf 0x21: a real TD, or `--tee emulated-tdx`, whose VMM plays the TDX module
+//! for the same TDCALLs), SEV-SNP (CPUID 0x8000001F and SEV_STATUS, the C-bit from the
+//! PSP-checked CPUID page; also `--tee emulated-snp`, whose VMM plays the PSP),
+//! otherwise plain. The emulated TEEs are detected as the real ones: the firmware runs
+//! the same code as on hardware. No project-specific mailbox is probed.
 //!
 //! The SNP check happens in the 32-bit stage (it must know the C-bit before it builds
 //! the page tables, and CPUID raises #VC there, which only that stage handles), and a TD
 //! is recognised first by entering in 32-bit mode; `detect` combines those flags with
 //! the checks that are safe in long mode. The result is the same order: a TD is never
-//! an SNP guest, and the mailbox is probed only when neither is present.
+//! an SNP guest.
 
-use crate::{arch, mailbox};
+use crate::arch;
 
 /// Entry flag: entered at the reset vector in 32-bit protected mode (a TD).
 pub const FLAG_ENTRY32: u32 = 1;
@@ -22,14 +23,13 @@ pub const FLAG_SNP: u32 = 2;
 pub enum Env {
     /// No TEE.
     Plain,
-    /// The emulated TDX of `cvm launch --tee emulated-tdx`.
-    EmulatedTdx,
     /// Real SEV-SNP, with the C-bit at this position.
     Snp {
         /// C-bit position (CPUID 0x8000001F EBX[5:0]).
         cbit: u8,
     },
-    /// Real TDX.
+    /// TDX (CPUID leaf 0x21): a real TD, or the emulated TDX of `cvm launch --tee
+    /// emulated-tdx`, where the VMM answers the same TDCALLs.
     Tdx,
 }
 
@@ -38,7 +38,6 @@ impl Env {
     pub fn name(self) -> &'static str {
         match self {
             Env::Plain => "plain (no TEE)",
-            Env::EmulatedTdx => "emulated TDX (insecure)",
             Env::Snp { .. } => "SEV-SNP",
             Env::Tdx => "TDX",
         }
@@ -46,7 +45,7 @@ impl Env {
 
     /// Whether measured boot uses RTMRs (TDX) rather than the SNP hashes table.
     pub fn is_tdx(self) -> bool {
-        matches!(self, Env::EmulatedTdx | Env::Tdx)
+        matches!(self, Env::Tdx)
     }
 }
 
@@ -77,10 +76,5 @@ pub fn detect(flags: u32) -> Env {
         // confidentiality is claimed, and the hashes are still checked.
         return Env::Plain;
     }
-    match mailbox::kind() {
-        // An SNP mailbox without SNP (SEV_STATUS): nothing confidential is claimed.
-        Some(mailbox::Kind::Snp) => Env::Plain,
-        Some(mailbox::Kind::Tdx) => Env::EmulatedTdx,
-        None => Env::Plain,
-    }
+    Env::Plain
 }

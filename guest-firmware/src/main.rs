@@ -15,14 +15,13 @@
 //! | 0x1000–0x6FFF | page tables: PML4, PDPT, 4 PDs (2 MiB pages, 0–4 GiB) |
 //! | 0x7000 | Linux `boot_params` |
 //! | 0x8000 | boot-data descriptor (VMM-written, untrusted) |
-//! | 0x9000 | GHCB (SNP) |
+//! | 0x9000 | GHCB (SNP); TDX: 0x9000–0xCFFF the shared alias's 4 PDs |
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
 //! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT trap choice) |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
-//! | 0x18000–0x1BFFF | emulated-mailbox request window |
-//! | 0x1C000 | SNP: page directory mapping one GiB above 4 GiB for PVALIDATE |
+//! | 0x1C000 | ACPI Multiprocessor Wakeup mailbox (TD APs park here; e820 reserved) |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
 //! | 0x1E000 / 0x1F000 | TDX shared-alias PDPT / SNP 4 KiB table for 0–2 MiB |
 //! | 0x20000–0x2FFFF | private command line |
@@ -71,9 +70,18 @@
 //! (host-vmm `tee::emu_snp`, whose module docs hold the measurements of this KVM). What
 //! only hardware shows: the 32-bit #VC handler (CPUID does not raise #VC under
 //! emulation), encryption itself, and the literal VMGEXIT (the emulated platform selects
-//! the `out 0xE2` trap through SEV_STATUS bit 63). **Not verifiable here** (no TDX
-//! hardware): TDCALLs, TDG.MEM.PAGE.ACCEPT, MapGPA and the shared alias (`tdx.rs`),
-//! written against the Intel TDX module/GHCI specifications.
+//! the `out 0xE2` trap through SEV_STATUS bit 63).
+//!
+//! **TDX under emulation**: `--tee emulated-tdx` runs the TDX code (`tdx.rs`): the VMM's
+//! software TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the
+//! shared alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU
+//! starts at the reset vector in 32-bit mode and the application processors park
+//! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
+//!
+//! **Not verifiable here** (no SNP or TDX hardware): encryption, the hardware's own
+//! checks beyond what the emulated PSP / TDX module enforce, and how real Linux treats
+//! the TD paths (for example a real AP wakeup through the MADT mailbox). They are
+//! written against the AMD GHCB and Intel TDX module/GHCI specifications.
 //!
 //! # Build
 //!
@@ -142,7 +150,9 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             0
         }
         Env::Tdx => {
-            tdx::init(slo, shi);
+            if let Err(e) = tdx::init(slo, shi) {
+                io.refuse(e);
+            }
             tdx::STAGING_ALIAS
         }
         _ => 0,
@@ -159,7 +169,11 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
         ] {
             match env {
                 Env::Snp { cbit } => snp::accept(cbit, start, end),
-                _ => tdx::accept(start, end),
+                _ => {
+                    if let Err(e) = tdx::accept(start, end) {
+                        io.refuse(e);
+                    }
+                }
             }
         }
     }

@@ -1,11 +1,11 @@
 //! Measured direct boot: hashes of the private copies, checked against the QEMU hashes
 //! table (SNP, emulated SNP, plain) or extended into RTMRs with CC event log records
-//! (TDX, emulated TDX).
+//! (TDX, real or emulated by the VMM's software TDX module).
 
 use crate::env::Env;
 use crate::io::Io;
 use crate::sha::{Sha256, Sha384};
-use crate::{arch, mailbox, tdx};
+use crate::{arch, tdx};
 
 /// The SNP_KERNEL_HASHES page; the table sits at its start (footer entry base 0xC000).
 pub const HASHES_TABLE: u64 = 0xC000;
@@ -137,7 +137,7 @@ impl<'a> EventLog<'a> {
     }
 }
 
-/// TDX and emulated TDX: RTMR1 <- SHA-384(kernel); RTMR2 <- SHA-384(cmdline), then
+/// TDX: RTMR1 <- SHA-384(kernel); RTMR2 <- SHA-384(cmdline), then
 /// SHA-384(initrd); each recorded as EV_IPL in the CC event log at 0x30000.
 pub fn extend_rtmrs(io: Io, env: Env, c: &Copies) {
     let mut k = Sha384::new();
@@ -158,11 +158,9 @@ pub fn extend_rtmrs(io: Io, env: Env, c: &Copies) {
         (2, &cmdline, &b"cvm: cmdline"[..]),
         (2, &initrd, &b"cvm: initrd"[..]),
     ] {
-        let ok = match env {
-            Env::Tdx => tdx::rtmr_extend(rtmr, digest),
-            _ => mailbox::rtmr_extend(rtmr, digest).is_ok(),
-        };
-        if !ok {
+        // TDX only (real, or emulated by the VMM's software TDX module): the same
+        // TDG.MR.RTMR.EXTEND either way.
+        if env != Env::Tdx || !tdx::rtmr_extend(rtmr, digest) {
             io.refuse("RTMR extension failed");
         }
         log.push(rtmr + 1, digest, what);

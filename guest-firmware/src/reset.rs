@@ -20,9 +20,17 @@
 //!
 //! `flags` (first argument): bit 0 = entered in 32-bit mode (TDX), bit 1 = SEV-SNP is
 //! active, bits 8..15 = C-bit position (SNP only).
+//!
+//! TD application processors: every TD vCPU starts at the reset vector (no INIT/SIPI),
+//! with its VCPU_INDEX in ESI. vCPU 0 boots; the others park (`ap_park32`): they wait
+//! until vCPU 0 has built the page tables, enter long mode on them and spin on the ACPI
+//! Multiprocessor Wakeup mailbox at 0x1C000 (ACPI 6.4 §5.2.12.19), which the VMM's MADT
+//! announces; Linux wakes them there.
 
 core::arch::global_asm!(
     r#"
+.set MP_MAILBOX, 0x1C000        /* ACPI Multiprocessor Wakeup mailbox (TD guests) */
+.set MP_TABLES_READY, 0x800     /* firmware-reserved half: "page tables built" */
 .section .reset, "ax"
 reset_page:
 
@@ -51,7 +59,13 @@ tdx32:
     cli
     cld
     lgdtl gdt_ptr
+    /* ESI = VCPU_INDEX (the TD vCPU's initial state): every vCPU of a TD starts here,
+     * and only vCPU 0 boots; the others park (ap_park32). */
+    testl %esi, %esi
+    jnz 6f
     ljmpl $0x08, $prot32_tdx
+6:
+    ljmpl $0x08, $ap_park32
 prot32_tdx:
     movl $1, %esi
     jmp common32
@@ -161,6 +175,11 @@ build_tables:
     movl %eax, %cr4
     movl $0x1000, %eax
     movl %eax, %cr3
+    /* The page tables are complete: parked APs of a TD may enter long mode. */
+    testl $1, %esi
+    jz 7f
+    movl $0x4B524150, (MP_MAILBOX + MP_TABLES_READY)   /* "PARK" */
+7:
     /* EFER.LME (a TD starts with it set, and EFER accesses would raise #VE there). */
     testl $1, %esi
     jnz 5f
@@ -224,6 +243,45 @@ vc32:
 9:
     hlt
     jmp 9b
+
+/* ---- TD application processors (vCPU index in ESI != 0) ----
+ * Wait until vCPU 0 has built the page tables, enter long mode on them, then wait in
+ * the ACPI Multiprocessor Wakeup mailbox (ACPI 6.4 §5.2.12.19; the VMM's MADT names
+ * it): when Command = 1 (wakeup) and ApicId = ours, clear Command (the acknowledgement
+ * the OS waits for) and jump to WakeupVector in long mode with the identity map, as
+ * TDVF does. No stack is used. APIC ID = vCPU index (KVM's default). */
+.code32
+ap_park32:
+    movw $0x18, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+1:
+    pause
+    cmpl $0x4B524150, (MP_MAILBOX + MP_TABLES_READY)
+    jne 1b
+    movl %cr4, %eax
+    orl $((1 << 5) | (1 << 9) | (1 << 10)), %eax
+    movl %eax, %cr4
+    movl $0x1000, %eax
+    movl %eax, %cr3
+    movl %cr0, %eax
+    orl $((1 << 31) | (1 << 5) | (1 << 1) | 1), %eax
+    andl $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
+    movl %eax, %cr0
+    ljmpl $0x10, $ap_park64
+.code64
+ap_park64:
+    movl %esi, %ebx
+2:
+    pause
+    cmpw $1, MP_MAILBOX
+    jne 2b
+    cmpl %ebx, (MP_MAILBOX + 4)
+    jne 2b
+    movq (MP_MAILBOX + 8), %rax
+    movw $0, MP_MAILBOX
+    jmpq *%rax
 
 .code64
 long64:

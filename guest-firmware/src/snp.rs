@@ -259,7 +259,7 @@ pub fn pvalidate_ok(rc: u32, unchanged: bool) -> bool {
 
 /// The page directory that maps one GiB above 4 GiB for validation (pre-validated
 /// firmware memory, SNP_SEC_MEM).
-const HIGH_PD: u64 = 0x1C000;
+const HIGH_PD: u64 = 0x1B000;
 const PDPT: u64 = 0x2000;
 const GIB: u64 = 1 << 30;
 

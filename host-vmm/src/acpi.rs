@@ -197,6 +197,33 @@ pub fn build(vcpus: u32, devices: &[VirtioMmioDesc]) -> Result<AcpiTables, AcpiE
     build_with(vcpus, devices, None)
 }
 
+/// GPA of the ACPI Multiprocessor Wakeup mailbox of TD guests: 4 KiB in the project
+/// firmware's TempMem, where its parked APs wait (docs/guest-boot-protocol.md).
+pub const MP_WAKEUP_MAILBOX: u64 = 0x1C000;
+
+/// The MADT Multiprocessor Wakeup structure (ACPI 6.4 §5.2.12.19, type 0x10, 16
+/// bytes): mailbox version 0 at `mailbox`. A TD has no INIT/SIPI; Linux starts TD APs
+/// through this mailbox.
+pub fn mp_wakeup_structure(mailbox: u64) -> [u8; 16] {
+    let mut s = [0u8; 16];
+    s[0] = 0x10;
+    s[1] = 16;
+    // MailBoxVersion 0 (2 bytes), Reserved (4 bytes).
+    s[8..16].copy_from_slice(&mailbox.to_le_bytes());
+    s
+}
+
+/// `madt` with `extra` structures appended (length and checksum fixed up).
+fn append_to_table(mut table: Vec<u8>, extra: &[u8]) -> Vec<u8> {
+    table.extend_from_slice(extra);
+    let len = table.len() as u32;
+    table[4..8].copy_from_slice(&len.to_le_bytes());
+    table[9] = 0;
+    let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    table[9] = sum.wrapping_neg();
+    table
+}
+
 /// The MADT: one enabled local APIC per vCPU and the I/O APIC.
 fn madt(vcpus: u32) -> Vec<u8> {
     let mut madt = MADT::new(
@@ -257,7 +284,14 @@ pub fn build_with(
     let rsdp_len = Rsdp::len();
     let dsdt = dsdt(devices);
 
-    let madt = madt(vcpus);
+    // TD guests (the TDX CCEL marks them: cc_type 2) also get the Multiprocessor
+    // Wakeup structure: their APs are parked by the firmware, not started by SIPI.
+    let madt = match ccel_table {
+        Some(c) if c.cc_type == 2 => {
+            append_to_table(madt(vcpus), &mp_wakeup_structure(MP_WAKEUP_MAILBOX))
+        }
+        _ => madt(vcpus),
+    };
 
     let ccel_bytes = ccel_table.as_ref().map(ccel);
     // Offsets: RSDP | XSDT | FADT | MADT | DSDT [| CCEL], each 16-byte aligned.
@@ -395,6 +429,17 @@ mod tests {
         let plain = build(1, &[]).unwrap();
         assert!(!plain.offsets.iter().any(|(s, _)| s == b"CCEL"));
         let t = build_with(1, &[], Some(Ccel::TDX_FIRMWARE)).unwrap();
+        // The MADT ends with the Multiprocessor Wakeup structure (type 0x10) naming the
+        // firmware's mailbox; a plain guest's MADT has none.
+        let madt = table(&t, b"APIC");
+        assert!(checksum_ok(madt));
+        assert_eq!(
+            &madt[madt.len() - 16..],
+            &mp_wakeup_structure(MP_WAKEUP_MAILBOX)
+        );
+        assert_eq!(madt[madt.len() - 16], 0x10);
+        assert_eq!(&madt[madt.len() - 8..], &0x1C000u64.to_le_bytes());
+        assert_eq!(table(&plain, b"APIC").len() + 16, madt.len());
         let c = table(&t, b"CCEL");
         assert_eq!(c.len(), 56);
         assert!(checksum_ok(c));

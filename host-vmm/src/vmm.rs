@@ -511,9 +511,10 @@ impl VmBuilder {
             .as_ref()
             .map(|r| (r.exits.clone(), r.vcpu_thread));
         let bus = Arc::new(std::mem::take(&mut self.bus));
-        // A TEE whose hypervisor performs port I/O for the guest (GHCB IOIO exits of the
-        // emulated SNP) reaches the devices through the same bus.
-        self.config.tee.connect_buses(&bus);
+        // A TEE whose handler performs port I/O for the guest (GHCB IOIO exits of the
+        // emulated SNP, TDVMCALL<Instruction.IO> of the emulated TDX) reaches the devices
+        // through the same bus.
+        self.config.tee.attach_buses(&bus);
         let threads = launched
             .vcpus
             .into_iter()

@@ -52,6 +52,11 @@ pub enum DbError {
     /// Connecting failed.
     #[error("cannot connect to the database")]
     Connect(#[source] sqlx::Error),
+    /// The database server did not answer the first connection in time.
+    #[error(
+        "cannot connect to the database: no answer within {0} s (is the host right and reachable?)"
+    )]
+    ConnectTimeout(u64),
     /// Running migrations failed.
     #[error("cannot apply database migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
@@ -412,6 +417,24 @@ fn restrict_files(path: &std::path::Path, create: bool, strict: bool) -> Result<
     Ok(())
 }
 
+/// How long the first PostgreSQL connection may take before startup fails.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens and closes one connection directly, so an unreachable server fails within
+/// [`CONNECT_TIMEOUT`] with its cause (refused, unknown host, authentication) instead
+/// of the pool retrying a refused connection until its acquire timeout and reporting
+/// only "pool timed out".
+async fn probe(opts: &AnyConnectOptions) -> Result<(), DbError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, AnyConnection::connect_with(opts)).await {
+        Err(_) => Err(DbError::ConnectTimeout(CONNECT_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(DbError::Connect(e)),
+        Ok(Ok(c)) => {
+            let _ = c.close().await;
+            Ok(())
+        }
+    }
+}
+
 impl Db {
     /// Connects and applies pending migrations.
     pub async fn open(url: &str) -> Result<Self, DbError> {
@@ -442,6 +465,9 @@ impl Db {
             restrict_files(f, create, create)?;
         }
         let opts: AnyConnectOptions = url.parse().map_err(DbError::Connect)?;
+        if backend == Backend::Postgres {
+            probe(&opts).await?;
+        }
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
             // A local file: no connection to test before use (a ping per acquire).

@@ -32,9 +32,7 @@ pub const VERIFIER_CA: &str = "/etc/cvm/verifier-ca.pem";
 pub(super) fn kbs_args(a: &InitramfsArgs) -> Result<Vec<String>> {
     let Some(url) = &a.verifier else {
         if a.verifier_ca.is_some() {
-            return Err(InitramfsError::Usage(
-                "--verifier-ca needs --verifier".into(),
-            ));
+            return Err(InitramfsError::Usage("--ca-cert needs --url".into()));
         }
         return Ok(vec!["--kbs".into(), "vsock:2:50000".into()]);
     };
@@ -45,12 +43,12 @@ pub(super) fn kbs_args(a: &InitramfsArgs) -> Result<Vec<String>> {
             .is_some_and(|(h, p)| !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok());
         if !ok {
             return Err(InitramfsError::Usage(format!(
-                "--verifier {url}: the agent takes https://HOST:PORT (no path)"
+                "--url {url}: the agent takes https://HOST:PORT (no path)"
             )));
         }
         if a.verifier_ca.is_none() {
             return Err(InitramfsError::Usage(
-                "an https --verifier needs --verifier-ca FILE".into(),
+                "an https --url needs --ca-cert FILE".into(),
             ));
         }
         return Ok(vec![
@@ -67,19 +65,19 @@ pub(super) fn kbs_args(a: &InitramfsArgs) -> Result<Vec<String>> {
             .is_err()
         {
             return Err(InitramfsError::Usage(format!(
-                "--verifier {url}: the agent takes http://IP:PORT (plain HTTP is for \
+                "--url {url}: the agent takes http://IP:PORT (plain HTTP is for \
                  loopback tests only)"
             )));
         }
         if a.verifier_ca.is_some() {
             return Err(InitramfsError::Usage(
-                "--verifier-ca is for an https --verifier".into(),
+                "--ca-cert is for an https --url".into(),
             ));
         }
         return Ok(vec!["--kbs".into(), url.trim_end_matches('/').into()]);
     }
     Err(InitramfsError::Usage(format!(
-        "--verifier {url}: use https://HOST:PORT or http://IP:PORT"
+        "--url {url}: use https://HOST:PORT or http://IP:PORT"
     )))
 }
 

@@ -11,7 +11,7 @@
 //! | `/bin/busybox` + applet symlinks in `/bin` | `sh mount umount mkdir insmod switch_root poweroff` and the few others `/init` uses |
 //! | `/sbin/cryptsetup` | with every library its `DT_NEEDED` entries name (recursively, searched like ld.so: RUNPATH, then the multiarch and standard directories) and the dynamic loader at its `PT_INTERP` path |
 //! | `/lib/modules/<V>/kernel/…` | the modules below and their dependency closure, decompressed (`.ko.xz`, `.ko.zst`, `.ko.gz` with the host's `xz`, `zstd`, `gzip`) so neither busybox `insmod` nor the kernel needs to decompress |
-//! | `/etc/cvm/verifier-ca.pem` | with `--verifier https://…` |
+//! | `/etc/cvm/verifier-ca.pem` | with `--url https://…` |
 //! | `/dev/console` | character device 5:1, so `/init` has a console before devtmpfs is mounted |
 //! | `/proc /sys /dev /run/cryptsetup /newroot /tmp` | empty directories |
 //!
@@ -34,7 +34,7 @@
 //! fatal, an optional one a warning); waits up to 10 s for the disk (`--device`, default
 //! `/dev/vda`: the first `--disk` of `cvm launch`); runs `cvm-agent --kbs … --device …
 //! --mount /newroot` (KBS `vsock:2:50000`, the VMM's attestation relay, by default, or
-//! `--verifier`); moves `/dev`, `/proc`, `/sys` under `/newroot` and `exec`s `switch_root
+//! `--url`); moves `/dev`, `/proc`, `/sys` under `/newroot` and `exec`s `switch_root
 //! /newroot <--root-init>`. Any failure prints `cvm-init: FATAL: <reason>` and powers off
 //! (`poweroff -f`, then sysrq `o`); `/init` never starts an interactive shell. The key
 //! only exists inside `cvm-agent` and on its pipe to `cryptsetup`.
@@ -69,9 +69,16 @@ use measured_boot::FirmwareImage;
 /// `cvm image initramfs`.
 #[derive(Debug, clap::Args)]
 pub struct InitramfsArgs {
-    /// The initramfs to write (newc cpio, uncompressed); replaced if it exists.
+    /// The initramfs to write (newc cpio, uncompressed); must not exist, unless --force.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// `text` or `json` (what went in and, with --kernel and --cmdline, the reference
+    /// values, on standard output).
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
     /// The cvm-agent binary (default: `cvm-agent` next to this `cvm`).
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
@@ -84,13 +91,18 @@ pub struct InitramfsArgs {
     #[arg(long, value_name = "DIR")]
     pub modules_from: Option<PathBuf>,
     /// The agent talks to this verifier directly: `https://HOST:PORT` (with
-    /// --verifier-ca) or `http://IP:PORT` (loopback tests only). Default: the VMM's
-    /// attestation relay on vsock port 50000 (`cvm launch --verifier`).
-    #[arg(long, value_name = "URL")]
+    /// --ca-cert) or `http://IP:PORT` (loopback tests only). Default: the VMM's
+    /// attestation relay on vsock port 50000 (`cvm launch --url`).
+    #[arg(long = "url", visible_alias = "verifier", value_name = "URL")]
     pub verifier: Option<String>,
-    /// CA certificate (PEM) the agent trusts for an https --verifier; copied into the
+    /// CA certificate (PEM) the agent trusts for an https --url; copied into the
     /// image.
-    #[arg(long, value_name = "FILE", requires = "verifier")]
+    #[arg(
+        long = "ca-cert",
+        visible_alias = "verifier-ca",
+        value_name = "FILE",
+        requires = "verifier"
+    )]
     pub verifier_ca: Option<PathBuf>,
     /// KBS resource of the disk key, repo/type/tag (default: `cvm.kbs_resource=` on the
     /// kernel command line at boot).
@@ -123,6 +135,7 @@ pub struct InitramfsArgs {
     /// The kernel command line (with --kernel).
     #[arg(
         long,
+        visible_alias = "append",
         value_name = "CMDLINE",
         requires = "kernel",
         allow_hyphen_values = true
@@ -241,6 +254,8 @@ fn default_agent() -> Result<PathBuf> {
 /// Builds the archive and writes it to `--out` (through a temporary file beside it).
 pub fn build(a: &InitramfsArgs) -> Result<Built> {
     // Validate everything before the slow parts.
+    cli_support::check_overwrite(&a.out, a.force)
+        .map_err(|e| InitramfsError::Usage(e.to_string()))?;
     let mut agent_args = kbs_args(a)?;
     if let Some(r) = &a.resource {
         let parts: Vec<&str> = r.split('/').collect();
@@ -459,6 +474,33 @@ pub fn run(a: &InitramfsArgs) -> ExitCode {
         Ok(b) => b,
         Err(e) => return cli_support::exit_with(&e),
     };
+    if a.output.is_json() {
+        let reference = match (&a.kernel, &a.cmdline) {
+            (Some(k), Some(c)) => match measurements(a, k, c) {
+                Ok((snp, mrtd, rtmrs)) => serde_json::json!({
+                    "snp": {"tee": "snp", "measurement": hex::encode(snp),
+                            "vcpus": a.vcpus, "vcpu_type": a.vcpu_type},
+                    "tdx": {"tee": "tdx", "mrtd": hex::encode(mrtd),
+                            "rtmrs": rtmrs.iter().map(hex::encode).collect::<Vec<_>>()},
+                }),
+                Err(e) => return cli_support::exit_with(&e),
+            },
+            _ => serde_json::Value::Null,
+        };
+        cli_support::output::print_json(&serde_json::json!({
+            "path": a.out,
+            "bytes": b.size,
+            "entries": b.paths.len(),
+            "agent_static": b.agent_static,
+            "shared_libraries": b.libraries,
+            "kernel_version": b.kernel_version,
+            "modules": b.modules,
+            "builtin": b.builtin,
+            "absent": b.absent,
+            "reference_values": reference,
+        }));
+        return ExitCode::SUCCESS;
+    }
     println!(
         "created {}: newc cpio, {} bytes, {} entries",
         a.out.display(),
@@ -521,10 +563,10 @@ pub fn run(a: &InitramfsArgs) -> ExitCode {
     }
     let q = |s: &str| sh_quote(s);
     println!("reference values: the launch measurement covers this initramfs byte for byte;");
-    println!("compute it for the kernel and command line you will launch with:");
-    println!("  cvm firmware --out cvm-firmware.fd");
+    println!("compute it for the kernel and command line you will launch with (or put them");
+    println!("in a VM description file and run `cvm measure --config FILE --output json`):");
     println!(
-        "  cvm measure snp --ovmf cvm-firmware.fd --vcpus {} --vcpu-type {} --kernel {} --initrd {} --append {}",
+        "  cvm measure snp --vcpus {} --vcpu-type {} --kernel {} --initrd {} --cmdline {}",
         a.vcpus,
         a.vcpu_type,
         q(&kernel.to_string_lossy()),
@@ -532,7 +574,7 @@ pub fn run(a: &InitramfsArgs) -> ExitCode {
         q(&cmdline)
     );
     println!(
-        "  cvm measure tdx --firmware cvm-firmware.fd --kernel {} --initrd {} --append {} --output-format json",
+        "  cvm measure tdx --kernel {} --initrd {} --cmdline {} --output json",
         q(&kernel.to_string_lossy()),
         q(&a.out.to_string_lossy()),
         q(&cmdline)

@@ -7,8 +7,9 @@
 //! message with a random key; reads the verifier's identity (`cvm-verifier identity`,
 //! from its database) and puts it on the guest's command line as
 //! `cvm.verifier_key=`, so the guest trusts only this verifier and the pin is part of
-//! the measurement; registers the workload (the measurement from `cvm measure` of that
-//! command line — for TDX all four RTMRs, so RTMR2 pins the command line — the disk
+//! the measurement; writes one VM description file per TEE (docs/vm-description.md);
+//! registers the workload (the measurement `cvm measure --config` computes from that
+//! file — for TDX all four RTMRs, so RTMR2 pins the command line — the disk
 //! key as its resource); then launches the guest under
 //! `--tee emulated-snp` and `--tee emulated-tdx`. Each guest checks its kernel hashes
 //! (SNP) or extends its RTMRs (TDX), attests through the VMM's relay, receives the disk
@@ -16,7 +17,7 @@
 //! exits 0. Finally it prints the verifier's audit records of the two releases.
 //!
 //! Every step is the operator's own command (`cvm-verifier admin …`, `cvm measure …`,
-//! `cvm launch …`) run as a child process, so the demo exercises exactly what an
+//! `cvm launch --config …`) run as a child process, so the demo exercises exactly what an
 //! operator runs; the commands are printed as they run.
 
 use std::ffi::OsStr;
@@ -267,7 +268,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
         cvm,
         verifier,
         step: 0,
-        steps: 8 + tees.len(),
+        steps: 10 + tees.len(),
         started: Instant::now(),
     };
     println!("cvm demo: everything goes to {}", d.dir.display());
@@ -430,36 +431,33 @@ fn demo(a: Args) -> Result<(), DemoError> {
     println!("    the guest will trust only this verifier: {pin}");
     // The pin is on the measured command line, so it is part of the measurement
     // registered below: a host that changes it changes the measurement.
-    let base_cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin}");
-    // The SNP guest attests through the SNP guest-request path, reached from its ring 3
-    // through the emulator trap, which the (measured) command line selects.
-    let cmdline_for = |tee: &str| {
-        if tee == "emulated-snp" {
-            format!("{base_cmdline} cvm.tee_trap=port")
-        } else {
-            base_cmdline.clone()
-        }
-    };
-    d.step("Computing reference values with `cvm measure` and registering the workloads");
+    // `cvm.tee_trap=port`: the test guest runs its TEE code at CPL3, where a TD's
+    // TDCALL goes through the emulator trap (also measured).
+    let cmdline = format!("console=ttyS0 cvm.kbs_resource={DISK_RESOURCE} {pin} cvm.tee_trap=port");
+    d.step("Writing one VM description per TEE (what `cvm measure` and `cvm launch` both read)");
+    let mut descriptions = Vec::new();
     for tee in &tees {
-        register(&d, tee, &firmware, &kernel, &cmdline_for(tee), &admin)?;
+        let path = d.path(&format!("vm-{}.toml", tee.trim_start_matches("emulated-")));
+        let text = description(
+            tee, &platform, &firmware, &kernel, &cmdline, &disk, &url, &cert,
+        );
+        std::fs::write(&path, &text).map_err(io(format!("cannot write {}", path.display())))?;
+        println!("    {}:", path.display());
+        for line in text.lines() {
+            println!("      {line}");
+        }
+        descriptions.push((tee, path));
+    }
+    d.step("Computing reference values with `cvm measure --config` and registering the workloads");
+    for (tee, path) in &descriptions {
+        register(&d, tee, path, &admin)?;
     }
 
-    for tee in &tees {
+    for (tee, path) in &descriptions {
         d.step(&format!(
             "Launching the guest with --tee {tee}: kernel hashes, attestation through the VMM relay, disk unlock"
         ));
-        launch(
-            &d,
-            tee,
-            &platform,
-            &firmware,
-            &kernel,
-            &cmdline_for(tee),
-            &disk,
-            &url,
-            &cert,
-        )?;
+        launch(&d, tee, path)?;
     }
 
     d.step("The verifier's audit records of the releases");
@@ -501,7 +499,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
     d.step("Done");
     println!(
         "    Both guests unlocked their disks only after the verifier checked their evidence.\n    \
-         Written to {}:\n      platform/ (emulated trust anchors), firmware.fd, testguest.bzImage, disk.img,\n      \
+         Written to {}:\n      platform/ (emulated trust anchors), firmware.fd, testguest.bzImage, disk.img,\n      vm-snp.toml and vm-tdx.toml (the VM descriptions),\n      \
          disk.key (0600; delete it in real use), verifier.db, verifier.log, master.key, admin.*",
         d.dir.display()
     );
@@ -535,61 +533,93 @@ fn wait_for_url(stdout: Option<std::process::ChildStdout>) -> Result<String, Dem
 
 type Admin<'a> = dyn Fn(&Demo, &[std::ffi::OsString]) -> Result<String, DemoError> + 'a;
 
-fn register(
-    d: &Demo,
+/// The VM description of one demo guest (docs/vm-description.md).
+#[allow(clippy::too_many_arguments)]
+fn description(
     tee: &str,
+    platform: &Path,
     firmware: &Path,
     kernel: &Path,
     cmdline: &str,
-    admin: &Admin<'_>,
-) -> Result<(), DemoError> {
+    disk: &Path,
+    url: &str,
+    ca: &Path,
+) -> String {
+    let q = |s: &str| toml_string(s);
+    // Paths beside the description are written relative to it (as the schema resolves
+    // them), so the file stays valid if the directory moves.
+    let dir = platform.parent().unwrap_or(Path::new("/"));
+    let p = |p: &Path| toml_string(&p.strip_prefix(dir).unwrap_or(p).display().to_string());
+    format!(
+        "version = 1\n\
+         tee = {tee}\n\
+         firmware = {firmware}\n\
+         memory = \"512M\"\n\
+         vcpus = 1\n\
+         emulated_platform = {platform}\n\
+         \n\
+         [boot]\n\
+         kernel = {kernel}\n\
+         cmdline = {cmdline}\n\
+         \n\
+         [devices]\n\
+         serial = \"stdout\"\n\
+         disks = [{{ path = {disk} }}]\n\
+         \n\
+         [attestation]\n\
+         url = {url}\n\
+         ca_cert = {ca}\n",
+        tee = q(tee),
+        firmware = p(firmware),
+        platform = p(platform),
+        kernel = p(kernel),
+        cmdline = q(cmdline),
+        disk = p(disk),
+        url = q(url),
+        ca = p(ca),
+    )
+}
+
+/// A TOML basic string (quoted, escaped).
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn register(d: &Demo, tee: &str, description: &Path, admin: &Admin<'_>) -> Result<(), DemoError> {
     let name = format!("demo-{}", tee.trim_start_matches("emulated-"));
     let policy_path = d.path(&format!("{name}-policy.json"));
+    let out = d.run(
+        &d.cvm,
+        [
+            os("measure"),
+            os("--config"),
+            description.as_os_str().into(),
+            os("--output"),
+            os("json"),
+        ],
+        &[],
+    )?;
+    let v: Value = serde_json::from_str(out.trim())
+        .map_err(|e| DemoError::Other(format!("cannot read `cvm measure --config` JSON: {e}")))?;
     let policy = if tee == "emulated-snp" {
-        let m = d.run(
-            &d.cvm,
-            [
-                os("measure"),
-                os("snp"),
-                os("--firmware"),
-                firmware.as_os_str().into(),
-                os("--vcpus"),
-                os("1"),
-                os("--vcpu-type"),
-                os("EPYC-v4"),
-                os("--kernel"),
-                kernel.as_os_str().into(),
-                os("--append"),
-                os(cmdline),
-            ],
-            &[],
-        )?;
-        let m = m.trim().to_owned();
+        let m = v["measurement"].as_str().unwrap_or_default().to_owned();
         println!("    SEV-SNP launch measurement: {m}");
         json!({"allow_emulated": true, "measurements": [m]})
     } else {
-        let out = d.run(
-            &d.cvm,
-            [
-                os("measure"),
-                os("tdx"),
-                os("--firmware"),
-                firmware.as_os_str().into(),
-                os("--kernel"),
-                kernel.as_os_str().into(),
-                os("--append"),
-                os(cmdline),
-                os("--output-format"),
-                os("json"),
-            ],
-            &[],
-        )?;
-        let v: Value = serde_json::from_str(out.trim())
-            .map_err(|e| DemoError::Other(format!("cannot read `cvm measure tdx` JSON: {e}")))?;
         let mrtd = v["mrtd"].as_str().unwrap_or_default().to_owned();
         let mut rtmrs = Vec::new();
-        for (i, key) in ["rtmr0", "rtmr1", "rtmr2", "rtmr3"].iter().enumerate() {
-            if let Some(r) = v[*key].as_str().or_else(|| v["rtmrs"][i].as_str()) {
+        for i in 0..4 {
+            if let Some(r) = v["rtmrs"][i].as_str() {
                 rtmrs.push(json!({"index": i, "value": r}));
             }
         }
@@ -625,39 +655,9 @@ fn register(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn launch(
-    d: &Demo,
-    tee: &str,
-    platform: &Path,
-    firmware: &Path,
-    kernel: &Path,
-    cmdline: &str,
-    disk: &Path,
-    url: &str,
-    ca: &Path,
-) -> Result<(), DemoError> {
-    let args: Vec<std::ffi::OsString> = vec![
-        os("launch"),
-        os("--tee"),
-        os(tee),
-        os("--emulated-platform"),
-        platform.as_os_str().into(),
-        os("--firmware"),
-        firmware.as_os_str().into(),
-        os("--kernel"),
-        kernel.as_os_str().into(),
-        os("--cmdline"),
-        os(cmdline),
-        os("--disk"),
-        disk.as_os_str().into(),
-        os("--verifier"),
-        os(url),
-        os("--verifier-ca"),
-        ca.as_os_str().into(),
-        os("--serial"),
-        os("stdout"),
-    ];
+fn launch(d: &Demo, tee: &str, description: &Path) -> Result<(), DemoError> {
+    let args: Vec<std::ffi::OsString> =
+        vec![os("launch"), os("--config"), description.as_os_str().into()];
     println!("    $ {}", show(&d.cvm, &args));
     let t = Instant::now();
     let mut child = Command::new(&d.cvm)

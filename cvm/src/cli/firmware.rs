@@ -10,12 +10,18 @@ use guest_images::{self as firmware, FirmwareError};
 /// `cvm firmware`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to write the image.
+    /// Where to write the image (must not exist, unless --force).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Write the bare-metal test guest (guest-agent/testguest, a bzImage) instead.
     #[arg(long)]
     pub test_guest: bool,
+    /// `text` or `json` (what was written, with its SHA-256, on standard output).
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
 }
 
 /// Why `cvm firmware` failed.
@@ -30,9 +36,22 @@ pub enum Error {
     /// The file could not be written.
     #[error("cannot write {0}")]
     Write(PathBuf, #[source] std::io::Error),
+    /// The file exists and --force was not given.
+    #[error(transparent)]
+    Exists(#[from] cli_support::output::Exists),
 }
 
-fn write(a: &Args) -> Result<usize, Error> {
+impl cli_support::ExitClass for Error {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Error::Exists(_) => cli_support::EXIT_USAGE,
+            _ => cli_support::EXIT_FAILURE,
+        }
+    }
+}
+
+fn write(a: &Args) -> Result<&'static [u8], Error> {
+    cli_support::check_overwrite(&a.out, a.force)?;
     let img = if a.test_guest {
         match firmware::testguest_image() {
             [] => return Err(Error::NoTestGuest),
@@ -42,21 +61,31 @@ fn write(a: &Args) -> Result<usize, Error> {
         firmware::embedded()?
     };
     std::fs::write(&a.out, img).map_err(|e| Error::Write(a.out.clone(), e))?;
-    Ok(img.len())
+    Ok(img)
 }
 
 /// Runs `cvm firmware`.
 pub fn run(a: Args) -> ExitCode {
     match write(&a) {
-        Ok(n) => {
+        Ok(img) => {
             let what = if a.test_guest {
                 "the test guest"
             } else {
                 "firmware"
             };
-            eprintln!("wrote {n} bytes of {what} to {}", a.out.display());
+            if a.output.is_json() {
+                use sha2::Digest as _;
+                cli_support::output::print_json(&serde_json::json!({
+                    "path": a.out,
+                    "image": if a.test_guest { "test-guest" } else { "firmware" },
+                    "bytes": img.len(),
+                    "sha256": hex::encode(sha2::Sha256::digest(img)),
+                }));
+            } else {
+                eprintln!("wrote {} bytes of {what} to {}", img.len(), a.out.display());
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => super::fail(&e, cli_support::EXIT_FAILURE),
+        Err(e) => cli_support::exit_with(&e),
     }
 }

@@ -15,8 +15,11 @@ pub struct Args {
     /// The TEE whose prerequisites decide the exit status.
     #[arg(long, value_enum, default_value = "none")]
     pub tee: super::launch::TeeArg,
-    /// Print JSON instead of text.
-    #[arg(long)]
+    /// `text` or `json`.
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
+    /// Same as `--output json` (kept for compatibility).
+    #[arg(long, hide = true)]
     pub json: bool,
 }
 
@@ -142,7 +145,7 @@ pub fn report(tee: TeeKind) -> (Vec<Check>, bool) {
 /// Runs `cvm host-check`.
 pub fn run(a: Args) -> ExitCode {
     let (checks, ok) = report(a.tee.kind());
-    if a.json {
+    if a.json || a.output.is_json() {
         let v = serde_json::json!({ "tee": a.tee.kind(), "can_run": ok, "checks": checks });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {

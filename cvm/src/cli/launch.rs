@@ -6,12 +6,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use cli_support::units::parse_size;
+
+use super::description::{parse_memory, parse_vcpus, DescriptionError, Loaded, TeeName};
 use cli_support::{ExitClass, EXIT_FAILURE, EXIT_USAGE};
 use host_vmm::boot::{BootError, BootInputs, Tamper};
 use host_vmm::devices::virtio::vsock::{RelayConfig, RelayError, VsockConfig};
 use host_vmm::isolation::cgroup::{self, CgroupError, CpuList, Limits, VmCgroup};
 use host_vmm::isolation::jail::{self, JailConfig, JailError};
 use host_vmm::seccomp::SeccompMode;
+use host_vmm::tee::backend::ExpectedMeasurement;
 use host_vmm::tee::emulated::EmulatedLaunchError;
 use host_vmm::tee::emulated_snp::EmulatedSnp;
 use host_vmm::tee::emulated_tdx::EmulatedTdx;
@@ -29,82 +32,94 @@ use measured_boot::tdx::TdxLaunchPlan;
 use measured_boot::FirmwareImage;
 
 /// `cvm launch`.
-#[derive(Debug, clap::Args)]
+///
+/// Every input can come from a VM description file (`--config FILE`, schema in
+/// docs/vm-description.md); a flag overrides the file's value and the override is logged.
+/// All inputs are checked before the "launching guest" line; the expected measurement is
+/// printed before the guest starts.
+#[derive(Debug, Default, clap::Args)]
+#[command(after_long_help = DESCRIPTION_HELP)]
 pub struct Args {
-    /// The TEE to launch into. A TEE this host cannot provide is refused, never
-    /// downgraded.
+    /// VM description file (TOML, `version = 1`); the same file `cvm measure --config`
+    /// reads. Flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The TEE to launch into (required here or in the file). A TEE this host cannot
+    /// provide is refused, never downgraded.
     #[arg(long, value_enum)]
-    pub tee: TeeArg,
+    pub tee: Option<TeeArg>,
     /// Firmware image, mapped to end at 4 GiB (default: the project firmware built
     /// into cvm; `cvm firmware --out FILE` writes it).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, visible_alias = "ovmf", value_name = "PATH")]
     pub firmware: Option<PathBuf>,
-    /// Guest memory, e.g. 512M or 2G.
-    #[arg(long, default_value = "512M", value_parser = parse_size)]
-    pub memory: u64,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub vcpus: u32,
-    /// Serial console: stdout, file:PATH or none.
-    #[arg(long, default_value = "stdout", value_parser = parse_serial)]
-    pub serial: SerialOutput,
-    /// A virtio-blk disk: PATH or PATH,readonly (repeatable).
+    /// Guest memory, a size with a unit: 512M, 2G (default 512M; 16M to 1T, a multiple
+    /// of 2M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Number of vCPUs (default 1; at most 255).
+    #[arg(long, value_name = "N", value_parser = parse_vcpus)]
+    pub vcpus: Option<u32>,
+    /// Serial console: stdout (default), file:PATH or none.
+    #[arg(long, value_parser = parse_serial)]
+    pub serial: Option<SerialOutput>,
+    /// A virtio-blk disk: PATH or PATH,readonly (repeatable; replaces the file's disks).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
     /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
     #[arg(long, value_name = "DIR")]
     pub emulated_platform: Option<PathBuf>,
-    /// SEV-SNP guest policy (hex).
-    #[arg(long, default_value = "0x30000", value_parser = parse_hex_u64)]
-    pub policy: u64,
+    /// SEV-SNP guest policy (hex; default 0x30000).
+    #[arg(long, value_name = "HEX", value_parser = parse_hex_u64)]
+    pub policy: Option<u64>,
     /// Host data: SNP HOST_DATA (up to 32 bytes) or TDX MRCONFIGID (up to 48), hex.
     #[arg(long, value_name = "HEX", value_parser = parse_hex_bytes)]
     pub host_data: Option<HexBytes>,
-    /// vCPU model for the SNP VMSAs (as `cvm measure snp --vcpu-type`).
-    #[arg(long, default_value = "EPYC-v4")]
-    pub vcpu_type: String,
+    /// vCPU model for the SNP VMSAs (as `cvm measure snp --vcpu-type`; default EPYC-v4).
+    #[arg(long, value_name = "CPUTYPE")]
+    pub vcpu_type: Option<String>,
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: SeccompArg,
     /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
-    /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX).
+    /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX). The built-in firmware
+    /// boots nothing else, so it needs one.
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
-    /// Initrd (requires --kernel).
-    #[arg(long, value_name = "PATH", requires = "kernel")]
+    /// Initrd (needs a kernel).
+    #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line (requires --kernel); measured with its trailing NUL.
+    /// Kernel command line (needs a kernel); measured with its trailing NUL.
     #[arg(
         long,
+        visible_alias = "append",
         value_name = "STR",
-        requires = "kernel",
         allow_hyphen_values = true
     )]
     pub cmdline: Option<String>,
     /// TEST EQUIPMENT: stage a corrupted copy of one item (the measurement still
     /// describes the original), as a malicious host would. Refused unless
     /// CVM_ALLOW_TAMPER_FOR_TESTS=1.
-    #[arg(long, value_enum, hide = true, requires = "kernel")]
+    #[arg(long, value_enum, hide = true)]
     pub tamper_staged: Option<TamperArg>,
-    /// Guest CID of the virtio-vsock device.
-    #[arg(long, default_value_t = 3, value_parser = parse_cid)]
-    pub vsock_cid: u64,
+    /// Guest CID of the virtio-vsock device (default 3).
+    #[arg(long, value_name = "CID", value_parser = parse_cid)]
+    pub vsock_cid: Option<u64>,
     /// Hybrid vsock: guest connections to host port P reach the Unix socket PATH_P, and
     /// host clients connect to PATH and send `CONNECT <port>\n`.
     #[arg(long, value_name = "PATH")]
     pub vsock_uds: Option<PathBuf>,
-    /// Attestation relay: guest connections to host port 50000 are relayed to this
-    /// verifier (https://…, or http:// to a loopback address only).
-    #[arg(long, value_name = "URL")]
-    pub verifier: Option<String>,
-    /// CA certificate(s) (PEM) trusted for an https --verifier; required for https.
-    #[arg(long, value_name = "FILE", requires = "verifier")]
-    pub verifier_ca: Option<PathBuf>,
-    /// SEV-SNP ID block (96 bytes), given to SNP_LAUNCH_FINISH (requires --id-auth).
-    #[arg(long, value_name = "FILE", requires = "id_auth")]
+    /// Attestation relay: guest connections to host port 50000 are relayed to the
+    /// verifier at this URL (https://…, or http:// to a loopback address only).
+    #[arg(long, visible_alias = "verifier", value_name = "URL")]
+    pub url: Option<String>,
+    /// CA certificate(s) (PEM) trusted for an https --url; required for https.
+    #[arg(long, visible_alias = "verifier-ca", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// SEV-SNP ID block (96 bytes), given to SNP_LAUNCH_FINISH (with --id-auth).
+    #[arg(long, value_name = "FILE")]
     pub id_block: Option<PathBuf>,
-    /// SEV-SNP ID authentication structure (4096 bytes) (requires --id-block).
-    #[arg(long, value_name = "FILE", requires = "id_block")]
+    /// SEV-SNP ID authentication structure (4096 bytes) (with --id-block).
+    #[arg(long, value_name = "FILE")]
     pub id_auth: Option<PathBuf>,
     /// SEV-SNP: the GHCB certificate table (VCEK/VLEK, ASK, ARK) served to the guest's
     /// extended report requests (needs Linux 7.0's KVM_EXIT_SNP_REQ_CERTS).
@@ -129,7 +144,7 @@ pub struct Args {
     #[arg(long, requires = "jail")]
     pub gid: Option<u32>,
     /// The jail's network namespace: `none` (a new, empty one) or `host` (needed for
-    /// --verifier, whose relay connects to the verifier).
+    /// --url, whose relay connects to the verifier).
     #[arg(long, value_enum, default_value = "none", requires = "jail")]
     pub jail_netns: JailNetns,
     /// CPU time for the VM as a percentage of one CPU (cgroup quota), e.g. 150.
@@ -146,26 +161,283 @@ pub struct Args {
     /// cvm runs in).
     #[arg(long, value_name = "PATH")]
     pub cgroup_parent: Option<String>,
+    /// `text`: the expected measurement on standard error; `json`: it is also printed as
+    /// one JSON line on standard output (the JSON `cvm measure --output json` prints)
+    /// before the guest starts, and the outcome as a second line when it stops.
+    #[arg(long, visible_alias = "output-format", value_enum, default_value_t)]
+    pub output: cli_support::Output,
+}
+
+/// The schema summary shown by `cvm launch --help`.
+pub const DESCRIPTION_HELP: &str = "\
+VM description file (--config FILE; full schema: docs/vm-description.md):
+
+  version = 1                      # required
+  tee = \"emulated-snp\"             # snp | tdx | emulated-snp | emulated-tdx | none
+  firmware = \"built-in\"            # or a path; relative paths are relative to the file
+  memory = \"512M\"
+  vcpus = 1
+  emulated_platform = \"platform\"   # emulated TEEs
+  [boot]        kernel, initrd, cmdline
+  [snp]         policy = \"0x30000\", cpu = \"EPYC-v4\", host_data, id_block, id_auth, certs
+  [tdx]         mrconfigid, qgs
+  [devices]     serial = \"stdout\", disks = [{ path = \"disk.img\", readonly = false }],
+                vsock = { cid = 3, uds = \"PATH\" }, api_socket
+  [attestation] url, ca_cert
+  [limits]      cpu_quota, memory, cpus, cgroup_parent
+
+Unknown keys are refused. Flags override the file (logged at INFO). `cvm measure --config
+FILE` prints the measurement this launch expects.";
+
+/// A launch with every input resolved (file, flags, defaults).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// The TEE.
+    pub tee: TeeArg,
+    /// Firmware path (`None`: built-in).
+    pub firmware: Option<PathBuf>,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Serial console.
+    pub serial: SerialOutput,
+    /// Disks.
+    pub disks: Vec<DiskConfig>,
+    /// Emulated platform directory.
+    pub emulated_platform: Option<PathBuf>,
+    /// SNP policy.
+    pub policy: u64,
+    /// HOST_DATA / MRCONFIGID.
+    pub host_data: Option<HexBytes>,
+    /// SNP vCPU model.
+    pub vcpu_type: String,
+    /// Seccomp.
+    pub seccomp: SeccompArg,
+    /// Kernel.
+    pub kernel: Option<PathBuf>,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// Command line.
+    pub cmdline: Option<String>,
+    /// Test equipment.
+    pub tamper_staged: Option<TamperArg>,
+    /// vsock CID.
+    pub vsock_cid: u64,
+    /// Hybrid vsock socket.
+    pub vsock_uds: Option<PathBuf>,
+    /// Verifier URL.
+    pub verifier: Option<String>,
+    /// Verifier CA.
+    pub verifier_ca: Option<PathBuf>,
+    /// SNP ID block.
+    pub id_block: Option<PathBuf>,
+    /// SNP ID auth.
+    pub id_auth: Option<PathBuf>,
+    /// SNP certificate table.
+    pub snp_certs: Option<PathBuf>,
+    /// TDX QGS socket.
+    pub tdx_qgs: Option<PathBuf>,
+    /// Control API socket.
+    pub api_socket: Option<PathBuf>,
+    /// Jail root.
+    pub jail: Option<PathBuf>,
+    /// Jail uid.
+    pub uid: Option<u32>,
+    /// Jail gid.
+    pub gid: Option<u32>,
+    /// Jail network.
+    pub jail_netns: JailNetns,
+    /// cgroup CPU quota.
+    pub cpu_quota: Option<u32>,
+    /// cgroup memory limit.
+    pub memory_limit: Option<u64>,
+    /// cgroup cpuset.
+    pub cpus: Option<CpuList>,
+    /// cgroup parent.
+    pub cgroup_parent: Option<String>,
+    /// Result format.
+    pub output: cli_support::Output,
+}
+
+/// Default guest memory.
+pub const DEFAULT_MEMORY: u64 = 512 << 20;
+/// Default SNP policy (SMT allowed, reserved bit 17).
+pub const DEFAULT_POLICY: u64 = 0x30000;
+/// Default SNP vCPU model.
+pub const DEFAULT_VCPU_TYPE: &str = "EPYC-v4";
+
+/// Takes the flag's value over the file's, logging an override.
+fn pick<T: PartialEq + std::fmt::Debug>(key: &str, flag: Option<T>, file: Option<T>) -> Option<T> {
+    match (flag, file) {
+        (Some(f), Some(d)) => {
+            if f != d {
+                tracing::info!(event = "override", key, from_file = ?d, from_flag = ?f, "overriding {key} from the description: {d:?} -> {f:?}");
+            }
+            Some(f)
+        }
+        (f, d) => f.or(d),
+    }
+}
+
+impl Args {
+    /// Resolves the launch: the description file (if any), then the flags, then the
+    /// defaults. Bad values in the file are usage errors naming the key.
+    pub fn resolve(self) -> Result<Spec, LaunchError> {
+        let loaded = self.config.as_deref().map(Loaded::read).transpose()?;
+        let d = loaded.as_ref();
+        let dd = d.map(|l| &l.desc);
+        let tee = pick("tee", self.tee, dd.and_then(|d| d.tee)).ok_or_else(|| {
+            LaunchError::Usage(
+                "--tee is required (or a VM description with `tee = …` given with --config)".into(),
+            )
+        })?;
+        let snp = dd.and_then(|d| d.snp.clone()).unwrap_or_default();
+        let tdx = dd.and_then(|d| d.tdx.clone()).unwrap_or_default();
+        let vsock = dd.and_then(|d| d.devices.vsock.clone()).unwrap_or_default();
+        let att = dd.and_then(|d| d.attestation.clone()).unwrap_or_default();
+        let limits = dd.map(|d| d.limits.clone()).unwrap_or_default();
+        // Every file value comes from `d`, so a value error names its key in the file.
+        let bad = |key: &'static str, e: String| -> LaunchError {
+            match d {
+                Some(l) => l.bad(key, e).into(),
+                None => LaunchError::Usage(e),
+            }
+        };
+        let file_serial = dd
+            .and_then(|d| d.devices.serial.as_deref())
+            .map(|s| parse_serial(s).map_err(|e| bad("devices.serial", e.to_string())))
+            .transpose()?;
+        let file_disks: Vec<DiskConfig> = dd
+            .map(|d| {
+                d.devices
+                    .disks
+                    .iter()
+                    .map(|k| DiskConfig {
+                        path: k.path.clone(),
+                        read_only: k.readonly,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let disks = if self.disks.is_empty() {
+            file_disks
+        } else {
+            if !file_disks.is_empty() {
+                tracing::info!(
+                    event = "override",
+                    key = "disks",
+                    "overriding disks from the description: {file_disks:?} -> {:?}",
+                    self.disks
+                );
+            }
+            self.disks
+        };
+        let file_memory = d.map(Loaded::memory).transpose()?.flatten();
+        let file_vcpus = d.map(Loaded::vcpus).transpose()?.flatten();
+        let file_host_data = d
+            .map(Loaded::host_data)
+            .transpose()?
+            .flatten()
+            .map(HexBytes);
+        let file_policy = d.map(Loaded::policy).transpose()?.flatten();
+        let file_limit = limits
+            .memory
+            .as_deref()
+            .map(|m| parse_size(m).map_err(|e| bad("limits.memory", e.to_string())))
+            .transpose()?;
+        let file_cpus = limits
+            .cpus
+            .as_deref()
+            .map(|c| {
+                c.parse::<CpuList>()
+                    .map_err(|e| bad("limits.cpus", e.to_string()))
+            })
+            .transpose()?;
+        let file_cid = vsock
+            .cid
+            .map(|c| parse_cid(&c.to_string()).map_err(|e| bad("devices.vsock.cid", e.to_string())))
+            .transpose()?;
+        let firmware = match (self.firmware, d) {
+            (Some(f), Some(l)) => {
+                let from = l
+                    .firmware()
+                    .map_or("built-in".into(), |p| p.display().to_string());
+                tracing::info!(
+                    event = "override",
+                    key = "firmware",
+                    "overriding firmware from the description: {from} -> {}",
+                    f.display()
+                );
+                Some(f)
+            }
+            (Some(f), None) => Some(f),
+            (None, l) => l.and_then(Loaded::firmware),
+        };
+        let spec = Spec {
+            tee,
+            firmware,
+            memory: pick("memory", self.memory, file_memory).unwrap_or(DEFAULT_MEMORY),
+            vcpus: pick("vcpus", self.vcpus, file_vcpus).unwrap_or(1),
+            serial: pick("serial", self.serial, file_serial).unwrap_or(SerialOutput::Stdout),
+            disks,
+            emulated_platform: pick(
+                "emulated_platform",
+                self.emulated_platform,
+                dd.and_then(|d| d.emulated_platform.clone()),
+            ),
+            policy: pick("policy", self.policy, file_policy).unwrap_or(DEFAULT_POLICY),
+            host_data: pick("host_data", self.host_data, file_host_data),
+            vcpu_type: pick("cpu", self.vcpu_type, d.and_then(Loaded::cpu))
+                .unwrap_or_else(|| DEFAULT_VCPU_TYPE.into()),
+            seccomp: self.seccomp,
+            kernel: pick(
+                "kernel",
+                self.kernel,
+                dd.and_then(|d| d.boot.kernel.clone()),
+            ),
+            initrd: pick(
+                "initrd",
+                self.initrd,
+                dd.and_then(|d| d.boot.initrd.clone()),
+            ),
+            cmdline: pick(
+                "cmdline",
+                self.cmdline,
+                dd.and_then(|d| d.boot.cmdline.clone()),
+            ),
+            tamper_staged: self.tamper_staged,
+            vsock_cid: pick("vsock_cid", self.vsock_cid, file_cid).unwrap_or(3),
+            vsock_uds: pick("vsock_uds", self.vsock_uds, vsock.uds),
+            verifier: pick("url", self.url, att.url),
+            verifier_ca: pick("ca_cert", self.ca_cert, att.ca_cert),
+            id_block: pick("id_block", self.id_block, snp.id_block),
+            id_auth: pick("id_auth", self.id_auth, snp.id_auth),
+            snp_certs: pick("snp_certs", self.snp_certs, snp.certs),
+            tdx_qgs: pick("tdx_qgs", self.tdx_qgs, tdx.qgs),
+            api_socket: pick(
+                "api_socket",
+                self.api_socket,
+                dd.and_then(|d| d.devices.api_socket.clone()),
+            ),
+            jail: self.jail,
+            uid: self.uid,
+            gid: self.gid,
+            jail_netns: self.jail_netns,
+            cpu_quota: pick("cpu_quota", self.cpu_quota, limits.cpu_quota),
+            memory_limit: pick("memory_limit", self.memory_limit, file_limit),
+            cpus: pick("cpus", self.cpus, file_cpus),
+            cgroup_parent: pick("cgroup_parent", self.cgroup_parent, limits.cgroup_parent),
+            output: self.output,
+        };
+        Ok(spec)
+    }
 }
 
 /// `--tee`: the TEE to launch into (the CLI's names for [`TeeKind`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TeeArg {
-    /// AMD SEV-SNP through KVM (Linux >= 6.11).
-    Snp,
-    /// Intel TDX through KVM (Linux >= 6.16).
-    Tdx,
-    /// Emulated SEV-SNP: a plain KVM VM whose launch plan goes to the emulated secure
-    /// processor (test equipment; insecure).
-    EmulatedSnp,
-    /// Emulated TDX: a plain KVM VM whose launch plan goes to the emulated TDX module
-    /// (test equipment; insecure).
-    EmulatedTdx,
-    /// No TEE: a plain, unencrypted guest, for development.
-    None,
-}
+pub type TeeArg = TeeName;
 
-impl TeeArg {
+impl TeeName {
     /// The library's TEE kind.
     pub fn kind(self) -> TeeKind {
         match self {
@@ -177,7 +449,6 @@ impl TeeArg {
         }
     }
 }
-
 /// `--tamper-staged`: which staged item to corrupt (test equipment).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TamperArg {
@@ -219,9 +490,10 @@ impl From<SeccompArg> for SeccompMode {
 }
 
 /// The network namespace of a jailed VMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum JailNetns {
     /// A new network namespace with no connectivity.
+    #[default]
     None,
     /// Stay in the host's network namespace.
     Host,
@@ -374,7 +646,7 @@ pub enum LaunchError {
     #[error("invalid firmware")]
     FirmwareImage(#[from] measured_boot::FirmwareError),
     /// The attestation relay is misconfigured.
-    #[error("invalid --verifier")]
+    #[error("invalid --url (the verifier)")]
     Relay(#[from] RelayError),
     /// The VM's cgroup could not be set up.
     #[error("cannot apply the resource limits")]
@@ -385,6 +657,15 @@ pub enum LaunchError {
     /// The control API socket could not be served.
     #[error("cannot serve the control API")]
     Api(#[from] host_vmm::api::ApiError),
+    /// The VM description file is unreadable or invalid.
+    #[error(transparent)]
+    Description(#[from] DescriptionError),
+    /// The firmware is not a firmware image.
+    #[error("{0} is not a firmware image: {1}")]
+    NotFirmware(String, String),
+    /// A --disk image cannot be opened.
+    #[error("--disk {0}: cannot open the disk image")]
+    Disk(PathBuf, #[source] std::io::Error),
 }
 
 impl ExitClass for LaunchError {
@@ -393,6 +674,9 @@ impl ExitClass for LaunchError {
     fn exit_code(&self) -> u8 {
         match self {
             LaunchError::Usage(_)
+            | LaunchError::Description(_)
+            | LaunchError::NotFirmware(..)
+            | LaunchError::Disk(..)
             | LaunchError::Firmware(..)
             | LaunchError::EmbeddedFirmware(_)
             | LaunchError::Input(..)
@@ -455,7 +739,7 @@ pub fn exit_status(why: &VcpuStop) -> (u8, String) {
     }
 }
 
-fn snp_config(a: &Args, boot: Option<&BootInputs>) -> Result<SnpPlanConfig, LaunchError> {
+fn snp_config(a: &Spec, boot: Option<&BootInputs>) -> Result<SnpPlanConfig, LaunchError> {
     let vcpu_sig = measured_boot::snp::cpu::sig_by_name(&a.vcpu_type)
         .ok_or_else(|| LaunchError::Usage(format!("unknown vCPU type `{}`", a.vcpu_type)))?;
     Ok(SnpPlanConfig {
@@ -480,7 +764,7 @@ pub fn plan_pages(plan: &SnpLaunchPlan) -> Vec<(u64, Vec<u8>)> {
 }
 
 /// Reads --id-block and --id-auth, checking their sizes.
-fn id_block(a: &Args) -> Result<Option<host_vmm::tee::launch::IdBlock>, LaunchError> {
+fn id_block(a: &Spec) -> Result<Option<host_vmm::tee::launch::IdBlock>, LaunchError> {
     let (Some(b), Some(au)) = (&a.id_block, &a.id_auth) else {
         return Ok(None);
     };
@@ -500,7 +784,7 @@ fn read_exact_size<const N: usize>(p: &PathBuf) -> Result<Box<[u8; N]>, LaunchEr
         })
 }
 
-fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
+fn vsock_config(a: &Spec) -> Result<Option<VsockConfig>, LaunchError> {
     let relay = a
         .verifier
         .as_deref()
@@ -517,7 +801,18 @@ fn vsock_config(a: &Args) -> Result<Option<VsockConfig>, LaunchError> {
 }
 
 /// Refuses flag combinations no launch can honour, before anything is opened.
-fn check_flags(a: &Args) -> Result<(), LaunchError> {
+fn check_flags(a: &Spec) -> Result<(), LaunchError> {
+    if matches!(a.tee, TeeArg::EmulatedSnp | TeeArg::EmulatedTdx) && a.emulated_platform.is_none() {
+        return Err(LaunchError::Usage(format!(
+            "--tee {} needs --emulated-platform DIR (or `emulated_platform` in the description)",
+            a.tee.kind()
+        )));
+    }
+    check_measured_inputs(a)
+}
+
+/// The checks that also apply to `cvm measure --config` (which needs no platform).
+fn check_measured_inputs(a: &Spec) -> Result<(), LaunchError> {
     if a.tamper_staged.is_some() && std::env::var(TAMPER_ENV).as_deref() != Ok("1") {
         return Err(LaunchError::Usage(format!(
             "--tamper-staged is test equipment; it is refused unless {TAMPER_ENV}=1"
@@ -536,23 +831,125 @@ fn check_flags(a: &Args) -> Result<(), LaunchError> {
     only(a.id_block.is_some(), "--id-block/--id-auth", TeeArg::Snp)?;
     only(a.snp_certs.is_some(), "--snp-certs", TeeArg::Snp)?;
     only(a.tdx_qgs.is_some(), "--tdx-qgs", TeeArg::Tdx)?;
-    if matches!(a.tee, TeeArg::EmulatedSnp | TeeArg::EmulatedTdx) && a.emulated_platform.is_none() {
-        return Err(LaunchError::Usage(format!(
-            "--tee {} needs --emulated-platform DIR",
-            a.tee.kind()
-        )));
-    }
     if a.jail.is_some() && a.verifier.is_some() && a.jail_netns == JailNetns::None {
         return Err(LaunchError::Usage(
-            "--verifier needs the network, which --jail takes away; add --jail-netns host".into(),
+            "--url needs the network, which --jail takes away; add --jail-netns host".into(),
         ));
+    }
+    if a.kernel.is_none() {
+        if a.initrd.is_some() || a.cmdline.is_some() || a.tamper_staged.is_some() {
+            let what = if a.initrd.is_some() {
+                "--initrd"
+            } else if a.cmdline.is_some() {
+                "--cmdline"
+            } else {
+                "--tamper-staged"
+            };
+            return Err(LaunchError::Usage(format!(
+                "{what} needs a kernel: add --kernel PATH (or `kernel` under [boot])"
+            )));
+        }
+        if a.firmware.is_none() {
+            return Err(LaunchError::Usage(format!(
+                "--tee {} with the built-in firmware needs --kernel PATH: that firmware boots \
+                 only a kernel the VMM stages (give --firmware for one that boots on its own)",
+                a.tee.kind()
+            )));
+        }
+    }
+    if a.verifier_ca.is_some() && a.verifier.is_none() {
+        return Err(LaunchError::Usage(
+            "--ca-cert is for the verifier's https --url; add --url".into(),
+        ));
+    }
+    if a.id_block.is_some() != a.id_auth.is_some() {
+        return Err(LaunchError::Usage(
+            "--id-block and --id-auth go together; give both".into(),
+        ));
+    }
+    super::description::check_vcpus(a.vcpus, a.tee)
+        .map_err(|e| LaunchError::Usage(format!("--vcpus: {e}")))?;
+    Ok(())
+}
+
+/// Whether the 16 bytes at the reset vector start like firmware: a jump (`jmp rel16`,
+/// `jmp rel8` or a far jump), optionally after NOPs, or OVMF's mode-aware entry (`mov
+/// eax, cr0`, which the project firmware shares) followed by a jump.
+fn reset_vector_jumps(rv: &[u8]) -> bool {
+    // E9 jmp rel16, EA far jmp, EB jmp rel8.
+    let jump = |b: &u8| matches!(b, 0xe9..=0xeb);
+    let nops = rv.iter().take_while(|&&b| b == 0x90).count();
+    if nops <= 4 && rv.get(nops).is_some_and(jump) {
+        return true;
+    }
+    rv.starts_with(&[0x0f, 0x20, 0xc0]) && rv[3..].iter().any(jump)
+}
+
+/// Checks that `bytes` is a firmware image for `tee`, before anything runs it: a
+/// non-zero multiple of 4 KiB; the OVMF footer GUID table 32 bytes before the end (the
+/// project firmware and OVMF carry it; it is where the SEV and TDX metadata are found),
+/// holding the SEV metadata for an SNP launch and the TDX metadata for a TD; and a jump
+/// at the reset vector (the 16 bytes at 0xFFFFFFF0, where a vCPU starts; see
+/// [`reset_vector_jumps`]). A random blob fails all three.
+pub fn check_firmware(name: &str, bytes: &[u8], tee: TeeArg) -> Result<(), LaunchError> {
+    let not = |why: String| LaunchError::NotFirmware(name.to_owned(), why);
+    let img = FirmwareImage::parse(bytes.to_vec()).map_err(|e| not(e.to_string()))?;
+    if !img.has_footer_table() {
+        return Err(not(measured_boot::FirmwareError::NoFooterTable.to_string()));
+    }
+    if tee.is_snp() {
+        img.sev_metadata().map_err(|e| not(e.to_string()))?;
+    }
+    if tee.is_tdx() {
+        img.tdx_metadata().map_err(|e| not(e.to_string()))?;
+    }
+    if !reset_vector_jumps(&bytes[bytes.len() - 16..]) {
+        return Err(not(format!(
+            "its reset vector (0xFFFFFFF0) holds no jump ({})",
+            hex::encode(&bytes[bytes.len() - 16..])
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the files the VMM opens once it runs (disks, the serial log, the hybrid vsock
+/// socket), so a wrong path is refused before the guest starts rather than after the
+/// "launching guest" line. In a jail these paths resolve inside the jail's root, which
+/// only the jailed VMM sees, so the VMM checks them there.
+fn check_host_paths(a: &Spec) -> Result<(), LaunchError> {
+    if a.jail.is_some() {
+        return Ok(());
+    }
+    for d in &a.disks {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!d.read_only)
+            .open(&d.path)
+            .map_err(|e| LaunchError::Disk(d.path.clone(), e))?;
+    }
+    let dir_of = |flag: &str, p: &std::path::Path| {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        match parent {
+            Some(d) if !d.is_dir() => Err(LaunchError::Usage(format!(
+                "{flag} {}: the directory {} does not exist",
+                p.display(),
+                d.display()
+            ))),
+            _ => Ok(()),
+        }
+    };
+    if let SerialOutput::File(p) = &a.serial {
+        dir_of("--serial file:", p)?;
+    }
+    if let Some(p) = &a.vsock_uds {
+        dir_of("--vsock-uds", p)?;
     }
     Ok(())
 }
 
 /// The files and settings a launch reads.
 #[derive(Debug)]
-struct Inputs {
+pub struct Inputs {
     firmware: Vec<u8>,
     firmware_name: String,
     boot: Option<BootInputs>,
@@ -560,7 +957,7 @@ struct Inputs {
 }
 
 /// Reads the firmware, the kernel/initrd/command line and the vsock settings.
-fn load_inputs(a: &Args) -> Result<Inputs, LaunchError> {
+pub fn load_inputs(a: &Spec) -> Result<Inputs, LaunchError> {
     let (firmware, firmware_name) = match &a.firmware {
         Some(p) => (
             std::fs::read(p).map_err(|e| LaunchError::Firmware(p.clone(), e))?,
@@ -573,6 +970,8 @@ fn load_inputs(a: &Args) -> Result<Inputs, LaunchError> {
             "built-in".to_string(),
         ),
     };
+    check_firmware(&firmware_name, &firmware, a.tee)?;
+    check_host_paths(a)?;
     let boot = a
         .kernel
         .as_deref()
@@ -587,7 +986,7 @@ fn load_inputs(a: &Args) -> Result<Inputs, LaunchError> {
 }
 
 /// The backend factory: the TEE backend `--tee` asks for, with its launch plan.
-fn build_backend(a: &Args, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, LaunchError> {
+fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, LaunchError> {
     let firmware = || FirmwareImage::parse(inputs.firmware.clone());
     let boot = inputs.boot.as_ref();
     let platform = || {
@@ -684,7 +1083,7 @@ fn cert_table(p: &PathBuf) -> Result<CertTable, LaunchError> {
 }
 
 /// The structured `launch` log line: what is launched and what it should measure.
-fn log_launch(a: &Args, inputs: &Inputs, backend: &dyn TeeBackend) {
+fn log_launch(a: &Spec, inputs: &Inputs, backend: &dyn TeeBackend) {
     let m = backend.measurement();
     let summary = match a.tee {
         TeeArg::None => "no TEE: memory is not encrypted and nothing is measured",
@@ -732,7 +1131,7 @@ fn log_launch(a: &Args, inputs: &Inputs, backend: &dyn TeeBackend) {
 }
 
 /// Creates and joins the VM's cgroup when limits are given.
-fn apply_limits(a: &Args) -> Result<Option<VmCgroup>, LaunchError> {
+fn apply_limits(a: &Spec) -> Result<Option<VmCgroup>, LaunchError> {
     let limits = Limits {
         cpu_quota_percent: a.cpu_quota,
         memory_limit: a.memory_limit,
@@ -757,7 +1156,7 @@ fn apply_limits(a: &Args) -> Result<Option<VmCgroup>, LaunchError> {
 /// Enters the jail (or forks a supervising parent when only a cgroup or an API socket
 /// is used).
 /// Returns the child's exit status in the parent, `None` in the VMM.
-fn confine(a: &Args, mut cgroup: Option<VmCgroup>) -> Result<Option<i32>, LaunchError> {
+fn confine(a: &Spec, mut cgroup: Option<VmCgroup>) -> Result<Option<i32>, LaunchError> {
     // The forked VMM stays in the cgroup; the parent leaves it at once.
     let leave = || cgroup.as_ref().map_or((), VmCgroup::leave);
     let forked = if let Some(dir) = &a.jail {
@@ -797,7 +1196,7 @@ fn confine(a: &Args, mut cgroup: Option<VmCgroup>) -> Result<Option<i32>, Launch
     }
 }
 
-fn launch(a: &Args) -> Result<Outcome, LaunchError> {
+fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
     check_flags(a)?;
     // Unreadable input is a usage error (exit 2) on any host, so it is found before
     // the host is asked for the TEE.
@@ -805,6 +1204,7 @@ fn launch(a: &Args) -> Result<Outcome, LaunchError> {
     let kvm = kvm_ioctls::Kvm::new().map_err(LaunchError::Kvm)?;
     tee::check(a.tee.kind(), &KvmCapabilities::query(&kvm))?;
     let backend = build_backend(a, &inputs)?;
+    print_expected(a, &backend.measurement());
     log_launch(a, &inputs, backend.as_ref());
     let cgroup = apply_limits(a)?;
     let api = a
@@ -842,13 +1242,93 @@ enum Outcome {
     ChildExited(i32),
 }
 
+/// Prints the measurement the launch expects, before the guest starts: at INFO on
+/// standard error, and with `--output json` as one JSON line on standard output (the
+/// JSON `cvm measure --config --output json` prints for the same description).
+fn print_expected(a: &Spec, m: &ExpectedMeasurement) {
+    let j = reference_json(a, m);
+    if m.digest.is_some() {
+        tracing::info!(event = "expected-measurement", tee = %m.tee, measurement = %m.digest_hex(), rtmrs = %m.rtmrs_summary(), "expected measurement");
+    }
+    if a.output.is_json() {
+        println!("{j}");
+    }
+}
+
+/// The reference values of a launch as JSON: `{"tee":"snp","measurement":HEX,…}` or
+/// `{"tee":"tdx","mrtd":HEX,"rtmrs":[…],…}` (`tee` names the evidence format, so an
+/// emulated TEE says `snp`/`tdx` and sets `insecure_emulated`), with the policy and
+/// HOST_DATA / MRCONFIGID a verifier also checks. `cvm-verifier admin workload put
+/// --from-measure FILE` reads it.
+pub fn reference_json(a: &Spec, m: &ExpectedMeasurement) -> serde_json::Value {
+    let emulated = m.insecure_emulated();
+    let host_data = a.host_data.as_ref().map(|h| hex::encode(&h.0));
+    if a.tee.is_snp() {
+        serde_json::json!({
+            "tee": "snp",
+            "measurement": m.digest.map(hex::encode),
+            "policy": format!("{:#x}", a.policy),
+            "host_data": host_data,
+            "vcpus": a.vcpus,
+            "vcpu_type": a.vcpu_type,
+            "insecure_emulated": emulated,
+        })
+    } else if a.tee.is_tdx() {
+        serde_json::json!({
+            "tee": "tdx",
+            "mrtd": m.digest.map(hex::encode),
+            "rtmrs": m.rtmrs.map(|r| r.iter().map(hex::encode).collect::<Vec<_>>()),
+            "mrconfigid": host_data,
+            "insecure_emulated": emulated,
+        })
+    } else {
+        serde_json::json!({"tee": "none", "measurement": null, "insecure_emulated": false})
+    }
+}
+
+/// The measurement a launch of `a` expects, computed from the same launch plans the
+/// backends execute, without KVM or an emulated platform (`cvm measure --config`).
+pub fn expected_measurement(a: &Spec) -> Result<ExpectedMeasurement, LaunchError> {
+    check_measured_inputs(a)?;
+    let inputs = load_inputs(a)?;
+    let firmware = FirmwareImage::parse(inputs.firmware.clone())?;
+    let boot = inputs.boot.as_ref();
+    let (digest, rtmrs) = if a.tee.is_snp() {
+        let plan =
+            SnpLaunchPlan::new(firmware, snp_config(a, boot)?).map_err(LaunchError::SnpPlan)?;
+        (Some(plan.launch_digest()), None)
+    } else if a.tee.is_tdx() {
+        let plan = TdxLaunchPlan::new(firmware, boot.map(BootInputs::direct_boot))
+            .map_err(LaunchError::TdxPlan)?;
+        (Some(plan.mrtd()), Some(plan.rtmrs()))
+    } else {
+        (None, None)
+    };
+    Ok(ExpectedMeasurement {
+        tee: a.tee.kind(),
+        digest,
+        rtmrs,
+    })
+}
+
 /// Runs `cvm launch`.
 pub fn run(a: Args) -> ExitCode {
+    let a = match a.resolve() {
+        Ok(s) => s,
+        Err(e) => return super::fail(&e, e.exit_code()),
+    };
     match launch(&a) {
         Ok(Outcome::ChildExited(status)) => ExitCode::from(u8::try_from(status).unwrap_or(1)),
         Ok(Outcome::Stopped(why)) => {
             let (code, msg) = exit_status(&why);
             tracing::info!(event = "shutdown", exit_status = code, reason = %msg, "guest stopped");
+            if a.output.is_json() {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "stopped", "exit_status": code, "reason": msg,
+                        "time": cli_support::units::rfc3339(now_secs())})
+                );
+            }
             if code != 0 {
                 eprintln!("error: {msg}");
             }
@@ -856,6 +1336,12 @@ pub fn run(a: Args) -> ExitCode {
         }
         Err(e) => super::fail(&e, e.exit_code()),
     }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
@@ -868,11 +1354,13 @@ mod tests {
         args: Args,
     }
 
-    fn args(argv: &[&str]) -> Args {
+    fn args(argv: &[&str]) -> Spec {
         use clap::Parser;
         Cli::try_parse_from(std::iter::once("launch").chain(argv.iter().copied()))
             .unwrap()
             .args
+            .resolve()
+            .unwrap()
     }
 
     #[test]
@@ -953,11 +1441,27 @@ mod tests {
         assert!(matches!(e, LaunchError::Firmware(..)), "{e:?}");
         assert_eq!(e.exit_code(), 2);
         let fw = dir.path().join("fw");
-        std::fs::write(&fw, [0xF4u8; 4096]).unwrap();
+        std::fs::write(&fw, measured_boot::testing::emulated_guest_image(&[0xf4])).unwrap();
         let f = fw.to_str().unwrap();
         let e = load_inputs(&args(&["--tee", "none", "--firmware", f, "--kernel", m])).unwrap_err();
         assert!(matches!(e, LaunchError::Boot(_)), "{e:?}");
         assert_eq!(e.exit_code(), 2);
+        // A blob that is not a firmware image is refused for every TEE.
+        let blob = dir.path().join("blob");
+        std::fs::write(&blob, [0xF4u8; 4096]).unwrap();
+        for tee in ["none", "snp", "tdx", "emulated-snp", "emulated-tdx"] {
+            let a = args(&[
+                "--tee",
+                tee,
+                "--firmware",
+                blob.to_str().unwrap(),
+                "--emulated-platform",
+                m,
+            ]);
+            let e = load_inputs(&a).unwrap_err();
+            assert!(matches!(e, LaunchError::NotFirmware(..)), "{tee}: {e:?}");
+            assert_eq!(e.exit_code(), 2);
+        }
         let a = args(&[
             "--tee",
             "snp",
@@ -979,7 +1483,7 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(e.exit_code(), 2);
-        // A firmware that is not a firmware image cannot be planned.
+        // An emulated platform that is missing is bad input.
         let a = args(&[
             "--tee",
             "emulated-snp",
@@ -1036,6 +1540,19 @@ mod tests {
         let a = args(&["--tee", "none", "--firmware", p.to_str().unwrap()]);
         let b = build_backend(&a, &load_inputs(&a).unwrap()).unwrap();
         assert_eq!(b.kind(), TeeKind::None);
+    }
+
+    #[test]
+    fn reset_vectors_of_real_firmware_jump_and_random_bytes_do_not() {
+        // Debian OVMF_CODE.fd and the project firmware: mov eax, cr0; test al, 1; jz; jmp.
+        let ovmf = hex::decode("0f20c0a8017405e928ffffffe909ff90").unwrap();
+        assert!(reset_vector_jumps(&ovmf));
+        // SeaBIOS-style far jump, and nop; nop; jmp.
+        assert!(reset_vector_jumps(&hex::decode("ea5be000f0").unwrap()));
+        assert!(reset_vector_jumps(&[0x90, 0x90, 0xe9, 0x00, 0x00]));
+        assert!(!reset_vector_jumps(&[0xf4; 16]));
+        assert!(!reset_vector_jumps(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4]));
+        assert!(!reset_vector_jumps(&[0x0f, 0x20, 0xc0, 0xf4]));
     }
 
     #[test]

@@ -1,21 +1,73 @@
-//! `cvm measure snp|tdx`: the expected launch measurement of a guest, computed from the
-//! same launch plan the VMM executes.
+//! `cvm measure`: the expected launch measurement of a guest, computed from the same
+//! launch plan the VMM executes.
 //!
+//! `cvm measure --config FILE` reads the VM description `cvm launch --config FILE` reads
+//! and prints the measurement that launch expects (`--output json`: the reference values
+//! `cvm-verifier admin workload put --from-measure` registers).
 //! `cvm measure snp` accepts sev-snp-measure's flags and prints identical output for
-//! identical input; `--output-format json` adds the plan summary. `cvm measure tdx`
-//! prints MRTD, and with JSON the RTMRs and event log of the project's firmware.
-//! Errors exit with status 2.
+//! identical input; `--output json` adds the plan summary. `cvm measure tdx` prints
+//! MRTD, and with JSON the RTMRs and event log of the project's firmware. Both default
+//! to the built-in firmware, like `cvm launch`. Errors exit with status 2.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use base64::Engine as _;
+
+use super::description::{parse_vcpus, TeeName};
 use measured_boot::snp::cpu::{cpu_sig, sig_by_name, CPU_TYPES};
 use measured_boot::snp::hashes::SevHashes;
 use measured_boot::snp::vmsa::VmmType;
 use measured_boot::snp::{SnpLaunchPlan, SnpPlanConfig, SnpPlanError};
 use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::{FirmwareError, FirmwareImage};
+
+/// `cvm measure`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    /// sev-snp-measure style subcommands (flags instead of a description file).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// VM description file (as `cvm launch --config`): prints the measurement that launch
+    /// expects. Flags below override the file.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: Option<PathBuf>,
+    /// Override the description's TEE.
+    #[arg(long, value_enum)]
+    pub tee: Option<TeeName>,
+    /// Override the description's firmware.
+    #[arg(long, visible_alias = "ovmf", value_name = "PATH")]
+    pub firmware: Option<PathBuf>,
+    /// Override the description's kernel.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Override the description's initrd.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Override the description's kernel command line.
+    #[arg(
+        long,
+        visible_alias = "append",
+        value_name = "STR",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Option<String>,
+    /// Override the description's vCPU count.
+    #[arg(long, value_name = "N", value_parser = parse_vcpus)]
+    pub vcpus: Option<u32>,
+    /// Override the description's SNP vCPU model.
+    #[arg(long, value_name = "CPUTYPE")]
+    pub vcpu_type: Option<String>,
+    /// Output: hex (also `text`), base64 or json (the reference values).
+    #[arg(
+        long,
+        visible_alias = "output-format",
+        value_enum,
+        default_value = "hex"
+    )]
+    pub output: OutputFormat,
+}
 
 /// `cvm measure` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -30,6 +82,7 @@ pub enum Command {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// Lower-case hex and a newline.
+    #[value(alias = "text")]
     Hex,
     /// Standard base64 and a newline.
     Base64,
@@ -49,11 +102,12 @@ pub struct BootArgs {
     /// Kernel command line (requires --kernel).
     #[arg(
         long,
+        visible_alias = "append",
         value_name = "CMDLINE",
         requires = "kernel",
         allow_hyphen_values = true
     )]
-    pub append: Option<String>,
+    pub cmdline: Option<String>,
 }
 
 /// `cvm measure snp`.
@@ -63,13 +117,15 @@ pub struct SnpArgs {
     /// Guest mode; only `snp` (accepted for sev-snp-measure compatibility).
     #[arg(long, default_value = "snp", value_parser = ["snp"])]
     pub mode: String,
-    /// Firmware image (OVMF-compatible, with SEV metadata).
-    #[arg(long, visible_alias = "firmware", value_name = "PATH")]
-    pub ovmf: PathBuf,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N")]
+    /// Firmware image (OVMF-compatible, with SEV metadata; default: the built-in
+    /// firmware, as `cvm launch`).
+    #[arg(long, visible_alias = "ovmf", value_name = "PATH")]
+    pub firmware: Option<PathBuf>,
+    /// Number of vCPUs (1 to 255, as `cvm launch`).
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_vcpus)]
     pub vcpus: u32,
-    /// vCPU model name (QEMU names, e.g. EPYC-v4, EPYC-Milan).
+    /// vCPU model name (QEMU names, e.g. EPYC-v4, EPYC-Milan; default EPYC-v4 with
+    /// --vmm-type qemu, as `cvm launch`).
     #[arg(long, value_name = "CPUTYPE")]
     pub vcpu_type: Option<String>,
     /// vCPU signature (CPUID 1 EAX), decimal or 0x-hex.
@@ -93,8 +149,13 @@ pub struct SnpArgs {
     #[command(flatten)]
     pub boot: BootArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value = "hex")]
-    pub output_format: OutputFormat,
+    #[arg(
+        long,
+        visible_alias = "output-format",
+        value_enum,
+        default_value = "hex"
+    )]
+    pub output: OutputFormat,
     /// Print "Calculated SEV_SNP guest measurement: …" like sev-snp-measure -v.
     #[arg(short, long)]
     pub verbose: bool,
@@ -103,14 +164,20 @@ pub struct SnpArgs {
 /// `cvm measure tdx`.
 #[derive(Debug, clap::Args)]
 pub struct TdxArgs {
-    /// Firmware image (TDVF-compatible, with TDX metadata).
+    /// Firmware image (TDVF-compatible, with TDX metadata; default: the built-in
+    /// firmware, as `cvm launch`).
     #[arg(long, visible_alias = "ovmf", value_name = "PATH")]
-    pub firmware: PathBuf,
+    pub firmware: Option<PathBuf>,
     #[command(flatten)]
     pub boot: BootArgs,
     /// Output format.
-    #[arg(long, value_enum, default_value = "hex")]
-    pub output_format: OutputFormat,
+    #[arg(
+        long,
+        visible_alias = "output-format",
+        value_enum,
+        default_value = "hex"
+    )]
+    pub output: OutputFormat,
 }
 
 fn parse_int<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
@@ -148,6 +215,12 @@ pub enum MeasureError {
     /// Arguments are inconsistent.
     #[error("{0}")]
     Usage(String),
+    /// This cvm has no built-in firmware.
+    #[error("no --firmware given and this cvm has no built-in firmware")]
+    Embedded(#[source] guest_images::FirmwareError),
+    /// The description or the launch inputs it names are unusable.
+    #[error(transparent)]
+    Launch(#[from] super::launch::LaunchError),
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, MeasureError> {
@@ -158,7 +231,12 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, MeasureError> {
     })
 }
 
-fn firmware(path: &Path) -> Result<FirmwareImage, MeasureError> {
+fn firmware(path: Option<&Path>) -> Result<FirmwareImage, MeasureError> {
+    let Some(path) = path else {
+        let fw = guest_images::embedded().map_err(MeasureError::Embedded)?;
+        return FirmwareImage::parse(fw.to_vec())
+            .map_err(|e| MeasureError::Firmware("built-in".into(), e));
+    };
     FirmwareImage::parse(read(path, "firmware")?)
         .map_err(|e| MeasureError::Firmware(path.to_owned(), e))
 }
@@ -174,7 +252,7 @@ fn boot(a: &BootArgs) -> Result<Option<Boot>, MeasureError> {
     Ok(Some(Boot {
         kernel: read(k, "kernel")?,
         initrd: a.initrd.as_deref().map(|p| read(p, "initrd")).transpose()?,
-        cmdline: a.append.clone(),
+        cmdline: a.cmdline.clone(),
     }))
 }
 
@@ -193,13 +271,11 @@ pub fn snp_plan(a: &SnpArgs) -> Result<SnpLaunchPlan, MeasureError> {
             ))
         })?
     } else if a.vmm_type == VmmType::Qemu {
-        return Err(MeasureError::Usage(
-            "missing --vcpu-type, --vcpu-sig or --vcpu-family".into(),
-        ));
+        sig_by_name(super::launch::DEFAULT_VCPU_TYPE).unwrap_or_default()
     } else {
         0 // EC2 and GCE put 0x600 in RDX regardless of the CPU model.
     };
-    let fw = firmware(&a.ovmf)?;
+    let fw = firmware(a.firmware.as_deref())?;
     let hashes = boot(&a.boot)?
         .map(|b| SevHashes::compute(&b.kernel, b.initrd.as_deref(), b.cmdline.as_deref()));
     let config = SnpPlanConfig {
@@ -214,7 +290,7 @@ pub fn snp_plan(a: &SnpArgs) -> Result<SnpLaunchPlan, MeasureError> {
 
 /// Builds the TDX plan from the arguments.
 pub fn tdx_plan(a: &TdxArgs) -> Result<TdxLaunchPlan, MeasureError> {
-    let fw = firmware(&a.firmware)?;
+    let fw = firmware(a.firmware.as_deref())?;
     let db = boot(&a.boot)?
         .map(|b| DirectBoot::measure(&b.kernel, b.initrd.as_deref(), b.cmdline.as_deref()));
     Ok(TdxLaunchPlan::new(fw, db)?)
@@ -234,7 +310,7 @@ fn print_digest(d: &[u8], fmt: OutputFormat, verbose_label: Option<&str>) {
 fn run_snp(a: &SnpArgs) -> Result<(), MeasureError> {
     let plan = snp_plan(a)?;
     let digest = plan.launch_digest();
-    if a.output_format == OutputFormat::Json {
+    if a.output == OutputFormat::Json {
         let out = serde_json::json!({
             "tee": "snp",
             "measurement": hex::encode(digest),
@@ -244,7 +320,7 @@ fn run_snp(a: &SnpArgs) -> Result<(), MeasureError> {
     } else {
         print_digest(
             &digest,
-            a.output_format,
+            a.output,
             a.verbose
                 .then_some("Calculated SEV_SNP guest measurement: "),
         );
@@ -255,7 +331,7 @@ fn run_snp(a: &SnpArgs) -> Result<(), MeasureError> {
 fn run_tdx(a: &TdxArgs) -> Result<(), MeasureError> {
     let plan = tdx_plan(a)?;
     let mrtd = plan.mrtd();
-    if a.output_format == OutputFormat::Json {
+    if a.output == OutputFormat::Json {
         let (added, measured) = plan.page_counts();
         let out = serde_json::json!({
             "tee": "tdx",
@@ -269,19 +345,56 @@ fn run_tdx(a: &TdxArgs) -> Result<(), MeasureError> {
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        print_digest(&mrtd, a.output_format, None);
+        print_digest(&mrtd, a.output, None);
+    }
+    Ok(())
+}
+
+/// `cvm measure --config`: the measurement `cvm launch --config` expects, from the same
+/// resolution of the file and the same launch plans.
+fn run_config(a: &Args) -> Result<(), MeasureError> {
+    let launch_args = super::launch::Args {
+        config: a.config.clone(),
+        tee: a.tee,
+        firmware: a.firmware.clone(),
+        kernel: a.kernel.clone(),
+        initrd: a.initrd.clone(),
+        cmdline: a.cmdline.clone(),
+        vcpus: a.vcpus,
+        vcpu_type: a.vcpu_type.clone(),
+        ..Default::default()
+    };
+    let spec = launch_args.resolve()?;
+    let m = super::launch::expected_measurement(&spec)?;
+    match a.output {
+        OutputFormat::Json => {
+            cli_support::output::print_json(&super::launch::reference_json(&spec, &m))
+        }
+        fmt => match m.digest {
+            Some(d) => print_digest(&d, fmt, None),
+            None => {
+                return Err(MeasureError::Usage(
+                    "--tee none measures nothing; use --output json to see the description".into(),
+                ))
+            }
+        },
     }
     Ok(())
 }
 
 /// Runs `cvm measure`.
-pub fn run(c: Command) -> ExitCode {
-    let r = match &c {
-        Command::Snp(a) => run_snp(a),
-        Command::Tdx(a) => run_tdx(a),
+pub fn run(a: Args) -> ExitCode {
+    let r = match &a.command {
+        Some(Command::Snp(s)) => run_snp(s),
+        Some(Command::Tdx(t)) => run_tdx(t),
+        None => run_config(&a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(MeasureError::Launch(e)) => {
+            use cli_support::ExitClass;
+            super::fail(&e, e.exit_code())
+        }
         Err(e) => super::fail(&e, cli_support::EXIT_USAGE),
     }
 }

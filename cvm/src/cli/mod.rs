@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod description;
 pub mod firmware;
 pub mod host_check;
 pub mod launch;

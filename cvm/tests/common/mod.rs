@@ -44,3 +44,48 @@ pub fn bzimage(entry: &[u8], pad: usize) -> Vec<u8> {
     s.extend_from_slice(&pm);
     s
 }
+
+/// A test image for `--tee emulated-tdx`, whose vCPUs start as TD vCPUs do: in 32-bit
+/// protected mode at 0xFFFFFFF0. `code` (32-bit) runs at 0xFFFFF000, reached by a
+/// 32-bit `jmp rel32` at the reset vector; the image is otherwise
+/// `measured_boot::testing::emulated_guest_image`.
+pub fn td_guest_image(code: &[u8]) -> Vec<u8> {
+    let mut img = measured_boot::testing::emulated_guest_image(code);
+    let reset = img.len() - 16;
+    let rel = 0xFFFF_F000u32.wrapping_sub(0xFFFF_FFF5);
+    img[reset] = 0xe9;
+    img[reset + 1..reset + 5].copy_from_slice(&rel.to_le_bytes());
+    img
+}
+
+/// 32-bit mailbox client (request window at 0x1000): for each (command, skip, count)
+/// prints the status byte, then `count` response bytes from 0x1100 + `skip` (`None`:
+/// the response length the mailbox wrote at 0x1040); then ACPI S5.
+pub fn mailbox_guest32(steps: &[(u32, u32, Option<u32>)]) -> Vec<u8> {
+    let imm = |c: &mut Vec<u8>, op: u8, v: u32| {
+        c.push(op);
+        c.extend_from_slice(&v.to_le_bytes());
+    };
+    let mut c = Vec::new();
+    imm(&mut c, 0xba, 0xe00); // mov edx, 0xe00
+    imm(&mut c, 0xb8, 0x1000); // mov eax, 0x1000
+    c.push(0xef); // out dx, eax
+    for &(cmd, skip, count) in steps {
+        imm(&mut c, 0xba, 0xe04);
+        imm(&mut c, 0xb8, cmd);
+        c.extend_from_slice(&[0xef, 0xed]); // out dx, eax; in eax, dx
+        imm(&mut c, 0xba, 0x3f8);
+        c.push(0xee); // status -> serial
+        match count {
+            Some(0) => continue,
+            Some(n) => imm(&mut c, 0xb9, n), // mov ecx, n
+            None => c.extend_from_slice(&[0x8b, 0x0d, 0x40, 0x10, 0, 0]), // mov ecx, [0x1040]
+        }
+        imm(&mut c, 0xbe, 0x1100 + skip); // mov esi
+        c.extend_from_slice(&[0xe3, 0x04, 0xac, 0xee, 0xe2, 0xfc]); // jecxz; lodsb; out; loop
+    }
+    imm(&mut c, 0xba, 0x604);
+    imm(&mut c, 0xb8, 0x3400);
+    c.extend_from_slice(&[0x66, 0xef, 0xf4, 0xeb, 0xfd]); // out dx, ax; hlt; jmp
+    c
+}

@@ -26,8 +26,30 @@ impl VsockTransport {
     }
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (`linux/vm_sockets.h`, the `struct timeval` form).
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+/// How long a connect to the relay may take (the relay's own TCP connect included).
+const CONNECT_TIMEOUT_SECS: libc::time_t = 10;
+
 fn io(e: std::io::Error) -> TransportError {
     TransportError(format!("vsock: {e}"))
+}
+
+/// The error of a failed `connect` to the relay. The VMM's relay answers a connection
+/// only once it has reached the verifier and resets it otherwise (`ECONNRESET`), so a
+/// reset here means the verifier was unreachable, not a broken guest.
+fn connect_error(e: std::io::Error) -> TransportError {
+    match e.raw_os_error() {
+        Some(libc::ECONNRESET) => TransportError(
+            "the verifier was unreachable (the host relay could not connect; \
+             the host logs why)"
+                .into(),
+        ),
+        Some(libc::ETIMEDOUT) => TransportError(format!(
+            "the host relay did not answer (the verifier may be unreachable): vsock: {e}"
+        )),
+        _ => io(e),
+    }
 }
 
 impl Transport for VsockTransport {
@@ -40,6 +62,22 @@ impl Transport for VsockTransport {
         }
         // SAFETY: `fd` is a fresh descriptor we own.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The relay answers only once it reached the verifier (see `connect_error`):
+        // allow that connect more than the kernel's default 2 s. Best effort.
+        let timeout = libc::timeval {
+            tv_sec: CONNECT_TIMEOUT_SECS,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt(2) on our descriptor with a valid timeval of the given size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::AF_VSOCK,
+                SO_VM_SOCKETS_CONNECT_TIMEOUT,
+                &timeout as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
         // SAFETY: sockaddr_vm is plain data; all-zero is valid.
         let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
         addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
@@ -54,7 +92,7 @@ impl Transport for VsockTransport {
             )
         };
         if rc != 0 {
-            return Err(io(std::io::Error::last_os_error()));
+            return Err(connect_error(std::io::Error::last_os_error()));
         }
         self.stream = Some(File::from(owned));
         Ok(())
@@ -78,5 +116,21 @@ impl Transport for VsockTransport {
 
     fn close(&mut self) {
         self.stream = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reset_connect_says_the_verifier_was_unreachable() {
+        let e = connect_error(std::io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert!(
+            e.0.starts_with("the verifier was unreachable (the host relay could not connect"),
+            "{e}"
+        );
+        let e = connect_error(std::io::Error::from_raw_os_error(libc::ENODEV));
+        assert!(e.0.starts_with("vsock: "), "{e}");
     }
 }

@@ -21,7 +21,10 @@
 //!   token and a release signed by it (`guest_agent::pin`), and refuses to attest
 //!   without it. The command line is measured, so the pin is part of the measurement;
 //! - `cvm.kbs_port=N` (default 50000): the host vsock port of the attestation relay;
-//! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier.
+//! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier;
+//! - `cvm.tee_trap=port` (optional): TDCALL through the emulator trap (`out 0xE0`)
+//!   instead of the literal instruction (`trap_tdx`): needed under `--tee
+//!   emulated-tdx`, where this CPL3 code cannot execute TDCALL.
 //!
 //! # Disk format
 //!
@@ -49,6 +52,7 @@ mod pio;
 mod rng;
 mod snp;
 mod tee;
+mod trap_tdx;
 mod virtio;
 
 use alloc::format;
@@ -123,15 +127,21 @@ fn run(boot_params: usize) -> Result<String, String> {
     let cmdline = bootparams::cmdline(boot_params);
     let params = parse_cmdline(&cmdline)?;
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
-    // SEV-SNP through the real guest-request path when the measured command line
-    // selects the emulator trap; otherwise the emulated TEE's mailbox (emulated TDX).
+    // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
+    // TDVMCALL<GetQuote>, each through the trap the measured command line selects;
+    // otherwise the emulated TEE's mailbox.
     let mut snp_guest = snp::SnpGuest::detect(&cmdline)?;
-    let mut mailbox;
+    let mut other;
     let (provider, path): (&mut dyn EvidenceProvider, &str) = match snp_guest.as_mut() {
         Some(s) => (s, "SNP guest request"),
         None => {
-            mailbox = tee::Mailbox::detect().map_err(|e| format!("{e}"))?;
-            (&mut mailbox, "mailbox")
+            other = tee::Provider::detect(trap_tdx::Trap::from_cmdline(&cmdline))
+                .map_err(|e| format!("{e}"))?;
+            let path = match other {
+                tee::Provider::Tdx { .. } => "TDG.MR.REPORT + GetQuote",
+                tee::Provider::Mailbox(_) => "mailbox",
+            };
+            (&mut other, path)
         }
     };
     println!(

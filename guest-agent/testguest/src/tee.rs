@@ -1,5 +1,8 @@
-//! The emulated secure processor's mailbox (port 0xE00; see `host_vmm::tee::emulated`)
-//! as an [`EvidenceProvider`].
+//! The test guest's evidence: [`Provider::detect`] picks TDX when CPUID leaf 0x21 says
+//! "IntelTDX    " (the TD protocol of [`crate::trap_tdx`]: TDG.MR.REPORT and
+//! TDVMCALL<GetQuote>, through the trap the measured command line names), otherwise the
+//! emulated secure processor's mailbox (port 0xE00; see `host_vmm::tee::emulated`),
+//! which also serves the emulated TDX platform's collateral (command 6).
 //!
 //! | port | access | meaning |
 //! |---|---|---|
@@ -20,6 +23,7 @@ use alloc::vec::Vec;
 use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 
 use crate::pio::{inl, outl};
+use crate::trap_tdx::{self, Trap};
 
 const PORT: u16 = 0xE00;
 const MAGIC: u32 = 0x454D_5643;
@@ -134,6 +138,57 @@ impl EvidenceProvider for Mailbox {
                 let collateral = self.command(6, &[])?;
                 Evidence::tdx(&quote, Some(&collateral))
             }
+        }
+    }
+}
+
+/// Where the evidence comes from.
+#[derive(Debug)]
+pub enum Provider {
+    /// A TD: TDREPORT + GetQuote through `trap`; the collateral from the emulated
+    /// platform's mailbox when there is one.
+    Tdx {
+        /// How TDCALL reaches the module.
+        trap: Trap,
+        /// The emulated platform's mailbox (collateral only).
+        mailbox: Option<Mailbox>,
+    },
+    /// The emulated SNP mailbox.
+    Mailbox(Mailbox),
+}
+
+impl Provider {
+    /// TDX (CPUID 0x21) with `trap`, otherwise the emulated mailbox.
+    pub fn detect(trap: Trap) -> Result<Self, EvidenceError> {
+        if trap_tdx::is_td() {
+            return Ok(Provider::Tdx {
+                trap,
+                mailbox: Mailbox::detect().ok(),
+            });
+        }
+        Mailbox::detect().map(Provider::Mailbox)
+    }
+}
+
+impl EvidenceProvider for Provider {
+    fn tee(&self) -> Tee {
+        match self {
+            Provider::Tdx { .. } => Tee::Tdx,
+            Provider::Mailbox(m) => m.tee(),
+        }
+    }
+
+    fn evidence(&mut self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        match self {
+            Provider::Tdx { trap, mailbox } => {
+                let quote = trap_tdx::quote(*trap, report_data)?;
+                let collateral = match mailbox {
+                    Some(m) => Some(m.command(6, &[])?),
+                    None => None,
+                };
+                Evidence::tdx(&quote, collateral.as_deref())
+            }
+            Provider::Mailbox(m) => m.evidence(report_data),
         }
     }
 }

@@ -252,13 +252,14 @@ pub trait TeeBackend: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// The VMM's device buses, once built (before any vCPU runs): for a backend whose
+    /// exit handler performs port I/O for the guest (the emulated SNP hypervisor's GHCB
+    /// IOIO exits, emulated TDX's TDVMCALL<Instruction.IO>). Default: not needed.
+    fn attach_buses(&self, _bus: &Arc<crate::devices::Buses>) {}
+
     /// What the launch is expected to measure.
     fn measurement(&self) -> ExpectedMeasurement;
 
-    /// The VMM's device buses, once built, for a backend whose run-time handler
-    /// performs port I/O on the guest's behalf (the emulated SNP hypervisor's GHCB IOIO
-    /// exits). Default: nothing to connect.
-    fn connect_buses(&self, _buses: &Arc<crate::devices::Buses>) {}
 }
 
 #[cfg(test)]
@@ -291,7 +292,11 @@ mod tests {
     fn visible_leaves(b: &dyn TeeBackend) -> (bool, bool) {
         let mut c = cpuid();
         b.adjust_cpuid(&mut c);
-        let shown = |f| c.as_slice().iter().any(|e| e.function == f && e.eax != 0);
+        let shown = |f| {
+            c.as_slice()
+                .iter()
+                .any(|e| e.function == f && (e.eax | e.ebx) != 0)
+        };
         assert!(shown(0), "an ordinary leaf stays");
         (shown(LEAF_AMD_MEM_ENCRYPT), shown(LEAF_TDX))
     }
@@ -402,10 +407,10 @@ mod tests {
             assert_eq!(b.kind(), tee);
             assert_eq!(b.vm_type(), VmType::Default, "{tee}");
             assert!(!b.virtio_access_platform(), "{tee}");
-            // Emulated SNP shows its SNP leaf (the firmware runs its SNP code); emulated
-            // TDX still hides its leaf.
-            let snp_leaf = tee == TeeKind::EmulatedSnp;
-            assert_eq!(visible_leaves(b), (snp_leaf, false), "{tee}");
+            // Emulated SNP and TDX show their leaves (the firmware runs its real SNP /
+            // TDX code: CPUID 0x8000001F with SEV_STATUS, CPUID 0x21).
+            let leaves = (tee == TeeKind::EmulatedSnp, tee == TeeKind::EmulatedTdx);
+            assert_eq!(visible_leaves(b), leaves, "{tee}");
             let devices = b.devices(&mem);
             // Emulated SNP also has the trap-event device at the emulator-trap ports.
             assert_eq!(devices.len(), 1 + usize::from(snp_leaf), "{tee}");

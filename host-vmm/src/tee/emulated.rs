@@ -33,7 +33,7 @@
 //! | 1 SNP_REPORT | REPORT_DATA (64) at 0x00, VMPL (u32) at 0x40 | ATTESTATION_REPORT v3 (0x4A0) |
 //! | 2 SNP_CERTS | — | extended-report certificate table |
 //! | 3 TDX_QUOTE | REPORT_DATA (64) at 0x00 | quote v4 |
-//! | 4 TDX_RTMR_EXTEND | RTMR index (u32) at 0x00, digest (48) at 0x08 | — |
+//! | 4 | retired (was TDX_RTMR_EXTEND; emulated TDX guests use TDG.MR.RTMR.EXTEND, [`super::emu_tdx`]) | UNSUPPORTED |
 //! | 5 INFO | — | u32 kind (1 = emulated SNP, 2 = emulated TDX), u32 version (1) |
 //! | 6 TDX_COLLATERAL | — | the platform's collateral: dcap-qvl `QuoteCollateralV3` JSON, as the verifier's `tdx` evidence carries it |
 //!
@@ -52,6 +52,7 @@ use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::FirmwareImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::emu_tdx::AcceptMap;
 use crate::devices::{PioDevice, VmEvent};
 
 /// First port of the mailbox.
@@ -66,7 +67,6 @@ pub mod command {
     pub const SNP_REPORT: u32 = 1;
     pub const SNP_CERTS: u32 = 2;
     pub const TDX_QUOTE: u32 = 3;
-    pub const TDX_RTMR_EXTEND: u32 = 4;
     pub const INFO: u32 = 5;
     pub const TDX_COLLATERAL: u32 = 6;
 }
@@ -215,15 +215,21 @@ impl EmulatedTee {
     /// Launches `firmware` on the emulated TDX platform in `dir`; returns the backend,
     /// MRTD and the RTMRs expected once the firmware has measured `direct_boot`.
     ///
-    /// The TD starts with zero RTMRs: the firmware extends them itself (mailbox command
-    /// 4), as it would with TDG.MR.RTMR.EXTEND on a real TD.
+    /// The TD starts with zero RTMRs: the firmware extends them itself with
+    /// TDG.MR.RTMR.EXTEND (the software TDX module, [`super::emu_tdx`]). Also returns the
+    /// pages the launch added, accepted.
     pub fn launch_tdx(
         dir: &Path,
         firmware: Vec<u8>,
         config: TdConfig,
         direct_boot: Option<DirectBoot>,
-    ) -> Result<(Self, [u8; 48], Rtmrs), EmulatedLaunchError> {
+    ) -> Result<(Self, [u8; 48], Rtmrs, AcceptMap), EmulatedLaunchError> {
         let plan = TdxLaunchPlan::new(FirmwareImage::parse(firmware)?, direct_boot)?;
+        // Every page the launch adds (TDH.MEM.PAGE.ADD) is private and accepted.
+        let mut accepted = AcceptMap::default();
+        for r in plan.regions() {
+            accepted.add_pages(r.gpa, r.data.len() as u64);
+        }
         let expected = plan.mrtd();
         let platform = EmulatedTdxPlatform::open(dir)
             .map_err(|e| EmulatedLaunchError::Platform(dir.to_owned(), boxed(e)))?;
@@ -247,6 +253,7 @@ impl EmulatedTee {
             },
             expected,
             plan.rtmrs(),
+            accepted,
         ))
     }
 
@@ -292,19 +299,6 @@ impl EmulatedTee {
                     .quote_td(td, &report_data()?, 4)
                     .map_err(|_| status::FAILED)?;
                 quote.to_bytes().map_err(|_| status::FAILED)
-            }
-            (EmulatedTee::Tdx { td, .. }, 4) => {
-                let index = request
-                    .get(0..4)
-                    .map_or(u32::MAX, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    as usize;
-                let digest: [u8; 48] = request
-                    .get(8..56)
-                    .and_then(|d| d.try_into().ok())
-                    .ok_or(status::BAD_REQUEST)?;
-                td.extend_rtmr(index, &digest)
-                    .map(|()| Vec::new())
-                    .map_err(|_| status::BAD_REQUEST)
             }
             (_, 1..=6) => Err(status::UNSUPPORTED),
             _ => Err(status::BAD_REQUEST),

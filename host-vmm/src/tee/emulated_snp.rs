@@ -215,7 +215,7 @@ impl TeeBackend for EmulatedSnp {
         }))
     }
 
-    fn connect_buses(&self, buses: &Arc<crate::devices::Buses>) {
+    fn attach_buses(&self, buses: &Arc<crate::devices::Buses>) {
         if let Some(psp) = self.psp.get() {
             psp.set_ports(Arc::new(emu_snp::BusPorts(buses.clone())));
         }

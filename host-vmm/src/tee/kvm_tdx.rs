@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use kvm_bindings::{CpuId, KVM_X86_TDX_VM};
 use kvm_ioctls::VcpuFd;
+use vm_memory::Bytes;
 
 use super::backend::{
     AcpiAdditions, ExpectedMeasurement, LaunchReport, PendingLaunch, TeeBackend, TeeError,
@@ -48,12 +49,19 @@ struct TdxPending<'v> {
 impl PendingLaunch for TdxPending<'_> {
     fn after_vcpus(
         self: Box<Self>,
-        _vm: &Vm,
+        vm: &Vm,
         vcpus: &[&VcpuFd],
         _cpuid: &CpuId,
     ) -> Result<LaunchReport, TeeError> {
         let l = &self.launch;
-        let (pages, measured) = cc::tdx_complete(self.launcher, vcpus.to_vec(), l)?;
+        // The descriptor the VMM staged in the shared view: a TD reads it only from
+        // private memory, so it is added with the TD_HOB section (bug 3).
+        let mut descriptor = [0u8; crate::boot::DESCRIPTOR_SIZE];
+        let _ = vm.memory().read_slice(
+            &mut descriptor,
+            vm_memory::GuestAddress(crate::boot::DESCRIPTOR_GPA),
+        );
+        let (pages, measured) = cc::tdx_complete(self.launcher, vcpus.to_vec(), l, &descriptor)?;
         tracing::info!(event = "measurement", tee = "tdx", pages, measured, mrtd = %hex::encode(l.plan.mrtd()), "KVM_TDX_FINALIZE_VM done; the TDX module measured the launch");
         Ok(LaunchReport { pages, measured })
     }

@@ -466,32 +466,74 @@ pub fn find_cpuid_entry2(
 }
 
 /// INIT_VCPU for each vCPU (RCX = the TD HOB), INIT_MEM_REGION for each section of the
-/// plan (the TD_HOB section carrying the HOB built by [`td_hob`]), FINALIZE_VM.
-/// Returns (pages added, pages measured).
+/// plan (the TD_HOB section as [`tdx_pages`] fills it), FINALIZE_VM. `descriptor` is
+/// the boot-data descriptor the VMM staged. Returns (pages added, pages measured).
 pub fn tdx_complete<'a>(
     mut launcher: TdxLauncher<VmInitialized, KvmTdx<'a>>,
     vcpus: Vec<&'a kvm_ioctls::VcpuFd>,
     l: &TdxLaunch,
+    descriptor: &[u8; crate::boot::DESCRIPTOR_SIZE],
 ) -> Result<(u64, u64), LaunchStepError> {
+    let pages = tdx_pages(l, descriptor)?;
+    let n = vcpus.len() as u32;
+    launcher.cmds_mut().set_vcpus(vcpus);
+    let mut launcher = launcher.init_vcpus(n, pages.hob)?;
+    for (gpa, data, measure) in &pages.regions {
+        launcher.add_region(*gpa, data, *measure)?;
+    }
+    let pages = launcher.pages_added();
+    launcher.finalize()?;
+    Ok(pages)
+}
+
+/// What a TDX launch adds: the TD HOB address INIT_VCPU passes in RCX, and the
+/// INIT_MEM_REGION regions in order as (GPA, contents, measured).
+#[derive(Debug)]
+pub struct TdxPages<'p> {
+    /// The TD HOB's GPA.
+    pub hob: u64,
+    /// The regions.
+    pub regions: Vec<(u64, std::borrow::Cow<'p, [u8]>, bool)>,
+}
+
+/// The pages of `l`'s plan, with the TD_HOB section filled by the VMM: the boot-data
+/// descriptor at its start (where the project firmware reads it, GPA 0x8000: a TD sees
+/// only private memory, so the descriptor must be initial private content — bug 3),
+/// then the TD HOB list, whose address INIT_VCPU passes in RCX (TDVF takes the HOB from
+/// RCX, not from the section start). The section is unmeasured: neither changes MRTD.
+pub fn tdx_pages<'p>(
+    l: &'p TdxLaunch,
+    descriptor: &[u8; crate::boot::DESCRIPTOR_SIZE],
+) -> Result<TdxPages<'p>, LaunchStepError> {
     let sections = l.plan.sections();
     let hob_section = sections
         .iter()
         .find(|s| s.section_type == TdvfSectionType::TdHob)
         .ok_or(LaunchStepError::NoTdHob)?;
-    let hob = td_hob(sections, hob_section, l.memory)?;
-    let n = vcpus.len() as u32;
-    launcher.cmds_mut().set_vcpus(vcpus);
-    let mut launcher = launcher.init_vcpus(n, hob_section.gpa)?;
-    for r in l.plan.regions() {
-        if r.gpa == hob_section.gpa {
-            launcher.add_region(r.gpa, &hob, r.measure)?;
-        } else {
-            launcher.add_region(r.gpa, r.data, r.measure)?;
-        }
-    }
-    let pages = launcher.pages_added();
-    launcher.finalize()?;
-    Ok(pages)
+    let skip = descriptor.len() as u64;
+    let list_section = TdvfSection {
+        gpa: hob_section.gpa + skip,
+        mem_size: hob_section.mem_size.saturating_sub(skip),
+        ..*hob_section
+    };
+    let mut content = descriptor.to_vec();
+    content.extend_from_slice(&td_hob(sections, &list_section, l.memory)?);
+    let regions = l
+        .plan
+        .regions()
+        .map(|r| {
+            let data = if r.gpa == hob_section.gpa {
+                std::borrow::Cow::Owned(content.clone())
+            } else {
+                std::borrow::Cow::Borrowed(r.data)
+            };
+            (r.gpa, data, r.measure)
+        })
+        .collect();
+    Ok(TdxPages {
+        hob: list_section.gpa,
+        regions,
+    })
 }
 
 const HOB_HANDOFF: u16 = 0x0001;
@@ -644,6 +686,54 @@ mod tests {
             td_hob(&secs, &tiny, 1 << 30),
             Err(LaunchStepError::HobTooLarge { .. })
         ));
+    }
+
+    /// Bug 3: a TD reads its boot-data descriptor at 0x8000 (the TD_HOB section) from
+    /// private memory, so the descriptor must be part of what the launch adds there;
+    /// the shared view the VMM staged it in is invisible to a TD.
+    #[test]
+    fn the_boot_data_descriptor_is_added_as_private_td_hob_content() {
+        // The project firmware's TDVF layout: BFV, TempMem, TD_HOB at 0x8000, TempMem.
+        let size = 0x10000u32;
+        let fw = measured_boot::testing::tdx_image(
+            size as usize,
+            &[
+                (0, size, (1 << 32) - u64::from(size), u64::from(size), 0, 1),
+                (0, 0, 0x1000, 0x7000, 3, 0),
+                (0, 0, 0x8000, 0x1000, 2, 0),
+                (0, 0, 0x9000, 0x57000, 3, 0),
+            ],
+        );
+        let plan =
+            TdxLaunchPlan::new(measured_boot::FirmwareImage::parse(fw).unwrap(), None).unwrap();
+        let l = TdxLaunch {
+            plan,
+            config: Default::default(),
+            memory: 256 << 20,
+            qgs: None,
+        };
+        let mut descriptor = [0u8; crate::boot::DESCRIPTOR_SIZE];
+        descriptor[..8].copy_from_slice(&crate::boot::MAGIC);
+        descriptor[0x40..0x48].copy_from_slice(&(256u64 << 20).to_le_bytes());
+        let pages = tdx_pages(&l, &descriptor).unwrap();
+        let (_, at_hob, measured) = pages
+            .regions
+            .iter()
+            .find(|(gpa, _, _)| *gpa == crate::boot::DESCRIPTOR_GPA)
+            .expect("the launch adds the TD_HOB page at 0x8000");
+        assert!(!measured, "the TD_HOB section is not measured");
+        assert_eq!(
+            &at_hob[..descriptor.len()],
+            &descriptor[..],
+            "the descriptor is private initial content at 0x8000"
+        );
+        // The HOB list follows it, and RCX points there.
+        let hob_at = (pages.hob - crate::boot::DESCRIPTOR_GPA) as usize;
+        assert!(hob_at >= descriptor.len());
+        assert_eq!(
+            u16::from_le_bytes([at_hob[hob_at], at_hob[hob_at + 1]]),
+            HOB_HANDOFF
+        );
     }
 
     #[test]

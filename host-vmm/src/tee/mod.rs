@@ -33,6 +33,7 @@
 
 pub mod backend;
 pub mod emu_snp;
+pub mod emu_tdx;
 pub mod emulated;
 pub mod emulated_snp;
 pub mod emulated_tdx;

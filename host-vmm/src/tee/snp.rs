@@ -289,6 +289,15 @@ mod tests {
     use measured_boot::FirmwareImage;
 
     use crate::tee::fake::snp::{FakeKvmSnp as FakePsp, SevSeen as Seen};
+    use crate::vstate::private::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+    /// Guest RAM gets the PRIVATE attribute before LAUNCH_UPDATE, as the real path
+    /// does (`PrivateMemory::attach`); kvm_gmem_populate refuses other pages.
+    fn private(mut psp: FakePsp) -> FakePsp {
+        psp.set_memory_attributes(0, 1 << 32, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            .unwrap();
+        psp
+    }
 
     fn plan() -> SnpLaunchPlan {
         let fw = FirmwareImage::parse(measured_boot::testing::ovmf_like(0x20000)).unwrap();
@@ -313,11 +322,11 @@ mod tests {
 
     #[test]
     fn the_plan_is_issued_in_order_with_partial_progress_and_eagain() {
-        let mut psp = FakePsp {
+        let mut psp = private(FakePsp {
             chunk: 7,
             eagain_every: 5,
             ..Default::default()
-        };
+        });
         let plan = plan();
         let mut l = SnpLauncher::new(&mut psp)
             .init(plan.guest_features())
@@ -533,7 +542,7 @@ mod tests {
     fn the_fake_refuses_what_kvm_refuses() {
         use kvm_bindings::{kvm_sev_init, kvm_sev_snp_launch_start as Start};
         let errno = |r: Result<(), SevCmdError>| r.unwrap_err().errno;
-        let mut fake = FakePsp::default();
+        let mut fake = private(FakePsp::default());
         let mut cmds = &mut fake;
         // Commands before INIT2: -ENOTTY.
         let mut st = Start {
@@ -579,10 +588,8 @@ mod tests {
                 ghcb: 2
             }
         );
-        assert_eq!(
-            errno(cmds.issue(SevRequest::Init2(&mut init))),
-            libc::EINVAL
-        );
+        // A second INIT2: sev_mem_enc_ioctl allows only SNP commands now (-EPERM).
+        assert_eq!(errno(cmds.issue(SevRequest::Init2(&mut init))), libc::EPERM);
         // UPDATE and FINISH before START.
         let mut u = kvm_sev_snp_launch_update {
             gfn_start: 1,
@@ -595,10 +602,12 @@ mod tests {
             errno(cmds.issue(SevRequest::SnpLaunchUpdate(&mut u))),
             libc::EINVAL
         );
-        // START: no MBO bit, single socket, bits beyond the valid mask, flags.
+        // START: no MBO bit, single socket, MIGRATE_MA (bit 18, outside KVM's
+        // SNP_POLICY_MASK_VALID), bits beyond the valid mask, flags.
         for (policy, flags) in [
             (0x10000, 0),
             (0x130000, 0),
+            (0x70000, 0),
             (1 << 40 | 0x30000, 0),
             (0x30000, 1),
         ] {
@@ -619,7 +628,8 @@ mod tests {
             libc::EINVAL,
             "one SNP context"
         );
-        // UPDATE: unaligned source, unaligned or empty length, the VMSA type, flags,
+        // UPDATE: unaligned source (stricter than KVM: the uAPI documents it, no
+        // upstream check was found), unaligned or empty length, the VMSA type, flags,
         // a page outside guest_memfd memory.
         let bad = [
             (0x7f00_0000_0008, 4096, PageType::Normal as u8, 0, 1),
@@ -644,7 +654,9 @@ mod tests {
                 "{u:?}"
             );
         }
-        // A page updated twice: firmware error.
+        // A page updated twice: kvm_gmem_populate's -EEXIST ("already prepared")
+        // before the firmware, which snp_launch_update reports as -EIO with
+        // fw_error 0.
         cmds.issue(SevRequest::SnpLaunchUpdate(&mut u)).unwrap();
         assert_eq!((u.len, u.gfn_start, u.uaddr), (0, 2, 0x7f00_0000_1000));
         let mut again = kvm_sev_snp_launch_update {
@@ -657,22 +669,12 @@ mod tests {
         let e = cmds
             .issue(SevRequest::SnpLaunchUpdate(&mut again))
             .unwrap_err();
-        assert_eq!(e.errno, libc::EIO);
-        assert_ne!(e.fw_error, 0);
-        // Certificate requests after the vCPUs exist; an author key without an ID
-        // block; a second FINISH.
+        assert_eq!((e.errno, e.fw_error), (libc::EIO, 0));
+        // Certificate requests after the vCPUs exist; a second FINISH.
         cmds.create_vcpus(1);
         assert_eq!(
             errno(cmds.issue(SevRequest::SnpEnableReqCerts)),
             libc::EINVAL
-        );
-        let mut fin = kvm_sev_snp_launch_finish {
-            auth_key_en: 1,
-            ..Default::default()
-        };
-        assert_eq!(
-            errno(cmds.issue(SevRequest::SnpLaunchFinish(&mut fin))),
-            libc::EIO
         );
         let mut fin = kvm_sev_snp_launch_finish::default();
         cmds.issue(SevRequest::SnpLaunchFinish(&mut fin)).unwrap();
@@ -688,10 +690,10 @@ mod tests {
     #[test]
     fn a_rejected_cpuid_page_is_reported_with_the_correction() {
         use crate::tee::launch::snp_cpuid_table;
-        let mut psp = FakePsp {
+        let mut psp = private(FakePsp {
             check_cpuid_pages: true,
             ..Default::default()
-        };
+        });
         let mut l = SnpLauncher::new(&mut psp)
             .init(1)
             .unwrap()
@@ -708,12 +710,15 @@ mod tests {
         let off = (4096 - buf.as_ptr() as usize % 4096) % 4096;
         let good = snp_cpuid_table(&[leaf(0x988)]).unwrap();
         buf[off..off + good.len()].copy_from_slice(&good);
-        let uaddr = buf[off..].as_ptr() as u64;
+        // The fake (as KVM) writes the corrected page back through this address:
+        // take it from a mutable borrow, anew after each write through `buf`.
+        let uaddr = buf[off..].as_mut_ptr() as u64;
         l.update(0x1000, PageType::Cpuid, uaddr, 4096).unwrap();
         // A page with KVM's full-size EBX for XCR0_IN = 1.
         let mut bad = good.clone();
         bad[16 + 28..16 + 32].copy_from_slice(&0x988u32.to_le_bytes());
         buf[off..off + bad.len()].copy_from_slice(&bad);
+        let uaddr = buf[off..].as_mut_ptr() as u64;
         let err = l.update(0x2000, PageType::Cpuid, uaddr, 4096).unwrap_err();
         assert!(matches!(
             err,
@@ -728,5 +733,222 @@ mod tests {
             0x240,
             "the firmware's correction is written back"
         );
+    }
+
+    /// KVM's SNP_POLICY_MASK_VALID (sev.c) has no bit 18 (MIGRATE_MA):
+    /// snp_launch_start answers -EINVAL, and so does the fake.
+    #[test]
+    fn the_migrate_ma_policy_bit_is_refused_as_kvm_does() {
+        let mut psp = FakePsp::default();
+        let err = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000 | (1 << 18))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnpLaunchError::Command {
+                    command: "KVM_SEV_SNP_LAUNCH_START",
+                    errno: libc::EINVAL,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!psp.started);
+    }
+
+    /// snp_launch_finish reads `auth_key_en` only when `id_block_en` is set: without
+    /// an ID block it is silently ignored (the firmware gets 0), not an error.
+    #[test]
+    fn an_author_key_flag_without_an_id_block_is_ignored() {
+        let mut psp = FakePsp::default();
+        let mut cmds = &mut psp;
+        cmds.issue(SevRequest::Init2(&mut kvm_sev_init::default()))
+            .unwrap();
+        let mut st = kvm_sev_snp_launch_start {
+            policy: 0x30000,
+            ..Default::default()
+        };
+        cmds.issue(SevRequest::SnpLaunchStart(&mut st)).unwrap();
+        let mut fin = kvm_sev_snp_launch_finish {
+            auth_key_en: 1,
+            ..Default::default()
+        };
+        cmds.issue(SevRequest::SnpLaunchFinish(&mut fin)).unwrap();
+        assert_eq!(
+            psp.seen.last(),
+            Some(&Seen::Finish {
+                host_data: [0; 32],
+                id_block_en: 0,
+                auth_key_en: 0
+            })
+        );
+    }
+
+    /// A page populated twice: kvm_gmem_populate stops with -EEXIST ("already
+    /// prepared") before the firmware, after the pages it did; snp_launch_update
+    /// reports the error as -EIO with fw_error 0 (no firmware status).
+    #[test]
+    fn a_page_populated_twice_is_eio_without_a_firmware_status() {
+        let mut psp = private(FakePsp::default());
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        l.update(0x3000, PageType::Zero, 0, 4096).unwrap();
+        // 0x2000 is new, 0x3000 is not: one page of progress, then the error.
+        let err = l.update(0x2000, PageType::Zero, 0, 0x2000).unwrap_err();
+        assert_eq!(
+            err,
+            SnpLaunchError::Command {
+                command: "KVM_SEV_SNP_LAUNCH_UPDATE",
+                errno: libc::EIO,
+                fw_error: 0
+            }
+        );
+        let _ = l;
+        assert_eq!(
+            psp.pages.keys().copied().collect::<Vec<_>>(),
+            [0x2000, 0x3000]
+        );
+    }
+
+    /// kvm_gmem_populate needs the PRIVATE memory attribute on every GFN
+    /// (`kvm_range_has_memory_attributes`): without it LAUNCH_UPDATE fails (-EIO,
+    /// fw_error 0) and nothing is placed; it stops at the first shared page.
+    #[test]
+    fn launch_update_needs_the_private_attribute() {
+        let mut psp = FakePsp::default();
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        let err = l.update(0x1000, PageType::Zero, 0, 4096).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SnpLaunchError::Command {
+                    errno: libc::EIO,
+                    fw_error: 0,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let _ = l;
+        assert!(psp.pages.is_empty());
+        psp.set_memory_attributes(0x1000, 0x1000, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            .unwrap();
+        let mut cmds = &mut psp;
+        let mut u = kvm_sev_snp_launch_update {
+            gfn_start: 1,
+            len: 0x2000,
+            type_: PageType::Zero as u8,
+            ..Default::default()
+        };
+        cmds.issue(SevRequest::SnpLaunchUpdate(&mut u)).unwrap();
+        assert_eq!(
+            (u.gfn_start, u.len),
+            (2, 0x1000),
+            "stopped at the shared page"
+        );
+        // Attributes are set page-aligned only (kvm_vm_ioctl_set_mem_attributes).
+        assert_eq!(
+            psp.set_memory_attributes(0x1800, 0x1000, KVM_MEMORY_ATTRIBUTE_PRIVATE),
+            Err(libc::EINVAL)
+        );
+    }
+
+    /// The SEV commands reach the PSP through `kvm_sev_cmd.sev_fd`: without an
+    /// open /dev/sev, START fails in snp_context_create (-ENOTTY), LAUNCH_UPDATE in
+    /// sev_gmem_post_populate (-EIO, fw_error 0) and FINISH in
+    /// snp_launch_update_vmsa (-EBADF).
+    #[test]
+    fn sev_commands_need_an_open_sev_fd() {
+        let mut psp = private(FakePsp {
+            sev_fd_valid: false,
+            ..Default::default()
+        });
+        let e = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnpLaunchError::Command {
+                    errno: libc::ENOTTY,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // Started with a good fd, then a bad one.
+        let mut psp = private(FakePsp::default());
+        let mut l = SnpLauncher::new(&mut psp)
+            .init(1)
+            .unwrap()
+            .start(0x30000)
+            .unwrap();
+        l.cmds.sev_fd_valid = false;
+        let e = l.update(0x1000, PageType::Zero, 0, 4096).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnpLaunchError::Command {
+                    errno: libc::EIO,
+                    fw_error: 0,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        l.cmds.create_vcpus(1);
+        let e = l.finish([0; 32], None).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SnpLaunchError::Command {
+                    errno: libc::EBADF,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(psp.pages.is_empty() && !psp.finished);
+    }
+
+    /// The fake reads the ID block as psp_copy_user_blob does (copy_from_user): an
+    /// address that is not mapped is -EFAULT, never a dereference in the test.
+    #[test]
+    fn an_unmapped_id_block_is_efault() {
+        let mut psp = FakePsp::default();
+        let mut cmds = &mut psp;
+        cmds.issue(SevRequest::Init2(&mut kvm_sev_init::default()))
+            .unwrap();
+        let mut st = kvm_sev_snp_launch_start {
+            policy: 0x30000,
+            ..Default::default()
+        };
+        cmds.issue(SevRequest::SnpLaunchStart(&mut st)).unwrap();
+        let auth = [0u8; 4096];
+        let mut fin = kvm_sev_snp_launch_finish {
+            id_block_en: 1,
+            id_block_uaddr: 0x1000, // never mapped in a Linux process
+            id_auth_uaddr: auth.as_ptr() as u64,
+            ..Default::default()
+        };
+        assert_eq!(
+            cmds.issue(SevRequest::SnpLaunchFinish(&mut fin))
+                .unwrap_err()
+                .errno,
+            libc::EFAULT
+        );
+        assert!(!psp.finished);
     }
 }

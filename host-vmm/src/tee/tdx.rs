@@ -406,6 +406,19 @@ impl<C: TdxCommands> TdxLauncher<VcpusInitialized, C> {
 mod tests {
     use super::*;
     use crate::tee::fake::tdx::{FakeKvmTdx, TdState, TDX_OPERAND_INVALID};
+    use crate::vstate::private::KVM_MEMORY_ATTRIBUTE_PRIVATE;
+
+    /// What the real path does around the launch commands: the TD's RAM gets the
+    /// PRIVATE attribute (`PrivateMemory::attach`) and each vCPU its CPUID, with
+    /// x2APIC, through KVM_SET_CPUID2 (`Vcpu::new`) before KVM_TDX_INIT_VCPU.
+    fn real_path_setup(fake: &mut FakeKvmTdx, vcpus: std::ops::Range<u32>) {
+        fake.set_memory_attributes(0, 1 << 32, KVM_MEMORY_ATTRIBUTE_PRIVATE)
+            .unwrap();
+        let cpuid = fake.host_cpuid();
+        for i in vcpus {
+            fake.set_cpuid2(i, &cpuid).unwrap();
+        }
+    }
     use crate::tee::launch::td_cpuid;
     use measured_boot::FirmwareImage;
 
@@ -426,6 +439,7 @@ mod tests {
         let cpuid = td_cpuid(probed.caps().unwrap(), &host);
         let mut l = probed.init_vm_with_cpuid(cfg, cpuid).unwrap();
         l.cmds_mut().create_vcpus(n).unwrap();
+        real_path_setup(l.cmds_mut(), 0..n);
         l.init_vcpus(n, 0x80_9000).unwrap()
     }
 
@@ -703,6 +717,7 @@ mod tests {
         // INIT_MEM_REGION before INIT_VCPU; INIT_VCPU twice; a shared or unaligned
         // or empty region; a page added twice.
         cmds.create_vcpus(1).unwrap();
+        real_path_setup(cmds, 0..1);
         let page = AlignedPages::copy_of(&[7u8; 8192]).unwrap();
         let mut r = KvmTdxInitMemRegion {
             source_addr: page.addr(),
@@ -766,12 +781,13 @@ mod tests {
             gpa: 0x2000,
             nr_pages: 1,
         };
+        // kvm_gmem_populate: "already prepared" -> -EEXIST, returned as is.
         assert_eq!(
             errno(cmds.issue(TdxRequest::InitMemRegion {
                 region: &mut r,
                 measure: true
             })),
-            libc::EIO
+            libc::EEXIST
         );
         // After FINALIZE: no more memory, no second FINALIZE.
         cmds.issue(TdxRequest::FinalizeVm).unwrap();
@@ -788,7 +804,8 @@ mod tests {
             libc::EINVAL
         );
         assert_eq!(errno(cmds.issue(TdxRequest::FinalizeVm)), libc::EINVAL);
-        // A TD without a split irqchip cannot have vCPUs, nor the APIC bus setting.
+        // A VM without an in-kernel irqchip cannot have the APIC bus setting
+        // (x86.c: !irqchip_in_kernel -> -ENXIO).
         let mut fake = FakeKvmTdx {
             split_irqchip: false,
             ..Default::default()
@@ -796,7 +813,122 @@ mod tests {
         let mut cmds = &mut fake;
         assert_eq!(
             cmds.enable_apic_bus_cycles_ns(40).unwrap_err().errno,
+            libc::ENXIO
+        );
+    }
+
+    /// x86.c kvm_vm_ioctl_enable_cap(KVM_CAP_X86_APIC_BUS_CYCLES_NS): -EINVAL for 0
+    /// or a length whose `U32_MAX * 128 * ns` overflows; -ENXIO without an in-kernel
+    /// irqchip; a split or a full one is accepted; -EINVAL once vCPUs exist.
+    #[test]
+    fn apic_bus_cycles_follow_kvm_enable_cap() {
+        let bound = u64::MAX / (u64::from(u32::MAX) * 128);
+        let mut none = FakeKvmTdx {
+            split_irqchip: false,
+            ..Default::default()
+        };
+        assert_eq!(
+            (&mut none).enable_apic_bus_cycles_ns(25).unwrap_err().errno,
+            libc::ENXIO
+        );
+        let mut full = FakeKvmTdx {
+            split_irqchip: false,
+            full_irqchip: true,
+            ..Default::default()
+        };
+        (&mut full).enable_apic_bus_cycles_ns(25).unwrap();
+        assert_eq!(full.apic_bus_cycle_ns, Some(25));
+        let mut split = FakeKvmTdx::default();
+        let mut cmds = &mut split;
+        for ns in [0, bound + 1, u64::MAX] {
+            assert_eq!(
+                cmds.enable_apic_bus_cycles_ns(ns).unwrap_err().errno,
+                libc::EINVAL,
+                "{ns}"
+            );
+        }
+        cmds.enable_apic_bus_cycles_ns(bound).unwrap();
+        cmds.state = TdState::Initialized;
+        cmds.create_vcpus(1).unwrap();
+        assert_eq!(
+            cmds.enable_apic_bus_cycles_ns(25).unwrap_err().errno,
             libc::EINVAL
         );
+    }
+
+    /// tdx_vcpu_init: the TD's vCPU runs in x2APIC mode, which kvm_apic_set_base
+    /// refuses unless the vCPU's CPUID (KVM_SET_CPUID2, before INIT_VCPU) has x2APIC.
+    #[test]
+    fn init_vcpu_needs_x2apic_in_the_vcpu_cpuid() {
+        let mut fake = FakeKvmTdx::default();
+        let host = fake.host_cpuid();
+        let probed = TdxLauncher::new(&mut fake).capabilities().unwrap();
+        let cpuid = td_cpuid(probed.caps().unwrap(), &host);
+        let mut l = probed
+            .init_vm_with_cpuid(&TdConfig::default(), cpuid)
+            .unwrap();
+        l.cmds_mut().create_vcpus(2).unwrap();
+        // No KVM_SET_CPUID2 at all.
+        let cmds = l.cmds_mut();
+        assert_eq!(
+            cmds.issue(TdxRequest::InitVcpu { index: 0, rcx: 0 })
+                .unwrap_err()
+                .errno,
+            libc::EINVAL
+        );
+        // A CPUID without x2APIC (CPUID.1:ECX[21]).
+        let mut no_x2apic = host.clone();
+        no_x2apic.iter_mut().find(|e| e.function == 1).unwrap().ecx &= !(1 << 21);
+        cmds.set_cpuid2(0, &no_x2apic).unwrap();
+        assert_eq!(
+            cmds.issue(TdxRequest::InitVcpu { index: 0, rcx: 0 })
+                .unwrap_err()
+                .errno,
+            libc::EINVAL
+        );
+        // vCPU 1 has it, vCPU 0 does not: the launch stops at vCPU 0.
+        cmds.set_cpuid2(1, &host).unwrap();
+        assert!(matches!(
+            l.init_vcpus(2, 0x80_9000),
+            Err(TdxLaunchError::Command { .. })
+        ));
+        assert!(fake.vcpu_rcx.is_empty());
+    }
+
+    /// kvm_gmem_populate needs the PRIVATE attribute (-EINVAL); a page added twice
+    /// is -EEXIST before the TDX module (hw_error 0); a source that is not mapped is
+    /// -EFAULT (the fake reads it as the kernel does, never dereferencing it).
+    #[test]
+    fn init_mem_region_populate_rules() {
+        use crate::vstate::tdx::KvmTdxInitMemRegion;
+        let mut fake = FakeKvmTdx::default();
+        let mut l = initialised(&mut fake, 1, &TdConfig::default());
+        l.cmds_mut()
+            .set_memory_attributes(0x10_0000, 0x1000, 0)
+            .unwrap();
+        let page = AlignedPages::copy_of(&[5u8; 4096]).unwrap();
+        fn add(cmds: &mut &mut FakeKvmTdx, src: u64, gpa: u64) -> Result<(), (i32, u64)> {
+            let mut r = KvmTdxInitMemRegion {
+                source_addr: src,
+                gpa,
+                nr_pages: 1,
+            };
+            cmds.issue(TdxRequest::InitMemRegion {
+                region: &mut r,
+                measure: true,
+            })
+            .map_err(|e| (e.errno, e.hw_error))
+        }
+        let c = l.cmds_mut();
+        assert_eq!(add(c, page.addr(), 0x10_0000), Err((libc::EINVAL, 0)));
+        add(c, page.addr(), 0x20_0000).unwrap();
+        assert_eq!(add(c, page.addr(), 0x20_0000), Err((libc::EEXIST, 0)));
+        assert_eq!(add(c, 0x1000, 0x30_0000), Err((libc::EFAULT, 0)));
+        // The launch reports the errno.
+        let e = l.add_region(0x20_0000, &[1; 4096], true).unwrap_err();
+        assert!(e.to_string().contains("KVM_TDX_INIT_MEM_REGION"), "{e}");
+        let _ = l;
+        assert_eq!(fake.private.len(), 1);
+        assert_eq!(fake.measured, [0x20_0000]);
     }
 }

@@ -538,6 +538,53 @@ mod tests {
         assert_eq!(r.ops.borrow()[2], Op::Attr(0x40_0000, 0x2000, 0));
     }
 
+    use crate::tee::fake::tdx::MapGpaVm;
+
+    /// tdx.c tdx_map_gpa checks the GPAs with `kvm_vcpu_is_legal_gpa`, i.e. against
+    /// the guest's MAXPHYADDR (vCPU CPUID.0x80000008:EAX[7:0]), not GPAW: a private
+    /// GPA below the shared bit but beyond MAXPHYADDR is INVALID_OPERAND, before
+    /// any exit to the VMM.
+    #[test]
+    fn tdx_map_gpa_legality_is_the_guest_maxphyaddr() {
+        use crate::tee::fake::tdx::kvm_tdx_map_gpa;
+        use crate::tee::services::TDVMCALL_INVALID_OPERAND;
+        let vm = MapGpaVm {
+            gpaw: 48,
+            maxphyaddr: 39,
+            exit_on_map_gpa: true,
+        };
+        let mut exits = 0;
+        let res = kvm_tdx_map_gpa(1 << 40, 0x1000, vm, None, |_| {
+            exits += 1;
+            0
+        });
+        assert_eq!(
+            (res.status, res.r11, exits),
+            (TDVMCALL_INVALID_OPERAND, 1 << 40, 0)
+        );
+        // Below MAXPHYADDR it reaches the VMM.
+        let res = kvm_tdx_map_gpa(1 << 38, 0x1000, vm, None, |_| 0);
+        assert_eq!(res.exits, 1);
+    }
+
+    /// tdx.c tdx_map_gpa: without KVM_CAP_EXIT_HYPERCALL for KVM_HC_MAP_GPA_RANGE
+    /// (`user_exit_on_hypercall`) the TD gets SUBFUNC_UNSUPPORTED, and the VMM no exit.
+    #[test]
+    fn tdx_map_gpa_without_the_hypercall_exit_is_unsupported() {
+        use crate::tee::fake::tdx::kvm_tdx_map_gpa;
+        use crate::tee::services::TDVMCALL_SUBFUNC_UNSUPPORTED;
+        let vm = MapGpaVm {
+            gpaw: 48,
+            maxphyaddr: 52,
+            exit_on_map_gpa: false,
+        };
+        let res = kvm_tdx_map_gpa(0x20_0000, 0x20_0000, vm, None, |_| 0);
+        assert_eq!(
+            (res.status, res.r11, res.exits),
+            (TDVMCALL_SUBFUNC_UNSUPPORTED, 0x20_0000, 0)
+        );
+    }
+
     /// MapGPA on real KVM (settles issue 13's "TDVMCALL_STATUS_RETRY" item): KVM
     /// splits the TD's request into <= 2 MiB KVM_HC_MAP_GPA_RANGE exits; the VMM
     /// answers each with 0 or an error, and RETRY is KVM's own answer when an
@@ -546,11 +593,16 @@ mod tests {
     fn tdx_map_gpa_under_kvm_chunking() {
         use crate::tee::fake::tdx::kvm_tdx_map_gpa;
         use crate::tee::services::{TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY, TDVMCALL_SUCCESS};
+        const TD: MapGpaVm = MapGpaVm {
+            gpaw: 48,
+            maxphyaddr: 52,
+            exit_on_map_gpa: true,
+        };
         let m = mem();
         let shared = 1u64 << 47;
         // 5 MiB made shared: three exits, the shared bit stripped, 4 KiB page counts.
         let r = Rec::default();
-        let res = kvm_tdx_map_gpa(shared | 0x20_0000, 0x50_0000, 48, None, |a| {
+        let res = kvm_tdx_map_gpa(shared | 0x20_0000, 0x50_0000, TD, None, |a| {
             m.map_gpa_range(&r, a)
         });
         assert_eq!((res.status, res.exits), (TDVMCALL_SUCCESS, 3));
@@ -574,11 +626,11 @@ mod tests {
         // An interrupt after the first chunk: RETRY from the next one; the guest
         // resumes at R11 and finishes (back to private this time).
         let r = Rec::default();
-        let res = kvm_tdx_map_gpa(0x20_0000, 0x40_0000, 48, Some(1), |a| {
+        let res = kvm_tdx_map_gpa(0x20_0000, 0x40_0000, TD, Some(1), |a| {
             m.map_gpa_range(&r, a)
         });
         assert_eq!((res.status, res.r11), (TDVMCALL_RETRY, 0x40_0000));
-        let res = kvm_tdx_map_gpa(res.r11, 0x60_0000 - res.r11, 48, None, |a| {
+        let res = kvm_tdx_map_gpa(res.r11, 0x60_0000 - res.r11, TD, None, |a| {
             m.map_gpa_range(&r, a)
         });
         assert_eq!(res.status, TDVMCALL_SUCCESS);
@@ -593,7 +645,7 @@ mod tests {
         // A chunk the VMM refuses (it runs off the end of low RAM): INVALID_OPERAND
         // with R11 at that chunk; what came before stays converted.
         let r = Rec::default();
-        let res = kvm_tdx_map_gpa(shared | 0xC0_0000, 0x60_0000, 48, None, |a| {
+        let res = kvm_tdx_map_gpa(shared | 0xC0_0000, 0x60_0000, TD, None, |a| {
             m.map_gpa_range(&r, a)
         });
         assert_eq!(

@@ -266,13 +266,15 @@ pub trait ExitHandler: Send + Sync {
     fn io_trap(&self, _vcpu: u32, _fd: &VcpuFd, _port: u16) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
-    /// An MMIO exit at `gpa`, offered before the device bus. An emulated TEE that keeps
-    /// the private-memory contract ([`crate::vstate::cc_memory::CcMemory`]) answers
+    /// An MMIO exit at `gpa` (`data`: where a read's bytes go, or the bytes written),
+    /// offered before the device bus. An emulated TEE that keeps the private-memory
+    /// contract ([`crate::vstate::cc_memory::CcMemory::serve_mmio`]) answers
     /// `Err(ExitError::GuestFault(..))` when `gpa` is guest RAM the guest may not touch
-    /// (an unvalidated/unaccepted page, or the wrong attribute): on this host KVM turns
-    /// such a CPL0 access into an MMIO exit, and the hardware would raise #VC / #VE.
-    /// Default: a device access.
-    fn mmio(&self, _gpa: u64) -> Result<Handled, ExitError> {
+    /// (an unvalidated/unaccepted page, or the wrong attribute: on this host KVM turns
+    /// such a CPL0 access into an MMIO exit, and the hardware would raise #VC / #VE), and
+    /// [`Handled::Yes`] when it carried out an access to RAM that is accessible (an exit
+    /// that raced with a state change). Default: a device access.
+    fn mmio(&self, _gpa: u64, _data: &mut [u8], _write: bool) -> Result<Handled, ExitError> {
         Ok(Handled::No)
     }
     /// `KVM_RUN` failed with EFAULT (on this host, a CPL3 access to a protected page
@@ -403,20 +405,27 @@ impl Vcpu {
                     Some(Exit::Trap(port, data[0]))
                 }
                 Ok(VcpuExit::IoOut(port, data)) => pio_out(bus, port, data),
-                Ok(VcpuExit::MmioRead(addr, data)) => match mmio_fault(cc, addr) {
-                    Some(stop) => Some(stop),
-                    None => {
+                Ok(VcpuExit::MmioRead(addr, data)) => match mmio_tee(cc, addr, data, false) {
+                    Ok(true) => None,
+                    Ok(false) => {
                         bus.mmio.read(addr, data);
                         None
                     }
+                    Err(stop) => Some(stop),
                 },
-                Ok(VcpuExit::MmioWrite(addr, data)) => match mmio_fault(cc, addr) {
-                    Some(stop) => Some(stop),
-                    None => {
-                        bus.mmio.write(addr, data);
-                        None
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    let mut bytes = [0u8; 8];
+                    let n = data.len().min(8);
+                    bytes[..n].copy_from_slice(&data[..n]);
+                    match mmio_tee(cc, addr, &mut bytes[..n], true) {
+                        Ok(true) => None,
+                        Ok(false) => {
+                            bus.mmio.write(addr, data);
+                            None
+                        }
+                        Err(stop) => Some(stop),
                     }
-                },
+                }
                 Ok(VcpuExit::X86Rdmsr(m)) => {
                     msr_exit(cc, self.index, m.index, false, m.data, m.error)
                 }
@@ -635,14 +644,21 @@ fn msr_exit(
     }
 }
 
-/// Offers an MMIO exit to the TEE's handler: `Some` stops the vCPU (a guest fault).
-fn mmio_fault(cc: Option<&dyn ExitHandler>, gpa: u64) -> Option<Exit> {
-    match cc.map(|cc| cc.mmio(gpa)) {
-        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
-        Some(Ok(Handled::Fault)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
+/// Offers an MMIO exit to the TEE's handler: `Ok(true)` it served the access,
+/// `Ok(false)` it is for the device bus, `Err` stops the vCPU (a guest fault).
+fn mmio_tee(
+    cc: Option<&dyn ExitHandler>,
+    gpa: u64,
+    data: &mut [u8],
+    write: bool,
+) -> Result<bool, Exit> {
+    match cc.map(|cc| cc.mmio(gpa, data, write)) {
+        None | Some(Ok(Handled::No)) => Ok(false),
+        Some(Ok(Handled::Yes)) => Ok(true),
+        Some(Err(e)) => Err(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Ok(Handled::Fault)) => Err(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "guest fault at {gpa:#x}"
         )))),
-        _ => None,
     }
 }
 

@@ -212,9 +212,11 @@ impl Vm {
 
     /// Makes every RDMSR/WRMSR of `msrs` exit to user space (`KVM_EXIT_X86_RDMSR` /
     /// `KVM_EXIT_X86_WRMSR`), as an emulated TEE needs for SEV_STATUS and the GHCB MSR:
-    /// `KVM_CAP_X86_USER_SPACE_MSR` with UNKNOWN | INVAL | FILTER, and an MSR filter
-    /// (default allow) that denies exactly these MSRs in KVM, so they exit whether this
-    /// KVM knows them (a standard KVM on an AMD host knows the GHCB MSR) or not (PVM).
+    /// `KVM_CAP_X86_USER_SPACE_MSR` with FILTER only, and an MSR filter (default allow)
+    /// that denies exactly these MSRs, so they exit whether this KVM knows them (a
+    /// standard KVM on an AMD host knows the GHCB MSR) or not (PVM): `kvm_get_msr_with_filter`
+    /// checks the filter first. Not UNKNOWN / INVAL: every other MSR KVM does not know
+    /// still gets KVM's #GP, as before (a guest's `rdmsr_safe` probe must not stop the VM).
     /// Rules: Documentation/virt/kvm/api.rst "KVM_CAP_X86_USER_SPACE_MSR" and
     /// "KVM_X86_SET_MSR_FILTER"; arch/x86/kvm/x86.c `kvm_vm_ioctl_set_msr_filter` (at
     /// most 16 ranges, bitmap bit 0 = denied).
@@ -222,16 +224,7 @@ impl Vm {
         use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags};
         let cap = kvm_bindings::kvm_enable_cap {
             cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
-            args: [
-                u64::from(
-                    kvm_bindings::KVM_MSR_EXIT_REASON_INVAL
-                        | kvm_bindings::KVM_MSR_EXIT_REASON_UNKNOWN
-                        | kvm_bindings::KVM_MSR_EXIT_REASON_FILTER,
-                ),
-                0,
-                0,
-                0,
-            ],
+            args: [u64::from(kvm_bindings::KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
             ..Default::default()
         };
         self.fd

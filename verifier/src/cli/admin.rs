@@ -1,7 +1,7 @@
 //! `cvm-verifier admin …`: bootstrap and key maintenance directly on the database, and
 //! every other operation through the admin API.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use base64::Engine;
@@ -17,13 +17,20 @@ use crate::store::audit::{self, AuditEvent, AuditKind};
 use crate::store::users::{self, Role};
 use crate::store::{rotate_master_key, sessions};
 
-use super::output::{fail, runtime, Format};
+use super::admin_input::{self as check, InputError, PinRtmrs};
+use super::output::{fail, print_value, runtime, Format};
 
 /// How to reach and authenticate to the admin API.
 #[derive(Debug, clap::Args)]
 pub struct Conn {
-    /// Verifier base URL, e.g. https://verifier:8443.
-    #[arg(long, env = "CVM_VERIFIER_URL", global = true)]
+    /// Verifier base URL, e.g. https://verifier:8443 (old names: --verifier, --kbs).
+    #[arg(
+        long,
+        env = "CVM_VERIFIER_URL",
+        global = true,
+        visible_alias = "verifier",
+        alias = "kbs"
+    )]
     pub url: Option<String>,
     /// API token (prefer the environment variable or --token-file).
     #[arg(
@@ -42,9 +49,13 @@ pub struct Conn {
     /// File holding the base32 TOTP secret, to compute the current code.
     #[arg(long, global = true)]
     pub totp_secret_file: Option<PathBuf>,
-    /// Extra CA certificate (PEM) to trust for HTTPS.
-    #[arg(long, global = true)]
+    /// Extra CA certificate (PEM) to trust for HTTPS (old names: --verifier-ca,
+    /// --kbs-ca).
+    #[arg(long, global = true, alias = "verifier-ca", alias = "kbs-ca")]
     pub ca_cert: Option<PathBuf>,
+    /// Output format of the results (times in RFC 3339 in both).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub output: Format,
 }
 
 /// `admin` with its connection options.
@@ -70,9 +81,6 @@ pub enum Command {
         /// The admin's name.
         #[arg(long, default_value = "admin")]
         name: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value = "text")]
-        output: Format,
     },
     /// Write a new random master key to FILE (created with mode 0600).
     GenMasterKey {
@@ -108,7 +116,7 @@ pub enum Command {
     /// Read the audit log (admin, auditor).
     AuditLog {
         /// Only records at or after this time (RFC 3339 or Unix seconds).
-        #[arg(long, value_parser = cli_support::units::parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = cli_support::units::parse_time)]
         since: Option<i64>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
@@ -150,9 +158,18 @@ pub enum WorkloadCmd {
     Put {
         /// Name.
         name: String,
-        /// The TEE whose guests the workload accepts (required).
+        /// The TEE whose guests the workload accepts (required unless --from-measure
+        /// names it; a file that names another TEE is refused).
         #[arg(long, value_parser = ["snp", "tdx"])]
-        tee: String,
+        tee: Option<String>,
+        /// Register what `cvm measure … --output json` printed (FILE, or `-` for
+        /// standard input): its TEE and measurement (SNP MEASUREMENT or TDX MRTD), and
+        /// for TDX the RTMRs chosen by --pin-rtmrs.
+        #[arg(long, value_name = "FILE")]
+        from_measure: Option<PathBuf>,
+        /// TDX with --from-measure: which measured RTMRs become expected values.
+        #[arg(long, value_enum, default_value = "all", requires = "from_measure")]
+        pin_rtmrs: PinRtmrs,
         /// Policy file (TOML or JSON, attestation::policy::Policy).
         #[arg(long)]
         policy_file: Option<PathBuf>,
@@ -218,7 +235,7 @@ pub enum GuestCmd {
     /// List attested guests.
     List {
         /// Only guests not seen for this long (`90s`, `30m`, `7d`; plain: seconds).
-        #[arg(long, value_parser = cli_support::units::parse_duration)]
+        #[arg(long, value_name = "DURATION", value_parser = cli_support::units::parse_duration)]
         stale: Option<u64>,
     },
     /// Revoke (or restore) one guest's grants.
@@ -237,11 +254,8 @@ pub enum AdminCliError {
     /// A required option is missing.
     #[error("{0}")]
     Usage(String),
-    /// A file could not be read.
-    #[error("cannot read {0}")]
-    Read(String, #[source] std::io::Error),
     /// A policy file is invalid.
-    #[error("the policy file is neither valid TOML nor JSON: {0}")]
+    #[error("--policy-file: the file is neither a valid TOML nor a valid JSON policy: {0}")]
     Policy(String),
     /// The database already has users.
     #[error("the database already has users; bootstrap is refused")]
@@ -264,6 +278,9 @@ pub enum AdminCliError {
     /// Rotation failed.
     #[error(transparent)]
     Rotate(#[from] crate::store::RotateError),
+    /// Bad input (refused before sending), or a failure explained by its flag.
+    #[error(transparent)]
+    Input(#[from] InputError),
 }
 
 /// Runs an `admin` subcommand. Exit 0: done; 1: refused by the server or the
@@ -279,13 +296,8 @@ pub fn run(args: Args) -> ExitCode {
             e @ (AdminCliError::AlreadyBootstrapped
             | AdminCliError::Client(crate::client::ClientError::Status { .. })),
         ) => fail(&e, 1),
+        Err(AdminCliError::Input(e)) if e.is_refusal() => fail(&e, 1),
         Err(e) => fail(&e, 2),
-    }
-}
-
-fn print(v: &Value) {
-    if !v.is_null() {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 }
 
@@ -295,12 +307,19 @@ async fn dispatch(args: Args) -> Result<(), AdminCliError> {
             database,
             master_key_file,
             name,
-            output,
-        } => bootstrap(&database, &master_key_file, &name, output).await,
+        } => bootstrap(&database, &master_key_file, &name, args.conn.output).await,
         Command::GenMasterKey { file } => {
             let k = MasterKey::generate();
             k.write_new(&file)?;
-            println!("master key {} written to {}", k.id_hex(), file.display());
+            match args.conn.output {
+                Format::Text => {
+                    println!("master key {} written to {}", k.id_hex(), file.display())
+                }
+                Format::Json => print_value(
+                    json!({"master_key_id": k.id_hex(), "file": file.display().to_string()}),
+                    Format::Json,
+                ),
+            }
             Ok(())
         }
         Command::RotateMasterKey {
@@ -312,11 +331,17 @@ async fn dispatch(args: Args) -> Result<(), AdminCliError> {
             let new = MasterKey::load(&new_master_key_file)?;
             let db = Db::connect_existing(&database).await?;
             let n = rotate_master_key(&db, &old, &new).await?;
-            println!(
-                "re-wrapped {n} values from master key {} to {}",
-                old.id_hex(),
-                new.id_hex()
-            );
+            match args.conn.output {
+                Format::Text => println!(
+                    "re-wrapped {n} values from master key {} to {}",
+                    old.id_hex(),
+                    new.id_hex()
+                ),
+                Format::Json => print_value(
+                    json!({"rewrapped": n, "from": old.id_hex(), "to": new.id_hex()}),
+                    Format::Json,
+                ),
+            }
             Ok(())
         }
         cmd => api(&args.conn, cmd).await,
@@ -352,9 +377,9 @@ async fn bootstrap(
     .await?;
     tx.commit().await.map_err(crate::db::DbError::from)?;
     match output {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&creds).unwrap_or_default()
+        Format::Json => print_value(
+            serde_json::to_value(&creds).unwrap_or_default(),
+            Format::Json,
         ),
         Format::Text => {
             println!("admin user: {}", creds.user.name);
@@ -369,183 +394,237 @@ async fn bootstrap(
     Ok(())
 }
 
-fn read_secret(path: &std::path::Path) -> Result<Zeroizing<String>, AdminCliError> {
-    std::fs::read_to_string(path)
-        .map(|s| Zeroizing::new(s.trim().to_owned()))
-        .map_err(|e| AdminCliError::Read(path.display().to_string(), e))
+fn read_secret(flag: &'static str, path: &Path) -> Result<Zeroizing<String>, AdminCliError> {
+    let bytes = Zeroizing::new(check::read_file(flag, path, false)?);
+    let text = std::str::from_utf8(&bytes).map_err(|_| InputError::Read {
+        flag,
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
-async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
-    let url = conn
-        .url
-        .clone()
-        .ok_or_else(|| AdminCliError::Usage("--url (or CVM_VERIFIER_URL) is required".into()))?;
-    let token = match (&conn.token, &conn.token_file) {
-        (Some(t), _) => Zeroizing::new(t.clone()),
-        (None, Some(f)) => read_secret(f)?,
-        (None, None) => {
-            return Err(AdminCliError::Usage(
-                "--token, --token-file or CVM_VERIFIER_TOKEN is required".into(),
-            ))
+/// One API request, checked and built before anything is sent.
+struct Call {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+}
+
+impl Call {
+    fn new(method: Method, path: impl Into<String>, body: Option<Value>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            body,
         }
-    };
-    let http = http_client(conn.ca_cert.as_deref())?;
-    let client = match (&conn.totp, &conn.totp_secret_file) {
-        (Some(c), _) => AdminClient::new(http, &url, token, Some(Zeroizing::new(c.clone()))),
-        (None, Some(f)) => AdminClient::with_totp_secret(http, &url, token, read_secret(f)?),
-        (None, None) => AdminClient::new(http, &url, token, None),
-    };
-    let v = match cmd {
-        Command::Whoami => client.call(Method::GET, "/admin/v1/whoami", None).await?,
-        Command::User(UserCmd::List) => client.call(Method::GET, "/admin/v1/users", None).await?,
+    }
+}
+
+/// Checks the input of an API subcommand and builds its request (exit 2 on bad input,
+/// naming the flag; nothing is sent).
+fn build(cmd: Command) -> Result<Call, AdminCliError> {
+    use Method as M;
+    Ok(match cmd {
+        Command::Whoami => Call::new(M::GET, "/admin/v1/whoami", None),
+        Command::User(UserCmd::List) => Call::new(M::GET, "/admin/v1/users", None),
         Command::User(UserCmd::Add { name, role }) => {
-            client
-                .call(
-                    Method::POST,
-                    "/admin/v1/users",
-                    Some(&json!({"name": name, "role": role})),
-                )
-                .await?
+            check::user_name(&name)?;
+            check::role(&role)?;
+            Call::new(
+                M::POST,
+                "/admin/v1/users",
+                Some(json!({"name": name, "role": role})),
+            )
         }
         Command::User(UserCmd::Remove { name }) => {
-            client
-                .call(Method::DELETE, &format!("/admin/v1/users/{name}"), None)
-                .await?
+            check::user_name(&name)?;
+            Call::new(M::DELETE, format!("/admin/v1/users/{name}"), None)
         }
-        Command::Workload(WorkloadCmd::List) => {
-            client
-                .call(Method::GET, "/admin/v1/workloads", None)
-                .await?
-        }
+        Command::Workload(WorkloadCmd::List) => Call::new(M::GET, "/admin/v1/workloads", None),
         Command::Workload(WorkloadCmd::Show { name }) => {
-            client
-                .call(Method::GET, &format!("/admin/v1/workloads/{name}"), None)
-                .await?
+            check::name("workload name", &name)?;
+            Call::new(M::GET, format!("/admin/v1/workloads/{name}"), None)
         }
         Command::Workload(WorkloadCmd::Put {
             name,
             tee,
+            from_measure,
+            pin_rtmrs,
             policy_file,
             measurements,
             resources,
         }) => {
+            check::name("workload name", &name)?;
+            let measurements = measurements
+                .iter()
+                .map(|m| check::measurement("--measurement", m))
+                .collect::<Result<Vec<_>, _>>()?;
+            for r in &resources {
+                check::resource_path("--resource", r)?;
+            }
+            let measured = match &from_measure {
+                Some(f) => Some(check::parse_measure(&check::read_file(
+                    "--from-measure",
+                    f,
+                    true,
+                )?)?),
+                None => None,
+            };
+            let tee = match (tee, &measured) {
+                (Some(t), Some(m)) if t != m.tee => {
+                    return Err(InputError::TeeMismatch {
+                        file: m.tee.clone(),
+                        flag: t,
+                    }
+                    .into())
+                }
+                (Some(t), _) => t,
+                (None, Some(m)) => m.tee.clone(),
+                (None, None) => return Err(InputError::NoTee.into()),
+            };
             let mut policy = match policy_file {
                 Some(f) => load_policy(&f)?,
                 None => json!({}),
             };
-            if !measurements.is_empty() {
-                let list = policy
-                    .get("measurements")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let mut list: Vec<Value> = list;
-                list.extend(measurements.into_iter().map(Value::String));
-                policy["measurements"] = Value::Array(list);
+            if let Some(m) = &measured {
+                check::apply_measure(&mut policy, m, pin_rtmrs)?;
             }
-            let body = json!({"tee": tee, "policy": policy, "resources": resources});
-            client
-                .call(
-                    Method::PUT,
-                    &format!("/admin/v1/workloads/{name}"),
-                    Some(&body),
-                )
-                .await?
+            for m in &measurements {
+                check::push_measurement(&mut policy, m);
+            }
+            Call::new(
+                M::PUT,
+                format!("/admin/v1/workloads/{name}"),
+                Some(json!({"tee": tee, "policy": policy, "resources": resources})),
+            )
         }
         Command::Workload(WorkloadCmd::Remove { name }) => {
-            client
-                .call(Method::DELETE, &format!("/admin/v1/workloads/{name}"), None)
-                .await?
+            check::name("workload name", &name)?;
+            Call::new(M::DELETE, format!("/admin/v1/workloads/{name}"), None)
         }
         Command::Workload(WorkloadCmd::AddMeasurement { name, measurement }) => {
-            let body = json!({"measurement": measurement});
-            client
-                .call(
-                    Method::POST,
-                    &format!("/admin/v1/workloads/{name}/measurements"),
-                    Some(&body),
-                )
-                .await?
+            check::name("workload name", &name)?;
+            let m = check::measurement("MEASUREMENT", &measurement)?;
+            Call::new(
+                M::POST,
+                format!("/admin/v1/workloads/{name}/measurements"),
+                Some(json!({"measurement": m})),
+            )
         }
         Command::Workload(WorkloadCmd::RemoveMeasurement { name, measurement }) => {
-            client
-                .call(
-                    Method::DELETE,
-                    &format!("/admin/v1/workloads/{name}/measurements/{measurement}"),
-                    None,
-                )
-                .await?
+            check::name("workload name", &name)?;
+            let m = check::measurement("MEASUREMENT", &measurement)?;
+            Call::new(
+                M::DELETE,
+                format!("/admin/v1/workloads/{name}/measurements/{m}"),
+                None,
+            )
         }
         Command::Workload(WorkloadCmd::Revoke { name, restore }) => {
-            let body = json!({"revoked": !restore});
-            client
-                .call(
-                    Method::PUT,
-                    &format!("/admin/v1/workloads/{name}/revocation"),
-                    Some(&body),
-                )
-                .await?
+            check::name("workload name", &name)?;
+            Call::new(
+                M::PUT,
+                format!("/admin/v1/workloads/{name}/revocation"),
+                Some(json!({"revoked": !restore})),
+            )
         }
-        Command::Resource(ResourceCmd::List) => {
-            client
-                .call(Method::GET, "/admin/v1/resources", None)
-                .await?
-        }
+        Command::Resource(ResourceCmd::List) => Call::new(M::GET, "/admin/v1/resources", None),
         Command::Resource(ResourceCmd::Put { path, value_file }) => {
-            let value = Zeroizing::new(
-                std::fs::read(&value_file)
-                    .map_err(|e| AdminCliError::Read(value_file.display().to_string(), e))?,
-            );
+            check::resource_path("PATH", &path)?;
+            let value = Zeroizing::new(check::read_file("--value-file", &value_file, false)?);
             let body = json!({"value": base64::engine::general_purpose::STANDARD.encode(value.as_slice())});
-            client
-                .call(
-                    Method::PUT,
-                    &format!("/admin/v1/resources/{path}"),
-                    Some(&body),
-                )
-                .await?
+            Call::new(M::PUT, format!("/admin/v1/resources/{path}"), Some(body))
         }
         Command::Resource(ResourceCmd::Remove { path }) => {
-            client
-                .call(Method::DELETE, &format!("/admin/v1/resources/{path}"), None)
-                .await?
+            check::resource_path("PATH", &path)?;
+            Call::new(M::DELETE, format!("/admin/v1/resources/{path}"), None)
         }
         Command::Guest(GuestCmd::List { stale }) => {
             let q = stale.map(|s| format!("?stale={s}")).unwrap_or_default();
-            client
-                .call(Method::GET, &format!("/admin/v1/inventory{q}"), None)
-                .await?
+            Call::new(M::GET, format!("/admin/v1/inventory{q}"), None)
         }
         Command::Guest(GuestCmd::Revoke { id, restore }) => {
-            let body = json!({"revoked": !restore});
-            client
-                .call(
-                    Method::PUT,
-                    &format!("/admin/v1/inventory/{id}/revocation"),
-                    Some(&body),
-                )
-                .await?
+            check::name("guest id", &id)?;
+            Call::new(
+                M::PUT,
+                format!("/admin/v1/inventory/{id}/revocation"),
+                Some(json!({"revoked": !restore})),
+            )
         }
         Command::AuditLog { since, limit } => {
             let q = format!(
                 "?limit={limit}{}",
                 since.map(|s| format!("&since={s}")).unwrap_or_default()
             );
-            client
-                .call(Method::GET, &format!("/admin/v1/audit{q}"), None)
-                .await?
+            Call::new(M::GET, format!("/admin/v1/audit{q}"), None)
         }
         Command::Bootstrap { .. }
         | Command::GenMasterKey { .. }
-        | Command::RotateMasterKey { .. } => Value::Null,
+        | Command::RotateMasterKey { .. } => {
+            return Err(AdminCliError::Usage("not an API subcommand".into()))
+        }
+    })
+}
+
+async fn api(conn: &Conn, cmd: Command) -> Result<(), AdminCliError> {
+    // Everything is checked before the first byte is sent.
+    let url = conn
+        .url
+        .clone()
+        .ok_or_else(|| AdminCliError::Usage("--url (or CVM_VERIFIER_URL) is required".into()))?;
+    check::url(&url)?;
+    let token = match (&conn.token, &conn.token_file) {
+        (Some(t), _) => Zeroizing::new(t.clone()),
+        (None, Some(f)) => read_secret("--token-file", f)?,
+        (None, None) => {
+            return Err(AdminCliError::Usage(
+                "--token, --token-file or CVM_VERIFIER_TOKEN is required".into(),
+            ))
+        }
     };
-    print(&v);
+    let totp = match (&conn.totp, &conn.totp_secret_file) {
+        (Some(c), _) => {
+            check::totp_code(c)?;
+            Some(Totp::Code(Zeroizing::new(c.clone())))
+        }
+        (None, Some(f)) => {
+            let secret = read_secret("--totp-secret-file", f)?;
+            check::totp_secret(f, &secret)?;
+            Some(Totp::Secret(secret))
+        }
+        (None, None) => None,
+    };
+    if let Some(ca) = &conn.ca_cert {
+        check::read_file("--ca-cert", ca, false)?;
+    }
+    let call = build(cmd)?;
+    let http = http_client(conn.ca_cert.as_deref())?;
+    let client = match totp {
+        Some(Totp::Code(c)) => AdminClient::new(http, &url, token, Some(c)),
+        Some(Totp::Secret(s)) => AdminClient::with_totp_secret(http, &url, token, s),
+        None => AdminClient::new(http, &url, token, None),
+    };
+    let v = client
+        .call(call.method, &call.path, call.body.as_ref())
+        .await
+        .map_err(|e| match check::explain(&url, e) {
+            Ok(explained) => AdminCliError::Input(explained),
+            Err(e) => AdminCliError::Client(e),
+        })?;
+    print_value(v, conn.output);
     Ok(())
 }
 
-fn load_policy(path: &std::path::Path) -> Result<Value, AdminCliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| AdminCliError::Read(path.display().to_string(), e))?;
+/// Where the TOTP code comes from.
+enum Totp {
+    Code(Zeroizing<String>),
+    Secret(Zeroizing<String>),
+}
+
+fn load_policy(path: &Path) -> Result<Value, AdminCliError> {
+    let bytes = check::read_file("--policy-file", path, false)?;
+    let text = String::from_utf8_lossy(&bytes);
     let policy: attestation::policy::Policy = match serde_json::from_str(&text) {
         Ok(p) => p,
         Err(_) => toml::from_str(&text).map_err(|e| AdminCliError::Policy(e.to_string()))?,

@@ -113,8 +113,8 @@ pub enum Command {
         #[arg(long, env = "CVM_VERIFIER_DATABASE")]
         database: String,
         /// Only records at or after TIME (RFC 3339 or Unix seconds).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<i64>,
     },
     /// Write the signed checkpoints as JSON lines to stdout (to keep out of band and
     /// pass to `audit verify --checkpoints`).
@@ -123,8 +123,8 @@ pub enum Command {
         #[arg(long, env = "CVM_VERIFIER_DATABASE")]
         database: String,
         /// Only checkpoints taken at or after TIME (RFC 3339 or Unix seconds).
-        #[arg(long, value_name = "TIME")]
-        since: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<i64>,
     },
     /// Sign and store a checkpoint of the current head now, and print it (JSON).
     Checkpoint {
@@ -159,13 +159,6 @@ fn read_checkpoints(path: &std::path::Path) -> Result<Vec<Checkpoint>, AuditCliE
         })?);
     }
     Ok(out)
-}
-
-fn since_arg(since: Option<&str>) -> Result<i64, ExitCode> {
-    match since.map(parse_time).transpose() {
-        Ok(s) => Ok(s.unwrap_or(0)),
-        Err(e) => Err(fail(&e, 2)),
-    }
 }
 
 async fn verify(
@@ -243,10 +236,7 @@ pub fn run(cmd: Command) -> ExitCode {
                 output,
             } => verify(&database, &key, checkpoints.as_deref(), output).await,
             Command::Export { database, since } => {
-                let since = match since_arg(since.as_deref()) {
-                    Ok(s) => s,
-                    Err(code) => return code,
-                };
+                let since = since.unwrap_or(0);
                 let db = match Db::connect_existing(&database).await {
                     Ok(db) => db,
                     Err(e) => return fail(&e, 2),
@@ -269,10 +259,7 @@ pub fn run(cmd: Command) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Checkpoints { database, since } => {
-                let since = match since_arg(since.as_deref()) {
-                    Ok(s) => s,
-                    Err(code) => return code,
-                };
+                let since = since.unwrap_or(0);
                 let db = match Db::connect_existing(&database).await {
                     Ok(db) => db,
                     Err(e) => return fail(&e, 2),

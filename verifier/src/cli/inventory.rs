@@ -6,7 +6,7 @@ use crate::db::{now, Db};
 use crate::store::sessions;
 use crate::util::{parse_duration, rfc3339};
 
-use super::output::{fail, runtime, Format};
+use super::output::{fail, print_value, runtime, Format};
 
 /// Options of `inventory`.
 #[derive(Debug, clap::Args)]
@@ -14,9 +14,9 @@ pub struct Args {
     /// Database path or URL.
     #[arg(long, env = "CVM_VERIFIER_DATABASE")]
     pub database: String,
-    /// Only guests not attested for DURATION (e.g. 30m, 12h, 7d).
-    #[arg(long, value_name = "DURATION")]
-    pub stale: Option<String>,
+    /// Only guests not attested for DURATION (e.g. 30m, 12h, 7d; plain: seconds).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub stale: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Format,
@@ -24,10 +24,9 @@ pub struct Args {
 
 /// Runs `inventory`.
 pub fn run(args: Args) -> ExitCode {
-    let before = match args.stale.as_deref().map(parse_duration).transpose() {
-        Ok(d) => d.map(|d| now().saturating_sub(i64::try_from(d).unwrap_or(i64::MAX))),
-        Err(e) => return fail(&e, 2),
-    };
+    let before = args
+        .stale
+        .map(|d| now().saturating_sub(i64::try_from(d).unwrap_or(i64::MAX)));
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e, 2),
@@ -42,7 +41,7 @@ pub fn run(args: Args) -> ExitCode {
             Err(e) => return fail(&e, 2),
         };
         match args.output {
-            Format::Json => println!("{}", serde_json::json!({ "guests": guests })),
+            Format::Json => print_value(serde_json::json!({ "guests": guests }), Format::Json),
             Format::Text => {
                 println!(
                     "{:<36}  {:<16}  {:<4}  {:<19}  {:<20}  {:<20}  revoked",

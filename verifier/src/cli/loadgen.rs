@@ -14,16 +14,22 @@ use crate::client::kbs::{EvidenceSource, KbsClient};
 use crate::client::{http_client, ClientError};
 use crate::crypto::jwe::TeeKeyPair;
 
-use super::output::{fail, runtime};
+use super::output::{fail, print_value, runtime, Format};
 
 /// Options of `loadgen`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Verifier base URL.
-    #[arg(long, env = "CVM_VERIFIER_URL")]
+    /// Verifier base URL (old names: --verifier, --kbs).
+    #[arg(
+        long,
+        env = "CVM_VERIFIER_URL",
+        visible_alias = "verifier",
+        alias = "kbs"
+    )]
     pub url: String,
-    /// Extra CA certificate (PEM) to trust for HTTPS.
-    #[arg(long)]
+    /// Extra CA certificate (PEM) to trust for HTTPS (old names: --verifier-ca,
+    /// --kbs-ca).
+    #[arg(long, alias = "verifier-ca", alias = "kbs-ca")]
     pub ca_cert: Option<PathBuf>,
     /// Emulated platform directory (with private keys) producing the evidence.
     #[arg(long)]
@@ -46,6 +52,9 @@ pub struct Args {
     /// Total flows.
     #[arg(long, default_value_t = 100)]
     pub requests: usize,
+    /// Output format of the report.
+    #[arg(long, value_enum, default_value = "json")]
+    pub output: Format,
 }
 
 /// Runs `loadgen`. Exit 0: every flow succeeded; 1: some failed; 2: setup error.
@@ -132,9 +141,6 @@ async fn generate(args: Args) -> Result<bool, ClientError> {
         "latency_seconds": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": lat.last().copied().unwrap_or(0.0)},
         "distinct_errors": errors,
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).unwrap_or_default()
-    );
+    print_value(summary, args.output);
     Ok(lat.len() == args.requests)
 }

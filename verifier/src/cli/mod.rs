@@ -5,6 +5,7 @@ pub mod verify_tdx;
 
 // The verifier service and its tools.
 pub mod admin;
+pub mod admin_input;
 pub mod audit;
 pub mod collateral;
 pub mod identity;

@@ -3,22 +3,22 @@
 
 use std::collections::BTreeMap;
 
-use super::{page_aligned, slot_of, PAGE};
+use super::{copy_from_user, copy_to_user, page_aligned, slot_of, PrivateAttrs, PAGE};
 use crate::vstate::sev::{SevCmdError, SevCommands, SevRequest};
 
 /// `SNP_POLICY_MASK_RSVD_MBO` (bit 17).
 pub(crate) const SNP_POLICY_MASK_RSVD_MBO: u64 = 1 << 17;
 /// `SNP_POLICY_MASK_SINGLE_SOCKET` (bit 20), refused by KVM.
 pub(crate) const SNP_POLICY_MASK_SINGLE_SOCKET: u64 = 1 << 20;
-/// `SNP_POLICY_MASK_VALID`: ABI minor/major, SMT, MBO, migrate-MA, debug, single
-/// socket (bits 0..=20).
-pub(crate) const SNP_POLICY_MASK_VALID: u64 = (1 << 21) - 1;
+/// `SNP_POLICY_MASK_VALID` (sev.c): ABI minor/major (bits 0..=15), SMT (16), MBO
+/// (17), debug (19), single socket (20). Bit 18 (MIGRATE_MA) is NOT in KVM's mask:
+/// `snp_launch_start` refuses a policy with it (-EINVAL).
+pub(crate) const SNP_POLICY_MASK_VALID: u64 =
+    0xFFFF | (1 << 16) | (1 << 17) | (1 << 19) | (1 << 20);
 /// `GHCB_VERSION_MAX`.
 pub(crate) const GHCB_VERSION_MAX: u16 = 2;
 /// SEV firmware status INVALID_PARAM.
 pub(crate) const SEV_RET_INVALID_PARAM: u32 = 0x16;
-/// SEV firmware status INVALID_PAGE_STATE (a page updated twice).
-pub(crate) const SEV_RET_INVALID_PAGE_STATE: u32 = 0x18;
 
 /// `KVM_SEV_SNP_PAGE_TYPE_*` KVM accepts in LAUNCH_UPDATE (VMSA, 2, is not one).
 const PAGE_TYPES: [u8; 5] = [1, 3, 4, 5, 6];
@@ -109,6 +109,12 @@ pub(crate) struct FakeKvmSnp {
     pub seen: Vec<SevSeen>,
     /// Commands issued.
     pub calls: usize,
+    /// Whether `kvm_sev_cmd.sev_fd` names an open `/dev/sev` (the launch code's
+    /// `KvmSev` passes the fd it opened; a closed or foreign fd is refused where
+    /// KVM hands it to the PSP driver, `__sev_issue_cmd`: -EBADF).
+    pub sev_fd_valid: bool,
+    /// KVM_SET_MEMORY_ATTRIBUTES state: `kvm_gmem_populate` needs PRIVATE.
+    pub attrs: PrivateAttrs,
 }
 
 impl Default for FakeKvmSnp {
@@ -129,6 +135,8 @@ impl Default for FakeKvmSnp {
             id: None,
             seen: Vec::new(),
             calls: 0,
+            sev_fd_valid: true,
+            attrs: PrivateAttrs::default(),
         }
     }
 }
@@ -137,6 +145,12 @@ impl FakeKvmSnp {
     /// KVM_CREATE_VCPU (after which INIT2 and certificate enabling are refused).
     pub fn create_vcpus(&mut self, n: u32) {
         self.vcpus += n;
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES on this VM (the launch sets PRIVATE on guest RAM
+    /// before LAUNCH_UPDATE, `PrivateMemory::attach`).
+    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attrs: u64) -> Result<(), i32> {
+        self.attrs.set(gpa, size, attrs)
     }
 
     fn init2(&mut self, i: &mut kvm_bindings::kvm_sev_init) -> Result<(), SevCmdError> {
@@ -160,7 +174,7 @@ impl FakeKvmSnp {
         } else {
             i.ghcb_version
         };
-        if ghcb < 2 || self.active {
+        if ghcb < 2 {
             return Err(einval());
         }
         self.active = true;
@@ -191,6 +205,12 @@ impl FakeKvmSnp {
         if s.pad0.iter().any(|&p| p != 0) || s.pad1.iter().any(|&p| p != 0) {
             return Err(einval());
         }
+        // snp_context_create (after the policy checks since v6.13): SNP_GCTX_CREATE
+        // through `argp->sev_fd`; when the PSP command fails (a bad fd: -EBADF
+        // inside) the context is NULL -> -ENOTTY.
+        if !self.sev_fd_valid {
+            return Err(err(libc::ENOTTY));
+        }
         self.started = true;
         self.seen.push(SevSeen::Start { policy: s.policy });
         Ok(())
@@ -214,15 +234,17 @@ impl FakeKvmSnp {
                 fw_error: 0x1, // INVALID_PLATFORM_STATE
             });
         }
-        // snp_launch_update: len non-zero and page-aligned, flags zero, a known type
-        // (never VMSA), and a page-aligned source (`!PAGE_ALIGNED(src)`, the
-        // "uaddr: 4k-aligned" rule of Documentation/virt/kvm/x86/amd-memory-encryption.rst).
-        if u.len == 0
-            || !page_aligned(u.len)
-            || u.flags != 0
-            || !PAGE_TYPES.contains(&u.type_)
-            || (u.type_ != PAGE_TYPE_ZERO && !page_aligned(u.uaddr))
-        {
+        // snp_launch_update: len page-aligned, flags zero, a known type (never VMSA).
+        // (len == 0 reaches kvm_gmem_populate's `npages <= 0` WARN: -EINVAL there,
+        // which snp_launch_update turns into -EIO; the fake keeps -EINVAL.)
+        if u.len == 0 || !page_aligned(u.len) || u.flags != 0 || !PAGE_TYPES.contains(&u.type_) {
+            return Err(einval());
+        }
+        // Stricter than KVM: a page-aligned source. No such check was found in
+        // snp_launch_update, kvm_gmem_populate or sev_gmem_post_populate (v6.12-v6.16);
+        // Documentation/virt/kvm/x86/amd-memory-encryption.rst documents `uaddr` as
+        // 4k-aligned, so the fake holds the launch code to the documented contract.
+        if u.type_ != PAGE_TYPE_ZERO && !page_aligned(u.uaddr) {
             return Err(einval());
         }
         // Stricter than KVM: pad0/pad1/pad2 are zero.
@@ -239,34 +261,59 @@ impl FakeKvmSnp {
             return Err(err(libc::EAGAIN));
         }
         let in_slot = (start + size - gpa) / PAGE;
-        let n = (u.len / PAGE).min(self.chunk.max(1)).min(in_slot);
-        for k in 0..n {
-            // RMPUPDATE/SNP_LAUNCH_UPDATE on a page already in the guest context:
-            // firmware error, -EIO.
-            if self.pages.contains_key(&(gpa + k * PAGE)) {
-                return Err(SevCmdError {
-                    errno: libc::EIO,
-                    fw_error: SEV_RET_INVALID_PAGE_STATE,
-                });
+        let want = (u.len / PAGE).min(self.chunk.max(1)).min(in_slot);
+        // kvm_gmem_populate, page by page: the GFN must have the PRIVATE attribute
+        // (`kvm_range_has_memory_attributes` -> -EINVAL) and its guest_memfd folio must
+        // not be prepared already ("already prepared" -> -EEXIST). It returns the pages
+        // done before a failure, or the error when it fails on the first page;
+        // snp_launch_update turns any error into -EIO with the firmware status of
+        // the populate callback, which is 0 when the firmware was never reached.
+        let mut n = 0;
+        let mut stop = None;
+        while n < want {
+            let g = gpa + n * PAGE;
+            if !self.attrs.is_private(g) {
+                stop = Some(libc::EINVAL);
+                break;
             }
-        }
-        if u.type_ == PAGE_TYPE_CPUID && self.check_cpuid_pages {
-            for k in 0..n {
-                let src = (u.uaddr + k * PAGE) as *mut u8;
-                // SAFETY: with `check_cpuid_pages` the test passes a source of real,
-                // writable memory covering the update (as KVM pins it).
-                let page = unsafe { std::slice::from_raw_parts_mut(src, PAGE as usize) };
-                if let Err(fixed) = firmware_check_cpuid_page(page) {
+            if self.pages.contains_key(&g) {
+                stop = Some(libc::EEXIST);
+                break;
+            }
+            if u.type_ == PAGE_TYPE_CPUID && self.check_cpuid_pages {
+                let src = u.uaddr + n * PAGE;
+                // sev_gmem_post_populate: copy_from_user of the source (-EFAULT).
+                let page = match copy_from_user(src, PAGE as usize) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        stop = Some(e);
+                        break;
+                    }
+                };
+                if let Err(fixed) = firmware_check_cpuid_page(&page) {
                     // sev.c sev_gmem_post_populate: on INVALID_PARAM for a CPUID
                     // page, KVM copies the firmware's corrected page back to the
                     // source, for the VMM to report.
-                    page.copy_from_slice(&fixed);
+                    let _ = copy_to_user(src, &fixed);
                     return Err(SevCmdError {
                         errno: libc::EIO,
                         fw_error: SEV_RET_INVALID_PARAM,
                     });
                 }
             }
+            // sev_gmem_post_populate: SNP_LAUNCH_UPDATE through `argp->sev_fd`
+            // (__sev_issue_cmd: -EBADF without an open /dev/sev).
+            if !self.sev_fd_valid {
+                stop = Some(libc::EBADF);
+                break;
+            }
+            n += 1;
+        }
+        if n == 0 && stop.is_some() {
+            return Err(SevCmdError {
+                errno: libc::EIO,
+                fw_error: 0,
+            });
         }
         for k in 0..n {
             self.pages.insert(gpa + k * PAGE, u.type_);
@@ -301,34 +348,30 @@ impl FakeKvmSnp {
         if f.pad0.iter().any(|&p| p != 0) || f.pad1.iter().any(|&p| p != 0) {
             return Err(einval());
         }
-        // SNP_LAUNCH_FINISH (firmware): an author key needs an ID block.
-        if f.auth_key_en != 0 && f.id_block_en == 0 {
-            return Err(SevCmdError {
-                errno: libc::EIO,
-                fw_error: SEV_RET_INVALID_PARAM,
-            });
+        // snp_launch_finish -> snp_launch_update_vmsa: one SNP_LAUNCH_UPDATE per vCPU
+        // through `argp->sev_fd` (__sev_issue_cmd: -EBADF without an open /dev/sev).
+        if self.vcpus > 0 && !self.sev_fd_valid {
+            return Err(err(libc::EBADF));
         }
+        // snp_launch_finish: `auth_key_en` is read only inside `if (params.id_block_en)`,
+        // so without an ID block it is silently ignored (the firmware gets 0).
+        let auth_key_en = if f.id_block_en != 0 {
+            u8::from(f.auth_key_en != 0)
+        } else {
+            0
+        };
         if f.id_block_en != 0 {
-            // psp_copy_user_blob of KVM_SEV_SNP_ID_BLOCK_SIZE / KVM_SEV_SNP_ID_AUTH_SIZE:
-            // a null source is -EFAULT.
-            if f.id_block_uaddr == 0 || f.id_auth_uaddr == 0 {
-                return Err(err(libc::EFAULT));
-            }
-            // SAFETY: the launch code passes the addresses of a live 96-byte ID block
-            // and a live 4096-byte auth structure for the duration of the call.
-            let (b, a) = unsafe {
-                (
-                    std::slice::from_raw_parts(f.id_block_uaddr as *const u8, 96).to_vec(),
-                    std::slice::from_raw_parts(f.id_auth_uaddr as *const u8, 4096).to_vec(),
-                )
-            };
+            // psp_copy_user_blob of KVM_SEV_SNP_ID_BLOCK_SIZE / KVM_SEV_SNP_ID_AUTH_SIZE
+            // (copy_from_user: an unreadable source is -EFAULT).
+            let b = copy_from_user(f.id_block_uaddr, 96).map_err(err)?;
+            let a = copy_from_user(f.id_auth_uaddr, 4096).map_err(err)?;
             self.id = Some((b, a));
         }
         self.finished = true;
         self.seen.push(SevSeen::Finish {
             host_data: f.host_data,
             id_block_en: f.id_block_en,
-            auth_key_en: f.auth_key_en,
+            auth_key_en,
         });
         Ok(())
     }
@@ -354,6 +397,11 @@ impl SevCommands for &mut FakeKvmSnp {
             if id == req.id() {
                 return Err(e);
             }
+        }
+        // sev_mem_enc_ioctl: once KVM_SEV_INIT2 made this an SNP guest, only SNP
+        // commands (ids >= KVM_SEV_SNP_LAUNCH_START) are allowed: -EPERM.
+        if self.active && req.id() < crate::vstate::sev::KVM_SEV_SNP_LAUNCH_START {
+            return Err(err(libc::EPERM));
         }
         match req {
             SevRequest::Init2(i) => self.init2(i),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use kvm_bindings::kvm_cpuid_entry2;
 
-use super::{page_aligned, slot_of, PAGE};
+use super::{copy_from_user, page_aligned, slot_of, PrivateAttrs, PAGE};
 use crate::tee::launch::find_cpuid_entry2;
 use crate::tee::tdx::TD_ATTR_SEPT_VE_DISABLE;
 use crate::vstate::tdx::{TdxCmdError, TdxCommands, TdxRequest, TDX_CPUID_ENTRIES};
@@ -58,6 +58,13 @@ pub(crate) struct FakeKvmTdx {
     pub ept_5level: bool,
     /// The VM has a split irqchip (a TD cannot have a full in-kernel one).
     pub split_irqchip: bool,
+    /// The VM has a full in-kernel irqchip (KVM_CREATE_IRQCHIP; refused for a real
+    /// TD, modelled for the generic KVM_ENABLE_CAP rules).
+    pub full_irqchip: bool,
+    /// KVM_SET_MEMORY_ATTRIBUTES state: `kvm_gmem_populate` needs PRIVATE.
+    pub attrs: PrivateAttrs,
+    /// Each vCPU's CPUID as set by KVM_SET_CPUID2 (None before it).
+    pub vcpu_cpuid: Vec<Option<Vec<kvm_cpuid_entry2>>>,
     /// guest_memfd-backed memslots (gpa, size).
     pub memory: Vec<(u64, u64)>,
     /// Pages INIT_MEM_REGION adds per call before a (simulated) signal: -EINTR.
@@ -116,6 +123,9 @@ impl Default for FakeKvmTdx {
             ],
             ept_5level: false,
             split_irqchip: true,
+            full_irqchip: false,
+            attrs: PrivateAttrs::default(),
+            vcpu_cpuid: Vec::new(),
             memory: vec![(0, 1 << 32)],
             chunk: 1 << 20,
             init_vm_busy: 0,
@@ -185,8 +195,25 @@ impl FakeKvmTdx {
                 return Err(einval());
             }
             self.vcpus.push(false);
+            self.vcpu_cpuid.push(None);
         }
         Ok(())
+    }
+
+    /// KVM_SET_CPUID2 on vCPU `index` (-ENODEV in the fake when it does not exist).
+    pub fn set_cpuid2(&mut self, index: u32, entries: &[kvm_cpuid_entry2]) -> Result<(), i32> {
+        let slot = self
+            .vcpu_cpuid
+            .get_mut(index as usize)
+            .ok_or(libc::ENODEV)?;
+        *slot = Some(entries.to_vec());
+        Ok(())
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES on this VM (the launch sets PRIVATE on the TD's
+    /// RAM before INIT_MEM_REGION, `PrivateMemory::attach`).
+    pub fn set_memory_attributes(&mut self, gpa: u64, size: u64, attrs: u64) -> Result<(), i32> {
+        self.attrs.set(gpa, size, attrs)
     }
 
     /// The TD's view of the private page at `gpa`.
@@ -315,6 +342,19 @@ impl FakeKvmTdx {
         if *v {
             return Err(einval());
         }
+        // tdx_vcpu_init: "TDX requires X2APIC, userspace is responsible for
+        // configuring guest CPUID accordingly": kvm_apic_set_base(x2APIC mode) fails
+        // (reserved X2APIC_ENABLE bit) unless the vCPU's CPUID (KVM_SET_CPUID2) has
+        // CPUID.1:ECX.x2APIC[21] -> -EINVAL.
+        let x2apic = self
+            .vcpu_cpuid
+            .get(index as usize)
+            .and_then(|c| c.as_deref())
+            .and_then(|c| find_cpuid_entry2(c, 1, 0))
+            .is_some_and(|e| e.ecx & (1 << 21) != 0);
+        if !x2apic {
+            return Err(einval());
+        }
         *v = true;
         self.vcpu_rcx.insert(index, rcx);
         Ok(())
@@ -361,22 +401,22 @@ impl FakeKvmTdx {
             if done == self.chunk {
                 return Err(err(libc::EINTR));
             }
-            // kvm_gmem_populate: the GFN's memslot must be guest_memfd-backed.
-            if slot_of(&self.memory, r.gpa).is_none() {
+            // kvm_gmem_populate (one page per call from tdx_vcpu_init_mem_region,
+            // whose error is returned as is): the GFN's memslot must be
+            // guest_memfd-backed and the GFN PRIVATE (`kvm_range_has_memory_attributes`)
+            // -> -EINVAL; a folio already prepared (the page was added before) ->
+            // -EEXIST, before the TDX module is reached (hw_error 0).
+            if slot_of(&self.memory, r.gpa).is_none() || !self.attrs.is_private(r.gpa) {
                 return Err(einval());
             }
-            // TDH.MEM.PAGE.ADD on a page already added fails: -EIO.
             if self.private.contains_key(&r.gpa) {
-                return Err(err(libc::EIO));
+                return Err(err(libc::EEXIST));
             }
+            // tdx_gmem_post_populate: get_user_pages_fast of the source; an address
+            // that is not mapped is -EFAULT (the fake reads it as the kernel does).
+            let bytes = copy_from_user(r.source_addr, PAGE as usize).map_err(err)?;
             let mut page = Box::new([0u8; 4096]);
-            // SAFETY: `source_addr` is a page-aligned user address the launch code
-            // passes with the guarantee that `nr_pages` pages from it are readable
-            // for the duration of the call (KVM would get_user_pages() them); the
-            // copy is exactly one page.
-            unsafe {
-                std::ptr::copy_nonoverlapping(r.source_addr as *const u8, page.as_mut_ptr(), 4096)
-            };
+            page.copy_from_slice(&bytes);
             self.private.insert(r.gpa, page);
             if measure {
                 self.measured.push(r.gpa);
@@ -419,9 +459,17 @@ impl TdxCommands for &mut FakeKvmTdx {
     }
 
     fn enable_apic_bus_cycles_ns(&mut self, ns: u64) -> Result<(), TdxCmdError> {
-        // arch/x86/kvm/x86.c KVM_CAP_X86_APIC_BUS_CYCLES_NS: non-zero, split irqchip,
-        // no vCPUs yet.
-        if ns == 0 || !self.split_irqchip || !self.vcpus.is_empty() {
+        // arch/x86/kvm/x86.c kvm_vm_ioctl_enable_cap(KVM_CAP_X86_APIC_BUS_CYCLES_NS):
+        // non-zero and `(u64)U32_MAX * 128 * ns` must not overflow (tmict_to_ns)
+        // -> -EINVAL; then `!irqchip_in_kernel(kvm)` (neither split nor full)
+        // -> -ENXIO; vCPUs already created -> -EINVAL.
+        if ns == 0 || (u64::from(u32::MAX) * 128).checked_mul(ns).is_none() {
+            return Err(einval());
+        }
+        if !self.split_irqchip && !self.full_irqchip {
+            return Err(err(libc::ENXIO));
+        }
+        if !self.vcpus.is_empty() {
             return Err(einval());
         }
         self.apic_bus_cycle_ns = Some(ns);
@@ -444,10 +492,24 @@ pub(crate) struct MapGpaResult {
     pub exits: usize,
 }
 
+/// The TD as KVM's MapGPA handling sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MapGpaVm {
+    /// GPAW (48 or 52): the shared bit is `1 << (gpaw - 1)`.
+    pub gpaw: u32,
+    /// The guest's MAXPHYADDR (vCPU CPUID.0x80000008:EAX[7:0], `vcpu->arch.maxphyaddr`),
+    /// which `kvm_vcpu_is_legal_gpa` checks against.
+    pub maxphyaddr: u32,
+    /// Whether the VMM enabled KVM_CAP_EXIT_HYPERCALL for KVM_HC_MAP_GPA_RANGE
+    /// (`user_exit_on_hypercall`).
+    pub exit_on_map_gpa: bool,
+}
+
 /// TDG.VP.VMCALL<MapGPA> as KVM v6.16 handles it (tdx.c `tdx_map_gpa`,
-/// `__tdx_map_gpa`, `tdx_complete_vmcall_map_gpa`): operand checks (no wrap, legal
-/// GPAs, both ends on the same side of the shared bit -> INVALID_OPERAND; unaligned
-/// -> ALIGN_ERROR), then one `KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE)` per chunk of
+/// `__tdx_map_gpa`, `tdx_complete_vmcall_map_gpa`): without user exits for
+/// KVM_HC_MAP_GPA_RANGE -> SUBFUNC_UNSUPPORTED; operand checks (no wrap, GPAs legal
+/// for the guest MAXPHYADDR, both ends on the same side of the shared bit ->
+/// INVALID_OPERAND; unaligned -> ALIGN_ERROR), then one `KVM_EXIT_HYPERCALL(KVM_HC_MAP_GPA_RANGE)` per chunk of
 /// at most 2 MiB with the shared bit stripped from `args[0]`, `args[1]` in 4 KiB
 /// pages and `args[2]` ENCRYPTED or DECRYPTED (0). A non-zero `ret` from the VMM ends
 /// it with INVALID_OPERAND and R11 = the failed chunk; an interrupt pending between
@@ -457,18 +519,26 @@ pub(crate) struct MapGpaResult {
 pub(crate) fn kvm_tdx_map_gpa(
     gpa: u64,
     size: u64,
-    gpaw: u32,
+    vm: MapGpaVm,
     irq_after: Option<usize>,
     mut vmm: impl FnMut(&[u64; 6]) -> u64,
 ) -> MapGpaResult {
     use crate::tee::services::{
-        TDVMCALL_ALIGN_ERROR, TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY, TDVMCALL_SUCCESS,
+        TDVMCALL_ALIGN_ERROR, TDVMCALL_INVALID_OPERAND, TDVMCALL_RETRY,
+        TDVMCALL_SUBFUNC_UNSUPPORTED, TDVMCALL_SUCCESS,
     };
     use crate::vstate::private::KVM_MAP_GPA_RANGE_ENCRYPTED;
-    let shared = 1u64 << (gpaw - 1);
-    let legal = |g: u64| g < (1u64 << gpaw);
+    let shared = 1u64 << (vm.gpaw - 1);
+    // kvm_vcpu_is_legal_gpa: below 1 << vcpu->arch.maxphyaddr (the guest's CPUID
+    // MAXPHYADDR, not GPAW).
+    let legal = |g: u64| vm.maxphyaddr >= 64 || g < (1u64 << vm.maxphyaddr);
     let private = |g: u64| g & shared == 0;
     let fail = |status, r11, exits| MapGpaResult { status, r11, exits };
+    // tdx_map_gpa: `!user_exit_on_hypercall(kvm, KVM_HC_MAP_GPA_RANGE)` ->
+    // TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED (R11 = the GPA).
+    if !vm.exit_on_map_gpa {
+        return fail(TDVMCALL_SUBFUNC_UNSUPPORTED, gpa, 0);
+    }
     let end = gpa.wrapping_add(size);
     if end <= gpa || !legal(gpa) || !legal(end - 1) || private(gpa) != private(end - 1) {
         return fail(TDVMCALL_INVALID_OPERAND, gpa, 0);

@@ -343,3 +343,19 @@ fn sev_commands_and_structs() {
     assert_eq!(kb::KVM_SEV_SNP_ID_BLOCK_SIZE, 96);
     assert_eq!(kb::KVM_SEV_SNP_ID_AUTH_SIZE, 4096);
 }
+
+/// The fakes' copies of KVM-internal masks and status codes (not uAPI, but rules the
+/// fakes enforce), pinned against arch/x86/kvm/svm/sev.c, arch/x86/kvm/vmx/tdx.c and
+/// arch/x86/include/asm/shared/tdx.h (v6.16).
+#[test]
+fn fake_rule_constants() {
+    // SNP_POLICY_MASK_VALID: API minor/major, SMT, RSVD_MBO, DEBUG, SINGLE_SOCKET;
+    // bit 18 (MIGRATE_MA) is not in it.
+    assert_eq!(super::snp::SNP_POLICY_MASK_VALID, 0x1B_FFFF);
+    assert_eq!(super::snp::SNP_POLICY_MASK_VALID & (1 << 18), 0);
+    // TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED, the MapGPA answer without the user exit.
+    assert_eq!(
+        crate::tee::services::TDVMCALL_SUBFUNC_UNSUPPORTED,
+        0x8000_0000_0000_0003
+    );
+}

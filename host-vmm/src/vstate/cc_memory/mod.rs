@@ -69,12 +69,15 @@
 //! host_alias_bit(&kvm)                     -> Option<u32>  (the attribute bit for this host)
 //! ```
 //!
-//! The vCPU loop (owned by the backends) turns exits into stops like this:
-//! `KVM_EXIT_MEMORY_FAULT { gpa }` → `classify(gpa)`; `KVM_EXIT_MMIO` at `gpa` →
-//! `classify_mmio(gpa)` first, the device bus only on `None`; `KVM_RUN` = `EFAULT`
-//! without memory-fault information → `expose_faults()` and run again (once; a second
-//! EFAULT is a fetch fault, below, or a plain run error). A [`GuestFault`] of kind [`FaultKind::Accessible`] is a
-//! race with a state change: run again. An instruction *fetch* from a protected page
+//! The vCPU loop offers exits to the emulated backend's `ExitHandler`, which uses this
+//! module like this: `KVM_EXIT_MEMORY_FAULT { gpa }` → `classify(gpa)`; `KVM_EXIT_MMIO`
+//! at `gpa` → [`CcMemory::serve_mmio`] first, the device bus only for
+//! [`MmioAccess::Device`]; `KVM_RUN` = `EFAULT` without memory-fault information →
+//! `expose_faults()` and run again (once; a second EFAULT is a fetch fault, below, or a
+//! plain run error). An MMIO exit at RAM that is accessible in its view
+//! ([`FaultKind::Accessible`]) raced with a state change: KVM will not repeat the access
+//! (a read completes from `kvm_run.mmio.data`, a write is gone), so `serve_mmio` carries
+//! it out on guest memory. An instruction *fetch* from a protected page
 //! is an emulation failure (`KVM_EXIT_INTERNAL_ERROR`, suberror 1) at CPL0 and the
 //! same EFAULT at CPL3 (measured): when the bytes at CS:RIP cannot be read, translate
 //! RIP through the guest's page tables (read with [`CcMemory::trusted_read`]) and
@@ -431,6 +434,19 @@ pub struct GuestFault {
     pub tee: CcTee,
 }
 
+/// What [`CcMemory::serve_mmio`] did with an MMIO exit.
+#[derive(Debug)]
+pub enum MmioAccess {
+    /// Not guest RAM: a device access.
+    Device,
+    /// Guest RAM accessible in that view: served from guest memory.
+    Served,
+    /// An access the hardware would fault.
+    Fault(GuestFault),
+    /// Serving an accessible page failed on the host side.
+    Failed(CcMemoryError),
+}
+
 impl std::fmt::Display for GuestFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let gpa = self.gpa;
@@ -515,6 +531,9 @@ struct Inner {
     first_slot: u32,
     /// Inaccessible runs are memslot holes (see [`CcMemory::expose_faults`]).
     holes: bool,
+    /// The largest page the host backs private memory with (see
+    /// [`CcMemory::set_largest_private_page`]).
+    largest: PageSize,
 }
 
 /// Guest memory under the private-memory contract. See the module docs.
@@ -641,6 +660,7 @@ impl CcMemory {
                 slots: Vec::new(),
                 first_slot: 0,
                 holes: false,
+                largest: PageSize::Size4K,
             }),
             vmm,
             memfd,
@@ -1045,9 +1065,10 @@ impl CcMemory {
                 Ok(true)
             }
             PageSize::Size2M => {
-                if runs
-                    .iter()
-                    .any(|r| r.state == PageState::Validated(PageSize::Size4K))
+                if inner.largest == PageSize::Size4K
+                    || runs
+                        .iter()
+                        .any(|r| r.state == PageState::Validated(PageSize::Size4K))
                 {
                     return Err(RmpError::SizeMismatch { gpa });
                 }
@@ -1084,6 +1105,10 @@ impl CcMemory {
             });
         }
         let accepted = |r: &Run| matches!(r.state, PageState::Validated(_));
+        if size == PageSize::Size2M && inner.largest == PageSize::Size4K {
+            // The Secure EPT maps this private memory with 4 KiB pages only.
+            return Err(AcceptError::SizeMismatch { gpa });
+        }
         match size {
             PageSize::Size4K if accepted(&runs[0]) => {
                 return Err(AcceptError::AlreadyAccepted { gpa })
@@ -1158,6 +1183,45 @@ impl CcMemory {
     pub fn classify_mmio(&self, gpa: u64) -> Option<GuestFault> {
         let f = self.classify(gpa);
         (f.kind != FaultKind::NotRam).then_some(f)
+    }
+
+    /// The largest page the host backs private memory with: [`PageSize::Size4K`] by
+    /// default, as on Linux 6.16, whose guest_memfd hands KVM only 4 KiB pages — so the
+    /// SNP RMP holds 4 KiB entries and a 2 MiB PVALIDATE fails with FAIL_SIZEMISMATCH
+    /// (arch/x86/kvm/svm/sev.c maps gmem at 4 KiB), and a TD's 2 MiB
+    /// TDG.MEM.PAGE.ACCEPT fails with TDX_PAGE_SIZE_MISMATCH
+    /// (`tdx_gmem_private_max_mapping_level` returns 4K in arch/x86/kvm/vmx/tdx.c). A
+    /// guest must handle that (fall back to 4 KiB), and CI must run that fallback.
+    /// [`PageSize::Size2M`] models a host with huge-page guest_memfd.
+    pub fn set_largest_private_page(&self, size: PageSize) {
+        self.lock().largest = size;
+    }
+
+    /// An MMIO exit at `gpa`, decided for the vCPU loop ([`crate::vstate::vcpu::ExitHandler::mmio`]):
+    /// [`MmioAccess::Device`] when `gpa` is not guest RAM (the device buses take it);
+    /// [`MmioAccess::Served`] when the page is accessible in that view now — the exit
+    /// raced with a state change (for example hole mode's relayout, which briefly
+    /// removes memslots while other vCPUs run). KVM completes an MMIO read from
+    /// `kvm_run.mmio.data` on re-entry and never repeats a write, so the access is
+    /// carried out here on guest memory instead of being lost; [`MmioAccess::Fault`] for
+    /// an access the hardware would fault.
+    pub fn serve_mmio(&self, gpa: u64, data: &mut [u8], write: bool) -> MmioAccess {
+        let fault = self.classify(gpa);
+        match fault.kind {
+            FaultKind::NotRam => MmioAccess::Device,
+            FaultKind::Accessible => {
+                let done = if write {
+                    self.trusted_write(gpa, data)
+                } else {
+                    self.trusted_read(gpa, data)
+                };
+                match done {
+                    Ok(()) => MmioAccess::Served,
+                    Err(e) => MmioAccess::Failed(e),
+                }
+            }
+            _ => MmioAccess::Fault(fault),
+        }
     }
 
     /// Classifies a guest fault at `gpa` (from `KVM_EXIT_MEMORY_FAULT`, or an MMIO exit

@@ -241,8 +241,35 @@ fn a_td_read_of_an_unaccepted_page_faults_until_accepted() {
 
 // ---- page-state rules (no KVM needed) ----
 
+/// A contract on a host with huge-page guest_memfd (2 MiB private pages), for the
+/// page-state rules at both sizes.
 fn fresh(config: CcConfig) -> CcMemory {
-    CcMemory::new(&[(GuestAddress(0), MEM)], config).unwrap()
+    let cc = CcMemory::new(&[(GuestAddress(0), MEM)], config).unwrap();
+    cc.set_largest_private_page(PageSize::Size2M);
+    cc
+}
+
+#[test]
+fn two_mib_operations_fail_as_on_a_host_with_4k_guest_memfd_by_default() {
+    for config in [snp(), tdx_aliased()] {
+        let cc = CcMemory::new(&[(GuestAddress(0), MEM)], config).unwrap();
+        let two_m = 2 << 20;
+        match config.tee {
+            CcTee::Snp => {
+                cc.convert(two_m, two_m, true).unwrap();
+                let e = cc.validate(two_m, PageSize::Size2M, true).unwrap_err();
+                assert!(matches!(e, RmpError::SizeMismatch { .. }), "{e}");
+                assert_eq!(e.pvalidate_code(), Some(6));
+                // The 4 KiB fallback works.
+                assert!(cc.validate(two_m, PageSize::Size4K, true).unwrap());
+            }
+            CcTee::Tdx => {
+                let e = cc.accept(two_m, PageSize::Size2M).unwrap_err();
+                assert!(matches!(e, AcceptError::SizeMismatch { .. }), "{e}");
+                cc.accept(two_m, PageSize::Size4K).unwrap();
+            }
+        }
+    }
 }
 
 #[test]
@@ -473,6 +500,7 @@ fn validating_and_accepting_4_gib_in_2_mib_steps_is_cheap() {
     for config in [snp(), tdx_aliased()] {
         let layout = crate::vstate::memory::layout(4 << 30, 2 << 20).unwrap();
         let cc = CcMemory::new(&layout, config).unwrap();
+        cc.set_largest_private_page(PageSize::Size2M);
         cc.finish_launch().unwrap();
         let t = std::time::Instant::now();
         let mut ops = 0u32;

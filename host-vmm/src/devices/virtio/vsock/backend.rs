@@ -20,6 +20,27 @@ pub trait Stream: Read + Write + AsRawFd + Send {
     fn flush_pending(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Whether a connection started without blocking is up: `Ok(true)` connected,
+    /// `Ok(false)` still in progress, `Err` why it failed (refused, unreachable, …).
+    fn connected(&self) -> io::Result<bool> {
+        Ok(true)
+    }
+}
+
+/// The state of a non-blocking TCP connect (see [`Stream::connected`]), with only the
+/// system calls the vsock thread's seccomp filter allows: `SO_ERROR` (getsockopt) for a
+/// failure, then an empty send, which a socket still connecting answers with `EAGAIN`
+/// and a connected one with 0 (no byte is sent).
+fn tcp_connected(sock: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    let mut s = sock;
+    match s.write(&[]) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 impl Stream for UnixStream {
@@ -31,6 +52,10 @@ impl Stream for UnixStream {
 impl Stream for TcpStream {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
+    }
+
+    fn connected(&self) -> io::Result<bool> {
+        tcp_connected(self)
     }
 }
 
@@ -110,9 +135,13 @@ impl Stream for TlsStream {
         }
         Ok(())
     }
+
+    fn connected(&self) -> io::Result<bool> {
+        tcp_connected(&self.sock)
+    }
 }
 
-/// Why `--verifier` / `--verifier-ca` are unusable.
+/// Why `--url` / `--ca-cert` are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// The URL is not http(s)://host\[:port\]\[/…\].
@@ -122,12 +151,10 @@ pub enum RelayError {
     #[error("cannot resolve the verifier host `{0}`")]
     Resolve(String, #[source] io::Error),
     /// Plain HTTP to a non-loopback address.
-    #[error(
-        "http:// is only allowed to a loopback address, not {0}; use https:// with --verifier-ca"
-    )]
+    #[error("http:// is only allowed to a loopback address, not {0}; use https:// with --ca-cert")]
     NotLoopback(String),
     /// https without a CA.
-    #[error("an https:// verifier needs --verifier-ca FILE (the relay trusts only that CA)")]
+    #[error("an https:// verifier needs --ca-cert FILE (the relay trusts only that CA)")]
     NoCa,
     /// The CA file is unusable.
     #[error("cannot load the CA certificates in {0}")]

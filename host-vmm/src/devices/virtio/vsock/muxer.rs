@@ -8,6 +8,12 @@
 //! is closed). Buffers are bounded per connection ([`CONN_BUF`] from the guest,
 //! [`RX_CHUNK`] towards it) and the number of connections is bounded
 //! ([`MAX_CONNECTIONS`]), so no guest behaviour makes the VMM allocate without limit.
+//!
+//! A guest connection to the attestation relay ([`RELAY_PORT`]) is answered only once
+//! the relay's TCP connection to the verifier is up, as a TCP proxy accepts: if the
+//! verifier cannot be reached, the relay logs the OS error at WARN (with the verifier's
+//! URL and address) and answers the guest's request with RST, so the guest's `connect`
+//! fails at once (Linux: `ECONNRESET`) instead of reading an empty stream.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -71,6 +77,9 @@ enum Kind {
 enum State {
     /// Host-initiated: REQUEST sent, waiting for the guest's RESPONSE.
     Connecting,
+    /// Guest-initiated to the relay: waiting for the TCP connect to the verifier before
+    /// answering the guest's REQUEST.
+    Dialing,
     Established,
 }
 
@@ -276,6 +285,58 @@ impl Muxer {
         }
     }
 
+    /// Advances a relay connection waiting for its TCP connect: answers the guest with
+    /// RESPONSE once the verifier is reached, or with RST (and a WARN) if it cannot be.
+    fn dial(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.dead || c.state != State::Dialing {
+            return;
+        }
+        match c.stream.connected() {
+            Ok(false) => {}
+            Ok(true) => {
+                c.state = State::Established;
+                c.readable = true;
+                tracing::info!(
+                    event = "attestation-relay",
+                    guest_port = key.1,
+                    "attestation relay connection opened"
+                );
+                let r = self.header(key, op::RESPONSE);
+                self.push_control(r);
+            }
+            Err(e) => {
+                c.logged = true;
+                if let Some(r) = &self.relay {
+                    relay_unreachable(r, &e);
+                }
+                self.kill(key);
+            }
+        }
+    }
+
+    /// Closes `key` after an I/O error on its host socket (RST to the guest); a relay
+    /// connection's error is logged at WARN (a TLS failure, a verifier that reset).
+    fn stream_failed(&mut self, key: Key, e: &io::Error) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.kind == Kind::Relay && !c.dead {
+                c.logged = true;
+                tracing::warn!(
+                    event = "attestation-relay",
+                    verifier = self.relay.as_ref().map(|r| r.url.as_str()).unwrap_or("-"),
+                    guest_port = key.1,
+                    to_verifier_bytes = c.to_host,
+                    from_verifier_bytes = c.to_guest,
+                    error = %e,
+                    "attestation relay: the connection to the verifier failed; resetting the guest's connection"
+                );
+            }
+        }
+        self.kill(key);
+    }
+
     /// Handles readiness of `token`.
     pub fn event(&mut self, token: u64, events: u32, running: bool) {
         match token {
@@ -391,7 +452,7 @@ impl Muxer {
                 return match r.connect() {
                     Ok(s) => Some((s, Kind::Relay)),
                     Err(e) => {
-                        tracing::warn!(error = %e, "attestation relay: cannot connect to the verifier");
+                        relay_unreachable(r, &e);
                         None
                     }
                 };
@@ -436,20 +497,23 @@ impl Muxer {
                 self.reset_to_guest(key);
                 return;
             }
-            let mut c = Conn::new(stream, t, kind, State::Established);
+            // The relay answers once the verifier is reached (see the module docs).
+            let state = if kind == Kind::Relay {
+                State::Dialing
+            } else {
+                State::Established
+            };
+            let mut c = Conn::new(stream, t, kind, state);
             c.peer_buf_alloc = h.buf_alloc;
             c.peer_fwd_cnt = h.fwd_cnt;
-            if kind == Kind::Relay {
-                tracing::info!(
-                    event = "attestation-relay",
-                    guest_port = h.src_port,
-                    "attestation relay connection opened"
-                );
-            }
             self.conns.insert(key, c);
             self.tokens.insert(t, key);
-            let r = self.header(key, op::RESPONSE);
-            self.push_control(r);
+            if state == State::Established {
+                let r = self.header(key, op::RESPONSE);
+                self.push_control(r);
+            } else {
+                self.dial(key);
+            }
             return;
         }
         let Some(c) = self.conns.get_mut(&key).filter(|c| !c.dead) else {
@@ -498,25 +562,25 @@ impl Muxer {
             let Some(c) = self.conns.get_mut(&key) else {
                 continue;
             };
-            if c.dead {
+            if c.dead || c.state == State::Dialing {
                 continue;
             }
-            let mut failed = c.stream.flush_pending().is_err();
-            while !failed && !c.tx_buf.is_empty() {
+            let mut failed = c.stream.flush_pending().err();
+            while failed.is_none() && !c.tx_buf.is_empty() {
                 let (a, _) = c.tx_buf.as_slices();
                 match c.stream.write(a) {
-                    Ok(0) => failed = true,
+                    Ok(0) => failed = Some(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         c.tx_buf.drain(..n);
                         c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
                         c.to_host += n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => failed = true,
+                    Err(e) => failed = Some(e),
                 }
             }
-            if failed {
-                self.kill(key);
+            if let Some(e) = failed {
+                self.stream_failed(key, &e);
                 continue;
             }
             if c.tx_buf.is_empty() && c.peer_shutdown & SHUTDOWN_SEND != 0 && !c.write_shut {
@@ -579,7 +643,7 @@ impl Muxer {
                     c.rx_pending = buf;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
-                Err(_) => self.kill(key),
+                Err(e) => self.stream_failed(key, &e),
             }
         }
     }
@@ -671,6 +735,15 @@ impl Muxer {
                 used |= 1 << TXQ;
             }
         }
+        let dialing: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Dialing && !c.dead)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in dialing {
+            self.dial(key);
+        }
         self.flush();
         if let Some(rxq) = queues.get_mut(RXQ).filter(|q| q.ready()) {
             if self.fill_rx(rxq, mem) {
@@ -697,6 +770,18 @@ impl Muxer {
         }
         used
     }
+}
+
+/// Logs at WARN that the relay cannot reach the verifier, with its URL, address and the
+/// OS error.
+fn relay_unreachable(r: &RelayConfig, e: &io::Error) {
+    tracing::warn!(
+        event = "attestation-relay",
+        verifier = %r.url,
+        address = %r.addrs[0],
+        error = %e,
+        "attestation relay: cannot connect to the verifier (check the --verifier address and that the verifier runs); resetting the guest's connection"
+    );
 }
 
 /// Connects to a Unix socket without blocking: a server whose backlog is full (it does

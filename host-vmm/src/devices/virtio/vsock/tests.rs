@@ -13,7 +13,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{Epoll, EpollEvent};
 
-use super::muxer::{Muxer, CONN_BUF, FIRST_EPHEMERAL_PORT, RXQ, TOKEN_LISTENER, TXQ};
+use super::backend::RelayConfig;
+use super::muxer::{Muxer, CONN_BUF, FIRST_EPHEMERAL_PORT, RELAY_PORT, RXQ, TOKEN_LISTENER, TXQ};
 use super::packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, TYPE_STREAM};
 
 const GUEST_CID: u64 = 3;
@@ -50,6 +51,15 @@ impl<'m> Guest<'m> {
         uds: Option<std::path::PathBuf>,
         listener: Option<UnixListener>,
     ) -> Self {
+        Self::with_relay(mem, uds, listener, None)
+    }
+
+    fn with_relay(
+        mem: &'m GuestMemoryMmap,
+        uds: Option<std::path::PathBuf>,
+        listener: Option<UnixListener>,
+        relay: Option<RelayConfig>,
+    ) -> Self {
         let rx = MockSplitQueue::create(mem, GuestAddress(0x1000), 64);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x8000), 64);
         let queues = vec![
@@ -58,7 +68,7 @@ impl<'m> Guest<'m> {
             Queue::new(4).unwrap(),
         ];
         let epoll = Arc::new(Epoll::new().unwrap());
-        let muxer = Muxer::new(GUEST_CID, epoll.clone(), uds, listener, None).unwrap();
+        let muxer = Muxer::new(GUEST_CID, epoll.clone(), uds, listener, relay).unwrap();
         Self {
             mem,
             rx,
@@ -412,4 +422,87 @@ fn a_host_server_that_never_accepts_cannot_stall_the_event_thread() {
         resets += ops(&g.recv()).iter().filter(|&&o| o == op::RST).count();
     }
     assert!(resets > 0, "a full backlog is refused, not waited for");
+}
+
+/// Runs `f` with a subscriber that records the log lines (plain text, no colour).
+fn with_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    let buf = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || LogWriter(w.clone()))
+        .finish();
+    let out = tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+    (out, text)
+}
+
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_relay_whose_verifier_is_unreachable_resets_the_guest_and_warns() {
+    let port = closed_port();
+    let relay = RelayConfig::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+    let mem = guest_memory();
+    let (packets, logs) = with_logs(|| {
+        let mut g = Guest::with_relay(&mem, None, None, Some(relay));
+        g.give_rx(16, 4096);
+        let req = g.pkt(op::REQUEST, 777, RELAY_PORT);
+        g.send(req, &[]);
+        let mut all = g.recv();
+        // Anything that follows (nothing should).
+        all.extend(g.recv());
+        all
+    });
+    // The guest's connect is refused at once: no RESPONSE first (which would make it
+    // read an empty stream and report a truncated response).
+    assert_eq!(ops(&packets), vec![op::RST], "{logs}");
+    let warn = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("cannot connect to the verifier"))
+        .unwrap_or_else(|| panic!("no WARN about the verifier in:\n{logs}"));
+    assert!(warn.contains(&format!("127.0.0.1:{port}")), "{warn}");
+    assert!(warn.to_lowercase().contains("refused"), "{warn}");
+}
+
+#[test]
+fn a_relay_answers_the_guest_once_the_verifier_is_connected() {
+    let verifier = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", verifier.local_addr().unwrap());
+    let relay = RelayConfig::new(&url, None).unwrap();
+    let mem = guest_memory();
+    let mut g = Guest::with_relay(&mem, None, None, Some(relay));
+    g.give_rx(16, 4096);
+    let req = g.pkt(op::REQUEST, 778, RELAY_PORT);
+    g.send(req, &[]);
+    assert_eq!(ops(&g.recv()), vec![op::RESPONSE]);
+    let (mut v, _) = verifier.accept().unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rw = g.pkt(op::RW, 778, RELAY_PORT);
+    rw.len = 4;
+    g.send(rw, b"ping");
+    let mut b = [0u8; 4];
+    v.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ping");
+    v.write_all(b"pong").unwrap();
+    let p = g.recv();
+    assert_eq!(ops(&p), vec![op::RW]);
+    assert_eq!(p[0].1, b"pong");
 }

@@ -1,0 +1,1114 @@
+//! The software TDX module of `--tee emulated-tdx`: the VMM plays the Intel TDX module
+//! for the guest's real TDX instructions, so the firmware runs the same TDCALL code on
+//! this machine as on TDX hardware. **Insecure test equipment**: nothing here is
+//! confidential; the evidence proves only what this host says.
+//!
+//! # How a TDCALL reaches it (the trap)
+//!
+//! - **CPL0 (the firmware)** executes the literal `tdcall` (66 0f 01 cc). This
+//!   machine's KVM cannot emulate it and exits with `KVM_EXIT_INTERNAL_ERROR` suberror 1
+//!   (measured, `/work/shared/PLATFORM.md`); [`TdxModule`]'s
+//!   [`ExitHandler::internal_error`] checks the four bytes at CS:RIP, applies the leaf's
+//!   semantics to the registers (KVM_GET_REGS / KVM_SET_REGS), advances RIP by 4 and the
+//!   vCPU resumes.
+//! - **The emulator trap** (CPL3 code, or a standard KVM where `tdcall` raises #UD):
+//!   `out 0xE0, al` with every other register exactly as for `tdcall`; the VMM applies
+//!   the same semantics and leaves RIP alone (KVM skips the `out`). Both paths call
+//!   [`TdxModule::tdcall`]: one implementation of the module. The trap is reachable only
+//!   by code allowed to do port I/O (CPL0, or IOPL 3 as the test guest sets), which
+//!   mirrors TDCALL's CPL0 requirement; the literal instruction is emulated only when CS
+//!   is at DPL 0.
+//!
+//! # Leaves (Intel TDX Module 1.5 ABI specification, GHCI 1.5)
+//!
+//! | RAX | leaf | emulation |
+//! |---|---|---|
+//! | 0 | TDG.VP.VMCALL | R10 = 0 (GHCI): `Instruction.IO` (30) on the VMM's port bus; `MapGPA` (0x10001) with `TDVMCALL_STATUS_RETRY` and R11 = next GPA after every [`MAP_GPA_CHUNK`] (the guest loops, as with KVM's chunking); `GetQuote` (0x10002), `SetupEventNotifyInterrupt` (0x10004), `GetTdVmCallInfo` (0x10000) through [`services::TdVmcalls`], the code the KVM backend runs for `KVM_EXIT_TDX`; other sub-functions: `TDVMCALL_STATUS_SUBFUNC_UNSUPPORTED` |
+//! | 1 | TDG.VP.INFO | RCX = GPAW (48), RDX = ATTRIBUTES, R8 = NUM_VCPUS \| MAX_VCPUS << 32, R9 = VCPU_INDEX, R10 = R11 = 0 |
+//! | 2 | TDG.MR.RTMR.EXTEND | RCX = GPA of a 64-byte aligned 48-byte digest, RDX = index 0..=3 |
+//! | 4 | TDG.MR.REPORT | RCX = GPA of the 1024-byte aligned TDREPORT_STRUCT, RDX = GPA of the 64-byte aligned REPORTDATA, R8 = subtype 0; the report comes from the emulated platform's module (`attestation::tdx::emulated`, MACed REPORTMACSTRUCT) |
+//! | 6 | TDG.MEM.PAGE.ACCEPT | RCX = GPA \| level (0 = 4 KiB, 1 = 2 MiB): the [`AcceptMap`] |
+//! | other | — | `TDX_OPERAND_INVALID` for RAX (never a silent success) |
+//!
+//! Completion status values: `TDX_SUCCESS` 0, `TDX_OPERAND_INVALID`
+//! 0xC0000100_00000000 | operand id (RAX 0, RCX 1, RDX 2, R8 8), `TDX_PAGE_ALREADY_ACCEPTED`
+//! 0x00000B0A_00000000, `TDX_PAGE_SIZE_MISMATCH` 0xC0000B0B_00000000 (the module ABI's
+//! completion-status table; the same values Linux's `arch/x86/kvm/vmx/tdx_errno.h` and
+//! TDVF's `TdxHelper` use).
+//!
+//! # TD entry
+//!
+//! [`td_entry`] puts a vCPU in the state the TDX module gives a TD vCPU (ABI spec,
+//! "Initial State of Guest TD vCPU"; TDVF `ResetVector/Ia32/IntelTdx.asm` documents what
+//! it relies on): RIP 0xFFFFFFF0 in 32-bit protected mode, flat 4 GiB CS/DS/ES/FS/GS/SS,
+//! CR0 = PE | NE, CR4 = MCE, EFER = LME, RFLAGS = 2, RAX = 0, RBX = GPAW, RCX = R8 = the
+//! TDH.VP.INIT value (KVM passes the TD HOB address), RDX = RSI = the vCPU index.
+//!
+//! # The shared bit
+//!
+//! GPAW is 48, so GPA bit 47 is the shared bit. A TD reads shared memory through an alias
+//! with that bit set; [`map_shared_alias`] registers one memslot per RAM region at
+//! `gpa | 1 << 47` mapping the same host memory (no private view here: t13-mem's
+//! enforcing views replace it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+use attestation::tdx::report::TdReport;
+use kvm_bindings::{kvm_regs, kvm_segment, kvm_userspace_memory_region};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use super::emulated::EmulatedTee;
+use super::services::{self, Notify, QgsError, QuoteJob, TdVmcalls};
+use crate::devices::{Buses, VmEvent};
+use crate::vstate::vcpu::{translate, ExitError, ExitHandler, Handled};
+
+/// TDCALL's encoding.
+pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
+/// The emulator-trap port of TDCALL.
+pub const TRAP_TDCALL: u16 = 0xE0;
+/// Guest physical address width the emulated TD reports.
+pub const GPAW: u32 = 48;
+/// The shared bit (GPAW - 1).
+pub const SHARED_BIT: u64 = 1 << (GPAW - 1);
+/// The first KVM memslot of the shared alias.
+pub const ALIAS_SLOT: u32 = 64;
+/// MapGPA converts at most this much per call before answering RETRY.
+pub const MAP_GPA_CHUNK: u64 = 64 << 20;
+/// The TD HOB address a TD vCPU gets in RCX (TDVF's TD_HOB section).
+pub const TD_HOB: u64 = 0x8000;
+
+/// TDCALL leaves.
+pub mod leaf {
+    #![allow(missing_docs)]
+    pub const VP_VMCALL: u64 = 0;
+    pub const VP_INFO: u64 = 1;
+    pub const MR_RTMR_EXTEND: u64 = 2;
+    pub const MR_REPORT: u64 = 4;
+    pub const MEM_PAGE_ACCEPT: u64 = 6;
+}
+
+/// TDX module completion status codes (RAX after TDCALL).
+pub mod status {
+    #![allow(missing_docs)]
+    pub const SUCCESS: u64 = 0;
+    pub const OPERAND_INVALID: u64 = 0xC000_0100_0000_0000;
+    pub const PAGE_ALREADY_ACCEPTED: u64 = 0x0000_0B0A_0000_0000;
+    pub const PAGE_SIZE_MISMATCH: u64 = 0xC000_0B0B_0000_0000;
+    /// Operand ids ORed into OPERAND_INVALID.
+    pub const RAX: u64 = 0;
+    pub const RCX: u64 = 1;
+    pub const RDX: u64 = 2;
+    pub const R8: u64 = 8;
+}
+
+/// TDG.VP.VMCALL sub-functions (GHCI).
+pub mod vmcall {
+    #![allow(missing_docs)]
+    pub const INSTRUCTION_IO: u64 = 30;
+    pub const MAP_GPA: u64 = 0x10001;
+    pub use super::services::{
+        TDVMCALL_ALIGN_ERROR as ALIGN_ERROR, TDVMCALL_GET_QUOTE as GET_QUOTE,
+        TDVMCALL_GET_TD_VM_CALL_INFO as GET_TD_VM_CALL_INFO,
+        TDVMCALL_INVALID_OPERAND as INVALID_OPERAND, TDVMCALL_RETRY as RETRY,
+        TDVMCALL_SETUP_EVENT_NOTIFY as SETUP_EVENT_NOTIFY,
+        TDVMCALL_SUBFUNC_UNSUPPORTED as SUBFUNC_UNSUPPORTED, TDVMCALL_SUCCESS as SUCCESS,
+    };
+}
+
+const PAGE: u64 = 0x1000;
+const HUGE: u64 = 0x20_0000;
+
+/// The accepted state of one 2 MiB range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chunk {
+    /// Accepted as one 2 MiB page.
+    Huge,
+    /// 4 KiB pages, one bit each (set = accepted).
+    Small(Box<[u64; 8]>),
+}
+
+/// The software accepted-page map: which private pages the TD has accepted, at 4 KiB or
+/// 2 MiB granularity (the Secure EPT leaf level).
+#[derive(Debug, Default, Clone)]
+pub struct AcceptMap {
+    chunks: HashMap<u64, Chunk>,
+}
+
+impl AcceptMap {
+    /// Marks `[gpa, gpa + len)` accepted at 4 KiB (TDH.MEM.PAGE.ADD at launch).
+    pub fn add_pages(&mut self, gpa: u64, len: u64) {
+        let mut p = gpa & !(PAGE - 1);
+        while p < gpa + len {
+            self.set_small(p, true);
+            p += PAGE;
+        }
+    }
+
+    fn set_small(&mut self, gpa: u64, on: bool) {
+        let c = self
+            .chunks
+            .entry(gpa / HUGE)
+            .or_insert_with(|| Chunk::Small(Box::new([0; 8])));
+        if let Chunk::Small(bits) = c {
+            let i = ((gpa % HUGE) / PAGE) as usize;
+            if on {
+                bits[i / 64] |= 1 << (i % 64);
+            } else {
+                bits[i / 64] &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// Whether the 4 KiB page at `gpa` is accepted.
+    pub fn is_accepted(&self, gpa: u64) -> bool {
+        match self.chunks.get(&(gpa / HUGE)) {
+            Some(Chunk::Huge) => true,
+            Some(Chunk::Small(bits)) => {
+                let i = ((gpa % HUGE) / PAGE) as usize;
+                bits[i / 64] & (1 << (i % 64)) != 0
+            }
+            None => false,
+        }
+    }
+
+    /// TDG.MEM.PAGE.ACCEPT of `gpa` at `level` (0 = 4 KiB, 1 = 2 MiB): the completion
+    /// status.
+    pub fn accept(&mut self, gpa: u64, level: u64) -> u64 {
+        match level {
+            0 => {
+                if self.is_accepted(gpa) {
+                    return status::PAGE_ALREADY_ACCEPTED;
+                }
+                self.set_small(gpa, true);
+                status::SUCCESS
+            }
+            1 => match self.chunks.get(&(gpa / HUGE)) {
+                Some(Chunk::Huge) => status::PAGE_ALREADY_ACCEPTED,
+                // Some 4 KiB leaves exist: the Secure EPT maps the range at 4 KiB.
+                Some(Chunk::Small(bits)) if bits.iter().any(|b| *b != 0) => {
+                    status::PAGE_SIZE_MISMATCH
+                }
+                _ => {
+                    self.chunks.insert(gpa / HUGE, Chunk::Huge);
+                    status::SUCCESS
+                }
+            },
+            _ => status::OPERAND_INVALID | status::RCX,
+        }
+    }
+
+    /// MapGPA to shared: the private pages of `[gpa, gpa + len)` are released (a later
+    /// conversion back to private needs a new accept).
+    pub fn release(&mut self, gpa: u64, len: u64) {
+        let mut p = gpa;
+        while p < gpa + len {
+            if p % HUGE == 0 && gpa + len - p >= HUGE {
+                self.chunks.remove(&(p / HUGE));
+                p += HUGE;
+                continue;
+            }
+            if let Some(Chunk::Huge) = self.chunks.get(&(p / HUGE)) {
+                // Demote, then clear the one page.
+                self.chunks
+                    .insert(p / HUGE, Chunk::Small(Box::new([u64::MAX; 8])));
+            }
+            self.set_small(p, false);
+            p += PAGE;
+        }
+    }
+}
+
+/// The general registers TDCALL reads and writes.
+pub type Regs = kvm_regs;
+
+/// The software TDX module: an [`ExitHandler`] for an emulated TD.
+pub struct TdxModule {
+    mem: GuestMemoryMmap,
+    tee: Arc<Mutex<EmulatedTee>>,
+    accepted: Mutex<AcceptMap>,
+    vcpus: u32,
+    attributes: u64,
+    vmcalls: TdVmcalls,
+    bus: OnceLock<Arc<Buses>>,
+}
+
+impl std::fmt::Debug for TdxModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TdxModule({} vCPUs)", self.vcpus)
+    }
+}
+
+fn word(b: &[u8; 256], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+impl TdxModule {
+    /// The module of the TD in `tee` (an [`EmulatedTee::Tdx`]) with `vcpus` vCPUs over
+    /// `mem`; `accepted` holds the pages the launch added; `quotes` feeds the quote
+    /// thread ([`quote_worker`]).
+    pub fn new(
+        mem: GuestMemoryMmap,
+        tee: Arc<Mutex<EmulatedTee>>,
+        accepted: AcceptMap,
+        vcpus: u32,
+        quotes: Option<(mpsc::SyncSender<QuoteJob>, Arc<AtomicU64>)>,
+        notify: Notify,
+    ) -> Self {
+        let attributes = match &*tee.lock().unwrap_or_else(|e| e.into_inner()) {
+            EmulatedTee::Tdx { td, .. } => td.config().attributes,
+            EmulatedTee::Snp { .. } => 0,
+        };
+        let vmcalls = TdVmcalls::new(
+            mem.clone(),
+            quotes,
+            notify,
+            0,
+            services::TDVMCALLINFO_SETUP_EVENT_NOTIFY,
+        );
+        Self {
+            mem,
+            tee,
+            accepted: Mutex::new(accepted),
+            vcpus,
+            attributes,
+            vmcalls,
+            bus: OnceLock::new(),
+        }
+    }
+
+    /// Gives the module the VMM's port bus (TDVMCALL<Instruction.IO>).
+    pub fn attach_buses(&self, bus: Arc<Buses>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Whether the page at `gpa` is accepted.
+    pub fn is_accepted(&self, gpa: u64) -> bool {
+        self.lock_accepted().is_accepted(gpa)
+    }
+
+    fn lock_accepted(&self) -> std::sync::MutexGuard<'_, AcceptMap> {
+        self.accepted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Executes one TDCALL of vCPU `vcpu` on `r` (every output in place). An `Err` is a
+    /// VM event (power-off, reset, panic) a TDVMCALL<Instruction.IO> raised: the vCPU
+    /// stops.
+    pub fn tdcall(&self, vcpu: u32, r: &mut Regs) -> Result<(), ExitError> {
+        let version = (r.rax >> 16) & 0xFF;
+        let leaf = r.rax & 0xFFFF;
+        if r.rax >> 24 != 0 || (version != 0 && leaf != leaf::VP_INFO) {
+            r.rax = status::OPERAND_INVALID | status::RAX;
+            return Ok(());
+        }
+        r.rax = match leaf {
+            leaf::VP_VMCALL => return self.vp_vmcall(vcpu, r),
+            leaf::VP_INFO => {
+                r.rcx = u64::from(GPAW);
+                r.rdx = self.attributes;
+                r.r8 = u64::from(self.vcpus) | (u64::from(self.vcpus) << 32);
+                r.r9 = u64::from(vcpu);
+                r.r10 = 0;
+                r.r11 = 0;
+                status::SUCCESS
+            }
+            leaf::MR_RTMR_EXTEND => self.rtmr_extend(r.rcx, r.rdx),
+            leaf::MR_REPORT => self.report(r.rcx, r.rdx, r.r8),
+            leaf::MEM_PAGE_ACCEPT => {
+                let (gpa, level) = (r.rcx & !0xFFF, r.rcx & 7);
+                let size = if level == 1 { HUGE } else { PAGE };
+                if r.rcx & 0xFF8 != 0 || gpa % size != 0 || !self.is_ram(gpa, size) {
+                    status::OPERAND_INVALID | status::RCX
+                } else {
+                    self.lock_accepted().accept(gpa, level)
+                }
+            }
+            _ => status::OPERAND_INVALID | status::RAX,
+        };
+        Ok(())
+    }
+
+    fn is_ram(&self, gpa: u64, size: u64) -> bool {
+        self.mem.address_in_range(GuestAddress(gpa))
+            && self.mem.address_in_range(GuestAddress(gpa + size - 1))
+    }
+
+    /// A private GPA the TD may name as a memory operand: no shared bit, RAM, accepted.
+    fn private_operand(&self, gpa: u64, size: u64, align: u64) -> bool {
+        gpa % align == 0
+            && gpa & SHARED_BIT == 0
+            && self.is_ram(gpa, size)
+            && self.is_accepted(gpa)
+            && self.is_accepted(gpa + size - 1)
+    }
+
+    fn rtmr_extend(&self, gpa: u64, index: u64) -> u64 {
+        if !self.private_operand(gpa, 48, 64) {
+            return status::OPERAND_INVALID | status::RCX;
+        }
+        let mut digest = [0u8; 48];
+        if self.mem.read_slice(&mut digest, GuestAddress(gpa)).is_err() {
+            return status::OPERAND_INVALID | status::RCX;
+        }
+        match &mut *self.tee.lock().unwrap_or_else(|e| e.into_inner()) {
+            EmulatedTee::Tdx { td, .. } if index < 4 => {
+                match td.extend_rtmr(index as usize, &digest) {
+                    Ok(()) => status::SUCCESS,
+                    Err(_) => status::OPERAND_INVALID | status::RDX,
+                }
+            }
+            _ => status::OPERAND_INVALID | status::RDX,
+        }
+    }
+
+    fn report(&self, out: u64, data: u64, subtype: u64) -> u64 {
+        if subtype != 0 {
+            return status::OPERAND_INVALID | status::R8;
+        }
+        if !self.private_operand(out, 1024, 1024) {
+            return status::OPERAND_INVALID | status::RCX;
+        }
+        if !self.private_operand(data, 64, 64) {
+            return status::OPERAND_INVALID | status::RDX;
+        }
+        let mut report_data = [0u8; 64];
+        if self
+            .mem
+            .read_slice(&mut report_data, GuestAddress(data))
+            .is_err()
+        {
+            return status::OPERAND_INVALID | status::RDX;
+        }
+        let report = match &*self.tee.lock().unwrap_or_else(|e| e.into_inner()) {
+            EmulatedTee::Tdx { platform, td, .. } => platform.module().report(td, &report_data),
+            EmulatedTee::Snp { .. } => return status::OPERAND_INVALID | status::RAX,
+        };
+        match report {
+            Ok(r)
+                if self
+                    .mem
+                    .write_slice(&r.to_bytes(), GuestAddress(out))
+                    .is_ok() =>
+            {
+                status::SUCCESS
+            }
+            _ => status::OPERAND_INVALID | status::RCX,
+        }
+    }
+
+    fn vp_vmcall(&self, vcpu: u32, r: &mut Regs) -> Result<(), ExitError> {
+        // TDG.VP.VMCALL itself succeeds; the sub-function's status is in R10.
+        r.rax = status::SUCCESS;
+        if r.r10 != 0 {
+            // Vendor-specific TDVMCALLs: none.
+            r.r10 = vmcall::SUBFUNC_UNSUPPORTED;
+            return Ok(());
+        }
+        let (sub, r12, r13, r14, r15) = (r.r11, r.r12, r.r13, r.r14, r.r15);
+        r.r10 = match sub {
+            vmcall::INSTRUCTION_IO => {
+                let size = r12;
+                if !matches!(size, 1 | 2 | 4) || r13 > 1 || r14 > 0xFFFF {
+                    vmcall::INVALID_OPERAND
+                } else {
+                    let Some(bus) = self.bus.get() else {
+                        return Err(ExitError::Unexpected(
+                            "TDVMCALL<Instruction.IO> before the port bus exists",
+                        ));
+                    };
+                    let port = r14 as u16;
+                    let n = size as usize;
+                    if r13 == 1 {
+                        let bytes = r15.to_le_bytes();
+                        match bus.pio.write(port, &bytes[..n]) {
+                            None => {}
+                            Some(VmEvent::Panic) => {
+                                return Err(ExitError::Unexpected(
+                                    "the guest panicked (pvpanic through TDVMCALL<Instruction.IO>)",
+                                ))
+                            }
+                            Some(VmEvent::PowerOff) => return Err(ExitError::Unexpected(
+                                "the guest powered off (ACPI S5 through TDVMCALL<Instruction.IO>)",
+                            )),
+                            Some(VmEvent::Reset) => {
+                                return Err(ExitError::Unexpected(
+                                    "the guest asked for a reset through TDVMCALL<Instruction.IO>",
+                                ))
+                            }
+                        }
+                    } else {
+                        let mut bytes = [0u8; 8];
+                        bus.pio.read(port, &mut bytes[..n]);
+                        r.r11 = u64::from_le_bytes(bytes);
+                    }
+                    vmcall::SUCCESS
+                }
+            }
+            vmcall::MAP_GPA => self.map_gpa(r12, r13, &mut r.r11),
+            vmcall::GET_QUOTE | vmcall::SETUP_EVENT_NOTIFY | vmcall::GET_TD_VM_CALL_INFO => {
+                // The KVM_EXIT_TDX layout (services.rs); KVM strips the shared bit of
+                // GetQuote's GPA before it exits to user space, and so do we.
+                let mut exit = [0u8; 256];
+                exit[8..16].copy_from_slice(&sub.to_le_bytes());
+                let arg = if sub == vmcall::GET_QUOTE {
+                    r12 & !SHARED_BIT
+                } else {
+                    r12
+                };
+                exit[24..32].copy_from_slice(&arg.to_le_bytes());
+                exit[32..40].copy_from_slice(&r13.to_le_bytes());
+                self.vmcalls.handle(vcpu, &mut exit);
+                if sub == vmcall::GET_TD_VM_CALL_INFO {
+                    r.r11 = word(&exit, 32);
+                    r.r12 = word(&exit, 40);
+                    r.r13 = word(&exit, 48);
+                    r.r14 = word(&exit, 56);
+                }
+                word(&exit, 16)
+            }
+            _ => vmcall::SUBFUNC_UNSUPPORTED,
+        };
+        Ok(())
+    }
+
+    /// MapGPA `[gpa, gpa + size)`: shared when `gpa` has the shared bit, else private.
+    /// Converts at most [`MAP_GPA_CHUNK`] and answers RETRY with R11 = the next GPA (shared
+    /// bit kept) while some remains.
+    fn map_gpa(&self, gpa: u64, size: u64, r11: &mut u64) -> u64 {
+        let shared = gpa & SHARED_BIT != 0;
+        let start = gpa & !SHARED_BIT;
+        if start % PAGE != 0 || size % PAGE != 0 {
+            return vmcall::ALIGN_ERROR;
+        }
+        let Some(end) = start.checked_add(size) else {
+            return vmcall::INVALID_OPERAND;
+        };
+        if size == 0 || end > SHARED_BIT {
+            return vmcall::INVALID_OPERAND;
+        }
+        let chunk = size.min(MAP_GPA_CHUNK);
+        if shared {
+            self.lock_accepted().release(start, chunk);
+        }
+        if chunk < size {
+            *r11 = (start + chunk) | (gpa & SHARED_BIT);
+            return vmcall::RETRY;
+        }
+        vmcall::SUCCESS
+    }
+
+    /// Emulates a `tdcall` at CS:RIP of `fd` (the internal-error path): false if the
+    /// instruction there is not TDCALL.
+    fn emulate_at_rip(&self, vcpu: u32, fd: &VcpuFd) -> Result<bool, ExitError> {
+        let mut regs = fd
+            .get_regs()
+            .map_err(|_| ExitError::Unexpected("KVM_GET_REGS failed in the TDX module"))?;
+        let sregs = fd
+            .get_sregs()
+            .map_err(|_| ExitError::Unexpected("KVM_GET_SREGS failed in the TDX module"))?;
+        // TDCALL is a CPL0 instruction; CPL3 code uses the emulator trap.
+        if sregs.cs.dpl != 0 {
+            return Ok(false);
+        }
+        let Some(gpa) = translate(&self.mem, &sregs, sregs.cs.base.wrapping_add(regs.rip)) else {
+            return Ok(false);
+        };
+        let mut insn = [0u8; 4];
+        if self.mem.read_slice(&mut insn, GuestAddress(gpa)).is_err() || insn != TDCALL {
+            return Ok(false);
+        }
+        self.tdcall(vcpu, &mut regs)?;
+        regs.rip += TDCALL.len() as u64;
+        fd.set_regs(&regs)
+            .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed in the TDX module"))?;
+        Ok(true)
+    }
+
+    /// The emulator trap (`out 0xE0, al`): the TDCALL semantics on the registers, RIP
+    /// unchanged (KVM completes the `out`).
+    pub fn trap(&self, vcpu: u32, fd: &VcpuFd) -> Result<Handled, ExitError> {
+        let mut regs = fd
+            .get_regs()
+            .map_err(|_| ExitError::Unexpected("KVM_GET_REGS failed in the TDX module"))?;
+        self.tdcall(vcpu, &mut regs)?;
+        fd.set_regs(&regs)
+            .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed in the TDX module"))?;
+        Ok(Handled::Yes)
+    }
+}
+
+impl ExitHandler for TdxModule {
+    fn memory_fault(&self, _gpa: u64, _size: u64, _private: bool) -> Result<(), ExitError> {
+        Err(ExitError::Unexpected(
+            "KVM_EXIT_MEMORY_FAULT on an emulated TD (no private memory)",
+        ))
+    }
+
+    fn map_gpa_range(&self, _args: &[u64; 6]) -> u64 {
+        // KVM_HC_MAP_GPA_RANGE is not forwarded on an emulated TD (MapGPA is a TDVMCALL).
+        u64::from(libc::ENOSYS as u32).wrapping_neg()
+    }
+
+    fn tdx_vmcall(&self, _vcpu: u32, _exit: &mut [u8; 256]) -> Result<(), ExitError> {
+        Err(ExitError::Unexpected("KVM_EXIT_TDX on an emulated TD"))
+    }
+
+    fn snp_req_certs(&self, _exit: &mut [u8; 256]) -> Result<(), ExitError> {
+        Err(ExitError::Unexpected(
+            "KVM_EXIT_SNP_REQ_CERTS on an emulated TD",
+        ))
+    }
+
+    fn io_trap(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
+        // 0xE0 is TDCALL; the other trap ports are SNP's instructions.
+        if port != TRAP_TDCALL {
+            return Ok(Handled::No);
+        }
+        self.trap(vcpu, fd)
+    }
+
+    fn internal_error(
+        &self,
+        vcpu: u32,
+        fd: &VcpuFd,
+        suberror: u32,
+        _data: &[u64],
+    ) -> Result<Handled, ExitError> {
+        // KVM_INTERNAL_ERROR_EMULATION: an instruction KVM cannot emulate. The bytes at
+        // CS:RIP decide (KVM's `data` words are not needed).
+        if suberror != 1 {
+            return Ok(Handled::No);
+        }
+        Ok(if self.emulate_at_rip(vcpu, fd)? {
+            Handled::Yes
+        } else {
+            Handled::No
+        })
+    }
+}
+
+/// Serves GetQuote jobs until the channel closes: the quoting enclave of the emulated
+/// platform in `tee` quotes the TDREPORT (version 4), and [`services::complete_quote`]
+/// writes the result as it does for QGS's answer; then the guest's notification vector
+/// (SetupEventNotifyInterrupt, in `notify`) is raised through `irq`, as the KVM
+/// backend's quote thread does. Failures are quote errors (a TDREPORT this platform's
+/// module did not MAC is refused).
+pub fn quote_worker(
+    jobs: mpsc::Receiver<QuoteJob>,
+    mem: GuestMemoryMmap,
+    tee: Arc<Mutex<EmulatedTee>>,
+    in_flight: Arc<AtomicU64>,
+    notify: Notify,
+    irq: impl services::Interrupt,
+) {
+    for job in jobs {
+        let result = TdReport::from_bytes(&job.report)
+            .map_err(|e| QgsError::Response(format!("not a TDREPORT: {e}")))
+            .and_then(
+                |report| match &*tee.lock().unwrap_or_else(|e| e.into_inner()) {
+                    EmulatedTee::Tdx { platform, .. } => platform
+                        .quote(&report, 4)
+                        .and_then(|q| q.to_bytes().map_err(Into::into))
+                        .map_err(|e| QgsError::Response(format!("the emulated QE refused: {e}"))),
+                    EmulatedTee::Snp { .. } => Err(QgsError::Response("not a TDX platform".into())),
+                },
+            );
+        services::complete_quote(&mem, &job, result);
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        let target = *notify.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((apic, vector)) = target {
+            if let Err(e) = irq.raise(apic, vector) {
+                tracing::warn!(error = %e, "cannot notify the TD of a finished quote");
+            }
+        }
+    }
+}
+
+/// Raises a vector on a vCPU with KVM_SIGNAL_MSI (fixed delivery, physical destination).
+#[derive(Debug, Clone)]
+pub struct MsiInterrupt(pub Arc<crate::vstate::vm::Vm>);
+
+impl services::Interrupt for MsiInterrupt {
+    fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
+        let msi = kvm_bindings::kvm_msi {
+            address_lo: 0xFEE0_0000 | (apic << 12),
+            data: u32::from(vector),
+            ..Default::default()
+        };
+        self.0.fd().signal_msi(msi).map(|_| ())
+    }
+}
+
+/// Registers the shared alias of every RAM region of `mem` at `gpa | SHARED_BIT`
+/// (memslots from [`ALIAS_SLOT`]).
+pub fn map_shared_alias(
+    vm: &kvm_ioctls::VmFd,
+    mem: &GuestMemoryMmap,
+) -> Result<(), kvm_ioctls::Error> {
+    for (i, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: ALIAS_SLOT + i as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value() | SHARED_BIT,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the host range is a live mapping owned by `mem`, which the VM keeps
+        // for as long as its fd exists (as `memory::register`); the alias slots do not
+        // overlap each other or the RAM slots (all RAM lies below SHARED_BIT).
+        unsafe { vm.set_user_memory_region(r) }?;
+    }
+    Ok(())
+}
+
+fn flat(selector: u16, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Puts vCPU `index` in a TD vCPU's initial state (module docs) and makes it runnable
+/// (a TD has no INIT/SIPI: every vCPU starts at the reset vector).
+pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
+    let mut sregs = fd.get_sregs()?;
+    sregs.cs = flat(0x08, 0xB);
+    for s in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.ss,
+        &mut sregs.fs,
+        &mut sregs.gs,
+    ] {
+        *s = flat(0x10, 0x3);
+    }
+    sregs.cr0 = 0x21; // PE | NE
+    sregs.cr4 = 0x40; // MCE
+    sregs.efer = 0x100; // LME
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_regs {
+        rip: 0xFFFF_FFF0,
+        rflags: 2,
+        rbx: u64::from(GPAW),
+        rcx: TD_HOB,
+        r8: TD_HOB,
+        rdx: u64::from(index),
+        rsi: u64::from(index),
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
+    if index != 0 {
+        fd.set_mp_state(kvm_bindings::kvm_mp_state {
+            mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A module over 64 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
+    /// platform in a fresh directory, a quote thread, and the launch's accepted pages.
+    fn module() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir) {
+        let (m, mem, dir, _) = module_with_irq();
+        (m, mem, dir)
+    }
+
+    fn module_with_irq() -> (TdxModule, GuestMemoryMmap, tempfile::TempDir, Recorder) {
+        let dir = tempfile::tempdir().unwrap();
+        attestation::tdx::emulated::EmulatedTdxPlatform::create(dir.path()).unwrap();
+        let fw = measured_boot::testing::emulated_guest_image(&[0xf4]);
+        let mem = crate::vstate::memory::create(64 << 20, &fw).unwrap();
+        let (tee, _, _, accepted) =
+            EmulatedTee::launch_tdx(dir.path(), fw, Default::default(), None).unwrap();
+        let tee = Arc::new(Mutex::new(tee));
+        let (tx, rx) = mpsc::sync_channel(4);
+        let n = Arc::new(AtomicU64::new(0));
+        let notify = Notify::default();
+        let (m2, t2, n2, no2) = (mem.clone(), tee.clone(), n.clone(), notify.clone());
+        let rec = Recorder::default();
+        let r2 = rec.clone();
+        std::thread::spawn(move || quote_worker(rx, m2, t2, n2, no2, r2));
+        let m = TdxModule::new(mem.clone(), tee, accepted, 2, Some((tx, n)), notify);
+        (m, mem, dir, rec)
+    }
+
+    /// Records the notifications the quote thread raises.
+    #[derive(Default, Clone)]
+    struct Recorder(Arc<Mutex<Vec<(u32, u8)>>>);
+
+    impl services::Interrupt for Recorder {
+        fn raise(&self, apic: u32, vector: u8) -> Result<(), kvm_ioctls::Error> {
+            self.0.lock().unwrap().push((apic, vector));
+            Ok(())
+        }
+    }
+
+    fn call(m: &TdxModule, vcpu: u32, r: Regs) -> Regs {
+        let mut r = r;
+        m.tdcall(vcpu, &mut r).unwrap();
+        r
+    }
+
+    #[test]
+    fn vp_info_and_unknown_leaves() {
+        let (m, _, _d) = module();
+        let r = call(
+            &m,
+            1,
+            Regs {
+                rax: leaf::VP_INFO,
+                r9: 0xdead,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        assert_eq!(r.rcx, 48, "GPAW");
+        assert_eq!(r.r8, 2 | (2 << 32), "NUM_VCPUS | MAX_VCPUS");
+        assert_eq!(r.r9, 1, "VCPU_INDEX in R9");
+        assert_eq!((r.r10, r.r11), (0, 0));
+        // Leaves the module does not implement never succeed silently.
+        for rax in [3, 5, 7, 8, 0x1_0000_0002] {
+            let r = call(
+                &m,
+                0,
+                Regs {
+                    rax,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(
+                r.rax,
+                status::OPERAND_INVALID | status::RAX,
+                "leaf {rax:#x}"
+            );
+        }
+        // Nor TDVMCALL sub-functions it does not know, or vendor-specific ones.
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: 12,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUBFUNC_UNSUPPORTED));
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r10: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUBFUNC_UNSUPPORTED));
+    }
+
+    #[test]
+    fn accept_checks_its_operand_and_tracks_pages() {
+        let (m, _, _d) = module();
+        let acc = |rcx| {
+            call(
+                &m,
+                0,
+                Regs {
+                    rax: leaf::MEM_PAGE_ACCEPT,
+                    rcx,
+                    ..Default::default()
+                },
+            )
+            .rax
+        };
+        assert_eq!(acc(0x20_0000 | 1), status::SUCCESS);
+        assert_eq!(acc(0x20_0000 | 1), status::PAGE_ALREADY_ACCEPTED);
+        assert_eq!(acc(0x40_1000), status::SUCCESS);
+        assert_eq!(acc(0x40_0000 | 1), status::PAGE_SIZE_MISMATCH);
+        // Misaligned, reserved bits, outside RAM, bad level.
+        assert_eq!(acc(0x60_1000 | 1), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x60_0000 | 0x10), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x8000_0000), status::OPERAND_INVALID | status::RCX);
+        assert_eq!(acc(0x60_0000 | 3), status::OPERAND_INVALID | status::RCX);
+        assert!(m.is_accepted(0x20_0000) && !m.is_accepted(0x60_0000));
+    }
+
+    #[test]
+    fn map_gpa_answers_retry_with_the_next_gpa_until_done() {
+        let (m, _, _d) = module();
+        let (start, size) = (0x100_0000u64, 3 * MAP_GPA_CHUNK / 2);
+        let mut at = start | SHARED_BIT;
+        let mut calls = 0;
+        loop {
+            calls += 1;
+            let end = (start + size) | SHARED_BIT;
+            let r = call(
+                &m,
+                0,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::MAP_GPA,
+                    r12: at,
+                    r13: end - at,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.rax, 0);
+            match r.r10 {
+                vmcall::SUCCESS => break,
+                vmcall::RETRY => {
+                    assert!(r.r11 > at && r.r11 < end, "R11 continues inside the range");
+                    assert_ne!(r.r11 & SHARED_BIT, 0, "the shared bit is kept");
+                    at = r.r11;
+                }
+                other => panic!("MapGPA status {other:#x}"),
+            }
+        }
+        assert_eq!(calls, 2);
+        let bad = |r12, r13| {
+            call(
+                &m,
+                0,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::MAP_GPA,
+                    r12,
+                    r13,
+                    ..Default::default()
+                },
+            )
+            .r10
+        };
+        assert_eq!(bad(0x1001, 0x1000), vmcall::ALIGN_ERROR);
+        assert_eq!(bad(0x1000, 0), vmcall::INVALID_OPERAND);
+        assert_eq!(bad(!0xFFF, 0x2000), vmcall::INVALID_OPERAND);
+    }
+
+    #[test]
+    fn rtmr_extend_report_and_get_quote_carry_the_guest_s_values() {
+        let (m, mem, _d, irq) = module_with_irq();
+        // SetupEventNotifyInterrupt: vector 0x40 on vCPU 1; vectors below 32 refused.
+        let notify = |vector| {
+            call(
+                &m,
+                1,
+                Regs {
+                    rax: 0,
+                    rcx: 0xFC00,
+                    r11: vmcall::SETUP_EVENT_NOTIFY,
+                    r12: vector,
+                    ..Default::default()
+                },
+            )
+            .r10
+        };
+        assert_eq!(notify(0x10), vmcall::INVALID_OPERAND);
+        assert_eq!(notify(0x40), vmcall::SUCCESS);
+        // Private, accepted operands: accept the first 2 MiB of RAM.
+        call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MEM_PAGE_ACCEPT,
+                rcx: 0x20_0000 | 1,
+                ..Default::default()
+            },
+        );
+        mem.write_slice(&[0xAB; 48], GuestAddress(0x20_0040))
+            .unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0040,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0040,
+                rdx: 4,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RDX);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x20_0041,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RCX, "misaligned");
+        // An unaccepted page is not a valid operand.
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_RTMR_EXTEND,
+                rcx: 0x90_0000,
+                rdx: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::RCX);
+
+        mem.write_slice(&[0x5A; 64], GuestAddress(0x20_0080))
+            .unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_REPORT,
+                rcx: 0x20_0400,
+                rdx: 0x20_0080,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::SUCCESS);
+        let mut report = vec![0u8; 1024];
+        mem.read_slice(&mut report, GuestAddress(0x20_0400))
+            .unwrap();
+        let parsed = TdReport::from_bytes(&report).unwrap();
+        assert_eq!(parsed.mac_struct.report_data, [0x5A; 64]);
+        let mut rtmr2 = [0u8; 48];
+        measured_boot::tdx::rtmr_extend(&mut rtmr2, &[0xAB; 48]);
+        assert_eq!(parsed.td_info.rtmr[2], rtmr2);
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: leaf::MR_REPORT,
+                rcx: 0x20_0400,
+                rdx: 0x20_0080,
+                r8: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(r.rax, status::OPERAND_INVALID | status::R8);
+
+        // GetQuote: the real buffer format (version 1, status, in_len, out_len, data),
+        // a shared GPA; the status goes IN_FLIGHT, then SUCCESS with the quote.
+        let buf = 0x30_0000u64;
+        mem.write_obj(1u64, GuestAddress(buf)).unwrap();
+        mem.write_obj(0u64, GuestAddress(buf + 8)).unwrap();
+        mem.write_obj(1024u32, GuestAddress(buf + 16)).unwrap();
+        mem.write_slice(&report, GuestAddress(buf + 24)).unwrap();
+        let r = call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: vmcall::GET_QUOTE,
+                r12: buf | SHARED_BIT,
+                r13: 0x8000,
+                ..Default::default()
+            },
+        );
+        assert_eq!((r.rax, r.r10), (0, vmcall::SUCCESS));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            let s: u64 = mem.read_obj(GuestAddress(buf + 8)).unwrap();
+            if s != services::QUOTE_IN_FLIGHT || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, services::QUOTE_SUCCESS);
+        let len: u32 = mem.read_obj(GuestAddress(buf + 20)).unwrap();
+        let mut quote = vec![0u8; len as usize];
+        mem.read_slice(&mut quote, GuestAddress(buf + 24)).unwrap();
+        let q = attestation::tdx::quote::Quote::parse(&quote).unwrap();
+        assert_eq!(q.body.report_data, [0x5A; 64]);
+        assert_eq!(q.body.rtmr[2], rtmr2);
+        assert_eq!(
+            irq.0.lock().unwrap().as_slice(),
+            &[(1, 0x40)],
+            "the finished quote raised the guest's notification vector"
+        );
+
+        // A TDREPORT this module did not MAC is refused by the quoting enclave.
+        report[0x100] ^= 1;
+        mem.write_obj(0u64, GuestAddress(buf + 8)).unwrap();
+        mem.write_slice(&report, GuestAddress(buf + 24)).unwrap();
+        call(
+            &m,
+            0,
+            Regs {
+                rax: 0,
+                rcx: 0xFC00,
+                r11: vmcall::GET_QUOTE,
+                r12: buf | SHARED_BIT,
+                r13: 0x8000,
+                ..Default::default()
+            },
+        );
+        let status = loop {
+            let s: u64 = mem.read_obj(GuestAddress(buf + 8)).unwrap();
+            if s != services::QUOTE_IN_FLIGHT || std::time::Instant::now() > deadline {
+                break s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(status, services::QUOTE_ERROR);
+    }
+
+    #[test]
+    fn accept_follows_the_module_status_codes() {
+        let mut m = AcceptMap::default();
+        assert_eq!(m.accept(0x20_0000, 1), status::SUCCESS);
+        assert_eq!(m.accept(0x20_0000, 1), status::PAGE_ALREADY_ACCEPTED);
+        assert_eq!(m.accept(0x20_1000, 0), status::PAGE_ALREADY_ACCEPTED);
+        assert!(m.is_accepted(0x3F_F000));
+        assert!(!m.is_accepted(0x40_0000));
+        // A 4 KiB page accepted first: the range is mapped at 4 KiB.
+        assert_eq!(m.accept(0x40_3000, 0), status::SUCCESS);
+        assert_eq!(m.accept(0x40_0000, 1), status::PAGE_SIZE_MISMATCH);
+        assert_eq!(m.accept(0x40_3000, 0), status::PAGE_ALREADY_ACCEPTED);
+        assert_eq!(m.accept(0x40_4000, 0), status::SUCCESS);
+        assert_eq!(m.accept(0, 2), status::OPERAND_INVALID | status::RCX);
+        // Launch pages are 4 KiB leaves.
+        m.add_pages(0x8000, 0x1000);
+        assert!(m.is_accepted(0x8000) && !m.is_accepted(0x9000));
+        assert_eq!(m.accept(0, 1), status::PAGE_SIZE_MISMATCH);
+        // Converting to shared releases; converting back needs a new accept.
+        m.release(0x20_0000, 0x1000);
+        assert!(!m.is_accepted(0x20_0000) && m.is_accepted(0x20_1000));
+        assert_eq!(m.accept(0x20_0000, 0), status::SUCCESS);
+        m.release(0x20_0000, HUGE);
+        assert!(!m.is_accepted(0x20_1000));
+    }
+}
