@@ -259,7 +259,6 @@ pub trait TeeBackend: Send + Sync + std::fmt::Debug {
 
     /// What the launch is expected to measure.
     fn measurement(&self) -> ExpectedMeasurement;
-
 }
 
 #[cfg(test)]
@@ -413,7 +412,7 @@ mod tests {
             assert_eq!(visible_leaves(b), leaves, "{tee}");
             let devices = b.devices(&mem);
             // Emulated SNP also has the trap-event device at the emulator-trap ports.
-            assert_eq!(devices.len(), 1 + usize::from(snp_leaf), "{tee}");
+            assert_eq!(devices.len(), 1 + usize::from(leaves.0), "{tee}");
             let mailbox = devices
                 .iter()
                 .find(|d| d.base == super::super::emulated::MAILBOX_PORT)
