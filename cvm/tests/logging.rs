@@ -6,11 +6,12 @@ use std::process::Command;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// A 64 KiB firmware whose reset vector asks the i8042 for a reset: the VM stops at once.
+/// A 64 KiB firmware whose reset vector powers off (ACPI S5): the VM stops at once, and
+/// `cvm launch` succeeds (a reset would be a failure).
 fn resetting_firmware(dir: &std::path::Path) -> std::path::PathBuf {
     let mut img = vec![0xF4u8; 0x10000];
-    // mov al, 0xfe; out 0x64, al; hlt
-    img[0xFFF0..0xFFF5].copy_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4]);
+    // mov dx, 0x604 (PM1a control); mov ax, SLP_EN | SLP_TYP 5; out dx, ax; hlt
+    img[0xFFF0..0xFFF8].copy_from_slice(&[0xBA, 0x04, 0x06, 0xB8, 0x00, 0x34, 0xEF, 0xF4]);
     let p = dir.join("reset.fd");
     std::fs::write(&p, img).unwrap();
     p
@@ -29,9 +30,7 @@ fn launch(fw: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> String 
     }
     let out = c.output().unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    // The guest resets, which `cvm launch` reports as a failure (exit 1).
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("requested a reset"), "{stderr}");
+    assert!(out.status.success(), "{stderr}");
     stderr
 }
 
