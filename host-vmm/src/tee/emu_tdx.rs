@@ -524,7 +524,7 @@ impl TdxModule {
             return Ok(false);
         }
         self.tdcall(vcpu, &mut regs)?;
-        regs.rip += TDCALL.len() as u64;
+        regs.rip = regs.rip.wrapping_add(TDCALL.len() as u64);
         fd.set_regs(&regs)
             .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed in the TDX module"))?;
         Ok(true)

@@ -196,6 +196,7 @@ impl TeeBackend for EmulatedSnp {
             &table,
         )
         .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;
+        psp.set_guest_cpuid(cpuid);
         emu_snp::register_alias_slots(vm).map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;
         vm.enable_user_msr_exits(&[emu_snp::ghcb::MSR_GHCB, emu_snp::ghcb::MSR_SEV_STATUS])
             .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;

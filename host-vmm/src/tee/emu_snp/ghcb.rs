@@ -63,9 +63,18 @@ pub mod off {
     pub const USAGE: usize = 0xFFC;
 }
 
-/// `sw_exit_info_2` error for a malformed request (GHCB spec: "1 in bits 31:0 of
-/// SW_EXITINFO1 ... and an error code in SW_EXITINFO2"): bad input.
-pub const GHCB_ERR_INVALID_INPUT: u64 = 2;
+/// `sw_exit_info_2` reason for malformed input, returned with `sw_exit_info_1` = 2
+/// (GHCB_HV_RESP_MALFORMED_INPUT) as KVM's `svm_vmgexit_bad_input` does (Linux
+/// arch/x86/include/asm/sev-common.h: GHCB_ERR_INVALID_INPUT = 5).
+pub const GHCB_ERR_INVALID_INPUT: u64 = 5;
+/// `sw_exit_info_2` reason: the scratch area is not inside the GHCB's shared buffer
+/// (GHCB_ERR_INVALID_SCRATCH_AREA = 3).
+pub const GHCB_ERR_INVALID_SCRATCH_AREA: u64 = 3;
+/// Page State Change status (`sw_exit_info_2`, `sw_exit_info_1` = 0): invalid header
+/// (KVM's VMGEXIT_PSC_ERROR_INVALID_HDR).
+pub const PSC_ERROR_INVALID_HDR: u64 = (1 << 32) | 1;
+/// Page State Change status: invalid entry (VMGEXIT_PSC_ERROR_INVALID_ENTRY).
+pub const PSC_ERROR_INVALID_ENTRY: u64 = (1 << 32) | 2;
 /// Guest request: the certificate buffer is too small (upper 32 bits of
 /// `sw_exit_info_2`; RBX gets the number of pages needed).
 pub const GUEST_VMM_ERR_INVALID_LEN: u64 = 1;

@@ -151,6 +151,8 @@ pub struct SnpPsp {
     ports: OnceLock<Arc<dyn PortIo>>,
     /// SEV_STATUS as the guest reads it.
     sev_status: u64,
+    /// The vCPUs' CPUID (subleaf 0 of each leaf), for the MSR-protocol CPUID request.
+    cpuid: OnceLock<Vec<(u32, [u32; 4])>>,
 }
 
 impl std::fmt::Debug for SnpPsp {
@@ -198,6 +200,34 @@ pub enum PspError {
 }
 
 impl SnpPsp {
+    /// The CPUID the vCPUs were given (before their APIC IDs are patched in), for the
+    /// GHCB MSR-protocol CPUID request. Set once, before the vCPUs run.
+    pub fn set_guest_cpuid(&self, cpuid: &kvm_bindings::CpuId) {
+        let leaves = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.index == 0)
+            .map(|e| (e.function, [e.eax, e.ebx, e.ecx, e.edx]))
+            .collect();
+        let _ = self.cpuid.set(leaves);
+    }
+
+    /// Leaf `leaf` (subleaf 0) of vCPU `vcpu`'s CPUID: the APIC ID patched in as
+    /// `Vcpu::new` does.
+    fn guest_cpuid(&self, vcpu: u32, leaf: u32) -> [u32; 4] {
+        let mut r = self
+            .cpuid
+            .get()
+            .and_then(|c| c.iter().find(|(f, _)| *f == leaf).map(|(_, r)| *r))
+            .unwrap_or([0; 4]);
+        match leaf {
+            1 => r[1] = (r[1] & 0x00ff_ffff) | (vcpu << 24),
+            0xb | 0x1f => r[3] = vcpu,
+            _ => {}
+        }
+        r
+    }
+
     /// The PSP for `guest`: writes the secrets page (fresh VMPCKs) and the CPUID page
     /// (`cpuid_table`, the SNP CPUID table) where the launch put them, and marks every
     /// launched range assigned and validated.
@@ -244,6 +274,7 @@ impl SnpPsp {
             }),
             ports: OnceLock::new(),
             sev_status: ghcb::SEV_STATUS_SNP | SEV_STATUS_EMULATOR_TRAP,
+            cpuid: OnceLock::new(),
         })
     }
 
@@ -351,9 +382,11 @@ impl SnpPsp {
         Ok(match MsrRequest::decode(v) {
             MsrRequest::SevInfo => ghcb::sev_info(CBIT),
             MsrRequest::Cpuid { leaf, reg } => {
-                // Under emulation CPUID does not raise #VC; answer from the host CPUID.
-                let r = core::arch::x86_64::__cpuid_count(leaf, 0);
-                let value = [r.eax, r.ebx, r.ecx, r.edx][usize::from(reg & 3)];
+                // From the vCPU's CPUID, as KVM answers it (`kvm_emulate_cpuid` with
+                // ECX = 0), never the host's: the template's C-bit, KVM's hidden
+                // features stay hidden. A leaf the vCPU does not have reads zero.
+                let r = self.guest_cpuid(vcpu, leaf);
+                let value = r[usize::from(reg & 3)];
                 (u64::from(value) << 32) | (u64::from(reg) << 30) | ghcb::msr::CPUID_RESP
             }
             MsrRequest::RegisterGhcb(gfn) => {
@@ -429,8 +462,14 @@ impl SnpPsp {
             }
             other => return Err(PspError::ExitCode(other)),
         }
-        if res2 != 0 && code != exit::HV_FEATURES {
-            res1 = 1;
+        // KVM's convention (arch/x86/kvm/svm/sev.c): malformed input is
+        // `svm_vmgexit_bad_input` — sw_exit_info_1 = 2, info_2 = the GHCB_ERR_* reason;
+        // a guest-request or page-state-change status (VMM/firmware error in the high
+        // half) is returned with info_1 = 0 ("no action") and the status in info_2, which
+        // Linux's `verify_exception_info` passes to the caller (an INVALID_LEN extended
+        // request must reach the guest's -ENOSPC retry, not become ES_VMM_ERROR).
+        if res2 != 0 && code != exit::HV_FEATURES && res2 < 1 << 32 {
+            res1 = 2;
         }
         // The hypervisor writes only the results; clear the valid bitmap as KVM does
         // before marking what it returns.
@@ -438,6 +477,11 @@ impl SnpPsp {
         if code == exit::IOIO && Ioio::decode(info1).is_some_and(|i| i.input) {
             let rax = ghcb::get(&page, off::RAX);
             ghcb::set(&mut page, off::RAX, rax);
+        }
+        if code == exit::SNP_EXT_GUEST_REQUEST && res2 == ghcb::GUEST_VMM_ERR_INVALID_LEN << 32 {
+            // RBX (the pages needed) is a result: mark it valid again.
+            let rbx = ghcb::get(&page, off::RBX);
+            ghcb::set(&mut page, off::RBX, rbx);
         }
         ghcb::set(&mut page, off::SW_EXIT_INFO_1, res1);
         ghcb::set(&mut page, off::SW_EXIT_INFO_2, res2);
@@ -458,15 +502,17 @@ impl SnpPsp {
     ) -> Result<u64, PspError> {
         let lo = ghcb_gpa + off::SHARED_BUFFER as u64;
         let hi = ghcb_gpa + off::SHARED_BUFFER_END as u64;
-        if scratch < lo || scratch + 8 > hi {
-            return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
+        // Guest-chosen: no arithmetic on it may overflow (a scratch address near
+        // u64::MAX once panicked the vCPU thread here).
+        if scratch < lo || scratch.checked_add(8).is_none_or(|e| e > hi) {
+            return Ok(ghcb::GHCB_ERR_INVALID_SCRATCH_AREA);
         }
         let base = (scratch - ghcb_gpa) as usize;
         let rd16 = |p: &[u8; 4096], o: usize| u16::from_le_bytes([p[o], p[o + 1]]);
         let cur = usize::from(rd16(page, base));
         let end = usize::from(rd16(page, base + 2));
         if end >= ghcb::PSC_MAX_ENTRIES || base + 8 + (end + 1) * 8 > off::SHARED_BUFFER_END {
-            return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
+            return Ok(ghcb::PSC_ERROR_INVALID_HDR);
         }
         let mut st = self.state();
         let mut i = cur;
@@ -485,7 +531,7 @@ impl SnpPsp {
                 };
             if !ok {
                 page[base..base + 2].copy_from_slice(&(i as u16).to_le_bytes());
-                return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
+                return Ok(ghcb::PSC_ERROR_INVALID_ENTRY);
             }
             let done = PscEntry {
                 cur_page: if e.huge { 512 } else { 1 },
@@ -740,7 +786,7 @@ impl ExitHandler for SnpPsp {
             .map_err(|_| ExitError::Unexpected("KVM_GET_SREGS failed"))?;
         self.pvalidate(&mut regs, &sregs)
             .map_err(|e| exit_error(&e))?;
-        regs.rip += PVALIDATE.len() as u64;
+        regs.rip = regs.rip.wrapping_add(PVALIDATE.len() as u64);
         fd.set_regs(&regs)
             .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed"))?;
         Ok(Handled::Yes)

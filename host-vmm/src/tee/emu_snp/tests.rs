@@ -78,6 +78,36 @@ fn the_msr_protocol_answers_as_the_ghcb_spec_says() {
     assert!(matches!(p.vmgexit(0), Err(PspError::MsrProtocol(0x7FF))));
 }
 
+#[test]
+fn msr_protocol_cpuid_answers_from_the_vcpus_cpuid_not_the_hosts() {
+    let (p, _d) = psp();
+    let entry = |function, ebx| kvm_bindings::kvm_cpuid_entry2 {
+        function,
+        ebx,
+        ..Default::default()
+    };
+    let cpuid = kvm_bindings::CpuId::from_entries(&[
+        entry(0x8000_001F, 0x1234_002F),
+        entry(1, 0x0000_0800),
+    ])
+    .unwrap();
+    p.set_guest_cpuid(&cpuid);
+    let ask = |leaf: u64, reg: u64, vcpu: u32| {
+        let mut d = (leaf << 32) | (reg << 30) | 0x004;
+        assert_eq!(p.msr(vcpu, ghcb::MSR_GHCB, true, &mut d), Some(Ok(())));
+        p.vmgexit(vcpu).unwrap();
+        assert_eq!(p.msr(vcpu, ghcb::MSR_GHCB, false, &mut d), Some(Ok(())));
+        d
+    };
+    // EBX of 0x8000001F: the guest's C-bit (47 = 0x2F), not the host's.
+    assert_eq!(ask(0x8000_001F, 1, 0) >> 32, 0x1234_002F);
+    assert_eq!(ask(0x8000_001F, 1, 0) & 0xFFF, 0x005, "CPUID response code");
+    // Leaf 1 EBX carries each vCPU's APIC ID, as its own CPUID does.
+    assert_eq!(ask(1, 1, 3) >> 32, 0x0300_0800);
+    // A leaf the vCPU does not have reads zero (the host's would leak otherwise).
+    assert_eq!(ask(0x8000_0002, 0, 0) >> 32, 0);
+}
+
 /// Identity page tables at 0x100000 (1 GiB pages would be simplest, but the firmware
 /// uses 2 MiB pages: so do we), with the C-bit in every entry.
 fn page_tables(p: &SnpPsp) -> kvm_sregs {
@@ -218,8 +248,22 @@ fn the_psc_nae_processes_2m_and_4k_entries_and_reports_progress() {
         };
         g[o + 8..o + 16].copy_from_slice(&e.encode().to_le_bytes());
     });
-    assert_eq!(ghcb::get(&out, off::SW_EXIT_INFO_1), 1);
-    assert_ne!(ghcb::get(&out, off::SW_EXIT_INFO_2), 0);
+    // KVM: a PSC status comes back with info_1 = 0 and the status in info_2.
+    assert_eq!(ghcb::get(&out, off::SW_EXIT_INFO_1), 0);
+    assert_eq!(
+        ghcb::get(&out, off::SW_EXIT_INFO_2),
+        ghcb::PSC_ERROR_INVALID_ENTRY
+    );
+    // A scratch address the guest chose near u64::MAX is malformed input, not a
+    // panic of the vCPU thread (it overflowed the bounds check before).
+    let out = ghcb_call(&p, exit::SNP_PSC, 0, 0, |g| {
+        ghcb::set(g, off::SW_SCRATCH, u64::MAX - 6);
+    });
+    assert_eq!(ghcb::get(&out, off::SW_EXIT_INFO_1), 2);
+    assert_eq!(
+        ghcb::get(&out, off::SW_EXIT_INFO_2),
+        ghcb::GHCB_ERR_INVALID_SCRATCH_AREA
+    );
     // A page-state change outside guest RAM is refused (the RMP does not grow).
     let out = ghcb_call(&p, exit::SNP_PSC, 0, 0, |g| {
         ghcb::set(g, off::SW_SCRATCH, buf);
@@ -241,7 +285,7 @@ fn the_psc_nae_processes_2m_and_4k_entries_and_reports_progress() {
     });
     assert_eq!(
         ghcb::get(&out, off::SW_EXIT_INFO_2),
-        ghcb::GHCB_ERR_INVALID_INPUT
+        ghcb::GHCB_ERR_INVALID_SCRATCH_AREA
     );
 }
 
