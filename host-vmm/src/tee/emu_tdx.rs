@@ -64,7 +64,7 @@ use vm_memory::{
 
 use super::emulated::EmulatedTee;
 use super::services::{self, Notify, QgsError, QuoteJob, TdVmcalls};
-use crate::devices::{Buses, VmEvent};
+use crate::devices::Buses;
 use crate::vstate::vcpu::{translate, ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
@@ -217,7 +217,12 @@ impl AcceptMap {
                 self.chunks
                     .insert(p / HUGE, Chunk::Small(Box::new([u64::MAX; 8])));
             }
-            self.set_small(p, false);
+            // Clear only what exists: a guest-chosen range (MapGPA is checked against
+            // the shared bit, not RAM) must not grow the map.
+            if let Some(Chunk::Small(bits)) = self.chunks.get_mut(&(p / HUGE)) {
+                let i = ((p % HUGE) / PAGE) as usize;
+                bits[i / 64] &= !(1 << (i % 64));
+            }
             p += PAGE;
         }
     }
@@ -426,21 +431,10 @@ impl TdxModule {
                     let n = size as usize;
                     if r13 == 1 {
                         let bytes = r15.to_le_bytes();
-                        match bus.pio.write(port, &bytes[..n]) {
-                            None => {}
-                            Some(VmEvent::Panic) => {
-                                return Err(ExitError::Unexpected(
-                                    "the guest panicked (pvpanic through TDVMCALL<Instruction.IO>)",
-                                ))
-                            }
-                            Some(VmEvent::PowerOff) => return Err(ExitError::Unexpected(
-                                "the guest powered off (ACPI S5 through TDVMCALL<Instruction.IO>)",
-                            )),
-                            Some(VmEvent::Reset) => {
-                                return Err(ExitError::Unexpected(
-                                    "the guest asked for a reset through TDVMCALL<Instruction.IO>",
-                                ))
-                            }
+                        // A device event (pvpanic, S5, reset) stops the vCPU as if
+                        // the TD had written the port itself.
+                        if let Some(event) = bus.pio.write(port, &bytes[..n]) {
+                            return Err(ExitError::GuestEvent(event));
                         }
                     } else {
                         let mut bytes = [0u8; 8];
@@ -725,6 +719,20 @@ pub fn td_entry(fd: &VcpuFd, index: u32) -> Result<(), kvm_ioctls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn releasing_pages_never_accepted_does_not_grow_the_map() {
+        let mut m = AcceptMap::default();
+        m.add_pages(0x10_0000, 0x1000);
+        // A guest's MapGPA(shared) over unaligned pages far outside RAM: before, each
+        // 2 MiB unit touched got a chunk (a loop of these grew the VMM's heap).
+        for k in 0..1000u64 {
+            m.release((k << 21) | (1 << 40) | 0x1000, 0x1000);
+        }
+        assert_eq!(m.chunks.len(), 1, "only the launched chunk exists");
+        m.release(0x10_0000, 0x1000);
+        assert!(!m.is_accepted(0x10_0000));
+    }
 
     /// A module over 64 MiB of RAM for an emulated TD of `fw` with 2 vCPUs, its
     /// platform in a fresh directory, a quote thread, and the launch's accepted pages.
