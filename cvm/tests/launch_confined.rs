@@ -360,7 +360,7 @@ fn a_stopping_guest_leaves_nothing_behind() {
     }
     let dir = tempfile::tempdir().unwrap();
     for (stop, code, reason) in [
-        (RESET, 0, "guest requested a reset"),
+        (RESET, 1, "guest requested a reset"),
         (PANIC, 1, "guest panicked (pvpanic)"),
     ] {
         let kernel = dir.path().join("kernel");

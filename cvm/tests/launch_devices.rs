@@ -978,7 +978,7 @@ fn a_disk_write_is_on_the_file_after_the_guest_resets() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let o = launch(dir.path(), &fw, &["--disk", disk.to_str().unwrap()], &[]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("guest requested a reset"), "{err}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "W", "{err}");
     let img = std::fs::read(&disk).unwrap();

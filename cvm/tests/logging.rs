@@ -6,10 +6,14 @@ use std::process::Command;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// A 64 KiB firmware whose reset vector asks the i8042 for a reset: the VM stops at once.
+/// A 64 KiB firmware whose reset vector powers off (ACPI S5): the VM stops at once, and
+/// `cvm launch` succeeds (a reset would be a failure).
 fn resetting_firmware(dir: &std::path::Path) -> std::path::PathBuf {
-    // mov al, 0xfe; out 0x64, al; hlt, behind the reset vector's jump.
-    let img = measured_boot::testing::emulated_guest_image(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4]);
+    // mov dx, 0x604 (PM1a control); mov ax, SLP_EN | SLP_TYP 5; out dx, ax; hlt, behind
+    // the reset vector's jump: the guest powers off (a reset would be a failure exit).
+    let img = measured_boot::testing::emulated_guest_image(&[
+        0xBA, 0x04, 0x06, 0xB8, 0x00, 0x34, 0xEF, 0xF4,
+    ]);
     let p = dir.join("reset.fd");
     std::fs::write(&p, img).unwrap();
     p

@@ -1,8 +1,8 @@
 //! Thin wrappers over the x86 instructions the firmware needs. Every one of them is
-//! emulator-safe at CPL0 on this machine except where noted: `pvalidate` and `vmgexit`
-//! exist only on real SNP hardware; `tdcall` runs on real TDX and under `--tee
-//! emulated-tdx`, where KVM cannot emulate it, exits to the VMM (internal error) and
-//! the VMM's software TDX module answers it.
+//! emulator-safe at CPL0 on this machine except `pvalidate` and `tdcall`, which exist
+//! only on real SNP/TDX hardware: under this project's emulated TEEs they exit to the
+//! VMM (KVM_EXIT_INTERNAL_ERROR with the instruction bytes), which plays the PSP / TDX
+//! module. `vmgexit` uses the emulator trap there (see its docs).
 
 use core::arch::asm;
 
@@ -16,7 +16,7 @@ pub fn outb(port: u16, v: u8) {
 
 /// Writes a dword to an I/O port (bare instruction).
 pub fn outl(port: u16, v: u32) {
-    // SAFETY: as `outb`. The emulated mailbox reads guest memory we own (the window).
+    // SAFETY: as `outb`.
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nostack, preserves_flags)) }
 }
 
@@ -65,13 +65,43 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// VMGEXIT (`rep vmmcall`): SEV-ES/SNP only.
+/// Firmware variables (the image runs from ROM and has no writable statics): a page
+/// of pre-validated private firmware memory. Byte 0: VMGEXIT goes through the emulator
+/// trap (`out 0xE2, al`) instead of the literal `rep vmmcall`, set once by
+/// `snp::init_low` from SEV_STATUS.
+pub const VARS: u64 = 0xE000;
+
+/// Selects the VMGEXIT trap (the ONE place the firmware chooses it: `snp::init_low`).
+///
+/// Safe on real hardware whatever the host claims: there `out` raises #VC, for which
+/// the firmware has no handler in long mode (the guest stops), or, when the host does
+/// not intercept it, changes no register, which the GHCB protocol code treats as a
+/// missing response.
+pub fn set_vmgexit_port_trap(on: bool) {
+    // SAFETY: VARS is firmware-private memory used only through these two functions.
+    unsafe { core::ptr::write_volatile(VARS as *mut u8, u8::from(on)) }
+}
+
+fn vmgexit_port_trap() -> bool {
+    // SAFETY: as `set_vmgexit_port_trap`.
+    unsafe { core::ptr::read_volatile(VARS as *const u8) == 1 }
+}
+
+/// VMGEXIT (`rep vmmcall`): SEV-ES/SNP only. Under the emulated SNP of this project
+/// (SEV_STATUS bit 63) the emulator trap `out 0xE2, al`: this machine's KVM treats
+/// `rep vmmcall` as its own hypercall and never exits (measured; host-vmm
+/// `tee::emu_snp` docs).
 ///
 /// # Safety
 /// Only in an SEV-ES/SNP guest, with the GHCB MSR or page prepared.
 pub unsafe fn vmgexit() {
-    // SAFETY: upheld by the caller; the hypervisor may write the shared GHCB page.
-    unsafe { asm!("rep vmmcall", options(nostack)) }
+    if vmgexit_port_trap() {
+        // SAFETY: upheld by the caller; the VMM may write the shared GHCB page.
+        unsafe { asm!("out 0xE2, al", in("al") 0u8, options(nostack)) }
+    } else {
+        // SAFETY: upheld by the caller; the hypervisor may write the shared GHCB page.
+        unsafe { asm!("rep vmmcall", options(nostack)) }
+    }
 }
 
 /// PVALIDATE (SNP only). `huge` selects a 2 MiB page. Returns (eax, CF): eax 0 is

@@ -1,15 +1,17 @@
 //! Which environment the firmware runs in, detected in the documented order: TDX
 //! (CPUID leaf 0x21: a real TD, or `--tee emulated-tdx`, whose VMM plays the TDX module
-//! for the same TDCALLs), SEV-SNP (CPUID 0x8000001F and SEV_STATUS), the emulated SNP
-//! mailbox (magic, then INFO), otherwise plain.
+//! for the same TDCALLs), SEV-SNP (CPUID 0x8000001F and SEV_STATUS, the C-bit from the
+//! PSP-checked CPUID page; also `--tee emulated-snp`, whose VMM plays the PSP),
+//! otherwise plain. The emulated TEEs are detected as the real ones: the firmware runs
+//! the same code as on hardware. No project-specific mailbox is probed.
 //!
 //! The SNP check happens in the 32-bit stage (it must know the C-bit before it builds
 //! the page tables, and CPUID raises #VC there, which only that stage handles), and a TD
 //! is recognised first by entering in 32-bit mode; `detect` combines those flags with
 //! the checks that are safe in long mode. The result is the same order: a TD is never
-//! an SNP guest, and the mailbox is probed only when neither is present.
+//! an SNP guest.
 
-use crate::{arch, mailbox};
+use crate::arch;
 
 /// Entry flag: entered at the reset vector in 32-bit protected mode (a TD).
 pub const FLAG_ENTRY32: u32 = 1;
@@ -21,8 +23,6 @@ pub const FLAG_SNP: u32 = 2;
 pub enum Env {
     /// No TEE.
     Plain,
-    /// The emulated SEV-SNP of `cvm launch --tee emulated-snp`.
-    EmulatedSnp,
     /// Real SEV-SNP, with the C-bit at this position.
     Snp {
         /// C-bit position (CPUID 0x8000001F EBX[5:0]).
@@ -38,7 +38,6 @@ impl Env {
     pub fn name(self) -> &'static str {
         match self {
             Env::Plain => "plain (no TEE)",
-            Env::EmulatedSnp => "emulated SEV-SNP (insecure)",
             Env::Snp { .. } => "SEV-SNP",
             Env::Tdx => "TDX",
         }
@@ -77,9 +76,5 @@ pub fn detect(flags: u32) -> Env {
         // confidentiality is claimed, and the hashes are still checked.
         return Env::Plain;
     }
-    match mailbox::kind() {
-        Some(mailbox::Kind::Snp) => Env::EmulatedSnp,
-        // An emulated TDX announces itself with CPUID 0x21, never through the mailbox.
-        Some(mailbox::Kind::Tdx) | None => Env::Plain,
-    }
+    Env::Plain
 }

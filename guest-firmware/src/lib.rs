@@ -13,7 +13,6 @@ pub mod boot;
 pub mod descriptor;
 pub mod env;
 pub mod io;
-pub mod mailbox;
 pub mod measure;
 pub mod sha;
 pub mod snp;

@@ -19,8 +19,8 @@
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
+//! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT trap choice) |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
-//! | 0x18000–0x1BFFF | emulated-mailbox request window |
 //! | 0x1C000 | ACPI Multiprocessor Wakeup mailbox (TD APs park here; e820 reserved) |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
 //! | 0x1E000 / 0x1F000 | TDX shared-alias PDPT / SNP 4 KiB table for 0–2 MiB |
@@ -64,16 +64,23 @@
 //! kernel of a few KiB in 0.2 s (whole `cvm launch`). On real SNP/TDX hardware the same
 //! code runs natively.
 //!
-//! Under `--tee emulated-tdx` the TDX code (`tdx.rs`) runs here too: the VMM's software
-//! TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the shared
-//! alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU starts
-//! at the reset vector in 32-bit mode and the application processors park
+//! **SNP under emulation**: `--tee emulated-snp` runs the SNP code of this firmware
+//! (`snp.rs`: the C-bit from the CPUID page, GHCB registration and IOIO, page-state
+//! changes, PVALIDATE with CF checked, memory above 4 GiB) against the VMM's software PSP
+//! (host-vmm `tee::emu_snp`, whose module docs hold the measurements of this KVM). What
+//! only hardware shows: the 32-bit #VC handler (CPUID does not raise #VC under
+//! emulation), encryption itself, and the literal VMGEXIT (the emulated platform selects
+//! the `out 0xE2` trap through SEV_STATUS bit 63).
+//!
+//! **TDX under emulation**: `--tee emulated-tdx` runs the TDX code (`tdx.rs`): the VMM's
+//! software TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the
+//! shared alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU
+//! starts at the reset vector in 32-bit mode and the application processors park
 //! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
 //!
-//! **Not verifiable here** (no SNP or TDX hardware): the 32-bit #VC handler, the C-bit,
-//! GHCB registration and IOIO, page-state changes and PVALIDATE (`snp.rs`), and how
-//! real TDX hardware and Linux treat the TD paths beyond what the emulated module
-//! checks (for example a real AP wakeup by Linux through the MADT mailbox). They are
+//! **Not verifiable here** (no SNP or TDX hardware): encryption, the hardware's own
+//! checks beyond what the emulated PSP / TDX module enforce, and how real Linux treats
+//! the TD paths (for example a real AP wakeup through the MADT mailbox). They are
 //! written against the AMD GHCB and Intel TDX module/GHCI specifications.
 //!
 //! # Build
@@ -160,12 +167,13 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             (shi, bd.ram_below_4g),
             (0x1_0000_0000, 0x1_0000_0000 + bd.ram_above_4g),
         ] {
-            if env == Env::Tdx {
-                if let Err(e) = tdx::accept(start, end) {
-                    io.refuse(e);
+            match env {
+                Env::Snp { cbit } => snp::accept(cbit, start, end),
+                _ => {
+                    if let Err(e) = tdx::accept(start, end) {
+                        io.refuse(e);
+                    }
                 }
-            } else {
-                snp::accept(start, end);
             }
         }
     }

@@ -11,6 +11,9 @@
 //! In 32-bit mode the code checks for SEV-SNP (real-mode entries only: a TD never starts
 //! in real mode): a minimal IDT with a #VC handler that answers CPUID through the GHCB
 //! MSR protocol is installed first, because CPUID raises #VC in an SEV-ES/SNP guest.
+//! Once SEV_STATUS says SNP is active, the C-bit position comes from the CPUID page
+//! (0xB000, checked by the PSP) and must equal what CPUID said; otherwise the firmware
+//! stops (the hypervisor answers CPUID and could otherwise move the C-bit).
 //! Then the identity page tables (0x1000–0x6FFF, 2 MiB pages over 0–4 GiB, with the
 //! C-bit on SNP), SSE state bits, long mode, and `fw_main(flags)` at CPL0 with the
 //! stack at 0x18000.
@@ -106,6 +109,28 @@ common32:
     rdmsr
     btl $2, %eax               /* SNP active */
     jnc build_tables
+    /* The C-bit position is taken from the CPUID page (checked by the PSP at launch),
+     * not from CPUID, which the hypervisor answers: the two must agree, else stop. */
+    movl 0xB000, %ecx          /* number of entries */
+    cmpl $64, %ecx
+    ja cpuid_page_bad
+    movl $0xB010, %edx
+6:
+    testl %ecx, %ecx
+    jz cpuid_page_bad
+    cmpl $0x8000001F, (%edx)   /* eax_in */
+    jne 7f
+    cmpl $0, 4(%edx)           /* ecx_in */
+    je 8f
+7:
+    addl $0x30, %edx
+    decl %ecx
+    jmp 6b
+8:
+    movl 28(%edx), %eax        /* EBX of the entry */
+    andl $0x3F, %eax
+    cmpl %eax, %edi
+    jne cpuid_page_bad
     movl %edi, %ecx
     subl $32, %ecx
     movl $1, %ebp
@@ -169,6 +194,12 @@ build_tables:
     andl $~((1 << 2) | (1 << 29) | (1 << 30)), %eax
     movl %eax, %cr0
     ljmpl $0x10, $long64
+
+/* The CPUID page has no 0x8000001F entry, or it disagrees with CPUID: stop. */
+cpuid_page_bad:
+    cli
+    hlt
+    jmp cpuid_page_bad
 
 /* #VC handler (32-bit): CPUID only, through the GHCB MSR protocol (GHCB spec 2.3.1).
  * Runs on real SEV-ES/SNP hardware only; never reached elsewhere. */

@@ -25,8 +25,10 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::acpi::{self, AcpiError, VirtioMmioDesc};
 use crate::api::ControlError;
 use crate::boot::{self, BootError, BootInputs, Tamper};
+use crate::devices::cmos::{Cmos, CMOS_BASE};
 use crate::devices::ioapic::{IoApic, IOAPIC_BASE, IOAPIC_SIZE};
 use crate::devices::legacy::{AcpiPm, PvPanic, I8042, I8042_BASE, PM1A_EVT, PVPANIC_PORT};
+use crate::devices::pci_config::{NoPci, PCI_CONFIG_BASE, PCI_CONFIG_LEN};
 use crate::devices::serial::{IrqTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
@@ -134,6 +136,9 @@ pub enum VmmError {
     /// KVM_GET_SUPPORTED_CPUID failed.
     #[error("cannot read the host's supported CPUID")]
     Cpuid(#[source] kvm_ioctls::Error),
+    /// The guest CPUID template could not be applied.
+    #[error("cannot build the guest CPUID")]
+    CpuidTemplate(#[from] crate::vstate::cpuid::CpuidError),
     /// The serial output file could not be opened.
     #[error("cannot open the serial output file {0}")]
     SerialFile(PathBuf, #[source] std::io::Error),
@@ -198,7 +203,8 @@ fn serial_writer(out: &SerialOutput) -> Result<Box<dyn Write + Send>, VmmError> 
 pub enum Step {
     /// KVM_CREATE_VM of the backend's type, guest memory and the firmware.
     CreateVm,
-    /// Serial, i8042, ACPI PM, pvpanic (and the I/O APIC of a split irqchip).
+    /// Serial, i8042, ACPI PM, pvpanic, RTC/CMOS, PCI configuration ports (no PCI) (and
+    /// the I/O APIC of a split irqchip).
     LegacyDevices,
     /// The backend's preloaded pages and the staged kernel.
     BootData,
@@ -295,7 +301,7 @@ impl VmBuilder {
         self.attach_tee_devices(&vm)?;
         self.attach_virtio_devices(&vm)?;
         self.write_acpi(&vm)?;
-        let cpuid = self.cpuid()?;
+        let cpuid = self.cpuid(&vm)?;
         let launched = self.launch(&vm, &cpuid)?;
         self.start(vm, launched)
     }
@@ -344,6 +350,13 @@ impl VmBuilder {
         pio.insert(I8042_BASE, 5, Arc::new(Mutex::new(I8042)))?;
         pio.insert(PM1A_EVT, 8, Arc::new(Mutex::new(AcpiPm::default())))?;
         pio.insert(PVPANIC_PORT, 1, Arc::new(Mutex::new(PvPanic)))?;
+        // What a stock Linux probes: the RTC/CMOS and PCI configuration (none).
+        pio.insert(CMOS_BASE, 2, Arc::new(Mutex::new(Cmos::default())))?;
+        pio.insert(
+            PCI_CONFIG_BASE,
+            PCI_CONFIG_LEN,
+            Arc::new(Mutex::new(NoPci::default())),
+        )?;
         Ok(())
     }
 
@@ -460,12 +473,18 @@ impl VmBuilder {
             .map_err(VmmError::AcpiWrite)
     }
 
-    fn cpuid(&mut self) -> Result<CpuId, VmmError> {
+    /// KVM's supported CPUID, normalised by the template ([`crate::vstate::cpuid`]),
+    /// then adjusted by the TEE backend.
+    fn cpuid(&mut self, vm: &Vm) -> Result<CpuId, VmmError> {
         self.step(Step::Cpuid);
         let mut cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(VmmError::Cpuid)?;
+        let template =
+            crate::vstate::cpuid::Template::for_host(&self.kvm, vm.fd(), self.config.vcpus);
+        tracing::debug!(?template, "guest CPUID template");
+        crate::vstate::cpuid::apply(&mut cpuid, &template)?;
         self.config.tee.adjust_cpuid(&mut cpuid);
         Ok(cpuid)
     }
@@ -511,6 +530,9 @@ impl VmBuilder {
             .as_ref()
             .map(|r| (r.exits.clone(), r.vcpu_thread));
         let bus = Arc::new(std::mem::take(&mut self.bus));
+        // A TEE whose handler performs port I/O for the guest (GHCB IOIO exits of the
+        // emulated SNP, TDVMCALL<Instruction.IO> of the emulated TDX) reaches the devices
+        // through the same bus.
         self.config.tee.attach_buses(&bus);
         let threads = launched
             .vcpus

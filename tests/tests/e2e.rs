@@ -15,7 +15,9 @@ use std::sync::OnceLock;
 use cvm_tests::{bin, malicious_relay, ok, run, Tamper, Verifier, MESSAGE, RESOURCE};
 use serde_json::{json, Value};
 
-const CMDLINE: &str = "console=ttyS0 cvm.kbs_resource=default/disk/e2e";
+/// `cvm.tee_trap=port`: the guest attests through the SNP guest-request path (emulator
+/// trap from ring 3), not the emulated TEE's mailbox.
+const CMDLINE: &str = "console=ttyS0 cvm.kbs_resource=default/disk/e2e cvm.tee_trap=port";
 
 /// Images and the emulated platform, made once for the whole file.
 struct Fixture {
@@ -245,6 +247,13 @@ fn guest_unlocks_its_disk_through_the_host() {
     assert!(o.status.success(), "{}", describe(&o));
     assert!(
         stdout(&o).contains(&format!("disk message: {MESSAGE}")),
+        "{}",
+        describe(&o)
+    );
+    // The evidence came through the SNP guest-request path (VMPCK0-encrypted
+    // MSG_REPORT_REQ, extended request for the certificates), not the mailbox.
+    assert!(
+        stdout(&o).contains("emulated snp TEE (SNP guest request)"),
         "{}",
         describe(&o)
     );

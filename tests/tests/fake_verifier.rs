@@ -82,7 +82,7 @@ fn honest_pin() -> String {
 /// to the command line.
 fn launch(kbs: &FakeKbs, extra: &str) -> Output {
     let f = fixture();
-    let cmdline = format!("console=ttyS0 cvm.kbs_resource={RESOURCE} {extra}");
+    let cmdline = format!("console=ttyS0 cvm.kbs_resource={RESOURCE} cvm.tee_trap=port {extra}");
     std::process::Command::new(bin("cvm"))
         .args([
             "launch",

@@ -575,6 +575,7 @@ impl CollateralSection {
                 .map(Duration::from_secs)
                 .unwrap_or(d.refresh_interval),
             amd_crl_required: !self.amd_crl_optional.unwrap_or(false),
+            ..d
         })
     }
 }

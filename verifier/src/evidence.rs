@@ -12,6 +12,20 @@
 //! | `snp` | `{"report": base64(1184-byte ATTESTATION_REPORT), "cert_chain": base64(extended-report certificate table) \| null}` | `{"attestation_report": <sev AttestationReport JSON>, "cert_chain": [{"cert_type", "data"}] \| null}` |
 //! | `tdx` | `{"quote": base64(DCAP quote v4/v5), "collateral": <dcap-qvl QuoteCollateralV3 JSON object> \| null, "cc_eventlog": …}` | `{"quote": base64, "cc_eventlog": base64(CCEL) \| null}` |
 //!
+//! # TDX collateral: rollback
+//!
+//! Collateral a TDX evidence carries (`collateral`) is the guest's (or its host's)
+//! choice: older collateral that is still inside its validity could judge a platform by
+//! an outdated TCB evaluation (a TCB rollback). With a collateral service, the
+//! service's current collateral for the platform (cached; evidence that carries
+//! collateral causes no fetch) is used; the carried set is used instead only when it is
+//! *newer* (no part older, one part newer). When the service has nothing current
+//! cached, the carried set is accepted only if it is not older, in its TCB info's or
+//! QE identity's `tcbEvaluationDataNumber` or `issueDate`, than the newest set the
+//! service has seen (even an expired one); otherwise it is refused (check
+//! `collateral-rollback`). Without a collateral service, carried collateral is judged
+//! alone, as before.
+//!
 //! Standard base64 (with padding) is expected; URL-safe is accepted too. Without
 //! certificates/collateral in the evidence, the verifier asks its collateral source
 //! ([`AttestationVerifier::with_collateral`], the service's
@@ -151,6 +165,9 @@ pub struct AttestationVerifier {
     collateral: Option<Arc<dyn CollateralSource>>,
     /// AMD's pinned ASKs: a VCEK they issued is genuine, so its product's KDS CRL applies.
     amd_asks: Vec<AmdCertificate>,
+    /// AMD's pinned ARKs and their products: an ASVK naming one is AMD's, so the
+    /// product's VLEK CRL applies.
+    amd_arks: Vec<(AmdCertificate, Option<attestation::snp::Product>)>,
 }
 
 impl AttestationVerifier {
@@ -193,6 +210,12 @@ impl AttestationVerifier {
                 .map_err(TrustError::Amd)?
                 .intermediates()
                 .to_vec(),
+            amd_arks: TrustRoots::amd()
+                .map_err(TrustError::Amd)?
+                .roots()
+                .iter()
+                .map(|r| (r.ark.clone(), r.product))
+                .collect(),
         })
     }
 
@@ -249,9 +272,12 @@ impl AttestationVerifier {
     }
 
     /// Adds the KDS's CRL to a certificate table whose VCEK is issued by one of AMD's
-    /// ASKs (whatever CRLs the table carries): AMD publishes a CRL per product, so a genuine chain
-    /// is always checked against it (a revoked ASK is refused; a CRL that cannot be
-    /// obtained refuses the evidence). Emulated and other chains are left as they are.
+    /// ASKs, or whose VLEK is issued by an ASVK that names one of AMD's ARKs (whatever
+    /// CRLs the table carries): AMD publishes a VCEK CRL (`/vcek/v1/{product}/crl`) and a
+    /// VLEK CRL (`/vlek/v1/{product}/crl`) per product, so a genuine chain is always
+    /// checked against the right one (a revoked ASK/ASVK or VLEK is refused; a CRL that
+    /// cannot be obtained refuses the evidence, under the same `amd_crl_optional` rule).
+    /// Emulated and other chains are left as they are.
     fn with_kds_crl(
         &self,
         table: Arc<SnpCollateral>,
@@ -269,8 +295,30 @@ impl AttestationVerifier {
                 let ask = self.amd_asks.iter().find(|a| vcek.names_issuer(a))?;
                 ask.product().or_else(|| vcek.product())
             });
-        let Some(product) = product else {
-            return Ok(table);
+        // VLEKs are not fetchable, but their CRL is: an ASVK naming one of AMD's ARKs.
+        let vlek_product = || {
+            table
+                .certificates()
+                .filter(|c| c.kind() == CertKind::Vlek)
+                .find_map(|vlek| {
+                    let asvk = table
+                        .certificates()
+                        .find(|a| a.kind() == CertKind::Asvk && vlek.names_issuer(a))?;
+                    let (_, product) = self
+                        .amd_arks
+                        .iter()
+                        .find(|(ark, _)| asvk.names_issuer(ark))?;
+                    product
+                        .or_else(|| asvk.product())
+                        .or_else(|| vlek.product())
+                })
+        };
+        let (product, vlek) = match product {
+            Some(p) => (p, false),
+            None => match vlek_product() {
+                Some(p) => (p, true),
+                None => return Ok(table),
+            },
         };
         // The report's own product must agree (a v2 report has no CPUID).
         if let Ok(r) = AttestationReport::parse(report) {
@@ -283,7 +331,12 @@ impl AttestationVerifier {
         }
         let fail =
             |e: crate::collateral::CollateralError| VerifyFailure::new(e.kind(), e.to_string());
-        let Some(crl) = source.snp_crl(product, now).map_err(fail)? else {
+        let crl = if vlek {
+            source.snp_vlek_crl(product, now)
+        } else {
+            source.snp_crl(product, now)
+        };
+        let Some(crl) = crl.map_err(fail)? else {
             return Ok(table);
         };
         let mut with = (*table).clone();
@@ -323,11 +376,19 @@ impl AttestationVerifier {
     ) -> Result<Claims, VerifyFailure> {
         let ev = evidence_formats::parse_tdx(evidence).map_err(malformed)?;
         let quote = ev.quote;
-        let collateral = match (ev.collateral, &self.collateral) {
-            (Some(coll_bytes), _) => Arc::new(
-                Collateral::from_json(&coll_bytes)
-                    .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
-            ),
+        let carried = ev
+            .collateral
+            .map(|bytes| {
+                Collateral::from_json(&bytes)
+                    .map(Arc::new)
+                    .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))
+            })
+            .transpose()?;
+        let collateral = match (carried, &self.collateral) {
+            (Some(carried), Some(source)) => {
+                self.tdx_newest(carried, source.as_ref(), &quote, now)?
+            }
+            (Some(carried), None) => carried,
             (None, Some(source)) => source
                 .tdx_collateral(&quote, now)
                 .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?,
@@ -355,6 +416,46 @@ impl AttestationVerifier {
         Err(first.unwrap_or_else(|| {
             VerifyFailure::new(ErrorKind::UntrustedChain, "no TDX trust root is configured")
         }))
+    }
+}
+
+impl AttestationVerifier {
+    /// Chooses between collateral carried in the evidence and the collateral service's
+    /// (see the module docs, "TDX collateral: rollback"): the service's when it has
+    /// current collateral cached, unless the carried set is newer; without it, the
+    /// carried set only if it is not older than the newest the service has seen.
+    fn tdx_newest(
+        &self,
+        carried: Arc<Collateral>,
+        source: &dyn CollateralSource,
+        quote: &[u8],
+        now: time::OffsetDateTime,
+    ) -> Result<Arc<Collateral>, VerifyFailure> {
+        let rollback = |why: String| {
+            VerifyFailure {
+            kind: ErrorKind::PolicyNotMet,
+            check: Some("collateral-rollback".into()),
+            message: format!(
+                "the collateral in the evidence is older than collateral the verifier has seen ({why}); a TCB rollback is refused"
+            ),
+        }
+        };
+        // Nothing is fetched for evidence that carries collateral: the service's
+        // current collateral is used when it has it, else its newest seen is the floor.
+        if let Some(service) = source.tdx_cached(quote, now) {
+            let newer = carried
+                .freshness()
+                .older_than(&service.freshness())
+                .is_none()
+                && carried.freshness() != service.freshness();
+            return Ok(if newer { carried } else { service });
+        }
+        if let Some(floor) = source.tdx_floor(quote) {
+            if let Some(why) = carried.freshness().older_than(&floor) {
+                return Err(rollback(why));
+            }
+        }
+        Ok(carried)
     }
 }
 

@@ -11,6 +11,7 @@
 //! | `cvm_rate_limited_total` | `limit` (`auth-ip`, `auth-user`, `argon2-queue`, `kbs-auth`, `open-sessions`, `kbs-refusals`) |
 //! | `cvm_connections_refused_total` | `reason` (`per-ip`, `global`, `tls-handshake`) |
 //! | `cvm_audit_refusals_suppressed_total` | none (refusals counted into summary records) |
+//! | `cvm_collateral_fetch_refusals_total` | `scope` (`client`, `global`: evidence-driven KDS/PCS fetches refused by a budget) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -68,6 +69,12 @@ pub struct Metrics {
     rate_limited: Family<Limit, Counter>,
     connections_refused: Family<Reason, Counter>,
     audit_suppressed: Counter,
+    collateral_refusals: Family<ScopeLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: String,
 }
 
 impl Default for Metrics {
@@ -132,7 +139,14 @@ impl Metrics {
             "Refusals counted into summary audit records instead of one record each",
             audit_suppressed.clone(),
         );
+        let collateral_refusals = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "cvm_collateral_fetch_refusals",
+            "Evidence-driven collateral fetches refused by the per-client or global budget",
+            collateral_refusals.clone(),
+        );
         Self {
+            collateral_refusals,
             auth_checks,
             rate_limited,
             connections_refused,
@@ -158,6 +172,19 @@ impl Metrics {
         self.latency
             .get_or_create(&TeeLabel { tee: tee.into() })
             .observe(seconds);
+    }
+
+    /// A hook counting collateral fetches refused by budget `scope` (for
+    /// [`crate::collateral::CollateralService::with_refusal_hook`]).
+    pub fn collateral_refusal_hook(&self) -> crate::collateral::RefusalHook {
+        let family = self.collateral_refusals.clone();
+        std::sync::Arc::new(move |scope: &'static str| {
+            family
+                .get_or_create(&ScopeLabel {
+                    scope: scope.into(),
+                })
+                .inc();
+        })
     }
 
     /// Counts a resource request outcome.

@@ -77,6 +77,61 @@ impl CollateralError {
     }
 }
 
+/// How new a collateral set is: the TCB info's and the QE identity's
+/// `tcbEvaluationDataNumber` and `issueDate` (Unix seconds; an unparsable date counts as
+/// the oldest possible). Used to refuse a TCB rollback: older-but-still-valid
+/// collateral offered in place of newer collateral the verifier has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// TCB info `tcbEvaluationDataNumber`.
+    pub tcb_evaluation_data_number: u32,
+    /// TCB info `issueDate`.
+    pub tcb_info_issued: i64,
+    /// QE identity `tcbEvaluationDataNumber`.
+    pub qe_evaluation_data_number: u32,
+    /// QE identity `issueDate`.
+    pub qe_identity_issued: i64,
+}
+
+impl Freshness {
+    /// Why `self` is older than `other` (in any of its four parts), or `None` when it is
+    /// not older.
+    pub fn older_than(&self, other: &Freshness) -> Option<String> {
+        let parts = [
+            (
+                "TCB info tcbEvaluationDataNumber",
+                i64::from(self.tcb_evaluation_data_number),
+                i64::from(other.tcb_evaluation_data_number),
+            ),
+            (
+                "TCB info issueDate",
+                self.tcb_info_issued,
+                other.tcb_info_issued,
+            ),
+            (
+                "QE identity tcbEvaluationDataNumber",
+                i64::from(self.qe_evaluation_data_number),
+                i64::from(other.qe_evaluation_data_number),
+            ),
+            (
+                "QE identity issueDate",
+                self.qe_identity_issued,
+                other.qe_identity_issued,
+            ),
+        ];
+        parts
+            .iter()
+            .find(|(_, a, b)| a < b)
+            .map(|(what, a, b)| format!("{what} {a} is older than {b}"))
+    }
+}
+
+fn issued(s: &str) -> i64 {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(i64::MIN)
+}
+
 /// Parsed, not yet verified collateral.
 #[derive(Debug, Clone)]
 pub struct Collateral {
@@ -185,6 +240,16 @@ impl Collateral {
     /// The parsed (unverified) QE identity.
     pub fn qe_identity(&self) -> &dcap_qvl::QeIdentity {
         &self.qe_identity
+    }
+
+    /// How new the collateral is (see [`Freshness`]).
+    pub fn freshness(&self) -> Freshness {
+        Freshness {
+            tcb_evaluation_data_number: self.tcb_info.tcb_evaluation_data_number,
+            tcb_info_issued: issued(&self.tcb_info.issue_date),
+            qe_evaluation_data_number: self.qe_identity.tcb_evaluation_data_number,
+            qe_identity_issued: issued(&self.qe_identity.issue_date),
+        }
     }
 
     /// SHA-256 over every field (length-prefixed, in a fixed order).

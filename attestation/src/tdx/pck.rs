@@ -236,3 +236,122 @@ mod tests {
         assert!(oid(SGX_EXTENSION_OID).len() > 2);
     }
 }
+
+/// Why a certificate chain or CRL from Intel's PCS (or a PCCS) is not authentic.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerChainError {
+    /// The chain holds no certificate.
+    #[error("the issuer chain is empty")]
+    Empty,
+    /// A certificate or CRL does not encode.
+    #[error("a certificate or CRL of the issuer chain does not encode")]
+    Encode(#[source] der::Error),
+    /// A key is not an uncompressed P-256 key.
+    #[error("certificate {index} of the issuer chain does not hold a P-256 public key")]
+    Key {
+        /// The certificate's position (0 = leaf).
+        index: usize,
+    },
+    /// A signature does not verify.
+    #[error("the signature of {what} does not verify with its issuer's key")]
+    Signature {
+        /// What was signed.
+        what: String,
+    },
+    /// The chain does not end at a trusted root.
+    #[error("the issuer chain does not end at a trusted root CA")]
+    UntrustedRoot,
+}
+
+fn p256_key(cert: &Certificate, index: usize) -> Result<VerifyingKey, IssuerChainError> {
+    VerifyingKey::from_sec1_bytes(
+        cert.tbs_certificate
+            .subject_public_key_info
+            .subject_public_key
+            .raw_bytes(),
+    )
+    .map_err(|_| IssuerChainError::Key { index })
+}
+
+fn verify_der_signature(
+    key: &VerifyingKey,
+    message: &[u8],
+    der_signature: Option<&[u8]>,
+    what: impl Fn() -> String,
+) -> Result<(), IssuerChainError> {
+    let ok = der_signature
+        .and_then(|s| Signature::from_der(s).ok())
+        .is_some_and(|sig| key.verify(message, &sig).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(IssuerChainError::Signature { what: what() })
+    }
+}
+
+/// Verifies an Intel issuer chain (PEM, leaf first, as in the PCS's `*-Issuer-Chain`
+/// headers): every certificate is signed (ECDSA P-256/SHA-256) by the next, and the
+/// last is one of `roots` (DER) or signed by one. Returns the leaf's key, which signs
+/// the item the chain came with.
+pub fn verify_issuer_chain(pem: &[u8], roots: &[&[u8]]) -> Result<VerifyingKey, IssuerChainError> {
+    let certs = load_pem_chain(pem).map_err(IssuerChainError::Encode)?;
+    let leaf = certs.first().ok_or(IssuerChainError::Empty)?;
+    for (i, pair) in certs.windows(2).enumerate() {
+        let [cert, issuer] = pair else { continue };
+        let key = p256_key(issuer, i + 1)?;
+        let tbs = cert
+            .tbs_certificate
+            .to_der()
+            .map_err(IssuerChainError::Encode)?;
+        verify_der_signature(&key, &tbs, cert.signature.as_bytes(), || {
+            format!("certificate {i} of the issuer chain")
+        })?;
+    }
+    let last = certs.last().ok_or(IssuerChainError::Empty)?;
+    let last_der = last.to_der().map_err(IssuerChainError::Encode)?;
+    let anchored = roots.iter().any(|root| {
+        if *root == last_der.as_slice() {
+            return true;
+        }
+        let Ok(root) = Certificate::from_der(root) else {
+            return false;
+        };
+        let (Ok(key), Ok(tbs)) = (p256_key(&root, certs.len()), last.tbs_certificate.to_der())
+        else {
+            return false;
+        };
+        root.tbs_certificate.subject == last.tbs_certificate.issuer
+            && verify_der_signature(&key, &tbs, last.signature.as_bytes(), String::new).is_ok()
+    });
+    if !anchored {
+        return Err(IssuerChainError::UntrustedRoot);
+    }
+    p256_key(leaf, 0)
+}
+
+/// Verifies that `crl` (DER) is signed by `key` (ECDSA P-256/SHA-256).
+pub fn verify_crl_signature(crl: &[u8], key: &VerifyingKey) -> Result<(), IssuerChainError> {
+    let list = x509_cert::crl::CertificateList::from_der(crl).map_err(IssuerChainError::Encode)?;
+    let tbs = list
+        .tbs_cert_list
+        .to_der()
+        .map_err(IssuerChainError::Encode)?;
+    verify_der_signature(key, &tbs, list.signature.as_bytes(), || "the CRL".into())
+}
+
+/// The public key of a root CA certificate (DER) whose subject issued `crl` (DER), if
+/// one of `roots` did.
+pub fn crl_root_key(crl: &[u8], roots: &[&[u8]]) -> Option<VerifyingKey> {
+    let list = x509_cert::crl::CertificateList::from_der(crl).ok()?;
+    roots.iter().find_map(|r| {
+        let root = Certificate::from_der(r).ok()?;
+        (root.tbs_certificate.subject == list.tbs_cert_list.issuer)
+            .then(|| p256_key(&root, 0).ok())
+            .flatten()
+    })
+}
+
+/// Intel's SGX/TDX provisioning root CA certificate (DER): the root dcap-qvl pins
+/// (`Intel SGX Root CA`, public; a test checks it is the root of the genuine
+/// collateral's issuer chains). Collateral fetched or imported is checked against it.
+pub const INTEL_ROOT_CA_DER: &[u8] = include_bytes!("intel_root_ca.der");

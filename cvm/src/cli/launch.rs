@@ -719,11 +719,15 @@ fn vmm_input_error(e: &vmm::VmmError) -> bool {
 }
 
 /// Maps how the guest stopped to the process exit status: 0 only for a clean power-off
-/// (or reset request), 1 otherwise, with the reason on stderr.
+/// (or a shutdown asked through the control API), 1 otherwise, with the reason on
+/// stderr. A reset request is a failure: a `cvm` VM is never rebooted, and a reset is
+/// what Linux does after a panic with `panic=-1` (or a triple fault), so reporting it
+/// as success would hide a crashed guest. A guest that means to stop powers off (ACPI
+/// S5).
 pub fn exit_status(why: &VcpuStop) -> (u8, String) {
     match why {
         VcpuStop::PowerOff => (0, "guest powered off".into()),
-        VcpuStop::Reset => (0, "guest requested a reset; a confidential guest is not rebooted, so the VM stopped".into()),
+        VcpuStop::Reset => (1, "guest requested a reset (Linux resets after a panic with panic=-1); a VM is never rebooted, so the VM stopped and this is a failure: a guest that wants to stop powers off".into()),
         VcpuStop::Stopped => (1, "the VM was stopped".into()),
         VcpuStop::TripleFault(s) => (1, format!("guest triple fault (KVM_EXIT_SHUTDOWN): {s}")),
         VcpuStop::EmulationFailure { suberror, state } => {

@@ -50,6 +50,7 @@ mod console;
 mod heap;
 mod pio;
 mod rng;
+mod snp;
 mod tee;
 mod trap_tdx;
 mod virtio;
@@ -126,11 +127,26 @@ fn run(boot_params: usize) -> Result<String, String> {
     let cmdline = bootparams::cmdline(boot_params);
     let params = parse_cmdline(&cmdline)?;
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
-    let mut mailbox = tee::Provider::detect(trap_tdx::Trap::from_cmdline(&cmdline))
-        .map_err(|e| format!("{e}"))?;
+    // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
+    // TDVMCALL<GetQuote>, each through the trap the measured command line selects;
+    // otherwise the emulated TEE's mailbox.
+    let mut snp_guest = snp::SnpGuest::detect(&cmdline)?;
+    let mut other;
+    let (provider, path): (&mut dyn EvidenceProvider, &str) = match snp_guest.as_mut() {
+        Some(s) => (s, "SNP guest request"),
+        None => {
+            other = tee::Provider::detect(trap_tdx::Trap::from_cmdline(&cmdline))
+                .map_err(|e| format!("{e}"))?;
+            let path = match other {
+                tee::Provider::Tdx { .. } => "TDG.MR.REPORT + GetQuote",
+                tee::Provider::Mailbox(_) => "mailbox",
+            };
+            (&mut other, path)
+        }
+    };
     println!(
-        "cvm-testguest: emulated {} TEE; attesting for {} via vsock port {}",
-        mailbox.tee().as_str(),
+        "cvm-testguest: emulated {} TEE ({path}); attesting for {} via vsock port {}",
+        provider.tee().as_str(),
         params.resource.as_str(),
         params.port
     );
@@ -147,7 +163,7 @@ fn run(boot_params: usize) -> Result<String, String> {
         },
     );
     let key = client
-        .fetch(&mut mailbox, &mut entropy, Curve::P256, &params.resource)
+        .fetch(provider, &mut entropy, Curve::P256, &params.resource)
         .map_err(|e| format!("key release failed: {}", chain(&e)))?;
     println!(
         "cvm-testguest: key released ({} bytes); opening the disk",

@@ -3,8 +3,10 @@
 //! The guest is hostile: every access is bounded-checked, unknown ports read as all ones
 //! and swallow writes (rate-limited warnings), and no access can panic the VMM.
 
+pub mod cmos;
 pub mod ioapic;
 pub mod legacy;
+pub mod pci_config;
 pub mod serial;
 pub mod virtio;
 

@@ -253,8 +253,8 @@ pub trait TeeBackend: Send + Sync + std::fmt::Debug {
     }
 
     /// The VMM's device buses, once built (before any vCPU runs): for a backend whose
-    /// exit handler performs port I/O for the guest (emulated TDX's
-    /// TDVMCALL<Instruction.IO>). Default: not needed.
+    /// exit handler performs port I/O for the guest (the emulated SNP hypervisor's GHCB
+    /// IOIO exits, emulated TDX's TDVMCALL<Instruction.IO>). Default: not needed.
     fn attach_buses(&self, _bus: &Arc<crate::devices::Buses>) {}
 
     /// What the launch is expected to measure.
@@ -420,17 +420,21 @@ mod tests {
                 _ => assert_eq!(b.vm_type(), VmType::Default, "{tee}"),
             }
             assert!(!b.virtio_access_platform(), "{tee}");
-            // Emulated TDX shows CPUID 0x21 as a TDX module does (the guest detects TDX
-            // there and runs its real TDCALL code); emulated SNP hides both.
-            let tdx_leaf = tee == TeeKind::EmulatedTdx;
-            assert_eq!(visible_leaves(b), (false, tdx_leaf), "{tee}");
+            // Emulated SNP and TDX show their leaves (the firmware runs its real SNP /
+            // TDX code: CPUID 0x8000001F with SEV_STATUS, CPUID 0x21).
+            let leaves = (tee == TeeKind::EmulatedSnp, tee == TeeKind::EmulatedTdx);
+            assert_eq!(visible_leaves(b), leaves, "{tee}");
             let devices = b.devices(&mem);
-            assert_eq!(devices.len(), 1, "{tee}");
-            assert_eq!(devices[0].base, super::super::emulated::MAILBOX_PORT);
+            // Emulated SNP also has the trap-event device at the emulator-trap ports.
+            assert_eq!(devices.len(), 1 + usize::from(leaves.0), "{tee}");
+            let mailbox = devices
+                .iter()
+                .find(|d| d.base == super::super::emulated::MAILBOX_PORT)
+                .expect("mailbox");
             {
                 // The mailbox answers INFO with the backend's kind.
                 use vm_memory::{Bytes, GuestAddress};
-                let mut dev = devices[0].device.lock().unwrap();
+                let mut dev = mailbox.device.lock().unwrap();
                 assert_eq!(dev.write(0, &0x10000u32.to_le_bytes()), None);
                 assert_eq!(dev.write(4, &5u32.to_le_bytes()), None);
                 let mut status = [0xffu8; 4];

@@ -71,7 +71,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::emulated::EmulatedTee;
 use super::services::{self, Notify, QgsError, QuoteJob, TdVmcalls};
-use crate::devices::{Buses, VmEvent};
+use crate::devices::Buses;
 use crate::vstate::cc_memory::{
     AcceptError, CcMemory, CcMemoryError, FaultKind, MmioAccess, PageSize, PageState,
 };
@@ -345,21 +345,10 @@ impl TdxModule {
                     let n = size as usize;
                     if r13 == 1 {
                         let bytes = r15.to_le_bytes();
-                        match bus.pio.write(port, &bytes[..n]) {
-                            None => {}
-                            Some(VmEvent::Panic) => {
-                                return Err(ExitError::Unexpected(
-                                    "the guest panicked (pvpanic through TDVMCALL<Instruction.IO>)",
-                                ))
-                            }
-                            Some(VmEvent::PowerOff) => return Err(ExitError::Unexpected(
-                                "the guest powered off (ACPI S5 through TDVMCALL<Instruction.IO>)",
-                            )),
-                            Some(VmEvent::Reset) => {
-                                return Err(ExitError::Unexpected(
-                                    "the guest asked for a reset through TDVMCALL<Instruction.IO>",
-                                ))
-                            }
+                        // A device event (pvpanic, S5, reset) stops the vCPU as if
+                        // the TD had written the port itself.
+                        if let Some(event) = bus.pio.write(port, &bytes[..n]) {
+                            return Err(ExitError::GuestEvent(event));
                         }
                     } else {
                         let mut bytes = [0u8; 8];
@@ -464,7 +453,7 @@ impl TdxModule {
             return Ok(false);
         }
         self.tdcall(vcpu, &mut regs)?;
-        regs.rip += TDCALL.len() as u64;
+        regs.rip = regs.rip.wrapping_add(TDCALL.len() as u64);
         fd.set_regs(&regs)
             .map_err(|_| ExitError::Unexpected("KVM_SET_REGS failed in the TDX module"))?;
         Ok(true)

@@ -14,7 +14,7 @@
 //! | module | `--tee` | VM | launch | run-time exits |
 //! |---|---|---|---|---|
 //! | [`none`] | `none` | default | — | — |
-//! | [`emulated_snp`] | `emulated-snp` | default | emulated PSP ([`emulated`]) | — (mailbox device) |
+//! | [`emulated_snp`] | `emulated-snp` | default + C-bit alias slots | emulated PSP ([`emulated`]) | software PSP/hypervisor ([`emu_snp`]) |
 //! | [`emulated_tdx`] | `emulated-tdx` | default | emulated TDX module ([`emulated`]) | — (mailbox device) |
 //! | [`kvm_snp`] | `snp` | `KVM_X86_SNP_VM`, full irqchip | [`launch`] via [`snp`] | [`runtime`] |
 //! | [`kvm_tdx`] | `tdx` | `KVM_X86_TDX_VM`, split irqchip | [`launch`] via [`tdx`] | [`runtime`] + QGS ([`services`]) |
@@ -26,11 +26,13 @@
 //! [`emulated`] (the emulated platforms and their mailbox).
 //!
 //! # Where `unsafe` lives
-//! None in this module tree: the ioctls and `kvm_run` accesses are in
+//! One block in this module tree: the C-bit alias memslots of emulated SNP
+//! ([`emu_snp::register_alias_slots`]). The other ioctls and `kvm_run` accesses are in
 //! [`crate::vstate`] (`tdx.rs`, `private.rs`, `vcpu.rs`, `memory.rs`), each
 //! block with its `SAFETY:` comment.
 
 pub mod backend;
+pub mod emu_snp;
 pub mod emu_tdx;
 pub mod emulated;
 pub mod emulated_snp;

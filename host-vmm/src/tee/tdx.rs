@@ -17,7 +17,7 @@
 //! This host has no TDX: the sequence is tested against a KVM-faithful fake
 //! (`tee::fake::tdx`) that enforces what Linux v6.16 `arch/x86/kvm/vmx/tdx.c` checks:
 //! INIT_VM once, before vCPUs, zero `reserved`/`cpuid.padding`, supported attributes
-//! and XFAM, GPAW 48 or 52 in CPUID 0x80000008:EAX[23:16], every CPUID entry found by
+//! and XFAM, GPAW 48 or 52 in CPUID 0x80000008:EAX\[23:16\], every CPUID entry found by
 //! `kvm_find_cpuid_entry2`'s significant-index rule landing in a configurable slot,
 //! no TSX/WAITPKG (`tdx_td_init`, `setup_tdparams*`); vCPUs only after INIT_VM and
 //! with a split irqchip (`tdx_vcpu_create`); INIT_VCPU once; INIT_MEM_REGION after

@@ -2,6 +2,7 @@
 //! almost all `unsafe` of the VMM live here.
 
 pub mod cc_memory;
+pub mod cpuid;
 pub mod memory;
 pub mod private;
 pub mod sev;

@@ -312,6 +312,22 @@ pub enum ExitError {
     /// The emulated TEE could not carry out an operation.
     #[error("emulated TEE failure: {0}")]
     Emulation(String),
+    /// A device event the handler caused on the guest's behalf (for example a pvpanic
+    /// or ACPI S5 written through TDVMCALL<Instruction.IO> or a GHCB IOIO exit): the
+    /// vCPU stops as if the guest had done the port write itself.
+    #[error("guest device event {0:?}")]
+    GuestEvent(VmEvent),
+}
+
+/// How a handler's error stops the vCPU: a device event as that event, anything else as
+/// an unexpected exit with the error's causes.
+fn handler_stop(e: &ExitError) -> VcpuStop {
+    match e {
+        ExitError::GuestEvent(VmEvent::PowerOff) => VcpuStop::PowerOff,
+        ExitError::GuestEvent(VmEvent::Reset) => VcpuStop::Reset,
+        ExitError::GuestEvent(VmEvent::Panic) => VcpuStop::GuestPanic,
+        other => VcpuStop::UnexpectedExit(chain(other)),
+    }
 }
 
 /// `e` and its causes, as one line.
@@ -468,7 +484,7 @@ impl Vcpu {
                 Err(e) if e.errno() == libc::EFAULT && cc.is_some() => {
                     match cc.map(|cc| cc.run_efault()) {
                         Some(Ok(Handled::Yes)) => None,
-                        Some(Err(err)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&err)))),
+                        Some(Err(err)) => Some(Exit::Stop(handler_stop(&err))),
                         _ => Some(Exit::Stop(VcpuStop::RunError(e.to_string()))),
                     }
                 }
@@ -512,9 +528,7 @@ impl Vcpu {
         } else {
             cc.snp_req_certs(exit)
         };
-        result
-            .err()
-            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e))))
+        result.err().map(|e| Exit::Stop(handler_stop(&e)))
     }
 
     /// Offers an emulator-trap `out` to the TEE's handler; unhandled, it is an ordinary
@@ -526,7 +540,7 @@ impl Vcpu {
             Ok(Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
                 "the emulated TEE refused the trap on port {port:#x} (the instruction faults)"
             )))),
-            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+            Err(e) => Some(Exit::Stop(handler_stop(&e))),
         }
     }
 
@@ -546,7 +560,7 @@ impl Vcpu {
             Ok(Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(
                 "the emulated TEE refused the instruction (it faults on the hardware)".into(),
             ))),
-            Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+            Err(e) => Some(Exit::Stop(handler_stop(&e))),
         }
     }
 
@@ -604,7 +618,7 @@ fn hypercall(
         Ok(Handled::No | Handled::Fault) => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "unhandled hypercall {nr}"
         )))),
-        Err(e) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Err(e) => Some(Exit::Stop(handler_stop(&e))),
     }
 }
 
@@ -614,7 +628,7 @@ fn memory_fault(cc: Option<&dyn ExitHandler>, flags: u64, gpa: u64, size: u64) -
         Some(cc) => cc
             .memory_fault(gpa, size, flags & KVM_MEMORY_EXIT_FLAG_PRIVATE != 0)
             .err()
-            .map(|e| Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+            .map(|e| Exit::Stop(handler_stop(&e))),
         None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "memory fault at {gpa:#x}+{size:#x} in a VM without private memory"
         )))),
@@ -636,7 +650,7 @@ fn msr_exit(
             *error = 1;
             None
         }
-        Some(Err(e)) => Some(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Err(e)) => Some(Exit::Stop(handler_stop(&e))),
         Some(Ok(Handled::No)) | None => Some(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "unhandled {} of MSR {msr:#x}",
             if write { "WRMSR" } else { "RDMSR" }
@@ -655,7 +669,7 @@ fn mmio_tee(
     match cc.map(|cc| cc.mmio(gpa, data, write)) {
         None | Some(Ok(Handled::No)) => Ok(false),
         Some(Ok(Handled::Yes)) => Ok(true),
-        Some(Err(e)) => Err(Exit::Stop(VcpuStop::UnexpectedExit(chain(&e)))),
+        Some(Err(e)) => Err(Exit::Stop(handler_stop(&e))),
         Some(Ok(Handled::Fault)) => Err(Exit::Stop(VcpuStop::UnexpectedExit(format!(
             "guest fault at {gpa:#x}"
         )))),

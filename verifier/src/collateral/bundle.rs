@@ -1,12 +1,14 @@
 //! Offline bundles: `cvm-verifier collateral export` writes cached (or freshly fetched)
 //! items to a JSON file; `collateral import` loads one into an air-gapped verifier's
-//! database. Every imported item is checked like a fetched response (shape, issuer
-//! chain, expiry read from the item itself, never from the bundle's fields); its
-//! authenticity is checked at use, as for any collateral.
+//! database. Every imported item is checked exactly like a fetched response before it
+//! enters the cache: shape, expiry read from the item itself (never from the bundle's
+//! fields), and authenticity ([`super::auth`]: chain to AMD's pinned ARKs / Intel's
+//! root CA, or the given emulated anchors, and signatures). One forged item refuses
+//! the whole bundle, naming the item; nothing of it is stored.
 
 use serde::{Deserialize, Serialize};
 
-use super::{list_items, store_item, CollateralError, Item, ItemKey};
+use super::{list_items, store_item, Anchors, CollateralError, Item, ItemKey};
 use crate::db::Db;
 
 /// The bundle format tag.
@@ -56,13 +58,25 @@ pub async fn export_cached(db: &Db) -> Result<Bundle, BundleError> {
     })
 }
 
-/// Checks every item of `json` and stores it (an item already cached with a later
-/// expiry is kept). Returns the number of items imported.
+/// [`import_with`] against the genuine roots only (AMD's pinned ARKs, Intel's root CA).
 pub async fn import(db: &Db, json: &[u8]) -> Result<usize, BundleError> {
-    let bundle: Bundle = serde_json::from_slice(json).map_err(BundleError::Json)?;
+    let anchors = Anchors::genuine().map_err(BundleError::Cache)?;
+    import_with(db, json, &anchors).await
+}
+
+/// Checks every item of `json` (shape, expiry, authenticity against `anchors`) and
+/// stores them all, or none if one fails (an item already cached with a later expiry
+/// is kept). Returns the number of items imported.
+pub async fn import_with(db: &Db, json: &[u8], anchors: &Anchors) -> Result<usize, BundleError> {
+    let mut bundle: Bundle = serde_json::from_slice(json).map_err(BundleError::Json)?;
     if bundle.format != FORMAT {
         return Err(BundleError::Format(bundle.format));
     }
+    // ASK/ARK chains first: their ASKs authenticate the bundle's VCEKs.
+    bundle
+        .items
+        .sort_by_key(|i| !i.key.ends_with("/cert_chain"));
+    let mut asks = Vec::new();
     let mut checked = Vec::with_capacity(bundle.items.len());
     for item in bundle.items {
         let err = |source| BundleError::Item {
@@ -70,7 +84,8 @@ pub async fn import(db: &Db, json: &[u8]) -> Result<usize, BundleError> {
             source,
         };
         let key: ItemKey = item.key.parse().map_err(err)?;
-        let (body, expires_at) = if item.body.is_empty() && matches!(key, ItemKey::AmdCrl(_)) {
+        let no_crl = matches!(key, ItemKey::AmdCrl(_) | ItemKey::VlekCrl(_));
+        let (body, expires_at) = if item.body.is_empty() && no_crl {
             // "The KDS publishes no CRL": an observation, not a signed item, so the
             // bundle's own times are not trusted (a far-future one would pin the cache):
             // it counts from the import, for NO_CRL_TTL at most. It is only ever used
@@ -81,6 +96,12 @@ pub async fn import(db: &Db, json: &[u8]) -> Result<usize, BundleError> {
             key.check(&item.body, item.issuer_chain.as_deref())
                 .map_err(err)?
         };
+        anchors
+            .verify(&key, &body, item.issuer_chain.as_deref(), &asks)
+            .map_err(err)?;
+        if matches!(key, ItemKey::AmdCertChain(_)) {
+            asks.extend(anchors.chain_asks(&body).unwrap_or_default());
+        }
         checked.push(Item {
             key: key.to_string(),
             body,

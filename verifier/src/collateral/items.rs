@@ -1,9 +1,11 @@
 //! The collateral items: what each is, where it is fetched (AMD KDS, Intel PCS v4 /
 //! PCCS paths), how its response is checked, and when it expires.
 //!
-//! Checking here is about *shape and lifetime* only (the body parses, the issuer chain
-//! header is present, the expiry is read from the item itself); authenticity is checked
-//! at every use by the `attestation` crate's SNP and DCAP verification.
+//! Checking here is about *shape and lifetime* (the body parses, the issuer chain
+//! header is present, the expiry is read from the item itself); authenticity (chains to
+//! the trusted roots, signatures) is checked by [`super::auth`] before an item enters
+//! the cache, and again at every use by the `attestation` crate's SNP and DCAP
+//! verification.
 
 use std::fmt;
 use std::str::FromStr;
@@ -64,6 +66,9 @@ pub enum ItemKey {
     AmdCertChain(Product),
     /// The CRL the ARK of a product publishes (DER).
     AmdCrl(Product),
+    /// The CRL of a product's VLEK chain (`/vlek/v1/{product}/crl`, DER): VLEKs are not
+    /// fetchable, but their revocation list is.
+    VlekCrl(Product),
     /// TDX TCB info for an FMSPC (`{"tcbInfo":…,"signature":…}`).
     TdxTcbInfo([u8; 6]),
     /// The TDX QE identity (`{"enclaveIdentity":…,"signature":…}`).
@@ -107,6 +112,7 @@ impl fmt::Display for ItemKey {
             }
             ItemKey::AmdCertChain(p) => write!(f, "amd/{p}/cert_chain"),
             ItemKey::AmdCrl(p) => write!(f, "amd/{p}/crl"),
+            ItemKey::VlekCrl(p) => write!(f, "amd/{p}/vlek_crl"),
             ItemKey::TdxTcbInfo(fmspc) => write!(f, "intel/tdx/tcb/{}", hex::encode(fmspc)),
             ItemKey::TdxQeIdentity => f.write_str("intel/tdx/qe_identity"),
             ItemKey::PckCrl(ca) => write!(f, "intel/pckcrl/{}", ca.as_str()),
@@ -123,6 +129,7 @@ impl FromStr for ItemKey {
         Ok(match parts.as_slice() {
             ["amd", p, "cert_chain"] => ItemKey::AmdCertChain(product_from(p).ok_or_else(bad)?),
             ["amd", p, "crl"] => ItemKey::AmdCrl(product_from(p).ok_or_else(bad)?),
+            ["amd", p, "vlek_crl"] => ItemKey::VlekCrl(product_from(p).ok_or_else(bad)?),
             ["amd", p, "vcek", hw, tcb] => {
                 let product = product_from(p).ok_or_else(bad)?;
                 let hw_id = hex::decode(hw).map_err(|_| bad())?;
@@ -180,7 +187,10 @@ impl ItemKey {
     pub fn is_amd(&self) -> bool {
         matches!(
             self,
-            ItemKey::Vcek { .. } | ItemKey::AmdCertChain(_) | ItemKey::AmdCrl(_)
+            ItemKey::Vcek { .. }
+                | ItemKey::AmdCertChain(_)
+                | ItemKey::AmdCrl(_)
+                | ItemKey::VlekCrl(_)
         )
     }
 
@@ -190,6 +200,7 @@ impl ItemKey {
             ItemKey::Vcek { product, .. } => format!("{product} VCEK"),
             ItemKey::AmdCertChain(p) => format!("{p} ASK/ARK chain"),
             ItemKey::AmdCrl(p) => format!("{p} CRL"),
+            ItemKey::VlekCrl(p) => format!("{p} VLEK CRL"),
             ItemKey::TdxTcbInfo(f) => format!("TDX TCB info for FMSPC {}", hex::encode(f)),
             ItemKey::TdxQeIdentity => "TDX QE identity".into(),
             ItemKey::PckCrl(ca) => format!("PCK {} CA CRL", ca.as_str()),
@@ -226,6 +237,7 @@ impl ItemKey {
             }
             ItemKey::AmdCertChain(p) => format!("{kds}/vcek/v1/{p}/cert_chain"),
             ItemKey::AmdCrl(p) => format!("{kds}/vcek/v1/{p}/crl"),
+            ItemKey::VlekCrl(p) => format!("{kds}/vlek/v1/{p}/crl"),
             ItemKey::TdxTcbInfo(f) => format!(
                 "{pcs}/tdx/certification/v4/tcb?fmspc={}",
                 hex::encode_upper(f)
@@ -292,7 +304,7 @@ impl ItemKey {
                 let expiry = certs.iter().map(|c| c.validity().1).min().unwrap_or(0);
                 Ok((body.to_vec(), clamp(expiry)))
             }
-            ItemKey::AmdCrl(_) => {
+            ItemKey::AmdCrl(_) | ItemKey::VlekCrl(_) => {
                 let crls = AmdCrl::parse_all(body).map_err(|e| bad(format!("not a CRL: {e}")))?;
                 let [crl] = crls.as_slice() else {
                     return Err(bad("expected exactly one CRL".into()));
@@ -328,6 +340,14 @@ impl ItemKey {
             }
         }
     }
+}
+
+/// The `issueDate` and `tcbEvaluationDataNumber` of a TCB info or QE identity.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct FreshnessHead {
+    pub issue_date: String,
+    pub tcb_evaluation_data_number: u32,
 }
 
 fn clamp(secs: u64) -> i64 {

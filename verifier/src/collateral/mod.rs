@@ -67,6 +67,8 @@
 //! source) and the webpki roots, so no new dependency enters the tree. Responses are
 //! bounded to [`MAX_RESPONSE`] bytes.
 
+pub mod auth;
+pub mod budget;
 pub mod bundle;
 pub mod items;
 
@@ -75,13 +77,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use attestation::snp::{AmdCertificate, AttestationReport, Product, SnpCollateral, TcbLayout};
-use attestation::tdx::collateral::{Collateral, QuoteCollateralV3};
+use attestation::tdx::collateral::{Collateral, Freshness, QuoteCollateralV3};
 use attestation::ErrorKind;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::db::Db;
+pub use auth::Anchors;
 pub use items::{Item, ItemKey, PckCa, VcekTcb};
 
 /// Largest response accepted from a KDS/PCS (a CRL of Intel's is ~3 KiB, TCB info
@@ -89,10 +92,16 @@ pub use items::{Item, ItemKey, PckCa, VcekTcb};
 pub const MAX_RESPONSE: usize = 1 << 20;
 /// Outbound fetches in flight at once.
 pub const MAX_FETCHES: usize = 8;
-/// How long a KDS's 404 for a VCEK is remembered.
+/// How long a KDS's or PCS's 404 for a VCEK or TCB info is remembered.
 pub const MISS_TTL: Duration = Duration::from_secs(600);
+/// The longest `Retry-After` of a 429 that is honoured (a longer one is cut to this).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// A hook counting budget refusals by scope (`client`, `global`): the metrics.
+pub type RefusalHook = Arc<dyn Fn(&'static str) + Send + Sync>;
 /// How long a KDS's 404 for a product's CRL ("none published") is remembered, seconds.
 pub const NO_CRL_TTL: i64 = 86_400;
+/// How long a TDX rollback floor read from the database is reused.
+const FLOOR_TTL: Duration = Duration::from_secs(60);
 /// Assembled collateral kept in memory (per TEE), then the map starts over.
 const ASSEMBLED: usize = 4096;
 
@@ -122,6 +131,13 @@ pub struct CollateralConfig {
     /// revocation; only a private KDS that publishes none is run with this `false`
     /// (`[collateral] amd_crl_optional = true`), and then chains verify without a CRL.
     pub amd_crl_required: bool,
+    /// Evidence-driven cache-miss fetches one client (source IP) may cause per
+    /// [`Self::fetch_budget_window`].
+    pub fetch_budget_per_client: u32,
+    /// Evidence-driven cache-miss fetches all clients together may cause per window.
+    pub fetch_budget_global: u32,
+    /// The budget window.
+    pub fetch_budget_window: Duration,
 }
 
 impl Default for CollateralConfig {
@@ -137,6 +153,9 @@ impl Default for CollateralConfig {
             backoff: Duration::from_millis(500),
             refresh_interval: Duration::from_secs(300),
             amd_crl_required: true,
+            fetch_budget_per_client: 16,
+            fetch_budget_global: 256,
+            fetch_budget_window: Duration::from_secs(60),
         }
     }
 }
@@ -198,6 +217,39 @@ pub enum CollateralError {
     /// A VLEK-signed report without its certificates.
     #[error("the report is signed by a VLEK, which the AMD KDS does not publish: the evidence must carry the VLEK certificate chain (cert_chain)")]
     VlekNotFetchable,
+    /// An item is not signed by the trusted roots (forged, or from another root).
+    #[error("the {what} is not authentic: {detail}")]
+    Unauthentic {
+        /// The item.
+        what: String,
+        /// What did not verify.
+        detail: String,
+    },
+    /// The trust anchors could not be loaded.
+    #[error("cannot load the collateral trust anchors: {0}")]
+    Anchors(String),
+    /// A fetch budget is spent (see [`budget`]).
+    #[error("too many collateral fetches for evidence not seen before ({} budget of {limit} per {window_secs} s spent); the {what} was not fetched, try again later", scope.as_str())]
+    Budget {
+        /// The item.
+        what: String,
+        /// Which budget.
+        scope: budget::Scope,
+        /// Its size.
+        limit: u32,
+        /// Its window, seconds.
+        window_secs: u64,
+    },
+    /// The service answered 429 with Retry-After (remembered until then).
+    #[error("{url} is rate-limiting the verifier (429); the {what} is not asked for again for {retry_after_secs} s")]
+    Throttled {
+        /// The item.
+        what: String,
+        /// The URL.
+        url: String,
+        /// Seconds until asking again.
+        retry_after_secs: u64,
+    },
     /// A cache key does not parse.
     #[error("`{0}` is not a collateral item key")]
     BadKey(String),
@@ -243,6 +295,21 @@ pub trait CollateralSource: Send + Sync + std::fmt::Debug + 'static {
         product: Product,
         now: time::OffsetDateTime,
     ) -> Result<Option<Arc<Item>>, CollateralError>;
+    /// The VLEK CRL (DER) the KDS publishes for `product` (`/vlek/v1/{product}/crl`),
+    /// current at `now`; `None` when the KDS publishes none and that is allowed
+    /// (`amd_crl_optional`). Used for VLEK chains, which the evidence always carries.
+    fn snp_vlek_crl(
+        &self,
+        product: Product,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Arc<Item>>, CollateralError>;
+    /// How new the newest TDX collateral the source has seen for `quote`'s platform is
+    /// (cached, even if expired; nothing is fetched), if any: the floor below which
+    /// collateral carried in evidence is a rollback.
+    fn tdx_floor(&self, quote: &[u8]) -> Option<Freshness>;
+    /// The source's current DCAP collateral for `quote` at `now` if it has it in memory
+    /// (nothing is fetched).
+    fn tdx_cached(&self, quote: &[u8], now: time::OffsetDateTime) -> Option<Arc<Collateral>>;
     /// The DCAP collateral for a TDX quote, current at `now`.
     fn tdx_collateral(
         &self,
@@ -259,17 +326,27 @@ type Assembled<K, C> = Mutex<HashMap<K, (Arc<C>, i64)>>;
 pub struct CollateralService {
     cfg: CollateralConfig,
     db: Db,
+    /// What every item must chain to before it is cached or served.
+    anchors: Anchors,
     http: reqwest::Client,
     handle: tokio::runtime::Handle,
     items: Mutex<HashMap<String, Arc<Item>>>,
     flights: Flights,
     /// Outbound fetches at once (evidence chooses what is fetched: bounded).
     fetches: tokio::sync::Semaphore,
-    /// VCEK keys the KDS answered 404 for, and when (an attacker's made-up CHIP_IDs
-    /// cost one KDS request per [`MISS_TTL`], not one per flow).
-    misses: Mutex<HashMap<String, std::time::Instant>>,
+    /// Negative answers remembered until an instant: 404 for a VCEK or TCB info (an
+    /// attacker's made-up CHIP_IDs and FMSPCs cost one request per [`MISS_TTL`], not
+    /// one per flow) and 429 with Retry-After for any item.
+    misses: Mutex<HashMap<String, (std::time::Instant, Negative)>>,
+    /// Budgets of evidence-driven cache-miss fetches.
+    budget: budget::FetchBudget,
+    /// Counts budget refusals (the service's metrics).
+    on_refusal: Option<RefusalHook>,
     snp: Assembled<Vec<u8>, SnpCollateral>,
     tdx: Assembled<String, Collateral>,
+    /// TDX rollback floors read from the database, by PCK chain (see
+    /// [`CollateralSource::tdx_floor`]).
+    floors: Mutex<HashMap<String, (Option<Freshness>, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for CollateralService {
@@ -301,9 +378,15 @@ impl CollateralService {
             None => b.no_proxy(),
         };
         let http = b.build().map_err(CollateralError::Client)?;
+        let budget = budget::FetchBudget::new(
+            cfg.fetch_budget_per_client,
+            cfg.fetch_budget_global,
+            cfg.fetch_budget_window,
+        );
         Ok(Self {
             cfg,
             db,
+            anchors: Anchors::genuine()?,
             http,
             handle: tokio::runtime::Handle::try_current()
                 .map_err(|_| CollateralError::NoRuntime)?,
@@ -311,8 +394,11 @@ impl CollateralService {
             flights: Mutex::default(),
             fetches: tokio::sync::Semaphore::new(MAX_FETCHES),
             misses: Mutex::default(),
+            budget,
+            on_refusal: None,
             snp: Mutex::default(),
             tdx: Mutex::default(),
+            floors: Mutex::default(),
         })
     }
 
@@ -335,6 +421,44 @@ impl CollateralService {
         Ok(None)
     }
 
+    /// Counts budget refusals with `hook`.
+    pub fn with_refusal_hook(mut self, hook: RefusalHook) -> Self {
+        self.on_refusal = Some(hook);
+        self
+    }
+
+    /// Checks items against `anchors` (default: AMD's and Intel's genuine roots only;
+    /// the service adds each `--emulated-trust` directory's).
+    pub fn with_anchors(mut self, anchors: Anchors) -> Self {
+        self.anchors = anchors;
+        self
+    }
+
+    /// Checks that `item` is authentic (see [`auth`]) for `key`. A VCEK not issued by
+    /// one of AMD's pinned ASKs (an emulated platform's) is checked against its
+    /// product's ASK/ARK chain item, obtained (and itself authenticated) first.
+    async fn authenticate(
+        &self,
+        key: &ItemKey,
+        item: &Item,
+        now: i64,
+        who: Requester<'_>,
+    ) -> Result<(), CollateralError> {
+        let first = self
+            .anchors
+            .verify(key, &item.body, item.issuer_chain.as_deref(), &[]);
+        let (Err(e), ItemKey::Vcek { product, .. }) = (&first, key) else {
+            return first;
+        };
+        let chain = match Box::pin(self.get_as(&ItemKey::AmdCertChain(*product), now, who)).await {
+            Ok(c) => c,
+            Err(_) => return Err(clone_unauthentic(e)),
+        };
+        let asks = self.anchors.chain_asks(&chain.body).unwrap_or_default();
+        self.anchors
+            .verify(key, &item.body, item.issuer_chain.as_deref(), &asks)
+    }
+
     /// The configuration.
     pub fn config(&self) -> &CollateralConfig {
         &self.cfg
@@ -342,14 +466,36 @@ impl CollateralService {
 
     /// The item `key`, usable at `now` (Unix seconds): from memory, the database, or
     /// fetched (once, however many callers wait for it).
+    /// Fetches made here are the operator's (not budgeted); evidence-driven lookups go
+    /// through [`Self::get_for`].
     pub async fn get(&self, key: &ItemKey, now: i64) -> Result<Arc<Item>, CollateralError> {
+        self.get_as(key, now, Requester::Operator).await
+    }
+
+    /// [`Self::get`] on behalf of evidence sent by `client` (a source IP, `None` when
+    /// unknown): a cache-miss fetch is taken from the fetch budgets.
+    pub async fn get_for(
+        &self,
+        key: &ItemKey,
+        now: i64,
+        client: Option<&str>,
+    ) -> Result<Arc<Item>, CollateralError> {
+        self.get_as(key, now, Requester::Evidence(client)).await
+    }
+
+    async fn get_as(
+        &self,
+        key: &ItemKey,
+        now: i64,
+        who: Requester<'_>,
+    ) -> Result<Arc<Item>, CollateralError> {
         let k = key.to_string();
         if let Some(hit) = self.memory(&k, now) {
             return Ok(hit);
         }
         let flight = Arc::clone(lock(&self.flights).entry(k.clone()).or_default());
         let turn = flight.lock().await;
-        let result = self.get_turn(key, &k, now).await;
+        let result = self.get_turn(key, &k, now, who).await;
         // The outcome is in memory (or failed): later callers need no flight; waiters
         // holding this one find the memory copy when their turn comes.
         {
@@ -368,21 +514,24 @@ impl CollateralService {
         key: &ItemKey,
         k: &str,
         now: i64,
+        who: Requester<'_>,
     ) -> Result<Arc<Item>, CollateralError> {
         if let Some(hit) = self.memory(k, now) {
             return Ok(hit);
         }
-        if matches!(key, ItemKey::Vcek { .. }) {
-            if let Some(at) = lock(&self.misses).get(k) {
-                if at.elapsed() < MISS_TTL {
-                    return Err(CollateralError::NotFound {
-                        what: key.what(),
-                        url: key.url(&self.cfg),
-                    });
-                }
+        if let Some(e) = self.negative(key, k) {
+            return Err(e);
+        }
+        let mut cached = self.load(k).await?;
+        // A row that is not authentic (written before items were checked, or tampered
+        // with) is dropped, so that a genuine copy can replace it.
+        if let Some(item) = &cached {
+            if let Err(e) = self.authenticate(key, item, now, who).await {
+                tracing::warn!(item = k, error = %e, "dropping an unauthentic cached collateral item");
+                delete_item(&self.db, k).await?;
+                cached = None;
             }
         }
-        let cached = self.load(k).await?;
         if let Some(item) = &cached {
             if item.expires_at >= now {
                 return Ok(self.remember(item.clone()));
@@ -394,20 +543,37 @@ impl CollateralService {
                 None => CollateralError::Offline { what: key.what() },
             });
         }
+        if let Requester::Evidence(client) = who {
+            if let Err(scope) = self.budget.take(client) {
+                if let Some(hook) = &self.on_refusal {
+                    hook(scope.as_str());
+                }
+                tracing::warn!(
+                    item = k,
+                    client = client.unwrap_or("-"),
+                    scope = scope.as_str(),
+                    "collateral fetch refused: budget spent"
+                );
+                return Err(CollateralError::Budget {
+                    what: key.what(),
+                    scope,
+                    limit: match scope {
+                        budget::Scope::Client => self.cfg.fetch_budget_per_client,
+                        budget::Scope::Global => self.cfg.fetch_budget_global,
+                    },
+                    window_secs: self.budget.window().as_secs(),
+                });
+            }
+        }
         let fetched = {
             let _permit = self.fetches.acquire().await;
             self.fetch(key).await
         };
-        if matches!(
-            (&fetched, key),
-            (Err(CollateralError::NotFound { .. }), ItemKey::Vcek { .. })
-        ) {
-            let mut misses = lock(&self.misses);
-            if misses.len() >= ASSEMBLED {
-                misses.clear();
-            }
-            misses.insert(k.to_owned(), std::time::Instant::now());
-        }
+        self.remember_negative(key, k, &fetched);
+        let fetched = match fetched {
+            Ok(item) => self.authenticate(key, &item, now, who).await.map(|()| item),
+            Err(e) => Err(e),
+        };
         let item = match fetched {
             Ok(item) => item,
             // The KDS publishes no CRL for this product: remembered (and exported) as an
@@ -415,14 +581,17 @@ impl CollateralService {
             // Required CRLs: a 404 is refused at once and not remembered, so that one
             // transient answer does not block every flow of the product for a day.
             Err(CollateralError::NotFound { .. })
-                if matches!(key, ItemKey::AmdCrl(_)) && self.cfg.amd_crl_required =>
+                if matches!(key, ItemKey::AmdCrl(_) | ItemKey::VlekCrl(_))
+                    && self.cfg.amd_crl_required =>
             {
                 return Err(CollateralError::NoCrl {
                     product: key.to_string(),
                     url: self.cfg.amd_kds_url.clone(),
                 });
             }
-            Err(CollateralError::NotFound { .. }) if matches!(key, ItemKey::AmdCrl(_)) => {
+            Err(CollateralError::NotFound { .. })
+                if matches!(key, ItemKey::AmdCrl(_) | ItemKey::VlekCrl(_)) =>
+            {
                 let fetched_at = crate::db::now();
                 Item {
                     key: k.to_owned(),
@@ -455,6 +624,54 @@ impl CollateralService {
             return Err(self.stale(key, item.expires_at));
         }
         Ok(item)
+    }
+
+    /// A negative answer remembered for `key`, if still current.
+    fn negative(&self, key: &ItemKey, k: &str) -> Option<CollateralError> {
+        let misses = lock(&self.misses);
+        let (until, what) = misses.get(k)?;
+        let left = until.checked_duration_since(std::time::Instant::now())?;
+        Some(match what {
+            Negative::NotFound => CollateralError::NotFound {
+                what: key.what(),
+                url: key.url(&self.cfg),
+            },
+            Negative::Throttled => CollateralError::Throttled {
+                what: key.what(),
+                url: key.url(&self.cfg),
+                retry_after_secs: left.as_secs().max(1),
+            },
+        })
+    }
+
+    /// Remembers a 404 for an item an attester chooses (VCEK, TCB info) for
+    /// [`MISS_TTL`], and a 429 with Retry-After for any item until then.
+    fn remember_negative(&self, key: &ItemKey, k: &str, fetched: &Result<Item, CollateralError>) {
+        let entry = match (fetched, key) {
+            (
+                Err(CollateralError::NotFound { .. }),
+                ItemKey::Vcek { .. } | ItemKey::TdxTcbInfo(_),
+            ) => (MISS_TTL, Negative::NotFound),
+            (
+                Err(CollateralError::Throttled {
+                    retry_after_secs, ..
+                }),
+                _,
+            ) => (
+                Duration::from_secs(*retry_after_secs).min(MAX_RETRY_AFTER),
+                Negative::Throttled,
+            ),
+            _ => return,
+        };
+        let mut misses = lock(&self.misses);
+        if misses.len() >= ASSEMBLED {
+            let now = std::time::Instant::now();
+            misses.retain(|_, (until, _)| *until > now);
+            if misses.len() >= ASSEMBLED {
+                misses.clear();
+            }
+        }
+        misses.insert(k.to_owned(), (std::time::Instant::now() + entry.0, entry.1));
     }
 
     fn stale(&self, key: &ItemKey, expired: i64) -> CollateralError {
@@ -520,6 +737,21 @@ impl CollateralService {
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            // With Retry-After: not retried, remembered until then (see get_turn).
+            let after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(secs) = after {
+                return Err(Retry::No(CollateralError::Throttled {
+                    what: key.what(),
+                    url: url.to_owned(),
+                    retry_after_secs: secs.clamp(1, MAX_RETRY_AFTER.as_secs()),
+                }));
+            }
         }
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             return Err(Retry::Yes(format!("HTTP {status}")));
@@ -618,6 +850,13 @@ impl CollateralService {
                     flights.remove(&item.key);
                 }
             }
+            let fetched = match fetched {
+                Ok(item) => self
+                    .authenticate(&key, &item, now, Requester::Operator)
+                    .await
+                    .map(|()| item),
+                Err(e) => Err(e),
+            };
             match fetched {
                 Ok(fresh) => {
                     self.store(&fresh).await?;
@@ -646,11 +885,12 @@ impl CollateralService {
     }
 
     /// The SNP collateral for `report` at `now` (async form of
-    /// [`CollateralSource::snp_collateral`]).
+    /// [`CollateralSource::snp_collateral`]), fetched on behalf of `client`.
     pub async fn snp(
         &self,
         report: &[u8],
         now: i64,
+        client: Option<&str>,
     ) -> Result<(Arc<SnpCollateral>, i64), CollateralError> {
         let r = AttestationReport::parse(report)
             .map_err(|e| CollateralError::Evidence(format!("the report is malformed: {e}")))?;
@@ -690,7 +930,7 @@ impl CollateralService {
                     fmc: (layout == TcbLayout::Turin).then(|| tcb.fmc.unwrap_or(0)),
                 },
             };
-            let vcek = match self.get(&key, now).await {
+            let vcek = match self.get_for(&key, now, client).await {
                 Ok(v) => v,
                 Err(e @ CollateralError::NotFound { .. }) => {
                     first.get_or_insert(e);
@@ -698,9 +938,11 @@ impl CollateralService {
                 }
                 Err(e) => return Err(e),
             };
-            let chain = self.get(&ItemKey::AmdCertChain(product), now).await?;
+            let chain = self
+                .get_for(&ItemKey::AmdCertChain(product), now, client)
+                .await?;
             // An empty item: the issuer publishes no CRL (see the module docs).
-            let crl = self.get(&ItemKey::AmdCrl(product), now).await?;
+            let crl = self.get_for(&ItemKey::AmdCrl(product), now, client).await?;
             let crl = self.crl_or_refuse(product, crl)?;
             let mut c = SnpCollateral::new();
             let cert = AmdCertificate::from_der(&vcek.body).map_err(|e| corrupt(&key, e))?;
@@ -719,17 +961,20 @@ impl CollateralService {
     }
 
     /// The TDX collateral for `quote` at `now` (async form of
-    /// [`CollateralSource::tdx_collateral`]).
+    /// [`CollateralSource::tdx_collateral`]), fetched on behalf of `client`.
     pub async fn tdx(
         &self,
         quote: &[u8],
         now: i64,
+        client: Option<&str>,
     ) -> Result<(Arc<Collateral>, i64), CollateralError> {
         let (fmspc, ca) = quote_platform(quote)?;
-        let tcb = self.get(&ItemKey::TdxTcbInfo(fmspc), now).await?;
-        let qe = self.get(&ItemKey::TdxQeIdentity, now).await?;
-        let pck_crl = self.get(&ItemKey::PckCrl(ca), now).await?;
-        let root_crl = self.get(&ItemKey::RootCaCrl, now).await?;
+        let tcb = self
+            .get_for(&ItemKey::TdxTcbInfo(fmspc), now, client)
+            .await?;
+        let qe = self.get_for(&ItemKey::TdxQeIdentity, now, client).await?;
+        let pck_crl = self.get_for(&ItemKey::PckCrl(ca), now, client).await?;
+        let root_crl = self.get_for(&ItemKey::RootCaCrl, now, client).await?;
         let bad = |k: &ItemKey| CollateralError::Corrupt(k.to_string());
         let (tcb_info, tcb_info_signature) = items::signed_json(&tcb.body, "tcbInfo")
             .map_err(|_| bad(&ItemKey::TdxTcbInfo(fmspc)))?;
@@ -769,9 +1014,33 @@ impl CollateralService {
     }
 }
 
+/// Who asks for an item: the operator (CLI, refresh) or evidence (budgeted).
+#[derive(Debug, Clone, Copy)]
+enum Requester<'a> {
+    Operator,
+    Evidence(Option<&'a str>),
+}
+
+/// A remembered negative answer.
+#[derive(Debug, Clone, Copy)]
+enum Negative {
+    NotFound,
+    Throttled,
+}
+
 enum Retry {
     Yes(String),
     No(CollateralError),
+}
+
+fn clone_unauthentic(e: &CollateralError) -> CollateralError {
+    match e {
+        CollateralError::Unauthentic { what, detail } => CollateralError::Unauthentic {
+            what: what.clone(),
+            detail: detail.clone(),
+        },
+        other => CollateralError::Corrupt(other.to_string()),
+    }
 }
 
 fn too_large(key: &ItemKey) -> CollateralError {
@@ -858,6 +1127,16 @@ pub async fn list_items(db: &Db) -> Result<Vec<Item>, CollateralError> {
     rows.iter().map(item_from_row).collect()
 }
 
+/// Deletes the cached item `key`.
+pub async fn delete_item(db: &Db, key: &str) -> Result<(), CollateralError> {
+    sqlx::query("DELETE FROM collateral_cache WHERE key = $1")
+        .bind(key)
+        .execute(db.pool())
+        .await
+        .map_err(CollateralError::Db)?;
+    Ok(())
+}
+
 /// Stores `item` unless the database holds a copy of it that expires later.
 pub async fn store_item(db: &Db, item: &Item) -> Result<(), CollateralError> {
     let body = base64::engine::general_purpose::STANDARD.encode(&item.body);
@@ -907,7 +1186,8 @@ impl CollateralSource for CollateralService {
                 return Ok(Arc::clone(c));
             }
         }
-        let (c, exp) = self.run(self.snp(report, t))?;
+        let client = budget::current_client();
+        let (c, exp) = self.run(self.snp(report, t, client.as_deref()))?;
         let mut m = lock(&self.snp);
         if m.len() >= ASSEMBLED {
             m.clear();
@@ -925,9 +1205,58 @@ impl CollateralSource for CollateralService {
         let key = ItemKey::AmdCrl(product);
         let item = match self.memory(&key.to_string(), t) {
             Some(hit) => hit,
-            None => self.run(self.get(&key, t))?,
+            None => {
+                let client = budget::current_client();
+                self.run(self.get_for(&key, t, client.as_deref()))?
+            }
         };
         self.crl_or_refuse(product, item)
+    }
+
+    fn snp_vlek_crl(
+        &self,
+        product: Product,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Arc<Item>>, CollateralError> {
+        let t = now.unix_timestamp();
+        let key = ItemKey::VlekCrl(product);
+        let item = match self.memory(&key.to_string(), t) {
+            Some(hit) => hit,
+            None => {
+                let client = budget::current_client();
+                self.run(self.get_for(&key, t, client.as_deref()))?
+            }
+        };
+        self.crl_or_refuse(product, item)
+    }
+
+    fn tdx_floor(&self, quote: &[u8]) -> Option<Freshness> {
+        let id = tdx_lookup_key(quote)?;
+        // The assembled collateral for this PCK chain, even if expired.
+        if let Some((c, _)) = lock(&self.tdx).get(&id) {
+            return Some(c.freshness());
+        }
+        // Else the database rows, looked up at most once a minute per PCK chain.
+        if let Some((f, at)) = lock(&self.floors).get(&id) {
+            if at.elapsed() < FLOOR_TTL {
+                return *f;
+            }
+        }
+        let f = self.run(self.tdx_floor_async(quote));
+        let mut floors = lock(&self.floors);
+        if floors.len() >= ASSEMBLED {
+            floors.clear();
+        }
+        floors.insert(id, (f, std::time::Instant::now()));
+        f
+    }
+
+    fn tdx_cached(&self, quote: &[u8], now: time::OffsetDateTime) -> Option<Arc<Collateral>> {
+        let id = tdx_lookup_key(quote)?;
+        lock(&self.tdx)
+            .get(&id)
+            .filter(|(_, exp)| *exp >= now.unix_timestamp())
+            .map(|(c, _)| Arc::clone(c))
     }
 
     fn tdx_collateral(
@@ -946,7 +1275,8 @@ impl CollateralSource for CollateralService {
                 return Ok(Arc::clone(c));
             }
         }
-        let (c, exp) = self.run(self.tdx(quote, t))?;
+        let client = budget::current_client();
+        let (c, exp) = self.run(self.tdx(quote, t, client.as_deref()))?;
         let mut m = lock(&self.tdx);
         if m.len() >= ASSEMBLED {
             m.clear();
@@ -954,6 +1284,60 @@ impl CollateralSource for CollateralService {
         m.insert(id, (Arc::clone(&c), exp));
         Ok(c)
     }
+}
+
+impl CollateralService {
+    /// See [`CollateralSource::tdx_floor`]: the assembled collateral in memory, else
+    /// the TCB info and QE identity rows of the database (authenticated).
+    async fn tdx_floor_async(&self, quote: &[u8]) -> Option<Freshness> {
+        let (fmspc, _) = quote_platform(quote).ok()?;
+        let tcb_key = ItemKey::TdxTcbInfo(fmspc);
+        let qe_key = ItemKey::TdxQeIdentity;
+        let mut parts = Vec::new();
+        for key in [&tcb_key, &qe_key] {
+            let k = key.to_string();
+            let in_memory = lock(&self.items).get(&k).cloned();
+            let item = match in_memory {
+                Some(i) => (*i).clone(),
+                None => self.load(&k).await.ok()??,
+            };
+            self.authenticate(key, &item, 0, Requester::Operator)
+                .await
+                .ok()?;
+            let field = if key == &tcb_key {
+                "tcbInfo"
+            } else {
+                "enclaveIdentity"
+            };
+            let (inner, _) = items::signed_json(&item.body, field).ok()?;
+            let head: items::FreshnessHead = serde_json::from_str(inner).ok()?;
+            let issued = time::OffsetDateTime::parse(
+                &head.issue_date,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(i64::MIN);
+            parts.push((head.tcb_evaluation_data_number, issued));
+        }
+        let [(tcb_n, tcb_t), (qe_n, qe_t)] = parts.as_slice() else {
+            return None;
+        };
+        Some(Freshness {
+            tcb_evaluation_data_number: *tcb_n,
+            tcb_info_issued: *tcb_t,
+            qe_evaluation_data_number: *qe_n,
+            qe_identity_issued: *qe_t,
+        })
+    }
+}
+
+/// The assembled-collateral key of a quote: SHA-256 of its PCK chain (which fixes the
+/// FMSPC and the PCK CA).
+fn tdx_lookup_key(quote: &[u8]) -> Option<String> {
+    let q = attestation::tdx::quote::Quote::parse(quote).ok()?;
+    Some(hex::encode(Sha256::digest(
+        &q.signature_data.pck_cert_chain,
+    )))
 }
 
 /// CHIP_ID, REPORTED_TCB, CPUID and SIGNING_KEY of a report: what chooses its VCEK.

@@ -457,8 +457,12 @@ async fn attest_inner(
         Tee::Tdx
     };
     let verifier = st.verifier.clone();
+    // Cache-miss collateral fetches this evidence causes are budgeted per client.
+    let client = ctx.client.clone();
     let claims = tokio::task::spawn_blocking(move || {
-        verifier.verify(tee, &evidence, &expected, time::OffsetDateTime::now_utc())
+        crate::collateral::budget::with_client(&client, || {
+            verifier.verify(tee, &evidence, &expected, time::OffsetDateTime::now_utc())
+        })
     })
     .await
     .map_err(|e| Refusal::from(ApiError::internal(e)))?

@@ -335,11 +335,18 @@ pub async fn build_state(
         .await
         .map_err(ServeError::SigningKey)?;
     let emulated = !cfg.emulated_trust.is_empty();
+    let metrics = Metrics::new();
     let (verifier, collateral): (Arc<dyn EvidenceVerifier>, _) = match verifier {
         Some(v) => (v, None),
         None => {
             let service = Arc::new(
                 CollateralService::new(cfg.collateral.clone(), db.clone())
+                    .and_then(|c| {
+                        Ok(c.with_anchors(crate::collateral::Anchors::with_emulated(
+                            &cfg.emulated_trust,
+                        )?)
+                        .with_refusal_hook(metrics.collateral_refusal_hook()))
+                    })
                     .map_err(ServeError::Collateral)?,
             );
             let v = AttestationVerifier::new(&cfg.emulated_trust)
@@ -365,7 +372,7 @@ pub async fn build_state(
         verifier,
         collateral,
         emulated,
-        metrics: Metrics::new(),
+        metrics,
         ip_limiter: FailureLimiter::new(a.per_ip, a.window),
         user_limiter: FailureLimiter::new(a.per_user, a.window),
         argon2_pool: BlockingPool::new(f.argon2_concurrency, f.argon2_queue, "argon2")
