@@ -8,7 +8,8 @@
 //! |---|---|
 //! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
 //! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
-//! | 16 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: virtio rings and buffers, mailbox window, everything else |
+//! | 16 MiB – 20 MiB, in a TD only | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA>, mapped at linear 4 GiB through `GPA \| shared bit`; every virtio ring and buffer, the GetQuote buffer and the mailbox window |
+//! | 16 MiB (20 MiB in a TD) – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD) |
 //!
 //! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to
 //! [`cvm_testguest_main`] at ring 3, where everything else runs natively.
@@ -47,6 +48,7 @@ extern crate alloc;
 mod boot;
 mod bootparams;
 mod console;
+mod dma;
 mod heap;
 mod pio;
 mod rng;
@@ -119,13 +121,32 @@ fn run(boot_params: usize) -> Result<String, String> {
     let (ram_start, ram_end) = bootparams::ram_range_containing(boot_params, HEAP_START)
         .ok_or("no usable RAM at 16 MiB in the e820 map (give the guest at least 64 MiB)")?;
     let end = ram_end.min(HEAP_MAX_END);
-    if end < HEAP_START + (32 << 20) || ram_start > HEAP_START {
+    // In a TD, the first `dma::POOL_SIZE` bytes of the heap range become the shared DMA pool.
+    let td = trap_tdx::is_td();
+    let heap_start = if td {
+        HEAP_START + dma::POOL_SIZE
+    } else {
+        HEAP_START
+    };
+    if end < heap_start + (32 << 20) || ram_start > HEAP_START {
         return Err("less than 32 MiB of heap RAM above 16 MiB".into());
     }
-    HEAP.init(HEAP_START as usize, end as usize);
+    HEAP.init(heap_start as usize, end as usize);
 
     let cmdline = bootparams::cmdline(boot_params);
     let params = parse_cmdline(&cmdline)?;
+    if td {
+        // Devices cannot reach private memory: convert the pool to shared and map it
+        // through the shared-bit alias (see `dma`).
+        let shared = trap_tdx::share(
+            trap_tdx::Trap::from_cmdline(&cmdline),
+            HEAP_START,
+            dma::POOL_SIZE,
+        )
+        .map_err(|e| format!("cannot share the DMA pool: {e}"))?;
+        dma::init_shared_pool(HEAP_START, dma::POOL_SIZE, shared)
+            .map_err(|e| format!("cannot map the DMA pool: {e}"))?;
+    }
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
     // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
     // TDVMCALL<GetQuote>, each through the trap the measured command line selects;

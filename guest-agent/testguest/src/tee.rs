@@ -17,7 +17,6 @@
 //! Everything the mailbox returns is host-controlled: lengths are bounded by the window,
 //! and the verifier, not this guest, judges the evidence.
 
-use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::string::ToString;
 use alloc::vec::Vec;
 use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
@@ -34,7 +33,10 @@ const RESPONSE_AT: usize = 0x100;
 /// The mailbox with its window.
 #[derive(Debug)]
 pub struct Mailbox {
+    /// The window at the guest's virtual address.
     window: *mut u8,
+    /// The window's GPA (what the VMM is told).
+    window_gpa: u64,
     tee: Tee,
 }
 
@@ -51,16 +53,17 @@ impl Mailbox {
                 "no emulated TEE mailbox (this test guest needs --tee emulated-snp or emulated-tdx)",
             ));
         }
-        let layout = Layout::from_size_align(WINDOW, 4096).map_err(|_| unavailable("layout"))?;
-        // SAFETY: a non-zero-size layout.
-        let window = unsafe { alloc_zeroed(layout) };
-        if window.is_null() || window as usize + WINDOW > 0xC000_0000 {
+        // DMA memory: in a TD the shared pool (the VMM cannot write private memory).
+        let dma = crate::dma::alloc(WINDOW)
+            .map_err(|_| unavailable("out of memory for the mailbox window"))?;
+        if dma.gpa + WINDOW as u64 > 0xC000_0000 {
             return Err(unavailable(
                 "cannot allocate the mailbox window below 3 GiB",
             ));
         }
         let mut mb = Self {
-            window,
+            window: dma.buf.as_mut_ptr(),
+            window_gpa: dma.gpa,
             tee: Tee::Snp,
         };
         mb.tee = match mb.command(5, &[]) {
@@ -92,7 +95,7 @@ impl Mailbox {
             core::ptr::copy_nonoverlapping(request.as_ptr(), self.window, request.len());
         }
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        outl(PORT, self.window as u32);
+        outl(PORT, self.window_gpa as u32);
         outl(PORT + 4, cmd);
         let status = inl(PORT + 4);
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);

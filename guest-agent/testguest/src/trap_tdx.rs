@@ -155,14 +155,18 @@ fn map_gpa(trap: Trap, gpa: u64, size: u64) -> Result<(), EvidenceError> {
         match (r.rax, r.r10) {
             (0, 0) => return Ok(()),
             (0, TDVMCALL_STATUS_RETRY) if r.r11 > at && r.r11 < end => at = r.r11,
-            _ => return Err(unavailable("MapGPA of the GetQuote buffer failed")),
+            _ => {
+                return Err(EvidenceError::Unavailable(alloc::format!(
+                    "MapGPA of {gpa:#x}+{size:#x} failed (status {:#x})",
+                    r.r10
+                )))
+            }
         }
     }
 }
 
-/// A TD quote over `report_data`: (quote bytes).
-pub fn quote(trap: Trap, report_data: &[u8; 64]) -> Result<Vec<u8>, EvidenceError> {
-    // TDG.VP.INFO: GPAW gives the shared bit.
+/// The TD's shared bit, from GPAW in TDG.VP.INFO.
+pub fn shared_bit(trap: Trap) -> Result<u64, EvidenceError> {
     // SAFETY: no memory operands.
     let info = unsafe {
         tdcall(
@@ -177,7 +181,33 @@ pub fn quote(trap: Trap, report_data: &[u8; 64]) -> Result<Vec<u8>, EvidenceErro
     if info.rax != 0 || !(32..=52).contains(&gpaw) {
         return Err(unavailable("TDG.VP.INFO failed"));
     }
-    let shared = 1u64 << (gpaw - 1);
+    Ok(1u64 << (gpaw - 1))
+}
+
+/// Converts the private pages `[gpa, gpa + size)` to shared (TDVMCALL<MapGPA> with the
+/// shared bit, following RETRY); returns the shared bit. The bytes are lost (the VMM
+/// scrubs converted pages), and the TD must reach them through the shared alias from
+/// now on.
+pub fn share(trap: Trap, gpa: u64, size: u64) -> Result<u64, EvidenceError> {
+    let shared = shared_bit(trap)?;
+    if gpa & shared != 0 {
+        return Err(unavailable(
+            "the range to share already carries the shared bit",
+        ));
+    }
+    map_gpa(trap, gpa | shared, size)?;
+    Ok(shared)
+}
+
+/// A TD quote over `report_data`: (quote bytes). The GetQuote buffer comes from the
+/// shared DMA pool ([`crate::dma`], set up by `main` in a TD).
+pub fn quote(trap: Trap, report_data: &[u8; 64]) -> Result<Vec<u8>, EvidenceError> {
+    let shared = shared_bit(trap)?;
+    if crate::dma::pool_attr() != Some(shared) {
+        return Err(unavailable(
+            "no shared DMA pool for the GetQuote buffer (MapGPA at start-up failed?)",
+        ));
+    }
 
     // TDG.MR.REPORT: REPORTDATA 64-byte aligned, TDREPORT_STRUCT 1024-byte aligned; the
     // test guest's memory is identity-mapped, so addresses are GPAs.
@@ -206,20 +236,22 @@ pub fn quote(trap: Trap, report_data: &[u8; 64]) -> Result<Vec<u8>, EvidenceErro
     }
 
     // GetQuote in a shared buffer: header (version 1, status, in_len, out_len) and the
-    // TDREPORT. The buffer stays shared afterwards (it is never reused as private).
-    let buf = zeroed(QUOTE_BUFFER, 4096)?;
+    // TDREPORT. The buffer is accessed through the pool's alias mapping; GetQuote names
+    // its GPA with the shared bit (GHCI), which KVM strips before the VMM sees it.
+    let dma = crate::dma::alloc(QUOTE_BUFFER)
+        .map_err(|_| unavailable("out of shared memory for the GetQuote buffer"))?;
+    let buf = dma.buf.as_mut_ptr();
     // SAFETY: `buf` is our QUOTE_BUFFER-byte allocation; `report` holds 1024 bytes.
     unsafe {
         (buf as *mut u64).write_volatile(1);
         (buf.add(16) as *mut u32).write_volatile(1024);
         core::ptr::copy_nonoverlapping(report, buf.add(24), 1024);
     }
-    map_gpa(trap, buf as u64 | shared, QUOTE_BUFFER as u64)?;
     core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
     let r = vmcall(
         trap,
         TDVMCALL_GET_QUOTE,
-        buf as u64 | shared,
+        dma.gpa | shared,
         QUOTE_BUFFER as u64,
     );
     if r.rax != 0 || r.r10 != 0 {

@@ -1,6 +1,8 @@
 //! virtio-blk, read-only, one request at a time: header (device-readable), data
 //! (device-writable), status byte (device-writable).
 
+use crate::dma::DmaBuf;
+
 use super::{dma_buffer, driver_ok, negotiate, Mmio, Queue, VirtioError, DESC_NEXT, DESC_WRITE};
 
 const T_IN: u32 = 0;
@@ -11,9 +13,9 @@ const CHUNK: usize = 64 << 10;
 #[derive(Debug)]
 pub struct Blk {
     queue: Queue,
-    header: &'static mut [u8],
-    data: &'static mut [u8],
-    status: &'static mut [u8],
+    header: DmaBuf,
+    data: DmaBuf,
+    status: DmaBuf,
     capacity: u64,
 }
 
@@ -37,15 +39,11 @@ impl Blk {
     }
 
     fn read_sectors(&mut self, sector: u64, len: usize) -> Result<(), VirtioError> {
-        self.header[..4].copy_from_slice(&T_IN.to_le_bytes());
-        self.header[4..8].fill(0);
-        self.header[8..16].copy_from_slice(&sector.to_le_bytes());
-        self.status[0] = 0xFF;
-        let (h, d, s) = (
-            self.header.as_ptr(),
-            self.data.as_ptr(),
-            self.status.as_ptr(),
-        );
+        self.header.buf[..4].copy_from_slice(&T_IN.to_le_bytes());
+        self.header.buf[4..8].fill(0);
+        self.header.buf[8..16].copy_from_slice(&sector.to_le_bytes());
+        self.status.buf[0] = 0xFF;
+        let (h, d, s) = (self.header.gpa, self.data.gpa, self.status.gpa);
         self.queue.set_desc(0, h, 16, DESC_NEXT, 1);
         self.queue
             .set_desc(1, d, len as u32, DESC_NEXT | DESC_WRITE, 2);
@@ -54,7 +52,7 @@ impl Blk {
         self.queue.notify();
         let (id, _) = self.queue.wait_used()?;
         // SAFETY: the device wrote the status byte before publishing the used element.
-        let status = unsafe { core::ptr::read_volatile(self.status.as_ptr()) };
+        let status = unsafe { core::ptr::read_volatile(self.status.buf.as_ptr()) };
         if id != 0 || status != 0 {
             return Err(VirtioError::Device("the block read failed"));
         }
@@ -78,7 +76,7 @@ impl luks::BlockRead for Blk {
             self.read_sectors(sector, want)
                 .map_err(|_| luks::IoError::new("virtio-blk read failed"))?;
             let n = (want - skip).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&self.data[skip..skip + n]);
+            buf[done..done + n].copy_from_slice(&self.data.buf[skip..skip + n]);
             done += n;
         }
         Ok(())

@@ -1,7 +1,10 @@
 //! Minimal polled virtio-mmio (version 2) drivers: device discovery by probing the MMIO
-//! slots, feature negotiation (VERSION_1, plus ACCESS_PLATFORM when offered: memory is
-//! identity-mapped and unencrypted here, so no bounce buffers are needed), and split
-//! virtqueues in heap memory. No interrupts: drivers poll the used rings.
+//! slots, feature negotiation (VERSION_1, plus ACCESS_PLATFORM when offered), and split
+//! virtqueues. Every ring and every buffer the device touches comes from
+//! [`crate::dma`]: heap memory without a TEE, the shared pool in a TD (whose private
+//! memory the VMM cannot reach). The device is told each buffer's GPA, the guest uses
+//! its virtual address (they differ for pool memory). No interrupts: drivers poll the
+//! used rings.
 //!
 //! Why not the `virtio-drivers` crate: it needs a HAL and the `log`/`zerocopy`/
 //! `bitflags` stack for what is ~300 lines here, and image size costs boot time (the
@@ -10,8 +13,9 @@
 pub mod blk;
 pub mod vsock;
 
-use alloc::alloc::{alloc_zeroed, Layout};
 use core::sync::atomic::{fence, Ordering};
+
+use crate::dma::{self, DmaBuf, DmaError};
 
 /// First device slot.
 pub const MMIO_BASE: usize = 0xD000_0000;
@@ -69,6 +73,12 @@ pub enum VirtioError {
     Device(&'static str),
     /// Out of memory.
     NoMemory,
+}
+
+impl From<DmaError> for VirtioError {
+    fn from(_: DmaError) -> Self {
+        VirtioError::NoMemory
+    }
 }
 
 impl core::fmt::Display for VirtioError {
@@ -164,7 +174,7 @@ struct Desc {
     next: u16,
 }
 
-/// A split virtqueue of `size` entries in zeroed heap pages.
+/// A split virtqueue of `size` entries in zeroed DMA pages.
 pub struct Queue {
     mmio: Mmio,
     index: u16,
@@ -182,24 +192,9 @@ impl core::fmt::Debug for Queue {
     }
 }
 
-fn zeroed_pages(bytes: usize) -> Result<*mut u8, VirtioError> {
-    let layout = Layout::from_size_align(bytes.max(1).next_multiple_of(4096), 4096)
-        .map_err(|_| VirtioError::NoMemory)?;
-    // SAFETY: non-zero size.
-    let p = unsafe { alloc_zeroed(layout) };
-    if p.is_null() {
-        Err(VirtioError::NoMemory)
-    } else {
-        Ok(p)
-    }
-}
-
-/// A zeroed DMA buffer (heap memory, identity-mapped: its address is its GPA).
-pub fn dma_buffer(bytes: usize) -> Result<&'static mut [u8], VirtioError> {
-    let p = zeroed_pages(bytes)?;
-    // SAFETY: a fresh, exclusively owned allocation of at least `bytes` bytes, never
-    // freed (the guest runs one flow and powers off).
-    Ok(unsafe { core::slice::from_raw_parts_mut(p, bytes) })
+/// A zeroed DMA buffer of `bytes` bytes (see [`crate::dma`]).
+pub fn dma_buffer(bytes: usize) -> Result<DmaBuf, VirtioError> {
+    Ok(dma::alloc(bytes)?)
 }
 
 impl Queue {
@@ -211,38 +206,39 @@ impl Queue {
             return Err(VirtioError::Setup("queue too small or absent"));
         }
         let n = usize::from(size);
-        let desc = zeroed_pages(16 * n)?;
-        let avail = zeroed_pages(6 + 2 * n)?;
-        let used = zeroed_pages(6 + 8 * n)?;
+        let desc = dma_buffer(16 * n)?;
+        let avail = dma_buffer(6 + 2 * n)?;
+        let used = dma_buffer(6 + 8 * n)?;
         mmio.write(QUEUE_NUM, u32::from(size));
-        for (reg, p) in [
-            (QUEUE_DESC, desc),
-            (QUEUE_DRIVER, avail),
-            (QUEUE_DEVICE, used),
+        for (reg, b) in [
+            (QUEUE_DESC, &desc),
+            (QUEUE_DRIVER, &avail),
+            (QUEUE_DEVICE, &used),
         ] {
-            mmio.write(reg, p as u64 as u32);
-            mmio.write(reg + 4, (p as u64 >> 32) as u32);
+            mmio.write(reg, b.gpa as u32);
+            mmio.write(reg + 4, (b.gpa >> 32) as u32);
         }
         mmio.write(QUEUE_READY, 1);
         Ok(Self {
             mmio,
             index,
             size,
-            desc: desc.cast(),
-            avail: avail.cast(),
-            used,
+            desc: desc.buf.as_mut_ptr().cast(),
+            avail: avail.buf.as_mut_ptr().cast(),
+            used: used.buf.as_ptr(),
             avail_idx: 0,
             last_used: 0,
         })
     }
 
-    /// Writes descriptor `i`.
-    pub fn set_desc(&mut self, i: u16, addr: *const u8, len: u32, flags: u16, next: u16) {
+    /// Writes descriptor `i` (`gpa`: the buffer's guest-physical address, as
+    /// [`DmaBuf::gpa_at`] gives it).
+    pub fn set_desc(&mut self, i: u16, gpa: u64, len: u32, flags: u16, next: u16) {
         assert!(i < self.size && next < self.size);
         // SAFETY: `i` is inside the descriptor table we allocated.
         unsafe {
             self.desc.add(usize::from(i)).write_volatile(Desc {
-                addr: addr as u64,
+                addr: gpa,
                 len,
                 flags,
                 next,

@@ -11,6 +11,8 @@
 use alloc::collections::VecDeque;
 use guest_agent::http::{Transport, TransportError};
 
+use crate::dma::DmaBuf;
+
 use super::{
     dma_buffer, driver_ok, negotiate, Mmio, Queue, VirtioError, DESC_NEXT, DESC_WRITE, SPIN_LIMIT,
 };
@@ -93,10 +95,10 @@ pub struct Vsock {
     rx: Queue,
     tx: Queue,
     _event: Queue,
-    rx_hdr: &'static mut [u8],
-    rx_data: &'static mut [u8],
-    tx_hdr: &'static mut [u8],
-    tx_data: &'static mut [u8],
+    rx_hdr: DmaBuf,
+    rx_data: DmaBuf,
+    tx_hdr: DmaBuf,
+    tx_data: DmaBuf,
     guest_cid: u64,
     port: u32,
     local_port: u32,
@@ -128,13 +130,13 @@ impl Vsock {
         let rx_data = dma_buffer(PAYLOAD * usize::from(RX_BUFS))?;
         let events = dma_buffer(8 * 2)?;
         for i in 0..2u16 {
-            event.set_desc(i, events[8 * usize::from(i)..].as_ptr(), 8, DESC_WRITE, 0);
+            event.set_desc(i, events.gpa_at(8 * usize::from(i)), 8, DESC_WRITE, 0);
             event.push(i);
         }
         for i in 0..RX_BUFS {
             let (h, d) = (
-                rx_hdr[HDR * usize::from(i)..].as_ptr(),
-                rx_data[PAYLOAD * usize::from(i)..].as_ptr(),
+                rx_hdr.gpa_at(HDR * usize::from(i)),
+                rx_data.gpa_at(PAYLOAD * usize::from(i)),
             );
             rx.set_desc(2 * i, h, HDR as u32, DESC_WRITE | DESC_NEXT, 2 * i + 1);
             rx.set_desc(2 * i + 1, d, PAYLOAD as u32, DESC_WRITE, 0);
@@ -177,9 +179,9 @@ impl Vsock {
             buf_alloc: BUF_ALLOC,
             fwd_cnt: self.fwd_cnt,
         };
-        h.encode(self.tx_hdr);
-        self.tx_data[..payload.len()].copy_from_slice(payload);
-        let (hp, dp) = (self.tx_hdr.as_ptr(), self.tx_data.as_ptr());
+        h.encode(self.tx_hdr.buf);
+        self.tx_data.buf[..payload.len()].copy_from_slice(payload);
+        let (hp, dp) = (self.tx_hdr.gpa, self.tx_data.gpa);
         if payload.is_empty() {
             self.tx.set_desc(0, hp, HDR as u32, 0, 0);
         } else {
@@ -202,7 +204,7 @@ impl Vsock {
         if head % 2 != 0 || i >= usize::from(RX_BUFS) || (written as usize) < HDR {
             return Err(VirtioError::Device("bad rx element"));
         }
-        let h = Header::decode(&self.rx_hdr[HDR * i..HDR * (i + 1)]);
+        let h = Header::decode(&self.rx_hdr.buf[HDR * i..HDR * (i + 1)]);
         let len = (h.len as usize).min(PAYLOAD).min(written as usize - HDR);
         let ours = h.src_cid == HOST_CID
             && h.src_port == self.port
@@ -216,7 +218,7 @@ impl Vsock {
                 OP_RESPONSE if self.state == State::Connecting => self.state = State::Connected,
                 OP_RW if self.state == State::Connected => {
                     self.received
-                        .extend(&self.rx_data[PAYLOAD * i..PAYLOAD * i + len]);
+                        .extend(&self.rx_data.buf[PAYLOAD * i..PAYLOAD * i + len]);
                     self.fwd_cnt = self.fwd_cnt.wrapping_add(len as u32);
                 }
                 OP_SHUTDOWN if h.flags & SHUTDOWN_SEND != 0 => self.state = State::PeerClosed,
