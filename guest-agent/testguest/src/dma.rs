@@ -17,7 +17,10 @@
 //! SEV-SNP will use the same pool with `attr` = 0 (the C-bit clear in the alias PTEs is
 //! what makes an SNP page shared) once its page-state change is done here.
 //!
-//! Allocations are page-aligned, zeroed and never freed (the guest runs one flow).
+//! Allocations are page-aligned, zeroed and never freed (the guest runs one flow: one
+//! set of queues and buffers per device, one mailbox window, one 32 KiB GetQuote buffer
+//! per quote; about 300 KiB of the pool). An exhausted pool is an error
+//! ([`DmaError::NoMemory`]), never a fallback to private memory.
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use core::cell::UnsafeCell;
