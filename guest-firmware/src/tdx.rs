@@ -162,9 +162,9 @@ pub fn accept_status(rax: u64) -> Accepted {
 /// handed to Linux must be accepted.
 pub fn accept(start: u64, end: u64) -> Result<(), &'static str> {
     let acc = |gpa: u64, level: u64| {
-        // SAFETY: TDX only; accepting a page the VMM added (or not) has no effect on
-        // memory in use.
         accept_status(
+            // SAFETY: TDX only; accepting a page the VMM added (or not) has no effect
+            // on memory in use.
             unsafe {
                 arch::tdcall(TdRegs {
                     rax: 6,

@@ -85,6 +85,8 @@ unsafe impl Sync for PdCell {}
 
 static POOL_PD: PdCell = PdCell(UnsafeCell::new(PageDirectory([0; 512])));
 
+// SAFETY: the symbol is defined by layout.ld (the prologue's PDPT, 4 KiB, page
+// aligned); it is only declared here and accessed through raw pointers below.
 unsafe extern "C" {
     /// The prologue's page-directory-pointer table (layout.ld; identity-mapped, user,
     /// writable).
