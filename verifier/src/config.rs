@@ -66,6 +66,12 @@ pub struct CollateralSection {
     pub backoff_ms: Option<u64>,
     /// How often to look for items to refresh, seconds (default 300).
     pub refresh_interval_secs: Option<u64>,
+    /// Cache-miss fetches one client's evidence may cause per budget window (default 16).
+    pub fetch_budget_per_client: Option<u32>,
+    /// Cache-miss fetches all evidence together may cause per budget window (default 256).
+    pub fetch_budget_global: Option<u32>,
+    /// The fetch budgets' window, seconds (default 60).
+    pub fetch_budget_window_secs: Option<u64>,
 }
 
 /// `[server]`: where and how to listen.
@@ -544,6 +550,21 @@ impl CollateralSection {
         if self.refresh_interval_secs == Some(0) {
             return Err(ConfigError::Range("collateral.refresh_interval_secs"));
         }
+        // A zero budget would refuse every fetch silently (a verifier that can never
+        // learn a new chip or TCB); an operator who wants that sets `offline`.
+        let per_client = self
+            .fetch_budget_per_client
+            .unwrap_or(d.fetch_budget_per_client);
+        if per_client == 0 {
+            return Err(ConfigError::Range("collateral.fetch_budget_per_client"));
+        }
+        let global = self.fetch_budget_global.unwrap_or(d.fetch_budget_global);
+        if global == 0 || global < per_client {
+            return Err(ConfigError::Range("collateral.fetch_budget_global"));
+        }
+        if self.fetch_budget_window_secs == Some(0) {
+            return Err(ConfigError::Range("collateral.fetch_budget_window_secs"));
+        }
         Ok(CollateralConfig {
             amd_kds_url: url(
                 "amd_kds_url",
@@ -575,7 +596,12 @@ impl CollateralSection {
                 .map(Duration::from_secs)
                 .unwrap_or(d.refresh_interval),
             amd_crl_required: !self.amd_crl_optional.unwrap_or(false),
-            ..d
+            fetch_budget_per_client: per_client,
+            fetch_budget_global: global,
+            fetch_budget_window: self
+                .fetch_budget_window_secs
+                .map(Duration::from_secs)
+                .unwrap_or(d.fetch_budget_window),
         })
     }
 }
@@ -754,6 +780,47 @@ mod tests {
         ));
         o.amd_kds_url = None;
         let f: ConfigFile = toml::from_str("[collateral]\nattempts = 0").unwrap();
-        assert!(matches!(f.resolve(o), Err(ConfigError::Range(_))));
+        assert!(matches!(f.resolve(o.clone()), Err(ConfigError::Range(_))));
+    }
+
+    #[test]
+    fn fetch_budgets_come_from_the_file_and_zero_or_inverted_budgets_are_refused() {
+        let mut o = base();
+        o.listen = Some("127.0.0.1:1".into());
+        o.insecure_http = true;
+        let c = ConfigFile::default().resolve(o.clone()).unwrap().collateral;
+        assert_eq!(
+            (c.fetch_budget_per_client, c.fetch_budget_global),
+            (16, 256)
+        );
+        assert_eq!(c.fetch_budget_window, Duration::from_secs(60));
+        let f: ConfigFile = toml::from_str(
+            "[collateral]\nfetch_budget_per_client = 4\nfetch_budget_global = 40\nfetch_budget_window_secs = 600",
+        )
+        .unwrap();
+        let c = f.resolve(o.clone()).unwrap().collateral;
+        assert_eq!((c.fetch_budget_per_client, c.fetch_budget_global), (4, 40));
+        assert_eq!(c.fetch_budget_window, Duration::from_secs(600));
+        for (text, key) in [
+            (
+                "fetch_budget_per_client = 0",
+                "collateral.fetch_budget_per_client",
+            ),
+            ("fetch_budget_global = 0", "collateral.fetch_budget_global"),
+            (
+                "fetch_budget_per_client = 50\nfetch_budget_global = 10",
+                "collateral.fetch_budget_global",
+            ),
+            (
+                "fetch_budget_window_secs = 0",
+                "collateral.fetch_budget_window_secs",
+            ),
+        ] {
+            let f: ConfigFile = toml::from_str(&format!("[collateral]\n{text}")).unwrap();
+            match f.resolve(o.clone()) {
+                Err(ConfigError::Range(k)) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
     }
 }

@@ -921,28 +921,44 @@ async fn serve_fetches_collateral_for_the_kbs_flow_and_the_cli_exports_imports_a
         String::from_utf8_lossy(&out.stderr)
     );
     let air = env.dir.path().join("air.db").display().to_string();
-    // `collateral import` checks items against the genuine roots only (it has no
-    // `--emulated-trust`): the emulated platform's items are refused there, naming one.
-    let out = cli(vec![
-        "collateral".into(),
-        "import".into(),
-        "--database".into(),
-        air.clone(),
-        bundle.display().to_string(),
-    ])
-    .await;
+    // `collateral import` checks items against the genuine roots only: the emulated
+    // platform's items are refused there, naming one, and nothing is stored.
+    let import = |extra: Vec<String>| {
+        let mut args = vec![
+            "collateral".to_string(),
+            "import".into(),
+            "--database".into(),
+            air.clone(),
+        ];
+        args.extend(extra);
+        args.push(bundle.display().to_string());
+        cli(args)
+    };
+    let out = import(vec![]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not authentic"), "{err}");
-    // With the platform's anchors (as `serve --emulated-trust` has them) it imports.
-    let air_db = Db::open(&air).await.unwrap();
-    let anchors = Anchors::with_emulated(std::slice::from_ref(&dir)).unwrap();
-    let json = std::fs::read(&bundle).unwrap();
-    assert_eq!(
-        bundle::import_with(&air_db, &json, &anchors).await.unwrap(),
-        7
+    // A directory that is not a platform's (a mistyped path) is refused, not read as
+    // "no emulated anchors".
+    let out = import(vec![
+        "--emulated-trust".into(),
+        env.dir.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no emulated platform anchors"), "{err}");
+    // With the platform's anchors (`--emulated-trust`, as `serve` has them) it imports.
+    let out = import(vec!["--emulated-trust".into(), dir.display().to_string()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    air_db.close().await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "imported 7 items"
+    );
     let out = cli(vec![
         "collateral".into(),
         "status".into(),

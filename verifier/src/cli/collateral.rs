@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use attestation::snp::Product;
 
-use crate::collateral::bundle;
+use crate::collateral::{bundle, Anchors};
 use crate::collateral::{list_items, CollateralConfig, CollateralService, ItemKey, PckCa};
 use crate::db::{now, Db};
 use crate::util::rfc3339;
@@ -50,6 +50,15 @@ pub struct ExportArgs {
     /// HTTP(S) proxy.
     #[arg(long, value_name = "URL", env = "CVM_VERIFIER_COLLATERAL_PROXY")]
     pub proxy: Option<String>,
+    /// Also accept items issued under an emulated platform's roots (`DIR/snp/trust-anchor.pem`,
+    /// `DIR/tdx/root_ca.pem`), as `serve --emulated-trust`: for test and CI verifiers only.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CVM_VERIFIER_EMULATED_TRUST",
+        value_delimiter = ','
+    )]
+    pub emulated_trust: Vec<PathBuf>,
 }
 
 /// Options of `collateral import`.
@@ -60,6 +69,15 @@ pub struct ImportArgs {
     pub database: String,
     /// The bundle written by `collateral export`.
     pub file: PathBuf,
+    /// Also accept items issued under an emulated platform's roots (`DIR/snp/trust-anchor.pem`,
+    /// `DIR/tdx/root_ca.pem`), as `serve --emulated-trust`: for test and CI verifiers only.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CVM_VERIFIER_EMULATED_TRUST",
+        value_delimiter = ','
+    )]
+    pub emulated_trust: Vec<PathBuf>,
 }
 
 /// Options of `collateral status`.
@@ -139,7 +157,9 @@ async fn export(a: ExportArgs) -> ExitCode {
             proxy: a.proxy,
             ..d
         };
-        let service = match CollateralService::new(cfg, db.clone()) {
+        let service = match anchors(&a.emulated_trust)
+            .and_then(|an| Ok(CollateralService::new(cfg, db.clone())?.with_anchors(an)))
+        {
             Ok(s) => s,
             Err(e) => return fail(&e, 2),
         };
@@ -171,6 +191,15 @@ async fn export(a: ExportArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The genuine roots, plus the emulated platforms' with `--emulated-trust`.
+fn anchors(emulated_trust: &[PathBuf]) -> Result<Anchors, crate::collateral::CollateralError> {
+    if emulated_trust.is_empty() {
+        Anchors::genuine()
+    } else {
+        Anchors::with_emulated(emulated_trust)
+    }
+}
+
 async fn import(a: ImportArgs) -> ExitCode {
     let json = match std::fs::read(&a.file) {
         Ok(j) => j,
@@ -180,7 +209,11 @@ async fn import(a: ImportArgs) -> ExitCode {
         Ok(db) => db,
         Err(e) => return fail(&e, 2),
     };
-    match bundle::import(&db, &json).await {
+    let anchors = match anchors(&a.emulated_trust) {
+        Ok(anchors) => anchors,
+        Err(e) => return fail(&e, 2),
+    };
+    match bundle::import_with(&db, &json, &anchors).await {
         Ok(n) => {
             println!("imported {n} items");
             ExitCode::SUCCESS

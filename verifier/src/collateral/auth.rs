@@ -43,19 +43,33 @@ impl Anchors {
     }
 
     /// The genuine anchors plus each emulated platform directory's
-    /// (`DIR/snp/trust-anchor.pem`, `DIR/tdx/root_ca.pem`), as `--emulated-trust`.
+    /// (`DIR/snp/trust-anchor.pem`, `DIR/tdx/root_ca.pem`), as `--emulated-trust`. A
+    /// directory holding neither (a mistyped path) or one that cannot be read is an
+    /// error, not an empty set of anchors.
     pub fn with_emulated(dirs: &[PathBuf]) -> Result<Self, CollateralError> {
+        let read = |path: &std::path::Path| match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CollateralError::Anchors(format!("{}: {e}", path.display()))),
+        };
         let mut a = Self::genuine()?;
         for dir in dirs {
             let snp = dir.join("snp").join("trust-anchor.pem");
-            if let Ok(bytes) = std::fs::read(&snp) {
+            let tdx = dir.join("tdx").join("root_ca.pem");
+            let (snp_bytes, tdx_bytes) = (read(&snp)?, read(&tdx)?);
+            if snp_bytes.is_none() && tdx_bytes.is_none() {
+                return Err(CollateralError::Anchors(format!(
+                    "{} holds no emulated platform anchors (snp/trust-anchor.pem, tdx/root_ca.pem)",
+                    dir.display()
+                )));
+            }
+            if let Some(bytes) = snp_bytes {
                 a.snp = a
                     .snp
                     .with_operator_roots(&bytes)
                     .map_err(|e| CollateralError::Anchors(format!("{}: {e}", snp.display())))?;
             }
-            let tdx = dir.join("tdx").join("root_ca.pem");
-            if let Ok(bytes) = std::fs::read(&tdx) {
+            if let Some(bytes) = tdx_bytes {
                 match attestation::tdx::verify::TrustRoot::emulated_from_bytes(&bytes) {
                     Ok(attestation::tdx::verify::TrustRoot::Emulated { der }) => {
                         a.tdx_roots.push(der)
