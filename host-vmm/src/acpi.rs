@@ -41,6 +41,12 @@ pub const IOAPIC_BASE: u32 = 0xFEC0_0000;
 /// The SCI interrupt (as on PC platforms).
 pub const SCI_IRQ: u16 = 9;
 
+/// FADT IAPC_BOOT_ARCH bit 0: LEGACY_DEVICES (ACPI 6.5 Table 5.11).
+const IAPC_BOOT_ARCH_LEGACY_DEVICES: u16 = 1 << 0;
+/// FADT IAPC_BOOT_ARCH bit 1: 8042 present.
+#[cfg(test)]
+const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
+
 const OEM_ID: [u8; 6] = *b"CVMHST";
 const OEM_TABLE: [u8; 8] = *b"CVMTABLE";
 
@@ -262,8 +268,12 @@ fn fadt(dsdt_gpa: u64) -> Vec<u8> {
         acpi_tables::gas::AccessSize::WordAccess,
         u64::from(PM1A_CNT),
     );
-    // IA-PC boot architecture: legacy devices, 8042 present.
-    fadt.iapc_boot_arch = 0x3u16.into();
+    // IA-PC boot architecture: legacy devices (ACPI 6.5 §5.2.9.3 bit 0); no 8042 (bit 1
+    // clear): the i8042 here is only a reset line (port 0x64, 0xFE), so a kernel that
+    // trusted this flag would spend seconds probing a keyboard controller that never
+    // answers (Linux: arch/x86/kernel/acpi/boot.c clears x86_platform.legacy.i8042 when the
+    // bit is clear and skips the probe; its reboot still tries port 0x64).
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH_LEGACY_DEVICES.into();
     bytes(
         &fadt
             .flag(acpi_tables::fadt::Flags::PwrButton)
@@ -397,6 +407,14 @@ mod tests {
         assert_eq!(u32::from_le_bytes(fadt[64..68].try_into().unwrap()), 0x604);
         let x_dsdt = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
         assert_eq!(&t.blob[(x_dsdt - ACPI_BASE) as usize..][..4], b"DSDT");
+        // IAPC_BOOT_ARCH (offset 109): legacy devices, and no 8042 (only a reset line
+        // here: Linux would probe it for seconds).
+        let boot_arch = u16::from_le_bytes(fadt[109..111].try_into().unwrap());
+        assert_eq!(
+            boot_arch & IAPC_BOOT_ARCH_LEGACY_DEVICES,
+            IAPC_BOOT_ARCH_LEGACY_DEVICES
+        );
+        assert_eq!(boot_arch & IAPC_BOOT_ARCH_8042, 0, "{boot_arch:#x}");
         // MADT: 4 local APICs (type 0) and one I/O APIC (type 1).
         let madt = table(&t, b"APIC");
         let mut types = Vec::new();

@@ -91,6 +91,13 @@ impl PioBus {
     }
 
     fn note_unknown(&self, what: &str, port: u16) {
+        if let Some((_, _, why)) = KNOWN_ABSENT
+            .iter()
+            .find(|(base, len, _)| port.checked_sub(*base).is_some_and(|off| off < *len))
+        {
+            tracing::debug!(port = format_args!("{port:#x}"), "guest {what} to {why}");
+            return;
+        }
         let n = self
             .unknown
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -128,6 +135,17 @@ impl PioBus {
         }
     }
 }
+
+/// Ports a stock Linux kernel probes by design on a PC where nothing answers: it reads all
+/// ones there and moves on, so these accesses are not worth a warning (every other unknown
+/// port is). COM2-COM4 (the 8250 driver's legacy probe list), the 8254 PIT (no in-kernel
+/// PIT is created: the guest uses the TSC-deadline LAPIC timer and kvm-clock).
+const KNOWN_ABSENT: &[(u16, u16, &str)] = &[
+    (0x2E8, 8, "the absent COM4"),
+    (0x2F8, 8, "the absent COM2"),
+    (0x3E8, 8, "the absent COM3"),
+    (0x40, 4, "the absent 8254 PIT"),
+];
 
 /// A device reached through MMIO.
 pub trait MmioDevice: Send {
@@ -281,5 +299,24 @@ mod tests {
         assert_eq!(b, [7]);
         assert_eq!(bus.write(0x100, &[0xff]), Some(VmEvent::PowerOff));
         assert_eq!(bus.write(0x9999, &[0xff]), None);
+    }
+
+    /// The ports Linux probes where nothing answers read as all ones without counting
+    /// as unknown; a port next to them still counts.
+    #[test]
+    fn known_absent_ports_read_all_ones_quietly() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bus = PioBus::default();
+        let mut b = [0u8; 1];
+        for port in [0x2E8, 0x2EF, 0x2F9, 0x3E8, 0x3EF, 0x40, 0x43] {
+            b = [0];
+            bus.read(port, &mut b);
+            assert_eq!(b, [0xff], "{port:#x}");
+            assert_eq!(bus.write(port, &[1]), None);
+        }
+        assert_eq!(bus.unknown.load(Relaxed), 0);
+        bus.read(0x3F0, &mut b);
+        bus.read(0x44, &mut b);
+        assert_eq!(bus.unknown.load(Relaxed), 2);
     }
 }
