@@ -477,6 +477,44 @@ fn emulated_tdx_parks_the_application_processors() {
     );
 }
 
+/// Issue 13 item 5: emulated SNP launches with 2 and 4 vCPUs (1 vCPU is every other
+/// emulated-snp test). Every vCPU's VMSA is
+/// part of the launch digest (`cvm measure snp --vcpus N` predicts it); the application
+/// processors wait for INIT/SIPI as on KVM (an SNP guest starts them with AP creation
+/// or the AP jump table), so the firmware and the kernel run once, on vCPU 0.
+#[test]
+fn emulated_snp_launches_with_2_and_4_vcpus() {
+    test_kit::require!(kvm);
+    let i = inputs(0);
+    let plat = platform(&i.dir);
+    let mut digests = Vec::new();
+    for vcpus in ["2", "4"] {
+        let (o, _) = launch(
+            &i,
+            "emulated-snp",
+            &["--emulated-platform", plat.as_str(), "--vcpus", vcpus],
+        );
+        let out = stdout(&o);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "--vcpus {vcpus}: {out}\n{err}");
+        assert_eq!(
+            out.matches("cvm-firmware: SEV-SNP").count(),
+            1,
+            "--vcpus {vcpus}: one vCPU boots: {out}"
+        );
+        assert!(out.contains("TESTKERNEL-OK"), "--vcpus {vcpus}: {out}");
+        let digest = err
+            .split("measurement=")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or_else(|| panic!("--vcpus {vcpus}: no measurement in the launch log: {err}"))
+            .to_owned();
+        digests.push(digest);
+    }
+    // One VMSA per vCPU is measured: different launch digests.
+    assert_ne!(digests[0], digests[1], "{digests:?}");
+}
+
 #[test]
 fn without_a_kernel_the_firmware_says_so_and_signals_pvpanic() {
     test_kit::require!(kvm);
