@@ -629,10 +629,18 @@ fn spawn_vcpu(mut vcpu: Vcpu, c: VcpuContext) -> Result<JoinHandle<()>, VmmError
                 Err(e) => VcpuStop::RunError(format!("seccomp: {e}")),
             };
             // Logged here, when it happens (the VMM thread may be in settle_srcu).
+            let n = vcpu.exit_counts();
             tracing::info!(
                 event = "vcpu-stopped",
                 vcpu = vcpu.index(),
                 reason = why.kind(),
+                exits = n.total,
+                exits_io = n.io,
+                exits_mmio = n.mmio,
+                exits_msr = n.msr,
+                exits_internal = n.internal,
+                exits_hypercall = n.hypercall,
+                exits_memory_fault = n.memory_fault,
                 "vCPU stopped"
             );
             let _ = c.tx.send((vcpu.index(), why));

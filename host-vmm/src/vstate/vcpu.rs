@@ -359,6 +359,44 @@ pub enum Handled {
 pub struct Vcpu {
     fd: VcpuFd,
     index: u32,
+    exits: ExitCounts,
+}
+
+/// How many times KVM_RUN returned to this VMM, by exit reason (the cost of emulation:
+/// under the emulated TEEs every emulated PVALIDATE/TDCALL is an exit). Logged with the
+/// `vcpu-stopped` event; `scripts/bench-accept` reads it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Every return from KVM_RUN (interruptions included).
+    pub total: u64,
+    /// Port I/O (emulator trap ports included).
+    pub io: u64,
+    /// MMIO.
+    pub mmio: u64,
+    /// User-space RDMSR/WRMSR.
+    pub msr: u64,
+    /// Internal errors (an instruction the host's KVM could not emulate: the emulated
+    /// PVALIDATE/TDCALL on a PVM host).
+    pub internal: u64,
+    /// Hypercalls and TEE exits (`KVM_EXIT_HYPERCALL`, `KVM_EXIT_TDX`, SNP certificates).
+    pub hypercall: u64,
+    /// Memory faults (implicit conversions).
+    pub memory_fault: u64,
+}
+
+impl ExitCounts {
+    fn note(&mut self, r: &Result<VcpuExit<'_>, kvm_ioctls::Error>) {
+        self.total += 1;
+        match r {
+            Ok(VcpuExit::IoIn(..) | VcpuExit::IoOut(..)) => self.io += 1,
+            Ok(VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)) => self.mmio += 1,
+            Ok(VcpuExit::X86Rdmsr(..) | VcpuExit::X86Wrmsr(..)) => self.msr += 1,
+            Ok(VcpuExit::InternalError) => self.internal += 1,
+            Ok(VcpuExit::Hypercall(..) | VcpuExit::Unsupported(..)) => self.hypercall += 1,
+            Ok(VcpuExit::MemoryFault { .. }) => self.memory_fault += 1,
+            _ => {}
+        }
+    }
 }
 
 impl Vcpu {
@@ -383,7 +421,16 @@ impl Vcpu {
             }
         }
         fd.set_cpuid2(&cpuid).map_err(err("KVM_SET_CPUID2"))?;
-        Ok(Self { fd, index })
+        Ok(Self {
+            fd,
+            index,
+            exits: ExitCounts::default(),
+        })
+    }
+
+    /// The exits counted so far (see [`ExitCounts`]).
+    pub fn exit_counts(&self) -> ExitCounts {
+        self.exits
     }
 
     /// The vCPU fd (for the TEE launch commands that act on vCPUs).
@@ -410,7 +457,9 @@ impl Vcpu {
             if control.stopped() {
                 return VcpuStop::Stopped;
             }
-            let outcome = match self.fd.run() {
+            let result = self.fd.run();
+            self.exits.note(&result);
+            let outcome = match result {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     bus.pio.read(port, data);
                     None
