@@ -185,6 +185,8 @@ VM description file (--config FILE; full schema: docs/vm-description.md):
                 vsock = { cid = 3, uds = \"PATH\" }, api_socket
   [attestation] url, ca_cert
   [limits]      cpu_quota, memory, cpus, cgroup_parent
+  [network_policy] name; [[network_policy.interfaces]] tap, mac, addresses,
+                egress/ingress = [{ cidr | vm, proto = \"tcp\", ports = [8080] }]
 
 Unknown keys are refused. Flags override the file (logged at INFO). `cvm measure --config
 FILE` prints the measurement this launch expects.";
@@ -258,6 +260,8 @@ pub struct Spec {
     pub cgroup_parent: Option<String>,
     /// Result format.
     pub output: cli_support::Output,
+    /// The network policy (`[network_policy]` of the description).
+    pub net_policy: Option<crate::net_policy::NetworkPolicy>,
 }
 
 /// Default guest memory.
@@ -429,6 +433,7 @@ impl Args {
             cpus: pick("cpus", self.cpus, file_cpus),
             cgroup_parent: pick("cgroup_parent", self.cgroup_parent, limits.cgroup_parent),
             output: self.output,
+            net_policy: d.map(Loaded::network_policy).transpose()?.flatten(),
         };
         Ok(spec)
     }
@@ -666,6 +671,9 @@ pub enum LaunchError {
     /// A --disk image cannot be opened.
     #[error("--disk {0}: cannot open the disk image")]
     Disk(PathBuf, #[source] std::io::Error),
+    /// The network policy could not be installed (the VM does not start).
+    #[error("the network policy refused the launch")]
+    NetPolicy(#[from] crate::net_policy::NetPolicyError),
 }
 
 impl ExitClass for LaunchError {
@@ -1210,6 +1218,14 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
     let backend = build_backend(a, &inputs)?;
     print_expected(a, &backend.measurement());
     log_launch(a, &inputs, backend.as_ref());
+    if let Some(metrics) = install_net_policy(a)? {
+        match metrics {
+            NetRole::Supervisor(status) => return Ok(Outcome::ChildExited(status)),
+            NetRole::Vm(m) => {
+                host_vmm::api::register_metrics("net_policy", Arc::new(move || m.json()))
+            }
+        }
+    }
     let cgroup = apply_limits(a)?;
     let api = a
         .api_socket
@@ -1234,6 +1250,23 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         api,
     };
     Ok(Outcome::Stopped(vmm::run(config)?))
+}
+
+use crate::net_policy::supervisor::Role as NetRole;
+
+/// Installs the network policy before anything can reach the guest, then forks: this
+/// process stays as the supervisor that removes the policy when the VM ends (see
+/// `crate::net_policy`); the child goes on to run the VM. A policy that cannot be
+/// installed refuses the launch.
+fn install_net_policy(a: &Spec) -> Result<Option<NetRole>, LaunchError> {
+    use crate::net_policy::{nft::Nft, registry::Registry, supervisor};
+    let Some(p) = &a.net_policy else {
+        return Ok(None);
+    };
+    let registry = Registry::open(&Registry::default_dir())
+        .map_err(crate::net_policy::NetPolicyError::from)?;
+    let installed = supervisor::Installed::install(p, Nft::default(), registry)?;
+    Ok(Some(supervisor::supervise(installed)?))
 }
 
 /// How a launch ended.
