@@ -414,8 +414,10 @@ fn a_routed_tap_passes_the_allowed_port_and_nothing_else() {
         let open = std::net::TcpListener::bind((host, 8080)).unwrap();
         let _closed = std::net::TcpListener::bind((host, 9090)).unwrap();
         let p = policy(
-            "name = \"r\"\n[[interfaces]]\ntap = \"cvmtr\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.1.2\"]\negress = [{ cidr = \"10.0.1.1\", proto = \"tcp\", ports = [8080] }]\n",
+            "name = \"r\"\n[[interfaces]]\ntap = \"cvmtr\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.1.2\"]\negress = [{ cidr = \"10.0.1.1\", proto = \"tcp\", ports = [8080] }, { cidr = \"10.0.1.1\", proto = \"udp\", ports = [5353] }]\n",
         );
+        let udp = std::net::UdpSocket::bind((host, 5353)).unwrap();
+        udp.set_read_timeout(Some(SHORT)).unwrap();
         let i = Installed::install(&p, nft.clone(), reg).unwrap();
         let hmac = mac_of("cvmtr");
         // The allowed port: the host's SYN-ACK comes back to the guest.
@@ -440,6 +442,49 @@ fn a_routed_tap_passes_the_allowed_port_and_nothing_else() {
             "the host answers on the allowed port"
         );
         drop(open);
+        // UDP to the allowed port arrives from the guest's address, not from a spoofed
+        // one (the host would accept it: the address is on the tap's subnet).
+        let mut buf = [0u8; 16];
+        let before = counts(&nft, &i);
+        tap.send(&ipv4_frame(
+            MAC_A,
+            hmac,
+            Ipv4Addr::new(10, 0, 1, 99),
+            host,
+            40000,
+            5353,
+            None,
+            11,
+        ));
+        assert!(
+            udp.recv_from(&mut buf).is_err(),
+            "a spoofed source reached the host"
+        );
+        assert_eq!(counts(&nft, &i).get("spoofed"), before.get("spoofed") + 1);
+        tap.send(&ipv4_frame(MAC_A, hmac, guest, host, 40000, 5353, None, 12));
+        let (n, from) = udp
+            .recv_from(&mut buf)
+            .expect("the guest's own datagram arrives");
+        assert_eq!(
+            (&buf[..n], from),
+            (&12u32.to_be_bytes()[..], (guest, 40000).into())
+        );
+        // Only the guest's own address is delivered to it: a datagram from the allowed
+        // peer and port (a "reply") to another address on the tap is dropped.
+        ip("neigh replace 10.0.1.77 lladdr 02:00:00:00:00:0a dev cvmtr");
+        let before = counts(&nft, &i);
+        udp.send_to(&13u32.to_be_bytes(), (Ipv4Addr::new(10, 0, 1, 77), 40000))
+            .unwrap();
+        assert!(!tap.receives(SHORT, |f| f.len() >= 46 && f[30..34] == [10, 0, 1, 77]));
+        assert_eq!(
+            counts(&nft, &i).get("ingress_denied"),
+            before.get("ingress_denied") + 1
+        );
+        udp.send_to(&14u32.to_be_bytes(), (guest, 40000)).unwrap();
+        assert!(
+            tap.receives(LONG, |f| is_ipv4_from(f, host, 14)),
+            "the reply to the guest passes"
+        );
         // Another port: dropped before the host sees it, so no answer, and counted.
         let before = counts(&nft, &i);
         tap.send(&ipv4_frame(
