@@ -158,16 +158,30 @@ egress = [{{ cidr = "10.0.3.1", proto = "udp", ports = [53] }}]
     p
 }
 
-fn launch(config: &Path, state: &Path, log: &Path) -> Child {
-    Command::new(CVM)
-        .args(["launch", "--config"])
-        .arg(config)
-        .env("CVM_NET_STATE_DIR", state)
-        .env("CVM_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap()
+/// A `cvm` that is killed if the test fails before it exits.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn launch(config: &Path, state: &Path, log: &Path) -> Running {
+    Running(
+        Command::new(CVM)
+            .args(["launch", "--config"])
+            .arg(config)
+            .env("CVM_NET_STATE_DIR", state)
+            .env("CVM_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -230,8 +244,8 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         assert_eq!(cvm_tables(), vec![table.clone()]);
         // 2. SIGTERM: forwarded to the VM; the policy is removed.
         // SAFETY: kill with integers; `cvm` is our child.
-        unsafe { libc::kill(cvm.id() as i32, libc::SIGTERM) };
-        let status = wait_exit(&mut cvm, Duration::from_secs(20));
+        unsafe { libc::kill(cvm.0.id() as i32, libc::SIGTERM) };
+        let status = wait_exit(&mut cvm.0, Duration::from_secs(20));
         assert!(!status.success(), "{status}");
         assert!(cvm_tables().is_empty(), "{:?}", cvm_tables());
         assert!(!state.join("e2e.json").exists());
@@ -251,8 +265,8 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         wait_until("the policy's table", Duration::from_secs(20), || {
             cvm_tables().len() == 1
         });
-        cvm.kill().unwrap();
-        cvm.wait().unwrap();
+        cvm.0.kill().unwrap();
+        cvm.0.wait().unwrap();
         assert_eq!(
             cvm_tables(),
             vec![table.clone()],
@@ -265,8 +279,8 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
                 .contains("net-policy-stale")
         });
         assert_eq!(cvm_tables(), vec![table.clone()]);
-        cvm.kill().unwrap();
-        cvm.wait().unwrap();
+        cvm.0.kill().unwrap();
+        cvm.0.wait().unwrap();
         let gc = run(CVM, &["net", "gc", "--state-dir", state.to_str().unwrap()]);
         assert!(gc.contains(&table), "{gc}");
         assert!(cvm_tables().is_empty());
