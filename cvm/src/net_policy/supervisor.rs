@@ -379,6 +379,47 @@ pub fn supervise(installed: Installed) -> Result<Role, NetPolicyError> {
     )))
 }
 
+/// The VM's process while it is unreaped: signals go to it only until it is reaped, so
+/// a forwarded signal can never reach another process that reuses its pid.
+struct VmChild(Mutex<Option<libc::pid_t>>);
+
+impl VmChild {
+    fn signal(&self, sig: libc::c_int) {
+        let g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pid) = *g {
+            // SAFETY: kill with integers; `pid` is our unreaped child (the lock keeps
+            // `reap` from reaping it meanwhile).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Waits for the child to exit, then reaps it; its status (128 + signal if killed).
+    fn reap(&self) -> i32 {
+        let Some(pid) = *self.0.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return 1;
+        };
+        loop {
+            // SAFETY: a zeroed siginfo_t is a valid out-parameter.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waits for our child without reaping it (WNOWAIT).
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.take();
+        wait_for(pid)
+    }
+}
+
 /// The supervisor's side: forward signals, poll, wait, clean up.
 fn supervise_child(
     installed: Installed,
@@ -387,11 +428,13 @@ fn supervise_child(
     shared: SharedCounts,
 ) -> i32 {
     let installed = Arc::new(Mutex::new(installed));
+    let vm = Arc::new(VmChild(Mutex::new(Some(child))));
     let guard = Cleanup {
         installed: installed.clone(),
-        child: Some(child),
+        vm: vm.clone(),
     };
-    std::thread::Builder::new()
+    let forward = vm.clone();
+    let spawned = std::thread::Builder::new()
         .name("net-signals".into())
         .spawn(move || loop {
             let mut sig = 0;
@@ -402,12 +445,12 @@ fn supervise_child(
                     signal = sig,
                     "forwarding the signal to the VM"
                 );
-                // SAFETY: kill with integers; `child` is our child until we reap it,
-                // which happens only after this thread stops mattering (process exit).
-                unsafe { libc::kill(child, sig) };
+                forward.signal(sig);
             }
-        })
-        .ok();
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot forward signals to the VM: SIGTERM, SIGINT and SIGHUP stay blocked until it stops");
+    }
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let poller = {
         let stop = stop.clone();
@@ -438,9 +481,7 @@ fn supervise_child(
             })
             .ok()
     };
-    let status = wait_for(child);
-    let mut guard = guard;
-    guard.child = None;
+    let status = vm.reap();
     {
         let (m, cv) = &*stop;
         *m.lock().unwrap_or_else(|e| e.into_inner()) = true;
@@ -459,19 +500,16 @@ fn supervise_child(
 }
 
 /// Removes the policy when the supervisor leaves, even by a panic; a VM still running
-/// then is killed first, so it never runs without its policy.
+/// then is killed and reaped first, so it never runs without its policy.
 struct Cleanup {
     installed: Arc<Mutex<Installed>>,
-    child: Option<libc::pid_t>,
+    vm: Arc<VmChild>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(c) = self.child.take() {
-            // SAFETY: kill with integers; `c` is our unreaped child.
-            unsafe { libc::kill(c, libc::SIGKILL) };
-            wait_for(c);
-        }
+        self.vm.signal(libc::SIGKILL);
+        self.vm.reap();
         let i = self.installed.lock().unwrap_or_else(|e| e.into_inner());
         let _ = i.remove();
     }
