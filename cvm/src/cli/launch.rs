@@ -65,6 +65,11 @@ pub struct Args {
     /// A virtio-blk disk: PATH or PATH,readonly (repeatable; replaces the file's disks).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a tap (repeatable; replaces the file's [[net]]):
+    /// tap=NAME (existing) or create=NAME (cvm creates and removes it), then optional
+    /// mac=, ip=ADDR/PREFIX, rx-bps=, tx-bps= (bits/s), rx-pps=, tx-pps= (e.g. 100M, 20k).
+    #[arg(long = "net", value_name = "tap=NAME|create=NAME[,…]", value_parser = super::net::parse_net)]
+    pub net: Vec<super::net::NetArg>,
     /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
     #[arg(long, value_name = "DIR")]
     pub emulated_platform: Option<PathBuf>,
@@ -204,6 +209,8 @@ pub struct Spec {
     pub serial: SerialOutput,
     /// Disks.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces (`super::net`).
+    pub net: Vec<host_vmm::net::NetConfig>,
     /// Emulated platform directory.
     pub emulated_platform: Option<PathBuf>,
     /// SNP policy.
@@ -381,6 +388,7 @@ impl Args {
             vcpus: pick("vcpus", self.vcpus, file_vcpus).unwrap_or(1),
             serial: pick("serial", self.serial, file_serial).unwrap_or(SerialOutput::Stdout),
             disks,
+            net: super::net::resolve(self.net, d)?,
             emulated_platform: pick(
                 "emulated_platform",
                 self.emulated_platform,
@@ -666,6 +674,9 @@ pub enum LaunchError {
     /// A --disk image cannot be opened.
     #[error("--disk {0}: cannot open the disk image")]
     Disk(PathBuf, #[source] std::io::Error),
+    /// A --net tap cannot be opened or created.
+    #[error("--net: cannot attach the network interface")]
+    Net(#[from] host_vmm::net::TapError),
 }
 
 impl ExitClass for LaunchError {
@@ -695,6 +706,7 @@ impl ExitClass for LaunchError {
                 | EmulatedLaunchError::TdxPlan(_),
             ) => EXIT_USAGE,
             LaunchError::Vmm(e) if vmm_input_error(e) => EXIT_USAGE,
+            LaunchError::Net(e) if super::net::is_input_error(e) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -1216,6 +1228,7 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         .as_deref()
         .map(host_vmm::api::bind)
         .transpose()?;
+    let net = super::net::open_all(&a.net)?;
     if let Some(status) = confine(a, cgroup)? {
         return Ok(Outcome::ChildExited(status));
     }
@@ -1232,6 +1245,7 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         vsock: inputs.vsock,
         kvm: Some(kvm),
         api,
+        net,
     };
     Ok(Outcome::Stopped(vmm::run(config)?))
 }

@@ -8,5 +8,6 @@ pub mod firmware;
 pub mod host_check;
 pub mod launch;
 pub mod measure;
+pub mod net;
 
 pub use cli_support::fail;
