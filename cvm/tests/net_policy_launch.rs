@@ -1,12 +1,14 @@
-//! `cvm launch` with a `[network_policy]`, under the real /dev/kvm, in a fresh network
-//! namespace (the test thread unshares one; `cvm`, `nft` and `ip` inherit it, so the
-//! host's network is untouched): the policy is installed before the guest runs, denied
-//! frames are counted and visible on `/v1/metrics` and in the log, SIGTERM removes the
-//! table, a SIGKILLed `cvm` leaves a stale table that `cvm net gc` removes and the next
-//! start replaces, and a policy that cannot be installed refuses the launch.
+//! `cvm launch` of a VM with a virtio-net interface (`[[net]]`) and a `[network_policy]`,
+//! under the real /dev/kvm, in a fresh network namespace (the test thread unshares one;
+//! `cvm`, `nft` and `ip` inherit it, so the host's network is untouched): the policy is
+//! installed before the guest runs, what the host sends the guest against the policy is
+//! dropped, counted and visible on `/v1/metrics` and in the log, a second VM of the same
+//! name is refused, SIGTERM removes the table, a SIGKILLed `cvm` leaves a stale table that
+//! the next start replaces and `cvm net gc` removes, and a policy that nftables refuses
+//! refuses the launch. (Frames from the guest side are in the unit tests of
+//! `cvm/src/net_policy/netns_tests.rs` and the nested tier's 50-net-policy.)
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -89,51 +91,10 @@ fn call(sock: &Path, path: &str) -> String {
     out
 }
 
-/// The guest side of an existing (persistent) tap.
-fn attach(name: &str) -> OwnedFd {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .unwrap();
-    let mut ifr = [0u8; 40];
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as u16;
-    ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
-    // SAFETY: TUNSETIFF reads and writes a 40-byte ifreq, which `ifr` is.
-    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x400454ca, ifr.as_mut_ptr()) };
-    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
-    f.into()
-}
-
-fn send(fd: &OwnedFd, frame: &[u8]) {
-    // SAFETY: writes `frame.len()` bytes from a valid buffer to our descriptor.
-    let n = unsafe { libc::write(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-    assert_eq!(n, frame.len() as isize);
-}
-
-/// A minimal Ethernet + IPv4 frame (protocol 17, no payload checks needed: the
-/// policy drops it at the tap before any stack parses it).
-fn frame(src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&src);
-    ip.extend_from_slice(&dst);
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&dport.to_be_bytes());
-    f.extend_from_slice(&[0, 8, 0, 0]);
-    f
-}
-
-const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0e];
-
-fn description(dir: &Path, tap: &str) -> std::path::PathBuf {
+fn description(dir: &Path, tap: &str, file: &str) -> std::path::PathBuf {
     let fw = dir.join("spin.fd");
     std::fs::write(&fw, measured_boot::testing::emulated_guest_image(SPIN)).unwrap();
-    let p = dir.join("vm.toml");
+    let p = dir.join(file);
     std::fs::write(
         &p,
         format!(
@@ -143,7 +104,11 @@ firmware = "spin.fd"
 memory = "32M"
 [devices]
 serial = "none"
-api_socket = "api.sock"
+api_socket = "{file}.sock"
+[[net]]
+tap = "{tap}"
+mac = "02:00:00:00:00:0e"
+ip = "10.0.3.2/24"
 [network_policy]
 name = "e2e"
 [[network_policy.interfaces]]
@@ -195,8 +160,8 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         let log = dir.path().join("cvm.log");
         run("ip", &["tuntap", "add", "cvmte", "mode", "tap"]);
         run("ip", &["link", "set", "cvmte", "up"]);
-        let config = description(dir.path(), "cvmte");
-        let sock = dir.path().join("api.sock");
+        let config = description(dir.path(), "cvmte", "vm.toml");
+        let sock = dir.path().join("vm.toml.sock");
 
         // 1. Installed before the guest runs; denials counted and shown.
         let mut cvm = launch(&config, &state, &log);
@@ -213,28 +178,57 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
             list.contains("e2e\trunning") && list.contains(&table),
             "{list}"
         );
-        let tap = attach("cvmte");
-        send(&tap, &frame(MAC, [10, 0, 3, 99], [10, 0, 3, 1], 53)); // spoofed source
-        send(&tap, &frame(MAC, [10, 0, 3, 2], [10, 0, 3, 1], 22)); // a port not allowed
-        send(&tap, &frame(MAC, [10, 0, 3, 2], [10, 0, 3, 1], 53)); // allowed
+        // The host sends to the guest: a port no rule allows, and an address that is not
+        // the guest's (both dropped and counted); a datagram from the allowed peer's port
+        // 53 is a reply and passes.
+        run("ip", &["addr", "add", "10.0.3.1/24", "dev", "cvmte"]);
+        run(
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                "10.0.3.2",
+                "lladdr",
+                "02:00:00:00:00:0e",
+                "dev",
+                "cvmte",
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "neigh",
+                "replace",
+                "10.0.3.5",
+                "lladdr",
+                "02:00:00:00:00:0e",
+                "dev",
+                "cvmte",
+            ],
+        );
+        let other = std::net::UdpSocket::bind(("10.0.3.1", 5000)).unwrap();
+        other.send_to(b"x", ("10.0.3.2", 22)).unwrap();
+        other.send_to(b"x", ("10.0.3.5", 40000)).unwrap();
+        let peer = std::net::UdpSocket::bind(("10.0.3.1", 53)).unwrap();
+        peer.send_to(b"x", ("10.0.3.2", 40000)).unwrap();
         wait_until("the API socket", Duration::from_secs(20), || sock.exists());
         let mut metrics = String::new();
         wait_until("the counts on /v1/metrics", Duration::from_secs(20), || {
             metrics = call(&sock, "/v1/metrics");
-            metrics.contains("\"spoofed\":1") && metrics.contains("\"egress_denied\":1")
+            metrics.contains("\"ingress_denied\":2")
         });
         assert!(
             metrics.contains(&format!("\"table\":\"{table}\""))
-                && metrics.contains("\"ingress_denied\":0"),
+                && metrics.contains("\"spoofed\":0"),
             "{metrics}"
         );
         // A second VM of the same name is refused while this one runs, and leaves the
         // running VM's table alone.
+        run("ip", &["tuntap", "add", "cvmtf", "mode", "tap"]);
+        let second = description(dir.path(), "cvmtf", "second.toml");
         let out = Command::new(CVM)
             .args(["launch", "--config"])
-            .arg(&config)
-            .arg("--api-socket")
-            .arg(dir.path().join("other.sock"))
+            .arg(&second)
             .env("CVM_NET_STATE_DIR", &state)
             .output()
             .unwrap();
@@ -285,19 +279,19 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         assert!(gc.contains(&table), "{gc}");
         assert!(cvm_tables().is_empty());
         assert!(!state.join("e2e.json").exists());
-        drop(tap);
 
-        // 4. Fail closed: without its tap the VM does not start.
-        run("ip", &["link", "del", "cvmte"]);
+        // 4. Fail closed: if nftables refuses the policy, the VM does not start.
         let out = Command::new(CVM)
             .args(["launch", "--config"])
             .arg(&config)
             .env("CVM_NET_STATE_DIR", &state)
+            .env("CVM_NFT", "/bin/false")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("tap `cvmte` does not exist"), "{err}");
+        assert!(err.contains("cannot install the network policy"), "{err}");
         assert!(cvm_tables().is_empty());
+        assert!(!state.join("e2e.json").exists());
     });
 }

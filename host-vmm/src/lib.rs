@@ -46,6 +46,7 @@ pub mod api;
 pub mod boot;
 pub mod devices;
 pub mod isolation;
+pub mod net;
 pub mod seccomp;
 pub mod tee;
 pub mod vmm;

@@ -89,6 +89,9 @@ pub struct Description {
     /// Resource limits (cgroup).
     #[serde(default)]
     pub limits: Limits,
+    /// Network interfaces (`[[net]]`, see `super::net`).
+    #[serde(default)]
+    pub net: Vec<super::net::NetTable>,
     /// The network policy of the VM's taps (default deny).
     pub network_policy: Option<crate::net_policy::NetworkPolicyToml>,
 }

@@ -65,6 +65,11 @@ pub struct Args {
     /// A virtio-blk disk: PATH or PATH,readonly (repeatable; replaces the file's disks).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a tap (repeatable; replaces the file's [[net]]):
+    /// tap=NAME (existing) or create=NAME (cvm creates and removes it), then optional
+    /// mac=, ip=ADDR/PREFIX, rx-bps=, tx-bps= (bits/s), rx-pps=, tx-pps= (e.g. 100M, 20k).
+    #[arg(long = "net", value_name = "tap=NAME|create=NAME[,…]", value_parser = super::net::parse_net)]
+    pub net: Vec<super::net::NetArg>,
     /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
     #[arg(long, value_name = "DIR")]
     pub emulated_platform: Option<PathBuf>,
@@ -206,6 +211,8 @@ pub struct Spec {
     pub serial: SerialOutput,
     /// Disks.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces (`super::net`).
+    pub net: Vec<host_vmm::net::NetConfig>,
     /// Emulated platform directory.
     pub emulated_platform: Option<PathBuf>,
     /// SNP policy.
@@ -385,6 +392,7 @@ impl Args {
             vcpus: pick("vcpus", self.vcpus, file_vcpus).unwrap_or(1),
             serial: pick("serial", self.serial, file_serial).unwrap_or(SerialOutput::Stdout),
             disks,
+            net: super::net::resolve(self.net, d)?,
             emulated_platform: pick(
                 "emulated_platform",
                 self.emulated_platform,
@@ -435,6 +443,19 @@ impl Args {
             output: self.output,
             net_policy: d.map(Loaded::network_policy).transpose()?.flatten(),
         };
+        if let Some(p) = &spec.net_policy {
+            let devices: Vec<crate::net_policy::Device<'_>> = spec
+                .net
+                .iter()
+                .map(|n| crate::net_policy::Device {
+                    tap: n.tap.name(),
+                    mac: n.mac.0,
+                    ip: n.ip.map(|c| c.addr),
+                })
+                .collect();
+            crate::net_policy::check_devices(p, &devices)
+                .map_err(|e| bad("network_policy", e.to_string()))?;
+        }
         Ok(spec)
     }
 }
@@ -671,6 +692,9 @@ pub enum LaunchError {
     /// A --disk image cannot be opened.
     #[error("--disk {0}: cannot open the disk image")]
     Disk(PathBuf, #[source] std::io::Error),
+    /// A --net tap cannot be opened or created.
+    #[error("--net: cannot attach the network interface")]
+    Net(#[from] host_vmm::net::TapError),
     /// The network policy could not be installed (the VM does not start).
     #[error("the network policy refused the launch")]
     NetPolicy(#[from] crate::net_policy::NetPolicyError),
@@ -703,6 +727,7 @@ impl ExitClass for LaunchError {
                 | EmulatedLaunchError::TdxPlan(_),
             ) => EXIT_USAGE,
             LaunchError::Vmm(e) if vmm_input_error(e) => EXIT_USAGE,
+            LaunchError::Net(e) if super::net::is_input_error(e) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -1218,13 +1243,19 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
     let backend = build_backend(a, &inputs)?;
     print_expected(a, &backend.measurement());
     log_launch(a, &inputs, backend.as_ref());
-    if let Some(metrics) = install_net_policy(a)? {
-        match metrics {
-            NetRole::Supervisor(status) => return Ok(Outcome::ChildExited(status)),
-            NetRole::Vm(m) => {
-                host_vmm::api::register_metrics("net_policy", Arc::new(move || m.json()))
-            }
+    // The taps exist from here (`create=` makes them); the policy is installed before
+    // the VM's process can run the guest.
+    let net = super::net::open_all(&a.net)?;
+    match install_net_policy(a)? {
+        Some(NetRole::Supervisor(s)) => {
+            // Only the VM's process holds its taps.
+            drop(net);
+            return Ok(Outcome::ChildExited(s.run()));
         }
+        Some(NetRole::Vm(m)) => {
+            host_vmm::api::register_metrics("net_policy", Arc::new(move || m.json()))
+        }
+        None => {}
     }
     let cgroup = apply_limits(a)?;
     let api = a
@@ -1248,6 +1279,7 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         vsock: inputs.vsock,
         kvm: Some(kvm),
         api,
+        net,
     };
     Ok(Outcome::Stopped(vmm::run(config)?))
 }
@@ -1261,6 +1293,13 @@ use crate::net_policy::supervisor::Role as NetRole;
 fn install_net_policy(a: &Spec) -> Result<Option<NetRole>, LaunchError> {
     use crate::net_policy::{nft::Nft, registry::Registry, supervisor};
     let Some(p) = &a.net_policy else {
+        if !a.net.is_empty() {
+            tracing::warn!(
+                event = "net-policy-absent",
+                "no [network_policy]: the host does not filter this VM's network traffic \
+                 (add one for default deny and anti-spoofing)"
+            );
+        }
         return Ok(None);
     };
     let registry = Registry::open(&Registry::default_dir())

@@ -34,7 +34,85 @@ pub mod supervisor;
 #[cfg(test)]
 mod netns_tests;
 
-pub use model::{NetworkPolicy, NetworkPolicyToml};
+pub use model::{NetworkPolicy, NetworkPolicyToml, PolicyError};
+
+/// A network interface of the VM as the launch configures it (`--net`, `[[net]]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Device<'a> {
+    /// The tap.
+    pub tap: &'a str,
+    /// The MAC the virtio-net device offers the guest.
+    pub mac: [u8; 6],
+    /// The address the operator stated for it (`ip=`), if any.
+    pub ip: Option<std::net::IpAddr>,
+}
+
+/// Checks that `p` covers exactly the VM's interfaces: every device has a policy
+/// interface on its tap with the same MAC (and, when the device states its address, the
+/// policy lists it), and every policy interface is one of the devices. A device without
+/// a policy would be unfiltered; a policy for a tap the VM does not use is most likely a
+/// typo that leaves the real tap unfiltered.
+pub fn check_devices(p: &NetworkPolicy, devices: &[Device<'_>]) -> Result<(), PolicyError> {
+    let err = |key: String, problem: String| PolicyError { key, problem };
+    for d in devices {
+        let Some((k, i)) = p
+            .interfaces
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.tap.as_str() == d.tap)
+        else {
+            return Err(err(
+                "network_policy.interfaces".into(),
+                format!(
+                    "the VM's interface on tap `{}` has no policy: with a [network_policy], \
+                     every interface needs one (tap, mac, addresses and its rules)",
+                    d.tap
+                ),
+            ));
+        };
+        let key = format!("network_policy.interfaces[{k}]");
+        if i.mac.0 != d.mac {
+            return Err(err(
+                format!("{key}.mac"),
+                format!(
+                    "{} is not the MAC of the VM's interface on `{}` ({}); give the \
+                     interface mac={}",
+                    i.mac,
+                    d.tap,
+                    model::Mac(d.mac),
+                    i.mac
+                ),
+            ));
+        }
+        if let Some(ip) = d.ip {
+            let listed = match ip {
+                std::net::IpAddr::V4(v4) => i.addresses.contains(&v4),
+                std::net::IpAddr::V6(_) => false,
+            };
+            if !listed {
+                return Err(err(
+                    format!("{key}.addresses"),
+                    format!(
+                        "the interface on `{}` has ip={ip}, which the policy does not list",
+                        d.tap
+                    ),
+                ));
+            }
+        }
+    }
+    for (k, i) in p.interfaces.iter().enumerate() {
+        if !devices.iter().any(|d| d.tap == i.tap.as_str()) {
+            return Err(err(
+                format!("network_policy.interfaces[{k}].tap"),
+                format!(
+                    "`{}` is not one of the VM's network interfaces (--net / [[net]])",
+                    i.tap
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Packet counts of one table's named counters, in [`ruleset::COUNTERS`] order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -68,4 +146,43 @@ pub enum NetPolicyError {
     /// The process cannot fork its supervisor.
     #[error("cannot start the network policy's supervisor: {0}")]
     Supervise(String, #[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_policy_must_cover_exactly_the_vms_interfaces() {
+        let p: NetworkPolicy = toml::from_str::<NetworkPolicyToml>(
+            "name = \"a\"\n[[interfaces]]\ntap = \"t0\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let mac = [2, 0, 0, 0, 0, 0x0a];
+        let dev = |tap, mac, ip: Option<&str>| Device {
+            tap,
+            mac,
+            ip: ip.map(|i| i.parse().unwrap()),
+        };
+        check_devices(&p, &[dev("t0", mac, Some("10.0.0.2"))]).unwrap();
+        check_devices(&p, &[dev("t0", mac, None)]).unwrap();
+        for (devices, what) in [
+            (
+                vec![dev("t0", mac, None), dev("t1", mac, None)],
+                "has no policy",
+            ),
+            (
+                vec![dev("t0", [2, 0, 0, 0, 0, 0x0b], None)],
+                "is not the MAC",
+            ),
+            (vec![dev("t0", mac, Some("10.0.0.3"))], "does not list"),
+            (vec![dev("t0", mac, Some("fd00::2"))], "does not list"),
+            (vec![], "is not one of the VM's network interfaces"),
+        ] {
+            let e = check_devices(&p, &devices).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+    }
 }

@@ -306,9 +306,40 @@ impl MetricsLayout {
 pub enum Role {
     /// This is the child: run the VM; its API serves these metrics.
     Vm(MetricsLayout),
-    /// This is the supervisor; the VM ended with this status (128 + signal if killed)
-    /// and the policy is removed.
-    Supervisor(i32),
+    /// This is the supervisor: close what the VM's process alone must hold (its taps),
+    /// then [`Supervisor::run`] until the VM ends.
+    Supervisor(Box<Supervisor>),
+}
+
+/// The supervisor's side of the fork, before it starts waiting.
+#[derive(Debug)]
+pub struct Supervisor {
+    installed: Option<Installed>,
+    child: libc::pid_t,
+    set: libc::sigset_t,
+    shared: SharedCounts,
+}
+
+impl Supervisor {
+    /// Forwards signals to the VM, polls the counters and refreshes the peers until the
+    /// VM ends, then removes the policy. Returns the VM's status (128 + signal if it was
+    /// killed).
+    pub fn run(mut self) -> i32 {
+        match self.installed.take() {
+            Some(i) => supervise_child(i, self.child, self.set, self.shared.clone()),
+            None => 1,
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    /// A supervisor dropped without [`Supervisor::run`] still supervises: the VM never
+    /// runs without its policy's clean-up.
+    fn drop(&mut self) {
+        if let Some(i) = self.installed.take() {
+            supervise_child(i, self.child, self.set, self.shared.clone());
+        }
+    }
 }
 
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
@@ -374,9 +405,12 @@ pub fn supervise(installed: Installed) -> Result<Role, NetPolicyError> {
         std::mem::forget(installed);
         return Ok(Role::Vm(layout));
     }
-    Ok(Role::Supervisor(supervise_child(
-        installed, pid, set, shared,
-    )))
+    Ok(Role::Supervisor(Box::new(Supervisor {
+        installed: Some(installed),
+        child: pid,
+        set,
+        shared,
+    })))
 }
 
 /// The VM's process while it is unreaped: signals go to it only until it is reaped, so
