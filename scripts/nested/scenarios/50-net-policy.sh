@@ -28,38 +28,44 @@ netpol_total() { # LOG COUNTER: the last total the supervisor logged
   grep -a 'net-policy-denied' "$1" | sed -n "s/.*total_$2=\([0-9]*\).*/\1/p" | tail -n 1
 }
 
+netpol_run() { # NAME TAP MAC: cvm launch, its output on the console (prefixed) and in a log
+  { /cvm/cvm launch --config "/tmp/netpol-$1.toml" --net "tap=$2,mac=$3" 2>&1
+    echo $? >"/tmp/rc-netpol-$1"; } |
+    while IFS= read -r line; do
+      echo "netpol-$1: $line"
+      echo "$line" >>"/tmp/log-netpol-$1"
+    done
+}
+
 netpol() {
   echo "NESTED-BEGIN netpol"
-  for m in llc stp bridge tun nfnetlink libcrc32c nf_tables; do
+  for m in llc stp bridge tun nfnetlink libcrc32c nf_tables nft_objref; do
     insmod /modules/netpol/$m.ko || echo "NETPOL-OUTER insmod $m failed"
   done
-  ip link add cvmbr type bridge
-  ip link set cvmbr up
+  /sbin/ip2 link add cvmbr type bridge
+  /sbin/ip2 link set cvmbr up
   for t in cvma cvmb; do
-    ip tuntap add "$t" mode tap
-    ip link set "$t" master cvmbr
-    ip link set "$t" up
+    /sbin/ip2 tuntap add "$t" mode tap
+    /sbin/ip2 link set "$t" master cvmbr
+    /sbin/ip2 link set "$t" up
   done
   netpol_conf a cvma 02:00:00:00:00:0a 10.0.0.2 \
     'egress = [{ vm = "b", proto = "tcp", ports = [8080] }]'
   netpol_conf b cvmb 02:00:00:00:00:0b 10.0.0.3 \
     'ingress = [{ vm = "a", proto = "tcp", ports = [8080] }]'
   t0=$(now)
-  /cvm/cvm launch --config /tmp/netpol-b.toml --net tap=cvmb,mac=02:00:00:00:00:0b \
-    >/tmp/log-netpol-b 2>&1 &
+  rm -f /tmp/rc-netpol-a /tmp/rc-netpol-b /tmp/log-netpol-a /tmp/log-netpol-b
+  netpol_run b cvmb 02:00:00:00:00:0b &
   bpid=$!
-  /cvm/cvm launch --config /tmp/netpol-a.toml --net tap=cvma,mac=02:00:00:00:00:0a \
-    >/tmp/log-netpol-a 2>&1 &
+  netpol_run a cvma 02:00:00:00:00:0a &
   apid=$!
   wait $apid
-  arc=$?
+  arc=$(cat /tmp/rc-netpol-a 2>/dev/null || echo none)
   tables_after_a=$(nft list tables netdev 2>&1 | tr '\n' ' ')
   wait $bpid
-  brc=$?
+  brc=$(cat /tmp/rc-netpol-b 2>/dev/null || echo none)
   tables_after_b=$(nft list tables netdev 2>&1 | tr '\n' ' ')
   t1=$(now)
-  sed 's/^/netpol-a: /' /tmp/log-netpol-a
-  sed 's/^/netpol-b: /' /tmp/log-netpol-b
   echo "NETPOL-OUTER tables after A: $tables_after_a"
   echo "NETPOL-OUTER tables after B: $tables_after_b"
   total_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
