@@ -87,7 +87,8 @@ impl Installed {
     }
 
     /// Reads every table's counters; logs a `net-policy-denied` event for those that
-    /// grew since the last read. Returns the counts (zero for a table that cannot be
+    /// grew since the last read (WARN when spoofed or IPv4 packets were dropped, INFO
+    /// when only other ethertypes were). Returns the counts (zero for a table that cannot be
     /// read, which is logged).
     pub fn poll_counts(&mut self) -> Vec<Counts> {
         let mut out = Vec::with_capacity(self.tables.len());
@@ -97,21 +98,33 @@ impl Installed {
                     let before = self.last[k];
                     if c != before {
                         let d = |n: usize| c.0[n].saturating_sub(before.0[n]);
-                        tracing::warn!(
-                            event = "net-policy-denied",
-                            vm = %self.policy.name,
-                            tap = %i.tap,
-                            table = %t,
-                            spoofed = d(0),
-                            egress_denied = d(1),
-                            ingress_denied = d(2),
-                            other_denied = d(3),
-                            total_spoofed = c.0[0],
-                            total_egress_denied = c.0[1],
-                            total_ingress_denied = c.0[2],
-                            total_other_denied = c.0[3],
-                            "the network policy dropped packets"
-                        );
+                        // WARN for what the policy is about (spoofing, IPv4 the rules do
+                        // not allow); other ethertypes (a booting guest's IPv6 chatter)
+                        // only at INFO.
+                        macro_rules! denied {
+                            ($level:ident) => {
+                                tracing::$level!(
+                                    event = "net-policy-denied",
+                                    vm = %self.policy.name,
+                                    tap = %i.tap,
+                                    table = %t,
+                                    spoofed = d(0),
+                                    egress_denied = d(1),
+                                    ingress_denied = d(2),
+                                    other_denied = d(3),
+                                    total_spoofed = c.0[0],
+                                    total_egress_denied = c.0[1],
+                                    total_ingress_denied = c.0[2],
+                                    total_other_denied = c.0[3],
+                                    "the network policy dropped packets"
+                                )
+                            };
+                        }
+                        if d(0) + d(1) + d(2) > 0 {
+                            denied!(warn);
+                        } else {
+                            denied!(info);
+                        }
                         self.last[k] = c;
                     }
                     out.push(c);
