@@ -569,5 +569,17 @@ fn failures_leave_nothing_and_stale_tables_are_replaced_or_collected() {
         assert!(nft.netdev_tables().unwrap().is_empty());
         assert!(reg.read("s").is_none());
         drop(i);
+        // A crashed VM's table on a tap that another VM now uses would still filter that
+        // tap: the new VM's start removes it with its entry.
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        std::fs::write(&file, e.to_string()).unwrap();
+        std::mem::forget(i);
+        let q = policy(
+            "name = \"s2\"\n[[interfaces]]\ntap = \"cvmts\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.2.3\"]\n",
+        );
+        let i = Installed::install(&q, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        assert_eq!(nft.netdev_tables().unwrap(), i.tables().to_vec());
+        assert!(Registry::open(&dir).unwrap().read("s").is_none());
+        i.remove().unwrap();
     });
 }

@@ -215,14 +215,19 @@ impl Registry {
     }
 
     /// Writes `e` (0600, replaced atomically), after checking under the lock that no
-    /// running VM has its name or one of its taps. A stale entry of the same name is
-    /// returned so its tables can be removed.
-    pub fn register(&self, e: &Entry, _lock: &Lock) -> Result<Option<Entry>, RegistryError> {
-        let mut stale = None;
+    /// running VM has its name or one of its taps. The stale entries (of VMs that are
+    /// not running) with its name or one of its taps are returned, and removed from the
+    /// registry, so their tables, which would still hook those taps, can be removed.
+    pub fn register(&self, e: &Entry, _lock: &Lock) -> Result<Vec<Entry>, RegistryError> {
+        let mut stale = Vec::new();
         for other in self.entries()? {
             if !other.is_live() {
-                if other.name == e.name {
-                    stale = Some(other);
+                let shares_tap = other
+                    .interfaces
+                    .iter()
+                    .any(|o| e.interfaces.iter().any(|i| i.tap == o.tap));
+                if other.name == e.name || shares_tap {
+                    stale.push(other);
                 }
                 continue;
             }
@@ -248,6 +253,9 @@ impl Registry {
         let json = serde_json::to_vec_pretty(e).map_err(|err| io(err.into()))?;
         std::io::Write::write_all(&mut f, &json).map_err(io)?;
         std::fs::rename(&tmp, &p).map_err(io)?;
+        for s in stale.iter().filter(|s| s.name != e.name) {
+            self.remove(&s.name);
+        }
         Ok(stale)
     }
 
@@ -308,7 +316,7 @@ mod tests {
         let me = std::process::id();
         let live = entry("b", me, start_time(me).unwrap(), "tb", [10, 0, 0, 3]);
         let lock = r.lock().unwrap();
-        assert_eq!(r.register(&live, &lock).unwrap(), None);
+        assert_eq!(r.register(&live, &lock).unwrap(), vec![]);
         let mode = std::fs::metadata(root.join("b.json"))
             .unwrap()
             .permissions()
@@ -336,7 +344,13 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, RegistryError::TapTaken(..)), "{e}");
         let again = entry("c", me, start_time(me).unwrap(), "tc", [10, 0, 0, 4]);
-        assert_eq!(r.register(&again, &lock).unwrap(), Some(dead));
+        assert_eq!(r.register(&again, &lock).unwrap(), vec![dead]);
+        // A stale VM of another name on the same tap is returned and its entry removed.
+        let other = entry("f", me, start_time(me).unwrap() + 1, "tf", [10, 0, 0, 6]);
+        r.register(&other, &lock).unwrap();
+        let on_its_tap = entry("g", me, start_time(me).unwrap(), "tf", [10, 0, 0, 7]);
+        assert_eq!(r.register(&on_its_tap, &lock).unwrap(), vec![other]);
+        assert!(r.read("f").is_none());
         // A file whose name does not match its content is ignored.
         std::fs::write(root.join("e.json"), serde_json::to_vec(&live).unwrap()).unwrap();
         assert!(r.read("e").is_none());

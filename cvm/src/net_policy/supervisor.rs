@@ -49,8 +49,8 @@ impl Installed {
         let peers = registry.resolve(&policy.peer_vms());
         let tables = ruleset::tables(policy);
         let mut script = String::new();
-        if let Some(s) = &stale {
-            tracing::warn!(event = "net-policy-stale", vm = %policy.name, pid = s.pid, "replacing the network policy of a previous run of this VM that did not stop cleanly");
+        for s in &stale {
+            tracing::warn!(event = "net-policy-stale", vm = %policy.name, stale_vm = %s.name, pid = s.pid, "replacing the network policy of a VM that did not stop cleanly (same name or same tap)");
             let old: Vec<&str> = s
                 .interfaces
                 .iter()
