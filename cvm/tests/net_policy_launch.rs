@@ -32,6 +32,13 @@ fn in_netns(f: impl FnOnce() + Send + 'static) {
         // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
+        // the counts; /proc/sys/net is the namespace of the process that opens it.
+        let quiet = std::process::Command::new("sh")
+            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
+            .status()
+            .unwrap();
+        assert!(quiet.success());
         f();
     })
     .join();
