@@ -19,6 +19,10 @@ const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 /// Spins forever (`jmp $`).
 const SPIN: &[u8] = &[0xeb, 0xfe];
 
+/// Reports a guest panic to the pvpanic port (real mode: `mov dx, 0x505; mov al, 1;
+/// out dx, al`), then halts.
+const PANIC: &[u8] = &[0xba, 0x05, 0x05, 0xb0, 0x01, 0xee, 0xf4, 0xeb, 0xfd];
+
 fn requirements() -> bool {
     test_kit::require_kvm()
         && test_kit::require_root()
@@ -99,8 +103,12 @@ fn call(sock: &Path, path: &str) -> String {
 }
 
 fn description(dir: &Path, tap: &str, file: &str) -> std::path::PathBuf {
+    description_with(dir, tap, file, SPIN)
+}
+
+fn description_with(dir: &Path, tap: &str, file: &str, code: &[u8]) -> std::path::PathBuf {
     let fw = dir.join("spin.fd");
-    std::fs::write(&fw, measured_boot::testing::emulated_guest_image(SPIN)).unwrap();
+    std::fs::write(&fw, measured_boot::testing::emulated_guest_image(code)).unwrap();
     let p = dir.join(file);
     std::fs::write(
         &p,
@@ -268,6 +276,12 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         });
         cvm.0.kill().unwrap();
         cvm.0.wait().unwrap();
+        // The VM's process dies with it (PR_SET_PDEATHSIG), releasing the tap.
+        wait_until(
+            "the killed VM to release its tap",
+            Duration::from_secs(20),
+            || run("ip", &["-o", "link", "show", "cvmte"]).contains("NO-CARRIER"),
+        );
         assert_eq!(
             cvm_tables(),
             vec![table.clone()],
@@ -299,6 +313,31 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("cannot install the network policy"), "{err}");
         assert!(cvm_tables().is_empty());
+        assert!(!state.join("e2e.json").exists());
+    });
+}
+
+#[test]
+fn a_guest_that_crashes_loses_its_policy_too() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("net");
+        let log = dir.path().join("cvm.log");
+        run("ip", &["tuntap", "add", "cvmtp", "mode", "tap"]);
+        let config = description_with(dir.path(), "cvmtp", "vm.toml", PANIC);
+        let mut cvm = launch(&config, &state, &log);
+        let status = wait_exit(&mut cvm.0, Duration::from_secs(30));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{text}");
+        assert!(
+            text.contains("pvpanic") && text.contains("net-policy-installed"),
+            "{text}"
+        );
+        assert!(text.contains("net-policy-removed"), "{text}");
+        assert!(cvm_tables().is_empty(), "{:?}", cvm_tables());
         assert!(!state.join("e2e.json").exists());
     });
 }
