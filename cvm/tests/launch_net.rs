@@ -207,6 +207,16 @@ fn check(out: &Output, log: &str) {
         stderr.contains("cvmc1") && stderr.contains("owned=true"),
         "{stderr}"
     );
+    // The counters logged at stop: the guest sent ARP, hello, echo (and ARP replies).
+    let stats = stderr
+        .lines()
+        .find(|l| l.contains("net-stats") && l.contains("cvmt0"))
+        .unwrap_or_else(|| panic!("no counters for cvmt0: {stderr}"));
+    assert!(stats.contains("tx_malformed=0"), "{stats}");
+    assert!(
+        !stats.contains("tx_frames=0 ") && !stats.contains("rx_frames=0 "),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -190,6 +190,7 @@ VM description file (--config FILE; full schema: docs/vm-description.md):
                 vsock = { cid = 3, uds = \"PATH\" }, api_socket
   [attestation] url, ca_cert
   [limits]      cpu_quota, memory, cpus, cgroup_parent
+  [[net]]       tap | create, mac, ip, rx_bps, tx_bps, rx_pps, tx_pps (one table per interface)
 
 Unknown keys are refused. Flags override the file (logged at INFO). `cvm measure --config
 FILE` prints the measurement this launch expects.";
