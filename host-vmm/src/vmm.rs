@@ -32,7 +32,7 @@ use crate::devices::pci_config::{NoPci, PCI_CONFIG_BASE, PCI_CONFIG_LEN};
 use crate::devices::serial::{IrqTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::net::{self as virtio_net, Net, NetError};
+use crate::devices::virtio::net::{self as virtio_net, Net, NetError, NetStats};
 use crate::devices::virtio::vsock::{self, Vsock, VsockConfig, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
@@ -255,6 +255,7 @@ pub struct VmBuilder {
     virtio: Vec<VirtioMmioDesc>,
     vsock_loop: Option<VsockLoop>,
     net_loops: Vec<VsockLoop>,
+    net_stats: Vec<(String, Arc<NetStats>)>,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -308,6 +309,7 @@ impl VmBuilder {
             virtio: Vec::new(),
             vsock_loop: None,
             net_loops: Vec::new(),
+            net_stats: Vec::new(),
         })
     }
 
@@ -462,6 +464,7 @@ impl VmBuilder {
                 .map_err(VmmError::EventLoop)?;
             let device = Net::new(n.tap, n.config.mac, n.config.limits, &epoll)
                 .map_err(|e| VmmError::Net(iface.tap.clone(), e))?;
+            self.net_stats.push((iface.tap.clone(), device.stats()));
             let (base, gsi, transport) = self.attach_virtio(vm, Box::new(device))?;
             tracing::info!(
                 event = "device",
@@ -648,6 +651,7 @@ impl VmBuilder {
             rx,
             event_thread,
             net_threads,
+            net_stats: std::mem::take(&mut self.net_stats),
             runtime: launched.runtime,
             steps: self.steps,
             _vm: vm,
@@ -808,6 +812,8 @@ pub struct Vmm {
     rx: mpsc::Receiver<(u32, VcpuStop)>,
     event_thread: Option<EventThread>,
     net_threads: Vec<EventThread>,
+    /// Each virtio-net interface's counters, logged when the VM stops.
+    net_stats: Vec<(String, Arc<NetStats>)>,
     runtime: Option<TeeRuntime>,
     steps: Vec<Step>,
     /// Keeps the VM (and its memory) alive until the threads are gone.
@@ -918,6 +924,23 @@ impl Vmm {
         );
         for e in net_threads {
             stop_event_thread(e, "virtio-net");
+        }
+        for (tap, s) in &self.net_stats {
+            let g = NetStats::get;
+            tracing::info!(
+                event = "net-stats",
+                tap = %tap,
+                tx_frames = g(&s.tx_frames),
+                tx_bytes = g(&s.tx_bytes),
+                tx_malformed = g(&s.tx_malformed),
+                tx_errors = g(&s.tx_errors),
+                rx_frames = g(&s.rx_frames),
+                rx_bytes = g(&s.rx_bytes),
+                rx_malformed = g(&s.rx_malformed),
+                rx_dropped = g(&s.rx_dropped),
+                throttled = g(&s.throttled),
+                "network interface counters"
+            );
         }
         // Dropping the runtime closes the quote channel; the quote thread ends after at
         // most one QGS exchange, or with the process.

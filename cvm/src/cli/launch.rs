@@ -190,6 +190,7 @@ VM description file (--config FILE; full schema: docs/vm-description.md):
                 vsock = { cid = 3, uds = \"PATH\" }, api_socket
   [attestation] url, ca_cert
   [limits]      cpu_quota, memory, cpus, cgroup_parent
+  [[net]]       tap | create, mac, ip, rx_bps, tx_bps, rx_pps, tx_pps (one table per interface)
   [network_policy] name; [[network_policy.interfaces]] tap, mac, addresses,
                 egress/ingress = [{ cidr | vm, proto = \"tcp\", ports = [8080] }]
 

@@ -305,7 +305,11 @@ impl Net {
 
     fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        while let Some(chain) = q.pop_descriptor_chain(mem) {
+        // While throttled, a notification costs nothing (no chain is read).
+        while !self.tx_limiter.is_blocked() {
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let len = self.read_tx_chain(chain, mem);
             let packets = len.and_then(|l| self.check_tx_header(l));
@@ -423,7 +427,7 @@ impl Net {
 
     fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
-        while self.fill_rx() {
+        while !self.rx_limiter.is_blocked() && self.fill_rx() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break; // the frame waits for buffers
             };

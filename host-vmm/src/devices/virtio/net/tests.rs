@@ -426,3 +426,32 @@ fn a_receive_limit_holds_within_ten_percent() {
     let rate = 50.0 / start.elapsed().as_secs_f64();
     assert!(rate <= 550.0, "{rate:.0} pps exceeds the limit by >10%");
 }
+
+#[test]
+fn notifications_while_throttled_read_no_chain() {
+    let m = mem();
+    let (mut net, _host, _e) = device(RateLimits {
+        tx_pps: Some(1),
+        ..Default::default()
+    });
+    activate(&mut net, 0);
+    let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 16);
+    m.write_slice(&hdr(0, 0, 0, 0, 0), GuestAddress(BUF))
+        .unwrap();
+    m.write_slice(&frame(60, 8), GuestAddress(BUF + 12))
+        .unwrap();
+    let chains: Vec<_> = (0..4).map(|_| desc(BUF, 72, 0, 0)).collect();
+    txq.add_desc_chains(&chains, 0).unwrap();
+    let mut qs: [Queue; 2] = [Queue::new(16).unwrap(), txq.create_queue().unwrap()];
+    run(&mut net, &mut qs, &m);
+    let s = net.stats();
+    assert_eq!(NetStats::get(&s.tx_frames), 1, "a burst of one packet");
+    assert_eq!(NetStats::get(&s.throttled), 1);
+    // A guest hammering the notify register while its bucket is empty costs no copy.
+    for _ in 0..100 {
+        run(&mut net, &mut qs, &m);
+    }
+    assert_eq!(NetStats::get(&s.throttled), 1);
+    assert_eq!(NetStats::get(&s.tx_frames), 1);
+    assert_eq!(used_idx(&m, &txq), 1);
+}
