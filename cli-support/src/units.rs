@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | size ([`parse_size`]) | a whole number of bytes with an optional binary unit `K`, `M`, `G`, `T` (also written `KB`/`KiB`, …, any case; a space may separate them) | `4096`, `512M`, `512 MiB`, `2G` |
 //! | duration ([`parse_duration`]) | a whole number with an optional unit `s`, `m`, `h`, `d`, `w` (plain: seconds) | `30s`, `15m`, `7d` |
+//! | rate ([`parse_rate`]) | a whole number per second with an optional decimal unit `k`, `M`, `G`, `T` (×1000, any case), optionally followed by `bit/s`, `bps`, `pps` or `/s` | `100M` (bits/s for `*-bps`), `20k` (packets/s for `*-pps`), `1Gbit/s` |
 //! | time ([`parse_time`]) | RFC 3339, or Unix seconds | `2025-01-31T12:00:00Z`, `1738324800` |
 //!
 //! The error messages say what was wrong and show a valid example.
@@ -21,6 +22,9 @@ pub enum UnitError {
     /// Not a duration.
     #[error("`{0}` is not a duration; use a number with a unit s, m, h, d or w (for example 90s, 30m, 7d)")]
     Duration(String),
+    /// Not a rate.
+    #[error("`{0}` is not a rate; use a whole number per second with an optional unit k, M, G or T (for example 100M, 20k)")]
+    Rate(String),
     /// Not a time.
     #[error("`{0}` is not a time; use RFC 3339 (2025-01-31T12:00:00Z) or Unix seconds")]
     Time(String),
@@ -72,6 +76,34 @@ pub fn parse_duration(s: &str) -> Result<u64, UnitError> {
         .ok_or_else(err)
 }
 
+/// Parses a rate per second (see the module docs): decimal units, as network rates
+/// are written (`100M` = 100,000,000).
+pub fn parse_rate(s: &str) -> Result<u64, UnitError> {
+    let err = || UnitError::Rate(s.to_owned());
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, rest) = t.split_at(split);
+    if num.is_empty() {
+        return Err(err());
+    }
+    let rest = rest.trim_start();
+    let lower = rest.to_ascii_lowercase();
+    let (mult, suffix): (u64, &str) = match lower.chars().next() {
+        Some('k') => (1_000, &lower[1..]),
+        Some('m') => (1_000_000, &lower[1..]),
+        Some('g') => (1_000_000_000, &lower[1..]),
+        Some('t') => (1_000_000_000_000, &lower[1..]),
+        _ => (1, lower.as_str()),
+    };
+    if !matches!(suffix, "" | "bit/s" | "bit" | "bps" | "pps" | "/s" | "b/s") {
+        return Err(err());
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(err)
+}
+
 /// Parses a time into Unix seconds (see the module docs).
 pub fn parse_time(s: &str) -> Result<i64, UnitError> {
     let t = s.trim();
@@ -97,6 +129,18 @@ pub fn rfc3339(secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1500").unwrap(), 1500);
+        assert_eq!(parse_rate("100M").unwrap(), 100_000_000);
+        assert_eq!(parse_rate("20k").unwrap(), 20_000);
+        assert_eq!(parse_rate("1 Gbit/s").unwrap(), 1_000_000_000);
+        assert_eq!(parse_rate("10kpps").unwrap(), 10_000);
+        for bad in ["", "M", "10X", "10MB", "-1", "99999999999999T"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
+mod net_policy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +51,9 @@ enum Command {
     /// Talk to a running VMM's control socket (status, measurement, pause, resume,
     /// shutdown).
     Api(cli::api::Args),
+    /// Network policies of this host's VMs (show a ruleset, list, remove stale ones).
+    #[command(subcommand)]
+    Net(cli::net_policy::Command),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cli_support::docs::CompletionsArgs),
     /// Write the man pages of cvm and every subcommand.
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Firmware(a) => cli::firmware::run(a),
         Command::Demo(a) => cli::demo::run(a),
         Command::Api(a) => cli::api::run(a),
+        Command::Net(c) => cli::net_policy::run(c),
         Command::Completions(a) => cli_support::docs::completions(Cli::command(), &a),
         Command::Man(a) => cli_support::docs::man(Cli::command(), &a),
     }

@@ -14,6 +14,7 @@ const COMMANDS: &[&str] = &[
     "firmware",
     "demo",
     "api",
+    "net",
 ];
 
 #[test]

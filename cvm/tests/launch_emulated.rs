@@ -309,6 +309,7 @@ fn run_td(
         vsock: None,
         kvm: None,
         api: None,
+        net: Vec::new(),
     };
     let stop = VmBuilder::new(config).unwrap().build().unwrap().run();
     let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();

@@ -8,6 +8,7 @@
 //! | PUT | `/v1/vm/pause` | 204; vCPUs leave KVM_RUN and wait |
 //! | PUT | `/v1/vm/resume` | 204 |
 //! | PUT | `/v1/vm/shutdown` | 202; the VM stops, `cvm launch` exits 0 |
+//! | GET | `/v1/metrics` | `{NAME: value}` from every source [`register_metrics`] added |
 //!
 //! Errors are RFC 7807 problem JSON. The socket is created with mode 0600 (only the
 //! VMM's user can control the VM); a stale socket file is replaced, any other existing
@@ -19,7 +20,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -64,6 +65,27 @@ pub enum ApiError {
     /// Binding failed.
     #[error("cannot serve the API socket {}", .0.display())]
     Bind(PathBuf, #[source] std::io::Error),
+}
+
+/// A source of `/v1/metrics` values (e.g. the network policy's denied-packet counters,
+/// which the unconfined `cvm` supervisor reads and shares with the VMM).
+pub type MetricsSource = Arc<dyn Fn() -> Value + Send + Sync>;
+
+static METRICS: Mutex<Vec<(String, MetricsSource)>> = Mutex::new(Vec::new());
+
+/// Adds a `/v1/metrics` source under `name` (replacing one of the same name). Sources
+/// are process-wide: a VMM process serves one VM.
+pub fn register_metrics(name: &str, source: MetricsSource) {
+    let mut m = METRICS.lock().unwrap_or_else(|e| e.into_inner());
+    m.retain(|(n, _)| n != name);
+    m.push((name.to_owned(), source));
+}
+
+/// The `/v1/metrics` body: `{NAME: value}` of every registered source.
+pub fn metrics() -> Value {
+    let sources: Vec<(String, MetricsSource)> =
+        METRICS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Value::Object(sources.into_iter().map(|(n, f)| (n, f())).collect())
 }
 
 /// Binds `path` (mode 0600), replacing a stale socket but nothing else.
@@ -206,6 +228,7 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> (u16, Option<Value>) {
     match (req.method.as_str(), path) {
         ("GET", "/v1/vm") => (200, Some(vm.status())),
         ("GET", "/v1/vm/measurement") => (200, Some(vm.measurement())),
+        ("GET", "/v1/metrics") => (200, Some(metrics())),
         ("PUT", "/v1/vm/pause") => match vm.pause() {
             Ok(()) => (204, None),
             Err(e) => problem(409, &e.to_string()),
@@ -220,7 +243,8 @@ pub fn route(req: &Request, vm: &dyn VmControl) -> (u16, Option<Value>) {
         }
         (
             _,
-            "/v1/vm" | "/v1/vm/measurement" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/shutdown",
+            "/v1/vm" | "/v1/vm/measurement" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/shutdown"
+            | "/v1/metrics",
         ) => problem(405, &format!("{} is not allowed on {path}", req.method)),
         _ => problem(404, &format!("no such resource: {path}")),
     }
@@ -360,6 +384,12 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 204"), "{r}");
         let r = call(&sock, "GET /v1/vm/measurement HTTP/1.1\r\n\r\n");
         assert!(r.contains("\"measurement\":null"), "{r}");
+        register_metrics("test", Arc::new(|| json!({"denied": 7})));
+        let r = call(&sock, "GET /v1/metrics HTTP/1.1\r\n\r\n");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("\"test\":{\"denied\":7}"),
+            "{r}"
+        );
         let r = call(&sock, "DELETE /v1/vm HTTP/1.1\r\n\r\n");
         assert!(
             r.starts_with("HTTP/1.1 405") && r.contains("application/problem+json"),

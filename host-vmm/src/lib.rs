@@ -17,7 +17,8 @@
 //! - [`vstate`]: KVM state (VM, guest memory, private memory, vCPUs and their exit
 //!   handler trait, the SEV/TDX ioctls).
 //! - [`devices`]: the emulated devices (16550 serial, i8042 reset, ACPI PM1a, pvpanic,
-//!   virtio-blk, virtio-vsock with hybrid Unix sockets and the attestation relay) and
+//!   virtio-blk, virtio-vsock with hybrid Unix sockets and the attestation relay,
+//!   virtio-net on a tap) and
 //!   the port-I/O and MMIO buses; the I/O APIC of split-irqchip (TDX) VMs, which
 //!   routes through a [`devices::ioapic::RouteSink`] (KVM's is
 //!   [`vstate::vm::KvmRoutes`]), so `devices` does not depend on `vstate`. See
@@ -26,6 +27,8 @@
 //!   TDX, KVM SNP and TDX), whether this host can provide each TEE, and the run-time
 //!   services of confidential guests.
 //! - [`isolation`]: the jail (namespaces, pivot_root) and the cgroup limits.
+//! - [`net`]: the host side of guest networking: taps, rate limiters, and the
+//!   [`net::NetInterface`] the host's network policy consumes.
 //! - [`seccomp`]: the per-thread seccomp filters.
 //!
 //! # Where `unsafe` lives
@@ -46,6 +49,7 @@ pub mod api;
 pub mod boot;
 pub mod devices;
 pub mod isolation;
+pub mod net;
 pub mod seccomp;
 pub mod tee;
 pub mod vmm;

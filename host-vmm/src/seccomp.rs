@@ -12,6 +12,9 @@
 //! - the vsock event thread: epoll, reading and writing its sockets, accepting on the
 //!   hybrid-vsock listener, connecting to Unix sockets and the verifier (socket,
 //!   connect, getsockopt/setsockopt, shutdown, FIONBIO), and getrandom for TLS.
+//! - each virtio-net event thread: epoll, `read`/`write` of its tap, eventfd and
+//!   timerfds, `timerfd_settime` (rate limiters) and `ioctl(TUNSETOFFLOAD)` only (the
+//!   tap is opened and configured before the jail).
 //! - the VMM thread, once the guest is running: waiting (futex, sleep), signalling the
 //!   vCPU threads out of KVM_RUN (`tgkill`), `KVM_IOEVENTFD` (one probe registered and
 //!   unregistered at start, which ends KVM's pending SRCU grace period early so that
@@ -57,6 +60,10 @@ pub enum ThreadKind {
     Vmm,
     /// The virtio-vsock event thread (Unix sockets, the attestation relay's TCP/TLS).
     VsockEvents,
+    /// A virtio-net event thread: reads and writes its tap, eventfd and timerfds, arms
+    /// its rate limiters' timers, and sets the tap's offloads once the guest negotiated
+    /// them.
+    NetEvents,
     /// The `--api-socket` thread: accepts and answers on an already bound Unix socket,
     /// and kicks vCPU threads out of KVM_RUN to pause them.
     Api,
@@ -233,6 +240,24 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 ],
             );
         }
+        ThreadKind::NetEvents => {
+            // Frames are read and written whole (read/write on the tap, a common
+            // call); the wake eventfd and the timers are read; a throttled queue arms
+            // its timer; the offloads follow the guest's features.
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_epoll_wait,
+                    libc::SYS_epoll_pwait,
+                    libc::SYS_read,
+                    libc::SYS_timerfd_settime,
+                ],
+            );
+            rules.insert(
+                libc::SYS_ioctl,
+                vec![arg1_is(crate::net::tap::TUNSETOFFLOAD)?],
+            );
+        }
         ThreadKind::Api => {
             allow(
                 &mut rules,
@@ -340,6 +365,7 @@ mod tests {
         assert!(program(ThreadKind::Vmm).unwrap().len() > 10);
         assert!(program(ThreadKind::VsockEvents).unwrap().len() > 10);
         assert!(program(ThreadKind::Api).unwrap().len() > 10);
+        assert!(program(ThreadKind::NetEvents).unwrap().len() > 10);
         assert!(program(ThreadKind::ConfidentialVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::EmulatedTeeVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Quote).unwrap().len() > 10);

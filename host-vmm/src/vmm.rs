@@ -32,9 +32,11 @@ use crate::devices::pci_config::{NoPci, PCI_CONFIG_BASE, PCI_CONFIG_LEN};
 use crate::devices::serial::{IrqTrigger, SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{self as virtio_net, Net, NetError, NetStats};
 use crate::devices::virtio::vsock::{self, Vsock, VsockConfig, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{BusOverlap, Buses, MmioOverlap};
+use crate::net::NetAttachment;
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::backend::{ExpectedMeasurement, PendingLaunch, TeeError, TeeRuntime, VmType};
 use crate::tee::TeeBackend;
@@ -97,6 +99,9 @@ pub struct VmConfig {
     pub kvm: Option<Kvm>,
     /// The control API's socket, bound before the jail.
     pub api: Option<std::os::unix::net::UnixListener>,
+    /// virtio-net interfaces, their taps opened before the jail (after vsock in MMIO
+    /// order).
+    pub net: Vec<NetAttachment>,
 }
 
 impl std::fmt::Debug for VmConfig {
@@ -109,6 +114,14 @@ impl std::fmt::Debug for VmConfig {
             .field("disks", &self.disks)
             .field("vsock", &self.vsock.is_some())
             .field("api", &self.api.is_some())
+            .field(
+                "net",
+                &self
+                    .net
+                    .iter()
+                    .map(|n| n.config.interface())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +194,9 @@ pub enum VmmError {
     /// The vsock event loop could not be set up.
     #[error("cannot set up the vsock event loop")]
     EventLoop(#[source] std::io::Error),
+    /// A virtio-net device could not be created.
+    #[error("cannot create the virtio-net device on tap {0}")]
+    Net(String, #[source] NetError),
     /// A step of the TEE backend failed.
     #[error("the TEE backend failed")]
     Tee(#[from] TeeError),
@@ -210,7 +226,7 @@ pub enum Step {
     BootData,
     /// The backend's own devices (the emulated mailbox).
     TeeDevices,
-    /// virtio-blk disks and virtio-vsock.
+    /// virtio-blk disks, virtio-vsock and virtio-net.
     VirtioDevices,
     /// The ACPI tables, with the backend's additions.
     Acpi,
@@ -238,6 +254,8 @@ pub struct VmBuilder {
     bus: Buses,
     virtio: Vec<VirtioMmioDesc>,
     vsock_loop: Option<VsockLoop>,
+    net_loops: Vec<VsockLoop>,
+    net_stats: Vec<(String, Arc<NetStats>)>,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -249,7 +267,7 @@ impl std::fmt::Debug for VmBuilder {
     }
 }
 
-/// The vsock device's event loop, before its thread starts.
+/// A device's event loop (vsock, each virtio-net), before its thread starts.
 struct VsockLoop {
     epoll: Arc<Epoll>,
     transport: Arc<Mutex<MmioTransport>>,
@@ -277,7 +295,7 @@ impl VmBuilder {
                 max,
             });
         }
-        let n_devices = config.disks.len() + usize::from(config.vsock.is_some());
+        let n_devices = config.disks.len() + usize::from(config.vsock.is_some()) + config.net.len();
         if n_devices > MAX_VIRTIO_DEVICES {
             return Err(VmmError::TooManyDevices(n_devices));
         }
@@ -290,6 +308,8 @@ impl VmBuilder {
             bus: Buses::default(),
             virtio: Vec::new(),
             vsock_loop: None,
+            net_loops: Vec::new(),
+            net_stats: Vec::new(),
         })
     }
 
@@ -431,6 +451,39 @@ impl VmBuilder {
                 stop,
             });
         }
+        for n in std::mem::take(&mut self.config.net) {
+            let iface = n.config.interface();
+            let epoll = Arc::new(Epoll::new().map_err(VmmError::EventLoop)?);
+            let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventLoop)?;
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::unix::io::AsRawFd::as_raw_fd(&stop),
+                    EpollEvent::new(EventSet::IN, virtio_net::TOKEN_STOP),
+                )
+                .map_err(VmmError::EventLoop)?;
+            let device = Net::new(n.tap, n.config.mac, n.config.limits, &epoll)
+                .map_err(|e| VmmError::Net(iface.tap.clone(), e))?;
+            self.net_stats.push((iface.tap.clone(), device.stats()));
+            let (base, gsi, transport) = self.attach_virtio(vm, Box::new(device))?;
+            tracing::info!(
+                event = "device",
+                kind = "virtio-net",
+                tap = %iface.tap,
+                owned = iface.owned,
+                mac = %iface.mac,
+                ip = ?iface.ip.map(|i| i.to_string()),
+                limits = ?n.config.limits,
+                mmio = format_args!("{base:#x}"),
+                gsi,
+                "network interface attached"
+            );
+            self.net_loops.push(VsockLoop {
+                epoll,
+                transport,
+                stop,
+            });
+        }
         Ok(())
     }
 
@@ -519,12 +572,17 @@ impl VmBuilder {
             launched.vcpus.len()
                 + 1
                 + usize::from(self.vsock_loop.is_some())
+                + self.net_loops.len()
                 + usize::from(api.is_some()),
         ));
         let event_thread = match self.vsock_loop.take() {
             Some(l) => Some(spawn_vsock(l, gate.clone(), mode)?),
             None => None,
         };
+        let net_threads = std::mem::take(&mut self.net_loops)
+            .into_iter()
+            .map(|l| spawn_net(l, gate.clone(), mode))
+            .collect::<Result<Vec<_>, _>>()?;
         let exits = launched
             .runtime
             .as_ref()
@@ -592,6 +650,8 @@ impl VmBuilder {
             threads,
             rx,
             event_thread,
+            net_threads,
+            net_stats: std::mem::take(&mut self.net_stats),
             runtime: launched.runtime,
             steps: self.steps,
             _vm: vm,
@@ -675,7 +735,35 @@ fn spawn_vsock(
     })
 }
 
-/// The vsock event thread, its stop event and the channel its end closes.
+fn spawn_net(
+    l: VsockLoop,
+    gate: Arc<std::sync::Barrier>,
+    mode: SeccompMode,
+) -> Result<EventThread, VmmError> {
+    let (epoll, transport) = (l.epoll, l.transport);
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let t = std::thread::Builder::new()
+        .name("virtio-net".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let confined = seccomp::install(ThreadKind::NetEvents, mode);
+            gate.wait();
+            match confined {
+                Ok(()) => virtio_net::event_loop(&epoll, &transport),
+                Err(e) => {
+                    tracing::error!(error = %e, "virtio-net thread not confined; not serving")
+                }
+            }
+        })
+        .map_err(VmmError::Thread)?;
+    Ok(EventThread {
+        thread: t,
+        stop: l.stop,
+        done: done_rx,
+    })
+}
+
+/// A device event thread, its stop event and the channel its end closes.
 struct EventThread {
     thread: JoinHandle<()>,
     stop: EventFd,
@@ -731,6 +819,9 @@ pub struct Vmm {
     threads: Vec<JoinHandle<()>>,
     rx: mpsc::Receiver<(u32, VcpuStop)>,
     event_thread: Option<EventThread>,
+    net_threads: Vec<EventThread>,
+    /// Each virtio-net interface's counters, logged when the VM stops.
+    net_stats: Vec<(String, Arc<NetStats>)>,
     runtime: Option<TeeRuntime>,
     steps: Vec<Step>,
     /// Keeps the VM (and its memory) alive until the threads are gone.
@@ -823,7 +914,12 @@ impl Vmm {
     fn teardown(&mut self, first: u32) {
         let threads = std::mem::take(&mut self.threads);
         let event_thread = self.event_thread.take();
-        if threads.is_empty() && event_thread.is_none() && self.runtime.is_none() {
+        let net_threads = std::mem::take(&mut self.net_threads);
+        if threads.is_empty()
+            && event_thread.is_none()
+            && net_threads.is_empty()
+            && self.runtime.is_none()
+        {
             return;
         }
         stop_threads(
@@ -834,6 +930,26 @@ impl Vmm {
             &self.shared.vcpu_threads,
             event_thread,
         );
+        for e in net_threads {
+            stop_event_thread(e, "virtio-net");
+        }
+        for (tap, s) in &self.net_stats {
+            let g = NetStats::get;
+            tracing::info!(
+                event = "net-stats",
+                tap = %tap,
+                tx_frames = g(&s.tx_frames),
+                tx_bytes = g(&s.tx_bytes),
+                tx_malformed = g(&s.tx_malformed),
+                tx_errors = g(&s.tx_errors),
+                rx_frames = g(&s.rx_frames),
+                rx_bytes = g(&s.rx_bytes),
+                rx_malformed = g(&s.rx_malformed),
+                rx_dropped = g(&s.rx_dropped),
+                throttled = g(&s.throttled),
+                "network interface counters"
+            );
+        }
         // Dropping the runtime closes the quote channel; the quote thread ends after at
         // most one QGS exchange, or with the process.
         drop(self.runtime.take());
@@ -982,13 +1098,19 @@ fn stop_threads(
         }
     }
     if let Some(e) = event_thread {
-        let _ = e.stop.write(1);
-        match e.done.recv_timeout(Duration::from_secs(2)) {
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = e.thread.join();
-            }
-            _ => tracing::warn!("the vsock thread did not stop; leaving it to process exit"),
+        stop_event_thread(e, "vsock");
+    }
+}
+
+/// Stops a device event thread: signals its stop event and joins it, or leaves it to
+/// process exit with a warning after 2 s.
+fn stop_event_thread(e: EventThread, name: &str) {
+    let _ = e.stop.write(1);
+    match e.done.recv_timeout(Duration::from_secs(2)) {
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = e.thread.join();
         }
+        _ => tracing::warn!("the {name} thread did not stop; leaving it to process exit"),
     }
 }
 
@@ -1056,6 +1178,7 @@ mod tests {
             vsock: None,
             kvm: Some(kvm),
             api: None,
+            net: Vec::new(),
         }
     }
 

@@ -89,6 +89,11 @@ pub struct Description {
     /// Resource limits (cgroup).
     #[serde(default)]
     pub limits: Limits,
+    /// Network interfaces (`[[net]]`, see `super::net`).
+    #[serde(default)]
+    pub net: Vec<super::net::NetTable>,
+    /// The network policy of the VM's taps (default deny).
+    pub network_policy: Option<crate::net_policy::NetworkPolicyToml>,
 }
 
 /// `[boot]`.
@@ -374,6 +379,20 @@ impl Loaded {
             .map(|p| {
                 u64::from_str_radix(p.trim().trim_start_matches("0x"), 16)
                     .map_err(|_| self.bad("snp.policy", format!("`{p}` is not a hex number")))
+            })
+            .transpose()
+    }
+
+    /// The validated `[network_policy]`, if the file has one.
+    pub fn network_policy(
+        &self,
+    ) -> Result<Option<crate::net_policy::NetworkPolicy>, DescriptionError> {
+        self.desc
+            .network_policy
+            .as_ref()
+            .map(|p| {
+                p.validate()
+                    .map_err(|e| self.bad("network_policy", e.to_string()))
             })
             .transpose()
     }

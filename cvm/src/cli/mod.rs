@@ -8,5 +8,7 @@ pub mod firmware;
 pub mod host_check;
 pub mod launch;
 pub mod measure;
+pub mod net;
+pub mod net_policy;
 
 pub use cli_support::fail;

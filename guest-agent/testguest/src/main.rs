@@ -23,6 +23,10 @@
 //!   without it. The command line is measured, so the pin is part of the measurement;
 //! - `cvm.kbs_port=N` (default 50000): the host vsock port of the attestation relay;
 //! - `cvm.kbs_workload=NAME` (optional): `extra-params.workload` for the verifier;
+//! - `cvm.net_test=GUEST_IP,HOST_IP,PORT` (optional): instead of attesting, run the
+//!   network self-test over the first virtio-net device ([`virtio::net_test`]: ARP,
+//!   a UDP hello to the host, an echo of the host's answer), then print
+//!   `cvm-testguest: disk message: (net test) host sent: <text>` and power off;
 //! - `cvm.tee_trap=port` (optional): TDCALL through the emulator trap (`out 0xE0`)
 //!   instead of the literal instruction (`trap_tdx`): needed under `--tee
 //!   emulated-tdx`, where this CPL3 code cannot execute TDCALL.
@@ -134,7 +138,6 @@ fn run(boot_params: usize) -> Result<String, String> {
     HEAP.init(heap_start as usize, end as usize);
 
     let cmdline = bootparams::cmdline(boot_params);
-    let params = parse_cmdline(&cmdline)?;
     if td {
         // Devices cannot reach private memory: convert the pool to shared and map it
         // through the shared-bit alias (see `dma`).
@@ -147,6 +150,11 @@ fn run(boot_params: usize) -> Result<String, String> {
         dma::init_shared_pool(HEAP_START, dma::POOL_SIZE, shared)
             .map_err(|e| format!("cannot map the DMA pool: {e}"))?;
     }
+    if let Some(spec) = virtio::net_test::requested(&cmdline) {
+        let got = virtio::net_test::run(spec)?;
+        return Ok(format!("(net test) host sent: {got}"));
+    }
+    let params = parse_cmdline(&cmdline)?;
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
     // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
     // TDVMCALL<GetQuote>, each through the trap the measured command line selects;

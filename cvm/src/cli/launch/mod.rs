@@ -65,6 +65,11 @@ pub struct Args {
     /// A virtio-blk disk: PATH or PATH,readonly (repeatable; replaces the file's disks).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
+    /// A virtio-net interface on a tap (repeatable; replaces the file's [[net]]):
+    /// tap=NAME (existing) or create=NAME (cvm creates and removes it), then optional
+    /// mac=, ip=ADDR/PREFIX, rx-bps=, tx-bps= (bits/s), rx-pps=, tx-pps= (e.g. 100M, 20k).
+    #[arg(long = "net", value_name = "tap=NAME|create=NAME[,…]", value_parser = super::net::parse_net)]
+    pub net: Vec<super::net::NetArg>,
     /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
     #[arg(long, value_name = "DIR")]
     pub emulated_platform: Option<PathBuf>,
@@ -185,6 +190,9 @@ VM description file (--config FILE; full schema: docs/vm-description.md):
                 vsock = { cid = 3, uds = \"PATH\" }, api_socket
   [attestation] url, ca_cert
   [limits]      cpu_quota, memory, cpus, cgroup_parent
+  [[net]]       tap | create, mac, ip, rx_bps, tx_bps, rx_pps, tx_pps (one table per interface)
+  [network_policy] name; [[network_policy.interfaces]] tap, mac, addresses,
+                egress/ingress = [{ cidr | vm, proto = \"tcp\", ports = [8080] }]
 
 Unknown keys are refused. Flags override the file (logged at INFO). `cvm measure --config
 FILE` prints the measurement this launch expects.";
@@ -204,6 +212,8 @@ pub struct Spec {
     pub serial: SerialOutput,
     /// Disks.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces (`super::net`).
+    pub net: Vec<host_vmm::net::NetConfig>,
     /// Emulated platform directory.
     pub emulated_platform: Option<PathBuf>,
     /// SNP policy.
@@ -258,6 +268,8 @@ pub struct Spec {
     pub cgroup_parent: Option<String>,
     /// Result format.
     pub output: cli_support::Output,
+    /// The network policy (`[network_policy]` of the description).
+    pub net_policy: Option<crate::net_policy::NetworkPolicy>,
 }
 
 /// Default guest memory.
@@ -381,6 +393,7 @@ impl Args {
             vcpus: pick("vcpus", self.vcpus, file_vcpus).unwrap_or(1),
             serial: pick("serial", self.serial, file_serial).unwrap_or(SerialOutput::Stdout),
             disks,
+            net: super::net::resolve(self.net, d)?,
             emulated_platform: pick(
                 "emulated_platform",
                 self.emulated_platform,
@@ -429,7 +442,21 @@ impl Args {
             cpus: pick("cpus", self.cpus, file_cpus),
             cgroup_parent: pick("cgroup_parent", self.cgroup_parent, limits.cgroup_parent),
             output: self.output,
+            net_policy: d.map(Loaded::network_policy).transpose()?.flatten(),
         };
+        if let Some(p) = &spec.net_policy {
+            let devices: Vec<crate::net_policy::Device<'_>> = spec
+                .net
+                .iter()
+                .map(|n| crate::net_policy::Device {
+                    tap: n.tap.name(),
+                    mac: n.mac.0,
+                    ip: n.ip.map(|c| c.addr),
+                })
+                .collect();
+            crate::net_policy::check_devices(p, &devices)
+                .map_err(|e| bad("network_policy", e.to_string()))?;
+        }
         Ok(spec)
     }
 }
@@ -666,6 +693,12 @@ pub enum LaunchError {
     /// A --disk image cannot be opened.
     #[error("--disk {0}: cannot open the disk image")]
     Disk(PathBuf, #[source] std::io::Error),
+    /// A --net tap cannot be opened or created.
+    #[error("--net: cannot attach the network interface")]
+    Net(#[from] host_vmm::net::TapError),
+    /// The network policy could not be installed (the VM does not start).
+    #[error("the network policy refused the launch")]
+    NetPolicy(#[from] crate::net_policy::NetPolicyError),
 }
 
 impl ExitClass for LaunchError {
@@ -695,6 +728,7 @@ impl ExitClass for LaunchError {
                 | EmulatedLaunchError::TdxPlan(_),
             ) => EXIT_USAGE,
             LaunchError::Vmm(e) if vmm_input_error(e) => EXIT_USAGE,
+            LaunchError::Net(e) if super::net::is_input_error(e) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -1210,6 +1244,20 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
     let backend = build_backend(a, &inputs)?;
     print_expected(a, &backend.measurement());
     log_launch(a, &inputs, backend.as_ref());
+    // The taps exist from here (`create=` makes them); the policy is installed before
+    // the VM's process can run the guest.
+    let net = super::net::open_all(&a.net)?;
+    match install_net_policy(a)? {
+        Some(NetRole::Supervisor(s)) => {
+            // Only the VM's process holds its taps.
+            drop(net);
+            return Ok(Outcome::ChildExited(s.run()));
+        }
+        Some(NetRole::Vm(m)) => {
+            host_vmm::api::register_metrics("net_policy", Arc::new(move || m.json()))
+        }
+        None => {}
+    }
     let cgroup = apply_limits(a)?;
     let api = a
         .api_socket
@@ -1232,8 +1280,33 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         vsock: inputs.vsock,
         kvm: Some(kvm),
         api,
+        net,
     };
     Ok(Outcome::Stopped(vmm::run(config)?))
+}
+
+use crate::net_policy::supervisor::Role as NetRole;
+
+/// Installs the network policy before anything can reach the guest, then forks: this
+/// process stays as the supervisor that removes the policy when the VM ends (see
+/// `crate::net_policy`); the child goes on to run the VM. A policy that cannot be
+/// installed refuses the launch.
+fn install_net_policy(a: &Spec) -> Result<Option<NetRole>, LaunchError> {
+    use crate::net_policy::{nft::Nft, registry::Registry, supervisor};
+    let Some(p) = &a.net_policy else {
+        if !a.net.is_empty() {
+            tracing::warn!(
+                event = "net-policy-absent",
+                "no [network_policy]: the host does not filter this VM's network traffic \
+                 (add one for default deny and anti-spoofing)"
+            );
+        }
+        return Ok(None);
+    };
+    let registry = Registry::open(&Registry::default_dir())
+        .map_err(crate::net_policy::NetPolicyError::from)?;
+    let installed = supervisor::Installed::install(p, Nft::default(), registry)?;
+    Ok(Some(supervisor::supervise(installed)?))
 }
 
 /// How a launch ended.

@@ -11,6 +11,8 @@
 //! firmware hashes the image at ~1 µs per instruction).
 
 pub mod blk;
+pub mod net;
+pub mod net_test;
 pub mod vsock;
 
 use core::sync::atomic::{fence, Ordering};
@@ -24,6 +26,8 @@ pub const MMIO_STRIDE: usize = 0x1000;
 /// Slots probed.
 pub const MMIO_SLOTS: usize = 32;
 
+/// Device ids.
+pub const DEVICE_NET: u32 = 1;
 /// Device ids.
 pub const DEVICE_BLOCK: u32 = 2;
 /// Device ids.

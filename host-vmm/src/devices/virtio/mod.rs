@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use virtio_queue::Queue;
@@ -23,7 +24,7 @@ pub const F_ACCESS_PLATFORM: u64 = 1 << 33;
 
 /// A virtio device model behind a transport.
 pub trait VirtioDevice: Send {
-    /// Virtio device id (2 block, 19 vsock).
+    /// Virtio device id (1 net, 2 block, 19 vsock).
     fn device_type(&self) -> u32;
     /// Maximum size of each queue.
     fn queue_max_sizes(&self) -> &[u16];

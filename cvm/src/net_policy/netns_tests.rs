@@ -1,0 +1,605 @@
+//! Real packets through installed policies, each test in a fresh network namespace
+//! (the thread running it unshares one, so the host's network is untouched and the
+//! namespace, its taps and tables vanish with the thread). The test plays the guests:
+//! it owns the taps' file descriptors, writes the frames a guest would send and reads
+//! what the host delivers to the guest. Needs root and `nft`.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::model::NetworkPolicyToml;
+use super::nft::Nft;
+use super::registry::Registry;
+use super::supervisor::{gc, Installed};
+use super::{Counts, NetPolicyError, NetworkPolicy};
+
+/// Runs `f` on a thread in a new network namespace; a panic fails the test.
+fn in_netns(f: impl FnOnce() + Send + 'static) {
+    let r = std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
+        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
+        // the counts; /proc/sys/net is the namespace of the process that opens it.
+        let quiet = std::process::Command::new("sh")
+            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
+            .status()
+            .unwrap();
+        assert!(quiet.success());
+        f();
+    })
+    .join();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+fn requirements() -> bool {
+    test_kit::require_root()
+        && test_kit::require_tool("nft")
+        && test_kit::require_tool("ip")
+        && test_kit::require_file("/dev/net/tun")
+}
+
+fn ip(args: &str) {
+    let out = Command::new("ip")
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A tap whose guest side is this descriptor.
+struct Tap(OwnedFd);
+
+impl Tap {
+    fn create(name: &str) -> Tap {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        let mut ifr = [0u8; 40];
+        ifr[..name.len()].copy_from_slice(name.as_bytes());
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as u16;
+        ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
+        // SAFETY: TUNSETIFF reads and writes a 40-byte ifreq, which `ifr` is.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x400454ca, ifr.as_mut_ptr()) };
+        assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        ip(&format!("link set {name} up"));
+        Tap(f.into())
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: writes `frame.len()` bytes from a valid buffer to our descriptor.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Whether a frame for which `want` holds arrives within `wait`.
+    fn receives(&self, wait: Duration, want: impl Fn(&[u8]) -> bool) -> bool {
+        let end = Instant::now() + wait;
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut p = libc::pollfd {
+                fd: self.0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut p, 1, left.as_millis() as i32 + 1) };
+            if rc <= 0 {
+                continue;
+            }
+            // SAFETY: reads at most `buf.len()` bytes into `buf`.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 && want(&buf[..n as usize]) {
+                return true;
+            }
+        }
+    }
+}
+
+/// The MAC address of interface `name` (`ip -o link show`).
+fn mac_of(name: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    super::model::Mac::parse(mac).unwrap().0
+}
+
+fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from(c[0]) << 8
+        };
+        sum += u32::from(w);
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_SYN_ACK: u8 = 0x12;
+
+/// An Ethernet frame carrying an IPv4 TCP segment (`flags`), or UDP when `flags` is
+/// `None`; the payload is `marker` so the receiver can recognise it.
+#[allow(clippy::too_many_arguments)]
+fn ipv4_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: Option<u8>,
+    marker: u32,
+) -> Vec<u8> {
+    let payload = marker.to_be_bytes();
+    let l4 = match flags {
+        Some(f) => {
+            let mut t = vec![0u8; 20];
+            t[0..2].copy_from_slice(&sport.to_be_bytes());
+            t[2..4].copy_from_slice(&dport.to_be_bytes());
+            t[4..8].copy_from_slice(&marker.to_be_bytes());
+            if f & 0x10 != 0 {
+                t[8..12].copy_from_slice(&1u32.to_be_bytes());
+            }
+            t[12] = 5 << 4;
+            t[13] = f;
+            t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+            t
+        }
+        None => {
+            let mut u = vec![0u8; 8];
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            u[2..4].copy_from_slice(&dport.to_be_bytes());
+            u[4..6].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+            u.extend_from_slice(&payload);
+            u
+        }
+    };
+    let proto = if flags.is_some() { 6u8 } else { 17 };
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&l4);
+    let mut l4 = l4;
+    let c = checksum(&pseudo, 0);
+    let at = if flags.is_some() { 16 } else { 6 };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    let mut ipv4 = vec![0u8; 20];
+    ipv4[0] = 0x45;
+    ipv4[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+    ipv4[6] = 0x40;
+    ipv4[8] = 64;
+    ipv4[9] = proto;
+    ipv4[12..16].copy_from_slice(&src.octets());
+    ipv4[16..20].copy_from_slice(&dst.octets());
+    let c = checksum(&ipv4, 0);
+    ipv4[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ipv4);
+    f.extend_from_slice(&l4);
+    f
+}
+
+/// An ARP reply: `sender_ip` is at `sender_mac`.
+fn arp_frame(
+    eth_src: [u8; 6],
+    sender_mac: [u8; 6],
+    sender_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&eth_src);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender_ip.octets());
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&target_ip.octets());
+    f
+}
+
+fn is_ipv4_from(frame: &[u8], src: Ipv4Addr, marker: u32) -> bool {
+    frame.len() >= 42
+        && frame[12..14] == [0x08, 0x00]
+        && frame[26..30] == src.octets()
+        && (frame[38..42] == marker.to_be_bytes()
+            || frame.len() >= 46 && frame[42..46] == marker.to_be_bytes())
+}
+
+fn is_arp_for(frame: &[u8], sender_ip: Ipv4Addr) -> bool {
+    frame.len() >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == sender_ip.octets()
+}
+
+fn policy(text: &str) -> NetworkPolicy {
+    toml::from_str::<NetworkPolicyToml>(text)
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+fn counts(nft: &Nft, i: &Installed) -> Counts {
+    nft.counts(&i.tables()[0]).unwrap()
+}
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const SHORT: Duration = Duration::from_millis(400);
+const LONG: Duration = Duration::from_secs(2);
+
+/// Two VMs on one bridge: A may reach B on TCP 8080, nothing else passes.
+#[test]
+fn two_vms_on_a_bridge_reach_each_other_only_as_the_policy_allows() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = || Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvmta");
+        let tb = Tap::create("cvmtb");
+        ip("link add cvmbr type bridge");
+        ip("link set cvmta master cvmbr");
+        ip("link set cvmtb master cvmbr");
+        ip("link set cvmbr up");
+        let pa = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmta\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        let pb = policy(
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvmtb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\"]\ningress = [{ vm = \"a\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        // A starts first: B is not running, so A may reach nothing yet.
+        let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
+        let syn = |m| ipv4_frame(MAC_A, MAC_B, A, B, 40000, 8080, Some(TCP_SYN), m);
+        ta.send(&syn(1));
+        assert!(
+            !tb.receives(SHORT, |f| is_ipv4_from(f, A, 1)),
+            "a peer that is not running resolves to nothing"
+        );
+        assert_eq!(counts(&nft, &ia).get("egress_denied"), 1);
+        let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
+        assert!(
+            ia.refresh_peers().unwrap(),
+            "B's address is resolved once B runs"
+        );
+        // The allowed port passes, and B's SYN-ACK comes back.
+        ta.send(&syn(2));
+        assert!(
+            tb.receives(LONG, |f| is_ipv4_from(f, A, 2)),
+            "A -> B:8080 is allowed"
+        );
+        tb.send(&ipv4_frame(
+            MAC_B,
+            MAC_A,
+            B,
+            A,
+            8080,
+            40000,
+            Some(TCP_SYN_ACK),
+            3,
+        ));
+        assert!(
+            ta.receives(LONG, |f| is_ipv4_from(f, B, 3)),
+            "B's reply reaches A"
+        );
+        // Every other A -> B port is dropped and counted (by A's egress).
+        let before = counts(&nft, &ia);
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 40000, 22, Some(TCP_SYN), 4));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 40000, 8080, None, 5));
+        assert!(!tb.receives(SHORT, |f| is_ipv4_from(f, A, 4) || is_ipv4_from(f, A, 5)));
+        assert_eq!(
+            counts(&nft, &ia).get("egress_denied"),
+            before.get("egress_denied") + 2
+        );
+        // B -> A is dropped: a new connection, and a SYN dressed as a reply from 8080.
+        let before = counts(&nft, &ib);
+        tb.send(&ipv4_frame(
+            MAC_B,
+            MAC_A,
+            B,
+            A,
+            40001,
+            8080,
+            Some(TCP_SYN),
+            6,
+        ));
+        tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 8080, 22, Some(TCP_SYN), 7));
+        assert!(!ta.receives(SHORT, |f| is_ipv4_from(f, B, 6) || is_ipv4_from(f, B, 7)));
+        assert_eq!(
+            counts(&nft, &ib).get("egress_denied"),
+            before.get("egress_denied") + 2
+        );
+        // A spoofed source address, a spoofed MAC and a spoofed ARP from A are dropped
+        // and counted.
+        let before = counts(&nft, &ia);
+        let evil = Ipv4Addr::new(10, 0, 0, 99);
+        ta.send(&ipv4_frame(
+            MAC_A,
+            MAC_B,
+            evil,
+            B,
+            40000,
+            8080,
+            Some(TCP_SYN),
+            8,
+        ));
+        ta.send(&ipv4_frame(
+            [2, 0, 0, 0, 0, 0x66],
+            MAC_B,
+            A,
+            B,
+            40000,
+            8080,
+            Some(TCP_SYN),
+            9,
+        ));
+        ta.send(&arp_frame(MAC_A, MAC_A, B, B));
+        assert!(!tb.receives(SHORT, |f| is_ipv4_from(f, evil, 8)
+            || is_ipv4_from(f, A, 9)
+            || is_arp_for(f, B)));
+        assert_eq!(counts(&nft, &ia).get("spoofed"), before.get("spoofed") + 3);
+        // A's own ARP passes (to B, which may receive ARP).
+        ta.send(&arp_frame(MAC_A, MAC_A, A, B));
+        assert!(
+            tb.receives(LONG, |f| is_arp_for(f, A)),
+            "A's honest ARP reaches B"
+        );
+        // IPv6 (and any other ethertype) is dropped and counted.
+        let mut v6 = ipv4_frame(MAC_A, MAC_B, A, B, 1, 8080, Some(TCP_SYN), 10);
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        let before = counts(&nft, &ia);
+        ta.send(&v6);
+        assert_eq!(
+            counts(&nft, &ia).get("other_denied"),
+            before.get("other_denied") + 1
+        );
+        // Removing A removes its table and registry entry, and nothing else.
+        ia.remove().unwrap();
+        let tables = nft.netdev_tables().unwrap();
+        assert!(!tables.contains(&ia.tables()[0]), "{tables:?}");
+        assert!(tables.contains(&ib.tables()[0]), "{tables:?}");
+        assert!(reg().read("a").is_none());
+        ib.remove().unwrap();
+        assert!(nft.netdev_tables().unwrap().is_empty());
+    });
+}
+
+/// A routed tap: the host's own stack answers on the allowed port only, and the host
+/// cannot open a connection to the guest.
+#[test]
+fn a_routed_tap_passes_the_allowed_port_and_nothing_else() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let tap = Tap::create("cvmtr");
+        ip("addr add 10.0.1.1/24 dev cvmtr");
+        ip("neigh replace 10.0.1.2 lladdr 02:00:00:00:00:0a dev cvmtr");
+        let host = Ipv4Addr::new(10, 0, 1, 1);
+        let guest = Ipv4Addr::new(10, 0, 1, 2);
+        let open = std::net::TcpListener::bind((host, 8080)).unwrap();
+        let _closed = std::net::TcpListener::bind((host, 9090)).unwrap();
+        let p = policy(
+            "name = \"r\"\n[[interfaces]]\ntap = \"cvmtr\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.1.2\"]\negress = [{ cidr = \"10.0.1.1\", proto = \"tcp\", ports = [8080] }, { cidr = \"10.0.1.1\", proto = \"udp\", ports = [5353] }]\n",
+        );
+        let udp = std::net::UdpSocket::bind((host, 5353)).unwrap();
+        udp.set_read_timeout(Some(SHORT)).unwrap();
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let hmac = mac_of("cvmtr");
+        // The allowed port: the host's SYN-ACK comes back to the guest.
+        tap.send(&ipv4_frame(
+            MAC_A,
+            hmac,
+            guest,
+            host,
+            40000,
+            8080,
+            Some(TCP_SYN),
+            1,
+        ));
+        let synack = |f: &[u8]| {
+            f.len() >= 54
+                && f[12..14] == [8, 0]
+                && f[26..30] == host.octets()
+                && f[47] == TCP_SYN_ACK
+        };
+        assert!(
+            tap.receives(LONG, synack),
+            "the host answers on the allowed port"
+        );
+        drop(open);
+        // UDP to the allowed port arrives from the guest's address, not from a spoofed
+        // one (the host would accept it: the address is on the tap's subnet).
+        let mut buf = [0u8; 16];
+        let before = counts(&nft, &i);
+        tap.send(&ipv4_frame(
+            MAC_A,
+            hmac,
+            Ipv4Addr::new(10, 0, 1, 99),
+            host,
+            40000,
+            5353,
+            None,
+            11,
+        ));
+        assert!(
+            udp.recv_from(&mut buf).is_err(),
+            "a spoofed source reached the host"
+        );
+        assert_eq!(counts(&nft, &i).get("spoofed"), before.get("spoofed") + 1);
+        tap.send(&ipv4_frame(MAC_A, hmac, guest, host, 40000, 5353, None, 12));
+        let (n, from) = udp
+            .recv_from(&mut buf)
+            .expect("the guest's own datagram arrives");
+        assert_eq!(
+            (&buf[..n], from),
+            (&12u32.to_be_bytes()[..], (guest, 40000).into())
+        );
+        // Only the guest's own address is delivered to it: a datagram from the allowed
+        // peer and port (a "reply") to another address on the tap is dropped.
+        ip("neigh replace 10.0.1.77 lladdr 02:00:00:00:00:0a dev cvmtr");
+        let before = counts(&nft, &i);
+        udp.send_to(&13u32.to_be_bytes(), (Ipv4Addr::new(10, 0, 1, 77), 40000))
+            .unwrap();
+        assert!(!tap.receives(SHORT, |f| f.len() >= 46 && f[30..34] == [10, 0, 1, 77]));
+        assert_eq!(
+            counts(&nft, &i).get("ingress_denied"),
+            before.get("ingress_denied") + 1
+        );
+        udp.send_to(&14u32.to_be_bytes(), (guest, 40000)).unwrap();
+        assert!(
+            tap.receives(LONG, |f| is_ipv4_from(f, host, 14)),
+            "the reply to the guest passes"
+        );
+        // Another port: dropped before the host sees it, so no answer, and counted.
+        let before = counts(&nft, &i);
+        tap.send(&ipv4_frame(
+            MAC_A,
+            hmac,
+            guest,
+            host,
+            40000,
+            9090,
+            Some(TCP_SYN),
+            2,
+        ));
+        assert!(!tap.receives(SHORT, |f| f.len() >= 30
+            && f[12..14] == [8, 0]
+            && f[26..30] == host.octets()));
+        assert_eq!(
+            counts(&nft, &i).get("egress_denied"),
+            before.get("egress_denied") + 1
+        );
+        // The host connecting to the guest: its SYN never reaches the guest.
+        let before = counts(&nft, &i);
+        let t = std::thread::spawn(move || {
+            std::net::TcpStream::connect_timeout(&(guest, 22).into(), Duration::from_millis(300))
+        });
+        assert!(!tap.receives(SHORT, |f| f.len() >= 34
+            && f[12..14] == [8, 0]
+            && f[30..34] == guest.octets()
+            && f[23] == 6));
+        assert!(t.join().unwrap().is_err());
+        assert!(counts(&nft, &i).get("ingress_denied") > before.get("ingress_denied"));
+        i.remove().unwrap();
+        assert!(nft.netdev_tables().unwrap().is_empty());
+    });
+}
+
+/// Fail closed: a missing tap or a ruleset nft refuses leaves nothing installed; a
+/// crashed run's tables are replaced by the next start and removed by `gc`.
+#[test]
+fn failures_leave_nothing_and_stale_tables_are_replaced_or_collected() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("net");
+        let nft = Nft::default();
+        let p = policy(
+            "name = \"s\"\n[[interfaces]]\ntap = \"cvmts\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.2.2\"]\n",
+        );
+        let e = Installed::install(&p, nft.clone(), Registry::open(&dir).unwrap()).unwrap_err();
+        assert!(matches!(e, NetPolicyError::NoTap(_)), "{e}");
+        let _tap = Tap::create("cvmts");
+        // nft itself refuses (a binary that always fails stands in for a kernel without
+        // nf_tables): the registry entry is withdrawn too.
+        let failing = Nft::with_binary("/bin/false".into());
+        let e = Installed::install(&p, failing, Registry::open(&dir).unwrap()).unwrap_err();
+        assert!(matches!(e, NetPolicyError::Nft(_)), "{e}");
+        assert!(Registry::open(&dir).unwrap().read("s").is_none());
+        assert!(nft.netdev_tables().unwrap().is_empty());
+        // A run that crashed: its table and entry stay (an entry whose process is gone).
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        let table = i.tables()[0].clone();
+        let file = dir.join("s.json");
+        let mut e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        e["start_time"] = serde_json::json!(1);
+        std::fs::write(&file, e.to_string()).unwrap();
+        std::mem::forget(i);
+        // Its stale table is replaced as a whole (an object only the stale one has is gone).
+        nft.apply(&format!(
+            "add counter netdev {table} stale_marker {{ packets 5 bytes 5 }}\n"
+        ))
+        .unwrap();
+        let listed = |t: &str| {
+            let o = Command::new("nft")
+                .args(["list", "table", "netdev", t])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert!(listed(&table).contains("stale_marker"));
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        assert!(
+            !listed(&table).contains("stale_marker"),
+            "{}",
+            listed(&table)
+        );
+        assert_eq!(nft.counts(&table).unwrap().get("spoofed"), 0);
+        assert_eq!(nft.netdev_tables().unwrap(), vec![table.clone()]);
+        // gc keeps a live VM's table and removes a stale one.
+        let reg = Registry::open(&dir).unwrap();
+        assert!(gc(&nft, &reg).unwrap().is_empty());
+        std::fs::write(&file, e.to_string()).unwrap();
+        assert_eq!(gc(&nft, &reg).unwrap(), vec![table]);
+        assert!(nft.netdev_tables().unwrap().is_empty());
+        assert!(reg.read("s").is_none());
+        drop(i);
+        // A crashed VM's table on a tap that another VM now uses would still filter that
+        // tap: the new VM's start removes it with its entry.
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        std::fs::write(&file, e.to_string()).unwrap();
+        std::mem::forget(i);
+        let q = policy(
+            "name = \"s2\"\n[[interfaces]]\ntap = \"cvmts\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.2.3\"]\n",
+        );
+        let i = Installed::install(&q, nft.clone(), Registry::open(&dir).unwrap()).unwrap();
+        assert_eq!(nft.netdev_tables().unwrap(), i.tables().to_vec());
+        assert!(Registry::open(&dir).unwrap().read("s").is_none());
+        i.remove().unwrap();
+    });
+}

@@ -1,0 +1,438 @@
+//! The nftables ruleset of one VM interface, generated from the validated model.
+//!
+//! One `netdev` table per VM interface, with two base chains on the tap device:
+//! `from_vm` on the tap's **ingress** hook sees every frame the guest sends, before the
+//! host's stack, a bridge or a route sees it; `to_vm` on its **egress** hook sees every
+//! frame about to be written to the guest, whether a bridge forwarded it from another
+//! port or the host routed it there. So the same table enforces the policy for two VMs
+//! on one bridge and for routed taps, and needs neither `br_netfilter` nor a guess at
+//! the topology. Both chains have `policy drop`: what no rule allows is dropped.
+//!
+//! The netdev family has no connection tracking, so replies are allowed statelessly
+//! and narrowly: a reply must come from (or go to) the allowed peer and port, and a TCP
+//! reply may not be a bare SYN (`tcp flags & (syn | ack) != syn`), so no allowed
+//! *reply* direction can open a connection. UDP replies are matched by the peer's port
+//! only (see the README's threat model).
+//!
+//! Named counters count each kind of denial: `spoofed` (a frame from the tap with
+//! another MAC, or an IPv4/ARP source that is not the guest's), `egress_denied` (IPv4
+//! from the guest that no rule allows), `ingress_denied` (IPv4 to the guest that no rule
+//! allows) and `other_denied` (any other ethertype, IPv6 included, either way).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use sha2::{Digest, Sha256};
+
+use super::model::{Interface, NetworkPolicy, Peer, PortRange, Proto, Rule, TapName, VmName};
+
+/// Every table `cvm` installs starts with this.
+pub const TABLE_PREFIX: &str = "cvm_";
+
+/// The counters of a table, in the order [`super::Counts`] holds them.
+pub const COUNTERS: [&str; 4] = ["spoofed", "egress_denied", "ingress_denied", "other_denied"];
+
+/// The ICMP types allowed back as replies to an allowed ICMP flow.
+const ICMP_REPLIES: &str =
+    "{ echo-reply, destination-unreachable, time-exceeded, parameter-problem }";
+
+/// The table of `vm`'s interface on `tap`: `cvm_<vm>_<tap>_<hash>`, readable, and
+/// collision-safe because the hash covers the exact names (two taps that read the same
+/// after `-`/`.` become `_` still get different tables).
+pub fn table_name(vm: &VmName, tap: &TapName) -> String {
+    let readable: String = tap
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut h = Sha256::new();
+    h.update(vm.as_str().as_bytes());
+    h.update([0]);
+    h.update(tap.as_str().as_bytes());
+    let digest = h.finalize();
+    format!(
+        "{TABLE_PREFIX}{}_{readable}_{}",
+        vm.ident(),
+        hex::encode(&digest[..4])
+    )
+}
+
+/// The set holding `vm`'s addresses.
+fn peer_set(vm: &VmName) -> String {
+    format!("vm_{}", vm.ident())
+}
+
+/// The resolved addresses of the VMs a policy names (absent or empty: not running).
+pub type Peers = BTreeMap<VmName, Vec<Ipv4Addr>>;
+
+fn addr_list(a: &[Ipv4Addr]) -> String {
+    let mut v: Vec<Ipv4Addr> = a.to_vec();
+    v.sort();
+    v.dedup();
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Sorted, merged port ranges as an nftables set (`{ 53, 5000-5010 }`).
+fn port_set(ports: &[PortRange]) -> String {
+    let mut v = ports.to_vec();
+    v.sort_by_key(|p| (p.lo, p.hi));
+    let mut merged: Vec<PortRange> = Vec::new();
+    for p in v {
+        match merged.last_mut() {
+            Some(m) if u32::from(p.lo) <= u32::from(m.hi) + 1 => m.hi = m.hi.max(p.hi),
+            _ => merged.push(p),
+        }
+    }
+    let items: Vec<String> = merged.iter().map(ToString::to_string).collect();
+    format!("{{ {} }}", items.join(", "))
+}
+
+fn peer_expr(p: &Peer) -> String {
+    match p {
+        Peer::Cidr(c) => c.to_string(),
+        Peer::Vm(n) => format!("@{}", peer_set(n)),
+    }
+}
+
+/// The rule line allowing `r`'s traffic in its own direction (`to`: the peer is the
+/// destination, i.e. an egress rule seen on `from_vm`; otherwise the source).
+fn forward_line(r: &Rule, peer_is_daddr: bool) -> String {
+    let side = if peer_is_daddr { "daddr" } else { "saddr" };
+    let peer = peer_expr(&r.peer);
+    match r.proto {
+        Proto::Icmp => format!("ip {side} {peer} ip protocol icmp accept"),
+        p if r.ports.is_empty() => format!("ip {side} {peer} ip protocol {} accept", p.as_str()),
+        p => format!(
+            "ip {side} {peer} {} dport {} accept",
+            p.as_str(),
+            port_set(&r.ports)
+        ),
+    }
+}
+
+/// The rule line allowing the replies to `r`'s traffic, in the other direction.
+fn reply_line(r: &Rule, peer_is_daddr: bool) -> String {
+    let side = if peer_is_daddr { "daddr" } else { "saddr" };
+    let peer = peer_expr(&r.peer);
+    let ports = if r.ports.is_empty() {
+        String::new()
+    } else {
+        format!(" {} sport {}", r.proto.as_str(), port_set(&r.ports))
+    };
+    match r.proto {
+        Proto::Icmp => format!("ip {side} {peer} icmp type {ICMP_REPLIES} accept"),
+        Proto::Tcp => {
+            format!("ip {side} {peer} ip protocol tcp{ports} tcp flags & (syn | ack) != syn accept")
+        }
+        Proto::Udp => format!("ip {side} {peer} ip protocol udp{ports} accept"),
+    }
+}
+
+fn describe(r: &Rule) -> String {
+    let peer = match &r.peer {
+        Peer::Cidr(c) => format!("cidr {c}"),
+        Peer::Vm(n) => format!("vm {n}"),
+    };
+    let ports = if r.ports.is_empty() {
+        if r.proto == Proto::Icmp {
+            String::new()
+        } else {
+            " every port".into()
+        }
+    } else {
+        format!(" ports {}", port_set(&r.ports))
+    };
+    format!("{peer} {}{ports}", r.proto.as_str())
+}
+
+/// The whole `nft -f` script installing `iface`'s table, replacing any table of the
+/// same name in the same transaction (a stale table of a crashed run of the same VM).
+/// `peers` holds the addresses of the named VMs that run now.
+pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
+    let t = table_name(vm, &iface.tap);
+    let tap = iface.tap.as_str();
+    let mac = iface.mac;
+    let mut s = String::new();
+    let w = &mut s;
+    // `writeln!` into a String cannot fail.
+    let _ = writeln!(
+        w,
+        "# cvm network policy of VM {vm} on tap {tap} (generated by cvm; replaced as a whole)"
+    );
+    let _ = writeln!(w, "table netdev {t}");
+    let _ = writeln!(w, "delete table netdev {t}");
+    let _ = writeln!(w, "table netdev {t} {{");
+    let _ = writeln!(w, "\tcomment \"cvm network policy: vm {vm} tap {tap}\"");
+    for c in COUNTERS {
+        let _ = writeln!(w, "\tcounter {c} {{ }}");
+    }
+    let _ = writeln!(
+        w,
+        "\tset own {{ type ipv4_addr; elements = {{ {} }}; }}",
+        addr_list(&iface.addresses)
+    );
+    let named: Vec<VmName> = {
+        let mut v: Vec<VmName> = iface
+            .egress
+            .iter()
+            .chain(&iface.ingress)
+            .filter_map(|r| match &r.peer {
+                Peer::Vm(n) => Some(n.clone()),
+                Peer::Cidr(_) => None,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for n in &named {
+        let addrs = peers.get(n).map(Vec::as_slice).unwrap_or_default();
+        let elements = if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", addr_list(addrs))
+        };
+        let _ = writeln!(
+            w,
+            "\tset {} {{ type ipv4_addr; flags interval;{elements} }}",
+            peer_set(n)
+        );
+    }
+    // From the guest.
+    let _ = writeln!(w, "\tchain from_vm {{");
+    let _ = writeln!(
+        w,
+        "\t\ttype filter hook ingress device \"{tap}\" priority -500; policy drop;"
+    );
+    let _ = writeln!(w, "\t\tether saddr != {mac} counter name \"spoofed\" drop");
+    let _ = writeln!(w, "\t\tether type arp jump arp_from_vm");
+    let _ = writeln!(w, "\t\tether type ip jump ip_from_vm");
+    let _ = writeln!(w, "\t\tcounter name \"other_denied\" drop");
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "\tchain arp_from_vm {{");
+    let _ = writeln!(
+        w,
+        "\t\tarp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation {{ request, reply }} arp saddr ether {mac} arp saddr ip @own accept"
+    );
+    let _ = writeln!(w, "\t\tcounter name \"spoofed\" drop");
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "\tchain ip_from_vm {{");
+    let _ = writeln!(w, "\t\tip saddr != @own counter name \"spoofed\" drop");
+    for (i, r) in iface.egress.iter().enumerate() {
+        let _ = writeln!(w, "\t\t# egress[{i}]: {}", describe(r));
+        let _ = writeln!(w, "\t\t{}", forward_line(r, true));
+    }
+    for (i, r) in iface.ingress.iter().enumerate() {
+        let _ = writeln!(w, "\t\t# replies to ingress[{i}]: {}", describe(r));
+        let _ = writeln!(w, "\t\t{}", reply_line(r, true));
+    }
+    let _ = writeln!(w, "\t\tcounter name \"egress_denied\" drop");
+    let _ = writeln!(w, "\t}}");
+    // To the guest.
+    let _ = writeln!(w, "\tchain to_vm {{");
+    let _ = writeln!(
+        w,
+        "\t\ttype filter hook egress device \"{tap}\" priority -500; policy drop;"
+    );
+    let _ = writeln!(w, "\t\tether type arp accept");
+    let _ = writeln!(w, "\t\tether type ip jump ip_to_vm");
+    let _ = writeln!(w, "\t\tcounter name \"other_denied\" drop");
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "\tchain ip_to_vm {{");
+    let _ = writeln!(
+        w,
+        "\t\tip daddr != @own counter name \"ingress_denied\" drop"
+    );
+    for (i, r) in iface.ingress.iter().enumerate() {
+        let _ = writeln!(w, "\t\t# ingress[{i}]: {}", describe(r));
+        let _ = writeln!(w, "\t\t{}", forward_line(r, false));
+    }
+    for (i, r) in iface.egress.iter().enumerate() {
+        let _ = writeln!(w, "\t\t# replies to egress[{i}]: {}", describe(r));
+        let _ = writeln!(w, "\t\t{}", reply_line(r, false));
+    }
+    let _ = writeln!(w, "\t\tcounter name \"ingress_denied\" drop");
+    let _ = writeln!(w, "\t}}");
+    let _ = writeln!(w, "}}");
+    s
+}
+
+/// The script that replaces the addresses of the named VMs in `iface`'s table (one
+/// transaction: a set is never seen half-updated).
+pub fn peers_script(vm: &VmName, iface: &Interface, peers: &Peers) -> Option<String> {
+    let t = table_name(vm, &iface.tap);
+    let mut s = String::new();
+    let mut any = false;
+    let mut names: Vec<&VmName> = iface
+        .egress
+        .iter()
+        .chain(&iface.ingress)
+        .filter_map(|r| match &r.peer {
+            Peer::Vm(n) => Some(n),
+            Peer::Cidr(_) => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in names {
+        any = true;
+        let set = peer_set(n);
+        let _ = writeln!(s, "flush set netdev {t} {set}");
+        if let Some(a) = peers.get(n).filter(|a| !a.is_empty()) {
+            let _ = writeln!(s, "add element netdev {t} {set} {{ {} }}", addr_list(a));
+        }
+    }
+    any.then_some(s)
+}
+
+/// The script removing tables; a table that is already gone is not an error (each is
+/// declared, which creates it if missing, then deleted, in one transaction).
+pub fn delete_script<'a>(tables: impl IntoIterator<Item = &'a str>) -> String {
+    tables
+        .into_iter()
+        .map(|t| format!("table netdev {t}\ndelete table netdev {t}\n"))
+        .collect()
+}
+
+/// Every table of a policy.
+pub fn tables(p: &NetworkPolicy) -> Vec<String> {
+    p.interfaces
+        .iter()
+        .map(|i| table_name(&p.name, &i.tap))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::model::NetworkPolicyToml;
+    use super::*;
+
+    fn policy() -> NetworkPolicy {
+        let t: NetworkPolicyToml = toml::from_str(
+            r#"
+name = "web-a"
+[[interfaces]]
+tap = "cvm-a.0"
+mac = "52:54:00:00:00:0a"
+addresses = ["10.0.0.2"]
+egress = [
+  { vm = "db", proto = "tcp", ports = [5432] },
+  { cidr = "10.9.0.0/16", proto = "udp", ports = ["5000-5010", 53, "5005-5020"] },
+  { cidr = "192.0.2.7", proto = "icmp" },
+]
+ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
+"#,
+        )
+        .unwrap();
+        t.validate().unwrap()
+    }
+
+    /// The golden ruleset, reviewed by reading it: every frame from the tap needs the
+    /// guest's MAC; ARP needs its MAC and IP; IPv4 needs its IP and an egress rule (or
+    /// is a reply to an ingress rule); to the guest, only ARP and the ingress rules (and
+    /// replies to egress rules, never a bare SYN) pass; every drop is counted.
+    const GOLDEN: &str = r#"# cvm network policy of VM web-a on tap cvm-a.0 (generated by cvm; replaced as a whole)
+table netdev cvm_web_a_cvm_a_0_e0f4e0da
+delete table netdev cvm_web_a_cvm_a_0_e0f4e0da
+table netdev cvm_web_a_cvm_a_0_e0f4e0da {
+	comment "cvm network policy: vm web-a tap cvm-a.0"
+	counter spoofed { }
+	counter egress_denied { }
+	counter ingress_denied { }
+	counter other_denied { }
+	set own { type ipv4_addr; elements = { 10.0.0.2 }; }
+	set vm_db { type ipv4_addr; flags interval; elements = { 10.0.0.5 }; }
+	set vm_lb { type ipv4_addr; flags interval; }
+	chain from_vm {
+		type filter hook ingress device "cvm-a.0" priority -500; policy drop;
+		ether saddr != 52:54:00:00:00:0a counter name "spoofed" drop
+		ether type arp jump arp_from_vm
+		ether type ip jump ip_from_vm
+		counter name "other_denied" drop
+	}
+	chain arp_from_vm {
+		arp htype 1 arp ptype ip arp hlen 6 arp plen 4 arp operation { request, reply } arp saddr ether 52:54:00:00:00:0a arp saddr ip @own accept
+		counter name "spoofed" drop
+	}
+	chain ip_from_vm {
+		ip saddr != @own counter name "spoofed" drop
+		# egress[0]: vm db tcp ports { 5432 }
+		ip daddr @vm_db tcp dport { 5432 } accept
+		# egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
+		ip daddr 10.9.0.0/16 udp dport { 53, 5000-5020 } accept
+		# egress[2]: cidr 192.0.2.7/32 icmp
+		ip daddr 192.0.2.7/32 ip protocol icmp accept
+		# replies to ingress[0]: vm lb tcp ports { 8080 }
+		ip daddr @vm_lb ip protocol tcp tcp sport { 8080 } tcp flags & (syn | ack) != syn accept
+		counter name "egress_denied" drop
+	}
+	chain to_vm {
+		type filter hook egress device "cvm-a.0" priority -500; policy drop;
+		ether type arp accept
+		ether type ip jump ip_to_vm
+		counter name "other_denied" drop
+	}
+	chain ip_to_vm {
+		ip daddr != @own counter name "ingress_denied" drop
+		# ingress[0]: vm lb tcp ports { 8080 }
+		ip saddr @vm_lb tcp dport { 8080 } accept
+		# replies to egress[0]: vm db tcp ports { 5432 }
+		ip saddr @vm_db ip protocol tcp tcp sport { 5432 } tcp flags & (syn | ack) != syn accept
+		# replies to egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
+		ip saddr 10.9.0.0/16 ip protocol udp udp sport { 53, 5000-5020 } accept
+		# replies to egress[2]: cidr 192.0.2.7/32 icmp
+		ip saddr 192.0.2.7/32 icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
+		counter name "ingress_denied" drop
+	}
+}
+"#;
+
+    #[test]
+    fn the_ruleset_matches_the_reviewed_golden_text() {
+        let p = policy();
+        let mut peers = Peers::new();
+        peers.insert(
+            VmName::parse("db").unwrap(),
+            vec![Ipv4Addr::new(10, 0, 0, 5)],
+        );
+        let got = table_script(&p.name, &p.interfaces[0], &peers);
+        assert_eq!(got, GOLDEN, "got:\n{got}");
+    }
+
+    #[test]
+    fn peer_refresh_replaces_each_named_set_in_one_script() {
+        let p = policy();
+        let mut peers = Peers::new();
+        peers.insert(
+            VmName::parse("lb").unwrap(),
+            vec![Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::new(10, 0, 0, 8)],
+        );
+        let t = table_name(&p.name, &p.interfaces[0].tap);
+        let s = peers_script(&p.name, &p.interfaces[0], &peers).unwrap();
+        assert_eq!(
+            s,
+            format!(
+                "flush set netdev {t} vm_db\nflush set netdev {t} vm_lb\nadd element netdev {t} vm_lb {{ 10.0.0.8, 10.0.0.9 }}\n"
+            )
+        );
+    }
+
+    #[test]
+    fn table_names_are_distinct_for_lookalike_taps_and_vms() {
+        let v = |s| VmName::parse(s).unwrap();
+        let t = |s| TapName::parse(s).unwrap();
+        let a = table_name(&v("a"), &t("tap-0"));
+        let b = table_name(&v("a"), &t("tap.0"));
+        let c = table_name(&v("a"), &t("tap_0"));
+        let d = table_name(&v("b"), &t("tap-0"));
+        assert!(a.starts_with("cvm_a_tap_0_"), "{a}");
+        for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &d)] {
+            assert_ne!(x, y);
+        }
+        assert_eq!(a, table_name(&v("a"), &t("tap-0")), "stable across runs");
+    }
+}
