@@ -65,7 +65,7 @@ pub struct Args {
     /// A virtio-blk disk: PATH or PATH,readonly (repeatable; replaces the file's disks).
     #[arg(long = "disk", value_name = "PATH[,readonly]", value_parser = parse_disk)]
     pub disks: Vec<DiskConfig>,
-    /// A virtio-net interface on a tap (repeatable; replaces the file's [[net]]):
+    /// A virtio-net interface on a tap (repeatable; replaces the file's `[[net]]` tables):
     /// tap=NAME (existing) or create=NAME (cvm creates and removes it), then optional
     /// mac=, ip=ADDR/PREFIX, rx-bps=, tx-bps= (bits/s), rx-pps=, tx-pps= (e.g. 100M, 20k).
     #[arg(long = "net", value_name = "tap=NAME|create=NAME[,…]", value_parser = super::net::parse_net)]
