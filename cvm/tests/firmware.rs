@@ -682,7 +682,7 @@ fn qemu_runs_the_image_as_its_firmware() {
 
 /// The emulator-trap path (issue 13, "must also work on a standard KVM"), on this
 /// machine: with `--tee-trap port` the VMM tells the firmware to trap PVALIDATE /
-/// TDCALL through `out 0xE1/0xE0` (SEV_STATUS bit 62, CPUID 0x21.1) and, as a standard
+/// TDCALL through `out 0xE1/0xE0` (SEV_STATUS bit 62, CPUID 0x21 EAX) and, as a standard
 /// KVM does, answers a literal PVALIDATE / TDCALL with #UD (the guest stops). So the
 /// firmware boots only if every one of its TEE instructions took the port trap. Before
 /// the firmware honoured the signal, the SNP launch stopped at its first PVALIDATE with
