@@ -72,6 +72,15 @@
 //! emulation), encryption itself, and the literal VMGEXIT (the emulated platform selects
 //! the `out 0xE2` trap through SEV_STATUS bit 63).
 //!
+//! **On a standard KVM** (the nested-KVM tier, a user's CI) PVALIDATE and TDCALL raise
+//! #UD in the guest, so the emulated platform selects their emulator traps too
+//! (SEV_STATUS bit 62; CPUID (0x21, 0) EAX = "Trap"), read once by `env::select_traps`
+//! before any TEE instruction; `env` argues why a host cannot use this on hardware.
+//! Tests: `env` unit tests (hardware values never select a port trap),
+//! `cvm/tests/firmware.rs::emulated_tees_take_the_port_trap_when_the_platform_says_so`
+//! (this machine, `--tee-trap port`: a literal instruction would be #UD), and the
+//! nested scenario `scripts/nested/scenarios/20-emulated-tee.sh`.
+//!
 //! **TDX under emulation**: `--tee emulated-tdx` runs the TDX code (`tdx.rs`): the VMM's
 //! software TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the
 //! shared alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU
