@@ -167,7 +167,7 @@ mod tests {
     /// alone (without the emulated platform's bit 63) does not either.
     #[test]
     fn only_the_emulated_psp_bits_select_the_pvalidate_port_trap() {
-        for defined in [0b111u64, 0x1_FFFF_FF, 0x7, 0x0107] {
+        for defined in [0b111u64, 0x01FF_FFFF, 0x7, 0x0107] {
             assert!(!snp_insn_port_trap(defined), "{defined:#x}");
             assert!(
                 !snp_insn_port_trap(defined | 1 << 63),

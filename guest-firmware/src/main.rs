@@ -258,6 +258,14 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
         measure::check_hashes(io, &copies);
     }
 
+    // Emulated SNP only (SEV_STATUS bit 63, which hardware never sets) and only when
+    // the measured command line asks: boot a kernel that does not know SNP as a plain
+    // guest (no CC blob; the VMM then reports SEV_STATUS = 0).
+    // SAFETY: the command line copy is private firmware memory, checked above.
+    let cmdline = unsafe { arch::phys(boot::CMDLINE, cmdline_len as usize) };
+    let plain_handoff = matches!(env, Env::Snp { .. })
+        && arch::emulated_snp()
+        && boot::cmdline_has(cmdline, boot::EMULATED_PLAIN_HANDOFF);
     // SAFETY: the setup copy, zero page and CC blob page are private firmware memory.
     unsafe {
         boot::build_boot_params(
@@ -265,7 +273,7 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             &bd,
             initrd,
             image_size(),
-            matches!(env, Env::Snp { .. }),
+            matches!(env, Env::Snp { .. }) && !plain_handoff,
         );
     }
     io.puts("cvm-firmware: kernel ");
@@ -279,6 +287,10 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
     });
     io.put_hex(boot::KERNEL_LOAD + 0x200);
     io.puts("\n");
+    if plain_handoff {
+        io.puts("cvm-firmware: emulated SNP: handing over to a plain kernel\n");
+        arch::emulated_plain_handoff();
+    }
     // SAFETY: kernel, boot_params and command line are in place.
     unsafe { boot::enter_kernel() }
 }
