@@ -11,7 +11,53 @@
 //! the checks that are safe in long mode. The result is the same order: a TD is never
 //! an SNP guest.
 
+//!
+//! # The emulator traps (chosen once, by [`select_traps`])
+//!
+//! Under `--tee emulated-*` the VMM answers PVALIDATE, TDCALL and VMGEXIT. Where the
+//! host KVM exits to the VMM on the literal instructions (this project's PVM machine)
+//! the firmware executes them; on a standard KVM they raise #UD inside the guest, so
+//! the firmware uses the emulator trap instead (`out 0xE1/0xE0/0xE2, al`, the same
+//! registers in and out; host-vmm `tee::emu_snp` "Traps"). Protocol code is the same
+//! either way; only `arch::pvalidate`, `arch::tdcall` and `arch::vmgexit` look at the
+//! choice.
+//!
+//! **Security rule**: on real hardware the host must never be able to move the firmware
+//! to a port trap, because a port "PVALIDATE" or "TDCALL" would let the host answer
+//! for the PSP / TDX module (fake a validation or an accept). So the signal is one the
+//! hardware fixes:
+//!
+//! - **SNP**: SEV_STATUS (MSR 0xC001_0131) bits 63 (emulated platform) *and* 62
+//!   (instructions trap). SEV_STATUS is a read-only MSR the hardware reports for the
+//!   running guest (AMD APM vol. 2, §15.34.10): in an SEV-ES/SNP guest a RDMSR of it is
+//!   not intercepted and raises no #VC (the 32-bit stage reads it before any #VC
+//!   handling; Linux reads it the same way in `sev_enable` / `sme_enable`, and KVM's
+//!   `sev_smoke_test` reads it in an SEV-ES guest without a GHCB), so the hypervisor
+//!   cannot choose its value, and bits 62-63 are reserved (0) on every SNP processor.
+//! - **TDX**: CPUID (0x21, 0) EAX = [`TDX_EMULATOR_INSN_TRAP_EAX`] ("Trap"). Leaf 0x21
+//!   is virtualized by the TDX module itself and the host cannot configure it (it is
+//!   not among the CPUID_CONFIG leaves TDH.SYS.INFO / KVM's KVM_TDX_CAPABILITIES offer;
+//!   Intel's `td_cpuid.c` answers it from the module's own table): sub-leaf 0 reports
+//!   EAX = 0 (the maximum sub-leaf) and "IntelTDX    ". Only sub-leaf 0 is read, which
+//!   never raises #VE (other sub-leaves may, and the firmware has no #VE handler). The
+//!   emulated TDX of this project is the only "module" that reports this EAX. It also
+//!   starts its vCPUs with EFER.LME clear then (host-vmm `tee::emu_tdx::td_entry`: a
+//!   QEMU TCG bug in the nested tier), and the 32-bit stage (`reset.rs`) sets LME after
+//!   CR4.PAE when it sees the same EAX.
+//!
+//! Neither signal is measured, so the launch digest and RTMRs are the same with either
+//! trap. Independently of the signal, a port trap on hardware cannot succeed: on TDX an
+//! `out` always raises #VE (no handler in long mode: the TD stops); on SNP an
+//! intercepted `out` raises #VC (no handler: the guest stops) and a non-intercepted
+//! one changes no register, and the firmware's checks (PVALIDATE's RAX 0 and CF clear,
+//! a GHCB MSR response code) then fail and it terminates.
+
 use crate::arch;
+use crate::snp;
+
+/// CPUID (0x21, 0) EAX of the emulated TDX module when TDCALL must use the emulator
+/// trap ("Trap"). A real TDX module reports 0 (module docs).
+pub const TDX_EMULATOR_INSN_TRAP_EAX: u32 = 0x7061_7254;
 
 /// Entry flag: entered at the reset vector in 32-bit protected mode (a TD).
 pub const FLAG_ENTRY32: u32 = 1;
@@ -77,4 +123,73 @@ pub fn detect(flags: u32) -> Env {
         return Env::Plain;
     }
     Env::Plain
+}
+
+/// Whether SEV_STATUS asks for the PVALIDATE emulator trap (bits 63 and 62).
+pub fn snp_insn_port_trap(sev_status: u64) -> bool {
+    let both = snp::SEV_STATUS_EMULATOR_TRAP | snp::SEV_STATUS_EMULATOR_INSN_TRAP;
+    sev_status & both == both
+}
+
+/// Whether CPUID (0x21, 0) EAX asks for the TDCALL emulator trap.
+pub fn tdx_insn_port_trap(eax: u32) -> bool {
+    eax == TDX_EMULATOR_INSN_TRAP_EAX
+}
+
+/// The ONE place the firmware chooses its traps (module docs), before any TEE
+/// instruction runs: VMGEXIT and PVALIDATE from SEV_STATUS (SNP), TDCALL from CPUID
+/// (0x21, 0) EAX (TDX); literal instructions everywhere else.
+pub fn select_traps(env: Env) {
+    let (vmgexit, insn) = match env {
+        Env::Snp { .. } => {
+            let status = arch::rdmsr(snp::SEV_STATUS);
+            (
+                status & snp::SEV_STATUS_EMULATOR_TRAP != 0,
+                snp_insn_port_trap(status),
+            )
+        }
+        Env::Tdx => {
+            let (a, ..) = arch::cpuid(0x21, 0);
+            (false, tdx_insn_port_trap(a))
+        }
+        Env::Plain => (false, false),
+    };
+    arch::set_vmgexit_port_trap(vmgexit);
+    arch::set_insn_port_trap(insn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The security rule, SNP: no SEV_STATUS a real processor reports selects the port
+    /// trap (bits 0-24 are the defined features; 62-63 are reserved), and bit 62
+    /// alone (without the emulated platform's bit 63) does not either.
+    #[test]
+    fn only_the_emulated_psp_bits_select_the_pvalidate_port_trap() {
+        for defined in [0b111u64, 0x01FF_FFFF, 0x7, 0x0107] {
+            assert!(!snp_insn_port_trap(defined), "{defined:#x}");
+            assert!(
+                !snp_insn_port_trap(defined | 1 << 63),
+                "{defined:#x} | emulated"
+            );
+            assert!(
+                !snp_insn_port_trap(defined | 1 << 62),
+                "{defined:#x} | bit 62 alone"
+            );
+            assert!(snp_insn_port_trap(defined | 3 << 62));
+        }
+    }
+
+    /// The security rule, TDX: what a TDX module returns in (0x21, 0) EAX (0, the
+    /// maximum sub-leaf; a later module with sub-leaves reports a small count) never
+    /// selects the port trap.
+    #[test]
+    fn only_the_emulator_value_selects_the_tdcall_port_trap() {
+        for module in [0u32, 1, 2, 0xFF] {
+            assert!(!tdx_insn_port_trap(module), "{module:#x}");
+        }
+        assert_eq!(TDX_EMULATOR_INSN_TRAP_EAX, u32::from_le_bytes(*b"Trap"));
+        assert!(tdx_insn_port_trap(u32::from_le_bytes(*b"Trap")));
+    }
 }

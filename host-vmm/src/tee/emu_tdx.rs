@@ -18,6 +18,12 @@
 //!   by code allowed to do port I/O (CPL0, or IOPL 3 as the test guest sets), which
 //!   mirrors TDCALL's CPL0 requirement; the literal instruction is emulated only when CS
 //!   is at DPL 0.
+//! - **Which one the firmware uses** is decided once per launch ([`crate::tee::trap`]:
+//!   a probe VM finds whether this KVM exits on `tdcall`; `--tee-trap` overrides) and
+//!   told to the TD through CPUID (0x21, 0) EAX = [`crate::tee::trap::TDX_INSN_TRAP_EAX`],
+//!   a value a real TDX module fixes at 0 (guest-firmware `env` docs). With the port trap,
+//!   a literal `tdcall` stops the TD with #UD ([`LITERAL_UD_TDCALL`]), as a standard KVM
+//!   would.
 //!
 //! # Leaves (Intel TDX Module 1.5 ABI specification, GHCI 1.5)
 //!
@@ -79,6 +85,8 @@ use crate::vstate::vcpu::{ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
 pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
+/// Why a literal TDCALL stops the TD when CPUID (0x21, 0) selected the emulator trap.
+pub const LITERAL_UD_TDCALL: &str = "#UD: the guest executed the literal TDCALL, but the emulated TDX module selected the emulator trap (CPUID 0x21 EAX), as a standard KVM needs";
 /// The emulator-trap port of TDCALL.
 pub const TRAP_TDCALL: u16 = 0xE0;
 /// Guest physical address width the emulated TD reports.
@@ -144,6 +152,8 @@ pub struct TdxModule {
     attributes: u64,
     vmcalls: TdVmcalls,
     bus: OnceLock<Arc<Buses>>,
+    /// A literal `tdcall` is #UD (the TD was told to use the emulator trap).
+    literal_ud: bool,
 }
 
 impl std::fmt::Debug for TdxModule {
@@ -192,7 +202,16 @@ impl TdxModule {
             attributes,
             vmcalls,
             bus: OnceLock::new(),
+            literal_ud: false,
         }
+    }
+
+    /// The TDCALL trap the TD was told to use (CPUID (0x21, 0), [`crate::tee::trap`]).
+    /// With the port trap a literal `tdcall` stops the TD with #UD, as on a standard
+    /// KVM, so a firmware that ignores the signal fails on this machine too.
+    pub fn with_insn_trap(mut self, trap: crate::tee::trap::InsnTrap) -> Self {
+        self.literal_ud = trap == crate::tee::trap::InsnTrap::Port;
+        self
     }
 
     /// Gives the module the VMM's port bus (TDVMCALL<Instruction.IO>).
@@ -452,6 +471,9 @@ impl TdxModule {
             }
             return Ok(false);
         }
+        if self.literal_ud {
+            return Err(ExitError::GuestFault(LITERAL_UD_TDCALL.into()));
+        }
         self.tdcall(vcpu, &mut regs)?;
         regs.rip = regs.rip.wrapping_add(TDCALL.len() as u64);
         fd.set_regs(&regs)
@@ -659,7 +681,19 @@ fn flat(selector: u16, type_: u8) -> kvm_segment {
 
 /// Puts vCPU `index` in a TD vCPU's initial state (module docs) and makes it runnable
 /// (a TD has no INIT/SIPI: every vCPU starts at the reset vector).
-pub fn td_entry(fd: &VcpuFd, index: u32, hob: u64) -> Result<(), kvm_ioctls::Error> {
+///
+/// With the TDCALL port trap (a standard KVM) EFER.LME starts clear and the firmware
+/// sets it after CR4.PAE (it does so only when CPUID (0x21, 0) EAX carries
+/// [`crate::tee::trap::TDX_INSN_TRAP_EAX`]): QEMU's TCG (7.2), which runs the nested-KVM
+/// tier, mishandles a #VMEXIT from a nested guest with EFER.LME set and CR4.PAE clear
+/// (its `cpu_x86_update_cr0` refuses to restore the host's CR0.PG; the L1 CPU then
+/// runs without paging and hangs: measured, soft lockup of the outer VM).
+pub fn td_entry(
+    fd: &VcpuFd,
+    index: u32,
+    hob: u64,
+    insn_trap: crate::tee::trap::InsnTrap,
+) -> Result<(), kvm_ioctls::Error> {
     let mut sregs = fd.get_sregs()?;
     sregs.cs = flat(0x08, 0xB);
     for s in [
@@ -673,7 +707,10 @@ pub fn td_entry(fd: &VcpuFd, index: u32, hob: u64) -> Result<(), kvm_ioctls::Err
     }
     sregs.cr0 = 0x21; // PE | NE
     sregs.cr4 = 0x40; // MCE
-    sregs.efer = 0x100; // LME
+    sregs.efer = match insn_trap {
+        crate::tee::trap::InsnTrap::Instruction => 0x100, // LME
+        crate::tee::trap::InsnTrap::Port => 0,
+    };
     fd.set_sregs(&sregs)?;
     let regs = kvm_regs {
         rip: 0xFFFF_FFF0,

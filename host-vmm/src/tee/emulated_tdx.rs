@@ -53,6 +53,7 @@ use super::emulated::{
 };
 use super::launch::{tdx_pages, LaunchStepError, TdxLaunch, TdxPages};
 use super::services::{self, Notify};
+use super::trap::{self, InsnTrap, TeeTrap};
 use super::TeeKind;
 use crate::acpi::Ccel;
 use crate::devices::Buses;
@@ -75,6 +76,9 @@ pub struct EmulatedTdx {
     cc: Arc<OnceLock<Arc<CcMemory>>>,
     vcpus: Arc<OnceLock<u32>>,
     module: OnceLock<Arc<TdxModule>>,
+    /// The TDCALL trap, once chosen ([`Self::with_tee_trap`]; else probed when CPUID
+    /// is built).
+    insn_trap: Option<InsnTrap>,
 }
 
 impl EmulatedTdx {
@@ -111,7 +115,20 @@ impl EmulatedTdx {
             cc: Arc::default(),
             vcpus: Arc::default(),
             module: OnceLock::new(),
+            insn_trap: None,
         })
+    }
+
+    /// Chooses the TDCALL trap now (`--tee-trap`; [`TeeTrap::Auto`] probes the host
+    /// once, [`crate::tee::trap`]). The CLI calls it before entering a jail.
+    pub fn with_tee_trap(mut self, trap: TeeTrap) -> Self {
+        self.insn_trap = Some(trap.resolve());
+        self
+    }
+
+    /// The TDCALL trap the firmware is told to use (CPUID (0x21, 0) EAX).
+    pub fn insn_trap(&self) -> InsnTrap {
+        self.insn_trap.unwrap_or_else(trap::host_insn_trap)
     }
 
     /// **Test equipment (issue 13, bug 3):** launches the TD_HOB section without the
@@ -189,7 +206,7 @@ impl TeeBackend for EmulatedTdx {
 
     fn adjust_cpuid(&self, cpuid: &mut CpuId) {
         sanitize_cpuid(cpuid, false, false);
-        show_tdx_leaf(cpuid);
+        show_tdx_leaf(cpuid, self.insn_trap());
     }
 
     fn before_vcpus<'v>(
@@ -209,6 +226,7 @@ impl TeeBackend for EmulatedTdx {
             plan: self.plan.clone(),
             legacy_descriptor: self.legacy_descriptor,
             late_writes: self.late_writes.clone(),
+            insn_trap: self.insn_trap(),
         }))
     }
 
@@ -238,13 +256,16 @@ impl TeeBackend for EmulatedTdx {
                 "emulated TDX needs VmType::EmulatedConfidential".into(),
             ));
         };
-        let module = Arc::new(TdxModule::new(
-            cc.clone(),
-            self.tee.clone(),
-            self.vcpus.get().copied().unwrap_or(1),
-            Some((tx, in_flight)),
-            notify,
-        ));
+        let module = Arc::new(
+            TdxModule::new(
+                cc.clone(),
+                self.tee.clone(),
+                self.vcpus.get().copied().unwrap_or(1),
+                Some((tx, in_flight)),
+                notify,
+            )
+            .with_insn_trap(self.insn_trap()),
+        );
         let _ = self.module.set(module.clone());
         Ok(Some(TeeRuntime {
             exits: module,
@@ -274,8 +295,10 @@ impl TeeBackend for EmulatedTdx {
 }
 
 /// Shows CPUID leaf 0x21 as a TDX module does ("IntelTDX    " in EBX, EDX, ECX) and
-/// raises the maximum basic leaf to reach it.
-fn show_tdx_leaf(cpuid: &mut CpuId) {
+/// raises the maximum basic leaf to reach it. With the TDCALL port trap, EAX (the
+/// maximum sub-leaf, 0 on every TDX module) carries [`trap::TDX_INSN_TRAP_EAX`], the
+/// firmware's signal, which a real TDX module never reports.
+pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
     let mut entries: Vec<kvm_cpuid_entry2> = cpuid
         .as_slice()
         .iter()
@@ -289,7 +312,10 @@ fn show_tdx_leaf(cpuid: &mut CpuId) {
     entries.push(kvm_cpuid_entry2 {
         function: LEAF_TDX,
         index: 0,
-        eax: 0,
+        eax: match insn_trap {
+            InsnTrap::Port => trap::TDX_INSN_TRAP_EAX,
+            InsnTrap::Instruction => 0,
+        },
         ebx: word(b"Inte"),
         edx: word(b"lTDX"),
         ecx: word(b"    "),
@@ -307,6 +333,7 @@ struct TdEntry {
     plan: Arc<TdxLaunchPlan>,
     legacy_descriptor: bool,
     late_writes: Vec<(u64, Vec<u8>)>,
+    insn_trap: InsnTrap,
 }
 
 impl PendingLaunch for TdEntry {
@@ -374,7 +401,7 @@ impl PendingLaunch for TdEntry {
             let _ = mem.write_slice(bytes, GuestAddress(*gpa));
         }
         for (i, fd) in vcpus.iter().enumerate() {
-            emu_tdx::td_entry(fd, i as u32, pages.hob).map_err(|source| {
+            emu_tdx::td_entry(fd, i as u32, pages.hob, self.insn_trap).map_err(|source| {
                 LaunchStepError::Registers {
                     index: i as u32,
                     what: "TD vCPU initial state",

@@ -35,9 +35,13 @@
 //!
 //! | instruction | hardware | emulated, CPL0 (firmware) | emulated, CPL3 / standard KVM |
 //! |---|---|---|---|
-//! | PVALIDATE | `f2 0f 01 ff` | the literal instruction (internal-error exit) | `out 0xE1, al` |
+//! | PVALIDATE | `f2 0f 01 ff` | the literal instruction (internal-error exit); `out 0xE1, al` on a standard KVM or with `--tee-trap port` (SEV_STATUS bit 62) | `out 0xE1, al` |
 //! | VMGEXIT | `f3 0f 01 d9` | `out 0xE2, al` | `out 0xE2, al` |
 //! | RDMSR / WRMSR | literal | literal (user-space MSR exits) | `out 0xE3/0xE4, al` |
+//!
+//! Whether the host KVM exits on PVALIDATE is probed once ([`crate::tee::trap`]); the
+//! firmware learns the outcome from SEV_STATUS bit [`SEV_STATUS_EMULATOR_INSN_TRAP`]
+//! (honoured only with bit 63), a reserved bit the host cannot set on hardware.
 //!
 //! Every other register is set exactly as for the instruction and the results come
 //! back in the same registers and RFLAGS bits ([`SnpPsp::trap`]). The firmware chooses
@@ -82,6 +86,12 @@ pub const CBIT: u8 = 47;
 /// SEV_STATUS bit the emulated PSP sets so the firmware uses the `out 0xE2` VMGEXIT
 /// trap (reserved on hardware: a real PSP reports it as 0).
 pub const SEV_STATUS_EMULATOR_TRAP: u64 = 1 << 63;
+/// SEV_STATUS bit the emulated PSP sets, with [`SEV_STATUS_EMULATOR_TRAP`], when the
+/// firmware must use the PVALIDATE emulator trap `out 0xE1, al` (a standard KVM raises
+/// #UD for the literal instruction: [`crate::tee::trap`]). Reserved on hardware.
+pub const SEV_STATUS_EMULATOR_INSN_TRAP: u64 = 1 << 62;
+/// Why a literal PVALIDATE stops the guest when SEV_STATUS selected the emulator trap.
+pub const LITERAL_UD_PVALIDATE: &str = "#UD: the guest executed the literal PVALIDATE, but the emulated platform selected the emulator trap (SEV_STATUS bit 62), as a standard KVM needs";
 /// The emulator-trap ports: `out 0xE0 + n, al`.
 pub mod trap_port {
     #![allow(missing_docs)]
@@ -90,6 +100,9 @@ pub mod trap_port {
     pub const VMGEXIT: u16 = 0xE2;
     pub const RDMSR: u16 = 0xE3;
     pub const WRMSR: u16 = 0xE4;
+    /// The firmware hands over to a kernel that does not know SNP (guest-firmware
+    /// `boot::EMULATED_PLAIN_HANDOFF`): SEV_STATUS reads 0 from then on.
+    pub const PLAIN_HANDOFF: u16 = 0xE5;
 }
 const PAGE: u64 = 0x1000;
 const RFLAGS_CF: u64 = 1;
@@ -151,6 +164,8 @@ pub struct SnpPsp {
     ports: OnceLock<Arc<dyn PortIo>>,
     /// SEV_STATUS as the guest reads it.
     sev_status: u64,
+    /// The firmware handed over to a plain kernel ([`trap_port::PLAIN_HANDOFF`]).
+    plain: std::sync::atomic::AtomicBool,
     /// The vCPUs' CPUID (subleaf 0 of each leaf), for the MSR-protocol CPUID request.
     cpuid: OnceLock<Vec<(u32, [u32; 4])>>,
 }
@@ -274,8 +289,22 @@ impl SnpPsp {
             }),
             ports: OnceLock::new(),
             sev_status: ghcb::SEV_STATUS_SNP | SEV_STATUS_EMULATOR_TRAP,
+            plain: std::sync::atomic::AtomicBool::new(false),
             cpuid: OnceLock::new(),
         })
+    }
+
+    /// The PVALIDATE trap the guest's firmware is told to use (SEV_STATUS bit 62,
+    /// [`SEV_STATUS_EMULATOR_INSN_TRAP`]). The port trap is answered either way (the
+    /// test guest uses it at CPL3); with [`InsnTrap::Port`](crate::tee::trap::InsnTrap)
+    /// a literal PVALIDATE stops the guest with #UD ([`LITERAL_UD_PVALIDATE`]), as on a
+    /// standard KVM.
+    pub fn with_insn_trap(mut self, trap: crate::tee::trap::InsnTrap) -> Self {
+        self.sev_status &= !SEV_STATUS_EMULATOR_INSN_TRAP;
+        if trap == crate::tee::trap::InsnTrap::Port {
+            self.sev_status |= SEV_STATUS_EMULATOR_INSN_TRAP;
+        }
+        self
     }
 
     /// Connects the VMM's port I/O (GHCB IOIO exits); set once.
@@ -305,7 +334,13 @@ impl SnpPsp {
     pub fn msr(&self, vcpu: u32, msr: u32, write: bool, data: &mut u64) -> Option<Result<(), ()>> {
         match (msr, write) {
             (ghcb::MSR_SEV_STATUS, false) => {
-                *data = self.sev_status;
+                // After a plain handoff the kernel must not see SNP (its own SNP code
+                // cannot run on a standard KVM).
+                *data = if self.plain.load(std::sync::atomic::Ordering::Acquire) {
+                    0
+                } else {
+                    self.sev_status
+                };
                 Some(Ok(()))
             }
             // SEV_STATUS is read-only: #GP.
@@ -721,6 +756,18 @@ impl SnpPsp {
     /// The emulator trap as the vCPU loop offers it: reads the registers, applies the
     /// trap, writes them back (RIP unchanged: KVM skips the `out`).
     pub fn io_trap_fd(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
+        if port == trap_port::PLAIN_HANDOFF {
+            // From the firmware (CPL0) only; the guest stays emulated-insecure either way.
+            let sregs = fd
+                .get_sregs()
+                .map_err(|e| ExitError::Emulation(format!("KVM_GET_SREGS: {e}")))?;
+            if sregs.cs.dpl != 0 {
+                return Ok(Handled::No);
+            }
+            self.plain.store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(event = "plain-handoff", "emulated SNP: the firmware handed over to a kernel that does not see SNP (SEV_STATUS now reads 0)");
+            return Ok(Handled::Yes);
+        }
         if !(trap_port::PVALIDATE..=trap_port::WRMSR).contains(&port) {
             return Ok(Handled::No);
         }
@@ -777,6 +824,12 @@ impl ExitHandler for SnpPsp {
             || insn_bytes(data).as_deref().and_then(|b| b.get(..4)) != Some(&PVALIDATE[..])
         {
             return Ok(Handled::No);
+        }
+        if self.sev_status & SEV_STATUS_EMULATOR_INSN_TRAP != 0 {
+            // The platform told the firmware to use the emulator trap, as on a standard
+            // KVM, where the literal instruction raises #UD: stop the guest the same way
+            // here, so a firmware that ignores the signal fails on this machine too.
+            return Err(ExitError::GuestFault(LITERAL_UD_PVALIDATE.into()));
         }
         let mut regs = fd
             .get_regs()
