@@ -58,7 +58,9 @@ use super::TeeKind;
 use crate::acpi::Ccel;
 use crate::devices::Buses;
 use crate::seccomp::{self, SeccompMode, ThreadKind};
-use crate::vstate::cc_memory::{host_alias_bit, CcConfig, CcMemory, CcMemoryError, CcTee};
+use crate::vstate::cc_memory::{
+    host_alias_bit, CcConfig, CcMemory, CcMemoryError, CcTee, PageSize,
+};
 use crate::vstate::memory::FOUR_GIB;
 use crate::vstate::vcpu::{sanitize_cpuid, LEAF_TDX};
 use crate::vstate::vm::Vm;
@@ -79,6 +81,9 @@ pub struct EmulatedTdx {
     /// The TDCALL trap, once chosen ([`Self::with_tee_trap`]; else probed when CPUID
     /// is built).
     insn_trap: Option<InsnTrap>,
+    /// The page size the emulated host backs private memory with
+    /// ([`Self::with_private_page_size`]).
+    private_pages: PageSize,
 }
 
 impl EmulatedTdx {
@@ -116,7 +121,20 @@ impl EmulatedTdx {
             vcpus: Arc::default(),
             module: OnceLock::new(),
             insn_trap: None,
+            private_pages: PageSize::Size2M,
         })
+    }
+
+    /// The page size the emulated host backs private memory with
+    /// ([`CcMemory::set_largest_private_page`]): [`PageSize::Size2M`] by default (a host
+    /// with huge-page private memory: the firmware accepts RAM 2 MiB per TDCALL, one VM
+    /// exit per 2 MiB under emulation); [`PageSize::Size4K`] models Linux 6.16's
+    /// guest_memfd, where a 2 MiB TDG.MEM.PAGE.ACCEPT is a size mismatch and the guest
+    /// falls back to 4 KiB pages (`cvm launch --emulated-private-pages 4k`, which CI
+    /// runs so the fallback stays tested).
+    pub fn with_private_page_size(mut self, size: PageSize) -> Self {
+        self.private_pages = size;
+        self
     }
 
     /// Chooses the TDCALL trap now (`--tee-trap`; [`TeeTrap::Auto`] probes the host
@@ -220,6 +238,7 @@ impl TeeBackend for EmulatedTdx {
                 "emulated TDX needs VmType::EmulatedConfidential".into(),
             ));
         };
+        cc.set_largest_private_page(self.private_pages);
         let _ = self.cc.set(cc.clone());
         Ok(Box::new(TdEntry {
             vcpus: self.vcpus.clone(),

@@ -27,6 +27,7 @@ use host_vmm::tee::tdx::TdConfig;
 use host_vmm::tee::trap::TeeTrap;
 use host_vmm::tee::{self, KvmCapabilities, TeeBackend, TeeKind};
 use host_vmm::vmm::{self, DiskConfig, SerialOutput, VmConfig};
+use host_vmm::vstate::cc_memory::PageSize;
 use host_vmm::vstate::vcpu::VcpuStop;
 use measured_boot::snp::{PageType, SnpLaunchPlan, SnpPlanConfig, UpdateContents};
 use measured_boot::tdx::TdxLaunchPlan;
@@ -92,6 +93,13 @@ pub struct Args {
     /// `instruction` / `port` force one (tests).
     #[arg(long, value_enum, default_value = "auto")]
     pub tee_trap: TeeTrapArg,
+    /// Emulated TDX (tests and benchmarks): the page size the emulated host backs private
+    /// memory with. `2m` (default) models huge-page private memory, so the firmware
+    /// accepts RAM 2 MiB at a time; `4k` models Linux 6.16's guest_memfd, where a 2 MiB
+    /// accept is a size mismatch and the guest falls back to 4 KiB (one VM exit per page
+    /// under emulation).
+    #[arg(long, value_enum, default_value = "2m", hide = true)]
+    pub emulated_private_pages: PrivatePagesArg,
     /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
     /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX). The built-in firmware
     /// boots nothing else, so it needs one.
@@ -233,6 +241,8 @@ pub struct Spec {
     pub seccomp: SeccompArg,
     /// The emulated TEEs' PVALIDATE/TDCALL trap.
     pub tee_trap: TeeTrapArg,
+    /// Emulated TDX: the host's private page size.
+    pub emulated_private_pages: PrivatePagesArg,
     /// Kernel.
     pub kernel: Option<PathBuf>,
     /// Initrd.
@@ -414,6 +424,7 @@ impl Args {
                 .unwrap_or_else(|| DEFAULT_VCPU_TYPE.into()),
             seccomp: self.seccomp,
             tee_trap: self.tee_trap,
+            emulated_private_pages: self.emulated_private_pages,
             kernel: pick(
                 "kernel",
                 self.kernel,
@@ -546,6 +557,18 @@ impl From<TeeTrapArg> for TeeTrap {
             TeeTrapArg::Port => TeeTrap::Port,
         }
     }
+}
+
+/// `--emulated-private-pages`: the private page size of the emulated host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PrivatePagesArg {
+    /// 4 KiB pages (Linux 6.16 guest_memfd).
+    #[value(name = "4k")]
+    Size4K,
+    /// 2 MiB pages (huge-page private memory; default).
+    #[default]
+    #[value(name = "2m")]
+    Size2M,
 }
 
 /// The network namespace of a jailed VMM.
@@ -1143,7 +1166,11 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
                 config,
                 boot.map(BootInputs::direct_boot),
             )?
-            .with_tee_trap(a.tee_trap.into());
+            .with_tee_trap(a.tee_trap.into())
+            .with_private_page_size(match a.emulated_private_pages {
+                PrivatePagesArg::Size4K => PageSize::Size4K,
+                PrivatePagesArg::Size2M => PageSize::Size2M,
+            });
             tracing::info!(
                 event = "tee-trap",
                 trap = b.insn_trap().name(),
