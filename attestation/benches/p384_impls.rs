@@ -1,10 +1,9 @@
 //! One bare ECDSA P-384/SHA-384 verification — the genuine Milan report's signature by
 //! its VCEK — with each implementation available to the project, side by side in the
-//! same run (issue 15, performance): RustCrypto `p384` (what `attestation` uses today)
-//! and `ring` (already in the verifier for TLS and tokens). aws-lc-rs is not a
-//! dependency of the workspace; it is not measured here (see the verifier README).
+//! same run (issue 15, performance): RustCrypto `p384`, `ring` (what `attestation` uses
+//! without its `aws-lc` feature) and `aws-lc-rs` (with it: the verifier's build).
 //!
-//! Both check the same message, key and signature; the bench asserts that first.
+//! All three check the same message, key and signature; the bench asserts that first.
 
 use attestation::snp::report::SIGNED_LEN;
 use attestation::snp::{AmdCertificate, AttestationReport};
@@ -39,6 +38,15 @@ fn bench(c: &mut Criterion) {
         ring_key.verify(msg, &bad).is_err(),
         "ring refuses a bad signature"
     );
+    let aws_key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED,
+        point.as_bytes().to_vec(),
+    );
+    aws_key.verify(msg, &fixed).expect("aws-lc-rs verifies");
+    assert!(
+        aws_key.verify(msg, &bad).is_err(),
+        "aws-lc-rs refuses a bad signature"
+    );
 
     let mut g = c.benchmark_group("p384_verify");
     g.bench_function("rustcrypto_p384", |b| {
@@ -50,6 +58,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ring", |b| {
         b.iter(|| {
             ring_key
+                .verify(std::hint::black_box(msg), &fixed)
+                .expect("verifies")
+        })
+    });
+    g.bench_function("aws_lc_rs", |b| {
+        b.iter(|| {
+            aws_key
                 .verify(std::hint::black_box(msg), &fixed)
                 .expect("verifies")
         })

@@ -9,7 +9,28 @@
 //!
 //! Write transactions on SQLite start with `BEGIN IMMEDIATE`, so concurrent writers wait
 //! on the busy timeout instead of failing with a lock upgrade deadlock; SQLite runs in
-//! WAL mode with `synchronous = FULL`, so a committed transaction survives `kill -9`.
+//! WAL mode, and [`Tx::commit`] returns only once the commit is on stable storage, so a
+//! committed transaction survives `kill -9` and a power cut.
+//!
+//! # Group commit (SQLite)
+//!
+//! A commit is durable once the WAL frames it appended are on stable storage. SQLite's
+//! `synchronous = FULL` fsyncs the WAL inside every `COMMIT`, while the writer holds the
+//! write turn: every writer then waits for every earlier writer's fsync, and a complete
+//! guest flow pays two of them. So the write connection commits with `synchronous =
+//! NORMAL` (its `COMMIT` writes the frames, without an fsync), takes a *ticket* (the
+//! commit's place in the WAL's order) while it still holds the turn, passes the turn on,
+//! and then waits until an `fdatasync` of the WAL file that *started after its `COMMIT`
+//! returned* has succeeded ([`GroupSync`]). One `fdatasync` makes every frame written
+//! before it durable, so concurrent committers share it: while one sync runs, the next
+//! writers commit, and the next sync covers them all. The WAL is a log: a sync covering
+//! ticket `n` covers every commit before `n`, so whatever a committed transaction read
+//! (committed earlier) is durable whenever it is. A failed `fdatasync` fails that
+//! commit and every later one (the process must restart: after a failed fsync Linux may
+//! have dropped the dirty pages, so a later successful fsync proves nothing).
+//! `Tx::commit` returning `Ok` therefore means exactly what it meant with `synchronous =
+//! FULL`: a released key's audit record is on disk before the key is sent. In-memory
+//! databases (tests) have nothing to sync and keep `FULL`.
 //!
 //! SQLite has one writer at a time, so this process writes through two dedicated
 //! connections behind one FIFO lock (the *write turn*): every write transaction ([`Tx`],
@@ -91,6 +112,149 @@ pub enum DbError {
 pub struct Tx {
     inner: Option<TxInner>,
     audit: Option<Arc<AuditKeys>>,
+    /// SQLite files: what makes a commit durable.
+    sync: Option<Arc<GroupSync>>,
+}
+
+/// Group commit of a SQLite file (see the module docs): commits take tickets in WAL
+/// order; [`GroupSync::wait`] returns once an `fdatasync` of the WAL that started after
+/// the ticket's commit has succeeded.
+#[derive(Debug)]
+pub(crate) struct GroupSync {
+    /// The database file (synced instead of the WAL if the WAL is gone: then SQLite has
+    /// checkpointed every commit into it).
+    db_path: std::path::PathBuf,
+    /// Its `-wal` companion.
+    wal_path: std::path::PathBuf,
+    /// Tickets handed out: commits whose `COMMIT` has returned (taken under the turn).
+    committed: std::sync::atomic::AtomicU64,
+    /// Every ticket up to this one is durable.
+    synced: std::sync::atomic::AtomicU64,
+    /// One sync at a time; holds the open WAL file.
+    syncer: Mutex<Option<std::fs::File>>,
+    /// A sync failed: no commit is reported durable any more.
+    failed: std::sync::atomic::AtomicBool,
+    /// `fdatasync` calls made (tests and the benchmark's accounting).
+    syncs: std::sync::atomic::AtomicU64,
+    /// Tests: the next sync fails.
+    #[cfg(test)]
+    fail_next: std::sync::atomic::AtomicBool,
+}
+
+/// A group sync failed (the cause is kept; later commits report the same).
+fn sync_failed(source: std::io::Error) -> sqlx::Error {
+    sqlx::Error::Io(source)
+}
+
+impl GroupSync {
+    fn new(db_path: std::path::PathBuf) -> Self {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        Self {
+            db_path,
+            wal_path: wal.into(),
+            committed: Default::default(),
+            synced: Default::default(),
+            syncer: Mutex::new(None),
+            failed: Default::default(),
+            syncs: Default::default(),
+            #[cfg(test)]
+            fail_next: Default::default(),
+        }
+    }
+
+    /// The ticket of a commit whose `COMMIT` just returned (call while holding the turn).
+    fn ticket(&self) -> u64 {
+        self.committed
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            .wrapping_add(1)
+    }
+
+    fn poisoned() -> sqlx::Error {
+        sync_failed(std::io::Error::other(
+            "an earlier fdatasync of the database failed; restart the verifier",
+        ))
+    }
+
+    /// Waits until commit `ticket` is on stable storage: shares a sync that started after
+    /// it, or runs one covering every commit so far.
+    async fn wait(&self, ticket: u64) -> Result<(), sqlx::Error> {
+        use std::sync::atomic::Ordering;
+        let durable = || self.synced.load(Ordering::Acquire) >= ticket;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Self::poisoned());
+        }
+        if durable() {
+            return Ok(());
+        }
+        let mut file = self.syncer.lock().await;
+        if self.failed.load(Ordering::Acquire) {
+            return Err(Self::poisoned());
+        }
+        if durable() {
+            return Ok(());
+        }
+        // Every ticket up to `upto` has finished its COMMIT (its frames are written):
+        // the sync below, which starts now, covers them.
+        let upto = self.committed.load(Ordering::Acquire);
+        let current = file.take();
+        let (db_path, wal_path) = (self.db_path.clone(), self.wal_path.clone());
+        #[cfg(test)]
+        let inject = self.fail_next.swap(false, Ordering::AcqRel);
+        #[cfg(not(test))]
+        let inject = false;
+        let outcome = tokio::task::spawn_blocking(move || {
+            let f = wal_file(current, &wal_path, &db_path)?;
+            if inject {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            f.sync_data()?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| sync_failed(std::io::Error::other(e)))
+        .and_then(|r| r.map_err(sync_failed));
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(f) => {
+                *file = Some(f);
+                self.synced.fetch_max(upto, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(e) => {
+                self.failed.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fdatasync of the database failed; no further commit is reported durable");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The file to sync: `current` while it is still the WAL at `wal` (same device and
+/// inode), else the WAL opened anew, or the database file when there is no WAL.
+fn wal_file(
+    current: Option<std::fs::File>,
+    wal: &std::path::Path,
+    db: &std::path::Path,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let open = |p: &std::path::Path| std::fs::OpenOptions::new().write(true).open(p);
+    match std::fs::metadata(wal) {
+        Ok(m) => {
+            if let Some(f) = current {
+                let same = f
+                    .metadata()
+                    .is_ok_and(|c| c.dev() == m.dev() && c.ino() == m.ino());
+                if same {
+                    return Ok(f);
+                }
+            }
+            open(wal)
+        }
+        // No WAL: SQLite checkpointed every commit into the database file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => open(db),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Debug)]
@@ -102,7 +266,8 @@ enum TxInner {
 /// SQLite: the connections this process writes on (see the module docs).
 #[derive(Debug)]
 struct Writers {
-    /// `synchronous = FULL`: every write transaction.
+    /// Every write transaction: `synchronous = NORMAL` with [`GroupSync`] for a file,
+    /// `FULL` for an in-memory database.
     durable: AnyConnection,
     /// `synchronous = NORMAL`: new challenge sessions.
     ephemeral: AnyConnection,
@@ -128,14 +293,21 @@ impl Tx {
         self.audit.clone()
     }
 
-    /// Commits the transaction (durably: `synchronous = FULL` on SQLite).
+    /// Commits the transaction durably: returns `Ok` only once the commit is on stable
+    /// storage (SQLite files: the group sync of the module docs, after the write turn
+    /// has passed on; in-memory SQLite: `synchronous = FULL`).
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         match self.inner.take() {
             Some(TxInner::Pool(t)) => t.commit().await,
             Some(TxInner::Sqlite(mut w)) => {
                 w.durable.execute("COMMIT").await?;
                 w.open = false;
-                Ok(())
+                let ticket = self.sync.as_ref().map(|s| s.ticket());
+                drop(w);
+                match (&self.sync, ticket) {
+                    (Some(s), Some(t)) => s.wait(t).await,
+                    _ => Ok(()),
+                }
             }
             None => Ok(()),
         }
@@ -296,6 +468,8 @@ pub struct Db {
     writers: Option<Arc<Mutex<Writers>>>,
     /// SQLite only: the connections of [`Db::read`].
     readers: Option<Arc<Readers>>,
+    /// SQLite files only: the group commit of [`Tx::commit`].
+    sync: Option<Arc<GroupSync>>,
     backend: Backend,
     /// The audit key, once loaded ([`crate::store::audit::load_key`]); shared by clones.
     audit: Arc<std::sync::RwLock<Option<Arc<AuditKeys>>>>,
@@ -490,8 +664,12 @@ impl Db {
             .connect_with(opts.clone())
             .await
             .map_err(DbError::Connect)?;
+        // A file's commits are made durable by the group sync; an in-memory database's
+        // have nowhere to go.
+        let sync = file.clone().map(|f| Arc::new(GroupSync::new(f)));
         let writers = if backend == Backend::Sqlite {
-            let durable = sqlite_connection(&opts, "FULL")
+            let durable_mode = if sync.is_some() { "NORMAL" } else { "FULL" };
+            let durable = sqlite_connection(&opts, durable_mode)
                 .await
                 .map_err(DbError::Connect)?;
             let ephemeral = sqlite_connection(&opts, "NORMAL")
@@ -529,6 +707,11 @@ impl Db {
             pool,
             writers,
             readers,
+            sync: if backend == Backend::Sqlite {
+                sync
+            } else {
+                None
+            },
             backend,
             audit: Arc::default(),
         })
@@ -595,6 +778,13 @@ impl Db {
         self.audit.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// How many `fdatasync` calls the group commit made (SQLite files; 0 otherwise).
+    pub fn group_syncs(&self) -> u64 {
+        self.sync
+            .as_ref()
+            .map_or(0, |s| s.syncs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The backend.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -622,6 +812,7 @@ impl Db {
         Ok(Tx {
             inner: Some(inner),
             audit: self.audit_keys(),
+            sync: self.sync.clone(),
         })
     }
 
@@ -740,5 +931,101 @@ mod tests {
         let report = audit::verify(&db).await.unwrap();
         assert!(report.ok, "{:?}", report.problem);
         assert_eq!(report.records, 25);
+    }
+
+    fn maintenance(i: usize) -> crate::store::audit::AuditEvent {
+        crate::store::audit::AuditEvent {
+            kind: crate::store::audit::AuditKind::Maintenance,
+            actor: "system".into(),
+            client: "-".into(),
+            subject: format!("test:{i}"),
+            outcome: "ok".into(),
+            detail: serde_json::json!({ "i": i }),
+        }
+    }
+
+    /// Group commit: commits that finish while a sync is pending share one `fdatasync`,
+    /// and none of them returns before a sync that started after its `COMMIT` succeeded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_share_one_sync() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("v.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let mk = crate::crypto::master::MasterKey::generate();
+        crate::store::audit::load_key(&db, &mk, None).await.unwrap();
+        let sync = db.sync.clone().expect("a file has a group sync");
+        let before = db.group_syncs();
+        // Nobody can sync while the test holds the syncer: every commit below completes
+        // its COMMIT and then waits.
+        let held = sync.syncer.lock().await;
+        let start = sync.committed.load(Ordering::Acquire);
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                crate::store::audit::append_now(&db, &maintenance(i)).await
+            }));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while sync.committed.load(Ordering::Acquire) < start + 10 {
+            assert!(std::time::Instant::now() < deadline, "the commits ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all = sync.committed.load(Ordering::Acquire);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            tasks.iter().all(|t| !t.is_finished()),
+            "no commit returns before its sync"
+        );
+        assert!(sync.synced.load(Ordering::Acquire) < all);
+        drop(held);
+        for t in tasks {
+            t.await.unwrap().expect("durable");
+        }
+        assert_eq!(
+            db.group_syncs() - before,
+            1,
+            "one fdatasync for ten commits"
+        );
+        assert!(sync.synced.load(Ordering::Acquire) >= all);
+        let report = crate::store::audit::verify(&db).await.unwrap();
+        assert!(report.ok, "{:?}", report.problem);
+    }
+
+    /// Attack on durability: a commit whose data may not be on stable storage must not be
+    /// reported committed (a released key would leave with an audit record a power cut
+    /// could erase). A failed `fdatasync` fails that commit, and every later one (after a
+    /// failed fsync, Linux may have dropped the dirty pages: a later success proves
+    /// nothing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_sync_fails_the_commit_and_all_later_ones() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path().join("v.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let mk = crate::crypto::master::MasterKey::generate();
+        crate::store::audit::load_key(&db, &mk, None).await.unwrap();
+        crate::store::audit::append_now(&db, &maintenance(0))
+            .await
+            .expect("a healthy sync");
+        let sync = db.sync.clone().expect("a file has a group sync");
+        sync.fail_next.store(true, Ordering::Release);
+        let err = crate::store::audit::append_now(&db, &maintenance(1))
+            .await
+            .expect_err("not durable, not committed");
+        assert!(err.to_string().contains("query failed"), "{err}");
+        let again = crate::store::audit::append_now(&db, &maintenance(2))
+            .await
+            .expect_err("poisoned");
+        let mut cause = std::error::Error::source(&again);
+        let mut text = String::new();
+        while let Some(c) = cause {
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        assert!(text.contains("restart the verifier"), "{text}");
     }
 }

@@ -238,12 +238,18 @@ pub struct GuestIdentity<'a> {
 /// another workload or changing any other host-controlled input.
 pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<InventoryEntry, DbError> {
     let t = now();
+    // One statement: the upsert, and whether any entry of this TEE, measurement and
+    // platform (or its legacy id) is revoked (the subquery of RETURNING). The entry just
+    // written is among those counted, which changes nothing: revoked itself, it is
+    // refused either way.
     let row = sqlx::query(
         "INSERT INTO inventory (id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 0) \
          ON CONFLICT (workload, tee, platform_id, measurement) DO UPDATE SET last_seen = excluded.last_seen, \
          trust = excluded.trust, attestations = inventory.attestations + 1 \
-         RETURNING id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked",
+         RETURNING id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked, \
+         (SELECT COUNT(*) FROM inventory r WHERE r.revoked <> 0 AND r.tee = $9 AND r.measurement = $10 \
+          AND (r.platform_id = $11 OR r.platform_id = $12))",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(g.workload)
@@ -253,23 +259,15 @@ pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<Inventor
     .bind(g.trust)
     .bind(t)
     .bind(t)
+    .bind(g.tee)
+    .bind(g.measurement)
+    .bind(g.platform_id)
+    .bind(g.legacy_platform_id.unwrap_or(g.platform_id))
     .fetch_one(&mut **tx)
     .await?;
     let mut entry = inventory_from_row(&row)?;
-    if !entry.revoked {
-        let revoked = sqlx::query(
-            "SELECT COUNT(*) FROM inventory WHERE revoked <> 0 AND tee = $1 AND measurement = $2 \
-             AND (platform_id = $3 OR platform_id = $4)",
-        )
-        .bind(g.tee)
-        .bind(g.measurement)
-        .bind(g.platform_id)
-        .bind(g.legacy_platform_id.unwrap_or(g.platform_id))
-        .fetch_one(&mut **tx)
-        .await?;
-        let n: i64 = revoked.try_get(0)?;
-        entry.revoked = n > 0;
-    }
+    let revoked_matches: i64 = row.try_get(10)?;
+    entry.revoked = entry.revoked || revoked_matches > 0;
     Ok(entry)
 }
 

@@ -427,9 +427,8 @@ impl EmulatedGuest<'_> {
             signature: ReportSignature::default(),
         };
         let unsigned = report.to_bytes().map_err(EmulatedError::Report)?;
-        let sig: p384::ecdsa::Signature = self.platform.keys.vcek.sign(&unsigned[..SIGNED_LEN]);
-        let (r, s) = sig.split_bytes();
-        report.signature = ReportSignature::from_be_scalars(&r.into(), &s.into());
+        let (r, s) = self.platform.keys.sign_vcek(&unsigned[..SIGNED_LEN]);
+        report.signature = ReportSignature::from_be_scalars(&r, &s);
         report.to_bytes().map_err(EmulatedError::Report)
     }
 
