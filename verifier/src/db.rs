@@ -21,7 +21,7 @@
 //! NORMAL` (its `COMMIT` writes the frames, without an fsync), takes a *ticket* (the
 //! commit's place in the WAL's order) while it still holds the turn, passes the turn on,
 //! and then waits until an `fdatasync` of the WAL file that *started after its `COMMIT`
-//! returned* has succeeded ([`GroupSync`]). One `fdatasync` makes every frame written
+//! returned* has succeeded (`GroupSync`). One `fdatasync` makes every frame written
 //! before it durable, so concurrent committers share it: while one sync runs, the next
 //! writers commit, and the next sync covers them all. The WAL is a log: a sync covering
 //! ticket `n` covers every commit before `n`, so whatever a committed transaction read
