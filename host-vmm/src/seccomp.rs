@@ -11,7 +11,10 @@
 //!   decision ([`crate::tee::backend::TeeRuntime::vcpu_thread`]).
 //! - the vsock event thread: epoll, reading and writing its sockets, accepting on the
 //!   hybrid-vsock listener, connecting to Unix sockets and the verifier (socket,
-//!   connect, getsockopt/setsockopt, shutdown, FIONBIO), and getrandom for TLS.
+//!   connect, getsockopt/setsockopt, shutdown, FIONBIO), getrandom for TLS, and
+//!   socketpair for a guest connection to the emulated TEEs' evidence service.
+//! - the evidence service thread (emulated TEEs only): reading and writing the socket
+//!   ends it is handed, setting their timeouts.
 //! - the VMM thread, once the guest is running: waiting (futex, sleep), signalling the
 //!   vCPU threads out of KVM_RUN (`tgkill`), `KVM_IOEVENTFD` (one probe registered and
 //!   unregistered at start, which ends KVM's pending SRCU grace period early so that
@@ -60,6 +63,9 @@ pub enum ThreadKind {
     /// The `--api-socket` thread: accepts and answers on an already bound Unix socket,
     /// and kicks vCPU threads out of KVM_RUN to pause them.
     Api,
+    /// The emulated TEEs' evidence service ([`crate::tee::evidence_vsock`]): reads
+    /// requests from and writes answers to the socket ends the vsock thread hands it.
+    Evidence,
 }
 
 /// Errors building or installing a filter.
@@ -221,6 +227,8 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     libc::SYS_setsockopt,
                     libc::SYS_shutdown,
                     libc::SYS_getrandom,
+                    // A guest connection to the emulated TEEs' evidence service.
+                    libc::SYS_socketpair,
                 ],
             );
             rules.insert(libc::SYS_ioctl, vec![arg1_is(libc::FIONBIO)?]);
@@ -230,6 +238,20 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     arg1_is(libc::F_GETFD as u64)?,
                     arg1_is(libc::F_GETFL as u64)?,
                     arg1_is(libc::F_SETFL as u64)?,
+                ],
+            );
+        }
+        ThreadKind::Evidence => {
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_setsockopt,
+                    libc::SYS_shutdown,
+                    // std's hash maps seed themselves once per thread.
+                    libc::SYS_getrandom,
                 ],
             );
         }
@@ -343,6 +365,7 @@ mod tests {
         assert!(program(ThreadKind::ConfidentialVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::EmulatedTeeVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Quote).unwrap().len() > 10);
+        assert!(program(ThreadKind::Evidence).unwrap().len() > 10);
     }
 
     #[test]
