@@ -679,3 +679,60 @@ fn qemu_runs_the_image_as_its_firmware() {
         "{text}"
     );
 }
+
+/// The emulator-trap path (issue 13, "must also work on a standard KVM"), on this
+/// machine: with `--tee-trap port` the VMM tells the firmware to trap PVALIDATE /
+/// TDCALL through `out 0xE1/0xE0` (SEV_STATUS bit 62, CPUID 0x21.1) and, as a standard
+/// KVM does, answers a literal PVALIDATE / TDCALL with #UD (the guest stops). So the
+/// firmware boots only if every one of its TEE instructions took the port trap. Before
+/// the firmware honoured the signal, the SNP launch stopped at its first PVALIDATE with
+/// the #UD message. Under TDX the test kernel itself then executes a literal TDCALL
+/// (it reads its RTMRs, as a TD-aware kernel would), which stops the TD with the same
+/// #UD: the firmware got that far, measured, through the port trap. `auto` (the
+/// default) keeps the literal instructions on this KVM.
+#[test]
+fn emulated_tees_take_the_port_trap_when_the_platform_says_so() {
+    test_kit::require!(kvm);
+    let i = inputs(5000);
+    let plat = platform(&i.dir);
+    let (o, _) = launch(
+        &i,
+        "emulated-snp",
+        &["--emulated-platform", plat.as_str(), "--tee-trap", "port"],
+    );
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "emulated-snp, port trap: {out}\n{err}");
+    assert!(out.contains("cvm-firmware: SEV-SNP"), "{out}");
+    assert!(out.contains("TESTKERNEL-OK"), "{out}");
+
+    let (o, _) = launch(
+        &i,
+        "emulated-tdx",
+        &["--emulated-platform", plat.as_str(), "--tee-trap", "port"],
+    );
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("measured into RTMR1/RTMR2; entering"),
+        "the firmware boots through the TDCALL port trap: {out}\n{err}"
+    );
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("#UD: the guest executed the literal TDCALL"),
+        "the test kernel's literal TDCALL is #UD, as on a standard KVM: {err}"
+    );
+
+    // `instruction` (what `auto` picks on this KVM): the literal instructions.
+    let (o, _) = launch(
+        &i,
+        "emulated-tdx",
+        &[
+            "--emulated-platform",
+            plat.as_str(),
+            "--tee-trap",
+            "instruction",
+        ],
+    );
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("TESTKERNEL-OK"), "{out}");
+}

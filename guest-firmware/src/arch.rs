@@ -2,7 +2,10 @@
 //! emulator-safe at CPL0 on this machine except `pvalidate` and `tdcall`, which exist
 //! only on real SNP/TDX hardware: under this project's emulated TEEs they exit to the
 //! VMM (KVM_EXIT_INTERNAL_ERROR with the instruction bytes), which plays the PSP / TDX
-//! module. `vmgexit` uses the emulator trap there (see its docs).
+//! module. `vmgexit` uses the emulator trap there (see its docs). On a standard KVM,
+//! where those instructions raise #UD inside the guest, PVALIDATE and TDCALL use the
+//! emulator trap too (`out 0xE1` / `out 0xE0` with the same registers), selected once
+//! by `env::select_traps` from a signal a real PSP / TDX module fixes.
 
 use core::arch::asm;
 
@@ -67,24 +70,48 @@ pub fn halt_forever() -> ! {
 
 /// Firmware variables (the image runs from ROM and has no writable statics): a page
 /// of pre-validated private firmware memory. Byte 0: VMGEXIT goes through the emulator
-/// trap (`out 0xE2, al`) instead of the literal `rep vmmcall`, set once by
-/// `snp::init_low` from SEV_STATUS.
+/// trap (`out 0xE2, al`) instead of the literal `rep vmmcall`; byte 1: PVALIDATE and
+/// TDCALL go through the emulator trap (`out 0xE1, al` / `out 0xE0, al`). Both are set
+/// once, by `env::select_traps`.
 pub const VARS: u64 = 0xE000;
+const VAR_VMGEXIT_PORT: u64 = VARS;
+const VAR_INSN_PORT: u64 = VARS + 1;
 
-/// Selects the VMGEXIT trap (the ONE place the firmware chooses it: `snp::init_low`).
+/// Selects the VMGEXIT trap (called only by `env::select_traps`, the ONE place the
+/// firmware chooses its traps).
 ///
 /// Safe on real hardware whatever the host claims: there `out` raises #VC, for which
 /// the firmware has no handler in long mode (the guest stops), or, when the host does
 /// not intercept it, changes no register, which the GHCB protocol code treats as a
 /// missing response.
 pub fn set_vmgexit_port_trap(on: bool) {
-    // SAFETY: VARS is firmware-private memory used only through these two functions.
-    unsafe { core::ptr::write_volatile(VARS as *mut u8, u8::from(on)) }
+    // SAFETY: VARS is firmware-private memory used only through these functions.
+    unsafe { core::ptr::write_volatile(VAR_VMGEXIT_PORT as *mut u8, u8::from(on)) }
 }
 
 fn vmgexit_port_trap() -> bool {
     // SAFETY: as `set_vmgexit_port_trap`.
-    unsafe { core::ptr::read_volatile(VARS as *const u8) == 1 }
+    unsafe { core::ptr::read_volatile(VAR_VMGEXIT_PORT as *const u8) == 1 }
+}
+
+/// Selects the PVALIDATE/TDCALL trap (called only by `env::select_traps`, from a signal
+/// the host cannot forge on hardware: see `env`).
+pub fn set_insn_port_trap(on: bool) {
+    if cfg!(test) {
+        return;
+    }
+    // SAFETY: as `set_vmgexit_port_trap`.
+    unsafe { core::ptr::write_volatile(VAR_INSN_PORT as *mut u8, u8::from(on)) }
+}
+
+/// Whether PVALIDATE/TDCALL use the emulator trap. Host unit tests (where VARS is not
+/// mapped) always use the literal instruction, answered by `fake_module`.
+fn insn_port_trap() -> bool {
+    if cfg!(test) {
+        return false;
+    }
+    // SAFETY: as `set_vmgexit_port_trap`.
+    unsafe { core::ptr::read_volatile(VAR_INSN_PORT as *const u8) == 1 }
 }
 
 /// VMGEXIT (`rep vmmcall`): SEV-ES/SNP only. Under the emulated SNP of this project
@@ -113,12 +140,23 @@ pub unsafe fn vmgexit() {
 pub unsafe fn pvalidate(va: u64, huge: bool, validate: bool) -> (u32, bool) {
     let rc: u64;
     let unchanged: u8;
-    // SAFETY: upheld by the caller. Encoding F2 0F 01 FF (PVALIDATE).
-    unsafe {
-        asm!(".byte 0xf2, 0x0f, 0x01, 0xff", "setc {c}",
-             c = out(reg_byte) unchanged,
-             inout("rax") va => rc, in("ecx") huge as u32, in("edx") validate as u32,
-             options(nostack))
+    if insn_port_trap() {
+        // SAFETY: upheld by the caller. The emulator trap: the same registers and CF
+        // result as PVALIDATE (host-vmm `tee::emu_snp`, "Traps").
+        unsafe {
+            asm!("out 0xE1, al", "setc {c}",
+                 c = out(reg_byte) unchanged,
+                 inout("rax") va => rc, in("ecx") huge as u32, in("edx") validate as u32,
+                 options(nostack))
+        }
+    } else {
+        // SAFETY: upheld by the caller. Encoding F2 0F 01 FF (PVALIDATE).
+        unsafe {
+            asm!(".byte 0xf2, 0x0f, 0x01, 0xff", "setc {c}",
+                 c = out(reg_byte) unchanged,
+                 inout("rax") va => rc, in("ecx") huge as u32, in("edx") validate as u32,
+                 options(nostack))
+        }
     }
     (rc as u32, unchanged != 0)
 }
@@ -150,12 +188,23 @@ pub struct TdRegs {
 /// # Safety
 /// Only inside a TD; memory operands named by the leaf must be valid.
 pub unsafe fn tdcall(mut r: TdRegs) -> TdRegs {
-    // SAFETY: upheld by the caller.
-    unsafe {
-        asm!(".byte 0x66, 0x0f, 0x01, 0xcc",
-             inout("rax") r.rax, inout("rcx") r.rcx, inout("rdx") r.rdx, inout("r8") r.r8,
-             inout("r9") r.r9, inout("r10") r.r10, inout("r11") r.r11, inout("r12") r.r12,
-             inout("r13") r.r13, inout("r14") r.r14, inout("r15") r.r15, options(nostack))
+    if insn_port_trap() {
+        // SAFETY: upheld by the caller. The emulator trap: the same registers in and
+        // out as TDCALL (host-vmm `tee::emu_tdx`).
+        unsafe {
+            asm!("out 0xE0, al",
+                 inout("rax") r.rax, inout("rcx") r.rcx, inout("rdx") r.rdx, inout("r8") r.r8,
+                 inout("r9") r.r9, inout("r10") r.r10, inout("r11") r.r11, inout("r12") r.r12,
+                 inout("r13") r.r13, inout("r14") r.r14, inout("r15") r.r15, options(nostack))
+        }
+    } else {
+        // SAFETY: upheld by the caller.
+        unsafe {
+            asm!(".byte 0x66, 0x0f, 0x01, 0xcc",
+                 inout("rax") r.rax, inout("rcx") r.rcx, inout("rdx") r.rdx, inout("r8") r.r8,
+                 inout("r9") r.r9, inout("r10") r.r10, inout("r11") r.r11, inout("r12") r.r12,
+                 inout("r13") r.r13, inout("r14") r.r14, inout("r15") r.r15, options(nostack))
+        }
     }
     r
 }

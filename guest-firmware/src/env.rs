@@ -11,7 +11,50 @@
 //! the checks that are safe in long mode. The result is the same order: a TD is never
 //! an SNP guest.
 
+//!
+//! # The emulator traps (chosen once, by [`select_traps`])
+//!
+//! Under `--tee emulated-*` the VMM answers PVALIDATE, TDCALL and VMGEXIT. Where the
+//! host KVM exits to the VMM on the literal instructions (this project's PVM machine)
+//! the firmware executes them; on a standard KVM they raise #UD inside the guest, so
+//! the firmware uses the emulator trap instead (`out 0xE1/0xE0/0xE2, al`, the same
+//! registers in and out; host-vmm `tee::emu_snp` "Traps"). Protocol code is the same
+//! either way; only `arch::pvalidate`, `arch::tdcall` and `arch::vmgexit` look at the
+//! choice.
+//!
+//! **Security rule**: on real hardware the host must never be able to move the firmware
+//! to a port trap, because a port "PVALIDATE" or "TDCALL" would let the host answer
+//! for the PSP / TDX module (fake a validation or an accept). So the signal is one the
+//! hardware fixes:
+//!
+//! - **SNP**: SEV_STATUS (MSR 0xC001_0131) bits 63 (emulated platform) *and* 62
+//!   (instructions trap). SEV_STATUS is a read-only MSR the hardware reports for the
+//!   running guest (AMD APM vol. 2, §15.34.10): in an SEV-ES/SNP guest a RDMSR of it is
+//!   not intercepted and raises no #VC (the 32-bit stage reads it before any #VC
+//!   handling; Linux reads it the same way in `sev_enable` / `sme_enable`, and KVM's
+//!   `sev_smoke_test` reads it in an SEV-ES guest without a GHCB), so the hypervisor
+//!   cannot choose its value, and bits 62-63 are reserved (0) on every SNP processor.
+//! - **TDX**: CPUID leaf 0x21 sub-leaf 1 with the signature [`TDX_EMULATOR_INSN_TRAP`]
+//!   in EBX, EDX, ECX. Leaf 0x21 is virtualized by the TDX module itself (the host
+//!   cannot configure it: it is not among the CPUID_CONFIG leaves TDH.SYS.INFO / KVM's
+//!   KVM_TDX_CAPABILITIES offer; Intel's `td_cpuid.c` answers it from the module's own
+//!   table, sub-leaves beyond 0 read as zeros or raise #VE, which the firmware cannot
+//!   handle, so the TD stops). The emulated TDX of this project is the only "module"
+//!   that reports this signature.
+//!
+//! Neither signal is measured, so the launch digest and RTMRs are the same with either
+//! trap. Independently of the signal, a port trap on hardware cannot succeed: on TDX an
+//! `out` always raises #VE (no handler in long mode: the TD stops); on SNP an
+//! intercepted `out` raises #VC (no handler: the guest stops) and a non-intercepted
+//! one changes no register, and the firmware's checks (PVALIDATE's RAX 0 and CF clear,
+//! a GHCB MSR response code) then fail and it terminates.
+
 use crate::arch;
+use crate::snp;
+
+/// CPUID (0x21, 1) EBX, EDX, ECX of the emulated TDX module when TDCALL must use the
+/// emulator trap. A real TDX module never reports it (module docs).
+pub const TDX_EMULATOR_INSN_TRAP: &[u8; 12] = b"CvmTrapPort!";
 
 /// Entry flag: entered at the reset vector in 32-bit protected mode (a TD).
 pub const FLAG_ENTRY32: u32 = 1;
@@ -77,4 +120,80 @@ pub fn detect(flags: u32) -> Env {
         return Env::Plain;
     }
     Env::Plain
+}
+
+/// Whether SEV_STATUS asks for the PVALIDATE emulator trap (bits 63 and 62).
+pub fn snp_insn_port_trap(sev_status: u64) -> bool {
+    let both = snp::SEV_STATUS_EMULATOR_TRAP | snp::SEV_STATUS_EMULATOR_INSN_TRAP;
+    sev_status & both == both
+}
+
+/// Whether CPUID (0x21, 1) asks for the TDCALL emulator trap.
+pub fn tdx_insn_port_trap(ebx: u32, ecx: u32, edx: u32) -> bool {
+    let w = |i: usize| {
+        u32::from_le_bytes([
+            TDX_EMULATOR_INSN_TRAP[i],
+            TDX_EMULATOR_INSN_TRAP[i + 1],
+            TDX_EMULATOR_INSN_TRAP[i + 2],
+            TDX_EMULATOR_INSN_TRAP[i + 3],
+        ])
+    };
+    ebx == w(0) && edx == w(4) && ecx == w(8)
+}
+
+/// The ONE place the firmware chooses its traps (module docs), before any TEE
+/// instruction runs: VMGEXIT and PVALIDATE from SEV_STATUS (SNP), TDCALL from CPUID
+/// (0x21, 1) (TDX); literal instructions everywhere else.
+pub fn select_traps(env: Env) {
+    let (vmgexit, insn) = match env {
+        Env::Snp { .. } => {
+            let status = arch::rdmsr(snp::SEV_STATUS);
+            (
+                status & snp::SEV_STATUS_EMULATOR_TRAP != 0,
+                snp_insn_port_trap(status),
+            )
+        }
+        Env::Tdx => {
+            let (_, b, c, d) = arch::cpuid(0x21, 1);
+            (false, tdx_insn_port_trap(b, c, d))
+        }
+        Env::Plain => (false, false),
+    };
+    arch::set_vmgexit_port_trap(vmgexit);
+    arch::set_insn_port_trap(insn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The security rule, SNP: no SEV_STATUS a real processor reports selects the port
+    /// trap (bits 0-24 are the defined features; 62-63 are reserved), and bit 62
+    /// alone (without the emulated platform's bit 63) does not either.
+    #[test]
+    fn only_the_emulated_psp_bits_select_the_pvalidate_port_trap() {
+        for defined in [0b111u64, 0x1_FFFF_FF, 0x7, 0x0107] {
+            assert!(!snp_insn_port_trap(defined), "{defined:#x}");
+            assert!(
+                !snp_insn_port_trap(defined | 1 << 63),
+                "{defined:#x} | emulated"
+            );
+            assert!(
+                !snp_insn_port_trap(defined | 1 << 62),
+                "{defined:#x} | bit 62 alone"
+            );
+            assert!(snp_insn_port_trap(defined | 3 << 62));
+        }
+    }
+
+    /// The security rule, TDX: what a TDX module returns for (0x21, 1) (zeros) or a
+    /// copy of sub-leaf 0's "IntelTDX    " never selects the port trap.
+    #[test]
+    fn only_the_emulator_signature_selects_the_tdcall_port_trap() {
+        let w = |s: &[u8; 4]| u32::from_le_bytes(*s);
+        assert!(!tdx_insn_port_trap(0, 0, 0));
+        assert!(!tdx_insn_port_trap(w(b"Inte"), w(b"    "), w(b"lTDX")));
+        assert!(tdx_insn_port_trap(w(b"CvmT"), w(b"ort!"), w(b"rapP")));
+        assert!(!tdx_insn_port_trap(w(b"CvmT"), w(b"ort!"), 0));
+    }
 }

@@ -19,7 +19,7 @@
 //! | 0xA000 / 0xB000 | SNP secrets / CPUID pages |
 //! | 0xC000 | SNP_KERNEL_HASHES page: QEMU hashes table at offset 0 |
 //! | 0xD000 | SNP CC blob and its `setup_data` |
-//! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT trap choice) |
+//! | 0xE000 | firmware variables (`arch::VARS`: the VMGEXIT and PVALIDATE/TDCALL trap choices) |
 //! | 0x10000–0x17FFF | stack (top 0x18000) |
 //! | 0x1C000 | ACPI Multiprocessor Wakeup mailbox (TD APs park here; e820 reserved) |
 //! | 0x1D000 | 32-bit IDT (#VC handler, SNP) |
@@ -123,6 +123,8 @@ fn copy_in(dst: u64, src_gpa: u64, alias: u64, n: u64) {
 #[link_section = ".text.fw_main"]
 pub extern "C" fn fw_main(flags: u32) -> ! {
     let env = env::detect(flags);
+    // Before any PVALIDATE, TDCALL or VMGEXIT (`env` docs: the security rule).
+    env::select_traps(env);
     let io = match env {
         Env::Snp { cbit } => {
             snp::init_low(cbit);

@@ -1,7 +1,8 @@
 //! SEV-SNP (AMD GHCB specification 2.x, Linux conventions): the same code runs on
 //! hardware and under `cvm launch --tee emulated-snp`, where the VMM plays the PSP and
-//! the hypervisor (host-vmm `tee::emu_snp`). The only difference is the VMGEXIT trap
-//! (`arch::vmgexit`), chosen once in [`init_low`].
+//! the hypervisor (host-vmm `tee::emu_snp`). The only differences are the VMGEXIT and
+//! PVALIDATE traps (`arch::vmgexit`, `arch::pvalidate`), chosen once by
+//! `env::select_traps` from SEV_STATUS.
 //!
 //! - the GHCB page (0x9000) and the descriptor page (0x8000) and ACPI area
 //!   (0xE0000-0xFFFFF) are host-written, so the first 2 MiB is remapped with 4 KiB
@@ -29,10 +30,15 @@ pub const GHCB: u64 = 0x9000;
 /// The page table that splits 0-2 MiB into 4 KiB pages.
 const LOW_PT: u64 = 0x1F000;
 const GHCB_MSR: u32 = 0xC001_0130;
-const SEV_STATUS: u32 = 0xC001_0131;
+/// SEV_STATUS (read by `env::select_traps`; AMD APM vol. 2, §15.34.10).
+pub const SEV_STATUS: u32 = 0xC001_0131;
 /// SEV_STATUS bit 63: the emulated PSP of this project (VMGEXIT through the emulator
 /// trap). Reserved on hardware.
-const SEV_STATUS_EMULATOR_TRAP: u64 = 1 << 63;
+pub const SEV_STATUS_EMULATOR_TRAP: u64 = 1 << 63;
+/// SEV_STATUS bit 62: the emulated PSP on a host whose KVM raises #UD for PVALIDATE (a
+/// standard KVM): PVALIDATE through the emulator trap. Reserved on hardware; honoured
+/// only together with bit 63.
+pub const SEV_STATUS_EMULATOR_INSN_TRAP: u64 = 1 << 62;
 const PD0: u64 = 0x3000;
 /// PVALIDATE return code: the page size does not match the RMP entry.
 const PVALIDATE_FAIL_SIZEMISMATCH: u32 = 6;
@@ -136,9 +142,6 @@ fn ghcb_call() -> (u64, u64) {
 /// Remaps the first 2 MiB with 4 KiB pages (shared: descriptor, GHCB, ACPI area) and
 /// registers the GHCB. Runs before anything reads the descriptor or prints.
 pub fn init_low(cbit: u8) {
-    // The one place the firmware chooses its VMGEXIT trap (`arch::set_vmgexit_port_trap`
-    // explains why a host-chosen value cannot weaken a real guest).
-    arch::set_vmgexit_port_trap(arch::rdmsr(SEV_STATUS) & SEV_STATUS_EMULATOR_TRAP != 0);
     let c = 1u64 << cbit;
     // SAFETY: LOW_PT is pre-validated firmware memory (SNP_SEC_MEM) used by nothing
     // else; PD0 is the live page directory for 0-1 GiB, which we update in place

@@ -24,6 +24,7 @@ use host_vmm::tee::launch::{SnpLaunch, TdxLaunch};
 use host_vmm::tee::none::NoTee;
 use host_vmm::tee::services::CertTable;
 use host_vmm::tee::tdx::TdConfig;
+use host_vmm::tee::trap::TeeTrap;
 use host_vmm::tee::{self, KvmCapabilities, TeeBackend, TeeKind};
 use host_vmm::vmm::{self, DiskConfig, SerialOutput, VmConfig};
 use host_vmm::vstate::vcpu::VcpuStop;
@@ -80,6 +81,12 @@ pub struct Args {
     /// Per-thread seccomp filters; `off` only for debugging.
     #[arg(long, value_enum, default_value = "on")]
     pub seccomp: SeccompArg,
+    /// Emulated TEEs only: how the guest traps PVALIDATE/TDCALL to the VMM. `auto`
+    /// probes this host's KVM once (literal instructions where KVM exits on them, the
+    /// `out 0xE0/0xE1` emulator trap where they raise #UD, as on a standard KVM);
+    /// `instruction` / `port` force one (tests).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub tee_trap: TeeTrapArg,
     /// Kernel (bzImage) to boot: staged for the firmware, which checks it against the
     /// measured hashes (SNP, plain) or extends it into RTMR1 (TDX). The built-in firmware
     /// boots nothing else, so it needs one.
@@ -214,6 +221,8 @@ pub struct Spec {
     pub vcpu_type: String,
     /// Seccomp.
     pub seccomp: SeccompArg,
+    /// The emulated TEEs' PVALIDATE/TDCALL trap.
+    pub tee_trap: TeeTrapArg,
     /// Kernel.
     pub kernel: Option<PathBuf>,
     /// Initrd.
@@ -391,6 +400,7 @@ impl Args {
             vcpu_type: pick("cpu", self.vcpu_type, d.and_then(Loaded::cpu))
                 .unwrap_or_else(|| DEFAULT_VCPU_TYPE.into()),
             seccomp: self.seccomp,
+            tee_trap: self.tee_trap,
             kernel: pick(
                 "kernel",
                 self.kernel,
@@ -485,6 +495,28 @@ impl From<SeccompArg> for SeccompMode {
         match s {
             SeccompArg::On => SeccompMode::On,
             SeccompArg::Off => SeccompMode::Off,
+        }
+    }
+}
+
+/// `--tee-trap`: the emulated TEEs' PVALIDATE/TDCALL trap ([`host_vmm::tee::trap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TeeTrapArg {
+    /// Probe this host's KVM once (default).
+    #[default]
+    Auto,
+    /// The literal instructions (needs a KVM that exits on them).
+    Instruction,
+    /// The emulator trap `out 0xE1, al` / `out 0xE0, al`.
+    Port,
+}
+
+impl From<TeeTrapArg> for TeeTrap {
+    fn from(t: TeeTrapArg) -> Self {
+        match t {
+            TeeTrapArg::Auto => TeeTrap::Auto,
+            TeeTrapArg::Instruction => TeeTrap::Instruction,
+            TeeTrapArg::Port => TeeTrap::Port,
         }
     }
 }
@@ -1057,25 +1089,33 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
                 .map_err(LaunchError::SnpPlan)?;
             let preload = plan_pages(&plan);
             let host_data = padded::<32>(&a.host_data)?;
-            Arc::new(EmulatedSnp::launch(
-                &platform()?,
-                &plan,
-                a.policy,
-                host_data,
-                preload,
-            )?)
+            let b = EmulatedSnp::launch(&platform()?, &plan, a.policy, host_data, preload)?
+                .with_tee_trap(a.tee_trap.into());
+            tracing::info!(
+                event = "tee-trap",
+                trap = b.insn_trap().name(),
+                "emulated PVALIDATE trap"
+            );
+            Arc::new(b)
         }
         TeeArg::EmulatedTdx => {
             let config = attestation::tdx::emulated::TdConfig {
                 mr_config_id: padded::<48>(&a.host_data)?,
                 ..Default::default()
             };
-            Arc::new(EmulatedTdx::launch(
+            let b = EmulatedTdx::launch(
                 &platform()?,
                 inputs.firmware.clone(),
                 config,
                 boot.map(BootInputs::direct_boot),
-            )?)
+            )?
+            .with_tee_trap(a.tee_trap.into());
+            tracing::info!(
+                event = "tee-trap",
+                trap = b.insn_trap().name(),
+                "emulated TDCALL trap"
+            );
+            Arc::new(b)
         }
     })
 }

@@ -18,6 +18,12 @@
 //!   by code allowed to do port I/O (CPL0, or IOPL 3 as the test guest sets), which
 //!   mirrors TDCALL's CPL0 requirement; the literal instruction is emulated only when CS
 //!   is at DPL 0.
+//! - **Which one the firmware uses** is decided once per launch ([`crate::tee::trap`]:
+//!   a probe VM finds whether this KVM exits on `tdcall`; `--tee-trap` overrides) and
+//!   told to the TD through CPUID (0x21, 1) = [`crate::tee::trap::TDX_INSN_TRAP_SIGNATURE`],
+//!   a sub-leaf a real TDX module fixes (guest-firmware `env` docs). With the port trap,
+//!   a literal `tdcall` stops the TD with #UD ([`LITERAL_UD_TDCALL`]), as a standard KVM
+//!   would.
 //!
 //! # Leaves (Intel TDX Module 1.5 ABI specification, GHCI 1.5)
 //!
@@ -79,6 +85,8 @@ use crate::vstate::vcpu::{ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
 pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
+/// Why a literal TDCALL stops the TD when CPUID (0x21, 1) selected the emulator trap.
+pub const LITERAL_UD_TDCALL: &str = "#UD: the guest executed the literal TDCALL, but the emulated TDX module selected the emulator trap (CPUID 0x21.1), as a standard KVM needs";
 /// The emulator-trap port of TDCALL.
 pub const TRAP_TDCALL: u16 = 0xE0;
 /// Guest physical address width the emulated TD reports.
@@ -144,6 +152,8 @@ pub struct TdxModule {
     attributes: u64,
     vmcalls: TdVmcalls,
     bus: OnceLock<Arc<Buses>>,
+    /// A literal `tdcall` is #UD (the TD was told to use the emulator trap).
+    literal_ud: bool,
 }
 
 impl std::fmt::Debug for TdxModule {
@@ -192,7 +202,16 @@ impl TdxModule {
             attributes,
             vmcalls,
             bus: OnceLock::new(),
+            literal_ud: false,
         }
+    }
+
+    /// The TDCALL trap the TD was told to use (CPUID (0x21, 1), [`crate::tee::trap`]).
+    /// With the port trap a literal `tdcall` stops the TD with #UD, as on a standard
+    /// KVM, so a firmware that ignores the signal fails on this machine too.
+    pub fn with_insn_trap(mut self, trap: crate::tee::trap::InsnTrap) -> Self {
+        self.literal_ud = trap == crate::tee::trap::InsnTrap::Port;
+        self
     }
 
     /// Gives the module the VMM's port bus (TDVMCALL<Instruction.IO>).
@@ -451,6 +470,9 @@ impl TdxModule {
                 return Err(ExitError::GuestFault(format!("instruction fetch: {fault}")));
             }
             return Ok(false);
+        }
+        if self.literal_ud {
+            return Err(ExitError::GuestFault(LITERAL_UD_TDCALL.into()));
         }
         self.tdcall(vcpu, &mut regs)?;
         regs.rip = regs.rip.wrapping_add(TDCALL.len() as u64);

@@ -23,6 +23,7 @@ use super::backend::{
 };
 use super::emu_snp::{self, PspLayout, SnpPsp, CBIT};
 use super::emulated::{EmulatedLaunchError, EmulatedTee, Mailbox, MAILBOX_LEN, MAILBOX_PORT};
+use super::trap::{self, InsnTrap, TeeTrap};
 use super::TeeKind;
 use crate::seccomp::SeccompMode;
 use crate::vstate::vcpu::{sanitize_cpuid, LEAF_AMD_MEM_ENCRYPT};
@@ -41,6 +42,9 @@ pub struct EmulatedSnp {
     digest: [u8; 48],
     layout: PspLayout,
     psp: OnceLock<Arc<SnpPsp>>,
+    /// The PVALIDATE trap, once chosen ([`Self::with_tee_trap`]; else probed when the
+    /// PSP is created).
+    insn_trap: Option<InsnTrap>,
 }
 
 /// Where the plan puts the PSP's pages and what it assigns.
@@ -85,7 +89,20 @@ impl EmulatedSnp {
             digest,
             layout: psp_layout(plan),
             psp: OnceLock::new(),
+            insn_trap: None,
         })
+    }
+
+    /// Chooses the PVALIDATE trap now (`--tee-trap`; [`TeeTrap::Auto`] probes the host
+    /// once, [`crate::tee::trap`]). The CLI calls it before entering a jail.
+    pub fn with_tee_trap(mut self, trap: TeeTrap) -> Self {
+        self.insn_trap = Some(trap.resolve());
+        self
+    }
+
+    /// The PVALIDATE trap the firmware is told to use.
+    pub fn insn_trap(&self) -> InsnTrap {
+        self.insn_trap.unwrap_or_else(trap::host_insn_trap)
     }
 
     /// The software PSP, once the launch created it.
@@ -195,7 +212,8 @@ impl TeeBackend for EmulatedSnp {
             &self.layout,
             &table,
         )
-        .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;
+        .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?
+        .with_insn_trap(self.insn_trap());
         psp.set_guest_cpuid(cpuid);
         emu_snp::register_alias_slots(vm).map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;
         vm.enable_user_msr_exits(&[emu_snp::ghcb::MSR_GHCB, emu_snp::ghcb::MSR_SEV_STATUS])

@@ -53,6 +53,7 @@ use super::emulated::{
 };
 use super::launch::{tdx_pages, LaunchStepError, TdxLaunch, TdxPages};
 use super::services::{self, Notify};
+use super::trap::{self, InsnTrap, TeeTrap};
 use super::TeeKind;
 use crate::acpi::Ccel;
 use crate::devices::Buses;
@@ -75,6 +76,9 @@ pub struct EmulatedTdx {
     cc: Arc<OnceLock<Arc<CcMemory>>>,
     vcpus: Arc<OnceLock<u32>>,
     module: OnceLock<Arc<TdxModule>>,
+    /// The TDCALL trap, once chosen ([`Self::with_tee_trap`]; else probed when CPUID
+    /// is built).
+    insn_trap: Option<InsnTrap>,
 }
 
 impl EmulatedTdx {
@@ -111,7 +115,20 @@ impl EmulatedTdx {
             cc: Arc::default(),
             vcpus: Arc::default(),
             module: OnceLock::new(),
+            insn_trap: None,
         })
+    }
+
+    /// Chooses the TDCALL trap now (`--tee-trap`; [`TeeTrap::Auto`] probes the host
+    /// once, [`crate::tee::trap`]). The CLI calls it before entering a jail.
+    pub fn with_tee_trap(mut self, trap: TeeTrap) -> Self {
+        self.insn_trap = Some(trap.resolve());
+        self
+    }
+
+    /// The TDCALL trap the firmware is told to use (CPUID (0x21, 1)).
+    pub fn insn_trap(&self) -> InsnTrap {
+        self.insn_trap.unwrap_or_else(trap::host_insn_trap)
     }
 
     /// **Test equipment (issue 13, bug 3):** launches the TD_HOB section without the
@@ -189,7 +206,7 @@ impl TeeBackend for EmulatedTdx {
 
     fn adjust_cpuid(&self, cpuid: &mut CpuId) {
         sanitize_cpuid(cpuid, false, false);
-        show_tdx_leaf(cpuid);
+        show_tdx_leaf(cpuid, self.insn_trap());
     }
 
     fn before_vcpus<'v>(
@@ -238,13 +255,16 @@ impl TeeBackend for EmulatedTdx {
                 "emulated TDX needs VmType::EmulatedConfidential".into(),
             ));
         };
-        let module = Arc::new(TdxModule::new(
-            cc.clone(),
-            self.tee.clone(),
-            self.vcpus.get().copied().unwrap_or(1),
-            Some((tx, in_flight)),
-            notify,
-        ));
+        let module = Arc::new(
+            TdxModule::new(
+                cc.clone(),
+                self.tee.clone(),
+                self.vcpus.get().copied().unwrap_or(1),
+                Some((tx, in_flight)),
+                notify,
+            )
+            .with_insn_trap(self.insn_trap()),
+        );
         let _ = self.module.set(module.clone());
         Ok(Some(TeeRuntime {
             exits: module,
@@ -278,8 +298,12 @@ impl TeeBackend for EmulatedTdx {
 }
 
 /// Shows CPUID leaf 0x21 as a TDX module does ("IntelTDX    " in EBX, EDX, ECX) and
-/// raises the maximum basic leaf to reach it.
-fn show_tdx_leaf(cpuid: &mut CpuId) {
+/// raises the maximum basic leaf to reach it. With the TDCALL port trap, sub-leaf 1
+/// carries [`trap::TDX_INSN_TRAP_SIGNATURE`] (the firmware's signal, which a real TDX
+/// module never reports) and both entries are looked up by sub-leaf
+/// (KVM_CPUID_FLAG_SIGNIFCANT_INDEX); otherwise the one entry has no significant index,
+/// so every sub-leaf reads as sub-leaf 0, which is not the signature.
+pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
     let mut entries: Vec<kvm_cpuid_entry2> = cpuid
         .as_slice()
         .iter()
@@ -289,16 +313,36 @@ fn show_tdx_leaf(cpuid: &mut CpuId) {
     for e in entries.iter_mut().filter(|e| e.function == 0) {
         e.eax = e.eax.max(LEAF_TDX);
     }
-    let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
+    let word = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let port = insn_trap == InsnTrap::Port;
+    let flags = if port {
+        kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+    } else {
+        0
+    };
     entries.push(kvm_cpuid_entry2 {
         function: LEAF_TDX,
         index: 0,
+        flags,
         eax: 0,
         ebx: word(b"Inte"),
         edx: word(b"lTDX"),
         ecx: word(b"    "),
         ..Default::default()
     });
+    if port {
+        let sig = trap::TDX_INSN_TRAP_SIGNATURE;
+        entries.push(kvm_cpuid_entry2 {
+            function: LEAF_TDX,
+            index: 1,
+            flags,
+            eax: 0,
+            ebx: word(&sig[0..4]),
+            edx: word(&sig[4..8]),
+            ecx: word(&sig[8..12]),
+            ..Default::default()
+        });
+    }
     if let Ok(c) = CpuId::from_entries(&entries) {
         *cpuid = c;
     }

@@ -48,6 +48,7 @@ pub mod runtime;
 pub mod services;
 pub mod snp;
 pub mod tdx;
+pub mod trap;
 
 pub use backend::TeeBackend;
 

@@ -3,6 +3,7 @@
 
 pub mod cc_memory;
 pub mod cpuid;
+pub mod insn_probe;
 pub mod memory;
 pub mod private;
 pub mod sev;

@@ -35,9 +35,13 @@
 //!
 //! | instruction | hardware | emulated, CPL0 (firmware) | emulated, CPL3 / standard KVM |
 //! |---|---|---|---|
-//! | PVALIDATE | `f2 0f 01 ff` | the literal instruction (internal-error exit) | `out 0xE1, al` |
+//! | PVALIDATE | `f2 0f 01 ff` | the literal instruction (internal-error exit); `out 0xE1, al` on a standard KVM or with `--tee-trap port` (SEV_STATUS bit 62) | `out 0xE1, al` |
 //! | VMGEXIT | `f3 0f 01 d9` | `out 0xE2, al` | `out 0xE2, al` |
 //! | RDMSR / WRMSR | literal | literal (user-space MSR exits) | `out 0xE3/0xE4, al` |
+//!
+//! Whether the host KVM exits on PVALIDATE is probed once ([`crate::tee::trap`]); the
+//! firmware learns the outcome from SEV_STATUS bit [`SEV_STATUS_EMULATOR_INSN_TRAP`]
+//! (honoured only with bit 63), a reserved bit the host cannot set on hardware.
 //!
 //! Every other register is set exactly as for the instruction and the results come
 //! back in the same registers and RFLAGS bits ([`SnpPsp::trap`]). The firmware chooses
@@ -82,6 +86,12 @@ pub const CBIT: u8 = 47;
 /// SEV_STATUS bit the emulated PSP sets so the firmware uses the `out 0xE2` VMGEXIT
 /// trap (reserved on hardware: a real PSP reports it as 0).
 pub const SEV_STATUS_EMULATOR_TRAP: u64 = 1 << 63;
+/// SEV_STATUS bit the emulated PSP sets, with [`SEV_STATUS_EMULATOR_TRAP`], when the
+/// firmware must use the PVALIDATE emulator trap `out 0xE1, al` (a standard KVM raises
+/// #UD for the literal instruction: [`crate::tee::trap`]). Reserved on hardware.
+pub const SEV_STATUS_EMULATOR_INSN_TRAP: u64 = 1 << 62;
+/// Why a literal PVALIDATE stops the guest when SEV_STATUS selected the emulator trap.
+pub const LITERAL_UD_PVALIDATE: &str = "#UD: the guest executed the literal PVALIDATE, but the emulated platform selected the emulator trap (SEV_STATUS bit 62), as a standard KVM needs";
 /// The emulator-trap ports: `out 0xE0 + n, al`.
 pub mod trap_port {
     #![allow(missing_docs)]
@@ -276,6 +286,19 @@ impl SnpPsp {
             sev_status: ghcb::SEV_STATUS_SNP | SEV_STATUS_EMULATOR_TRAP,
             cpuid: OnceLock::new(),
         })
+    }
+
+    /// The PVALIDATE trap the guest's firmware is told to use (SEV_STATUS bit 62,
+    /// [`SEV_STATUS_EMULATOR_INSN_TRAP`]). The port trap is answered either way (the
+    /// test guest uses it at CPL3); with [`InsnTrap::Port`](crate::tee::trap::InsnTrap)
+    /// a literal PVALIDATE stops the guest with #UD ([`LITERAL_UD_PVALIDATE`]), as on a
+    /// standard KVM.
+    pub fn with_insn_trap(mut self, trap: crate::tee::trap::InsnTrap) -> Self {
+        self.sev_status &= !SEV_STATUS_EMULATOR_INSN_TRAP;
+        if trap == crate::tee::trap::InsnTrap::Port {
+            self.sev_status |= SEV_STATUS_EMULATOR_INSN_TRAP;
+        }
+        self
     }
 
     /// Connects the VMM's port I/O (GHCB IOIO exits); set once.
@@ -777,6 +800,12 @@ impl ExitHandler for SnpPsp {
             || insn_bytes(data).as_deref().and_then(|b| b.get(..4)) != Some(&PVALIDATE[..])
         {
             return Ok(Handled::No);
+        }
+        if self.sev_status & SEV_STATUS_EMULATOR_INSN_TRAP != 0 {
+            // The platform told the firmware to use the emulator trap, as on a standard
+            // KVM, where the literal instruction raises #UD: stop the guest the same way
+            // here, so a firmware that ignores the signal fails on this machine too.
+            return Err(ExitError::GuestFault(LITERAL_UD_PVALIDATE.into()));
         }
         let mut regs = fd
             .get_regs()
