@@ -78,7 +78,7 @@ verifier() {
 
 cmdline=$(cat /la/cmdline)
 plain=$(echo "$cmdline" | sed 's/ cvm.tsm=vsock//')
-none="--tee none --vcpus 1 --kernel /guest/vmlinuz --disk /la/disk.img,readonly"
+none="--tee none --vcpus 1 --kernel /guest/vmlinuz --disk /la/disk.img"
 # shellcheck disable=SC2086
 lx linux-none-refused 0 "cvm-agent failed" $none --initrd /la/initrd.cpio \
   --vsock-uds /tmp/v-none.sock --cmdline "$plain"
