@@ -52,12 +52,18 @@ fn connect_error(e: std::io::Error) -> TransportError {
     }
 }
 
-/// A connected AF_VSOCK stream to `cid:port` (the relay's connect timeout applies).
+/// A connected AF_VSOCK stream to `cid:port` (the relay's connect timeout applies); the
+/// error is the relay's reading of a failed connect ([`connect_error`]).
 pub fn connect_stream(cid: u32, port: u32) -> Result<File, TransportError> {
+    connect_raw(cid, port).map_err(connect_error)
+}
+
+/// A connected AF_VSOCK stream to `cid:port`, with the OS error of a failed connect.
+pub fn connect_raw(cid: u32, port: u32) -> std::io::Result<File> {
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(io(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -91,7 +97,7 @@ pub fn connect_stream(cid: u32, port: u32) -> Result<File, TransportError> {
         )
     };
     if rc != 0 {
-        return Err(connect_error(std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(File::from(owned))
 }
