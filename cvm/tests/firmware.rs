@@ -682,7 +682,7 @@ fn qemu_runs_the_image_as_its_firmware() {
 
 /// The emulator-trap path (issue 13, "must also work on a standard KVM"), on this
 /// machine: with `--tee-trap port` the VMM tells the firmware to trap PVALIDATE /
-/// TDCALL through `out 0xE1/0xE0` (SEV_STATUS bit 62, CPUID 0x21.1) and, as a standard
+/// TDCALL through `out 0xE1/0xE0` (SEV_STATUS bit 62, CPUID 0x21 EAX) and, as a standard
 /// KVM does, answers a literal PVALIDATE / TDCALL with #UD (the guest stops). So the
 /// firmware boots only if every one of its TEE instructions took the port trap. Before
 /// the firmware honoured the signal, the SNP launch stopped at its first PVALIDATE with
@@ -735,4 +735,51 @@ fn emulated_tees_take_the_port_trap_when_the_platform_says_so() {
     let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("TESTKERNEL-OK"), "{out}");
+}
+
+/// Issue 17 under emulated SNP: with `cvm.emulated_handoff=plain` on the measured
+/// command line the firmware, after the measured and validated launch, boots the kernel
+/// as a plain guest (no CC blob) and tells the emulated PSP, which then reports
+/// SEV_STATUS = 0 (a stock kernel's own SNP code cannot run on a standard KVM; the
+/// nested scenario 30-linux-emulated boots Debian's kernel this way). Without the word
+/// nothing changes.
+#[test]
+fn emulated_snp_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks() {
+    test_kit::require!(kvm);
+    let i = inputs(0);
+    let plat = platform(&i.dir);
+    for (cmdline, handoff) in [
+        ("console=ttyS0 cvm.emulated_handoff=plain", true),
+        ("console=ttyS0 cvm.emulated_handoff=plainer", false),
+    ] {
+        let (o, _) = run(
+            &[
+                "launch",
+                "--tee",
+                "emulated-snp",
+                "--emulated-platform",
+                plat.as_str(),
+                "--firmware",
+                i.firmware.as_str(),
+                "--memory",
+                "256M",
+                "--kernel",
+                i.kernel.as_str(),
+                "--initrd",
+                i.initrd.as_str(),
+                "--cmdline",
+                cmdline,
+            ],
+            &[],
+        );
+        let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{cmdline}: {out}\n{err}");
+        assert!(out.contains("TESTKERNEL-OK"), "{out}");
+        assert_eq!(
+            out.contains("handing over to a plain kernel"),
+            handoff,
+            "{cmdline}: {out}"
+        );
+        assert_eq!(err.contains("plain-handoff"), handoff, "{cmdline}: {err}");
+    }
 }

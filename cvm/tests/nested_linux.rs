@@ -8,7 +8,11 @@
 //!   `cvm launch --tee none` and sees as many CPUs as it was given, then powers off
 //!   (exit 0);
 //! - `panic`: the guest kernel panics (`panic=-1` makes it reset): `cvm` exits 1 with
-//!   "guest requested a reset".
+//!   "guest requested a reset";
+//! - `emutee-snp`, `emutee-tdx`, `emutee-snp-literal` (20-emulated-tee): the project
+//!   firmware and the bare-metal test guest under `--tee emulated-snp|emulated-tdx` on
+//!   this standard KVM (the probe picks the PVALIDATE/TDCALL emulator trap), and the
+//!   forced literal instruction failing with #UD.
 //!
 //! It takes a few minutes of emulated CPU, so it runs only when `CVM_NESTED=1` (which
 //! `scripts/test` sets) or under `CI=true`; there a missing piece (QEMU, busybox, the

@@ -89,6 +89,20 @@ pub fn set_vmgexit_port_trap(on: bool) {
     unsafe { core::ptr::write_volatile(VAR_VMGEXIT_PORT as *mut u8, u8::from(on)) }
 }
 
+/// Whether this is the emulated SNP platform of this project (SEV_STATUS bit 63, read
+/// once by `env::select_traps`; never on hardware).
+pub fn emulated_snp() -> bool {
+    vmgexit_port_trap()
+}
+
+/// Emulated SNP only: tells the VMM that the firmware hands over to a kernel that does
+/// not know SNP (`out 0xE5, al`; host-vmm `tee::emu_snp`): from here on the emulated
+/// PSP reports SEV_STATUS = 0. Callers check [`emulated_snp`] first.
+pub fn emulated_plain_handoff() {
+    // SAFETY: port I/O only; the VMM owns the port.
+    unsafe { asm!("out 0xE5, al", in("al") 0u8, options(nomem, nostack, preserves_flags)) }
+}
+
 fn vmgexit_port_trap() -> bool {
     // SAFETY: as `set_vmgexit_port_trap`.
     unsafe { core::ptr::read_volatile(VAR_VMGEXIT_PORT as *const u8) == 1 }

@@ -43,6 +43,23 @@ fn rd64(b: &[u8], o: usize) -> u64 {
     u64::from(rd32(b, o)) | (u64::from(rd32(b, o + 4)) << 32)
 }
 
+/// Whether the NUL-terminated command line `cmdline` holds the word `word`.
+pub fn cmdline_has(cmdline: &[u8], word: &[u8]) -> bool {
+    let end = cmdline
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(cmdline.len());
+    cmdline[..end]
+        .split(|&b| b == b' ' || b == b'\t' || b == b'\n')
+        .any(|w| w == word)
+}
+
+/// The measured command-line word that asks the firmware, under the emulated SNP of
+/// this project only, to boot the kernel as a plain guest (no CC blob; the emulated
+/// PSP then reports SEV_STATUS = 0): a stock kernel's own SNP code cannot run on a
+/// standard KVM (README "Linux guests and the nested-KVM tier").
+pub const EMULATED_PLAIN_HANDOFF: &[u8] = b"cvm.emulated_handoff=plain";
+
 /// The setup length implied by the first sector (`setup_sects` at 0x1F1).
 pub fn setup_len(first_sector: &[u8; 512]) -> u64 {
     let sects = match first_sector[0x1F1] {
@@ -315,5 +332,23 @@ mod tests {
         assert!(map
             .iter()
             .any(|&(s, e, t)| (s, e, t) == (0xFFFF_0000, 0x1_0000_0000, 2)));
+    }
+
+    #[test]
+    fn the_plain_handoff_word_is_matched_as_a_whole_word() {
+        let w = EMULATED_PLAIN_HANDOFF;
+        assert!(cmdline_has(
+            b"console=ttyS0 cvm.emulated_handoff=plain\0junk",
+            w
+        ));
+        assert!(!cmdline_has(
+            b"console=ttyS0 xcvm.emulated_handoff=plain\0",
+            w
+        ));
+        assert!(!cmdline_has(b"cvm.emulated_handoff=plainer\0", w));
+        assert!(
+            !cmdline_has(b"console=ttyS0\0 cvm.emulated_handoff=plain", w),
+            "after the NUL"
+        );
     }
 }

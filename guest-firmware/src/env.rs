@@ -34,13 +34,16 @@
 //!   handling; Linux reads it the same way in `sev_enable` / `sme_enable`, and KVM's
 //!   `sev_smoke_test` reads it in an SEV-ES guest without a GHCB), so the hypervisor
 //!   cannot choose its value, and bits 62-63 are reserved (0) on every SNP processor.
-//! - **TDX**: CPUID leaf 0x21 sub-leaf 1 with the signature [`TDX_EMULATOR_INSN_TRAP`]
-//!   in EBX, EDX, ECX. Leaf 0x21 is virtualized by the TDX module itself (the host
-//!   cannot configure it: it is not among the CPUID_CONFIG leaves TDH.SYS.INFO / KVM's
-//!   KVM_TDX_CAPABILITIES offer; Intel's `td_cpuid.c` answers it from the module's own
-//!   table, sub-leaves beyond 0 read as zeros or raise #VE, which the firmware cannot
-//!   handle, so the TD stops). The emulated TDX of this project is the only "module"
-//!   that reports this signature.
+//! - **TDX**: CPUID (0x21, 0) EAX = [`TDX_EMULATOR_INSN_TRAP_EAX`] ("Trap"). Leaf 0x21
+//!   is virtualized by the TDX module itself and the host cannot configure it (it is
+//!   not among the CPUID_CONFIG leaves TDH.SYS.INFO / KVM's KVM_TDX_CAPABILITIES offer;
+//!   Intel's `td_cpuid.c` answers it from the module's own table): sub-leaf 0 reports
+//!   EAX = 0 (the maximum sub-leaf) and "IntelTDX    ". Only sub-leaf 0 is read, which
+//!   never raises #VE (other sub-leaves may, and the firmware has no #VE handler). The
+//!   emulated TDX of this project is the only "module" that reports this EAX. It also
+//!   starts its vCPUs with EFER.LME clear then (host-vmm `tee::emu_tdx::td_entry`: a
+//!   QEMU TCG bug in the nested tier), and the 32-bit stage (`reset.rs`) sets LME after
+//!   CR4.PAE when it sees the same EAX.
 //!
 //! Neither signal is measured, so the launch digest and RTMRs are the same with either
 //! trap. Independently of the signal, a port trap on hardware cannot succeed: on TDX an
@@ -52,9 +55,9 @@
 use crate::arch;
 use crate::snp;
 
-/// CPUID (0x21, 1) EBX, EDX, ECX of the emulated TDX module when TDCALL must use the
-/// emulator trap. A real TDX module never reports it (module docs).
-pub const TDX_EMULATOR_INSN_TRAP: &[u8; 12] = b"CvmTrapPort!";
+/// CPUID (0x21, 0) EAX of the emulated TDX module when TDCALL must use the emulator
+/// trap ("Trap"). A real TDX module reports 0 (module docs).
+pub const TDX_EMULATOR_INSN_TRAP_EAX: u32 = 0x7061_7254;
 
 /// Entry flag: entered at the reset vector in 32-bit protected mode (a TD).
 pub const FLAG_ENTRY32: u32 = 1;
@@ -128,22 +131,14 @@ pub fn snp_insn_port_trap(sev_status: u64) -> bool {
     sev_status & both == both
 }
 
-/// Whether CPUID (0x21, 1) asks for the TDCALL emulator trap.
-pub fn tdx_insn_port_trap(ebx: u32, ecx: u32, edx: u32) -> bool {
-    let w = |i: usize| {
-        u32::from_le_bytes([
-            TDX_EMULATOR_INSN_TRAP[i],
-            TDX_EMULATOR_INSN_TRAP[i + 1],
-            TDX_EMULATOR_INSN_TRAP[i + 2],
-            TDX_EMULATOR_INSN_TRAP[i + 3],
-        ])
-    };
-    ebx == w(0) && edx == w(4) && ecx == w(8)
+/// Whether CPUID (0x21, 0) EAX asks for the TDCALL emulator trap.
+pub fn tdx_insn_port_trap(eax: u32) -> bool {
+    eax == TDX_EMULATOR_INSN_TRAP_EAX
 }
 
 /// The ONE place the firmware chooses its traps (module docs), before any TEE
 /// instruction runs: VMGEXIT and PVALIDATE from SEV_STATUS (SNP), TDCALL from CPUID
-/// (0x21, 1) (TDX); literal instructions everywhere else.
+/// (0x21, 0) EAX (TDX); literal instructions everywhere else.
 pub fn select_traps(env: Env) {
     let (vmgexit, insn) = match env {
         Env::Snp { .. } => {
@@ -154,8 +149,8 @@ pub fn select_traps(env: Env) {
             )
         }
         Env::Tdx => {
-            let (_, b, c, d) = arch::cpuid(0x21, 1);
-            (false, tdx_insn_port_trap(b, c, d))
+            let (a, ..) = arch::cpuid(0x21, 0);
+            (false, tdx_insn_port_trap(a))
         }
         Env::Plain => (false, false),
     };
@@ -172,7 +167,7 @@ mod tests {
     /// alone (without the emulated platform's bit 63) does not either.
     #[test]
     fn only_the_emulated_psp_bits_select_the_pvalidate_port_trap() {
-        for defined in [0b111u64, 0x1_FFFF_FF, 0x7, 0x0107] {
+        for defined in [0b111u64, 0x01FF_FFFF, 0x7, 0x0107] {
             assert!(!snp_insn_port_trap(defined), "{defined:#x}");
             assert!(
                 !snp_insn_port_trap(defined | 1 << 63),
@@ -186,14 +181,15 @@ mod tests {
         }
     }
 
-    /// The security rule, TDX: what a TDX module returns for (0x21, 1) (zeros) or a
-    /// copy of sub-leaf 0's "IntelTDX    " never selects the port trap.
+    /// The security rule, TDX: what a TDX module returns in (0x21, 0) EAX (0, the
+    /// maximum sub-leaf; a later module with sub-leaves reports a small count) never
+    /// selects the port trap.
     #[test]
-    fn only_the_emulator_signature_selects_the_tdcall_port_trap() {
-        let w = |s: &[u8; 4]| u32::from_le_bytes(*s);
-        assert!(!tdx_insn_port_trap(0, 0, 0));
-        assert!(!tdx_insn_port_trap(w(b"Inte"), w(b"    "), w(b"lTDX")));
-        assert!(tdx_insn_port_trap(w(b"CvmT"), w(b"ort!"), w(b"rapP")));
-        assert!(!tdx_insn_port_trap(w(b"CvmT"), w(b"ort!"), 0));
+    fn only_the_emulator_value_selects_the_tdcall_port_trap() {
+        for module in [0u32, 1, 2, 0xFF] {
+            assert!(!tdx_insn_port_trap(module), "{module:#x}");
+        }
+        assert_eq!(TDX_EMULATOR_INSN_TRAP_EAX, u32::from_le_bytes(*b"Trap"));
+        assert!(tdx_insn_port_trap(u32::from_le_bytes(*b"Trap")));
     }
 }

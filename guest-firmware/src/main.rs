@@ -72,6 +72,15 @@
 //! emulation), encryption itself, and the literal VMGEXIT (the emulated platform selects
 //! the `out 0xE2` trap through SEV_STATUS bit 63).
 //!
+//! **On a standard KVM** (the nested-KVM tier, a user's CI) PVALIDATE and TDCALL raise
+//! #UD in the guest, so the emulated platform selects their emulator traps too
+//! (SEV_STATUS bit 62; CPUID (0x21, 0) EAX = "Trap"), read once by `env::select_traps`
+//! before any TEE instruction; `env` argues why a host cannot use this on hardware.
+//! Tests: `env` unit tests (hardware values never select a port trap),
+//! `cvm/tests/firmware.rs::emulated_tees_take_the_port_trap_when_the_platform_says_so`
+//! (this machine, `--tee-trap port`: a literal instruction would be #UD), and the
+//! nested scenario `scripts/nested/scenarios/20-emulated-tee.sh`.
+//!
 //! **TDX under emulation**: `--tee emulated-tdx` runs the TDX code (`tdx.rs`): the VMM's
 //! software TDX module answers the literal TDCALLs (TDG.VP.INFO, MapGPA with RETRY, the
 //! shared alias, TDG.MEM.PAGE.ACCEPT, TDG.MR.RTMR.EXTEND, Instruction.IO), every vCPU
@@ -249,6 +258,14 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
         measure::check_hashes(io, &copies);
     }
 
+    // Emulated SNP only (SEV_STATUS bit 63, which hardware never sets) and only when
+    // the measured command line asks: boot a kernel that does not know SNP as a plain
+    // guest (no CC blob; the VMM then reports SEV_STATUS = 0).
+    // SAFETY: the command line copy is private firmware memory, checked above.
+    let cmdline = unsafe { arch::phys(boot::CMDLINE, cmdline_len as usize) };
+    let plain_handoff = matches!(env, Env::Snp { .. })
+        && arch::emulated_snp()
+        && boot::cmdline_has(cmdline, boot::EMULATED_PLAIN_HANDOFF);
     // SAFETY: the setup copy, zero page and CC blob page are private firmware memory.
     unsafe {
         boot::build_boot_params(
@@ -256,7 +273,7 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
             &bd,
             initrd,
             image_size(),
-            matches!(env, Env::Snp { .. }),
+            matches!(env, Env::Snp { .. }) && !plain_handoff,
         );
     }
     io.puts("cvm-firmware: kernel ");
@@ -270,6 +287,10 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
     });
     io.put_hex(boot::KERNEL_LOAD + 0x200);
     io.puts("\n");
+    if plain_handoff {
+        io.puts("cvm-firmware: emulated SNP: handing over to a plain kernel\n");
+        arch::emulated_plain_handoff();
+    }
     // SAFETY: kernel, boot_params and command line are in place.
     unsafe { boot::enter_kernel() }
 }

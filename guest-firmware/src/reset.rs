@@ -180,9 +180,17 @@ build_tables:
     jz 7f
     movl $0x4B524150, (MP_MAILBOX + MP_TABLES_READY)   /* "PARK" */
 7:
-    /* EFER.LME (a TD starts with it set, and EFER accesses would raise #VE there). */
+    /* EFER.LME (a TD starts with it set, and EFER accesses would raise #VE there),
+     * except the emulated TD on a standard KVM: CPUID (0x21, 0) EAX = "Trap" (a value
+     * a TDX module never reports; env.rs), whose vCPUs start with LME clear. */
     testl $1, %esi
-    jnz 5f
+    jz 4f
+    movl $0x21, %eax
+    xorl %ecx, %ecx
+    cpuid
+    cmpl $0x70617254, %eax
+    jne 5f
+4:
     movl $0xC0000080, %ecx
     rdmsr
     orl $(1 << 8), %eax
@@ -265,6 +273,17 @@ ap_park32:
     movl %eax, %cr4
     movl $0x1000, %eax
     movl %eax, %cr3
+    /* EFER.LME for the emulated TD on a standard KVM (as the boot vCPU, above). */
+    movl $0x21, %eax
+    xorl %ecx, %ecx
+    cpuid
+    cmpl $0x70617254, %eax
+    jne 3f
+    movl $0xC0000080, %ecx
+    rdmsr
+    orl $(1 << 8), %eax
+    wrmsr
+3:
     movl %cr0, %eax
     orl $((1 << 31) | (1 << 5) | (1 << 1) | 1), %eax
     andl $~((1 << 2) | (1 << 29) | (1 << 30)), %eax

@@ -20,8 +20,8 @@
 //!   is at DPL 0.
 //! - **Which one the firmware uses** is decided once per launch ([`crate::tee::trap`]:
 //!   a probe VM finds whether this KVM exits on `tdcall`; `--tee-trap` overrides) and
-//!   told to the TD through CPUID (0x21, 1) = [`crate::tee::trap::TDX_INSN_TRAP_SIGNATURE`],
-//!   a sub-leaf a real TDX module fixes (guest-firmware `env` docs). With the port trap,
+//!   told to the TD through CPUID (0x21, 0) EAX = [`crate::tee::trap::TDX_INSN_TRAP_EAX`],
+//!   a value a real TDX module fixes at 0 (guest-firmware `env` docs). With the port trap,
 //!   a literal `tdcall` stops the TD with #UD ([`LITERAL_UD_TDCALL`]), as a standard KVM
 //!   would.
 //!
@@ -85,8 +85,8 @@ use crate::vstate::vcpu::{ExitError, ExitHandler, Handled};
 
 /// TDCALL's encoding.
 pub const TDCALL: [u8; 4] = [0x66, 0x0f, 0x01, 0xcc];
-/// Why a literal TDCALL stops the TD when CPUID (0x21, 1) selected the emulator trap.
-pub const LITERAL_UD_TDCALL: &str = "#UD: the guest executed the literal TDCALL, but the emulated TDX module selected the emulator trap (CPUID 0x21.1), as a standard KVM needs";
+/// Why a literal TDCALL stops the TD when CPUID (0x21, 0) selected the emulator trap.
+pub const LITERAL_UD_TDCALL: &str = "#UD: the guest executed the literal TDCALL, but the emulated TDX module selected the emulator trap (CPUID 0x21 EAX), as a standard KVM needs";
 /// The emulator-trap port of TDCALL.
 pub const TRAP_TDCALL: u16 = 0xE0;
 /// Guest physical address width the emulated TD reports.
@@ -206,7 +206,7 @@ impl TdxModule {
         }
     }
 
-    /// The TDCALL trap the TD was told to use (CPUID (0x21, 1), [`crate::tee::trap`]).
+    /// The TDCALL trap the TD was told to use (CPUID (0x21, 0), [`crate::tee::trap`]).
     /// With the port trap a literal `tdcall` stops the TD with #UD, as on a standard
     /// KVM, so a firmware that ignores the signal fails on this machine too.
     pub fn with_insn_trap(mut self, trap: crate::tee::trap::InsnTrap) -> Self {
@@ -681,7 +681,19 @@ fn flat(selector: u16, type_: u8) -> kvm_segment {
 
 /// Puts vCPU `index` in a TD vCPU's initial state (module docs) and makes it runnable
 /// (a TD has no INIT/SIPI: every vCPU starts at the reset vector).
-pub fn td_entry(fd: &VcpuFd, index: u32, hob: u64) -> Result<(), kvm_ioctls::Error> {
+///
+/// With the TDCALL port trap (a standard KVM) EFER.LME starts clear and the firmware
+/// sets it after CR4.PAE (it does so only when CPUID (0x21, 0) EAX carries
+/// [`crate::tee::trap::TDX_INSN_TRAP_EAX`]): QEMU's TCG (7.2), which runs the nested-KVM
+/// tier, mishandles a #VMEXIT from a nested guest with EFER.LME set and CR4.PAE clear
+/// (its `cpu_x86_update_cr0` refuses to restore the host's CR0.PG; the L1 CPU then
+/// runs without paging and hangs: measured, soft lockup of the outer VM).
+pub fn td_entry(
+    fd: &VcpuFd,
+    index: u32,
+    hob: u64,
+    insn_trap: crate::tee::trap::InsnTrap,
+) -> Result<(), kvm_ioctls::Error> {
     let mut sregs = fd.get_sregs()?;
     sregs.cs = flat(0x08, 0xB);
     for s in [
@@ -695,7 +707,10 @@ pub fn td_entry(fd: &VcpuFd, index: u32, hob: u64) -> Result<(), kvm_ioctls::Err
     }
     sregs.cr0 = 0x21; // PE | NE
     sregs.cr4 = 0x40; // MCE
-    sregs.efer = 0x100; // LME
+    sregs.efer = match insn_trap {
+        crate::tee::trap::InsnTrap::Instruction => 0x100, // LME
+        crate::tee::trap::InsnTrap::Port => 0,
+    };
     fd.set_sregs(&sregs)?;
     let regs = kvm_regs {
         rip: 0xFFFF_FFF0,

@@ -126,7 +126,7 @@ impl EmulatedTdx {
         self
     }
 
-    /// The TDCALL trap the firmware is told to use (CPUID (0x21, 1)).
+    /// The TDCALL trap the firmware is told to use (CPUID (0x21, 0) EAX).
     pub fn insn_trap(&self) -> InsnTrap {
         self.insn_trap.unwrap_or_else(trap::host_insn_trap)
     }
@@ -226,6 +226,7 @@ impl TeeBackend for EmulatedTdx {
             plan: self.plan.clone(),
             legacy_descriptor: self.legacy_descriptor,
             late_writes: self.late_writes.clone(),
+            insn_trap: self.insn_trap(),
         }))
     }
 
@@ -298,11 +299,9 @@ impl TeeBackend for EmulatedTdx {
 }
 
 /// Shows CPUID leaf 0x21 as a TDX module does ("IntelTDX    " in EBX, EDX, ECX) and
-/// raises the maximum basic leaf to reach it. With the TDCALL port trap, sub-leaf 1
-/// carries [`trap::TDX_INSN_TRAP_SIGNATURE`] (the firmware's signal, which a real TDX
-/// module never reports) and both entries are looked up by sub-leaf
-/// (KVM_CPUID_FLAG_SIGNIFCANT_INDEX); otherwise the one entry has no significant index,
-/// so every sub-leaf reads as sub-leaf 0, which is not the signature.
+/// raises the maximum basic leaf to reach it. With the TDCALL port trap, EAX (the
+/// maximum sub-leaf, 0 on every TDX module) carries [`trap::TDX_INSN_TRAP_EAX`], the
+/// firmware's signal, which a real TDX module never reports.
 pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
     let mut entries: Vec<kvm_cpuid_entry2> = cpuid
         .as_slice()
@@ -313,36 +312,19 @@ pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
     for e in entries.iter_mut().filter(|e| e.function == 0) {
         e.eax = e.eax.max(LEAF_TDX);
     }
-    let word = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let port = insn_trap == InsnTrap::Port;
-    let flags = if port {
-        kvm_bindings::KVM_CPUID_FLAG_SIGNIFCANT_INDEX
-    } else {
-        0
-    };
+    let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
     entries.push(kvm_cpuid_entry2 {
         function: LEAF_TDX,
         index: 0,
-        flags,
-        eax: 0,
+        eax: match insn_trap {
+            InsnTrap::Port => trap::TDX_INSN_TRAP_EAX,
+            InsnTrap::Instruction => 0,
+        },
         ebx: word(b"Inte"),
         edx: word(b"lTDX"),
         ecx: word(b"    "),
         ..Default::default()
     });
-    if port {
-        let sig = trap::TDX_INSN_TRAP_SIGNATURE;
-        entries.push(kvm_cpuid_entry2 {
-            function: LEAF_TDX,
-            index: 1,
-            flags,
-            eax: 0,
-            ebx: word(&sig[0..4]),
-            edx: word(&sig[4..8]),
-            ecx: word(&sig[8..12]),
-            ..Default::default()
-        });
-    }
     if let Ok(c) = CpuId::from_entries(&entries) {
         *cpuid = c;
     }
@@ -355,6 +337,7 @@ struct TdEntry {
     plan: Arc<TdxLaunchPlan>,
     legacy_descriptor: bool,
     late_writes: Vec<(u64, Vec<u8>)>,
+    insn_trap: InsnTrap,
 }
 
 impl PendingLaunch for TdEntry {
@@ -422,7 +405,7 @@ impl PendingLaunch for TdEntry {
             let _ = mem.write_slice(bytes, GuestAddress(*gpa));
         }
         for (i, fd) in vcpus.iter().enumerate() {
-            emu_tdx::td_entry(fd, i as u32, pages.hob).map_err(|source| {
+            emu_tdx::td_entry(fd, i as u32, pages.hob, self.insn_trap).map_err(|source| {
                 LaunchStepError::Registers {
                     index: i as u32,
                     what: "TD vCPU initial state",

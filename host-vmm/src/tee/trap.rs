@@ -14,8 +14,8 @@
 //!
 //! The guest learns the choice from a signal real hardware fixes, so a host can never
 //! move a real guest to the port trap (guest-firmware `env` docs): SEV_STATUS bit 62
-//! (with the emulated platform's bit 63) for SNP, CPUID (0x21, 1) =
-//! [`TDX_INSN_TRAP_SIGNATURE`] for TDX. Neither is measured: the launch digest and the
+//! (with the emulated platform's bit 63) for SNP, CPUID (0x21, 0) EAX =
+//! [`TDX_INSN_TRAP_EAX`] for TDX. Neither is measured: the launch digest and the
 //! RTMRs do not depend on the trap. VMGEXIT always uses its emulator trap under
 //! emulation (`rep vmmcall` does not exit on either kind of KVM), and the bare-metal
 //! test guest, which runs its TEE code at CPL3, always uses the port traps (selected by
@@ -25,10 +25,11 @@ use std::sync::OnceLock;
 
 use crate::vstate::insn_probe::{self, InsnBehaviour};
 
-/// CPUID (0x21, 1) EBX, EDX, ECX (in that order, as the "IntelTDX    " signature of
-/// sub-leaf 0) when the emulated TD must use the TDCALL port trap; guest-firmware
-/// `env::TDX_EMULATOR_INSN_TRAP`.
-pub const TDX_INSN_TRAP_SIGNATURE: &[u8; 12] = b"CvmTrapPort!";
+/// CPUID (0x21, 0) EAX ("Trap"; the maximum sub-leaf, 0 on every TDX module) when the
+/// emulated TD must use the TDCALL port trap; guest-firmware
+/// `env::TDX_EMULATOR_INSN_TRAP_EAX`. With it the TD's vCPUs also start with EFER.LME
+/// clear and the firmware sets it ([`crate::tee::emu_tdx::td_entry`]).
+pub const TDX_INSN_TRAP_EAX: u32 = u32::from_le_bytes(*b"Trap");
 
 /// The requested trap (`--tee-trap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

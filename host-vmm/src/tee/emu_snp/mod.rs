@@ -100,6 +100,9 @@ pub mod trap_port {
     pub const VMGEXIT: u16 = 0xE2;
     pub const RDMSR: u16 = 0xE3;
     pub const WRMSR: u16 = 0xE4;
+    /// The firmware hands over to a kernel that does not know SNP (guest-firmware
+    /// `boot::EMULATED_PLAIN_HANDOFF`): SEV_STATUS reads 0 from then on.
+    pub const PLAIN_HANDOFF: u16 = 0xE5;
 }
 const PAGE: u64 = 0x1000;
 const RFLAGS_CF: u64 = 1;
@@ -161,6 +164,8 @@ pub struct SnpPsp {
     ports: OnceLock<Arc<dyn PortIo>>,
     /// SEV_STATUS as the guest reads it.
     sev_status: u64,
+    /// The firmware handed over to a plain kernel ([`trap_port::PLAIN_HANDOFF`]).
+    plain: std::sync::atomic::AtomicBool,
     /// The vCPUs' CPUID (subleaf 0 of each leaf), for the MSR-protocol CPUID request.
     cpuid: OnceLock<Vec<(u32, [u32; 4])>>,
 }
@@ -284,6 +289,7 @@ impl SnpPsp {
             }),
             ports: OnceLock::new(),
             sev_status: ghcb::SEV_STATUS_SNP | SEV_STATUS_EMULATOR_TRAP,
+            plain: std::sync::atomic::AtomicBool::new(false),
             cpuid: OnceLock::new(),
         })
     }
@@ -328,7 +334,13 @@ impl SnpPsp {
     pub fn msr(&self, vcpu: u32, msr: u32, write: bool, data: &mut u64) -> Option<Result<(), ()>> {
         match (msr, write) {
             (ghcb::MSR_SEV_STATUS, false) => {
-                *data = self.sev_status;
+                // After a plain handoff the kernel must not see SNP (its own SNP code
+                // cannot run on a standard KVM).
+                *data = if self.plain.load(std::sync::atomic::Ordering::Acquire) {
+                    0
+                } else {
+                    self.sev_status
+                };
                 Some(Ok(()))
             }
             // SEV_STATUS is read-only: #GP.
@@ -744,6 +756,18 @@ impl SnpPsp {
     /// The emulator trap as the vCPU loop offers it: reads the registers, applies the
     /// trap, writes them back (RIP unchanged: KVM skips the `out`).
     pub fn io_trap_fd(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
+        if port == trap_port::PLAIN_HANDOFF {
+            // From the firmware (CPL0) only; the guest stays emulated-insecure either way.
+            let sregs = fd
+                .get_sregs()
+                .map_err(|e| ExitError::Emulation(format!("KVM_GET_SREGS: {e}")))?;
+            if sregs.cs.dpl != 0 {
+                return Ok(Handled::No);
+            }
+            self.plain.store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(event = "plain-handoff", "emulated SNP: the firmware handed over to a kernel that does not see SNP (SEV_STATUS now reads 0)");
+            return Ok(Handled::Yes);
+        }
         if !(trap_port::PVALIDATE..=trap_port::WRMSR).contains(&port) {
             return Ok(Handled::No);
         }
