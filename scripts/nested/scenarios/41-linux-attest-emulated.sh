@@ -15,12 +15,7 @@
 # verifier DIR: serves /la/DIR on 127.0.0.1:8443 (replacing the previous one).
 vpid=
 verifier() {
-  # Emulated TDX last: a stock kernel under it is not supported yet (bounded by LX_TIMEOUT).
-if verifier v; then
-  # shellcheck disable=SC2086
-  lx linux-tdx 0 "CVM-WORKLOAD-MARKER" --config /la/vm-tdx.toml $relay
-fi
-[ -n "$vpid" ] && kill "$vpid" 2>/dev/null && sleep 1
+  [ -n "$vpid" ] && kill "$vpid" 2>/dev/null && sleep 1
   /cvm/cvm-verifier serve --listen 127.0.0.1:8443 --database "/la/$1/verifier.db" \
     --master-key-file "/la/$1/master.key" --tls-cert /la/tls-cert.pem --tls-key /la/tls-key.pem \
     --emulated-trust /la/platform >/tmp/verifier-$1.out 2>/tmp/verifier-$1.log &
