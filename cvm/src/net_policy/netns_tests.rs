@@ -603,3 +603,56 @@ fn failures_leave_nothing_and_stale_tables_are_replaced_or_collected() {
         i.remove().unwrap();
     });
 }
+
+/// Attack (red-team M3): `cvm net gc` deleted every `cvm_*` netdev table that was not
+/// live in ITS registry, so a gc run with another state directory (or a foreign
+/// `cvm_*` table) left a running VM's tap unfiltered. gc now deletes only the tables of
+/// its own registry's stale entries, and only when the table carries its registry's
+/// owner mark.
+#[test]
+fn gc_removes_only_tables_its_own_registry_owns() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let dir1 = state.path().join("net1");
+        let dir2 = state.path().join("net2");
+        let nft = Nft::default();
+        let _tap = Tap::create("cvmtg");
+        let p = policy(
+            "name = \"g\"\n[[interfaces]]\ntap = \"cvmtg\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.3.2\"]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir1).unwrap()).unwrap();
+        let table = i.tables()[0].clone();
+        nft.apply("table netdev cvm_foreign { }\n").unwrap();
+        let sorted = || {
+            let mut v = nft.netdev_tables().unwrap();
+            v.sort();
+            v
+        };
+        let both = vec!["cvm_foreign".to_owned(), table.clone()];
+        let reg2 = Registry::open(&dir2).unwrap();
+        assert_eq!(gc(&nft, &reg2).unwrap(), Vec::<String>::new());
+        assert_eq!(sorted(), both, "gc with another registry deleted tables");
+        assert!(gc(&nft, &Registry::open(&dir1).unwrap())
+            .unwrap()
+            .is_empty());
+        assert_eq!(sorted(), both);
+        // A stale entry copied into the other registry does not make the table its own.
+        let mut e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir1.join("g.json")).unwrap()).unwrap();
+        e["start_time"] = serde_json::json!(1);
+        std::fs::write(dir2.join("g.json"), e.to_string()).unwrap();
+        assert!(gc(&nft, &reg2).unwrap().is_empty());
+        assert_eq!(sorted(), both, "a copied entry let gc delete a live table");
+        // The owner's gc of its own stale entry still removes the table, not the foreign one.
+        std::fs::write(dir1.join("g.json"), e.to_string()).unwrap();
+        std::mem::forget(i);
+        assert_eq!(
+            gc(&nft, &Registry::open(&dir1).unwrap()).unwrap(),
+            vec![table]
+        );
+        assert_eq!(sorted(), vec!["cvm_foreign".to_owned()]);
+    });
+}

@@ -107,6 +107,27 @@ impl Nft {
             .collect())
     }
 
+    /// The comment of the netdev table `table` (`None`: it has none). nft 1.0's JSON
+    /// omits table comments, so this reads the first line of the text listing after the
+    /// table's header, where nft prints the table's comment.
+    pub fn table_comment(&self, table: &str) -> Result<Option<String>, NftError> {
+        let out = self.run(
+            &["-t", "list", "table", "netdev", table],
+            None,
+            "list table",
+        )?;
+        let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+        let header = format!("table netdev {table} {{");
+        if lines.next() != Some(header.as_str()) {
+            return Ok(None);
+        }
+        Ok(lines
+            .next()
+            .and_then(|l| l.strip_prefix("comment \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .map(str::to_owned))
+    }
+
     /// The packet counts of `table`'s named counters.
     pub fn counts(&self, table: &str) -> Result<Counts, NftError> {
         let out = self.run(

@@ -117,6 +117,51 @@ pub fn start_time(pid: u32) -> Option<u64> {
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
+    id: String,
+}
+
+/// The file holding a registry's id (16 hex digits, random, made once with the
+/// directory): the owner mark in the comment of every table its VMs install, so `cvm
+/// net gc` deletes only tables of its own registry.
+const ID_FILE: &str = ".id";
+
+/// Reads `dir`'s id, making a new random one if it has none.
+fn registry_id(dir: &Path) -> Result<String, RegistryError> {
+    let p = dir.join(ID_FILE);
+    let io = |e| RegistryError::Io(p.clone(), e);
+    let valid = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&p)
+    {
+        Ok(mut f) => {
+            let mut b = [0u8; 8];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut b))
+                .map_err(io)?;
+            let id = hex::encode(b);
+            std::io::Write::write_all(&mut f, id.as_bytes()).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(&p).map_err(io)?;
+            let id = if m.is_file() && m.len() == 16 {
+                std::fs::read_to_string(&p).map_err(io)?
+            } else {
+                String::new()
+            };
+            if !valid(&id) {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the registry id file is not 16 hex digits",
+                )));
+            }
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// An exclusive lock of the registry (held while checking and writing entries).
@@ -151,7 +196,13 @@ impl Registry {
         }
         Ok(Self {
             dir: dir.to_owned(),
+            id: registry_id(dir)?,
         })
+    }
+
+    /// This registry's id, the owner mark of its tables.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Takes the registry's lock (`flock` on `.lock`), waiting for another `cvm`.

@@ -58,6 +58,22 @@ pub fn table_name(vm: &VmName, tap: &TapName) -> String {
     )
 }
 
+/// The comment of `vm`'s table on `tap`, installed by the registry `owner` (only
+/// characters the model allows: `owner` is hex, `vm` and `tap` are checked names).
+pub fn owner_comment(vm: &VmName, tap: &str, owner: &str) -> String {
+    format!("cvm network policy: vm {vm} tap {tap} {OWNER_KEY}{owner}")
+}
+
+/// What precedes the registry id in a table's comment.
+const OWNER_KEY: &str = "registry ";
+
+/// Whether a table comment names `owner` as its registry.
+pub fn owned_by(comment: &str, owner: &str) -> bool {
+    comment
+        .rsplit_once(OWNER_KEY)
+        .is_some_and(|(_, id)| !owner.is_empty() && id == owner)
+}
+
 /// The set holding `vm`'s addresses.
 fn peer_set(vm: &VmName) -> String {
     format!("vm_{}", vm.ident())
@@ -152,7 +168,7 @@ fn describe(r: &Rule) -> String {
 /// The whole `nft -f` script installing `iface`'s table, replacing any table of the
 /// same name in the same transaction (a stale table of a crashed run of the same VM).
 /// `peers` holds the addresses of the named VMs that run now.
-pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
+pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) -> String {
     let t = table_name(vm, &iface.tap);
     let tap = iface.tap.as_str();
     let mac = iface.mac;
@@ -166,7 +182,7 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
     let _ = writeln!(w, "table netdev {t}");
     let _ = writeln!(w, "delete table netdev {t}");
     let _ = writeln!(w, "table netdev {t} {{");
-    let _ = writeln!(w, "\tcomment \"cvm network policy: vm {vm} tap {tap}\"");
+    let _ = writeln!(w, "\tcomment \"{}\"", owner_comment(vm, tap, owner));
     for c in COUNTERS {
         let _ = writeln!(w, "\tcounter {c} {{ }}");
     }
@@ -339,7 +355,7 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
 table netdev cvm_web_a_cvm_a_0_e0f4e0da
 delete table netdev cvm_web_a_cvm_a_0_e0f4e0da
 table netdev cvm_web_a_cvm_a_0_e0f4e0da {
-	comment "cvm network policy: vm web-a tap cvm-a.0"
+	comment "cvm network policy: vm web-a tap cvm-a.0 registry 00112233aabbccdd"
 	counter spoofed { }
 	counter egress_denied { }
 	counter ingress_denied { }
@@ -399,7 +415,7 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
             VmName::parse("db").unwrap(),
             vec![Ipv4Addr::new(10, 0, 0, 5)],
         );
-        let got = table_script(&p.name, &p.interfaces[0], &peers);
+        let got = table_script(&p.name, &p.interfaces[0], &peers, "00112233aabbccdd");
         assert_eq!(got, GOLDEN, "got:\n{got}");
     }
 
