@@ -656,3 +656,63 @@ fn gc_removes_only_tables_its_own_registry_owns() {
         assert_eq!(sorted(), vec!["cvm_foreign".to_owned()]);
     });
 }
+
+/// Attack (red-team M1): stateless reply rules matched only the peer and the allowed
+/// port, so a guest allowed to SERVE UDP 53 (an ingress rule) could send "replies"
+/// from port 53 to every UDP port of its peers (and TCP non-SYN segments from an
+/// allowed port to any port). Replies must now target the initiator's ephemeral range.
+#[test]
+fn reply_rules_reach_only_the_initiators_ephemeral_ports() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvmra");
+        let tb = Tap::create("cvmrb");
+        ip("link add cvmbr type bridge");
+        ip("link set cvmra master cvmbr");
+        ip("link set cvmrb master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmra\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\n\
+             ingress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\", ports = [53] }, { cidr = \"10.0.0.0/24\", proto = \"tcp\", ports = [8080] }]\n\
+             egress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\", ports = [53] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let before = counts(&nft, &i);
+        // The attack: "replies" from the served ports to B's services.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 9999, None, 11));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 123, None, 12));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 8080, 22, Some(0x10), 13));
+        assert!(
+            !tb.receives(SHORT, |f| [11, 12, 13]
+                .iter()
+                .any(|m| is_ipv4_from(f, A, *m))),
+            "a reply rule let the guest reach a peer's service port"
+        );
+        assert_eq!(
+            counts(&nft, &i).get("egress_denied"),
+            before.get("egress_denied") + 3
+        );
+        // Real replies, to the initiator's ephemeral port, still pass.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 40000, None, 14));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 14)));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 8080, 40001, Some(0x10), 15));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 15)));
+        // The other direction: the replies to the guest's UDP 53 queries reach its
+        // ephemeral ports, not its low ports.
+        let before = counts(&nft, &i);
+        tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 123, None, 16));
+        assert!(!ta.receives(SHORT, |f| is_ipv4_from(f, B, 16)));
+        assert_eq!(
+            counts(&nft, &i).get("ingress_denied"),
+            before.get("ingress_denied") + 1
+        );
+        tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 40002, None, 17));
+        assert!(ta.receives(LONG, |f| is_ipv4_from(f, B, 17)));
+        i.remove().unwrap();
+    });
+}

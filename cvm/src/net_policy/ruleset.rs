@@ -130,21 +130,31 @@ fn forward_line(r: &Rule, peer_is_daddr: bool) -> String {
     }
 }
 
-/// The rule line allowing the replies to `r`'s traffic, in the other direction.
+/// The ports a reply may go to: the initiator's ephemeral range (Linux's default
+/// `ip_local_port_range` 32768-60999 and the IANA dynamic range 49152-65535; a guest
+/// must keep its `ip_local_port_range` inside it). Replies are matched
+/// statelessly (netdev hooks have no connection tracking), so without it a reply rule
+/// would let one side send from the allowed port to every port of the other.
+pub const REPLY_PORTS: &str = "32768-65535";
+
+/// The rule line allowing the replies to `r`'s traffic, in the other direction: from
+/// the allowed port(s) to the initiator's ephemeral ports ([`REPLY_PORTS`]), and for
+/// TCP never a bare SYN.
 fn reply_line(r: &Rule, peer_is_daddr: bool) -> String {
     let side = if peer_is_daddr { "daddr" } else { "saddr" };
     let peer = peer_expr(&r.peer);
-    let ports = if r.ports.is_empty() {
+    let proto = r.proto.as_str();
+    let sport = if r.ports.is_empty() {
         String::new()
     } else {
-        format!(" {} sport {}", r.proto.as_str(), port_set(&r.ports))
+        format!(" {proto} sport {}", port_set(&r.ports))
     };
     match r.proto {
         Proto::Icmp => format!("ip {side} {peer} icmp type {ICMP_REPLIES} accept"),
-        Proto::Tcp => {
-            format!("ip {side} {peer} ip protocol tcp{ports} tcp flags & (syn | ack) != syn accept")
-        }
-        Proto::Udp => format!("ip {side} {peer} ip protocol udp{ports} accept"),
+        Proto::Tcp => format!(
+            "ip {side} {peer}{sport} tcp dport {REPLY_PORTS} tcp flags & (syn | ack) != syn accept"
+        ),
+        Proto::Udp => format!("ip {side} {peer}{sport} udp dport {REPLY_PORTS} accept"),
     }
 }
 
@@ -383,7 +393,7 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
 		# egress[2]: cidr 192.0.2.7/32 icmp
 		ip daddr 192.0.2.7/32 ip protocol icmp accept
 		# replies to ingress[0]: vm lb tcp ports { 8080 }
-		ip daddr @vm_lb ip protocol tcp tcp sport { 8080 } tcp flags & (syn | ack) != syn accept
+		ip daddr @vm_lb tcp sport { 8080 } tcp dport 32768-65535 tcp flags & (syn | ack) != syn accept
 		counter name "egress_denied" drop
 	}
 	chain to_vm {
@@ -397,9 +407,9 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
 		# ingress[0]: vm lb tcp ports { 8080 }
 		ip saddr @vm_lb tcp dport { 8080 } accept
 		# replies to egress[0]: vm db tcp ports { 5432 }
-		ip saddr @vm_db ip protocol tcp tcp sport { 5432 } tcp flags & (syn | ack) != syn accept
+		ip saddr @vm_db tcp sport { 5432 } tcp dport 32768-65535 tcp flags & (syn | ack) != syn accept
 		# replies to egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
-		ip saddr 10.9.0.0/16 ip protocol udp udp sport { 53, 5000-5020 } accept
+		ip saddr 10.9.0.0/16 udp sport { 53, 5000-5020 } udp dport 32768-65535 accept
 		# replies to egress[2]: cidr 192.0.2.7/32 icmp
 		ip saddr 192.0.2.7/32 icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
 		counter name "ingress_denied" drop
