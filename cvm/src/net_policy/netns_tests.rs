@@ -716,3 +716,44 @@ fn reply_rules_reach_only_the_initiators_ephemeral_ports() {
         i.remove().unwrap();
     });
 }
+
+/// Attack (red-team M2, second half): a stopped VM's address stayed in its peers'
+/// `vm = "NAME"` sets until their next 2 s poll, long enough for a new VM to take the
+/// address over and pass as it. Removing a VM now empties its set in its peers' tables.
+#[test]
+fn a_stopped_vm_leaves_its_peers_sets_at_once() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = || Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let _ta = Tap::create("cvmpa");
+        let _tb = Tap::create("cvmpb");
+        let pa = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        let pb = policy(
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\"]\n",
+        );
+        let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
+        let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
+        assert!(ia.refresh_peers().unwrap());
+        let set = || {
+            let o = Command::new("nft")
+                .args(["list", "set", "netdev", &ia.tables()[0], "vm_b"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert!(set().contains("10.0.0.3"), "{}", set());
+        ib.remove().unwrap();
+        assert!(
+            !set().contains("10.0.0.3"),
+            "B's address outlived B: {}",
+            set()
+        );
+        ia.remove().unwrap();
+    });
+}

@@ -43,6 +43,12 @@ pub enum RegistryError {
     /// Another running VM uses this tap.
     #[error("tap `{0}` already belongs to the running VM `{1}`")]
     TapTaken(String, String),
+    /// Another running VM has this address.
+    #[error("address {0} already belongs to the running VM `{1}`")]
+    AddressTaken(Ipv4Addr, String),
+    /// Another running VM has this MAC.
+    #[error("MAC {0} already belongs to the running VM `{1}`")]
+    MacTaken(String, String),
 }
 
 /// One interface of an entry.
@@ -266,7 +272,8 @@ impl Registry {
     }
 
     /// Writes `e` (0600, replaced atomically), after checking under the lock that no
-    /// running VM has its name or one of its taps. The stale entries (of VMs that are
+    /// running VM has its name, one of its taps, MACs or addresses (so a name stands for
+    /// one VM's addresses only: a VM cannot pass as another in `vm = "NAME"` rules). The stale entries (of VMs that are
     /// not running) with its name or one of its taps are returned, and removed from the
     /// registry, so their tables, which would still hook those taps, can be removed.
     pub fn register(&self, e: &Entry, _lock: &Lock) -> Result<Vec<Entry>, RegistryError> {
@@ -286,8 +293,16 @@ impl Registry {
                 return Err(RegistryError::NameTaken(other.name, other.pid));
             }
             for i in &e.interfaces {
-                if other.interfaces.iter().any(|o| o.tap == i.tap) {
-                    return Err(RegistryError::TapTaken(i.tap.clone(), other.name.clone()));
+                for o in &other.interfaces {
+                    if o.tap == i.tap {
+                        return Err(RegistryError::TapTaken(i.tap.clone(), other.name.clone()));
+                    }
+                    if o.mac.eq_ignore_ascii_case(&i.mac) {
+                        return Err(RegistryError::MacTaken(i.mac.clone(), other.name.clone()));
+                    }
+                    if let Some(a) = i.addresses.iter().find(|a| o.addresses.contains(a)) {
+                        return Err(RegistryError::AddressTaken(*a, other.name.clone()));
+                    }
                 }
             }
         }
@@ -350,7 +365,7 @@ mod tests {
             start_time: start,
             interfaces: vec![EntryInterface {
                 tap: tap.into(),
-                mac: "52:54:00:00:00:01".into(),
+                mac: format!("52:54:00:00:00:{:02x}", ip[3]),
                 addresses: vec![Ipv4Addr::from(ip)],
                 table: format!("cvm_{name}"),
             }],
@@ -410,6 +425,38 @@ mod tests {
         assert!(r.read("b").is_some());
         r.unregister("b", me);
         assert!(r.read("b").is_none());
+    }
+
+    /// Attack (red-team M2): names were not tied to unique addresses, so a VM stating
+    /// a running VM's address (or MAC) could pass as it in other VMs' `vm = "NAME"`
+    /// rules. Under the lock, a live entry's addresses and MACs are its own.
+    #[test]
+    fn a_live_vms_address_or_mac_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        r.register(&entry("db", me, now, "tdb", [10, 0, 0, 5]), &lock)
+            .unwrap();
+        // Same address, another name, tap and MAC.
+        let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+        evil.interfaces[0]
+            .addresses
+            .push(Ipv4Addr::new(10, 0, 0, 5));
+        let e = r.register(&evil, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::AddressTaken(..)), "{e}");
+        assert!(r.read("evil").is_none());
+        // Same MAC, another address.
+        let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+        evil.interfaces[0].mac = "52:54:00:00:00:05".into();
+        let e = r.register(&evil, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::MacTaken(..)), "{e}");
+        // A stale entry's address is free again.
+        let stale = entry("old", me, now + 1, "told", [10, 0, 0, 7]);
+        r.register(&stale, &lock).unwrap();
+        r.register(&entry("new", me, now, "tnew", [10, 0, 0, 7]), &lock)
+            .unwrap();
     }
 
     #[test]

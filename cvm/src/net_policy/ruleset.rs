@@ -79,6 +79,11 @@ fn peer_set(vm: &VmName) -> String {
     format!("vm_{}", vm.ident())
 }
 
+/// The script emptying `vm`'s address set in `table` (when `vm` stops).
+pub fn forget_peer_script(table: &str, vm: &VmName) -> String {
+    format!("flush set netdev {table} {}\n", peer_set(vm))
+}
+
 /// The resolved addresses of the VMs a policy names (absent or empty: not running).
 pub type Peers = BTreeMap<VmName, Vec<Ipv4Addr>>;
 

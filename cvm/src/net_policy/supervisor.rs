@@ -169,13 +169,21 @@ impl Installed {
         Ok(true)
     }
 
-    /// Removes the tables and the registry entry.
+    /// Removes the tables and the registry entry, and (under the registry's lock, so no
+    /// new VM can claim the addresses meanwhile) empties this VM's set in the tables of
+    /// the running VMs that name it, without waiting for their next poll.
     pub fn remove(&self) -> Result<(), NftError> {
+        let lock = self.registry.lock();
+        if let Err(e) = &lock {
+            tracing::warn!(event = "net-policy-removed", error = %e, "cannot lock the VM registry; removing the policy anyway");
+        }
         let r = self.nft.apply(&ruleset::delete_script(
             self.tables.iter().map(String::as_str),
         ));
         self.registry
             .unregister(self.policy.name.as_str(), self.pid);
+        self.leave_peers();
+        drop(lock);
         match &r {
             Ok(()) => {
                 tracing::info!(event = "net-policy-removed", vm = %self.policy.name, tables = ?self.tables, "network policy removed")
@@ -185,6 +193,26 @@ impl Installed {
             }
         }
         r
+    }
+
+    /// Empties the set holding this VM's addresses in every running VM's table (a table
+    /// whose policy does not name this VM has no such set: nft refuses that one, which
+    /// is fine, so each table is a transaction of its own).
+    fn leave_peers(&self) {
+        let Ok(entries) = self.registry.entries() else {
+            return;
+        };
+        for e in entries
+            .iter()
+            .filter(|e| e.name != self.policy.name.as_str() && e.is_live())
+        {
+            for i in e.interfaces.iter().filter(|i| is_ours(&i.table)) {
+                let script = ruleset::forget_peer_script(&i.table, &self.policy.name);
+                if self.nft.apply(&script).is_ok() {
+                    tracing::info!(event = "net-policy-peers", vm = %e.name, gone = %self.policy.name, "a stopped VM's addresses removed from its peer's table");
+                }
+            }
+        }
     }
 
     /// The `/v1/metrics` value of `counts`.
