@@ -1322,6 +1322,8 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         }
         None => {}
     }
+    // The policy is in place: only now may frames reach the guest.
+    super::net::activate(&net)?;
     let cgroup = apply_limits(a)?;
     let api = a
         .api_socket
