@@ -39,7 +39,8 @@
 //! # Rate limits
 //! Per direction, a byte and a packet [`TokenBucket`](crate::net::TokenBucket); a
 //! queue is not processed while its bucket is empty, and the bucket's timerfd wakes the
-//! thread. A TSO frame counts as `ceil(len / gso_size)` packets, as on the wire.
+//! thread. A TSO frame (sent, or received with a GSO header) counts as
+//! `ceil(len / gso_size)` packets, as on the wire.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -360,6 +361,18 @@ impl Net {
         }
     }
 
+    /// The wire packets the pending received frame makes: `ceil(len / gso_size)` for a
+    /// GSO frame (as transmit charges), else one.
+    fn rx_packets(&self) -> u64 {
+        let frame = self.rx_len.saturating_sub(VNET_HDR_LEN);
+        let gso_type = u32::from(self.rx_buf[1]);
+        let gso_size = usize::from(u16::from_le_bytes([self.rx_buf[4], self.rx_buf[5]]));
+        if gso_type == VIRTIO_NET_HDR_GSO_NONE || gso_size == 0 {
+            return 1;
+        }
+        frame.div_ceil(gso_size).max(1) as u64
+    }
+
     /// Reads the next frame from the tap into `rx_buf`; false when none is queued.
     fn fill_rx(&mut self) -> bool {
         while self.rx_len == 0 && self.tap_readable {
@@ -432,7 +445,7 @@ impl Net {
                 break; // the frame waits for buffers
             };
             let frame = (self.rx_len - VNET_HDR_LEN) as u64;
-            if !self.rx_limiter.consume(frame, 1) {
+            if !self.rx_limiter.consume(frame, self.rx_packets()) {
                 NetStats::add(&self.stats.throttled, 1);
                 q.go_to_previous_position();
                 break;

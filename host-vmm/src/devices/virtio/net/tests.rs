@@ -455,3 +455,49 @@ fn notifications_while_throttled_read_no_chain() {
     assert_eq!(NetStats::get(&s.tx_frames), 1);
     assert_eq!(used_idx(&m, &txq), 1);
 }
+
+/// Attack (red-team L5): rx-pps charged a received TSO frame as one packet, so a peer
+/// sending large GSO frames got gso-fold the packet budget. It now costs
+/// `ceil(len / gso_size)` packets, as on the wire.
+#[test]
+fn a_received_tso_frame_is_charged_per_segment() {
+    let m = mem();
+    // 100 packets/s: a burst of 10.
+    let (mut net, host, _e) = device(RateLimits {
+        rx_pps: Some(100),
+        ..Default::default()
+    });
+    activate(
+        &mut net,
+        1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4,
+    );
+    let rxq = MockSplitQueue::create(&m, GuestAddress(RX_RING), 16);
+    let chains: Vec<_> = (0..8u64)
+        .map(|i| desc(BUF + i * 0x1000, 0x1000, VRING_DESC_F_WRITE, 0))
+        .collect();
+    rxq.add_desc_chains(&chains, 0).unwrap();
+    let mut qs = [rxq.create_queue().unwrap(), Queue::new(16).unwrap()];
+    // 2000 bytes in 100-byte segments: 20 packets, twice the burst.
+    let mut tso = hdr(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        100,
+        34,
+        16,
+    )
+    .to_vec();
+    tso.extend_from_slice(&frame(2000, 3));
+    send(&host, &tso);
+    let mut small = hdr(0, 0, 0, 0, 0).to_vec();
+    small.extend_from_slice(&frame(60, 4));
+    for _ in 0..5 {
+        send(&host, &small);
+    }
+    net.backend_event(TOKEN_TAP, 0, &mut qs, &m);
+    assert_eq!(
+        used_idx(&m, &rxq),
+        1,
+        "the TSO frame was charged less than its 20 segments"
+    );
+    assert_eq!(NetStats::get(&net.stats().throttled), 1);
+}
