@@ -21,9 +21,12 @@
 //! bytes after the header; its header may only ask for what was negotiated (flags
 //! `NEEDS_CSUM` with `CSUM`, GSO types TCPv4/TCPv6 with `HOST_TSO4`/`HOST_TSO6`, a
 //! non-zero `gso_size`, a checksum field inside the frame). Each receive chain must be
-//! device-writable and inside guest memory. A chain that breaks a rule is returned with
+//! device-writable and inside guest memory. A chain of either queue may have at most
+//! queue-size descriptors (`INDIRECT_DESC` is not offered; virtio-queue would follow an
+//! indirect table of up to 65,535). A chain that breaks a rule is returned with
 //! length 0 and counted ([`NetStats`]); the frame is never sent. No guest input panics
-//! the VMM or makes it allocate: both directions use one fixed buffer each.
+//! the VMM or makes it allocate: both directions use one fixed buffer each (and the
+//! receive side one reused descriptor list).
 //!
 //! In confidential guests the rings and buffers are in memory the guest shared
 //! (`VIRTIO_F_ACCESS_PLATFORM`, required by the transport); the device reads each
@@ -149,6 +152,9 @@ pub struct Net {
     wake: EventFd,
     tap_readable: bool,
     rx_buf: Vec<u8>,
+    /// The descriptors of the receive chain being filled (reused: no allocation per
+    /// frame).
+    rx_descs: Vec<(vm_memory::GuestAddress, usize)>,
     /// Length of the frame waiting in `rx_buf` (0: none).
     rx_len: usize,
     tx_buf: Vec<u8>,
@@ -210,6 +216,7 @@ impl Net {
             wake,
             tap_readable: true,
             rx_buf: vec![0; VNET_HDR_LEN + FRAME_MAX],
+            rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             rx_len: 0,
             tx_buf: vec![0; VNET_HDR_LEN + FRAME_MAX],
             rx_limiter,
@@ -250,16 +257,19 @@ impl Net {
     }
 
     /// Copies a transmit chain into `tx_buf`; returns its length, or `None` if it is
-    /// malformed (a writable descriptor, outside guest memory, too long, looping).
+    /// malformed (a writable descriptor, outside guest memory, too long, looping, more
+    /// descriptors than the queue has: only an indirect table, which is not offered,
+    /// makes such a chain).
     fn read_tx_chain(
         &mut self,
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
+        max_descs: usize,
     ) -> Option<usize> {
         let mut len = 0usize;
         let mut more = false;
-        for d in chain {
-            if d.is_write_only() {
+        for (k, d) in chain.enumerate() {
+            if d.is_write_only() || k >= max_descs {
                 return None;
             }
             // virtio-queue ends a chain after queue-size descriptors; one whose last
@@ -306,13 +316,14 @@ impl Net {
 
     fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        let max_descs = usize::from(q.size());
         // While throttled, a notification costs nothing (no chain is read).
         while !self.tx_limiter.is_blocked() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break;
             };
             let head = chain.head_index();
-            let len = self.read_tx_chain(chain, mem);
+            let len = self.read_tx_chain(chain, mem, max_descs);
             let packets = len.and_then(|l| self.check_tx_header(l));
             // Malformed chains are charged too (one packet, their bytes): a guest cannot
             // spin the device for free.
@@ -403,13 +414,29 @@ impl Net {
         &mut self,
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
+        max_descs: usize,
+    ) -> Option<usize> {
+        let mut descs = std::mem::take(&mut self.rx_descs);
+        descs.clear();
+        let r = self.write_rx_chain_into(chain, mem, max_descs, &mut descs);
+        self.rx_descs = descs;
+        r
+    }
+
+    fn write_rx_chain_into(
+        &mut self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        max_descs: usize,
+        descs: &mut Vec<(vm_memory::GuestAddress, usize)>,
     ) -> Option<usize> {
         // num_buffers = 1 (no MRG_RXBUF).
         self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-        let mut descs = Vec::new();
         let mut room = 0usize;
         for d in chain {
-            if !d.is_write_only() {
+            // More descriptors than the queue has: only an indirect table (not
+            // offered) makes such a chain.
+            if !d.is_write_only() || descs.len() >= max_descs {
                 NetStats::add(&self.stats.rx_malformed, 1);
                 return None;
             }
@@ -424,7 +451,7 @@ impl Net {
             return None;
         }
         let mut off = 0;
-        for (addr, n) in descs {
+        for &(addr, n) in descs.iter() {
             let end = (off + n).min(self.rx_len);
             if mem.write_slice(&self.rx_buf[off..end], addr).is_err() {
                 NetStats::add(&self.stats.rx_malformed, 1);
@@ -440,6 +467,7 @@ impl Net {
 
     fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        let max_descs = usize::from(q.size());
         while !self.rx_limiter.is_blocked() && self.fill_rx() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break; // the frame waits for buffers
@@ -451,7 +479,7 @@ impl Net {
                 break;
             }
             let head = chain.head_index();
-            let written = match self.write_rx_chain(chain, mem) {
+            let written = match self.write_rx_chain(chain, mem, max_descs) {
                 Some(n) => {
                     NetStats::add(&self.stats.rx_frames, 1);
                     NetStats::add(&self.stats.rx_bytes, frame);

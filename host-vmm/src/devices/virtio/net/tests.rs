@@ -4,7 +4,7 @@
 use std::os::unix::io::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, GuestAddress};
@@ -500,4 +500,48 @@ fn a_received_tso_frame_is_charged_per_segment() {
         "the TSO frame was charged less than its 20 segments"
     );
     assert_eq!(NetStats::get(&net.stats().throttled), 1);
+}
+
+/// Attack (red-team L8): INDIRECT_DESC is not offered, yet virtio-queue follows an
+/// indirect table of up to 65,535 descriptors per chain. A chain longer than the queue
+/// (only an indirect table makes one) is now refused, on both queues.
+#[test]
+fn a_chain_longer_than_the_queue_is_refused() {
+    let m = mem();
+    let (mut net, host, _e) = device(RateLimits::default());
+    activate(&mut net, 0);
+    let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 16);
+    // An indirect table of 40 descriptors: the frame, then 39 empty ones.
+    let table = BUF + 0x8000;
+    m.write_slice(&hdr(0, 0, 0, 0, 0), GuestAddress(BUF))
+        .unwrap();
+    m.write_slice(&frame(60, 9), GuestAddress(BUF + 12))
+        .unwrap();
+    for i in 0..40u16 {
+        let (len, flags, next) = if i == 0 {
+            (72, VRING_DESC_F_NEXT, 1)
+        } else if i < 39 {
+            (0, VRING_DESC_F_NEXT, i + 1)
+        } else {
+            (0, 0, 0)
+        };
+        let d = SplitDescriptor::new(
+            if i == 0 { BUF } else { BUF + 0x100 },
+            len,
+            flags as u16,
+            next,
+        );
+        m.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+    txq.add_desc_chains(&[desc(table, 40 * 16, VRING_DESC_F_INDIRECT, 0)], 0)
+        .unwrap();
+    let mut qs: [Queue; 2] = [Queue::new(16).unwrap(), txq.create_queue().unwrap()];
+    run(&mut net, &mut qs, &m);
+    assert_eq!(used_idx(&m, &txq), 1, "the chain is completed");
+    assert!(
+        recv(&host).is_none(),
+        "a 40-descriptor chain on a 16-entry queue was sent"
+    );
+    assert_eq!(NetStats::get(&net.stats().tx_malformed), 1);
 }
