@@ -707,10 +707,7 @@ fn reply_rules_reach_only_the_initiators_ephemeral_ports() {
         let before = counts(&nft, &i);
         tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 123, None, 16));
         assert!(!ta.receives(SHORT, |f| is_ipv4_from(f, B, 16)));
-        assert_eq!(
-            counts(&nft, &i).get("ingress_denied"),
-            before.get("ingress_denied") + 1
-        );
+        assert!(counts(&nft, &i).get("ingress_denied") > before.get("ingress_denied"));
         tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 40002, None, 17));
         assert!(ta.receives(LONG, |f| is_ipv4_from(f, B, 17)));
         i.remove().unwrap();

@@ -49,6 +49,9 @@ pub enum RegistryError {
     /// Another running VM has this MAC.
     #[error("MAC {0} already belongs to the running VM `{1}`")]
     MacTaken(String, String),
+    /// Another running VM's policy is installed in a table of this name.
+    #[error("nftables table `{0}` already belongs to the running VM `{1}`")]
+    TableTaken(String, String),
 }
 
 /// One interface of an entry.
@@ -272,7 +275,7 @@ impl Registry {
     }
 
     /// Writes `e` (0600, replaced atomically), after checking under the lock that no
-    /// running VM has its name, one of its taps, MACs or addresses (so a name stands for
+    /// running VM has its name, one of its taps, tables, MACs or addresses (so a name stands for
     /// one VM's addresses only: a VM cannot pass as another in `vm = "NAME"` rules). The stale entries (of VMs that are
     /// not running) with its name or one of its taps are returned, and removed from the
     /// registry, so their tables, which would still hook those taps, can be removed.
@@ -294,6 +297,12 @@ impl Registry {
             }
             for i in &e.interfaces {
                 for o in &other.interfaces {
+                    if o.table == i.table {
+                        return Err(RegistryError::TableTaken(
+                            i.table.clone(),
+                            other.name.clone(),
+                        ));
+                    }
                     if o.tap == i.tap {
                         return Err(RegistryError::TapTaken(i.tap.clone(), other.name.clone()));
                     }
@@ -457,6 +466,23 @@ mod tests {
         r.register(&stale, &lock).unwrap();
         r.register(&entry("new", me, now, "tnew", [10, 0, 0, 7]), &lock)
             .unwrap();
+    }
+
+    /// Attack (red-team L7): install silently replaced a same-named table; a table a
+    /// live entry uses is now refused under the lock.
+    #[test]
+    fn a_live_vms_table_name_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        r.register(&entry("a", me, now, "ta", [10, 0, 0, 5]), &lock)
+            .unwrap();
+        let mut b = entry("b", me, now, "tb", [10, 0, 0, 6]);
+        b.interfaces[0].table = "cvm_a".into();
+        let e = r.register(&b, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::TableTaken(..)), "{e}");
     }
 
     #[test]
