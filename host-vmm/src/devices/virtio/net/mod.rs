@@ -20,7 +20,10 @@
 //! memory, hold at least the header plus an Ethernet header and at most [`FRAME_MAX`]
 //! bytes after the header; its header may only ask for what was negotiated (flags
 //! `NEEDS_CSUM` with `CSUM`, GSO types TCPv4/TCPv6 with `HOST_TSO4`/`HOST_TSO6`, a
-//! non-zero `gso_size`, a checksum field inside the frame). Each receive chain must be
+//! non-zero `gso_size`, a checksum field inside the frame and after the Ethernet
+//! header, `hdr_len` within the frame; a TCPv4 GSO frame must be IPv4 (ethertype
+//! 0x0800) with the checksum start at 34 or later, a TCPv6 one IPv6 (0x86dd) at 54 or
+//! later). Each receive chain must be
 //! device-writable and inside guest memory. A chain of either queue may have at most
 //! queue-size descriptors (`INDIRECT_DESC` is not offered; virtio-queue would follow an
 //! indirect table of up to 65,535). A chain that breaks a rule is returned with
@@ -302,10 +305,30 @@ impl Net {
         if needs_csum && (!self.acked(VIRTIO_NET_F_CSUM) || csum_start + csum_offset + 2 > frame) {
             return None;
         }
+        // The header must fit the frame: its header length, and a checksum that
+        // starts after the Ethernet header.
+        let hdr_len = usize::from(u16::from_le_bytes([h[2], h[3]]));
+        if hdr_len > frame || (needs_csum && csum_start < ETH_HLEN) {
+            return None;
+        }
+        let ethertype = u16::from_be_bytes([
+            self.tx_buf[VNET_HDR_LEN + 12],
+            self.tx_buf[VNET_HDR_LEN + 13],
+        ]);
+        // A GSO header must match the frame's protocol, with the checksum (the TCP
+        // header) after the minimal IP header.
         let gso_ok = match gso_type {
             VIRTIO_NET_HDR_GSO_NONE => return Some(1),
-            VIRTIO_NET_HDR_GSO_TCPV4 => self.acked(VIRTIO_NET_F_HOST_TSO4),
-            VIRTIO_NET_HDR_GSO_TCPV6 => self.acked(VIRTIO_NET_F_HOST_TSO6),
+            VIRTIO_NET_HDR_GSO_TCPV4 => {
+                self.acked(VIRTIO_NET_F_HOST_TSO4)
+                    && ethertype == ETHERTYPE_IPV4
+                    && csum_start >= ETH_HLEN + 20
+            }
+            VIRTIO_NET_HDR_GSO_TCPV6 => {
+                self.acked(VIRTIO_NET_F_HOST_TSO6)
+                    && ethertype == ETHERTYPE_IPV6
+                    && csum_start >= ETH_HLEN + 40
+            }
             _ => false,
         };
         if !gso_ok || !needs_csum || gso_size == 0 {
@@ -496,6 +519,13 @@ impl Net {
         used
     }
 }
+
+/// The Ethernet header's length (no VLAN tag: a tagged GSO frame is refused).
+const ETH_HLEN: usize = 14;
+/// The IPv4 ethertype.
+const ETHERTYPE_IPV4: u16 = 0x0800;
+/// The IPv6 ethertype.
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {

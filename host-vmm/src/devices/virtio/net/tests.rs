@@ -172,7 +172,8 @@ fn hostile_transmit_chains_are_refused_counted_and_completed() {
         bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4),
     );
     let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 32);
-    let f = frame(100, 4);
+    let mut f = frame(100, 4);
+    f[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4, for the valid TSO4 case below
     let mut chains: Vec<RawDescriptor> = Vec::new();
     let put = |h: [u8; 12], body: &[u8], slot: u64| -> u64 {
         let a = BUF + slot * 0x1000;
@@ -544,4 +545,80 @@ fn a_chain_longer_than_the_queue_is_refused() {
         "a 40-descriptor chain on a 16-entry queue was sent"
     );
     assert_eq!(NetStats::get(&net.stats().tx_malformed), 1);
+}
+
+/// Attack (red-team L9): transmit headers were not checked against the frame: a TCPv4
+/// GSO header on an IPv6 (or any) frame, a checksum start inside the IP header, a
+/// header length past the frame all went to the host's stack. Now refused.
+#[test]
+fn transmit_headers_must_match_the_frames_protocol() {
+    let m = mem();
+    let (mut net, host, _e) = device(RateLimits::default());
+    activate(
+        &mut net,
+        bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    );
+    let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 32);
+    let csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let (v4, v6) = (
+        VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        VIRTIO_NET_HDR_GSO_TCPV6 as u8,
+    );
+    let with_hdr_len = |mut h: [u8; 12], n: u16| {
+        h[2..4].copy_from_slice(&n.to_le_bytes());
+        h
+    };
+    let bad: Vec<(&str, [u8; 12], [u8; 2])> = vec![
+        ("TSO4 on IPv6", hdr(csum, v4, 30, 54, 16), [0x86, 0xdd]),
+        ("TSO6 on IPv4", hdr(csum, v6, 30, 54, 16), [0x08, 0x00]),
+        ("TSO4 on ARP", hdr(csum, v4, 30, 34, 16), [0x08, 0x06]),
+        (
+            "TSO4 checksum inside the IP header",
+            hdr(csum, v4, 30, 20, 16),
+            [0x08, 0x00],
+        ),
+        (
+            "TSO6 checksum inside the IP header",
+            hdr(csum, v6, 30, 34, 16),
+            [0x86, 0xdd],
+        ),
+        (
+            "header length past the frame",
+            with_hdr_len(hdr(csum, v4, 30, 34, 16), 200),
+            [0x08, 0x00],
+        ),
+    ];
+    let good: Vec<(&str, [u8; 12], [u8; 2])> = vec![
+        (
+            "TSO4",
+            with_hdr_len(hdr(csum, v4, 30, 34, 16), 54),
+            [0x08, 0x00],
+        ),
+        ("TSO6", hdr(csum, v6, 30, 54, 16), [0x86, 0xdd]),
+    ];
+    let mut chains = Vec::new();
+    for (slot, (_, h, et)) in bad.iter().chain(&good).enumerate() {
+        let a = BUF + slot as u64 * 0x1000;
+        let mut f = frame(100, 5);
+        f[12..14].copy_from_slice(et);
+        m.write_slice(h, GuestAddress(a)).unwrap();
+        m.write_slice(&f, GuestAddress(a + 12)).unwrap();
+        chains.push(desc(a, 112, 0, 0));
+    }
+    txq.add_desc_chains(&chains, 0).unwrap();
+    let mut qs: [Queue; 2] = [Queue::new(16).unwrap(), txq.create_queue().unwrap()];
+    run(&mut net, &mut qs, &m);
+    let mut sent = Vec::new();
+    while let Some(f) = recv(&host) {
+        sent.push(f);
+    }
+    assert_eq!(
+        NetStats::get(&net.stats().tx_malformed),
+        bad.len() as u64,
+        "refused: {} of {:?}; sent ethertypes {:?}",
+        NetStats::get(&net.stats().tx_malformed),
+        bad.iter().map(|b| b.0).collect::<Vec<_>>(),
+        sent.iter().map(|f| [f[24], f[25]]).collect::<Vec<_>>()
+    );
+    assert_eq!(sent.len(), good.len());
 }
