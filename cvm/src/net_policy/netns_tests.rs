@@ -754,3 +754,69 @@ fn a_stopped_vm_leaves_its_peers_sets_at_once() {
         ia.remove().unwrap();
     });
 }
+
+/// `frame` (from [`ipv4_frame`]) with a loose source route option (LSRR via `hop`)
+/// in its IPv4 header.
+fn with_lsrr(frame: &[u8], hop: Ipv4Addr) -> Vec<u8> {
+    let mut opt = vec![0x83, 7, 4];
+    opt.extend_from_slice(&hop.octets());
+    opt.push(0); // end of options: 8 bytes in all
+    let mut ip = frame[14..34].to_vec();
+    ip[0] = 0x47;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + 8;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[10..12].fill(0);
+    ip.extend_from_slice(&opt);
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = frame[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&frame[34..]);
+    f
+}
+
+/// Red-team info: IPv4 source-route options (LSRR/SSRR) let a packet name its own
+/// path past the host's routing; they are dropped both ways.
+#[test]
+fn source_routed_packets_are_dropped() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvmsa");
+        let tb = Tap::create("cvmsb");
+        ip("link add cvmbr type bridge");
+        ip("link set cvmsa master cvmbr");
+        ip("link set cvmsb master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmsa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\n\
+             egress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\" }]\ningress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\" }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let hop = Ipv4Addr::new(192, 0, 2, 1);
+        ta.send(&with_lsrr(
+            &ipv4_frame(MAC_A, MAC_B, A, B, 40000, 53, None, 21),
+            hop,
+        ));
+        tb.send(&with_lsrr(
+            &ipv4_frame(MAC_B, MAC_A, B, A, 40000, 53, None, 22),
+            hop,
+        ));
+        assert!(
+            !tb.receives(SHORT, |f| f.len() > 50 && f[26..30] == A.octets()),
+            "LSRR from the guest passed"
+        );
+        assert!(
+            !ta.receives(SHORT, |f| f.len() > 50 && f[26..30] == B.octets()),
+            "LSRR to the guest passed"
+        );
+        // Without the option both pass.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 40000, 53, None, 23));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 23)));
+        i.remove().unwrap();
+    });
+}

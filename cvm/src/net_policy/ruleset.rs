@@ -253,6 +253,14 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) 
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain ip_from_vm {{");
     let _ = writeln!(w, "\t\tip saddr != @own counter name \"spoofed\" drop");
+    let _ = writeln!(
+        w,
+        "\t\t# IPv4 options (source routes LSRR/SSRR among them) never pass"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip hdrlength != 5 counter name \"egress_denied\" drop"
+    );
     for (i, r) in iface.egress.iter().enumerate() {
         let _ = writeln!(w, "\t\t# egress[{i}]: {}", describe(r));
         let _ = writeln!(w, "\t\t{}", forward_line(r, true));
@@ -277,6 +285,14 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) 
     let _ = writeln!(
         w,
         "\t\tip daddr != @own counter name \"ingress_denied\" drop"
+    );
+    let _ = writeln!(
+        w,
+        "\t\t# IPv4 options (source routes LSRR/SSRR among them) never pass"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip hdrlength != 5 counter name \"ingress_denied\" drop"
     );
     for (i, r) in iface.ingress.iter().enumerate() {
         let _ = writeln!(w, "\t\t# ingress[{i}]: {}", describe(r));
@@ -391,6 +407,8 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da9616b5ef {
 	}
 	chain ip_from_vm {
 		ip saddr != @own counter name "spoofed" drop
+		# IPv4 options (source routes LSRR/SSRR among them) never pass
+		ip hdrlength != 5 counter name "egress_denied" drop
 		# egress[0]: vm db tcp ports { 5432 }
 		ip daddr @vm_db tcp dport { 5432 } accept
 		# egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
@@ -409,6 +427,8 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da9616b5ef {
 	}
 	chain ip_to_vm {
 		ip daddr != @own counter name "ingress_denied" drop
+		# IPv4 options (source routes LSRR/SSRR among them) never pass
+		ip hdrlength != 5 counter name "ingress_denied" drop
 		# ingress[0]: vm lb tcp ports { 8080 }
 		ip saddr @vm_lb tcp dport { 8080 } accept
 		# replies to egress[0]: vm db tcp ports { 5432 }
