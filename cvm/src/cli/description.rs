@@ -390,11 +390,21 @@ impl Loaded {
         self.desc
             .network_policy
             .as_ref()
+            .filter(|p| !p.is_unfiltered_opt_out())
             .map(|p| {
                 p.validate()
                     .map_err(|e| self.bad("network_policy", e.to_string()))
             })
             .transpose()
+    }
+
+    /// Whether the description opts out of filtering (`[network_policy] unfiltered =
+    /// true`, alone in its section).
+    pub fn network_unfiltered(&self) -> bool {
+        self.desc
+            .network_policy
+            .as_ref()
+            .is_some_and(|p| p.is_unfiltered_opt_out())
     }
 
     /// The SNP vCPU model.

@@ -260,6 +260,23 @@ pub fn open_all(configs: &[NetConfig]) -> Result<Vec<NetAttachment>, TapError> {
         .collect()
 }
 
+/// Once the network policy is installed (and before the VM runs): brings up the taps
+/// `cvm` created (down until now, so nothing could be queued on them) and discards
+/// the frames queued on the others since they were opened, which the policy never saw.
+pub fn activate(net: &[NetAttachment]) -> Result<(), TapError> {
+    for n in net {
+        n.tap.bring_up()?;
+        let dropped = n
+            .tap
+            .drain()
+            .map_err(|e| TapError::Ioctl(n.tap.name().to_owned(), "read", e))?;
+        if dropped > 0 {
+            tracing::info!(event = "net", tap = %n.tap.name(), dropped, "frames queued before the network policy discarded");
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

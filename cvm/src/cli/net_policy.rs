@@ -75,18 +75,19 @@ fn show(a: ShowArgs) -> ExitCode {
         Err(e) => return super::fail(&e, EXIT_USAGE),
     };
     // Peers resolve only against a registry that exists; `show` creates nothing.
-    let peers = if a.state.state_dir.is_dir() {
+    // The owner mark is the registry's id; without a registry, a placeholder.
+    let (peers, owner) = if a.state.state_dir.is_dir() {
         match Registry::open(&a.state.state_dir) {
-            Ok(r) => r.resolve(&policy.peer_vms()),
+            Ok(r) => (r.resolve(&policy.peer_vms()), r.id().to_owned()),
             Err(e) => return super::fail(&e, EXIT_FAILURE),
         }
     } else {
-        ruleset::Peers::new()
+        (ruleset::Peers::new(), "0000000000000000".to_owned())
     };
     let script: String = policy
         .interfaces
         .iter()
-        .map(|i| ruleset::table_script(&policy.name, i, &peers))
+        .map(|i| ruleset::table_script(&policy.name, i, &peers, &owner))
         .collect();
     print!("{script}");
     if a.check {

@@ -5,7 +5,9 @@
 //! addresses (anti-spoofing: frames from the tap must carry them, ARP included), what the
 //! guest may reach (`egress`) and what may reach it (`ingress`), by CIDR or by the name
 //! of another VM on this host, with protocol and ports. What no rule allows is dropped
-//! and counted; an empty list allows nothing.
+//! and counted; an empty list allows nothing. A VM with interfaces and no policy is
+//! refused unless it opts out explicitly (`--net-unfiltered`, `[network_policy]
+//! unfiltered = true`).
 //!
 //! This lives in the `cvm` binary, not in the host-vmm library: the policy is installed
 //! and removed by the unconfined `cvm` process that supervises the VMM (it runs `nft`,
@@ -23,7 +25,10 @@
 //! crash of the VMM, SIGTERM/SIGINT/SIGHUP to `cvm`, which are forwarded to the VM), the
 //! parent removes the tables and the registry entry. If the supervisor itself is killed
 //! (SIGKILL), the VMM dies with it (`PR_SET_PDEATHSIG`) and the tables stay, still
-//! denying; the next start of the same VM replaces them, and `cvm net gc` removes them.
+//! denying; the next start of the same VM replaces them, and `cvm net gc` removes them
+//! (only the tables of its own registry's stale entries that carry its registry's id in
+//! their comment). A registry entry's name, taps, tables, MACs and addresses are its
+//! own while the VM runs; a stopping VM empties its address set in its peers' tables.
 
 pub mod model;
 pub mod nft;

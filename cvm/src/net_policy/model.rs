@@ -19,7 +19,12 @@ pub const MAX_TAP: usize = 15;
 #[serde(deny_unknown_fields)]
 pub struct NetworkPolicyToml {
     /// This VM's name on this host; other VMs' policies name it (`vm = "NAME"`).
+    #[serde(default)]
     pub name: String,
+    /// The explicit opt-out of filtering: `unfiltered = true` alone in the section lets
+    /// the VM's interfaces run without a policy (debugging only).
+    #[serde(default)]
+    pub unfiltered: bool,
     /// One entry per VM network interface (tap).
     #[serde(default)]
     pub interfaces: Vec<InterfaceToml>,
@@ -436,9 +441,21 @@ fn parse_rule(r: &RuleToml, key: &str, own: &VmName) -> Result<Rule, PolicyError
 }
 
 impl NetworkPolicyToml {
+    /// Whether this section is the opt-out `unfiltered = true` and nothing else.
+    pub fn is_unfiltered_opt_out(&self) -> bool {
+        self.unfiltered && self.name.is_empty() && self.interfaces.is_empty()
+    }
+
     /// Validates the whole section.
     pub fn validate(&self) -> Result<NetworkPolicy, PolicyError> {
         let base = "network_policy";
+        if self.unfiltered {
+            return Err(err(
+                format!("{base}.unfiltered"),
+                "`unfiltered = true` turns filtering off; it cannot be combined with a name \
+                 or interfaces",
+            ));
+        }
         let name = VmName::parse(&self.name).map_err(|e| err(format!("{base}.name"), e))?;
         if self.interfaces.is_empty() {
             return Err(err(

@@ -603,3 +603,220 @@ fn failures_leave_nothing_and_stale_tables_are_replaced_or_collected() {
         i.remove().unwrap();
     });
 }
+
+/// Attack (red-team M3): `cvm net gc` deleted every `cvm_*` netdev table that was not
+/// live in ITS registry, so a gc run with another state directory (or a foreign
+/// `cvm_*` table) left a running VM's tap unfiltered. gc now deletes only the tables of
+/// its own registry's stale entries, and only when the table carries its registry's
+/// owner mark.
+#[test]
+fn gc_removes_only_tables_its_own_registry_owns() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let dir1 = state.path().join("net1");
+        let dir2 = state.path().join("net2");
+        let nft = Nft::default();
+        let _tap = Tap::create("cvmtg");
+        let p = policy(
+            "name = \"g\"\n[[interfaces]]\ntap = \"cvmtg\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.3.2\"]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), Registry::open(&dir1).unwrap()).unwrap();
+        let table = i.tables()[0].clone();
+        nft.apply("table netdev cvm_foreign { }\n").unwrap();
+        let sorted = || {
+            let mut v = nft.netdev_tables().unwrap();
+            v.sort();
+            v
+        };
+        let both = vec!["cvm_foreign".to_owned(), table.clone()];
+        let reg2 = Registry::open(&dir2).unwrap();
+        assert_eq!(gc(&nft, &reg2).unwrap(), Vec::<String>::new());
+        assert_eq!(sorted(), both, "gc with another registry deleted tables");
+        assert!(gc(&nft, &Registry::open(&dir1).unwrap())
+            .unwrap()
+            .is_empty());
+        assert_eq!(sorted(), both);
+        // A stale entry copied into the other registry does not make the table its own.
+        let mut e: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir1.join("g.json")).unwrap()).unwrap();
+        e["start_time"] = serde_json::json!(1);
+        std::fs::write(dir2.join("g.json"), e.to_string()).unwrap();
+        assert!(gc(&nft, &reg2).unwrap().is_empty());
+        assert_eq!(sorted(), both, "a copied entry let gc delete a live table");
+        // The owner's gc of its own stale entry still removes the table, not the foreign one.
+        std::fs::write(dir1.join("g.json"), e.to_string()).unwrap();
+        std::mem::forget(i);
+        assert_eq!(
+            gc(&nft, &Registry::open(&dir1).unwrap()).unwrap(),
+            vec![table]
+        );
+        assert_eq!(sorted(), vec!["cvm_foreign".to_owned()]);
+    });
+}
+
+/// Attack (red-team M1): stateless reply rules matched only the peer and the allowed
+/// port, so a guest allowed to SERVE UDP 53 (an ingress rule) could send "replies"
+/// from port 53 to every UDP port of its peers (and TCP non-SYN segments from an
+/// allowed port to any port). Replies must now target the initiator's ephemeral range.
+#[test]
+fn reply_rules_reach_only_the_initiators_ephemeral_ports() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvmra");
+        let tb = Tap::create("cvmrb");
+        ip("link add cvmbr type bridge");
+        ip("link set cvmra master cvmbr");
+        ip("link set cvmrb master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmra\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\n\
+             ingress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\", ports = [53] }, { cidr = \"10.0.0.0/24\", proto = \"tcp\", ports = [8080] }]\n\
+             egress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\", ports = [53] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let before = counts(&nft, &i);
+        // The attack: "replies" from the served ports to B's services.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 9999, None, 11));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 123, None, 12));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 8080, 22, Some(0x10), 13));
+        assert!(
+            !tb.receives(SHORT, |f| [11, 12, 13]
+                .iter()
+                .any(|m| is_ipv4_from(f, A, *m))),
+            "a reply rule let the guest reach a peer's service port"
+        );
+        assert_eq!(
+            counts(&nft, &i).get("egress_denied"),
+            before.get("egress_denied") + 3
+        );
+        // Real replies, to the initiator's ephemeral port, still pass.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 53, 40000, None, 14));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 14)));
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 8080, 40001, Some(0x10), 15));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 15)));
+        // The other direction: the replies to the guest's UDP 53 queries reach its
+        // ephemeral ports, not its low ports.
+        let before = counts(&nft, &i);
+        tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 123, None, 16));
+        assert!(!ta.receives(SHORT, |f| is_ipv4_from(f, B, 16)));
+        assert!(counts(&nft, &i).get("ingress_denied") > before.get("ingress_denied"));
+        tb.send(&ipv4_frame(MAC_B, MAC_A, B, A, 53, 40002, None, 17));
+        assert!(ta.receives(LONG, |f| is_ipv4_from(f, B, 17)));
+        i.remove().unwrap();
+    });
+}
+
+/// Attack (red-team M2, second half): a stopped VM's address stayed in its peers'
+/// `vm = "NAME"` sets until their next 2 s poll, long enough for a new VM to take the
+/// address over and pass as it. Removing a VM now empties its set in its peers' tables.
+#[test]
+fn a_stopped_vm_leaves_its_peers_sets_at_once() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = || Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let _ta = Tap::create("cvmpa");
+        let _tb = Tap::create("cvmpb");
+        let pa = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        let pb = policy(
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\"]\n",
+        );
+        let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
+        let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
+        assert!(ia.refresh_peers().unwrap());
+        let set = || {
+            let o = Command::new("nft")
+                .args(["list", "set", "netdev", &ia.tables()[0], "vm_b"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        assert!(set().contains("10.0.0.3"), "{}", set());
+        ib.remove().unwrap();
+        assert!(
+            !set().contains("10.0.0.3"),
+            "B's address outlived B: {}",
+            set()
+        );
+        ia.remove().unwrap();
+    });
+}
+
+/// `frame` (from [`ipv4_frame`]) with a loose source route option (LSRR via `hop`)
+/// in its IPv4 header.
+fn with_lsrr(frame: &[u8], hop: Ipv4Addr) -> Vec<u8> {
+    let mut opt = vec![0x83, 7, 4];
+    opt.extend_from_slice(&hop.octets());
+    opt.push(0); // end of options: 8 bytes in all
+    let mut ip = frame[14..34].to_vec();
+    ip[0] = 0x47;
+    let total = u16::from_be_bytes([ip[2], ip[3]]) + 8;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[10..12].fill(0);
+    ip.extend_from_slice(&opt);
+    let c = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = frame[..14].to_vec();
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&frame[34..]);
+    f
+}
+
+/// Red-team info: IPv4 source-route options (LSRR/SSRR) let a packet name its own
+/// path past the host's routing; they are dropped both ways.
+#[test]
+fn source_routed_packets_are_dropped() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvmsa");
+        let tb = Tap::create("cvmsb");
+        ip("link add cvmbr type bridge");
+        ip("link set cvmsa master cvmbr");
+        ip("link set cvmsb master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmsa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\n\
+             egress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\" }]\ningress = [{ cidr = \"10.0.0.0/24\", proto = \"udp\" }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let hop = Ipv4Addr::new(192, 0, 2, 1);
+        ta.send(&with_lsrr(
+            &ipv4_frame(MAC_A, MAC_B, A, B, 40000, 53, None, 21),
+            hop,
+        ));
+        tb.send(&with_lsrr(
+            &ipv4_frame(MAC_B, MAC_A, B, A, 40000, 53, None, 22),
+            hop,
+        ));
+        assert!(
+            !tb.receives(SHORT, |f| f.len() > 50 && f[26..30] == A.octets()),
+            "LSRR from the guest passed"
+        );
+        assert!(
+            !ta.receives(SHORT, |f| f.len() > 50 && f[26..30] == B.octets()),
+            "LSRR to the guest passed"
+        );
+        // Without the option both pass.
+        ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 40000, 53, None, 23));
+        assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 23)));
+        i.remove().unwrap();
+    });
+}

@@ -34,19 +34,35 @@ pub enum NftError {
     Json(#[source] serde_json::Error),
 }
 
-/// The `nft` binary: `$CVM_NFT`, or `nft` from `PATH`.
+/// The `nft` binary: `/usr/sbin/nft` ([`DEFAULT_NFT`]), or `$CVM_NFT` as an explicit
+/// override, which must be an absolute path (never a lookup in `PATH`, which whoever
+/// runs `cvm` could steer).
 #[derive(Debug, Clone)]
 pub struct Nft {
     binary: PathBuf,
 }
 
+/// Where `nft` is.
+pub const DEFAULT_NFT: &str = "/usr/sbin/nft";
+
 impl Default for Nft {
     fn default() -> Self {
-        Self {
-            binary: std::env::var_os("CVM_NFT")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("nft")),
-        }
+        Self::from_override(std::env::var_os("CVM_NFT"))
+    }
+}
+
+impl Nft {
+    /// The binary for the override `o` (`$CVM_NFT`): an absolute path, else the default.
+    fn from_override(o: Option<std::ffi::OsString>) -> Self {
+        let binary = match o.map(PathBuf::from) {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => {
+                tracing::warn!(path = %p.display(), "ignoring CVM_NFT: not an absolute path; using {DEFAULT_NFT}");
+                PathBuf::from(DEFAULT_NFT)
+            }
+            None => PathBuf::from(DEFAULT_NFT),
+        };
+        Self { binary }
     }
 }
 
@@ -107,6 +123,27 @@ impl Nft {
             .collect())
     }
 
+    /// The comment of the netdev table `table` (`None`: it has none). nft 1.0's JSON
+    /// omits table comments, so this reads the first line of the text listing after the
+    /// table's header, where nft prints the table's comment.
+    pub fn table_comment(&self, table: &str) -> Result<Option<String>, NftError> {
+        let out = self.run(
+            &["-t", "list", "table", "netdev", table],
+            None,
+            "list table",
+        )?;
+        let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+        let header = format!("table netdev {table} {{");
+        if lines.next() != Some(header.as_str()) {
+            return Ok(None);
+        }
+        Ok(lines
+            .next()
+            .and_then(|l| l.strip_prefix("comment \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .map(str::to_owned))
+    }
+
     /// The packet counts of `table`'s named counters.
     pub fn counts(&self, table: &str) -> Result<Counts, NftError> {
         let out = self.run(
@@ -134,4 +171,27 @@ fn items<'a>(v: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + '
         .into_iter()
         .flatten()
         .filter_map(move |o| o.get(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red-team info: `nft` came from `PATH`; it is now an absolute path, and a
+    /// relative override is ignored.
+    #[test]
+    fn nft_is_pinned_to_an_absolute_path() {
+        assert_eq!(
+            Nft::from_override(None).binary,
+            PathBuf::from("/usr/sbin/nft")
+        );
+        assert_eq!(
+            Nft::from_override(Some("nft".into())).binary,
+            PathBuf::from(DEFAULT_NFT)
+        );
+        assert_eq!(
+            Nft::from_override(Some("/opt/nft".into())).binary,
+            PathBuf::from("/opt/nft")
+        );
+    }
 }

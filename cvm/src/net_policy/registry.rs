@@ -43,6 +43,15 @@ pub enum RegistryError {
     /// Another running VM uses this tap.
     #[error("tap `{0}` already belongs to the running VM `{1}`")]
     TapTaken(String, String),
+    /// Another running VM has this address.
+    #[error("address {0} already belongs to the running VM `{1}`")]
+    AddressTaken(Ipv4Addr, String),
+    /// Another running VM has this MAC.
+    #[error("MAC {0} already belongs to the running VM `{1}`")]
+    MacTaken(String, String),
+    /// Another running VM's policy is installed in a table of this name.
+    #[error("nftables table `{0}` already belongs to the running VM `{1}`")]
+    TableTaken(String, String),
 }
 
 /// One interface of an entry.
@@ -117,6 +126,51 @@ pub fn start_time(pid: u32) -> Option<u64> {
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
+    id: String,
+}
+
+/// The file holding a registry's id (16 hex digits, random, made once with the
+/// directory): the owner mark in the comment of every table its VMs install, so `cvm
+/// net gc` deletes only tables of its own registry.
+const ID_FILE: &str = ".id";
+
+/// Reads `dir`'s id, making a new random one if it has none.
+fn registry_id(dir: &Path) -> Result<String, RegistryError> {
+    let p = dir.join(ID_FILE);
+    let io = |e| RegistryError::Io(p.clone(), e);
+    let valid = |s: &str| s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&p)
+    {
+        Ok(mut f) => {
+            let mut b = [0u8; 8];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut b))
+                .map_err(io)?;
+            let id = hex::encode(b);
+            std::io::Write::write_all(&mut f, id.as_bytes()).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = std::fs::symlink_metadata(&p).map_err(io)?;
+            let id = if m.is_file() && m.len() == 16 {
+                std::fs::read_to_string(&p).map_err(io)?
+            } else {
+                String::new()
+            };
+            if !valid(&id) {
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "the registry id file is not 16 hex digits",
+                )));
+            }
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// An exclusive lock of the registry (held while checking and writing entries).
@@ -151,7 +205,13 @@ impl Registry {
         }
         Ok(Self {
             dir: dir.to_owned(),
+            id: registry_id(dir)?,
         })
+    }
+
+    /// This registry's id, the owner mark of its tables.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Takes the registry's lock (`flock` on `.lock`), waiting for another `cvm`.
@@ -215,7 +275,8 @@ impl Registry {
     }
 
     /// Writes `e` (0600, replaced atomically), after checking under the lock that no
-    /// running VM has its name or one of its taps. The stale entries (of VMs that are
+    /// running VM has its name, one of its taps, tables, MACs or addresses (so a name stands for
+    /// one VM's addresses only: a VM cannot pass as another in `vm = "NAME"` rules). The stale entries (of VMs that are
     /// not running) with its name or one of its taps are returned, and removed from the
     /// registry, so their tables, which would still hook those taps, can be removed.
     pub fn register(&self, e: &Entry, _lock: &Lock) -> Result<Vec<Entry>, RegistryError> {
@@ -235,8 +296,22 @@ impl Registry {
                 return Err(RegistryError::NameTaken(other.name, other.pid));
             }
             for i in &e.interfaces {
-                if other.interfaces.iter().any(|o| o.tap == i.tap) {
-                    return Err(RegistryError::TapTaken(i.tap.clone(), other.name.clone()));
+                for o in &other.interfaces {
+                    if o.table == i.table {
+                        return Err(RegistryError::TableTaken(
+                            i.table.clone(),
+                            other.name.clone(),
+                        ));
+                    }
+                    if o.tap == i.tap {
+                        return Err(RegistryError::TapTaken(i.tap.clone(), other.name.clone()));
+                    }
+                    if o.mac.eq_ignore_ascii_case(&i.mac) {
+                        return Err(RegistryError::MacTaken(i.mac.clone(), other.name.clone()));
+                    }
+                    if let Some(a) = i.addresses.iter().find(|a| o.addresses.contains(a)) {
+                        return Err(RegistryError::AddressTaken(*a, other.name.clone()));
+                    }
                 }
             }
         }
@@ -299,7 +374,7 @@ mod tests {
             start_time: start,
             interfaces: vec![EntryInterface {
                 tap: tap.into(),
-                mac: "52:54:00:00:00:01".into(),
+                mac: format!("52:54:00:00:00:{:02x}", ip[3]),
                 addresses: vec![Ipv4Addr::from(ip)],
                 table: format!("cvm_{name}"),
             }],
@@ -359,6 +434,55 @@ mod tests {
         assert!(r.read("b").is_some());
         r.unregister("b", me);
         assert!(r.read("b").is_none());
+    }
+
+    /// Attack (red-team M2): names were not tied to unique addresses, so a VM stating
+    /// a running VM's address (or MAC) could pass as it in other VMs' `vm = "NAME"`
+    /// rules. Under the lock, a live entry's addresses and MACs are its own.
+    #[test]
+    fn a_live_vms_address_or_mac_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        r.register(&entry("db", me, now, "tdb", [10, 0, 0, 5]), &lock)
+            .unwrap();
+        // Same address, another name, tap and MAC.
+        let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+        evil.interfaces[0]
+            .addresses
+            .push(Ipv4Addr::new(10, 0, 0, 5));
+        let e = r.register(&evil, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::AddressTaken(..)), "{e}");
+        assert!(r.read("evil").is_none());
+        // Same MAC, another address.
+        let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+        evil.interfaces[0].mac = "52:54:00:00:00:05".into();
+        let e = r.register(&evil, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::MacTaken(..)), "{e}");
+        // A stale entry's address is free again.
+        let stale = entry("old", me, now + 1, "told", [10, 0, 0, 7]);
+        r.register(&stale, &lock).unwrap();
+        r.register(&entry("new", me, now, "tnew", [10, 0, 0, 7]), &lock)
+            .unwrap();
+    }
+
+    /// Attack (red-team L7): install silently replaced a same-named table; a table a
+    /// live entry uses is now refused under the lock.
+    #[test]
+    fn a_live_vms_table_name_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        r.register(&entry("a", me, now, "ta", [10, 0, 0, 5]), &lock)
+            .unwrap();
+        let mut b = entry("b", me, now, "tb", [10, 0, 0, 6]);
+        b.interfaces[0].table = "cvm_a".into();
+        let e = r.register(&b, &lock).unwrap_err();
+        assert!(matches!(e, RegistryError::TableTaken(..)), "{e}");
     }
 
     #[test]

@@ -54,13 +54,34 @@ pub fn table_name(vm: &VmName, tap: &TapName) -> String {
     format!(
         "{TABLE_PREFIX}{}_{readable}_{}",
         vm.ident(),
-        hex::encode(&digest[..4])
+        hex::encode(&digest[..8])
     )
+}
+
+/// The comment of `vm`'s table on `tap`, installed by the registry `owner` (only
+/// characters the model allows: `owner` is hex, `vm` and `tap` are checked names).
+pub fn owner_comment(vm: &VmName, tap: &str, owner: &str) -> String {
+    format!("cvm network policy: vm {vm} tap {tap} {OWNER_KEY}{owner}")
+}
+
+/// What precedes the registry id in a table's comment.
+const OWNER_KEY: &str = "registry ";
+
+/// Whether a table comment names `owner` as its registry.
+pub fn owned_by(comment: &str, owner: &str) -> bool {
+    comment
+        .rsplit_once(OWNER_KEY)
+        .is_some_and(|(_, id)| !owner.is_empty() && id == owner)
 }
 
 /// The set holding `vm`'s addresses.
 fn peer_set(vm: &VmName) -> String {
     format!("vm_{}", vm.ident())
+}
+
+/// The script emptying `vm`'s address set in `table` (when `vm` stops).
+pub fn forget_peer_script(table: &str, vm: &VmName) -> String {
+    format!("flush set netdev {table} {}\n", peer_set(vm))
 }
 
 /// The resolved addresses of the VMs a policy names (absent or empty: not running).
@@ -114,21 +135,31 @@ fn forward_line(r: &Rule, peer_is_daddr: bool) -> String {
     }
 }
 
-/// The rule line allowing the replies to `r`'s traffic, in the other direction.
+/// The ports a reply may go to: the initiator's ephemeral range (Linux's default
+/// `ip_local_port_range` 32768-60999 and the IANA dynamic range 49152-65535; a guest
+/// must keep its `ip_local_port_range` inside it). Replies are matched
+/// statelessly (netdev hooks have no connection tracking), so without it a reply rule
+/// would let one side send from the allowed port to every port of the other.
+pub const REPLY_PORTS: &str = "32768-65535";
+
+/// The rule line allowing the replies to `r`'s traffic, in the other direction: from
+/// the allowed port(s) to the initiator's ephemeral ports ([`REPLY_PORTS`]), and for
+/// TCP never a bare SYN.
 fn reply_line(r: &Rule, peer_is_daddr: bool) -> String {
     let side = if peer_is_daddr { "daddr" } else { "saddr" };
     let peer = peer_expr(&r.peer);
-    let ports = if r.ports.is_empty() {
+    let proto = r.proto.as_str();
+    let sport = if r.ports.is_empty() {
         String::new()
     } else {
-        format!(" {} sport {}", r.proto.as_str(), port_set(&r.ports))
+        format!(" {proto} sport {}", port_set(&r.ports))
     };
     match r.proto {
         Proto::Icmp => format!("ip {side} {peer} icmp type {ICMP_REPLIES} accept"),
-        Proto::Tcp => {
-            format!("ip {side} {peer} ip protocol tcp{ports} tcp flags & (syn | ack) != syn accept")
-        }
-        Proto::Udp => format!("ip {side} {peer} ip protocol udp{ports} accept"),
+        Proto::Tcp => format!(
+            "ip {side} {peer}{sport} tcp dport {REPLY_PORTS} tcp flags & (syn | ack) != syn accept"
+        ),
+        Proto::Udp => format!("ip {side} {peer}{sport} udp dport {REPLY_PORTS} accept"),
     }
 }
 
@@ -152,7 +183,7 @@ fn describe(r: &Rule) -> String {
 /// The whole `nft -f` script installing `iface`'s table, replacing any table of the
 /// same name in the same transaction (a stale table of a crashed run of the same VM).
 /// `peers` holds the addresses of the named VMs that run now.
-pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
+pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) -> String {
     let t = table_name(vm, &iface.tap);
     let tap = iface.tap.as_str();
     let mac = iface.mac;
@@ -166,7 +197,7 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
     let _ = writeln!(w, "table netdev {t}");
     let _ = writeln!(w, "delete table netdev {t}");
     let _ = writeln!(w, "table netdev {t} {{");
-    let _ = writeln!(w, "\tcomment \"cvm network policy: vm {vm} tap {tap}\"");
+    let _ = writeln!(w, "\tcomment \"{}\"", owner_comment(vm, tap, owner));
     for c in COUNTERS {
         let _ = writeln!(w, "\tcounter {c} {{ }}");
     }
@@ -222,6 +253,14 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain ip_from_vm {{");
     let _ = writeln!(w, "\t\tip saddr != @own counter name \"spoofed\" drop");
+    let _ = writeln!(
+        w,
+        "\t\t# IPv4 options (source routes LSRR/SSRR among them) never pass"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip hdrlength != 5 counter name \"egress_denied\" drop"
+    );
     for (i, r) in iface.egress.iter().enumerate() {
         let _ = writeln!(w, "\t\t# egress[{i}]: {}", describe(r));
         let _ = writeln!(w, "\t\t{}", forward_line(r, true));
@@ -246,6 +285,14 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers) -> String {
     let _ = writeln!(
         w,
         "\t\tip daddr != @own counter name \"ingress_denied\" drop"
+    );
+    let _ = writeln!(
+        w,
+        "\t\t# IPv4 options (source routes LSRR/SSRR among them) never pass"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip hdrlength != 5 counter name \"ingress_denied\" drop"
     );
     for (i, r) in iface.ingress.iter().enumerate() {
         let _ = writeln!(w, "\t\t# ingress[{i}]: {}", describe(r));
@@ -336,10 +383,10 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
     /// is a reply to an ingress rule); to the guest, only ARP and the ingress rules (and
     /// replies to egress rules, never a bare SYN) pass; every drop is counted.
     const GOLDEN: &str = r#"# cvm network policy of VM web-a on tap cvm-a.0 (generated by cvm; replaced as a whole)
-table netdev cvm_web_a_cvm_a_0_e0f4e0da
-delete table netdev cvm_web_a_cvm_a_0_e0f4e0da
-table netdev cvm_web_a_cvm_a_0_e0f4e0da {
-	comment "cvm network policy: vm web-a tap cvm-a.0"
+table netdev cvm_web_a_cvm_a_0_e0f4e0da9616b5ef
+delete table netdev cvm_web_a_cvm_a_0_e0f4e0da9616b5ef
+table netdev cvm_web_a_cvm_a_0_e0f4e0da9616b5ef {
+	comment "cvm network policy: vm web-a tap cvm-a.0 registry 00112233aabbccdd"
 	counter spoofed { }
 	counter egress_denied { }
 	counter ingress_denied { }
@@ -360,6 +407,8 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
 	}
 	chain ip_from_vm {
 		ip saddr != @own counter name "spoofed" drop
+		# IPv4 options (source routes LSRR/SSRR among them) never pass
+		ip hdrlength != 5 counter name "egress_denied" drop
 		# egress[0]: vm db tcp ports { 5432 }
 		ip daddr @vm_db tcp dport { 5432 } accept
 		# egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
@@ -367,7 +416,7 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
 		# egress[2]: cidr 192.0.2.7/32 icmp
 		ip daddr 192.0.2.7/32 ip protocol icmp accept
 		# replies to ingress[0]: vm lb tcp ports { 8080 }
-		ip daddr @vm_lb ip protocol tcp tcp sport { 8080 } tcp flags & (syn | ack) != syn accept
+		ip daddr @vm_lb tcp sport { 8080 } tcp dport 32768-65535 tcp flags & (syn | ack) != syn accept
 		counter name "egress_denied" drop
 	}
 	chain to_vm {
@@ -378,12 +427,14 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
 	}
 	chain ip_to_vm {
 		ip daddr != @own counter name "ingress_denied" drop
+		# IPv4 options (source routes LSRR/SSRR among them) never pass
+		ip hdrlength != 5 counter name "ingress_denied" drop
 		# ingress[0]: vm lb tcp ports { 8080 }
 		ip saddr @vm_lb tcp dport { 8080 } accept
 		# replies to egress[0]: vm db tcp ports { 5432 }
-		ip saddr @vm_db ip protocol tcp tcp sport { 5432 } tcp flags & (syn | ack) != syn accept
+		ip saddr @vm_db tcp sport { 5432 } tcp dport 32768-65535 tcp flags & (syn | ack) != syn accept
 		# replies to egress[1]: cidr 10.9.0.0/16 udp ports { 53, 5000-5020 }
-		ip saddr 10.9.0.0/16 ip protocol udp udp sport { 53, 5000-5020 } accept
+		ip saddr 10.9.0.0/16 udp sport { 53, 5000-5020 } udp dport 32768-65535 accept
 		# replies to egress[2]: cidr 192.0.2.7/32 icmp
 		ip saddr 192.0.2.7/32 icmp type { echo-reply, destination-unreachable, time-exceeded, parameter-problem } accept
 		counter name "ingress_denied" drop
@@ -399,7 +450,7 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
             VmName::parse("db").unwrap(),
             vec![Ipv4Addr::new(10, 0, 0, 5)],
         );
-        let got = table_script(&p.name, &p.interfaces[0], &peers);
+        let got = table_script(&p.name, &p.interfaces[0], &peers, "00112233aabbccdd");
         assert_eq!(got, GOLDEN, "got:\n{got}");
     }
 
@@ -434,5 +485,8 @@ table netdev cvm_web_a_cvm_a_0_e0f4e0da {
             assert_ne!(x, y);
         }
         assert_eq!(a, table_name(&v("a"), &t("tap-0")), "stable across runs");
+        // 8 bytes of hash (red-team L7: 4 bytes made collisions affordable).
+        let hash = a.rsplit('_').next().unwrap();
+        assert_eq!(hash.len(), 16, "{a}");
     }
 }

@@ -55,12 +55,24 @@ impl Installed {
                 .interfaces
                 .iter()
                 .map(|i| i.table.as_str())
-                .filter(|t| !tables.iter().any(|n| n == t) && is_ours(t))
+                .filter(|t| !tables.iter().any(|n| n == t))
                 .collect();
-            script.push_str(&ruleset::delete_script(old));
+            let old = match owned_tables(&nft, &registry, old) {
+                Ok(o) => o,
+                Err(e) => {
+                    registry.unregister(policy.name.as_str(), entry.pid);
+                    return Err(e.into());
+                }
+            };
+            script.push_str(&ruleset::delete_script(old.iter().map(String::as_str)));
         }
         for i in &policy.interfaces {
-            script.push_str(&ruleset::table_script(&policy.name, i, &peers));
+            script.push_str(&ruleset::table_script(
+                &policy.name,
+                i,
+                &peers,
+                registry.id(),
+            ));
         }
         if let Err(e) = nft.apply(&script) {
             registry.unregister(policy.name.as_str(), entry.pid);
@@ -157,13 +169,21 @@ impl Installed {
         Ok(true)
     }
 
-    /// Removes the tables and the registry entry.
+    /// Removes the tables and the registry entry, and (under the registry's lock, so no
+    /// new VM can claim the addresses meanwhile) empties this VM's set in the tables of
+    /// the running VMs that name it, without waiting for their next poll.
     pub fn remove(&self) -> Result<(), NftError> {
+        let lock = self.registry.lock();
+        if let Err(e) = &lock {
+            tracing::warn!(event = "net-policy-removed", error = %e, "cannot lock the VM registry; removing the policy anyway");
+        }
         let r = self.nft.apply(&ruleset::delete_script(
             self.tables.iter().map(String::as_str),
         ));
         self.registry
             .unregister(self.policy.name.as_str(), self.pid);
+        self.leave_peers();
+        drop(lock);
         match &r {
             Ok(()) => {
                 tracing::info!(event = "net-policy-removed", vm = %self.policy.name, tables = ?self.tables, "network policy removed")
@@ -173,6 +193,26 @@ impl Installed {
             }
         }
         r
+    }
+
+    /// Empties the set holding this VM's addresses in every running VM's table (a table
+    /// whose policy does not name this VM has no such set: nft refuses that one, which
+    /// is fine, so each table is a transaction of its own).
+    fn leave_peers(&self) {
+        let Ok(entries) = self.registry.entries() else {
+            return;
+        };
+        for e in entries
+            .iter()
+            .filter(|e| e.name != self.policy.name.as_str() && e.is_live())
+        {
+            for i in e.interfaces.iter().filter(|i| is_ours(&i.table)) {
+                let script = ruleset::forget_peer_script(&i.table, &self.policy.name);
+                if self.nft.apply(&script).is_ok() {
+                    tracing::info!(event = "net-policy-peers", vm = %e.name, gone = %self.policy.name, "a stopped VM's addresses removed from its peer's table");
+                }
+            }
+        }
     }
 
     /// The `/v1/metrics` value of `counts`.
@@ -582,21 +622,48 @@ fn wait_for(pid: libc::pid_t) -> i32 {
     }
 }
 
-/// `cvm net gc`: removes the tables and registry entries of VMs that are not running.
-/// Returns the removed tables.
+/// Of `tables`, those that exist and carry `registry`'s owner mark (a `cvm` table name,
+/// and the registry's id in the table's comment). Anything else is not this registry's
+/// to delete: another state directory's VM, or a table `cvm` did not make.
+fn owned_tables<'a>(
+    nft: &Nft,
+    registry: &Registry,
+    tables: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<String>, NftError> {
+    let existing = nft.netdev_tables()?;
+    let mut out = Vec::new();
+    for t in tables {
+        if !is_ours(t) || !existing.iter().any(|e| e == t) || out.iter().any(|o| o == t) {
+            continue;
+        }
+        match nft.table_comment(t)? {
+            Some(c) if ruleset::owned_by(&c, registry.id()) => out.push(t.to_owned()),
+            c => {
+                tracing::warn!(event = "net-policy-not-owned", table = t, comment = ?c, "keeping a table this registry does not own");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `cvm net gc`: removes the tables and registry entries of VMs of THIS registry that
+/// are not running. Only tables listed in its stale entries and marked with its id are
+/// deleted; tables of other registries (another `$CVM_NET_STATE_DIR`, another PID
+/// namespace) and foreign tables stay. Returns the removed tables.
 pub fn gc(nft: &Nft, registry: &Registry) -> Result<Vec<String>, NetPolicyError> {
     let lock = registry.lock()?;
     let entries = registry.entries()?;
-    let live_tables: Vec<String> = entries
+    let live_tables: Vec<&str> = entries
         .iter()
         .filter(|e| e.is_live())
-        .flat_map(|e| e.interfaces.iter().map(|i| i.table.clone()))
+        .flat_map(|e| e.interfaces.iter().map(|i| i.table.as_str()))
         .collect();
-    let stale: Vec<String> = nft
-        .netdev_tables()?
-        .into_iter()
-        .filter(|t| is_ours(t) && !live_tables.contains(t))
-        .collect();
+    let candidates = entries
+        .iter()
+        .filter(|e| !e.is_live())
+        .flat_map(|e| e.interfaces.iter().map(|i| i.table.as_str()))
+        .filter(|t| !live_tables.contains(t));
+    let stale = owned_tables(nft, registry, candidates)?;
     if !stale.is_empty() {
         nft.apply(&ruleset::delete_script(stale.iter().map(String::as_str)))?;
     }

@@ -114,7 +114,7 @@ fn interface_exists(name: &str) -> bool {
 }
 
 impl Tap {
-    /// Opens (or, for [`TapSpec::Create`], creates and brings up) the tap.
+    /// Opens (or, for [`TapSpec::Create`], creates, still down) the tap.
     pub fn open(spec: &TapSpec) -> Result<Self, TapError> {
         let name = spec.name();
         check_ifname(name).map_err(TapError::Name)?;
@@ -164,10 +164,34 @@ impl Tap {
         // segments what it sends us.
         tap.set_offload(0)
             .map_err(|e| TapError::Ioctl(name.to_owned(), "TUNSETOFFLOAD", e))?;
-        if create {
-            set_up(name).map_err(|e| TapError::Ioctl(name.to_owned(), "SIOCSIFFLAGS", e))?;
-        }
+        // A created tap stays down (the host cannot queue frames on it) until
+        // `bring_up`, which the caller does once the network policy is installed.
         Ok(tap)
+    }
+
+    /// Brings a tap `cvm` created up (a persistent tap is up or down as its owner set
+    /// it). Call it only once the tap's network policy is installed.
+    pub fn bring_up(&self) -> Result<(), TapError> {
+        if !self.owned {
+            return Ok(());
+        }
+        set_up(&self.name).map_err(|e| TapError::Ioctl(self.name.clone(), "SIOCSIFFLAGS", e))
+    }
+
+    /// Discards every frame queued on the tap (those queued before the network policy
+    /// was installed never reach the guest). Returns how many were discarded.
+    pub fn drain(&self) -> io::Result<u64> {
+        let mut buf = vec![0u8; 65_550];
+        let mut n = 0u64;
+        loop {
+            match self.read_frame(&mut buf) {
+                Ok(0) => return Ok(n),
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A tap-like backend over an already open descriptor that keeps frame boundaries
@@ -291,5 +315,77 @@ mod tests {
             Err(TapError::Exists(n)) => assert_eq!(n, "lo"),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Real taps in a fresh network namespace (root and /dev/net/tun, else SKIPPED).
+#[cfg(test)]
+mod netns_tests {
+    use super::*;
+    use std::process::Command;
+    use std::time::Duration;
+
+    fn in_netns(f: impl FnOnce() + Send + 'static) {
+        let r = std::thread::spawn(move || {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "unshare: {}", io::Error::last_os_error());
+            f();
+        })
+        .join();
+        if let Err(p) = r {
+            std::panic::resume_unwind(p);
+        }
+    }
+
+    fn ip(args: &str) -> String {
+        let out = Command::new("ip")
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip {args}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn is_up(name: &str) -> bool {
+        let l = ip(&format!("-o link show {name}"));
+        let flags = l.split('<').nth(1).and_then(|r| r.split('>').next());
+        flags.is_some_and(|f| f.split(',').any(|x| x == "UP"))
+    }
+
+    /// Attack (red-team L6): frames reached the guest before its policy existed: a
+    /// `create=` tap came up (so the host could queue frames on it) at open, before the
+    /// policy was installed, and frames queued on a `tap=` tap since open were read by
+    /// the VM. A created tap now stays down until [`Tap::bring_up`], and
+    /// [`Tap::drain`] empties the queue once the policy is in place.
+    #[test]
+    fn a_created_tap_stays_down_until_brought_up_and_drain_empties_its_queue() {
+        if !(test_kit::require_root()
+            && test_kit::require_tool("ip")
+            && test_kit::require_file("/dev/net/tun"))
+        {
+            return;
+        }
+        in_netns(|| {
+            let t = Tap::open(&TapSpec::Create("cvmdr0".into())).unwrap();
+            assert!(
+                !is_up("cvmdr0"),
+                "create= brought the tap up before the policy could be installed"
+            );
+            t.bring_up().unwrap();
+            assert!(is_up("cvmdr0"));
+            // The host queues frames for the guest.
+            ip("addr add 10.9.9.1/24 dev cvmdr0");
+            ip("neigh replace 10.9.9.2 lladdr 02:00:00:00:00:09 dev cvmdr0");
+            let s = std::net::UdpSocket::bind("10.9.9.1:0").unwrap();
+            for _ in 0..3 {
+                s.send_to(b"queued", "10.9.9.2:9").unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(t.drain().unwrap() >= 3);
+            let mut buf = [0u8; 2048];
+            let e = t.read_frame(&mut buf).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        });
     }
 }

@@ -72,6 +72,11 @@ pub struct Args {
     /// mac=, ip=ADDR/PREFIX, rx-bps=, tx-bps= (bits/s), rx-pps=, tx-pps= (e.g. 100M, 20k).
     #[arg(long = "net", value_name = "tap=NAME|create=NAME[,…]", value_parser = super::net::parse_net)]
     pub net: Vec<super::net::NetArg>,
+    /// Run the --net / `[[net]]` interfaces WITHOUT a network policy (no filtering, no
+    /// anti-spoofing; for debugging only). Without it, an interface needs a
+    /// `[network_policy]` in the description (default deny), or the launch is refused.
+    #[arg(long)]
+    pub net_unfiltered: bool,
     /// Directory of the emulated platform (`cvm emulated init`), for emulated TEEs.
     #[arg(long, value_name = "DIR")]
     pub emulated_platform: Option<PathBuf>,
@@ -289,6 +294,9 @@ pub struct Spec {
     pub output: cli_support::Output,
     /// The network policy (`[network_policy]` of the description).
     pub net_policy: Option<crate::net_policy::NetworkPolicy>,
+    /// The explicit opt-out of filtering (`--net-unfiltered` or
+    /// `[network_policy] unfiltered = true`).
+    pub net_unfiltered: bool,
 }
 
 /// Default guest memory.
@@ -464,7 +472,23 @@ impl Args {
             cgroup_parent: pick("cgroup_parent", self.cgroup_parent, limits.cgroup_parent),
             output: self.output,
             net_policy: d.map(Loaded::network_policy).transpose()?.flatten(),
+            net_unfiltered: self.net_unfiltered || d.is_some_and(Loaded::network_unfiltered),
         };
+        // Default deny (issue 18): an interface without a policy is refused unless the
+        // launch opts out explicitly.
+        if spec.net_policy.is_some() && self.net_unfiltered {
+            return Err(LaunchError::Usage(
+                "--net-unfiltered contradicts the description's [network_policy]; drop one".into(),
+            ));
+        }
+        if spec.net_policy.is_none() && !spec.net.is_empty() && !spec.net_unfiltered {
+            return Err(LaunchError::Usage(
+                "a network interface needs a network policy (default deny): add \
+                 [network_policy] to the VM description (--config), or opt out of filtering \
+                 explicitly with --net-unfiltered or `[network_policy] unfiltered = true`"
+                    .into(),
+            ));
+        }
         if let Some(p) = &spec.net_policy {
             let devices: Vec<crate::net_policy::Device<'_>> = spec
                 .net
@@ -1325,6 +1349,8 @@ fn launch(a: &Spec) -> Result<Outcome, LaunchError> {
         }
         None => {}
     }
+    // The policy is in place: only now may frames reach the guest.
+    super::net::activate(&net)?;
     let cgroup = apply_limits(a)?;
     let api = a
         .api_socket
@@ -1364,8 +1390,8 @@ fn install_net_policy(a: &Spec) -> Result<Option<NetRole>, LaunchError> {
         if !a.net.is_empty() {
             tracing::warn!(
                 event = "net-policy-absent",
-                "no [network_policy]: the host does not filter this VM's network traffic \
-                 (add one for default deny and anti-spoofing)"
+                "network policy opted out (unfiltered): the host does not filter this VM's \
+                 network traffic (add a [network_policy] for default deny and anti-spoofing)"
             );
         }
         return Ok(None);

@@ -250,3 +250,58 @@ fn sizes_and_serial_specs() {
     );
     assert!(parse_disk("/d.img,rw2").is_err());
 }
+
+fn try_args(argv: &[&str]) -> Result<Spec, LaunchError> {
+    use clap::Parser;
+    Cli::try_parse_from(std::iter::once("launch").chain(argv.iter().copied()))
+        .unwrap()
+        .args
+        .resolve()
+}
+
+/// Attack (red-team M4): an interface without a policy used to run unfiltered with a
+/// warning; default deny refuses the launch (a usage error, exit 2) naming the fix.
+#[test]
+fn an_interface_without_a_policy_is_refused_unless_opted_out() {
+    let e = try_args(&["--tee", "none", "--net", "tap=cvmx0"])
+        .expect_err("--net without [network_policy] must be refused");
+    assert!(matches!(e, LaunchError::Usage(_)), "{e:?}");
+    let m = e.to_string();
+    assert!(
+        m.contains("[network_policy]") && m.contains("--net-unfiltered"),
+        "{m}"
+    );
+    // The same through a description's [[net]].
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vm.toml");
+    std::fs::write(
+        &f,
+        "version = 1\ntee = \"none\"\n[[net]]\ntap = \"cvmx0\"\n",
+    )
+    .unwrap();
+    let e = try_args(&["--config", f.to_str().unwrap()]).expect_err("refused");
+    assert!(e.to_string().contains("--net-unfiltered"), "{e}");
+    // Explicit opt-ins: the flag, or `unfiltered = true` alone in the section.
+    let a = args(&["--tee", "none", "--net", "tap=cvmx0", "--net-unfiltered"]);
+    assert!(a.net_unfiltered && a.net_policy.is_none());
+    std::fs::write(
+        &f,
+        "version = 1\ntee = \"none\"\n[[net]]\ntap = \"cvmx0\"\n[network_policy]\nunfiltered = true\n",
+    )
+    .unwrap();
+    let a = args(&["--config", f.to_str().unwrap()]);
+    assert!(a.net_unfiltered && a.net_policy.is_none());
+    // `unfiltered` does not combine with a policy.
+    std::fs::write(
+        &f,
+        "version = 1\ntee = \"none\"\n[[net]]\ntap = \"cvmx0\"\nmac = \"02:00:00:00:00:01\"\n\
+         [network_policy]\nunfiltered = true\nname = \"a\"\n\
+         [[network_policy.interfaces]]\ntap = \"cvmx0\"\nmac = \"02:00:00:00:00:01\"\n\
+         addresses = [\"10.0.0.2\"]\n",
+    )
+    .unwrap();
+    let e = try_args(&["--config", f.to_str().unwrap()]).expect_err("refused");
+    assert!(e.to_string().contains("unfiltered"), "{e}");
+    // No interface: nothing to filter, nothing required.
+    assert!(!args(&["--tee", "none"]).net_unfiltered);
+}

@@ -20,10 +20,16 @@
 //! memory, hold at least the header plus an Ethernet header and at most [`FRAME_MAX`]
 //! bytes after the header; its header may only ask for what was negotiated (flags
 //! `NEEDS_CSUM` with `CSUM`, GSO types TCPv4/TCPv6 with `HOST_TSO4`/`HOST_TSO6`, a
-//! non-zero `gso_size`, a checksum field inside the frame). Each receive chain must be
-//! device-writable and inside guest memory. A chain that breaks a rule is returned with
+//! non-zero `gso_size`, a checksum field inside the frame and after the Ethernet
+//! header, `hdr_len` within the frame; a TCPv4 GSO frame must be IPv4 (ethertype
+//! 0x0800) with the checksum start at 34 or later, a TCPv6 one IPv6 (0x86dd) at 54 or
+//! later). Each receive chain must be
+//! device-writable and inside guest memory. A chain of either queue may have at most
+//! queue-size descriptors (`INDIRECT_DESC` is not offered; virtio-queue would follow an
+//! indirect table of up to 65,535). A chain that breaks a rule is returned with
 //! length 0 and counted ([`NetStats`]); the frame is never sent. No guest input panics
-//! the VMM or makes it allocate: both directions use one fixed buffer each.
+//! the VMM or makes it allocate: both directions use one fixed buffer each (and the
+//! receive side one reused descriptor list).
 //!
 //! In confidential guests the rings and buffers are in memory the guest shared
 //! (`VIRTIO_F_ACCESS_PLATFORM`, required by the transport); the device reads each
@@ -39,7 +45,8 @@
 //! # Rate limits
 //! Per direction, a byte and a packet [`TokenBucket`](crate::net::TokenBucket); a
 //! queue is not processed while its bucket is empty, and the bucket's timerfd wakes the
-//! thread. A TSO frame counts as `ceil(len / gso_size)` packets, as on the wire.
+//! thread. A TSO frame (sent, or received with a GSO header) counts as
+//! `ceil(len / gso_size)` packets, as on the wire.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -148,6 +155,9 @@ pub struct Net {
     wake: EventFd,
     tap_readable: bool,
     rx_buf: Vec<u8>,
+    /// The descriptors of the receive chain being filled (reused: no allocation per
+    /// frame).
+    rx_descs: Vec<(vm_memory::GuestAddress, usize)>,
     /// Length of the frame waiting in `rx_buf` (0: none).
     rx_len: usize,
     tx_buf: Vec<u8>,
@@ -209,6 +219,7 @@ impl Net {
             wake,
             tap_readable: true,
             rx_buf: vec![0; VNET_HDR_LEN + FRAME_MAX],
+            rx_descs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             rx_len: 0,
             tx_buf: vec![0; VNET_HDR_LEN + FRAME_MAX],
             rx_limiter,
@@ -249,16 +260,19 @@ impl Net {
     }
 
     /// Copies a transmit chain into `tx_buf`; returns its length, or `None` if it is
-    /// malformed (a writable descriptor, outside guest memory, too long, looping).
+    /// malformed (a writable descriptor, outside guest memory, too long, looping, more
+    /// descriptors than the queue has: only an indirect table, which is not offered,
+    /// makes such a chain).
     fn read_tx_chain(
         &mut self,
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
+        max_descs: usize,
     ) -> Option<usize> {
         let mut len = 0usize;
         let mut more = false;
-        for d in chain {
-            if d.is_write_only() {
+        for (k, d) in chain.enumerate() {
+            if d.is_write_only() || k >= max_descs {
                 return None;
             }
             // virtio-queue ends a chain after queue-size descriptors; one whose last
@@ -291,10 +305,30 @@ impl Net {
         if needs_csum && (!self.acked(VIRTIO_NET_F_CSUM) || csum_start + csum_offset + 2 > frame) {
             return None;
         }
+        // The header must fit the frame: its header length, and a checksum that
+        // starts after the Ethernet header.
+        let hdr_len = usize::from(u16::from_le_bytes([h[2], h[3]]));
+        if hdr_len > frame || (needs_csum && csum_start < ETH_HLEN) {
+            return None;
+        }
+        let ethertype = u16::from_be_bytes([
+            self.tx_buf[VNET_HDR_LEN + 12],
+            self.tx_buf[VNET_HDR_LEN + 13],
+        ]);
+        // A GSO header must match the frame's protocol, with the checksum (the TCP
+        // header) after the minimal IP header.
         let gso_ok = match gso_type {
             VIRTIO_NET_HDR_GSO_NONE => return Some(1),
-            VIRTIO_NET_HDR_GSO_TCPV4 => self.acked(VIRTIO_NET_F_HOST_TSO4),
-            VIRTIO_NET_HDR_GSO_TCPV6 => self.acked(VIRTIO_NET_F_HOST_TSO6),
+            VIRTIO_NET_HDR_GSO_TCPV4 => {
+                self.acked(VIRTIO_NET_F_HOST_TSO4)
+                    && ethertype == ETHERTYPE_IPV4
+                    && csum_start >= ETH_HLEN + 20
+            }
+            VIRTIO_NET_HDR_GSO_TCPV6 => {
+                self.acked(VIRTIO_NET_F_HOST_TSO6)
+                    && ethertype == ETHERTYPE_IPV6
+                    && csum_start >= ETH_HLEN + 40
+            }
             _ => false,
         };
         if !gso_ok || !needs_csum || gso_size == 0 {
@@ -305,13 +339,14 @@ impl Net {
 
     fn process_tx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        let max_descs = usize::from(q.size());
         // While throttled, a notification costs nothing (no chain is read).
         while !self.tx_limiter.is_blocked() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break;
             };
             let head = chain.head_index();
-            let len = self.read_tx_chain(chain, mem);
+            let len = self.read_tx_chain(chain, mem, max_descs);
             let packets = len.and_then(|l| self.check_tx_header(l));
             // Malformed chains are charged too (one packet, their bytes): a guest cannot
             // spin the device for free.
@@ -360,6 +395,18 @@ impl Net {
         }
     }
 
+    /// The wire packets the pending received frame makes: `ceil(len / gso_size)` for a
+    /// GSO frame (as transmit charges), else one.
+    fn rx_packets(&self) -> u64 {
+        let frame = self.rx_len.saturating_sub(VNET_HDR_LEN);
+        let gso_type = u32::from(self.rx_buf[1]);
+        let gso_size = usize::from(u16::from_le_bytes([self.rx_buf[4], self.rx_buf[5]]));
+        if gso_type == VIRTIO_NET_HDR_GSO_NONE || gso_size == 0 {
+            return 1;
+        }
+        frame.div_ceil(gso_size).max(1) as u64
+    }
+
     /// Reads the next frame from the tap into `rx_buf`; false when none is queued.
     fn fill_rx(&mut self) -> bool {
         while self.rx_len == 0 && self.tap_readable {
@@ -390,13 +437,29 @@ impl Net {
         &mut self,
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &GuestMemoryMmap,
+        max_descs: usize,
+    ) -> Option<usize> {
+        let mut descs = std::mem::take(&mut self.rx_descs);
+        descs.clear();
+        let r = self.write_rx_chain_into(chain, mem, max_descs, &mut descs);
+        self.rx_descs = descs;
+        r
+    }
+
+    fn write_rx_chain_into(
+        &mut self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        max_descs: usize,
+        descs: &mut Vec<(vm_memory::GuestAddress, usize)>,
     ) -> Option<usize> {
         // num_buffers = 1 (no MRG_RXBUF).
         self.rx_buf[10..12].copy_from_slice(&1u16.to_le_bytes());
-        let mut descs = Vec::new();
         let mut room = 0usize;
         for d in chain {
-            if !d.is_write_only() {
+            // More descriptors than the queue has: only an indirect table (not
+            // offered) makes such a chain.
+            if !d.is_write_only() || descs.len() >= max_descs {
                 NetStats::add(&self.stats.rx_malformed, 1);
                 return None;
             }
@@ -411,7 +474,7 @@ impl Net {
             return None;
         }
         let mut off = 0;
-        for (addr, n) in descs {
+        for &(addr, n) in descs.iter() {
             let end = (off + n).min(self.rx_len);
             if mem.write_slice(&self.rx_buf[off..end], addr).is_err() {
                 NetStats::add(&self.stats.rx_malformed, 1);
@@ -427,18 +490,19 @@ impl Net {
 
     fn process_rx(&mut self, q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used = false;
+        let max_descs = usize::from(q.size());
         while !self.rx_limiter.is_blocked() && self.fill_rx() {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 break; // the frame waits for buffers
             };
             let frame = (self.rx_len - VNET_HDR_LEN) as u64;
-            if !self.rx_limiter.consume(frame, 1) {
+            if !self.rx_limiter.consume(frame, self.rx_packets()) {
                 NetStats::add(&self.stats.throttled, 1);
                 q.go_to_previous_position();
                 break;
             }
             let head = chain.head_index();
-            let written = match self.write_rx_chain(chain, mem) {
+            let written = match self.write_rx_chain(chain, mem, max_descs) {
                 Some(n) => {
                     NetStats::add(&self.stats.rx_frames, 1);
                     NetStats::add(&self.stats.rx_bytes, frame);
@@ -455,6 +519,13 @@ impl Net {
         used
     }
 }
+
+/// The Ethernet header's length (no VLAN tag: a tagged GSO frame is refused).
+const ETH_HLEN: usize = 14;
+/// The IPv4 ethertype.
+const ETHERTYPE_IPV4: u16 = 0x0800;
+/// The IPv6 ethertype.
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {

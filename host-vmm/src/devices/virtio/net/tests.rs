@@ -4,7 +4,7 @@
 use std::os::unix::io::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, GuestAddress};
@@ -172,7 +172,8 @@ fn hostile_transmit_chains_are_refused_counted_and_completed() {
         bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4),
     );
     let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 32);
-    let f = frame(100, 4);
+    let mut f = frame(100, 4);
+    f[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4, for the valid TSO4 case below
     let mut chains: Vec<RawDescriptor> = Vec::new();
     let put = |h: [u8; 12], body: &[u8], slot: u64| -> u64 {
         let a = BUF + slot * 0x1000;
@@ -454,4 +455,170 @@ fn notifications_while_throttled_read_no_chain() {
     assert_eq!(NetStats::get(&s.throttled), 1);
     assert_eq!(NetStats::get(&s.tx_frames), 1);
     assert_eq!(used_idx(&m, &txq), 1);
+}
+
+/// Attack (red-team L5): rx-pps charged a received TSO frame as one packet, so a peer
+/// sending large GSO frames got gso-fold the packet budget. It now costs
+/// `ceil(len / gso_size)` packets, as on the wire.
+#[test]
+fn a_received_tso_frame_is_charged_per_segment() {
+    let m = mem();
+    // 100 packets/s: a burst of 10.
+    let (mut net, host, _e) = device(RateLimits {
+        rx_pps: Some(100),
+        ..Default::default()
+    });
+    activate(
+        &mut net,
+        1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4,
+    );
+    let rxq = MockSplitQueue::create(&m, GuestAddress(RX_RING), 16);
+    let chains: Vec<_> = (0..8u64)
+        .map(|i| desc(BUF + i * 0x1000, 0x1000, VRING_DESC_F_WRITE, 0))
+        .collect();
+    rxq.add_desc_chains(&chains, 0).unwrap();
+    let mut qs = [rxq.create_queue().unwrap(), Queue::new(16).unwrap()];
+    // 2000 bytes in 100-byte segments: 20 packets, twice the burst.
+    let mut tso = hdr(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM as u8,
+        VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        100,
+        34,
+        16,
+    )
+    .to_vec();
+    tso.extend_from_slice(&frame(2000, 3));
+    send(&host, &tso);
+    let mut small = hdr(0, 0, 0, 0, 0).to_vec();
+    small.extend_from_slice(&frame(60, 4));
+    for _ in 0..5 {
+        send(&host, &small);
+    }
+    net.backend_event(TOKEN_TAP, 0, &mut qs, &m);
+    assert_eq!(
+        used_idx(&m, &rxq),
+        1,
+        "the TSO frame was charged less than its 20 segments"
+    );
+    assert_eq!(NetStats::get(&net.stats().throttled), 1);
+}
+
+/// Attack (red-team L8): INDIRECT_DESC is not offered, yet virtio-queue follows an
+/// indirect table of up to 65,535 descriptors per chain. A chain longer than the queue
+/// (only an indirect table makes one) is now refused, on both queues.
+#[test]
+fn a_chain_longer_than_the_queue_is_refused() {
+    let m = mem();
+    let (mut net, host, _e) = device(RateLimits::default());
+    activate(&mut net, 0);
+    let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 16);
+    // An indirect table of 40 descriptors: the frame, then 39 empty ones.
+    let table = BUF + 0x8000;
+    m.write_slice(&hdr(0, 0, 0, 0, 0), GuestAddress(BUF))
+        .unwrap();
+    m.write_slice(&frame(60, 9), GuestAddress(BUF + 12))
+        .unwrap();
+    for i in 0..40u16 {
+        let (len, flags, next) = if i == 0 {
+            (72, VRING_DESC_F_NEXT, 1)
+        } else if i < 39 {
+            (0, VRING_DESC_F_NEXT, i + 1)
+        } else {
+            (0, 0, 0)
+        };
+        let d = SplitDescriptor::new(
+            if i == 0 { BUF } else { BUF + 0x100 },
+            len,
+            flags as u16,
+            next,
+        );
+        m.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+    txq.add_desc_chains(&[desc(table, 40 * 16, VRING_DESC_F_INDIRECT, 0)], 0)
+        .unwrap();
+    let mut qs: [Queue; 2] = [Queue::new(16).unwrap(), txq.create_queue().unwrap()];
+    run(&mut net, &mut qs, &m);
+    assert_eq!(used_idx(&m, &txq), 1, "the chain is completed");
+    assert!(
+        recv(&host).is_none(),
+        "a 40-descriptor chain on a 16-entry queue was sent"
+    );
+    assert_eq!(NetStats::get(&net.stats().tx_malformed), 1);
+}
+
+/// Attack (red-team L9): transmit headers were not checked against the frame: a TCPv4
+/// GSO header on an IPv6 (or any) frame, a checksum start inside the IP header, a
+/// header length past the frame all went to the host's stack. Now refused.
+#[test]
+fn transmit_headers_must_match_the_frames_protocol() {
+    let m = mem();
+    let (mut net, host, _e) = device(RateLimits::default());
+    activate(
+        &mut net,
+        bit(VIRTIO_NET_F_CSUM) | bit(VIRTIO_NET_F_HOST_TSO4) | bit(VIRTIO_NET_F_HOST_TSO6),
+    );
+    let txq = MockSplitQueue::create(&m, GuestAddress(TX_RING), 32);
+    let csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+    let (v4, v6) = (
+        VIRTIO_NET_HDR_GSO_TCPV4 as u8,
+        VIRTIO_NET_HDR_GSO_TCPV6 as u8,
+    );
+    let with_hdr_len = |mut h: [u8; 12], n: u16| {
+        h[2..4].copy_from_slice(&n.to_le_bytes());
+        h
+    };
+    let bad: Vec<(&str, [u8; 12], [u8; 2])> = vec![
+        ("TSO4 on IPv6", hdr(csum, v4, 30, 54, 16), [0x86, 0xdd]),
+        ("TSO6 on IPv4", hdr(csum, v6, 30, 54, 16), [0x08, 0x00]),
+        ("TSO4 on ARP", hdr(csum, v4, 30, 34, 16), [0x08, 0x06]),
+        (
+            "TSO4 checksum inside the IP header",
+            hdr(csum, v4, 30, 20, 16),
+            [0x08, 0x00],
+        ),
+        (
+            "TSO6 checksum inside the IP header",
+            hdr(csum, v6, 30, 34, 16),
+            [0x86, 0xdd],
+        ),
+        (
+            "header length past the frame",
+            with_hdr_len(hdr(csum, v4, 30, 34, 16), 200),
+            [0x08, 0x00],
+        ),
+    ];
+    let good: Vec<(&str, [u8; 12], [u8; 2])> = vec![
+        (
+            "TSO4",
+            with_hdr_len(hdr(csum, v4, 30, 34, 16), 54),
+            [0x08, 0x00],
+        ),
+        ("TSO6", hdr(csum, v6, 30, 54, 16), [0x86, 0xdd]),
+    ];
+    let mut chains = Vec::new();
+    for (slot, (_, h, et)) in bad.iter().chain(&good).enumerate() {
+        let a = BUF + slot as u64 * 0x1000;
+        let mut f = frame(100, 5);
+        f[12..14].copy_from_slice(et);
+        m.write_slice(h, GuestAddress(a)).unwrap();
+        m.write_slice(&f, GuestAddress(a + 12)).unwrap();
+        chains.push(desc(a, 112, 0, 0));
+    }
+    txq.add_desc_chains(&chains, 0).unwrap();
+    let mut qs: [Queue; 2] = [Queue::new(16).unwrap(), txq.create_queue().unwrap()];
+    run(&mut net, &mut qs, &m);
+    let mut sent = Vec::new();
+    while let Some(f) = recv(&host) {
+        sent.push(f);
+    }
+    assert_eq!(
+        NetStats::get(&net.stats().tx_malformed),
+        bad.len() as u64,
+        "refused: {} of {:?}; sent ethertypes {:?}",
+        NetStats::get(&net.stats().tx_malformed),
+        bad.iter().map(|b| b.0).collect::<Vec<_>>(),
+        sent.iter().map(|f| [f[24], f[25]]).collect::<Vec<_>>()
+    );
+    assert_eq!(sent.len(), good.len());
 }
