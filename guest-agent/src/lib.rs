@@ -53,7 +53,9 @@
 //! # The Linux agent (`cvm-agent`, feature `std`)
 //!
 //! [`agent`] and the kernel interfaces in [`linux`] (configfs-tsm, `/dev/sev-guest`
-//! `SNP_GET_EXT_REPORT`, `/dev/tdx_guest` `TDX_CMD_GET_REPORT0`, AF_VSOCK): attest,
+//! `SNP_GET_EXT_REPORT`, `/dev/tdx_guest` `TDX_CMD_GET_REPORT0`, AF_VSOCK; under cvm's
+//! emulated TEEs, with `cvm.tsm=vsock` on the measured command line, the VMM's vsock
+//! evidence service, [`agent::vsock_tsm`]): attest,
 //! receive the disk key, `cryptsetup open --key-file=-` (key on a pipe), mount,
 //! `switch_root`.
 //!

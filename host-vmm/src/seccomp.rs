@@ -11,7 +11,10 @@
 //!   decision ([`crate::tee::backend::TeeRuntime::vcpu_thread`]).
 //! - the vsock event thread: epoll, reading and writing its sockets, accepting on the
 //!   hybrid-vsock listener, connecting to Unix sockets and the verifier (socket,
-//!   connect, getsockopt/setsockopt, shutdown, FIONBIO), and getrandom for TLS.
+//!   connect, getsockopt/setsockopt, shutdown, FIONBIO), getrandom for TLS, and
+//!   socketpair for a guest connection to the emulated TEEs' evidence service.
+//! - the evidence service thread (emulated TEEs only): reading and writing the socket
+//!   ends it is handed, setting their timeouts.
 //! - each virtio-net event thread: epoll, `read`/`write` of its tap, eventfd and
 //!   timerfds, `timerfd_settime` (rate limiters) and `ioctl(TUNSETOFFLOAD)` only (the
 //!   tap is opened and configured before the jail).
@@ -67,6 +70,9 @@ pub enum ThreadKind {
     /// The `--api-socket` thread: accepts and answers on an already bound Unix socket,
     /// and kicks vCPU threads out of KVM_RUN to pause them.
     Api,
+    /// The emulated TEEs' evidence service ([`crate::tee::evidence_vsock`]): reads
+    /// requests from and writes answers to the socket ends the vsock thread hands it.
+    Evidence,
 }
 
 /// Errors building or installing a filter.
@@ -228,6 +234,8 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                     libc::SYS_setsockopt,
                     libc::SYS_shutdown,
                     libc::SYS_getrandom,
+                    // A guest connection to the emulated TEEs' evidence service.
+                    libc::SYS_socketpair,
                 ],
             );
             rules.insert(libc::SYS_ioctl, vec![arg1_is(libc::FIONBIO)?]);
@@ -256,6 +264,20 @@ pub fn program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             rules.insert(
                 libc::SYS_ioctl,
                 vec![arg1_is(crate::net::tap::TUNSETOFFLOAD)?],
+            );
+        }
+        ThreadKind::Evidence => {
+            allow(
+                &mut rules,
+                &[
+                    libc::SYS_read,
+                    libc::SYS_recvfrom,
+                    libc::SYS_sendto,
+                    libc::SYS_setsockopt,
+                    libc::SYS_shutdown,
+                    // std's hash maps seed themselves once per thread.
+                    libc::SYS_getrandom,
+                ],
             );
         }
         ThreadKind::Api => {
@@ -369,6 +391,7 @@ mod tests {
         assert!(program(ThreadKind::ConfidentialVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::EmulatedTeeVcpu).unwrap().len() > 10);
         assert!(program(ThreadKind::Quote).unwrap().len() > 10);
+        assert!(program(ThreadKind::Evidence).unwrap().len() > 10);
     }
 
     #[test]

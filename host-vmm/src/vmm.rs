@@ -39,6 +39,7 @@ use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::net::NetAttachment;
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::backend::{ExpectedMeasurement, PendingLaunch, TeeError, TeeRuntime, VmType};
+use crate::tee::evidence_vsock::EvidenceService;
 use crate::tee::TeeBackend;
 use crate::vstate::vcpu::{RunControl, Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{IrqChip, KvmRoutes, Vm, VmError};
@@ -197,6 +198,9 @@ pub enum VmmError {
     /// A virtio-net device could not be created.
     #[error("cannot create the virtio-net device on tap {0}")]
     Net(String, #[source] NetError),
+    /// The emulated TEE's evidence service could not start.
+    #[error("cannot start the emulated TEE's evidence service")]
+    Evidence(#[source] crate::tee::evidence_vsock::EvidenceServiceError),
     /// A step of the TEE backend failed.
     #[error("the TEE backend failed")]
     Tee(#[from] TeeError),
@@ -433,7 +437,15 @@ impl VmBuilder {
                     EpollEvent::new(EventSet::IN, vsock::TOKEN_STOP),
                 )
                 .map_err(VmmError::EventLoop)?;
-            let device = Vsock::new(&vc, epoll.clone())?;
+            let mut device = Vsock::new(&vc, epoll.clone())?;
+            let evidence = self.config.tee.evidence_source();
+            let offers_evidence = evidence.is_some();
+            if let Some(source) = evidence {
+                device.set_evidence(
+                    EvidenceService::start(source, self.config.seccomp)
+                        .map_err(VmmError::Evidence)?,
+                );
+            }
             let (base, gsi, transport) = self.attach_virtio(vm, Box::new(device))?;
             tracing::info!(
                 event = "device",
@@ -441,6 +453,7 @@ impl VmBuilder {
                 guest_cid = vc.guest_cid,
                 uds = ?vc.uds,
                 relay = vc.relay.as_ref().map(|r| r.url.as_str()).unwrap_or("none"),
+                evidence_port = offers_evidence.then_some(vsock::EVIDENCE_PORT),
                 mmio = format_args!("{base:#x}"),
                 gsi,
                 "vsock attached"

@@ -13,7 +13,7 @@
 //! | keyslots | type `luks2`, AF `luks1` with 4000 stripes and a sha256/sha512 diffuser, area `raw` `aes-xts-plain64` (32- or 64-byte key, 512-byte sectors); priorities (0 = never tried) | `reencrypt` keyslots |
 //! | keyslot KDF | `pbkdf2` (sha256, sha512), `argon2i`, `argon2id` (version 0x13) | others |
 //! | digests | `pbkdf2` (sha256, sha512) | others |
-//! | segments | exactly one `crypt` segment, `aes-xts-plain64` with a 32- or 64-byte key, sector size 512/1024/2048/4096, IV = sector number in sector-size units (dm-crypt `iv_large_sectors`, as cryptsetup sets up LUKS2), `iv_tweak` 0, size fixed or `dynamic` | integrity, several segments, non-zero `iv_tweak`, other ciphers |
+//! | segments | exactly one `crypt` segment, `aes-xts-plain64` with a 32- or 64-byte key, sector size 512/1024/2048/4096, IV = the sector's position in 512-byte units (dm-crypt without `iv_large_sectors`, as cryptsetup sets up LUKS2), `iv_tweak` 0, size fixed or `dynamic` | integrity, several segments, non-zero `iv_tweak`, other ciphers |
 //! | config | `json_size`, `keyslots_size` | non-empty `requirements.mandatory` |
 //! | tokens | ignored | |
 //!

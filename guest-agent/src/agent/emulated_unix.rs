@@ -174,21 +174,41 @@ impl EmulatedUnixEvidence {
         s: &mut S,
         report_data: &[u8; 64],
     ) -> Result<Evidence, EvidenceError> {
-        let c = |s: &mut S, cmd, p: &[u8]| call(s, cmd, p).map_err(|e| unavailable(Chain(&e)));
-        match self.tee {
-            Tee::Snp => {
-                let report = c(s, command::SNP_REPORT, report_data)?;
-                let certs = c(s, command::SNP_CERTS, &[])?;
-                Evidence::snp_trustee(&report, (!certs.is_empty()).then_some(certs.as_slice()))
-            }
-            Tee::Tdx => {
-                let quote = c(s, command::TDX_QUOTE, report_data)?;
-                let collateral = match &self.tdx_collateral {
-                    Some(own) => own.clone(),
-                    None => c(s, command::TDX_COLLATERAL, &[])?,
-                };
-                Evidence::tdx_trustee(&quote, None, Some(&collateral))
-            }
+        evidence_over(
+            s,
+            self.tee,
+            self.tdx_collateral.as_deref(),
+            None,
+            report_data,
+        )
+    }
+}
+
+/// Evidence for `report_data` from a service speaking this protocol on `s` (a Unix
+/// socket here, the VMM's vsock evidence service in [`super::vsock_tsm`]): SNP report +
+/// certificate table, or TDX quote + collateral (`tdx_collateral` if given, else the
+/// service's) + `ccel` (the CC event log, if any), in Trustee's shapes.
+pub fn evidence_over<S: Read + Write>(
+    s: &mut S,
+    tee: Tee,
+    tdx_collateral: Option<&[u8]>,
+    ccel: Option<&[u8]>,
+    report_data: &[u8; 64],
+) -> Result<Evidence, EvidenceError> {
+    let c = |s: &mut S, cmd, p: &[u8]| call(s, cmd, p).map_err(|e| unavailable(Chain(&e)));
+    match tee {
+        Tee::Snp => {
+            let report = c(s, command::SNP_REPORT, report_data)?;
+            let certs = c(s, command::SNP_CERTS, &[])?;
+            Evidence::snp_trustee(&report, (!certs.is_empty()).then_some(certs.as_slice()))
+        }
+        Tee::Tdx => {
+            let quote = c(s, command::TDX_QUOTE, report_data)?;
+            let collateral = match tdx_collateral {
+                Some(own) => own.to_vec(),
+                None => c(s, command::TDX_COLLATERAL, &[])?,
+            };
+            Evidence::tdx_trustee(&quote, ccel, Some(&collateral))
         }
     }
 }
@@ -205,7 +225,7 @@ impl EvidenceProvider for EmulatedUnixEvidence {
 }
 
 /// An error with its causes on one line.
-struct Chain<'a>(&'a dyn std::error::Error);
+pub(crate) struct Chain<'a>(pub(crate) &'a dyn std::error::Error);
 
 impl std::fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -20,6 +20,12 @@
 //! `--tdx-collateral FILE` (the `QuoteCollateralV3` JSON, sent as the cvm extension
 //! member `collateral`), or the verifier must have it (else "collateral unavailable").
 //!
+//! Under cvm's emulated TEEs a stock kernel has neither (it does not see SNP/TDX): the
+//! measured kernel command line `cvm.tsm=vsock` selects
+//! [`vsock_tsm::VsockTsmEvidence`] instead, the VMM's vsock evidence service, which
+//! answers what configfs-tsm would (insecure-emulated; see that module for why a
+//! hardware policy can never be met through it).
+//!
 //! Test equipment: [`emulated_unix::EmulatedUnixEvidence`] (`--evidence
 //! emulated-unix:PATH`) asks `cvm emulated serve` on a Unix socket instead, so the agent
 //! runs as a host process; with `--test-passphrase` it then only checks the key with
@@ -33,6 +39,7 @@ use crate::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use crate::linux::{sev_guest, tsm};
 
 pub mod emulated_unix;
+pub mod vsock_tsm;
 
 /// Which evidence source to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use guest_agent::agent::emulated_unix::EmulatedUnixEvidence;
+use guest_agent::agent::vsock_tsm::{self, TsmSelection, VsockTsmEvidence};
 use guest_agent::agent::{self, LinuxEvidence};
 use guest_agent::evidence::EvidenceProvider;
 use guest_agent::jwe::Curve;
@@ -55,7 +56,8 @@ struct Args {
     /// TDX collateral (QuoteCollateralV3 JSON) to send with quotes.
     #[arg(long)]
     tdx_collateral: Option<PathBuf>,
-    /// Evidence source: `auto` (configfs-tsm, then /dev/sev-guest) or
+    /// Evidence source: `auto` (configfs-tsm, then /dev/sev-guest; the VMM's vsock
+    /// evidence service instead when the kernel command line says cvm.tsm=vsock) or
     /// `emulated-unix:PATH` (`cvm emulated serve` on a Unix socket; insecure-emulated test
     /// equipment).
     #[arg(long, default_value = "auto")]
@@ -152,12 +154,26 @@ fn main() -> ExitCode {
         None => None,
     };
     let (mut evidence, source): (Box<dyn EvidenceProvider>, String) = match args.evidence.as_str() {
-        "auto" => match LinuxEvidence::detect(collateral) {
-            Ok(e) => {
-                let source = format!("{:?}", e.source());
-                (Box::new(e), source)
-            }
+        "auto" => match vsock_tsm::selection(&cmdline) {
             Err(e) => return report(&e),
+            // Only the measured command line selects the VMM's evidence service.
+            Ok(TsmSelection::Vsock) => match VsockTsmEvidence::connect(collateral) {
+                Ok(e) => {
+                    eprintln!(
+                        "cvm-agent: WARNING: evidence from the VMM's emulated secure processor \
+                         (cvm.tsm=vsock): insecure-emulated test equipment"
+                    );
+                    (Box::new(e), "vsock-tsm".to_owned())
+                }
+                Err(e) => return report(&e),
+            },
+            Ok(TsmSelection::Kernel) => match LinuxEvidence::detect(collateral) {
+                Ok(e) => {
+                    let source = format!("{:?}", e.source());
+                    (Box::new(e), source)
+                }
+                Err(e) => return report(&e),
+            },
         },
         spec => match spec.strip_prefix("emulated-unix:") {
             Some(path) if !path.is_empty() => {

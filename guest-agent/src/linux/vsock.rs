@@ -52,49 +52,86 @@ fn connect_error(e: std::io::Error) -> TransportError {
     }
 }
 
-impl Transport for VsockTransport {
-    fn open(&mut self) -> Result<(), TransportError> {
-        self.stream = None;
-        // SAFETY: plain socket(2); the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a fresh descriptor we own.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The relay answers only once it reached the verifier (see `connect_error`):
-        // allow that connect more than the kernel's default 2 s. Best effort.
-        let timeout = libc::timeval {
-            tv_sec: CONNECT_TIMEOUT_SECS,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt(2) on our descriptor with a valid timeval of the given size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::AF_VSOCK,
-                SO_VM_SOCKETS_CONNECT_TIMEOUT,
-                &timeout as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-        // SAFETY: sockaddr_vm is plain data; all-zero is valid.
-        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
-        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
-        addr.svm_cid = self.cid;
-        addr.svm_port = self.port;
-        // SAFETY: `addr` is a valid sockaddr_vm of the given length.
+/// A connected AF_VSOCK stream to `cid:port` (the relay's connect timeout applies); the
+/// error is the relay's reading of a failed connect ([`connect_error`]).
+pub fn connect_stream(cid: u32, port: u32) -> Result<File, TransportError> {
+    connect_raw(cid, port).map_err(connect_error)
+}
+
+/// A connected AF_VSOCK stream to `cid:port`, with the OS error of a failed connect.
+pub fn connect_raw(cid: u32, port: u32) -> std::io::Result<File> {
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The relay answers only once it reached the verifier (see `connect_error`):
+    // allow that connect more than the kernel's default 2 s. Best effort.
+    let timeout = libc::timeval {
+        tv_sec: CONNECT_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt(2) on our descriptor with a valid timeval of the given size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            &timeout as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    // SAFETY: sockaddr_vm is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    // SAFETY: `addr` is a valid sockaddr_vm of the given length.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(File::from(owned))
+}
+
+/// Sets `SO_RCVTIMEO` and `SO_SNDTIMEO` of the socket `f` to `secs` seconds.
+pub fn set_timeouts(f: &File, secs: libc::time_t) -> Result<(), TransportError> {
+    use std::os::fd::AsRawFd;
+    let tv = libc::timeval {
+        tv_sec: secs,
+        tv_usec: 0,
+    };
+    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
+        // SAFETY: setsockopt(2) on a descriptor `f` owns, with a valid timeval of the
+        // given size; the result is checked.
         let rc = unsafe {
-            libc::connect(
-                fd,
-                &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            libc::setsockopt(
+                f.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             )
         };
         if rc != 0 {
-            return Err(connect_error(std::io::Error::last_os_error()));
+            return Err(io(std::io::Error::last_os_error()));
         }
-        self.stream = Some(File::from(owned));
+    }
+    Ok(())
+}
+
+impl Transport for VsockTransport {
+    fn open(&mut self) -> Result<(), TransportError> {
+        self.stream = None;
+        self.stream = Some(connect_stream(self.cid, self.port)?);
         Ok(())
     }
 

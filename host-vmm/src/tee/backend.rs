@@ -257,6 +257,13 @@ pub trait TeeBackend: Send + Sync + std::fmt::Debug {
     /// IOIO exits, emulated TDX's TDVMCALL<Instruction.IO>). Default: not needed.
     fn attach_buses(&self, _bus: &Arc<crate::devices::Buses>) {}
 
+    /// The evidence service a Linux guest reaches over vsock
+    /// ([`super::evidence_vsock`]): only the emulated TEEs offer one. Default: none (the
+    /// port is refused).
+    fn evidence_source(&self) -> Option<Arc<dyn super::evidence_vsock::EvidenceSource>> {
+        None
+    }
+
     /// What the launch is expected to measure.
     fn measurement(&self) -> ExpectedMeasurement;
 }

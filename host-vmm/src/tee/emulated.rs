@@ -258,9 +258,10 @@ impl EmulatedTee {
         ))
     }
 
-    /// Executes mailbox command `cmd` on `request`; returns the response bytes or a
-    /// status code.
-    fn execute(&mut self, cmd: u32, request: &[u8]) -> Result<Vec<u8>, u32> {
+    /// Executes mailbox command `cmd` on `request` (at most [`REQUEST_LEN`] bytes are
+    /// read); returns the response bytes or a status code. The mailbox and the vsock
+    /// evidence service ([`super::evidence_vsock`]) answer with it.
+    pub fn execute(&mut self, cmd: u32, request: &[u8]) -> Result<Vec<u8>, u32> {
         let report_data = || -> Result<[u8; 64], u32> {
             request
                 .get(..64)

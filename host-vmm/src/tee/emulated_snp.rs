@@ -240,6 +240,10 @@ impl TeeBackend for EmulatedSnp {
         }
     }
 
+    fn evidence_source(&self) -> Option<Arc<dyn super::evidence_vsock::EvidenceSource>> {
+        Some(self.tee.clone())
+    }
+
     fn measurement(&self) -> ExpectedMeasurement {
         ExpectedMeasurement {
             tee: TeeKind::EmulatedSnp,

@@ -285,6 +285,10 @@ impl TeeBackend for EmulatedTdx {
         false
     }
 
+    fn evidence_source(&self) -> Option<Arc<dyn super::evidence_vsock::EvidenceSource>> {
+        Some(self.tee.clone())
+    }
+
     fn measurement(&self) -> ExpectedMeasurement {
         ExpectedMeasurement {
             tee: TeeKind::EmulatedTdx,

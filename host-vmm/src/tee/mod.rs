@@ -37,6 +37,7 @@ pub mod emu_tdx;
 pub mod emulated;
 pub mod emulated_snp;
 pub mod emulated_tdx;
+pub mod evidence_vsock;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod kvm_snp;

@@ -4,7 +4,10 @@
 //! - **Guest → host**: a guest connection to CID 2 port P reaches the Unix socket
 //!   `<uds>_P`; port [`RELAY_PORT`] (50000) reaches the verifier through the attestation
 //!   relay when one is configured (one TCP or TLS connection per guest connection, bytes
-//!   copied both ways, never parsed). Anything else is refused with RST.
+//!   copied both ways, never parsed); port [`EVIDENCE_PORT`] (50001) reaches the
+//!   emulated TEE's evidence service under `emulated-snp`/`emulated-tdx` only
+//!   ([`crate::tee::evidence_vsock`]) and is refused otherwise. Anything else is
+//!   refused with RST.
 //! - **Host → guest**: the VMM listens on `<uds>`; a host client sends
 //!   `CONNECT <port>\n`, receives `OK <hostport>\n` once the guest accepted, then the
 //!   stream. A refused or invalid request closes the client's socket.
@@ -35,7 +38,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 pub use backend::{RelayConfig, RelayError};
-pub use muxer::{Muxer, RELAY_PORT};
+pub use muxer::{Muxer, EVIDENCE_PORT, RELAY_PORT};
 
 use super::mmio::MmioTransport;
 use super::{read_config_bytes, VirtioDevice};
@@ -114,6 +117,11 @@ impl Vsock {
             muxer,
             queue_sizes: [QUEUE_SIZE; 3],
         })
+    }
+
+    /// Offers the emulated TEE's evidence service (see [`muxer`]).
+    pub fn set_evidence(&mut self, service: crate::tee::evidence_vsock::EvidenceService) {
+        self.muxer.set_evidence(service);
     }
 
     /// The multiplexer (tests).

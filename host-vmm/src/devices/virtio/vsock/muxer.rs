@@ -9,6 +9,10 @@
 //! [`RX_CHUNK`] towards it) and the number of connections is bounded
 //! ([`MAX_CONNECTIONS`]), so no guest behaviour makes the VMM allocate without limit.
 //!
+//! Under an emulated TEE, [`EVIDENCE_PORT`] (50001) reaches the VMM's evidence service
+//! ([`crate::tee::evidence_vsock`]); under any other TEE that port is refused with RST
+//! (it never falls through to a hybrid-vsock Unix socket).
+//!
 //! A guest connection to the attestation relay ([`RELAY_PORT`]) is answered only once
 //! the relay's TCP connection to the verifier is up, as a TCP proxy accepts: if the
 //! verifier cannot be reached, the relay logs the OS error at WARN (with the verifier's
@@ -28,6 +32,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::backend::{RelayConfig, Stream};
 use super::packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
+use crate::tee::evidence_vsock::EvidenceService;
+pub use crate::tee::evidence_vsock::EVIDENCE_PORT;
 
 /// Host port of the attestation relay.
 pub const RELAY_PORT: u32 = 50000;
@@ -158,6 +164,7 @@ pub struct Muxer {
     uds: Option<PathBuf>,
     listener: Option<UnixListener>,
     relay: Option<RelayConfig>,
+    evidence: Option<EvidenceService>,
     conns: BTreeMap<Key, Conn>,
     tokens: HashMap<u64, Key>,
     handshakes: HashMap<u64, (UnixStream, Vec<u8>)>,
@@ -210,6 +217,7 @@ impl Muxer {
             uds,
             listener,
             relay,
+            evidence: None,
             conns: BTreeMap::new(),
             tokens: HashMap::new(),
             handshakes: HashMap::new(),
@@ -218,6 +226,11 @@ impl Muxer {
             next_port: FIRST_EPHEMERAL_PORT,
             stats: Stats::default(),
         })
+    }
+
+    /// Offers the emulated TEE's evidence service on [`EVIDENCE_PORT`] (module docs).
+    pub fn set_evidence(&mut self, service: EvidenceService) {
+        self.evidence = Some(service);
     }
 
     /// Counters.
@@ -447,6 +460,24 @@ impl Muxer {
 
     /// Opens the host side of a guest connection to `port`.
     fn open(&mut self, port: u32) -> Option<(Box<dyn Stream>, Kind)> {
+        if port == EVIDENCE_PORT {
+            // Reserved: only the emulated TEE's own service answers here, never a host
+            // Unix socket (`--vsock-uds`); without a service the guest gets RST.
+            let Some(service) = &self.evidence else {
+                tracing::warn!(
+                    event = "evidence",
+                    "vsock: the guest asked for emulated TEE evidence, which this TEE does not offer; refused"
+                );
+                return None;
+            };
+            return match service.connect() {
+                Ok(s) => Some((Box::new(s), Kind::Unix)),
+                Err(e) => {
+                    tracing::warn!(event = "evidence", error = %e, "vsock: evidence connection refused");
+                    None
+                }
+            };
+        }
         if port == RELAY_PORT {
             if let Some(r) = &self.relay {
                 return match r.connect() {

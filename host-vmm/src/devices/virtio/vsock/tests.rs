@@ -506,3 +506,69 @@ fn a_relay_answers_the_guest_once_the_verifier_is_connected() {
     assert_eq!(ops(&p), vec![op::RW]);
     assert_eq!(p[0].1, b"pong");
 }
+
+/// ATTACK: without an emulated TEE (`--tee none`, hardware backends) the evidence port
+/// must not reach a host process listening on the hybrid-vsock socket `<uds>_50001`:
+/// a guest selecting `cvm.tsm=vsock` would otherwise take "evidence" from the host.
+#[test]
+fn the_evidence_port_is_refused_without_an_emulated_tee_even_with_a_host_listener() {
+    use super::muxer::EVIDENCE_PORT;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("v.sock");
+    let _host = UnixListener::bind(dir.path().join(format!("v.sock_{EVIDENCE_PORT}"))).unwrap();
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, Some(base), None);
+    g.give_rx(16, 4096);
+    let req = g.pkt(op::REQUEST, 900, EVIDENCE_PORT);
+    g.send(req, &[]);
+    assert_eq!(ops(&g.recv()), vec![op::RST]);
+    assert_eq!(g.muxer.connections(), 0);
+}
+
+/// Under an emulated TEE the evidence port reaches the VMM's service (not a host
+/// socket) and carries its answers.
+#[test]
+fn the_evidence_port_reaches_the_emulated_tee_s_service() {
+    use super::muxer::EVIDENCE_PORT;
+    use crate::tee::evidence_vsock::{EvidenceService, EvidenceSource};
+
+    #[derive(Debug)]
+    struct Info;
+    impl EvidenceSource for Info {
+        fn execute(&self, cmd: u32, _request: &[u8]) -> Result<Vec<u8>, u32> {
+            match cmd {
+                5 => Ok(vec![1, 0, 0, 0, 1, 0, 0, 0]),
+                _ => Err(2),
+            }
+        }
+    }
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, None, None);
+    g.muxer.set_evidence(
+        EvidenceService::start(Arc::new(Info), crate::seccomp::SeccompMode::Off).unwrap(),
+    );
+    g.give_rx(16, 4096);
+    let req = g.pkt(op::REQUEST, 901, EVIDENCE_PORT);
+    g.send(req, &[]);
+    assert_eq!(ops(&g.recv()), vec![op::RESPONSE]);
+    let mut rw = g.pkt(op::RW, 901, EVIDENCE_PORT);
+    let info = [5u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
+    rw.len = info.len() as u32;
+    g.send(rw, &info);
+    let mut answer = Vec::new();
+    for _ in 0..20 {
+        for (h, p) in g.recv() {
+            if h.op == op::RW {
+                answer.extend_from_slice(&p);
+            }
+        }
+        if answer.len() >= 16 {
+            break;
+        }
+    }
+    assert_eq!(
+        answer,
+        [0, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0],
+        "status 0, 8 bytes: emulated SNP, version 1"
+    );
+}

@@ -1,0 +1,66 @@
+# scenarios: linux-none-refused linux-none-vsock-refused linux-dmcrypt
+# The production guest path in the stock guest kernel (issue 17 item 3): the initramfs of
+# `cvm image initramfs` (cvm-agent, the kernel's own virtio/vsock/dm-crypt modules), the
+# LUKS2 disk of `cvm image disk --from-dir` whose /sbin/init prints CVM-WORKLOAD-MARKER,
+# `cvm-verifier serve` here (SQLite, --emulated-trust) behind the VMM's relay. Files from
+# 40-linux-attest.build, under /la. Sourced by the outer /init.
+#
+# - linux-none-refused: --tee none, no cvm.tsm on the command line: the agent finds no TEE
+#   interface; /init powers off (cvm exit 0), nothing unlocked.
+# - linux-none-vsock-refused: --tee none with the production command line (cvm.tsm=vsock):
+#   the VMM refuses the evidence port (RST); the agent fails, the guest powers off.
+# - linux-dmcrypt: TEST-ONLY initramfs with the disk key baked in: the kernel's dm-crypt
+#   opens the `cvm image disk` volume, switch_root, the marker, poweroff.
+# The emulated-TEE half (full flow and its refusals) is 41-linux-attest-emulated.sh.
+
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+
+# lx NAME WANT-RC WANT CVM-ARGS…: one launch; PASS if cvm exits WANT-RC, the log has WANT,
+# and, unless WANT is the marker, nothing was unlocked (no marker, no switch_root, no
+# mounted volume).
+lx() {
+  name=$1 want_rc=$2 want=$3
+  shift 3
+  rm -f /tmp/rc /tmp/init-at
+  echo "NESTED-BEGIN $name"
+  t0=$(now)
+  { timeout -s KILL "${LX_TIMEOUT:-150}" /cvm/cvm launch --memory 512M "$@" 2>&1; echo $? >/tmp/rc; } |
+    while IFS= read -r line; do
+      case "$line" in
+        *"Run /init as init process"* | *cvm-init:*) [ -e /tmp/init-at ] || now >/tmp/init-at ;;
+      esac
+      echo "$line"
+      echo "$line" >>/tmp/log-$name
+    done
+  t1=$(now)
+  rc=$(cat /tmp/rc 2>/dev/null || echo none)
+  result=PASS
+  [ "$rc" = "$want_rc" ] || result=FAIL
+  grep -q "$want" /tmp/log-$name || result=FAIL
+  if [ "$want" != "CVM-WORKLOAD-MARKER" ]; then
+    grep -Eq "CVM-WORKLOAD-MARKER|switching to the encrypted root|mounted on /newroot" /tmp/log-$name && result=FAIL
+  fi
+  init=$(cat /tmp/init-at 2>/dev/null || echo "")
+  if [ -n "$init" ]; then
+    init_s=$(awk -v a="$t0" -v b="$init" 'BEGIN { printf "%.2f", b - a }')
+  else
+    init_s=none
+  fi
+  total_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  echo "NESTED-RESULT $name $result rc=$rc init=$init_s total=$total_s"
+}
+
+cmdline=$(cat /la/cmdline)
+plain=$(echo "$cmdline" | sed 's/ cvm.tsm=vsock//')
+none="--tee none --vcpus 1 --kernel /guest/vmlinuz --disk /la/disk.img"
+# shellcheck disable=SC2086
+lx linux-none-refused 0 "cvm-agent failed" $none --initrd /la/initrd.cpio \
+  --vsock-uds /tmp/v-none.sock --cmdline "$plain"
+rm -f /tmp/v-none.sock
+# shellcheck disable=SC2086
+lx linux-none-vsock-refused 0 "evidence service (vsock 2:50001) is unavailable" $none \
+  --initrd /la/initrd.cpio --vsock-uds /tmp/v-none.sock --cmdline "$cmdline"
+rm -f /tmp/v-none.sock
+# shellcheck disable=SC2086
+lx linux-dmcrypt 0 "CVM-WORKLOAD-MARKER" $none --initrd /la/initrd-dmcrypt-test.cpio --cmdline "$plain"
+
