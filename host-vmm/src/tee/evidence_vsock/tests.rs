@@ -217,3 +217,43 @@ fn only_the_emulated_backends_offer_evidence() {
         "--tee none offers no evidence service"
     );
 }
+
+/// ATTACK (F3): a client that sends one byte just inside every per-read timeout must
+/// not hold the single service thread for long (with a per-recv timeout alone, up to
+/// 8 × 72 bytes × 5 s ≈ 48 min): the connection has one deadline in all.
+#[test]
+fn a_dribbling_client_is_closed_at_the_connection_deadline() {
+    #[derive(Debug)]
+    struct Info;
+    impl EvidenceSource for Info {
+        fn execute(&self, _cmd: u32, _request: &[u8]) -> Result<Vec<u8>, u32> {
+            Ok(vec![1, 0, 0, 0, 1, 0, 0, 0])
+        }
+    }
+    let deadline = Duration::from_secs(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut guest, service_end) = UnixStream::pair().unwrap();
+    tx.send(service_end).unwrap();
+    drop(tx);
+    let server = std::thread::spawn(move || serve_for(rx, &Info, deadline));
+    let start = Instant::now();
+    // A valid SNP_REPORT header, then REPORT_DATA one byte every 500 ms (well inside
+    // IO_TIMEOUT), at most 20 bytes (10 s).
+    guest
+        .write_all(&[command::SNP_REPORT.to_le_bytes(), 64u32.to_le_bytes()].concat())
+        .unwrap();
+    let mut closed_after = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        if guest.write_all(&[0]).is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the service still read the dribble after 10 s");
+    assert!(
+        closed_after < deadline + Duration::from_secs(2),
+        "closed after {closed_after:?}, deadline {deadline:?}"
+    );
+    server.join().unwrap();
+}
