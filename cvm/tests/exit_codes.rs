@@ -41,6 +41,23 @@ fn usage_and_unreadable_inputs_exit_2() {
                 2,
                 "needs --emulated-platform",
             ),
+            // F6: --tee-trap means something only under the emulated TEEs; silently
+            // ignoring it elsewhere would let a test believe it forced a trap.
+            Refusal::new(
+                &["launch", "--tee", "none", "--tee-trap", "port"],
+                2,
+                "--tee-trap is for --tee emulated-snp|emulated-tdx only",
+            ),
+            Refusal::new(
+                &["launch", "--tee", "snp", "--tee-trap", "auto"],
+                2,
+                "--tee-trap is for --tee emulated-snp|emulated-tdx only",
+            ),
+            Refusal::new(
+                &["launch", "--tee", "tdx", "--tee-trap", "instruction"],
+                2,
+                "--tee-trap is for --tee emulated-snp|emulated-tdx only",
+            ),
             Refusal::new(
                 &["measure", "snp", "--vcpus", "1", "--ovmf", p(&missing)],
                 2,

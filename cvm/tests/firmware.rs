@@ -793,3 +793,41 @@ fn emulated_snp_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks
         assert_eq!(err.contains("plain-handoff"), handoff, "{cmdline}: {err}");
     }
 }
+
+/// F4 (an unanswered trap must never read as success): with the test knob the emulated
+/// PSP leaves `out 0xE1` unanswered, as a host that does not intercept the port would.
+/// The firmware sets CF before the trap, so even for page 0 (RAX stays 0) its first
+/// PVALIDATE reads as a failure and it terminates (GHCB reason 0x80), never booting.
+#[test]
+fn an_unanswered_pvalidate_trap_terminates_the_firmware() {
+    test_kit::require!(kvm);
+    let i = inputs(5000);
+    let plat = platform(&i.dir);
+    let args = [
+        "launch",
+        "--tee",
+        "emulated-snp",
+        "--firmware",
+        i.firmware.as_str(),
+        "--memory",
+        "256M",
+        "--kernel",
+        i.kernel.as_str(),
+        "--initrd",
+        i.initrd.as_str(),
+        "--cmdline",
+        CMDLINE,
+        "--emulated-platform",
+        plat.as_str(),
+        "--tee-trap",
+        "port",
+    ];
+    let (o, _) = run(&args, &[("CVM_TEST_DROP_PVALIDATE_TRAP", "1")]);
+    let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(!out.contains("TESTKERNEL-OK"), "{out}");
+    assert!(
+        err.contains("asked to be terminated (GHCB reason set 0, code 0x80)"),
+        "the firmware terminates at its first PVALIDATE: {out}\n{err}"
+    );
+}

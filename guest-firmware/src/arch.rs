@@ -156,9 +156,11 @@ pub unsafe fn pvalidate(va: u64, huge: bool, validate: bool) -> (u32, bool) {
     let unchanged: u8;
     if insn_port_trap() {
         // SAFETY: upheld by the caller. The emulator trap: the same registers and CF
-        // result as PVALIDATE (host-vmm `tee::emu_snp`, "Traps").
+        // result as PVALIDATE (host-vmm `tee::emu_snp`, "Traps"). `stc` first: the VMM
+        // sets or clears CF explicitly, so an `out` nobody answers (RAX unchanged, which
+        // is 0 for page 0) leaves CF set and reads as a failure, never as success.
         unsafe {
-            asm!("out 0xE1, al", "setc {c}",
+            asm!("stc", "out 0xE1, al", "setc {c}",
                  c = out(reg_byte) unchanged,
                  inout("rax") va => rc, in("ecx") huge as u32, in("edx") validate as u32,
                  options(nostack))

@@ -33,7 +33,13 @@
 //!   not intercepted and raises no #VC (the 32-bit stage reads it before any #VC
 //!   handling; Linux reads it the same way in `sev_enable` / `sme_enable`, and KVM's
 //!   `sev_smoke_test` reads it in an SEV-ES guest without a GHCB), so the hypervisor
-//!   cannot choose its value, and bits 62-63 are reserved (0) on every SNP processor.
+//!   cannot write it. It can still influence it: bit n+2 mirrors bit n of the VMSA
+//!   SEV_FEATURES the host chooses at launch, and AMD keeps assigning new bits. So the
+//!   port traps are used only when SEV_STATUS is EXACTLY the emulated PSP's value
+//!   (SEV|ES|SNP|bit 63, plus bit 62 for the PVALIDATE trap: [`snp_traps`]); any other
+//!   value with a bit 24-63 set (unknown to this firmware; Linux's
+//!   `MSR_AMD64_SNP_RESERVED_MASK`) terminates the guest, as Linux's
+//!   `snp_check_features` does. Bits 62-63 are reserved on every SNP processor today.
 //! - **TDX**: CPUID (0x21, 0) EAX = [`TDX_EMULATOR_INSN_TRAP_EAX`] ("Trap"). Leaf 0x21
 //!   is virtualized by the TDX module itself and the host cannot configure it (it is
 //!   not among the CPUID_CONFIG leaves TDH.SYS.INFO / KVM's KVM_TDX_CAPABILITIES offer;
@@ -49,8 +55,10 @@
 //! trap. Independently of the signal, a port trap on hardware cannot succeed: on TDX an
 //! `out` always raises #VE (no handler in long mode: the TD stops); on SNP an
 //! intercepted `out` raises #VC (no handler: the guest stops) and a non-intercepted
-//! one changes no register, and the firmware's checks (PVALIDATE's RAX 0 and CF clear,
-//! a GHCB MSR response code) then fail and it terminates.
+//! one changes no register. The PVALIDATE trap sets CF (`stc`) before the `out`: an
+//! unanswered trap keeps RAX = the address, which is 0 for page 0, but CF stays set and
+//! the check (RAX 0 *and* CF clear) fails; a GHCB MSR response code does not match
+//! either. The firmware then terminates.
 
 use crate::arch;
 use crate::snp;
@@ -125,10 +133,32 @@ pub fn detect(flags: u32) -> Env {
     Env::Plain
 }
 
-/// Whether SEV_STATUS asks for the PVALIDATE emulator trap (bits 63 and 62).
-pub fn snp_insn_port_trap(sev_status: u64) -> bool {
-    let both = snp::SEV_STATUS_EMULATOR_TRAP | snp::SEV_STATUS_EMULATOR_INSN_TRAP;
-    sev_status & both == both
+/// SEV_STATUS bits 0-2: SEV, SEV-ES and SEV-SNP enabled.
+const SEV_STATUS_SEV_ES_SNP: u64 = 0b111;
+/// The SEV_STATUS bits no version of this firmware knows: 24-63 (Linux
+/// `MSR_AMD64_SNP_RESERVED_MASK`; AMD keeps assigning bits below, and a new one may
+/// change what the guest must do, so the firmware refuses to run with any of them set,
+/// as Linux's `snp_check_features` does).
+pub const SEV_STATUS_UNKNOWN: u64 = !((1 << 24) - 1);
+/// SEV_STATUS of the emulated PSP when PVALIDATE uses the literal instruction.
+pub const SEV_STATUS_EMULATED: u64 = SEV_STATUS_SEV_ES_SNP | snp::SEV_STATUS_EMULATOR_TRAP;
+/// SEV_STATUS of the emulated PSP when PVALIDATE uses the emulator trap as well.
+pub const SEV_STATUS_EMULATED_INSN_TRAP: u64 =
+    SEV_STATUS_EMULATED | snp::SEV_STATUS_EMULATOR_INSN_TRAP;
+
+/// The traps an SNP guest uses, from SEV_STATUS: `Some((vmgexit_port, insn_port))`, or
+/// `None` when SEV_STATUS has a bit set this firmware does not know (the caller
+/// terminates). The port traps are chosen only when SEV_STATUS is EXACTLY one of the
+/// emulated PSP's two values: SEV_STATUS bit n+2 mirrors the host-chosen VMSA
+/// SEV_FEATURES bit n, so a bit test alone could be satisfied by a future feature bit
+/// a host turns on.
+pub fn snp_traps(sev_status: u64) -> Option<(bool, bool)> {
+    match sev_status {
+        SEV_STATUS_EMULATED_INSN_TRAP => Some((true, true)),
+        SEV_STATUS_EMULATED => Some((true, false)),
+        s if s & SEV_STATUS_UNKNOWN != 0 => None,
+        _ => Some((false, false)),
+    }
 }
 
 /// Whether CPUID (0x21, 0) EAX asks for the TDCALL emulator trap.
@@ -141,13 +171,14 @@ pub fn tdx_insn_port_trap(eax: u32) -> bool {
 /// (0x21, 0) EAX (TDX); literal instructions everywhere else.
 pub fn select_traps(env: Env) {
     let (vmgexit, insn) = match env {
-        Env::Snp { .. } => {
-            let status = arch::rdmsr(snp::SEV_STATUS);
-            (
-                status & snp::SEV_STATUS_EMULATOR_TRAP != 0,
-                snp_insn_port_trap(status),
-            )
-        }
+        Env::Snp { .. } => match snp_traps(arch::rdmsr(snp::SEV_STATUS)) {
+            Some(traps) => traps,
+            None => {
+                // The literal VMGEXIT (VARS byte 0 is 0 on a real processor's entry).
+                arch::set_vmgexit_port_trap(false);
+                snp::terminate(snp::TERM_SNP_UNSUPPORTED)
+            }
+        },
         Env::Tdx => {
             let (a, ..) = arch::cpuid(0x21, 0);
             (false, tdx_insn_port_trap(a))
@@ -162,22 +193,40 @@ pub fn select_traps(env: Env) {
 mod tests {
     use super::*;
 
-    /// The security rule, SNP: no SEV_STATUS a real processor reports selects the port
-    /// trap (bits 0-24 are the defined features; 62-63 are reserved), and bit 62
-    /// alone (without the emulated platform's bit 63) does not either.
+    /// The security rule, SNP: only the emulated PSP's exact SEV_STATUS values select
+    /// a port trap. Any other bit (a feature bit the host set in SEV_FEATURES, a future
+    /// AMD bit, bit 62 alone) does not; bits 24-63 outside those values terminate.
     #[test]
-    fn only_the_emulated_psp_bits_select_the_pvalidate_port_trap() {
-        for defined in [0b111u64, 0x01FF_FFFF, 0x7, 0x0107] {
-            assert!(!snp_insn_port_trap(defined), "{defined:#x}");
-            assert!(
-                !snp_insn_port_trap(defined | 1 << 63),
-                "{defined:#x} | emulated"
-            );
-            assert!(
-                !snp_insn_port_trap(defined | 1 << 62),
-                "{defined:#x} | bit 62 alone"
-            );
-            assert!(snp_insn_port_trap(defined | 3 << 62));
+    fn only_the_exact_emulated_psp_value_selects_a_port_trap() {
+        assert_eq!(snp_traps(0b111 | 3 << 62), Some((true, true)));
+        assert_eq!(snp_traps(0b111 | 1 << 63), Some((true, false)));
+        for bit in 3..64u32 {
+            let extra = 1u64 << bit;
+            for emulated in [SEV_STATUS_EMULATED, SEV_STATUS_EMULATED_INSN_TRAP] {
+                let status = emulated | extra;
+                if status == SEV_STATUS_EMULATED || status == SEV_STATUS_EMULATED_INSN_TRAP {
+                    continue;
+                }
+                let got = snp_traps(status);
+                assert!(
+                    !matches!(got, Some((true, _)) | Some((_, true))),
+                    "{status:#x} selected a port trap"
+                );
+            }
+        }
+        // Defined features (bits 0-23): the literal instructions.
+        for defined in [0b111u64, 0x00FF_FFFF, 0x0107] {
+            assert_eq!(snp_traps(defined), Some((false, false)), "{defined:#x}");
+        }
+        // Unknown bits: refused (the firmware terminates), as Linux does.
+        for unknown in [
+            1u64 << 24,
+            1 << 40,
+            1 << 62,
+            0b111 | 1 << 62,
+            0x00FF_FFFF | 3 << 62,
+        ] {
+            assert_eq!(snp_traps(unknown), None, "{unknown:#x}");
         }
     }
 

@@ -44,6 +44,9 @@ const PD0: u64 = 0x3000;
 const PVALIDATE_FAIL_SIZEMISMATCH: u32 = 6;
 /// GHCB termination reason set 0 (general), codes as Linux uses them.
 const TERM_GENERAL: u64 = 0;
+/// Reason: SEV_STATUS reports a feature this firmware does not know (Linux
+/// `GHCB_SNP_UNSUPPORTED`).
+pub const TERM_SNP_UNSUPPORTED: u64 = 2;
 /// Reason: PVALIDATE failed or changed nothing.
 const TERM_PVALIDATE: u64 = 0x80;
 /// Reason: a page-state change failed.

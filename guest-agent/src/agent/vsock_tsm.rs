@@ -28,7 +28,7 @@ use std::path::Path;
 use super::emulated_unix::{call, command, evidence_over, parse_info, Chain};
 use super::{read_ccel, CCEL_PATH};
 use crate::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
-use crate::linux::vsock::{connect_raw, set_timeouts};
+use crate::linux::vsock::{connect_raw_privileged, set_timeouts};
 
 /// The host CID.
 pub const HOST_CID: u32 = 2;
@@ -114,7 +114,8 @@ impl VsockTsmEvidence {
     }
 
     fn stream(cid: u32, port: u32) -> Result<File, EvidenceError> {
-        let s = connect_raw(cid, port).map_err(|e| {
+        // From a privileged source port: the VMM answers root only (as configfs-tsm).
+        let s = connect_raw_privileged(cid, port).map_err(|e| {
             unavailable(format!(
                 "the VMM's evidence service (vsock {cid}:{port}) is unavailable: {e} \
                  (it exists only under cvm's emulated TEEs)"

@@ -60,6 +60,50 @@ pub fn connect_stream(cid: u32, port: u32) -> Result<File, TransportError> {
 
 /// A connected AF_VSOCK stream to `cid:port`, with the OS error of a failed connect.
 pub fn connect_raw(cid: u32, port: u32) -> std::io::Result<File> {
+    connect_from(cid, port, false)
+}
+
+/// The privileged source ports [`connect_raw_privileged`] tries, highest first (Linux:
+/// only CAP_NET_BIND_SERVICE binds a vsock port ≤ 1023, `LAST_RESERVED_PORT`).
+pub const PRIVILEGED_PORTS: std::ops::RangeInclusive<u32> = 512..=1023;
+
+/// As [`connect_raw`], from a privileged source port (≤ 1023), which only root (or
+/// CAP_NET_BIND_SERVICE) can bind: the VMM's evidence service answers such ports only,
+/// so that an unprivileged guest process cannot get evidence. Fails with the bind
+/// error (EACCES without the capability) rather than falling back to an ephemeral port.
+pub fn connect_raw_privileged(cid: u32, port: u32) -> std::io::Result<File> {
+    connect_from(cid, port, true)
+}
+
+/// Binds `fd` to the first free port of [`PRIVILEGED_PORTS`], highest first.
+fn bind_privileged(fd: libc::c_int) -> std::io::Result<()> {
+    let mut last = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+    for p in PRIVILEGED_PORTS.rev() {
+        // SAFETY: sockaddr_vm is plain data; all-zero is valid.
+        let mut local: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        local.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        local.svm_cid = libc::VMADDR_CID_ANY;
+        local.svm_port = p;
+        // SAFETY: `local` is a valid sockaddr_vm of the given length.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &local as *const libc::sockaddr_vm as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        last = std::io::Error::last_os_error();
+        if last.raw_os_error() != Some(libc::EADDRINUSE) {
+            return Err(last);
+        }
+    }
+    Err(last)
+}
+
+fn connect_from(cid: u32, port: u32, privileged: bool) -> std::io::Result<File> {
     // SAFETY: plain socket(2); the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -67,6 +111,9 @@ pub fn connect_raw(cid: u32, port: u32) -> std::io::Result<File> {
     }
     // SAFETY: `fd` is a fresh descriptor we own.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    if privileged {
+        bind_privileged(fd)?;
+    }
     // The relay answers only once it reached the verifier (see `connect_error`):
     // allow that connect more than the kernel's default 2 s. Best effort.
     let timeout = libc::timeval {
@@ -169,5 +216,55 @@ mod tests {
         );
         let e = connect_error(std::io::Error::from_raw_os_error(libc::ENODEV));
         assert!(e.0.starts_with("vsock: "), "{e}");
+    }
+
+    /// F2: the agent's evidence connection comes from a privileged source port (the
+    /// VMM refuses any other). Needs AF_VSOCK in this kernel (skips visibly without).
+    #[test]
+    fn the_privileged_bind_picks_a_port_at_most_1023() {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket(2); the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "no AF_VSOCK under CI"
+            );
+            eprintln!(
+                "SKIPPED: no AF_VSOCK here: {}",
+                std::io::Error::last_os_error()
+            );
+            return;
+        }
+        // SAFETY: a fresh descriptor we own.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        match bind_privileged(owned.as_raw_fd()) {
+            Ok(()) => {
+                assert!(root, "an unprivileged process bound a port ≤ 1023");
+                // SAFETY: sockaddr_vm is plain data; getsockname writes at most `len`.
+                let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+                // SAFETY: valid out-pointers of the given length.
+                let rc = unsafe {
+                    libc::getsockname(
+                        owned.as_raw_fd(),
+                        &mut a as *mut libc::sockaddr_vm as *mut libc::sockaddr,
+                        &mut len,
+                    )
+                };
+                assert_eq!(rc, 0);
+                assert!(PRIVILEGED_PORTS.contains(&a.svm_port), "{}", a.svm_port);
+            }
+            Err(e) => {
+                if root && e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+                    eprintln!("SKIPPED: no vsock transport to bind on here: {e}");
+                    return;
+                }
+                assert!(!root, "root could not bind a privileged port: {e}");
+                assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+            }
+        }
     }
 }

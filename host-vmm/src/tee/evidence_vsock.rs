@@ -42,7 +42,9 @@
 //!   BAD_REQUEST; at most [`MAX_REQUESTS_PER_CONNECTION`] requests per connection and
 //!   [`MAX_QUEUED`] connections waiting (more are refused with RST); evidence is made at
 //!   most [`RATE_BURST`] times in a burst and [`RATE_PER_SEC`] per second after that
-//!   (BUSY beyond); a peer that stalls for [`IO_TIMEOUT`] is dropped. One thread serves
+//!   (BUSY beyond); a peer that stalls for [`IO_TIMEOUT`] is dropped, and every
+//!   connection is closed at the latest [`CONNECTION_DEADLINE`] after the service took
+//!   it (one deadline in all, not per read, so dribbling bytes does not help). One thread serves
 //!   the connections one at a time, so a guest cannot make the VMM sign in parallel.
 //! - Errors fail closed: every refusal is a non-zero status or a closed connection,
 //!   never partial evidence.
@@ -77,6 +79,9 @@ pub const RATE_BURST: u32 = 16;
 pub const RATE_PER_SEC: u32 = 4;
 /// How long the service waits for a request's bytes or for the guest to take an answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection may hold the service thread in all.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Statuses beyond the mailbox's ([`super::emulated::status`]).
 pub mod status {
@@ -193,13 +198,17 @@ impl RateLimit {
 
 /// Serves queued connections one at a time until every sender is gone.
 pub fn serve(rx: mpsc::Receiver<UnixStream>, source: &dyn EvidenceSource) {
+    serve_for(rx, source, CONNECTION_DEADLINE)
+}
+
+/// As [`serve`], each connection closed at the latest `deadline` after it was taken.
+pub fn serve_for(rx: mpsc::Receiver<UnixStream>, source: &dyn EvidenceSource, deadline: Duration) {
     let mut rate = RateLimit::new(RATE_BURST, RATE_PER_SEC);
-    for mut s in rx {
-        if s.set_read_timeout(Some(IO_TIMEOUT)).is_err()
-            || s.set_write_timeout(Some(IO_TIMEOUT)).is_err()
-        {
-            continue;
-        }
+    for s in rx {
+        let mut s = Deadline {
+            s,
+            until: Instant::now() + deadline,
+        };
         let served = serve_connection(&mut s, source, &mut rate);
         tracing::info!(
             event = "evidence",
@@ -207,7 +216,49 @@ pub fn serve(rx: mpsc::Receiver<UnixStream>, source: &dyn EvidenceSource) {
             refused = served.refused,
             "emulated TEE evidence connection closed (insecure-emulated)"
         );
-        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = s.s.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A connection with one deadline in all: before each read or write the socket's
+/// timeout is set to the time left (at most [`IO_TIMEOUT`]), so a peer that sends or
+/// takes a byte just inside every timeout is still dropped at the deadline.
+struct Deadline {
+    s: UnixStream,
+    until: Instant,
+}
+
+impl Deadline {
+    /// The timeout for the next I/O call, or TimedOut once the deadline has passed.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection's deadline has passed",
+            ));
+        }
+        Ok(left.min(IO_TIMEOUT))
+    }
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let t = self.left()?;
+        self.s.set_read_timeout(Some(t))?;
+        self.s.read(buf)
+    }
+}
+
+impl Write for Deadline {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = self.left()?;
+        self.s.set_write_timeout(Some(t))?;
+        self.s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.s.flush()
     }
 }
 

@@ -13,8 +13,9 @@
 //!   raises #UD, port (with a warning) if the probe cannot decide.
 //!
 //! The guest learns the choice from a signal real hardware fixes, so a host can never
-//! move a real guest to the port trap (guest-firmware `env` docs): SEV_STATUS bit 62
-//! (with the emulated platform's bit 63) for SNP, CPUID (0x21, 0) EAX =
+//! move a real guest to the port trap (guest-firmware `env` docs): SEV_STATUS exactly
+//! SEV|ES|SNP|bit 62|bit 63 for SNP (the firmware refuses any other value with a bit
+//! 24-63 set, as Linux does), CPUID (0x21, 0) EAX =
 //! [`TDX_INSN_TRAP_EAX`] for TDX. Neither is measured: the launch digest and the
 //! RTMRs do not depend on the trap. VMGEXIT always uses its emulator trap under
 //! emulation (`rep vmmcall` does not exit on either kind of KVM), and the bare-metal

@@ -95,9 +95,10 @@ pub struct Args {
     /// Emulated TEEs only: how the guest traps PVALIDATE/TDCALL to the VMM. `auto`
     /// probes this host's KVM once (literal instructions where KVM exits on them, the
     /// `out 0xE0/0xE1` emulator trap where they raise #UD, as on a standard KVM);
-    /// `instruction` / `port` force one (tests).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub tee_trap: TeeTrapArg,
+    /// `instruction` / `port` force one (tests). Default `auto`; refused (exit 2) with
+    /// any other `--tee`.
+    #[arg(long, value_enum)]
+    pub tee_trap: Option<TeeTrapArg>,
     /// Emulated TDX (tests and benchmarks): the page size the emulated host backs private
     /// memory with. `2m` (default) models huge-page private memory, so the firmware
     /// accepts RAM 2 MiB at a time; `4k` models Linux 6.16's guest_memfd, where a 2 MiB
@@ -244,8 +245,8 @@ pub struct Spec {
     pub vcpu_type: String,
     /// Seccomp.
     pub seccomp: SeccompArg,
-    /// The emulated TEEs' PVALIDATE/TDCALL trap.
-    pub tee_trap: TeeTrapArg,
+    /// The emulated TEEs' PVALIDATE/TDCALL trap (`None`: not given, `auto`).
+    pub tee_trap: Option<TeeTrapArg>,
     /// Emulated TDX: the host's private page size.
     pub emulated_private_pages: PrivatePagesArg,
     /// Kernel.
@@ -919,6 +920,13 @@ fn vsock_config(a: &Spec) -> Result<Option<VsockConfig>, LaunchError> {
 
 /// Refuses flag combinations no launch can honour, before anything is opened.
 fn check_flags(a: &Spec) -> Result<(), LaunchError> {
+    let emulated = matches!(a.tee, TeeArg::EmulatedSnp | TeeArg::EmulatedTdx);
+    if a.tee_trap.is_some() && !emulated {
+        return Err(LaunchError::Usage(format!(
+            "--tee-trap is for --tee emulated-snp|emulated-tdx only (not --tee {})",
+            a.tee.kind()
+        )));
+    }
     if matches!(a.tee, TeeArg::EmulatedSnp | TeeArg::EmulatedTdx) && a.emulated_platform.is_none() {
         return Err(LaunchError::Usage(format!(
             "--tee {} needs --emulated-platform DIR (or `emulated_platform` in the description)",
@@ -1171,7 +1179,7 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
             let preload = plan_pages(&plan);
             let host_data = padded::<32>(&a.host_data)?;
             let b = EmulatedSnp::launch(&platform()?, &plan, a.policy, host_data, preload)?
-                .with_tee_trap(a.tee_trap.into());
+                .with_tee_trap(a.tee_trap.unwrap_or_default().into());
             tracing::info!(
                 event = "tee-trap",
                 trap = b.insn_trap().name(),
@@ -1190,7 +1198,7 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
                 config,
                 boot.map(BootInputs::direct_boot),
             )?
-            .with_tee_trap(a.tee_trap.into())
+            .with_tee_trap(a.tee_trap.unwrap_or_default().into())
             .with_private_page_size(match a.emulated_private_pages {
                 PrivatePagesArg::Size4K => PageSize::Size4K,
                 PrivatePagesArg::Size2M => PageSize::Size2M,

@@ -86,6 +86,11 @@ pub const CBIT: u8 = 47;
 /// SEV_STATUS bit the emulated PSP sets so the firmware uses the `out 0xE2` VMGEXIT
 /// trap (reserved on hardware: a real PSP reports it as 0).
 pub const SEV_STATUS_EMULATOR_TRAP: u64 = 1 << 63;
+/// Test equipment: with this variable = 1 the emulated PSP leaves the PVALIDATE port
+/// trap unanswered (registers and flags unchanged), as a host that does not intercept
+/// `out 0xE1` would; the firmware sets CF first, so it must terminate at its first
+/// PVALIDATE (cvm `tests/firmware.rs`).
+pub const DROP_PVALIDATE_TRAP_ENV: &str = "CVM_TEST_DROP_PVALIDATE_TRAP";
 /// SEV_STATUS bit the emulated PSP sets, with [`SEV_STATUS_EMULATOR_TRAP`], when the
 /// firmware must use the PVALIDATE emulator trap `out 0xE1, al` (a standard KVM raises
 /// #UD for the literal instruction: [`crate::tee::trap`]). Reserved on hardware.
@@ -166,6 +171,8 @@ pub struct SnpPsp {
     sev_status: u64,
     /// The firmware handed over to a plain kernel ([`trap_port::PLAIN_HANDOFF`]).
     plain: std::sync::atomic::AtomicBool,
+    /// Test equipment ([`DROP_PVALIDATE_TRAP_ENV`]): leave `out 0xE1` unanswered.
+    drop_pvalidate_trap: bool,
     /// The vCPUs' CPUID (subleaf 0 of each leaf), for the MSR-protocol CPUID request.
     cpuid: OnceLock<Vec<(u32, [u32; 4])>>,
 }
@@ -290,6 +297,7 @@ impl SnpPsp {
             ports: OnceLock::new(),
             sev_status: ghcb::SEV_STATUS_SNP | SEV_STATUS_EMULATOR_TRAP,
             plain: std::sync::atomic::AtomicBool::new(false),
+            drop_pvalidate_trap: std::env::var(DROP_PVALIDATE_TRAP_ENV).as_deref() == Ok("1"),
             cpuid: OnceLock::new(),
         })
     }
@@ -679,6 +687,9 @@ impl SnpPsp {
         sregs: &kvm_sregs,
     ) -> Result<Option<Option<VmEvent>>, PspError> {
         match port {
+            // Test equipment: as a host that does not intercept the port (no register
+            // changes); the firmware must read that as a failure and terminate.
+            trap_port::PVALIDATE if self.drop_pvalidate_trap => Ok(Some(None)),
             trap_port::PVALIDATE => self.pvalidate(regs, sregs).map(|()| Some(None)),
             trap_port::VMGEXIT => self.vmgexit(vcpu).map(Some),
             trap_port::RDMSR | trap_port::WRMSR => {

@@ -217,3 +217,104 @@ fn only_the_emulated_backends_offer_evidence() {
         "--tee none offers no evidence service"
     );
 }
+
+/// ATTACK (F3): a client that sends one byte just inside every per-read timeout must
+/// not hold the single service thread for long (with a per-recv timeout alone, up to
+/// 8 × 72 bytes × 5 s ≈ 48 min): the connection has one deadline in all.
+#[test]
+fn a_dribbling_client_is_closed_at_the_connection_deadline() {
+    #[derive(Debug)]
+    struct Info;
+    impl EvidenceSource for Info {
+        fn execute(&self, _cmd: u32, _request: &[u8]) -> Result<Vec<u8>, u32> {
+            Ok(vec![1, 0, 0, 0, 1, 0, 0, 0])
+        }
+    }
+    let deadline = Duration::from_secs(2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (mut guest, service_end) = UnixStream::pair().unwrap();
+    tx.send(service_end).unwrap();
+    drop(tx);
+    let server = std::thread::spawn(move || serve_for(rx, &Info, deadline));
+    let start = Instant::now();
+    // A valid SNP_REPORT header, then REPORT_DATA one byte every 500 ms (well inside
+    // IO_TIMEOUT), at most 20 bytes (10 s).
+    guest
+        .write_all(&[command::SNP_REPORT.to_le_bytes(), 64u32.to_le_bytes()].concat())
+        .unwrap();
+    let mut closed_after = None;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        if guest.write_all(&[0]).is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the service still read the dribble after 10 s");
+    assert!(
+        closed_after < deadline + Duration::from_secs(2),
+        "closed after {closed_after:?}, deadline {deadline:?}"
+    );
+    server.join().unwrap();
+}
+
+/// The service thread's seccomp filter ([`ThreadKind::Evidence`]) lets it answer every
+/// command over both emulated TEEs: run with the filter installed (in a child process,
+/// because a forbidden syscall kills the whole process with SIGSYS), and the answers
+/// arrive and the child exits normally.
+#[test]
+fn the_service_answers_every_command_under_its_seccomp_filter() {
+    const CHILD: &str = "CVM_EVIDENCE_SECCOMP_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        let (snp, _d1) = snp_tee();
+        let svc = EvidenceService::start(snp, SeccompMode::On).unwrap();
+        let mut s = svc.connect().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(call(&mut s, command::INFO, &[]).0, 0);
+        let (st, report) = call(&mut s, command::SNP_REPORT, &[0x5A; 64]);
+        assert_eq!((st, &report[0x50..0x90]), (0, &[0x5A; 64][..]));
+        let (st, certs) = call(&mut s, command::SNP_CERTS, &[]);
+        assert!(st == 0 && !certs.is_empty());
+        let (tdx, _d2) = tdx_tee();
+        let svc = EvidenceService::start(tdx, SeccompMode::On).unwrap();
+        let mut s = svc.connect().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(call(&mut s, command::INFO, &[]).0, 0);
+        let (st, quote) = call(&mut s, command::TDX_QUOTE, &[0x42; 64]);
+        assert_eq!(st, 0);
+        let q = attestation::tdx::quote::Quote::parse(&quote).unwrap();
+        assert_eq!(q.body.report_data, [0x42; 64]);
+        let (st, collateral) = call(&mut s, command::TDX_COLLATERAL, &[]);
+        assert!(st == 0 && !collateral.is_empty());
+        // An oversized request: BAD_REQUEST, then the service closes (shutdown).
+        let mut big = command::INFO.to_le_bytes().to_vec();
+        big.extend_from_slice(&65u32.to_le_bytes());
+        s.write_all(&big).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest[..4], status::BAD_REQUEST.to_le_bytes());
+        // The thread survived the close: a new connection is still answered.
+        let mut s = svc.connect().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(call(&mut s, command::INFO, &[]).0, 0);
+        std::process::exit(0);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "tee::evidence_vsock::tests::the_service_answers_every_command_under_its_seccomp_filter",
+            "--nocapture",
+        ])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("running 1 test"),
+        "the child ran the test: {out:?}"
+    );
+}

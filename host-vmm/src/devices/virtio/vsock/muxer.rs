@@ -10,7 +10,8 @@
 //! ([`MAX_CONNECTIONS`]), so no guest behaviour makes the VMM allocate without limit.
 //!
 //! Under an emulated TEE, [`EVIDENCE_PORT`] (50001) reaches the VMM's evidence service
-//! ([`crate::tee::evidence_vsock`]); under any other TEE that port is refused with RST
+//! ([`crate::tee::evidence_vsock`]) from a privileged guest source port (≤
+//! [`LAST_RESERVED_PORT`], i.e. root in the guest) only; under any other TEE that port is refused with RST
 //! (it never falls through to a hybrid-vsock Unix socket).
 //!
 //! A guest connection to the attestation relay ([`RELAY_PORT`]) is answered only once
@@ -34,6 +35,11 @@ use super::backend::{RelayConfig, Stream};
 use super::packet::{op, Header, HDR_LEN, HOST_CID, SHUTDOWN_BOTH, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::tee::evidence_vsock::EvidenceService;
 pub use crate::tee::evidence_vsock::EVIDENCE_PORT;
+
+/// The highest privileged vsock port: only a guest process with CAP_NET_BIND_SERVICE
+/// binds a source port ≤ this (Linux `net/vmw_vsock/af_vsock.c`), and only such ports
+/// reach [`EVIDENCE_PORT`].
+pub const LAST_RESERVED_PORT: u32 = 1023;
 
 /// Host port of the attestation relay.
 pub const RELAY_PORT: u32 = 50000;
@@ -458,9 +464,22 @@ impl Muxer {
         self.push_control(h);
     }
 
-    /// Opens the host side of a guest connection to `port`.
-    fn open(&mut self, port: u32) -> Option<(Box<dyn Stream>, Kind)> {
+    /// Opens the host side of a guest connection from `src_port` to `port`.
+    fn open(&mut self, port: u32, src_port: u32) -> Option<(Box<dyn Stream>, Kind)> {
         if port == EVIDENCE_PORT {
+            // Root only, as configfs-tsm and `/dev/sev-guest`: any guest user may
+            // connect to CID 2, but only CAP_NET_BIND_SERVICE binds a vsock port ≤
+            // 1023 (Linux `__vsock_bind_connectible`, LAST_RESERVED_PORT); an
+            // unprivileged process would otherwise get evidence with its own
+            // REPORT_DATA and could run the key broker's protocol.
+            if src_port > LAST_RESERVED_PORT {
+                tracing::warn!(
+                    event = "evidence",
+                    src_port,
+                    "vsock: evidence asked for from an unprivileged guest port (> 1023); refused"
+                );
+                return None;
+            }
             // Reserved: only the emulated TEE's own service answers here, never a host
             // Unix socket (`--vsock-uds`); without a service the guest gets RST.
             let Some(service) = &self.evidence else {
@@ -519,7 +538,7 @@ impl Muxer {
                 self.reset_to_guest(key);
                 return;
             }
-            let Some((stream, kind)) = self.open(h.dst_port) else {
+            let Some((stream, kind)) = self.open(h.dst_port, h.src_port) else {
                 self.reset_to_guest(key);
                 return;
             };

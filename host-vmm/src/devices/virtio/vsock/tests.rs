@@ -572,3 +572,42 @@ fn the_evidence_port_reaches_the_emulated_tee_s_service() {
         "status 0, 8 bytes: emulated SNP, version 1"
     );
 }
+
+/// ATTACK (F2): an unprivileged guest process (any user may `connect` to CID 2) must
+/// not get signed evidence with its own REPORT_DATA, which configfs-tsm and
+/// `/dev/sev-guest` give to root only. Linux lets only CAP_NET_BIND_SERVICE bind a
+/// vsock port ≤ 1023, so the service accepts privileged source ports only.
+#[test]
+fn the_evidence_port_refuses_an_unprivileged_source_port() {
+    use super::muxer::EVIDENCE_PORT;
+    use crate::tee::evidence_vsock::{EvidenceService, EvidenceSource};
+
+    #[derive(Debug)]
+    struct Info;
+    impl EvidenceSource for Info {
+        fn execute(&self, _cmd: u32, _request: &[u8]) -> Result<Vec<u8>, u32> {
+            Ok(vec![1, 0, 0, 0, 1, 0, 0, 0])
+        }
+    }
+    let mem = guest_memory();
+    let mut g = Guest::new(&mem, None, None);
+    g.muxer.set_evidence(
+        EvidenceService::start(Arc::new(Info), crate::seccomp::SeccompMode::Off).unwrap(),
+    );
+    g.give_rx(16, 4096);
+    for unprivileged in [40000u32, 1024] {
+        let req = g.pkt(op::REQUEST, unprivileged, EVIDENCE_PORT);
+        g.send(req, &[]);
+        assert_eq!(ops(&g.recv()), vec![op::RST], "source port {unprivileged}");
+        assert_eq!(g.muxer.connections(), 0);
+    }
+    for privileged in [900u32, 1023] {
+        let req = g.pkt(op::REQUEST, privileged, EVIDENCE_PORT);
+        g.send(req, &[]);
+        assert_eq!(
+            ops(&g.recv()),
+            vec![op::RESPONSE],
+            "source port {privileged}"
+        );
+    }
+}
