@@ -85,7 +85,7 @@ pub(super) fn check_measured_inputs(a: &Spec) -> Result<(), LaunchError> {
 /// Whether the 16 bytes at the reset vector start like firmware: a jump (`jmp rel16`,
 /// `jmp rel8` or a far jump), optionally after NOPs, or OVMF's mode-aware entry (`mov
 /// eax, cr0`, which the project firmware shares) followed by a jump.
-fn reset_vector_jumps(rv: &[u8]) -> bool {
+pub(super) fn reset_vector_jumps(rv: &[u8]) -> bool {
     // E9 jmp rel16, EA far jmp, EB jmp rel8.
     let jump = |b: &u8| matches!(b, 0xe9..=0xeb);
     let nops = rv.iter().take_while(|&&b| b == 0x90).count();

@@ -1,5 +1,6 @@
 //! Unit tests of `cvm launch`'s argument handling, checks and exit statuses.
 
+use super::checks::*;
 use super::*;
 
 #[derive(clap::Parser)]
