@@ -53,7 +53,7 @@ fn connect_error(e: std::io::Error) -> TransportError {
 }
 
 /// A connected AF_VSOCK stream to `cid:port` (the relay's connect timeout applies); the
-/// error is the relay's reading of a failed connect ([`connect_error`]).
+/// error is the relay's reading of a failed connect (`connect_error`).
 pub fn connect_stream(cid: u32, port: u32) -> Result<File, TransportError> {
     connect_raw(cid, port).map_err(connect_error)
 }
