@@ -181,11 +181,6 @@ struct Keys {
     ark: rsa::RsaPrivateKey,
     ask: rsa::RsaPrivateKey,
     vcek: p384::ecdsa::SigningKey,
-    /// The VCEK for AWS-LC (`aws-lc` feature), made on first use: load generators and
-    /// tests sign a report per attestation, and AWS-LC's P-384 signing is several times
-    /// faster than RustCrypto's. `None` if AWS-LC refused the key (RustCrypto signs).
-    #[cfg(feature = "aws-lc")]
-    vcek_aws: std::sync::OnceLock<Option<aws_lc_rs::signature::EcdsaKeyPair>>,
 }
 
 impl Keys {
@@ -194,40 +189,14 @@ impl Keys {
         ask: rsa::RsaPrivateKey,
         vcek: p384::ecdsa::SigningKey,
     ) -> Self {
-        Self {
-            ark,
-            ask,
-            vcek,
-            #[cfg(feature = "aws-lc")]
-            vcek_aws: std::sync::OnceLock::new(),
-        }
+        Self { ark, ask, vcek }
     }
 
     /// Signs `msg` with the VCEK (ECDSA P-384/SHA-384): the big-endian `(r, s)`.
+    /// RustCrypto with RFC 6979 nonces: no random source, so no system call — the
+    /// emulated PSP signs on the VMM's seccomp-confined vCPU threads, where AWS-LC's
+    /// lazily initialised RNG (a `newfstatat` of its snapshot-safety device) was killed.
     pub(super) fn sign_vcek(&self, msg: &[u8]) -> ([u8; 48], [u8; 48]) {
-        #[cfg(feature = "aws-lc")]
-        {
-            use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
-            let pair = self.vcek_aws.get_or_init(|| {
-                let point = self.vcek.verifying_key().to_encoded_point(false);
-                let scalar = zeroize::Zeroizing::new(self.vcek.to_bytes());
-                EcdsaKeyPair::from_private_key_and_public_key(
-                    &ECDSA_P384_SHA384_FIXED_SIGNING,
-                    &scalar,
-                    point.as_bytes(),
-                )
-                .ok()
-            });
-            let rng = aws_lc_rs::rand::SystemRandom::new();
-            if let Some(sig) = pair.as_ref().and_then(|p| p.sign(&rng, msg).ok()) {
-                if let (Some(r), Some(s)) = (sig.as_ref().get(..48), sig.as_ref().get(48..96)) {
-                    let (mut rb, mut sb) = ([0u8; 48], [0u8; 48]);
-                    rb.copy_from_slice(r);
-                    sb.copy_from_slice(s);
-                    return (rb, sb);
-                }
-            }
-        }
         use p384::ecdsa::signature::Signer;
         let sig: p384::ecdsa::Signature = self.vcek.sign(msg);
         let (r, s) = sig.split_bytes();
