@@ -92,7 +92,10 @@ pub fn check_devices(p: &NetworkPolicy, devices: &[Device<'_>]) -> Result<(), Po
         if let Some(ip) = d.ip {
             let listed = match ip {
                 std::net::IpAddr::V4(v4) => i.addresses.contains(&v4),
-                std::net::IpAddr::V6(_) => false,
+                std::net::IpAddr::V6(v6) => i
+                    .addresses6
+                    .iter()
+                    .any(|c| c.overlaps(&model::Cidr6::host(v6))),
             };
             if !listed {
                 return Err(err(
@@ -121,7 +124,7 @@ pub fn check_devices(p: &NetworkPolicy, devices: &[Device<'_>]) -> Result<(), Po
 
 /// Packet counts of one table's named counters, in [`ruleset::COUNTERS`] order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts(pub [u64; 4]);
+pub struct Counts(pub [u64; ruleset::COUNTERS.len()]);
 
 impl Counts {
     /// The count of counter `name`. (tests)
