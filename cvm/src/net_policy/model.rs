@@ -1009,6 +1009,68 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
     }
 
     #[test]
+    fn ipv6_addresses_prefixes_and_link_local_parse_and_bad_ones_are_refused() {
+        let iface = |addrs: &str, extra: &str| {
+            format!("[network_policy]\nname = \"a\"\n[[network_policy.interfaces]]\ntap = \"t0\"\nmac = \"52:54:00:00:00:0a\"\naddresses = {addrs}\n{extra}")
+        };
+        // Mixed families; the EUI-64 link-local address is added (RFC 4291 appendix A).
+        let p = policy(&iface(
+            "[\"10.0.0.2\", \"fd00:1::2\", \"2001:db8::/64\"]",
+            "egress = [{ vm = \"b\", proto = \"tcp\" }, { cidr = \"fd00::/8\", proto = \"icmpv6\" }]\n",
+        ))
+        .unwrap();
+        let i = &p.interfaces[0];
+        assert_eq!(i.addresses, vec![Ipv4Addr::new(10, 0, 0, 2)]);
+        let six: Vec<String> = i.addresses6.iter().map(ToString::to_string).collect();
+        assert_eq!(six, ["fe80::5054:ff:fe00:a", "fd00:1::2", "2001:db8::/64"]);
+        // IPv6 only, and an explicit link-local address (stable-privacy guests).
+        let p = policy(&iface("[\"fd00:1::2\"]", "link_local = \"fe80::1234\"\n")).unwrap();
+        assert!(p.interfaces[0].addresses.is_empty());
+        assert_eq!(p.interfaces[0].addresses6[0].to_string(), "fe80::1234");
+        // Without IPv6 in the description, the interface has no IPv6 at all.
+        let p = policy(&iface("[\"10.0.0.2\"]", "")).unwrap();
+        assert!(p.interfaces[0].addresses6.is_empty());
+        for (addrs, extra, what) in [
+            ("[\"fd00::/48\"]", "", "at most a /64"),
+            ("[\"fd00::1/64\"]", "", "did you mean fd00::/64"),
+            ("[\"ff02::1\"]", "", "cannot be"),
+            ("[\"::\"]", "", "cannot be"),
+            ("[\"::1\"]", "", "cannot be"),
+            ("[\"::ffff:10.0.0.2\"]", "", "cannot be"),
+            ("[\"fe80::2\"]", "", "give it as `link_local`"),
+            ("[\"fd00::/64\", \"fd00::2\"]", "", "overlaps"),
+            (
+                "[\"fd00::2\"]",
+                "link_local = \"fd00::3\"\n",
+                "not a link-local",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "link_local = \"fe80::/64\"\n",
+                "not a link-local",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "egress = [{ cidr = \"10.0.0.0/8\", proto = \"tcp\" }]\n",
+                "no IPv4 address",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "ingress = [{ vm = \"b\", proto = \"icmp\" }]\n",
+                "no IPv4 address",
+            ),
+            (
+                "[\"10.0.0.2\"]",
+                "ingress = [{ cidr = \"fd00::/8\", proto = \"udp\" }]\n",
+                "no IPv6 address",
+            ),
+        ] {
+            let e = policy(&iface(addrs, extra)).unwrap_err();
+            assert!(e.contains(what), "{addrs} {extra}: {e}");
+        }
+    }
+
+    #[test]
     fn names_map_to_distinct_identifiers() {
         assert_eq!(VmName::parse("web-a").unwrap().ident(), "web_a");
         assert!(VmName::parse("web_a").is_err(), "`_` is not in a name");

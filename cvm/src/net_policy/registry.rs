@@ -494,6 +494,38 @@ mod tests {
             .unwrap();
     }
 
+    /// A VM cannot claim a running VM's IPv6 address or a prefix overlapping it: it
+    /// could pass as that VM in other VMs' `vm = "NAME"` rules.
+    #[test]
+    fn a_live_vms_ipv6_addresses_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        let mut db = entry("db", me, now, "tdb", [10, 0, 0, 5]);
+        db.interfaces[0].addresses6 = vec![Cidr6::parse("fd00:1::5").unwrap()];
+        r.register(&db, &lock).unwrap();
+        for claim in ["fd00:1::5", "fd00:1::/64"] {
+            let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+            evil.interfaces[0].addresses6 = vec![Cidr6::parse(claim).unwrap()];
+            let e = r.register(&evil, &lock).unwrap_err();
+            assert!(matches!(e, RegistryError::AddressTaken(..)), "{claim}: {e}");
+        }
+        let mut ok = entry("ok", me, now, "tok", [10, 0, 0, 7]);
+        ok.interfaces[0].addresses6 = vec![Cidr6::parse("fd00:2::/64").unwrap()];
+        r.register(&ok, &lock).unwrap();
+        let peers = r.resolve(&[VmName::parse("db").unwrap()]);
+        assert_eq!(
+            peers[&VmName::parse("db").unwrap()].v6,
+            vec![Cidr6::parse("fd00:1::5").unwrap()]
+        );
+        // An entry written by a cvm without IPv6 still reads.
+        let old = r#"{"name":"old","pid":1,"start_time":1,"interfaces":[{"tap":"t","mac":"52:54:00:00:00:01","addresses":["10.0.0.1"],"table":"cvm_old"}]}"#;
+        std::fs::write(dir.path().join("net/old.json"), old).unwrap();
+        assert!(r.read("old").unwrap().interfaces[0].addresses6.is_empty());
+    }
+
     /// Attack (red-team L7): install silently replaced a same-named table; a table a
     /// live entry uses is now refused under the lock.
     #[test]
