@@ -1226,3 +1226,113 @@ fn ipv6_between_two_vms_passes_only_as_the_policy_allows() {
         assert!(nft.netdev_tables().unwrap().is_empty());
     });
 }
+
+/// IPv6 on a routed tap against the host's real IPv6 stack: the host resolves the
+/// guest with neighbour discovery through the policy and the guest's answer is
+/// accepted by the host's kernel; a TCP connection to the allowed port gets the
+/// host's SYN-ACK; another port and the host connecting to the guest are dropped and
+/// counted.
+#[test]
+fn ipv6_on_a_routed_tap_reaches_the_hosts_stack_only_as_allowed() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let tap = Tap::create("cvm6r");
+        // IPv6 on this tap only, without a link-local address (no DAD, no router
+        // solicitations from the host to disturb the counts).
+        let sysctl = |k: &str, v: &str| {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/cvm6r/{k}"), v).unwrap();
+        };
+        sysctl("addr_gen_mode", "1");
+        sysctl("accept_ra", "0");
+        sysctl("router_solicitations", "0");
+        sysctl("disable_ipv6", "0");
+        ip("-6 addr add fd00:2::1/64 dev cvm6r nodad");
+        let host: Ipv6Addr = "fd00:2::1".parse().unwrap();
+        let guest: Ipv6Addr = "fd00:2::2".parse().unwrap();
+        let p = policy(
+            "name = \"r6\"\n[[interfaces]]\ntap = \"cvm6r\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00:2::2\"]\negress = [{ cidr = \"fd00:2::1\", proto = \"tcp\", ports = [8080] }, { cidr = \"fd00:2::1\", proto = \"udp\", ports = [5353] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let hmac = mac_of("cvm6r");
+        let open = std::net::TcpListener::bind((host, 8080)).unwrap();
+        let _closed = std::net::TcpListener::bind((host, 9090)).unwrap();
+        let udp = std::net::UdpSocket::bind((host, 5353)).unwrap();
+
+        // The host resolves the guest: its solicitation reaches the guest, the guest's
+        // advertisement (its own address, its MAC) reaches the host's kernel.
+        udp.send_to(&1u32.to_be_bytes(), (guest, 40000)).unwrap();
+        assert!(
+            tap.receives(LONG, |f| is_icmp6(f, ND_NS, guest)),
+            "the host's neighbour solicitation for the guest reaches it"
+        );
+        tap.send(&icmp6_frame(
+            MAC_A,
+            hmac,
+            guest,
+            host,
+            ND_NA,
+            &nd_body(0x60, guest, Some((2, MAC_A))),
+        ));
+        assert!(
+            tap.receives(LONG, |f| f.len() >= 66
+                && f[12..14] == ETH_IPV6
+                && f[22..38] == host.octets()
+                && f[62..66] == 1u32.to_be_bytes()),
+            "once resolved, the host's datagram from the allowed port reaches the guest"
+        );
+        let neigh = Command::new("ip")
+            .args(["-6", "neigh", "show", "fd00:2::2", "dev", "cvm6r"])
+            .output()
+            .unwrap();
+        let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+        assert!(neigh.contains("02:00:00:00:00:0a"), "{neigh}");
+
+        // The allowed port: the host's stack answers with a SYN-ACK.
+        let synack = |f: &[u8]| {
+            f.len() >= 74
+                && f[12..14] == ETH_IPV6
+                && f[20] == 6
+                && f[22..38] == host.octets()
+                && f[67] == TCP_SYN_ACK
+        };
+        tap.send(&tcp6_frame(
+            MAC_A, hmac, guest, host, 40000, 8080, TCP_SYN, 2,
+        ));
+        assert!(
+            tap.receives(LONG, synack),
+            "the host answers on the allowed port"
+        );
+        drop(open);
+        // Another port: dropped before the host sees it (no RST, no SYN-ACK), counted.
+        let before = counts(&nft, &i);
+        tap.send(&tcp6_frame(
+            MAC_A, hmac, guest, host, 40001, 9090, TCP_SYN, 3,
+        ));
+        assert!(!tap.receives(SHORT, |f| f.len() >= 54
+            && f[12..14] == ETH_IPV6
+            && f[20] == 6
+            && f[22..38] == host.octets()));
+        assert_eq!(
+            counts(&nft, &i).get("egress_denied_ipv6"),
+            before.get("egress_denied_ipv6") + 1
+        );
+        // The host connecting to the guest: its SYN never reaches the guest.
+        let before = counts(&nft, &i);
+        let t = std::thread::spawn(move || {
+            std::net::TcpStream::connect_timeout(&(guest, 22).into(), Duration::from_millis(300))
+        });
+        assert!(!tap.receives(SHORT, |f| f.len() >= 54
+            && f[12..14] == ETH_IPV6
+            && f[20] == 6
+            && f[38..54] == guest.octets()));
+        assert!(t.join().unwrap().is_err());
+        assert!(counts(&nft, &i).get("ingress_denied_ipv6") > before.get("ingress_denied_ipv6"));
+        i.remove().unwrap();
+        assert!(nft.netdev_tables().unwrap().is_empty());
+    });
+}
