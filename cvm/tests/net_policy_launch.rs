@@ -129,7 +129,7 @@ name = "e2e"
 [[network_policy.interfaces]]
 tap = "{tap}"
 mac = "02:00:00:00:00:0e"
-addresses = ["10.0.3.2"]
+addresses = ["10.0.3.2", "fd00:3::2"]
 egress = [{{ cidr = "10.0.3.1", proto = "udp", ports = [53] }}]
 "#
         ),
@@ -190,7 +190,9 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
             &["net", "list", "--state-dir", state.to_str().unwrap()],
         );
         assert!(
-            list.contains("e2e\trunning") && list.contains(&table),
+            list.contains("e2e\trunning")
+                && list.contains(&table)
+                && list.contains("10.0.3.2,fe80::ff:fe00:e,fd00:3::2"),
             "{list}"
         );
         // The host sends to the guest: a port no rule allows, and an address that is not
@@ -226,12 +228,47 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         other.send_to(b"x", ("10.0.3.5", 40000)).unwrap();
         let peer = std::net::UdpSocket::bind(("10.0.3.1", 53)).unwrap();
         peer.send_to(b"x", ("10.0.3.2", 40000)).unwrap();
+        // IPv6 on the host's side of this tap only (no link-local address: no DAD or
+        // router solicitations to count); a datagram to a port no rule allows is
+        // dropped and counted as IPv6.
+        for (k, v) in [
+            ("addr_gen_mode", "1"),
+            ("accept_ra", "0"),
+            ("router_solicitations", "0"),
+            ("disable_ipv6", "0"),
+        ] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/cvmte/{k}"), v).unwrap();
+        }
+        run(
+            "ip",
+            &["-6", "addr", "add", "fd00:3::1/64", "dev", "cvmte", "nodad"],
+        );
+        run(
+            "ip",
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                "fd00:3::2",
+                "lladdr",
+                "02:00:00:00:00:0e",
+                "dev",
+                "cvmte",
+            ],
+        );
+        let other6 = std::net::UdpSocket::bind(("fd00:3::1", 5000)).unwrap();
+        other6.send_to(b"x", ("fd00:3::2", 22)).unwrap();
         wait_until("the API socket", Duration::from_secs(20), || sock.exists());
         let mut metrics = String::new();
         wait_until("the counts on /v1/metrics", Duration::from_secs(20), || {
             metrics = call(&sock, "/v1/metrics");
             metrics.contains("\"ingress_denied\":2")
+                && metrics.contains("\"ingress_denied_ipv6\":1")
         });
+        assert!(
+            metrics.contains("\"spoofed_ipv6\":0") && metrics.contains("\"egress_denied_ipv6\":0"),
+            "{metrics}"
+        );
         assert!(
             metrics.contains(&format!("\"table\":\"{table}\""))
                 && metrics.contains("\"spoofed\":0"),

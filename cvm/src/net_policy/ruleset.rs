@@ -499,6 +499,11 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) 
     }
     if v6 {
         let _ = writeln!(w, "\tchain ip6_to_vm {{");
+        let _ = writeln!(w, "\t\t# MLD (queries, other nodes' reports), never needed");
+        let _ = writeln!(
+            w,
+            "\t\tip6 nexthdr 0 ip6 daddr ff02::/16 counter name \"other_denied\" drop"
+        );
         let _ = writeln!(
             w,
             "\t\t# extension headers (fragments and routing headers among them) never pass"
@@ -878,6 +883,8 @@ table netdev cvm_web_6_cvm_6_21f34e3469242edc {
 		counter name "other_denied" drop
 	}
 	chain ip6_to_vm {
+		# MLD (queries, other nodes' reports), never needed
+		ip6 nexthdr 0 ip6 daddr ff02::/16 counter name "other_denied" drop
 		# extension headers (fragments and routing headers among them) never pass
 		ip6 nexthdr != { tcp, udp, ipv6-icmp } counter name "ingress_denied_ipv6" drop
 		# neighbour discovery for its addresses, from the link only (hop limit 255)
