@@ -1,8 +1,9 @@
 //! Per-VM network policy, default deny, enforced with nftables on the VM's taps.
 //!
 //! The policy lives in the VM description (`[network_policy]`, see
-//! docs/vm-description.md): for each VM interface (tap), the guest's MAC and IPv4
-//! addresses (anti-spoofing: frames from the tap must carry them, ARP included), what the
+//! docs/vm-description.md): for each VM interface (tap), the guest's MAC and IPv4 and
+//! IPv6 addresses (anti-spoofing: frames from the tap must carry them, ARP and IPv6
+//! neighbour discovery included; no IPv6 address, no IPv6), what the
 //! guest may reach (`egress`) and what may reach it (`ingress`), by CIDR or by the name
 //! of another VM on this host, with protocol and ports. What no rule allows is dropped
 //! and counted; an empty list allows nothing. A VM with interfaces and no policy is

@@ -14,10 +14,23 @@
 //! *reply* direction can open a connection. UDP replies are matched by the peer's port
 //! only (see the README's threat model).
 //!
+//! IPv6 (only on an interface with IPv6 addresses; otherwise it is another ethertype):
+//! the source must be the guest's (`::` only for duplicate address detection of its own
+//! address), neighbour discovery from the guest must carry its MAC and advertise only
+//! its own addresses (router advertisements and redirects never pass), no extension
+//! header passes either way (the fixed header's next header must be TCP, UDP or
+//! ICMPv6: nftables' transport matches would skip them), and to the guest only neighbour
+//! discovery for its addresses, packet-too-big and the rules pass. nftables has no
+//! field for a neighbour discovery target or option, so those are raw `@th` payload
+//! matches (offsets in [`ip6_from_vm`]); they are safe because no extension header can
+//! shift the transport header.
+//!
 //! Named counters count each kind of denial: `spoofed` (a frame from the tap with
 //! another MAC, or an IPv4/ARP source that is not the guest's), `egress_denied` (IPv4
 //! from the guest that no rule allows), `ingress_denied` (IPv4 to the guest that no rule
-//! allows) and `other_denied` (any other ethertype, IPv6 included, either way).
+//! allows), `other_denied` (any other ethertype either way, IPv6 on an interface
+//! without IPv6, and MLD), and for IPv6 `spoofed_ipv6` (another source, forged or
+//! router neighbour discovery), `egress_denied_ipv6` and `ingress_denied_ipv6`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
