@@ -14,6 +14,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../src/net_policy/netns_support.rs"]
+mod netns_support;
+use netns_support::in_netns;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// Spins forever (`jmp $`).
@@ -29,26 +33,6 @@ fn requirements() -> bool {
         && test_kit::require_tool("nft")
         && test_kit::require_tool("ip")
         && test_kit::require_file("/dev/net/tun")
-}
-
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
-        // the counts; /proc/sys/net is the namespace of the process that opens it.
-        let quiet = std::process::Command::new("sh")
-            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
-            .status()
-            .unwrap();
-        assert!(quiet.success());
-        f();
-    })
-    .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -228,17 +212,9 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         other.send_to(b"x", ("10.0.3.5", 40000)).unwrap();
         let peer = std::net::UdpSocket::bind(("10.0.3.1", 53)).unwrap();
         peer.send_to(b"x", ("10.0.3.2", 40000)).unwrap();
-        // IPv6 on the host's side of this tap only (no link-local address: no DAD or
-        // router solicitations to count); a datagram to a port no rule allows is
-        // dropped and counted as IPv6.
-        for (k, v) in [
-            ("addr_gen_mode", "1"),
-            ("accept_ra", "0"),
-            ("router_solicitations", "0"),
-            ("disable_ipv6", "0"),
-        ] {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/cvmte/{k}"), v).unwrap();
-        }
+        // IPv6 on the host's side of this tap only; a datagram to a port no rule allows
+        // is dropped and counted as IPv6.
+        netns_support::enable_ipv6("cvmte");
         run(
             "ip",
             &["-6", "addr", "add", "fd00:3::1/64", "dev", "cvmte", "nodad"],

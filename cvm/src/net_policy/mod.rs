@@ -38,6 +38,8 @@ pub mod ruleset;
 pub mod supervisor;
 
 #[cfg(test)]
+mod netns_support;
+#[cfg(test)]
 mod netns_tests;
 
 pub use model::{NetworkPolicy, NetworkPolicyToml, PolicyError};

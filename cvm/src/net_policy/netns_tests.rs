@@ -10,31 +10,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::model::NetworkPolicyToml;
+use super::netns_support::in_netns;
 use super::nft::Nft;
 use super::registry::Registry;
 use super::supervisor::{gc, Installed};
 use super::{Counts, NetPolicyError, NetworkPolicy};
-
-/// Runs `f` on a thread in a new network namespace; a panic fails the test.
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
-        // the counts; /proc/sys/net is the namespace of the process that opens it.
-        let quiet = std::process::Command::new("sh")
-            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
-            .status()
-            .unwrap();
-        assert!(quiet.success());
-        f();
-    })
-    .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
-}
 
 fn requirements() -> bool {
     test_kit::require_root()
@@ -1242,15 +1222,7 @@ fn ipv6_on_a_routed_tap_reaches_the_hosts_stack_only_as_allowed() {
         let reg = Registry::open(&state.path().join("net")).unwrap();
         let nft = Nft::default();
         let tap = Tap::create("cvm6r");
-        // IPv6 on this tap only, without a link-local address (no DAD, no router
-        // solicitations from the host to disturb the counts).
-        let sysctl = |k: &str, v: &str| {
-            std::fs::write(format!("/proc/sys/net/ipv6/conf/cvm6r/{k}"), v).unwrap();
-        };
-        sysctl("addr_gen_mode", "1");
-        sysctl("accept_ra", "0");
-        sysctl("router_solicitations", "0");
-        sysctl("disable_ipv6", "0");
+        super::netns_support::enable_ipv6("cvm6r");
         ip("-6 addr add fd00:2::1/64 dev cvm6r nodad");
         let host: Ipv6Addr = "fd00:2::1".parse().unwrap();
         let guest: Ipv6Addr = "fd00:2::2".parse().unwrap();
