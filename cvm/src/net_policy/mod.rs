@@ -195,5 +195,19 @@ mod tests {
             let e = check_devices(&p, &devices).unwrap_err().to_string();
             assert!(e.contains(what), "{e}");
         }
+        // An IPv6 `ip=` must be one of the policy's IPv6 addresses or in its prefix.
+        let p6: NetworkPolicy = toml::from_str::<NetworkPolicyToml>(
+            "name = \"a\"\n[[interfaces]]\ntap = \"t0\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00::2\", \"fd01::/64\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        for ip in ["fd00::2", "fd01::77", "fe80::ff:fe00:a"] {
+            check_devices(&p6, &[dev("t0", mac, Some(ip))]).unwrap();
+        }
+        for ip in ["fd00::3", "fd02::1", "10.0.0.2"] {
+            let e = check_devices(&p6, &[dev("t0", mac, Some(ip))]).unwrap_err();
+            assert!(e.to_string().contains("does not list"), "{ip}: {e}");
+        }
     }
 }

@@ -1308,3 +1308,90 @@ fn ipv6_on_a_routed_tap_reaches_the_hosts_stack_only_as_allowed() {
         assert!(nft.netdev_tables().unwrap().is_empty());
     });
 }
+
+/// What reaches a guest over IPv6 from an unfiltered port of its bridge (the host's
+/// network, another host): a reply to its allowed flow and a packet-too-big pass; a
+/// router advertisement (a rogue router), the same reply behind a routing header (RFC
+/// 5095), and a neighbour solicitation with a hop limit below 255 (from off the link)
+/// are dropped and counted.
+#[test]
+fn ipv6_to_a_guest_passes_only_neighbour_discovery_pmtu_and_its_rules() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvm6t");
+        let tx = Tap::create("cvm6x");
+        ip("link add cvmbr type bridge");
+        ip("link set cvm6t master cvmbr");
+        ip("link set cvm6x master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvm6t\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00:1::2\"]\negress = [{ cidr = \"fd00:1::3\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let router: Ipv6Addr = "fe80::1".parse().unwrap();
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let all_mac = [0x33, 0x33, 0, 0, 0, 1];
+        // Passes: the reply to A's allowed flow, a packet-too-big for A, an NS for A.
+        tx.send(&tcp6_frame(
+            MAC_B,
+            MAC_A,
+            B6,
+            A6,
+            8080,
+            40000,
+            TCP_SYN_ACK,
+            1,
+        ));
+        assert!(ta.receives(LONG, |f| is_ipv6_from(f, B6, 1)));
+        let mut ptb = 1280u32.to_be_bytes().to_vec();
+        ptb.extend_from_slice(&tcp6_frame(MAC_A, MAC_B, A6, B6, 40000, 8080, 0x10, 2)[14..]);
+        tx.send(&icmp6_frame(MAC_B, MAC_A, B6, A6, 2, &ptb));
+        assert!(ta.receives(LONG, |f| f.len() > 54
+            && f[12..14] == ETH_IPV6
+            && f[54] == 2));
+        let (g_a, gmac_a) = solicited(A6);
+        tx.send(&icmp6_frame(
+            MAC_B,
+            gmac_a,
+            B6,
+            g_a,
+            ND_NS,
+            &nd_body(0, A6, Some((1, MAC_B))),
+        ));
+        assert!(ta.receives(LONG, |f| is_icmp6(f, ND_NS, A6)));
+        let before = counts(&nft, &i);
+        assert_eq!(before.get("ingress_denied_ipv6"), 0);
+        // Dropped: a router advertisement, the reply behind a routing header (type 0,
+        // no segments left), an NS with hop limit 64.
+        let mut ra = vec![64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        ra.extend_from_slice(&[1, 1]);
+        ra.extend_from_slice(&MAC_B);
+        tx.send(&icmp6_frame(MAC_B, all_mac, router, all_nodes, ND_RA, &ra));
+        let mut rh = vec![6, 0, 0, 0, 0, 0, 0, 0];
+        rh.extend_from_slice(&tcp_segment(8080, 40000, TCP_SYN_ACK, 3));
+        tx.send(&ipv6_frame(MAC_B, MAC_A, B6, A6, 43, 64, &rh, None));
+        let mut ns = icmp6_frame(
+            MAC_B,
+            gmac_a,
+            B6,
+            g_a,
+            ND_NS,
+            &nd_body(0, A6, Some((1, MAC_B))),
+        );
+        ns[21] = 64;
+        tx.send(&ns);
+        assert!(!ta.receives(SHORT, |f| f.len() > 54
+            && f[12..14] == ETH_IPV6
+            && (f[20] == 43 || f[54] == ND_RA || (f[54] == ND_NS && f[21] != 255))));
+        assert_eq!(
+            counts(&nft, &i).get("ingress_denied_ipv6"),
+            before.get("ingress_denied_ipv6") + 3
+        );
+        i.remove().unwrap();
+    });
+}
