@@ -709,28 +709,34 @@ fn a_stopped_vm_leaves_its_peers_sets_at_once() {
         let _ta = Tap::create("cvmpa");
         let _tb = Tap::create("cvmpb");
         let pa = policy(
-            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\", \"fd00::2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
         );
         let pb = policy(
-            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\"]\n",
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\", \"fd00::3\"]\n",
         );
         let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
         let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
         assert!(ia.refresh_peers().unwrap());
-        let set = || {
+        let set = |name: &str| {
             let o = Command::new("nft")
-                .args(["list", "set", "netdev", &ia.tables()[0], "vm_b"])
+                .args(["list", "set", "netdev", &ia.tables()[0], name])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&o.stdout).into_owned()
         };
-        assert!(set().contains("10.0.0.3"), "{}", set());
+        let both = || format!("{}{}", set("vm_b"), set("vm6_b"));
+        // B's IPv4, IPv6 and EUI-64 link-local addresses.
+        for a in ["10.0.0.3", "fd00::3", "fe80::ff:fe00:b"] {
+            assert!(both().contains(a), "{a}: {}", both());
+        }
         ib.remove().unwrap();
-        assert!(
-            !set().contains("10.0.0.3"),
-            "B's address outlived B: {}",
-            set()
-        );
+        for a in ["10.0.0.3", "fd00::3", "fe80::ff:fe00:b"] {
+            assert!(
+                !both().contains(a),
+                "B's address {a} outlived B: {}",
+                both()
+            );
+        }
         ia.remove().unwrap();
     });
 }
