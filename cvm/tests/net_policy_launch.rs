@@ -14,6 +14,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../src/net_policy/netns_support.rs"]
+mod netns_support;
+use netns_support::in_netns;
+
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
 /// Spins forever (`jmp $`).
@@ -29,26 +33,6 @@ fn requirements() -> bool {
         && test_kit::require_tool("nft")
         && test_kit::require_tool("ip")
         && test_kit::require_file("/dev/net/tun")
-}
-
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
-        // the counts; /proc/sys/net is the namespace of the process that opens it.
-        let quiet = std::process::Command::new("sh")
-            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
-            .status()
-            .unwrap();
-        assert!(quiet.success());
-        f();
-    })
-    .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
 }
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -129,7 +113,7 @@ name = "e2e"
 [[network_policy.interfaces]]
 tap = "{tap}"
 mac = "02:00:00:00:00:0e"
-addresses = ["10.0.3.2"]
+addresses = ["10.0.3.2", "fd00:3::2"]
 egress = [{{ cidr = "10.0.3.1", proto = "udp", ports = [53] }}]
 "#
         ),
@@ -190,7 +174,9 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
             &["net", "list", "--state-dir", state.to_str().unwrap()],
         );
         assert!(
-            list.contains("e2e\trunning") && list.contains(&table),
+            list.contains("e2e\trunning")
+                && list.contains(&table)
+                && list.contains("10.0.3.2,fe80::ff:fe00:e,fd00:3::2"),
             "{list}"
         );
         // The host sends to the guest: a port no rule allows, and an address that is not
@@ -226,12 +212,39 @@ fn a_launched_vm_gets_its_policy_counts_denials_and_loses_the_policy_when_it_sto
         other.send_to(b"x", ("10.0.3.5", 40000)).unwrap();
         let peer = std::net::UdpSocket::bind(("10.0.3.1", 53)).unwrap();
         peer.send_to(b"x", ("10.0.3.2", 40000)).unwrap();
+        // IPv6 on the host's side of this tap only; a datagram to a port no rule allows
+        // is dropped and counted as IPv6.
+        netns_support::enable_ipv6("cvmte");
+        run(
+            "ip",
+            &["-6", "addr", "add", "fd00:3::1/64", "dev", "cvmte", "nodad"],
+        );
+        run(
+            "ip",
+            &[
+                "-6",
+                "neigh",
+                "replace",
+                "fd00:3::2",
+                "lladdr",
+                "02:00:00:00:00:0e",
+                "dev",
+                "cvmte",
+            ],
+        );
+        let other6 = std::net::UdpSocket::bind(("fd00:3::1", 5000)).unwrap();
+        other6.send_to(b"x", ("fd00:3::2", 22)).unwrap();
         wait_until("the API socket", Duration::from_secs(20), || sock.exists());
         let mut metrics = String::new();
         wait_until("the counts on /v1/metrics", Duration::from_secs(20), || {
             metrics = call(&sock, "/v1/metrics");
             metrics.contains("\"ingress_denied\":2")
+                && metrics.contains("\"ingress_denied_ipv6\":1")
         });
+        assert!(
+            metrics.contains("\"spoofed_ipv6\":0") && metrics.contains("\"egress_denied_ipv6\":0"),
+            "{metrics}"
+        );
         assert!(
             metrics.contains(&format!("\"table\":\"{table}\""))
                 && metrics.contains("\"spoofed\":0"),

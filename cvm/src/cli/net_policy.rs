@@ -109,7 +109,12 @@ fn list(a: StateArgs) -> ExitCode {
     for e in r {
         let state = if e.is_live() { "running" } else { "stale" };
         for i in &e.interfaces {
-            let addrs: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
+            let addrs: Vec<String> = i
+                .addresses
+                .iter()
+                .map(ToString::to_string)
+                .chain(i.addresses6.iter().map(ToString::to_string))
+                .collect();
             println!(
                 "{}\t{state}\tpid {}\t{}\t{}\t{}\t{}",
                 e.name,

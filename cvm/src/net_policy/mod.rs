@@ -1,8 +1,9 @@
 //! Per-VM network policy, default deny, enforced with nftables on the VM's taps.
 //!
 //! The policy lives in the VM description (`[network_policy]`, see
-//! docs/vm-description.md): for each VM interface (tap), the guest's MAC and IPv4
-//! addresses (anti-spoofing: frames from the tap must carry them, ARP included), what the
+//! docs/vm-description.md): for each VM interface (tap), the guest's MAC and IPv4 and
+//! IPv6 addresses (anti-spoofing: frames from the tap must carry them, ARP and IPv6
+//! neighbour discovery included; no IPv6 address, no IPv6), what the
 //! guest may reach (`egress`) and what may reach it (`ingress`), by CIDR or by the name
 //! of another VM on this host, with protocol and ports. What no rule allows is dropped
 //! and counted; an empty list allows nothing. A VM with interfaces and no policy is
@@ -36,6 +37,8 @@ pub mod registry;
 pub mod ruleset;
 pub mod supervisor;
 
+#[cfg(test)]
+mod netns_support;
 #[cfg(test)]
 mod netns_tests;
 
@@ -92,7 +95,10 @@ pub fn check_devices(p: &NetworkPolicy, devices: &[Device<'_>]) -> Result<(), Po
         if let Some(ip) = d.ip {
             let listed = match ip {
                 std::net::IpAddr::V4(v4) => i.addresses.contains(&v4),
-                std::net::IpAddr::V6(_) => false,
+                std::net::IpAddr::V6(v6) => i
+                    .addresses6
+                    .iter()
+                    .any(|c| c.overlaps(&model::Cidr6::host(v6))),
             };
             if !listed {
                 return Err(err(
@@ -121,7 +127,7 @@ pub fn check_devices(p: &NetworkPolicy, devices: &[Device<'_>]) -> Result<(), Po
 
 /// Packet counts of one table's named counters, in [`ruleset::COUNTERS`] order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts(pub [u64; 4]);
+pub struct Counts(pub [u64; ruleset::COUNTERS.len()]);
 
 impl Counts {
     /// The count of counter `name`. (tests)
@@ -188,6 +194,20 @@ mod tests {
         ] {
             let e = check_devices(&p, &devices).unwrap_err().to_string();
             assert!(e.contains(what), "{e}");
+        }
+        // An IPv6 `ip=` must be one of the policy's IPv6 addresses or in its prefix.
+        let p6: NetworkPolicy = toml::from_str::<NetworkPolicyToml>(
+            "name = \"a\"\n[[interfaces]]\ntap = \"t0\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00::2\", \"fd01::/64\"]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        for ip in ["fd00::2", "fd01::77", "fe80::ff:fe00:a"] {
+            check_devices(&p6, &[dev("t0", mac, Some(ip))]).unwrap();
+        }
+        for ip in ["fd00::3", "fd02::1", "10.0.0.2"] {
+            let e = check_devices(&p6, &[dev("t0", mac, Some(ip))]).unwrap_err();
+            assert!(e.to_string().contains("does not list"), "{ip}: {e}");
         }
     }
 }

@@ -5,9 +5,9 @@
 //! character set (names, taps) or parsed into a typed value (MACs, addresses, CIDRs,
 //! ports), so the generated script cannot be steered by the description's text.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Longest VM name.
 pub const MAX_NAME: usize = 32;
@@ -38,9 +38,17 @@ pub struct InterfaceToml {
     pub tap: String,
     /// The guest's MAC address on it: frames from the tap must carry it.
     pub mac: String,
-    /// The guest's IPv4 addresses on it: packets and ARP from the tap must carry one.
+    /// The guest's addresses on it: IPv4 host addresses (packets and ARP from the tap
+    /// must carry one) and IPv6 host addresses or prefixes (`fd00:1::2`,
+    /// `fd00:1::/64`: IPv6 from the tap must come from one, or from its link-local
+    /// address).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The guest's IPv6 link-local address, when it does not derive it from its MAC
+    /// (modified EUI-64, the default) — e.g. a guest with stable-privacy addresses
+    /// (RFC 7217). Setting it enables IPv6 on the interface even without other IPv6
+    /// addresses.
+    pub link_local: Option<String>,
     /// What the guest may reach.
     #[serde(default)]
     pub egress: Vec<RuleToml>,
@@ -225,13 +233,9 @@ impl Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
         };
-        let addr: Ipv4Addr = a.parse().map_err(|_| {
-            if a.contains(':') {
-                format!("`{s}`: IPv6 is not supported by the network policy yet (IPv4 only)")
-            } else {
-                format!("`{s}` is not an IPv4 address or CIDR (10.0.0.0/24)")
-            }
-        })?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IPv4 address or CIDR (10.0.0.0/24)"))?;
         let len: u8 = match l {
             None => 32,
             Some(l) => l
@@ -262,6 +266,142 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// An IPv6 network with its host bits clear (a host is a /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr6 {
+    /// The network address.
+    pub addr: Ipv6Addr,
+    /// The prefix length, 0 to 128.
+    pub len: u8,
+}
+
+impl Cidr6 {
+    /// A host.
+    pub fn host(addr: Ipv6Addr) -> Self {
+        Self { addr, len: 128 }
+    }
+
+    fn mask(len: u8) -> u128 {
+        if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(len))
+        }
+    }
+
+    /// Parses `fd00::/64` or `fd00::1` (a /128). Host bits must be clear.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: Ipv6Addr = a
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IPv6 address or prefix (fd00::/64)"))?;
+        let len: u8 = match l {
+            None => 128,
+            Some(l) => l
+                .parse()
+                .ok()
+                .filter(|n| *n <= 128)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to 128"))?,
+        };
+        let bits = u128::from(addr);
+        let mask = Self::mask(len);
+        if bits & !mask != 0 {
+            return Err(format!(
+                "`{s}` has host bits set; did you mean {}/{len}?",
+                Ipv6Addr::from(bits & mask)
+            ));
+        }
+        Ok(Self { addr, len })
+    }
+
+    /// The first and last address.
+    pub fn range(&self) -> (u128, u128) {
+        let lo = u128::from(self.addr);
+        (lo, lo | !Self::mask(self.len))
+    }
+
+    /// Whether `self` and `o` share an address.
+    pub fn overlaps(&self, o: &Cidr6) -> bool {
+        let (a, b) = (self.range(), o.range());
+        a.0 <= b.1 && b.0 <= a.1
+    }
+}
+
+impl std::fmt::Display for Cidr6 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.len == 128 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.len)
+        }
+    }
+}
+
+impl Serialize for Cidr6 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr6 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Cidr6::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A peer network of a rule, IPv4 or IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Net {
+    /// IPv4.
+    V4(Cidr),
+    /// IPv6.
+    V6(Cidr6),
+}
+
+impl Net {
+    /// Parses an IPv4 or an IPv6 address or network (by the `:` an IPv6 one has).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.contains(':') {
+            Cidr6::parse(s).map(Net::V6)
+        } else {
+            Cidr::parse(s).map(Net::V4)
+        }
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Net::V4(c) => c.fmt(f),
+            Net::V6(c) => write!(f, "{}/{}", c.addr, c.len),
+        }
+    }
+}
+
+/// The shortest IPv6 prefix an interface may hold (a SLAAC /64 with temporary
+/// addresses, RFC 8981): anything shorter lets one guest claim a whole site.
+pub const MIN_PREFIX6: u8 = 64;
+
+/// The link-local address a guest derives from `mac` (modified EUI-64, RFC 4291
+/// appendix A, as Linux does with `addr_gen_mode` 0).
+pub fn eui64_link_local(mac: Mac) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::new(
+        0xfe80,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([m[0] ^ 0x02, m[1]]),
+        u16::from_be_bytes([m[2], 0xff]),
+        u16::from_be_bytes([0xfe, m[3]]),
+        u16::from_be_bytes([m[4], m[5]]),
+    )
+}
+
 /// An interface of the VM and its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
@@ -269,8 +409,11 @@ pub struct Interface {
     pub tap: TapName,
     /// The guest's MAC.
     pub mac: Mac,
-    /// The guest's addresses (at least one).
+    /// The guest's IPv4 addresses (none: IPv4 and ARP from the guest are dropped).
     pub addresses: Vec<Ipv4Addr>,
+    /// The guest's IPv6 addresses and prefixes, its link-local address included (empty:
+    /// IPv6 is dropped both ways).
+    pub addresses6: Vec<Cidr6>,
     /// What the guest may reach.
     pub egress: Vec<Rule>,
     /// What may reach the guest.
@@ -281,7 +424,7 @@ pub struct Interface {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Addresses.
-    Cidr(Cidr),
+    Cidr(Net),
     /// A VM on this host by name; its addresses while it runs, nothing otherwise.
     Vm(VmName),
 }
@@ -293,8 +436,11 @@ pub enum Proto {
     Tcp,
     /// UDP.
     Udp,
-    /// ICMP.
+    /// ICMP (IPv4).
     Icmp,
+    /// ICMPv6: echo and errors (never neighbour discovery, which the anti-spoofing
+    /// rules handle).
+    Icmpv6,
 }
 
 impl Proto {
@@ -304,6 +450,7 @@ impl Proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
             Proto::Icmp => "icmp",
+            Proto::Icmpv6 => "icmpv6",
         }
     }
 }
@@ -381,7 +528,7 @@ fn parse_port(p: &PortToml, key: &str) -> Result<PortRange, PolicyError> {
 fn parse_rule(r: &RuleToml, key: &str, own: &VmName) -> Result<Rule, PolicyError> {
     let peer = match (&r.cidr, &r.vm) {
         (Some(c), None) => {
-            Peer::Cidr(Cidr::parse(c.trim()).map_err(|e| err(format!("{key}.cidr"), e))?)
+            Peer::Cidr(Net::parse(c.trim()).map_err(|e| err(format!("{key}.cidr"), e))?)
         }
         (None, Some(v)) => {
             let n = VmName::parse(v).map_err(|e| err(format!("{key}.vm"), e))?;
@@ -407,23 +554,42 @@ fn parse_rule(r: &RuleToml, key: &str, own: &VmName) -> Result<Rule, PolicyError
         Some("tcp") => Proto::Tcp,
         Some("udp") => Proto::Udp,
         Some("icmp") => Proto::Icmp,
+        Some("icmpv6") => Proto::Icmpv6,
         Some(p) => {
             return Err(err(
                 format!("{key}.proto"),
-                format!("unknown protocol `{p}` (expected tcp, udp or icmp)"),
+                format!("unknown protocol `{p}` (expected tcp, udp, icmp or icmpv6)"),
             ))
         }
         None => {
             return Err(err(
                 format!("{key}.proto"),
-                "a rule needs a protocol: tcp, udp or icmp",
+                "a rule needs a protocol: tcp, udp, icmp or icmpv6",
             ))
         }
     };
+    match (&peer, proto) {
+        (Peer::Cidr(Net::V6(_)), Proto::Icmp) => {
+            return Err(err(
+                format!("{key}.proto"),
+                "icmp is IPv4; an IPv6 peer needs `icmpv6`",
+            ))
+        }
+        (Peer::Cidr(Net::V4(_)), Proto::Icmpv6) => {
+            return Err(err(
+                format!("{key}.proto"),
+                "icmpv6 is IPv6; an IPv4 peer needs `icmp`",
+            ))
+        }
+        _ => {}
+    }
     let ports = match &r.ports {
         None => Vec::new(),
-        Some(_) if proto == Proto::Icmp => {
-            return Err(err(format!("{key}.ports"), "icmp has no ports"));
+        Some(_) if matches!(proto, Proto::Icmp | Proto::Icmpv6) => {
+            return Err(err(
+                format!("{key}.ports"),
+                format!("{} has no ports", proto.as_str()),
+            ));
         }
         Some(v) if v.is_empty() => {
             return Err(err(
@@ -438,6 +604,15 @@ fn parse_rule(r: &RuleToml, key: &str, own: &VmName) -> Result<Rule, PolicyError
             .collect::<Result<_, _>>()?,
     };
     Ok(Rule { peer, proto, ports })
+}
+
+/// Refuses IPv6 addresses no guest can send from: unspecified, loopback, multicast,
+/// IPv4-mapped.
+fn check_unicast6(a: Ipv6Addr, text: &str) -> Result<(), String> {
+    if a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.to_ipv4_mapped().is_some() {
+        return Err(format!("`{text}` cannot be a guest's address"));
+    }
+    Ok(())
 }
 
 impl NetworkPolicyToml {
@@ -474,43 +649,109 @@ impl NetworkPolicyToml {
                 ));
             }
             let mac = Mac::parse(t.mac.trim()).map_err(|e| err(format!("{key}.mac"), e))?;
-            if t.addresses.is_empty() {
+            if t.addresses.is_empty() && t.link_local.is_none() {
                 return Err(err(
                     format!("{key}.addresses"),
-                    "an interface needs the guest's IPv4 address (the only source it may send from)",
+                    "an interface needs the guest's address (IPv4 and/or IPv6: the only sources it may send from)",
                 ));
             }
             let mut addresses = Vec::new();
+            let mut addresses6: Vec<Cidr6> = Vec::new();
             for (j, a) in t.addresses.iter().enumerate() {
                 let k = format!("{key}.addresses[{j}]");
-                let c = Cidr::parse(a.trim()).map_err(|e| err(&k, e))?;
-                if c.len != 32 {
-                    return Err(err(
-                        &k,
-                        format!("`{a}`: give the guest's address, not a network"),
-                    ));
-                }
-                let ip = c.addr;
-                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip.is_loopback()
-                {
-                    return Err(err(&k, format!("`{a}` cannot be a guest's address")));
-                }
-                if !addresses.contains(&ip) {
-                    addresses.push(ip);
+                match Net::parse(a.trim()).map_err(|e| err(&k, e))? {
+                    Net::V4(c) => {
+                        if c.len != 32 {
+                            return Err(err(
+                                &k,
+                                format!("`{a}`: give the guest's IPv4 address, not a network"),
+                            ));
+                        }
+                        let ip = c.addr;
+                        if ip.is_unspecified()
+                            || ip.is_multicast()
+                            || ip.is_broadcast()
+                            || ip.is_loopback()
+                        {
+                            return Err(err(&k, format!("`{a}` cannot be a guest's address")));
+                        }
+                        if !addresses.contains(&ip) {
+                            addresses.push(ip);
+                        }
+                    }
+                    Net::V6(c) => {
+                        if c.len < MIN_PREFIX6 {
+                            return Err(err(
+                                &k,
+                                format!(
+                                    "`{a}`: an IPv6 prefix of a guest is at most a /{MIN_PREFIX6} \
+                                     (prefix length {MIN_PREFIX6} to 128)"
+                                ),
+                            ));
+                        }
+                        check_unicast6(c.addr, a).map_err(|e| err(&k, e))?;
+                        if c.addr.segments()[0] & 0xffc0 == 0xfe80 {
+                            return Err(err(
+                                &k,
+                                format!("`{a}` is link-local; give it as `link_local`"),
+                            ));
+                        }
+                        if let Some(o) = addresses6.iter().find(|o| o.overlaps(&c)) {
+                            return Err(err(&k, format!("`{a}` overlaps {o}")));
+                        }
+                        addresses6.push(c);
+                    }
                 }
             }
+            if !addresses6.is_empty() || t.link_local.is_some() {
+                let k = format!("{key}.link_local");
+                let ll = match &t.link_local {
+                    None => eui64_link_local(mac),
+                    Some(s) => {
+                        let c = Cidr6::parse(s.trim()).map_err(|e| err(&k, e))?;
+                        if c.len != 128 || c.addr.segments()[..4] != [0xfe80, 0, 0, 0] {
+                            return Err(err(
+                                &k,
+                                format!("`{s}` is not a link-local host address (fe80::/64)"),
+                            ));
+                        }
+                        check_unicast6(c.addr, s).map_err(|e| err(&k, e))?;
+                        c.addr
+                    }
+                };
+                addresses6.insert(0, Cidr6::host(ll));
+            }
             let rules = |v: &[RuleToml], dir: &str| -> Result<Vec<Rule>, PolicyError> {
-                v.iter()
+                let rules: Vec<Rule> = v
+                    .iter()
                     .enumerate()
                     .map(|(j, r)| parse_rule(r, &format!("{key}.{dir}[{j}]"), &name))
-                    .collect()
+                    .collect::<Result<_, _>>()?;
+                for (j, r) in rules.iter().enumerate() {
+                    let v4 = matches!(r.peer, Peer::Cidr(Net::V4(_))) || r.proto == Proto::Icmp;
+                    let v6 = matches!(r.peer, Peer::Cidr(Net::V6(_))) || r.proto == Proto::Icmpv6;
+                    let problem = if v4 && addresses.is_empty() {
+                        Some("an IPv4 rule, but the interface has no IPv4 address")
+                    } else if v6 && addresses6.is_empty() {
+                        Some("an IPv6 rule, but the interface has no IPv6 address")
+                    } else {
+                        None
+                    };
+                    if let Some(p) = problem {
+                        return Err(err(format!("{key}.{dir}[{j}]"), p));
+                    }
+                }
+                Ok(rules)
             };
+            let egress = rules(&t.egress, "egress")?;
+            let ingress = rules(&t.ingress, "ingress")?;
             interfaces.push(Interface {
                 tap,
                 mac,
                 addresses,
-                egress: rules(&t.egress, "egress")?,
-                ingress: rules(&t.ingress, "ingress")?,
+                addresses6,
+                egress,
+                ingress,
             });
         }
         Ok(NetworkPolicy { name, interfaces })
@@ -589,7 +830,7 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
         );
         assert_eq!(
             i.egress[2].peer,
-            Peer::Cidr(Cidr::parse("192.0.2.7/32").unwrap())
+            Peer::Cidr(Net::parse("192.0.2.7/32").unwrap())
         );
         assert_eq!(
             p.peer_vms(),
@@ -619,8 +860,28 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
             ),
             (
                 "egress = [{ cidr = \"fd00::/8\", proto = \"tcp\" }]\n",
+                "egress[0]",
+                "no IPv6 address",
+            ),
+            (
+                "egress = [{ vm = \"b\", proto = \"icmpv6\" }]\n",
+                "egress[0]",
+                "no IPv6 address",
+            ),
+            (
+                "egress = [{ cidr = \"fd00::1/64\", proto = \"tcp\" }]\n",
                 "egress[0].cidr",
-                "IPv6",
+                "did you mean fd00::/64",
+            ),
+            (
+                "egress = [{ cidr = \"10.0.0.0/8\", proto = \"icmpv6\" }]\n",
+                "egress[0].proto",
+                "needs `icmp`",
+            ),
+            (
+                "egress = [{ cidr = \"fd00::/8\", proto = \"icmp\" }]\n",
+                "egress[0].proto",
+                "needs `icmpv6`",
             ),
             (
                 "egress = [{ cidr = \"10.0.0.0/8\", proto = \"tcp\", ports = [0] }]\n",
@@ -693,7 +954,7 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
         for (text, what) in [
             (
                 iface("t0", "52:54:00:00:00:01", "[]"),
-                "needs the guest's IPv4",
+                "needs the guest's address",
             ),
             (
                 iface("t0", "52:54:00:00:00:01", "[\"10.0.0.0/24\"]"),
@@ -745,6 +1006,68 @@ ingress = [{ vm = "lb", proto = "tcp", ports = [8080] }]
             iface("t0", "52:54:00:00:00:01", "[\"10.0.0.2\"]")
         );
         assert!(policy(&two).unwrap_err().contains("two policies"));
+    }
+
+    #[test]
+    fn ipv6_addresses_prefixes_and_link_local_parse_and_bad_ones_are_refused() {
+        let iface = |addrs: &str, extra: &str| {
+            format!("[network_policy]\nname = \"a\"\n[[network_policy.interfaces]]\ntap = \"t0\"\nmac = \"52:54:00:00:00:0a\"\naddresses = {addrs}\n{extra}")
+        };
+        // Mixed families; the EUI-64 link-local address is added (RFC 4291 appendix A).
+        let p = policy(&iface(
+            "[\"10.0.0.2\", \"fd00:1::2\", \"2001:db8::/64\"]",
+            "egress = [{ vm = \"b\", proto = \"tcp\" }, { cidr = \"fd00::/8\", proto = \"icmpv6\" }]\n",
+        ))
+        .unwrap();
+        let i = &p.interfaces[0];
+        assert_eq!(i.addresses, vec![Ipv4Addr::new(10, 0, 0, 2)]);
+        let six: Vec<String> = i.addresses6.iter().map(ToString::to_string).collect();
+        assert_eq!(six, ["fe80::5054:ff:fe00:a", "fd00:1::2", "2001:db8::/64"]);
+        // IPv6 only, and an explicit link-local address (stable-privacy guests).
+        let p = policy(&iface("[\"fd00:1::2\"]", "link_local = \"fe80::1234\"\n")).unwrap();
+        assert!(p.interfaces[0].addresses.is_empty());
+        assert_eq!(p.interfaces[0].addresses6[0].to_string(), "fe80::1234");
+        // Without IPv6 in the description, the interface has no IPv6 at all.
+        let p = policy(&iface("[\"10.0.0.2\"]", "")).unwrap();
+        assert!(p.interfaces[0].addresses6.is_empty());
+        for (addrs, extra, what) in [
+            ("[\"fd00::/48\"]", "", "at most a /64"),
+            ("[\"fd00::1/64\"]", "", "did you mean fd00::/64"),
+            ("[\"ff02::1\"]", "", "cannot be"),
+            ("[\"::\"]", "", "cannot be"),
+            ("[\"::1\"]", "", "cannot be"),
+            ("[\"::ffff:10.0.0.2\"]", "", "cannot be"),
+            ("[\"fe80::2\"]", "", "give it as `link_local`"),
+            ("[\"fd00::/64\", \"fd00::2\"]", "", "overlaps"),
+            (
+                "[\"fd00::2\"]",
+                "link_local = \"fd00::3\"\n",
+                "not a link-local",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "link_local = \"fe80::/64\"\n",
+                "not a link-local",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "egress = [{ cidr = \"10.0.0.0/8\", proto = \"tcp\" }]\n",
+                "no IPv4 address",
+            ),
+            (
+                "[\"fd00::2\"]",
+                "ingress = [{ vm = \"b\", proto = \"icmp\" }]\n",
+                "no IPv4 address",
+            ),
+            (
+                "[\"10.0.0.2\"]",
+                "ingress = [{ cidr = \"fd00::/8\", proto = \"udp\" }]\n",
+                "no IPv6 address",
+            ),
+        ] {
+            let e = policy(&iface(addrs, extra)).unwrap_err();
+            assert!(e.contains(what), "{addrs} {extra}: {e}");
+        }
     }
 
     #[test]

@@ -4,37 +4,17 @@
 //! it owns the taps' file descriptors, writes the frames a guest would send and reads
 //! what the host delivers to the guest. Needs root and `nft`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::model::NetworkPolicyToml;
+use super::netns_support::in_netns;
 use super::nft::Nft;
 use super::registry::Registry;
 use super::supervisor::{gc, Installed};
 use super::{Counts, NetPolicyError, NetworkPolicy};
-
-/// Runs `f` on a thread in a new network namespace; a panic fails the test.
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    let r = std::thread::spawn(move || {
-        // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new namespace.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-        // No IPv6 chatter from the host's side (router solicitations, MLD) to disturb
-        // the counts; /proc/sys/net is the namespace of the process that opens it.
-        let quiet = std::process::Command::new("sh")
-            .args(["-c", "echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6"])
-            .status()
-            .unwrap();
-        assert!(quiet.success());
-        f();
-    })
-    .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
-}
 
 fn requirements() -> bool {
     test_kit::require_root()
@@ -729,28 +709,34 @@ fn a_stopped_vm_leaves_its_peers_sets_at_once() {
         let _ta = Tap::create("cvmpa");
         let _tb = Tap::create("cvmpb");
         let pa = policy(
-            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvmpa\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\", \"fd00::2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }]\n",
         );
         let pb = policy(
-            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\"]\n",
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvmpb\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\", \"fd00::3\"]\n",
         );
         let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
         let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
         assert!(ia.refresh_peers().unwrap());
-        let set = || {
+        let set = |name: &str| {
             let o = Command::new("nft")
-                .args(["list", "set", "netdev", &ia.tables()[0], "vm_b"])
+                .args(["list", "set", "netdev", &ia.tables()[0], name])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&o.stdout).into_owned()
         };
-        assert!(set().contains("10.0.0.3"), "{}", set());
+        let both = || format!("{}{}", set("vm_b"), set("vm6_b"));
+        // B's IPv4, IPv6 and EUI-64 link-local addresses.
+        for a in ["10.0.0.3", "fd00::3", "fe80::ff:fe00:b"] {
+            assert!(both().contains(a), "{a}: {}", both());
+        }
         ib.remove().unwrap();
-        assert!(
-            !set().contains("10.0.0.3"),
-            "B's address outlived B: {}",
-            set()
-        );
+        for a in ["10.0.0.3", "fd00::3", "fe80::ff:fe00:b"] {
+            assert!(
+                !both().contains(a),
+                "B's address {a} outlived B: {}",
+                both()
+            );
+        }
         ia.remove().unwrap();
     });
 }
@@ -817,6 +803,601 @@ fn source_routed_packets_are_dropped() {
         // Without the option both pass.
         ta.send(&ipv4_frame(MAC_A, MAC_B, A, B, 40000, 53, None, 23));
         assert!(tb.receives(LONG, |f| is_ipv4_from(f, A, 23)));
+        i.remove().unwrap();
+    });
+}
+
+const MAC_C: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0c];
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 3);
+const ETH_IPV6: [u8; 2] = [0x86, 0xdd];
+const ICMPV6: u8 = 58;
+
+/// A TCP segment (`flags`) whose sequence number is `marker`.
+fn tcp_segment(sport: u16, dport: u16, flags: u8, marker: u32) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&marker.to_be_bytes());
+    if flags & 0x10 != 0 {
+        t[8..12].copy_from_slice(&1u32.to_be_bytes());
+    }
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t
+}
+
+/// An Ethernet frame carrying an IPv6 packet: `next` is the first next-header value,
+/// `payload` everything after the fixed header; the upper-layer checksum (RFC 8200
+/// 8.1) is filled in at `csum_at` of `payload` when given (computed over the whole
+/// payload, so only without extension headers).
+#[allow(clippy::too_many_arguments)]
+fn ipv6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next: u8,
+    hop_limit: u8,
+    payload: &[u8],
+    csum_at: Option<usize>,
+) -> Vec<u8> {
+    let mut payload = payload.to_vec();
+    if let Some(at) = csum_at {
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, next]);
+        pseudo.extend_from_slice(&payload);
+        let c = checksum(&pseudo, 0);
+        payload[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&ETH_IPV6);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, hop_limit]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&payload);
+    f
+}
+
+/// A TCP segment over IPv6.
+#[allow(clippy::too_many_arguments)]
+fn tcp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    marker: u32,
+) -> Vec<u8> {
+    let seg = tcp_segment(sport, dport, flags, marker);
+    ipv6_frame(src_mac, dst_mac, src, dst, 6, 64, &seg, Some(16))
+}
+
+/// An ICMPv6 message (type, code, body after the checksum).
+fn icmp6_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(body);
+    ipv6_frame(src_mac, dst_mac, src, dst, ICMPV6, 255, &m, Some(2))
+}
+
+/// The body of a neighbour solicitation (`flags` 0) or advertisement for `target`,
+/// with a link-layer address option (`opt` 1: source, 2: target) when `lladdr` is given.
+fn nd_body(flags: u8, target: Ipv6Addr, lladdr: Option<(u8, [u8; 6])>) -> Vec<u8> {
+    let mut b = vec![flags, 0, 0, 0];
+    b.extend_from_slice(&target.octets());
+    if let Some((opt, mac)) = lladdr {
+        b.extend_from_slice(&[opt, 1]);
+        b.extend_from_slice(&mac);
+    }
+    b
+}
+
+/// The solicited-node multicast group of `a` and its Ethernet address.
+fn solicited(a: Ipv6Addr) -> (Ipv6Addr, [u8; 6]) {
+    let o = a.octets();
+    let g = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let go = g.octets();
+    (g, [0x33, 0x33, go[12], go[13], go[14], go[15]])
+}
+
+fn is_ipv6_from(frame: &[u8], src: Ipv6Addr, marker: u32) -> bool {
+    frame.len() >= 62
+        && frame[12..14] == ETH_IPV6
+        && frame[22..38] == src.octets()
+        && frame[58..62] == marker.to_be_bytes()
+}
+
+/// An ICMPv6 message of type `ty` whose bytes 8..24 (an ND target) are `target`.
+fn is_icmp6(frame: &[u8], ty: u8, target: Ipv6Addr) -> bool {
+    frame.len() >= 78
+        && frame[12..14] == ETH_IPV6
+        && frame[20] == ICMPV6
+        && frame[54] == ty
+        && frame[62..78] == target.octets()
+}
+
+const ND_RS: u8 = 133;
+const ND_RA: u8 = 134;
+const ND_NS: u8 = 135;
+const ND_NA: u8 = 136;
+const ND_REDIRECT: u8 = 137;
+
+/// IPv6 between two VMs on one bridge (issue 18): A may reach B on TCP 8080 over IPv6;
+/// every other port, a spoofed source, a guest's router advertisement and redirect,
+/// a forged neighbour advertisement for B's address and fragments are dropped and
+/// counted; honest neighbour discovery and duplicate address detection pass; a VM
+/// without IPv6 in its policy receives and sends no IPv6.
+#[test]
+fn ipv6_between_two_vms_passes_only_as_the_policy_allows() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = || Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvm6a");
+        let tb = Tap::create("cvm6b");
+        let tc = Tap::create("cvm6c");
+        ip("link add cvmbr type bridge");
+        for t in ["cvm6a", "cvm6b", "cvm6c"] {
+            ip(&format!("link set {t} master cvmbr"));
+        }
+        ip("link set cvmbr up");
+        let pa = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvm6a\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"10.0.0.2\", \"fd00:1::2\"]\negress = [{ vm = \"b\", proto = \"tcp\", ports = [8080] }, { cidr = \"fd00:1::/64\", proto = \"icmpv6\" }]\n",
+        );
+        let pb = policy(
+            "name = \"b\"\n[[interfaces]]\ntap = \"cvm6b\"\nmac = \"02:00:00:00:00:0b\"\naddresses = [\"10.0.0.3\", \"fd00:1::3\"]\ningress = [{ vm = \"a\", proto = \"tcp\", ports = [8080] }, { vm = \"a\", proto = \"icmpv6\" }]\n",
+        );
+        let pc = policy(
+            "name = \"c\"\n[[interfaces]]\ntap = \"cvm6c\"\nmac = \"02:00:00:00:00:0c\"\naddresses = [\"10.0.0.4\"]\ningress = [{ cidr = \"10.0.0.0/24\", proto = \"tcp\" }]\negress = [{ cidr = \"10.0.0.0/24\", proto = \"tcp\" }]\n",
+        );
+        let ib = Installed::install(&pb, nft.clone(), reg()).unwrap();
+        let mut ia = Installed::install(&pa, nft.clone(), reg()).unwrap();
+        let ic = Installed::install(&pc, nft.clone(), reg()).unwrap();
+        let mut ib = ib;
+        assert!(
+            ib.refresh_peers().unwrap(),
+            "A's addresses resolve in B's table"
+        );
+        let _ = ia.refresh_peers();
+        let ll_a = super::model::eui64_link_local(super::model::Mac(MAC_A));
+        let ll_b = super::model::eui64_link_local(super::model::Mac(MAC_B));
+        assert_eq!(ll_a, "fe80::ff:fe00:a".parse::<Ipv6Addr>().unwrap());
+
+        // Address resolution: A solicits B (source its address, its MAC in the
+        // option); B answers for its own address. Both pass.
+        let (g_b, gmac_b) = solicited(B6);
+        ta.send(&icmp6_frame(
+            MAC_A,
+            gmac_b,
+            A6,
+            g_b,
+            ND_NS,
+            &nd_body(0, B6, Some((1, MAC_A))),
+        ));
+        assert!(
+            tb.receives(LONG, |f| is_icmp6(f, ND_NS, B6)),
+            "A's solicitation reaches B"
+        );
+        tb.send(&icmp6_frame(
+            MAC_B,
+            MAC_A,
+            B6,
+            A6,
+            ND_NA,
+            &nd_body(0x60, B6, Some((2, MAC_B))),
+        ));
+        assert!(
+            ta.receives(LONG, |f| is_icmp6(f, ND_NA, B6)),
+            "B's advertisement reaches A"
+        );
+        // Duplicate address detection from :: for its own address, and A's link-local
+        // solicitation, pass.
+        let (g_a, gmac_a) = solicited(A6);
+        ta.send(&icmp6_frame(
+            MAC_A,
+            gmac_a,
+            Ipv6Addr::UNSPECIFIED,
+            g_a,
+            ND_NS,
+            &nd_body(0, A6, None),
+        ));
+        ta.send(&icmp6_frame(
+            MAC_A,
+            gmac_b,
+            ll_a,
+            solicited(ll_b).0,
+            ND_NS,
+            &nd_body(0, ll_b, Some((1, MAC_A))),
+        ));
+        let mut rs = vec![0u8, 0, 0, 0, 1, 1];
+        rs.extend_from_slice(&MAC_A);
+        let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
+        ta.send(&icmp6_frame(
+            MAC_A,
+            [0x33, 0x33, 0, 0, 0, 2],
+            ll_a,
+            all_routers,
+            ND_RS,
+            &rs,
+        ));
+        assert!(
+            !tb.receives(SHORT, |f| f.len() > 54
+                && f[12..14] == ETH_IPV6
+                && f[54] == ND_RS),
+            "B's policy takes no router solicitations (not its address)"
+        );
+        let before = counts(&nft, &ia);
+        assert_eq!(
+            before.get("spoofed_ipv6"),
+            0,
+            "honest neighbour discovery was counted as spoofed"
+        );
+        assert_eq!(before.get("egress_denied_ipv6"), 0);
+
+        // The allowed TCP port passes both ways (B's SYN-ACK comes back to A).
+        ta.send(&tcp6_frame(MAC_A, MAC_B, A6, B6, 40000, 8080, TCP_SYN, 1));
+        assert!(
+            tb.receives(LONG, |f| is_ipv6_from(f, A6, 1)),
+            "A -> B:8080 over IPv6 is allowed"
+        );
+        tb.send(&tcp6_frame(
+            MAC_B,
+            MAC_A,
+            B6,
+            A6,
+            8080,
+            40000,
+            TCP_SYN_ACK,
+            2,
+        ));
+        assert!(
+            ta.receives(LONG, |f| is_ipv6_from(f, B6, 2)),
+            "B's reply reaches A"
+        );
+        // Echo to the allowed prefix passes.
+        ta.send(&icmp6_frame(MAC_A, MAC_B, A6, B6, 128, &3u32.to_be_bytes()));
+        assert!(tb.receives(LONG, |f| f.len() >= 62
+            && f[54] == 128
+            && f[58..62] == 3u32.to_be_bytes()));
+
+        // A denied port, and B opening a connection to A, are dropped and counted.
+        let (ca, cb) = (counts(&nft, &ia), counts(&nft, &ib));
+        ta.send(&tcp6_frame(MAC_A, MAC_B, A6, B6, 40000, 22, TCP_SYN, 4));
+        tb.send(&tcp6_frame(MAC_B, MAC_A, B6, A6, 40001, 8080, TCP_SYN, 5));
+        tb.send(&tcp6_frame(MAC_B, MAC_A, B6, A6, 8080, 22, TCP_SYN, 6));
+        assert!(!tb.receives(SHORT, |f| is_ipv6_from(f, A6, 4)));
+        assert!(!ta.receives(SHORT, |f| is_ipv6_from(f, B6, 5) || is_ipv6_from(f, B6, 6)));
+        assert_eq!(
+            counts(&nft, &ia).get("egress_denied_ipv6"),
+            ca.get("egress_denied_ipv6") + 1
+        );
+        assert_eq!(
+            counts(&nft, &ib).get("egress_denied_ipv6"),
+            cb.get("egress_denied_ipv6") + 2
+        );
+
+        // Spoofing from A: another source address, a router advertisement, a redirect,
+        // an advertisement for B's address (the NDP poisoning attack), an advertisement
+        // for its own address with another MAC, a solicitation with another MAC, and
+        // a "duplicate address detection" for B's address: each dropped and counted.
+        let ca = counts(&nft, &ia);
+        let evil = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x99);
+        ta.send(&tcp6_frame(MAC_A, MAC_B, evil, B6, 40000, 8080, TCP_SYN, 7));
+        let mut ra = vec![64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        ra.extend_from_slice(&[1, 1]);
+        ra.extend_from_slice(&MAC_A);
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let all_mac = [0x33, 0x33, 0, 0, 0, 1];
+        ta.send(&icmp6_frame(MAC_A, all_mac, ll_a, all_nodes, ND_RA, &ra));
+        let mut redirect = vec![0u8; 4];
+        redirect.extend_from_slice(&ll_a.octets());
+        redirect.extend_from_slice(&B6.octets());
+        ta.send(&icmp6_frame(MAC_A, MAC_B, ll_a, B6, ND_REDIRECT, &redirect));
+        ta.send(&icmp6_frame(
+            MAC_A,
+            all_mac,
+            A6,
+            all_nodes,
+            ND_NA,
+            &nd_body(0x20, B6, Some((2, MAC_A))),
+        ));
+        ta.send(&icmp6_frame(
+            MAC_A,
+            all_mac,
+            A6,
+            all_nodes,
+            ND_NA,
+            &nd_body(0x20, A6, Some((2, MAC_C))),
+        ));
+        ta.send(&icmp6_frame(
+            MAC_A,
+            gmac_b,
+            A6,
+            g_b,
+            ND_NS,
+            &nd_body(0, B6, Some((1, MAC_C))),
+        ));
+        ta.send(&icmp6_frame(
+            MAC_A,
+            gmac_b,
+            Ipv6Addr::UNSPECIFIED,
+            g_b,
+            ND_NS,
+            &nd_body(0, B6, None),
+        ));
+        assert!(!tb.receives(SHORT, |f| is_ipv6_from(f, evil, 7)
+            || (f.len() > 54
+                && f[12..14] == ETH_IPV6
+                && matches!(f[54], ND_RA | ND_REDIRECT))
+            || is_icmp6(f, ND_NA, B6)
+            || is_icmp6(f, ND_NA, A6)
+            || is_icmp6(f, ND_NS, B6)));
+        assert_eq!(
+            counts(&nft, &ia).get("spoofed_ipv6"),
+            ca.get("spoofed_ipv6") + 7
+        );
+
+        // A fragment (an extension header) of an allowed flow is dropped and counted.
+        let ca = counts(&nft, &ia);
+        let mut frag = vec![6, 0, 0, 0, 0, 0, 0, 1]; // next TCP, offset 0, last, id 1
+        frag.extend_from_slice(&tcp_segment(40000, 8080, TCP_SYN, 8));
+        ta.send(&ipv6_frame(MAC_A, MAC_B, A6, B6, 44, 64, &frag, None));
+        assert!(!tb.receives(SHORT, |f| f.len() > 70
+            && f[12..14] == ETH_IPV6
+            && f[22..38] == A6.octets()
+            && f[20] == 44));
+        assert_eq!(
+            counts(&nft, &ia).get("egress_denied_ipv6"),
+            ca.get("egress_denied_ipv6") + 1
+        );
+
+        // C has no IPv6 in its policy: IPv6 to it and from it is dropped (as other
+        // ethertypes are), even where its IPv4 rules would allow the port.
+        let cc = counts(&nft, &ic);
+        let c6 = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 4);
+        tc.send(&tcp6_frame(MAC_C, MAC_B, c6, B6, 40000, 8080, TCP_SYN, 9));
+        assert!(!tb.receives(SHORT, |f| is_ipv6_from(f, c6, 9)));
+        assert_eq!(
+            counts(&nft, &ic).get("other_denied"),
+            cc.get("other_denied") + 1
+        );
+        ta.send(&icmp6_frame(
+            MAC_A,
+            MAC_C,
+            A6,
+            c6,
+            128,
+            &10u32.to_be_bytes(),
+        ));
+        assert!(!tc.receives(SHORT, |f| f.len() >= 62
+            && f[12..14] == ETH_IPV6
+            && f[58..62] == 10u32.to_be_bytes()));
+        assert_eq!(
+            counts(&nft, &ic).get("other_denied"),
+            cc.get("other_denied") + 2
+        );
+
+        ia.remove().unwrap();
+        ib.remove().unwrap();
+        ic.remove().unwrap();
+        assert!(nft.netdev_tables().unwrap().is_empty());
+    });
+}
+
+/// IPv6 on a routed tap against the host's real IPv6 stack: the host resolves the
+/// guest with neighbour discovery through the policy and the guest's answer is
+/// accepted by the host's kernel; a TCP connection to the allowed port gets the
+/// host's SYN-ACK; another port and the host connecting to the guest are dropped and
+/// counted.
+#[test]
+fn ipv6_on_a_routed_tap_reaches_the_hosts_stack_only_as_allowed() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let tap = Tap::create("cvm6r");
+        super::netns_support::enable_ipv6("cvm6r");
+        ip("-6 addr add fd00:2::1/64 dev cvm6r nodad");
+        let host: Ipv6Addr = "fd00:2::1".parse().unwrap();
+        let guest: Ipv6Addr = "fd00:2::2".parse().unwrap();
+        let p = policy(
+            "name = \"r6\"\n[[interfaces]]\ntap = \"cvm6r\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00:2::2\"]\negress = [{ cidr = \"fd00:2::1\", proto = \"tcp\", ports = [8080] }, { cidr = \"fd00:2::1\", proto = \"udp\", ports = [5353] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let hmac = mac_of("cvm6r");
+        let open = std::net::TcpListener::bind((host, 8080)).unwrap();
+        let _closed = std::net::TcpListener::bind((host, 9090)).unwrap();
+        let udp = std::net::UdpSocket::bind((host, 5353)).unwrap();
+
+        // The host resolves the guest: its solicitation reaches the guest, the guest's
+        // advertisement (its own address, its MAC) reaches the host's kernel.
+        udp.send_to(&1u32.to_be_bytes(), (guest, 40000)).unwrap();
+        assert!(
+            tap.receives(LONG, |f| is_icmp6(f, ND_NS, guest)),
+            "the host's neighbour solicitation for the guest reaches it"
+        );
+        tap.send(&icmp6_frame(
+            MAC_A,
+            hmac,
+            guest,
+            host,
+            ND_NA,
+            &nd_body(0x60, guest, Some((2, MAC_A))),
+        ));
+        assert!(
+            tap.receives(LONG, |f| f.len() >= 66
+                && f[12..14] == ETH_IPV6
+                && f[22..38] == host.octets()
+                && f[62..66] == 1u32.to_be_bytes()),
+            "once resolved, the host's datagram from the allowed port reaches the guest"
+        );
+        let neigh = Command::new("ip")
+            .args(["-6", "neigh", "show", "fd00:2::2", "dev", "cvm6r"])
+            .output()
+            .unwrap();
+        let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+        assert!(neigh.contains("02:00:00:00:00:0a"), "{neigh}");
+
+        // The allowed port: the host's stack answers with a SYN-ACK.
+        let synack = |f: &[u8]| {
+            f.len() >= 74
+                && f[12..14] == ETH_IPV6
+                && f[20] == 6
+                && f[22..38] == host.octets()
+                && f[67] == TCP_SYN_ACK
+        };
+        tap.send(&tcp6_frame(
+            MAC_A, hmac, guest, host, 40000, 8080, TCP_SYN, 2,
+        ));
+        assert!(
+            tap.receives(LONG, synack),
+            "the host answers on the allowed port"
+        );
+        drop(open);
+        // Another port: dropped before the host sees it (no RST, no SYN-ACK), counted.
+        let before = counts(&nft, &i);
+        tap.send(&tcp6_frame(
+            MAC_A, hmac, guest, host, 40001, 9090, TCP_SYN, 3,
+        ));
+        assert!(!tap.receives(SHORT, |f| f.len() >= 54
+            && f[12..14] == ETH_IPV6
+            && f[20] == 6
+            && f[22..38] == host.octets()));
+        assert_eq!(
+            counts(&nft, &i).get("egress_denied_ipv6"),
+            before.get("egress_denied_ipv6") + 1
+        );
+        // The host connecting to the guest: its SYN never reaches the guest.
+        let before = counts(&nft, &i);
+        let t = std::thread::spawn(move || {
+            std::net::TcpStream::connect_timeout(&(guest, 22).into(), Duration::from_millis(300))
+        });
+        assert!(!tap.receives(SHORT, |f| f.len() >= 54
+            && f[12..14] == ETH_IPV6
+            && f[20] == 6
+            && f[38..54] == guest.octets()));
+        assert!(t.join().unwrap().is_err());
+        assert!(counts(&nft, &i).get("ingress_denied_ipv6") > before.get("ingress_denied_ipv6"));
+        i.remove().unwrap();
+        assert!(nft.netdev_tables().unwrap().is_empty());
+    });
+}
+
+/// What reaches a guest over IPv6 from an unfiltered port of its bridge (the host's
+/// network, another host): a reply to its allowed flow and a packet-too-big pass; a
+/// router advertisement (a rogue router), the same reply behind a routing header (RFC
+/// 5095), and a neighbour solicitation with a hop limit below 255 (from off the link)
+/// are dropped and counted.
+#[test]
+fn ipv6_to_a_guest_passes_only_neighbour_discovery_pmtu_and_its_rules() {
+    if !requirements() {
+        return;
+    }
+    in_netns(|| {
+        let state = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&state.path().join("net")).unwrap();
+        let nft = Nft::default();
+        let ta = Tap::create("cvm6t");
+        let tx = Tap::create("cvm6x");
+        ip("link add cvmbr type bridge");
+        ip("link set cvm6t master cvmbr");
+        ip("link set cvm6x master cvmbr");
+        ip("link set cvmbr up");
+        let p = policy(
+            "name = \"a\"\n[[interfaces]]\ntap = \"cvm6t\"\nmac = \"02:00:00:00:00:0a\"\naddresses = [\"fd00:1::2\"]\negress = [{ cidr = \"fd00:1::3\", proto = \"tcp\", ports = [8080] }]\n",
+        );
+        let i = Installed::install(&p, nft.clone(), reg).unwrap();
+        let router: Ipv6Addr = "fe80::1".parse().unwrap();
+        let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+        let all_mac = [0x33, 0x33, 0, 0, 0, 1];
+        // Passes: the reply to A's allowed flow, a packet-too-big for A, an NS for A.
+        tx.send(&tcp6_frame(
+            MAC_B,
+            MAC_A,
+            B6,
+            A6,
+            8080,
+            40000,
+            TCP_SYN_ACK,
+            1,
+        ));
+        assert!(ta.receives(LONG, |f| is_ipv6_from(f, B6, 1)));
+        let mut ptb = 1280u32.to_be_bytes().to_vec();
+        ptb.extend_from_slice(&tcp6_frame(MAC_A, MAC_B, A6, B6, 40000, 8080, 0x10, 2)[14..]);
+        tx.send(&icmp6_frame(MAC_B, MAC_A, B6, A6, 2, &ptb));
+        assert!(ta.receives(LONG, |f| f.len() > 54
+            && f[12..14] == ETH_IPV6
+            && f[54] == 2));
+        let (g_a, gmac_a) = solicited(A6);
+        tx.send(&icmp6_frame(
+            MAC_B,
+            gmac_a,
+            B6,
+            g_a,
+            ND_NS,
+            &nd_body(0, A6, Some((1, MAC_B))),
+        ));
+        assert!(ta.receives(LONG, |f| is_icmp6(f, ND_NS, A6)));
+        let before = counts(&nft, &i);
+        assert_eq!(before.get("ingress_denied_ipv6"), 0);
+        // Dropped: a router advertisement, the reply behind a routing header (type 0,
+        // no segments left), an NS with hop limit 64.
+        let mut ra = vec![64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        ra.extend_from_slice(&[1, 1]);
+        ra.extend_from_slice(&MAC_B);
+        tx.send(&icmp6_frame(MAC_B, all_mac, router, all_nodes, ND_RA, &ra));
+        let mut rh = vec![6, 0, 0, 0, 0, 0, 0, 0];
+        rh.extend_from_slice(&tcp_segment(8080, 40000, TCP_SYN_ACK, 3));
+        tx.send(&ipv6_frame(MAC_B, MAC_A, B6, A6, 43, 64, &rh, None));
+        let mut ns = icmp6_frame(
+            MAC_B,
+            gmac_a,
+            B6,
+            g_a,
+            ND_NS,
+            &nd_body(0, A6, Some((1, MAC_B))),
+        );
+        ns[21] = 64;
+        tx.send(&ns);
+        assert!(!ta.receives(SHORT, |f| f.len() > 54
+            && f[12..14] == ETH_IPV6
+            && (f[20] == 43 || f[54] == ND_RA || (f[54] == ND_NS && f[21] != 255))));
+        assert_eq!(
+            counts(&nft, &i).get("ingress_denied_ipv6"),
+            before.get("ingress_denied_ipv6") + 3
+        );
         i.remove().unwrap();
     });
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{NetworkPolicy, VmName};
-use super::ruleset::{table_name, Peers};
+use super::model::{Cidr6, NetworkPolicy, VmName};
+use super::ruleset::{table_name, PeerAddrs, Peers};
 
 /// The default directory.
 pub const DEFAULT_DIR: &str = "/run/cvm/net";
@@ -45,7 +45,7 @@ pub enum RegistryError {
     TapTaken(String, String),
     /// Another running VM has this address.
     #[error("address {0} already belongs to the running VM `{1}`")]
-    AddressTaken(Ipv4Addr, String),
+    AddressTaken(String, String),
     /// Another running VM has this MAC.
     #[error("MAC {0} already belongs to the running VM `{1}`")]
     MacTaken(String, String),
@@ -61,8 +61,12 @@ pub struct EntryInterface {
     pub tap: String,
     /// The guest's MAC.
     pub mac: String,
-    /// The guest's addresses.
+    /// The guest's IPv4 addresses.
     pub addresses: Vec<Ipv4Addr>,
+    /// The guest's IPv6 addresses and prefixes, its link-local address included
+    /// (absent in the entries of a `cvm` without IPv6).
+    #[serde(default)]
+    pub addresses6: Vec<Cidr6>,
     /// The nftables table enforcing it.
     pub table: String,
 }
@@ -101,6 +105,7 @@ impl Entry {
                     tap: i.tap.as_str().to_owned(),
                     mac: i.mac.to_string(),
                     addresses: i.addresses.clone(),
+                    addresses6: i.addresses6.clone(),
                     table: table_name(&policy.name, &i.tap),
                 })
                 .collect(),
@@ -310,7 +315,20 @@ impl Registry {
                         return Err(RegistryError::MacTaken(i.mac.clone(), other.name.clone()));
                     }
                     if let Some(a) = i.addresses.iter().find(|a| o.addresses.contains(a)) {
-                        return Err(RegistryError::AddressTaken(*a, other.name.clone()));
+                        return Err(RegistryError::AddressTaken(
+                            a.to_string(),
+                            other.name.clone(),
+                        ));
+                    }
+                    if let Some(a) = i
+                        .addresses6
+                        .iter()
+                        .find(|a| o.addresses6.iter().any(|b| b.overlaps(a)))
+                    {
+                        return Err(RegistryError::AddressTaken(
+                            a.to_string(),
+                            other.name.clone(),
+                        ));
                     }
                 }
             }
@@ -352,11 +370,18 @@ impl Registry {
             .iter()
             .filter_map(|n| {
                 let e = self.read(n.as_str()).filter(Entry::is_live)?;
-                let addrs: Vec<Ipv4Addr> = e
-                    .interfaces
-                    .iter()
-                    .flat_map(|i| i.addresses.iter().copied())
-                    .collect();
+                let addrs = PeerAddrs {
+                    v4: e
+                        .interfaces
+                        .iter()
+                        .flat_map(|i| i.addresses.iter().copied())
+                        .collect(),
+                    v6: e
+                        .interfaces
+                        .iter()
+                        .flat_map(|i| i.addresses6.iter().copied())
+                        .collect(),
+                };
                 Some((n.clone(), addrs))
             })
             .collect()
@@ -376,6 +401,7 @@ mod tests {
                 tap: tap.into(),
                 mac: format!("52:54:00:00:00:{:02x}", ip[3]),
                 addresses: vec![Ipv4Addr::from(ip)],
+                addresses6: vec![],
                 table: format!("cvm_{name}"),
             }],
         }
@@ -408,7 +434,7 @@ mod tests {
         ];
         let peers = r.resolve(&names);
         assert_eq!(peers.len(), 1, "{peers:?}");
-        assert_eq!(peers[&names[0]], vec![Ipv4Addr::new(10, 0, 0, 3)]);
+        assert_eq!(peers[&names[0]].v4, vec![Ipv4Addr::new(10, 0, 0, 3)]);
         // The live name and the live tap are taken; the stale name is returned.
         let e = r
             .register(&entry("b", me, 1, "tx", [10, 0, 0, 9]), &lock)
@@ -466,6 +492,38 @@ mod tests {
         r.register(&stale, &lock).unwrap();
         r.register(&entry("new", me, now, "tnew", [10, 0, 0, 7]), &lock)
             .unwrap();
+    }
+
+    /// A VM cannot claim a running VM's IPv6 address or a prefix overlapping it: it
+    /// could pass as that VM in other VMs' `vm = "NAME"` rules.
+    #[test]
+    fn a_live_vms_ipv6_addresses_cannot_be_claimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(&dir.path().join("net")).unwrap();
+        let me = std::process::id();
+        let now = start_time(me).unwrap();
+        let lock = r.lock().unwrap();
+        let mut db = entry("db", me, now, "tdb", [10, 0, 0, 5]);
+        db.interfaces[0].addresses6 = vec![Cidr6::parse("fd00:1::5").unwrap()];
+        r.register(&db, &lock).unwrap();
+        for claim in ["fd00:1::5", "fd00:1::/64"] {
+            let mut evil = entry("evil", me, now, "tev", [10, 0, 0, 6]);
+            evil.interfaces[0].addresses6 = vec![Cidr6::parse(claim).unwrap()];
+            let e = r.register(&evil, &lock).unwrap_err();
+            assert!(matches!(e, RegistryError::AddressTaken(..)), "{claim}: {e}");
+        }
+        let mut ok = entry("ok", me, now, "tok", [10, 0, 0, 7]);
+        ok.interfaces[0].addresses6 = vec![Cidr6::parse("fd00:2::/64").unwrap()];
+        r.register(&ok, &lock).unwrap();
+        let peers = r.resolve(&[VmName::parse("db").unwrap()]);
+        assert_eq!(
+            peers[&VmName::parse("db").unwrap()].v6,
+            vec![Cidr6::parse("fd00:1::5").unwrap()]
+        );
+        // An entry written by a cvm without IPv6 still reads.
+        let old = r#"{"name":"old","pid":1,"start_time":1,"interfaces":[{"tap":"t","mac":"52:54:00:00:00:01","addresses":["10.0.0.1"],"table":"cvm_old"}]}"#;
+        std::fs::write(dir.path().join("net/old.json"), old).unwrap();
+        assert!(r.read("old").unwrap().interfaces[0].addresses6.is_empty());
     }
 
     /// Attack (red-team L7): install silently replaced a same-named table; a table a

@@ -99,8 +99,8 @@ impl Installed {
     }
 
     /// Reads every table's counters; logs a `net-policy-denied` event for those that
-    /// grew since the last read (WARN when spoofed or IPv4 packets were dropped, INFO
-    /// when only other ethertypes were). Returns the counts (zero for a table that cannot be
+    /// grew since the last read (WARN when spoofed, IPv4 or IPv6 packets were dropped,
+    /// INFO when only other ethertypes or MLD were). Returns the counts (zero for a table that cannot be
     /// read, which is logged).
     pub fn poll_counts(&mut self) -> Vec<Counts> {
         let mut out = Vec::with_capacity(self.tables.len());
@@ -110,9 +110,9 @@ impl Installed {
                     let before = self.last[k];
                     if c != before {
                         let d = |n: usize| c.0[n].saturating_sub(before.0[n]);
-                        // WARN for what the policy is about (spoofing, IPv4 the rules do
-                        // not allow); other ethertypes (a booting guest's IPv6 chatter)
-                        // only at INFO.
+                        // WARN for what the policy is about (spoofing, IPv4 or IPv6 the
+                        // rules do not allow); other ethertypes and MLD chatter (a booting
+                        // guest's) only at INFO.
                         macro_rules! denied {
                             ($level:ident) => {
                                 tracing::$level!(
@@ -124,15 +124,21 @@ impl Installed {
                                     egress_denied = d(1),
                                     ingress_denied = d(2),
                                     other_denied = d(3),
+                                    spoofed_ipv6 = d(4),
+                                    egress_denied_ipv6 = d(5),
+                                    ingress_denied_ipv6 = d(6),
                                     total_spoofed = c.0[0],
                                     total_egress_denied = c.0[1],
                                     total_ingress_denied = c.0[2],
                                     total_other_denied = c.0[3],
+                                    total_spoofed_ipv6 = c.0[4],
+                                    total_egress_denied_ipv6 = c.0[5],
+                                    total_ingress_denied_ipv6 = c.0[6],
                                     "the network policy dropped packets"
                                 )
                             };
                         }
-                        if d(0) + d(1) + d(2) > 0 {
+                        if d(0) + d(1) + d(2) + d(4) + d(5) + d(6) > 0 {
                             denied!(warn);
                         } else {
                             denied!(info);
@@ -195,9 +201,9 @@ impl Installed {
         r
     }
 
-    /// Empties the set holding this VM's addresses in every running VM's table (a table
-    /// whose policy does not name this VM has no such set: nft refuses that one, which
-    /// is fine, so each table is a transaction of its own).
+    /// Empties the sets holding this VM's addresses in every running VM's table (a table
+    /// whose policy does not name this VM, or lacks a family, has no such set: nft
+    /// refuses that one, which is fine, so each set is a transaction of its own).
     fn leave_peers(&self) {
         let Ok(entries) = self.registry.entries() else {
             return;
@@ -207,8 +213,9 @@ impl Installed {
             .filter(|e| e.name != self.policy.name.as_str() && e.is_live())
         {
             for i in e.interfaces.iter().filter(|i| is_ours(&i.table)) {
-                let script = ruleset::forget_peer_script(&i.table, &self.policy.name);
-                if self.nft.apply(&script).is_ok() {
+                let scripts = ruleset::forget_peer_scripts(&i.table, &self.policy.name);
+                let applied = scripts.iter().filter(|s| self.nft.apply(s).is_ok()).count();
+                if applied > 0 {
                     tracing::info!(event = "net-policy-peers", vm = %e.name, gone = %self.policy.name, "a stopped VM's addresses removed from its peer's table");
                 }
             }

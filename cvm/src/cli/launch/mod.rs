@@ -216,8 +216,8 @@ VM description file (--config FILE; full schema: docs/vm-description.md):
   [attestation] url, ca_cert
   [limits]      cpu_quota, memory, cpus, cgroup_parent
   [[net]]       tap | create, mac, ip, rx_bps, tx_bps, rx_pps, tx_pps (one table per interface)
-  [network_policy] name; [[network_policy.interfaces]] tap, mac, addresses,
-                egress/ingress = [{ cidr | vm, proto = \"tcp\", ports = [8080] }]
+  [network_policy] name; [[network_policy.interfaces]] tap, mac, addresses (IPv4/IPv6),
+                link_local, egress/ingress = [{ cidr | vm, proto = \"tcp\", ports = [8080] }]
 
 Unknown keys are refused. Flags override the file (logged at INFO). `cvm measure --config
 FILE` prints the measurement this launch expects.";
