@@ -87,6 +87,13 @@
 //! starts at the reset vector in 32-bit mode and the application processors park
 //! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
 //!
+//! **Plain handoff** (a stock kernel under the emulated TEEs): with
+//! `cvm.emulated_handoff=plain` in the *measured* command line, emulated SNP (SEV_STATUS
+//! bit 63) boots the kernel without the CC blob and signals `out 0xE5`; emulated TDX
+//! (CPUID (0x21, 0) "cvmPlainTDX ", `env::TdSignature::EmulatedPlain`) signals the same
+//! port through TDVMCALL Instruction.IO, and its VMM ends the private-memory contract.
+//! The TDX signature without the word is refused (`env::tdx_plain_handoff`).
+//!
 //! **Not verifiable here** (no SNP or TDX hardware): encryption, the hardware's own
 //! checks beyond what the emulated PSP / TDX module enforce, and how real Linux treats
 //! the TD paths (for example a real AP wakeup through the MADT mailbox). They are

@@ -32,6 +32,43 @@
 //!   firmware falls back to 4 KiB), MapGPA is [`CcMemory::convert`], and the module
 //!   reads and writes private operands (RTMR digests, TDREPORT, REPORTDATA) with
 //!   [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`].
+//!
+//! # The plain handoff (a stock kernel, issue 17)
+//!
+//! Linux's own TDX code executes TDCALL, which raises #UD on a standard KVM, so a stock
+//! kernel cannot run as an emulated TD. With the word [`PLAIN_HANDOFF_WORD`] on the
+//! staged command line ([`EmulatedTdx::with_staged_cmdline`]; the firmware measures the
+//! command line into RTMR2, so a verifier sees the word):
+//!
+//! - CPUID (0x21, 0) shows [`SIGNATURE_EMULATED_PLAIN`] ("cvmPlainTDX ") instead of
+//!   "IntelTDX    " (the leaf is fixed once the vCPUs exist, hence the choice before
+//!   the launch). The firmware runs its TDX code under either (TDCALLs, acceptance,
+//!   RTMRs); Linux's `tdx_early_init` compares the leaf with "IntelTDX    " and does not
+//!   see a TD. A real TDX module answers leaf 0x21 itself (the host cannot configure
+//!   it), so no host can show this value to a real TD; and the firmware refuses the
+//!   signature when its measured command line lacks the word.
+//! - The launch is the same (same MRTD and RTMRs for the same inputs), except that the
+//!   ACPI area (0xE0000-0xFFFFF) is shared before the launch with the tables the VMM
+//!   wrote, instead of scrubbed as unlaunched private memory: host input, unmeasured,
+//!   as OVMF's tables from fw_cfg.
+//! - After measuring, the firmware writes port [`PLAIN_HANDOFF_PORT`] (TDVMCALL
+//!   Instruction.IO) just before entering the kernel; the VMM's device there (attached
+//!   only in this mode) calls [`CcMemory::end_contract`]: every page becomes ordinary
+//!   shared memory with the contents the guest had (accepted RAM, the launched TDVF
+//!   sections and firmware, the ACPI area, the staging region), mapped read/write at
+//!   the plain GPA and the alias, and in the VMM's view (virtio buffers). Linux's plain
+//!   GPAs and its scans of the BIOS area then reach ordinary memory. Application
+//!   processors stay parked in the firmware (now ordinary memory) until Linux wakes
+//!   them through the MADT Multiprocessor Wakeup mailbox, which Linux 6.12 uses for
+//!   any guest whose MADT has the structure (`acpi_process_madt` →
+//!   `acpi_parse_mp_wake` installs `wakeup_secondary_cpu_64`, which `do_boot_cpu`
+//!   prefers to INIT/SIPI); an AP reset by INIT/SIPI would find a readable reset
+//!   vector and trampoline as well.
+//! - What the kernel then has: the measured launch of its kernel, initrd and command
+//!   line (RTMR1/RTMR2, checked by the firmware) and the quotes the VMM's evidence
+//!   transport serves; **no isolation from the host** (the contract is over) and
+//!   nothing enforced after the handoff. The CC-aware guest (no word) keeps the
+//!   contract and "IntelTDX    ".
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;

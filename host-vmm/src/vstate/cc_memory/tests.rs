@@ -553,7 +553,7 @@ fn after_the_plain_handoff_every_page_is_ordinary_memory_with_its_contents() {
         cc.end_contract().unwrap();
         cc.end_contract().unwrap();
         assert!(cc.contract_ended());
-        for (gpa, want) in [(LAUNCHED, 0x11u8), (accepted, 0x77), (UNLAUNCHED, 0)] {
+        for (gpa, want) in [(UNLAUNCHED, 0u8), (accepted, 0x77), (LAUNCHED, 0x11)] {
             let mut p = vcpu(&kvm, &cc, cpl3, gpa);
             assert_eq!(p.run(), Outcome::Reported(want), "{} {gpa:#x}", cpl(cpl3));
             assert_eq!(cc.state(gpa), Some(PageState::Shared));
