@@ -10,7 +10,7 @@
 #   bench-net runs (with a NIC) are the figures, one run each, to keep the tier short.
 # - bench-net: guest <-> outer host over virtio-net on a tap (QEMU: virtio-net-device, tap
 #   backend, vhost=off): bulk TCP each way (Mbit/s) and 16-byte UDP datagrams guest -> host
-#   (received per second), iperf3, at most 4 s each.
+#   (received per second), iperf3, 5 s each (60-bench.build: how the rates are taken).
 # - bench-ratelimit: cvm with tx-bps, rx-bps and rx-pps on the interface; the rates iperf3
 #   measures inside Linux must each be within 10% of the setting (pass/fail): bulk TCP
 #   guest -> host for tx-bps (as frame bits: the goodput times 1514/1448, a full-size
@@ -108,7 +108,7 @@ bench() {
   /sbin/ip2 tuntap add "$bench_tap" mode tap
   /sbin/ip2 addr add 10.0.2.1/24 dev "$bench_tap"
   /sbin/ip2 link set "$bench_tap" up
-  iperf3 -s -D -B 10.0.2.1 --logfile /tmp/iperf3-server.log
+  iperf3 -s -D -B 10.0.2.1 -f k --logfile /tmp/iperf3-server.log
   echo "NESTED-BENCH runs=$bench_runs; cvm: $(cat /bench/cvm-path); QEMU: $(/usr/bin/qemu-system-x86_64 --version | head -n 1)"
   echo "NESTED-BENCH guest: 1 vCPU, 256 MiB, the tier's guest kernel; outer VM: QEMU TCG (emulated AMD SVM), 2 vCPUs"
 
