@@ -76,14 +76,15 @@ bench_vm() {
   fi
 }
 
-# bench_boot_record VMM WHAT: prints the last bench_vm's boot times and keeps them for the
-# medians (a failed boot fails bench-boot).
+# bench_boot_record VMM WHAT [noexit]: prints the last bench_vm's boot times and keeps them
+# for the medians (a failed boot fails bench-boot); noexit: not its time to the exit (a
+# network run's includes its tests).
 bench_boot_record() {
   echo "NESTED-BENCH $2 vmm=$1 rc=$bench_rc init=$bench_init mark=$bench_mark exit=$bench_total"
   if [ "$bench_rc" = 0 ] && [ "$bench_init" != none ] && [ "$bench_mark" != none ]; then
     echo "$bench_init" >>"/tmp/bench-$1-init"
     echo "$bench_mark" >>"/tmp/bench-$1-mark"
-    echo "$bench_total" >>"/tmp/bench-$1-total"
+    [ "${3:-}" = noexit ] || echo "$bench_total" >>"/tmp/bench-$1-total"
   else
     boot_ok=no
   fi
@@ -91,7 +92,7 @@ bench_boot_record() {
 
 # bench_median FILE: the median of the numbers in FILE, one per line ("none" if empty).
 bench_median() {
-  sort -n "$1" | awk '{ v[NR] = $1 } END {
+  sort -n "$1" 2>/dev/null | awk '{ v[NR] = $1 } END {
     if (NR == 0) { print "none"; exit }
     if (NR % 2) printf "%.2f\n", v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
@@ -100,6 +101,33 @@ bench_median() {
 bench_result() {
   grep -a "CVM-BENCH-RESULT $2 " "/tmp/log-bench-$1" | tail -n 1 | tr -d '\r' |
     sed -n "s/.* $3=\([0-9.]*\).*/\1/p"
+}
+
+# bench_limit_run: one cvm launch with the limits; sets checks ("<figures> PASS|LOW|FAIL":
+# LOW when a rate is under 90% and none over 110%), tcp_rx and bench_rc.
+bench_limit_run() {
+  bench_vm "limit-cvm" cvm "cvm.bench=limit cvm.bench_udp_bps=$bench_udp_bps cvm.bench_udp_pps=$bench_udp_pps" \
+    "net,tx-bps=$bench_tx_bps,rx-bps=$bench_rx_bps,rx-pps=$bench_rx_pps"
+  tx_goodput=$(bench_result limit-cvm tcp-tx mbps)
+  tx=
+  [ -n "$tx_goodput" ] && tx=$(awk -v m="$tx_goodput" 'BEGIN { printf "%.4f", m * 1514 / 1448 }')
+  tcp_rx=$(bench_result limit-cvm tcp-rx mbps)
+  rx_dgrams=$(bench_result limit-cvm udp-rx-bytes pps)
+  rx=
+  [ -n "$rx_dgrams" ] && rx=$(awk -v p="$rx_dgrams" 'BEGIN { printf "%.4f", p * (1400 + 8 + 20 + 14) * 8 / 1e6 }')
+  pps=$(bench_result limit-cvm udp-rx-pps pps)
+  checks=$(awk -v tx="${tx:-}" -v rx="${rx:-}" -v pps="${pps:-}" -v stx="$bench_tx_bps" \
+    -v srx="$bench_rx_bps" -v spps="$bench_rx_pps" 'function chk(name, got, want, unit,  r) {
+      if (got == "") { printf "%s=none(setting %s %s) ", name, want, unit; bad = 1; return }
+      r = got / want
+      printf "%s=%s/%s%s(%.1f%%) ", name, got, want, unit, r * 100
+      if (r > 1.1) bad = 1
+      else if (r < 0.9) low = 1
+    }
+    BEGIN {
+      chk("tx", tx, stx / 1e6, "Mbit/s"); chk("rx", rx, srx / 1e6, "Mbit/s"); chk("rx-pps", pps, spps, "pps")
+      print (bad ? "FAIL" : low ? "LOW" : "PASS")
+    }')
 }
 
 bench() {
@@ -129,7 +157,7 @@ bench() {
   for v in cvm qemu; do
     bench_vm "net-$v" "$v" cvm.bench=net net
     # Its boot counts for the medians only when there were no boot-only runs (CI).
-    [ "$bench_runs" -eq 0 ] && bench_boot_record "$v" "boot with-nic"
+    [ "$bench_runs" -eq 0 ] && bench_boot_record "$v" "boot with-nic" noexit
     for t in tcp-tx tcp-rx udp-tx; do
       mbps=$(bench_result "net-$v" "$t" mbps)
       pps=$(bench_result "net-$v" "$t" pps)
@@ -155,33 +183,21 @@ bench() {
   [ "$net_ok" = yes ] && result=PASS
   echo "NESTED-RESULT bench-net $result"
 
-  # Rate limits, cvm only: each measured rate within 10% of its setting.
-  bench_vm "limit-cvm" cvm "cvm.bench=limit cvm.bench_udp_bps=$bench_udp_bps cvm.bench_udp_pps=$bench_udp_pps" \
-    "net,tx-bps=$bench_tx_bps,rx-bps=$bench_rx_bps,rx-pps=$bench_rx_pps"
-  tx_goodput=$(bench_result limit-cvm tcp-tx mbps)
-  tx=
-  [ -n "$tx_goodput" ] && tx=$(awk -v m="$tx_goodput" 'BEGIN { printf "%.4f", m * 1514 / 1448 }')
-  tcp_rx=$(bench_result limit-cvm tcp-rx mbps)
-  rx_dgrams=$(bench_result limit-cvm udp-rx-bytes pps)
-  rx=
-  [ -n "$rx_dgrams" ] && rx=$(awk -v p="$rx_dgrams" 'BEGIN { printf "%.4f", p * (1400 + 8 + 20 + 14) * 8 / 1e6 }')
-  pps=$(bench_result limit-cvm udp-rx-pps pps)
-  checks=$(awk -v tx="${tx:-}" -v rx="${rx:-}" -v pps="${pps:-}" -v stx="$bench_tx_bps" \
-    -v srx="$bench_rx_bps" -v spps="$bench_rx_pps" 'function chk(name, got, want, unit,  r) {
-      if (got == "") { printf "%s=none(setting %s %s) ", name, want, unit; bad = 1; return }
-      r = got / want
-      printf "%s=%s/%s%s(%.1f%%) ", name, got, want, unit, r * 100
-      if (r < 0.9 || r > 1.1) bad = 1
-    }
-    BEGIN {
-      chk("tx", tx, stx / 1e6, "Mbit/s"); chk("rx", rx, srx / 1e6, "Mbit/s"); chk("rx-pps", pps, spps, "pps")
-      print (bad ? "FAIL" : "PASS")
-    }')
-  echo "NESTED-BENCH ratelimit $checks"
-  echo "NESTED-BENCH ratelimit (not checked) TCP host->guest under rx-bps=$bench_rx_bps: ${tcp_rx:-none} Mbit/s"
+  # Rate limits, cvm only: each measured rate within 10% of its setting. A rate above
+  # 110% fails at once; when every rate is at most 110% but one is under 90%, the run is
+  # repeated once (an emulated guest starved of CPU for longer than the bucket's 100 ms
+  # burst sends less than the limit allows: the tier's machine may be busy).
+  attempt=1
+  while :; do
+    bench_limit_run
+    echo "NESTED-BENCH ratelimit attempt=$attempt $checks"
+    echo "NESTED-BENCH ratelimit (not checked) TCP host->guest under rx-bps=$bench_rx_bps: ${tcp_rx:-none} Mbit/s"
+    case "$checks" in *LOW) [ "$attempt" -lt 2 ] && [ "$bench_rc" = 0 ] && { attempt=2; continue; } ;; esac
+    break
+  done
   result=FAIL
   [ "$bench_rc" = 0 ] && case "$checks" in *PASS) result=PASS ;; esac
-  echo "NESTED-RESULT bench-ratelimit $result $checks"
+  echo "NESTED-RESULT bench-ratelimit $result attempt=$attempt $checks"
   # shellcheck disable=SC2046
   kill $(pidof iperf3) 2>/dev/null || true
 }
