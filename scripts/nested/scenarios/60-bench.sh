@@ -22,14 +22,16 @@ bench_runs=$(cat /bench/runs 2>/dev/null || echo 0)
 bench_tap=bench0
 bench_mac=02:00:00:00:02:02
 # The limits of bench-ratelimit: well below the unlimited rates of the tier's debug `cvm`
-# (README "Benchmarks on the nested tier": about 1 Mbit/s out, 2.5-8 Mbit/s in, 100-200
-# datagrams/s, on a loaded machine), so the limit, not the emulated CPU, sets the rate.
+# (measured on a loaded machine, README "Benchmarks on the nested tier": 1.3-41 Mbit/s
+# out, 2.6-33 Mbit/s in, 105-622 small datagrams/s out), so the limit, not the emulated
+# CPU, sets the rate.
 # The rx-bps check's 1400-byte datagrams (400 kbit/s: 35/s) stay under rx-pps, and the rx-pps
 # check's 16-byte ones (60/s: 28 kbit/s of frames) under rx-bps.
 bench_tx_bps=300000
 bench_rx_bps=400000
 bench_rx_pps=60
-# The outer senders' rates: twice the byte limit, four times the packet limit.
+# The outer senders' rates (bits/s of UDP payload): twice the byte limit, and four times
+# the packet limit in 16-byte datagrams.
 bench_udp_bps=$((bench_rx_bps * 2))
 bench_udp_pps=$((bench_rx_pps * 4 * 16 * 8))
 
