@@ -17,7 +17,9 @@
 #   segment's frame over its payload; the limiter counts frame bytes), 1400-byte UDP datagrams host -> guest for rx-bps (as frame bits: the
 #   datagrams received per second times 1442 bytes) and 16-byte ones for rx-pps, both sent
 #   faster than the limit. Bulk TCP host -> guest under rx-bps is reported, not checked.
-# One "NESTED-BENCH ..." line per figure; scripts/nested/run prints them.
+# One "NESTED-BENCH ..." line per figure; scripts/nested/run prints them. Each result line
+# has rc= (cvm's exit code in its last launch for that result), as cvm/tests/nested_linux.rs
+# expects of every scenario.
 bench_runs=$(cat /bench/runs 2>/dev/null || echo 0)
 bench_tap=bench0
 bench_mac=02:00:00:00:02:02
@@ -143,12 +145,13 @@ bench() {
   echo "NESTED-BENCH guest: 1 vCPU, 256 MiB, the tier's guest kernel; outer VM: QEMU TCG (emulated AMD SVM), 2 vCPUs"
 
   # Boot: alternate the VMMs run by run (none in CI: the network runs' boots count).
-  boot_ok=yes
+  boot_ok=yes cvm_rc=none net_cvm_rc=none
   for v in cvm qemu; do rm -f "/tmp/bench-$v-init" "/tmp/bench-$v-mark" "/tmp/bench-$v-total"; done
   r=1
   while [ "$r" -le "$bench_runs" ]; do
     for v in cvm qemu; do
       bench_vm "boot-$v-$r" "$v" cvm.bench=boot
+      [ "$v" = cvm ] && cvm_rc=$bench_rc
       bench_boot_record "$v" "boot run=$r"
     done
     r=$((r + 1))
@@ -158,6 +161,10 @@ bench() {
   net_ok=yes
   for v in cvm qemu; do
     bench_vm "net-$v" "$v" cvm.bench=net net
+    if [ "$v" = cvm ]; then
+      net_cvm_rc=$bench_rc
+      [ "$bench_runs" -eq 0 ] && cvm_rc=$bench_rc
+    fi
     # Its boot counts for the medians only when there were no boot-only runs (CI).
     [ "$bench_runs" -eq 0 ] && bench_boot_record "$v" "boot with-nic" noexit
     for t in tcp-tx tcp-rx udp-tx; do
@@ -175,7 +182,7 @@ bench() {
   done
   result=FAIL
   [ "$boot_ok" = yes ] && result=PASS
-  echo "NESTED-RESULT bench-boot $result runs=$n"
+  echo "NESTED-RESULT bench-boot $result rc=$cvm_rc runs=$n"
   echo "NESTED-BENCH | network | TCP guest->host Mbit/s | TCP host->guest Mbit/s | UDP 16 B guest->host pps |"
   for v in cvm qemu; do
     eval "tx=\$net_${v}_tcp_tx_mbps rx=\$net_${v}_tcp_rx_mbps pps=\$net_${v}_udp_tx_pps"
@@ -183,7 +190,7 @@ bench() {
   done
   result=FAIL
   [ "$net_ok" = yes ] && result=PASS
-  echo "NESTED-RESULT bench-net $result"
+  echo "NESTED-RESULT bench-net $result rc=$net_cvm_rc"
 
   # Rate limits, cvm only: each measured rate within 10% of its setting. A rate above
   # 110% fails at once; when every rate is at most 110% but one is under 90%, the run is
@@ -199,7 +206,7 @@ bench() {
   done
   result=FAIL
   [ "$bench_rc" = 0 ] && case "$checks" in *PASS) result=PASS ;; esac
-  echo "NESTED-RESULT bench-ratelimit $result attempt=$attempt $checks"
+  echo "NESTED-RESULT bench-ratelimit $result rc=$bench_rc attempt=$attempt $checks"
   # shellcheck disable=SC2046
   kill $(pidof iperf3) 2>/dev/null || true
 }
