@@ -43,7 +43,7 @@ bench_udp_pps=$((bench_rx_pps * 4 * 16 * 8))
 # bench_mark, bench_total (seconds or "none").
 bench_vm() {
   label=$1 vmm=$2 word=$3 netargs=${4:-}
-  rm -f /tmp/bench-rc /tmp/bench-init /tmp/bench-mark "/tmp/log-bench-$label"
+  rm -f /tmp/bench-rc /tmp/bench-init /tmp/bench-mark /tmp/bench-clock "/tmp/log-bench-$label"
   cmdline="console=ttyS0 quiet panic=-1 $word"
   t0=$(now)
   if [ "$vmm" = cvm ]; then
@@ -64,6 +64,7 @@ bench_vm() {
       case "$line" in
         *CVM-GUEST-INIT*) [ -e /tmp/bench-init ] || now >/tmp/bench-init ;;
         *CVM-BENCH-MARK*) [ -e /tmp/bench-mark ] || now >/tmp/bench-mark ;;
+        *CVM-BENCH-CLOCK*) echo "$(now) ${line##*CVM-BENCH-CLOCK }" >>/tmp/bench-clock ;;
       esac
       echo "$line" >>"/tmp/log-bench-$label"
       case "$line" in *CVM-BENCH-*) echo "bench $label: $line" ;; esac
@@ -120,8 +121,16 @@ bench_limit_run() {
   rx=
   [ -n "$rx_dgrams" ] && rx=$(awk -v p="$rx_dgrams" 'BEGIN { printf "%.4f", p * (1400 + 8 + 20 + 14) * 8 / 1e6 }')
   pps=$(bench_result limit-cvm udp-rx-pps pps)
+  # The guest's clock rate against the outer VM's (whose clock the limiter runs on), from
+  # the two CVM-BENCH-CLOCK lines around the tests: guest seconds per outer second. A
+  # guest rate times it is the rate per outer second.
+  clock=$(tr -d '\r' </tmp/bench-clock 2>/dev/null | awk 'NR == 1 { o = $1; g = $2 } END {
+    if (NR >= 2 && $1 > o) printf "%.4f", ($2 - g) / ($1 - o); else print 1 }')
+  tx=$(awk -v m="${tx:-}" -v c="$clock" 'BEGIN { if (m != "") printf "%.4f", m * c }')
+  rx=$(awk -v m="${rx:-}" -v c="$clock" 'BEGIN { if (m != "") printf "%.4f", m * c }')
+  pps=$(awk -v m="${pps:-}" -v c="$clock" 'BEGIN { if (m != "") printf "%.1f", m * c }')
   checks=$(awk -v tx="${tx:-}" -v rx="${rx:-}" -v pps="${pps:-}" -v stx="$bench_tx_bps" \
-    -v srx="$bench_rx_bps" -v spps="$bench_rx_pps" 'function chk(name, got, want, unit,  r) {
+    -v srx="$bench_rx_bps" -v spps="$bench_rx_pps" -v clock="$clock" 'function chk(name, got, want, unit,  r) {
       if (got == "") { printf "%s=none(setting %s %s) ", name, want, unit; bad = 1; return }
       r = got / want
       printf "%s=%s/%s%s(%.1f%%) ", name, got, want, unit, r * 100
@@ -129,6 +138,7 @@ bench_limit_run() {
       else if (r < 0.9) low = 1
     }
     BEGIN {
+      printf "guest-clock=%s ", clock
       chk("tx", tx, stx / 1e6, "Mbit/s"); chk("rx", rx, srx / 1e6, "Mbit/s"); chk("rx-pps", pps, spps, "pps")
       print (bad ? "FAIL" : low ? "LOW" : "PASS")
     }')
