@@ -14,14 +14,16 @@
 # The emulated-TEE half (full flow and its refusals) is 41-linux-attest-emulated.sh.
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+lx_need=
 
-# lx NAME WANT-RC WANT CVM-ARGS…: one launch; PASS if cvm exits WANT-RC, the log has WANT,
-# and, unless WANT is the marker, nothing was unlocked (no marker, no switch_root, no
-# mounted volume).
+# lx NAME WANT-RC WANT CVM-ARGS…: one launch; PASS if cvm exits WANT-RC, the log has WANT
+# (and each line of $lx_need, an extended regular expression per line, when that is set:
+# the refusals of 41 check the reason, not just that the agent failed), and, unless WANT is the marker,
+# nothing was unlocked (no marker, no switch_root, no mounted volume).
 lx() {
   name=$1 want_rc=$2 want=$3
   shift 3
-  rm -f /tmp/rc /tmp/init-at
+  rm -f /tmp/rc /tmp/init-at /tmp/need-failed-$name
   echo "NESTED-BEGIN $name"
   t0=$(now)
   { timeout -s KILL "${LX_TIMEOUT:-150}" /cvm/cvm launch --memory 512M "$@" 2>&1; echo $? >/tmp/rc; } |
@@ -37,6 +39,13 @@ lx() {
   result=PASS
   [ "$rc" = "$want_rc" ] || result=FAIL
   grep -q "$want" /tmp/log-$name || result=FAIL
+  if [ -n "${lx_need:-}" ]; then
+    echo "$lx_need" >/tmp/need-$name
+    while IFS= read -r pat; do
+      grep -Eq "$pat" /tmp/log-$name || { echo "NESTED-NOTE $name: no line matches: $pat"; echo x >/tmp/need-failed-$name; }
+    done </tmp/need-$name
+    [ -e /tmp/need-failed-$name ] && result=FAIL
+  fi
   if [ "$want" != "CVM-WORKLOAD-MARKER" ]; then
     grep -Eq "CVM-WORKLOAD-MARKER|switching to the encrypted root|mounted on /newroot" /tmp/log-$name && result=FAIL
   fi
