@@ -29,8 +29,8 @@ netpol_total() { # LOG COUNTER: the last total the supervisor logged
   grep -a 'net-policy-denied' "$1" | sed -n "s/.*total_$2=\([0-9]*\).*/\1/p" | tail -n 1
 }
 
-netpol_run() { # NAME TAP MAC: cvm launch, its output on the console (prefixed) and in a log
-  { /cvm/cvm launch --config "/tmp/netpol-$1.toml" --net "tap=$2,mac=$3" 2>&1
+netpol_run() { # NAME TAP MAC: cvm launch (killed after 360 s), its output on the console (prefixed) and in a log
+  { timeout -s KILL 360 /cvm/cvm launch --config "/tmp/netpol-$1.toml" --net "tap=$2,mac=$3" 2>&1
     echo $? >"/tmp/rc-netpol-$1"; } |
     while IFS= read -r line; do
       echo "netpol-$1: $line"
