@@ -1,13 +1,12 @@
-# scenarios: linux-snp linux-wrong-measurement linux-revoked linux-fake-verifier
+# scenarios: linux-snp linux-tdx linux-wrong-measurement linux-revoked linux-fake-verifier
 # The production guest path under the emulated TEEs in the stock guest kernel (issue 17
 # item 3): files from 40-linux-attest.build (under /la) and the lx runner of
 # 40-linux-attest.sh, which is sourced first (needs NESTED_ONLY to include both).
 #
-# - linux-snp: the full flow under emulated SNP: evidence from the VMM's vsock service,
-#   attestation through the relay, the key, cryptsetup open, switch_root, the marker,
-#   poweroff (exit 0). Emulated TDX is left out: a stock kernel does not boot under it yet
-#   (it stops at "guest accessed unaccepted private page 0xe0018"; README), and the
-#   verifier state has its workload (linux-tdx) ready for when it does.
+# - linux-snp / linux-tdx: the full flow under emulated SNP / emulated TDX (both with the
+#   measured plain handoff, cvm.emulated_handoff=plain): evidence from the VMM's vsock
+#   service, attestation through the relay, the key, cryptsetup open, switch_root, the
+#   marker, poweroff (exit 0).
 # - linux-wrong-measurement (a command line the workload did not register), linux-revoked
 #   (the workload revoked), linux-fake-verifier (a verifier whose key the guest does not
 #   pin, holding the same disk key): the agent gets evidence over vsock and attests
@@ -60,6 +59,11 @@ if verifier fake; then
 cvm-agent: error: the KBS is not the pinned verifier"
   # shellcheck disable=SC2086
   lx linux-fake-verifier 0 "cvm-agent failed" --config /la/vm-snp.toml $relay
+fi
+if verifier v; then
+  lx_need='cvm-agent: attesting \(tdx via vsock-tsm\)'
+  # shellcheck disable=SC2086
+  lx linux-tdx 0 "CVM-WORKLOAD-MARKER" --config /la/vm-tdx.toml $relay
 fi
 lx_need=
 [ -n "$vpid" ] && kill "$vpid" 2>/dev/null
