@@ -12,7 +12,15 @@
 //! - `emutee-snp`, `emutee-tdx`, `emutee-snp-literal` (20-emulated-tee): the project
 //!   firmware and the bare-metal test guest under `--tee emulated-snp|emulated-tdx` on
 //!   this standard KVM (the probe picks the PVALIDATE/TDCALL emulator trap), and the
-//!   forced literal instruction failing with #UD.
+//!   forced literal instruction failing with #UD;
+//! - 30-linux-emulated, 40-linux-attest, 41-linux-attest-emulated, 50-net-policy: stock
+//!   Linux under emulated SNP, the attested disk-unlock flow and its refusals, and two
+//!   guests under network policies (README tables).
+//!
+//! A frozen outer VM cannot hang the test: `scripts/nested/run` stops QEMU when the
+//! serial log has been silent for `NESTED_STALL_TIMEOUT` (the outer /init prints a
+//! heartbeat every 20 s) or at `NESTED_TIMEOUT`, saves the emulated CPUs' state from
+//! QEMU's monitor, and fails naming the scenario that never reported.
 //!
 //! It takes a few minutes of emulated CPU, so it runs only when `CVM_NESTED=1` (which
 //! `scripts/test` sets) or under `CI=true`; there a missing piece (QEMU, busybox, the

@@ -20,7 +20,7 @@ emutee() {
   echo "NESTED-BEGIN $name"
   t0=$(now)
   key=$(cat /guest/verifier-key)
-  { /cvm/cvm launch --tee "$tee" --tee-trap "$trap" --emulated-platform /guest/platform \
+  { timeout -s KILL 240 /cvm/cvm launch --tee "$tee" --tee-trap "$trap" --emulated-platform /guest/platform \
       --vcpus 1 --memory "$mem" --kernel /guest/testguest.bzImage \
       --cmdline "console=ttyS0 cvm.kbs_resource=default/disk/demo cvm.verifier_key=$key cvm.tee_trap=port" \
       2>&1; echo $? >/tmp/rc; } |

@@ -4,7 +4,8 @@
 # succeeds (netpol-allowed); A -> B:2222, B -> A and a spoofed source from A are dropped
 # and counted in the policies' counters (netpol-denied: the `net-policy-denied` log
 # events' totals); when A's cvm exits its table is gone, and none is left when B's has
-# exited too (netpol-removed). Sourced by the outer /init; 50-net-policy.build ships what it needs.
+# exited too (netpol-removed). B boots first, A once B's network is up. Sourced by the
+# outer /init; 50-net-policy.build ships what it needs.
 netpol_conf() { # NAME TAP MAC ADDR RULES
   cat >"/tmp/netpol-$1.toml" <<TOML
 version = 1
@@ -28,8 +29,8 @@ netpol_total() { # LOG COUNTER: the last total the supervisor logged
   grep -a 'net-policy-denied' "$1" | sed -n "s/.*total_$2=\([0-9]*\).*/\1/p" | tail -n 1
 }
 
-netpol_run() { # NAME TAP MAC: cvm launch, its output on the console (prefixed) and in a log
-  { /cvm/cvm launch --config "/tmp/netpol-$1.toml" --net "tap=$2,mac=$3" 2>&1
+netpol_run() { # NAME TAP MAC: cvm launch (killed after 360 s), its output on the console (prefixed) and in a log
+  { timeout -s KILL 360 /cvm/cvm launch --config "/tmp/netpol-$1.toml" --net "tap=$2,mac=$3" 2>&1
     echo $? >"/tmp/rc-netpol-$1"; } |
     while IFS= read -r line; do
       echo "netpol-$1: $line"
@@ -55,8 +56,21 @@ netpol() {
     'ingress = [{ vm = "a", proto = "tcp", ports = [8080] }]'
   t0=$(now)
   rm -f /tmp/rc-netpol-a /tmp/rc-netpol-b /tmp/log-netpol-a /tmp/log-netpol-b
+  # One guest after the other: B first, A once B's network is up (B waits for A). Booting
+  # both at once made one of them triple-fault in one run of many under QEMU TCG's
+  # nested SVM (README "Linux guests and the nested-KVM tier"); one at a time it never did.
   netpol_run b cvmb 02:00:00:00:00:0b &
   bpid=$!
+  i=0
+  until grep -aq "NETPOL-b eth0=" /tmp/log-netpol-b 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -gt 240 ] || [ -e /tmp/rc-netpol-b ]; then
+      echo "NETPOL-OUTER guest B did not bring its network up (rc=$(cat /tmp/rc-netpol-b 2>/dev/null || echo running) after ${i} s)"
+      break
+    fi
+    sleep 1
+  done
+  echo "NETPOL-OUTER B's network up after ${i} s; starting A"
   netpol_run a cvma 02:00:00:00:00:0a &
   apid=$!
   wait $apid

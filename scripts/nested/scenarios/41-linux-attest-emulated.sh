@@ -3,13 +3,16 @@
 # item 3): files from 40-linux-attest.build (under /la) and the lx runner of
 # 40-linux-attest.sh, which is sourced first (needs NESTED_ONLY to include both).
 #
-# - linux-snp / linux-tdx: the full flow under the emulated TEEs: evidence from the VMM's
-#   vsock service, attestation through the relay, the key, cryptsetup open, switch_root,
-#   the marker, poweroff (exit 0).
+# - linux-snp / linux-tdx: the full flow under emulated SNP / emulated TDX (both with the
+#   measured plain handoff, cvm.emulated_handoff=plain): evidence from the VMM's vsock
+#   service, attestation through the relay, the key, cryptsetup open, switch_root, the
+#   marker, poweroff (exit 0).
 # - linux-wrong-measurement (a command line the workload did not register), linux-revoked
 #   (the workload revoked), linux-fake-verifier (a verifier whose key the guest does not
-#   pin, holding the same disk key): the agent gets no key, /init powers off (exit 0),
-#   nothing unlocked.
+#   pin, holding the same disk key): the agent gets evidence over vsock and attests
+#   ("cvm-agent: attesting (snp via vsock-tsm)"), the verifier refuses for that reason
+#   (the KBS answers 4xx / revoked / not the pinned verifier), /init powers off (exit 0),
+#   nothing unlocked. A failure to get evidence does not count as a refusal.
 
 
 # verifier DIR: serves /la/DIR on 127.0.0.1:8443 (replacing the previous one).
@@ -34,24 +37,33 @@ verifier() {
 
 cmdline=$(cat /la/cmdline)
 relay="--url https://127.0.0.1:8443 --ca-cert /la/tls-cert.pem"
+attested='cvm-agent: attesting \(snp via vsock-tsm\)'
 if verifier v; then
+  lx_need="$attested"
   # shellcheck disable=SC2086
   lx linux-snp 0 "CVM-WORKLOAD-MARKER" --config /la/vm-snp.toml $relay
+  lx_need="$attested
+cvm-agent: error: the KBS answered 4[0-9][0-9]"
   # shellcheck disable=SC2086
   lx linux-wrong-measurement 0 "cvm-agent failed" --config /la/vm-snp.toml $relay \
     --cmdline "$cmdline cvm.test=unregistered"
 fi
 if verifier revoked; then
+  lx_need="$attested
+cvm-agent: error: the KBS answered 4[0-9][0-9].*revoked"
   # shellcheck disable=SC2086
   lx linux-revoked 0 "cvm-agent failed" --config /la/vm-snp.toml $relay
 fi
 if verifier fake; then
+  lx_need="$attested
+cvm-agent: error: the KBS is not the pinned verifier"
   # shellcheck disable=SC2086
   lx linux-fake-verifier 0 "cvm-agent failed" --config /la/vm-snp.toml $relay
 fi
-# Emulated TDX last: a stock kernel under it is not supported yet (bounded by LX_TIMEOUT).
 if verifier v; then
+  lx_need='cvm-agent: attesting \(tdx via vsock-tsm\)'
   # shellcheck disable=SC2086
   lx linux-tdx 0 "CVM-WORKLOAD-MARKER" --config /la/vm-tdx.toml $relay
 fi
+lx_need=
 [ -n "$vpid" ] && kill "$vpid" 2>/dev/null
