@@ -29,7 +29,7 @@ fn psp() -> (SnpPsp, tempfile::TempDir) {
         cpuid: Some(0xB000),
     };
     (
-        SnpPsp::new(mem, guest, platform, &layout, &[1, 0, 0, 0]).unwrap(),
+        SnpPsp::new(mem, None, guest, platform, &layout, &[1, 0, 0, 0]).unwrap(),
         dir,
     )
 }
