@@ -456,9 +456,16 @@ fn an_emulated_confidential_vm_seals_its_firmware_from_the_vmm_after_launch() {
         None,
         "the MMIO hole is for devices"
     );
+    // SNP's plain view serves private accesses too (fetches, page-table walks, paging
+    // off): a plain access to a page nobody validated is the not-validated fault.
     assert_eq!(
         cc.classify_mmio(0x1000).unwrap().kind,
-        FaultKind::SharedAccessToPrivate
+        FaultKind::NotValidated
+    );
+    assert_eq!(
+        cc.classify_mmio(top).unwrap().kind,
+        FaultKind::Accessible,
+        "validated private memory is reachable at its plain GPA"
     );
 }
 
