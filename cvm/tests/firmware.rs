@@ -794,6 +794,78 @@ fn emulated_snp_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks
     }
 }
 
+/// Issue 17 under emulated TDX, the twin of the SNP test above: with
+/// `cvm.emulated_handoff=plain` on the staged (and measured) command line the VMM shows
+/// CPUID (0x21, 0) "cvmPlainTDX " instead of "IntelTDX    ", the firmware still runs
+/// its TDX code (RAM accepted, kernel measured into RTMR1/RTMR2), then signals the
+/// handoff and the VMM ends the private-memory contract ("plain-handoff"). The test
+/// kernel reads the leaf as Linux does: it no longer sees a TD, so it skips its literal
+/// TDCALL (no "RTMRS=") — which is what lets it run with the port trap, where that
+/// TDCALL would be #UD, as on a standard KVM. Without the word nothing changes: the
+/// kernel sees a TD and reads its RTMRs.
+#[test]
+fn emulated_tdx_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks() {
+    test_kit::require!(kvm);
+    let i = inputs(0);
+    let plat = platform(&i.dir);
+    for (cmdline, trap, handoff) in [
+        (
+            "console=ttyS0 cvm.emulated_handoff=plain",
+            "instruction",
+            true,
+        ),
+        ("console=ttyS0 cvm.emulated_handoff=plain", "port", true),
+        (
+            "console=ttyS0 cvm.emulated_handoff=plainer",
+            "instruction",
+            false,
+        ),
+    ] {
+        let (o, _) = run(
+            &[
+                "launch",
+                "--tee",
+                "emulated-tdx",
+                "--emulated-platform",
+                plat.as_str(),
+                "--tee-trap",
+                trap,
+                "--firmware",
+                i.firmware.as_str(),
+                "--memory",
+                "256M",
+                "--vcpus",
+                "2",
+                "--kernel",
+                i.kernel.as_str(),
+                "--initrd",
+                i.initrd.as_str(),
+                "--cmdline",
+                cmdline,
+            ],
+            &[],
+        );
+        let (out, err) = (stdout(&o), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{cmdline} ({trap}): {out}\n{err}");
+        assert!(out.contains("TESTKERNEL-OK"), "{out}");
+        assert!(
+            out.contains("measured into RTMR1/RTMR2; entering"),
+            "the firmware's TDX path ran either way: {out}"
+        );
+        assert_eq!(
+            out.contains("emulated TDX: handing over to a plain kernel"),
+            handoff,
+            "{cmdline}: {out}"
+        );
+        assert_eq!(err.contains("plain-handoff"), handoff, "{cmdline}: {err}");
+        assert_eq!(
+            out.contains("RTMRS="),
+            !handoff,
+            "the kernel sees a TD only without the handoff: {out}"
+        );
+    }
+}
+
 /// F4 (an unanswered trap must never read as success): with the test knob the emulated
 /// PSP leaves `out 0xE1` unanswered, as a host that does not intercept the port would.
 /// The firmware sets CF before the trap, so even for page 0 (RAX stays 0) its first

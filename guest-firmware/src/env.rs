@@ -103,16 +103,75 @@ impl Env {
     }
 }
 
-fn is_td() -> bool {
+/// The vendor signature of CPUID (0x21, 0) on every TDX module: "IntelTDX    " in EBX,
+/// EDX, ECX. Linux (`tdx_early_init`) recognises a TD by exactly these bytes.
+pub const TDX_SIGNATURE: [u8; 12] = *b"IntelTDX    ";
+
+/// The signature the emulated TDX of this project shows instead when the measured
+/// command line asks for the plain handoff (`cvm.emulated_handoff=plain`): the firmware
+/// runs its TDX code as under [`TDX_SIGNATURE`], and a stock kernel, which compares the
+/// leaf with "IntelTDX    ", does not see a TD (its TDCALLs would raise #UD on a
+/// standard KVM). A real TDX module answers leaf 0x21 itself and the host cannot
+/// configure it (module docs), so no host can show this value to a real TD.
+pub const TDX_SIGNATURE_EMULATED_PLAIN: [u8; 12] = *b"cvmPlainTDX ";
+
+/// What CPUID (0x21, 0) says about TDX.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TdSignature {
+    /// Not a TD.
+    None,
+    /// "IntelTDX    ": a TD (real, or emulated without the plain handoff).
+    Tdx,
+    /// [`TDX_SIGNATURE_EMULATED_PLAIN`]: the emulated TD whose VMM prepared the plain
+    /// handoff.
+    EmulatedPlain,
+}
+
+/// Classifies the (0x21, 0) registers EBX, EDX, ECX (the signature's order).
+pub fn td_signature(ebx: u32, edx: u32, ecx: u32) -> TdSignature {
+    let mut sig = [0u8; 12];
+    sig[..4].copy_from_slice(&ebx.to_le_bytes());
+    sig[4..8].copy_from_slice(&edx.to_le_bytes());
+    sig[8..].copy_from_slice(&ecx.to_le_bytes());
+    if sig == TDX_SIGNATURE {
+        TdSignature::Tdx
+    } else if sig == TDX_SIGNATURE_EMULATED_PLAIN {
+        TdSignature::EmulatedPlain
+    } else {
+        TdSignature::None
+    }
+}
+
+/// This vCPU's TD signature (CPUID (0x21, 0), only when the maximum basic leaf reaches
+/// it; sub-leaf 0 never raises #VE).
+pub fn this_td_signature() -> TdSignature {
     let (max, ..) = arch::cpuid(0, 0);
     if max < 0x21 {
-        return false;
+        return TdSignature::None;
     }
     let (_, b, c, d) = arch::cpuid(0x21, 0);
-    // "IntelTDX    " in EBX, EDX, ECX.
-    b == u32::from_le_bytes(*b"Inte")
-        && d == u32::from_le_bytes(*b"lTDX")
-        && c == u32::from_le_bytes(*b"    ")
+    td_signature(b, d, c)
+}
+
+fn is_td() -> bool {
+    this_td_signature() != TdSignature::None
+}
+
+/// Whether the firmware hands a TD's kernel over as a plain guest: only when the
+/// emulated platform prepared it ([`TdSignature::EmulatedPlain`]) *and* the measured
+/// command line asks (`want`). `Err` when the platform shows the plain signature but
+/// the measured command line does not ask: the VMM would end the private-memory
+/// contract for a kernel that did not request it (a host's choice the RTMRs would not
+/// show), so the firmware refuses. The word under "IntelTDX    " (a real TD, or the
+/// CC-aware emulated TD) changes nothing: a real TDX module cannot end the contract.
+pub fn tdx_plain_handoff(sig: TdSignature, want: bool) -> Result<bool, &'static str> {
+    match (sig, want) {
+        (TdSignature::EmulatedPlain, true) => Ok(true),
+        (TdSignature::EmulatedPlain, false) => Err(
+            "the emulated TDX platform prepared a plain handoff the measured command line does not ask for",
+        ),
+        _ => Ok(false),
+    }
 }
 
 /// Detects the environment from the 32-bit stage's `flags` and the long-mode checks.
@@ -228,6 +287,28 @@ mod tests {
         ] {
             assert_eq!(snp_traps(unknown), None, "{unknown:#x}");
         }
+    }
+
+    /// The plain TDX handoff needs both the emulated platform's signature and the
+    /// measured word; the platform's signature alone is refused (a host choice the
+    /// RTMRs would not show), and the word alone (a real TD) changes nothing.
+    #[test]
+    fn the_tdx_plain_handoff_needs_the_emulated_signature_and_the_measured_word() {
+        let w = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let sig = |s: &[u8; 12]| td_signature(w(&s[..4]), w(&s[4..8]), w(&s[8..]));
+        assert_eq!(sig(b"IntelTDX    "), TdSignature::Tdx);
+        assert_eq!(sig(&TDX_SIGNATURE_EMULATED_PLAIN), TdSignature::EmulatedPlain);
+        for other in [b"IntelTDX   \0", b"cvmPlainTDX\0", b"AuthenticAMD", b"KVMKVMKVM\0\0\0"] {
+            assert_eq!(sig(other), TdSignature::None, "{other:?}");
+        }
+        assert_eq!(tdx_plain_handoff(TdSignature::EmulatedPlain, true), Ok(true));
+        assert!(tdx_plain_handoff(TdSignature::EmulatedPlain, false).is_err());
+        assert_eq!(tdx_plain_handoff(TdSignature::Tdx, true), Ok(false));
+        assert_eq!(tdx_plain_handoff(TdSignature::Tdx, false), Ok(false));
+        assert_eq!(tdx_plain_handoff(TdSignature::None, true), Ok(false));
+        // Linux compares the leaf with "IntelTDX    " byte for byte: the plain signature
+        // differs from it.
+        assert_ne!(TDX_SIGNATURE_EMULATED_PLAIN, TDX_SIGNATURE);
     }
 
     /// The security rule, TDX: what a TDX module returns in (0x21, 0) EAX (0, the

@@ -87,6 +87,13 @@
 //! starts at the reset vector in 32-bit mode and the application processors park
 //! (`cvm/tests/firmware.rs`: RTMRs equal `cvm measure tdx`, 2 and 4 vCPUs).
 //!
+//! **Plain handoff** (a stock kernel under the emulated TEEs): with
+//! `cvm.emulated_handoff=plain` in the *measured* command line, emulated SNP (SEV_STATUS
+//! bit 63) boots the kernel without the CC blob and signals `out 0xE5`; emulated TDX
+//! (CPUID (0x21, 0) "cvmPlainTDX ", `env::TdSignature::EmulatedPlain`) signals the same
+//! port through TDVMCALL Instruction.IO, and its VMM ends the private-memory contract.
+//! The TDX signature without the word is refused (`env::tdx_plain_handoff`).
+//!
 //! **Not verifiable here** (no SNP or TDX hardware): encryption, the hardware's own
 //! checks beyond what the emulated PSP / TDX module enforce, and how real Linux treats
 //! the TD paths (for example a real AP wakeup through the MADT mailbox). They are
@@ -263,9 +270,17 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
     // guest (no CC blob; the VMM then reports SEV_STATUS = 0).
     // SAFETY: the command line copy is private firmware memory, checked above.
     let cmdline = unsafe { arch::phys(boot::CMDLINE, cmdline_len as usize) };
-    let plain_handoff = matches!(env, Env::Snp { .. })
-        && arch::emulated_snp()
-        && boot::cmdline_has(cmdline, boot::EMULATED_PLAIN_HANDOFF);
+    let asked = boot::cmdline_has(cmdline, boot::EMULATED_PLAIN_HANDOFF);
+    let plain_handoff = match env {
+        Env::Snp { .. } => arch::emulated_snp() && asked,
+        // Emulated TDX only (the platform's CPUID signature, which a real TDX module
+        // never shows) and only with the measured word; the signature alone refuses.
+        Env::Tdx => match env::tdx_plain_handoff(env::this_td_signature(), asked) {
+            Ok(p) => p,
+            Err(e) => io.refuse(e),
+        },
+        Env::Plain => false,
+    };
     // SAFETY: the setup copy, zero page and CC blob page are private firmware memory.
     unsafe {
         boot::build_boot_params(
@@ -288,8 +303,15 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
     io.put_hex(boot::KERNEL_LOAD + 0x200);
     io.puts("\n");
     if plain_handoff {
-        io.puts("cvm-firmware: emulated SNP: handing over to a plain kernel\n");
-        arch::emulated_plain_handoff();
+        if env.is_tdx() {
+            io.puts("cvm-firmware: emulated TDX: handing over to a plain kernel\n");
+            // TDVMCALL<Instruction.IO> to the handoff port: the emulated module's VMM
+            // ends the private-memory contract (every page shared, contents kept).
+            tdx::vmcall_io_out(tdx::PLAIN_HANDOFF_PORT, 0, 1);
+        } else {
+            io.puts("cvm-firmware: emulated SNP: handing over to a plain kernel\n");
+            arch::emulated_plain_handoff();
+        }
     }
     // SAFETY: kernel, boot_params and command line are in place.
     unsafe { boot::enter_kernel() }

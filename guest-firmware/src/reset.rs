@@ -273,7 +273,9 @@ ap_park32:
     movl %eax, %cr4
     movl $0x1000, %eax
     movl %eax, %cr3
-    /* EFER.LME for the emulated TD on a standard KVM (as the boot vCPU, above). */
+    /* EFER.LME for the emulated TD on a standard KVM (as the boot vCPU, above), and
+     * EFER.NXE: Linux's 64-bit wakeup path (trampoline_start64) runs on its own page
+     * tables, whose NX bits are reserved bits while NXE is clear, before it sets NXE. */
     movl $0x21, %eax
     xorl %ecx, %ecx
     cpuid
@@ -281,7 +283,7 @@ ap_park32:
     jne 3f
     movl $0xC0000080, %ecx
     rdmsr
-    orl $(1 << 8), %eax
+    orl $((1 << 8) | (1 << 11)), %eax
     wrmsr
 3:
     movl %cr0, %eax

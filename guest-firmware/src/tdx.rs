@@ -46,6 +46,11 @@ fn vmcall(r11: u64, r12: u64, r13: u64, r14: u64, r15: u64) -> Option<(u64, u64)
     (r.rax == 0).then_some((r.r10, r.r11))
 }
 
+/// The port the firmware writes (TDG.VP.VMCALL<Instruction.IO>) to tell the VMM of the
+/// emulated TDX platform that it hands over to a plain kernel (`env::tdx_plain_handoff`;
+/// host-vmm `tee::emulated_tdx`): the same port as emulated SNP's `out 0xE5`.
+pub const PLAIN_HANDOFF_PORT: u16 = 0xE5;
+
 /// OUT through TDG.VP.VMCALL<Instruction.IO> (exit reason 30).
 pub fn vmcall_io_out(port: u16, value: u32, size: u8) {
     let _ = vmcall(30, u64::from(size), 1, u64::from(port), u64::from(value));

@@ -32,6 +32,43 @@
 //!   firmware falls back to 4 KiB), MapGPA is [`CcMemory::convert`], and the module
 //!   reads and writes private operands (RTMR digests, TDREPORT, REPORTDATA) with
 //!   [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`].
+//!
+//! # The plain handoff (a stock kernel, issue 17)
+//!
+//! Linux's own TDX code executes TDCALL, which raises #UD on a standard KVM, so a stock
+//! kernel cannot run as an emulated TD. With the word [`PLAIN_HANDOFF_WORD`] on the
+//! staged command line ([`EmulatedTdx::with_staged_cmdline`]; the firmware measures the
+//! command line into RTMR2, so a verifier sees the word):
+//!
+//! - CPUID (0x21, 0) shows [`SIGNATURE_EMULATED_PLAIN`] ("cvmPlainTDX ") instead of
+//!   "IntelTDX    " (the leaf is fixed once the vCPUs exist, hence the choice before
+//!   the launch). The firmware runs its TDX code under either (TDCALLs, acceptance,
+//!   RTMRs); Linux's `tdx_early_init` compares the leaf with "IntelTDX    " and does not
+//!   see a TD. A real TDX module answers leaf 0x21 itself (the host cannot configure
+//!   it), so no host can show this value to a real TD; and the firmware refuses the
+//!   signature when its measured command line lacks the word.
+//! - The launch is the same (same MRTD and RTMRs for the same inputs), except that the
+//!   ACPI area (0xE0000-0xFFFFF) is shared before the launch with the tables the VMM
+//!   wrote, instead of scrubbed as unlaunched private memory: host input, unmeasured,
+//!   as OVMF's tables from fw_cfg.
+//! - After measuring, the firmware writes port [`PLAIN_HANDOFF_PORT`] (TDVMCALL
+//!   Instruction.IO) just before entering the kernel; the VMM's device there (attached
+//!   only in this mode) calls [`CcMemory::end_contract`]: every page becomes ordinary
+//!   shared memory with the contents the guest had (accepted RAM, the launched TDVF
+//!   sections and firmware, the ACPI area, the staging region), mapped read/write at
+//!   the plain GPA and the alias, and in the VMM's view (virtio buffers). Linux's plain
+//!   GPAs and its scans of the BIOS area then reach ordinary memory. Application
+//!   processors stay parked in the firmware (now ordinary memory) until Linux wakes
+//!   them through the MADT Multiprocessor Wakeup mailbox, which Linux 6.12 uses for
+//!   any guest whose MADT has the structure (`acpi_process_madt` →
+//!   `acpi_parse_mp_wake` installs `wakeup_secondary_cpu_64`, which `do_boot_cpu`
+//!   prefers to INIT/SIPI); an AP reset by INIT/SIPI would find a readable reset
+//!   vector and trampoline as well.
+//! - What the kernel then has: the measured launch of its kernel, initrd and command
+//!   line (RTMR1/RTMR2, checked by the firmware) and the quotes the VMM's evidence
+//!   transport serves; **no isolation from the host** (the contract is over) and
+//!   nothing enforced after the handoff. The CC-aware guest (no word) keeps the
+//!   contract and "IntelTDX    ".
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -84,6 +121,8 @@ pub struct EmulatedTdx {
     /// The page size the emulated host backs private memory with
     /// ([`Self::with_private_page_size`]).
     private_pages: PageSize,
+    /// The staged command line asks for the plain handoff ([`Self::with_staged_cmdline`]).
+    plain_handoff: bool,
 }
 
 impl EmulatedTdx {
@@ -122,6 +161,7 @@ impl EmulatedTdx {
             module: OnceLock::new(),
             insn_trap: None,
             private_pages: PageSize::Size2M,
+            plain_handoff: false,
         })
     }
 
@@ -147,6 +187,27 @@ impl EmulatedTdx {
     /// The TDCALL trap the firmware is told to use (CPUID (0x21, 0) EAX).
     pub fn insn_trap(&self) -> InsnTrap {
         self.insn_trap.unwrap_or_else(trap::host_insn_trap)
+    }
+
+    /// Chooses the plain handoff from the command line the VMM stages (module docs,
+    /// *The plain handoff*): only when it holds the word [`PLAIN_HANDOFF_WORD`], split
+    /// as the firmware splits it. The firmware checks the same word in its measured
+    /// copy (RTMR2 holds it) and refuses when the platform prepared a handoff the
+    /// measured command line does not ask for.
+    pub fn with_staged_cmdline(mut self, cmdline: Option<&str>) -> Self {
+        self.plain_handoff = cmdline.is_some_and(|c| {
+            c.split(['\0'])
+                .next()
+                .unwrap_or_default()
+                .split([' ', '\t', '\n'])
+                .any(|w| w == PLAIN_HANDOFF_WORD)
+        });
+        self
+    }
+
+    /// Whether the plain handoff was chosen ([`Self::with_staged_cmdline`]).
+    pub fn plain_handoff(&self) -> bool {
+        self.plain_handoff
     }
 
     /// **Test equipment (issue 13, bug 3):** launches the TD_HOB section without the
@@ -204,7 +265,7 @@ impl TeeBackend for EmulatedTdx {
     }
 
     fn devices(&self, mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
-        vec![TeeDevice {
+        let mut devices = vec![TeeDevice {
             name: "emulated-tee-mailbox",
             base: MAILBOX_PORT,
             len: MAILBOX_LEN,
@@ -213,7 +274,18 @@ impl TeeBackend for EmulatedTdx {
                 mem.clone(),
                 self.cc.clone(),
             ))),
-        }]
+        }];
+        if self.plain_handoff {
+            devices.push(TeeDevice {
+                name: "emulated-tdx-plain-handoff",
+                base: PLAIN_HANDOFF_PORT,
+                len: 1,
+                device: Arc::new(Mutex::new(PlainHandoff {
+                    cc: self.cc.clone(),
+                })),
+            });
+        }
+        devices
     }
 
     fn acpi(&self) -> AcpiAdditions {
@@ -224,7 +296,12 @@ impl TeeBackend for EmulatedTdx {
 
     fn adjust_cpuid(&self, cpuid: &mut CpuId) {
         sanitize_cpuid(cpuid, false, false);
-        show_tdx_leaf(cpuid, self.insn_trap());
+        let signature = if self.plain_handoff {
+            &SIGNATURE_EMULATED_PLAIN
+        } else {
+            &SIGNATURE
+        };
+        show_tdx_leaf_as(cpuid, self.insn_trap(), signature);
     }
 
     fn before_vcpus<'v>(
@@ -241,6 +318,7 @@ impl TeeBackend for EmulatedTdx {
         cc.set_largest_private_page(self.private_pages);
         let _ = self.cc.set(cc.clone());
         Ok(Box::new(TdEntry {
+            plain_handoff: self.plain_handoff,
             vcpus: self.vcpus.clone(),
             plan: self.plan.clone(),
             legacy_descriptor: self.legacy_descriptor,
@@ -322,6 +400,27 @@ impl TeeBackend for EmulatedTdx {
 /// maximum sub-leaf, 0 on every TDX module) carries [`trap::TDX_INSN_TRAP_EAX`], the
 /// firmware's signal, which a real TDX module never reports.
 pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
+    show_tdx_leaf_as(cpuid, insn_trap, &SIGNATURE)
+}
+
+/// The vendor signature of CPUID (0x21, 0) on every TDX module (EBX, EDX, ECX).
+pub const SIGNATURE: [u8; 12] = *b"IntelTDX    ";
+
+/// The signature of the emulated TDX platform when the plain handoff is chosen (module
+/// docs): the firmware (`guest-firmware` `env::TDX_SIGNATURE_EMULATED_PLAIN`) runs its
+/// TDX code as under [`SIGNATURE`]; Linux, which compares the leaf with
+/// "IntelTDX    ", does not see a TD.
+pub const SIGNATURE_EMULATED_PLAIN: [u8; 12] = *b"cvmPlainTDX ";
+
+/// The measured command-line word that selects the plain handoff (the firmware's
+/// `boot::EMULATED_PLAIN_HANDOFF`, shared with emulated SNP).
+pub const PLAIN_HANDOFF_WORD: &str = "cvm.emulated_handoff=plain";
+
+/// The port the firmware writes (TDG.VP.VMCALL<Instruction.IO>) at the plain handoff.
+pub const PLAIN_HANDOFF_PORT: u16 = 0xE5;
+
+/// [`show_tdx_leaf`] with `signature` in EBX, EDX, ECX.
+pub fn show_tdx_leaf_as(cpuid: &mut CpuId, insn_trap: InsnTrap, signature: &[u8; 12]) {
     let mut entries: Vec<kvm_cpuid_entry2> = cpuid
         .as_slice()
         .iter()
@@ -331,7 +430,14 @@ pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
     for e in entries.iter_mut().filter(|e| e.function == 0) {
         e.eax = e.eax.max(LEAF_TDX);
     }
-    let word = |s: &[u8; 4]| u32::from_le_bytes(*s);
+    let word = |at: usize| {
+        u32::from_le_bytes([
+            signature[at],
+            signature[at + 1],
+            signature[at + 2],
+            signature[at + 3],
+        ])
+    };
     entries.push(kvm_cpuid_entry2 {
         function: LEAF_TDX,
         index: 0,
@@ -339,9 +445,9 @@ pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
             InsnTrap::Port => trap::TDX_INSN_TRAP_EAX,
             InsnTrap::Instruction => 0,
         },
-        ebx: word(b"Inte"),
-        edx: word(b"lTDX"),
-        ecx: word(b"    "),
+        ebx: word(0),
+        edx: word(4),
+        ecx: word(8),
         ..Default::default()
     });
     if let Ok(c) = CpuId::from_entries(&entries) {
@@ -352,6 +458,7 @@ pub fn show_tdx_leaf(cpuid: &mut CpuId, insn_trap: InsnTrap) {
 /// The emulated launch after vCPU creation: the TDVF sections go into private memory
 /// (module docs), the launch is sealed, and every vCPU enters as a TD vCPU.
 struct TdEntry {
+    plain_handoff: bool,
     vcpus: Arc<OnceLock<u32>>,
     plan: Arc<TdxLaunchPlan>,
     legacy_descriptor: bool,
@@ -377,6 +484,13 @@ impl PendingLaunch for TdEntry {
         let mut descriptor = [0u8; crate::boot::DESCRIPTOR_SIZE];
         let _ = mem.read_slice(&mut descriptor, GuestAddress(crate::boot::DESCRIPTOR_GPA));
         share_staging(cc, mem, &descriptor)?;
+        if self.plain_handoff {
+            // The ACPI tables the VMM wrote (host input, unmeasured, as OVMF takes them
+            // from fw_cfg) stay where the unaware kernel looks for them: shared, with
+            // the VMM's bytes, instead of scrubbed as unlaunched private memory. The
+            // CC-aware guest never reads them there.
+            share_keeping(cc, mem, ACPI_AREA.0, ACPI_AREA.1 - ACPI_AREA.0)?;
+        }
         // The KVM backend's launch description: only the plan and the RAM size shape
         // the pages (INIT_VM's configuration is the emulated module's, not needed here).
         let launch = TdxLaunch {
@@ -460,17 +574,80 @@ fn share_staging(
     if size == 0 {
         return Ok(());
     }
+    share_keeping(cc, mem, base, size)
+}
+
+/// The legacy BIOS area the ACPI tables start in (`crate::acpi::ACPI_BASE`) up to 1 MiB:
+/// where Linux finds the RSDP (boot_params, or its scan of 0xE0000-0xFFFFF).
+const ACPI_AREA: (u64, u64) = (crate::acpi::ACPI_BASE, 0x10_0000);
+
+/// Makes `base..base+size` shared before the launch, keeping the bytes the VMM wrote
+/// there (module docs: the shared backing of a TD's pages is the VMM's memory).
+fn share_keeping(
+    cc: &CcMemory,
+    mem: &GuestMemoryMmap,
+    base: u64,
+    size: u64,
+) -> Result<(), TeeError> {
     let len = usize::try_from(size).map_err(|_| {
         emu_err(
-            "the staging region is too large",
+            "the shared region is too large",
             format!("{size:#x} bytes").into(),
         )
     })?;
     let mut staged = vec![0u8; len];
     mem.read_slice(&mut staged, GuestAddress(base))
-        .map_err(|e| emu_err("the staging region is not guest RAM", Box::new(e)))?;
+        .map_err(|e| emu_err("the shared region is not guest RAM", Box::new(e)))?;
     cc.convert(base, size, false)
-        .map_err(cc_step("sharing the staging region"))?;
+        .map_err(cc_step("sharing a VMM-staged region"))?;
     mem.write_slice(&staged, GuestAddress(base))
-        .map_err(|e| emu_err("cannot restage the shared staging region", Box::new(e)))
+        .map_err(|e| emu_err("cannot restage the shared region", Box::new(e)))
+}
+
+/// The port the firmware writes at the plain handoff ([`PLAIN_HANDOFF_PORT`]; attached
+/// only when the staged command line asked for it): ends the private-memory contract
+/// ([`CcMemory::end_contract`]). If that fails the guest stops (reported as a panic):
+/// an unaware kernel would fault on its first private page.
+struct PlainHandoff {
+    cc: Arc<OnceLock<Arc<CcMemory>>>,
+}
+
+impl crate::devices::PioDevice for PlainHandoff {
+    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+        data.fill(0xFF);
+    }
+
+    fn write(&mut self, _offset: u16, _data: &[u8]) -> Option<crate::devices::VmEvent> {
+        let Some(cc) = self.cc.get() else {
+            tracing::error!("emulated TDX: plain handoff before the launch; stopping");
+            return Some(crate::devices::VmEvent::Panic);
+        };
+        if cc.contract_ended() {
+            return None;
+        }
+        if !cc.launched() {
+            tracing::error!("emulated TDX: plain handoff before the launch; stopping");
+            return Some(crate::devices::VmEvent::Panic);
+        }
+        match cc.end_contract() {
+            Ok(()) => {
+                tracing::info!(
+                    event = "plain-handoff",
+                    "emulated TDX: the firmware handed over to a kernel that does not see TDX; every page is now shared memory (no isolation from the host)"
+                );
+                None
+            }
+            Err(e) => {
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(c) = source {
+                    why.push_str(": ");
+                    why.push_str(&c.to_string());
+                    source = c.source();
+                }
+                tracing::error!(error = %why, "emulated TDX: cannot end the private-memory contract for the plain handoff; stopping");
+                Some(crate::devices::VmEvent::Panic)
+            }
+        }
+    }
 }

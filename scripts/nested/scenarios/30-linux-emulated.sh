@@ -1,12 +1,17 @@
-# scenarios: linux-emusnp-1vcpu linux-emusnp-2vcpu
+# scenarios: linux-emusnp-1vcpu linux-emusnp-2vcpu linux-emutdx-1vcpu linux-emutdx-2vcpu
 # The stock kernel (the tier's guest kernel) reaches its /init under
 # `cvm launch --tee emulated-snp` on this standard KVM: the firmware does the measured,
 # validated launch (kernel, initrd and command line hashes checked; RAM validated
 # through the emulator traps), then, because the measured command line says
 # `cvm.emulated_handoff=plain`, boots the kernel as a plain guest (no CC blob; the
 # emulated PSP reports SEV_STATUS = 0 from then on): Linux's own SNP code would execute
-# PVALIDATE/VMGEXIT, which raise #UD here. Emulated TDX is not covered yet (README
-# "Linux guests and the nested-KVM tier"). Sourced by the outer /init.
+# PVALIDATE/VMGEXIT, which raise #UD here. Under `--tee emulated-tdx` the same word
+# makes the VMM show CPUID (0x21, 0) "cvmPlainTDX " (the firmware runs its TDX code:
+# RTMRs extended, RAM accepted; Linux does not see a TD) and, at the firmware's signal,
+# end the private-memory contract: every page becomes shared memory with its contents,
+# so Linux's plain GPAs, the ACPI tables and the MADT wakeup mailbox (where the
+# firmware's APs wait) work (README "Stock Linux under the emulated TEEs"). Sourced by
+# the outer /init.
 
 # linux_emu NAME TEE VCPUS: the stock kernel with the tiny guest initramfs.
 linux_emu() {
@@ -43,3 +48,5 @@ linux_emu() {
 
 linux_emu linux-emusnp-1vcpu emulated-snp 1
 linux_emu linux-emusnp-2vcpu emulated-snp 2
+linux_emu linux-emutdx-1vcpu emulated-tdx 1
+linux_emu linux-emutdx-2vcpu emulated-tdx 2

@@ -1053,7 +1053,8 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
             .with_private_page_size(match a.emulated_private_pages {
                 PrivatePagesArg::Size4K => PageSize::Size4K,
                 PrivatePagesArg::Size2M => PageSize::Size2M,
-            });
+            })
+            .with_staged_cmdline(boot.and_then(|b| b.cmdline.as_deref()));
             tracing::info!(
                 event = "tee-trap",
                 trap = b.insn_trap().name(),

@@ -67,6 +67,7 @@
 //! cc.expose_faults()                       // on EFAULT without memory-fault info: hole mode, then re-run
 //! cc.state(gpa)                            -> Option<PageState>
 //! cc.trusted_read(gpa, &mut buf) / cc.trusted_write(gpa, &data)  // the emulated PSP / TDX module only
+//! cc.end_contract()                        // plain handoff: every page shared, contents kept, no isolation
 //! host_alias_bit(&kvm)                     -> Option<u32>  (the attribute bit for this host)
 //! ```
 //!
@@ -183,6 +184,7 @@ mod probe;
 mod tests;
 
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use kvm_ioctls::VmFd;
@@ -278,6 +280,12 @@ pub enum CcMemoryError {
     /// A launch step after `finish_launch`.
     #[error("{0} is a launch step, but the launch is finished")]
     AfterLaunch(&'static str),
+    /// A step that needs the finished launch, before `finish_launch`.
+    #[error("{0} needs a finished launch")]
+    BeforeLaunch(&'static str),
+    /// A page-state change after `end_contract`: every page is ordinary shared memory.
+    #[error("{0}: the private-memory contract has ended (plain handoff)")]
+    ContractEnded(&'static str),
     /// KVM refused a memslot.
     #[error("KVM refused memory slot {slot} at {gpa:#x}")]
     Register {
@@ -550,6 +558,8 @@ pub struct CcMemory {
     alias_bit: Option<u32>,
     plain_role: Role,
     alias_role: Role,
+    /// [`CcMemory::end_contract`] ran: every view serves every page (roles `Both`).
+    ended: AtomicBool,
     regions: Vec<Region>,
     inner: Mutex<Inner>,
     vmm: GuestMemoryMmap,
@@ -663,6 +673,7 @@ impl CcMemory {
             alias_bit: config.alias_bit,
             plain_role,
             alias_role,
+            ended: AtomicBool::new(false),
             regions,
             inner: Mutex::new(Inner {
                 pages: PageMap::new(&page_ranges, PageState::Private),
@@ -687,6 +698,67 @@ impl CcMemory {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The role of the plain view (`Both` once the contract ended).
+    fn plain_role(&self) -> Role {
+        if self.ended.load(Ordering::Acquire) {
+            Role::Both
+        } else {
+            self.plain_role
+        }
+    }
+
+    /// The role of the alias view (`Both` once the contract ended).
+    fn alias_role(&self) -> Role {
+        if self.ended.load(Ordering::Acquire) {
+            Role::Both
+        } else {
+            self.alias_role
+        }
+    }
+
+    /// Ends the private-memory contract, for a guest kernel that does not know the TEE
+    /// (the emulated TDX plain handoff, README "Stock Linux under the emulated TEEs"):
+    /// every page of guest RAM becomes ordinary shared memory **with the contents it
+    /// has now** (nothing is scrubbed: accepted RAM keeps what the firmware wrote there,
+    /// launched pages what the launch put there, pages nobody accepted stay zero), both
+    /// guest views (plain GPA and alias) map every page read/write, and the VMM's view
+    /// maps the guest's bytes again. There is no isolation from the host afterwards,
+    /// which is the point: a kernel that executes no TDCALL cannot accept or convert
+    /// pages, and its plain GPAs, virtio buffers and BIOS-area scans must reach
+    /// ordinary memory. Pages never lose access during the change (each view goes from
+    /// its current protection straight to read/write), so vCPUs still running (parked
+    /// application processors) are not disturbed. Only after
+    /// [`CcMemory::finish_launch`]; idempotent. Afterwards [`CcMemory::convert`] is
+    /// refused and [`CcMemory::accept`] / [`CcMemory::validate`] find shared pages.
+    pub fn end_contract(&self) -> Result<(), CcMemoryError> {
+        let mut inner = self.lock();
+        if !inner.launched {
+            return Err(CcMemoryError::BeforeLaunch("end_contract"));
+        }
+        if self.ended.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ended.store(true, Ordering::Release);
+        for r in &self.regions {
+            inner
+                .pages
+                .set(r.gpa / PAGE, (r.gpa + r.len) / PAGE, PageState::Shared)?;
+        }
+        let runs: Vec<Run> = inner.pages.all().collect();
+        for run in runs {
+            self.apply(run, true)?;
+        }
+        if inner.holes {
+            self.relayout(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Whether [`CcMemory::end_contract`] ran.
+    pub fn contract_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// The VMM's view of guest memory (devices, loaders). After
@@ -796,9 +868,9 @@ impl CcMemory {
         for r in &self.regions {
             let (rs, re) = (r.gpa / PAGE, (r.gpa + r.len) / PAGE);
             let views = [
-                (self.plain_role, 0, Some(&r.plain)),
+                (self.plain_role(), 0, Some(&r.plain)),
                 (
-                    self.alias_role,
+                    self.alias_role(),
                     self.alias_bit.map_or(0, |b| 1u64 << b),
                     r.alias.as_ref(),
                 ),
@@ -860,10 +932,10 @@ impl CcMemory {
                 }
             };
             r.plain
-                .protect(off, len, prot(self.plain_role))
+                .protect(off, len, prot(self.plain_role()))
                 .map_err(err("mprotect"))?;
             if let Some(a) = &r.alias {
-                a.protect(off, len, prot(self.alias_role))
+                a.protect(off, len, prot(self.alias_role()))
                     .map_err(err("mprotect"))?;
             }
             if launched {
@@ -1004,6 +1076,9 @@ impl CcMemory {
     pub fn convert(&self, gpa: u64, len: u64, to_private: bool) -> Result<bool, CcMemoryError> {
         let (s, e) = self.pages_of(gpa, len)?;
         let mut inner = self.lock();
+        if self.ended.load(Ordering::Acquire) {
+            return Err(CcMemoryError::ContractEnded("convert"));
+        }
         let runs = inner.pages.runs(s, e)?;
         // A 2 MiB unit cut by the range keeps its other pages validated, as 4 KiB pages.
         for edge in [s, e] {
@@ -1256,9 +1331,9 @@ impl CcMemory {
         let aliased = self.alias_bit.is_some_and(|b| gpa & (1u64 << b) != 0);
         let state = self.state(gpa);
         let role = if aliased {
-            self.alias_role
+            self.alias_role()
         } else {
-            self.plain_role
+            self.plain_role()
         };
         let kind = match state {
             None => FaultKind::NotRam,

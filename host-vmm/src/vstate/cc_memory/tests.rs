@@ -543,3 +543,63 @@ fn validating_and_accepting_4_gib_in_2_mib_steps_is_cheap() {
         assert!(per < std::time::Duration::from_millis(5), "{per:?}");
     }
 }
+
+/// The plain handoff (emulated TDX, `cvm.emulated_handoff=plain`): after
+/// `end_contract` an unaware kernel reaches every page at its plain GPA with the
+/// contents the guest had — an accepted page keeps what the guest wrote, a launched
+/// page its launch bytes, a page nobody accepted reads zero instead of faulting — and
+/// the VMM's view (virtio devices) sees the guest's bytes. Depends on `end_contract`:
+/// without it the read of the unaccepted page faults and the VMM reads zeros.
+#[test]
+fn after_the_plain_handoff_every_page_is_ordinary_memory_with_its_contents() {
+    let Some(kvm) = kvm() else { return };
+    for cpl3 in [false, true] {
+        let cc = launched(tdx_aliased(), |_| {});
+        assert!(matches!(
+            fresh(tdx_aliased()).end_contract(),
+            Err(CcMemoryError::BeforeLaunch(_))
+        ));
+        let accepted = 0x20_4000;
+        cc.accept(accepted, PageSize::Size4K).unwrap();
+        cc.trusted_write(accepted, &[0x77]).unwrap();
+        // The contract holds before the handoff.
+        let mut p = vcpu(&kvm, &cc, cpl3, UNLAUNCHED);
+        let o = run_to_fault(&mut p, &cc);
+        assert!(fault_gpa(&o).is_some(), "{}: not stopped: {o:?}", cpl(cpl3));
+        assert_eq!(
+            cc.vmm_memory()
+                .read_obj::<u8>(GuestAddress(accepted))
+                .unwrap(),
+            0,
+            "sealed from the VMM"
+        );
+        cc.end_contract().unwrap();
+        cc.end_contract().unwrap();
+        assert!(cc.contract_ended());
+        for (gpa, want) in [(UNLAUNCHED, 0u8), (accepted, 0x77), (LAUNCHED, 0x11)] {
+            let mut p = vcpu(&kvm, &cc, cpl3, gpa);
+            assert_eq!(p.run(), Outcome::Reported(want), "{} {gpa:#x}", cpl(cpl3));
+            assert_eq!(cc.state(gpa), Some(PageState::Shared));
+            assert_eq!(
+                cc.vmm_memory().read_obj::<u8>(GuestAddress(gpa)).unwrap(),
+                want,
+                "the VMM view maps the guest's bytes again"
+            );
+        }
+        // The alias reaches the same bytes; a VMM write (a virtio device) reaches the guest.
+        cc.vmm_memory()
+            .write_obj(0x55u8, GuestAddress(accepted))
+            .unwrap();
+        let mut p = vcpu(&kvm, &cc, cpl3, ALIAS_VA + accepted);
+        assert_eq!(p.run(), Outcome::Reported(0x55), "{}", cpl(cpl3));
+        // No conversion after the handoff; accept finds a shared page.
+        assert!(matches!(
+            cc.convert(LAUNCHED, 4096, true),
+            Err(CcMemoryError::ContractEnded(_))
+        ));
+        assert!(matches!(
+            cc.accept(UNLAUNCHED, PageSize::Size4K),
+            Err(AcceptError::NotPrivate { .. })
+        ));
+    }
+}
