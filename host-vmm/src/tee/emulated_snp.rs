@@ -40,13 +40,15 @@
 //!
 //! # The plain handoff
 //!
-//! A stock kernel started with [`PLAIN_HANDOFF_WORD`] on its measured command line
-//! (README, "Stock Linux under the emulated TEEs") does not know SNP and needs ordinary
-//! memory after the firmware hands over. The CLI passes the staged command line to
-//! [`EmulatedSnp::with_staged_cmdline`], which then keeps the one-backing model of
-//! before the contract (a default VM, both C-bit views mapping the same memory, the
-//! software RMP in [`super::emu_snp::rmp`]): such a launch has no private-memory
-//! contract at all, which is no weaker than what is left after the handoff.
+//! A stock kernel started with `cvm.emulated_handoff=plain` on its measured command
+//! line (README, "Stock Linux under the emulated TEEs") does not know SNP and needs
+//! ordinary memory after the firmware hands over. When the firmware signals the
+//! handoff (`out 0xE5, al`, CPL0 only) the PSP reports SEV_STATUS = 0 from then on and
+//! ends the contract ([`CcMemory::end_contract`]): every page becomes ordinary shared
+//! memory with its current contents (what the firmware validated and wrote, the
+//! launched pages), both C-bit views map everything, and the VMM's view sees the
+//! guest's bytes again. The launch and the firmware's measurement ran under the
+//! contract; there is no memory isolation afterwards, as with any unaware kernel.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -87,9 +89,6 @@ pub struct EmulatedSnp {
     insn_trap: Option<InsnTrap>,
     /// Test equipment: VMM writes after the launch ([`Self::with_vmm_write_after_launch`]).
     late_writes: Vec<(u64, Vec<u8>)>,
-    /// The guest runs under the private-memory contract (module docs); false for a
-    /// plain handoff ([`Self::with_staged_cmdline`]).
-    contract: bool,
     /// What SNP_LAUNCH_UPDATE puts into private memory, per range (without the VMSAs,
     /// secrets and CPUID pages, which the PSP fills).
     launch_pages: Arc<Vec<(u64, LaunchSource)>>,
@@ -108,10 +107,6 @@ enum LaunchSource {
     /// UNMEASURED pages of this length: whatever the VMM placed there.
     Keep(u64),
 }
-
-/// The word of the measured command line that asks the firmware for a plain handoff
-/// (guest-firmware `boot::EMULATED_PLAIN_HANDOFF`).
-pub const PLAIN_HANDOFF_WORD: &str = "cvm.emulated_handoff=plain";
 
 /// Where the plan puts the PSP's pages and what it assigns.
 pub fn psp_layout(plan: &SnpLaunchPlan) -> PspLayout {
@@ -157,7 +152,6 @@ impl EmulatedSnp {
             psp: OnceLock::new(),
             insn_trap: None,
             late_writes: Vec::new(),
-            contract: true,
             launch_pages: Arc::new(launch_pages(plan)),
             cc: Arc::default(),
         })
@@ -173,22 +167,6 @@ impl EmulatedSnp {
     /// The PVALIDATE trap the firmware is told to use.
     pub fn insn_trap(&self) -> InsnTrap {
         self.insn_trap.unwrap_or_else(trap::host_insn_trap)
-    }
-
-    /// Chooses the memory model from the staged (measured) kernel command line: with
-    /// [`PLAIN_HANDOFF_WORD`] the firmware hands over to a kernel that does not know SNP
-    /// and needs ordinary memory, so the guest runs without the private-memory contract
-    /// (one backing for both C-bit views, the software RMP; such a launch has no
-    /// contract, as none is left after the handoff anyway). Otherwise the contract.
-    pub fn with_staged_cmdline(mut self, cmdline: Option<&str>) -> Self {
-        self.contract =
-            !cmdline.is_some_and(|c| c.split_ascii_whitespace().any(|w| w == PLAIN_HANDOFF_WORD));
-        self
-    }
-
-    /// Whether the guest runs under the private-memory contract.
-    pub fn has_memory_contract(&self) -> bool {
-        self.contract
     }
 
     /// **Test equipment (the private-memory contract):** after the launch and before
@@ -278,23 +256,16 @@ impl TeeBackend for EmulatedSnp {
     }
 
     fn vm_type(&self) -> VmType {
-        if self.contract {
-            VmType::EmulatedConfidential(CcConfig {
-                tee: CcTee::Snp,
-                alias_bit: Some(u32::from(CBIT)),
-            })
-        } else {
-            VmType::Default
-        }
+        VmType::EmulatedConfidential(CcConfig {
+            tee: CcTee::Snp,
+            alias_bit: Some(u32::from(CBIT)),
+        })
     }
 
     fn preload(&self) -> &[(u64, Vec<u8>)] {
-        // Under the contract the launch copies the plan's pages itself.
-        if self.contract {
-            &[]
-        } else {
-            &self.preload
-        }
+        // The launch copies the plan's pages into private memory itself; the VMM's copy
+        // (the same bytes) only reaches the shared view before the launch.
+        &self.preload
     }
 
     fn devices(&self, mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
@@ -309,11 +280,11 @@ impl TeeBackend for EmulatedSnp {
                 name: "emulated-tee-mailbox",
                 base: MAILBOX_PORT,
                 len: MAILBOX_LEN,
-                device: Arc::new(Mutex::new(if self.contract {
-                    Mailbox::trusted(self.tee.clone(), mem.clone(), self.cc.clone())
-                } else {
-                    Mailbox::shared(self.tee.clone(), mem.clone())
-                })),
+                device: Arc::new(Mutex::new(Mailbox::trusted(
+                    self.tee.clone(),
+                    mem.clone(),
+                    self.cc.clone(),
+                ))),
             },
         ]
     }
@@ -361,21 +332,16 @@ impl TeeBackend for EmulatedSnp {
         cpuid: &CpuId,
     ) -> Result<Box<dyn PendingLaunch + 'v>, TeeError> {
         let table = cpuid_page(cpuid)?;
-        let cc = if self.contract {
-            let Some(cc) = vm.cc_memory() else {
-                return Err(TeeError::Emulated(EmulatedLaunchError::PrivateMemory(
-                    "the VM has no private-memory contract",
-                    "emulated SNP needs VmType::EmulatedConfidential".into(),
-                )));
-            };
-            self.launch_private_memory(cc)?;
-            Some(cc.clone())
-        } else {
-            None
+        let Some(cc) = vm.cc_memory() else {
+            return Err(TeeError::Emulated(EmulatedLaunchError::PrivateMemory(
+                "the VM has no private-memory contract",
+                "emulated SNP needs VmType::EmulatedConfidential".into(),
+            )));
         };
+        self.launch_private_memory(cc)?;
         let psp = SnpPsp::new(
             vm.memory().clone(),
-            cc.clone(),
+            Some(cc.clone()),
             self.guest.clone(),
             self.platform.clone(),
             &self.layout,
@@ -384,14 +350,8 @@ impl TeeBackend for EmulatedSnp {
         .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?
         .with_insn_trap(self.insn_trap());
         psp.set_guest_cpuid(cpuid);
-        match &cc {
-            Some(cc) => cc
-                .finish_launch()
-                .map_err(cc_err("sealing private memory"))?,
-            // The C-bit alias of the one-backing model (the contract has its own).
-            None => emu_snp::register_alias_slots(vm)
-                .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?,
-        }
+        cc.finish_launch()
+            .map_err(cc_err("sealing private memory"))?;
         vm.enable_user_msr_exits(&[emu_snp::ghcb::MSR_GHCB, emu_snp::ghcb::MSR_SEV_STATUS])
             .map_err(|e| EmulatedLaunchError::Refused(Box::new(e)))?;
         let _ = self.psp.set(Arc::new(psp));

@@ -1029,8 +1029,7 @@ fn build_backend(a: &Spec, inputs: &Inputs) -> Result<Arc<dyn TeeBackend>, Launc
             let preload = plan_pages(&plan);
             let host_data = padded::<32>(&a.host_data)?;
             let b = EmulatedSnp::launch(&platform()?, &plan, a.policy, host_data, preload)?
-                .with_tee_trap(a.tee_trap.unwrap_or_default().into())
-                .with_staged_cmdline(boot.and_then(|b| b.cmdline.as_deref()));
+                .with_tee_trap(a.tee_trap.unwrap_or_default().into());
             tracing::info!(
                 event = "tee-trap",
                 trap = b.insn_trap().name(),

@@ -3,8 +3,10 @@
 //! protocols, PVALIDATE, page-state changes, guest messages encrypted with the VMPCKs of
 //! the secrets page) and this module answers as the PSP and KVM would.
 //!
-//! **Insecure by design**: guest memory is ordinary host memory. What is faithful is
-//! the guest-visible contract: results, error codes, and what the guest must do first.
+//! **Insecure by design**: the keys are this host's and the private-memory contract
+//! ([`CcMemory`]) is kept by the same VMM the guest should be protected from. What is
+//! faithful is the guest-visible contract: results, error codes, what the guest must do
+//! first, and which memory the host can see.
 //!
 //! # Measured on this machine (PVM KVM, AMD EPYC host, 48-bit physical)
 //!
@@ -55,9 +57,15 @@
 //!
 //! # State
 //!
-//! The software RMP ([`rmp`]) holds per 4 KiB page whether it is assigned (private),
-//! validated, and part of a 2 MiB entry. The launch assigns and validates every page it
-//! adds (firmware, SNP_SEC_MEM, secrets, CPUID, hashes page), as SNP_LAUNCH_UPDATE does.
+//! Under `--tee emulated-snp` the page states live in the private-memory contract
+//! ([`CcMemory`], see `tee::emulated_snp`): shared, private, validated 4 KiB / 2 MiB;
+//! PVALIDATE is [`CcMemory::validate`], page-state changes are [`CcMemory::convert`],
+//! the PSP reads the guest's page tables with [`CcMemory::trusted_read`], and the GHCB,
+//! guest-request pages and certificate buffer must be shared. Without a contract (an
+//! [`SnpPsp`] made with `cc` = `None`, the unit tests) the software RMP ([`rmp`]) holds
+//! per 4 KiB page whether it is assigned (private), validated, and part of a 2 MiB
+//! entry. Either way the launch assigns and validates every page it adds (firmware,
+//! SNP_SEC_MEM, secrets, CPUID, hashes page), as SNP_LAUNCH_UPDATE does.
 //! Guest messages ([`guest_msg`]) use four VMPCKs drawn from the OS RNG at launch and
 //! written into the secrets page, with the PSP's per-key sequence numbers.
 
@@ -932,6 +940,12 @@ impl SnpPsp {
                 return Ok(Handled::No);
             }
             self.plain.store(true, std::sync::atomic::Ordering::Release);
+            // An unaware kernel needs ordinary memory: end the private-memory contract
+            // (every page shared with its contents; module docs of `emulated_snp`).
+            if let Some(cc) = &self.cc {
+                cc.end_contract()
+                    .map_err(|e| ExitError::Emulation(format!("ending the contract: {e}")))?;
+            }
             tracing::info!(event = "plain-handoff", "emulated SNP: the firmware handed over to a kernel that does not see SNP (SEV_STATUS now reads 0)");
             return Ok(Handled::Yes);
         }
