@@ -387,3 +387,132 @@ fn a_td_read_of_an_unaccepted_page_stops_the_vm_with_the_fault() {
         "{err}"
     );
 }
+
+// ---- The private-memory contract under emulated SNP (the SNP twins of the TD tests
+// above). The guests are real-mode code in the emulated test image: the vCPU of an SNP
+// guest starts at the reset vector with CS base 0xFFFF0000, so `cs:` reaches the
+// launched image at 0xFFFF0000 + offset.
+
+/// Builds and runs an emulated SNP guest of `firmware` (no kernel) through the VMM
+/// library, with `tee` adjusting the backend (test equipment); returns how the vCPU
+/// stopped and the serial output.
+fn run_snp(
+    firmware: Vec<u8>,
+    tee: impl FnOnce(
+        host_vmm::tee::emulated_snp::EmulatedSnp,
+    ) -> host_vmm::tee::emulated_snp::EmulatedSnp,
+) -> (host_vmm::vstate::vcpu::VcpuStop, String) {
+    use host_vmm::vmm::{SerialOutput, VmBuilder, VmConfig};
+    use measured_boot::snp::{SnpLaunchPlan, SnpPlanConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let plat = common::emulated_platform();
+    let plan = SnpLaunchPlan::new(
+        measured_boot::FirmwareImage::parse(firmware.clone()).unwrap(),
+        SnpPlanConfig {
+            vcpus: 1,
+            vcpu_sig: measured_boot::snp::cpu::sig_by_name("EPYC-v4").unwrap(),
+            guest_features: 1,
+            vmm_type: measured_boot::snp::vmsa::VmmType::Qemu,
+            hashes: None,
+        },
+    )
+    .unwrap();
+    let backend = host_vmm::tee::emulated_snp::EmulatedSnp::launch(
+        Path::new(&plat),
+        &plan,
+        0x30000,
+        [0; 32],
+        Vec::new(),
+    )
+    .unwrap();
+    let serial = dir.path().join("serial");
+    let config = VmConfig {
+        firmware,
+        memory: 64 << 20,
+        vcpus: 1,
+        serial: SerialOutput::File(serial.clone()),
+        seccomp: host_vmm::seccomp::SeccompMode::Off,
+        disks: Vec::new(),
+        tee: std::sync::Arc::new(tee(backend)),
+        boot: None,
+        tamper: None,
+        vsock: None,
+        kvm: None,
+        api: None,
+        net: Vec::new(),
+    };
+    let stop = VmBuilder::new(config).unwrap().build().unwrap().run();
+    let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
+    (stop, out)
+}
+
+/// Real-mode tail of the SNP guests: ACPI S5 (power off), then halt.
+const SNP_POWER_OFF: [u8; 10] = [0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd];
+
+/// The private-memory contract under emulated SNP, (b): a VMM write into the guest's
+/// private memory after the launch never reaches the guest. The guest reads a byte of
+/// its own launched (measured, private, validated) image at 0xFFFFF800, where the image
+/// holds 'L', after the VMM wrote 'H' there through its own view, and prints it. On the
+/// one-backing model (before the contract) it printed 'H'.
+#[test]
+fn a_vmm_write_into_private_memory_after_launch_is_not_seen_by_the_snp_guest() {
+    test_kit::require!(kvm);
+    let mut code = vec![0x2e, 0xa0, 0x00, 0xf8]; // mov al, cs:[0xF800]
+    code.extend_from_slice(&[0xba, 0xf8, 0x03, 0xee]); // mov dx, 0x3f8; out dx, al
+    code.extend_from_slice(&SNP_POWER_OFF);
+    code.resize(0x801, 0);
+    code[0x800] = b'L'; // image offset 0xF800: GPA 0xFFFFF800
+    let (stop, out) = run_snp(firmware(&code), |b| {
+        b.with_vmm_write_after_launch(0xFFFF_F800, b"HOST".to_vec())
+    });
+    assert_eq!(stop, host_vmm::vstate::vcpu::VcpuStop::PowerOff, "{out:?}");
+    assert_eq!(
+        out, "L",
+        "the SNP guest must see its launched byte, not the VMM's later write"
+    );
+}
+
+/// The private-memory contract under emulated SNP, (c): a guest read of a private page
+/// it never validated stops the VM with the fault's message (SNP #VC
+/// page-not-validated, the GPA named), instead of reading whatever is there. The guest
+/// makes 0x50000 (shared at launch: the launch did not add it) private with the GHCB
+/// MSR protocol's page-state change (WRMSR 0xC0010130, VMGEXIT through the emulator
+/// trap `out 0xE2, al`) and reads it without PVALIDATE.
+#[test]
+fn an_snp_guest_read_of_a_page_it_never_validated_stops_the_vm_with_the_fault() {
+    test_kit::require!(kvm);
+    let dir = tempfile::tempdir().unwrap();
+    let plat = common::emulated_platform();
+    let mut code = vec![0x66, 0xb9, 0x30, 0x01, 0x01, 0xc0]; // mov ecx, 0xC0010130
+    code.extend_from_slice(&[0x66, 0xb8, 0x14, 0x00, 0x05, 0x00]); // mov eax, 0x50014 (PSC 0x50000)
+    code.extend_from_slice(&[0x66, 0xba, 0x00, 0x00, 0x10, 0x00]); // mov edx, 1 << 20 (to private)
+    code.extend_from_slice(&[0x0f, 0x30, 0xe6, 0xe2]); // wrmsr; out 0xE2, al (VMGEXIT)
+    code.extend_from_slice(&[0x0f, 0x32]); // rdmsr (the response)
+    code.extend_from_slice(&[0x3d, 0x15, 0x00]); // cmp ax, 0x015 (PSC response, success)
+    code.extend_from_slice(&[0x75, 0x0c]); // jne to the power-off
+    code.extend_from_slice(&[0xb8, 0x00, 0x50, 0x8e, 0xd8]); // mov ax, 0x5000; mov ds, ax
+    code.extend_from_slice(&[0xa0, 0x00, 0x00]); // mov al, [0] (GPA 0x50000)
+    code.extend_from_slice(&[0xba, 0xf8, 0x03, 0xee]); // mov dx, 0x3f8; out dx, al
+    code.extend_from_slice(&SNP_POWER_OFF);
+    let fw = dir.path().join("fw.fd");
+    std::fs::write(&fw, firmware(&code)).unwrap();
+    let o = run(&[
+        "launch",
+        "--tee",
+        "emulated-snp",
+        "--emulated-platform",
+        &plat,
+        "--firmware",
+        fw.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "the SNP guest read a page it never validated (serial {:?}): {err}",
+        o.stdout
+    );
+    assert!(
+        err.contains("guest accessed unvalidated private page 0x50000: SNP #VC page-not-validated"),
+        "{err}"
+    );
+}

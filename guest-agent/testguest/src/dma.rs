@@ -1,7 +1,7 @@
 //! Memory the VMM's devices read and write (virtio rings and buffers, the TDX GetQuote
 //! buffer, the emulated platform's mailbox window).
 //!
-//! Without a TEE (and, for now, under SEV-SNP) DMA memory is ordinary heap memory:
+//! Without a TEE (and under SEV-SNP without the emulator trap) DMA memory is ordinary heap memory:
 //! identity-mapped, so a buffer's virtual address is its GPA ([`Mode::Heap`]).
 //!
 //! In a TD, heap memory is private: the VMM cannot read or write it (a real TD's
@@ -14,8 +14,8 @@
 //! KVM strips the shared bit, and the VMM's memslots sit at the plain GPA), while the
 //! guest touches the bytes at the alias VA, so a [`DmaBuf`] keeps both.
 //!
-//! SEV-SNP will use the same pool with `attr` = 0 (the C-bit clear in the alias PTEs is
-//! what makes an SNP page shared) once its page-state change is done here.
+//! SEV-SNP uses the same pool with `attr` = 0 (the C-bit clear in the alias PTEs is
+//! what makes an SNP page shared), after `snp::share` rescinded and converted it.
 //!
 //! Allocations are page-aligned, zeroed and never freed (the guest runs one flow: one
 //! set of queues and buffers per device, one mailbox window, one 32 KiB GetQuote buffer

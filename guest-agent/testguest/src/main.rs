@@ -8,8 +8,8 @@
 //! |---|---|
 //! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
 //! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
-//! | 16 MiB – 20 MiB, in a TD only | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA>, mapped at linear 4 GiB through `GPA \| shared bit`; every virtio ring and buffer, the GetQuote buffer and the mailbox window |
-//! | 16 MiB (20 MiB in a TD) – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD) |
+//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA> (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer, the GetQuote buffer and the mailbox window |
+//! | 20 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD) |
 //!
 //! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to
 //! [`cvm_testguest_main`] at ring 3, where everything else runs natively.
@@ -125,13 +125,11 @@ fn run(boot_params: usize) -> Result<String, String> {
     let (ram_start, ram_end) = bootparams::ram_range_containing(boot_params, HEAP_START)
         .ok_or("no usable RAM at 16 MiB in the e820 map (give the guest at least 64 MiB)")?;
     let end = ram_end.min(HEAP_MAX_END);
-    // In a TD, the first `dma::POOL_SIZE` bytes of the heap range become the shared DMA pool.
+    // The first `dma::POOL_SIZE` bytes of the heap range are kept out of the heap: in a
+    // TD or an SNP guest they become the shared DMA pool (SNP is known only once the
+    // command line, which needs the heap, has been read).
     let td = trap_tdx::is_td();
-    let heap_start = if td {
-        HEAP_START + dma::POOL_SIZE
-    } else {
-        HEAP_START
-    };
+    let heap_start = HEAP_START + dma::POOL_SIZE;
     if end < heap_start + (32 << 20) || ram_start > HEAP_START {
         return Err("less than 32 MiB of heap RAM above 16 MiB".into());
     }
@@ -148,6 +146,13 @@ fn run(boot_params: usize) -> Result<String, String> {
         )
         .map_err(|e| format!("cannot share the DMA pool: {e}"))?;
         dma::init_shared_pool(HEAP_START, dma::POOL_SIZE, shared)
+            .map_err(|e| format!("cannot map the DMA pool: {e}"))?;
+    } else if snp::active(&cmdline) {
+        // The same under SEV-SNP: rescind and convert the pool, map it with the C-bit
+        // clear (attribute 0).
+        snp::share(HEAP_START, dma::POOL_SIZE)
+            .map_err(|e| format!("cannot share the DMA pool: {e}"))?;
+        dma::init_shared_pool(HEAP_START, dma::POOL_SIZE, 0)
             .map_err(|e| format!("cannot map the DMA pool: {e}"))?;
     }
     if let Some(spec) = virtio::net_test::requested(&cmdline) {

@@ -126,6 +126,54 @@ fn ghcb_call(code: u64, info1: u64, info2: u64, setup: impl FnOnce(&mut [u8; 409
     (get(g, SW_EXIT_INFO_1), get(g, SW_EXIT_INFO_2))
 }
 
+/// Whether this guest runs under SEV-SNP with the emulator trap: the measured command
+/// line asks for the trap (`cvm.tee_trap=port`) and SEV_STATUS says SNP.
+pub fn active(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .any(|w| w == "cvm.tee_trap=port")
+        && rdmsr(MSR_SEV_STATUS) & 0b100 != 0
+}
+
+/// Makes `[gpa, gpa + size)` (2 MiB aligned, validated private heap RAM) shared for the
+/// devices, as Linux's `set_memory_decrypted` does: each 2 MiB page is rescinded
+/// (PVALIDATE validate = 0; page by page where the RMP holds 4 KiB entries) and then
+/// converted with one 2 MiB Page State Change entry.
+pub fn share(gpa: u64, size: u64) -> Result<(), String> {
+    let mut block = gpa;
+    while block < gpa + size {
+        let (rc, unchanged) = pvalidate(block, true, false);
+        if rc == 6 {
+            // FAIL_SIZEMISMATCH: 4 KiB RMP entries.
+            for p in (block..block + TWO_MIB as u64).step_by(4096) {
+                let (rc, unchanged) = pvalidate(p, false, false);
+                if rc != 0 || unchanged {
+                    return Err(format!("PVALIDATE (rescind) of {p:#x}: rc {rc}"));
+                }
+            }
+        } else if rc != 0 || unchanged {
+            return Err(format!(
+                "PVALIDATE (rescind) of {block:#x} failed: rc {rc}, unchanged {unchanged}"
+            ));
+        }
+        let entry = block | (2 << 52) | (1 << 56);
+        let (_, info2) = ghcb_call(0x8000_0010, 0, 0, |g| {
+            let b = SHARED_BUFFER;
+            g[b..b + 8].fill(0); // cur_entry 0, end_entry 0
+            g[b + 8..b + 16].copy_from_slice(&entry.to_le_bytes());
+            put(g, SW_SCRATCH, GHCB + b as u64);
+        });
+        let g = ghcb();
+        if info2 != 0 || u16::from_le_bytes([g[SHARED_BUFFER], g[SHARED_BUFFER + 1]]) != 1 {
+            return Err(format!(
+                "page-state change of {block:#x} to shared failed ({info2:#x})"
+            ));
+        }
+        block += TWO_MIB as u64;
+    }
+    Ok(())
+}
+
 /// The guest side of the SNP guest-message channel.
 pub struct SnpGuest {
     /// The 2 MiB shared block: request page, response page, certificate pages.

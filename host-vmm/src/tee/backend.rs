@@ -411,9 +411,17 @@ mod tests {
             (&tdx, TeeKind::EmulatedTdx),
         ] {
             assert_eq!(b.kind(), tee);
-            // Emulated TDX keeps the private-memory contract (its shared bit, 47, is the
-            // alias where the host allows it); emulated SNP is still a default VM.
+            // Emulated TDX and SNP keep the private-memory contract (the shared bit /
+            // C-bit, 47, is the alias; TDX only where the host allows it).
             match tee {
+                TeeKind::EmulatedSnp => assert_eq!(
+                    b.vm_type(),
+                    VmType::EmulatedConfidential(crate::vstate::cc_memory::CcConfig {
+                        tee: crate::vstate::cc_memory::CcTee::Snp,
+                        alias_bit: Some(47),
+                    }),
+                    "{tee}"
+                ),
                 TeeKind::EmulatedTdx => assert!(
                     matches!(
                         b.vm_type(),

@@ -3,8 +3,10 @@
 //! protocols, PVALIDATE, page-state changes, guest messages encrypted with the VMPCKs of
 //! the secrets page) and this module answers as the PSP and KVM would.
 //!
-//! **Insecure by design**: guest memory is ordinary host memory. What is faithful is
-//! the guest-visible contract: results, error codes, and what the guest must do first.
+//! **Insecure by design**: the keys are this host's and the private-memory contract
+//! ([`CcMemory`]) is kept by the same VMM the guest should be protected from. What is
+//! faithful is the guest-visible contract: results, error codes, what the guest must do
+//! first, and which memory the host can see.
 //!
 //! # Measured on this machine (PVM KVM, AMD EPYC host, 48-bit physical)
 //!
@@ -55,9 +57,15 @@
 //!
 //! # State
 //!
-//! The software RMP ([`rmp`]) holds per 4 KiB page whether it is assigned (private),
-//! validated, and part of a 2 MiB entry. The launch assigns and validates every page it
-//! adds (firmware, SNP_SEC_MEM, secrets, CPUID, hashes page), as SNP_LAUNCH_UPDATE does.
+//! Under `--tee emulated-snp` the page states live in the private-memory contract
+//! ([`CcMemory`], see `tee::emulated_snp`): shared, private, validated 4 KiB / 2 MiB;
+//! PVALIDATE is [`CcMemory::validate`], page-state changes are [`CcMemory::convert`],
+//! the PSP reads the guest's page tables with [`CcMemory::trusted_read`], and the GHCB,
+//! guest-request pages and certificate buffer must be shared. Without a contract (an
+//! [`SnpPsp`] made with `cc` = `None`, the unit tests) the software RMP ([`rmp`]) holds
+//! per 4 KiB page whether it is assigned (private), validated, and part of a 2 MiB
+//! entry. Either way the launch assigns and validates every page it adds (firmware,
+//! SNP_SEC_MEM, secrets, CPUID, hashes page), as SNP_LAUNCH_UPDATE does.
 //! Guest messages ([`guest_msg`]) use four VMPCKs drawn from the OS RNG at launch and
 //! written into the secrets page, with the PSP's per-key sequence numbers.
 
@@ -78,6 +86,7 @@ use self::ghcb::{exit, off, Ioio, MsrRequest, PscEntry};
 use self::guest_msg::{Channel, GuestMsgError};
 use self::rmp::{Rmp, RmpFault};
 use crate::devices::VmEvent;
+use crate::vstate::cc_memory::{CcMemory, CcMemoryError, MmioAccess, PageSize, RmpError};
 use crate::vstate::vcpu::{ExitError, ExitHandler, Handled};
 
 /// The emulated C-bit position (bit 47 of a 48-bit physical address space; measured
@@ -162,7 +171,13 @@ struct State {
 
 /// The emulated PSP and hypervisor of one guest.
 pub struct SnpPsp {
+    /// The VMM's view of guest memory (under the contract, private pages read zero).
     mem: GuestMemoryMmap,
+    /// The private-memory contract, if the guest runs under it (module docs, *State*);
+    /// else the software RMP of [`State`] keeps the page states.
+    cc: Option<Arc<CcMemory>>,
+    /// Hole mode is on ([`ExitHandler::run_efault`]).
+    exposed: std::sync::atomic::AtomicBool,
     guest: EmulatedGuest<'static>,
     platform: Arc<EmulatedSnpPlatform>,
     state: Mutex<State>,
@@ -219,6 +234,13 @@ pub enum PspError {
     /// The guest RNG failed at launch.
     #[error("cannot draw the VMPCKs")]
     Random,
+    /// The private-memory contract could not carry out a launch step or a page-state
+    /// change (the VM must stop).
+    #[error("the private-memory contract refused {0}")]
+    Contract(&'static str, #[source] CcMemoryError),
+    /// The host could not apply a PVALIDATE under the contract (the VM must stop).
+    #[error("PVALIDATE could not be applied")]
+    Validate(#[source] RmpError),
 }
 
 impl SnpPsp {
@@ -252,9 +274,13 @@ impl SnpPsp {
 
     /// The PSP for `guest`: writes the secrets page (fresh VMPCKs) and the CPUID page
     /// (`cpuid_table`, the SNP CPUID table) where the launch put them, and marks every
-    /// launched range assigned and validated.
+    /// launched range assigned and validated. With `cc` (the private-memory contract,
+    /// before [`CcMemory::finish_launch`]) the two pages are launched into private
+    /// memory with [`CcMemory::launch_private_with`] and the contract keeps every page's
+    /// state (the caller launches the other ranges); without it the software RMP does.
     pub fn new(
         mem: GuestMemoryMmap,
+        cc: Option<Arc<CcMemory>>,
         guest: EmulatedGuest<'static>,
         platform: Arc<EmulatedSnpPlatform>,
         layout: &PspLayout,
@@ -273,19 +299,38 @@ impl SnpPsp {
             for (i, k) in vmpck.iter().enumerate() {
                 page[0x20 + 32 * i..0x40 + 32 * i].copy_from_slice(k);
             }
-            mem.write_slice(&page[..], GuestAddress(gpa))
-                .map_err(|_| PspError::Memory(gpa))?;
+            match &cc {
+                Some(cc) => cc
+                    .launch_private_with(gpa, &page[..])
+                    .map_err(|e| PspError::Contract("the secrets page", e))?,
+                None => mem
+                    .write_slice(&page[..], GuestAddress(gpa))
+                    .map_err(|_| PspError::Memory(gpa))?,
+            }
         }
         if let Some(gpa) = layout.cpuid {
-            mem.write_slice(cpuid_table, GuestAddress(gpa))
-                .map_err(|_| PspError::Memory(gpa))?;
+            match &cc {
+                Some(cc) => {
+                    let mut page = vec![0u8; cpuid_table.len().div_ceil(PAGE as usize) * 4096];
+                    page[..cpuid_table.len()].copy_from_slice(cpuid_table);
+                    cc.launch_private_with(gpa, &page)
+                        .map_err(|e| PspError::Contract("the CPUID page", e))?
+                }
+                None => mem
+                    .write_slice(cpuid_table, GuestAddress(gpa))
+                    .map_err(|_| PspError::Memory(gpa))?,
+            }
         }
         let mut rmp = Rmp::new();
-        for &(gpa, len) in &layout.launched {
-            rmp.launch_page_range(gpa, len);
+        if cc.is_none() {
+            for &(gpa, len) in &layout.launched {
+                rmp.launch_page_range(gpa, len);
+            }
         }
         Ok(Self {
             mem,
+            cc,
+            exposed: std::sync::atomic::AtomicBool::new(false),
             guest,
             platform,
             state: Mutex::new(State {
@@ -324,9 +369,84 @@ impl SnpPsp {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The RMP entry of `gpa` (tests, diagnostics).
+    /// The RMP entry of `gpa` (tests, diagnostics): from the contract's page state
+    /// when the guest runs under it.
     pub fn rmp_entry(&self, gpa: u64) -> rmp::Entry {
-        self.state().rmp.entry(gpa)
+        use crate::vstate::cc_memory::PageState;
+        match &self.cc {
+            Some(cc) => match cc.state(gpa) {
+                None | Some(PageState::Shared) => rmp::Entry::default(),
+                Some(PageState::Private) => rmp::Entry {
+                    assigned: true,
+                    ..Default::default()
+                },
+                Some(PageState::Validated(size)) => rmp::Entry {
+                    assigned: true,
+                    validated: true,
+                    huge: size == PageSize::Size2M,
+                },
+            },
+            None => self.state().rmp.entry(gpa),
+        }
+    }
+
+    /// The private-memory contract the guest runs under, if any.
+    pub fn cc_memory(&self) -> Option<&Arc<CcMemory>> {
+        self.cc.as_ref()
+    }
+
+    /// Whether the page holding `gpa` is assigned to the guest (private): the GHCB,
+    /// guest-request pages and certificate buffers must not be.
+    fn assigned(&self, gpa: u64) -> bool {
+        match &self.cc {
+            Some(cc) => cc.state(gpa).is_some_and(|s| s.is_private()),
+            None => self.state().rmp.entry(gpa).assigned,
+        }
+    }
+
+    /// Reads guest memory as the PSP does (the guest's page tables, which are private):
+    /// through the contract's trusted path, or plain memory without it.
+    fn read_trusted(&self, gpa: u64, buf: &mut [u8]) -> Result<(), PspError> {
+        match &self.cc {
+            Some(cc) => cc.trusted_read(gpa, buf).map_err(|_| PspError::Memory(gpa)),
+            None => self
+                .mem
+                .read_slice(buf, GuestAddress(gpa))
+                .map_err(|_| PspError::Memory(gpa)),
+        }
+    }
+
+    /// One page-state change (RMPUPDATE on the guest's request) of a 4 KiB or (`huge`)
+    /// 2 MiB page at `gpa`: `op` is a [`ghcb::psc_op`]. `Ok(false)`: refused (bad
+    /// entry); under the contract a private or shared conversion scrubs the page
+    /// ([`CcMemory::convert`]) and PSMASH is implicit (the contract splits a 2 MiB unit
+    /// when a 4 KiB page of it changes).
+    fn page_state_change(&self, gpa: u64, huge: bool, op: u8) -> Result<bool, PspError> {
+        let size = if huge { 0x20_0000 } else { PAGE };
+        if gpa % size != 0 || !self.in_ram(gpa, size) {
+            return Ok(false);
+        }
+        let private = op == ghcb::psc_op::PRIVATE;
+        match &self.cc {
+            Some(cc) => match op {
+                ghcb::psc_op::PRIVATE | ghcb::psc_op::SHARED => cc
+                    .convert(gpa, size, private)
+                    .map(|_| true)
+                    .map_err(|e| PspError::Contract("a page-state change", e)),
+                ghcb::psc_op::PSMASH => Ok(gpa % 0x20_0000 == 0),
+                _ => Ok(false),
+            },
+            None => {
+                let mut st = self.state();
+                Ok(match op {
+                    ghcb::psc_op::PRIVATE | ghcb::psc_op::SHARED => {
+                        st.rmp.page_state_change(gpa, huge, private).is_ok()
+                    }
+                    ghcb::psc_op::PSMASH => st.rmp.psmash(gpa).is_ok(),
+                    _ => false,
+                })
+            }
+        }
     }
 
     /// Whether `[gpa, gpa + len)` is guest RAM (page-state changes elsewhere are
@@ -368,28 +488,37 @@ impl SnpPsp {
     /// VA → GPA through the guest's 4-level page tables (the C-bit is an attribute,
     /// not an address bit: it is cleared from the result).
     fn translate(&self, sregs: &kvm_sregs, va: u64) -> Result<u64, PspError> {
+        Ok(self.translate_with_cbit(sregs, va)? & !(1u64 << CBIT))
+    }
+
+    /// VA → GPA as the guest's page tables map it, the C-bit of the final entry kept
+    /// (the tables themselves are read without it).
+    fn translate_with_cbit(&self, sregs: &kvm_sregs, va: u64) -> Result<u64, PspError> {
         if sregs.cr0 & (1 << 31) == 0 {
             return Ok(va);
         }
         let addr_mask = 0x000F_FFFF_FFFF_F000u64 & !(1u64 << CBIT);
+        let leaf_mask = 0x000F_FFFF_FFFF_F000u64;
         let mut table = sregs.cr3 & addr_mask;
         for level in (0..4).rev() {
             let index = (va >> (12 + 9 * level)) & 0x1FF;
             let at = table + index * 8;
-            let e: u64 = self
-                .mem
-                .read_obj(GuestAddress(at))
-                .map_err(|_| PspError::Memory(at))?;
+            let mut raw = [0u8; 8];
+            self.read_trusted(at, &mut raw)?;
+            let e = u64::from_le_bytes(raw);
             if e & 1 == 0 {
                 return Err(PspError::Unmapped(va));
             }
             if level > 0 && level < 3 && e & (1 << 7) != 0 {
                 let size = 1u64 << (12 + 9 * level);
-                return Ok((e & addr_mask & !(size - 1)) | (va & (size - 1)));
+                return Ok((e & leaf_mask & !(size - 1)) | (va & (size - 1)));
+            }
+            if level == 0 {
+                return Ok((e & leaf_mask) | (va & (PAGE - 1)));
             }
             table = e & addr_mask;
         }
-        Ok(table | (va & (PAGE - 1)))
+        Err(PspError::Unmapped(va))
     }
 
     /// PVALIDATE with `regs` (RAX virtual address, ECX page size, EDX validate): RAX
@@ -398,7 +527,33 @@ impl SnpPsp {
         let gpa = self.translate(sregs, regs.rax)?;
         let huge = regs.rcx & 1 != 0;
         let validate = regs.rdx & 1 != 0;
-        let r = self.state().rmp.pvalidate(gpa, huge, validate)?;
+        let r = match &self.cc {
+            None => self.state().rmp.pvalidate(gpa, huge, validate)?,
+            Some(cc) => {
+                let size = if huge {
+                    PageSize::Size2M
+                } else {
+                    PageSize::Size4K
+                };
+                // The page's address: RAX's low 12 bits are ignored, as in the RMP path.
+                match cc.validate(gpa & !(PAGE - 1), size, validate) {
+                    Ok(changed) => rmp::PvalidateResult {
+                        rax: rmp::PVALIDATE_OK,
+                        unchanged: !changed,
+                    },
+                    Err(e) => match (e.pvalidate_code(), e) {
+                        (Some(rax), _) => rmp::PvalidateResult {
+                            rax,
+                            unchanged: false,
+                        },
+                        (None, RmpError::NotAssigned { gpa }) => {
+                            return Err(RmpFault::NotAssigned(gpa).into())
+                        }
+                        (None, e) => return Err(PspError::Validate(e)),
+                    },
+                }
+            }
+        };
         regs.rax = r.rax;
         regs.rflags = if r.unchanged {
             regs.rflags | RFLAGS_CF
@@ -437,12 +592,12 @@ impl SnpPsp {
                 (gfn << 12) | ghcb::msr::REG_GHCB_RESP
             }
             MsrRequest::PageState { gpa, private } => {
-                let ok = self.in_ram(gpa, PAGE)
-                    && self
-                        .state()
-                        .rmp
-                        .page_state_change(gpa, false, private)
-                        .is_ok();
+                let op = if private {
+                    ghcb::psc_op::PRIVATE
+                } else {
+                    ghcb::psc_op::SHARED
+                };
+                let ok = self.page_state_change(gpa, false, op)?;
                 ghcb::psc_response(if ok { 0 } else { 1 })
             }
             MsrRequest::HvFeatures => (ghcb::HV_FEATURES << 12) | ghcb::msr::HV_FEATURES_RESP,
@@ -459,7 +614,7 @@ impl SnpPsp {
                 return Err(PspError::Ghcb(gpa, "not the registered GHCB"));
             }
         }
-        if self.state().rmp.entry(gpa).assigned {
+        if self.assigned(gpa) {
             return Err(PspError::Ghcb(gpa, "the page is private"));
         }
         let mut page = [0u8; 4096];
@@ -557,22 +712,11 @@ impl SnpPsp {
         if end >= ghcb::PSC_MAX_ENTRIES || base + 8 + (end + 1) * 8 > off::SHARED_BUFFER_END {
             return Ok(ghcb::PSC_ERROR_INVALID_HDR);
         }
-        let mut st = self.state();
         let mut i = cur;
         while i <= end {
             let o = base + 8 + i * 8;
             let e = PscEntry::decode(ghcb::get(page, o));
-            let size = if e.huge { 0x20_0000 } else { PAGE };
-            let ok = self.in_ram(e.gpa, size)
-                && match e.op {
-                    ghcb::psc_op::PRIVATE | ghcb::psc_op::SHARED => st
-                        .rmp
-                        .page_state_change(e.gpa, e.huge, e.op == ghcb::psc_op::PRIVATE)
-                        .is_ok(),
-                    ghcb::psc_op::PSMASH => st.rmp.psmash(e.gpa).is_ok(),
-                    _ => false,
-                };
-            if !ok {
+            if !self.page_state_change(e.gpa, e.huge, e.op)? {
                 page[base..base + 2].copy_from_slice(&(i as u16).to_le_bytes());
                 return Ok(ghcb::PSC_ERROR_INVALID_ENTRY);
             }
@@ -598,7 +742,7 @@ impl SnpPsp {
         page: &mut [u8; 4096],
     ) -> Result<u64, PspError> {
         for gpa in [req_gpa, rsp_gpa] {
-            if gpa % PAGE != 0 || self.state().rmp.entry(gpa).assigned {
+            if gpa % PAGE != 0 || self.assigned(gpa) {
                 return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
             }
         }
@@ -621,7 +765,9 @@ impl SnpPsp {
             // Only the table is written (never a guest-sized buffer: RBX is the
             // guest's), and only into shared guest RAM.
             if !self.in_ram(certs_gpa, table.len() as u64)
-                || self.state().rmp.entry(certs_gpa).assigned
+                || (certs_gpa..certs_gpa + table.len() as u64)
+                    .step_by(PAGE as usize)
+                    .any(|p| self.assigned(p))
             {
                 return Ok(ghcb::GHCB_ERR_INVALID_INPUT);
             }
@@ -764,6 +910,24 @@ impl crate::devices::PioDevice for TrapEvents {
 }
 
 impl SnpPsp {
+    /// Under the contract, the fault an instruction fetch at CS:RIP of `fd` makes, if
+    /// the page holding it is one the guest may not execute in that view.
+    fn fetch_fault(&self, fd: &VcpuFd) -> Option<crate::vstate::cc_memory::GuestFault> {
+        use crate::vstate::cc_memory::FaultKind;
+        let cc = self.cc.as_ref()?;
+        let regs = fd.get_regs().ok()?;
+        let sregs = fd.get_sregs().ok()?;
+        let linear = sregs.cs.base.wrapping_add(regs.rip);
+        // The GPA as the guest used it: with the C-bit when its page tables set it.
+        let gpa = if sregs.cr0 & (1 << 31) == 0 {
+            linear & 0xFFFF_FFFF
+        } else {
+            self.translate_with_cbit(&sregs, linear).ok()?
+        };
+        let fault = cc.classify(gpa);
+        (!matches!(fault.kind, FaultKind::Accessible | FaultKind::NotRam)).then_some(fault)
+    }
+
     /// The emulator trap as the vCPU loop offers it: reads the registers, applies the
     /// trap, writes them back (RIP unchanged: KVM skips the `out`).
     pub fn io_trap_fd(&self, vcpu: u32, fd: &VcpuFd, port: u16) -> Result<Handled, ExitError> {
@@ -776,6 +940,12 @@ impl SnpPsp {
                 return Ok(Handled::No);
             }
             self.plain.store(true, std::sync::atomic::Ordering::Release);
+            // An unaware kernel needs ordinary memory: end the private-memory contract
+            // (every page shared with its contents; module docs of `emulated_snp`).
+            if let Some(cc) = &self.cc {
+                cc.end_contract()
+                    .map_err(|e| ExitError::Emulation(format!("ending the contract: {e}")))?;
+            }
             tracing::info!(event = "plain-handoff", "emulated SNP: the firmware handed over to a kernel that does not see SNP (SEV_STATUS now reads 0)");
             return Ok(Handled::Yes);
         }
@@ -803,10 +973,41 @@ impl SnpPsp {
 }
 
 impl ExitHandler for SnpPsp {
-    fn memory_fault(&self, _gpa: u64, _size: u64, _private: bool) -> Result<(), ExitError> {
-        Err(ExitError::Unexpected(
-            "memory fault exit on an emulated SNP guest",
-        ))
+    fn memory_fault(&self, gpa: u64, _size: u64, _private: bool) -> Result<(), ExitError> {
+        match &self.cc {
+            // KVM_EXIT_MEMORY_FAULT (a standard KVM since 6.8): the contract refused it.
+            Some(cc) => Err(ExitError::GuestFault(cc.classify(gpa).to_string())),
+            None => Err(ExitError::Unexpected(
+                "memory fault exit on an emulated SNP guest",
+            )),
+        }
+    }
+
+    fn mmio(&self, gpa: u64, data: &mut [u8], write: bool) -> Result<Handled, ExitError> {
+        let Some(cc) = &self.cc else {
+            return Ok(Handled::No);
+        };
+        match cc.serve_mmio(gpa, data, write) {
+            MmioAccess::Device => Ok(Handled::No),
+            MmioAccess::Served => Ok(Handled::Yes),
+            MmioAccess::Fault(f) => Err(ExitError::GuestFault(f.to_string())),
+            MmioAccess::Failed(e) => Err(ExitError::Emulation(e.to_string())),
+        }
+    }
+
+    fn run_efault(&self) -> Result<Handled, ExitError> {
+        // This host gives no GPA for a CPL3 access to a protected page: switch to hole
+        // mode once, so the access exits as MMIO at its GPA. A second EFAULT is not
+        // about page states: the vCPU stops.
+        let Some(cc) = &self.cc else {
+            return Ok(Handled::No);
+        };
+        if self.exposed.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(Handled::No);
+        }
+        cc.expose_faults()
+            .map_err(|e| ExitError::Emulation(e.to_string()))?;
+        Ok(Handled::Yes)
     }
 
     fn map_gpa_range(&self, _args: &[u64; 6]) -> u64 {
@@ -831,10 +1032,17 @@ impl ExitHandler for SnpPsp {
         suberror: u32,
         data: &[u64],
     ) -> Result<Handled, ExitError> {
-        if suberror != 1
-            || insn_bytes(data).as_deref().and_then(|b| b.get(..4)) != Some(&PVALIDATE[..])
-        {
+        if suberror != 1 {
             return Ok(Handled::No);
+        }
+        if insn_bytes(data).as_deref().and_then(|b| b.get(..4)) != Some(&PVALIDATE[..]) {
+            // Under the contract an instruction fetch from a page the guest may not
+            // execute (unvalidated, or shared through the C-bit) is an emulation failure
+            // on this host: report it as the fault the hardware raises.
+            return match self.fetch_fault(fd) {
+                Some(fault) => Err(ExitError::GuestFault(format!("instruction fetch: {fault}"))),
+                None => Ok(Handled::No),
+            };
         }
         if self.sev_status & SEV_STATUS_EMULATOR_INSN_TRAP != 0 {
             // The platform told the firmware to use the emulator trap, as on a standard

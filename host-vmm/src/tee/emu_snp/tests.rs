@@ -29,7 +29,7 @@ fn psp() -> (SnpPsp, tempfile::TempDir) {
         cpuid: Some(0xB000),
     };
     (
-        SnpPsp::new(mem, guest, platform, &layout, &[1, 0, 0, 0]).unwrap(),
+        SnpPsp::new(mem, None, guest, platform, &layout, &[1, 0, 0, 0]).unwrap(),
         dir,
     )
 }
@@ -389,4 +389,148 @@ fn instruction_bytes_come_from_the_emulation_failure_data() {
     let data = [1u64, 0x6a80_e6ff_010f_f20f, 0x0268_0000_8000_6823, 0x1000];
     assert_eq!(&insn_bytes(&data).unwrap()[..4], &PVALIDATE);
     assert_eq!(insn_bytes(&[0, 0, 0]), None);
+}
+
+/// The PSP under the private-memory contract: 64 MiB of guest memory, shared at
+/// launch except 0x1000-0x8000 (launched) and the secrets and CPUID pages the PSP adds;
+/// sealed. Private memory is backed in 2 MiB units, as the backend sets it.
+fn psp_cc() -> (SnpPsp, Arc<CcMemory>, tempfile::TempDir) {
+    use crate::vstate::cc_memory::{CcConfig, CcTee};
+    let fw = measured_boot::testing::emulated_guest_image(&[0xF4]);
+    let dir = tempfile::tempdir().unwrap();
+    EmulatedSnpPlatform::create(dir.path()).unwrap();
+    let config = SnpPlanConfig {
+        vcpus: 1,
+        vcpu_sig: measured_boot::snp::cpu::sig_by_name("EPYC-v4").unwrap(),
+        guest_features: 1,
+        vmm_type: measured_boot::snp::vmsa::VmmType::Qemu,
+        hashes: None,
+    };
+    let plan = SnpLaunchPlan::new(FirmwareImage::parse(fw).unwrap(), config).unwrap();
+    let (tee, _) = EmulatedTee::launch_snp(dir.path(), &plan, 0x30000, [7; 32]).unwrap();
+    let EmulatedTee::Snp { platform, guest } = tee else {
+        unreachable!()
+    };
+    let cc = Arc::new(
+        CcMemory::new(
+            &[(GuestAddress(0), 64 << 20)],
+            CcConfig {
+                tee: CcTee::Snp,
+                alias_bit: Some(u32::from(CBIT)),
+            },
+        )
+        .unwrap(),
+    );
+    cc.set_largest_private_page(PageSize::Size2M);
+    cc.vmm_memory()
+        .write_obj(0x44u8, GuestAddress(0x30_0000))
+        .unwrap();
+    cc.launch_shared(0, 64 << 20).unwrap();
+    cc.launch_private_with(0x1000, &[0u8; 0x7000]).unwrap();
+    let layout = PspLayout {
+        launched: vec![(0x1000, 0x7000)],
+        secrets: Some(SECRETS),
+        cpuid: Some(0xB000),
+    };
+    let psp = SnpPsp::new(
+        cc.vmm_memory().clone(),
+        Some(cc.clone()),
+        guest,
+        platform,
+        &layout,
+        &[1, 0, 0, 0],
+    )
+    .unwrap();
+    cc.finish_launch().unwrap();
+    (psp, cc, dir)
+}
+
+/// PVALIDATE (paging off: RAX is the GPA) of the page at `gpa`; returns (RAX, CF).
+fn pvalidate(p: &SnpPsp, gpa: u64, huge: bool, validate: bool) -> Result<(u64, bool), PspError> {
+    let mut regs = kvm_regs {
+        rax: gpa,
+        rcx: u64::from(huge),
+        rdx: u64::from(validate),
+        rflags: 2,
+        ..Default::default()
+    };
+    p.pvalidate(&mut regs, &kvm_sregs::default())?;
+    Ok((regs.rax, regs.rflags & RFLAGS_CF != 0))
+}
+
+/// Under the contract, PVALIDATE is the contract's validation with the hardware's
+/// results: success, CF for a second validation (what the firmware and Linux treat as
+/// a replay), FAIL_SIZEMISMATCH for a 2 MiB PVALIDATE over 4 KiB-validated pages,
+/// FAIL_INPUT for a misaligned 2 MiB page, #NPF for a shared page; page-state changes
+/// scrub. The secrets page is private: the VMM's view reads zero, the PSP's the page.
+#[test]
+fn under_the_contract_pvalidate_and_page_state_changes_have_the_hardware_results() {
+    let (p, cc, _d) = psp_cc();
+    let mut version = [0u8; 4];
+    cc.trusted_read(SECRETS, &mut version).unwrap();
+    assert_eq!(u32::from_le_bytes(version), SECRETS_VERSION);
+    let seen: u32 = cc.vmm_memory().read_obj(GuestAddress(SECRETS)).unwrap();
+    assert_eq!(seen, 0, "the VMM sees no private bytes after launch");
+    assert!(
+        p.rmp_entry(0x1000).validated,
+        "launched pages are validated"
+    );
+    // What the VMM placed in memory the launch did not add stays (shared).
+    let kept: u8 = cc.vmm_memory().read_obj(GuestAddress(0x30_0000)).unwrap();
+    assert_eq!(kept, 0x44);
+    // A PSC (MSR protocol) makes a page private, not validated.
+    wrmsr(&p, (1 << 52) | 0x20_0000 | 0x014);
+    p.vmgexit(0).unwrap();
+    assert_eq!(rdmsr(&p, ghcb::MSR_GHCB), 0x015);
+    let e = p.rmp_entry(0x20_0000);
+    assert!(e.assigned && !e.validated);
+    assert_eq!(pvalidate(&p, 0x20_0123, false, true).unwrap(), (0, false));
+    assert!(p.rmp_entry(0x20_0000).validated);
+    assert_eq!(
+        pvalidate(&p, 0x20_0000, false, true).unwrap(),
+        (0, true),
+        "double validation: CF"
+    );
+    // The rest of that 2 MiB unit made private: a 2 MiB PVALIDATE is a size mismatch.
+    assert!(p
+        .page_state_change(0x20_0000, true, ghcb::psc_op::PRIVATE)
+        .unwrap());
+    assert_eq!(
+        pvalidate(&p, 0x20_0000, true, true).unwrap(),
+        (rmp::PVALIDATE_FAIL_SIZEMISMATCH, false)
+    );
+    // A whole 2 MiB page validates at once; misaligned is bad input.
+    assert!(p
+        .page_state_change(0x40_0000, true, ghcb::psc_op::PRIVATE)
+        .unwrap());
+    assert_eq!(
+        pvalidate(&p, 0x40_1000, true, true).unwrap(),
+        (rmp::PVALIDATE_FAIL_INPUT, false)
+    );
+    assert_eq!(pvalidate(&p, 0x40_0000, true, true).unwrap(), (0, false));
+    assert!(p.rmp_entry(0x5F_F000).validated && p.rmp_entry(0x5F_F000).huge);
+    // A shared page cannot be validated: #NPF, the guest stops.
+    assert!(matches!(
+        pvalidate(&p, 0x60_0000, false, true),
+        Err(PspError::Rmp(RmpFault::NotAssigned(0x60_0000)))
+    ));
+    // Private → shared scrubs: the guest's data never shows in the shared page.
+    cc.trusted_write(0x40_0000, &[0x99]).unwrap();
+    assert!(p
+        .page_state_change(0x40_0000, false, ghcb::psc_op::SHARED)
+        .unwrap());
+    let b: u8 = cc.vmm_memory().read_obj(GuestAddress(0x40_0000)).unwrap();
+    assert_eq!(b, 0, "scrubbed on conversion");
+    // Misaligned or outside RAM: refused entries, not faults.
+    assert!(!p
+        .page_state_change(0x40_1000, true, ghcb::psc_op::PRIVATE)
+        .unwrap());
+    assert!(!p
+        .page_state_change(1 << 40, false, ghcb::psc_op::PRIVATE)
+        .unwrap());
+    // The GHCB must be shared.
+    assert!(matches!(
+        p.ghcb_page(0, 0x20_0000),
+        Err(PspError::Ghcb(0x20_0000, "the page is private"))
+    ));
 }

@@ -57,6 +57,7 @@
 //! cc.vmm_memory()                          -> &GuestMemoryMmap (the VMM's view)
 //! cc.launch_private_with(gpa, &bytes)      // measured launch pages from the launch's source bytes
 //! cc.launch_private(gpa, len)              // the same, keeping what the VMM view holds there
+//! cc.launch_shared(gpa, len)               // SNP: hypervisor-owned at launch, VMM contents kept
 //! cc.convert(gpa, len, to_private)         -> Ok(changed)  (page-state change / MapGPA; scrubs changed pages)
 //! cc.finish_launch()                       // from here on private memory is sealed from the VMM
 //! cc.validate(gpa, PageSize, validate)     -> Ok(changed) | Err(RmpError)     (SNP PVALIDATE)
@@ -98,7 +99,13 @@
 //!   bug 7: ACPI tables left in shared memory, mapped encrypted by Linux) is caught only
 //!   if that memory is still private (scrubbed at launch, so it reads zero or faults).
 //! - **Alias** (`alias_bit: Some(host_alias_bit(..))`): also catches wrong-attribute
-//!   accesses, as the hardware's #NPF / EPT violation. The guest must learn the bit the
+//!   accesses, as the hardware's #NPF / EPT violation. On SNP only C-bit-*set*
+//!   accesses to shared pages: the hardware treats instruction fetches, guest
+//!   page-table walks and all accesses with paging off as private whatever the C-bit
+//!   (the firmware's reset path and its CR3 use plain GPAs), and KVM does not tell the
+//!   VMM which kind of access faulted, so the plain view serves validated private pages
+//!   as well as shared ones; a C-bit-clear *data* access to a validated private page
+//!   is not caught (unvalidated pages fault in both views). The guest must learn the bit the
 //!   way it does on hardware: SNP from CPUID 0x8000001F EBX bits 5:0 (the C-bit
 //!   position; real parts say 51, the emulation says 47 here, which the guest must
 //!   accept, and EBX bits 11:6 the reduction of its physical-address width); TDX from
@@ -654,7 +661,11 @@ impl CcMemory {
             .collect();
         let (plain_role, alias_role) = match (config.alias_bit, config.tee) {
             (None, _) => (Role::Both, Role::Both),
-            (Some(_), CcTee::Snp) => (Role::Shared, Role::Private),
+            // SNP: instruction fetches, guest page-table walks and every access with
+            // paging off are private whatever the C-bit (AMD APM vol. 2, §15.34.5), and
+            // KVM does not say which kind an access was: the plain view serves
+            // validated private pages too (module docs, *Choosing the mode*).
+            (Some(_), CcTee::Snp) => (Role::Both, Role::Private),
             (Some(_), CcTee::Tdx) => (Role::Private, Role::Shared),
         };
         let cc = Self {
@@ -998,6 +1009,21 @@ impl CcMemory {
                 source: std::io::Error::other(e),
             })?;
         self.set(&mut inner, s, e, PageState::Validated(PageSize::Size4K))
+    }
+
+    /// Marks `gpa..gpa+len` shared before the launch, keeping what the VMM wrote there
+    /// (no scrub): SNP's starting state, where every page the launch does not add
+    /// (SNP_LAUNCH_UPDATE) belongs to the hypervisor, so the boot-data descriptor, ACPI
+    /// tables and staging the VMM placed are what the guest finds there. Only before
+    /// [`CcMemory::finish_launch`]; launch pages added afterwards become private again.
+    pub fn launch_shared(&self, gpa: u64, len: u64) -> Result<(), CcMemoryError> {
+        let (s, e) = self.pages_of(gpa, len)?;
+        let mut inner = self.lock();
+        if inner.launched {
+            return Err(CcMemoryError::AfterLaunch("launch_shared"));
+        }
+        inner.pages.runs(s, e)?;
+        self.set(&mut inner, s, e, PageState::Shared)
     }
 
     /// Marks `gpa..gpa+len` as measured launch memory: private and validated (as the

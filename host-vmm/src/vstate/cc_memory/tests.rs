@@ -456,18 +456,28 @@ fn an_emulated_confidential_vm_seals_its_firmware_from_the_vmm_after_launch() {
         None,
         "the MMIO hole is for devices"
     );
+    // SNP's plain view serves private accesses too (fetches, page-table walks, paging
+    // off): a plain access to a page nobody validated is the not-validated fault.
     assert_eq!(
         cc.classify_mmio(0x1000).unwrap().kind,
-        FaultKind::SharedAccessToPrivate
+        FaultKind::NotValidated
+    );
+    assert_eq!(
+        cc.classify_mmio(top).unwrap().kind,
+        FaultKind::Accessible,
+        "validated private memory is reachable at its plain GPA"
     );
 }
 
-/// SNP with the C-bit alias: the alias (C-bit set) is the private view, the plain GPA
-/// the shared one. The probe's page tables and code are made shared (rewritten after the
-/// conversion scrubbed them), the data page stays private. Depends on the alias views'
-/// protections (without them the plain read returns 0x11).
+/// SNP with the C-bit alias: the alias (C-bit set) is the private view; the plain GPA
+/// serves shared pages and, as instruction fetches, page-table walks and accesses with
+/// paging off are private on SNP whatever the C-bit, validated private pages too. The
+/// probe's page tables and code are made shared (rewritten after the conversion
+/// scrubbed them), the data page stays private. A C-bit-set access to a shared page
+/// and a plain access to an unvalidated page fault. Depends on the alias views'
+/// protections (without them the alias read of the shared page returns its byte).
 #[test]
-fn snp_c_bit_set_reaches_private_memory_and_clear_faults() {
+fn snp_c_bit_set_reaches_private_memory_and_faults_on_shared_memory() {
     let Some(kvm) = kvm() else { return };
     for cpl3 in [false, true] {
         let cc = launched(
@@ -484,11 +494,24 @@ fn snp_c_bit_set_reaches_private_memory_and_clear_faults() {
         let mut p = vcpu(&kvm, &cc, cpl3, ALIAS_VA + LAUNCHED);
         assert_eq!(p.run(), Outcome::Reported(0x11), "{}", cpl(cpl3));
         let mut p = vcpu(&kvm, &cc, cpl3, LAUNCHED);
+        assert_eq!(p.run(), Outcome::Reported(0x11), "{}", cpl(cpl3));
+        let mut p = vcpu(&kvm, &cc, cpl3, ALIAS_VA + 0x1_0000);
         let o = run_to_fault(&mut p, &cc);
         let f = cc.classify(fault_gpa(&o).unwrap_or_else(|| panic!("not stopped: {o:?}")));
         assert_eq!(
             f.to_string(),
-            "guest accessed private page 0x201000 as shared (C-bit clear): SNP #NPF (RMP violation)"
+            "guest accessed shared page 0x800000010000 as private (C-bit set): SNP #NPF (RMP violation)",
+            "{}",
+            cpl(cpl3)
+        );
+        let mut p = vcpu(&kvm, &cc, cpl3, UNLAUNCHED);
+        let o = run_to_fault(&mut p, &cc);
+        let f = cc.classify(fault_gpa(&o).unwrap_or_else(|| panic!("not stopped: {o:?}")));
+        assert_eq!(
+            f.to_string(),
+            "guest accessed unvalidated private page 0x202000: SNP #VC page-not-validated",
+            "{}",
+            cpl(cpl3)
         );
     }
 }
