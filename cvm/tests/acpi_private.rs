@@ -44,10 +44,7 @@ fn inputs() -> Inputs {
     };
     Inputs {
         firmware: w("cvm-firmware.fd", img),
-        kernel: w(
-            "bzImage",
-            &common::bzimage(common::ACPI_KERNEL_ENTRY64, 0),
-        ),
+        kernel: w("bzImage", &common::bzimage(common::ACPI_KERNEL_ENTRY64, 0)),
         _dir: dir,
     }
 }
