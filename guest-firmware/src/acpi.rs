@@ -384,7 +384,8 @@ mod tests {
     #[test]
     fn refuses_every_malformed_blob() {
         let fadt_off = (rd64(&blob(), 48 + 36) - LINK) as usize;
-        let cases: &[(&str, &dyn Fn(&mut Vec<u8>), bool, &str)] = &[
+        type Patch<'a> = &'a dyn Fn(&mut Vec<u8>);
+        let cases: &[(&str, Patch, bool, &str)] = &[
             ("signature", &|b| b[0] = b'X', false, "RSDP"),
             ("revision 0", &|b| b[15] = 0, false, "RSDP"),
             ("RSDP checksum", &|b| b[8] ^= 1, true, "checksum"),
