@@ -19,6 +19,9 @@ pub const CC_BLOB_PAGE: u64 = 0xD000;
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
+/// ACPI reclaimable (what OVMF reports for EfiACPIReclaimMemory): Linux maps it
+/// encrypted/private under SNP and TDX (`crate::acpi` docs).
+const E820_ACPI: u32 = 3;
 const TWO_MIB: u64 = 0x200000;
 
 /// What the firmware learnt from the kernel's setup header.
@@ -144,8 +147,8 @@ pub fn memory_map(bd: &BootData, image_size: u64) -> [(u64, u64, u32); 13] {
         // CC event log (CCEL).
         (0x30000, 0x40000, E820_RESERVED),
         (0x40000, 0xA0000, E820_RAM),
-        // ACPI tables.
-        (0xE0000, 0x100000, E820_RESERVED),
+        // ACPI tables: the firmware's private, checked copy (`crate::acpi`).
+        (crate::acpi::BASE, crate::acpi::BASE + crate::acpi::MAX, E820_ACPI),
         (0x100000, slo, E820_RAM),
         // Staging region (shared on SNP).
         (slo, shi, E820_RESERVED),
@@ -278,6 +281,10 @@ mod tests {
                 gpa: 0x1FE0_0000,
                 size: 0x20_0000,
             },
+            acpi: Blob {
+                gpa: 0x1FFE_0000,
+                size: 0x1000,
+            },
         }
     }
 
@@ -325,6 +332,8 @@ mod tests {
             last = *end;
         }
         assert_eq!(last, 0x1_4000_0000);
+        // The tables' private copy is ACPI memory (type 3), not reserved.
+        assert!(map.contains(&(0xE0000, 0x100000, E820_ACPI)));
         // The staging region and the firmware are not RAM.
         assert!(map
             .iter()

@@ -38,10 +38,14 @@ pub struct BootData {
     pub ram_below_4g: u64,
     /// RAM bytes from 4 GiB.
     pub ram_above_4g: u64,
-    /// ACPI RSDP.
+    /// The link address of the ACPI table blob: where its RSDP was built to live and
+    /// what its pointers are relative to (0xE0000-0xFFFFF). After the firmware's private
+    /// copy ([`crate::acpi`]), where the RSDP is.
     pub rsdp: u64,
     /// Staging region.
     pub staging: Blob,
+    /// The ACPI table blob in the staging region (untrusted; size 0 = none staged).
+    pub acpi: Blob,
 }
 
 fn u64_at(b: &[u8], off: usize) -> u64 {
@@ -86,7 +90,7 @@ pub fn parse(d: &[u8; SIZE]) -> Result<BootData, &'static str> {
     if u32_at(d, 0x08) != 1 || u32_at(d, 0x0C) != SIZE as u32 {
         return Err("boot-data descriptor: unsupported version or size");
     }
-    if u32_at(d, 0x5C) != 0 || d[0x70..0x80].iter().any(|&b| b != 0) {
+    if u32_at(d, 0x5C) != 0 {
         return Err("boot-data descriptor: reserved fields are not zero");
     }
     let blob = |o| Blob {
@@ -101,6 +105,7 @@ pub fn parse(d: &[u8; SIZE]) -> Result<BootData, &'static str> {
         ram_above_4g: u64_at(d, 0x48),
         rsdp: u64_at(d, 0x50),
         staging: blob(0x60),
+        acpi: blob(0x70),
     };
     if !page_aligned(bd.ram_below_4g)
         || bd.ram_below_4g < 0x0200_0000
@@ -129,6 +134,12 @@ pub fn parse(d: &[u8; SIZE]) -> Result<BootData, &'static str> {
     if !inside(bd.kernel, s) || !inside(bd.initrd, s) || !inside(bd.cmdline, s) {
         return Err("boot-data descriptor: kernel, initrd or cmdline outside the staging region");
     }
+    if bd.acpi.size > crate::acpi::MAX {
+        return Err("boot-data descriptor: ACPI tables larger than 128 KiB");
+    }
+    if !inside(bd.acpi, s) {
+        return Err("boot-data descriptor: ACPI tables outside the staging region");
+    }
     if bd.cmdline.size > CMDLINE_MAX {
         return Err("boot-data descriptor: command line longer than 64 KiB");
     }
@@ -156,6 +167,8 @@ mod tests {
         put(0x58, &1u32.to_le_bytes());
         put(0x60, &0x1FF0_0000u64.to_le_bytes());
         put(0x68, &0x10_0000u64.to_le_bytes());
+        put(0x70, &0x1FF0_7000u64.to_le_bytes());
+        put(0x78, &0x1000u64.to_le_bytes());
         d
     }
 
@@ -164,9 +177,10 @@ mod tests {
         let bd = parse(&good()).unwrap();
         assert_eq!((bd.kernel.gpa, bd.kernel.size), (0x1FF0_0000, 0x5000));
         assert_eq!(bd.ram_below_4g, 0x2000_0000);
+        assert_eq!((bd.acpi.gpa, bd.acpi.size), (0x1FF0_7000, 0x1000));
         // No kernel: staging may be absent.
         let mut d = good();
-        for o in [0x10, 0x18, 0x20, 0x28, 0x30, 0x38, 0x60, 0x68] {
+        for o in [0x10, 0x18, 0x20, 0x28, 0x30, 0x38, 0x60, 0x68, 0x70, 0x78] {
             d[o..o + 8].fill(0);
         }
         assert_eq!(parse(&d).unwrap().kernel.size, 0);
@@ -188,7 +202,11 @@ mod tests {
             (0x60, 0x1FF0_0800),       // staging not page aligned
             (0x60, 0x8000),            // staging over firmware pages
             (0x68, 0x20_0000),         // staging past RAM
-            (0x70, 1),                 // reserved
+            (0x5C, 1),                 // reserved (u32)
+            (0x70, 0x1FEF_F000),       // ACPI tables below staging
+            (0x78, 0x10_0000),         // ACPI tables past the staging end
+            (0x78, 0x2_1000),          // ACPI tables larger than 128 KiB
+            (0x78, u64::MAX),          // overflow
         ];
         for &(off, v) in cases {
             let mut d = good();

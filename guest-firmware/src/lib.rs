@@ -8,6 +8,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod acpi;
 pub mod arch;
 pub mod boot;
 pub mod descriptor;

@@ -27,6 +27,7 @@
 //! | 0x20000–0x2FFFF | private command line |
 //! | 0x30000–0x3FFFF | CC event log (TDX) |
 //! | 0x40000–0x5FFFF | private copy of the bzImage setup sectors |
+//! | 0xE0000–0xFFFFF | the private, checked copy of the ACPI tables (`acpi.rs`; e820 ACPI) |
 //! | 0x100000 | the kernel's protected-mode part |
 //! | below the staging region | the private initrd (as high as possible) |
 //!
@@ -41,7 +42,10 @@
 //!    `measure::extend_rtmrs` (SHA-384 into RTMR1/RTMR2 + CC event log). The hashes
 //!    are always computed over the private copies, never over staging memory the host
 //!    can still change.
-//! 4. `boot_params` at 0x7000 and the jump to 0x100200 with RSI = 0x7000.
+//! 4. `acpi::relocate`: the staged ACPI tables, copied into 0xE0000 (private,
+//!    validated/accepted on SNP/TDX), checked and relocated (issue 13 bug 7).
+//! 5. `boot_params` at 0x7000 (RSDP in `acpi_rsdp_addr`, 0xE0000-0xFFFFF as e820
+//!    ACPI) and the jump to 0x100200 with RSI = 0x7000.
 //!
 //! # What is verified on this machine, and what is not
 //!
@@ -113,7 +117,7 @@
 mod mem;
 mod reset;
 
-use guest_firmware::{arch, boot, descriptor, env, measure, snp, tdx};
+use guest_firmware::{acpi, arch, boot, descriptor, env, measure, snp, tdx};
 
 use guest_firmware::env::Env;
 use guest_firmware::io::Io;
@@ -153,7 +157,7 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
     io.puts(env.name());
     io.puts("\n");
 
-    let bd = match descriptor::read() {
+    let mut bd = match descriptor::read() {
         Ok(bd) => bd,
         Err(e) => io.refuse(e),
     };
@@ -181,6 +185,7 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
         for (start, end) in [
             (0, 0x1000),
             (0x60000, 0xA0000),
+            (acpi::BASE, acpi::BASE + acpi::MAX),
             (boot::KERNEL_LOAD, slo),
             (shi, bd.ram_below_4g),
             (0x1_0000_0000, 0x1_0000_0000 + bd.ram_above_4g),
@@ -194,6 +199,25 @@ pub extern "C" fn fw_main(flags: u32) -> ! {
                 }
             }
         }
+    }
+
+    // ACPI tables (issue 13 bug 7): a private copy of the staged blob, checked and
+    // relocated there; the kernel gets its address and an e820 ACPI range. Under SNP
+    // and TDX the tables must come this way (the host's shared copy is no table a
+    // confidential kernel can read).
+    if bd.acpi.size != 0 {
+        // SAFETY: the ACPI area is RAM the firmware owns (validated/accepted above on
+        // SNP/TDX); nothing else uses it.
+        unsafe { arch::fill_phys(acpi::BASE, 0, acpi::MAX) };
+        copy_in(acpi::BASE, bd.acpi.gpa, alias, bd.acpi.size);
+        // SAFETY: as above; the descriptor bounds the size by `acpi::MAX`.
+        let tables = unsafe { arch::phys_mut(acpi::BASE, bd.acpi.size as usize) };
+        bd.rsdp = match acpi::relocate(tables, bd.rsdp, acpi::BASE) {
+            Ok(rsdp) => rsdp,
+            Err(e) => io.refuse(e),
+        };
+    } else if let Env::Snp { .. } | Env::Tdx = env {
+        io.refuse("no ACPI tables staged (boot-data descriptor 0x70)");
     }
 
     // Setup sectors: the first one says how many there are.

@@ -4,10 +4,11 @@
 //! PVALIDATE traps (`arch::vmgexit`, `arch::pvalidate`), chosen once by
 //! `env::select_traps` from SEV_STATUS.
 //!
-//! - the GHCB page (0x9000) and the descriptor page (0x8000) and ACPI area
-//!   (0xE0000-0xFFFFF) are host-written, so the first 2 MiB is remapped with 4 KiB
-//!   pages and those pages without the C-bit; the GHCB is registered with the MSR
-//!   protocol;
+//! - the GHCB page (0x9000) and the descriptor page (0x8000) are host-written, so the
+//!   first 2 MiB is remapped with 4 KiB pages and those pages without the C-bit; the
+//!   GHCB is registered with the MSR protocol (the ACPI area 0xE0000-0xFFFFF is
+//!   private: the firmware validates it and copies the checked tables there,
+//!   `crate::acpi`);
 //! - the staging region is converted to shared (Page State Change NAE, 2 MiB entries)
 //!   and mapped without the C-bit (2 MiB granularity: `boot::staging_reserved`);
 //! - every RAM range handed to Linux that the PSP did not pre-validate (SNP_SEC_MEM) is
@@ -142,7 +143,7 @@ fn ghcb_call() -> (u64, u64) {
     (get(g, SW_EXIT_INFO_1), get(g, SW_EXIT_INFO_2))
 }
 
-/// Remaps the first 2 MiB with 4 KiB pages (shared: descriptor, GHCB, ACPI area) and
+/// Remaps the first 2 MiB with 4 KiB pages (shared: descriptor, GHCB) and
 /// registers the GHCB. Runs before anything reads the descriptor or prints.
 pub fn init_low(cbit: u8) {
     let c = 1u64 << cbit;
@@ -153,7 +154,7 @@ pub fn init_low(cbit: u8) {
         let pt = arch::phys_mut(LOW_PT, 4096);
         for i in 0..512u64 {
             let pa = i << 12;
-            let shared = pa == 0x8000 || pa == GHCB || (0xE0000..0x100000).contains(&pa);
+            let shared = pa == 0x8000 || pa == GHCB;
             let e = pa | 3 | if shared { 0 } else { c };
             pt[i as usize * 8..i as usize * 8 + 8].copy_from_slice(&e.to_le_bytes());
         }

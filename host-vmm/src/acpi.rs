@@ -13,6 +13,12 @@
 //!
 //! The tables are laid out contiguously from [`AcpiTables::rsdp_gpa`] (the RSDP
 //! first, 16-byte aligned, so a legacy scan of 0xE0000..0xFFFFF also finds it).
+//!
+//! Confidential guests (issue 13 bug 7) cannot read tables the host wrote into shared
+//! memory, so the VMM also stages the same blob in the staging region
+//! ([`crate::boot::stage_acpi`]); the project firmware copies it into private memory
+//! at [`ACPI_BASE`], checks it and relocates it (its pointers are relative to
+//! [`ACPI_BASE`], the link address in the boot-data descriptor). Not measured.
 
 use acpi_tables::aml::{
     AmlString, Device, EISAName, Interrupt, Memory32Fixed, Name, One, Package, Path,

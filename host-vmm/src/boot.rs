@@ -33,8 +33,13 @@ pub const VERSION: u32 = 1;
 /// Where the firmware loads the kernel's protected-mode part; staging must stay above
 /// it.
 pub const KERNEL_LOAD_GPA: u64 = 0x10_0000;
-/// Where the ACPI RSDP is.
+/// The link address of the ACPI tables (descriptor 0x50): where the RSDP was built
+/// to live and what every table pointer is relative to. The VMM writes the tables
+/// there too (what `--tee none` guests without the project firmware read); the
+/// firmware places its private, checked copy there.
 pub const RSDP_GPA: u64 = crate::acpi::ACPI_BASE;
+/// Room reserved for the ACPI table blob at the end of the staging region.
+pub const ACPI_SLOT: u64 = crate::acpi::ACPI_SIZE;
 const PAGE: u64 = 4096;
 
 /// Which staged item to corrupt (test equipment).
@@ -46,6 +51,14 @@ pub enum Tamper {
     Initrd,
     /// Flip a bit of the first command-line byte.
     Cmdline,
+    /// Point the last XSDT entry of the staged ACPI tables outside the blob (checksums
+    /// kept valid).
+    AcpiPointer,
+    /// Flip a bit of the OEM ID of the table the last XSDT entry of the staged ACPI
+    /// tables names (its checksum no longer holds).
+    AcpiChecksum,
+    /// Describe the staged ACPI tables as larger than the firmware accepts.
+    AcpiSize,
 }
 
 /// The kernel, initrd and command line to boot.
@@ -90,6 +103,12 @@ pub enum BootError {
     /// Tampering asked for an item that is not given.
     #[error("--tamper-staged {0:?}: that item is not given, so it cannot be tampered with")]
     TamperMissing(Tamper),
+    /// The ACPI tables outgrew their slot in the staging region.
+    #[error("the ACPI tables ({0:#x} bytes) do not fit their {ACPI_SLOT:#x}-byte slot in the staging region")]
+    AcpiTooLarge(usize),
+    /// `--tamper-staged acpi-pointer|acpi-checksum` found no XSDT entry to corrupt.
+    #[error("--tamper-staged: the ACPI tables have no XSDT entry to corrupt")]
+    AcpiNoXsdtEntry,
     /// Writing guest memory failed.
     #[error("cannot write the boot data into guest memory")]
     Write(#[source] vm_memory::GuestMemoryError),
@@ -167,6 +186,9 @@ pub struct StagingLayout {
     pub initrd: (u64, u64),
     /// Command line with NUL (GPA, size; 0/0 when none).
     pub cmdline: (u64, u64),
+    /// The slot for the ACPI table blob (GPA, [`ACPI_SLOT`]); [`stage_acpi`] fills
+    /// it.
+    pub acpi: (u64, u64),
 }
 
 fn round_up(v: u64) -> u64 {
@@ -180,11 +202,11 @@ pub fn ram_split(memory: u64) -> (u64, u64) {
 }
 
 impl StagingLayout {
-    /// Places kernel, initrd and command line (each page aligned, in that order) at the
-    /// top of low RAM.
+    /// Places kernel, initrd, command line and the ACPI slot (each page aligned, in
+    /// that order) at the top of low RAM.
     pub fn new(memory: u64, kernel: u64, initrd: u64, cmdline: u64) -> Result<Self, BootError> {
         let (ram_end, _) = ram_split(memory);
-        let need = round_up(kernel) + round_up(initrd) + round_up(cmdline);
+        let need = round_up(kernel) + round_up(initrd) + round_up(cmdline) + ACPI_SLOT;
         let floor = KERNEL_LOAD_GPA + round_up(kernel);
         let base = ram_end
             .checked_sub(need)
@@ -203,11 +225,13 @@ impl StagingLayout {
             } else {
                 (0, 0)
             },
+            acpi: (c_gpa + round_up(cmdline), ACPI_SLOT),
         })
     }
 }
 
-/// The boot-data descriptor for `layout` (all zeros for "no kernel").
+/// The boot-data descriptor for `layout` (all zeros for "no kernel"); the ACPI blob
+/// fields (0x70, 0x78) are zero until [`stage_acpi`] fills them.
 pub fn descriptor(layout: &StagingLayout, memory: u64, vcpus: u32) -> [u8; DESCRIPTOR_SIZE] {
     let (low, high) = ram_split(memory);
     let mut d = [0u8; DESCRIPTOR_SIZE];
@@ -259,6 +283,8 @@ pub fn stage(
                 Some(Tamper::Kernel) => flip(&mut kernel, false),
                 Some(Tamper::Initrd) if !initrd.is_empty() => flip(&mut initrd, false),
                 Some(Tamper::Cmdline) if cmdline.len() > 1 => flip(&mut cmdline, true),
+                // The ACPI tables are staged by `stage_acpi`.
+                Some(Tamper::AcpiPointer | Tamper::AcpiChecksum | Tamper::AcpiSize) => {}
                 Some(t) => return Err(BootError::TamperMissing(t)),
             }
             for (gpa, data) in [
@@ -282,6 +308,87 @@ pub fn stage(
     Ok(layout)
 }
 
+/// Stages the ACPI table blob `tables` (built for [`RSDP_GPA`]) in the layout's ACPI
+/// slot and names it in the descriptor (0x70 GPA, 0x78 size). No kernel staged:
+/// nothing to do (the firmware boots nothing). With an `Acpi*` `tamper`, the staged
+/// blob or its size is corrupted as a malicious host would (test equipment).
+pub fn stage_acpi(
+    mem: &GuestMemoryMmap,
+    layout: &StagingLayout,
+    tables: &[u8],
+    tamper: Option<Tamper>,
+) -> Result<(), BootError> {
+    let (gpa, slot) = layout.acpi;
+    if slot == 0 {
+        return Ok(());
+    }
+    if tables.len() as u64 > slot {
+        return Err(BootError::AcpiTooLarge(tables.len()));
+    }
+    let mut blob = tables.to_vec();
+    let mut size = blob.len() as u64;
+    match tamper {
+        Some(Tamper::AcpiChecksum) => break_last_table_checksum(&mut blob)?,
+        Some(Tamper::AcpiPointer) => point_last_xsdt_entry_outside(&mut blob)?,
+        Some(Tamper::AcpiSize) => size = slot + PAGE,
+        _ => {}
+    }
+    mem.write_slice(&blob, GuestAddress(gpa))
+        .map_err(BootError::Write)?;
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&gpa.to_le_bytes());
+    d[8..].copy_from_slice(&size.to_le_bytes());
+    mem.write_slice(&d, GuestAddress(DESCRIPTOR_GPA + 0x70))
+        .map_err(BootError::Write)
+}
+
+/// Test equipment: where the XSDT of `blob` (RSDP at 0, built for [`RSDP_GPA`]) is
+/// and how long, with at least one entry.
+fn xsdt_of(blob: &[u8]) -> Result<(usize, usize), BootError> {
+    let rd = |o: usize, n: usize| {
+        blob.get(o..o + n).map(|s| {
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(s);
+            u64::from_le_bytes(w)
+        })
+    };
+    let x = rd(24, 8)
+        .and_then(|p| p.checked_sub(RSDP_GPA))
+        .ok_or(BootError::AcpiNoXsdtEntry)? as usize;
+    let len = rd(x + 4, 4).ok_or(BootError::AcpiNoXsdtEntry)? as usize;
+    if len < 44 || x + len > blob.len() {
+        return Err(BootError::AcpiNoXsdtEntry);
+    }
+    Ok((x, len))
+}
+
+/// Test equipment: the last XSDT entry points past the blob; the XSDT's checksum is
+/// fixed so only the pointer is wrong.
+fn point_last_xsdt_entry_outside(blob: &mut [u8]) -> Result<(), BootError> {
+    let (x, len) = xsdt_of(blob)?;
+    let outside = RSDP_GPA + blob.len() as u64 + 0x1000;
+    blob[x + len - 8..x + len].copy_from_slice(&outside.to_le_bytes());
+    blob[x + 9] = 0;
+    let sum = blob[x..x + len].iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    blob[x + 9] = sum.wrapping_neg();
+    Ok(())
+}
+
+/// Test equipment: flips a bit of the OEM ID of the table the last XSDT entry names,
+/// so that table's checksum no longer holds.
+fn break_last_table_checksum(blob: &mut [u8]) -> Result<(), BootError> {
+    let (x, len) = xsdt_of(blob)?;
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&blob[x + len - 8..x + len]);
+    let t = u64::from_le_bytes(p)
+        .checked_sub(RSDP_GPA)
+        .map(|o| o as usize + 10)
+        .filter(|o| *o < blob.len())
+        .ok_or(BootError::AcpiNoXsdtEntry)?;
+    blob[t] ^= 1;
+    Ok(())
+}
+
 fn flip(v: &mut [u8], first: bool) {
     let i = if first { 0 } else { v.len() - 1 };
     v[i] ^= 1;
@@ -298,15 +405,22 @@ mod tests {
     #[test]
     fn layout_sits_at_the_top_of_low_ram_page_aligned() {
         let l = StagingLayout::new(64 << 20, 5000, 100, 10).unwrap();
-        assert_eq!(l.size, 0x2000 + 0x1000 + 0x1000);
+        assert_eq!(l.size, 0x2000 + 0x1000 + 0x1000 + ACPI_SLOT);
         assert_eq!(l.base, (64 << 20) - l.size);
         assert_eq!(l.kernel, (l.base, 5000));
         assert_eq!(l.initrd, (l.base + 0x2000, 100));
         assert_eq!(l.cmdline, (l.base + 0x3000, 10));
+        assert_eq!(l.acpi, (l.base + 0x4000, ACPI_SLOT));
+        assert_eq!(
+            l.acpi.0 + l.acpi.1,
+            l.base + l.size,
+            "the slot ends the region"
+        );
         // Above 3 GiB of memory, the staging region ends at the MMIO hole.
         let l = StagingLayout::new(8 << 30, 4096, 0, 0).unwrap();
         assert_eq!(l.base + l.size, MMIO_HOLE_START);
         assert_eq!((l.initrd, l.cmdline), ((0, 0), (0, 0)));
+        assert_eq!(l.acpi, (l.base + 0x1000, ACPI_SLOT));
         // Too large: it would overlap the kernel load area.
         assert!(matches!(
             StagingLayout::new(16 << 20, 8 << 20, 8 << 20, 1),
@@ -375,6 +489,38 @@ mod tests {
             stage(&mem, 32 << 20, 1, Some(&no_initrd), Some(Tamper::Initrd)),
             Err(BootError::TamperMissing(Tamper::Initrd))
         ));
+
+        // The ACPI blob goes into its slot and the descriptor names it.
+        let tables = crate::acpi::build(2, &[]).unwrap();
+        stage_acpi(&mem, &l, &tables.blob, None).unwrap();
+        let mut t = vec![0; tables.blob.len()];
+        mem.read_slice(&mut t, GuestAddress(l.acpi.0)).unwrap();
+        assert_eq!(t, tables.blob);
+        mem.read_slice(&mut d, GuestAddress(DESCRIPTOR_GPA))
+            .unwrap();
+        assert_eq!(u64_at(&d, 0x70), l.acpi.0);
+        assert_eq!(u64_at(&d, 0x78), tables.blob.len() as u64);
+        assert!(matches!(
+            stage_acpi(&mem, &l, &vec![0; ACPI_SLOT as usize + 1], None),
+            Err(BootError::AcpiTooLarge(_))
+        ));
+        // Tampering: the size, a checksum, a pointer.
+        stage_acpi(&mem, &l, &tables.blob, Some(Tamper::AcpiSize)).unwrap();
+        mem.read_slice(&mut d, GuestAddress(DESCRIPTOR_GPA))
+            .unwrap();
+        assert!(u64_at(&d, 0x78) > ACPI_SLOT);
+        stage_acpi(&mem, &l, &tables.blob, Some(Tamper::AcpiChecksum)).unwrap();
+        mem.read_slice(&mut t, GuestAddress(l.acpi.0)).unwrap();
+        assert_ne!(t, tables.blob);
+        stage_acpi(&mem, &l, &tables.blob, Some(Tamper::AcpiPointer)).unwrap();
+        mem.read_slice(&mut t, GuestAddress(l.acpi.0)).unwrap();
+        let x = (u64_at(&t, 24) - RSDP_GPA) as usize;
+        let xlen = u32::from_le_bytes(t[x + 4..x + 8].try_into().unwrap()) as usize;
+        assert!(u64_at(&t, x + xlen - 8) >= RSDP_GPA + t.len() as u64);
+        assert_eq!(
+            t[x..x + xlen].iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+            0
+        );
 
         // No kernel: a descriptor with zero sizes.
         let l = stage(&mem, 32 << 20, 2, None, None).unwrap();

@@ -260,6 +260,8 @@ pub struct VmBuilder {
     vsock_loop: Option<VsockLoop>,
     net_loops: Vec<VsockLoop>,
     net_stats: Vec<(String, Arc<NetStats>)>,
+    /// Where the boot data was staged (the ACPI slot is filled by `write_acpi`).
+    staged: boot::StagingLayout,
 }
 
 impl std::fmt::Debug for VmBuilder {
@@ -314,6 +316,7 @@ impl VmBuilder {
             vsock_loop: None,
             net_loops: Vec::new(),
             net_stats: Vec::new(),
+            staged: boot::StagingLayout::default(),
         })
     }
 
@@ -393,6 +396,7 @@ impl VmBuilder {
         }
         let c = &self.config;
         let staged = boot::stage(vm.memory(), c.memory, c.vcpus, c.boot.as_ref(), c.tamper)?;
+        self.staged = staged;
         if c.boot.is_some() {
             tracing::info!(
                 event = "boot-data",
@@ -536,7 +540,11 @@ impl VmBuilder {
         let tables = acpi::build_with(self.config.vcpus, &self.virtio, extra.ccel)?;
         vm.memory()
             .write_slice(&tables.blob, vm_memory::GuestAddress(tables.rsdp_gpa))
-            .map_err(VmmError::AcpiWrite)
+            .map_err(VmmError::AcpiWrite)?;
+        // The firmware's input (issue 13 bug 7): the same blob in the shared staging
+        // region, which the firmware checks and copies into private memory.
+        boot::stage_acpi(vm.memory(), &self.staged, &tables.blob, self.config.tamper)?;
+        Ok(())
     }
 
     /// KVM's supported CPUID, normalised by the template ([`crate::vstate::cpuid`]),

@@ -535,6 +535,12 @@ pub enum TamperArg {
     Initrd,
     /// Flip a bit of the first command-line byte.
     Cmdline,
+    /// Point an XSDT entry of the staged ACPI tables outside them.
+    AcpiPointer,
+    /// Break a checksum of the staged ACPI tables.
+    AcpiChecksum,
+    /// Describe the staged ACPI tables as larger than 128 KiB.
+    AcpiSize,
 }
 
 impl From<TamperArg> for Tamper {
@@ -543,6 +549,9 @@ impl From<TamperArg> for Tamper {
             TamperArg::Kernel => Tamper::Kernel,
             TamperArg::Initrd => Tamper::Initrd,
             TamperArg::Cmdline => Tamper::Cmdline,
+            TamperArg::AcpiPointer => Tamper::AcpiPointer,
+            TamperArg::AcpiChecksum => Tamper::AcpiChecksum,
+            TamperArg::AcpiSize => Tamper::AcpiSize,
         }
     }
 }
