@@ -47,10 +47,10 @@
 //!   see a TD. A real TDX module answers leaf 0x21 itself (the host cannot configure
 //!   it), so no host can show this value to a real TD; and the firmware refuses the
 //!   signature when its measured command line lacks the word.
-//! - The launch is the same (same MRTD and RTMRs for the same inputs), except that the
-//!   ACPI area (0xE0000-0xFFFFF) is shared before the launch with the tables the VMM
-//!   wrote, instead of scrubbed as unlaunched private memory: host input, unmeasured,
-//!   as OVMF's tables from fw_cfg.
+//! - The launch is the same (same MRTD and RTMRs for the same inputs). The ACPI tables
+//!   reach the kernel as for a CC-aware guest: the firmware accepts 0xE0000-0xFFFFF,
+//!   copies the staged tables there, checks and relocates them (issue 13 bug 7), and the
+//!   handoff below keeps those contents.
 //! - After measuring, the firmware writes port [`PLAIN_HANDOFF_PORT`] (TDVMCALL
 //!   Instruction.IO) just before entering the kernel; the VMM's device there (attached
 //!   only in this mode) calls [`CcMemory::end_contract`]: every page becomes ordinary
@@ -484,13 +484,6 @@ impl PendingLaunch for TdEntry {
         let mut descriptor = [0u8; crate::boot::DESCRIPTOR_SIZE];
         let _ = mem.read_slice(&mut descriptor, GuestAddress(crate::boot::DESCRIPTOR_GPA));
         share_staging(cc, mem, &descriptor)?;
-        if self.plain_handoff {
-            // The ACPI tables the VMM wrote (host input, unmeasured, as OVMF takes them
-            // from fw_cfg) stay where the unaware kernel looks for them: shared, with
-            // the VMM's bytes, instead of scrubbed as unlaunched private memory. The
-            // CC-aware guest never reads them there.
-            share_keeping(cc, mem, ACPI_AREA.0, ACPI_AREA.1 - ACPI_AREA.0)?;
-        }
         // The KVM backend's launch description: only the plan and the RAM size shape
         // the pages (INIT_VM's configuration is the emulated module's, not needed here).
         let launch = TdxLaunch {
@@ -576,10 +569,6 @@ fn share_staging(
     }
     share_keeping(cc, mem, base, size)
 }
-
-/// The legacy BIOS area the ACPI tables start in (`crate::acpi::ACPI_BASE`) up to 1 MiB:
-/// where Linux finds the RSDP (boot_params, or its scan of 0xE0000-0xFFFFF).
-const ACPI_AREA: (u64, u64) = (crate::acpi::ACPI_BASE, 0x10_0000);
 
 /// Makes `base..base+size` shared before the launch, keeping the bytes the VMM wrote
 /// there (module docs: the shared backing of a TD's pages is the VMM's memory).
