@@ -1,4 +1,5 @@
 # scenarios: bench-boot bench-net bench-ratelimit
+# nested: benchmark only
 # Benchmarks, cvm against QEMU (-M microvm, -accel kvm, virtio-mmio devices, qboot) with the
 # same guest kernel and initramfs (60-bench.build) inside the same outer VM; sourced by the
 # outer /init. Emulated-CPU figures (the outer VM runs under QEMU TCG): ratios only.
