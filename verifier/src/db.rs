@@ -1513,9 +1513,5 @@ mod tests {
         let db = Db::open(&format!("{base}/{name}")).await.unwrap();
         batches_are_transactional(&db).await;
         db.close().await;
-        sqlx::query(&format!("DROP DATABASE {name}"))
-            .execute(admin.pool())
-            .await
-            .unwrap();
     }
 }
