@@ -392,9 +392,24 @@ mod tests {
             ("RSDP ext checksum", &|b| b[32] ^= 1, true, "checksum"),
             ("RSDT", &|b| wr32(b, 16, 0xE0040), false, "RSDT"),
             ("XSDT below", &|b| wr64(b, 24, LINK - 16), false, "outside"),
-            ("XSDT past", &|b| wr64(b, 24, LINK + 0x10_0000), false, "outside"),
-            ("XSDT overflow", &|b| wr64(b, 24, u64::MAX - 8), false, "outside"),
-            ("XSDT length", &|b| wr32(b, 48 + 4, 0x10_0000), false, "length"),
+            (
+                "XSDT past",
+                &|b| wr64(b, 24, LINK + 0x10_0000),
+                false,
+                "outside",
+            ),
+            (
+                "XSDT overflow",
+                &|b| wr64(b, 24, u64::MAX - 8),
+                false,
+                "outside",
+            ),
+            (
+                "XSDT length",
+                &|b| wr32(b, 48 + 4, 0x10_0000),
+                false,
+                "length",
+            ),
             (
                 "entry outside",
                 &|b| wr64(b, 48 + 44, 0xFFFF_0000),

@@ -148,7 +148,11 @@ pub fn memory_map(bd: &BootData, image_size: u64) -> [(u64, u64, u32); 13] {
         (0x30000, 0x40000, E820_RESERVED),
         (0x40000, 0xA0000, E820_RAM),
         // ACPI tables: the firmware's private, checked copy (`crate::acpi`).
-        (crate::acpi::BASE, crate::acpi::BASE + crate::acpi::MAX, E820_ACPI),
+        (
+            crate::acpi::BASE,
+            crate::acpi::BASE + crate::acpi::MAX,
+            E820_ACPI,
+        ),
         (0x100000, slo, E820_RAM),
         // Staging region (shared on SNP).
         (slo, shi, E820_RESERVED),

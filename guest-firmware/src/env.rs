@@ -297,11 +297,22 @@ mod tests {
         let w = |s: &[u8]| u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
         let sig = |s: &[u8; 12]| td_signature(w(&s[..4]), w(&s[4..8]), w(&s[8..]));
         assert_eq!(sig(b"IntelTDX    "), TdSignature::Tdx);
-        assert_eq!(sig(&TDX_SIGNATURE_EMULATED_PLAIN), TdSignature::EmulatedPlain);
-        for other in [b"IntelTDX   \0", b"cvmPlainTDX\0", b"AuthenticAMD", b"KVMKVMKVM\0\0\0"] {
+        assert_eq!(
+            sig(&TDX_SIGNATURE_EMULATED_PLAIN),
+            TdSignature::EmulatedPlain
+        );
+        for other in [
+            b"IntelTDX   \0",
+            b"cvmPlainTDX\0",
+            b"AuthenticAMD",
+            b"KVMKVMKVM\0\0\0",
+        ] {
             assert_eq!(sig(other), TdSignature::None, "{other:?}");
         }
-        assert_eq!(tdx_plain_handoff(TdSignature::EmulatedPlain, true), Ok(true));
+        assert_eq!(
+            tdx_plain_handoff(TdSignature::EmulatedPlain, true),
+            Ok(true)
+        );
         assert!(tdx_plain_handoff(TdSignature::EmulatedPlain, false).is_err());
         assert_eq!(tdx_plain_handoff(TdSignature::Tdx, true), Ok(false));
         assert_eq!(tdx_plain_handoff(TdSignature::Tdx, false), Ok(false));

@@ -318,7 +318,6 @@ impl TeeBackend for EmulatedTdx {
         cc.set_largest_private_page(self.private_pages);
         let _ = self.cc.set(cc.clone());
         Ok(Box::new(TdEntry {
-            plain_handoff: self.plain_handoff,
             vcpus: self.vcpus.clone(),
             plan: self.plan.clone(),
             legacy_descriptor: self.legacy_descriptor,
@@ -458,7 +457,6 @@ pub fn show_tdx_leaf_as(cpuid: &mut CpuId, insn_trap: InsnTrap, signature: &[u8;
 /// The emulated launch after vCPU creation: the TDVF sections go into private memory
 /// (module docs), the launch is sealed, and every vCPU enters as a TD vCPU.
 struct TdEntry {
-    plain_handoff: bool,
     vcpus: Arc<OnceLock<u32>>,
     plan: Arc<TdxLaunchPlan>,
     legacy_descriptor: bool,

@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use super::state::{client_ip, parse_json, read_body, AppState, ClientIp, JsonBody};
 use crate::crypto::jwe::{self, TeeKey};
 use crate::crypto::token;
-use crate::db::{now, Tx};
+use crate::db::{self, now, Batch, Tx};
 use crate::error::ApiError;
 use crate::protocol::{report_data_with, version_supported, SESSION_COOKIE};
 use crate::ratelimit::{AuditDecision, RefusalSummary};
@@ -386,7 +386,9 @@ async fn attest_inner(
         }
     };
     ctx.session = Some(id.clone());
-    let Some(session) = sessions::get(&st.db, &id).await? else {
+    // The session, and the workloads it may match (read while the session is still
+    // challenged; one statement).
+    let Some((session, candidates)) = sessions::get_for_attest(&st.db, &id, now()).await? else {
         if let Some(r) = refusal_limited(st, &ctx.limit_key) {
             return Err(r);
         }
@@ -437,16 +439,6 @@ async fn attest_inner(
     .map_err(|e| Refusal::new("malformed-request", ApiError::BadRequest(e.to_string())))?;
     let evidence = serde_json::to_vec(&attestation.tee_evidence.primary_evidence)
         .map_err(|e| Refusal::new("malformed-evidence", ApiError::BadRequest(e.to_string())))?;
-    // The workloads the session may match.
-    let mut conn = st.db.read().await?;
-    let candidates = match &session.workload_hint {
-        Some(name) => workloads::get_on(&mut conn, name)
-            .await?
-            .into_iter()
-            .collect(),
-        None => workloads::list_on(&mut conn).await?,
-    };
-    drop(conn);
     // From here on a refusal burns the challenge. The nonce itself is consumed in the
     // same transaction that records the accepted attestation (one durable commit per
     // attestation); of concurrent attempts with the same challenge, only one can win.
@@ -503,19 +495,31 @@ async fn attest_inner(
 
     let token_sha256 = token::digest(&token);
 
-    let mut tx = st.db.begin().await?;
-    let guest = sessions::record_guest(
-        &mut tx,
-        &GuestIdentity {
-            workload: &workload.name,
-            tee: &session.tee,
-            platform_id: &platform_id,
-            legacy_platform_id: legacy_platform_id.as_deref(),
-            measurement: &measurement,
-            trust,
-        },
-    )
-    .await?;
+    // One transaction in two round trips: the inventory upsert, the consumption of the
+    // nonce and the audit head first; then, once checked, the audit record and COMMIT.
+    let identity = GuestIdentity {
+        workload: &workload.name,
+        tee: &session.tee,
+        platform_id: &platform_id,
+        legacy_platform_id: legacy_platform_id.as_deref(),
+        measurement: &measurement,
+        trust,
+    };
+    let attested = Attested {
+        workload: &workload.name,
+        tee_pubkey: &pubkey_json,
+        trust,
+        expires_at,
+        token_sha256: &token_sha256,
+    };
+    let mut batch = Batch::new();
+    sessions::push_record_guest(&mut batch, &identity);
+    // Consumes the nonce: of concurrent attempts with one challenge, only one wins.
+    sessions::push_attest(&mut batch, &id, &session.nonce, &identity, &attested);
+    audit::push_take_head(&mut batch);
+    let (tx, results) = st.db.begin_with(batch).await?;
+    let [guest, won, head] = db::results(results)?;
+    let guest = sessions::guest_from(&guest)?;
     if guest.revoked {
         rollback(tx).await;
         return Err(Refusal::new(
@@ -523,30 +527,19 @@ async fn attest_inner(
             ApiError::Forbidden("this guest's grants are revoked".into()),
         ));
     }
-    // Consumes the nonce: of concurrent attempts with one challenge, only one wins.
-    let won = sessions::attest(
-        &mut tx,
-        &id,
-        &session.nonce,
-        &Attested {
-            workload: &workload.name,
-            tee_pubkey: &pubkey_json,
-            inventory_id: &guest.id,
-            trust,
-            expires_at,
-            token_sha256: &token_sha256,
-        },
-    )
-    .await?;
-    if !won {
+    if won.rows_affected != 1 {
         rollback(tx).await;
         return Err(Refusal::new(
             "replay",
             ApiError::Unauthorized("the challenge of this session was already used".into()),
         ));
     }
-    audit::append(
-        &mut tx,
+    let keys = tx.audit_keys().ok_or(crate::db::DbError::NoAuditKey)?;
+    let mut batch = Batch::new();
+    audit::push_append(
+        &mut batch,
+        &keys,
+        &audit::head_from(&head)?,
         &AuditEvent {
             kind: AuditKind::Attestation,
             actor: format!("guest:{id}"),
@@ -558,11 +551,8 @@ async fn attest_inner(
                 "measurement": measurement, "platform_id": platform_id, "inventory_id": guest.id,
             }),
         },
-    )
-    .await?;
-    tx.commit()
-        .await
-        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    )?;
+    tx.commit_with(batch).await?;
 
     if claims.trust == TrustLevel::InsecureEmulated {
         tracing::warn!(session = %id, workload = %workload.name, "accepted INSECURE-EMULATED evidence");
@@ -1017,8 +1007,14 @@ async fn resource_inner(
 
     // Revocation, grant and the value are read in the transaction that records the
     // release, so a revocation committed before it is seen.
-    let mut tx = st.db.begin().await?;
-    let inputs = workloads::release_inputs(&mut tx, workload_name, inventory_id, path).await?;
+    // One transaction in two round trips: the inputs and the audit head; then, once
+    // every check passed, the audit record and COMMIT.
+    let mut batch = Batch::new();
+    workloads::push_release_inputs(&mut batch, workload_name, inventory_id, path);
+    audit::push_take_head(&mut batch);
+    let (tx, results) = st.db.begin_with(batch).await?;
+    let [inputs, head] = db::results(results)?;
+    let inputs = workloads::release_inputs_from(&inputs)?;
     let (workload, sealed) = match check_release(path, inputs) {
         Ok(v) => v,
         Err(r) => {
@@ -1030,8 +1026,12 @@ async fn resource_inner(
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
     let jwe = jwe::encrypt(&tee_key, &value).map_err(|e| Refusal::from(ApiError::internal(e)))?;
     drop(value);
-    audit::append(
-        &mut tx,
+    let keys = tx.audit_keys().ok_or(crate::db::DbError::NoAuditKey)?;
+    let mut batch = Batch::new();
+    audit::push_append(
+        &mut batch,
+        &keys,
+        &audit::head_from(&head)?,
         &AuditEvent {
             kind: AuditKind::KeyRelease,
             actor: format!("guest:{id}"),
@@ -1043,8 +1043,7 @@ async fn resource_inner(
                 "trust": session.trust, "tee": session.tee,
             }),
         },
-    )
-    .await?;
+    )?;
     // The release proof the guest checks against its pinned key (crypto::token docs):
     // signed over the exact body bytes sent.
     let body = serde_json::to_vec(&jwe).map_err(|e| Refusal::from(ApiError::internal(e)))?;
@@ -1054,9 +1053,7 @@ async fn resource_inner(
         .signer
         .sign_release(path, &tee_thumbprint, &body)
         .map_err(|e| Refusal::from(ApiError::internal(e)))?;
-    tx.commit()
-        .await
-        .map_err(|e| Refusal::from(ApiError::internal(e)))?;
+    tx.commit_with(batch).await?;
     Ok((
         StatusCode::OK,
         [

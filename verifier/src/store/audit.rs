@@ -52,7 +52,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::master::{MasterKey, MasterKeyError};
 use crate::crypto::token::TokenSigner;
-use crate::db::{now, Db, DbError, Tx};
+use crate::db::{now, Batch, Db, DbError, StmtResult, Tx};
 
 /// What happened; the `kind` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -504,25 +504,60 @@ pub async fn load_key(
     Ok(keys)
 }
 
-/// Takes the next sequence number: `(seq, previous mac, last checkpoint seq, its time)`.
-/// Taking the head row first serializes concurrent appenders.
-async fn bump_head(tx: &mut Tx) -> Result<(i64, String, i64, i64), DbError> {
-    let row = sqlx::query(
-        "UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash, cp_seq, cp_ts",
-    )
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok((
-        row.try_get(0)?,
-        row.try_get(1)?,
-        row.try_get(2)?,
-        row.try_get(3)?,
-    ))
+/// Takes the next sequence number and returns `(seq, previous mac, last checkpoint
+/// seq, its time)`. Taking the head row first serializes concurrent appenders.
+const BUMP_HEAD: &str =
+    "UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash, cp_seq, cp_ts";
+
+const INSERT_RECORD: &str = "INSERT INTO audit_log (seq, ts, kind, actor, client, subject, outcome, detail, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const INSERT_CHECKPOINT: &str =
+    "INSERT INTO audit_checkpoints (seq, ts, mac, jws) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (seq) DO NOTHING";
+
+const CHECKPOINT_HEAD: &str = "UPDATE audit_head SET cp_seq = $1, cp_ts = $2 WHERE id = 1";
+
+/// The chain head an append continues, taken in the append's transaction
+/// ([`push_take_head`], [`head_from`]).
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// The sequence number of the record to append.
+    seq: i64,
+    /// The MAC of the record before it.
+    prev: String,
+    /// The last checkpoint's sequence number and time.
+    cp_seq: i64,
+    cp_ts: i64,
 }
 
-/// Writes record `seq` (linked to `prev`) with its MAC; returns the MAC.
-async fn write_record(
-    tx: &mut Tx,
+/// Adds the statement that takes the next sequence number (and with it the write lock
+/// on the head) to `batch`; its result is read with [`head_from`].
+pub fn push_take_head(batch: &mut Batch<'_>) {
+    batch.push(BUMP_HEAD, Vec::new());
+}
+
+/// The head taken by [`push_take_head`]'s statement.
+pub fn head_from(r: &StmtResult) -> Result<Head, DbError> {
+    let row = r.one()?;
+    Ok(Head {
+        seq: row.try_get(0)?,
+        prev: row.try_get(1)?,
+        cp_seq: row.try_get(2)?,
+        cp_ts: row.try_get(3)?,
+    })
+}
+
+async fn bump_head(tx: &mut Tx) -> Result<(i64, String, i64, i64), DbError> {
+    let mut b = Batch::new();
+    push_take_head(&mut b);
+    let h = head_from(&tx.run(b).await?[0])?;
+    Ok((h.seq, h.prev, h.cp_seq, h.cp_ts))
+}
+
+/// Adds record `seq` (linked to `prev`) with its MAC to `batch`; returns the MAC.
+fn push_record(
+    batch: &mut Batch<'_>,
     keys: &AuditKeys,
     seq: i64,
     prev: &str,
@@ -542,38 +577,70 @@ async fn write_record(
     let mac = chain_mac(&keys.mac, prev, &canon).ok_or(DbError::Corrupt(
         "the audit head hash is not 32 bytes of hex",
     ))?;
-    sqlx::query(
-        "INSERT INTO audit_log (seq, ts, kind, actor, client, subject, outcome, detail, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(seq)
-    .bind(ts)
-    .bind(f.kind)
-    .bind(f.actor)
-    .bind(f.client)
-    .bind(f.subject)
-    .bind(f.outcome)
-    .bind(&detail_text)
-    .bind(prev)
-    .bind(&mac)
-    .execute(&mut **tx)
-    .await?;
-    // The trigger `audit_head_follows` has set the head's hash to `mac`.
+    // The trigger `audit_head_follows` sets the head's hash to `mac`.
+    batch.push(
+        INSERT_RECORD,
+        vec![
+            seq.into(),
+            ts.into(),
+            ev.kind.as_str().into(),
+            stored.actor.into(),
+            stored.client.into(),
+            stored.subject.into(),
+            stored.outcome.into(),
+            detail_text.into(),
+            prev.to_owned().into(),
+            mac.clone().into(),
+        ],
+    );
     Ok(mac)
 }
 
-/// Appends `ev` inside `tx` (bounded and escaped, see the module docs); returns its
-/// sequence number. Fails when no audit key is loaded ([`load_key`]).
-pub async fn append(tx: &mut Tx, ev: &AuditEvent) -> Result<i64, DbError> {
-    let keys = tx.audit_keys().ok_or(DbError::NoAuditKey)?;
-    let (seq, prev, cp_seq, cp_ts) = bump_head(tx).await?;
-    let mac = write_record(tx, &keys, seq, &prev, ev).await?;
+/// Writes record `seq` (linked to `prev`) with its MAC; returns the MAC.
+async fn write_record(
+    tx: &mut Tx,
+    keys: &AuditKeys,
+    seq: i64,
+    prev: &str,
+    ev: &AuditEvent,
+) -> Result<String, DbError> {
+    let mut b = Batch::new();
+    let mac = push_record(&mut b, keys, seq, prev, ev)?;
+    tx.run(b).await?;
+    Ok(mac)
+}
+
+/// Adds the append of `ev` after `head` to `batch` (bounded and escaped, see the module
+/// docs): the record, and a signed checkpoint when one is due. Returns its sequence
+/// number. `keys`: the transaction's ([`Tx::audit_keys`]).
+pub fn push_append(
+    batch: &mut Batch<'_>,
+    keys: &AuditKeys,
+    head: &Head,
+    ev: &AuditEvent,
+) -> Result<i64, DbError> {
+    let mac = push_record(batch, keys, head.seq, &head.prev, ev)?;
     if let Some(signer) = &keys.signer {
         let ts = now();
-        if seq - cp_seq >= CHECKPOINT_RECORDS || ts - cp_ts >= CHECKPOINT_SECONDS {
-            write_checkpoint(tx, signer, seq, &mac, ts).await?;
+        if head.seq - head.cp_seq >= CHECKPOINT_RECORDS || ts - head.cp_ts >= CHECKPOINT_SECONDS {
+            push_checkpoint(batch, signer, head.seq, &mac, ts)?;
         }
     }
+    Ok(head.seq)
+}
+
+/// Appends `ev` inside `tx` (bounded and escaped, see the module docs); returns its
+/// sequence number. Fails when no audit key is loaded ([`load_key`]). Two round trips;
+/// a caller with statements of its own batches them with [`push_take_head`] and
+/// [`push_append`].
+pub async fn append(tx: &mut Tx, ev: &AuditEvent) -> Result<i64, DbError> {
+    let keys = tx.audit_keys().ok_or(DbError::NoAuditKey)?;
+    let mut b = Batch::new();
+    push_take_head(&mut b);
+    let head = head_from(&tx.run(b).await?[0])?;
+    let mut b = Batch::new();
+    let seq = push_append(&mut b, &keys, &head, ev)?;
+    tx.run(b).await?;
     Ok(seq)
 }
 
@@ -604,8 +671,9 @@ pub struct Checkpoint {
 /// checkpoint carries no `exp`, so that a checkpoint is never accepted as a token.
 pub const CHECKPOINT_TYP: &str = "cvm-audit-checkpoint+jwt";
 
-async fn write_checkpoint(
-    tx: &mut Tx,
+/// Adds a signed checkpoint of record `seq` (MAC `mac`) at `ts` to `batch`.
+fn push_checkpoint(
+    batch: &mut Batch<'_>,
     signer: &TokenSigner,
     seq: i64,
     mac: &str,
@@ -620,27 +688,35 @@ async fn write_checkpoint(
             }),
         )
         .map_err(|_| DbError::Corrupt("the token key cannot sign an audit checkpoint"))?;
-    sqlx::query(
-        "INSERT INTO audit_checkpoints (seq, ts, mac, jws) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (seq) DO NOTHING",
-    )
-    .bind(seq)
-    .bind(ts)
-    .bind(mac)
-    .bind(&jws)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE audit_head SET cp_seq = $1, cp_ts = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(ts)
-        .execute(&mut **tx)
-        .await?;
+    batch.push(
+        INSERT_CHECKPOINT,
+        vec![
+            seq.into(),
+            ts.into(),
+            mac.to_owned().into(),
+            jws.clone().into(),
+        ],
+    );
+    batch.push(CHECKPOINT_HEAD, vec![seq.into(), ts.into()]);
     Ok(Checkpoint {
         seq,
         mac: mac.to_owned(),
         ts,
         jws,
     })
+}
+
+async fn write_checkpoint(
+    tx: &mut Tx,
+    signer: &TokenSigner,
+    seq: i64,
+    mac: &str,
+    ts: i64,
+) -> Result<Checkpoint, DbError> {
+    let mut b = Batch::new();
+    let cp = push_checkpoint(&mut b, signer, seq, mac, ts)?;
+    tx.run(b).await?;
+    Ok(cp)
 }
 
 /// Signs and stores a checkpoint of the current head now (needs a loaded key with a

@@ -12,7 +12,8 @@ use sqlx::{Any, AnyConnection, Row};
 
 use crate::crypto::master::{MasterKey, MasterKeyError};
 use crate::crypto::token::TokenSigner;
-use crate::db::{now, Db, DbError, Tx};
+use crate::db::{now, Batch, Db, DbError, StmtResult, Tx};
+use crate::store::workloads::{self, Workload};
 
 /// A stored session.
 #[derive(Debug, Clone)]
@@ -102,8 +103,11 @@ where
     .bind(id)
     .fetch_optional(ex)
     .await?;
-    let Some(r) = row else { return Ok(None) };
-    Ok(Some(Session {
+    row.as_ref().map(session_from_row).transpose()
+}
+
+fn session_from_row(r: &sqlx::any::AnyRow) -> Result<Session, DbError> {
+    Ok(Session {
         id: r.try_get(0)?,
         tee: r.try_get(1)?,
         nonce: r.try_get(2)?,
@@ -115,7 +119,39 @@ where
         inventory_id: r.try_get(8)?,
         trust: r.try_get(9)?,
         token_sha256: r.try_get(10)?,
-    }))
+    })
+}
+
+/// Loads session `id` and, while it is challenged and unexpired at `now`, the workloads
+/// an attestation of it may match (the one it names, or every workload, by name) — in
+/// one statement (the attestation's only read). `None`: no such session.
+pub async fn get_for_attest(
+    db: &Db,
+    id: &str,
+    now: i64,
+) -> Result<Option<(Session, Vec<Workload>)>, DbError> {
+    let rows = sqlx::query(
+        "SELECT s.id, s.tee, s.nonce, s.workload_hint, s.state, s.expires_at, s.workload, s.tee_pubkey, \
+         s.inventory_id, s.trust, s.token_sha256, w.name, w.policy, w.resources, w.revoked, w.tee \
+         FROM kbs_sessions s LEFT JOIN workloads w ON s.state = 'challenged' AND s.expires_at > $1 \
+         AND (s.workload_hint IS NULL OR w.name = s.workload_hint) \
+         WHERE s.id = $2 ORDER BY w.name",
+    )
+    .bind(now)
+    .bind(id)
+    .fetch_all(&mut *db.read().await?)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let session = session_from_row(first)?;
+    let mut candidates = Vec::with_capacity(rows.len());
+    for r in &rows {
+        if r.try_get::<Option<String>, _>(11)?.is_some() {
+            candidates.push(workloads::from_row_at(r, 11)?);
+        }
+    }
+    Ok(Some((session, candidates)))
 }
 
 /// Marks a session whose challenge was not used successfully as failed, so its nonce
@@ -137,8 +173,6 @@ pub struct Attested<'a> {
     pub workload: &'a str,
     /// TEE public key JWK (JSON text).
     pub tee_pubkey: &'a str,
-    /// Inventory entry.
-    pub inventory_id: &'a str,
     /// Trust level name.
     pub trust: &'a str,
     /// New expiry (that of the token).
@@ -147,28 +181,39 @@ pub struct Attested<'a> {
     pub token_sha256: &'a str,
 }
 
-/// Consumes the session's challenge `nonce` and marks the session attested, in one
-/// conditional `UPDATE`: only a session still `challenged` with this nonce and unexpired
-/// changes. Returns whether this caller won (false: replayed, expired or unknown).
-pub async fn attest(tx: &mut Tx, id: &str, nonce: &str, a: &Attested<'_>) -> Result<bool, DbError> {
-    let n = sqlx::query(
-        "UPDATE kbs_sessions SET state = 'attested', workload = $1, tee_pubkey = $2, inventory_id = $3, trust = $4, \
-         expires_at = $5, token_sha256 = $6 \
-         WHERE id = $7 AND nonce = $8 AND state = 'challenged' AND expires_at > $9",
-    )
-    .bind(a.workload)
-    .bind(a.tee_pubkey)
-    .bind(a.inventory_id)
-    .bind(a.trust)
-    .bind(a.expires_at)
-    .bind(a.token_sha256)
-    .bind(id)
-    .bind(nonce)
-    .bind(now())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+/// Adds the consumption of the session's challenge `nonce` to `batch`: one conditional
+/// `UPDATE` marks the session attested, bound to guest `g`'s inventory entry (which
+/// [`push_record_guest`] must have written earlier in the transaction); only a session
+/// still `challenged` with this nonce and unexpired changes. The caller won iff it
+/// changed one row ([`StmtResult::rows_affected`]; otherwise: replayed, expired or
+/// unknown).
+pub fn push_attest<'a>(
+    batch: &mut Batch<'a>,
+    id: &'a str,
+    nonce: &'a str,
+    g: &GuestIdentity<'a>,
+    a: &Attested<'a>,
+) {
+    batch.push(
+        "UPDATE kbs_sessions SET state = 'attested', workload = $1, tee_pubkey = $2, \
+         inventory_id = (SELECT i.id FROM inventory i WHERE i.workload = $3 AND i.tee = $4 \
+         AND i.platform_id = $5 AND i.measurement = $6), trust = $7, expires_at = $8, token_sha256 = $9 \
+         WHERE id = $10 AND nonce = $11 AND state = 'challenged' AND expires_at > $12",
+        vec![
+            a.workload.into(),
+            a.tee_pubkey.into(),
+            g.workload.into(),
+            g.tee.into(),
+            g.platform_id.into(),
+            g.measurement.into(),
+            a.trust.into(),
+            a.expires_at.into(),
+            a.token_sha256.into(),
+            id.into(),
+            nonce.into(),
+            now().into(),
+        ],
+    );
 }
 
 /// Deletes sessions that expired more than `grace` seconds ago; returns how many.
@@ -237,12 +282,19 @@ pub struct GuestIdentity<'a> {
 /// under the legacy platform id too — so a revoked guest cannot come back by naming
 /// another workload or changing any other host-controlled input.
 pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<InventoryEntry, DbError> {
+    let mut b = Batch::new();
+    push_record_guest(&mut b, g);
+    guest_from(&tx.run(b).await?[0])
+}
+
+/// Adds [`record_guest`]'s statement to `batch`; its result is read with [`guest_from`].
+pub fn push_record_guest<'a>(batch: &mut Batch<'a>, g: &GuestIdentity<'a>) {
     let t = now();
     // One statement: the upsert, and whether any entry of this TEE, measurement and
     // platform (or its legacy id) is revoked (the subquery of RETURNING). The entry just
     // written is among those counted, which changes nothing: revoked itself, it is
     // refused either way.
-    let row = sqlx::query(
+    batch.push(
         "INSERT INTO inventory (id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 1, 0) \
          ON CONFLICT (workload, tee, platform_id, measurement) DO UPDATE SET last_seen = excluded.last_seen, \
@@ -250,22 +302,27 @@ pub async fn record_guest(tx: &mut Tx, g: &GuestIdentity<'_>) -> Result<Inventor
          RETURNING id, workload, tee, platform_id, measurement, trust, first_seen, last_seen, attestations, revoked, \
          (SELECT COUNT(*) FROM inventory r WHERE r.revoked <> 0 AND r.tee = $9 AND r.measurement = $10 \
           AND (r.platform_id = $11 OR r.platform_id = $12))",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(g.workload)
-    .bind(g.tee)
-    .bind(g.platform_id)
-    .bind(g.measurement)
-    .bind(g.trust)
-    .bind(t)
-    .bind(t)
-    .bind(g.tee)
-    .bind(g.measurement)
-    .bind(g.platform_id)
-    .bind(g.legacy_platform_id.unwrap_or(g.platform_id))
-    .fetch_one(&mut **tx)
-    .await?;
-    let mut entry = inventory_from_row(&row)?;
+        vec![
+            uuid::Uuid::new_v4().to_string().into(),
+            g.workload.into(),
+            g.tee.into(),
+            g.platform_id.into(),
+            g.measurement.into(),
+            g.trust.into(),
+            t.into(),
+            t.into(),
+            g.tee.into(),
+            g.measurement.into(),
+            g.platform_id.into(),
+            g.legacy_platform_id.unwrap_or(g.platform_id).into(),
+        ],
+    );
+}
+
+/// The entry [`push_record_guest`]'s statement returned (with its revocation state).
+pub fn guest_from(r: &StmtResult) -> Result<InventoryEntry, DbError> {
+    let row = r.one()?;
+    let mut entry = inventory_from_row(row)?;
     let revoked_matches: i64 = row.try_get(10)?;
     entry.revoked = entry.revoked || revoked_matches > 0;
     Ok(entry)

@@ -9,7 +9,7 @@ use sqlx::{Any, AnyConnection, Row};
 use zeroize::Zeroizing;
 
 use crate::crypto::master::{MasterKey, MasterKeyError};
-use crate::db::{now, Db, DbError, Tx};
+use crate::db::{now, Batch, Db, DbError, StmtResult, Tx};
 
 /// A workload: what a guest must prove, and what it then receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +61,15 @@ pub fn tee_name(tee: Tee) -> &'static str {
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Workload, DbError> {
-    let policy: String = r.try_get(1)?;
-    let resources: String = r.try_get(2)?;
-    let revoked: i64 = r.try_get(3)?;
-    let tee: Option<String> = r.try_get(4)?;
+    from_row_at(r, 0)
+}
+
+/// A workload from columns `base…base+4` of `r`: name, policy, resources, revoked, tee.
+pub(crate) fn from_row_at(r: &sqlx::any::AnyRow, base: usize) -> Result<Workload, DbError> {
+    let policy: String = r.try_get(base + 1)?;
+    let resources: String = r.try_get(base + 2)?;
+    let revoked: i64 = r.try_get(base + 3)?;
+    let tee: Option<String> = r.try_get(base + 4)?;
     let tee = match tee.as_deref() {
         None => None,
         Some("snp") => Some(Tee::Snp),
@@ -72,7 +77,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Workload, DbError> {
         Some(_) => return Err(DbError::Corrupt("a stored workload TEE is not valid")),
     };
     Ok(Workload {
-        name: r.try_get(0)?,
+        name: r.try_get(base)?,
         tee,
         policy: serde_json::from_str(&policy)
             .map_err(|_| DbError::Corrupt("a stored policy is not valid"))?,
@@ -266,22 +271,36 @@ pub async fn release_inputs(
     inventory_id: &str,
     path: &str,
 ) -> Result<ReleaseInputs, DbError> {
+    let mut b = Batch::new();
+    push_release_inputs(&mut b, name, inventory_id, path);
+    release_inputs_from(&tx.run(b).await?[0])
+}
+
+/// Adds [`release_inputs`]'s statement to `batch`; its result is read with
+/// [`release_inputs_from`].
+pub fn push_release_inputs<'a>(
+    batch: &mut Batch<'a>,
+    name: &'a str,
+    inventory_id: &'a str,
+    path: &'a str,
+) {
     // Placeholders in ascending order of appearance (see crate::db).
-    let row = sqlx::query(
+    batch.push(
         "SELECT w.name, w.policy, w.resources, w.revoked, w.tee, \
          i.revoked, (SELECT r.sealed FROM resources r WHERE r.path = $1), \
          i.tee, i.trust, i.measurement \
          FROM (SELECT 1 AS one) AS o LEFT JOIN workloads w ON w.name = $2 \
          LEFT JOIN inventory i ON i.id = $3",
-    )
-    .bind(path)
-    .bind(name)
-    .bind(inventory_id)
-    .fetch_one(&mut **tx)
-    .await?;
+        vec![path.into(), name.into(), inventory_id.into()],
+    );
+}
+
+/// The inputs [`push_release_inputs`]'s statement read.
+pub fn release_inputs_from(r: &StmtResult) -> Result<ReleaseInputs, DbError> {
+    let row = r.one()?;
     let found: Option<String> = row.try_get(0)?;
     let workload = match found {
-        Some(_) => Some(from_row(&row)?),
+        Some(_) => Some(from_row(row)?),
         None => None,
     };
     let guest_revoked: Option<i64> = row.try_get(5)?;
