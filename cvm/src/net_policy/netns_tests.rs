@@ -1154,7 +1154,23 @@ fn ipv6_between_two_vms_passes_only_as_the_policy_allows() {
             ND_NS,
             &nd_body(0, B6, None),
         ));
+        // Neighbour discovery as a way off the link (review finding M1): a solicitation
+        // from A's own address to an off-link destination (a router would forward it
+        // despite A's deny-all egress), and one with hop limit 64.
+        let off_link = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 1);
+        ta.send(&icmp6_frame(
+            MAC_A,
+            MAC_B,
+            A6,
+            off_link,
+            ND_NS,
+            &nd_body(0, off_link, None),
+        ));
+        let mut ns64 = vec![ND_NS, 0, 0, 0];
+        ns64.extend_from_slice(&nd_body(0, B6, None));
+        ta.send(&ipv6_frame(MAC_A, MAC_B, A6, B6, ICMPV6, 64, &ns64, Some(2)));
         assert!(!tb.receives(SHORT, |f| is_ipv6_from(f, evil, 7)
+            || is_icmp6(f, ND_NS, off_link)
             || (f.len() > 54
                 && f[12..14] == ETH_IPV6
                 && matches!(f[54], ND_RA | ND_REDIRECT))
@@ -1163,7 +1179,7 @@ fn ipv6_between_two_vms_passes_only_as_the_policy_allows() {
             || is_icmp6(f, ND_NS, B6)));
         assert_eq!(
             counts(&nft, &ia).get("spoofed_ipv6"),
-            ca.get("spoofed_ipv6") + 7
+            ca.get("spoofed_ipv6") + 9
         );
 
         // A fragment (an extension header) of an allowed flow is dropped and counted.

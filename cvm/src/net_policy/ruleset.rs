@@ -188,6 +188,29 @@ fn int6_set(a: &[Cidr6]) -> String {
     format!("{{ {} }}", items.join(", "))
 }
 
+/// The destinations neighbour discovery from the guest may have: link-local unicast,
+/// link-scope multicast, and the /64 of each of its own (non-link-local) addresses.
+fn onlink6(own: &[Cidr6]) -> String {
+    let link_local = Cidr6 {
+        addr: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+        len: 10,
+    };
+    let mut nets: std::collections::BTreeSet<Cidr6> = std::collections::BTreeSet::new();
+    for c in own {
+        if c.overlaps(&link_local) || c.len < 64 {
+            continue;
+        }
+        let bits = u128::from(c.addr) & (u128::MAX << 64);
+        nets.insert(Cidr6 {
+            addr: Ipv6Addr::from(bits),
+            len: 64,
+        });
+    }
+    let mut items = vec!["fe80::/10".to_string(), "ff02::/16".to_string()];
+    items.extend(nets.iter().map(|c| format!("{}/{}", c.addr, c.len)));
+    format!("{{ {} }}", items.join(", "))
+}
+
 /// The MAC as the 48-bit integer a raw payload match compares.
 fn mac_int(m: Mac) -> String {
     format!("0x{}", hex::encode(m.0))
@@ -629,6 +652,24 @@ fn ip6_from_vm(w: &mut String, iface: &Interface) {
     let _ = writeln!(w, "\t\tcounter name \"spoofed_ipv6\" drop");
     let _ = writeln!(w, "\t}}");
     let _ = writeln!(w, "\tchain nd_from_vm {{");
+    // Neighbour discovery is no way off the link (review finding: an NS or NA with the
+    // guest's own source to any address passed a deny-all policy, and a router forwards
+    // it): hop limit 255, as every receiver requires (RFC 4861 7.1.1, 7.1.2), and a
+    // destination on the link: link-local, link-scope multicast, or the /64 of one of
+    // its own addresses (RFC 4291 2.5.4; prefixes shorter than /64 are refused).
+    let _ = writeln!(
+        w,
+        "\t\t# from the link and to the link only: hop limit 255, a link-local, link-scope multicast or on-link /64 destination"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip6 hoplimit != 255 counter name \"spoofed_ipv6\" drop"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip6 daddr != {} counter name \"spoofed_ipv6\" drop",
+        onlink6(&iface.addresses6)
+    );
     let _ = writeln!(
         w,
         "\t\t# solicitations: a link-layer address option, if any, is its MAC"
@@ -879,6 +920,9 @@ table netdev cvm_web_6_cvm_6_21f34e3469242edc {
 		counter name "spoofed_ipv6" drop
 	}
 	chain nd_from_vm {
+		# from the link and to the link only: hop limit 255, a link-local, link-scope multicast or on-link /64 destination
+		ip6 hoplimit != 255 counter name "spoofed_ipv6" drop
+		ip6 daddr != { fe80::/10, ff02::/16, 2001:db8:5::/64, fd00:1::/64 } counter name "spoofed_ipv6" drop
 		# solicitations: a link-layer address option, if any, is its MAC
 		icmpv6 type nd-neighbor-solicit ip6 length 24 accept
 		icmpv6 type nd-neighbor-solicit ip6 length 32 @th,192,16 0x0101 @th,208,48 0x52540000000a accept
