@@ -1168,7 +1168,16 @@ fn ipv6_between_two_vms_passes_only_as_the_policy_allows() {
         ));
         let mut ns64 = vec![ND_NS, 0, 0, 0];
         ns64.extend_from_slice(&nd_body(0, B6, None));
-        ta.send(&ipv6_frame(MAC_A, MAC_B, A6, B6, ICMPV6, 64, &ns64, Some(2)));
+        ta.send(&ipv6_frame(
+            MAC_A,
+            MAC_B,
+            A6,
+            B6,
+            ICMPV6,
+            64,
+            &ns64,
+            Some(2),
+        ));
         assert!(!tb.receives(SHORT, |f| is_ipv6_from(f, evil, 7)
             || is_icmp6(f, ND_NS, off_link)
             || (f.len() > 54
