@@ -1343,8 +1343,8 @@ fn ipv6_on_a_routed_tap_reaches_the_hosts_stack_only_as_allowed() {
 /// What reaches a guest over IPv6 from an unfiltered port of its bridge (the host's
 /// network, another host): a reply to its allowed flow and a packet-too-big pass; a
 /// router advertisement (a rogue router), the same reply behind a routing header (RFC
-/// 5095), and a neighbour solicitation with a hop limit below 255 (from off the link)
-/// are dropped and counted.
+/// 5095), a neighbour solicitation with a hop limit below 255 (from off the link) and a
+/// packet-too-big about a packet the guest never sent are dropped and counted.
 #[test]
 fn ipv6_to_a_guest_passes_only_neighbour_discovery_pmtu_and_its_rules() {
     if !requirements() {
@@ -1416,12 +1416,20 @@ fn ipv6_to_a_guest_passes_only_neighbour_discovery_pmtu_and_its_rules() {
         );
         ns[21] = 64;
         tx.send(&ns);
+        // A packet-too-big quoting a packet A never sent (another source): a way to
+        // deliver ~1.2 KB of anything to a deny-all guest.
+        let mut ptb = 1280u32.to_be_bytes().to_vec();
+        ptb.extend_from_slice(&tcp6_frame(MAC_B, MAC_A, B6, A6, 8080, 40000, 0x10, 4)[14..]);
+        tx.send(&icmp6_frame(MAC_B, MAC_A, B6, A6, 2, &ptb));
         assert!(!ta.receives(SHORT, |f| f.len() > 54
             && f[12..14] == ETH_IPV6
-            && (f[20] == 43 || f[54] == ND_RA || (f[54] == ND_NS && f[21] != 255))));
+            && (f[20] == 43
+                || f[54] == ND_RA
+                || (f[54] == ND_NS && f[21] != 255)
+                || (f[54] == 2 && f.len() > 86 && f[70..86] == B6.octets()))));
         assert_eq!(
             counts(&nft, &i).get("ingress_denied_ipv6"),
-            before.get("ingress_denied_ipv6") + 3
+            before.get("ingress_denied_ipv6") + 4
         );
         i.remove().unwrap();
     });

@@ -556,11 +556,18 @@ pub fn table_script(vm: &VmName, iface: &Interface, peers: &Peers, owner: &str) 
             w,
             "\t\ticmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} ip6 hoplimit 255 ip6 daddr @nd6 accept"
         );
+        // The invoking packet a packet-too-big quotes (RFC 4443 3.2) starts at bit 64 of
+        // the message; its source (bit 128) must be the guest's, so it is about a packet
+        // the guest sent, not ~1.2 KB of anything from anywhere (review finding).
         let _ = writeln!(
             w,
-            "\t\t# path MTU discovery: packet too big from any router"
+            "\t\t# path MTU discovery: packet too big from any router, about a packet the guest sent"
         );
-        let _ = writeln!(w, "\t\ticmpv6 type packet-too-big ip6 daddr @own6 accept");
+        let _ = writeln!(
+            w,
+            "\t\ticmpv6 type packet-too-big ip6 daddr @own6 @th,128,128 {} accept",
+            int6_set(&iface.addresses6)
+        );
         let _ = writeln!(
             w,
             "\t\tip6 daddr != @own6 counter name \"ingress_denied_ipv6\" drop"
@@ -602,18 +609,24 @@ fn ip6_from_vm(w: &mut String, iface: &Interface) {
     let own = int6_set(&iface.addresses6);
     let mac = mac_int(iface.mac);
     let _ = writeln!(w, "\tchain ip6_from_vm {{");
+    // MLD chatter is dropped as `other_denied` only from `::` or its own addresses: a
+    // forged source behind a hop-by-hop header counts as spoofed (review finding).
     let _ = writeln!(
         w,
-        "\t\t# link-scope multicast behind a hop-by-hop header: MLD reports (RFC 3810), never needed"
+        "\t\t# link-scope multicast behind a hop-by-hop header: MLD reports (RFC 3810; from :: before an address, RFC 3590), never needed"
     );
     let _ = writeln!(
         w,
-        "\t\tip6 nexthdr 0 ip6 daddr ff02::/16 counter name \"other_denied\" drop"
+        "\t\tip6 saddr :: ip6 nexthdr 0 ip6 daddr ff02::/16 counter name \"other_denied\" drop"
     );
     let _ = writeln!(w, "\t\tip6 saddr :: jump dad_from_vm");
     let _ = writeln!(
         w,
         "\t\tip6 saddr != @own6 counter name \"spoofed_ipv6\" drop"
+    );
+    let _ = writeln!(
+        w,
+        "\t\tip6 nexthdr 0 ip6 daddr ff02::/16 counter name \"other_denied\" drop"
     );
     let _ = writeln!(
         w,
@@ -894,10 +907,11 @@ table netdev cvm_web_6_cvm_6_21f34e3469242edc {
 		counter name "other_denied" drop
 	}
 	chain ip6_from_vm {
-		# link-scope multicast behind a hop-by-hop header: MLD reports (RFC 3810), never needed
-		ip6 nexthdr 0 ip6 daddr ff02::/16 counter name "other_denied" drop
+		# link-scope multicast behind a hop-by-hop header: MLD reports (RFC 3810; from :: before an address, RFC 3590), never needed
+		ip6 saddr :: ip6 nexthdr 0 ip6 daddr ff02::/16 counter name "other_denied" drop
 		ip6 saddr :: jump dad_from_vm
 		ip6 saddr != @own6 counter name "spoofed_ipv6" drop
+		ip6 nexthdr 0 ip6 daddr ff02::/16 counter name "other_denied" drop
 		# extension headers (fragments and routing headers among them) never pass
 		ip6 nexthdr != { tcp, udp, ipv6-icmp } counter name "egress_denied_ipv6" drop
 		icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } jump nd_from_vm
@@ -946,8 +960,8 @@ table netdev cvm_web_6_cvm_6_21f34e3469242edc {
 		ip6 nexthdr != { tcp, udp, ipv6-icmp } counter name "ingress_denied_ipv6" drop
 		# neighbour discovery for its addresses, from the link only (hop limit 255)
 		icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 ip6 daddr @nd6 accept
-		# path MTU discovery: packet too big from any router
-		icmpv6 type packet-too-big ip6 daddr @own6 accept
+		# path MTU discovery: packet too big from any router, about a packet the guest sent
+		icmpv6 type packet-too-big ip6 daddr @own6 @th,128,128 { 0x20010db8000500000000000000000000-0x20010db800050000ffffffffffffffff, 0xfd000001000000000000000000000002, 0xfe80000000000000505400fffe00000a } accept
 		ip6 daddr != @own6 counter name "ingress_denied_ipv6" drop
 		# ingress[0]: cidr fd00:1::/64 tcp ports { 8080 }
 		ip6 saddr fd00:1::/64 tcp dport { 8080 } accept
