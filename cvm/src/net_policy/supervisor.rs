@@ -159,6 +159,18 @@ impl Installed {
     /// Resolves the named peers again and updates the sets that changed. Returns whether
     /// anything changed.
     pub fn refresh_peers(&mut self) -> Result<bool, NftError> {
+        // Resolve and apply under the registry's lock (review finding): otherwise a peer
+        // that stops between the two (its `remove` empties this table's set for it) and a
+        // new VM that registers its addresses would see this stale resolution put them
+        // back, treated as the stopped peer until the next poll. Without the lock this
+        // poll is skipped: the sets keep what `remove` left.
+        let _lock = match self.registry.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(event = "net-policy-peers", vm = %self.policy.name, error = %e, "cannot lock the VM registry; peers not resolved again this time");
+                return Ok(false);
+            }
+        };
         let peers = self.registry.resolve(&self.policy.peer_vms());
         if peers == self.peers {
             return Ok(false);
