@@ -790,7 +790,11 @@ fn emulated_snp_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks
             handoff,
             "{cmdline}: {out}"
         );
-        assert_eq!(err.contains("plain-handoff"), handoff, "{cmdline}: {err}");
+        assert_eq!(
+            err.contains("event=\"plain-handoff\""),
+            handoff,
+            "{cmdline}: {err}"
+        );
     }
 }
 
@@ -857,7 +861,11 @@ fn emulated_tdx_hands_over_to_a_plain_kernel_only_when_the_measured_cmdline_asks
             handoff,
             "{cmdline}: {out}"
         );
-        assert_eq!(err.contains("plain-handoff"), handoff, "{cmdline}: {err}");
+        assert_eq!(
+            err.contains("event=\"plain-handoff\""),
+            handoff,
+            "{cmdline}: {err}"
+        );
         assert_eq!(
             out.contains("RTMRS="),
             !handoff,

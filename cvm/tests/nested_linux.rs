@@ -14,7 +14,7 @@
 //!   this standard KVM (the probe picks the PVALIDATE/TDCALL emulator trap), and the
 //!   forced literal instruction failing with #UD;
 //! - 30-linux-emulated, 40-linux-attest, 41-linux-attest-emulated, 50-net-policy: stock
-//!   Linux under emulated SNP, the attested disk-unlock flow and its refusals, and two
+//!   Linux under emulated SNP and emulated TDX, the attested disk-unlock flow and its refusals, and two
 //!   guests under network policies (README tables).
 //!
 //! A frozen outer VM cannot hang the test: `scripts/nested/run` stops QEMU when the

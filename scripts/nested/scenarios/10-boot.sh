@@ -3,4 +3,5 @@
 # panic (panic=-1 makes Linux reset) is a failure: cvm exits 1. Sourced by the outer /init.
 scenario boot-1vcpu 1 0 "CVM-GUEST-INIT cpus=1 " ""
 scenario boot-2vcpu 2 0 "CVM-GUEST-INIT cpus=2 " ""
-scenario panic 1 1 "guest requested a reset" "cvm.test=panic"
+# panic: the guest says it panics (its /init, before sysrq-c), and cvm reports the reset.
+scenario panic 1 1 "guest requested a reset" "cvm.test=panic" "CVM-GUEST-PANICKING"

@@ -98,7 +98,7 @@ netpol() {
     [ "${a_egress:-0}" -ge 1 ] && [ "${a_spoofed:-0}" -ge 1 ] && [ "${b_egress:-0}" -ge 1 ]; then
     result=PASS
   fi
-  echo "NESTED-RESULT netpol-denied $result a_egress_denied=${a_egress:-none} a_spoofed=${a_spoofed:-none} b_egress_denied=${b_egress:-none}"
+  echo "NESTED-RESULT netpol-denied $result rc=$arc a_egress_denied=${a_egress:-none} a_spoofed=${a_spoofed:-none} b_egress_denied=${b_egress:-none}"
 
   # A's table is gone once A's cvm has exited (B may have stopped first or not), and no
   # table is left once both have.
@@ -107,6 +107,6 @@ netpol() {
     *cvm_a_*) ;;
     *) case "$tables_after_b" in *cvm_*) ;; *) [ "$brc" = 0 ] && result=PASS ;; esac ;;
   esac
-  echo "NESTED-RESULT netpol-removed $result rc_b=$brc"
+  echo "NESTED-RESULT netpol-removed $result rc=$brc"
 }
 netpol
