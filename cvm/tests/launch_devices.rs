@@ -1,6 +1,7 @@
 //! `cvm launch` device tests under the real /dev/kvm: pvpanic, the boot-data descriptor
-//! of `--kernel`, the emulated mailbox's INFO and TDX_COLLATERAL commands, virtio-vsock
-//! to a Unix socket, and the attestation relay to a TCP server.
+//! of `--kernel`, no paravirtual mailbox under the emulated TEEs (port 0xE00 is an
+//! unknown port), virtio-vsock to a Unix socket, and the attestation relay to a TCP
+//! server.
 //!
 //! The guests are tiny: hand-encoded real-mode code, or GNU `as` assembly that enters
 //! 32-bit protected mode (to reach the virtio-mmio window at 0xD0000000) and drives the
@@ -606,92 +607,50 @@ fn relay_refuses_plain_http_to_a_remote_verifier() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("needs --ca-cert"));
 }
 
-/// Real-mode mailbox client: window at 0x1000; for each (command, print count) prints
-/// the status byte and `count` response bytes (count 0xFFFF: the response length).
-fn mailbox_guest(steps: &[(u32, u16)]) -> Vec<u8> {
-    let mut c = vec![
-        0xba, 0x00, 0x0e, 0x66, 0xb8, 0x00, 0x10, 0x00, 0x00, 0x66, 0xef,
-    ];
-    for &(cmd, count) in steps {
-        c.extend_from_slice(&[0xba, 0x04, 0x0e, 0x66, 0xb8]);
-        c.extend_from_slice(&cmd.to_le_bytes());
-        c.extend_from_slice(&[0x66, 0xef, 0x66, 0xed]); // out dx,eax; in eax,dx
-        c.extend_from_slice(&[0xba, 0xf8, 0x03, 0xee]); // status -> serial
-        if count == 0xffff {
-            c.extend_from_slice(&[0x8b, 0x0e, 0x40, 0x10]); // mov cx, [0x1040]
-        } else {
-            c.push(0xb9);
-            c.extend_from_slice(&count.to_le_bytes());
-        }
-        c.extend_from_slice(&[0xbe, 0x00, 0x11]); // mov si, 0x1100
-        c.extend_from_slice(&[0xe3, 0x04, 0xac, 0xee, 0xe2, 0xfc]); // jcxz +4; lodsb; out; loop
-    }
-    c.extend_from_slice(&[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4]);
-    c
-}
-
+/// The emulated TEEs attach no paravirtual mailbox: evidence takes the hardware's paths
+/// (SNP guest request, TDG.MR.REPORT + GetQuote), so port 0xE00 is what any unknown
+/// port is (`host_vmm::devices`: reads all ones, writes ignored). A guest that drives the
+/// former mailbox (window, INFO command) reads 0xFFFFFFFF as its status and magic, and
+/// nothing is written into its memory. Before the mailbox was removed it read status 0,
+/// magic "CVME" and the INFO response (kind 1 or 2) at 0x1100.
 #[test]
-fn mailbox_info_tells_the_emulated_tee_and_tdx_serves_its_collateral() {
+fn the_emulated_tees_have_no_device_at_the_old_mailbox_port() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
-    std::fs::write(
-        &fw,
+    for (tee, image) in [
         // 32-bit code: the vCPU starts as a TD vCPU does.
-        common::td_guest_image(&common::mailbox_guest32(&[
-            (5, 0, Some(8)),
-            (6, 0, None),
-            (9, 0, Some(0)),
-        ])),
-    )
-    .unwrap();
-    let o = run(
-        &[
-            "launch",
-            "--tee",
+        (
             "emulated-tdx",
-            "--emulated-platform",
-            &plat,
-            "--firmware",
-            fw.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{err}");
-    let out = o.stdout;
-    assert_eq!(out[0], 0, "INFO succeeded");
-    assert_eq!(
-        &out[1..9],
-        &[2, 0, 0, 0, 1, 0, 0, 0],
-        "emulated TDX, version 1"
-    );
-    assert_eq!(out[9], 0, "TDX_COLLATERAL succeeded");
-    let json = &out[10..out.len() - 1];
-    attestation::tdx::collateral::Collateral::from_json(json)
-        .expect("the collateral is what the verifier accepts");
-    assert_eq!(out[out.len() - 1], 1, "an unknown command is a bad request");
-
-    std::fs::write(&fw, emulated_guest_image(&mailbox_guest(&[(5, 8), (6, 0)]))).unwrap();
-    let o = run(
-        &[
-            "launch",
-            "--tee",
+            common::td_guest_image(&common::old_mailbox_probe(true)),
+        ),
+        (
             "emulated-snp",
-            "--emulated-platform",
-            &plat,
-            "--firmware",
-            fw.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(o.status.code(), Some(0));
-    assert_eq!(
-        o.stdout,
-        vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 2],
-        "emulated SNP; TDX_COLLATERAL unsupported"
-    );
+            emulated_guest_image(&common::old_mailbox_probe(false)),
+        ),
+    ] {
+        std::fs::write(&fw, image).unwrap();
+        let o = run(
+            &[
+                "launch",
+                "--tee",
+                tee,
+                "--emulated-platform",
+                &plat,
+                "--firmware",
+                fw.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "{tee}: {err}");
+        assert_eq!(
+            o.stdout,
+            [[0xff; 4], [0xff; 4], [0; 4]].concat(),
+            "{tee}: status, magic (all ones: unknown port), memory at 0x1100 (untouched)"
+        );
+    }
 }
 
 /// A test CA and a P-256 server certificate for 127.0.0.1 it signed (openssl CLI):

@@ -1,58 +1,38 @@
-//! `cvm launch --tee emulated-snp|emulated-tdx` under the real /dev/kvm: a tiny
-//! real-mode guest asks the emulated secure processor for evidence through the
-//! emulated-mode mailbox and writes it to the serial port; the test checks that the
-//! reported measurement equals what `cvm measure` predicts for the same firmware, and
-//! verifies the SNP report with the attestation library against the platform's
-//! emulated trust anchor.
+//! `cvm launch --tee emulated-snp|emulated-tdx` under the real /dev/kvm: the launch
+//! measures what `cvm measure` predicts for the same firmware; a tiny TD asks the
+//! software TDX module for its TDREPORT with TDG.MR.REPORT (the literal TDCALL and the
+//! emulator trap) and prints it to the serial port; the private-memory contract holds
+//! under both TEEs. (The full evidence paths, SNP guest request and TDX GetQuote, run in
+//! the end-to-end tests with the test guest, whose evidence a real verifier checks.)
 
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use attestation::snp::emulated::EmulatedSnpPlatform;
-use attestation::snp::{SnpCollateral, SnpVerifier, TrustRoots};
 use measured_boot::testing::emulated_guest_image as firmware;
 
 mod common;
 
 const CVM: &str = env!("CARGO_BIN_EXE_cvm");
 
-/// Guest code: (command, first byte to print, count) steps against the mailbox with the
-/// request window at 0x1000; prints each status byte, then `count` bytes from the
-/// response at 0x1100 + `skip`; then powers off.
-fn guest(steps: &[(u32, u16, u16)]) -> Vec<u8> {
-    let mut c = vec![
-        0xba, 0x00, 0x0e, 0x66, 0xb8, 0x00, 0x10, 0x00, 0x00, 0x66, 0xef,
-    ]; // window = 0x1000
-    for &(cmd, skip, count) in steps {
-        c.extend_from_slice(&[0xba, 0x04, 0x0e, 0x66, 0xb8]); // mov dx,0xe04; mov eax, cmd
-        c.extend_from_slice(&cmd.to_le_bytes());
-        c.extend_from_slice(&[0x66, 0xef, 0x66, 0xed]); // out dx,eax; in eax,dx
-        c.extend_from_slice(&[0xba, 0xf8, 0x03, 0xee]); // mov dx,0x3f8; out dx,al (status)
-        if count > 0 {
-            c.push(0xbe); // mov si, 0x1100 + skip
-            c.extend_from_slice(&(0x1100 + skip).to_le_bytes());
-            c.push(0xb9); // mov cx, count
-            c.extend_from_slice(&count.to_le_bytes());
-            c.extend_from_slice(&[0xac, 0xee, 0xe2, 0xfc]); // lodsb; out dx,al; loop
-        }
-    }
-    c.extend_from_slice(&[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd]); // ACPI S5
-    c
-}
+/// Real-mode tail of the SNP guests: ACPI S5 (power off), then halt.
+const SNP_POWER_OFF: [u8; 10] = [0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd];
 
 fn run(args: &[&str]) -> Output {
     test_kit::run_with_deadline(Command::new(CVM).args(args), Duration::from_secs(120))
 }
 
+/// The emulated SNP launch measures what `cvm measure snp` predicts: the launch's own
+/// `expected-measurement` event (the emulated PSP's digest, which the launch refuses to
+/// differ from the plan's) names it. The guest only powers off; its report through the
+/// SNP guest-request path is checked by a verifier in the end-to-end tests.
 #[test]
-fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
+fn emulated_snp_launch_measures_what_cvm_measure_predicts() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
-    // SNP_REPORT (print the whole 0x4A0-byte report), then TDX_QUOTE (unsupported here).
-    std::fs::write(&fw, firmware(&guest(&[(1, 0, 0x4a0), (3, 0, 0)]))).unwrap();
+    std::fs::write(&fw, firmware(&SNP_POWER_OFF)).unwrap();
     let fw = fw.to_str().unwrap();
 
     let m = run(&[
@@ -65,7 +45,8 @@ fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
         "--vcpu-type",
         "EPYC-Milan",
     ]);
-    let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
+    let expected = String::from_utf8_lossy(&m.stdout).trim().to_owned();
+    assert_eq!(expected.len(), 96, "{expected}");
     let o = run(&[
         "launch",
         "--tee",
@@ -83,65 +64,31 @@ fn emulated_snp_guest_reports_the_measurement_cvm_measure_predicts() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("INSECURE-EMULATED"), "{err}");
     assert!(
-        err.contains("INSECURE-EMULATED") && err.contains(&hex::encode(&expected)),
-        "{err}"
+        err.lines()
+            .any(|l| l.contains("expected-measurement") && l.contains(&expected)),
+        "the launch's measurement is not `cvm measure snp`'s {expected}: {err}"
     );
-    let out = o.stdout;
-    assert_eq!(out.len(), 1 + 0x4a0 + 1, "status, report, status");
-    assert_eq!(out[0], 0, "SNP_REPORT succeeded");
-    assert_eq!(out[0x4a1], 2, "TDX_QUOTE is unsupported on SNP");
-    let report = &out[1..0x4a1];
-    assert_eq!(
-        &report[0x90..0xc0],
-        &expected[..],
-        "MEASUREMENT == cvm measure snp"
-    );
-    assert_eq!(
-        &report[0xc0..0xc2],
-        &[0xab, 0xcd],
-        "HOST_DATA carried through"
-    );
-
-    let p = EmulatedSnpPlatform::open(Path::new(&plat)).unwrap();
-    let roots = TrustRoots::amd()
-        .unwrap()
-        .with_operator_roots(p.trust_anchor_pem().as_bytes())
-        .unwrap();
-    let mut c = SnpCollateral::new();
-    c.add_cert_table(&p.cert_table()).unwrap();
-    let claims = SnpVerifier::new(roots)
-        .verify(report, &c, time::OffsetDateTime::now_utc())
-        .expect("report verifies");
-    assert_eq!(claims.measurement, expected);
-    assert!(
-        SnpVerifier::amd()
-            .unwrap()
-            .verify(report, &c, time::OffsetDateTime::now_utc())
-            .is_err(),
-        "not with AMD's roots only"
-    );
+    assert!(o.stdout.is_empty(), "the guest printed nothing");
 }
 
+/// The emulated TDX launch measures the MRTD `cvm measure tdx` predicts: the launch's
+/// own `expected-measurement` event (the emulated TDX module's MRTD, which the launch
+/// refuses to differ from the plan's) names it. The TDREPORT a TD gets from the module
+/// carries it too (firmware.rs, `emulated_tdx_rtmrs_equal_what_cvm_measure_predicts`).
 #[test]
-fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
+fn emulated_tdx_launch_measures_the_mrtd_cvm_measure_predicts() {
     test_kit::require!(kvm);
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
     let fw = dir.path().join("fw.fd");
-    // TDX_QUOTE: print header (48) + TD report body (584); then SNP_REPORT (unsupported).
     // 32-bit code: the vCPU starts as a TD vCPU does.
-    std::fs::write(
-        &fw,
-        common::td_guest_image(&common::mailbox_guest32(&[
-            (3, 0, Some(632)),
-            (1, 0, Some(0)),
-        ])),
-    )
-    .unwrap();
+    std::fs::write(&fw, common::td_guest_image(&common::power_off32())).unwrap();
     let fw = fw.to_str().unwrap();
     let m = run(&["measure", "tdx", "--firmware", fw]);
-    let expected = hex::decode(String::from_utf8_lossy(&m.stdout).trim()).unwrap();
+    let expected = String::from_utf8_lossy(&m.stdout).trim().to_owned();
+    assert_eq!(expected.len(), 96, "{expected}");
     let o = run(&[
         "launch",
         "--tee",
@@ -153,29 +100,25 @@ fn emulated_tdx_guest_quotes_the_mrtd_cvm_measure_predicts() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
-    let out = o.stdout;
-    assert_eq!(out.len(), 1 + 632 + 1);
-    assert_eq!(out[0], 0, "TDX_QUOTE succeeded");
-    assert_eq!(out[633], 2, "SNP_REPORT is unsupported on TDX");
-    assert_eq!(u16::from_le_bytes([out[1], out[2]]), 4, "quote version 4");
-    assert_eq!(
-        &out[1 + 184..1 + 232],
-        &expected[..],
-        "MRTD == cvm measure tdx"
+    assert!(
+        err.lines()
+            .any(|l| l.contains("expected-measurement") && l.contains(&expected)),
+        "the launch's MRTD is not `cvm measure tdx`'s {expected}: {err}"
     );
+    assert!(o.stdout.is_empty(), "the guest printed nothing");
 }
 
 /// The software TDX module answers both traps of the same TDCALL: the literal
 /// instruction at CPL0 (KVM's internal-error exit) and the emulator trap `out 0xE0, al`
 /// with the same registers. 32-bit code (the vCPU starts as a TD vCPU does): extend
 /// RTMR2 with the literal TDCALL and RTMR3 through the trap (TDG.MR.RTMR.EXTEND, digests
-/// in the launch's TempMem at 0x800000), read GPAW with TDG.VP.INFO through the trap,
-/// then print the quote body, whose RTMRs must carry both extensions.
+/// in the launch's TempMem at 0x800000), read GPAW with TDG.VP.INFO through the trap.
+/// Then the host asks the same emulated TD for a quote (as the QGS serves GetQuote; the
+/// launch's evidence source): its RTMRs must carry both extensions. (TDG.MR.REPORT needs
+/// R8 = 0, which 32-bit code cannot set: a TD starts with the TD HOB's address there.)
 #[test]
 fn emulated_tdx_module_answers_the_literal_tdcall_and_the_trap() {
     test_kit::require!(kvm);
-    let dir = tempfile::tempdir().unwrap();
-    let plat = common::emulated_platform();
     let mut code = Vec::new();
     for (at, byte) in [(0x80_0000u32, 0xABu8), (0x80_0040, 0xCD)] {
         code.push(0xbf); // mov edi, at
@@ -200,58 +143,33 @@ fn emulated_tdx_module_answers_the_literal_tdcall_and_the_trap() {
     leaf(&mut code, 1, 0, 0);
     code.extend_from_slice(&[0xe6, 0xe0, 0x89, 0xc8]); // out 0xe0, al; mov eax, ecx
     code.extend_from_slice(&print_al);
-    code.extend_from_slice(&common::mailbox_guest32(&[(3, 0, Some(632))]));
-    let fw = dir.path().join("fw.fd");
-    std::fs::write(&fw, common::td_guest_image(&code)).unwrap();
-    let o = run(&[
-        "launch",
-        "--tee",
-        "emulated-tdx",
-        "--emulated-platform",
-        &plat,
-        "--firmware",
-        fw.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = o.stdout;
-    assert_eq!(out.len(), 4 + 632, "{out:?}");
+    code.extend_from_slice(&common::power_off32());
+    let (stop, out, backend) = run_td(common::td_guest_image(&code), |b| b);
+    assert_eq!(stop, host_vmm::vstate::vcpu::VcpuStop::PowerOff, "{out:?}");
+    let out = out.as_bytes();
+    assert_eq!(out.len(), 3, "{out:?}");
     assert_eq!((out[0], out[1]), (0, 0), "both RTMR extensions succeeded");
     assert_eq!(out[2], 48, "TDG.VP.INFO through the trap: GPAW 48");
-    assert_eq!(out[3], 0, "the quote succeeded");
-    let quote = &out[4..];
+    let source = host_vmm::tee::TeeBackend::evidence_source(&*backend).expect("evidence source");
+    let quote = source.execute(3, &[0x11; 64]).expect("the TD's quote");
+    assert_eq!(u16::from_le_bytes([quote[0], quote[1]]), 4, "quote v4");
+    // Body at 48: RTMR0..3 at body offsets 328, 376, 424, 472.
+    let rtmrs = &quote[48 + 328..48 + 520];
     let extended = |d: u8| {
         let mut r = [0u8; 48];
         measured_boot::tdx::rtmr_extend(&mut r, &[d; 48]);
         r
     };
-    // Body at 48: RTMR0..3 at body offsets 328, 376, 424, 472.
-    assert_eq!(
-        &quote[48 + 424..48 + 472],
-        &extended(0xAB)[..],
-        "RTMR2: tdcall"
-    );
-    assert_eq!(
-        &quote[48 + 472..48 + 520],
-        &extended(0xCD)[..],
-        "RTMR3: trap"
-    );
-    assert_eq!(
-        &quote[48 + 328..48 + 376],
-        &[0u8; 48][..],
-        "RTMR0 untouched"
-    );
+    assert_eq!(&rtmrs[96..144], &extended(0xAB)[..], "RTMR2: tdcall");
+    assert_eq!(&rtmrs[144..192], &extended(0xCD)[..], "RTMR3: trap");
+    assert_eq!(&rtmrs[..48], &[0u8; 48][..], "RTMR0 untouched");
 }
 
 #[test]
 fn emulated_launch_without_a_platform_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let fw = dir.path().join("fw.fd");
-    std::fs::write(&fw, firmware(&guest(&[]))).unwrap();
+    std::fs::write(&fw, firmware(&SNP_POWER_OFF)).unwrap();
     let o = run(&[
         "launch",
         "--tee",
@@ -277,14 +195,18 @@ fn emulated_launch_without_a_platform_is_refused() {
 }
 
 /// Builds and runs an emulated TD of `firmware` (no kernel) through the VMM library,
-/// with `tee` adjusting the backend (test equipment); returns how the vCPU stopped and
-/// the serial output.
+/// with `tee` adjusting the backend (test equipment); returns how the vCPU stopped, the
+/// serial output and the backend (its TD stays queryable).
 fn run_td(
     firmware: Vec<u8>,
     tee: impl FnOnce(
         host_vmm::tee::emulated_tdx::EmulatedTdx,
     ) -> host_vmm::tee::emulated_tdx::EmulatedTdx,
-) -> (host_vmm::vstate::vcpu::VcpuStop, String) {
+) -> (
+    host_vmm::vstate::vcpu::VcpuStop,
+    String,
+    std::sync::Arc<host_vmm::tee::emulated_tdx::EmulatedTdx>,
+) {
     use host_vmm::vmm::{SerialOutput, VmBuilder, VmConfig};
     let dir = tempfile::tempdir().unwrap();
     let plat = common::emulated_platform();
@@ -295,6 +217,7 @@ fn run_td(
         None,
     )
     .unwrap();
+    let backend = std::sync::Arc::new(tee(backend));
     let serial = dir.path().join("serial");
     let config = VmConfig {
         firmware,
@@ -303,7 +226,7 @@ fn run_td(
         serial: SerialOutput::File(serial.clone()),
         seccomp: host_vmm::seccomp::SeccompMode::Off,
         disks: Vec::new(),
-        tee: std::sync::Arc::new(tee(backend)),
+        tee: backend.clone(),
         boot: None,
         tamper: None,
         vsock: None,
@@ -313,7 +236,7 @@ fn run_td(
     };
     let stop = VmBuilder::new(config).unwrap().build().unwrap().run();
     let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
-    (stop, out)
+    (stop, out, backend)
 }
 
 /// The private-memory contract, (b): a VMM write into a TD's private page after the
@@ -326,8 +249,8 @@ fn a_vmm_write_into_private_memory_after_launch_is_not_seen_by_the_td() {
     test_kit::require!(kvm);
     let mut code = vec![0xa0, 0x00, 0x00, 0x80, 0x00]; // mov al, [0x800000]
     code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xee]); // mov dx, 0x3f8; out dx, al
-    code.extend_from_slice(&common::mailbox_guest32(&[]));
-    let (stop, out) = run_td(common::td_guest_image(&code), |b| {
+    code.extend_from_slice(&common::power_off32());
+    let (stop, out, _) = run_td(common::td_guest_image(&code), |b| {
         b.with_vmm_write_after_launch(0x80_0000, b"HOST".to_vec())
     });
     assert_eq!(stop, host_vmm::vstate::vcpu::VcpuStop::PowerOff, "{out:?}");
@@ -347,12 +270,12 @@ fn the_td_firmware_refuses_a_descriptor_written_only_to_the_vmm_view() {
     test_kit::require!(kvm);
     let fw = guest_images::image().to_vec();
     assert!(!fw.is_empty(), "cvm was built without its firmware");
-    let (_, out) = run_td(fw.clone(), |b| b.with_legacy_descriptor_placement());
+    let (_, out, _) = run_td(fw.clone(), |b| b.with_legacy_descriptor_placement());
     assert!(
         out.contains("no boot-data descriptor at 0x8000"),
         "the TD read a descriptor the launch did not add: {out}"
     );
-    let (_, out) = run_td(fw, |b| b);
+    let (_, out, _) = run_td(fw, |b| b);
     assert!(
         out.contains("no kernel given") && !out.contains("no boot-data descriptor"),
         "the launched descriptor must reach the TD: {out}"
@@ -368,7 +291,7 @@ fn a_td_read_of_an_unaccepted_page_stops_the_vm_with_the_fault() {
     let plat = common::emulated_platform();
     // 0x50000 lies outside what the image accepts (0x1000-0x40000) and what it launches.
     let mut code = vec![0xa1, 0x00, 0x00, 0x05, 0x00]; // mov eax, [0x50000]
-    code.extend_from_slice(&common::mailbox_guest32(&[]));
+    code.extend_from_slice(&common::power_off32());
     let fw = dir.path().join("fw.fd");
     std::fs::write(&fw, common::td_guest_image(&code)).unwrap();
     let o = run(&[
@@ -445,9 +368,6 @@ fn run_snp(
     let out = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
     (stop, out)
 }
-
-/// Real-mode tail of the SNP guests: ACPI S5 (power off), then halt.
-const SNP_POWER_OFF: [u8; 10] = [0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd];
 
 /// The private-memory contract under emulated SNP, (b): a VMM write into the guest's
 /// private memory after the launch never reaches the guest. The guest reads a byte of

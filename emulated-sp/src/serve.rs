@@ -7,10 +7,9 @@
 //! verifier accepts it only with the emulated trust anchor configured, and marks it
 //! `insecure-emulated`.
 //!
-//! The service is the VMM's own mailbox device ([`Mailbox`] in front of an
-//! [`EmulatedTee`]) driven through a private 64 KiB window, so the commands, status codes
-//! and evidence are exactly what a guest gets through port [`MAILBOX_PORT`]
-//! (see [`host_vmm::tee::emulated`]).
+//! The service answers with [`EmulatedTee::execute`], the evidence command protocol of
+//! [`host_vmm::tee::emulated`] that the vsock evidence service for stock Linux guests
+//! also speaks, so the commands, status codes and evidence are the same there and here.
 //!
 //! # Protocol
 //!
@@ -18,13 +17,13 @@
 //! little-endian u32:
 //!
 //! ```text
-//! request:  command | length | payload (≤ 0x44 bytes: the mailbox request area, zero-padded)
+//! request:  command | length | payload (≤ 0x44 bytes: the request area, zero-padded)
 //! response: status  | length | payload (length ≤ 65 280 bytes)
 //! ```
 //!
-//! Commands and statuses are the mailbox's: 1 SNP_REPORT (payload: REPORT_DATA, 64
-//! bytes, then VMPL as u32 at 0x40), 2 SNP_CERTS, 3 TDX_QUOTE (REPORT_DATA), 4 TDX_RTMR_EXTEND (index at 0,
-//! digest at 8), 5 INFO (→ kind 1 SNP / 2 TDX, version 1), 6 TDX_COLLATERAL; status 0 OK,
+//! Commands and statuses are the protocol's: 1 SNP_REPORT (payload: REPORT_DATA, 64
+//! bytes, then VMPL as u32 at 0x40), 2 SNP_CERTS, 3 TDX_QUOTE (REPORT_DATA), 4 retired
+//! (UNSUPPORTED), 5 INFO (→ kind 1 SNP / 2 TDX, version 1), 6 TDX_COLLATERAL; status 0 OK,
 //! 1 BAD_REQUEST, 2 UNSUPPORTED, 3 FAILED. A non-OK status has an empty payload. A
 //! request longer than 0x44 bytes is answered BAD_REQUEST and the connection closed.
 //! Connections are served one at a time, each with a 10 s idle timeout.
@@ -41,20 +40,14 @@ use std::time::Duration;
 
 use attestation::snp::emulated::{EmulatedSnpPlatform, FinishParams};
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use cli_support::fail;
-use host_vmm::devices::PioDevice;
-use host_vmm::tee::emulated::{
-    status, EmulatedTee, Mailbox, COLLATERAL_DAYS, MAILBOX_PORT, WINDOW,
-};
+use host_vmm::tee::emulated::{status, EmulatedTee, COLLATERAL_DAYS};
 
-/// Largest request payload: the mailbox request area (0x00..0x40 of the window).
+/// Largest request payload: the protocol's request area (REPORT_DATA and VMPL).
 pub const MAX_REQUEST: usize = host_vmm::tee::emulated::REQUEST_LEN;
-/// Largest response payload: the window minus its header.
-pub const MAX_RESPONSE: usize = WINDOW - RESPONSE_AT;
-const RESPONSE_LEN_AT: u64 = 0x40;
-const RESPONSE_AT: usize = 0x100;
+/// Largest response payload.
+pub const MAX_RESPONSE: usize = host_vmm::tee::emulated::MAX_RESPONSE;
 const IDLE: Duration = Duration::from_secs(10);
 
 /// Which emulated TEE to serve.
@@ -242,22 +235,17 @@ fn launch(a: &ServeArgs) -> Result<(EmulatedTee, String), ServeError> {
     }
 }
 
-/// The VMM's mailbox device with a private window at GPA 0.
+/// The emulated guest context answering the protocol.
 struct Service {
-    mailbox: Mailbox,
-    mem: GuestMemoryMmap,
+    tee: EmulatedTee,
 }
 
 impl Service {
     fn new(tee: EmulatedTee) -> Result<Self, ServeError> {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), WINDOW)])
-            .map_err(|e| ServeError::Io("map the mailbox window", std::io::Error::other(e)))?;
-        let mut mailbox = Mailbox::new(tee, mem.clone());
-        mailbox.write(0, &0u32.to_le_bytes());
-        Ok(Self { mailbox, mem })
+        Ok(Self { tee })
     }
 
-    /// One mailbox command: `Ok(response)` or `Err(status)`.
+    /// One command: `Ok(response)` or `Err(status)`.
     fn call(&mut self, command: u32, request: &[u8]) -> Result<Vec<u8>, u32> {
         if request.len() > MAX_REQUEST {
             return Err(status::BAD_REQUEST);
@@ -265,28 +253,16 @@ impl Service {
         // The whole request area, VMPL (0x40..0x44) included, zero-padded.
         let mut area = [0u8; MAX_REQUEST];
         area[..request.len()].copy_from_slice(request);
-        let mut len = [0u8; 4];
-        self.mem
-            .write_slice(&area, GuestAddress(0))
-            .map_err(|_| status::FAILED)?;
-        self.mailbox.write(4, &command.to_le_bytes());
-        let mut st = [0u8; 4];
-        self.mailbox.read(4, &mut st);
-        let st = u32::from_le_bytes(st);
-        if st != status::OK {
-            return Err(st);
-        }
-        self.mem
-            .read_slice(&mut len, GuestAddress(RESPONSE_LEN_AT))
-            .map_err(|_| status::FAILED)?;
-        let n = u32::from_le_bytes(len) as usize;
-        if n > MAX_RESPONSE {
+        let out = self.tee.execute(command, &area)?;
+        if out.len() > MAX_RESPONSE {
             return Err(status::FAILED);
         }
-        let mut out = vec![0u8; n];
-        self.mem
-            .read_slice(&mut out, GuestAddress(RESPONSE_AT as u64))
-            .map_err(|_| status::FAILED)?;
+        tracing::info!(
+            event = "evidence",
+            command,
+            bytes = out.len(),
+            "emulated TEE request served (insecure-emulated)"
+        );
         Ok(out)
     }
 
@@ -371,7 +347,7 @@ pub fn run(a: ServeArgs) -> ExitCode {
          evidence proves only what this host chose to say (test equipment)"
     );
     println!(
-        "cvm emulated serve: {what} (insecure-emulated, mailbox port {MAILBOX_PORT:#x} protocol) listening on {}",
+        "cvm emulated serve: {what} (insecure-emulated, evidence command protocol) listening on {}",
         a.socket.display()
     );
     let _ = std::io::stdout().flush();
@@ -403,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn serves_the_mailbox_over_the_socket_framing() {
+    fn serves_the_evidence_commands_over_the_socket_framing() {
         let dir = tempfile::tempdir().unwrap();
         let mut svc = snp_service(dir.path(), [7; 48]);
         let (mut client, mut server) = UnixStream::pair().unwrap();
@@ -430,7 +406,7 @@ mod tests {
         assert_eq!(st, 0);
         assert!(!certs.is_empty());
         assert_eq!(call(&mut client, 3, &[0; 64]).0, status::UNSUPPORTED);
-        // A short payload is zero-padded, as in the window.
+        // A short payload is zero-padded.
         assert_eq!(call(&mut client, 1, &[0; 10]).0, status::OK);
         assert_eq!(call(&mut client, 99, &[]).0, status::BAD_REQUEST);
         // VMPL (u32 at 0x40) reaches the report.

@@ -3,7 +3,9 @@
 //! The tests live in `tests/tests/`; this library holds their shared equipment: the
 //! binaries under test (`cvm`, `cvm-verifier`, found next to the test executable in the
 //! Cargo target directory, so run the suite with `cargo test --workspace`, which builds
-//! them), a verifier process with its admin credentials, and a **malicious relay**: a
+//! them), a verifier process with its admin credentials (and, when it trusts an emulated
+//! platform, that platform's collateral server `cvm emulated collateral-server`, which it
+//! fetches TDX collateral from as from Intel's PCS), and a **malicious relay**: a
 //! Unix-socket endpoint standing in for the host's side of the guest's attestation
 //! connection, which can record, replay and alter what passes through — the host the
 //! system must withstand.
@@ -73,8 +75,13 @@ pub fn ok(program: &Path, args: &[&str]) -> String {
 #[derive(Debug)]
 pub struct Verifier {
     child: Child,
+    /// The trusted emulated platform's collateral server, if any.
+    collateral: Option<Child>,
     /// Base URL, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Base URL of the collateral server the verifier fetches KDS/PCS collateral from
+    /// (`--amd-kds-url`, `--intel-pcs-url`), when it trusts an emulated platform.
+    pub collateral_url: Option<String>,
     /// The SQLite database path.
     pub database: String,
     /// Its identity as guests pin it (`cvm-verifier identity`): base64url of the
@@ -88,11 +95,38 @@ impl Drop for Verifier {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(c) = self.collateral.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
+/// Reads the URL of a child's first "listening on URL …" stdout line (`what` names it
+/// in the panic when none comes within 60 s); the rest of stdout is drained.
+fn listening_url(child: &mut Child, what: &str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(u) = line.split("listening on ").nth(1) {
+                    let u = u.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(u.to_owned());
+                    sent = true;
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("{what} did not start"))
+}
+
 impl Verifier {
-    /// Starts a verifier in `dir`, trusting the emulated platform `trust` if given.
+    /// Starts a verifier in `dir`, trusting the emulated platform `trust` if given; then
+    /// it also starts that platform's collateral server and points the verifier's KDS
+    /// and PCS URLs at it (the test guest's TDX quote carries no collateral).
     pub fn start(dir: &Path, trust: Option<&Path>) -> Self {
         let vbin = bin("cvm-verifier");
         let database = dir.join("verifier.db").display().to_string();
@@ -140,9 +174,28 @@ impl Verifier {
             "--master-key-file".into(),
             mk.display().to_string(),
         ];
+        let mut collateral = None;
+        let mut collateral_url = None;
         if let Some(t) = trust {
             args.push("--emulated-trust".into());
             args.push(t.display().to_string());
+            let log = std::fs::File::create(dir.join("collateral-server.log")).unwrap();
+            let mut server = Command::new(bin("cvm"))
+                .args(["emulated", "collateral-server", "--dir"])
+                .arg(t)
+                .args(["--listen", "127.0.0.1:0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .expect("start cvm emulated collateral-server");
+            let url = listening_url(&mut server, "cvm emulated collateral-server");
+            for flag in ["--amd-kds-url", "--intel-pcs-url"] {
+                args.push(flag.into());
+                args.push(url.clone());
+            }
+            collateral = Some(server);
+            collateral_url = Some(url);
         }
         let log = std::fs::File::create(dir.join("verifier.log")).unwrap();
         let mut child = Command::new(&vbin)
@@ -152,25 +205,12 @@ impl Verifier {
             .stderr(log)
             .spawn()
             .expect("start cvm-verifier");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if !sent {
-                    if let Some(u) = line.split("listening on ").nth(1) {
-                        let _ = tx.send(u.trim().to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("cvm-verifier did not start");
+        let url = listening_url(&mut child, "cvm-verifier");
         Verifier {
             child,
+            collateral,
             url,
+            collateral_url,
             database,
             verifier_key,
             token_file,
@@ -218,6 +258,24 @@ impl Verifier {
         out.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// The verifier's cached collateral (`cvm-verifier collateral status`): items with
+    /// `key`, `url`, `fetched_at`, `expires_at`, `valid`.
+    pub fn collateral_items(&self) -> Vec<Value> {
+        let out = ok(
+            &bin("cvm-verifier"),
+            &[
+                "collateral",
+                "status",
+                "--database",
+                &self.database,
+                "--output",
+                "json",
+            ],
+        );
+        let v: Value = serde_json::from_str(out.trim()).expect("collateral status JSON");
+        v["items"].as_array().cloned().unwrap_or_default()
     }
 
     /// The key-release records (`outcome` released or refused).

@@ -2,7 +2,10 @@
 //!
 //! It starts a verifier on loopback (embedded SQLite, HTTPS with a generated
 //! certificate), bootstraps its admin and trusts a freshly created **emulated** platform
-//! (loudly labelled: emulated evidence proves nothing about real hardware); writes the
+//! (loudly labelled: emulated evidence proves nothing about real hardware), whose
+//! collateral it fetches over the AMD KDS / Intel PCS paths from the platform's own
+//! collateral server (`cvm emulated collateral-server`, on loopback), as it would from
+//! AMD and Intel for hardware; writes the
 //! project firmware and the bare-metal test guest; creates a LUKS2 disk holding a known
 //! message with a random key; reads the verifier's identity (`cvm-verifier identity`,
 //! from its database) and puts it on the guest's command line as
@@ -14,7 +17,9 @@
 //! `--tee emulated-snp` and `--tee emulated-tdx`. Each guest checks its kernel hashes
 //! (SNP) or extends its RTMRs (TDX), attests through the VMM's relay, receives the disk
 //! key as a JWE only it can open, decrypts the disk and prints the message; the VMM
-//! exits 0. Finally it prints the verifier's audit records of the two releases.
+//! exits 0. Finally it prints the collateral the verifier fetched (for TDX the guest sends
+//! only its quote: the TCB info and QE identity come from the collateral server) and the
+//! verifier's audit records of the two releases.
 //!
 //! Every step is the operator's own command (`cvm-verifier admin …`, `cvm measure …`,
 //! `cvm launch --config …`) run as a child process, so the demo exercises exactly what an
@@ -268,7 +273,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
         cvm,
         verifier,
         step: 0,
-        steps: 10 + tees.len(),
+        steps: 11 + tees.len(),
         started: Instant::now(),
     };
     println!("cvm demo: everything goes to {}", d.dir.display());
@@ -363,6 +368,30 @@ fn demo(a: Args) -> Result<(), DemoError> {
     write_private(&token_file, token.as_bytes())?;
     let totp_file = d.path("admin.totp");
     write_private(&totp_file, totp.as_bytes())?;
+    // The emulated platform's collateral, served over the KDS / PCS paths: the verifier
+    // fetches it as it would from AMD and Intel (the guests send no TDX collateral).
+    let collateral_args = [
+        os("emulated"),
+        os("collateral-server"),
+        os("--dir"),
+        platform.as_os_str().into(),
+        os("--listen"),
+        os("127.0.0.1:0"),
+    ];
+    println!("    $ {} &", show(&d.cvm, &collateral_args));
+    let collateral_log = std::fs::File::create(d.path("collateral-server.log"))
+        .map_err(io("cannot create collateral-server.log"))?;
+    let mut collateral_child = Command::new(&d.cvm)
+        .args(collateral_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(collateral_log)
+        .spawn()
+        .map_err(io("cannot start the collateral server"))?;
+    let collateral_stdout = collateral_child.stdout.take();
+    let collateral_guard = ChildGuard(collateral_child);
+    let collateral_url = wait_for_url(collateral_stdout, "cvm emulated collateral-server")?;
+    println!("    emulated KDS/PCS at {collateral_url} (INSECURE: emulated collateral)");
     let log =
         std::fs::File::create(d.path("verifier.log")).map_err(io("cannot create verifier.log"))?;
     let args = [
@@ -379,6 +408,10 @@ fn demo(a: Args) -> Result<(), DemoError> {
         tls_key.as_os_str().into(),
         os("--emulated-trust"),
         platform.as_os_str().into(),
+        os("--amd-kds-url"),
+        os(&collateral_url),
+        os("--intel-pcs-url"),
+        os(&collateral_url),
     ];
     println!("    $ {} &", show(&d.verifier, &args));
     let mut child = Command::new(&d.verifier)
@@ -390,7 +423,7 @@ fn demo(a: Args) -> Result<(), DemoError> {
         .map_err(io("cannot start cvm-verifier"))?;
     let stdout = child.stdout.take();
     let guard = ChildGuard(child);
-    let url = wait_for_url(stdout)?;
+    let url = wait_for_url(stdout, "cvm-verifier")?;
     println!(
         "    verifier at {url} (log: {})",
         d.path("verifier.log").display()
@@ -460,6 +493,53 @@ fn demo(a: Args) -> Result<(), DemoError> {
         launch(&d, tee, path)?;
     }
 
+    d.step("The collateral the verifier fetched from the emulated platform's KDS/PCS");
+    let status = d.run(
+        &d.verifier,
+        [
+            os("collateral"),
+            os("status"),
+            os("--database"),
+            os(&db),
+            os("--output"),
+            os("json"),
+        ],
+        &[],
+    )?;
+    let status: Value = serde_json::from_str(status.trim())
+        .map_err(|e| DemoError::Other(format!("`collateral status` printed no JSON: {e}")))?;
+    let fetched: Vec<&Value> = status["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| {
+                    i["url"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with(collateral_url.as_str()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    for i in &fetched {
+        println!(
+            "    {} <- {}",
+            i["key"].as_str().unwrap_or("?"),
+            i["url"].as_str().unwrap_or("?")
+        );
+    }
+    // The TDX guest sent its quote alone: its TCB info can only have come from here.
+    if tees.iter().any(|t| t == "emulated-tdx")
+        && !fetched.iter().any(|i| {
+            i["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("intel/tdx/tcb/"))
+        })
+    {
+        return Err(DemoError::Other(format!(
+            "the verifier holds no TDX TCB info fetched from {collateral_url}"
+        )));
+    }
+
     d.step("The verifier's audit records of the releases");
     let audit = d.run(
         &d.verifier,
@@ -495,12 +575,13 @@ fn demo(a: Args) -> Result<(), DemoError> {
         &[],
     )?;
     drop(guard);
+    drop(collateral_guard);
 
     d.step("Done");
     println!(
         "    Both guests unlocked their disks only after the verifier checked their evidence.\n    \
          Written to {}:\n      platform/ (emulated trust anchors), firmware.fd, testguest.bzImage, disk.img,\n      vm-snp.toml and vm-tdx.toml (the VM descriptions),\n      \
-         disk.key (0600; delete it in real use), verifier.db, verifier.log, master.key, admin.*",
+         disk.key (0600; delete it in real use), verifier.db, verifier.log,\n      collateral-server.log, master.key, admin.*",
         d.dir.display()
     );
     Ok(())
@@ -510,9 +591,12 @@ fn os(s: &str) -> std::ffi::OsString {
     s.into()
 }
 
-/// Reads the verifier's "listening on URL" line.
-fn wait_for_url(stdout: Option<std::process::ChildStdout>) -> Result<String, DemoError> {
-    let stdout = stdout.ok_or_else(|| DemoError::Other("no verifier stdout".into()))?;
+/// Reads the URL of a server's "listening on URL" line (`what` names the server).
+fn wait_for_url(
+    stdout: Option<std::process::ChildStdout>,
+    what: &str,
+) -> Result<String, DemoError> {
+    let stdout = stdout.ok_or_else(|| DemoError::Other(format!("no {what} stdout")))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -520,15 +604,15 @@ fn wait_for_url(stdout: Option<std::process::ChildStdout>) -> Result<String, Dem
         while let Some(Ok(line)) = lines.next() {
             if !sent {
                 if let Some(url) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(url.trim().to_owned());
+                    let url = url.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(url.to_owned());
                     sent = true;
                 }
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).map_err(|_| {
-        DemoError::Other("cvm-verifier did not start within 60 s (see verifier.log)".into())
-    })
+    rx.recv_timeout(Duration::from_secs(60))
+        .map_err(|_| DemoError::Other(format!("{what} did not start within 60 s (see its log)")))
 }
 
 type Admin<'a> = dyn Fn(&Demo, &[std::ffi::OsString]) -> Result<String, DemoError> + 'a;

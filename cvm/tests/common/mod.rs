@@ -50,10 +50,10 @@ pub fn bzimage(entry: &[u8], pad: usize) -> Vec<u8> {
 /// 32-bit `jmp rel32` at the reset vector; the image is otherwise
 /// `measured_boot::testing::emulated_guest_image`.
 ///
-/// The code is preceded by TDG.MEM.PAGE.ACCEPT of the mailbox window and its response
-/// area 0x1000-0x40000 (through the emulator trap): a TD's memory starts private and unaccepted (the
-/// private-memory contract), and reading the mailbox's response from an unaccepted page
-/// is a TDX #VE the VMM reports as a guest fault.
+/// The code is preceded by TDG.MEM.PAGE.ACCEPT of 0x1000-0x40000 (through the emulator
+/// trap), the low memory the tests' guests may touch: a TD's memory starts private and
+/// unaccepted (the private-memory contract), and touching an unaccepted page is a TDX
+/// #VE the VMM reports as a guest fault.
 pub fn td_guest_image(code: &[u8]) -> Vec<u8> {
     let mut c = td_accept32(0x1000, 0x4_0000);
     c.extend_from_slice(code);
@@ -78,35 +78,75 @@ pub fn td_accept32(start: u32, end: u32) -> Vec<u8> {
     c
 }
 
-/// 32-bit mailbox client (request window at 0x1000): for each (command, skip, count)
-/// prints the status byte, then `count` response bytes from 0x1100 + `skip` (`None`:
-/// the response length the mailbox wrote at 0x1040); then ACPI S5.
-pub fn mailbox_guest32(steps: &[(u32, u32, Option<u32>)]) -> Vec<u8> {
-    let imm = |c: &mut Vec<u8>, op: u8, v: u32| {
-        c.push(op);
+/// 32-bit ACPI S5 (power off), then halt.
+pub fn power_off32() -> Vec<u8> {
+    vec![
+        0xba, 0x04, 0x06, 0, 0, // mov edx, 0x604
+        0xb8, 0x00, 0x34, 0, 0, // mov eax, 0x3400
+        0x66, 0xef, 0xf4, 0xeb, 0xfd, // out dx, ax; hlt; jmp $-1
+    ]
+}
+
+/// Probe of the former paravirtual mailbox ports (0xE00-0xE0B), in 16-bit real mode
+/// (`bits32` false) or 32-bit protected mode: names a window at 0x1000 (`out 0xE00`),
+/// issues its INFO command (`out 0xE04, 5`), then prints as 4 bytes each (little
+/// endian) `in 0xE04` (its status), `in 0xE08` (its magic "CVME") and the dword at
+/// 0x1100 (where INFO's response went); then powers off.
+pub fn old_mailbox_probe(bits32: bool) -> Vec<u8> {
+    let mut c = Vec::new();
+    let p66 = |c: &mut Vec<u8>| {
+        if !bits32 {
+            c.push(0x66);
+        }
+    };
+    let mov_dx = |c: &mut Vec<u8>, port: u16| {
+        c.push(0xba);
+        c.extend_from_slice(&port.to_le_bytes());
+        if bits32 {
+            c.extend_from_slice(&[0, 0]);
+        }
+    };
+    let mov_eax = |c: &mut Vec<u8>, v: u32| {
+        p66(c);
+        c.push(0xb8);
         c.extend_from_slice(&v.to_le_bytes());
     };
-    let mut c = Vec::new();
-    imm(&mut c, 0xba, 0xe00); // mov edx, 0xe00
-    imm(&mut c, 0xb8, 0x1000); // mov eax, 0x1000
+    let print_eax = |c: &mut Vec<u8>| {
+        p66(c);
+        c.extend_from_slice(&[0x89, 0xc3]); // mov ebx, eax
+        mov_dx(c, 0x3f8);
+        c.extend_from_slice(&[0x88, 0xd8, 0xee, 0x88, 0xf8, 0xee]); // bl, bh -> serial
+        p66(c);
+        c.extend_from_slice(&[0xc1, 0xeb, 0x10]); // shr ebx, 16
+        c.extend_from_slice(&[0x88, 0xd8, 0xee, 0x88, 0xf8, 0xee]);
+    };
+    mov_dx(&mut c, 0xe00);
+    mov_eax(&mut c, 0x1000);
+    p66(&mut c);
     c.push(0xef); // out dx, eax
-    for &(cmd, skip, count) in steps {
-        imm(&mut c, 0xba, 0xe04);
-        imm(&mut c, 0xb8, cmd);
-        c.extend_from_slice(&[0xef, 0xed]); // out dx, eax; in eax, dx
-        imm(&mut c, 0xba, 0x3f8);
-        c.push(0xee); // status -> serial
-        match count {
-            Some(0) => continue,
-            Some(n) => imm(&mut c, 0xb9, n), // mov ecx, n
-            None => c.extend_from_slice(&[0x8b, 0x0d, 0x40, 0x10, 0, 0]), // mov ecx, [0x1040]
-        }
-        imm(&mut c, 0xbe, 0x1100 + skip); // mov esi
-        c.extend_from_slice(&[0xe3, 0x04, 0xac, 0xee, 0xe2, 0xfc]); // jecxz; lodsb; out; loop
+    mov_dx(&mut c, 0xe04);
+    mov_eax(&mut c, 5);
+    p66(&mut c);
+    c.push(0xef);
+    for port in [0xe04u16, 0xe08] {
+        mov_dx(&mut c, port);
+        p66(&mut c);
+        c.push(0xed); // in eax, dx
+        print_eax(&mut c);
     }
-    imm(&mut c, 0xba, 0x604);
-    imm(&mut c, 0xb8, 0x3400);
-    c.extend_from_slice(&[0x66, 0xef, 0xf4, 0xeb, 0xfd]); // out dx, ax; hlt; jmp
+    p66(&mut c);
+    c.push(0xa1); // mov eax, [0x1100]
+    if bits32 {
+        c.extend_from_slice(&0x1100u32.to_le_bytes());
+    } else {
+        c.extend_from_slice(&0x1100u16.to_le_bytes());
+    }
+    print_eax(&mut c);
+    if bits32 {
+        c.extend_from_slice(&power_off32());
+    } else {
+        c.extend_from_slice(&[0xba, 0x04, 0x06, 0xb8, 0x00, 0x34, 0xef, 0xf4, 0xeb, 0xfd]);
+    }
     c
 }
 

@@ -1,5 +1,5 @@
 //! Memory the VMM's devices read and write (virtio rings and buffers, the TDX GetQuote
-//! buffer, the emulated platform's mailbox window).
+//! buffer).
 //!
 //! Without a TEE (and under SEV-SNP without the emulator trap) DMA memory is ordinary heap memory:
 //! identity-mapped, so a buffer's virtual address is its GPA ([`Mode::Heap`]).
@@ -18,7 +18,7 @@
 //! what makes an SNP page shared), after `snp::share` rescinded and converted it.
 //!
 //! Allocations are page-aligned, zeroed and never freed (the guest runs one flow: one
-//! set of queues and buffers per device, one mailbox window, one 32 KiB GetQuote buffer
+//! set of queues and buffers per device, one 32 KiB GetQuote buffer
 //! per quote; about 300 KiB of the pool). An exhausted pool is an error
 //! ([`DmaError::NoMemory`]), never a fallback to private memory.
 

@@ -2,8 +2,8 @@
 //! 20 MiB in a TD, where 16–20 MiB is the shared DMA pool of [`crate::dma`]), which
 //! frees in place when the last allocation is released or resized. The guest runs one
 //! short flow, so fragmentation does not matter; memory is identity-mapped, so heap
-//! addresses are guest-physical addresses (without a TD, virtio rings and buffers and
-//! the mailbox window come from here too).
+//! addresses are guest-physical addresses (without a TD or SNP, virtio rings and buffers
+//! come from here too).
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
 //! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
-//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA> (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer, the GetQuote buffer and the mailbox window |
+//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA> (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer and the GetQuote buffer |
 //! | 20 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD) |
 //!
 //! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to
@@ -163,7 +163,7 @@ fn run(boot_params: usize) -> Result<String, String> {
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
     // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
     // TDVMCALL<GetQuote>, each through the trap the measured command line selects;
-    // otherwise the emulated TEE's mailbox.
+    // without either there is nothing to attest with (`tee::NO_TEE`).
     let mut snp_guest = snp::SnpGuest::detect(&cmdline)?;
     let mut other;
     let (provider, path): (&mut dyn EvidenceProvider, &str) = match snp_guest.as_mut() {
@@ -171,11 +171,7 @@ fn run(boot_params: usize) -> Result<String, String> {
         None => {
             other = tee::Provider::detect(trap_tdx::Trap::from_cmdline(&cmdline))
                 .map_err(|e| format!("{e}"))?;
-            let path = match other {
-                tee::Provider::Tdx { .. } => "TDG.MR.REPORT + GetQuote",
-                tee::Provider::Mailbox(_) => "mailbox",
-            };
-            (&mut other, path)
+            (&mut other, "TDG.MR.REPORT + GetQuote")
         }
     };
     println!(

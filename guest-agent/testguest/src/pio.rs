@@ -5,7 +5,7 @@ use core::arch::asm;
 /// Writes a byte to `port`.
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port I/O has no memory effects; IOPL = 3 allows it at ring 3. The ports we
-    // use (serial, PM1a, pvpanic, the mailbox) are the platform's documented devices.
+    // use (serial, PM1a, pvpanic) are the platform's documented devices.
     unsafe {
         asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
     }
@@ -27,21 +27,4 @@ pub fn outw(port: u16, value: u16) {
     unsafe {
         asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
     }
-}
-
-/// Writes a 32-bit value to `port`.
-pub fn outl(port: u16, value: u32) {
-    // SAFETY: as for `outb`. The mailbox reads guest memory the window register names;
-    // callers keep that window alive and untouched until the command completes.
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
-    }
-}
-
-/// Reads a 32-bit value from `port`.
-pub fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: as for `outb`; the mailbox may have written guest memory (no `nomem`).
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nostack, preserves_flags)) }
-    v
 }

@@ -16,9 +16,8 @@
 //!
 //! TDX itself is detected by CPUID leaf 0x21 ("IntelTDX    "), as TD guests do.
 //!
-//! The collateral the verifier needs with the quote still comes from the emulated
-//! platform's mailbox (command 6) when one answers; without it the evidence carries
-//! none and the verifier fetches it (a real TD has no mailbox).
+//! The quote goes to the verifier without collateral, as from a real TD: the verifier
+//! fetches the platform's collateral from its PCS.
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::string::ToString;

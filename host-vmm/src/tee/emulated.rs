@@ -1,8 +1,9 @@
 //! The emulated TEEs shared by the `emulated-snp` / `emulated-tdx` backends
 //! ([`super::emulated_snp`], [`super::emulated_tdx`]) and `cvm emulated serve`: a
 //! launch plan fed to the software secure processors of the `attestation` crate, and
-//! the paravirtual mailbox through which the guest asks them for evidence. The
-//! emulated SNP guest holds its platform through an `Arc`, so the backend owns both.
+//! the **evidence command protocol** through which evidence is asked of them outside a
+//! VM's own TEE instructions. The emulated SNP guest holds its platform through an
+//! `Arc`, so the backend owns both.
 //!
 //! **Insecure by design.** Guest memory is not encrypted and the host can read and
 //! change everything; the evidence proves only what this host chose to say. It exists so
@@ -14,21 +15,24 @@
 //! `cvm measure` folds; the launch is refused if the emulated processor's digest and the
 //! plan's ever disagree.
 //!
-//! # Mailbox (emulated mode only)
+//! # How guests get evidence
 //!
-//! Port I/O at [`MAILBOX_PORT`] (32-bit accesses):
+//! A guest of `--tee emulated-snp|emulated-tdx` attests as on hardware: SNP through the
+//! guest-request path of the software PSP ([`super::emu_snp`]), TDX through
+//! TDG.MR.REPORT and TDVMCALL<GetQuote> of the software TDX module ([`super::emu_tdx`]).
+//! There is no paravirtual device for it (no port at 0xE00; a guest that touches one
+//! gets what any unknown port gives: reads of all ones, writes ignored). The verifier
+//! fetches the emulated TDX platform's collateral from its PCS, as for hardware
+//! (`cvm emulated collateral-server`).
 //!
-//! | port | access | meaning |
-//! |---|---|---|
-//! | +0 | write | GPA of a 64 KiB request window (page-aligned, below 4 GiB) |
-//! | +4 | write | command; executed at once |
-//! | +4 | read | status of the last command (0 = success) |
-//! | +8 | read | magic `0x454D5643` ("CVME") |
+//! # Evidence command protocol (sockets only)
 //!
-//! Window layout: request at 0x000 (commands below), response length (u32) at 0x040,
-//! response bytes from 0x100.
+//! [`EmulatedTee::execute`] answers these commands. They are spoken over sockets, never
+//! through a guest device: `cvm emulated serve` (a Unix socket, for an agent running as
+//! a host process) and the vsock evidence service for stock Linux guests
+//! ([`super::evidence_vsock`]).
 //!
-//! | command | request | response |
+//! | command | request (at most [`REQUEST_LEN`] bytes) | response (at most [`MAX_RESPONSE`] bytes) |
 //! |---|---|---|
 //! | 1 SNP_REPORT | REPORT_DATA (64) at 0x00, VMPL (u32) at 0x40 | ATTESTATION_REPORT v3 (0x4A0) |
 //! | 2 SNP_CERTS | — | extended-report certificate table |
@@ -38,30 +42,24 @@
 //! | 6 TDX_COLLATERAL | — | the platform's collateral: dcap-qvl `QuoteCollateralV3` JSON, as the verifier's `tdx` evidence carries it |
 //!
 //! Status: 0 OK, 1 BAD_REQUEST (malformed request or unknown command), 2 UNSUPPORTED
-//! (a command of the other TEE), 3 FAILED, 4 BAD_WINDOW (no window, or outside RAM).
+//! (a command of the other TEE), 3 FAILED, 4 BAD_WINDOW (retired: the status of the
+//! former guest-memory window; never returned now).
 //! The collateral is generated once at launch (valid from a day before to 30 days
-//! after), so serving it needs no randomness in the vCPU thread.
+//! after), so serving it needs no randomness in the serving thread.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use attestation::snp::emulated::{EmulatedGuest, EmulatedSnpPlatform, FinishParams, ReportRequest};
 use attestation::tdx::emulated::{CollateralOptions, EmulatedTd, EmulatedTdxPlatform, TdConfig};
 use measured_boot::snp::{SnpLaunchPlan, SnpPlanError};
 use measured_boot::tdx::{DirectBoot, TdxLaunchPlan, TdxPlanError};
 use measured_boot::FirmwareImage;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::{PioDevice, VmEvent};
-use crate::vstate::cc_memory::CcMemory;
-
-/// First port of the mailbox.
-pub const MAILBOX_PORT: u16 = 0xE00;
-/// Number of ports of the mailbox.
-pub const MAILBOX_LEN: u16 = 12;
-/// Size of the request window.
-pub const WINDOW: usize = 64 << 10;
-/// Mailbox commands.
+/// Largest response of a command (the protocol's limit since its guest-memory window
+/// of 64 KiB with the response at 0x100; a certificate table or quote is far smaller).
+pub const MAX_RESPONSE: usize = (64 << 10) - 0x100;
+/// Commands of the evidence command protocol.
 pub mod command {
     #![allow(missing_docs)]
     pub const SNP_REPORT: u32 = 1;
@@ -75,16 +73,13 @@ pub const KIND_EMULATED_SNP: u32 = 1;
 /// INFO kind of an emulated TDX platform.
 pub const KIND_EMULATED_TDX: u32 = 2;
 /// INFO protocol version.
-pub const MAILBOX_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 1;
 /// Days the collateral served by TDX_COLLATERAL stays valid.
 pub const COLLATERAL_DAYS: i64 = 30;
-const RESPONSE_LEN_AT: usize = 0x40;
-/// Bytes of the window a command may read as its request.
+/// Bytes a command may read as its request (REPORT_DATA and SNP_REPORT's VMPL).
 pub const REQUEST_LEN: usize = 0x44;
-const RESPONSE_AT: usize = 0x100;
-const MAGIC: u32 = 0x454D_5643;
 
-/// Mailbox status codes.
+/// Status codes of the evidence command protocol.
 pub mod status {
     #![allow(missing_docs)]
     pub const OK: u32 = 0;
@@ -258,9 +253,10 @@ impl EmulatedTee {
         ))
     }
 
-    /// Executes mailbox command `cmd` on `request` (at most [`REQUEST_LEN`] bytes are
-    /// read); returns the response bytes or a status code. The mailbox and the vsock
-    /// evidence service ([`super::evidence_vsock`]) answer with it.
+    /// Executes command `cmd` of the evidence command protocol (module docs) on
+    /// `request` (at most [`REQUEST_LEN`] bytes are read); returns the response bytes or
+    /// a status code. `cvm emulated serve` and the vsock evidence service
+    /// ([`super::evidence_vsock`]) answer with it.
     pub fn execute(&mut self, cmd: u32, request: &[u8]) -> Result<Vec<u8>, u32> {
         let report_data = || -> Result<[u8; 64], u32> {
             request
@@ -274,7 +270,7 @@ impl EmulatedTee {
                     EmulatedTee::Snp { .. } => KIND_EMULATED_SNP,
                     EmulatedTee::Tdx { .. } => KIND_EMULATED_TDX,
                 };
-                Ok([kind.to_le_bytes(), MAILBOX_VERSION.to_le_bytes()].concat())
+                Ok([kind.to_le_bytes(), PROTOCOL_VERSION.to_le_bytes()].concat())
             }
             (EmulatedTee::Tdx { collateral, .. }, command::TDX_COLLATERAL) => {
                 Ok(collateral.clone())
@@ -305,132 +301,6 @@ impl EmulatedTee {
             (_, 1..=6) => Err(status::UNSUPPORTED),
             _ => Err(status::BAD_REQUEST),
         }
-    }
-}
-
-/// The guest-facing mailbox of an emulated TEE (a port-I/O device).
-#[derive(Debug)]
-pub struct Mailbox {
-    tee: Arc<Mutex<EmulatedTee>>,
-    mem: GuestMemoryMmap,
-    /// Emulated TDX under the private-memory contract: the window is read and written
-    /// as the emulated TDX module accesses TD memory (the mailbox is the emulated
-    /// module's legacy interface, not a device), once the launch has set it.
-    trusted: Option<Arc<OnceLock<Arc<CcMemory>>>>,
-    window: Option<u64>,
-    status: u32,
-}
-
-impl Mailbox {
-    /// A mailbox in front of `tee`, reading and writing `mem`.
-    pub fn new(tee: EmulatedTee, mem: GuestMemoryMmap) -> Self {
-        Self::shared(Arc::new(Mutex::new(tee)), mem)
-    }
-
-    /// A mailbox in front of a TEE it shares with its backend.
-    pub fn shared(tee: Arc<Mutex<EmulatedTee>>, mem: GuestMemoryMmap) -> Self {
-        Self {
-            tee,
-            mem,
-            trusted: None,
-            window: None,
-            status: status::BAD_WINDOW,
-        }
-    }
-
-    /// A mailbox of an emulated TD under the private-memory contract: its window is
-    /// accessed with [`CcMemory::trusted_read`] / [`CcMemory::trusted_write`] once `cc`
-    /// is set (before that, through `mem`).
-    pub fn trusted(
-        tee: Arc<Mutex<EmulatedTee>>,
-        mem: GuestMemoryMmap,
-        cc: Arc<OnceLock<Arc<CcMemory>>>,
-    ) -> Self {
-        Self {
-            trusted: Some(cc),
-            ..Self::shared(tee, mem)
-        }
-    }
-
-    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        match self.trusted.as_ref().and_then(|c| c.get()) {
-            Some(cc) => cc.trusted_read(gpa, buf).is_ok(),
-            None => self.mem.read_slice(buf, GuestAddress(gpa)).is_ok(),
-        }
-    }
-
-    fn write_guest(&self, gpa: u64, data: &[u8]) -> bool {
-        match self.trusted.as_ref().and_then(|c| c.get()) {
-            Some(cc) => cc.trusted_write(gpa, data).is_ok(),
-            None => self.mem.write_slice(data, GuestAddress(gpa)).is_ok(),
-        }
-    }
-
-    fn run(&mut self, cmd: u32) -> u32 {
-        let Some(gpa) = self.window else {
-            return status::BAD_WINDOW;
-        };
-        let mut window = vec![0u8; WINDOW];
-        if !self.read_guest(gpa, &mut window) {
-            return status::BAD_WINDOW;
-        }
-        // The request area runs to 0x44: SNP_REPORT's VMPL sits at 0x40, where the
-        // response length is written afterwards.
-        let result = self
-            .tee
-            .lock()
-            .map_err(|_| status::FAILED)
-            .and_then(|mut tee| tee.execute(cmd, &window[..REQUEST_LEN]));
-        match result {
-            Ok(resp) if resp.len() <= WINDOW - RESPONSE_AT => {
-                let len = (resp.len() as u32).to_le_bytes();
-                let ok = self.write_guest(gpa + RESPONSE_LEN_AT as u64, &len)
-                    && self.write_guest(gpa + RESPONSE_AT as u64, &resp);
-                if ok {
-                    tracing::info!(
-                        event = "evidence",
-                        command = cmd,
-                        bytes = resp.len(),
-                        "emulated TEE request served (insecure-emulated)"
-                    );
-                    status::OK
-                } else {
-                    status::BAD_WINDOW
-                }
-            }
-            Ok(_) => status::FAILED,
-            Err(s) => s,
-        }
-    }
-}
-
-impl PioDevice for Mailbox {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
-        let v = match offset {
-            4 => self.status,
-            8 => MAGIC,
-            _ => u32::MAX,
-        };
-        let b = v.to_le_bytes();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = b.get(i).copied().unwrap_or(0xff);
-        }
-    }
-
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<VmEvent> {
-        let Ok(b) = <[u8; 4]>::try_from(data) else {
-            return None;
-        };
-        let v = u32::from_le_bytes(b);
-        match offset {
-            0 => {
-                let gpa = u64::from(v);
-                self.window = (gpa % 4096 == 0).then_some(gpa);
-            }
-            4 => self.status = self.run(v),
-            _ => {}
-        }
-        None
     }
 }
 

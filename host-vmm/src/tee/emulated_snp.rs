@@ -7,8 +7,8 @@
 //! the secrets and CPUID pages where the launch puts them, and the C-bit (bit 47) as
 //! the contract's alias bit. Insecure test equipment.
 //!
-//! The paravirtual mailbox ([`super::emulated`]) is still attached for the test guest's
-//! evidence until it uses the guest-request path; the firmware no longer uses it.
+//! The guest's evidence comes only from that guest-request path: there is no
+//! paravirtual device for it (nothing at port 0xE00; [`super::emulated`]).
 //!
 //! # The launch under the contract
 //!
@@ -63,7 +63,7 @@ use super::backend::{
     VmType,
 };
 use super::emu_snp::{self, PspLayout, SnpPsp, CBIT};
-use super::emulated::{EmulatedLaunchError, EmulatedTee, Mailbox, MAILBOX_LEN, MAILBOX_PORT};
+use super::emulated::{EmulatedLaunchError, EmulatedTee};
 use super::trap::{self, InsnTrap, TeeTrap};
 use super::TeeKind;
 use crate::seccomp::SeccompMode;
@@ -92,8 +92,6 @@ pub struct EmulatedSnp {
     /// What SNP_LAUNCH_UPDATE puts into private memory, per range (without the VMSAs,
     /// secrets and CPUID pages, which the PSP fills).
     launch_pages: Arc<Vec<(u64, LaunchSource)>>,
-    /// The contract, once the VM exists (the mailbox reads through it).
-    cc: Arc<OnceLock<Arc<CcMemory>>>,
 }
 
 /// The contents one launch range gets, as SNP_LAUNCH_UPDATE copies them.
@@ -153,7 +151,6 @@ impl EmulatedSnp {
             insn_trap: None,
             late_writes: Vec::new(),
             launch_pages: Arc::new(launch_pages(plan)),
-            cc: Arc::default(),
         })
     }
 
@@ -233,7 +230,6 @@ impl EmulatedSnp {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         // 2 MiB validation as before the contract (a host with huge-page private memory).
         cc.set_largest_private_page(PageSize::Size2M);
-        let _ = self.cc.set(cc.clone());
         for r in cc.vmm_memory().iter() {
             cc.launch_shared(r.start_addr().0, r.len())
                 .map_err(cc_err("making the hypervisor's pages shared"))?;
@@ -268,25 +264,13 @@ impl TeeBackend for EmulatedSnp {
         &self.preload
     }
 
-    fn devices(&self, mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
-        vec![
-            TeeDevice {
-                name: "emulated-snp-trap-events",
-                base: *crate::vstate::vcpu::TRAP_PORTS.start(),
-                len: 8,
-                device: Arc::new(Mutex::new(emu_snp::TrapEvents)),
-            },
-            TeeDevice {
-                name: "emulated-tee-mailbox",
-                base: MAILBOX_PORT,
-                len: MAILBOX_LEN,
-                device: Arc::new(Mutex::new(Mailbox::trusted(
-                    self.tee.clone(),
-                    mem.clone(),
-                    self.cc.clone(),
-                ))),
-            },
-        ]
+    fn devices(&self, _mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
+        vec![TeeDevice {
+            name: "emulated-snp-trap-events",
+            base: *crate::vstate::vcpu::TRAP_PORTS.start(),
+            len: 8,
+            device: Arc::new(Mutex::new(emu_snp::TrapEvents)),
+        }]
     }
 
     fn adjust_cpuid(&self, cpuid: &mut CpuId) {

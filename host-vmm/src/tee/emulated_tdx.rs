@@ -4,8 +4,9 @@
 //! whose vCPUs start as TD vCPUs do (32-bit protected mode at the reset vector,
 //! [`emu_tdx::td_entry`]) with CPUID leaf 0x21 saying "IntelTDX    ". The guest runs its
 //! real TDX code; the VMM plays the TDX module ([`emu_tdx::TdxModule`]: TDCALL through
-//! the internal-error exit or the emulator trap). The paravirtual mailbox
-//! ([`super::emulated`]) stays for guests that still use it. Insecure test equipment.
+//! the internal-error exit or the emulator trap); its evidence is TDG.MR.REPORT and
+//! TDVMCALL<GetQuote>, with no paravirtual device beside them (nothing at port 0xE00;
+//! [`super::emulated`]). Insecure test equipment.
 //!
 //! # The launch under the contract
 //!
@@ -85,9 +86,7 @@ use super::backend::{
     TeeError, TeeRuntime, VmType,
 };
 use super::emu_tdx::{self, TdxModule};
-use super::emulated::{
-    EmulatedLaunchError, EmulatedTee, Mailbox, Rtmrs, MAILBOX_LEN, MAILBOX_PORT,
-};
+use super::emulated::{EmulatedLaunchError, EmulatedTee, Rtmrs};
 use super::launch::{tdx_pages, LaunchStepError, TdxLaunch, TdxPages};
 use super::services::{self, Notify};
 use super::trap::{self, InsnTrap, TeeTrap};
@@ -264,17 +263,8 @@ impl TeeBackend for EmulatedTdx {
         &[]
     }
 
-    fn devices(&self, mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
-        let mut devices = vec![TeeDevice {
-            name: "emulated-tee-mailbox",
-            base: MAILBOX_PORT,
-            len: MAILBOX_LEN,
-            device: Arc::new(Mutex::new(Mailbox::trusted(
-                self.tee.clone(),
-                mem.clone(),
-                self.cc.clone(),
-            ))),
-        }];
+    fn devices(&self, _mem: &GuestMemoryMmap) -> Vec<TeeDevice> {
+        let mut devices = Vec::new();
         if self.plain_handoff {
             devices.push(TeeDevice {
                 name: "emulated-tdx-plain-handoff",

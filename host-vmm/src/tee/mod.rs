@@ -15,7 +15,7 @@
 //! |---|---|---|---|---|
 //! | [`none`] | `none` | default | — | — |
 //! | [`emulated_snp`] | `emulated-snp` | default + C-bit alias slots | emulated PSP ([`emulated`]) | software PSP/hypervisor ([`emu_snp`]) |
-//! | [`emulated_tdx`] | `emulated-tdx` | default | emulated TDX module ([`emulated`]) | — (mailbox device) |
+//! | [`emulated_tdx`] | `emulated-tdx` | default | emulated TDX module ([`emulated`]) | software TDX module ([`emu_tdx`]) |
 //! | [`kvm_snp`] | `snp` | `KVM_X86_SNP_VM`, full irqchip | [`launch`] via [`snp`] | [`runtime`] |
 //! | [`kvm_tdx`] | `tdx` | `KVM_X86_TDX_VM`, split irqchip | [`launch`] via [`tdx`] | [`runtime`] + QGS ([`services`]) |
 //!
@@ -23,7 +23,8 @@
 //! HOB), [`snp`] / [`tdx`] (typestate launch sequences over command traits, tested
 //! against recording fakes), [`services`] (TDX GetQuote/QGS, TDVMCALLs, SNP
 //! certificate tables), [`runtime`] (the [`backend::ExitHandler`] of real guests),
-//! [`emulated`] (the emulated platforms and their mailbox).
+//! [`emulated`] (the emulated platforms and their evidence command protocol, spoken over
+//! sockets only).
 //!
 //! # Where `unsafe` lives
 //! One block in this module tree: the C-bit alias memslots of emulated SNP
