@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use cvm_tests::{bin, malicious_relay, ok, run, Tamper, Verifier, MESSAGE, RESOURCE};
 use serde_json::{json, Value};
 
-/// `cvm.tee_trap=port`: the guest attests through the SNP guest-request path (emulator
-/// trap from ring 3), not the emulated TEE's mailbox.
+/// `cvm.tee_trap=port`: the guest attests through the SNP guest-request path or
+/// TDG.MR.REPORT + TDVMCALL<GetQuote> (emulator trap from ring 3), as on hardware.
 const CMDLINE: &str = "console=ttyS0 cvm.kbs_resource=default/disk/e2e cvm.tee_trap=port";
 
 /// Images and the emulated platform, made once for the whole file.
@@ -82,10 +82,12 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// A test's own directory, verifier and registered SNP workload.
+/// A test's own directory, verifier and registered workload (SNP unless said).
 struct Case {
     dir: PathBuf,
     verifier: Verifier,
+    /// `snp` or `tdx`: the workload's TEE, launched as `--tee emulated-<tee>`.
+    tee: &'static str,
     /// The guest's command line: [`CMDLINE`] and the pin of this case's verifier.
     cmdline: String,
 }
@@ -112,7 +114,31 @@ fn snp_measurement(f: &Fixture, kernel: &Path, cmdline: &str) -> String {
     .to_owned()
 }
 
+/// `cvm measure tdx --output-format json` of the launch [`launch`] makes.
+fn tdx_measurement(f: &Fixture, kernel: &Path, cmdline: &str) -> Value {
+    let out = ok(
+        &bin("cvm"),
+        &[
+            "measure",
+            "tdx",
+            "--firmware",
+            f.firmware.to_str().unwrap(),
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--append",
+            cmdline,
+            "--output-format",
+            "json",
+        ],
+    );
+    serde_json::from_str(out.trim()).expect("cvm measure tdx JSON")
+}
+
 fn case(name: &str, trust: bool) -> Case {
+    case_tee(name, trust, "snp")
+}
+
+fn case_tee(name: &str, trust: bool, tee: &'static str) -> Case {
     let f = fixture();
     let dir = f.dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -126,8 +152,15 @@ fn case(name: &str, trust: bool) -> Case {
     ]);
     // The pin is part of the command line, so of the measurement registered.
     let cmdline = format!("{CMDLINE} {}", verifier.cmdline_pin());
-    let policy =
-        json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel, &cmdline)]});
+    let policy = if tee == "tdx" {
+        let m = tdx_measurement(f, &f.kernel, &cmdline);
+        let rtmrs: Vec<Value> = (0..4)
+            .map(|i| json!({"index": i, "value": m["rtmrs"][i]}))
+            .collect();
+        json!({"allow_emulated": true, "measurements": [m["mrtd"]], "tdx": {"rtmrs": rtmrs}})
+    } else {
+        json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel, &cmdline)]})
+    };
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
     verifier.admin_ok(&[
@@ -135,7 +168,7 @@ fn case(name: &str, trust: bool) -> Case {
         "put",
         "e2e",
         "--tee",
-        "snp",
+        tee,
         "--policy-file",
         policy_path.to_str().unwrap(),
         "--resource",
@@ -144,11 +177,12 @@ fn case(name: &str, trust: bool) -> Case {
     Case {
         dir,
         verifier,
+        tee,
         cmdline,
     }
 }
 
-/// `cvm launch --tee emulated-snp` with the relay served by the test (`tamper`).
+/// `cvm launch --tee emulated-<c.tee>` with the relay served by the test (`tamper`).
 fn launch(
     c: &Case,
     kernel: &Path,
@@ -158,10 +192,11 @@ fn launch(
     let f = fixture();
     let uds = c.dir.join(format!("vsock-{}", rand_suffix()));
     let recorded = malicious_relay(&uds, 50000, &c.verifier.url, tamper);
+    let tee = format!("emulated-{}", c.tee);
     let mut args = vec![
         "launch",
         "--tee",
-        "emulated-snp",
+        &tee,
         "--emulated-platform",
         f.platform.to_str().unwrap(),
         "--firmware",
@@ -251,7 +286,7 @@ fn guest_unlocks_its_disk_through_the_host() {
         describe(&o)
     );
     // The evidence came through the SNP guest-request path (VMPCK0-encrypted
-    // MSG_REPORT_REQ, extended request for the certificates), not the mailbox.
+    // MSG_REPORT_REQ, extended request for the certificates).
     assert!(
         stdout(&o).contains("emulated snp TEE (SNP guest request)"),
         "{}",
@@ -279,6 +314,63 @@ fn guest_unlocks_its_disk_through_the_host() {
     for (_, body) in rec.iter() {
         assert!(!body.windows(key.len()).any(|w| w == key.as_slice()));
     }
+}
+
+/// The TDX twin: the TD attests with TDG.MR.REPORT + TDVMCALL<GetQuote> and sends its
+/// quote without collateral, as a real TD does; the verifier fetches the TCB info and QE
+/// identity from the emulated platform's collateral server (its PCS), and releases.
+/// Before the test guest dropped the mailbox it sent the collateral itself and the
+/// verifier fetched nothing.
+#[test]
+fn td_unlocks_its_disk_with_collateral_the_verifier_fetched() {
+    test_kit::require!(kvm);
+    let c = case_tee("tdx-ok", true, "tdx");
+    let pcs = c
+        .verifier
+        .collateral_url
+        .clone()
+        .expect("a collateral server");
+    let fetched_tcb = |v: &Verifier| {
+        v.collateral_items().into_iter().any(|i| {
+            i["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("intel/tdx/tcb/"))
+                && i["url"].as_str().is_some_and(|u| u.starts_with(&pcs))
+        })
+    };
+    assert!(
+        !fetched_tcb(&c.verifier),
+        "nothing fetched before the launch"
+    );
+    let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(
+        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
+        "{}",
+        describe(&o)
+    );
+    assert!(
+        stdout(&o).contains("emulated tdx TEE (TDG.MR.REPORT + GetQuote)"),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(released(&c.verifier), 1);
+    // The evidence carried no collateral: the attest request's TDX evidence says null.
+    let rec = recorded.lock().unwrap();
+    let attest = rec
+        .iter()
+        .find(|(l, _)| l.starts_with("POST /kbs/v0/attest"))
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .expect("an attest request");
+    assert!(
+        attest.contains("\"collateral\":null"),
+        "the guest sent collateral: {attest}"
+    );
+    assert!(
+        fetched_tcb(&c.verifier),
+        "the verifier holds no TDX TCB info from {pcs}: {:#?}",
+        c.verifier.collateral_items()
+    );
 }
 
 #[test]
@@ -428,4 +520,11 @@ fn demo_runs_both_tees() {
     );
     // The audit chain printed two releases and verifies.
     assert!(text.contains("\"key-release\""), "{text}");
+    // The TDX guest sent its quote alone: the verifier fetched the TCB info from the
+    // emulated platform's collateral server.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("intel/tdx/tcb/") && l.contains("<- http://127.0.0.1:")),
+        "{text}"
+    );
 }
