@@ -373,6 +373,47 @@ fn td_unlocks_its_disk_with_collateral_the_verifier_fetched() {
     );
 }
 
+/// Without SNP or TDX the test guest has nothing to attest with (no host-defined
+/// fallback): it says so and never reaches the verifier.
+#[test]
+fn test_guest_without_a_tee_says_it_needs_one() {
+    test_kit::require!(kvm);
+    let f = fixture();
+    let c = case("no-tee", true);
+    let uds = c.dir.join("vsock-none");
+    let recorded = malicious_relay(&uds, 50000, &c.verifier.url, Tamper::None);
+    let o = run(
+        &bin("cvm"),
+        &[
+            "launch",
+            "--tee",
+            "none",
+            "--firmware",
+            f.firmware.to_str().unwrap(),
+            "--kernel",
+            f.kernel.to_str().unwrap(),
+            "--cmdline",
+            &c.cmdline,
+            "--disk",
+            f.disk.to_str().unwrap(),
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--serial",
+            "stdout",
+        ],
+    );
+    assert!(
+        stdout(&o).contains(
+            "no SNP or TDX: this test guest needs --tee emulated-snp|emulated-tdx or hardware"
+        ),
+        "{}",
+        describe(&o)
+    );
+    assert!(!stdout(&o).contains(MESSAGE), "{}", describe(&o));
+    assert!(recorded.lock().unwrap().is_empty());
+    assert_eq!(released(&c.verifier), 0);
+}
+
 #[test]
 fn firmware_refuses_a_swapped_kernel() {
     test_kit::require!(kvm);
