@@ -22,7 +22,7 @@ pub enum Command {
     /// Produce an emulated TDX quote and its collateral.
     #[command(subcommand)]
     Quote(QuoteCmd),
-    /// Serve the emulated secure processor's mailbox on a Unix socket (for `cvm-agent
+    /// Serve the emulated secure processor's evidence command protocol on a Unix socket (for `cvm-agent
     /// --evidence emulated-unix:PATH` as a host process). Insecure-emulated.
     Serve(Box<serve::ServeArgs>),
     /// Serve the platform's collateral over the AMD KDS and Intel PCS paths on loopback

@@ -15,7 +15,8 @@
 //! and against `cvm-verifier`; the bare-metal test guest (no_std, no `sev` crate) sends
 //! the cvm formats, which `cvm-verifier` accepts too.
 //!
-//! Providers: the test guest's emulated mailbox (`testguest/src/tee.rs`); `cvm-agent`'s
+//! Providers: the test guest's SNP guest request and TD quote (`testguest/src/snp.rs`,
+//! `testguest/src/tee.rs`); `cvm-agent`'s
 //! `/dev/sev-guest`, configfs-tsm and `/dev/tdx_guest` (host binary, `std`), and its
 //! `emulated-unix:PATH` client of `cvm emulated serve` (test equipment).
 
@@ -246,7 +247,7 @@ mod trustee_snp {
     }
 }
 
-/// A source of attestation evidence (hardware driver, emulated mailbox, test double).
+/// A source of attestation evidence (hardware driver, emulated TEE service, test double).
 pub trait EvidenceProvider {
     /// The TEE this provider attests.
     fn tee(&self) -> Tee;

@@ -35,12 +35,14 @@
 //! |---|---|
 //! | 0x100000 – ~0x143000 | code, rodata, data (the image, ~270 KiB) |
 //! | then (`init_size`) | .bss with the 256 KiB stack (zeroed at ring 3), page tables (24 KiB) |
-//! | 16 MiB – end of that e820 RAM range (≤ 3 GiB) | bump heap: virtio rings and buffers, the 64 KiB mailbox window, JSON, LUKS |
+//! | 16 MiB – end of that e820 RAM range (≤ 3 GiB) | bump heap: virtio rings and buffers (in an SNP guest or a TD: the shared DMA pool), JSON, LUKS |
 //!
 //! Flow: command line from `boot_params` (`cvm.kbs_resource=repo/type/tag` and
 //! `cvm.verifier_key=` required — without a pin the guest refuses to attest —, optional
-//! `cvm.kbs_port=` (default 50000) and `cvm.kbs_workload=`); the emulated TEE from the
-//! mailbox (magic, INFO); a P-256 key from RDRAND; this crate's KBS flow over
+//! `cvm.kbs_port=` (default 50000) and `cvm.kbs_workload=`); the TEE (SNP: SEV_STATUS and
+//! the CPUID page; TDX: CPUID 0x21) and its evidence through the hardware's paths (SNP
+//! guest request; TDG.MR.REPORT + TDVMCALL<GetQuote>, the quote sent without collateral);
+//! a P-256 key from RDRAND; this crate's KBS flow over
 //! virtio-vsock to host CID 2; the LUKS2 volume on the first virtio-blk disk unlocked
 //! with the released bytes as key file (`luks` crate); the message printed as
 //! `cvm-testguest: disk message: <text>`; ACPI S5. Any failure prints

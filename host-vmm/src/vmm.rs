@@ -228,7 +228,8 @@ pub enum Step {
     LegacyDevices,
     /// The backend's preloaded pages and the staged kernel.
     BootData,
-    /// The backend's own devices (the emulated mailbox).
+    /// The backend's own devices (emulated SNP's trap-event ports, emulated TDX's
+    /// plain-handoff port).
     TeeDevices,
     /// virtio-blk disks, virtio-vsock and virtio-net.
     VirtioDevices,

@@ -3,7 +3,8 @@
 //! processor. **Insecure-emulated test equipment**: the verifier marks such evidence
 //! `insecure-emulated` and accepts it only with the emulated trust anchor configured.
 //!
-//! The protocol is the emulated mailbox's commands over a socket (all integers
+//! The protocol is the emulated TEEs' evidence command protocol (`host_vmm::tee::emulated`)
+//! over a socket (all integers
 //! little-endian u32):
 //!
 //! ```text
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use crate::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 
-/// Mailbox commands (as `host-vmm`'s `tee::emulated::command`).
+/// Commands of the evidence command protocol (as `host-vmm`'s `tee::emulated::command`).
 pub mod command {
     /// SNP ATTESTATION_REPORT for a REPORT_DATA.
     pub const SNP_REPORT: u32 = 1;

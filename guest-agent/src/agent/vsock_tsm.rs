@@ -3,7 +3,7 @@
 //! SNP/TDX and has no configfs-tsm or `/dev/sev-guest`.
 //!
 //! The VMM (`host_vmm::tee::evidence_vsock`) answers on host CID 2, port
-//! [`EVIDENCE_PORT`], with the emulated mailbox's protocol ([`super::emulated_unix`]):
+//! [`EVIDENCE_PORT`], with the emulated TEEs' evidence command protocol ([`super::emulated_unix`]):
 //! INFO names the TEE; then SNP report + certificate table, or TDX quote + collateral
 //! (+ the CC event log from ACPI, as the configfs-tsm path sends it), so the evidence
 //! the KBS receives has the shapes configfs-tsm's would.

@@ -15,7 +15,7 @@
 //!
 //! # Protocol
 //!
-//! The emulated mailbox's commands ([`super::emulated`]) on a stream, as `cvm emulated
+//! The emulated TEEs' evidence command protocol ([`super::emulated`]) on a stream, as `cvm emulated
 //! serve` speaks them on its Unix socket (integers little-endian u32):
 //!
 //! ```text
@@ -83,7 +83,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one connection may hold the service thread in all.
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Statuses beyond the mailbox's ([`super::emulated::status`]).
+/// Statuses beyond the protocol's ([`super::emulated::status`]).
 pub mod status {
     /// The rate limit: try again later.
     pub const BUSY: u32 = 5;
@@ -93,7 +93,8 @@ pub mod status {
 
 /// What answers the service's commands: the emulated TEE of this launch.
 pub trait EvidenceSource: Send + Sync + std::fmt::Debug {
-    /// Executes mailbox command `cmd` on `request`; the answer bytes or a status.
+    /// Executes command `cmd` of the evidence command protocol on `request`; the answer
+    /// bytes or a status.
     fn execute(&self, cmd: u32, request: &[u8]) -> Result<Vec<u8>, u32>;
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use attestation::snp::emulated::{EmulatedSnpPlatform, FinishParams};
 
 use super::*;
-use crate::tee::emulated::{status as mailbox, EmulatedTee, KIND_EMULATED_SNP, KIND_EMULATED_TDX};
+use crate::tee::emulated::{status as proto, EmulatedTee, KIND_EMULATED_SNP, KIND_EMULATED_TDX};
 
 /// One request on `s`: (status, body).
 fn call(s: &mut UnixStream, cmd: u32, payload: &[u8]) -> (u32, Vec<u8>) {
@@ -87,7 +87,7 @@ fn snp_report_and_certificates_come_from_this_launch_s_psp() {
     // A TDX command on an SNP platform: UNSUPPORTED, no quote.
     assert_eq!(
         call(&mut s, command::TDX_QUOTE, &[0; 64]),
-        (mailbox::UNSUPPORTED, vec![])
+        (proto::UNSUPPORTED, vec![])
     );
 }
 
@@ -113,7 +113,7 @@ fn tdx_quote_carries_the_guest_s_report_data_and_the_extended_rtmrs() {
     assert!(serde_json::from_slice::<serde_json::Value>(&collateral).is_ok());
     assert_eq!(
         call(&mut s, command::SNP_REPORT, &[0; 64]),
-        (mailbox::UNSUPPORTED, vec![])
+        (proto::UNSUPPORTED, vec![])
     );
 }
 
