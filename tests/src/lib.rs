@@ -76,7 +76,7 @@ pub fn ok(program: &Path, args: &[&str]) -> String {
 pub struct Verifier {
     child: Child,
     /// The trusted emulated platform's collateral server, if any.
-    collateral: Option<Child>,
+    _collateral: Option<Reaped>,
     /// Base URL, `http://127.0.0.1:PORT`.
     pub url: String,
     /// Base URL of the collateral server the verifier fetches KDS/PCS collateral from
@@ -95,10 +95,18 @@ impl Drop for Verifier {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(c) = self.collateral.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    }
+}
+
+/// A child process killed and reaped when dropped (also when a later start-up step
+/// panics).
+#[derive(Debug)]
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -180,7 +188,7 @@ impl Verifier {
             args.push("--emulated-trust".into());
             args.push(t.display().to_string());
             let log = std::fs::File::create(dir.join("collateral-server.log")).unwrap();
-            let mut server = Command::new(bin("cvm"))
+            let server = Command::new(bin("cvm"))
                 .args(["emulated", "collateral-server", "--dir"])
                 .arg(t)
                 .args(["--listen", "127.0.0.1:0"])
@@ -189,7 +197,8 @@ impl Verifier {
                 .stderr(log)
                 .spawn()
                 .expect("start cvm emulated collateral-server");
-            let url = listening_url(&mut server, "cvm emulated collateral-server");
+            let mut server = Reaped(server);
+            let url = listening_url(&mut server.0, "cvm emulated collateral-server");
             for flag in ["--amd-kds-url", "--intel-pcs-url"] {
                 args.push(flag.into());
                 args.push(url.clone());
@@ -208,7 +217,7 @@ impl Verifier {
         let url = listening_url(&mut child, "cvm-verifier");
         Verifier {
             child,
-            collateral,
+            _collateral: collateral,
             url,
             collateral_url,
             database,
