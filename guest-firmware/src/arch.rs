@@ -243,26 +243,29 @@ pub unsafe fn phys_mut<'a>(addr: u64, n: usize) -> &'a mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, n) }
 }
 
-/// Copies `n` bytes between physical ranges (rep movsb, emulator-safe).
+/// Copies `n` bytes between physical ranges (rep movsq + rep movsb tail, emulator-safe).
 ///
 /// # Safety
 /// Both ranges must be mapped; they must not overlap.
 pub unsafe fn copy_phys(dst: u64, src: u64, n: u64) {
     // SAFETY: upheld by the caller.
     unsafe {
-        asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n & 7,
+             inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n >> 3 => _,
              options(nostack, preserves_flags))
     }
 }
 
-/// Fills `n` bytes at `dst` with `v` (rep stosb).
+/// Fills `n` bytes at `dst` with `v` (rep stosq + rep stosb tail).
 ///
 /// # Safety
 /// The range must be mapped and owned by the caller.
 pub unsafe fn fill_phys(dst: u64, v: u8, n: u64) {
     // SAFETY: upheld by the caller.
     unsafe {
-        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") v,
+        asm!("rep stosq", "mov rcx, {tail}", "rep stosb", tail = in(reg) n & 7,
+             inout("rdi") dst => _, inout("rcx") n >> 3 => _,
+             in("rax") (v as u64) * 0x0101_0101_0101_0101,
              options(nostack, preserves_flags))
     }
 }

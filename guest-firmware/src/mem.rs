@@ -1,5 +1,8 @@
 //! The C memory routines the compiler calls, with emulator-safe instructions only
-//! (`rep movsb`/`rep stosb`, byte loops): no libc, no SSE.
+//! (`rep movsq`/`rep stosq` with a `rep movsb`/`rep stosb` tail, byte loops): no libc, no
+//! SSE. Eight bytes per iteration: this machine's CPL0 interpreter runs every iteration of a
+//! string instruction through the emulator, so a byte-wise copy of a 300 KiB kernel cost
+//! ~0.8 s of the boot (measured: 11.7 s → 10.9 s for the test guest under `--tee none`).
 
 use core::arch::asm;
 
@@ -9,10 +12,12 @@ use core::arch::asm;
 /// C semantics: both ranges valid for `n` bytes and not overlapping.
 #[no_mangle]
 pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-    // SAFETY: the caller guarantees both ranges; rep movsb copies forwards (DF = 0 in
-    // this firmware and by the SysV ABI).
+    // SAFETY: the caller guarantees both ranges; rep movsq then rep movsb copy the
+    // n / 8 quadwords and the n % 8 tail bytes forwards (DF = 0 in this firmware and by
+    // the SysV ABI).
     unsafe {
-        asm!("rep movsb", inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n => _,
+        asm!("rep movsq", "mov rcx, {tail}", "rep movsb", tail = in(reg) n & 7,
+             inout("rdi") dst => _, inout("rsi") src => _, inout("rcx") n >> 3 => _,
              options(nostack, preserves_flags))
     }
     dst
@@ -46,7 +51,9 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
 pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     // SAFETY: the caller guarantees the range.
     unsafe {
-        asm!("rep stosb", inout("rdi") dst => _, inout("rcx") n => _, in("al") c as u8,
+        asm!("rep stosq", "mov rcx, {tail}", "rep stosb", tail = in(reg) n & 7,
+             inout("rdi") dst => _, inout("rcx") n >> 3 => _,
+             in("rax") (c as u8 as u64) * 0x0101_0101_0101_0101,
              options(nostack, preserves_flags))
     }
     dst
