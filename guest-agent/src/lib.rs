@@ -41,7 +41,7 @@
 //! `cvm.verifier_key=` required — without a pin the guest refuses to attest —, optional
 //! `cvm.kbs_port=` (default 50000) and `cvm.kbs_workload=`); the TEE (SNP: SEV_STATUS and
 //! the CPUID page; TDX: CPUID 0x21) and its evidence through the hardware's paths (SNP
-//! guest request; TDG.MR.REPORT + TDVMCALL<GetQuote>, the quote sent without collateral);
+//! guest request; TDG.MR.REPORT + `TDVMCALL<GetQuote>`, the quote sent without collateral);
 //! a P-256 key from RDRAND; this crate's KBS flow over
 //! virtio-vsock to host CID 2; the LUKS2 volume on the first virtio-blk disk unlocked
 //! with the released bytes as key file (`luks` crate); the message printed as

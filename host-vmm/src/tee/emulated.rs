@@ -19,7 +19,7 @@
 //!
 //! A guest of `--tee emulated-snp|emulated-tdx` attests as on hardware: SNP through the
 //! guest-request path of the software PSP ([`super::emu_snp`]), TDX through
-//! TDG.MR.REPORT and TDVMCALL<GetQuote> of the software TDX module ([`super::emu_tdx`]).
+//! TDG.MR.REPORT and `TDVMCALL<GetQuote>` of the software TDX module ([`super::emu_tdx`]).
 //! There is no paravirtual device for it (no port at 0xE00; a guest that touches one
 //! gets what any unknown port gives: reads of all ones, writes ignored). The verifier
 //! fetches the emulated TDX platform's collateral from its PCS, as for hardware

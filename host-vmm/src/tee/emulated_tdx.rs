@@ -5,7 +5,7 @@
 //! [`emu_tdx::td_entry`]) with CPUID leaf 0x21 saying "IntelTDX    ". The guest runs its
 //! real TDX code; the VMM plays the TDX module ([`emu_tdx::TdxModule`]: TDCALL through
 //! the internal-error exit or the emulator trap); its evidence is TDG.MR.REPORT and
-//! TDVMCALL<GetQuote>, with no paravirtual device beside them (nothing at port 0xE00;
+//! `TDVMCALL<GetQuote>`, with no paravirtual device beside them (nothing at port 0xE00;
 //! [`super::emulated`]). Insecure test equipment.
 //!
 //! # The launch under the contract
