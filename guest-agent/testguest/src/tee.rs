@@ -16,8 +16,9 @@ use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use crate::trap_tdx::{self, Trap};
 
 /// Why the test guest cannot attest when neither SNP nor a TD was found.
-pub const NO_TEE: &str =
-    "no SNP or TDX: this test guest needs --tee emulated-snp|emulated-tdx or hardware";
+pub const NO_TEE: &str = "no SNP or TDX: this CPL3 test guest needs --tee \
+     emulated-snp|emulated-tdx and the word cvm.tee_trap=port on its measured command line \
+     (it reaches the emulated TEE only through the port trap)";
 
 /// A TD's evidence: TDREPORT + GetQuote through `trap`.
 #[derive(Debug)]
