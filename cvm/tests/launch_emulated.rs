@@ -59,6 +59,8 @@ fn emulated_snp_launch_measures_what_cvm_measure_predicts() {
         "2",
         "--vcpu-type",
         "EPYC-Milan",
+        // Accepted here; that it reaches the report's HOST_DATA is checked by a
+        // verifier in tests/tests/e2e.rs (`host_data_reaches_the_emulated_snp_report`).
         "--host-data",
         "abcd",
     ]);
