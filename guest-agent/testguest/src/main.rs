@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
 //! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
-//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA> (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer and the GetQuote buffer |
+//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with `TDVMCALL<MapGPA>` (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer and the GetQuote buffer |
 //! | 20 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD or an SNP guest) |
 //!
 //! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to

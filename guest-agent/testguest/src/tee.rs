@@ -1,6 +1,6 @@
 //! The test guest's TDX evidence: [`Provider::detect`] finds a TD by CPUID leaf 0x21
 //! ("IntelTDX    ") and then attests with the TD protocol of [`crate::trap_tdx`]
-//! (TDG.MR.REPORT and TDVMCALL<GetQuote>, through the trap the measured command line
+//! (TDG.MR.REPORT and `TDVMCALL<GetQuote>`, through the trap the measured command line
 //! names). SEV-SNP evidence comes from the guest-request path of [`crate::snp`].
 //!
 //! The quote goes to the verifier without collateral, as from a real TD: the verifier
