@@ -59,6 +59,8 @@ fn emulated_snp_launch_measures_what_cvm_measure_predicts() {
         "2",
         "--vcpu-type",
         "EPYC-Milan",
+        // Accepted here; that it reaches the report's HOST_DATA is checked by a
+        // verifier in tests/tests/e2e.rs (`host_data_reaches_the_emulated_snp_report`).
         "--host-data",
         "abcd",
     ]);
@@ -113,8 +115,10 @@ fn emulated_tdx_launch_measures_the_mrtd_cvm_measure_predicts() {
 /// with the same registers. 32-bit code (the vCPU starts as a TD vCPU does): extend
 /// RTMR2 with the literal TDCALL and RTMR3 through the trap (TDG.MR.RTMR.EXTEND, digests
 /// in the launch's TempMem at 0x800000), read GPAW with TDG.VP.INFO through the trap.
-/// Then the host asks the same emulated TD for a quote (as the QGS serves GetQuote; the
-/// launch's evidence source): its RTMRs must carry both extensions. (TDG.MR.REPORT needs
+/// Then the host asks the same emulated TD for a quote through the launch's evidence
+/// source, with TDX_QUOTE (3) of the evidence command protocol (as `cvm emulated serve`
+/// and the vsock evidence service answer it; the TD's own GetQuote path runs in the
+/// end-to-end tests): its RTMRs must carry both extensions. (TDG.MR.REPORT needs
 /// R8 = 0, which 32-bit code cannot set: a TD starts with the TD HOB's address there.)
 #[test]
 fn emulated_tdx_module_answers_the_literal_tdcall_and_the_trap() {

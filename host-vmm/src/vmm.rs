@@ -39,7 +39,7 @@ use crate::devices::{BusOverlap, Buses, MmioOverlap};
 use crate::net::NetAttachment;
 use crate::seccomp::{self, SeccompError, SeccompMode, ThreadKind};
 use crate::tee::backend::{ExpectedMeasurement, PendingLaunch, TeeError, TeeRuntime, VmType};
-use crate::tee::evidence_vsock::EvidenceService;
+use crate::tee::evidence_vsock::{EvidenceService, EvidenceServiceError};
 use crate::tee::TeeBackend;
 use crate::vstate::vcpu::{RunControl, Vcpu, VcpuError, VcpuStop};
 use crate::vstate::vm::{IrqChip, KvmRoutes, Vm, VmError};
@@ -198,7 +198,8 @@ pub enum VmmError {
     /// A virtio-net device could not be created.
     #[error("cannot create the virtio-net device on tap {0}")]
     Net(String, #[source] NetError),
-    /// The emulated TEE's evidence service could not start.
+    /// The emulated TEE's evidence service could not start (or the command line's
+    /// `cvm.tsm=` word is unusable).
     #[error("cannot start the emulated TEE's evidence service")]
     Evidence(#[source] crate::tee::evidence_vsock::EvidenceServiceError),
     /// A step of the TEE backend failed.
@@ -425,6 +426,24 @@ impl VmBuilder {
         Ok(())
     }
 
+    /// Whether the command line staged in guest memory (the bytes the firmware
+    /// measures and the kernel reads) asks for the vsock evidence service
+    /// ([`crate::tee::evidence_vsock::requested`]).
+    fn staged_cmdline_requests_evidence(&self, vm: &Vm) -> Result<bool, VmmError> {
+        let (gpa, size) = self.staged.cmdline;
+        if size == 0 {
+            return Ok(false);
+        }
+        let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        vm.memory()
+            .read_slice(&mut bytes, vm_memory::GuestAddress(gpa))
+            .map_err(|e| VmmError::Evidence(EvidenceServiceError::Cmdline(e)))?;
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        // Not UTF-8: no word can be `cvm.tsm=vsock` in the lossy text either way.
+        let text = String::from_utf8_lossy(&bytes[..end]);
+        crate::tee::evidence_vsock::requested(&text).map_err(VmmError::Evidence)
+    }
+
     fn attach_virtio_devices(&mut self, vm: &Vm) -> Result<(), VmmError> {
         self.step(Step::VirtioDevices);
         for d in self.config.disks.clone() {
@@ -443,13 +462,29 @@ impl VmBuilder {
                 )
                 .map_err(VmmError::EventLoop)?;
             let mut device = Vsock::new(&vc, epoll.clone())?;
-            let evidence = self.config.tee.evidence_source();
-            let offers_evidence = evidence.is_some();
-            if let Some(source) = evidence {
-                device.set_evidence(
-                    EvidenceService::start(source, self.config.seccomp)
-                        .map_err(VmmError::Evidence)?,
-                );
+            // The evidence service is for a stock Linux under an emulated TEE, and only
+            // when the staged (measured) command line selects it with `cvm.tsm=vsock`.
+            let mut offers_evidence = false;
+            if let Some(source) = self.config.tee.evidence_source() {
+                if self.staged_cmdline_requests_evidence(vm)? {
+                    device.set_evidence(
+                        EvidenceService::start(source, self.config.seccomp)
+                            .map_err(VmmError::Evidence)?,
+                    );
+                    offers_evidence = true;
+                    tracing::info!(
+                        event = "evidence-service",
+                        port = vsock::EVIDENCE_PORT,
+                        "the measured command line says cvm.tsm=vsock: the emulated TEE's \
+                         vsock evidence service is attached"
+                    );
+                } else {
+                    tracing::info!(
+                        event = "evidence-service",
+                        "no cvm.tsm=vsock on the measured command line: no vsock evidence \
+                         service (the port is refused)"
+                    );
+                }
             }
             let (base, gsi, transport) = self.attach_virtio(vm, Box::new(device))?;
             tracing::info!(

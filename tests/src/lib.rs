@@ -136,6 +136,15 @@ impl Verifier {
     /// it also starts that platform's collateral server and points the verifier's KDS
     /// and PCS URLs at it (the test guest's TDX quote carries no collateral).
     pub fn start(dir: &Path, trust: Option<&Path>) -> Self {
+        Self::start_with(dir, trust, trust)
+    }
+
+    /// As [`Self::start`], with the trust anchor and the collateral server chosen
+    /// separately: `trust` is the platform given as `--emulated-trust`, `collateral` the
+    /// platform whose collateral server the KDS and PCS URLs point at. A verifier that
+    /// fetches the emulated platform's collateral without trusting it (`trust` None,
+    /// `collateral` Some) must still refuse its evidence.
+    pub fn start_with(dir: &Path, trust: Option<&Path>, collateral: Option<&Path>) -> Self {
         let vbin = bin("cvm-verifier");
         let database = dir.join("verifier.db").display().to_string();
         let mk = dir.join("master.key");
@@ -182,11 +191,14 @@ impl Verifier {
             "--master-key-file".into(),
             mk.display().to_string(),
         ];
-        let mut collateral = None;
         let mut collateral_url = None;
         if let Some(t) = trust {
             args.push("--emulated-trust".into());
             args.push(t.display().to_string());
+        }
+        let collateral_dir = collateral;
+        let mut collateral = None;
+        if let Some(t) = collateral_dir {
             let log = std::fs::File::create(dir.join("collateral-server.log")).unwrap();
             let server = Command::new(bin("cvm"))
                 .args(["emulated", "collateral-server", "--dir"])

@@ -139,10 +139,24 @@ fn case(name: &str, trust: bool) -> Case {
 }
 
 fn case_tee(name: &str, trust: bool, tee: &'static str) -> Case {
+    let platform = trust.then_some(fixture().platform.as_path());
+    case_with(name, tee, platform, platform, None)
+}
+
+/// A case whose verifier trusts `trust` and fetches collateral from `collateral`'s
+/// server ([`Verifier::start_with`]); `host_data` (hex, zero-padded to 32 bytes) goes
+/// into the workload policy.
+fn case_with(
+    name: &str,
+    tee: &'static str,
+    trust: Option<&Path>,
+    collateral: Option<&Path>,
+    host_data: Option<&str>,
+) -> Case {
     let f = fixture();
     let dir = f.dir.join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let verifier = Verifier::start(&dir, trust.then_some(f.platform.as_path()));
+    let verifier = Verifier::start_with(&dir, trust, collateral);
     verifier.admin_ok(&[
         "resource",
         "put",
@@ -152,7 +166,7 @@ fn case_tee(name: &str, trust: bool, tee: &'static str) -> Case {
     ]);
     // The pin is part of the command line, so of the measurement registered.
     let cmdline = format!("{CMDLINE} {}", verifier.cmdline_pin());
-    let policy = if tee == "tdx" {
+    let mut policy = if tee == "tdx" {
         let m = tdx_measurement(f, &f.kernel, &cmdline);
         let rtmrs: Vec<Value> = (0..4)
             .map(|i| json!({"index": i, "value": m["rtmrs"][i]}))
@@ -161,6 +175,9 @@ fn case_tee(name: &str, trust: bool, tee: &'static str) -> Case {
     } else {
         json!({"allow_emulated": true, "measurements": [snp_measurement(f, &f.kernel, &cmdline)]})
     };
+    if let Some(h) = host_data {
+        policy["host_data"] = json!(format!("{h:0<64}"));
+    }
     let policy_path = dir.join("policy.json");
     std::fs::write(&policy_path, policy.to_string()).unwrap();
     verifier.admin_ok(&[
@@ -371,6 +388,17 @@ fn td_unlocks_its_disk_with_collateral_the_verifier_fetched() {
         "the verifier holds no TDX TCB info from {pcs}: {:#?}",
         c.verifier.collateral_items()
     );
+    // The TD never touched the SNP trap ports (0xE1-0xE4): it checks for a TD before it
+    // probes SNP (an `out` there is a #VE on TDX hardware).
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.lines().any(|l| l.contains("unknown port")
+            && ["0xe1", "0xe2", "0xe3", "0xe4"]
+                .iter()
+                .any(|p| l.contains(&format!("port={p}")))),
+        "the TD wrote an SNP trap port:\n{}",
+        describe(&o)
+    );
 }
 
 /// Without SNP or TDX the test guest has nothing to attest with (no host-defined
@@ -402,16 +430,131 @@ fn test_guest_without_a_tee_says_it_needs_one() {
             "stdout",
         ],
     );
-    assert!(
-        stdout(&o).contains(
-            "no SNP or TDX: this test guest needs --tee emulated-snp|emulated-tdx or hardware"
-        ),
-        "{}",
-        describe(&o)
-    );
+    assert!(stdout(&o).contains(NO_TEE), "{}", describe(&o));
     assert!(!stdout(&o).contains(MESSAGE), "{}", describe(&o));
     assert!(recorded.lock().unwrap().is_empty());
     assert_eq!(released(&c.verifier), 0);
+}
+
+/// What the test guest says when it finds no TEE it can reach: it names the missing
+/// measured word, never "hardware" (this CPL3 guest cannot attest there).
+const NO_TEE: &str = "no SNP or TDX: this CPL3 test guest needs --tee emulated-snp|emulated-tdx \
+                      and the word cvm.tee_trap=port on its measured command line";
+
+/// Under `--tee emulated-snp` without `cvm.tee_trap=port` the guest cannot reach the
+/// emulated PSP: it says which word is missing (before the fix it told the user to use
+/// `--tee emulated-snp`, which they had) and never reaches the verifier.
+#[test]
+fn emulated_snp_without_the_trap_word_names_the_missing_word() {
+    test_kit::require!(kvm);
+    let mut c = case("snp-no-trap-word", true);
+    c.cmdline = c.cmdline.replace(" cvm.tee_trap=port", "");
+    assert!(!c.cmdline.contains("tee_trap"), "{}", c.cmdline);
+    let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    assert!(!o.status.success(), "{}", describe(&o));
+    assert!(stdout(&o).contains(NO_TEE), "{}", describe(&o));
+    assert!(!stdout(&o).contains("or hardware"), "{}", describe(&o));
+    assert!(recorded.lock().unwrap().is_empty());
+    assert_eq!(released(&c.verifier), 0);
+}
+
+/// `cvm launch --host-data` reaches the emulated SNP report's HOST_DATA: a policy that
+/// pins it releases to the launch that passes it, and refuses a launch with other host
+/// data or none (so the test fails if the flag were dropped on the way to the PSP).
+#[test]
+fn host_data_reaches_the_emulated_snp_report() {
+    test_kit::require!(kvm);
+    let platform = fixture().platform.as_path();
+    let c = case_with(
+        "host-data",
+        "snp",
+        Some(platform),
+        Some(platform),
+        Some("abcd"),
+    );
+    let (o, _) = launch(
+        &c,
+        &fixture().kernel,
+        &["--host-data", "abcd"],
+        Tamper::None,
+    );
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(
+        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
+        "{}",
+        describe(&o)
+    );
+    assert_eq!(released(&c.verifier), 1);
+
+    for (name, extra) in [
+        ("host-data-other", &["--host-data", "abce"][..]),
+        ("host-data-none", &[][..]),
+    ] {
+        let c = case_with(name, "snp", Some(platform), Some(platform), Some("abcd"));
+        let (o, _) = launch(&c, &fixture().kernel, extra, Tamper::None);
+        assert_refused(&c, &o, "host data");
+    }
+}
+
+/// A TD whose verifier fetches collateral from the emulated platform's collateral
+/// server (its PCS URL) but does not trust that platform (no `--emulated-trust`) is
+/// refused: fetching an emulated platform's collateral is no trust in its QE.
+#[test]
+fn td_is_refused_by_a_verifier_that_fetches_but_does_not_trust_emulated_collateral() {
+    test_kit::require!(kvm);
+    let platform = fixture().platform.as_path();
+    let c = case_with("tdx-no-trust", "tdx", None, Some(platform), None);
+    assert!(c.verifier.collateral_url.is_some());
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    // The TCB info's issuer chain ends at the emulated root, which this verifier does
+    // not trust.
+    assert_refused(&c, &o, "does not end at a trusted root CA");
+}
+
+/// The vsock evidence service (for a stock Linux under an emulated TEE) is attached only
+/// when the staged, measured command line says `cvm.tsm=vsock`: the test guest's launch
+/// gets none, and the log says which; a `cvm.tsm=` word the agent would refuse refuses
+/// the launch.
+#[test]
+fn vsock_evidence_service_only_with_cvm_tsm_vsock() {
+    test_kit::require!(kvm);
+    let mut c = case("evidence-service", true);
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(
+        err.contains("no cvm.tsm=vsock on the measured command line"),
+        "{}",
+        describe(&o)
+    );
+    assert!(!err.contains("evidence_port"), "{}", describe(&o));
+    assert!(
+        !err.contains("evidence service is attached"),
+        "{}",
+        describe(&o)
+    );
+
+    // With the word the service is attached (the test guest ignores the word, and the
+    // measurement no longer matches the registered one: the verifier refuses).
+    let base = c.cmdline.clone();
+    c.cmdline = format!("{base} cvm.tsm=vsock");
+    let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("evidence service is attached") && err.contains("evidence_port=50001"),
+        "{}",
+        describe(&o)
+    );
+
+    // Words the agent refuses: the launch is refused before the guest runs.
+    for bad in ["cvm.tsm=vsock cvm.tsm=configfs", "cvm.tsm"] {
+        c.cmdline = format!("{base} {bad}");
+        let (o, _) = launch(&c, &fixture().kernel, &[], Tamper::None);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "{}", describe(&o));
+        assert!(err.contains("only cvm.tsm=vsock"), "{}", describe(&o));
+        assert!(!stdout(&o).contains("cvm-testguest"), "{}", describe(&o));
+    }
 }
 
 #[test]

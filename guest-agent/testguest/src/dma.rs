@@ -7,7 +7,7 @@
 //! In a TD, heap memory is private: the VMM cannot read or write it (a real TD's
 //! devices would time out, and so do the emulated TD's under the private-memory
 //! contract). [`init_shared_pool`] turns a 2 MiB-aligned range of RAM into a **shared
-//! pool**: the caller converts it to shared first (TDX: TDVMCALL<MapGPA> with the shared
+//! pool**: the caller converts it to shared first (TDX: `TDVMCALL<MapGPA>` with the shared
 //! bit), then this module maps it at [`POOL_VA`] through the *attribute alias*
 //! (`GPA | attr`, TDX's shared bit 47 for GPAW 48) with 2 MiB pages, and every DMA
 //! allocation comes from it. The device is handed the plain GPA (no attribute bit:
@@ -112,7 +112,7 @@ impl core::fmt::Display for DmaError {
 }
 
 /// Maps `[gpa, gpa + size)` (already converted to shared by the caller) at [`POOL_VA`]
-/// through `gpa | attr`, and serves every later [`alloc`] from it.
+/// through `gpa | attr`, and serves every later [`alloc()`] from it.
 pub fn init_shared_pool(gpa: u64, size: u64, attr: u64) -> Result<u64, DmaError> {
     // SAFETY: single-threaded (see `State`).
     let mode = unsafe { &mut *STATE.0.get() };

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | 0x100000 | payload (this code and data), 32-bit stub; 64-bit entry at 0x100200 |
 //! | after it | .bss (zeroed at ring 3) with the 256 KiB stack, then the page tables (24 KiB) |
-//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with TDVMCALL<MapGPA> (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer and the GetQuote buffer |
+//! | 16 MiB – 20 MiB, in a TD or an SNP guest (unused otherwise) | the shared DMA pool ([`dma`]): converted to shared with `TDVMCALL<MapGPA>` (SNP: PVALIDATE rescind + Page State Change), mapped at linear 4 GiB through `GPA \| shared bit` (SNP: C-bit clear); every virtio ring and buffer and the GetQuote buffer |
 //! | 20 MiB – end of that e820 RAM range (≤ 3 GiB) | heap: everything else (and the DMA memory without a TD or an SNP guest) |
 //!
 //! [`boot`] holds the CPL0 prologue: page tables, GDT, SSE, IOPL 3, `iretq` to
@@ -27,9 +27,12 @@
 //!   network self-test over the first virtio-net device ([`virtio::net_test`]: ARP,
 //!   a UDP hello to the host, an echo of the host's answer), then print
 //!   `cvm-testguest: disk message: (net test) host sent: <text>` and power off;
-//! - `cvm.tee_trap=port` (optional): TDCALL through the emulator trap (`out 0xE0`)
-//!   instead of the literal instruction (`trap_tdx`): needed under `--tee
-//!   emulated-tdx`, where this CPL3 code cannot execute TDCALL.
+//! - `cvm.tee_trap=port` (required to attest): TDCALL, and the SNP guest's
+//!   SEV_STATUS read, PVALIDATE and VMGEXIT, through the emulator traps (`out 0xE0`…`0xE4`,
+//!   [`trap_tdx`], [`snp`]) instead of the literal instructions, which this CPL3 code
+//!   cannot execute: needed under both `--tee emulated-tdx` and `--tee emulated-snp`.
+//!   Without it the guest finds no TEE ([`tee::NO_TEE`]). The guest cannot attest on
+//!   hardware (where CPL3 has no such trap).
 //!
 //! # Disk format
 //!
@@ -163,8 +166,15 @@ fn run(boot_params: usize) -> Result<String, String> {
     let mut entropy = rng::Rdrand::new().map_err(|e| format!("{e}"))?;
     // SEV-SNP through the real guest-request path, TDX through TDG.MR.REPORT and
     // TDVMCALL<GetQuote>, each through the trap the measured command line selects;
-    // without either there is nothing to attest with (`tee::NO_TEE`).
-    let mut snp_guest = snp::SnpGuest::detect(&cmdline)?;
+    // without either there is nothing to attest with (`tee::NO_TEE`). The TD check
+    // (CPUID leaf 0x21) comes first: the SNP probe reads SEV_STATUS through the port
+    // trap, an `out` a TD must not execute (on TDX hardware it is a #VE; the emulated
+    // TD's VMM has no device there).
+    let mut snp_guest = if td {
+        None
+    } else {
+        snp::SnpGuest::detect(&cmdline)?
+    };
     let mut other;
     let (provider, path): (&mut dyn EvidenceProvider, &str) = match snp_guest.as_mut() {
         Some(s) => (s, "SNP guest request"),

@@ -1,4 +1,4 @@
-//! RDRAND at ring 3 (native on this platform), after checking CPUID.1:ECX[30]. Fails
+//! RDRAND at ring 3 (native on this platform), after checking `CPUID.1:ECX[30]`. Fails
 //! closed: no RDRAND, or ten consecutive failures, is an error.
 
 use guest_agent::rng::{Entropy, EntropyError};

@@ -1,6 +1,6 @@
 //! The test guest's TDX evidence: [`Provider::detect`] finds a TD by CPUID leaf 0x21
 //! ("IntelTDX    ") and then attests with the TD protocol of [`crate::trap_tdx`]
-//! (TDG.MR.REPORT and TDVMCALL<GetQuote>, through the trap the measured command line
+//! (TDG.MR.REPORT and `TDVMCALL<GetQuote>`, through the trap the measured command line
 //! names). SEV-SNP evidence comes from the guest-request path of [`crate::snp`].
 //!
 //! The quote goes to the verifier without collateral, as from a real TD: the verifier
@@ -16,8 +16,9 @@ use guest_agent::evidence::{Evidence, EvidenceError, EvidenceProvider, Tee};
 use crate::trap_tdx::{self, Trap};
 
 /// Why the test guest cannot attest when neither SNP nor a TD was found.
-pub const NO_TEE: &str =
-    "no SNP or TDX: this test guest needs --tee emulated-snp|emulated-tdx or hardware";
+pub const NO_TEE: &str = "no SNP or TDX: this CPL3 test guest needs --tee \
+     emulated-snp|emulated-tdx and the word cvm.tee_trap=port on its measured command line \
+     (it reaches the emulated TEE only through the port trap)";
 
 /// A TD's evidence: TDREPORT + GetQuote through `trap`.
 #[derive(Debug)]

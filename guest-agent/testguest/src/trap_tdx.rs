@@ -1,6 +1,6 @@
 //! TDX evidence the way a TD guest gets it (Intel TDX module ABI 1.5, GHCI 1.5): a
 //! TDREPORT from TDG.MR.REPORT over the verifier's REPORT_DATA, converted into a quote
-//! with TDG.VP.VMCALL<GetQuote> in a shared buffer (the format Linux's tdx-guest driver
+//! with `TDG.VP.VMCALL<GetQuote>` in a shared buffer (the format Linux's tdx-guest driver
 //! uses: version 1, status, in_len, out_len, then the data). The VMM answers GetQuote
 //! through its quote service (QGS, or the emulated platform's quoting enclave).
 //!
@@ -183,7 +183,7 @@ pub fn shared_bit(trap: Trap) -> Result<u64, EvidenceError> {
     Ok(1u64 << (gpaw - 1))
 }
 
-/// Converts the private pages `[gpa, gpa + size)` to shared (TDVMCALL<MapGPA> with the
+/// Converts the private pages `[gpa, gpa + size)` to shared (`TDVMCALL<MapGPA>` with the
 /// shared bit, following RETRY); returns the shared bit. The bytes are lost (the VMM
 /// scrubs converted pages), and the TD must reach them through the shared alias from
 /// now on.

@@ -29,10 +29,14 @@
 //!
 //! # Rules
 //!
-//! - Offered only by the emulated backends ([`super::TeeBackend::evidence_source`]):
-//!   under `--tee none` and on the hardware backends the port is refused with RST and
-//!   never reaches a host Unix socket (`--vsock-uds`), so no host process can answer
-//!   there either.
+//! - Offered only by the emulated backends ([`super::TeeBackend::evidence_source`]),
+//!   and only when the staged, measured kernel command line carries the word
+//!   `cvm.tsm=vsock` ([`requested`], the rule `cvm-agent` applies; an unknown or
+//!   disagreeing `cvm.tsm=` word refuses the launch): the service is for a stock Linux
+//!   under an emulated TEE, not for guests that attest through the hardware's paths
+//!   (the test guest). Otherwise, under `--tee none` and on the hardware backends the
+//!   port is refused with RST and never reaches a host Unix socket (`--vsock-uds`), so
+//!   no host process can answer there either.
 //! - The evidence is signed by the emulated PSP / QE, whose roots a verifier trusts only
 //!   when configured with the emulated trust anchor (`--emulated-trust`), and marks
 //!   `insecure-emulated`. `cvm-agent` uses this service only when the measured kernel
@@ -117,6 +121,35 @@ pub enum EvidenceServiceError {
     /// The service thread could not be started.
     #[error("cannot start the evidence service thread")]
     Thread(#[source] io::Error),
+    /// The staged command line's `cvm.tsm=` word is not one the agent knows.
+    #[error(
+        "the kernel command line says cvm.tsm={0:?}: only cvm.tsm=vsock selects the evidence \
+         service (cvm-agent refuses any other value, and two cvm.tsm= words that disagree)"
+    )]
+    TsmWord(String),
+    /// The staged command line could not be read back from guest memory.
+    #[error("cannot read the staged kernel command line")]
+    Cmdline(#[source] vm_memory::GuestMemoryError),
+}
+
+/// Whether the kernel command line `cmdline` (the staged, measured one) asks for the
+/// evidence service: the whole word `cvm.tsm=vsock`, the rule `cvm-agent` applies
+/// (`guest_agent::agent::vsock_tsm::selection`). `Ok(false)` without any `cvm.tsm=`
+/// word; an error for any other value, a bare `cvm.tsm` / `cvm.tsm=`, or two words that
+/// disagree (the agent would refuse to attest with that command line).
+pub fn requested(cmdline: &str) -> Result<bool, EvidenceServiceError> {
+    let mut vsock = false;
+    for word in cmdline.split_ascii_whitespace() {
+        if word == "cvm.tsm" {
+            return Err(EvidenceServiceError::TsmWord(String::new()));
+        }
+        match word.strip_prefix("cvm.tsm=") {
+            Some("vsock") => vsock = true,
+            Some(other) => return Err(EvidenceServiceError::TsmWord(other.to_owned())),
+            None => {}
+        }
+    }
+    Ok(vsock)
 }
 
 /// The handle the vsock device holds: hands guest connections to the service thread.

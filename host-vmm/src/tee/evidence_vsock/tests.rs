@@ -318,3 +318,37 @@ fn the_service_answers_every_command_under_its_seccomp_filter() {
         "the child ran the test: {out:?}"
     );
 }
+
+/// The service is requested only by the whole word `cvm.tsm=vsock`, as `cvm-agent`
+/// reads it; anything the agent would refuse refuses the launch.
+#[test]
+fn requested_only_by_the_whole_word_cvm_tsm_vsock() {
+    for yes in [
+        "console=ttyS0 cvm.tsm=vsock",
+        "cvm.tsm=vsock quiet cvm.tsm=vsock",
+        "\tcvm.tsm=vsock\n",
+    ] {
+        assert!(requested(yes).unwrap(), "{yes:?}");
+    }
+    for no in [
+        "",
+        "console=ttyS0 cvm.tee_trap=port",
+        "xcvm.tsm=vsock",
+        "cvm.tsmx=vsock",
+        "cvm.tsm_=vsock",
+        "foo=cvm.tsm=vsock",
+    ] {
+        assert!(!requested(no).unwrap(), "{no:?}");
+    }
+    for bad in [
+        "cvm.tsm=vsock cvm.tsm=configfs",
+        "cvm.tsm=configfs cvm.tsm=vsock",
+        "cvm.tsm=VSOCK",
+        "cvm.tsm=",
+        "cvm.tsm",
+        "cvm.tsm=vsock cvm.tsm",
+    ] {
+        let e = requested(bad).unwrap_err();
+        assert!(e.to_string().contains("only cvm.tsm=vsock"), "{bad:?}: {e}");
+    }
+}
