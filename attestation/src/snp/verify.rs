@@ -783,7 +783,7 @@ mod tests {
     }
 
     /// Attack: the collateral of platform A's chain carries a CRL of another trusted
-    /// issuer (platform B's ARK, here of another product and of the same product) while
+    /// issuer (platform B's ARK, of another product; and of the same product) while
     /// A's own CRL revokes A's ASK. Before, the foreign CRL was skipped with `continue`
     /// and the revoked chain verified as if revocation had been checked.
     #[test]
@@ -806,7 +806,21 @@ mod tests {
         let t0 = SystemTime::now() - Duration::from_secs(3600);
         let t1 = SystemTime::now() + Duration::from_secs(3600);
         let now = time::OffsetDateTime::now_utc();
-        for b in &others {
+        // Another product's ARK has another name: its CRL is ignored, and required
+        // CRLs fail closed. Another platform of the same product has an ARK of the same
+        // name but another key: its CRL is taken as the chain's and fails its signature.
+        let same_name = &others[1];
+        assert_eq!(same_name.ark().common_name(), a.ark().common_name());
+        for required in [false, true] {
+            let mut c = chain_of(&a);
+            c.add_crl(same_name.crl(&[], t0, t1).expect("crl"));
+            if required {
+                c.require_ark_crl();
+            }
+            let err = v.verify_chain(a.vcek(), &c, now).expect_err("forged");
+            assert!(matches!(err, SnpVerifyError::CrlSignature(_)), "{err}");
+        }
+        for b in &others[..1] {
             assert_ne!(a.ark().der(), b.ark().der());
             // The foreign CRL only, required: refused, the chain's issuer named.
             let mut c = chain_of(&a);
