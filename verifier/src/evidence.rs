@@ -63,7 +63,8 @@ use std::sync::{Arc, Mutex};
 
 use attestation::claims::{Claims, Tee, TeeClaims};
 use attestation::snp::{
-    AmdCertificate, AttestationReport, CertKind, CertTable, SnpCollateral, SnpVerifier, TrustRoots,
+    AmdCertificate, AmdCrl, AttestationReport, CertKind, CertTable, SnpCollateral, SnpVerifier,
+    TrustRoots,
 };
 use attestation::tdx::collateral::Collateral;
 use attestation::tdx::eventlog;
@@ -288,12 +289,18 @@ impl AttestationVerifier {
         // The table's own CRLs (if any) are the host's choice: a decoy CRL from another
         // issuer, or an old genuine one, must not stand in for the KDS's current CRL.
         // So the KDS's CRL is added whatever the table carries.
+        // The product and the pinned ARK the chain ends at: the KDS's CRL must be that
+        // ARK's (RFC 5280 §6.3.3), not merely some trusted ARK's.
         let product = table
             .certificates()
             .filter(|c| c.kind() == CertKind::Vcek)
             .find_map(|vcek| {
                 let ask = self.amd_asks.iter().find(|a| vcek.names_issuer(a))?;
-                ask.product().or_else(|| vcek.product())
+                let (ark, _) = self
+                    .amd_arks
+                    .iter()
+                    .find(|(ark, _)| ask.names_issuer(ark))?;
+                Some((ask.product().or_else(|| vcek.product())?, ark))
             });
         // VLEKs are not fetchable, but their CRL is: an ASVK naming one of AMD's ARKs.
         let vlek_product = || {
@@ -304,16 +311,17 @@ impl AttestationVerifier {
                     let asvk = table
                         .certificates()
                         .find(|a| a.kind() == CertKind::Asvk && vlek.names_issuer(a))?;
-                    let (_, product) = self
+                    let (ark, product) = self
                         .amd_arks
                         .iter()
                         .find(|(ark, _)| asvk.names_issuer(ark))?;
-                    product
+                    let product = product
                         .or_else(|| asvk.product())
-                        .or_else(|| vlek.product())
+                        .or_else(|| vlek.product())?;
+                    Some((product, ark))
                 })
         };
-        let (product, vlek) = match product {
+        let ((product, ark), vlek) = match product {
             Some(p) => (p, false),
             None => match vlek_product() {
                 Some(p) => (p, true),
@@ -340,8 +348,27 @@ impl AttestationVerifier {
             return Ok(table);
         };
         let mut with = (*table).clone();
-        with.add_crls(&crl.body, "CRL from the KDS")
-            .map_err(|e| VerifyFailure::new(e.kind(), e.to_string()))?;
+        let crls = AmdCrl::parse_all(&crl.body).map_err(|e| {
+            VerifyFailure::new(
+                ErrorKind::CollateralUnavailable,
+                format!("the KDS's {product} CRL does not parse: {e}"),
+            )
+        })?;
+        if crls.iter().any(|c| !c.issued_by(ark)) {
+            return Err(VerifyFailure::new(
+                ErrorKind::CollateralUnavailable,
+                format!(
+                    "the KDS's {product} CRL is not issued by the chain's ARK ({}), so it revokes nothing of this chain; refused (RFC 5280 section 6.3.3)",
+                    ark.common_name()
+                ),
+            ));
+        }
+        for c in crls {
+            with.add_crl(c);
+        }
+        // The verification must then find a CRL of the chain's ARK: a decoy CRL of
+        // another issuer in the table cannot stand in for it.
+        with.require_ark_crl();
         Ok(Arc::new(with))
     }
 

@@ -11,7 +11,14 @@
 //!    trusted root — `BadSignature` / `UntrustedChain` / `CollateralUnavailable` (missing
 //!    intermediate). The result is cached, keyed by SHA-384 of the VCEK/VLEK DER;
 //! 5. every certificate valid at the caller's time, none revoked by a supplied CRL —
-//!    `UntrustedChain` (stale CRL: `CollateralUnavailable`);
+//!    `UntrustedChain` (stale CRL: `CollateralUnavailable`). A CRL applies only to the
+//!    certificates its issuer issued (RFC 5280 §6.3.3: the CRL issuer must be the
+//!    certificate's issuer; AMD's KDS publishes one CRL per product, signed by that
+//!    product's ARK). A CRL of another issuer is ignored; when the collateral requires
+//!    a CRL ([`SnpCollateral::require_ark_crl`], as the verifier's collateral service
+//!    sets it) and none issued by the chain's ARK was supplied, the chain is refused —
+//!    `CollateralUnavailable` — so a CRL of another product or platform cannot stand in
+//!    for the chain's own;
 //! 6. product (CPUID for v3+, else the certificate) agrees with the certificate and
 //!    the root — `UntrustedChain`;
 //! 7. REPORTED_TCB equals the certificate's TCB extensions, and hwID equals CHIP_ID
@@ -127,6 +134,14 @@ pub enum SnpVerifyError {
     /// A supplied CRL is not current at the verification time.
     #[error("the supplied CRL is not current at the verification time (a fresh CRL is needed)")]
     CrlStale,
+    /// The collateral requires a CRL ([`SnpCollateral::require_ark_crl`]) but none of
+    /// the supplied CRLs is issued by the chain's ARK (a CRL of another issuer, such as
+    /// another product's or another platform's ARK, revokes nothing of this chain).
+    #[error("no CRL issued by the chain's ARK ({ark}) was supplied, so revocation cannot be checked (CRLs of other issuers are ignored: RFC 5280 section 6.3.3)")]
+    NoCrlForIssuer {
+        /// The subject of the chain's ARK.
+        ark: String,
+    },
     /// The product could not be determined.
     #[error("the processor product could not be determined from the report or the certificate")]
     UnknownProduct,
@@ -182,9 +197,11 @@ impl SnpVerifyError {
             Unsigned | ChainSignature(_) | CrlSignature(_) | ReportSignature(_) => {
                 ErrorKind::BadSignature
             }
-            MissingVek(_) | MissingIntermediate { .. } | CrlStale | Io { .. } => {
-                ErrorKind::CollateralUnavailable
-            }
+            MissingVek(_)
+            | MissingIntermediate { .. }
+            | CrlStale
+            | NoCrlForIssuer { .. }
+            | Io { .. } => ErrorKind::CollateralUnavailable,
             WrongCertKind { .. }
             | UntrustedRoot(_)
             | Expired { .. }
@@ -202,6 +219,7 @@ pub struct SnpCollateral {
     vek: Option<AmdCertificate>,
     certs: Vec<AmdCertificate>,
     crls: Vec<AmdCrl>,
+    ark_crl_required: bool,
 }
 
 impl SnpCollateral {
@@ -286,6 +304,19 @@ impl SnpCollateral {
             }
         }
         Ok(())
+    }
+
+    /// Requires a current CRL issued by the ARK of the chain being verified: without
+    /// one the verification fails ([`SnpVerifyError::NoCrlForIssuer`]) instead of
+    /// passing unchecked. Set by callers that obtained the product's CRL (the verifier's
+    /// collateral service) so that a CRL of another issuer cannot stand in for it.
+    pub fn require_ark_crl(&mut self) {
+        self.ark_crl_required = true;
+    }
+
+    /// Whether a CRL of the chain's ARK is required ([`Self::require_ark_crl`]).
+    pub fn ark_crl_required(&self) -> bool {
+        self.ark_crl_required
     }
 
     /// The CRLs supplied.
@@ -681,12 +712,18 @@ impl SnpVerifier {
         check_time(&root.ark, at)?;
         check_time(&v.intermediate, at)?;
         check_time(&v.vek, at)?;
+        // RFC 5280 section 6.3.3: a CRL applies to a certificate only when its issuer
+        // is the certificate's issuer. A CRL of another issuer (another product's ARK,
+        // another platform's) revokes nothing of this chain: it is ignored here, and
+        // when the collateral requires a CRL (`require_ark_crl`) one issued by this
+        // chain's ARK must still be among them, or the chain is refused below.
+        let mut ark_crl_checked = false;
         for crl in &collateral.crls {
-            let (issuer, targets): (&AmdCertificate, &[&AmdCertificate]) =
+            let (issuer, targets, of_ark): (&AmdCertificate, &[&AmdCertificate], bool) =
                 if crl.issued_by(&root.ark) {
-                    (&root.ark, &[&v.intermediate])
+                    (&root.ark, &[&v.intermediate], true)
                 } else if crl.issued_by(&v.intermediate) {
-                    (&v.intermediate, &[&v.vek])
+                    (&v.intermediate, &[&v.vek], false)
                 } else {
                     continue;
                 };
@@ -704,7 +741,120 @@ impl SnpVerifier {
                     return Err(SnpVerifyError::Revoked(t.kind()));
                 }
             }
+            ark_crl_checked |= of_ark;
+        }
+        if collateral.ark_crl_required && !ark_crl_checked {
+            return Err(SnpVerifyError::NoCrlForIssuer {
+                ark: root.ark.common_name().to_owned(),
+            });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::snp::emulated::{EmulatedSnpConfig, EmulatedSnpPlatform};
+
+    /// An emulated platform of `product`, generated once (RSA-4096 keys are slow in
+    /// debug builds) under the target directory and reopened.
+    fn platform(name: &str, product: Product) -> EmulatedSnpPlatform {
+        let dir = test_kit::cached_dir(&format!("snp-verify-unit-v1-{name}"), |tmp| {
+            let config = EmulatedSnpConfig {
+                product,
+                ..EmulatedSnpConfig::default()
+            };
+            EmulatedSnpPlatform::generate(&config)
+                .expect("platform generates")
+                .write_to(tmp)
+                .expect("platform writes");
+        });
+        EmulatedSnpPlatform::open(&dir).expect("platform opens")
+    }
+
+    fn chain_of(p: &EmulatedSnpPlatform) -> SnpCollateral {
+        let mut c = SnpCollateral::new();
+        c.add_cert_table(&p.cert_table())
+            .expect("certificate table");
+        c
+    }
+
+    /// Attack: the collateral of platform A's chain carries a CRL of another trusted
+    /// issuer (platform B's ARK, of another product; and of the same product) while
+    /// A's own CRL revokes A's ASK. Before, the foreign CRL was skipped with `continue`
+    /// and the revoked chain verified as if revocation had been checked.
+    #[test]
+    fn a_crl_of_another_issuer_does_not_count_as_the_chains_crl() {
+        let a = platform("a-milan", Product::Milan);
+        let others = [
+            platform("b-genoa", Product::Genoa),
+            platform("c-milan", Product::Milan),
+        ];
+        let mut roots = TrustRoots::amd()
+            .expect("AMD roots")
+            .with_operator_roots(a.trust_anchor_pem().as_bytes())
+            .expect("anchor A");
+        for b in &others {
+            roots = roots
+                .with_operator_roots(b.trust_anchor_pem().as_bytes())
+                .expect("anchor B");
+        }
+        let v = SnpVerifier::new(roots);
+        let t0 = SystemTime::now() - Duration::from_secs(3600);
+        let t1 = SystemTime::now() + Duration::from_secs(3600);
+        let now = time::OffsetDateTime::now_utc();
+        // Another product's ARK has another name: its CRL is ignored, and required
+        // CRLs fail closed. Another platform of the same product has an ARK of the same
+        // name but another key: its CRL is taken as the chain's and fails its signature.
+        let same_name = &others[1];
+        assert_eq!(same_name.ark().common_name(), a.ark().common_name());
+        for required in [false, true] {
+            let mut c = chain_of(&a);
+            c.add_crl(same_name.crl(&[], t0, t1).expect("crl"));
+            if required {
+                c.require_ark_crl();
+            }
+            let err = v.verify_chain(a.vcek(), &c, now).expect_err("forged");
+            assert!(matches!(err, SnpVerifyError::CrlSignature(_)), "{err}");
+        }
+        for b in &others[..1] {
+            assert_ne!(a.ark().der(), b.ark().der());
+            // The foreign CRL only, required: refused, the chain's issuer named.
+            let mut c = chain_of(&a);
+            c.add_crl(b.crl(&[], t0, t1).expect("crl B"));
+            c.require_ark_crl();
+            let err = v
+                .verify_chain(a.vcek(), &c, now)
+                .expect_err("a CRL of another issuer stands in for none");
+            assert!(
+                matches!(err, SnpVerifyError::NoCrlForIssuer { ref ark } if ark == a.ark().common_name()),
+                "{err}"
+            );
+            assert_eq!(err.kind(), ErrorKind::CollateralUnavailable);
+            // Not required (a caller that has no CRL to offer): ignored, as before.
+            let mut c = chain_of(&a);
+            c.add_crl(b.crl(&[], t0, t1).expect("crl B"));
+            v.verify_chain(a.vcek(), &c, now)
+                .expect("a foreign CRL is ignored when none is required");
+            // A's own CRL next to the foreign one is still enforced.
+            let mut c = chain_of(&a);
+            c.add_crl(b.crl(&[], t0, t1).expect("crl B"));
+            c.add_crl(a.crl(&[a.ask()], t0, t1).expect("crl A"));
+            c.require_ark_crl();
+            let err = v.verify_chain(a.vcek(), &c, now).expect_err("revoked");
+            assert!(
+                matches!(err, SnpVerifyError::Revoked(CertKind::Ask)),
+                "{err}"
+            );
+            // A's current CRL revoking nothing satisfies the requirement.
+            let mut c = chain_of(&a);
+            c.add_crl(a.crl(&[], t0, t1).expect("crl A"));
+            c.require_ark_crl();
+            v.verify_chain(a.vcek(), &c, now)
+                .expect("the chain's own CRL");
+        }
     }
 }

@@ -8,10 +8,17 @@
 //! |---|---|
 //! | AMD ASK/ARK chain | its ARK is a trusted root (AMD's pinned ARKs, or an emulated platform's anchor) and every other certificate is signed by it |
 //! | VCEK | signed by an ASK that a trusted ARK signed (AMD's pinned ASKs, or the ASKs of an authentic chain item) |
-//! | AMD VCEK/VLEK CRL | signed by a trusted ARK |
+//! | AMD VCEK/VLEK CRL of product P | issued (by name) and signed by a trusted ARK *of product P*, and by the ARK of P's authentic ASK/ARK chain item ([`Anchors::crl_of_chain`]) |
 //! | Intel TCB info, QE identity | the issuer chain ends at Intel's root CA (or an emulated root) with every link signed, and its leaf signs the JSON |
 //! | PCK CRL | the issuer chain as above, and its leaf signs the CRL |
 //! | root CA CRL | signed by a trusted Intel (or emulated) root CA |
+//!
+//! A CRL binds to its product's chain because a CRL only speaks for its issuer
+//! (RFC 5280 §6.3.3: the CRL issuer must be the certificate's issuer; AMD's KDS serves
+//! at `/vcek/v1/{product}/crl` the CRL its product's ARK signs, one per product). A
+//! KDS answering the Milan path with Genoa's genuine CRL, or with another emulated
+//! platform's, would otherwise be cached as "Milan's CRL" and revoke nothing of a Milan
+//! chain: such an item is refused and never cached.
 //!
 //! Validity in time is judged at every use (the SNP and DCAP verification check every
 //! certificate's window and each CRL's and JSON item's `nextUpdate` at the verification
@@ -100,7 +107,14 @@ impl Anchors {
         };
         let roots: Vec<&[u8]> = self.tdx_roots.iter().map(Vec::as_slice).collect();
         match key {
-            ItemKey::AmdCertChain(_) => {
+            ItemKey::AmdCertChain(product) => {
+                let ark = self.chain_ark(body).map_err(bad)?;
+                if ark.product() != Some(*product) {
+                    return Err(bad(format!(
+                        "its ARK ({}) is not {product}'s",
+                        ark.common_name()
+                    )));
+                }
                 self.chain_asks(body).map_err(bad)?;
                 Ok(())
             }
@@ -129,19 +143,23 @@ impl Anchors {
                 }
                 Ok(())
             }
-            ItemKey::AmdCrl(_) | ItemKey::VlekCrl(_) => {
+            ItemKey::AmdCrl(product) | ItemKey::VlekCrl(product) => {
                 if body.is_empty() {
                     // "The KDS publishes no CRL": not a signed item (see bundle.rs).
                     return Ok(());
                 }
                 let crl = AmdCrl::from_der(body).map_err(|e| bad(format!("not a CRL: {e}")))?;
-                let signed = self
-                    .snp
-                    .roots()
-                    .iter()
-                    .any(|r| crl.issued_by(&r.ark) && crl.verify_signature(&r.ark).is_ok());
+                // The product's own ARK, not any trusted one: another product's (or
+                // platform's) genuine CRL revokes nothing of this product's chains.
+                let signed = self.snp.roots().iter().any(|r| {
+                    r.product == Some(*product)
+                        && crl.issued_by(&r.ark)
+                        && crl.verify_signature(&r.ark).is_ok()
+                });
                 if !signed {
-                    return Err(bad("the CRL is not signed by a trusted ARK".into()));
+                    return Err(bad(format!(
+                        "the CRL is not issued and signed by a trusted {product} ARK"
+                    )));
                 }
                 Ok(())
             }
@@ -179,23 +197,63 @@ impl Anchors {
         }
     }
 
-    /// The ASKs of an ASK/ARK chain item whose ARK is a trusted root.
-    pub fn chain_asks(&self, body: &[u8]) -> Result<Vec<AmdCertificate>, String> {
+    /// Binds the CRL item `key` (`body`, already checked with [`Self::verify`]) to the
+    /// authentic ASK/ARK chain item `chain` of the same product: the CRL's issuer name
+    /// must be that chain's ARK's subject and its signature must verify under that ARK.
+    /// Under `--emulated-trust` this is what tells two emulated platforms of the same
+    /// product apart (both ARKs are trusted roots of that product). An empty body ("the
+    /// KDS publishes no CRL") has nothing to bind.
+    pub fn crl_of_chain(
+        &self,
+        key: &ItemKey,
+        body: &[u8],
+        chain: &[u8],
+    ) -> Result<(), CollateralError> {
+        let bad = |detail: String| CollateralError::Unauthentic {
+            what: key.what(),
+            detail,
+        };
+        if body.is_empty() {
+            return Ok(());
+        }
+        let ark = self
+            .chain_ark(chain)
+            .map_err(|e| bad(format!("the product's ASK/ARK chain: {e}")))?;
+        let crl = AmdCrl::from_der(body).map_err(|e| bad(format!("not a CRL: {e}")))?;
+        if !crl.issued_by(&ark) || crl.verify_signature(&ark).is_err() {
+            return Err(bad(format!(
+                "the CRL is not issued and signed by the ARK of the product's ASK/ARK chain ({}); a CRL of another issuer revokes nothing of that chain (RFC 5280 section 6.3.3)",
+                ark.common_name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The ARK of an ASK/ARK chain item, if it is a trusted root.
+    pub fn chain_ark(&self, body: &[u8]) -> Result<AmdCertificate, String> {
         let certs =
             AmdCertificate::parse_all(body).map_err(|e| format!("not certificates: {e}"))?;
         let ark = certs
-            .iter()
+            .into_iter()
             .find(|c| c.kind() == CertKind::Ark)
             .ok_or("the chain has no ARK")?;
-        if !self.snp.roots().iter().any(|r| r.ark == *ark) {
+        if !self.snp.roots().iter().any(|r| r.ark == ark) {
             return Err(
                 "its ARK is not a trusted root (AMD's pinned ARKs or a configured emulated anchor)"
                     .into(),
             );
         }
+        Ok(ark)
+    }
+
+    /// The ASKs of an ASK/ARK chain item whose ARK is a trusted root.
+    pub fn chain_asks(&self, body: &[u8]) -> Result<Vec<AmdCertificate>, String> {
+        let ark = self.chain_ark(body)?;
+        let certs =
+            AmdCertificate::parse_all(body).map_err(|e| format!("not certificates: {e}"))?;
         let mut asks = Vec::new();
         for c in certs.iter().filter(|c| c.kind() != CertKind::Ark) {
-            c.verify_issued_by(ark)
+            c.verify_issued_by(&ark)
                 .map_err(|e| format!("its {} is not signed by its ARK: {e}", c.kind()))?;
             asks.push(c.clone());
         }

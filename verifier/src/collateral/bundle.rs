@@ -77,6 +77,7 @@ pub async fn import_with(db: &Db, json: &[u8], anchors: &Anchors) -> Result<usiz
         .items
         .sort_by_key(|i| !i.key.ends_with("/cert_chain"));
     let mut asks = Vec::new();
+    let mut chains = std::collections::HashMap::new();
     let mut checked = Vec::with_capacity(bundle.items.len());
     for item in bundle.items {
         let err = |source| BundleError::Item {
@@ -99,8 +100,23 @@ pub async fn import_with(db: &Db, json: &[u8], anchors: &Anchors) -> Result<usiz
         anchors
             .verify(&key, &body, item.issuer_chain.as_deref(), &asks)
             .map_err(err)?;
-        if matches!(key, ItemKey::AmdCertChain(_)) {
+        if let ItemKey::AmdCertChain(product) = key {
             asks.extend(anchors.chain_asks(&body).unwrap_or_default());
+            chains.insert(product, body.clone());
+        }
+        // A product's CRL is bound to the bundle's chain of that product (auth.rs).
+        if let ItemKey::AmdCrl(product) | ItemKey::VlekCrl(product) = key {
+            if !body.is_empty() {
+                let chain = chains.get(&product).ok_or_else(|| {
+                    err(CollateralError::Unauthentic {
+                        what: key.what(),
+                        detail: format!(
+                            "the bundle has no {product} ASK/ARK chain to bind the CRL to"
+                        ),
+                    })
+                })?;
+                anchors.crl_of_chain(&key, &body, chain).map_err(err)?;
+            }
         }
         checked.push(Item {
             key: key.to_string(),

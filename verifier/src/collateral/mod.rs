@@ -53,6 +53,16 @@
 //! counts as "no CRL". On the TDX
 //! side the PCK CRL and the root CA CRL are required parts of the collateral.
 //!
+//! A product's CRL is bound to that product (RFC 5280 §6.3.3: a CRL speaks only for
+//! the certificates its issuer issued): it is cached only if it is issued and signed by
+//! a trusted ARK of that product *and* by the ARK of the product's authentic ASK/ARK
+//! chain item (AMD's per-product roots; under `--emulated-trust`, the emulated
+//! platform's own ARK), see [`auth`]. So a KDS answering `/vcek/v1/Milan/crl` with
+//! Genoa's genuine CRL, or with another emulated platform's, is refused and nothing is
+//! cached. When the KDS's CRL is used, the collateral also requires a CRL of the
+//! verified chain's ARK ([`SnpCollateral::require_ark_crl`]): CRLs of other issuers are
+//! ignored, and if none of the chain's ARK is left the evidence is refused.
+//!
 //! # Offline mode
 //!
 //! With `offline`, nothing is fetched: only items imported with
@@ -447,6 +457,15 @@ impl CollateralService {
         let first = self
             .anchors
             .verify(key, &item.body, item.issuer_chain.as_deref(), &[]);
+        if let (Ok(()), ItemKey::AmdCrl(product) | ItemKey::VlekCrl(product)) = (&first, key) {
+            if item.body.is_empty() {
+                return first;
+            }
+            // A product's CRL must be its chain's ARK's (see auth.rs): the chain item
+            // is needed to judge it, and without it the CRL is not taken (fail closed).
+            let chain = Box::pin(self.get_as(&ItemKey::AmdCertChain(*product), now, who)).await?;
+            return self.anchors.crl_of_chain(key, &item.body, &chain.body);
+        }
         let (Err(e), ItemKey::Vcek { product, .. }) = (&first, key) else {
             return first;
         };
@@ -526,10 +545,16 @@ impl CollateralService {
         // A row that is not authentic (written before items were checked, or tampered
         // with) is dropped, so that a genuine copy can replace it.
         if let Some(item) = &cached {
-            if let Err(e) = self.authenticate(key, item, now, who).await {
-                tracing::warn!(item = k, error = %e, "dropping an unauthentic cached collateral item");
-                delete_item(&self.db, k).await?;
-                cached = None;
+            match self.authenticate(key, item, now, who).await {
+                Ok(()) => {}
+                Err(e @ CollateralError::Unauthentic { .. }) => {
+                    tracing::warn!(item = k, error = %e, "dropping an unauthentic cached collateral item");
+                    delete_item(&self.db, k).await?;
+                    cached = None;
+                }
+                // Authenticity could not be judged now (a CRL's chain item could not
+                // be had): not used, but not deleted either.
+                Err(e) => return Err(e),
             }
         }
         if let Some(item) = &cached {
@@ -951,8 +976,15 @@ impl CollateralService {
                 .map_err(|e| corrupt(&key, e))?;
             let mut expires = vcek.expires_at.min(chain.expires_at);
             if let Some(crl) = crl {
+                // The CRL must be the chain's ARK's (checked when it was cached; checked
+                // again here against the chain assembled with it), and the verification
+                // then requires a CRL of the chain's ARK: another issuer's cannot stand
+                // in for it.
+                self.anchors
+                    .crl_of_chain(&ItemKey::AmdCrl(product), &crl.body, &chain.body)?;
                 c.add_crls(&crl.body, "CRL from the KDS")
                     .map_err(|e| corrupt(&key, e))?;
+                c.require_ark_crl();
                 expires = expires.min(crl.expires_at);
             }
             return Ok((Arc::new(c), expires));

@@ -355,3 +355,94 @@ async fn the_fetch_budget_is_per_client_then_global_and_refusals_are_counted() {
     assert_eq!(mock.total(), 5);
     assert_eq!(refusals.load(Ordering::SeqCst), 2);
 }
+
+/// An emulated TDX platform claiming the genuine vector's FMSPC, generated at the
+/// vector's time and written to `dir` (its `tdx/root_ca.pem` is the emulated root),
+/// with its PCS responses valid then.
+fn emulated_tdx_at_genuine_fmspc(dir: &std::path::Path) -> Vec<CollateralResponse> {
+    let options = attestation::tdx::emulated::PlatformOptions {
+        fmspc: [0xb0, 0xc0, 0x6f, 0, 0, 0],
+        ..Default::default()
+    };
+    let p = EmulatedTdxPlatform::generate(options, tdx_time()).unwrap();
+    p.save(dir).unwrap();
+    p.pcs_responses(&CollateralOptions::around(tdx_time(), 30))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcb_info_and_qe_identity_of_an_emulated_root_do_not_judge_a_genuine_quote() {
+    // Attack (mixed roots): the verifier trusts an emulated platform (`--emulated-trust`)
+    // and the PCS answers a genuine quote's FMSPC with TCB info and a QE identity
+    // signed under that emulated root (authentic items of *a* trusted root, so they are
+    // cached), next to Intel's genuine PCK and root CA CRLs. Each TDX verifier holds one
+    // root: the quote chains to Intel's, the TCB info to the emulated one, so no
+    // verifier accepts the mix.
+    let tmp = tempfile::tempdir().unwrap();
+    let emulated_dir = tmp.path().join("emulated");
+    let emulated_items = emulated_tdx_at_genuine_fmspc(&emulated_dir);
+    let (mock, url) = start_mock().await;
+    mock.serve(genuine_pcs());
+    mock.serve(
+        emulated_items
+            .into_iter()
+            .filter(|r| r.path == TCB_PATH || r.path == QE_PATH)
+            .collect(),
+    );
+    let dirs = [emulated_dir.clone()];
+    let service = Arc::new(
+        CollateralService::new(config(&url), db(&tmp, "a.db").await)
+            .unwrap()
+            .with_anchors(Anchors::with_emulated(&dirs).unwrap()),
+    );
+    let quote = data("tdx-v4-uptodate/quote.bin");
+    let e = verify(&verifier(&service, &dirs), Tee::Tdx, &quote, tdx_time())
+        .await
+        .expect_err("a genuine quote judged by emulated TCB info");
+    assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e:?}");
+    assert_eq!(
+        mock.count(TCB_PATH),
+        1,
+        "the emulated TCB info was what was used"
+    );
+    // Control: the genuine items verify the same quote with the same verifier setup.
+    mock.serve(genuine_pcs());
+    let service = Arc::new(
+        CollateralService::new(config(&url), db(&tmp, "b.db").await)
+            .unwrap()
+            .with_anchors(Anchors::with_emulated(&dirs).unwrap()),
+    );
+    verify(&verifier(&service, &dirs), Tee::Tdx, &quote, tdx_time())
+        .await
+        .expect("the genuine collateral");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulated_collateral_is_refused_and_not_cached_without_emulated_trust() {
+    // Attack: a verifier without `--emulated-trust` whose PCS URL serves an emulated
+    // platform's collateral (for the genuine quote's FMSPC). Nothing of it may be
+    // cached, and the genuine quote is not verified with it.
+    let tmp = tempfile::tempdir().unwrap();
+    let emulated_items = emulated_tdx_at_genuine_fmspc(&tmp.path().join("emulated"));
+    let (mock, url) = start_mock().await;
+    mock.serve(emulated_items);
+    let database = db(&tmp, "a.db").await;
+    let service = Arc::new(CollateralService::new(config(&url), database.clone()).unwrap());
+    let quote = data("tdx-v4-uptodate/quote.bin");
+    let e = verify(&verifier(&service, &[]), Tee::Tdx, &quote, tdx_time())
+        .await
+        .expect_err("emulated collateral without emulated trust");
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(
+        e.message.contains("not authentic") || e.message.contains("root"),
+        "{}",
+        e.message
+    );
+    assert!(mock.count(TCB_PATH) >= 1);
+    let items = verifier::collateral::list_items(&database).await.unwrap();
+    assert!(
+        items.is_empty(),
+        "cached: {:?}",
+        items.iter().map(|i| &i.key).collect::<Vec<_>>()
+    );
+}

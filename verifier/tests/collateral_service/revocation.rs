@@ -275,3 +275,139 @@ async fn an_imported_no_crl_item_cannot_pin_the_cache() {
         crl.expires_at
     );
 }
+
+/// A second emulated SNP platform of `product` (generated once under the target
+/// directory): trusted alongside the harness's platform in the CRL-binding tests.
+fn other_platform(
+    name: &str,
+    product: attestation::snp::Product,
+) -> (EmulatedSnpPlatform, PathBuf) {
+    let dir = test_kit::cached_dir(&format!("collateral-crl-{name}-v1"), |tmp| {
+        EmulatedSnpPlatform::create_with(
+            tmp,
+            &attestation::snp::emulated::EmulatedSnpConfig {
+                product,
+                ..Default::default()
+            },
+        )
+        .expect("emulated SNP platform");
+    });
+    (EmulatedSnpPlatform::open(&dir).unwrap(), dir)
+}
+
+/// The KDS response at `path` carrying `crl`.
+fn crl_response(path: &str, crl: &attestation::snp::AmdCrl) -> CollateralResponse {
+    CollateralResponse {
+        path: path.to_owned(),
+        content_type: "application/pkix-crl",
+        headers: vec![],
+        body: crl.der().to_vec(),
+    }
+}
+
+/// The attack of the CRL-binding tests: platform A's ASK is revoked in A's own CRL, but
+/// the KDS answers A's product's CRL path with `other`'s current CRL (revoking nothing;
+/// `other` is trusted too). The evidence must be refused and the foreign CRL never
+/// cached; with A's own CRL served, the revocation is enforced.
+async fn foreign_crl_is_refused(other: &EmulatedSnpPlatform, other_dir: &std::path::Path) {
+    let (snp, _, dir) = emulated();
+    assert_ne!(snp.ark().der(), other.ark().der());
+    let (mock, url) = start_mock().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let crl_path = format!("/vcek/v1/{}/crl", snp.product());
+    mock.serve(
+        snp.kds_responses(&[snp.ask()], now - day, now + day)
+            .unwrap(),
+    );
+    let foreign = other.crl(&[], now - day, now + day).unwrap();
+    mock.serve(vec![crl_response(&crl_path, &foreign)]);
+    let dirs = [dir.clone(), other_dir.to_owned()];
+    let tmp = tempfile::tempdir().unwrap();
+    let database = db(&tmp, "a.db").await;
+    let service = Arc::new(
+        CollateralService::new(config(&url), database.clone())
+            .unwrap()
+            .with_anchors(Anchors::with_emulated(&dirs).unwrap()),
+    );
+    let v = verifier(&service, &dirs);
+    let t = time::OffsetDateTime::now_utc();
+    let e = verify(&v, Tee::Snp, &snp_report(&dir), t)
+        .await
+        .expect_err("another issuer's CRL must not switch revocation off");
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(e.message.contains("CRL"), "{}", e.message);
+    assert!(mock.count(&crl_path) >= 1, "the CRL was fetched");
+    let items = verifier::collateral::list_items(&database).await.unwrap();
+    assert!(
+        !items.iter().any(|i| i.key.ends_with("/crl")),
+        "the foreign CRL was cached: {:?}",
+        items.iter().map(|i| &i.key).collect::<Vec<_>>()
+    );
+    // The same KDS serving A's own CRL: the revoked ASK is refused as revoked.
+    mock.serve(
+        snp.kds_responses(&[snp.ask()], now - day, now + day)
+            .unwrap(),
+    );
+    let service = Arc::new(
+        CollateralService::new(config(&url), db(&tmp, "b.db").await)
+            .unwrap()
+            .with_anchors(Anchors::with_emulated(&dirs).unwrap()),
+    );
+    let e = verify(&verifier(&service, &dirs), Tee::Snp, &snp_report(&dir), t)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UntrustedChain, "{e:?}");
+    assert!(e.message.contains("revoked"), "{}", e.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kds_serving_another_products_crl_for_milan_cannot_disable_revocation() {
+    // Attack (a): the Milan CRL path answers with a current CRL of another product
+    // (the vectors hold no genuine AMD CRL, so an emulated Genoa platform's, trusted
+    // like AMD's Genoa ARK would be). Before, any CRL signed by any trusted ARK was
+    // cached as Milan's and the verification skipped it: the revoked ASK verified.
+    let (genoa, dir) = other_platform("genoa", attestation::snp::Product::Genoa);
+    assert_eq!(genoa.product(), attestation::snp::Product::Genoa);
+    foreign_crl_is_refused(&genoa, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kds_serving_platform_bs_crl_for_platform_as_revoked_chain_is_refused() {
+    // Attack (b): two trusted emulated platforms of the same product; the KDS serves
+    // platform B's CRL for platform A, whose ASK A's own CRL revokes.
+    let dir = common::untrusted_dir();
+    let b = EmulatedSnpPlatform::open(&dir).unwrap();
+    assert_eq!(b.product(), emulated().0.product());
+    foreign_crl_is_refused(&b, &dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carried_genuine_chain_is_not_checked_against_another_arks_crl() {
+    // Attack: an extended report carries the genuine Milan chain; the KDS answers the
+    // Milan chain and CRL paths with a trusted emulated Milan platform's chain and CRL
+    // (all authentic items of *a* Milan ARK). Before, that CRL was added and skipped
+    // (another issuer), so AMD's CRL was never checked and the evidence verified.
+    let (snp, _, dir) = emulated();
+    let (mock, url) = start_mock().await;
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    mock.serve(snp.kds_responses(&[], now - day, now + day).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let strict = CollateralConfig {
+        amd_crl_required: true,
+        ..config(&url)
+    };
+    let service = emulated_service(strict, db(&tmp, "a.db").await, &dir);
+    let v = verifier(&service, std::slice::from_ref(&dir));
+    let ev = serde_json::to_vec(&genuine_snp_with_table()).unwrap();
+    let report = data("snp-milan-v2/report.bin");
+    let rd: [u8; 64] = report[0x50..0x90].try_into().unwrap();
+    let r = tokio::task::spawn_blocking(move || v.verify(Tee::Snp, &ev, &rd, snp_time()))
+        .await
+        .unwrap();
+    let e = r.expect_err("an emulated ARK's CRL is not AMD's Milan CRL");
+    assert_eq!(e.kind, ErrorKind::CollateralUnavailable, "{e:?}");
+    assert!(e.message.contains("CRL"), "{}", e.message);
+    assert!(mock.count("/vcek/v1/Milan/crl") >= 1);
+}
