@@ -260,6 +260,16 @@ fn describe(o: &Output) -> String {
     )
 }
 
+/// The launch exited 0 and the guest printed the disk's message.
+fn assert_unlocked(o: &Output) {
+    assert!(o.status.success(), "{}", describe(o));
+    assert!(
+        stdout(o).contains(&format!("disk message: {MESSAGE}")),
+        "{}",
+        describe(o)
+    );
+}
+
 fn released(v: &Verifier) -> usize {
     v.audit()
         .iter()
@@ -296,12 +306,7 @@ fn guest_unlocks_its_disk_through_the_host() {
     test_kit::require!(kvm);
     let c = case("ok", true);
     let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
-    assert!(o.status.success(), "{}", describe(&o));
-    assert!(
-        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
-        "{}",
-        describe(&o)
-    );
+    assert_unlocked(&o);
     // The evidence came through the SNP guest-request path (VMPCK0-encrypted
     // MSG_REPORT_REQ, extended request for the certificates).
     assert!(
@@ -360,12 +365,7 @@ fn td_unlocks_its_disk_with_collateral_the_verifier_fetched() {
         "nothing fetched before the launch"
     );
     let (o, recorded) = launch(&c, &fixture().kernel, &[], Tamper::None);
-    assert!(o.status.success(), "{}", describe(&o));
-    assert!(
-        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
-        "{}",
-        describe(&o)
-    );
+    assert_unlocked(&o);
     assert!(
         stdout(&o).contains("emulated tdx TEE (TDG.MR.REPORT + GetQuote)"),
         "{}",
@@ -478,12 +478,7 @@ fn host_data_reaches_the_emulated_snp_report() {
         &["--host-data", "abcd"],
         Tamper::None,
     );
-    assert!(o.status.success(), "{}", describe(&o));
-    assert!(
-        stdout(&o).contains(&format!("disk message: {MESSAGE}")),
-        "{}",
-        describe(&o)
-    );
+    assert_unlocked(&o);
     assert_eq!(released(&c.verifier), 1);
 
     for (name, extra) in [
